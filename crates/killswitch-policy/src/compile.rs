@@ -1,0 +1,471 @@
+//! `compile`: what each protection state allows.
+//!
+//! Every state but `off` (and `disconnected` without lockdown) installs three base chains with policy
+//! drop. The rules, in the order they appear in each chain:
+//!
+//! output: loopback; the endpoint hole; DHCP and the NDP messages that bring a link up; DNS to the
+//! tunnel's resolvers through the tunnel; every other DNS packet rejected; the tunnel; the LAN (when
+//! allowed); then a reject, so applications fail fast instead of hanging.
+//!
+//! input: loopback; packets for the tunnel's address arriving on another interface dropped
+//! (CVE-2019-14899); replies to allowed flows; replies from the endpoint; DHCP and NDP; the tunnel;
+//! the LAN (when allowed); then the drop policy.
+//!
+//! forward: DNS as in output; out through the tunnel and replies back to private addresses; LAN to
+//! LAN (when allowed);
+//! then the drop policy, so containers and VMs cannot route around the tunnel.
+//!
+//! Output deliberately has no "established" rule: a flow that went through the tunnel stays in the
+//! conntrack table after the tunnel drops, and an "established" accept would let its next packets out
+//! of the physical interface. Each output rule admits packets for what they are, not for their history.
+
+use crate::ranges;
+use crate::ruleset::{
+    BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, L4Proto, Match, RejectWith, Rule,
+    Ruleset, Table, Verdict,
+};
+use ipnet::IpNet;
+use killswitch_types::{Endpoint, Fwmark, InterfaceName, Settings, TransportProtocol};
+use std::net::IpAddr;
+
+/// The firewall-relevant part of the daemon's state: one variant per protection state, carrying what
+/// that state's rules need to know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyState {
+    /// No table at all.
+    Off,
+    /// No tunnel wanted: no table, unless lockdown is on (then as `Blocked`).
+    Disconnected,
+    /// A tunnel is wanted and not up: only the endpoint hole.
+    Connecting {
+        /// The VPN server and who may reach it.
+        peer: Peer,
+    },
+    /// The tunnel is up: traffic may use it.
+    Connected {
+        /// The VPN server and who may reach it.
+        peer: Peer,
+        /// The tunnel interface.
+        tunnel: Tunnel,
+    },
+    /// Everything blocked (lockdown, or an error).
+    Blocked,
+}
+
+/// The VPN server, and what a packet must carry to reach it outside the tunnel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// The server's address, port and protocol.
+    pub endpoint: Endpoint,
+    /// Only packets with this fwmark may use the hole (the tunnel marks its own socket).
+    pub mark: Option<Fwmark>,
+    /// Only sockets owned by this uid may use the hole.
+    pub uid: Option<u32>,
+}
+
+/// The tunnel interface as the rules need it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tunnel {
+    /// Its name.
+    pub interface: InterfaceName,
+    /// Its addresses. IPv6 through the tunnel is allowed only when one of them is IPv6.
+    pub addresses: Vec<IpAddr>,
+    /// Resolvers reachable through it: the only DNS destinations allowed.
+    pub dns: Vec<IpAddr>,
+}
+
+impl Tunnel {
+    fn families(&self) -> Vec<IpFamily> {
+        let mut families: Vec<IpFamily> = self.addresses.iter().map(|a| family_of(*a)).collect();
+        families.sort();
+        families.dedup();
+        families
+    }
+}
+
+/// The priority of our base chains: `filter`. A packet must be accepted by every base chain on its
+/// hook, so another table's accept cannot override our drop, whatever its priority.
+const PRIORITY_FILTER: i32 = 0;
+
+const DNS_PORTS: [u16; 2] = [53, 853];
+const DNS_PROTOS: [L4Proto; 2] = [L4Proto::Udp, L4Proto::Tcp];
+const LAN_FORWARD_CHAIN: &str = "lan-forward";
+
+/// Compiles the rules for `state` under `settings`.
+pub fn compile(state: &PolicyState, settings: &Settings) -> Ruleset {
+    let (peer, tunnel) = match state {
+        PolicyState::Off => return Ruleset { table: None },
+        PolicyState::Disconnected if !settings.lockdown => return Ruleset { table: None },
+        PolicyState::Disconnected | PolicyState::Blocked => (None, None),
+        PolicyState::Connecting { peer } => (Some(peer), None),
+        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel)),
+    };
+    let allow_lan = settings.allow_lan;
+
+    let mut chains = vec![
+        base_chain("input", Hook::Input, input_rules(peer, tunnel, allow_lan)),
+        base_chain(
+            "output",
+            Hook::Output,
+            output_rules(peer, tunnel, allow_lan),
+        ),
+        base_chain("forward", Hook::Forward, forward_rules(tunnel, allow_lan)),
+    ];
+    if allow_lan {
+        chains.push(Chain {
+            name: LAN_FORWARD_CHAIN.to_owned(),
+            base: None,
+            rules: lan_destinations("lan to lan"),
+        });
+    }
+    Ruleset {
+        table: Some(Table { chains }),
+    }
+}
+
+fn base_chain(name: &str, hook: Hook, rules: Vec<Rule>) -> Chain {
+    Chain {
+        name: name.to_owned(),
+        base: Some(BaseChain {
+            hook,
+            priority: PRIORITY_FILTER,
+            policy: ChainPolicy::Drop,
+        }),
+        rules,
+    }
+}
+
+fn output_rules(peer: Option<&Peer>, tunnel: Option<&Tunnel>, allow_lan: bool) -> Vec<Rule> {
+    let mut rules = vec![on().oif(&InterfaceName::loopback()).accept("loopback")];
+    if let Some(peer) = peer {
+        rules.push(endpoint_hole(peer));
+    }
+    rules.extend(link_bring_up_out());
+    rules.extend(dns_rules(tunnel));
+    if let Some(tunnel) = tunnel {
+        rules.extend(tunnel_rules(
+            tunnel,
+            |b| b.oif(&tunnel.interface),
+            "out through the tunnel",
+        ));
+    }
+    if allow_lan {
+        rules.extend(lan_destinations("lan"));
+    }
+    rules.push(
+        on().proto(L4Proto::Tcp)
+            .verdict(Verdict::Reject(RejectWith::TcpReset), "fail fast"),
+    );
+    rules.push(on().verdict(Verdict::Reject(RejectWith::AdminProhibited), "fail fast"));
+    rules
+}
+
+fn input_rules(peer: Option<&Peer>, tunnel: Option<&Tunnel>, allow_lan: bool) -> Vec<Rule> {
+    let mut rules = vec![on().iif(&InterfaceName::loopback()).accept("loopback")];
+    if let Some(tunnel) = tunnel {
+        // CVE-2019-14899: an attacker on the local network sends packets addressed to the tunnel's
+        // private IP into the physical interface to probe for (and inject into) tunnelled flows.
+        // This must come before the "established" accept, which such probes would otherwise hit.
+        for address in &tunnel.addresses {
+            rules.push(
+                on().not_iif(&tunnel.interface)
+                    .dst(host(*address))
+                    .verdict(Verdict::Drop, "tunnel address only via the tunnel"),
+            );
+        }
+    }
+    rules.push(
+        on().ct(CtStates::ESTABLISHED_RELATED)
+            .accept("replies to allowed flows"),
+    );
+    if let Some(peer) = peer {
+        let e = peer.endpoint;
+        rules.push(
+            on().src(host(e.address.ip()))
+                .proto(l4(e.protocol))
+                .sport(e.address.port())
+                .accept("endpoint replies"),
+        );
+    }
+    rules.extend(link_bring_up_in());
+    if let Some(tunnel) = tunnel {
+        rules.extend(tunnel_rules(
+            tunnel,
+            |b| b.iif(&tunnel.interface),
+            "in through the tunnel",
+        ));
+    }
+    if allow_lan {
+        rules.extend(
+            ranges::LAN_UNICAST
+                .iter()
+                .map(|net| on().src(*net).accept("lan")),
+        );
+    }
+    rules
+}
+
+fn forward_rules(tunnel: Option<&Tunnel>, allow_lan: bool) -> Vec<Rule> {
+    let mut rules = dns_rules(tunnel);
+    if let Some(tunnel) = tunnel {
+        rules.extend(tunnel_rules(
+            tunnel,
+            |b| b.oif(&tunnel.interface),
+            "forward into the tunnel",
+        ));
+        // Replies come back to whoever started the flow: a container, a VM or a LAN host behind
+        // this one, all on private ranges. Limiting the destination to those ranges keeps this rule
+        // from ever carrying a packet to a public address out of a non-tunnel interface.
+        rules.extend(ranges::LAN_UNICAST.iter().map(|net| {
+            on().iif(&tunnel.interface)
+                .ct(CtStates::ESTABLISHED_RELATED)
+                .dst(*net)
+                .accept("forwarded replies from the tunnel")
+        }));
+    }
+    if allow_lan {
+        rules.extend(ranges::LAN_UNICAST.iter().map(|net| {
+            on().src(*net)
+                .verdict(Verdict::Jump(LAN_FORWARD_CHAIN.to_owned()), "lan to lan")
+        }));
+    }
+    rules
+}
+
+/// The only way out of the physical interface while blocked: to exactly the endpoint's address,
+/// port and protocol, and, when the tunnel says how to recognise its own socket, only for that
+/// socket's packets. Anything else to the same server falls through to the final reject.
+fn endpoint_hole(peer: &Peer) -> Rule {
+    let e = peer.endpoint;
+    let mut b = on()
+        .dst(host(e.address.ip()))
+        .proto(l4(e.protocol))
+        .dport(e.address.port());
+    if let Some(mark) = peer.mark {
+        b = b.with(Match::Mark(mark.get()));
+    }
+    if let Some(uid) = peer.uid {
+        b = b.with(Match::SocketUid(uid));
+    }
+    b.accept("endpoint hole")
+}
+
+/// DNS only to the tunnel's resolvers and only through the tunnel; every other DNS packet rejected,
+/// whatever the destination (LAN included, even with allow-lan: a LAN resolver answers for the
+/// local network's ISP, and queries to it reveal what the user looks up).
+fn dns_rules(tunnel: Option<&Tunnel>) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    if let Some(tunnel) = tunnel {
+        for server in &tunnel.dns {
+            for proto in DNS_PROTOS {
+                for port in DNS_PORTS {
+                    rules.push(
+                        on().oif(&tunnel.interface)
+                            .dst(host(*server))
+                            .proto(proto)
+                            .dport(port)
+                            .accept("dns to the tunnel's resolver"),
+                    );
+                }
+            }
+        }
+    }
+    for proto in DNS_PROTOS {
+        let reject = match proto {
+            L4Proto::Tcp => RejectWith::TcpReset,
+            _ => RejectWith::AdminProhibited,
+        };
+        for port in DNS_PORTS {
+            rules.push(
+                on().proto(proto)
+                    .dport(port)
+                    .verdict(Verdict::Reject(reject), "dns outside the tunnel"),
+            );
+        }
+    }
+    rules
+}
+
+/// Everything through the tunnel, for the address families the tunnel carries. A tunnel without an
+/// IPv6 address gets no IPv6 rule, so IPv6 cannot slip out of a v4-only tunnel's interface either.
+fn tunnel_rules(
+    tunnel: &Tunnel,
+    direction: impl Fn(RuleBuilder) -> RuleBuilder,
+    comment: &'static str,
+) -> Vec<Rule> {
+    let families = tunnel.families();
+    match families.as_slice() {
+        [] => Vec::new(),
+        [only] => vec![direction(on().family(*only)).accept(comment)],
+        _ => vec![direction(on()).accept(comment)],
+    }
+}
+
+fn lan_destinations(comment: &'static str) -> Vec<Rule> {
+    ranges::LAN_UNICAST
+        .iter()
+        .chain(ranges::LAN_GROUP.iter())
+        .map(|net| on().dst(*net).accept(comment))
+        .collect()
+}
+
+/// DHCP and the neighbour-discovery messages a link needs to come up. NDP is limited to hop limit
+/// 255 (which receivers require, RFC 4861) and to link-scoped destinations, so these rules cannot
+/// carry anything past the first router.
+fn link_bring_up_out() -> Vec<Rule> {
+    let mut rules: Vec<Rule> = ranges::DHCPV4_SERVERS
+        .iter()
+        .map(|net| {
+            on().dst(*net)
+                .proto(L4Proto::Udp)
+                .sport(68)
+                .dport(67)
+                .accept("dhcpv4")
+        })
+        .collect();
+    rules.push(
+        on().dst(ranges::DHCPV6_SERVERS)
+            .proto(L4Proto::Udp)
+            .sport(546)
+            .dport(547)
+            .accept("dhcpv6"),
+    );
+    let ndp = [
+        (ND_ROUTER_SOLICIT, ranges::ALL_ROUTERS_V6),
+        (ND_NEIGHBOR_SOLICIT, ranges::SOLICITED_NODE_V6),
+        (ND_NEIGHBOR_SOLICIT, ranges::LINK_LOCAL_V6),
+        (ND_NEIGHBOR_ADVERT, ranges::ALL_NODES_V6),
+        (ND_NEIGHBOR_ADVERT, ranges::LINK_LOCAL_V6),
+    ];
+    rules.extend(ndp.into_iter().map(|(ty, dst)| {
+        on().dst(dst)
+            .with(Match::HopLimit(255))
+            .proto(L4Proto::Icmpv6)
+            .with(Match::Icmpv6Type(ty))
+            .accept("ndp")
+    }));
+    rules
+}
+
+fn link_bring_up_in() -> Vec<Rule> {
+    let mut rules = vec![
+        on().family(IpFamily::V4)
+            .proto(L4Proto::Udp)
+            .sport(67)
+            .dport(68)
+            .accept("dhcpv4"),
+        on().src(ranges::LINK_LOCAL_V6)
+            .proto(L4Proto::Udp)
+            .sport(547)
+            .dport(546)
+            .accept("dhcpv6"),
+    ];
+    rules.extend(
+        [ND_ROUTER_ADVERT, ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT].map(|ty| {
+            on().family(IpFamily::V6)
+                .with(Match::HopLimit(255))
+                .proto(L4Proto::Icmpv6)
+                .with(Match::Icmpv6Type(ty))
+                .accept("ndp")
+        }),
+    );
+    rules
+}
+
+const ND_ROUTER_SOLICIT: u8 = 133;
+const ND_ROUTER_ADVERT: u8 = 134;
+const ND_NEIGHBOR_SOLICIT: u8 = 135;
+const ND_NEIGHBOR_ADVERT: u8 = 136;
+
+fn l4(protocol: TransportProtocol) -> L4Proto {
+    match protocol {
+        TransportProtocol::Udp => L4Proto::Udp,
+        TransportProtocol::Tcp => L4Proto::Tcp,
+    }
+}
+
+fn family_of(ip: IpAddr) -> IpFamily {
+    match ip {
+        IpAddr::V4(_) => IpFamily::V4,
+        IpAddr::V6(_) => IpFamily::V6,
+    }
+}
+
+fn host(ip: IpAddr) -> IpNet {
+    IpNet::from(ip)
+}
+
+/// Builds a rule's matches in kernel order, adding the `meta nfproto` / `meta l4proto` match that a
+/// payload match needs when the caller has not already given it.
+#[derive(Debug, Default)]
+struct RuleBuilder {
+    matches: Vec<Match>,
+}
+
+fn on() -> RuleBuilder {
+    RuleBuilder::default()
+}
+
+impl RuleBuilder {
+    fn with(mut self, m: Match) -> Self {
+        self.matches.push(m);
+        self
+    }
+
+    fn family(self, family: IpFamily) -> Self {
+        if self.matches.contains(&Match::Family(family)) {
+            self
+        } else {
+            self.with(Match::Family(family))
+        }
+    }
+
+    fn iif(self, name: &InterfaceName) -> Self {
+        self.with(Match::InInterface(name.clone()))
+    }
+
+    fn not_iif(self, name: &InterfaceName) -> Self {
+        self.with(Match::NotInInterface(name.clone()))
+    }
+
+    fn oif(self, name: &InterfaceName) -> Self {
+        self.with(Match::OutInterface(name.clone()))
+    }
+
+    fn src(self, net: IpNet) -> Self {
+        self.family(IpFamily::of(&net)).with(Match::Source(net))
+    }
+
+    fn dst(self, net: IpNet) -> Self {
+        self.family(IpFamily::of(&net))
+            .with(Match::Destination(net))
+    }
+
+    fn proto(self, proto: L4Proto) -> Self {
+        self.with(Match::Protocol(proto))
+    }
+
+    fn sport(self, port: u16) -> Self {
+        self.with(Match::SourcePort(port))
+    }
+
+    fn dport(self, port: u16) -> Self {
+        self.with(Match::DestinationPort(port))
+    }
+
+    fn ct(self, states: CtStates) -> Self {
+        self.with(Match::ConnState(states))
+    }
+
+    fn accept(self, comment: &'static str) -> Rule {
+        self.verdict(Verdict::Accept, comment)
+    }
+
+    fn verdict(self, verdict: Verdict, comment: &'static str) -> Rule {
+        Rule {
+            matches: self.matches,
+            verdict,
+            comment,
+        }
+    }
+}

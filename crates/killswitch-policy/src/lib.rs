@@ -1,0 +1,28 @@
+//! The policy engine: what each protection state allows, as plain data.
+//!
+//! [`compile`] turns a [`PolicyState`] and the user's [`Settings`] into a [`Ruleset`]: one nftables
+//! table of chains and rules, described as enums of matches and verdicts. Nothing here talks to the
+//! kernel, reads a clock or a file: the same inputs always give the same rules. That is what lets
+//! the rules be unit-tested, snapshot-tested and property-tested without root, and what lets a
+//! backend (nftables today) be a thin translation of this data.
+//!
+//! [`Ruleset::verdict`] evaluates a [`Packet`] against a ruleset the way the kernel would. Tests use
+//! it to state properties such as "no DNS query leaves outside the tunnel" over random packets.
+//!
+//! What this crate does not own: when to change state (the daemon's state machine), how rules reach
+//! the kernel (`killswitch-nft`), and the tunnel itself.
+
+#![forbid(unsafe_code)]
+
+mod compile;
+mod evaluate;
+pub mod ranges;
+mod ruleset;
+
+pub use compile::{Peer, PolicyState, Tunnel, compile};
+pub use evaluate::{ConnState, Packet, Transport, Verdict as PacketVerdict};
+pub use killswitch_types::Settings;
+pub use ruleset::{
+    BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, L4Proto, MalformedRule, Match,
+    RejectWith, Rule, Ruleset, TABLE_NAME, Table, Verdict,
+};

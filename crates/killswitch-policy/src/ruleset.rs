@@ -1,0 +1,432 @@
+//! The ruleset as plain data: one `inet` table of chains, each a list of rules, each rule a list of
+//! matches and one verdict.
+//!
+//! The shape mirrors what nftables executes, one match per kernel comparison, so that a backend can
+//! translate it without interpreting it, and so that the evaluator here sees exactly what the kernel
+//! will see. A rule whose payload match lacks the protocol match that makes it meaningful (a port
+//! without `meta l4proto`, an address without `meta nfproto`) is malformed: the kernel would read
+//! whatever bytes sit at that offset. [`Ruleset::check`] refuses such rules, and the backend calls it.
+
+use ipnet::IpNet;
+use killswitch_types::InterfaceName;
+use std::fmt;
+
+/// The name of the one table killswitch owns, in family `inet`.
+pub const TABLE_NAME: &str = "killswitch";
+
+/// A complete firewall configuration: the table to install, or none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    /// `None` means "no table at all" (states `off` and unlocked `disconnected`).
+    pub table: Option<Table>,
+}
+
+/// Table `inet killswitch`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Table {
+    /// The chains, base chains first.
+    pub chains: Vec<Chain>,
+}
+
+/// A chain: a base chain hooked into the stack, or a regular chain reached by a jump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    /// The chain's name.
+    pub name: String,
+    /// Where it hooks in; `None` for a regular chain.
+    pub base: Option<BaseChain>,
+    /// The rules, evaluated in order.
+    pub rules: Vec<Rule>,
+}
+
+/// How a base chain hooks into the network stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseChain {
+    /// The netfilter hook.
+    pub hook: Hook,
+    /// The priority among chains on the same hook (0 is `filter`).
+    pub priority: i32,
+    /// What happens to a packet no rule decides.
+    pub policy: ChainPolicy,
+}
+
+/// The netfilter hooks killswitch uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Hook {
+    /// Packets addressed to this host.
+    Input,
+    /// Packets this host originates.
+    Output,
+    /// Packets this host routes (containers, VMs, a shared connection).
+    Forward,
+}
+
+/// A base chain's default verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChainPolicy {
+    /// Let undecided packets through.
+    Accept,
+    /// Drop undecided packets.
+    Drop,
+}
+
+/// One rule: if every match holds, the verdict applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Conditions, all of which must hold, in the order the kernel checks them.
+    pub matches: Vec<Match>,
+    /// What to do with a matching packet.
+    pub verdict: Verdict,
+    /// Why the rule exists; installed as the rule's comment, so `nft list` explains itself.
+    pub comment: &'static str,
+}
+
+/// The address families of an `inet` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IpFamily {
+    /// IPv4.
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl IpFamily {
+    /// The family of a network.
+    pub fn of(net: &IpNet) -> Self {
+        match net {
+            IpNet::V4(_) => IpFamily::V4,
+            IpNet::V6(_) => IpFamily::V6,
+        }
+    }
+}
+
+/// Layer-4 protocols the rules name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum L4Proto {
+    /// TCP (6).
+    Tcp,
+    /// UDP (17).
+    Udp,
+    /// ICMPv6 (58).
+    Icmpv6,
+}
+
+impl L4Proto {
+    /// The IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            L4Proto::Tcp => 6,
+            L4Proto::Udp => 17,
+            L4Proto::Icmpv6 => 58,
+        }
+    }
+
+    fn has_ports(self) -> bool {
+        matches!(self, L4Proto::Tcp | L4Proto::Udp)
+    }
+}
+
+/// A set of conntrack states, as `ct state` matches them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtStates {
+    /// Part of a flow already seen in both directions (or one that we started).
+    pub established: bool,
+    /// Related to an existing flow (ICMP errors about it, FTP data, ...).
+    pub related: bool,
+}
+
+impl CtStates {
+    /// `ct state established,related`.
+    pub const ESTABLISHED_RELATED: CtStates = CtStates {
+        established: true,
+        related: true,
+    };
+}
+
+/// One condition on a packet. Each is one comparison in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    /// `meta nfproto ipv4|ipv6`.
+    Family(IpFamily),
+    /// `iifname NAME`.
+    InInterface(InterfaceName),
+    /// `iifname != NAME`.
+    NotInInterface(InterfaceName),
+    /// `oifname NAME`.
+    OutInterface(InterfaceName),
+    /// `ip[6] saddr NET` (needs a preceding [`Match::Family`] of the same family).
+    Source(IpNet),
+    /// `ip[6] daddr NET` (needs a preceding [`Match::Family`] of the same family).
+    Destination(IpNet),
+    /// `meta l4proto PROTO`.
+    Protocol(L4Proto),
+    /// `th sport PORT` (needs a preceding TCP or UDP [`Match::Protocol`]).
+    SourcePort(u16),
+    /// `th dport PORT` (needs a preceding TCP or UDP [`Match::Protocol`]).
+    DestinationPort(u16),
+    /// `icmpv6 type TYPE` (needs a preceding ICMPv6 [`Match::Protocol`]).
+    Icmpv6Type(u8),
+    /// `ip6 hoplimit N` (needs a preceding IPv6 [`Match::Family`]).
+    HopLimit(u8),
+    /// `ct state ...`: the packet's conntrack state is one of these.
+    ConnState(CtStates),
+    /// `meta mark N`.
+    Mark(u32),
+    /// `meta skuid N`: the sending socket's owner.
+    SocketUid(u32),
+}
+
+/// What a rule does with a packet it matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let it through this chain.
+    Accept,
+    /// Discard it silently.
+    Drop,
+    /// Discard it and tell the sender, so applications fail fast instead of hanging.
+    Reject(RejectWith),
+    /// Continue in the named regular chain; come back if nothing there decides.
+    Jump(String),
+}
+
+/// How a rejection is signalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectWith {
+    /// A TCP reset (only for TCP packets).
+    TcpReset,
+    /// ICMP(v6) "administratively prohibited".
+    AdminProhibited,
+}
+
+/// A rule the kernel would misread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MalformedRule {
+    /// The chain holding the rule.
+    pub chain: String,
+    /// The rule's position in the chain, from 0.
+    pub index: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for MalformedRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "chain {} rule {}: {}",
+            self.chain, self.index, self.reason
+        )
+    }
+}
+
+impl std::error::Error for MalformedRule {}
+
+impl Ruleset {
+    /// The base chain for `hook`, if the table has one.
+    pub fn base_chain(&self, hook: Hook) -> Option<&Chain> {
+        self.table
+            .as_ref()?
+            .chains
+            .iter()
+            .find(|c| c.base.is_some_and(|b| b.hook == hook))
+    }
+
+    /// A chain by name.
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.table.as_ref()?.chains.iter().find(|c| c.name == name)
+    }
+
+    /// Checks that every payload match is preceded by the protocol match that gives it meaning,
+    /// that reject-with-reset only applies to TCP, and that every jump has a target.
+    pub fn check(&self) -> Result<(), MalformedRule> {
+        let Some(table) = &self.table else {
+            return Ok(());
+        };
+        for chain in &table.chains {
+            for (index, rule) in chain.rules.iter().enumerate() {
+                let fail = |reason: String| MalformedRule {
+                    chain: chain.name.clone(),
+                    index,
+                    reason,
+                };
+                rule.check_prerequisites().map_err(fail)?;
+                if let Verdict::Jump(target) = &rule.verdict {
+                    let target_chain = table.chains.iter().find(|c| &c.name == target);
+                    if target_chain.is_none_or(|c| c.base.is_some()) {
+                        return Err(fail(format!(
+                            "jump to {target:?}, which is not a regular chain here"
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Rule {
+    fn check_prerequisites(&self) -> Result<(), String> {
+        let mut family = None;
+        let mut proto = None;
+        for m in &self.matches {
+            match m {
+                Match::Family(f) => family = Some(*f),
+                Match::Protocol(p) => proto = Some(*p),
+                Match::Source(net) | Match::Destination(net)
+                    if family != Some(IpFamily::of(net)) =>
+                {
+                    return Err(format!(
+                        "address match {net} without `meta nfproto` of its family first"
+                    ));
+                }
+                Match::SourcePort(_) | Match::DestinationPort(_)
+                    if !proto.is_some_and(L4Proto::has_ports) =>
+                {
+                    return Err("port match without `meta l4proto tcp|udp` first".to_owned());
+                }
+                Match::Icmpv6Type(_) if proto != Some(L4Proto::Icmpv6) => {
+                    return Err("icmpv6 type match without `meta l4proto icmpv6` first".to_owned());
+                }
+                Match::HopLimit(_) if family != Some(IpFamily::V6) => {
+                    return Err("hop limit match without `meta nfproto ipv6` first".to_owned());
+                }
+                _ => {}
+            }
+        }
+        if self.verdict == Verdict::Reject(RejectWith::TcpReset) && proto != Some(L4Proto::Tcp) {
+            return Err("reject with tcp reset on a rule that does not match tcp".to_owned());
+        }
+        Ok(())
+    }
+}
+
+// Display renders the ruleset in nft's own syntax, so that snapshots, logs and `nft list` read alike.
+
+impl fmt::Display for Ruleset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.table {
+            None => writeln!(f, "# no table inet {TABLE_NAME}"),
+            Some(table) => {
+                writeln!(f, "table inet {TABLE_NAME} {{")?;
+                for (i, chain) in table.chains.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{chain}")?;
+                }
+                writeln!(f, "}}")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Chain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "\tchain {} {{", self.name)?;
+        if let Some(base) = &self.base {
+            let hook = match base.hook {
+                Hook::Input => "input",
+                Hook::Output => "output",
+                Hook::Forward => "forward",
+            };
+            let policy = match base.policy {
+                ChainPolicy::Accept => "accept",
+                ChainPolicy::Drop => "drop",
+            };
+            writeln!(
+                f,
+                "\t\ttype filter hook {hook} priority {}; policy {policy};",
+                base.priority
+            )?;
+        }
+        for rule in &self.rules {
+            writeln!(f, "\t\t{rule}")?;
+        }
+        writeln!(f, "\t}}")
+    }
+}
+
+impl fmt::Display for Rule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for m in &self.matches {
+            write!(f, "{m} ")?;
+        }
+        write!(f, "{}", self.verdict)?;
+        if !self.comment.is_empty() {
+            write!(f, " comment \"{}\"", self.comment)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Match {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ip = |net: &IpNet| match net {
+            IpNet::V4(_) => "ip",
+            IpNet::V6(_) => "ip6",
+        };
+        match self {
+            Match::Family(IpFamily::V4) => write!(f, "meta nfproto ipv4"),
+            Match::Family(IpFamily::V6) => write!(f, "meta nfproto ipv6"),
+            Match::InInterface(name) => write!(f, "iifname \"{name}\""),
+            Match::NotInInterface(name) => write!(f, "iifname != \"{name}\""),
+            Match::OutInterface(name) => write!(f, "oifname \"{name}\""),
+            Match::Source(net) => write!(f, "{} saddr {}", ip(net), display_net(net)),
+            Match::Destination(net) => write!(f, "{} daddr {}", ip(net), display_net(net)),
+            Match::Protocol(p) => write!(
+                f,
+                "meta l4proto {}",
+                match p {
+                    L4Proto::Tcp => "tcp",
+                    L4Proto::Udp => "udp",
+                    L4Proto::Icmpv6 => "ipv6-icmp",
+                }
+            ),
+            Match::SourcePort(p) => write!(f, "th sport {p}"),
+            Match::DestinationPort(p) => write!(f, "th dport {p}"),
+            Match::Icmpv6Type(t) => write!(f, "icmpv6 type {}", icmpv6_type_name(*t)),
+            Match::HopLimit(h) => write!(f, "ip6 hoplimit {h}"),
+            Match::ConnState(s) => {
+                let names: Vec<&str> = [(s.established, "established"), (s.related, "related")]
+                    .into_iter()
+                    .filter_map(|(on, name)| on.then_some(name))
+                    .collect();
+                write!(f, "ct state {}", names.join(","))
+            }
+            Match::Mark(m) => write!(f, "meta mark {m:#010x}"),
+            Match::SocketUid(u) => write!(f, "meta skuid {u}"),
+        }
+    }
+}
+
+fn display_net(net: &IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
+fn icmpv6_type_name(t: u8) -> String {
+    match t {
+        133 => "nd-router-solicit".to_owned(),
+        134 => "nd-router-advert".to_owned(),
+        135 => "nd-neighbor-solicit".to_owned(),
+        136 => "nd-neighbor-advert".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Verdict::Accept => f.write_str("accept"),
+            Verdict::Drop => f.write_str("drop"),
+            Verdict::Reject(RejectWith::TcpReset) => f.write_str("reject with tcp reset"),
+            Verdict::Reject(RejectWith::AdminProhibited) => {
+                f.write_str("reject with icmpx admin-prohibited")
+            }
+            Verdict::Jump(chain) => write!(f, "jump {chain}"),
+        }
+    }
+}

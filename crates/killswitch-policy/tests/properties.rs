@@ -1,0 +1,369 @@
+//! Properties of the compiled rules over random settings, tunnels and packets, decided by the
+//! evaluator. Each property is one promise the kill switch makes.
+
+use ipnet::IpNet;
+use killswitch_policy::ranges::is_lan;
+use killswitch_policy::{
+    ChainPolicy, ConnState, Hook, Packet, Peer, PolicyState, Ruleset, Settings, Transport, Tunnel,
+    compile,
+};
+use killswitch_types::{Endpoint, Fwmark, InterfaceName, TransportProtocol};
+use proptest::prelude::*;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+const IFACES: [&str; 4] = ["lo", "eth0", "wg0", "docker0"];
+
+/// Addresses that the rules mention, mixed with random ones, so that packets often hit the
+/// interesting cases (the endpoint, the tunnel's resolver, the LAN) and sometimes anything at all.
+fn address(v6: bool) -> BoxedStrategy<IpAddr> {
+    let pool: Vec<IpAddr> = if v6 {
+        [
+            "2001:db8::1",
+            "2001:db8::10",
+            "fe80::1",
+            "fd00::53",
+            "ff02::1:2",
+            "ff02::1:ff00:1",
+            "ff02::2",
+            "::1",
+            "fc00:bbbb::2",
+        ]
+    } else {
+        [
+            "198.51.100.1",
+            "203.0.113.10",
+            "10.64.0.1",
+            "10.64.0.2",
+            "192.168.1.1",
+            "255.255.255.255",
+            "127.0.0.1",
+            "224.0.0.251",
+            "0.0.0.0",
+        ]
+    }
+    .iter()
+    .map(|s| s.parse().expect("pool literal"))
+    .collect();
+    let random = if v6 {
+        any::<u128>()
+            .prop_map(|n| IpAddr::V6(Ipv6Addr::from(n)))
+            .boxed()
+    } else {
+        any::<u32>()
+            .prop_map(|n| IpAddr::V4(Ipv4Addr::from(n)))
+            .boxed()
+    };
+    prop_oneof![proptest::sample::select(pool), random].boxed()
+}
+
+fn port() -> impl Strategy<Value = u16> {
+    prop_oneof![
+        proptest::sample::select(vec![53u16, 853, 67, 68, 546, 547, 51820, 443]),
+        any::<u16>()
+    ]
+}
+
+fn transport(v6: bool) -> impl Strategy<Value = Transport> {
+    let icmp = if v6 {
+        prop_oneof![
+            proptest::sample::select(vec![128u8, 129, 133, 134, 135, 136]),
+            any::<u8>()
+        ]
+        .prop_map(|kind| Transport::Icmpv6 { kind })
+        .boxed()
+    } else {
+        Just(Transport::ICMP).boxed()
+    };
+    prop_oneof![
+        (port(), port()).prop_map(|(s, d)| Transport::tcp(s, d)),
+        (port(), port()).prop_map(|(s, d)| Transport::udp(s, d)),
+        icmp,
+        any::<u8>().prop_map(Transport::Other),
+    ]
+}
+
+fn iface() -> impl Strategy<Value = Option<InterfaceName>> {
+    proptest::sample::select(IFACES.to_vec()).prop_map(|n| InterfaceName::new(n).ok())
+}
+
+/// A random packet at one of `hooks`, with a transport header drawn from `transport`.
+fn packet_with<T: Strategy<Value = Transport> + 'static>(
+    hooks: Vec<Hook>,
+    transport: impl Fn(bool) -> T + Clone + 'static,
+) -> impl Strategy<Value = Packet> {
+    any::<bool>().prop_flat_map(move |v6| {
+        (
+            proptest::sample::select(hooks.clone()),
+            iface(),
+            iface(),
+            address(v6),
+            address(v6),
+            prop_oneof![Just(255u8), Just(64u8), any::<u8>()],
+            transport(v6),
+            prop_oneof![Just(0u32), Just(0xca6cu32), any::<u32>()],
+            proptest::option::of(prop_oneof![Just(0u32), Just(1000u32), any::<u32>()]),
+            proptest::sample::select(vec![
+                ConnState::New,
+                ConnState::Established,
+                ConnState::Related,
+                ConnState::Invalid,
+            ]),
+        )
+            .prop_map(
+                |(hook, iif, oif, src, dst, hop_limit, transport, mark, uid, conn)| Packet {
+                    hook,
+                    iif: if hook == Hook::Output { None } else { iif },
+                    oif: if hook == Hook::Input { None } else { oif },
+                    src,
+                    dst,
+                    hop_limit,
+                    transport,
+                    mark,
+                    uid: if hook == Hook::Output { uid } else { None },
+                    conn,
+                },
+            )
+    })
+}
+
+fn packet() -> impl Strategy<Value = Packet> {
+    packet_with(vec![Hook::Input, Hook::Output, Hook::Forward], transport)
+}
+
+fn outbound_packet() -> impl Strategy<Value = Packet> {
+    packet_with(vec![Hook::Output, Hook::Forward], transport)
+}
+
+fn inbound_packet() -> impl Strategy<Value = Packet> {
+    packet_with(vec![Hook::Input], transport)
+}
+
+fn dns_transport(_v6: bool) -> impl Strategy<Value = Transport> {
+    (
+        port(),
+        proptest::sample::select(vec![53u16, 853]),
+        any::<bool>(),
+    )
+        .prop_map(|(sport, dport, tcp)| {
+            if tcp {
+                Transport::tcp(sport, dport)
+            } else {
+                Transport::udp(sport, dport)
+            }
+        })
+}
+
+fn dns_packet() -> impl Strategy<Value = Packet> {
+    packet_with(vec![Hook::Output, Hook::Forward], dns_transport)
+}
+
+fn peer() -> impl Strategy<Value = Peer> {
+    (
+        any::<bool>().prop_flat_map(address),
+        port(),
+        any::<bool>(),
+        proptest::option::of(any::<u32>()),
+        proptest::option::of(any::<u32>()),
+    )
+        .prop_filter_map("not a usable endpoint", |(ip, port, tcp, mark, uid)| {
+            let protocol = if tcp {
+                TransportProtocol::Tcp
+            } else {
+                TransportProtocol::Udp
+            };
+            let endpoint: Endpoint = format!("{}/{protocol}", SocketAddr::new(ip, port))
+                .parse()
+                .ok()?;
+            Some(Peer {
+                endpoint,
+                mark: mark.and_then(Fwmark::new),
+                uid,
+            })
+        })
+}
+
+fn tunnel() -> impl Strategy<Value = Tunnel> {
+    (
+        proptest::sample::select(vec!["wg0", "tun0", "eth0"]),
+        proptest::collection::vec(any::<bool>().prop_flat_map(address), 0..3),
+        proptest::collection::vec(any::<bool>().prop_flat_map(address), 0..3),
+    )
+        .prop_map(|(name, addresses, dns)| Tunnel {
+            interface: InterfaceName::new(name).expect("literal"),
+            addresses,
+            dns,
+        })
+}
+
+/// Every state that installs a table.
+fn table_state() -> impl Strategy<Value = PolicyState> {
+    prop_oneof![
+        Just(PolicyState::Blocked),
+        peer().prop_map(|peer| PolicyState::Connecting { peer }),
+        (peer(), tunnel()).prop_map(|(peer, tunnel)| PolicyState::Connected { peer, tunnel }),
+    ]
+}
+
+fn settings() -> impl Strategy<Value = Settings> {
+    (any::<bool>(), any::<bool>()).prop_map(|(lockdown, allow_lan)| Settings {
+        lockdown,
+        allow_lan,
+    })
+}
+
+fn peer_of(state: &PolicyState) -> Option<&Peer> {
+    match state {
+        PolicyState::Connecting { peer } | PolicyState::Connected { peer, .. } => Some(peer),
+        _ => None,
+    }
+}
+
+fn tunnel_of(state: &PolicyState) -> Option<&Tunnel> {
+    match state {
+        PolicyState::Connected { tunnel, .. } => Some(tunnel),
+        _ => None,
+    }
+}
+
+fn to_endpoint(state: &PolicyState, p: &Packet) -> bool {
+    peer_of(state).is_some_and(|peer| peer.endpoint.address.ip() == p.dst)
+}
+
+fn leaves_outside_tunnel(state: &PolicyState, p: &Packet) -> bool {
+    p.hook != Hook::Input
+        && p.oif.as_ref().is_some_and(|oif| {
+            oif.as_str() != "lo" && Some(oif) != tunnel_of(state).map(|t| &t.interface)
+        })
+}
+
+fn dns_dport(p: &Packet) -> bool {
+    matches!(
+        p.transport,
+        Transport::Tcp {
+            dport: 53 | 853,
+            ..
+        } | Transport::Udp {
+            dport: 53 | 853,
+            ..
+        }
+    )
+}
+
+fn endpoint_exact(state: &PolicyState, p: &Packet) -> bool {
+    peer_of(state).is_some_and(|peer| {
+        let e = peer.endpoint;
+        let (proto_ok, dport) = match (e.protocol, p.transport) {
+            (TransportProtocol::Udp, Transport::Udp { dport, .. })
+            | (TransportProtocol::Tcp, Transport::Tcp { dport, .. }) => (true, dport),
+            _ => (false, 0),
+        };
+        proto_ok && dport == e.address.port() && p.dst == e.address.ip()
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, max_global_rejects: 100_000, ..ProptestConfig::default() })]
+
+    /// Invariant: what we compile, the kernel reads as we mean it; and every state with a table
+    /// drops by default on every hook.
+    #[test]
+    fn rules_are_well_formed_and_default_drop(state in table_state(), settings in settings()) {
+        let ruleset = compile(&state, &settings);
+        prop_assert!(ruleset.check().is_ok(), "{:?}", ruleset.check());
+        for hook in [Hook::Input, Hook::Output, Hook::Forward] {
+            let policy = ruleset.base_chain(hook).and_then(|c| c.base).map(|b| b.policy);
+            prop_assert_eq!(policy, Some(ChainPolicy::Drop));
+        }
+    }
+
+    /// (1) Nothing reaches a non-LAN, non-endpoint address by any interface but the tunnel.
+    #[test]
+    fn nothing_leaves_outside_the_tunnel(state in table_state(), settings in settings(), p in outbound_packet()) {
+        prop_assume!(leaves_outside_tunnel(&state, &p) && !is_lan(p.dst) && !to_endpoint(&state, &p));
+        let verdict = compile(&state, &settings).verdict(&p);
+        prop_assert!(!verdict.is_accept(), "{state:?} accepted {p:?}");
+    }
+
+    /// (2) No DNS query leaves except to a tunnel resolver through the tunnel (or is the tunnel's
+    /// own traffic to an endpoint that happens to listen on a DNS port).
+    #[test]
+    fn dns_only_to_the_tunnel_resolver(state in table_state(), settings in settings(), p in dns_packet()) {
+        prop_assume!(p.hook != Hook::Input && dns_dport(&p));
+        prop_assume!(p.oif.as_ref().is_some_and(|o| o.as_str() != "lo"));
+        let verdict = compile(&state, &settings).verdict(&p);
+        if verdict.is_accept() {
+            let via_tunnel_resolver = tunnel_of(&state).is_some_and(|t| {
+                p.oif.as_ref() == Some(&t.interface) && t.dns.contains(&p.dst)
+            });
+            prop_assert!(via_tunnel_resolver || (p.hook == Hook::Output && endpoint_exact(&state, &p)), "{state:?} accepted {p:?}");
+        }
+    }
+
+    /// (3) A tunnel without an IPv6 address lets no IPv6 packet out to a global address.
+    #[test]
+    fn v4_only_tunnel_blocks_global_ipv6(state in table_state(), settings in settings(), p in outbound_packet()) {
+        prop_assume!(tunnel_of(&state).is_none_or(|t| t.addresses.iter().all(IpAddr::is_ipv4)));
+        prop_assume!(p.dst.is_ipv6() && !is_lan(p.dst) && !to_endpoint(&state, &p) && !p.dst.is_loopback());
+        prop_assume!(p.hook != Hook::Input && p.oif.as_ref().is_some_and(|o| o.as_str() != "lo"));
+        let verdict = compile(&state, &settings).verdict(&p);
+        prop_assert!(!verdict.is_accept(), "{state:?} accepted {p:?}");
+    }
+
+    /// (4) allow-lan changes nothing for a packet whose far end is not a private address.
+    #[test]
+    fn allow_lan_never_admits_a_public_address(state in table_state(), lockdown in any::<bool>(), p in packet()) {
+        let public_far_end = match p.hook {
+            Hook::Output => !is_lan(p.dst),
+            Hook::Input => !is_lan(p.src),
+            Hook::Forward => !is_lan(p.src) || !is_lan(p.dst),
+        };
+        prop_assume!(public_far_end);
+        let closed = compile(&state, &Settings { lockdown, allow_lan: false }).verdict(&p);
+        let open = compile(&state, &Settings { lockdown, allow_lan: true }).verdict(&p);
+        prop_assert_eq!(closed, open, "{:?}", p);
+    }
+
+    /// New inbound flows from outside come only through the tunnel, from the LAN when allowed, or
+    /// are the link bring-up and endpoint replies the policy lists.
+    #[test]
+    fn no_new_inbound_from_the_internet(state in table_state(), settings in settings(), p in inbound_packet()) {
+        prop_assume!(p.hook == Hook::Input && p.conn == ConnState::New && !is_lan(p.src));
+        prop_assume!(p.iif.as_ref().is_some_and(|i| i.as_str() != "lo" && Some(i) != tunnel_of(&state).map(|t| &t.interface)));
+        prop_assume!(peer_of(&state).is_none_or(|peer| peer.endpoint.address.ip() != p.src));
+        let verdict = compile(&state, &settings).verdict(&p);
+        let link_bring_up = matches!(p.transport, Transport::Udp { sport: 67, dport: 68 } | Transport::Icmpv6 { .. });
+        prop_assert!(!verdict.is_accept() || link_bring_up, "{state:?} accepted {p:?}");
+    }
+
+    /// `off` and unlocked `disconnected` install nothing and so decide nothing.
+    #[test]
+    fn no_table_accepts_everything(lockdown in any::<bool>(), allow_lan in any::<bool>(), p in packet()) {
+        let off: Ruleset = compile(&PolicyState::Off, &Settings { lockdown, allow_lan });
+        prop_assert!(off.table.is_none() && off.verdict(&p).is_accept());
+    }
+}
+
+#[test]
+fn lan_ranges_are_what_the_issue_lists() {
+    let expected = [
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "169.254.0.0/16",
+        "fe80::/10",
+        "fc00::/7",
+        "224.0.0.0/4",
+        "255.255.255.255/32",
+        "ff00::/8",
+    ];
+    let actual: Vec<IpNet> = killswitch_policy::ranges::LAN_UNICAST
+        .iter()
+        .chain(killswitch_policy::ranges::LAN_GROUP.iter())
+        .copied()
+        .collect();
+    let expected: Vec<IpNet> = expected
+        .iter()
+        .map(|s| s.parse().expect("literal"))
+        .collect();
+    assert_eq!(actual, expected);
+}

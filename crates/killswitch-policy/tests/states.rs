@@ -1,0 +1,520 @@
+//! What each state allows and blocks, one concrete packet at a time.
+
+mod fixtures;
+
+use fixtures::*;
+use killswitch_policy::{
+    ChainPolicy, ConnState, Hook, Packet, PacketVerdict, PolicyState, RejectWith, Ruleset,
+    Transport, compile,
+};
+
+const ALL_HOOKS: [Hook; 3] = [Hook::Input, Hook::Output, Hook::Forward];
+
+fn rules(state: &PolicyState, lockdown: bool, allow_lan: bool) -> Ruleset {
+    let ruleset = compile(state, &settings(lockdown, allow_lan));
+    ruleset.check().expect("compiled rules are well formed");
+    ruleset
+}
+
+fn web_v4(oif: &str) -> Packet {
+    Packet::output(
+        oif,
+        ip(HOST_V4),
+        ip(INTERNET_V4),
+        Transport::tcp(40000, 443),
+    )
+}
+
+fn table_states() -> Vec<PolicyState> {
+    vec![
+        PolicyState::Blocked,
+        connecting(),
+        connected(false),
+        connected(true),
+    ]
+}
+
+#[test]
+fn off_and_unlocked_disconnected_install_nothing() {
+    for allow_lan in [false, true] {
+        assert_eq!(rules(&PolicyState::Off, false, allow_lan).table, None);
+        assert_eq!(
+            rules(&PolicyState::Off, true, allow_lan).table,
+            None,
+            "off wins over lockdown"
+        );
+        assert_eq!(
+            rules(&PolicyState::Disconnected, false, allow_lan).table,
+            None
+        );
+    }
+    assert!(
+        rules(&PolicyState::Off, false, false)
+            .verdict(&web_v4(PHYS))
+            .is_accept()
+    );
+}
+
+#[test]
+fn locked_disconnected_is_blocked() {
+    for allow_lan in [false, true] {
+        assert_eq!(
+            rules(&PolicyState::Disconnected, true, allow_lan),
+            rules(&PolicyState::Blocked, true, allow_lan)
+        );
+    }
+}
+
+#[test]
+fn every_table_state_has_three_drop_chains() {
+    for state in table_states() {
+        for allow_lan in [false, true] {
+            let ruleset = rules(&state, false, allow_lan);
+            for hook in ALL_HOOKS {
+                let chain = ruleset
+                    .base_chain(hook)
+                    .unwrap_or_else(|| panic!("{state:?}: no {hook:?} chain"));
+                assert_eq!(
+                    chain.base.map(|b| b.policy),
+                    Some(ChainPolicy::Drop),
+                    "{state:?} {hook:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn blocked_rejects_internet_fast_and_keeps_loopback_and_dhcp() {
+    let r = rules(&PolicyState::Blocked, true, false);
+    assert_eq!(
+        r.verdict(&web_v4(PHYS)),
+        PacketVerdict::Reject(RejectWith::TcpReset)
+    );
+    let udp = Packet::output(
+        PHYS,
+        ip(HOST_V4),
+        ip(INTERNET_V4),
+        Transport::udp(5000, 443),
+    );
+    assert_eq!(
+        r.verdict(&udp),
+        PacketVerdict::Reject(RejectWith::AdminProhibited)
+    );
+    let ping = Packet::output(PHYS, ip(HOST_V4), ip(INTERNET_V4), Transport::ICMP);
+    assert_eq!(
+        r.verdict(&ping),
+        PacketVerdict::Reject(RejectWith::AdminProhibited)
+    );
+    assert!(
+        r.verdict(&Packet::output(
+            "lo",
+            ip("127.0.0.1"),
+            ip("127.0.0.1"),
+            Transport::tcp(1, 2)
+        ))
+        .is_accept()
+    );
+    assert!(
+        r.verdict(&Packet::input(
+            "lo",
+            ip("::1"),
+            ip("::1"),
+            Transport::udp(1, 2)
+        ))
+        .is_accept()
+    );
+    let discover = Packet::output(
+        PHYS,
+        ip("0.0.0.0"),
+        ip("255.255.255.255"),
+        Transport::udp(68, 67),
+    );
+    assert!(r.verdict(&discover).is_accept());
+    let offer = Packet::input(
+        PHYS,
+        ip("192.168.1.1"),
+        ip("255.255.255.255"),
+        Transport::udp(67, 68),
+    );
+    assert!(r.verdict(&offer).is_accept());
+    let solicit = Packet::output(
+        PHYS,
+        ip("fe80::1"),
+        ip("ff02::1:2"),
+        Transport::udp(546, 547),
+    );
+    assert!(r.verdict(&solicit).is_accept());
+    // DHCP-shaped packets to a public address are not DHCP.
+    let fake = Packet::output(PHYS, ip(HOST_V4), ip(INTERNET_V4), Transport::udp(68, 67));
+    assert!(!r.verdict(&fake).is_accept());
+}
+
+#[test]
+fn ndp_needs_hop_limit_255_and_a_link_scoped_destination() {
+    let r = rules(&PolicyState::Blocked, true, false);
+    let ns = |dst: &str, hop| {
+        Packet::output(
+            PHYS,
+            ip("fe80::50"),
+            ip(dst),
+            Transport::Icmpv6 { kind: 135 },
+        )
+        .with_hop_limit(hop)
+    };
+    assert!(r.verdict(&ns("ff02::1:ff00:1", 255)).is_accept());
+    assert!(r.verdict(&ns("fe80::1", 255)).is_accept());
+    assert!(
+        !r.verdict(&ns("fe80::1", 64)).is_accept(),
+        "hop limit 64 is not NDP"
+    );
+    assert!(
+        !r.verdict(&ns(INTERNET_V6, 255)).is_accept(),
+        "global destination is not link bring-up"
+    );
+    let ra = Packet::input(
+        PHYS,
+        ip("fe80::1"),
+        ip("ff02::1"),
+        Transport::Icmpv6 { kind: 134 },
+    )
+    .with_hop_limit(255);
+    assert!(r.verdict(&ra).is_accept());
+    let echo = Packet::output(
+        PHYS,
+        ip(HOST_V6),
+        ip(INTERNET_V6),
+        Transport::Icmpv6 { kind: 128 },
+    );
+    assert!(!r.verdict(&echo).is_accept());
+}
+
+#[test]
+fn new_inbound_flows_are_dropped_replies_accepted() {
+    for state in table_states() {
+        let r = rules(&state, false, false);
+        let syn = Packet::input(PHYS, ip(INTERNET_V4), ip(HOST_V4), Transport::tcp(443, 22));
+        assert_eq!(r.verdict(&syn), PacketVerdict::Drop, "{state:?}");
+        assert!(
+            r.verdict(&syn.clone().with_conn(ConnState::Established))
+                .is_accept(),
+            "{state:?}"
+        );
+    }
+}
+
+#[test]
+fn connecting_opens_exactly_the_marked_endpoint() {
+    let r = rules(&connecting(), false, false);
+    let to_endpoint = Packet::output(
+        PHYS,
+        ip(HOST_V4),
+        ip(ENDPOINT_IP),
+        Transport::udp(40000, ENDPOINT_PORT),
+    );
+    assert!(r.verdict(&to_endpoint.clone().with_mark(MARK)).is_accept());
+    // The ServerIP attack: another program reaching the server's address without the tunnel's mark.
+    assert!(!r.verdict(&to_endpoint).is_accept());
+    assert!(
+        !r.verdict(&to_endpoint.clone().with_mark(MARK + 1))
+            .is_accept()
+    );
+    let other_port = Packet::output(
+        PHYS,
+        ip(HOST_V4),
+        ip(ENDPOINT_IP),
+        Transport::udp(40000, 443),
+    )
+    .with_mark(MARK);
+    assert!(!r.verdict(&other_port).is_accept());
+    let tcp = Packet::output(
+        PHYS,
+        ip(HOST_V4),
+        ip(ENDPOINT_IP),
+        Transport::tcp(40000, ENDPOINT_PORT),
+    )
+    .with_mark(MARK);
+    assert!(!r.verdict(&tcp).is_accept(), "the hole is udp only");
+    let reply = Packet::input(
+        PHYS,
+        ip(ENDPOINT_IP),
+        ip(HOST_V4),
+        Transport::udp(ENDPOINT_PORT, 40000),
+    );
+    assert!(r.verdict(&reply).is_accept());
+    // Not yet connected: nothing goes through the tunnel interface.
+    assert!(!r.verdict(&web_v4(TUN)).is_accept());
+}
+
+#[test]
+fn uid_narrows_the_hole() {
+    let mut p = peer(None);
+    p.uid = Some(1234);
+    let r = rules(&PolicyState::Connecting { peer: p }, false, false);
+    let to_endpoint = Packet::output(
+        PHYS,
+        ip(HOST_V4),
+        ip(ENDPOINT_IP),
+        Transport::udp(40000, ENDPOINT_PORT),
+    );
+    assert!(r.verdict(&to_endpoint.clone().with_uid(1234)).is_accept());
+    assert!(!r.verdict(&to_endpoint.clone().with_uid(0)).is_accept());
+    assert!(!r.verdict(&to_endpoint).is_accept(), "no socket, no uid");
+}
+
+#[test]
+fn without_a_mark_the_hole_is_the_endpoint_only() {
+    let r = rules(&PolicyState::Connecting { peer: peer(None) }, false, false);
+    let to_endpoint = Packet::output(
+        PHYS,
+        ip(HOST_V4),
+        ip(ENDPOINT_IP),
+        Transport::udp(40000, ENDPOINT_PORT),
+    );
+    assert!(r.verdict(&to_endpoint).is_accept());
+    let elsewhere = Packet::output(
+        PHYS,
+        ip(HOST_V4),
+        ip(INTERNET_V4),
+        Transport::udp(40000, ENDPOINT_PORT),
+    );
+    assert!(!r.verdict(&elsewhere).is_accept());
+}
+
+#[test]
+fn connected_routes_everything_through_the_tunnel_except_dns() {
+    let r = rules(&connected(false), false, false);
+    assert!(r.verdict(&web_v4(TUN)).is_accept());
+    assert_eq!(
+        r.verdict(&web_v4(PHYS)),
+        PacketVerdict::Reject(RejectWith::TcpReset)
+    );
+    let dns = |oif: &str, dst: &str, t: Transport| Packet::output(oif, ip(TUNNEL_V4), ip(dst), t);
+    assert!(
+        r.verdict(&dns(TUN, TUNNEL_DNS, Transport::udp(5353, 53)))
+            .is_accept()
+    );
+    assert!(
+        r.verdict(&dns(TUN, TUNNEL_DNS, Transport::tcp(5353, 53)))
+            .is_accept()
+    );
+    assert!(
+        r.verdict(&dns(TUN, TUNNEL_DNS, Transport::tcp(5353, 853)))
+            .is_accept()
+    );
+    assert!(
+        !r.verdict(&dns(TUN, "1.1.1.1", Transport::udp(5353, 53)))
+            .is_accept(),
+        "public resolver via tunnel"
+    );
+    assert!(
+        !r.verdict(&dns(PHYS, TUNNEL_DNS, Transport::udp(5353, 53)))
+            .is_accept(),
+        "tunnel resolver via phys"
+    );
+    assert!(
+        !r.verdict(&dns(PHYS, "192.168.1.1", Transport::udp(5353, 53)))
+            .is_accept(),
+        "lan resolver"
+    );
+    let inbound = Packet::input(
+        TUN,
+        ip(INTERNET_V4),
+        ip(TUNNEL_V4),
+        Transport::tcp(1234, 22),
+    );
+    assert!(
+        r.verdict(&inbound).is_accept(),
+        "the tunnel may carry new inbound flows"
+    );
+}
+
+#[test]
+fn stale_tunnel_flows_cannot_leave_by_the_physical_interface() {
+    // After the tunnel drops, conntrack still knows its flows; their packets rerouted to the
+    // physical interface must not pass as "established".
+    let r = rules(&connected(false), false, false);
+    let stale = web_v4(PHYS).with_conn(ConnState::Established);
+    assert!(!r.verdict(&stale).is_accept());
+    let fwd = Packet::forward(
+        "docker0",
+        PHYS,
+        ip("172.17.0.2"),
+        ip(INTERNET_V4),
+        Transport::tcp(1, 443),
+    )
+    .with_conn(ConnState::Established);
+    assert!(!r.verdict(&fwd).is_accept());
+}
+
+#[test]
+fn ipv6_follows_the_tunnels_addresses() {
+    let web_v6 = |oif: &str| {
+        Packet::output(
+            oif,
+            ip(TUNNEL_V6),
+            ip(INTERNET_V6),
+            Transport::tcp(40000, 443),
+        )
+    };
+    assert!(
+        !rules(&connected(false), false, false)
+            .verdict(&web_v6(TUN))
+            .is_accept()
+    );
+    assert!(
+        rules(&connected(true), false, false)
+            .verdict(&web_v6(TUN))
+            .is_accept()
+    );
+    assert!(
+        !rules(&connected(true), false, false)
+            .verdict(&web_v6(PHYS))
+            .is_accept()
+    );
+    let in_v6 = Packet::input(TUN, ip(INTERNET_V6), ip(TUNNEL_V6), Transport::tcp(1, 2));
+    assert!(
+        !rules(&connected(false), false, false)
+            .verdict(&in_v6)
+            .is_accept()
+    );
+}
+
+#[test]
+fn cve_2019_14899_inbound_to_tunnel_address_dropped() {
+    let r = rules(&connected(true), false, true);
+    for tunnel_ip in [TUNNEL_V4, TUNNEL_V6] {
+        let src = if tunnel_ip == TUNNEL_V4 {
+            "192.168.1.66"
+        } else {
+            "fe80::66"
+        };
+        let probe = Packet::input(PHYS, ip(src), ip(tunnel_ip), Transport::tcp(80, 40000));
+        assert_eq!(r.verdict(&probe), PacketVerdict::Drop, "{tunnel_ip}");
+        // The probe works by hitting an established flow; it must be dropped all the same.
+        assert_eq!(
+            r.verdict(&probe.clone().with_conn(ConnState::Established)),
+            PacketVerdict::Drop
+        );
+        let genuine = Packet::input(
+            TUN,
+            ip(INTERNET_V4),
+            ip(tunnel_ip),
+            Transport::tcp(80, 40000),
+        );
+        if tunnel_ip == TUNNEL_V4 {
+            assert!(
+                r.verdict(&genuine.with_conn(ConnState::Established))
+                    .is_accept()
+            );
+        }
+    }
+}
+
+#[test]
+fn allow_lan_opens_private_ranges_and_nothing_else() {
+    for state in table_states() {
+        let closed = rules(&state, false, false);
+        let open = rules(&state, false, true);
+        for lan in [
+            "192.168.1.1",
+            "10.1.2.3",
+            "172.16.5.5",
+            "169.254.1.1",
+            "224.0.0.251",
+            "255.255.255.255",
+            "fe80::1",
+            "fd12::1",
+            "ff02::fb",
+        ] {
+            let p = Packet::output(
+                PHYS,
+                ip(if lan.contains(':') { HOST_V6 } else { HOST_V4 }),
+                ip(lan),
+                Transport::udp(5000, 5001),
+            );
+            assert!(
+                !closed.verdict(&p).is_accept(),
+                "{state:?} {lan} without allow-lan"
+            );
+            assert!(
+                open.verdict(&p).is_accept(),
+                "{state:?} {lan} with allow-lan"
+            );
+        }
+        // The "LocalNet" attack: a hostile network hands out a public prefix as the LAN.
+        let public_lan = Packet::output(
+            PHYS,
+            ip("203.0.113.50"),
+            ip("203.0.113.1"),
+            Transport::udp(5000, 5001),
+        );
+        assert!(!open.verdict(&public_lan).is_accept(), "{state:?}");
+        let lan_dns = Packet::output(
+            PHYS,
+            ip(HOST_V4),
+            ip("192.168.1.1"),
+            Transport::udp(5000, 53),
+        );
+        assert!(
+            !open.verdict(&lan_dns).is_accept(),
+            "{state:?}: DNS to the LAN stays blocked"
+        );
+        let lan_ssh = Packet::input(
+            PHYS,
+            ip("192.168.1.7"),
+            ip(HOST_V4),
+            Transport::tcp(50000, 22),
+        );
+        assert!(open.verdict(&lan_ssh).is_accept() && !closed.verdict(&lan_ssh).is_accept());
+    }
+}
+
+#[test]
+fn forwarding_only_into_the_tunnel_or_lan_to_lan() {
+    let container = |oif: &str, dst: &str| {
+        Packet::forward(
+            "docker0",
+            oif,
+            ip("172.17.0.2"),
+            ip(dst),
+            Transport::tcp(1, 443),
+        )
+    };
+    let r = rules(&connected(false), false, false);
+    assert!(r.verdict(&container(TUN, INTERNET_V4)).is_accept());
+    assert_eq!(
+        r.verdict(&container(PHYS, INTERNET_V4)),
+        PacketVerdict::Drop
+    );
+    assert_eq!(
+        r.verdict(&container(PHYS, "192.168.1.9")),
+        PacketVerdict::Drop
+    );
+    let container_dns = Packet::forward(
+        "docker0",
+        TUN,
+        ip("172.17.0.2"),
+        ip("9.9.9.9"),
+        Transport::udp(1, 53),
+    );
+    assert!(!r.verdict(&container_dns).is_accept());
+    let reply = Packet::forward(
+        TUN,
+        "docker0",
+        ip(INTERNET_V4),
+        ip("172.17.0.2"),
+        Transport::tcp(443, 1),
+    );
+    assert!(!r.verdict(&reply).is_accept());
+    assert!(
+        r.verdict(&reply.with_conn(ConnState::Established))
+            .is_accept()
+    );
+    let lan = rules(&connected(false), false, true);
+    assert!(lan.verdict(&container(PHYS, "192.168.1.9")).is_accept());
+    assert_eq!(
+        lan.verdict(&container(PHYS, INTERNET_V4)),
+        PacketVerdict::Drop
+    );
+}

@@ -1,0 +1,407 @@
+//! The daemon's IPC protocol: newline-delimited JSON over a Unix socket, versioned.
+//!
+//! A client sends one [`RequestEnvelope`] per line; the daemon answers each with one
+//! [`ServerMessage`] line. After [`Request::Subscribe`], the daemon keeps the connection and writes a
+//! [`ServerMessage::Event`] line whenever the status changes, until the client hangs up.
+//!
+//! ```text
+//! -> {"version":1,"request":{"command":"lockdown","enabled":true}}
+//! <- {"version":1,"type":"ok","status":{"state":"blocked","lockdown":true,...}}
+//! -> {"version":1,"request":{"command":"off"}}
+//! <- {"version":1,"type":"error","error":{"kind":"permission_denied","message":"..."}}
+//! ```
+//!
+//! Decoding is strict (unknown fields and commands are errors that name the problem) and never
+//! panics, because the other end of the socket is any local user.
+
+use crate::{GuardSpec, State, TunnelStatus};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The longest request line the daemon reads; longer lines are refused and the connection closed.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+
+/// One request line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestEnvelope {
+    /// Must equal [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// What the client wants.
+    pub request: Request,
+}
+
+impl RequestEnvelope {
+    /// Wraps a request in the current protocol version.
+    pub fn new(request: Request) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            request,
+        }
+    }
+}
+
+/// What a client can ask of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Report the current status. Anyone may ask.
+    Status,
+    /// Report the status, then stream every change. Anyone may ask.
+    Subscribe,
+    /// Protect a tunnel managed by another program. Privileged.
+    Guard(GuardSpec),
+    /// Stop protecting a tunnel; blocked if lockdown is on. Privileged.
+    Down,
+    /// Switch lockdown on or off. Privileged (turning it on is still a change of settings).
+    Lockdown {
+        /// The new value.
+        enabled: bool,
+    },
+    /// Switch LAN access on or off. Privileged.
+    AllowLan {
+        /// The new value.
+        enabled: bool,
+    },
+    /// Remove the kill switch entirely. Privileged.
+    Off,
+}
+
+impl Request {
+    /// Whether the request changes anything (and so needs root or the admin group).
+    pub fn is_privileged(&self) -> bool {
+        !matches!(self, Request::Status | Request::Subscribe)
+    }
+
+    /// The command's name as the CLI and the log spell it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Status => "status",
+            Request::Subscribe => "subscribe",
+            Request::Guard(_) => "guard",
+            Request::Down => "down",
+            Request::Lockdown { .. } => "lockdown",
+            Request::AllowLan { .. } => "allow-lan",
+            Request::Off => "off",
+        }
+    }
+}
+
+/// One line from the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerEnvelope {
+    /// The daemon's [`PROTOCOL_VERSION`].
+    pub version: u32,
+    /// The reply or event.
+    #[serde(flatten)]
+    pub message: ServerMessage,
+}
+
+/// A reply to a request, or an event on a subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// The request succeeded; here is the status after it.
+    Ok {
+        /// The status after the request took effect.
+        status: Status,
+    },
+    /// The request failed and changed nothing (unless the error says otherwise).
+    Error {
+        /// What went wrong.
+        error: IpcError,
+    },
+    /// The status changed (only sent on a subscription).
+    Event {
+        /// The new status.
+        status: Status,
+    },
+}
+
+impl ServerEnvelope {
+    /// Wraps a message in the current protocol version.
+    pub fn new(message: ServerMessage) -> Self {
+        Self {
+            version: PROTOCOL_VERSION,
+            message,
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpcError {
+    /// A machine-readable category.
+    pub kind: ErrorKind,
+    /// A one-line explanation for people.
+    pub message: String,
+}
+
+impl IpcError {
+    /// Builds an error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for IpcError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for IpcError {}
+
+/// Categories of request failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The line was not a valid request (bad JSON, unknown command, unknown field, bad value).
+    BadRequest,
+    /// The request speaks another protocol version.
+    UnsupportedVersion,
+    /// The request line was longer than [`MAX_REQUEST_BYTES`].
+    TooLarge,
+    /// The caller is neither root nor in the admin group.
+    PermissionDenied,
+    /// The firewall could not be changed; the daemon is now blocking (see the status).
+    Firewall,
+    /// Persisting the settings failed; nothing was changed.
+    Storage,
+}
+
+/// The status report: what `killswitch status --json` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// The current state.
+    pub state: State,
+    /// Whether lockdown is on.
+    pub lockdown: bool,
+    /// Whether LAN access is allowed.
+    pub allow_lan: bool,
+    /// The protected tunnel, when one is wanted.
+    pub tunnel: Option<TunnelStatus>,
+    /// The last error, while it still explains the state.
+    pub error: Option<String>,
+    /// What the firewall is doing.
+    pub firewall: FirewallStatus,
+}
+
+/// What the kernel is enforcing, as far as the daemon knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FirewallStatus {
+    /// Whether table `inet killswitch` is installed and matched what was meant when last checked.
+    pub installed: bool,
+    /// Whether the installed rules block everything outside the allowed holes (all states but
+    /// `off` and unlocked `disconnected`). False after an error means blocking itself failed.
+    pub blocking: bool,
+    /// How many rule sets were applied since the daemon started.
+    pub transitions: u64,
+    /// How long the last apply took, including the read-back check, in microseconds.
+    pub last_apply_us: Option<u64>,
+}
+
+/// Why a request line could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON, or not a request.
+    #[error("bad request: {0}")]
+    Malformed(String),
+    /// Another protocol version.
+    #[error("unsupported protocol version {0}; this daemon speaks version {PROTOCOL_VERSION}")]
+    Version(u64),
+}
+
+impl DecodeError {
+    /// The IPC error to send back for this decode failure.
+    pub fn to_ipc_error(&self) -> IpcError {
+        let kind = match self {
+            DecodeError::Malformed(_) => ErrorKind::BadRequest,
+            DecodeError::Version(_) => ErrorKind::UnsupportedVersion,
+        };
+        IpcError::new(kind, self.to_string())
+    }
+}
+
+/// Decodes one request line (without its newline).
+///
+/// The version is checked first, so that a client of a newer protocol gets "unsupported version"
+/// rather than a confusing complaint about a command it believes exists.
+pub fn decode_request(line: &str) -> Result<Request, DecodeError> {
+    let value: serde_json::Value =
+        serde_json::from_str(line).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let Some(object) = value.as_object() else {
+        return Err(DecodeError::Malformed("expected a JSON object".to_owned()));
+    };
+    match object.get("version").map(serde_json::Value::as_u64) {
+        None => return Err(DecodeError::Malformed("missing field `version`".to_owned())),
+        Some(Some(v)) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(Some(v)) => return Err(DecodeError::Version(v)),
+        Some(None) => {
+            return Err(DecodeError::Malformed(
+                "field `version` must be a non-negative integer".to_owned(),
+            ));
+        }
+    }
+    let envelope: RequestEnvelope =
+        serde_json::from_value(value).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if let Request::Guard(spec) = &envelope.request {
+        spec.validate()
+            .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    }
+    Ok(envelope.request)
+}
+
+/// Encodes one line (with its newline) for the socket.
+pub fn encode_line<T: Serialize>(message: &T) -> Result<String, serde_json::Error> {
+    let mut line = serde_json::to_string(message)?;
+    line.push('\n');
+    Ok(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Endpoint, InterfaceName};
+    use proptest::prelude::*;
+
+    fn guard() -> Request {
+        Request::Guard(GuardSpec {
+            interface: InterfaceName::new("tun0").expect("valid"),
+            endpoint: "198.51.100.7:1194/tcp".parse::<Endpoint>().expect("valid"),
+            dns: vec![],
+            mark: None,
+            uid: Some(0),
+        })
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        let requests = [
+            Request::Status,
+            Request::Subscribe,
+            guard(),
+            Request::Down,
+            Request::Lockdown { enabled: true },
+            Request::AllowLan { enabled: false },
+            Request::Off,
+        ];
+        for request in requests {
+            let line = encode_line(&RequestEnvelope::new(request.clone())).expect("encodes");
+            assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+            assert_eq!(decode_request(line.trim_end()), Ok(request));
+        }
+    }
+
+    #[test]
+    fn wire_format_is_stable() {
+        let line = encode_line(&RequestEnvelope::new(Request::Lockdown { enabled: true }))
+            .expect("encodes");
+        assert_eq!(
+            line,
+            "{\"version\":1,\"request\":{\"command\":\"lockdown\",\"enabled\":true}}\n"
+        );
+        let line = encode_line(&RequestEnvelope::new(Request::AllowLan { enabled: false }))
+            .expect("encodes");
+        assert!(line.contains("\"command\":\"allow-lan\""), "{line}");
+    }
+
+    #[test]
+    fn bad_requests_get_errors_that_name_the_problem() {
+        let cases = [
+            ("", "EOF"),
+            ("not json", "expected"),
+            ("[]", "expected a JSON object"),
+            (
+                r#"{"request":{"command":"status"}}"#,
+                "missing field `version`",
+            ),
+            (
+                r#"{"version":"1","request":{"command":"status"}}"#,
+                "non-negative integer",
+            ),
+            (
+                r#"{"version":2,"request":{"command":"status"}}"#,
+                "unsupported protocol version 2",
+            ),
+            (
+                r#"{"version":1,"request":{"command":"explode"}}"#,
+                "explode",
+            ),
+            (
+                r#"{"version":1,"request":{"command":"status"},"extra":1}"#,
+                "extra",
+            ),
+            (
+                r#"{"version":1,"request":{"command":"lockdown"}}"#,
+                "enabled",
+            ),
+            (
+                r#"{"version":1,"request":{"command":"lockdown","enabled":"yes"}}"#,
+                "invalid type",
+            ),
+            (
+                r#"{"version":1,"request":{"command":"guard","interface":"wg0","endpoint":"bad"}}"#,
+                "invalid endpoint",
+            ),
+            (
+                r#"{"version":1,"request":{"command":"guard","interface":"wg0","endpoint":"203.0.113.1:1","dns":["224.0.0.1"]}}"#,
+                "not a usable unicast",
+            ),
+            (
+                r#"{"version":1,"request":{"command":"guard","interface":"wg0","endpoint":"203.0.113.1:1","mark":0}}"#,
+                "invalid fwmark",
+            ),
+        ];
+        for (line, expected) in cases {
+            let err = decode_request(line).expect_err(line).to_string();
+            assert!(err.contains(expected), "{line}: {err}");
+        }
+    }
+
+    #[test]
+    fn version_error_kind() {
+        let err = decode_request(r#"{"version":7,"request":{"command":"whatever-v7-has"}}"#)
+            .expect_err("v7");
+        assert_eq!(err.to_ipc_error().kind, ErrorKind::UnsupportedVersion);
+    }
+
+    #[test]
+    fn privilege_classification() {
+        assert!(!Request::Status.is_privileged());
+        assert!(!Request::Subscribe.is_privileged());
+        for r in [
+            guard(),
+            Request::Down,
+            Request::Lockdown { enabled: true },
+            Request::AllowLan { enabled: true },
+            Request::Off,
+        ] {
+            assert!(r.is_privileged(), "{}", r.name());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_input_never_panics(line in ".{0,300}") {
+            let _ = decode_request(&line);
+        }
+
+        #[test]
+        fn decoding_json_shaped_noise_never_panics(
+            version in prop_oneof![Just("1".to_owned()), any::<i64>().prop_map(|v| v.to_string())],
+            command in "[a-z-]{0,12}",
+            field in "[a-z_]{0,10}",
+            value in prop_oneof![Just("true".to_owned()), Just("null".to_owned()), "\"[ -~]{0,20}\"", any::<i32>().prop_map(|v| v.to_string())],
+        ) {
+            let line = format!(r#"{{"version":{version},"request":{{"command":"{command}","{field}":{value}}}}}"#);
+            let _ = decode_request(&line);
+        }
+    }
+}

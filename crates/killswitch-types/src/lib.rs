@@ -1,0 +1,23 @@
+//! The shared vocabulary of killswitch.
+//!
+//! This crate owns the plain data that the daemon, the CLI, the policy engine and the lab all speak:
+//! interface names, VPN endpoints, firewall marks, the user's settings, the five protection states and
+//! the versioned IPC messages that travel over the daemon's Unix socket.
+//!
+//! It does no I/O and holds no logic beyond parsing and validating its own values, so every crate can
+//! depend on it, including the unprivileged CLI, which must never link code that can touch the firewall.
+
+#![forbid(unsafe_code)]
+
+mod endpoint;
+mod iface;
+pub mod ipc;
+mod mark;
+mod state;
+
+pub use endpoint::{Endpoint, EndpointParseError, TransportProtocol};
+pub use iface::{InterfaceName, InterfaceNameError, MAX_INTERFACE_NAME_LEN};
+pub use mark::{Fwmark, FwmarkParseError};
+pub use state::{
+    GuardSpec, GuardSpecError, MAX_DNS_SERVERS, Settings, State, Target, TunnelStatus,
+};

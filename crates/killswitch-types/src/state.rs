@@ -1,0 +1,219 @@
+//! The protection states, the user's settings and the target the user asked for.
+
+use crate::{Endpoint, Fwmark, InterfaceName};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::net::IpAddr;
+
+/// The most DNS servers a tunnel may name; more is a mistake, not a configuration.
+pub const MAX_DNS_SERVERS: usize = 16;
+
+/// What the kill switch is doing right now. Reported by `status` and in events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// The kill switch is switched off: no table is installed. Only an explicit `off` gets here.
+    Off,
+    /// No tunnel is wanted. No table, unless lockdown is on; then it blocks like `Blocked`.
+    Disconnected,
+    /// A tunnel is wanted but not up: everything is blocked except the hole to the VPN endpoint.
+    Connecting,
+    /// The tunnel is up: traffic may leave through it (and to the endpoint, and the LAN if allowed).
+    Connected,
+    /// Everything is blocked: lockdown while disconnected, or an error.
+    Blocked,
+}
+
+impl State {
+    /// All states, in the order a user meets them.
+    pub const ALL: [State; 5] = [
+        State::Off,
+        State::Disconnected,
+        State::Connecting,
+        State::Connected,
+        State::Blocked,
+    ];
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            State::Off => "off",
+            State::Disconnected => "disconnected",
+            State::Connecting => "connecting",
+            State::Connected => "connected",
+            State::Blocked => "blocked",
+        })
+    }
+}
+
+/// The user's persistent preferences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Block everything while no tunnel is connected, even after an explicit `down`.
+    pub lockdown: bool,
+    /// Allow the fixed private ranges (RFC 1918, link-local, ULA, multicast) outside the tunnel.
+    pub allow_lan: bool,
+}
+
+/// A tunnel managed by some other program (OpenVPN, wg-quick, ...) that the daemon protects.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardSpec {
+    /// The tunnel interface; traffic may leave through it once it is up.
+    pub interface: InterfaceName,
+    /// The VPN server; the only destination reachable outside the tunnel.
+    pub endpoint: Endpoint,
+    /// DNS servers reachable through the tunnel; every other DNS packet is rejected.
+    #[serde(default)]
+    pub dns: Vec<IpAddr>,
+    /// When set, only packets carrying this fwmark may use the endpoint hole.
+    #[serde(default)]
+    pub mark: Option<Fwmark>,
+    /// When set, only sockets owned by this uid may use the endpoint hole.
+    #[serde(default)]
+    pub uid: Option<u32>,
+}
+
+impl fmt::Debug for GuardSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "guard {} via {}", self.interface, self.endpoint)?;
+        if let Some(mark) = self.mark {
+            write!(f, " mark {mark}")?;
+        }
+        if let Some(uid) = self.uid {
+            write!(f, " uid {uid}")?;
+        }
+        if !self.dns.is_empty() {
+            write!(f, " dns {:?}", self.dns)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a guard request cannot be honoured.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuardSpecError {
+    /// Too many DNS servers.
+    #[error("too many DNS servers ({0}); at most {MAX_DNS_SERVERS}")]
+    TooManyDns(usize),
+    /// A DNS server address that cannot be a resolver.
+    #[error("DNS server {0} is not a usable unicast address")]
+    BadDns(IpAddr),
+    /// The tunnel is called `lo`.
+    #[error("the tunnel interface cannot be the loopback interface")]
+    LoopbackTunnel,
+}
+
+impl GuardSpec {
+    /// Checks what serde cannot: the DNS list and the interface.
+    pub fn validate(&self) -> Result<(), GuardSpecError> {
+        if self.interface.as_str() == "lo" {
+            return Err(GuardSpecError::LoopbackTunnel);
+        }
+        if self.dns.len() > MAX_DNS_SERVERS {
+            return Err(GuardSpecError::TooManyDns(self.dns.len()));
+        }
+        if let Some(bad) = self
+            .dns
+            .iter()
+            .find(|ip| ip.is_unspecified() || ip.is_multicast() || is_broadcast(ip))
+        {
+            return Err(GuardSpecError::BadDns(*bad));
+        }
+        Ok(())
+    }
+}
+
+fn is_broadcast(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
+}
+
+/// What the user last asked for. Persisted, so that a restart (or a reboot) resumes it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Target {
+    /// `killswitch off`: no firewall at all.
+    Off,
+    /// `killswitch down`: no tunnel wanted (blocked if lockdown is on).
+    #[default]
+    Disconnected,
+    /// `killswitch guard ...`: protect that tunnel.
+    Guard(GuardSpec),
+}
+
+/// The tunnel as `status` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelStatus {
+    /// The tunnel interface.
+    pub interface: InterfaceName,
+    /// The VPN server the hole is open for.
+    pub endpoint: Endpoint,
+    /// The DNS servers reachable through the tunnel.
+    pub dns: Vec<IpAddr>,
+    /// The fwmark the hole requires, if any.
+    pub mark: Option<Fwmark>,
+    /// The socket owner the hole requires, if any.
+    pub uid: Option<u32>,
+    /// Whether the interface exists and is up.
+    pub up: bool,
+    /// The addresses the tunnel interface carries (IPv6 is blocked unless one of them is IPv6).
+    pub addresses: Vec<IpAddr>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> GuardSpec {
+        GuardSpec {
+            interface: InterfaceName::new("wg0").expect("valid"),
+            endpoint: "203.0.113.1:51820".parse().expect("valid"),
+            dns: vec!["10.64.0.1".parse().expect("valid")],
+            mark: Some(Fwmark::new(0xca6c).expect("non-zero")),
+            uid: None,
+        }
+    }
+
+    #[test]
+    fn target_round_trips_through_json() {
+        for target in [Target::Off, Target::Disconnected, Target::Guard(spec())] {
+            let json = serde_json::to_string(&target).expect("serializable");
+            assert_eq!(
+                serde_json::from_str::<Target>(&json).ok(),
+                Some(target),
+                "{json}"
+            );
+        }
+    }
+
+    #[test]
+    fn guard_spec_rejects_unknown_fields() {
+        let json = r#"{"mode":"guard","interface":"wg0","endpoint":"203.0.113.1:51820","dnss":[]}"#;
+        let err = serde_json::from_str::<Target>(json).expect_err("typo must fail");
+        assert!(err.to_string().contains("dnss"), "{err}");
+    }
+
+    #[test]
+    fn guard_spec_validation() {
+        assert_eq!(spec().validate(), Ok(()));
+        let mut s = spec();
+        s.dns = vec!["0.0.0.0".parse().expect("valid")];
+        assert!(matches!(s.validate(), Err(GuardSpecError::BadDns(_))));
+        let mut s = spec();
+        s.interface = InterfaceName::loopback();
+        assert_eq!(s.validate(), Err(GuardSpecError::LoopbackTunnel));
+        let mut s = spec();
+        s.dns = vec!["10.0.0.1".parse().expect("valid"); MAX_DNS_SERVERS + 1];
+        assert!(matches!(s.validate(), Err(GuardSpecError::TooManyDns(_))));
+    }
+
+    #[test]
+    fn debug_is_one_readable_line() {
+        assert_eq!(
+            format!("{:?}", spec()),
+            "guard wg0 via 203.0.113.1:51820/udp mark 0xca6c dns [10.64.0.1]"
+        );
+    }
+}
