@@ -1,0 +1,13 @@
+//! The leak lab: a sandboxed network in which the kill switch is tested with real packets.
+//!
+//! Everything here happens inside network namespaces that the lab creates and removes (on drop,
+//! after a panic too). Nothing touches the namespace the lab is started from.
+//!
+//! - [`netns`]: named network namespaces, commands and closures run inside them, and the
+//!   root/CI checks shared by every test that needs the kernel.
+//! - [`capture`]: an AF_PACKET capture on one interface, with in-order draining.
+//! - [`packet`]: parsing captured frames into addresses, ports and payloads.
+
+pub mod capture;
+pub mod netns;
+pub mod packet;

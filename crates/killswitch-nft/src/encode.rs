@@ -1,0 +1,296 @@
+//! Ruleset → the bytes of one nftables netlink batch.
+//!
+//! Each [`Match`] becomes the expressions `nft` itself would emit for it (a load into register 1,
+//! then a comparison), so that `nft list table inet killswitch` prints the rules in familiar syntax.
+
+use crate::NftError;
+use ipnet::IpNet;
+use killswitch_policy::{
+    CtStates, IpFamily, Match, RejectWith, Rule as PolicyRule, Ruleset, TABLE_NAME, Verdict as PolicyVerdict,
+};
+use nftnl::expr::{
+    Bitwise, Cmp, CmpOp, Conntrack, Expression, IcmpCode, Meta, RejectionType, Verdict as NftVerdict,
+};
+use nftnl::nftnl_sys as sys;
+use nftnl::{Chain, ChainType, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
+use std::ffi::CString;
+use std::ptr::NonNull;
+
+/// One complete batch, as the contiguous bytes sent to the kernel, with a label for every message
+/// so that a rejection can name the rule it was about.
+#[derive(Debug)]
+pub(crate) struct Batch {
+    bytes: Vec<u8>,
+    labels: Vec<String>,
+}
+
+impl Batch {
+    pub(crate) fn build(ruleset: &Ruleset) -> Result<Self, NftError> {
+        let name = CString::new(TABLE_NAME).map_err(|_| NftError::Comment(TABLE_NAME.to_owned()))?;
+        let table = Table::new(&name, ProtoFamily::Inet);
+        let mut batch = nftnl::Batch::new();
+        let mut labels = vec!["batch begin".to_owned()];
+
+        // Adding first makes the delete valid whether or not the table exists; the delete then
+        // removes the old table (with its chains and rules) and everything after re-creates it.
+        // The kernel applies all of it at once at commit.
+        batch.add(&table, MsgType::Add);
+        labels.push(format!("add table inet {TABLE_NAME}"));
+        batch.add(&table, MsgType::Del);
+        labels.push(format!("delete table inet {TABLE_NAME}"));
+
+        if let Some(policy_table) = &ruleset.table {
+            batch.add(&table, MsgType::Add);
+            labels.push(format!("add table inet {TABLE_NAME}"));
+
+            let mut chains = Vec::with_capacity(policy_table.chains.len());
+            for policy_chain in &policy_table.chains {
+                let chain_name =
+                    CString::new(policy_chain.name.as_str()).map_err(|_| NftError::Comment(policy_chain.name.clone()))?;
+                let mut chain = Chain::new(&chain_name, &table);
+                if let Some(base) = policy_chain.base {
+                    chain.set_hook(hook(base.hook), base.priority);
+                    chain.set_type(ChainType::Filter);
+                    chain.set_policy(match base.policy {
+                        killswitch_policy::ChainPolicy::Accept => Policy::Accept,
+                        killswitch_policy::ChainPolicy::Drop => Policy::Drop,
+                    });
+                }
+                batch.add(&chain, MsgType::Add);
+                labels.push(format!("add chain {}", policy_chain.name));
+                chains.push(chain);
+            }
+            // Rules after all chains, so that a jump never names a chain not yet created.
+            for (chain, policy_chain) in chains.iter().zip(&policy_table.chains) {
+                for (index, policy_rule) in policy_chain.rules.iter().enumerate() {
+                    let rule = encode_rule(chain, policy_rule)?;
+                    batch.add(&rule, MsgType::Add);
+                    labels.push(format!("rule {index} of chain {}: {policy_rule}", policy_chain.name));
+                }
+            }
+        }
+        labels.push("batch end".to_owned());
+
+        let finalized = batch.finalize();
+        let bytes: Vec<u8> = finalized.iter().flatten().copied().collect();
+        Ok(Batch { bytes, labels })
+    }
+
+    /// The batch as sent.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The label of the `index`th message of the batch.
+    pub(crate) fn label(&self, index: usize) -> &str {
+        self.labels.get(index).map_or("an unknown message", String::as_str)
+    }
+
+    /// How many messages the batch holds.
+    pub(crate) fn messages(&self) -> usize {
+        self.labels.len()
+    }
+}
+
+fn hook(hook: killswitch_policy::Hook) -> Hook {
+    match hook {
+        killswitch_policy::Hook::Input => Hook::In,
+        killswitch_policy::Hook::Output => Hook::Out,
+        killswitch_policy::Hook::Forward => Hook::Forward,
+    }
+}
+
+fn encode_rule<'a>(chain: &'a Chain<'a>, policy_rule: &PolicyRule) -> Result<Rule<'a>, NftError> {
+    let mut rule = Rule::new(chain);
+    for m in &policy_rule.matches {
+        encode_match(&mut rule, m);
+    }
+    match &policy_rule.verdict {
+        PolicyVerdict::Accept => rule.add_expr(&NftVerdict::Accept),
+        PolicyVerdict::Drop => rule.add_expr(&NftVerdict::Drop),
+        PolicyVerdict::Reject(RejectWith::TcpReset) => rule.add_expr(&NftVerdict::Reject(RejectionType::TcpRst)),
+        PolicyVerdict::Reject(RejectWith::AdminProhibited) => {
+            rule.add_expr(&NftVerdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)))
+        }
+        PolicyVerdict::Jump(target) => {
+            let chain = CString::new(target.as_str()).map_err(|_| NftError::Comment(target.clone()))?;
+            rule.add_expr(&NftVerdict::Jump { chain })
+        }
+    }
+    if !policy_rule.comment.is_empty() {
+        let comment = CString::new(policy_rule.comment).map_err(|_| NftError::Comment(policy_rule.comment.to_owned()))?;
+        rule.set_comment(&comment)
+            .map_err(|_| NftError::Comment(policy_rule.comment.to_owned()))?;
+    }
+    Ok(rule)
+}
+
+const NFPROTO_IPV4: u8 = libc::NFPROTO_IPV4 as u8;
+const NFPROTO_IPV6: u8 = libc::NFPROTO_IPV6 as u8;
+/// Interface names are compared over the kernel's full IFNAMSIZ buffer, NUL padded, as nft does.
+const IFNAMSIZ: usize = 16;
+
+fn encode_match(rule: &mut Rule<'_>, m: &Match) {
+    match m {
+        Match::Family(family) => {
+            rule.add_expr(&Meta::NfProto);
+            rule.add_expr(&cmp_eq(&[match family {
+                IpFamily::V4 => NFPROTO_IPV4,
+                IpFamily::V6 => NFPROTO_IPV6,
+            }]));
+        }
+        Match::InInterface(name) => {
+            rule.add_expr(&Meta::IifName);
+            rule.add_expr(&Cmp::new(CmpOp::Eq, ifname(name.as_str()).as_slice()));
+        }
+        Match::NotInInterface(name) => {
+            rule.add_expr(&Meta::IifName);
+            rule.add_expr(&Cmp::new(CmpOp::Neq, ifname(name.as_str()).as_slice()));
+        }
+        Match::OutInterface(name) => {
+            rule.add_expr(&Meta::OifName);
+            rule.add_expr(&Cmp::new(CmpOp::Eq, ifname(name.as_str()).as_slice()));
+        }
+        Match::Source(net) => encode_prefix(rule, net, Direction::Source),
+        Match::Destination(net) => encode_prefix(rule, net, Direction::Destination),
+        Match::Protocol(proto) => {
+            rule.add_expr(&Meta::L4Proto);
+            rule.add_expr(&cmp_eq(&[proto.number()]));
+        }
+        Match::SourcePort(port) => {
+            rule.add_expr(&PayloadLoad::transport(0, 2));
+            rule.add_expr(&cmp_eq(&port.to_be_bytes()));
+        }
+        Match::DestinationPort(port) => {
+            rule.add_expr(&PayloadLoad::transport(2, 2));
+            rule.add_expr(&cmp_eq(&port.to_be_bytes()));
+        }
+        Match::Icmpv6Type(kind) => {
+            rule.add_expr(&PayloadLoad::transport(0, 1));
+            rule.add_expr(&cmp_eq(&[*kind]));
+        }
+        Match::HopLimit(hops) => {
+            rule.add_expr(&PayloadLoad::network(7, 1));
+            rule.add_expr(&cmp_eq(&[*hops]));
+        }
+        Match::ConnState(states) => {
+            // nft's encoding of `ct state a,b`: mask the state bits, match if any is set.
+            rule.add_expr(&Conntrack::State);
+            let mask = ct_mask(*states).to_ne_bytes();
+            rule.add_expr(&Bitwise::new(mask.as_slice(), [0u8; 4].as_slice()));
+            rule.add_expr(&Cmp::new(CmpOp::Neq, [0u8; 4].as_slice()));
+        }
+        Match::Mark(mark) => {
+            rule.add_expr(&Meta::Mark { set: false });
+            rule.add_expr(&cmp_eq(&mark.to_ne_bytes()));
+        }
+        Match::SocketUid(uid) => {
+            rule.add_expr(&Meta::SkUid);
+            rule.add_expr(&cmp_eq(&uid.to_ne_bytes()));
+        }
+    }
+}
+
+fn cmp_eq(data: &[u8]) -> Cmp<&[u8]> {
+    Cmp::new(CmpOp::Eq, data)
+}
+
+fn ifname(name: &str) -> Vec<u8> {
+    let mut bytes = name.as_bytes().to_vec();
+    bytes.resize(IFNAMSIZ, 0);
+    bytes
+}
+
+fn ct_mask(states: CtStates) -> u32 {
+    let mut mask = 0;
+    if states.established {
+        mask |= nftnl::expr::States::ESTABLISHED.bits();
+    }
+    if states.related {
+        mask |= nftnl::expr::States::RELATED.bits();
+    }
+    mask
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Source,
+    Destination,
+}
+
+/// An address prefix, encoded as nft does: for a byte-aligned prefix, load only the prefix's bytes
+/// and compare them; otherwise load the whole address, mask it and compare.
+fn encode_prefix(rule: &mut Rule<'_>, net: &IpNet, direction: Direction) {
+    let (offset, address) = match (net, direction) {
+        (IpNet::V4(n), Direction::Source) => (12, n.network().octets().to_vec()),
+        (IpNet::V4(n), Direction::Destination) => (16, n.network().octets().to_vec()),
+        (IpNet::V6(n), Direction::Source) => (8, n.network().octets().to_vec()),
+        (IpNet::V6(n), Direction::Destination) => (24, n.network().octets().to_vec()),
+    };
+    let prefix = usize::from(net.prefix_len());
+    if prefix == 0 {
+        // Matches every address of the family, which the preceding nfproto match already says.
+        return;
+    }
+    if prefix % 8 == 0 {
+        let len = prefix / 8;
+        rule.add_expr(&PayloadLoad::network(offset, len as u32));
+        rule.add_expr(&cmp_eq(&address[..len]));
+    } else {
+        let mask = match net {
+            IpNet::V4(n) => n.netmask().octets().to_vec(),
+            IpNet::V6(n) => n.netmask().octets().to_vec(),
+        };
+        let zeros = vec![0u8; address.len()];
+        rule.add_expr(&PayloadLoad::network(offset, address.len() as u32));
+        rule.add_expr(&Bitwise::new(mask.as_slice(), zeros.as_slice()));
+        rule.add_expr(&cmp_eq(&address));
+    }
+}
+
+/// `payload load LEN bytes @ BASE header + OFFSET => reg 1`, with offsets in bytes.
+///
+/// nftnl's own payload type names its raw offsets in bits but passes them through as bytes; this
+/// one says what it means.
+struct PayloadLoad {
+    base: u32,
+    offset: u32,
+    len: u32,
+}
+
+impl PayloadLoad {
+    fn network(offset: u32, len: u32) -> Self {
+        Self {
+            base: libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+            offset,
+            len,
+        }
+    }
+
+    fn transport(offset: u32, len: u32) -> Self {
+        Self {
+            base: libc::NFT_PAYLOAD_TRANSPORT_HEADER as u32,
+            offset,
+            len,
+        }
+    }
+}
+
+impl Expression for PayloadLoad {
+    fn to_expr(&self, _rule: &Rule<'_>) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: nftnl_expr_alloc returns a fresh expression or NULL (checked); the setters only
+        // copy the integers into it. Ownership passes to the rule that adds it.
+        unsafe {
+            let expr = sys::nftnl_expr_alloc(c"payload".as_ptr());
+            let Some(expr) = NonNull::new(expr) else {
+                // Out of memory for a few dozen bytes: nothing sensible is left to do.
+                std::process::abort();
+            };
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_PAYLOAD_BASE as u16, self.base);
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, self.offset);
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_PAYLOAD_LEN as u16, self.len);
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_PAYLOAD_DREG as u16, libc::NFT_REG_1 as u32);
+            expr
+        }
+    }
+}

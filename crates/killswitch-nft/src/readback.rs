@@ -1,0 +1,363 @@
+//! Reading table `inet killswitch` back from the kernel, and comparing it with what was sent.
+//!
+//! nftnl cannot read rules back through its safe API, so this module uses libnftnl's parser
+//! directly: every NEWTABLE/NEWCHAIN/NEWRULE message, whether it is one we sent or one the kernel
+//! dumped, is parsed into a libnftnl object and described the same way (chain attributes as
+//! numbers, each rule as libnftnl's own expression listing). Comparing those descriptions compares
+//! what the kernel executes, without a second, hand-written decoder that could share our bugs.
+
+use crate::NftError;
+use crate::encode::Batch;
+use crate::netlink::{self, Message};
+use killswitch_policy::TABLE_NAME;
+use nftnl::nftnl_sys as sys;
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::os::raw::c_char;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWTABLE: u16 = libc::NFT_MSG_NEWTABLE as u16;
+const NFT_MSG_DELTABLE: u16 = libc::NFT_MSG_DELTABLE as u16;
+const NFT_MSG_NEWCHAIN: u16 = libc::NFT_MSG_NEWCHAIN as u16;
+const NFT_MSG_NEWRULE: u16 = libc::NFT_MSG_NEWRULE as u16;
+
+/// Table `inet killswitch` as the kernel holds it (or as a batch describes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledTable {
+    /// Table flags; anything but 0 (e.g. `dormant`, which disables every chain) is suspicious.
+    pub flags: u32,
+    /// The chains, in the kernel's order.
+    pub chains: Vec<InstalledChain>,
+}
+
+/// One chain of the installed table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledChain {
+    /// The chain's name.
+    pub name: String,
+    /// For a base chain: `type T hook H priority P policy X` as numbers.
+    pub base: Option<String>,
+    /// Each rule as libnftnl lists its expressions, plus its comment.
+    pub rules: Vec<String>,
+}
+
+impl InstalledTable {
+    /// How many rules the table holds.
+    pub fn rule_count(&self) -> usize {
+        self.chains.iter().map(|c| c.rules.len()).sum()
+    }
+}
+
+impl fmt::Display for InstalledTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "table inet {TABLE_NAME} flags {:#x}", self.flags)?;
+        for chain in &self.chains {
+            writeln!(f, "chain {} {}", chain.name, chain.base.as_deref().unwrap_or("(regular)"))?;
+            for rule in &chain.rules {
+                writeln!(f, "{rule}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn message_kind(message: &Message) -> Option<u16> {
+    let kind = message.header().kind;
+    (kind >> 8 == NFNL_SUBSYS_NFTABLES).then_some(kind & 0xff)
+}
+
+/// What the batch will leave in the kernel: replays its table/chain/rule messages.
+pub(crate) fn expected_from_batch(batch: &Batch) -> Result<Option<InstalledTable>, NftError> {
+    let mut table: Option<InstalledTable> = None;
+    for message in netlink::split(batch.bytes())? {
+        match message_kind(&message) {
+            Some(NFT_MSG_NEWTABLE) if table.is_none() => table = Some(parse_table(&message)?),
+            Some(NFT_MSG_DELTABLE) => table = None,
+            Some(NFT_MSG_NEWCHAIN) => {
+                let chain = parse_chain(&message)?;
+                if let Some(t) = table.as_mut() {
+                    t.chains.push(chain);
+                }
+            }
+            Some(NFT_MSG_NEWRULE) => add_rule(table.as_mut(), &message)?,
+            _ => {}
+        }
+    }
+    Ok(table)
+}
+
+/// Reads the table from the kernel.
+pub(crate) fn read_installed() -> Result<Option<InstalledTable>, NftError> {
+    let name = CString::new(TABLE_NAME).map_err(|_| NftError::Parse("table name".to_owned()))?;
+
+    let table_messages = match netlink::request(&get_table_request(&name))? {
+        Ok(messages) => messages,
+        Err(libc::ENOENT) => return Ok(None),
+        Err(errno) => return Err(dump_error("table", errno)),
+    };
+    let mut table = match table_messages.first() {
+        Some(message) => parse_table(message)?,
+        None => return Ok(None),
+    };
+
+    let chain_messages = netlink::request(&dump_request(libc::NFT_MSG_GETCHAIN as u16, None))?
+        .map_err(|errno| dump_error("chains", errno))?;
+    for message in &chain_messages {
+        if message_kind(message) == Some(NFT_MSG_NEWCHAIN) && object_table(message, ObjectKind::Chain)? == TABLE_NAME {
+            table.chains.push(parse_chain(message)?);
+        }
+    }
+
+    // The table may vanish between the requests (that is what tampering looks like); a missing
+    // table here reads as "no rules", which the comparison then reports.
+    let rule_messages = match netlink::request(&dump_request(libc::NFT_MSG_GETRULE as u16, Some(&name)))? {
+        Ok(messages) => messages,
+        Err(libc::ENOENT) => Vec::new(),
+        Err(errno) => return Err(dump_error("rules", errno)),
+    };
+    for message in &rule_messages {
+        if message_kind(message) == Some(NFT_MSG_NEWRULE) && object_table(message, ObjectKind::Rule)? == TABLE_NAME {
+            add_rule(Some(&mut table), message)?;
+        }
+    }
+    Ok(Some(table))
+}
+
+fn dump_error(what: &str, errno: i32) -> NftError {
+    NftError::Rejected {
+        what: format!("the request to list {what} of table inet {TABLE_NAME}"),
+        source: std::io::Error::from_raw_os_error(errno),
+    }
+}
+
+/// The first difference between what was meant and what is installed, in words.
+pub(crate) fn compare(expected: Option<&InstalledTable>, actual: Option<&InstalledTable>) -> Result<(), String> {
+    let (expected, actual) = match (expected, actual) {
+        (None, None) => return Ok(()),
+        (Some(_), None) => return Err(format!("table inet {TABLE_NAME} is missing")),
+        (None, Some(t)) => {
+            return Err(format!("table inet {TABLE_NAME} is present ({} rules) but should not be", t.rule_count()));
+        }
+        (Some(e), Some(a)) => (e, a),
+    };
+    if expected.flags != actual.flags {
+        return Err(format!("table flags are {:#x}, expected {:#x}", actual.flags, expected.flags));
+    }
+    let names = |t: &InstalledTable| t.chains.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
+    if names(expected) != names(actual) {
+        return Err(format!("chains are {:?}, expected {:?}", names(actual), names(expected)));
+    }
+    for (e, a) in expected.chains.iter().zip(&actual.chains) {
+        if e.base != a.base {
+            return Err(format!("chain {} is {:?}, expected {:?}", e.name, a.base, e.base));
+        }
+        if e.rules.len() != a.rules.len() {
+            return Err(format!("chain {} has {} rules, expected {}", e.name, a.rules.len(), e.rules.len()));
+        }
+        if let Some((i, (er, ar))) = e.rules.iter().zip(&a.rules).enumerate().find(|(_, (er, ar))| er != ar) {
+            return Err(format!("chain {} rule {i} is\n{ar}\nexpected\n{er}", e.name));
+        }
+    }
+    Ok(())
+}
+
+// --- libnftnl objects -------------------------------------------------------------------------
+
+/// An owned libnftnl object, freed on drop.
+struct Owned<T> {
+    ptr: *mut T,
+    free: unsafe extern "C" fn(*const T),
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from the matching nftnl_*_alloc and is freed exactly once.
+        unsafe { (self.free)(self.ptr) }
+    }
+}
+
+fn alloc<T>(ptr: *mut T, free: unsafe extern "C" fn(*const T)) -> Owned<T> {
+    if ptr.is_null() {
+        // Out of memory allocating a small struct: nothing sensible is left to do.
+        std::process::abort();
+    }
+    Owned { ptr, free }
+}
+
+#[derive(Clone, Copy)]
+enum ObjectKind {
+    Chain,
+    Rule,
+}
+
+fn parse_table(message: &Message) -> Result<InstalledTable, NftError> {
+    // SAFETY: the message is an aligned, length-checked netlink message; the table object is ours.
+    unsafe {
+        let table = alloc(sys::nftnl_table_alloc(), sys::nftnl_table_free);
+        if sys::nftnl_table_nlmsg_parse(message.as_nlmsghdr(), table.ptr) < 0 {
+            return Err(NftError::Parse("a table message".to_owned()));
+        }
+        let flags = if sys::nftnl_table_is_set(table.ptr, sys::NFTNL_TABLE_FLAGS as u16) {
+            sys::nftnl_table_get_u32(table.ptr, sys::NFTNL_TABLE_FLAGS as u16)
+        } else {
+            0
+        };
+        Ok(InstalledTable {
+            flags,
+            chains: Vec::new(),
+        })
+    }
+}
+
+fn object_table(message: &Message, kind: ObjectKind) -> Result<String, NftError> {
+    // SAFETY: as in parse_table; the returned string is copied before the object is freed.
+    unsafe {
+        match kind {
+            ObjectKind::Chain => {
+                let chain = alloc(sys::nftnl_chain_alloc(), sys::nftnl_chain_free);
+                if sys::nftnl_chain_nlmsg_parse(message.as_nlmsghdr(), chain.ptr) < 0 {
+                    return Err(NftError::Parse("a chain message".to_owned()));
+                }
+                Ok(c_string(sys::nftnl_chain_get_str(chain.ptr, sys::NFTNL_CHAIN_TABLE as u16)))
+            }
+            ObjectKind::Rule => {
+                let rule = alloc(sys::nftnl_rule_alloc(), sys::nftnl_rule_free);
+                if sys::nftnl_rule_nlmsg_parse(message.as_nlmsghdr(), rule.ptr) < 0 {
+                    return Err(NftError::Parse("a rule message".to_owned()));
+                }
+                Ok(c_string(sys::nftnl_rule_get_str(rule.ptr, sys::NFTNL_RULE_TABLE as u16)))
+            }
+        }
+    }
+}
+
+fn parse_chain(message: &Message) -> Result<InstalledChain, NftError> {
+    // SAFETY: as in parse_table; attributes are read only when set, strings copied out.
+    unsafe {
+        let chain = alloc(sys::nftnl_chain_alloc(), sys::nftnl_chain_free);
+        if sys::nftnl_chain_nlmsg_parse(message.as_nlmsghdr(), chain.ptr) < 0 {
+            return Err(NftError::Parse("a chain message".to_owned()));
+        }
+        let c = chain.ptr;
+        let is_set = |attr: u32| sys::nftnl_chain_is_set(c, attr as u16);
+        let name = c_string(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_NAME as u16));
+        let base = is_set(sys::NFTNL_CHAIN_HOOKNUM).then(|| {
+            let policy = if is_set(sys::NFTNL_CHAIN_POLICY) {
+                sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_POLICY as u16).to_string()
+            } else {
+                "unset".to_owned()
+            };
+            let chain_type = if is_set(sys::NFTNL_CHAIN_TYPE) {
+                c_string(sys::nftnl_chain_get_str(c, sys::NFTNL_CHAIN_TYPE as u16))
+            } else {
+                "unset".to_owned()
+            };
+            format!(
+                "type {chain_type} hook {} priority {} policy {policy}",
+                sys::nftnl_chain_get_u32(c, sys::NFTNL_CHAIN_HOOKNUM as u16),
+                sys::nftnl_chain_get_s32(c, sys::NFTNL_CHAIN_PRIO as u16),
+            )
+        });
+        Ok(InstalledChain {
+            name,
+            base,
+            rules: Vec::new(),
+        })
+    }
+}
+
+fn add_rule(table: Option<&mut InstalledTable>, message: &Message) -> Result<(), NftError> {
+    let (chain_name, text) = describe_rule(message)?;
+    let Some(table) = table else {
+        return Err(NftError::Parse(format!("a rule for chain {chain_name} outside the table")));
+    };
+    match table.chains.iter_mut().find(|c| c.name == chain_name) {
+        Some(chain) => chain.rules.push(text),
+        None => return Err(NftError::Parse(format!("a rule for unknown chain {chain_name}"))),
+    }
+    Ok(())
+}
+
+/// The chain a rule belongs to, and libnftnl's listing of its expressions and comment, without the
+/// first line (family, table, chain, handle, position), which differs between a rule we send and
+/// the same rule read back.
+fn describe_rule(message: &Message) -> Result<(String, String), NftError> {
+    // SAFETY: as in parse_table; snprintf writes at most `buffer.len()` bytes, NUL terminated.
+    unsafe {
+        let rule = alloc(sys::nftnl_rule_alloc(), sys::nftnl_rule_free);
+        if sys::nftnl_rule_nlmsg_parse(message.as_nlmsghdr(), rule.ptr) < 0 {
+            return Err(NftError::Parse("a rule message".to_owned()));
+        }
+        let chain = c_string(sys::nftnl_rule_get_str(rule.ptr, sys::NFTNL_RULE_CHAIN as u16));
+        let mut buffer = vec![0u8; 16 * 1024];
+        let written = sys::nftnl_rule_snprintf(
+            buffer.as_mut_ptr().cast::<c_char>(),
+            buffer.len(),
+            rule.ptr,
+            sys::NFTNL_OUTPUT_DEFAULT,
+            0,
+        );
+        if written < 0 || written as usize >= buffer.len() {
+            return Err(NftError::Parse(format!("a rule of chain {chain} too long to list")));
+        }
+        let text = c_string(buffer.as_ptr().cast());
+        let body = text.split_once('\n').map_or("", |(_, rest)| rest).trim_end().to_owned();
+        Ok((chain, body))
+    }
+}
+
+/// Copies a C string; a NULL pointer (attribute unset) becomes the empty string.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a NUL-terminated string.
+unsafe fn c_string(ptr: *const c_char) -> String {
+    if ptr.is_null() {
+        return String::new();
+    }
+    // SAFETY: guaranteed by the caller.
+    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+}
+
+// --- requests ---------------------------------------------------------------------------------
+
+fn build_request(kind: u16, flags: u16, fill: impl FnOnce(*mut libc::nlmsghdr)) -> Vec<u8> {
+    let mut words = vec![0u64; 512];
+    // SAFETY: the buffer (4 KiB) is larger than a header plus a table name; the header builder
+    // writes within it and returns a pointer into it.
+    unsafe {
+        let nlh = sys::nftnl_nlmsg_build_hdr(
+            words.as_mut_ptr().cast::<c_char>(),
+            kind,
+            libc::NFPROTO_INET as u16,
+            flags,
+            1,
+        );
+        fill(nlh);
+        let len = (*nlh).nlmsg_len as usize;
+        std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), len).to_vec()
+    }
+}
+
+fn get_table_request(name: &CStr) -> Vec<u8> {
+    build_request(libc::NFT_MSG_GETTABLE as u16, 0, |nlh| {
+        // SAFETY: the table object lives until after the payload is copied into the message.
+        unsafe {
+            let table = alloc(sys::nftnl_table_alloc(), sys::nftnl_table_free);
+            sys::nftnl_table_set_str(table.ptr, sys::NFTNL_TABLE_NAME as u16, name.as_ptr());
+            sys::nftnl_table_nlmsg_build_payload(nlh, table.ptr);
+        }
+    })
+}
+
+fn dump_request(kind: u16, table: Option<&CStr>) -> Vec<u8> {
+    build_request(kind, libc::NLM_F_DUMP as u16, |nlh| {
+        if let Some(name) = table {
+            // SAFETY: as above. Only rule dumps pass a table; the kernel filters them by it.
+            unsafe {
+                let rule = alloc(sys::nftnl_rule_alloc(), sys::nftnl_rule_free);
+                sys::nftnl_rule_set_str(rule.ptr, sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
+                sys::nftnl_rule_nlmsg_build_payload(nlh, rule.ptr);
+            }
+        }
+    })
+}
