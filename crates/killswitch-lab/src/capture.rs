@@ -87,7 +87,11 @@ impl Capture {
 
     /// A copy of every frame captured so far.
     pub fn frames(&self) -> Vec<Captured> {
-        self.shared.frames.lock().map(|f| f.clone()).unwrap_or_default()
+        self.shared
+            .frames
+            .lock()
+            .map(|f| f.clone())
+            .unwrap_or_default()
     }
 
     /// How many frames were captured so far.
@@ -101,16 +105,29 @@ impl Capture {
     }
 
     /// Waits until a frame at index `from` or later satisfies `pred`, and returns its index.
-    pub fn wait_for(&self, from: usize, timeout: Duration, pred: impl Fn(&Captured) -> bool) -> Result<usize> {
+    pub fn wait_for(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Captured) -> bool,
+    ) -> Result<usize> {
         let deadline = Instant::now() + timeout;
-        let mut frames = self.shared.frames.lock().map_err(|_| anyhow::anyhow!("capture lock poisoned"))?;
+        let mut frames = self
+            .shared
+            .frames
+            .lock()
+            .map_err(|_| anyhow::anyhow!("capture lock poisoned"))?;
         loop {
             if let Some(i) = frames.iter().skip(from).position(&pred) {
                 return Ok(from + i);
             }
             let now = Instant::now();
             if now >= deadline {
-                bail!("no matching frame on {} within {timeout:?} ({} frames captured)", self.interface, frames.len());
+                bail!(
+                    "no matching frame on {} within {timeout:?} ({} frames captured)",
+                    self.interface,
+                    frames.len()
+                );
             }
             frames = self
                 .shared
@@ -123,7 +140,10 @@ impl Capture {
 
     /// Frames the kernel dropped because the capture could not keep up. Must be 0 for a verdict.
     pub fn kernel_drops(&self) -> Result<u32> {
-        let mut stats = libc::tpacket_stats { tp_packets: 0, tp_drops: 0 };
+        let mut stats = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
         let mut len = size_of::<libc::tpacket_stats>() as libc::socklen_t;
         // SAFETY: PACKET_STATISTICS writes a tpacket_stats into the buffer of the given length.
         let rc = unsafe {
@@ -139,7 +159,8 @@ impl Capture {
             return Err(std::io::Error::last_os_error()).context("reading capture statistics");
         }
         // The kernel resets the counters on every read; keep our own running total.
-        self.drops_total.fetch_add(stats.tp_drops as usize, Ordering::Relaxed);
+        self.drops_total
+            .fetch_add(stats.tp_drops as usize, Ordering::Relaxed);
         Ok(self.drops_total.load(Ordering::Relaxed) as u32)
     }
 }
@@ -156,13 +177,21 @@ impl Drop for Capture {
 fn open_packet_socket(interface: &str) -> Result<OwnedFd> {
     let protocol = (libc::ETH_P_ALL as u16).to_be();
     // SAFETY: plain socket(2); the result is checked before being wrapped.
-    let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(protocol)) };
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(protocol),
+        )
+    };
     if raw < 0 {
-        return Err(std::io::Error::last_os_error()).context("opening an AF_PACKET socket (needs root)");
+        return Err(std::io::Error::last_os_error())
+            .context("opening an AF_PACKET socket (needs root)");
     }
     // SAFETY: `raw` is a freshly opened descriptor that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let index = nix::net::if_::if_nametoindex(interface).with_context(|| format!("no interface {interface}"))?;
+    let index = nix::net::if_::if_nametoindex(interface)
+        .with_context(|| format!("no interface {interface}"))?;
     // A large buffer so that a burst of thousands of frames per second is not dropped.
     let rcvbuf: libc::c_int = 32 * 1024 * 1024;
     let timeout = libc::timeval {
@@ -171,7 +200,13 @@ fn open_packet_socket(interface: &str) -> Result<OwnedFd> {
     };
     // SAFETY: setsockopt with pointers to live values of the sizes given.
     unsafe {
-        libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, (&rcvbuf as *const libc::c_int).cast(), 4);
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&rcvbuf as *const libc::c_int).cast(),
+            4,
+        );
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
@@ -194,7 +229,8 @@ fn open_packet_socket(interface: &str) -> Result<OwnedFd> {
         )
     };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("binding the capture to {interface}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("binding the capture to {interface}"));
     }
     Ok(fd)
 }
@@ -219,7 +255,7 @@ fn read_frames(fd: &OwnedFd, shared: &Shared, stop: &AtomicBool) {
         if n < 0 {
             continue; // timeout (to look at the stop flag) or EINTR
         }
-        let direction = if from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+        let direction = if from.sll_pkttype == libc::PACKET_OUTGOING {
             Direction::Outgoing
         } else {
             Direction::Incoming

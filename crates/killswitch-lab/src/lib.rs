@@ -7,7 +7,11 @@
 //!   root/CI checks shared by every test that needs the kernel.
 //! - [`capture`]: an AF_PACKET capture on one interface, with in-order draining.
 //! - [`packet`]: parsing captured frames into addresses, ports and payloads.
+//! - [`topology`]: the client and net namespaces and the addresses of the lab's network.
+//! - [`traffic`]: probes that name themselves in their payload.
 
 pub mod capture;
 pub mod netns;
 pub mod packet;
+pub mod topology;
+pub mod traffic;

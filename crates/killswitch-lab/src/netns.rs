@@ -67,7 +67,8 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace. Sockets `f` opens live in it, and
     /// stay in it after `f` returns.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
-        let file = File::open(self.path()).with_context(|| format!("opening {}", self.path().display()))?;
+        let file = File::open(self.path())
+            .with_context(|| format!("opening {}", self.path().display()))?;
         std::thread::scope(|scope| {
             scope
                 .spawn(move || -> Result<T> {
@@ -94,7 +95,18 @@ impl Drop for Netns {
 
 /// Creates a veth pair: `a_name` in `a` and `b_name` in `b`, both up.
 pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
-    a.ip(&["link", "add", a_name, "type", "veth", "peer", "name", b_name, "netns", b.name()])?;
+    a.ip(&[
+        "link",
+        "add",
+        a_name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_name,
+        "netns",
+        b.name(),
+    ])?;
     a.ip(&["link", "set", a_name, "up"])?;
     b.ip(&["link", "set", b_name, "up"])?;
     Ok(())
@@ -103,9 +115,16 @@ pub fn veth(a: &Netns, a_name: &str, b: &Netns, b_name: &str) -> Result<()> {
 /// Runs a command, returning stdout, or an error that shows the command and its stderr.
 pub fn run_checked(cmd: &mut Command) -> Result<String> {
     let shown = format!("{cmd:?}");
-    let Output { status, stdout, stderr } = cmd.output().with_context(|| format!("running {shown}"))?;
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().with_context(|| format!("running {shown}"))?;
     if !status.success() {
-        bail!("{shown} failed ({status}): {}", String::from_utf8_lossy(&stderr).trim());
+        bail!(
+            "{shown} failed ({status}): {}",
+            String::from_utf8_lossy(&stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
@@ -117,7 +136,10 @@ fn remove_stale() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(PREFIX).and_then(|rest| rest.split('-').next()) else {
+        let Some(pid) = name
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.split('-').next())
+        else {
             continue;
         };
         if pid.parse::<u32>().is_ok() && !PathBuf::from(format!("/proc/{pid}")).exists() {
@@ -135,6 +157,8 @@ pub fn require_root(test: &str) -> bool {
     if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
         panic!("{test}: needs root, and CI=true: refusing to skip a kernel test in CI");
     }
-    eprintln!("SKIPPED {test}: needs root (network namespaces, nftables). Run as root to test the kernel side.");
+    eprintln!(
+        "SKIPPED {test}: needs root (network namespaces, nftables). Run as root to test the kernel side."
+    );
     false
 }

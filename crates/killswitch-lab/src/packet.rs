@@ -87,7 +87,11 @@ fn parse_ipv4(b: &[u8]) -> Option<IpPacket> {
     let fragment_offset = u16::from_be_bytes([header[6], header[7]]) & 0x1fff;
     let body = b.get(ihl.max(20)..).unwrap_or(&[]);
     // A non-first fragment has no transport header.
-    let (transport, payload) = if fragment_offset == 0 { parse_l4(proto, body, false) } else { (L4::Other(proto), Vec::new()) };
+    let (transport, payload) = if fragment_offset == 0 {
+        parse_l4(proto, body, false)
+    } else {
+        (L4::Other(proto), Vec::new())
+    };
     Some(IpPacket {
         src: IpAddr::V4(src),
         dst: IpAddr::V4(dst),
@@ -106,7 +110,11 @@ fn parse_ipv6(b: &[u8]) -> Option<IpPacket> {
     // Skip the extension headers MLD and fragments use: hop-by-hop, routing, fragment, dst opts.
     while matches!(next, 0 | 43 | 44 | 60) {
         let header = b.get(offset..offset + 2)?;
-        let len = if next == 44 { 8 } else { (usize::from(header[1]) + 1) * 8 };
+        let len = if next == 44 {
+            8
+        } else {
+            (usize::from(header[1]) + 1) * 8
+        };
         next = header[0];
         offset += len;
     }
@@ -126,16 +134,29 @@ fn parse_l4(proto: u8, b: &[u8], v6: bool) -> (L4, Vec<u8>) {
         6 => match (port(0), port(2), b.get(12), b.get(13)) {
             (Some(sport), Some(dport), Some(off), Some(flags)) => {
                 let header = usize::from(off >> 4) * 4;
-                (L4::Tcp { sport, dport, flags: *flags }, b.get(header..).unwrap_or(&[]).to_vec())
+                (
+                    L4::Tcp {
+                        sport,
+                        dport,
+                        flags: *flags,
+                    },
+                    b.get(header..).unwrap_or(&[]).to_vec(),
+                )
             }
             _ => (L4::Other(proto), Vec::new()),
         },
         17 => match (port(0), port(2)) {
-            (Some(sport), Some(dport)) => (L4::Udp { sport, dport }, b.get(8..).unwrap_or(&[]).to_vec()),
+            (Some(sport), Some(dport)) => {
+                (L4::Udp { sport, dport }, b.get(8..).unwrap_or(&[]).to_vec())
+            }
             _ => (L4::Other(proto), Vec::new()),
         },
-        1 if !v6 => b.first().map_or((L4::Other(proto), Vec::new()), |k| (L4::Icmp { kind: *k }, b.get(8..).unwrap_or(&[]).to_vec())),
-        58 => b.first().map_or((L4::Other(proto), Vec::new()), |k| (L4::Icmpv6 { kind: *k }, b.get(8..).unwrap_or(&[]).to_vec())),
+        1 if !v6 => b.first().map_or((L4::Other(proto), Vec::new()), |k| {
+            (L4::Icmp { kind: *k }, b.get(8..).unwrap_or(&[]).to_vec())
+        }),
+        58 => b.first().map_or((L4::Other(proto), Vec::new()), |k| {
+            (L4::Icmpv6 { kind: *k }, b.get(8..).unwrap_or(&[]).to_vec())
+        }),
         other => (L4::Other(other), Vec::new()),
     }
 }
@@ -143,10 +164,24 @@ fn parse_l4(proto: u8, b: &[u8], v6: bool) -> (L4, Vec<u8>) {
 impl fmt::Display for IpPacket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.transport {
-            L4::Tcp { sport, dport, flags } => {
-                write!(f, "tcp {} -> {} flags {flags:#04x}", sock(self.src, sport), sock(self.dst, dport))
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
+                write!(
+                    f,
+                    "tcp {} -> {} flags {flags:#04x}",
+                    sock(self.src, sport),
+                    sock(self.dst, dport)
+                )
             }
-            L4::Udp { sport, dport } => write!(f, "udp {} -> {}", sock(self.src, sport), sock(self.dst, dport)),
+            L4::Udp { sport, dport } => write!(
+                f,
+                "udp {} -> {}",
+                sock(self.src, sport),
+                sock(self.dst, dport)
+            ),
             L4::Icmp { kind } => write!(f, "icmp type {kind} {} -> {}", self.src, self.dst),
             L4::Icmpv6 { kind } => write!(f, "icmpv6 type {kind} {} -> {}", self.src, self.dst),
             L4::Other(p) => write!(f, "proto {p} {} -> {}", self.src, self.dst),
@@ -184,9 +219,13 @@ mod tests {
 
     #[test]
     fn parses_ipv4_udp() {
-        let mut ip = vec![0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 1, 203, 0, 113, 10];
+        let mut ip = vec![
+            0x45, 0, 0, 32, 0, 0, 0x40, 0, 64, 17, 0, 0, 192, 0, 2, 1, 203, 0, 113, 10,
+        ];
         ip.extend_from_slice(&[0x13, 0x88, 0x00, 0x35, 0, 12, 0, 0, b'h', b'i', b'!', b'!']);
-        let Frame::Ip(p) = parse_ethernet(&eth(0x0800, &ip)) else { panic!("not ip") };
+        let Frame::Ip(p) = parse_ethernet(&eth(0x0800, &ip)) else {
+            panic!("not ip")
+        };
         assert_eq!(p.to_string(), "udp 192.0.2.1:5000 -> 203.0.113.10:53");
         assert_eq!(p.payload, b"hi!!");
         assert_eq!(p.hop_limit, 64);
@@ -198,10 +237,21 @@ mod tests {
         ip.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().expect("ip").octets());
         ip.extend_from_slice(&"2001:db8::10".parse::<Ipv6Addr>().expect("ip").octets());
         ip.extend_from_slice(&[6, 0, 0, 0, 0, 0, 0, 0]);
-        ip.extend_from_slice(&[0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02, 0, 0, 0, 0, 0, 0]);
+        ip.extend_from_slice(&[
+            0x9c, 0x40, 0x01, 0xbb, 0, 0, 0, 0, 0, 0, 0, 0, 0x50, 0x02, 0, 0, 0, 0, 0, 0,
+        ]);
         ip[6] = 0; // next header: hop-by-hop
-        let Frame::Ip(p) = parse_ethernet(&eth(0x86dd, &ip)) else { panic!("not ip") };
-        assert_eq!(p.transport, L4::Tcp { sport: 40000, dport: 443, flags: 0x02 });
+        let Frame::Ip(p) = parse_ethernet(&eth(0x86dd, &ip)) else {
+            panic!("not ip")
+        };
+        assert_eq!(
+            p.transport,
+            L4::Tcp {
+                sport: 40000,
+                dport: 443,
+                flags: 0x02
+            }
+        );
         assert_eq!(p.hop_limit, 255);
     }
 

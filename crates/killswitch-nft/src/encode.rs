@@ -6,10 +6,12 @@
 use crate::NftError;
 use ipnet::IpNet;
 use killswitch_policy::{
-    CtStates, IpFamily, Match, RejectWith, Rule as PolicyRule, Ruleset, TABLE_NAME, Verdict as PolicyVerdict,
+    CtStates, IpFamily, Match, RejectWith, Rule as PolicyRule, Ruleset, TABLE_NAME,
+    Verdict as PolicyVerdict,
 };
 use nftnl::expr::{
-    Bitwise, Cmp, CmpOp, Conntrack, Expression, IcmpCode, Meta, RejectionType, Verdict as NftVerdict,
+    Bitwise, Cmp, CmpOp, Conntrack, Expression, IcmpCode, Meta, RejectionType,
+    Verdict as NftVerdict,
 };
 use nftnl::nftnl_sys as sys;
 use nftnl::{Chain, ChainType, Hook, MsgType, Policy, ProtoFamily, Rule, Table};
@@ -26,7 +28,8 @@ pub(crate) struct Batch {
 
 impl Batch {
     pub(crate) fn build(ruleset: &Ruleset) -> Result<Self, NftError> {
-        let name = CString::new(TABLE_NAME).map_err(|_| NftError::Comment(TABLE_NAME.to_owned()))?;
+        let name =
+            CString::new(TABLE_NAME).map_err(|_| NftError::Comment(TABLE_NAME.to_owned()))?;
         let table = Table::new(&name, ProtoFamily::Inet);
         let mut batch = nftnl::Batch::new();
         let mut labels = vec!["batch begin".to_owned()];
@@ -45,8 +48,8 @@ impl Batch {
 
             let mut chains = Vec::with_capacity(policy_table.chains.len());
             for policy_chain in &policy_table.chains {
-                let chain_name =
-                    CString::new(policy_chain.name.as_str()).map_err(|_| NftError::Comment(policy_chain.name.clone()))?;
+                let chain_name = CString::new(policy_chain.name.as_str())
+                    .map_err(|_| NftError::Comment(policy_chain.name.clone()))?;
                 let mut chain = Chain::new(&chain_name, &table);
                 if let Some(base) = policy_chain.base {
                     chain.set_hook(hook(base.hook), base.priority);
@@ -65,7 +68,10 @@ impl Batch {
                 for (index, policy_rule) in policy_chain.rules.iter().enumerate() {
                     let rule = encode_rule(chain, policy_rule)?;
                     batch.add(&rule, MsgType::Add);
-                    labels.push(format!("rule {index} of chain {}: {policy_rule}", policy_chain.name));
+                    labels.push(format!(
+                        "rule {index} of chain {}: {policy_rule}",
+                        policy_chain.name
+                    ));
                 }
             }
         }
@@ -83,7 +89,9 @@ impl Batch {
 
     /// The label of the `index`th message of the batch.
     pub(crate) fn label(&self, index: usize) -> &str {
-        self.labels.get(index).map_or("an unknown message", String::as_str)
+        self.labels
+            .get(index)
+            .map_or("an unknown message", String::as_str)
     }
 
     /// How many messages the batch holds.
@@ -108,17 +116,21 @@ fn encode_rule<'a>(chain: &'a Chain<'a>, policy_rule: &PolicyRule) -> Result<Rul
     match &policy_rule.verdict {
         PolicyVerdict::Accept => rule.add_expr(&NftVerdict::Accept),
         PolicyVerdict::Drop => rule.add_expr(&NftVerdict::Drop),
-        PolicyVerdict::Reject(RejectWith::TcpReset) => rule.add_expr(&NftVerdict::Reject(RejectionType::TcpRst)),
-        PolicyVerdict::Reject(RejectWith::AdminProhibited) => {
-            rule.add_expr(&NftVerdict::Reject(RejectionType::Icmp(IcmpCode::AdminProhibited)))
+        PolicyVerdict::Reject(RejectWith::TcpReset) => {
+            rule.add_expr(&NftVerdict::Reject(RejectionType::TcpRst))
         }
+        PolicyVerdict::Reject(RejectWith::AdminProhibited) => rule.add_expr(&NftVerdict::Reject(
+            RejectionType::Icmp(IcmpCode::AdminProhibited),
+        )),
         PolicyVerdict::Jump(target) => {
-            let chain = CString::new(target.as_str()).map_err(|_| NftError::Comment(target.clone()))?;
+            let chain =
+                CString::new(target.as_str()).map_err(|_| NftError::Comment(target.clone()))?;
             rule.add_expr(&NftVerdict::Jump { chain })
         }
     }
     if !policy_rule.comment.is_empty() {
-        let comment = CString::new(policy_rule.comment).map_err(|_| NftError::Comment(policy_rule.comment.to_owned()))?;
+        let comment = CString::new(policy_rule.comment)
+            .map_err(|_| NftError::Comment(policy_rule.comment.to_owned()))?;
         rule.set_comment(&comment)
             .map_err(|_| NftError::Comment(policy_rule.comment.to_owned()))?;
     }
@@ -286,10 +298,22 @@ impl Expression for PayloadLoad {
                 // Out of memory for a few dozen bytes: nothing sensible is left to do.
                 std::process::abort();
             };
-            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_PAYLOAD_BASE as u16, self.base);
-            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16, self.offset);
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_PAYLOAD_BASE as u16,
+                self.base,
+            );
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_PAYLOAD_OFFSET as u16,
+                self.offset,
+            );
             sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_PAYLOAD_LEN as u16, self.len);
-            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_PAYLOAD_DREG as u16, libc::NFT_REG_1 as u32);
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_PAYLOAD_DREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
             expr
         }
     }

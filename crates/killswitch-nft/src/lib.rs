@@ -1,12 +1,12 @@
 //! The nftables backend: makes the kernel enforce a [`Ruleset`].
 //!
-//! [`apply`] translates a ruleset into one netlink batch and sends it: `add table inet killswitch`,
+//! [`Nftables::apply`] translates a ruleset into one netlink batch and sends it: `add table inet killswitch`,
 //! `delete table inet killswitch`, then (unless the ruleset is empty) the table, its chains and its
 //! rules again. The kernel commits a batch as one transaction, so the old rules stay in force until
 //! the instant the new ones are, and a batch that fails anywhere changes nothing. There is never a
 //! moment without rules, and no code path here deletes the table in one step and adds it in another.
 //!
-//! After the kernel acknowledges the batch, [`apply`] reads the table back over netlink and compares
+//! After the kernel acknowledges the batch, [`Nftables::apply`] reads the table back over netlink and compares
 //! it with what was sent: table flags, chains, hooks, priorities, policies and every rule expression.
 //! Both sides go through libnftnl's own parser (the sent batch is parsed from the very bytes that went
 //! to the kernel), so a difference is a real difference, and it is an error, not a warning.
@@ -25,7 +25,7 @@ pub use readback::{InstalledChain, InstalledTable};
 use killswitch_policy::Ruleset;
 use std::time::{Duration, Instant};
 
-/// What one [`apply`] did and how long it took.
+/// What one [`Nftables::apply`] did and how long it took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ApplyReport {
     /// How many netlink messages the batch carried (table, chains, rules, begin and end).
@@ -36,42 +36,72 @@ pub struct ApplyReport {
     pub verify: Duration,
 }
 
-/// Replaces table `inet killswitch` with `ruleset` in one transaction, then verifies the result.
-///
-/// On error the kernel's state is unchanged if the batch was rejected; if the batch was committed
-/// but the read-back disagrees, the error says so and the caller must treat the firewall as unknown.
+/// A connection to nf_tables in the calling thread's network namespace.
+#[derive(Debug)]
+pub struct Nftables {
+    socket: netlink::Socket,
+}
+
+impl Nftables {
+    /// Opens the netlink socket. Needs CAP_NET_ADMIN in the current network namespace.
+    pub fn open() -> Result<Self, NftError> {
+        Ok(Nftables {
+            socket: netlink::Socket::open()?,
+        })
+    }
+
+    /// Replaces table `inet killswitch` with `ruleset` in one transaction, then verifies it.
+    ///
+    /// If the kernel rejects the batch, nothing changed. If the batch was committed but the
+    /// read-back disagrees, the error says so and the caller must treat the firewall as unknown.
+    pub fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, NftError> {
+        ruleset.check()?;
+        let start = Instant::now();
+        let batch = encode::Batch::build(ruleset)?;
+        netlink::commit(&self.socket, &batch)?;
+        let commit = start.elapsed();
+        let verified = Instant::now();
+        self.verify_against(&batch)?;
+        Ok(ApplyReport {
+            messages: batch.messages(),
+            commit,
+            verify: verified.elapsed(),
+        })
+    }
+
+    /// Compares what the kernel holds now with `ruleset`, without changing anything. Used after an
+    /// apply, and to notice when someone else changed or removed the table.
+    pub fn verify(&mut self, ruleset: &Ruleset) -> Result<(), NftError> {
+        ruleset.check()?;
+        self.verify_against(&encode::Batch::build(ruleset)?)
+    }
+
+    /// Reads table `inet killswitch` as the kernel holds it, or `None` when it is absent.
+    pub fn installed(&mut self) -> Result<Option<InstalledTable>, NftError> {
+        readback::read_installed(&self.socket)
+    }
+
+    fn verify_against(&mut self, batch: &encode::Batch) -> Result<(), NftError> {
+        let expected = readback::expected_from_batch(batch)?;
+        let actual = readback::read_installed(&self.socket)?;
+        readback::compare(expected.as_ref(), actual.as_ref()).map_err(NftError::Mismatch)
+    }
+}
+
+/// [`Nftables::apply`] on a connection of its own.
 pub fn apply(ruleset: &Ruleset) -> Result<ApplyReport, NftError> {
-    ruleset.check()?;
-    let start = Instant::now();
-    let batch = encode::Batch::build(ruleset)?;
-    netlink::commit(&batch)?;
-    let commit = start.elapsed();
-    let verified = Instant::now();
-    verify_against(&batch)?;
-    Ok(ApplyReport {
-        messages: batch.messages(),
-        commit,
-        verify: verified.elapsed(),
-    })
+    Nftables::open()?.apply(ruleset)
 }
 
-/// Compares what the kernel holds now with `ruleset`, without changing anything. Used after an
-/// apply, and by the daemon to notice when someone else changed or removed the table.
+/// [`Nftables::verify`] on a connection of its own.
 pub fn verify(ruleset: &Ruleset) -> Result<(), NftError> {
-    ruleset.check()?;
-    verify_against(&encode::Batch::build(ruleset)?)
+    Nftables::open()?.verify(ruleset)
 }
 
-fn verify_against(batch: &encode::Batch) -> Result<(), NftError> {
-    let expected = readback::expected_from_batch(batch)?;
-    let actual = readback::read_installed()?;
-    readback::compare(expected.as_ref(), actual.as_ref()).map_err(NftError::Mismatch)
-}
-
-/// Reads table `inet killswitch` as the kernel holds it, or `None` when it is absent.
+/// [`Nftables::installed`] on a connection of its own.
 pub fn installed() -> Result<Option<InstalledTable>, NftError> {
-    readback::read_installed()
+    Nftables::open()?.installed()
 }
 
-/// How long [`apply`] and [`installed`] wait for the kernel before giving up.
+/// How long an operation waits for the kernel before giving up.
 pub const KERNEL_TIMEOUT: Duration = Duration::from_secs(5);

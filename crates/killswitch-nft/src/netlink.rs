@@ -27,7 +27,8 @@ impl Message {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         // SAFETY: `words` spans at least `bytes.len()` bytes, and u64 storage has no invalid bit
         // patterns, so viewing it as bytes to fill it is sound.
-        let dst = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes.len()) };
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), bytes.len()) };
         dst.copy_from_slice(bytes);
         Message {
             words,
@@ -62,8 +63,18 @@ pub(crate) struct Header {
 
 impl Header {
     fn parse(bytes: &[u8]) -> Option<Self> {
-        let word = |at: usize| bytes.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_ne_bytes);
-        let half = |at: usize| bytes.get(at..at + 2).and_then(|b| b.try_into().ok()).map(u16::from_ne_bytes);
+        let word = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|b| b.try_into().ok())
+                .map(u32::from_ne_bytes)
+        };
+        let half = |at: usize| {
+            bytes
+                .get(at..at + 2)
+                .and_then(|b| b.try_into().ok())
+                .map(u16::from_ne_bytes)
+        };
         Some(Header {
             len: word(0)?,
             kind: half(4)?,
@@ -78,7 +89,8 @@ pub(crate) fn split(buffer: &[u8]) -> Result<Vec<Message>, NftError> {
     let mut messages = Vec::new();
     let mut rest = buffer;
     while rest.len() >= NLMSG_HDRLEN {
-        let header = Header::parse(rest).ok_or_else(|| NftError::Parse("truncated header".to_owned()))?;
+        let header =
+            Header::parse(rest).ok_or_else(|| NftError::Parse("truncated header".to_owned()))?;
         let len = header.len as usize;
         if len < NLMSG_HDRLEN || len > rest.len() {
             return Err(NftError::Parse(format!(
@@ -102,12 +114,23 @@ fn error_code(message: &Message) -> Result<i32, NftError> {
         .ok_or_else(|| NftError::Parse("NLMSG_ERROR without an error code".to_owned()))
 }
 
-struct Socket {
+/// A netfilter netlink socket, kept open across operations.
+///
+/// Keeping it open is not just thrift: closing a netfilter socket right after a commit that
+/// removed objects waits for the kernel's deferred destruction (an RCU grace period, 7 to 30 ms
+/// here), which would otherwise be paid on every state change.
+pub(crate) struct Socket {
     inner: mnl::Socket,
 }
 
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Socket(fd {})", self.fd())
+    }
+}
+
 impl Socket {
-    fn open() -> Result<Self, NftError> {
+    pub(crate) fn open() -> Result<Self, NftError> {
         let inner = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NftError::Socket)?;
         let socket = Socket { inner };
         let timeout = libc::timeval {
@@ -136,7 +159,11 @@ impl Socket {
                 size_of::<T>() as libc::socklen_t,
             )
         };
-        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
     }
 
     /// Sends `bytes` in one datagram: a batch split over several would not be one transaction.
@@ -144,23 +171,49 @@ impl Socket {
         // The default send buffer (about 200 KiB) caps one datagram; a large batch needs more.
         // SO_SNDBUFFORCE needs CAP_NET_ADMIN, which we have if we can change the firewall at all.
         if bytes.len() > 64 * 1024 {
-            let wanted = libc::c_int::try_from(bytes.len() * 2).map_err(|_| NftError::TooLarge(bytes.len()))?;
-            self.setsockopt(libc::SO_SNDBUFFORCE, &wanted).map_err(NftError::Send)?;
+            let wanted = libc::c_int::try_from(bytes.len() * 2)
+                .map_err(|_| NftError::TooLarge(bytes.len()))?;
+            self.setsockopt(libc::SO_SNDBUFFORCE, &wanted)
+                .map_err(NftError::Send)?;
         }
         let sent = self.inner.send(bytes).map_err(|e| match e.raw_os_error() {
             Some(libc::EMSGSIZE) => NftError::TooLarge(bytes.len()),
             _ => NftError::Send(e),
         })?;
         if sent != bytes.len() {
-            return Err(NftError::Send(io::Error::other(format!("sent {sent} of {} bytes", bytes.len()))));
+            return Err(NftError::Send(io::Error::other(format!(
+                "sent {sent} of {} bytes",
+                bytes.len()
+            ))));
         }
         Ok(())
+    }
+
+    /// Discards anything left from an earlier operation that gave up early (a timeout), so that
+    /// its answers cannot be mistaken for this operation's.
+    fn drain(&self, buffer: &mut [u8]) {
+        loop {
+            // SAFETY: recv into a live buffer of the given length, without blocking.
+            let n = unsafe {
+                libc::recv(
+                    self.fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n <= 0 {
+                break;
+            }
+        }
     }
 
     fn recv(&self, buffer: &mut [u8]) -> Result<Vec<Message>, NftError> {
         match self.inner.recv_raw(buffer) {
             Ok(n) => split(&buffer[..n]),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN)) => Err(NftError::Timeout(KERNEL_TIMEOUT)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN)) => {
+                Err(NftError::Timeout(KERNEL_TIMEOUT))
+            }
             Err(e) => Err(NftError::Recv(e)),
         }
     }
@@ -180,7 +233,7 @@ fn as_bytes_mut(words: &mut [u64]) -> &mut [u8] {
 ///
 /// The kernel processes the whole batch before answering and then delivers all acknowledgements
 /// and errors together; if any message failed, it has already rolled the whole batch back.
-pub(crate) fn commit(batch: &Batch) -> Result<(), NftError> {
+pub(crate) fn commit(socket: &Socket, batch: &Batch) -> Result<(), NftError> {
     let sent = split(batch.bytes())?;
     let wanted: Vec<(u32, usize)> = sent
         .iter()
@@ -189,10 +242,10 @@ pub(crate) fn commit(batch: &Batch) -> Result<(), NftError> {
         .map(|(index, m)| (m.header().seq, index))
         .collect();
 
-    let socket = Socket::open()?;
+    let mut words = recv_buffer();
+    socket.drain(as_bytes_mut(&mut words));
     socket.send(batch.bytes())?;
 
-    let mut words = recv_buffer();
     let mut answered = 0;
     let mut first_error = None;
     while answered < wanted.len() {
@@ -210,7 +263,10 @@ pub(crate) fn commit(batch: &Batch) -> Result<(), NftError> {
             answered += 1;
             let code = error_code(&message)?;
             if code != 0 && first_error.is_none() {
-                let index = wanted.iter().find(|(seq, _)| *seq == header.seq).map(|(_, i)| *i);
+                let index = wanted
+                    .iter()
+                    .find(|(seq, _)| *seq == header.seq)
+                    .map(|(_, i)| *i);
                 first_error = Some(NftError::Rejected {
                     what: index.map_or("the batch", |i| batch.label(i)).to_owned(),
                     source: io::Error::from_raw_os_error(-code),
@@ -223,13 +279,16 @@ pub(crate) fn commit(batch: &Batch) -> Result<(), NftError> {
 
 /// Sends one request and collects the answer: every object message until NLMSG_DONE for a dump,
 /// or the single object for a get. A kernel error comes back as `Err(errno)`.
-pub(crate) fn request(request: &[u8]) -> Result<Result<Vec<Message>, i32>, NftError> {
-    let socket = Socket::open()?;
+pub(crate) fn request(
+    socket: &Socket,
+    request: &[u8],
+) -> Result<Result<Vec<Message>, i32>, NftError> {
+    let mut words = recv_buffer();
+    socket.drain(as_bytes_mut(&mut words));
     socket.send(request)?;
     let is_dump = split(request)?
         .first()
         .is_some_and(|m| m.header().flags & (libc::NLM_F_DUMP as u16) == libc::NLM_F_DUMP as u16);
-    let mut words = recv_buffer();
     let mut objects = Vec::new();
     loop {
         for message in socket.recv(as_bytes_mut(&mut words))? {

@@ -52,7 +52,12 @@ impl fmt::Display for InstalledTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "table inet {TABLE_NAME} flags {:#x}", self.flags)?;
         for chain in &self.chains {
-            writeln!(f, "chain {} {}", chain.name, chain.base.as_deref().unwrap_or("(regular)"))?;
+            writeln!(
+                f,
+                "chain {} {}",
+                chain.name,
+                chain.base.as_deref().unwrap_or("(regular)")
+            )?;
             for rule in &chain.rules {
                 writeln!(f, "{rule}")?;
             }
@@ -87,10 +92,10 @@ pub(crate) fn expected_from_batch(batch: &Batch) -> Result<Option<InstalledTable
 }
 
 /// Reads the table from the kernel.
-pub(crate) fn read_installed() -> Result<Option<InstalledTable>, NftError> {
+pub(crate) fn read_installed(socket: &netlink::Socket) -> Result<Option<InstalledTable>, NftError> {
     let name = CString::new(TABLE_NAME).map_err(|_| NftError::Parse("table name".to_owned()))?;
 
-    let table_messages = match netlink::request(&get_table_request(&name))? {
+    let table_messages = match netlink::request(socket, &get_table_request(&name))? {
         Ok(messages) => messages,
         Err(libc::ENOENT) => return Ok(None),
         Err(errno) => return Err(dump_error("table", errno)),
@@ -100,23 +105,31 @@ pub(crate) fn read_installed() -> Result<Option<InstalledTable>, NftError> {
         None => return Ok(None),
     };
 
-    let chain_messages = netlink::request(&dump_request(libc::NFT_MSG_GETCHAIN as u16, None))?
-        .map_err(|errno| dump_error("chains", errno))?;
+    let chain_messages =
+        netlink::request(socket, &dump_request(libc::NFT_MSG_GETCHAIN as u16, None))?
+            .map_err(|errno| dump_error("chains", errno))?;
     for message in &chain_messages {
-        if message_kind(message) == Some(NFT_MSG_NEWCHAIN) && object_table(message, ObjectKind::Chain)? == TABLE_NAME {
+        if message_kind(message) == Some(NFT_MSG_NEWCHAIN)
+            && object_table(message, ObjectKind::Chain)? == TABLE_NAME
+        {
             table.chains.push(parse_chain(message)?);
         }
     }
 
     // The table may vanish between the requests (that is what tampering looks like); a missing
     // table here reads as "no rules", which the comparison then reports.
-    let rule_messages = match netlink::request(&dump_request(libc::NFT_MSG_GETRULE as u16, Some(&name)))? {
+    let rule_messages = match netlink::request(
+        socket,
+        &dump_request(libc::NFT_MSG_GETRULE as u16, Some(&name)),
+    )? {
         Ok(messages) => messages,
         Err(libc::ENOENT) => Vec::new(),
         Err(errno) => return Err(dump_error("rules", errno)),
     };
     for message in &rule_messages {
-        if message_kind(message) == Some(NFT_MSG_NEWRULE) && object_table(message, ObjectKind::Rule)? == TABLE_NAME {
+        if message_kind(message) == Some(NFT_MSG_NEWRULE)
+            && object_table(message, ObjectKind::Rule)? == TABLE_NAME
+        {
             add_rule(Some(&mut table), message)?;
         }
     }
@@ -131,31 +144,61 @@ fn dump_error(what: &str, errno: i32) -> NftError {
 }
 
 /// The first difference between what was meant and what is installed, in words.
-pub(crate) fn compare(expected: Option<&InstalledTable>, actual: Option<&InstalledTable>) -> Result<(), String> {
+pub(crate) fn compare(
+    expected: Option<&InstalledTable>,
+    actual: Option<&InstalledTable>,
+) -> Result<(), String> {
     let (expected, actual) = match (expected, actual) {
         (None, None) => return Ok(()),
         (Some(_), None) => return Err(format!("table inet {TABLE_NAME} is missing")),
         (None, Some(t)) => {
-            return Err(format!("table inet {TABLE_NAME} is present ({} rules) but should not be", t.rule_count()));
+            return Err(format!(
+                "table inet {TABLE_NAME} is present ({} rules) but should not be",
+                t.rule_count()
+            ));
         }
         (Some(e), Some(a)) => (e, a),
     };
     if expected.flags != actual.flags {
-        return Err(format!("table flags are {:#x}, expected {:#x}", actual.flags, expected.flags));
+        return Err(format!(
+            "table flags are {:#x}, expected {:#x}",
+            actual.flags, expected.flags
+        ));
     }
     let names = |t: &InstalledTable| t.chains.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
     if names(expected) != names(actual) {
-        return Err(format!("chains are {:?}, expected {:?}", names(actual), names(expected)));
+        return Err(format!(
+            "chains are {:?}, expected {:?}",
+            names(actual),
+            names(expected)
+        ));
     }
     for (e, a) in expected.chains.iter().zip(&actual.chains) {
         if e.base != a.base {
-            return Err(format!("chain {} is {:?}, expected {:?}", e.name, a.base, e.base));
+            return Err(format!(
+                "chain {} is {:?}, expected {:?}",
+                e.name, a.base, e.base
+            ));
         }
         if e.rules.len() != a.rules.len() {
-            return Err(format!("chain {} has {} rules, expected {}", e.name, a.rules.len(), e.rules.len()));
+            return Err(format!(
+                "chain {} has {} rules, expected {}",
+                e.name,
+                a.rules.len(),
+                e.rules.len()
+            ));
         }
-        if let Some((i, (er, ar))) = e.rules.iter().zip(&a.rules).enumerate().find(|(_, (er, ar))| er != ar) {
-            return Err(format!("chain {} rule {i} is\n{ar}\nexpected\n{er}", e.name));
+        if let Some((i, (er, ar))) = e
+            .rules
+            .iter()
+            .zip(&a.rules)
+            .enumerate()
+            .find(|(_, (er, ar))| er != ar)
+        {
+            return Err(format!(
+                "chain {} rule {i} is\n{ar}\nexpected\n{er}",
+                e.name
+            ));
         }
     }
     Ok(())
@@ -218,14 +261,20 @@ fn object_table(message: &Message, kind: ObjectKind) -> Result<String, NftError>
                 if sys::nftnl_chain_nlmsg_parse(message.as_nlmsghdr(), chain.ptr) < 0 {
                     return Err(NftError::Parse("a chain message".to_owned()));
                 }
-                Ok(c_string(sys::nftnl_chain_get_str(chain.ptr, sys::NFTNL_CHAIN_TABLE as u16)))
+                Ok(c_string(sys::nftnl_chain_get_str(
+                    chain.ptr,
+                    sys::NFTNL_CHAIN_TABLE as u16,
+                )))
             }
             ObjectKind::Rule => {
                 let rule = alloc(sys::nftnl_rule_alloc(), sys::nftnl_rule_free);
                 if sys::nftnl_rule_nlmsg_parse(message.as_nlmsghdr(), rule.ptr) < 0 {
                     return Err(NftError::Parse("a rule message".to_owned()));
                 }
-                Ok(c_string(sys::nftnl_rule_get_str(rule.ptr, sys::NFTNL_RULE_TABLE as u16)))
+                Ok(c_string(sys::nftnl_rule_get_str(
+                    rule.ptr,
+                    sys::NFTNL_RULE_TABLE as u16,
+                )))
             }
         }
     }
@@ -269,11 +318,17 @@ fn parse_chain(message: &Message) -> Result<InstalledChain, NftError> {
 fn add_rule(table: Option<&mut InstalledTable>, message: &Message) -> Result<(), NftError> {
     let (chain_name, text) = describe_rule(message)?;
     let Some(table) = table else {
-        return Err(NftError::Parse(format!("a rule for chain {chain_name} outside the table")));
+        return Err(NftError::Parse(format!(
+            "a rule for chain {chain_name} outside the table"
+        )));
     };
     match table.chains.iter_mut().find(|c| c.name == chain_name) {
         Some(chain) => chain.rules.push(text),
-        None => return Err(NftError::Parse(format!("a rule for unknown chain {chain_name}"))),
+        None => {
+            return Err(NftError::Parse(format!(
+                "a rule for unknown chain {chain_name}"
+            )));
+        }
     }
     Ok(())
 }
@@ -288,7 +343,10 @@ fn describe_rule(message: &Message) -> Result<(String, String), NftError> {
         if sys::nftnl_rule_nlmsg_parse(message.as_nlmsghdr(), rule.ptr) < 0 {
             return Err(NftError::Parse("a rule message".to_owned()));
         }
-        let chain = c_string(sys::nftnl_rule_get_str(rule.ptr, sys::NFTNL_RULE_CHAIN as u16));
+        let chain = c_string(sys::nftnl_rule_get_str(
+            rule.ptr,
+            sys::NFTNL_RULE_CHAIN as u16,
+        ));
         let mut buffer = vec![0u8; 16 * 1024];
         let written = sys::nftnl_rule_snprintf(
             buffer.as_mut_ptr().cast::<c_char>(),
@@ -298,10 +356,16 @@ fn describe_rule(message: &Message) -> Result<(String, String), NftError> {
             0,
         );
         if written < 0 || written as usize >= buffer.len() {
-            return Err(NftError::Parse(format!("a rule of chain {chain} too long to list")));
+            return Err(NftError::Parse(format!(
+                "a rule of chain {chain} too long to list"
+            )));
         }
         let text = c_string(buffer.as_ptr().cast());
-        let body = text.split_once('\n').map_or("", |(_, rest)| rest).trim_end().to_owned();
+        let body = text
+            .split_once('\n')
+            .map_or("", |(_, rest)| rest)
+            .trim_end()
+            .to_owned();
         Ok((chain, body))
     }
 }
@@ -315,7 +379,9 @@ unsafe fn c_string(ptr: *const c_char) -> String {
         return String::new();
     }
     // SAFETY: guaranteed by the caller.
-    unsafe { CStr::from_ptr(ptr) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(ptr) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 // --- requests ---------------------------------------------------------------------------------
