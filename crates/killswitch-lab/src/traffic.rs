@@ -19,6 +19,31 @@ pub fn send_udp(dst: SocketAddr, payload: &[u8], mark: Option<u32>) -> io::Resul
     socket.send_to(payload, dst).map(|_| ())
 }
 
+/// Sends one UDP datagram bound to `device` (SO_BINDTODEVICE), bypassing whatever the routing
+/// policy would choose: how a program (or an attacker's script) goes around a tunnel's routes.
+pub fn send_udp_via(
+    device: &str,
+    dst: SocketAddr,
+    payload: &[u8],
+    mark: Option<u32>,
+) -> io::Result<()> {
+    let socket = udp_socket(dst, mark)?;
+    // SAFETY: setsockopt with a pointer to the device name bytes and their length.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            device.as_ptr().cast(),
+            device.len() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    socket.send_to(payload, dst).map(|_| ())
+}
+
 /// A UDP socket of `dst`'s family, optionally marked.
 pub fn udp_socket(dst: SocketAddr, mark: Option<u32>) -> io::Result<UdpSocket> {
     let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }

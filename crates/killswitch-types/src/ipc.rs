@@ -21,6 +21,9 @@ use std::fmt;
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/killswitch/killswitch.sock";
+
 /// The longest request line the daemon reads; longer lines are refused and the connection closed.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
@@ -249,8 +252,23 @@ pub fn decode_request(line: &str) -> Result<Request, DecodeError> {
             ));
         }
     }
+    let sent_fields: Vec<String> = object
+        .get("request")
+        .and_then(serde_json::Value::as_object)
+        .map(|r| r.keys().cloned().collect())
+        .unwrap_or_default();
     let envelope: RequestEnvelope =
         serde_json::from_value(value).map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    // serde ignores extra fields next to the tag of a unit variant (`{"command":"off","force":1}`),
+    // deny_unknown_fields or not. Every field sent must be one the decoded request would send.
+    let known = serde_json::to_value(&envelope.request)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    if let Some(unknown) = sent_fields.iter().find(|f| known.get(f.as_str()).is_none()) {
+        return Err(DecodeError::Malformed(format!(
+            "unknown field `{unknown}` for command `{}`",
+            envelope.request.name()
+        )));
+    }
     if let Request::Guard(spec) = &envelope.request {
         spec.validate()
             .map_err(|e| DecodeError::Malformed(e.to_string()))?;

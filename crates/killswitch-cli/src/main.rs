@@ -1,0 +1,194 @@
+//! `killswitch`: the command-line client. Parses, asks the daemon, prints.
+//!
+//! It never touches the firewall itself (it links only `killswitch-types`): every change goes
+//! through the daemon, which checks who is asking.
+
+mod client;
+mod render;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use client::{Client, Failure};
+use killswitch_types::ipc::{Request, Status};
+use killswitch_types::{Endpoint, Fwmark, GuardSpec, InterfaceName};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const AFTER_HELP: &str = "\
+EXIT STATUS:
+    0  the request succeeded
+    1  the daemon refused or failed the request (the reason is printed)
+    2  the command line was invalid
+    3  the daemon could not be reached, or answered something unreadable
+
+EXAMPLES:
+    killswitch status
+    sudo killswitch guard --interface wg0 --endpoint 198.51.100.1:51820 --dns 10.64.0.1 --mark 0xca6c
+    sudo killswitch lockdown on
+    killswitch --json status | jq .state";
+
+/// Control the killswitch daemon: a kernel-enforced VPN kill switch.
+///
+/// While a tunnel is guarded, nothing leaves this machine except through the tunnel and to the
+/// VPN server itself; when the tunnel drops, traffic stops instead of leaking. The rules live in the
+/// kernel (nftables), so they hold even if this command, the VPN client or the daemon dies.
+///
+/// Anyone may read the status. Changing anything needs root or membership in the daemon's admin
+/// group (`killswitch` by default).
+#[derive(Debug, Parser)]
+#[command(version, about, long_about, after_help = AFTER_HELP)]
+struct Cli {
+    /// The daemon's socket.
+    #[arg(long, global = true, value_name = "PATH", env = "KILLSWITCH_SOCKET", default_value = killswitch_types::ipc::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Print machine-readable JSON instead of text (one object; one per line for `events`).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Show the state, the settings, the tunnel and the last error.
+    Status,
+    /// Protect a tunnel that another program manages (OpenVPN, wg-quick, ...).
+    ///
+    /// Blocks everything at once except the VPN server's exact address, port and protocol. When
+    /// the interface is up with an address, traffic may also leave through it. DNS is allowed only
+    /// to the given resolvers, through the tunnel. Replaces whatever was guarded before, atomically.
+    Guard {
+        /// The tunnel interface, e.g. wg0 or tun0.
+        #[arg(long, value_name = "IFACE")]
+        interface: InterfaceName,
+        /// The VPN server: IP:PORT[/udp|/tcp] ([v6]:PORT for IPv6). UDP if not given.
+        #[arg(long, value_name = "IP:PORT[/PROTO]")]
+        endpoint: Endpoint,
+        /// A DNS server inside the tunnel; repeat for more. Without it, DNS is blocked entirely.
+        #[arg(long, value_name = "IP")]
+        dns: Vec<IpAddr>,
+        /// Only packets with this fwmark (the tunnel's own socket) may reach the server outside the
+        /// tunnel. Decimal or 0x-hex. Defeats programs that try the server's address directly.
+        #[arg(long, value_name = "N")]
+        mark: Option<Fwmark>,
+        /// Only sockets owned by this uid may reach the server outside the tunnel.
+        #[arg(long, value_name = "N")]
+        uid: Option<u32>,
+    },
+    /// Stop guarding: back to disconnected (everything stays blocked if lockdown is on).
+    Down,
+    /// Block everything while no tunnel is connected, even after `down` and across reboots.
+    Lockdown {
+        /// on or off.
+        value: OnOff,
+    },
+    /// Allow the local network (private, link-local and multicast ranges) outside the tunnel.
+    ///
+    /// The ranges are fixed (10/8, 172.16/12, 192.168/16, 169.254/16, fe80::/10, fc00::/7,
+    /// multicast and broadcast), never "whatever the network says is local". DNS to the LAN stays
+    /// blocked.
+    AllowLan {
+        /// on or off.
+        value: OnOff,
+    },
+    /// Remove the kill switch entirely: no rules at all, until the next `guard` or `lockdown on`.
+    Off,
+    /// Print every state change as it happens, until interrupted.
+    Events,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+impl OnOff {
+    fn enabled(self) -> bool {
+        self == OnOff::On
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let request = match cli.command {
+        Command::Status => Request::Status,
+        Command::Guard {
+            interface,
+            endpoint,
+            dns,
+            mark,
+            uid,
+        } => {
+            let spec = GuardSpec {
+                interface,
+                endpoint,
+                dns,
+                mark,
+                uid,
+            };
+            if let Err(e) = spec.validate() {
+                eprintln!("killswitch: {e}");
+                return ExitCode::from(2);
+            }
+            Request::Guard(spec)
+        }
+        Command::Down => Request::Down,
+        Command::Lockdown { value } => Request::Lockdown {
+            enabled: value.enabled(),
+        },
+        Command::AllowLan { value } => Request::AllowLan {
+            enabled: value.enabled(),
+        },
+        Command::Off => Request::Off,
+        Command::Events => Request::Subscribe,
+    };
+    let client = Client::new(cli.socket);
+    let outcome = if request == Request::Subscribe {
+        client.subscribe(|status, first| print_status(&status, cli.json, Some(first)))
+    } else {
+        let name = request.name();
+        client
+            .request(request)
+            .map(|status| print_status(&status, cli.json, (name != "status").then_some(true)))
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if cli.json {
+                if let Some(json) = failure.to_json() {
+                    println!("{json}");
+                }
+            }
+            eprintln!("killswitch: {failure}");
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+/// Prints a status. `event` is `None` for `status`, `Some(true)` for the first line of a stream
+/// or the answer to a change, `Some(false)` for later events.
+fn print_status(status: &Status, json: bool, event: Option<bool>) {
+    if json {
+        match serde_json::to_string(status) {
+            Ok(line) => println!("{line}"),
+            Err(e) => eprintln!("killswitch: cannot encode the status: {e}"),
+        }
+    } else if event == Some(false) {
+        println!(
+            "{}",
+            render::event_line(status, std::time::SystemTime::now())
+        );
+    } else {
+        print!("{}", render::status(status));
+    }
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Refused(_) => 1,
+            Failure::Unreachable { .. } | Failure::Protocol(_) => 3,
+        }
+    }
+}

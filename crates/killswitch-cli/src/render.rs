@@ -1,0 +1,169 @@
+//! Human-readable output.
+
+use killswitch_types::State;
+use killswitch_types::ipc::Status;
+use std::fmt::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn on_off(value: bool) -> &'static str {
+    if value { "on" } else { "off" }
+}
+
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A one-sentence explanation of what the state means for the user's traffic.
+fn meaning(status: &Status) -> &'static str {
+    match status.state {
+        State::Off => "no protection: the kill switch is switched off",
+        State::Disconnected => "no tunnel wanted and lockdown off: traffic flows normally",
+        State::Connecting => "waiting for the tunnel: only the VPN server is reachable",
+        State::Connected => "traffic leaves only through the tunnel",
+        State::Blocked if status.error.is_some() => "everything is blocked because of an error",
+        State::Blocked => "everything is blocked (lockdown)",
+    }
+}
+
+/// The `status` report.
+pub(crate) fn status(status: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "state:     {} ({})", status.state, meaning(status));
+    let _ = writeln!(out, "lockdown:  {}", on_off(status.lockdown));
+    let _ = writeln!(out, "allow-lan: {}", on_off(status.allow_lan));
+    match &status.tunnel {
+        None => {
+            let _ = writeln!(out, "tunnel:    none");
+        }
+        Some(t) => {
+            let link = if t.up {
+                format!("up, {}", list(&t.addresses))
+            } else {
+                "down or absent".to_owned()
+            };
+            let _ = writeln!(out, "tunnel:    {} ({link})", t.interface);
+            let mut hole = format!("endpoint:  {}", t.endpoint);
+            if let Some(mark) = t.mark {
+                let _ = write!(hole, ", only with fwmark {mark}");
+            }
+            if let Some(uid) = t.uid {
+                let _ = write!(hole, ", only from uid {uid}");
+            }
+            let _ = writeln!(out, "{hole}");
+            let dns = if t.dns.is_empty() {
+                "none (all DNS blocked)".to_owned()
+            } else {
+                list(&t.dns)
+            };
+            let _ = writeln!(out, "dns:       {dns}");
+        }
+    }
+    let fw = &status.firewall;
+    let installed = match (fw.installed, fw.blocking) {
+        (true, _) => "rules installed",
+        (false, _) if status.state == State::Blocked => "NOT installed: blocking failed",
+        (false, _) => "no rules",
+    };
+    let timing = fw
+        .last_apply_us
+        .map(|us| format!(", last change took {us} us"))
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "firewall:  {installed} ({} changes{timing})",
+        fw.transitions
+    );
+    let _ = writeln!(
+        out,
+        "error:     {}",
+        status.error.as_deref().unwrap_or("none")
+    );
+    out
+}
+
+/// One line for `events`: UTC time, state, settings.
+pub(crate) fn event_line(status: &Status, now: SystemTime) -> String {
+    let secs = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    let mut line = format!(
+        "{h:02}:{m:02}:{s:02}Z {} lockdown={} allow-lan={}",
+        status.state,
+        on_off(status.lockdown),
+        on_off(status.allow_lan)
+    );
+    if let Some(t) = &status.tunnel {
+        let _ = write!(
+            line,
+            " tunnel={}({})",
+            t.interface,
+            if t.up { "up" } else { "down" }
+        );
+    }
+    if let Some(error) = &status.error {
+        let _ = write!(line, " error={error:?}");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use killswitch_types::TunnelStatus;
+    use killswitch_types::ipc::FirewallStatus;
+
+    fn sample() -> Status {
+        Status {
+            state: State::Connected,
+            lockdown: true,
+            allow_lan: false,
+            tunnel: Some(TunnelStatus {
+                interface: "wg0".parse().expect("literal"),
+                endpoint: "198.51.100.1:51820".parse().expect("literal"),
+                dns: vec!["10.64.0.1".parse().expect("literal")],
+                mark: killswitch_types::Fwmark::new(0xca6c),
+                uid: None,
+                up: true,
+                addresses: vec!["10.64.0.2".parse().expect("literal")],
+            }),
+            error: None,
+            firewall: FirewallStatus {
+                installed: true,
+                blocking: true,
+                transitions: 3,
+                last_apply_us: Some(812),
+            },
+        }
+    }
+
+    #[test]
+    fn status_reads_like_a_report() {
+        let text = status(&sample());
+        assert_eq!(
+            text,
+            "state:     connected (traffic leaves only through the tunnel)\n\
+             lockdown:  on\n\
+             allow-lan: off\n\
+             tunnel:    wg0 (up, 10.64.0.2)\n\
+             endpoint:  198.51.100.1:51820/udp, only with fwmark 0xca6c\n\
+             dns:       10.64.0.1\n\
+             firewall:  rules installed (3 changes, last change took 812 us)\n\
+             error:     none\n"
+        );
+    }
+
+    #[test]
+    fn event_line_has_time_and_state() {
+        let at = UNIX_EPOCH + std::time::Duration::from_secs(3600 * 25 + 61);
+        assert_eq!(
+            event_line(&sample(), at),
+            "01:01:01Z connected lockdown=on allow-lan=off tunnel=wg0(up)"
+        );
+    }
+}

@@ -1,0 +1,107 @@
+//! `/etc/killswitch/config.toml`: what the administrator decides once.
+//!
+//! Every field has a default, so a missing file is a valid configuration. A file that exists but
+//! cannot be read or parsed is not silently ignored: the daemon starts in `blocked` with the parse
+//! error in its status, so a typo fails closed and says where it is.
+
+use serde::Deserialize;
+use std::path::Path;
+
+/// The default path of the configuration file.
+pub const DEFAULT_PATH: &str = "/etc/killswitch/config.toml";
+
+/// The daemon's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Members of this group may change the kill switch, as root may. Others may only read.
+    pub admin_group: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            admin_group: "killswitch".to_owned(),
+        }
+    }
+}
+
+/// Why the configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid configuration.
+    #[error("invalid configuration in {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, naming the line and key.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Loads the configuration from `path`; a missing file gives the defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    fn parse(text: &str) -> Result<Self, String> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        if config.admin_group.is_empty() {
+            return Err("admin_group must not be empty".to_owned());
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_file_is_the_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(
+            Config::load(&dir.path().join("none.toml")).ok(),
+            Some(Config::default())
+        );
+    }
+
+    #[test]
+    fn parses_and_rejects_unknown_keys_with_their_line() {
+        assert_eq!(
+            Config::parse("admin_group = \"vpn\"\n").map(|c| c.admin_group),
+            Ok("vpn".to_owned())
+        );
+        let err = Config::parse("admin_group = \"vpn\"\nadmin_grup = \"x\"\n").expect_err("typo");
+        assert!(
+            err.contains("admin_grup") && err.contains("line 2"),
+            "{err}"
+        );
+        let err = Config::parse("admin_group = 7\n").expect_err("wrong type");
+        assert!(err.contains("admin_group"), "{err}");
+        assert!(Config::parse("admin_group = \"\"").is_err());
+    }
+}

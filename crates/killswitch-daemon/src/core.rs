@@ -1,0 +1,507 @@
+//! The daemon's state machine: the only place that decides *when* the firewall changes.
+//!
+//! The state is derived, never stored on its own: from what the user asked for (the [`Target`]),
+//! the settings, what the daemon observes of the tunnel interface, and whether something is
+//! broken (a fault). [`Core::reconcile`] compiles the rules for that state and applies them when
+//! they differ from what the kernel holds, as one transaction. Deriving the state means there is no
+//! transition table to get wrong: every event (a command, a link change, a retry) leads to the same
+//! function, and the firewall always ends up matching the inputs or the daemon says why not.
+//!
+//! | target     | lockdown | tunnel up | fault | state        | rules              |
+//! |------------|----------|-----------|-------|--------------|--------------------|
+//! | off        | any      | any       | any   | off          | none               |
+//! | (not off)  | any      | any       | yes   | blocked      | blocking           |
+//! | down       | no       | -         | no    | disconnected | none               |
+//! | down       | yes      | -         | no    | blocked      | blocking           |
+//! | guard      | any      | no        | no    | connecting   | endpoint hole only |
+//! | guard      | any      | yes       | no    | connected    | tunnel + hole      |
+//!
+//! When an apply fails, the daemon applies the blocking rules instead and reports `blocked` with
+//! the error, and whether blocking itself worked.
+
+use crate::firewall::Firewall;
+use crate::links::Observed;
+use crate::store::{Loaded, Persisted, Store};
+use killswitch_policy::{Peer, PolicyState, Ruleset, Tunnel, compile};
+use killswitch_types::ipc::{ErrorKind, FirewallStatus, IpcError, Request, Status};
+use killswitch_types::{GuardSpec, InterfaceName, Settings, State, Target, TunnelStatus};
+
+/// The state machine and the firewall it drives.
+#[derive(Debug)]
+pub struct Core<F> {
+    firewall: F,
+    store: Store,
+    settings: Settings,
+    target: Target,
+    /// A broken configuration file: blocks until the daemon restarts with a good one.
+    config_fault: Option<String>,
+    /// An unusable settings file: blocks until the user sets something (which rewrites it).
+    settings_fault: Option<String>,
+    observed: Option<Observed>,
+    /// The ruleset the kernel holds, as of the last successful, verified apply.
+    applied: Option<Ruleset>,
+    state: State,
+    apply_error: Option<String>,
+    firewall_status: FirewallStatus,
+}
+
+impl<F: Firewall> Core<F> {
+    /// Loads the persisted settings and prepares the state machine. Applies nothing yet: the
+    /// caller first observes the tunnel, then calls [`Core::reconcile`].
+    pub fn new(firewall: F, store: Store, config_fault: Option<String>) -> Self {
+        let (persisted, settings_fault) = match store.load() {
+            Loaded::Fresh => (Persisted::default(), None),
+            Loaded::Found(p) => (p, None),
+            Loaded::Unusable(why) => (Persisted::default(), Some(why)),
+        };
+        Core {
+            firewall,
+            store,
+            settings: persisted.settings,
+            target: persisted.target,
+            config_fault,
+            settings_fault,
+            observed: None,
+            applied: None,
+            state: State::Blocked,
+            apply_error: None,
+            firewall_status: FirewallStatus {
+                installed: false,
+                blocking: false,
+                transitions: 0,
+                last_apply_us: None,
+            },
+        }
+    }
+
+    /// The interface the daemon should watch, if it guards one.
+    pub fn guarded_interface(&self) -> Option<&InterfaceName> {
+        match &self.target {
+            Target::Guard(spec) => Some(&spec.interface),
+            _ => None,
+        }
+    }
+
+    /// Records what the tunnel interface looks like now. Returns whether that changed anything.
+    pub fn observe(&mut self, observed: Option<Observed>) -> bool {
+        let changed = self.observed != observed;
+        self.observed = observed;
+        changed
+    }
+
+    /// Whether the last apply failed, so that the caller retries later.
+    pub fn needs_retry(&self) -> bool {
+        self.apply_error.is_some()
+    }
+
+    /// The current state, as `status` reports it.
+    pub fn status(&self) -> Status {
+        let tunnel = match &self.target {
+            Target::Guard(spec) => Some(TunnelStatus {
+                interface: spec.interface.clone(),
+                endpoint: spec.endpoint,
+                dns: spec.dns.clone(),
+                mark: spec.mark,
+                uid: spec.uid,
+                up: self
+                    .observed
+                    .as_ref()
+                    .is_some_and(Observed::carries_traffic),
+                addresses: self
+                    .observed
+                    .as_ref()
+                    .map(|o| o.addresses.clone())
+                    .unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        let error = [
+            self.apply_error.as_ref(),
+            self.config_fault.as_ref(),
+            self.settings_fault.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .next()
+        .cloned();
+        Status {
+            state: self.state,
+            lockdown: self.settings.lockdown,
+            allow_lan: self.settings.allow_lan,
+            tunnel,
+            error,
+            firewall: self.firewall_status,
+        }
+    }
+
+    /// Carries out a privileged request: persists the new settings/target, then reconciles.
+    ///
+    /// If persisting fails, nothing changes. If applying fails, the request has still taken
+    /// effect as the target (a restart will retry it), and the error says the daemon is blocking.
+    pub fn handle(&mut self, request: &Request) -> Result<Status, IpcError> {
+        let mut settings = self.settings;
+        let mut target = self.target.clone();
+        match request {
+            Request::Status | Request::Subscribe => return Ok(self.status()),
+            Request::Guard(spec) => target = Target::Guard(spec.clone()),
+            Request::Down => target = Target::Disconnected,
+            Request::Off => target = Target::Off,
+            Request::Lockdown { enabled } => settings.lockdown = *enabled,
+            Request::AllowLan { enabled } => settings.allow_lan = *enabled,
+        }
+        let persisted = Persisted::new(settings, target.clone());
+        self.store.save(&persisted).map_err(|e| {
+            IpcError::new(
+                ErrorKind::Storage,
+                format!(
+                    "cannot save settings to {}: {e}; nothing was changed",
+                    self.store.path().display()
+                ),
+            )
+        })?;
+        if self.target != target {
+            // A new tunnel to guard: what we saw of the old one says nothing about it.
+            self.observed = None;
+        }
+        self.settings = settings;
+        self.target = target;
+        self.settings_fault = None;
+        self.reconcile();
+        match &self.apply_error {
+            None => Ok(self.status()),
+            Some(error) => Err(IpcError::new(
+                ErrorKind::Firewall,
+                format!(
+                    "the firewall could not be changed ({error}); {}",
+                    if self.firewall_status.blocking {
+                        "everything is blocked"
+                    } else {
+                        "and blocking failed too"
+                    }
+                ),
+            )),
+        }
+    }
+
+    /// The state the inputs call for, and the policy state to compile.
+    fn desired(&self) -> (State, PolicyState) {
+        if self.target == Target::Off {
+            // An explicit `off` is the user's escape hatch, and wins over every fault.
+            return (State::Off, PolicyState::Off);
+        }
+        if self.config_fault.is_some() || self.settings_fault.is_some() {
+            return (State::Blocked, PolicyState::Blocked);
+        }
+        match &self.target {
+            Target::Off => (State::Off, PolicyState::Off),
+            Target::Disconnected if self.settings.lockdown => {
+                (State::Blocked, PolicyState::Disconnected)
+            }
+            Target::Disconnected => (State::Disconnected, PolicyState::Disconnected),
+            Target::Guard(spec) => {
+                let peer = peer(spec);
+                match self.observed.as_ref().filter(|o| o.carries_traffic()) {
+                    Some(observed) => (
+                        State::Connected,
+                        PolicyState::Connected {
+                            peer,
+                            tunnel: Tunnel {
+                                interface: spec.interface.clone(),
+                                addresses: observed.addresses.clone(),
+                                dns: spec.dns.clone(),
+                            },
+                        },
+                    ),
+                    None => (State::Connecting, PolicyState::Connecting { peer }),
+                }
+            }
+        }
+    }
+
+    /// Makes the kernel hold the rules for the current inputs. Returns whether the status changed.
+    pub fn reconcile(&mut self) -> bool {
+        let before = self.status();
+        let (state, policy) = self.desired();
+        let ruleset = compile(&policy, &self.settings);
+        if self.apply_error.is_none() && self.applied.as_ref() == Some(&ruleset) {
+            self.state = state;
+            return self.status() != before;
+        }
+        match self.firewall.apply(&ruleset) {
+            Ok(took) => {
+                self.record_applied(ruleset, took);
+                self.apply_error = None;
+                self.state = state;
+                tracing::info!(%state, "firewall applied in {} us", took.as_micros());
+            }
+            Err(error) => {
+                tracing::error!(wanted = %state, "applying the firewall failed: {error}");
+                self.state = State::Blocked;
+                let blocking = compile(&PolicyState::Blocked, &self.settings);
+                match self.firewall.apply(&blocking) {
+                    Ok(took) => {
+                        self.record_applied(blocking, took);
+                        self.apply_error = Some(error);
+                        tracing::warn!("fell back to blocking everything");
+                    }
+                    Err(block_error) => {
+                        self.applied = None;
+                        self.firewall_status.installed = false;
+                        self.firewall_status.blocking = false;
+                        self.apply_error =
+                            Some(format!("{error}; blocking failed too: {block_error}"));
+                        tracing::error!("blocking failed too: {block_error}");
+                    }
+                }
+            }
+        }
+        self.status() != before
+    }
+
+    fn record_applied(&mut self, ruleset: Ruleset, took: std::time::Duration) {
+        let installed = ruleset.table.is_some();
+        self.firewall_status = FirewallStatus {
+            installed,
+            blocking: installed,
+            transitions: self.firewall_status.transitions + 1,
+            last_apply_us: Some(u64::try_from(took.as_micros()).unwrap_or(u64::MAX)),
+        };
+        self.applied = Some(ruleset);
+    }
+}
+
+fn peer(spec: &GuardSpec) -> Peer {
+    Peer {
+        endpoint: spec.endpoint,
+        mark: spec.mark,
+        uid: spec.uid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A firewall that records what it was asked to install and can be told to fail.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        applied: Vec<Ruleset>,
+        fail_unless_blocking: bool,
+        fail_always: bool,
+    }
+
+    impl Firewall for &mut Recorder {
+        fn apply(&mut self, ruleset: &Ruleset) -> Result<Duration, String> {
+            let blocking = *ruleset == compile(&PolicyState::Blocked, &Settings::default())
+                || *ruleset
+                    == compile(
+                        &PolicyState::Blocked,
+                        &Settings {
+                            lockdown: false,
+                            allow_lan: true,
+                        },
+                    );
+            if self.fail_always || (self.fail_unless_blocking && !blocking) {
+                return Err("injected failure".to_owned());
+            }
+            self.applied.push(ruleset.clone());
+            Ok(Duration::from_micros(100))
+        }
+
+        fn verify(&mut self, _: &Ruleset) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn spec() -> GuardSpec {
+        GuardSpec {
+            interface: "wg0".parse().expect("literal"),
+            endpoint: "198.51.100.1:51820".parse().expect("literal"),
+            dns: vec!["10.64.0.1".parse().expect("literal")],
+            mark: None,
+            uid: None,
+        }
+    }
+
+    fn up() -> Option<Observed> {
+        Some(Observed {
+            up: true,
+            addresses: vec!["10.64.0.2".parse().expect("literal")],
+        })
+    }
+
+    fn core<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
+        let mut core = Core::new(fw, Store::new(dir), None);
+        core.reconcile();
+        core
+    }
+
+    #[test]
+    fn fresh_start_is_disconnected_without_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let core = core(&mut fw, dir.path());
+        let status = core.status();
+        assert_eq!(status.state, State::Disconnected);
+        assert!(!status.firewall.installed && status.error.is_none());
+        drop(core);
+        assert_eq!(fw.applied, vec![Ruleset { table: None }]);
+    }
+
+    #[test]
+    fn guard_connects_when_the_tunnel_comes_up_and_falls_back_when_it_goes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        assert_eq!(
+            core.handle(&Request::Guard(spec())).map(|s| s.state),
+            Ok(State::Connecting)
+        );
+        core.observe(up());
+        assert!(core.reconcile());
+        assert_eq!(core.status().state, State::Connected);
+        assert!(core.status().tunnel.is_some_and(|t| t.up));
+        core.observe(None);
+        core.reconcile();
+        assert_eq!(core.status().state, State::Connecting);
+        let transitions = core.status().firewall.transitions;
+        assert!(!core.reconcile(), "nothing changed, nothing applied");
+        assert_eq!(core.status().firewall.transitions, transitions);
+    }
+
+    #[test]
+    fn lockdown_blocks_while_disconnected_and_off_removes_everything() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        let status = core
+            .handle(&Request::Lockdown { enabled: true })
+            .expect("ok");
+        assert_eq!(
+            (status.state, status.lockdown, status.firewall.blocking),
+            (State::Blocked, true, true)
+        );
+        assert_eq!(
+            core.handle(&Request::Down).map(|s| s.state),
+            Ok(State::Blocked)
+        );
+        let status = core.handle(&Request::Off).expect("ok");
+        assert_eq!(
+            (status.state, status.firewall.installed),
+            (State::Off, false)
+        );
+    }
+
+    #[test]
+    fn settings_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        {
+            let mut core = core(&mut fw, dir.path());
+            core.handle(&Request::AllowLan { enabled: true })
+                .expect("ok");
+            core.handle(&Request::Guard(spec())).expect("ok");
+        }
+        let mut fw = Recorder::default();
+        let core = core(&mut fw, dir.path());
+        let status = core.status();
+        assert!(status.allow_lan);
+        assert_eq!(status.state, State::Connecting);
+        assert_eq!(
+            status.tunnel.map(|t| t.interface.to_string()),
+            Some("wg0".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_failed_apply_falls_back_to_blocking_and_says_so() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder {
+            fail_unless_blocking: true,
+            ..Recorder::default()
+        };
+        let mut core = Core::new(&mut fw, Store::new(dir.path()), None);
+        let error = core
+            .handle(&Request::Guard(spec()))
+            .expect_err("apply fails");
+        assert_eq!(error.kind, ErrorKind::Firewall);
+        assert!(
+            error.message.contains("everything is blocked"),
+            "{}",
+            error.message
+        );
+        let status = core.status();
+        assert_eq!(status.state, State::Blocked);
+        assert!(status.firewall.blocking && status.error.is_some_and(|e| e.contains("injected")));
+        assert!(core.needs_retry());
+    }
+
+    #[test]
+    fn when_blocking_fails_too_status_says_blocking_is_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder {
+            fail_always: true,
+            ..Recorder::default()
+        };
+        let mut core = Core::new(&mut fw, Store::new(dir.path()), None);
+        let error = core
+            .handle(&Request::Lockdown { enabled: true })
+            .expect_err("apply fails");
+        assert!(
+            error.message.contains("blocking failed too"),
+            "{}",
+            error.message
+        );
+        let status = core.status();
+        assert_eq!(status.state, State::Blocked);
+        assert!(!status.firewall.blocking);
+    }
+
+    #[test]
+    fn a_corrupt_settings_file_blocks_until_the_user_decides() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("settings.json"), b"garbage").expect("write");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        let status = core.status();
+        assert_eq!(status.state, State::Blocked);
+        assert!(status.firewall.blocking && status.error.is_some_and(|e| e.contains("not valid")));
+        let status = core.handle(&Request::Down).expect("ok");
+        assert_eq!(status.state, State::Disconnected);
+        assert_eq!(status.error, None);
+    }
+
+    #[test]
+    fn a_config_fault_blocks_everything_but_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = Core::new(
+            &mut fw,
+            Store::new(dir.path()),
+            Some("bad config".to_owned()),
+        );
+        core.reconcile();
+        assert_eq!(core.status().state, State::Blocked);
+        assert_eq!(
+            core.handle(&Request::Guard(spec())).map(|s| s.state),
+            Ok(State::Blocked)
+        );
+        assert_eq!(core.handle(&Request::Off).map(|s| s.state), Ok(State::Off));
+    }
+
+    #[test]
+    fn unsaveable_settings_change_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blocker = dir.path().join("file");
+        std::fs::write(&blocker, b"").expect("write");
+        let mut fw = Recorder::default();
+        // The state dir is a regular file: saving must fail.
+        let mut core = core(&mut fw, &blocker);
+        let error = core
+            .handle(&Request::Lockdown { enabled: true })
+            .expect_err("cannot save");
+        assert_eq!(error.kind, ErrorKind::Storage);
+        assert!(!core.status().lockdown);
+    }
+}

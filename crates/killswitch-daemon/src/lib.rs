@@ -1,0 +1,19 @@
+//! killswitchd: the privileged daemon that owns the kill switch.
+//!
+//! - [`core`]: the state machine, the only place that decides when the firewall changes;
+//! - [`firewall`]: the backend trait and its nftables implementation;
+//! - [`links`]: what the daemon sees of the tunnel interface, and link-change notifications;
+//! - [`ipc`] and [`authz`]: the Unix socket server and who may change what;
+//! - [`store`] and [`config`]: persisted settings and the administrator's configuration;
+//! - [`notify`]: telling systemd (or the lab) that protection is in place;
+//! - [`run`]: the event loop that wires them together.
+
+pub mod authz;
+pub mod config;
+pub mod core;
+pub mod firewall;
+pub mod ipc;
+pub mod links;
+pub mod notify;
+pub mod run;
+pub mod store;

@@ -1,0 +1,138 @@
+//! Wiring: configuration, the state machine, link events, the IPC server and signals, in one
+//! single-threaded event loop. The state machine runs on this loop only, so no two events are ever
+//! handled at once.
+
+use crate::config::Config;
+use crate::core::Core;
+use crate::firewall::Nftables;
+use crate::ipc::{Command, Server, Shared};
+use crate::links::{self, LinkEvents};
+use crate::store::Store;
+use anyhow::Context;
+use killswitch_types::ipc::Status;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// Where the daemon finds and keeps things.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The configuration file.
+    pub config: PathBuf,
+    /// The IPC socket.
+    pub socket: PathBuf,
+    /// The state directory.
+    pub state_dir: PathBuf,
+}
+
+/// The first retry after a failed apply, doubled up to [`RETRY_MAX`]. Only while failing: a
+/// healthy daemon has no timers.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Runs the daemon until SIGTERM or SIGINT. The firewall is left as it is on exit: stopping the
+/// daemon never opens it (only `killswitch off` does).
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    let (config, config_fault) = match Config::load(&options.config) {
+        Ok(config) => (config, None),
+        Err(e) => {
+            tracing::error!(
+                "{e}; blocking until the configuration is fixed and the daemon restarted"
+            );
+            (Config::default(), Some(e.to_string()))
+        }
+    };
+    let mut core = Core::new(
+        Nftables::new(),
+        Store::new(&options.state_dir),
+        config_fault,
+    );
+    if let Some(error) = core.status().error {
+        tracing::error!("{error}");
+    }
+
+    // The firewall goes up before anything else: before the socket exists, nobody can ask for
+    // anything, and a restart replaces the previous daemon's table in one transaction.
+    let link_events = LinkEvents::subscribe().context("subscribing to link changes")?;
+    observe(&mut core);
+    core.reconcile();
+    let first = core.status();
+    tracing::info!(state = %first.state, lockdown = first.lockdown, allow_lan = first.allow_lan, "started");
+
+    let (status_tx, status_rx) = watch::channel(first);
+    let (events, _) = broadcast::channel::<Status>(64);
+    let (commands_tx, mut commands) = mpsc::channel::<Command>(32);
+    let server = Server::bind(&options.socket).await?;
+    let shared = Shared {
+        status: status_rx,
+        events: events.clone(),
+        commands: commands_tx,
+        admin_group: Arc::from(config.admin_group.as_str()),
+    };
+    tracing::info!("listening on {}", options.socket.display());
+    if let Err(e) = crate::notify::notify("READY=1") {
+        tracing::warn!("telling the service manager we are ready failed: {e}");
+    }
+
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut retry_delay = RETRY_MIN;
+    let publish = |status: Status| {
+        let _ = events.send(status.clone());
+        status_tx.send_replace(status);
+    };
+
+    let serving = server.serve(shared);
+    tokio::pin!(serving);
+    loop {
+        let retry = tokio::time::sleep(retry_delay);
+        tokio::select! {
+            () = &mut serving => anyhow::bail!("the IPC server stopped"),
+            Some(command) = commands.recv() => {
+                tracing::info!(uid = command.peer.uid, pid = ?command.peer.pid, "request `{}`", command.request.name());
+                let answer = core.handle(&command.request);
+                // The guarded interface may have changed: look at the new one.
+                if observe(&mut core) {
+                    core.reconcile();
+                }
+                publish(core.status());
+                let _ = command.reply.send(answer.map(|_| core.status()));
+            }
+            changed = link_events.changed() => {
+                if let Err(e) = changed {
+                    tracing::warn!("reading link changes failed: {e}");
+                }
+                if observe(&mut core) && core.reconcile() {
+                    publish(core.status());
+                }
+            }
+            () = retry, if core.needs_retry() => {
+                tracing::info!("retrying the firewall");
+                observe(&mut core);
+                if core.reconcile() {
+                    publish(core.status());
+                }
+                retry_delay = if core.needs_retry() { (retry_delay * 2).min(RETRY_MAX) } else { RETRY_MIN };
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    let _ = crate::notify::notify("STOPPING=1");
+    let status = core.status();
+    tracing::info!(
+        state = %status.state,
+        "stopping; the firewall stays as it is ({})",
+        if status.firewall.installed { "rules installed" } else { "no rules" }
+    );
+    Ok(())
+}
+
+/// Looks at the guarded interface. Returns whether what the daemon sees changed.
+fn observe(core: &mut Core<Nftables>) -> bool {
+    let observed = core.guarded_interface().and_then(links::observe);
+    core.observe(observed)
+}

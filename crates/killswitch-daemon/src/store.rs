@@ -1,0 +1,219 @@
+//! The persisted settings: lockdown, allow-lan and the last requested target, in the state
+//! directory, written atomically (temporary file, fsync, rename, fsync of the directory).
+//!
+//! Loading never fails the daemon. A missing file is a first start (defaults). A file that cannot
+//! be read or parsed is kept aside for inspection and reported: the daemon then starts blocked,
+//! never off, because the one thing it knows is that it does not know what the user wanted.
+
+use killswitch_types::{Settings, Target};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/killswitch";
+const FILE_NAME: &str = "settings.json";
+const FORMAT_VERSION: u32 = 1;
+
+/// What is persisted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Persisted {
+    /// The file format version.
+    #[serde(default = "format_version")]
+    pub version: u32,
+    /// The user's settings.
+    #[serde(flatten)]
+    pub settings: Settings,
+    /// The last requested target state.
+    pub target: Target,
+}
+
+fn format_version() -> u32 {
+    FORMAT_VERSION
+}
+
+impl Persisted {
+    /// The current format holding `settings` and `target`.
+    pub fn new(settings: Settings, target: Target) -> Self {
+        Persisted {
+            version: FORMAT_VERSION,
+            settings,
+            target,
+        }
+    }
+}
+
+impl Default for Persisted {
+    /// A first start: no lockdown, no LAN, nothing to guard.
+    fn default() -> Self {
+        Persisted::new(Settings::default(), Target::default())
+    }
+}
+
+/// The outcome of loading.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No file yet: a first start.
+    Fresh,
+    /// The persisted state.
+    Found(Persisted),
+    /// The file exists but is unusable; the message says why (and where the file was moved).
+    Unusable(String),
+}
+
+/// The settings file in a state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// A store in `dir` (created on first save).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Store { dir: dir.into() }
+    }
+
+    /// The settings file's path.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    /// Loads the persisted state.
+    pub fn load(&self) -> Loaded {
+        let path = self.path();
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Fresh,
+            Err(e) => return Loaded::Unusable(format!("cannot read {}: {e}", path.display())),
+        };
+        match serde_json::from_slice::<Persisted>(&bytes) {
+            Ok(p) if p.version == FORMAT_VERSION => Loaded::Found(p),
+            Ok(p) => Loaded::Unusable(format!(
+                "{} has format version {}, this daemon reads version {FORMAT_VERSION}",
+                path.display(),
+                p.version
+            )),
+            Err(e) => {
+                // Keep the bad file for inspection; the next save writes a fresh one.
+                let aside = path.with_extension("json.corrupt");
+                let moved = match std::fs::rename(&path, &aside) {
+                    Ok(()) => format!("; kept as {}", aside.display()),
+                    Err(_) => String::new(),
+                };
+                Loaded::Unusable(format!("{} is not valid: {e}{moved}", path.display()))
+            }
+        }
+    }
+
+    /// Writes `persisted` atomically: after a crash at any moment, the file holds either the old
+    /// or the new content, never a mixture or nothing.
+    pub fn save(&self, persisted: &Persisted) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let json = serde_json::to_vec_pretty(persisted).map_err(std::io::Error::other)?;
+        let tmp = self.dir.join(format!(".{FILE_NAME}.tmp"));
+        {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&json)?;
+            file.write_all(b"\n")?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&tmp, self.path())?;
+        sync_dir(&self.dir)
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use killswitch_types::GuardSpec;
+
+    fn guard() -> Target {
+        Target::Guard(GuardSpec {
+            interface: "wg0".parse().expect("literal"),
+            endpoint: "198.51.100.1:51820".parse().expect("literal"),
+            dns: vec!["10.64.0.1".parse().expect("literal")],
+            mark: None,
+            uid: None,
+        })
+    }
+
+    #[test]
+    fn first_start_is_fresh() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            Store::new(dir.path().join("nested")).load(),
+            Loaded::Fresh
+        ));
+    }
+
+    #[test]
+    fn save_then_load_round_trips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path().join("state"));
+        let persisted = Persisted::new(
+            Settings {
+                lockdown: true,
+                allow_lan: false,
+            },
+            guard(),
+        );
+        store.save(&persisted).expect("save");
+        assert!(matches!(store.load(), Loaded::Found(p) if p == persisted));
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("settings.json")]);
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_and_kept_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        std::fs::write(store.path(), b"{\"lockdown\": tru").expect("write");
+        match store.load() {
+            Loaded::Unusable(message) => {
+                assert!(
+                    message.contains("not valid") && message.contains("settings.json.corrupt"),
+                    "{message}"
+                )
+            }
+            other => panic!("expected unusable, got {other:?}"),
+        }
+        assert!(dir.path().join("settings.json.corrupt").exists());
+        assert!(
+            matches!(store.load(), Loaded::Fresh),
+            "the bad file no longer shadows a fresh start"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_versions_are_unusable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        std::fs::write(store.path(), br#"{"version":1,"lockdown":true,"allow_lan":false,"target":{"mode":"off"},"lockdwn":1}"#).expect("write");
+        assert!(matches!(store.load(), Loaded::Unusable(m) if m.contains("lockdwn")));
+        std::fs::write(
+            store.path(),
+            br#"{"version":9,"lockdown":true,"allow_lan":false,"target":{"mode":"off"}}"#,
+        )
+        .expect("write");
+        assert!(matches!(store.load(), Loaded::Unusable(m) if m.contains("version 9")));
+    }
+
+    #[test]
+    fn unreadable_file_is_unusable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        // A directory where the file should be: reading it fails with an I/O error.
+        std::fs::create_dir(store.path()).expect("mkdir");
+        assert!(matches!(store.load(), Loaded::Unusable(m) if m.contains("cannot read")));
+    }
+}

@@ -1,0 +1,308 @@
+//! killswitchd and killswitch end to end, in namespaces these tests create: guard mode over a real
+//! WireGuard tunnel, crash resistance, authorisation and hostile input.
+
+use anyhow::{Context, Result, ensure};
+use killswitch_lab::capture::{Capture, Direction};
+use killswitch_lab::daemon::{Daemon, DaemonHome, nft_table};
+use killswitch_lab::netns::require_root;
+use killswitch_lab::packet::{Frame, L4};
+use killswitch_lab::topology::{self, Topology};
+use killswitch_lab::traffic;
+use killswitch_lab::wireguard::{self, Tunnel};
+use killswitch_types::State;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+fn guard_args(tunnel: &Tunnel) -> Vec<String> {
+    vec![
+        "guard".into(),
+        "--interface".into(),
+        tunnel.client_interface().into(),
+        "--endpoint".into(),
+        tunnel.endpoint().to_string(),
+        "--dns".into(),
+        wireguard::SERVER_TUNNEL_V4.to_string(),
+        "--mark".into(),
+        format!("{:#x}", wireguard::FWMARK),
+    ]
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// A UDP listener on the target host (in the net namespace).
+fn target_listener(topo: &Topology, port: u16) -> Result<UdpSocket> {
+    let socket = topo
+        .net
+        .run(|| UdpSocket::bind(SocketAddr::new(topology::TARGET_V4.into(), port)))??;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(socket)
+}
+
+#[test]
+fn guard_mode_over_a_real_wireguard_tunnel() -> Result<()> {
+    if !require_root("guard_mode_over_a_real_wireguard_tunnel") {
+        return Ok(());
+    }
+    let topo = Topology::new("guard")?;
+    let mut tunnel = Tunnel::up(&topo)?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    let status = daemon.cli(&args(&guard_args(&tunnel)))?.ok()?;
+    ensure!(
+        status.stdout.contains("state:     connected"),
+        "{}",
+        status.stdout
+    );
+
+    let capture = Capture::start(&topo.client, topology::PHYS)?;
+    let listener = target_listener(&topo, 9000)?;
+    let log_mark = tunnel.client_log_len();
+    let target = SocketAddr::new(topology::TARGET_V4.into(), 9000);
+    topo.client
+        .run(|| traffic::send_udp(target, b"through the tunnel", None))??;
+    tunnel.wait_for_handshake(log_mark, Duration::from_secs(10))?;
+    let mut buffer = [0u8; 64];
+    let (n, from) = listener
+        .recv_from(&mut buffer)
+        .context("the target never heard from the client")?;
+    ensure!(&buffer[..n] == b"through the tunnel", "unexpected payload");
+    ensure!(
+        from.ip() == std::net::IpAddr::V4(wireguard::CLIENT_TUNNEL_V4),
+        "arrived from {from}, not through the tunnel"
+    );
+
+    // A program that sends to the VPN server's address out of the physical interface directly,
+    // without the tunnel's mark, is refused (the ServerIP attack).
+    let direct = topo.client.run(|| {
+        traffic::send_udp_via(topology::PHYS, tunnel.endpoint(), b"server-ip attack", None)
+    })?;
+    ensure!(
+        direct.as_ref().is_err_and(traffic::is_local_rejection),
+        "unmarked packet to the server: {direct:?}"
+    );
+
+    // Sentinel: the tunnel's own traffic, then judge everything on the physical link before it.
+    topo.client
+        .run(|| traffic::send_udp(target, b"sentinel", None))??;
+    let (n, _) = listener.recv_from(&mut buffer)?;
+    ensure!(&buffer[..n] == b"sentinel", "sentinel lost");
+    for captured in capture
+        .frames()
+        .iter()
+        .filter(|c| c.direction == Direction::Outgoing)
+    {
+        match &captured.frame {
+            Frame::Ip(ip) => ensure!(
+                ip.dst == tunnel.endpoint().ip()
+                    && ip.transport
+                        == L4::Udp {
+                            sport: ip_sport(ip.transport),
+                            dport: wireguard::PORT
+                        }
+                    || matches!(ip.transport, L4::Icmpv6 { kind: 133..=136 }),
+                "leaked onto the physical link: {ip}"
+            ),
+            Frame::Arp => {}
+            other => anyhow::bail!("unexpected frame on the physical link: {other}"),
+        }
+    }
+    ensure!(capture.kernel_drops()? == 0, "the capture dropped frames");
+    Ok(())
+}
+
+fn ip_sport(l4: L4) -> u16 {
+    match l4 {
+        L4::Udp { sport, .. } | L4::Tcp { sport, .. } => sport,
+        _ => 0,
+    }
+}
+
+#[test]
+fn kill_9_of_the_daemon_leaves_the_rules_and_a_restart_adopts_them() -> Result<()> {
+    if !require_root("kill_9_of_the_daemon_leaves_the_rules_and_a_restart_adopts_them") {
+        return Ok(());
+    }
+    let topo = Topology::new("kill9")?;
+    let home = DaemonHome::new()?;
+    let mut daemon = Daemon::start(&topo.client, &home)?;
+    daemon.cli(&["lockdown", "on"])?.ok()?;
+    let before = nft_table(&topo.client)?.context("lockdown installs the table")?;
+
+    daemon.process().kill()?;
+    let after = nft_table(&topo.client)?.context("the table survives kill -9")?;
+    ensure!(before == after, "the table changed when the daemon died");
+    let target = SocketAddr::new(topology::TARGET_V4.into(), 443);
+    let sent = topo
+        .client
+        .run(|| traffic::send_udp(target, b"while the daemon is dead", None))?;
+    ensure!(
+        sent.as_ref().is_err_and(traffic::is_local_rejection),
+        "still blocked without a daemon: {sent:?}"
+    );
+
+    let daemon = Daemon::start(&topo.client, &home)?;
+    let status = daemon.status()?;
+    ensure!(
+        status.state == State::Blocked && status.lockdown,
+        "restart resumes lockdown: {status:?}"
+    );
+    ensure!(
+        nft_table(&topo.client)?.as_deref() == Some(before.as_str()),
+        "the restarted daemon installed the same rules"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unprivileged_user_can_read_but_not_change() -> Result<()> {
+    if !require_root("an_unprivileged_user_can_read_but_not_change") {
+        return Ok(());
+    }
+    let topo = Topology::new("authz")?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    daemon.cli(&["lockdown", "on"])?.ok()?;
+    let status = daemon.cli_as_nobody(&["--json", "status"])?.ok()?;
+    ensure!(
+        status.stdout.contains("\"state\":\"blocked\""),
+        "{}",
+        status.stdout
+    );
+    for change in [
+        &["lockdown", "off"][..],
+        &["off"],
+        &["down"],
+        &["allow-lan", "on"],
+    ] {
+        let refused = daemon.cli_as_nobody(change)?;
+        ensure!(refused.code == Some(1), "{change:?} as nobody: {refused:?}");
+        ensure!(
+            refused.stderr.contains("permission denied") && refused.stderr.lines().count() == 1,
+            "{refused:?}"
+        );
+    }
+    let status = daemon.status()?;
+    ensure!(
+        status.state == State::Blocked && status.lockdown && !status.allow_lan,
+        "nothing changed: {status:?}"
+    );
+    ensure!(
+        nft_table(&topo.client)?.is_some(),
+        "the table is still there"
+    );
+    Ok(())
+}
+
+#[test]
+fn hostile_ipc_input_gets_errors_and_changes_nothing() -> Result<()> {
+    if !require_root("hostile_ipc_input_gets_errors_and_changes_nothing") {
+        return Ok(());
+    }
+    let topo = Topology::new("hostile")?;
+    let home = DaemonHome::new()?;
+    let mut daemon = Daemon::start(&topo.client, &home)?;
+    daemon.cli(&["lockdown", "on"])?.ok()?;
+    let before = nft_table(&topo.client)?;
+
+    let mut stream = UnixStream::connect(home.socket())?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let cases: [(&[u8], &str); 6] = [
+        (b"hello\n", "bad_request"),
+        (b"{\"version\":1,\"request\":{\"command\":\"off\",\"force\":true}}\n", "force"),
+        (b"{\"version\":99,\"request\":{\"command\":\"off\"}}\n", "unsupported_version"),
+        (b"{\"version\":1,\"request\":{\"command\":\"guard\",\"interface\":\"../../etc\",\"endpoint\":\"1.2.3.4:1\"}}\n", "interface name"),
+        (b"\xff\xfe\n", "UTF-8"),
+        (b"[1,2,3]\n", "JSON object"),
+    ];
+    for (line, expected) in cases {
+        stream.write_all(line)?;
+        let mut reply = String::new();
+        reader.read_line(&mut reply)?;
+        ensure!(
+            reply.contains("\"type\":\"error\"") && reply.contains(expected),
+            "{:?} -> {reply}",
+            String::from_utf8_lossy(line)
+        );
+    }
+    // An oversized line: an error, then the connection is closed.
+    let huge = vec![b'x'; killswitch_types::ipc::MAX_REQUEST_BYTES + 10];
+    stream.write_all(&huge)?;
+    let mut reply = String::new();
+    reader.read_line(&mut reply)?;
+    ensure!(reply.contains("too_large"), "{reply}");
+
+    ensure!(
+        daemon.process().try_wait()?.is_none(),
+        "the daemon survived:\n{}",
+        daemon.log()
+    );
+    let status = daemon.status()?;
+    ensure!(
+        status.state == State::Blocked && status.lockdown,
+        "{status:?}"
+    );
+    ensure!(
+        nft_table(&topo.client)? == before,
+        "the rules did not change"
+    );
+    Ok(())
+}
+
+#[test]
+fn cli_errors_are_one_line_with_distinct_exit_codes() -> Result<()> {
+    if !require_root("cli_errors_are_one_line_with_distinct_exit_codes") {
+        return Ok(());
+    }
+    let topo = Topology::new("clierr")?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    let bad = daemon.cli(&[
+        "guard",
+        "--interface",
+        "wg0",
+        "--endpoint",
+        "vpn.example.com:51820",
+    ])?;
+    ensure!(
+        bad.code == Some(2) && bad.stderr.contains("expected IP:PORT"),
+        "{bad:?}"
+    );
+    let bad = daemon.cli(&[
+        "guard",
+        "--interface",
+        "wg0",
+        "--endpoint",
+        "198.51.100.1:51820",
+        "--mark",
+        "0",
+    ])?;
+    ensure!(
+        bad.code == Some(2) && bad.stderr.contains("fwmark"),
+        "{bad:?}"
+    );
+    let bad = daemon.cli(&["lockdown", "maybe"])?;
+    ensure!(bad.code == Some(2), "{bad:?}");
+    let json = daemon.cli_as_nobody(&["--json", "off"])?;
+    ensure!(
+        json.code == Some(1) && json.stdout.contains("\"kind\":\"permission_denied\""),
+        "{json:?}"
+    );
+    // No daemon at all.
+    let mut missing = std::process::Command::new(killswitch_lab::binaries::path("killswitch")?);
+    let output = missing
+        .args(["--socket", "/nonexistent/killswitch.sock", "status"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.code() == Some(3)
+            && stderr.contains("is killswitchd running?")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    Ok(())
+}

@@ -1,0 +1,209 @@
+//! Running `killswitchd` inside a lab namespace, and `killswitch` against it.
+
+use crate::binaries;
+use crate::netns::{Netns, run_checked};
+use crate::process::Process;
+use anyhow::{Context, Result, bail};
+use killswitch_types::ipc::Status;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+/// How long the daemon may take to apply its firewall and listen.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A daemon's files (configuration, state directory, socket), kept across restarts.
+#[derive(Debug)]
+pub struct DaemonHome {
+    dir: tempfile::TempDir,
+}
+
+impl DaemonHome {
+    /// A fresh home. The directory is world-readable so that an unprivileged client can reach
+    /// the socket (the daemon decides what it may do).
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("killswitch-lab-")
+            .tempdir()
+            .context("creating a temporary directory")?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        Ok(DaemonHome { dir })
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The IPC socket.
+    pub fn socket(&self) -> PathBuf {
+        self.path().join("killswitch.sock")
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    /// The configuration file (absent unless a test writes it).
+    pub fn config(&self) -> PathBuf {
+        self.path().join("config.toml")
+    }
+}
+
+/// A running `killswitchd`.
+#[derive(Debug)]
+pub struct Daemon {
+    process: Process,
+    socket: PathBuf,
+}
+
+/// What a `killswitch` invocation printed and how it ended.
+#[derive(Debug)]
+pub struct CliResult {
+    /// The exit code (None if killed by a signal).
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliResult {
+    fn from(output: Output) -> Self {
+        CliResult {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Fails with the output unless the command succeeded.
+    pub fn ok(self) -> Result<Self> {
+        if self.code != Some(0) {
+            bail!(
+                "killswitch failed ({:?}): {}{}",
+                self.code,
+                self.stderr,
+                self.stdout
+            );
+        }
+        Ok(self)
+    }
+}
+
+impl Daemon {
+    /// Starts the daemon in `ns` with `home`'s files, and waits until it reports ready (its
+    /// firewall applied, its socket listening) over the sd_notify protocol.
+    pub fn start(ns: &Netns, home: &DaemonHome) -> Result<Self> {
+        let notify_path = home.path().join(format!("notify-{}", std::process::id()));
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = UnixDatagram::bind(&notify_path).context("binding the readiness socket")?;
+        notify.set_read_timeout(Some(Duration::from_millis(100)))?;
+        let mut command = ns.command(
+            binaries::path("killswitchd")?
+                .to_str()
+                .context("binary path is not UTF-8")?,
+        );
+        command
+            .arg("--config")
+            .arg(home.config())
+            .arg("--socket")
+            .arg(home.socket())
+            .arg("--state-dir")
+            .arg(home.state_dir())
+            .env("NOTIFY_SOCKET", &notify_path)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1");
+        let mut process = Process::spawn("killswitchd", command)?;
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        let mut buffer = [0u8; 256];
+        loop {
+            match notify.recv(&mut buffer) {
+                Ok(n) if buffer[..n].split(|b| *b == b'\n').any(|l| l == b"READY=1") => break,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => return Err(e).context("reading the readiness socket"),
+            }
+            if let Some(status) = process.try_wait()? {
+                bail!(
+                    "killswitchd exited ({status}) before it was ready:\n{}",
+                    process.output()
+                );
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "killswitchd not ready within {READY_TIMEOUT:?}:\n{}",
+                    process.output()
+                );
+            }
+        }
+        let _ = std::fs::remove_file(&notify_path);
+        Ok(Daemon {
+            process,
+            socket: home.socket(),
+        })
+    }
+
+    /// Runs `killswitch --socket SOCKET ARGS...` as root.
+    pub fn cli(&self, args: &[&str]) -> Result<CliResult> {
+        self.cli_command(args)
+            .map(|mut c| c.output().map(CliResult::from))?
+            .context("running killswitch")
+    }
+
+    /// Runs `killswitch` as an unprivileged user (uid/gid 65534, no supplementary groups).
+    pub fn cli_as_nobody(&self, args: &[&str]) -> Result<CliResult> {
+        let mut command = self.cli_command(args)?;
+        // Dropping from root to another uid, std also clears the supplementary groups.
+        command.uid(65534).gid(65534);
+        command
+            .output()
+            .map(CliResult::from)
+            .context("running killswitch as nobody")
+    }
+
+    fn cli_command(&self, args: &[&str]) -> Result<Command> {
+        let mut command = Command::new(binaries::path("killswitch")?);
+        command.arg("--socket").arg(&self.socket).args(args);
+        Ok(command)
+    }
+
+    /// The daemon's status, via `killswitch --json status`.
+    pub fn status(&self) -> Result<Status> {
+        let result = self.cli(&["--json", "status"])?.ok()?;
+        serde_json::from_str(&result.stdout)
+            .with_context(|| format!("parsing status {:?}", result.stdout))
+    }
+
+    /// The daemon's process.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.process.output()
+    }
+}
+
+/// Lists table `inet killswitch` in `ns` as nft prints it, or `None` if it does not exist.
+pub fn nft_table(ns: &Netns) -> Result<Option<String>> {
+    let tables = run_checked(ns.command("nft").args(["list", "tables"]))?;
+    if !tables.lines().any(|l| l.trim() == "table inet killswitch") {
+        return Ok(None);
+    }
+    Ok(Some(run_checked(ns.command("nft").args([
+        "list",
+        "table",
+        "inet",
+        "killswitch",
+    ]))?))
+}

@@ -1,0 +1,290 @@
+//! A real WireGuard tunnel between the lab's client and net namespaces, made of two independent
+//! userspace `wireguard-go` processes (this machine has no kernel WireGuard), configured with `wg`.
+//!
+//! The client is set up the way wg-quick does it: its UDP socket carries fwmark [`FWMARK`], and
+//! policy routing sends every unmarked packet into the tunnel, so the tunnel's own packets reach
+//! the server over the physical link and nothing else does, whatever the main routing table says.
+
+use crate::netns::{Netns, run_checked};
+use crate::process::Process;
+use crate::topology::{ENDPOINT_V4, Topology};
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// The fwmark the client's WireGuard socket carries (and the routing table it bypasses).
+pub const FWMARK: u32 = 0xca6c;
+/// The routing table that sends everything unmarked into the tunnel.
+const TABLE: &str = "51820";
+/// The server's UDP port.
+pub const PORT: u16 = 51820;
+/// The server's address inside the tunnel; also the tunnel's DNS resolver.
+pub const SERVER_TUNNEL_V4: Ipv4Addr = Ipv4Addr::new(10, 64, 0, 1);
+/// The client's address inside the tunnel.
+pub const CLIENT_TUNNEL_V4: Ipv4Addr = Ipv4Addr::new(10, 64, 0, 2);
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A WireGuard key pair.
+#[derive(Clone)]
+pub struct KeyPair {
+    private: String,
+    /// The public key, base64.
+    pub public: String,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyPair(public {}, private redacted)", self.public)
+    }
+}
+
+impl KeyPair {
+    /// Generates a key pair with `wg genkey` / `wg pubkey`.
+    pub fn generate() -> Result<Self> {
+        let private = run_checked(Command::new("wg").arg("genkey"))?
+            .trim()
+            .to_owned();
+        let mut child = Command::new("wg")
+            .arg("pubkey")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("running wg pubkey")?;
+        child
+            .stdin
+            .take()
+            .context("wg pubkey stdin")?
+            .write_all(private.as_bytes())?;
+        let output = child.wait_with_output()?;
+        let public = String::from_utf8(output.stdout)?.trim().to_owned();
+        Ok(KeyPair { private, public })
+    }
+}
+
+/// One `wireguard-go` process and its interface.
+#[derive(Debug)]
+pub struct Device {
+    process: Process,
+    /// The interface name (unique on the machine: the UAPI sockets of all namespaces share
+    /// /var/run/wireguard).
+    pub interface: String,
+}
+
+impl Device {
+    /// Starts `wireguard-go` for `interface` in `ns` and waits until it accepts configuration.
+    pub fn start(ns: &Netns, interface: &str) -> Result<Self> {
+        let mut command = ns.command("wireguard-go");
+        command.arg("-f").arg(interface).env("LOG_LEVEL", "verbose");
+        let mut process = Process::spawn(&format!("wireguard-go {interface}"), command)?;
+        process.wait_for_line(0, "UAPI listener started", START_TIMEOUT)?;
+        Ok(Device {
+            process,
+            interface: interface.to_owned(),
+        })
+    }
+
+    /// The wireguard-go process.
+    pub fn process(&mut self) -> &mut Process {
+        &mut self.process
+    }
+}
+
+impl Drop for Device {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = std::fs::remove_file(
+            PathBuf::from("/var/run/wireguard").join(format!("{}.sock", self.interface)),
+        );
+    }
+}
+
+/// Writes a private key to a file only root can read, for `wg set ... private-key FILE`.
+fn key_file(dir: &tempfile::TempDir, name: &str, key: &KeyPair) -> Result<PathBuf> {
+    let path = dir.path().join(name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)?;
+    file.write_all(key.private.as_bytes())?;
+    Ok(path)
+}
+
+/// The lab's tunnel: a server in the net namespace, a client in the client namespace.
+#[derive(Debug)]
+pub struct Tunnel {
+    /// The server device (net namespace).
+    pub server: Device,
+    /// The client device (client namespace); `None` while "the VPN process" is dead.
+    pub client: Option<Device>,
+    client_interface: String,
+    server_key: KeyPair,
+    client_key: KeyPair,
+    keys: tempfile::TempDir,
+    endpoint: SocketAddr,
+}
+
+impl Tunnel {
+    /// Brings up the server and the client and routes the client's traffic into the tunnel. The
+    /// handshake happens with the first packet (see [`Tunnel::wait_for_handshake`]).
+    pub fn up(topo: &Topology) -> Result<Self> {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let unique = (std::process::id() as usize * 8 + n) % 100_000;
+        let server_interface = format!("kss{unique}");
+        let client_interface = format!("ksc{unique}");
+        let server_key = KeyPair::generate()?;
+        let client_key = KeyPair::generate()?;
+        let keys = tempfile::tempdir()?;
+        let endpoint = SocketAddr::new(ENDPOINT_V4.into(), PORT);
+
+        let server = Device::start(&topo.net, &server_interface)?;
+        let server_key_file = key_file(&keys, "server", &server_key)?;
+        topo.net.exec(
+            "wg",
+            &[
+                "set",
+                &server_interface,
+                "private-key",
+                path_str(&server_key_file)?,
+                "listen-port",
+                &PORT.to_string(),
+                "peer",
+                &client_key.public,
+                "allowed-ips",
+                &format!("{CLIENT_TUNNEL_V4}/32"),
+            ],
+        )?;
+        topo.net.ip(&[
+            "addr",
+            "add",
+            &format!("{SERVER_TUNNEL_V4}/24"),
+            "dev",
+            &server_interface,
+        ])?;
+        topo.net.ip(&["link", "set", &server_interface, "up"])?;
+
+        let mut tunnel = Tunnel {
+            server,
+            client: None,
+            client_interface,
+            server_key,
+            client_key,
+            keys,
+            endpoint,
+        };
+        tunnel.start_client(topo)?;
+        // wg-quick's policy routing: unmarked packets use the tunnel's table; the main table's
+        // routes apply only when more specific than a default route (suppress_prefixlength 0).
+        topo.client.ip(&[
+            "-4",
+            "rule",
+            "add",
+            "not",
+            "fwmark",
+            &FWMARK.to_string(),
+            "table",
+            TABLE,
+        ])?;
+        topo.client.ip(&[
+            "-4",
+            "rule",
+            "add",
+            "table",
+            "main",
+            "suppress_prefixlength",
+            "0",
+        ])?;
+        Ok(tunnel)
+    }
+
+    /// The client interface's name.
+    pub fn client_interface(&self) -> &str {
+        &self.client_interface
+    }
+
+    /// The server's endpoint.
+    pub fn endpoint(&self) -> SocketAddr {
+        self.endpoint
+    }
+
+    /// (Re)starts the client's wireguard-go, configures it and its route. Used at first and to
+    /// reconnect after the VPN process was killed.
+    pub fn start_client(&mut self, topo: &Topology) -> Result<()> {
+        self.client = None;
+        let device = Device::start(&topo.client, &self.client_interface)?;
+        let key_file = key_file(&self.keys, "client", &self.client_key)?;
+        topo.client.exec(
+            "wg",
+            &[
+                "set",
+                &self.client_interface,
+                "private-key",
+                path_str(&key_file)?,
+                "fwmark",
+                &FWMARK.to_string(),
+                "peer",
+                &self.server_key.public,
+                "endpoint",
+                &self.endpoint.to_string(),
+                "allowed-ips",
+                "0.0.0.0/0",
+            ],
+        )?;
+        topo.client.ip(&[
+            "addr",
+            "add",
+            &format!("{CLIENT_TUNNEL_V4}/24"),
+            "dev",
+            &self.client_interface,
+        ])?;
+        topo.client
+            .ip(&["link", "set", &self.client_interface, "up"])?;
+        topo.client.ip(&[
+            "-4",
+            "route",
+            "add",
+            "default",
+            "dev",
+            &self.client_interface,
+            "table",
+            TABLE,
+        ])?;
+        self.client = Some(device);
+        Ok(())
+    }
+
+    /// Kills the client's wireguard-go with SIGKILL: the VPN process dies, its interface vanishes.
+    pub fn kill_client(&mut self) -> Result<()> {
+        if let Some(mut device) = self.client.take() {
+            device.process().kill()?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the client has completed a handshake with the server (it logs one when the
+    /// first packet makes it initiate).
+    pub fn wait_for_handshake(&mut self, from_line: usize, timeout: Duration) -> Result<()> {
+        let device = self.client.as_mut().context("the client is not running")?;
+        device
+            .process()
+            .wait_for_line(from_line, "Received handshake response", timeout)?;
+        Ok(())
+    }
+
+    /// How many lines the client has logged (to wait for a handshake after this point).
+    pub fn client_log_len(&self) -> usize {
+        self.client.as_ref().map_or(0, |d| d.process.line_count())
+    }
+}
+
+fn path_str(path: &std::path::Path) -> Result<&str> {
+    path.to_str().context("temporary path is not UTF-8")
+}
