@@ -155,10 +155,8 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            if cli.json {
-                if let Some(json) = failure.to_json() {
-                    println!("{json}");
-                }
+            if let Some(json) = failure.to_json().filter(|_| cli.json) {
+                println!("{json}");
             }
             eprintln!("killswitch: {failure}");
             ExitCode::from(failure.exit_code())
