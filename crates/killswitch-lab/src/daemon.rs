@@ -183,6 +183,47 @@ impl Daemon {
             .with_context(|| format!("parsing status {:?}", result.stdout))
     }
 
+    /// Waits (on the daemon's event stream, not by polling) until its state is `state`.
+    pub fn wait_for_state(
+        &self,
+        state: killswitch_types::State,
+        timeout: Duration,
+    ) -> Result<Status> {
+        use killswitch_types::ipc::{Request, RequestEnvelope, ServerEnvelope, ServerMessage};
+        use std::io::{BufRead, BufReader, Write};
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
+            .context("connecting to the daemon")?;
+        let line = killswitch_types::ipc::encode_line(&RequestEnvelope::new(Request::Subscribe))?;
+        stream.write_all(line.as_bytes())?;
+        let deadline = std::time::Instant::now() + timeout;
+        let mut reader = BufReader::new(stream);
+        let mut last = None;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                bail!(
+                    "the daemon did not reach state {state} within {timeout:?} (last status: {last:?})"
+                );
+            }
+            reader.get_ref().set_read_timeout(Some(left))?;
+            let mut line = String::new();
+            if reader.read_line(&mut line).is_err() || line.is_empty() {
+                bail!(
+                    "the daemon did not reach state {state} within {timeout:?} (last status: {last:?})"
+                );
+            }
+            let envelope: ServerEnvelope =
+                serde_json::from_str(&line).with_context(|| format!("parsing {line:?}"))?;
+            if let ServerMessage::Ok { status } | ServerMessage::Event { status } = envelope.message
+            {
+                if status.state == state {
+                    return Ok(status);
+                }
+                last = Some(status);
+            }
+        }
+    }
+
     /// The daemon's process.
     pub fn process(&mut self) -> &mut Process {
         &mut self.process

@@ -64,6 +64,26 @@ impl Netns {
         run_checked(self.command(program).args(args))
     }
 
+    /// Starts a long-lived thread inside this namespace (a server, a generator). The thread keeps
+    /// the namespace's file open only while it enters it.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        name: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<Result<T>>> {
+        let file = File::open(self.path())
+            .with_context(|| format!("opening {}", self.path().display()))?;
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || -> Result<T> {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .context("entering the network namespace")?;
+                drop(file);
+                Ok(f())
+            })
+            .context("spawning a thread")
+    }
+
     /// Runs `f` on a thread that has entered this namespace. Sockets `f` opens live in it, and
     /// stay in it after `f` returns.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T> {
@@ -83,8 +103,21 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Writes `/etc/netns/NAME/resolv.conf`, which `ip netns exec` shows to processes in this
+    /// namespace in place of the host's `/etc/resolv.conf` (removed on drop). Lab processes thus
+    /// never read, let alone write, this machine's own resolver configuration.
+    pub fn set_resolv_conf(&self, content: &str) -> Result<()> {
+        let dir = PathBuf::from("/etc/netns").join(&self.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("resolv.conf"), content)
+            .with_context(|| format!("writing {}/resolv.conf", dir.display()))
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.name));
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])
             .stdout(Stdio::null())
@@ -129,6 +162,22 @@ pub fn run_checked(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&stdout).into_owned())
 }
 
+/// Removes every namespace this process created (and its resolv.conf), for an emergency exit
+/// (Ctrl-C) where the guards' destructors will not run.
+pub fn remove_own() {
+    let prefix = format!("{PREFIX}{}-", std::process::id());
+    let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&name));
+        }
+    }
+}
+
 /// Removes namespaces named by a previous run of this lab whose process no longer exists.
 fn remove_stale() {
     let Ok(entries) = std::fs::read_dir(NETNS_DIR) else {
@@ -144,6 +193,7 @@ fn remove_stale() {
         };
         if pid.parse::<u32>().is_ok() && !PathBuf::from(format!("/proc/{pid}")).exists() {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&name));
         }
     }
 }

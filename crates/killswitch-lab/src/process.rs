@@ -9,6 +9,18 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// Every live child's pid, so that an emergency exit (Ctrl-C) can end them.
+static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Kills every child the lab started and has not reaped yet (for an emergency exit).
+pub fn kill_all() {
+    if let Ok(pids) = LIVE.lock() {
+        for pid in pids.iter() {
+            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
 #[derive(Default)]
 struct Lines {
     lines: Mutex<Vec<String>>,
@@ -62,6 +74,9 @@ impl Process {
                     output.added.notify_all();
                 }
             });
+        }
+        if let Ok(mut live) = LIVE.lock() {
+            live.push(child.id());
         }
         Ok(Process {
             name: name.to_owned(),
@@ -130,8 +145,17 @@ impl Process {
     pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
         if self.exited.is_none() {
             self.exited = self.child.try_wait().context("waiting for a child")?;
+            if self.exited.is_some() {
+                self.forget();
+            }
         }
         Ok(self.exited)
+    }
+
+    fn forget(&self) {
+        if let Ok(mut live) = LIVE.lock() {
+            live.retain(|pid| *pid != self.child.id());
+        }
     }
 
     /// Sends `signal` to the process.
@@ -164,6 +188,7 @@ impl Process {
         let _ = self.signal(Signal::SIGKILL);
         let status = self.child.wait().context("reaping a killed child")?;
         self.exited = Some(status);
+        self.forget();
         Ok(status)
     }
 }

@@ -90,6 +90,8 @@ impl Topology {
             net.ip(&["addr", "add", &format!("{host}/32"), "dev", "lo"])?;
         }
         net.ip(&["addr", "add", &format!("{TARGET_V6}/128"), "dev", "lo"])?;
+        // As a DHCP client on this LAN would be told: the router resolves names.
+        client.set_resolv_conf(&format!("nameserver {ROUTER_V4}\n"))?;
         Ok(Topology { client, net })
     }
 }

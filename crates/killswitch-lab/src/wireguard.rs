@@ -136,6 +136,14 @@ impl Tunnel {
     /// Brings up the server and the client and routes the client's traffic into the tunnel. The
     /// handshake happens with the first packet (see [`Tunnel::wait_for_handshake`]).
     pub fn up(topo: &Topology) -> Result<Self> {
+        let mut tunnel = Self::server_only(topo)?;
+        tunnel.start_client(topo)?;
+        Ok(tunnel)
+    }
+
+    /// Brings up the server and the client's routing policy, but not the client's VPN process
+    /// (start it with [`Tunnel::start_client`]).
+    pub fn server_only(topo: &Topology) -> Result<Self> {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let unique = (std::process::id() as usize * 8 + n) % 100_000;
         let server_interface = format!("kss{unique}");
@@ -171,7 +179,7 @@ impl Tunnel {
         ])?;
         topo.net.ip(&["link", "set", &server_interface, "up"])?;
 
-        let mut tunnel = Tunnel {
+        let tunnel = Tunnel {
             server,
             client: None,
             client_interface,
@@ -180,7 +188,6 @@ impl Tunnel {
             keys,
             endpoint,
         };
-        tunnel.start_client(topo)?;
         // wg-quick's policy routing: unmarked packets use the tunnel's table; the main table's
         // routes apply only when more specific than a default route (suppress_prefixlength 0).
         topo.client.ip(&[
@@ -258,6 +265,24 @@ impl Tunnel {
             TABLE,
         ])?;
         self.client = Some(device);
+        Ok(())
+    }
+
+    /// Sets the client's peer endpoint again, as a VPN client does when it notices a new network.
+    /// This also drops wireguard-go's cached source address, which (in Debian's 0.0.20220316) it
+    /// otherwise keeps using after the interface's address changed, so that it never sends again.
+    pub fn reannounce_endpoint(&self, topo: &Topology) -> Result<()> {
+        topo.client.exec(
+            "wg",
+            &[
+                "set",
+                &self.client_interface,
+                "peer",
+                &self.server_key.public,
+                "endpoint",
+                &self.endpoint.to_string(),
+            ],
+        )?;
         Ok(())
     }
 

@@ -1,0 +1,127 @@
+//! `killswitch-lab`: runs the leak scenarios in a sandboxed network and prints the report.
+
+use clap::Parser;
+use killswitch_lab::generator::DEFAULT_RATE;
+use killswitch_lab::report::LabReport;
+use killswitch_lab::{host, netns, process, scenarios};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// The killswitch leak lab: proves, with packets, that the kill switch leaks nothing.
+///
+/// Builds network namespaces (a protected client, and a "net" with the LAN router, the internet
+/// and a WireGuard server), runs killswitchd in the client, and scripts the moments weak kill
+/// switches leak: connecting, the VPN process dying, the network going away, sleep and wake, the
+/// daemon dying, DNS, IPv6 and disconnecting. A capture on the client's physical link is the judge.
+///
+/// Needs root. Never changes the namespace it is started from (checked before and after); every
+/// namespace it creates is removed at the end, also on Ctrl-C.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Args {
+    /// Run only this scenario (repeatable). See --list.
+    #[arg(long, value_name = "NAME")]
+    scenario: Vec<String>,
+    /// List the scenarios and exit.
+    #[arg(long)]
+    list: bool,
+    /// Packets per second the generator offers, in total.
+    #[arg(long, value_name = "PPS", default_value_t = DEFAULT_RATE, value_parser = clap::value_parser!(u32).range(10..=100_000))]
+    rate: u32,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if args.list {
+        for s in scenarios::ALL {
+            println!("{:<13} {}", s.name, s.guards);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let mut selected = Vec::new();
+    for name in &args.scenario {
+        match scenarios::find(name) {
+            Some(s) => selected.push(s),
+            None => {
+                let names: Vec<&str> = scenarios::ALL.iter().map(|s| s.name).collect();
+                eprintln!(
+                    "killswitch-lab: no scenario {name:?}; scenarios are {}",
+                    names.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if selected.is_empty() {
+        selected = scenarios::ALL.to_vec();
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "killswitch-lab: needs root (it creates network namespaces and runs the daemon in them); try sudo"
+        );
+        return ExitCode::from(2);
+    }
+    if let Err(e) = handle_interrupts() {
+        eprintln!("killswitch-lab: cannot install the Ctrl-C handler: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    let start = Instant::now();
+    let before = match host::snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("killswitch-lab: cannot snapshot this namespace's network state: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut reports = Vec::new();
+    for scenario in selected {
+        if !args.json {
+            eprintln!("running {} ...", scenario.name);
+        }
+        reports.push(scenarios::run(scenario, args.rate));
+    }
+    let host_unchanged = host::snapshot().is_ok_and(|after| after == before);
+    let report = LabReport::new(
+        args.rate,
+        reports,
+        host_unchanged,
+        start.elapsed().as_millis() as u64,
+    );
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("killswitch-lab: cannot encode the report: {e}"),
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Ctrl-C or SIGTERM: end every process the lab started and remove its namespaces, then exit.
+/// The signals are blocked in every thread and taken by one thread with sigwait, so no cleanup
+/// code runs in a signal handler.
+fn handle_interrupts() -> nix::Result<()> {
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    std::thread::spawn(move || {
+        if let Ok(signal) = set.wait() {
+            eprintln!("killswitch-lab: {signal}; cleaning up");
+            process::kill_all();
+            netns::remove_own();
+            std::process::exit(130);
+        }
+    });
+    Ok(())
+}

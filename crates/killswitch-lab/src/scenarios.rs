@@ -1,0 +1,532 @@
+//! The seeds' user tests, automated: each scenario builds a fresh lab, scripts one situation in
+//! which weak kill switches leak, measures, and checks. A leak (any frame on the physical link that
+//! is neither the tunnel nor link bring-up) fails the scenario, as does a check that did not hold.
+
+use crate::daemon::{Daemon, nft_table};
+use crate::generator::Kind;
+use crate::lab::{EVENT_TIMEOUT, Lab, Measurement, hold};
+use crate::topology::{self, LAN_IFACE, PHYS};
+use crate::traffic;
+use anyhow::{Context, Result};
+use killswitch_types::State;
+use nix::sys::signal::Signal;
+use serde::Serialize;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// A scenario: a name for `--scenario`, what it guards, and its script.
+#[derive(Debug, Clone, Copy)]
+pub struct Scenario {
+    /// The name, as `--scenario` takes it.
+    pub name: &'static str,
+    /// What it guards against, in one sentence.
+    pub guards: &'static str,
+    script: fn(&mut Lab) -> Result<Outcome>,
+}
+
+/// Every scenario, in the order the report lists them.
+pub const ALL: [Scenario; 8] = [
+    Scenario {
+        name: "connect",
+        guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
+        script: connect,
+    },
+    Scenario {
+        name: "kill-vpn",
+        guards: "kill -9 of the VPN process mid-traffic leaks nothing; traffic resumes after reconnect",
+        script: kill_vpn,
+    },
+    Scenario {
+        name: "yank-network",
+        guards: "the physical link down for 5 s, then a new address and gateway, leak nothing",
+        script: yank_network,
+    },
+    Scenario {
+        name: "sleep-wake",
+        guards: "tunnel and daemon frozen while the link flaps: after wake, packets are tunnelled or blocked",
+        script: sleep_wake,
+    },
+    Scenario {
+        name: "kill-daemon",
+        guards: "kill -9 of killswitchd (and the tunnel dying meanwhile) leaks nothing; a restart takes over",
+        script: kill_daemon,
+    },
+    Scenario {
+        name: "dns",
+        guards: "DNS to the LAN resolver or a public resolver never leaves; the tunnel's resolver works",
+        script: dns,
+    },
+    Scenario {
+        name: "ipv6",
+        guards: "IPv6 cannot go around an IPv4-only tunnel",
+        script: ipv6,
+    },
+    Scenario {
+        name: "disconnect",
+        guards: "an explicit disconnect blocks under lockdown; without lockdown, traffic flowing is the user's choice",
+        script: disconnect,
+    },
+];
+
+/// Finds a scenario by name.
+pub fn find(name: &str) -> Option<Scenario> {
+    ALL.iter().copied().find(|s| s.name == name)
+}
+
+/// One check of a scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub what: String,
+    /// Whether it held.
+    pub passed: bool,
+}
+
+/// What a script returns.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// The protected window (leaks here fail the scenario).
+    measurement: Measurement,
+    /// A window in which the user chose to run unprotected (scenario `disconnect`).
+    unprotected: Option<Measurement>,
+    checks: Vec<Check>,
+    notes: Vec<String>,
+}
+
+impl Outcome {
+    fn new(measurement: Measurement) -> Self {
+        let mut outcome = Outcome {
+            measurement,
+            ..Outcome::default()
+        };
+        let leaked = outcome.measurement.leaked;
+        outcome.check(
+            leaked == 0,
+            format!("zero leaked packets on the physical link ({leaked} seen)"),
+        );
+        outcome
+    }
+
+    fn check(&mut self, passed: bool, what: impl Into<String>) {
+        self.checks.push(Check {
+            what: what.into(),
+            passed,
+        });
+    }
+
+    fn note(&mut self, note: impl Into<String>) {
+        self.notes.push(note.into());
+    }
+}
+
+/// The verdict of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every check held, nothing leaked.
+    Pass,
+    /// A check failed or something leaked.
+    Fail,
+    /// The lab itself failed (the scenario could not be run to the end).
+    Error,
+}
+
+/// A scenario's result, as the report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioReport {
+    /// The scenario's name.
+    pub name: &'static str,
+    /// What it guards.
+    pub guards: &'static str,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The protected window.
+    pub measurement: Measurement,
+    /// A window without protection by the user's choice, if the scenario has one.
+    pub unprotected: Option<Measurement>,
+    /// Every check and whether it held.
+    pub checks: Vec<Check>,
+    /// Observations (timings, explanations).
+    pub notes: Vec<String>,
+    /// Why the lab could not finish, if it could not.
+    pub error: Option<String>,
+    /// Wall time, including building and tearing down the lab.
+    pub wall_ms: u64,
+}
+
+/// Runs `scenario` in a fresh lab at `rate` packets/s.
+pub fn run(scenario: Scenario, rate: u32) -> ScenarioReport {
+    let start = Instant::now();
+    let result = Lab::new(scenario.name, rate).and_then(|mut lab| {
+        let outcome = (scenario.script)(&mut lab);
+        if outcome.is_err() {
+            // Keep the daemon's log with the error: it usually says what went wrong.
+            if let Some(daemon) = &lab.daemon {
+                return outcome.with_context(|| format!("daemon log:\n{}", daemon.log()));
+            }
+        }
+        outcome
+    });
+    let wall_ms = start.elapsed().as_millis() as u64;
+    match result {
+        Ok(outcome) => ScenarioReport {
+            name: scenario.name,
+            guards: scenario.guards,
+            verdict: if outcome.checks.iter().all(|c| c.passed) {
+                Verdict::Pass
+            } else {
+                Verdict::Fail
+            },
+            measurement: outcome.measurement,
+            unprotected: outcome.unprotected,
+            checks: outcome.checks,
+            notes: outcome.notes,
+            error: None,
+            wall_ms,
+        },
+        Err(e) => ScenarioReport {
+            name: scenario.name,
+            guards: scenario.guards,
+            verdict: Verdict::Error,
+            measurement: Measurement::default(),
+            unprotected: None,
+            checks: Vec::new(),
+            notes: Vec::new(),
+            error: Some(format!("{e:#}")),
+            wall_ms,
+        },
+    }
+}
+
+/// The traffic of an IPv4 tunnel: what should flow once connected.
+const TUNNEL_KINDS: [Kind; 4] = [Kind::Udp4, Kind::Tcp4, Kind::Icmp4, Kind::DnsTunnel];
+/// How much traffic "resumed" needs to see.
+const RESUMED: usize = 20;
+
+fn ms(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+fn connect(lab: &mut Lab) -> Result<Outcome> {
+    lab.guard()?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    let start = Instant::now();
+    let window = lab.begin(&Kind::ALL)?;
+    hold(Duration::from_secs(1));
+    let vpn_started = Instant::now();
+    let before_tunnel = lab.arrivals_since(start);
+    lab.start_vpn()?;
+    lab.wait_for_tunnel_traffic(vpn_started, RESUMED)?;
+    let first = lab
+        .servers
+        .udp
+        .all()
+        .into_iter()
+        .find(|a| a.at >= vpn_started)
+        .map(|a| a.at - vpn_started);
+    hold(Duration::from_secs(1));
+    let mut outcome = Outcome::new(lab.end(window)?);
+    outcome.check(
+        before_tunnel == 0,
+        format!("nothing reached the target before the tunnel was up ({before_tunnel} arrivals)"),
+    );
+    outcome.check(
+        outcome.measurement.through_tunnel > 0,
+        "traffic flows through the tunnel once it is up",
+    );
+    outcome.check(
+        outcome.measurement.refused > 0,
+        "before the tunnel, sends were refused at once (fail fast)",
+    );
+    if let Some(first) = first {
+        outcome.note(format!(
+            "first packet through the tunnel {} ms after the VPN process started",
+            ms(first)
+        ));
+    }
+    Ok(outcome)
+}
+
+fn kill_vpn(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    let window = lab.begin(&TUNNEL_KINDS)?;
+    hold(Duration::from_secs(1));
+    let killed = Instant::now();
+    lab.tunnel.kill_client()?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    let noticed = killed.elapsed();
+    hold(Duration::from_secs(2));
+    let restarted = Instant::now();
+    lab.start_vpn()?;
+    lab.wait_for_tunnel_traffic(restarted, RESUMED)?;
+    let resumed = restarted.elapsed();
+    let mut outcome = Outcome::new(lab.end(window)?);
+    outcome.check(
+        lab.tunnel_arrivals_since(restarted) > 0,
+        "traffic resumed through the tunnel after reconnecting",
+    );
+    outcome.note(format!(
+        "the daemon saw the tunnel vanish after {} ms; the firewall needed no change to block",
+        ms(noticed)
+    ));
+    outcome.note(format!(
+        "traffic resumed {} ms after the VPN process was restarted",
+        ms(resumed)
+    ));
+    Ok(outcome)
+}
+
+fn yank_network(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    let window = lab.begin(&TUNNEL_KINDS)?;
+    hold(Duration::from_secs(1));
+    lab.link_down()?;
+    hold(Duration::from_secs(5));
+    let up = Instant::now();
+    lab.link_up(topology::ROUTER_V4.into())?;
+    lab.wait_for_tunnel_traffic(up, RESUMED)?;
+    let resumed_after_up = up.elapsed();
+
+    // A new network: another address and gateway, as after roaming to another Wi-Fi.
+    let (new_router, new_client) = (
+        Ipv4Addr::new(192, 168, 60, 1),
+        Ipv4Addr::new(192, 168, 60, 2),
+    );
+    lab.topo
+        .net
+        .ip(&["addr", "add", &format!("{new_router}/24"), "dev", LAN_IFACE])?;
+    let moved = Instant::now();
+    lab.topo.client.ip(&["-4", "addr", "flush", "dev", PHYS])?;
+    lab.topo
+        .client
+        .ip(&["addr", "add", &format!("{new_client}/24"), "dev", PHYS])?;
+    lab.topo.client.ip(&[
+        "route",
+        "replace",
+        "default",
+        "via",
+        &new_router.to_string(),
+    ])?;
+    lab.tunnel.reannounce_endpoint(&lab.topo)?;
+    lab.wait_for_tunnel_traffic(moved, RESUMED)?;
+    let resumed_after_move = moved.elapsed();
+    let mut outcome = Outcome::new(lab.end(window)?);
+    outcome.check(
+        lab.tunnel_arrivals_since(up) > 0,
+        "traffic resumed through the tunnel after the link came back",
+    );
+    outcome.check(
+        lab.tunnel_arrivals_since(moved) > 0,
+        "traffic resumed through the tunnel on the new network",
+    );
+    outcome.note(format!(
+        "link down 5 s; tunnel traffic again {} ms after link up",
+        ms(resumed_after_up)
+    ));
+    outcome.note(format!(
+        "new address {new_client} via {new_router}; the VPN client re-set its endpoint (wireguard-go keeps a stale \
+         source address otherwise); tunnel traffic again after {} ms",
+        ms(resumed_after_move)
+    ));
+    Ok(outcome)
+}
+
+fn sleep_wake(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    let window = lab.begin(&TUNNEL_KINDS)?;
+    hold(Duration::from_secs(1));
+    let freeze = [Signal::SIGSTOP, Signal::SIGCONT];
+    let vpn_pid = lab
+        .tunnel
+        .client
+        .as_mut()
+        .context("no VPN process")?
+        .process()
+        .pid();
+    let daemon_pid = lab.daemon.as_mut().context("no daemon")?.process().pid();
+    let signal =
+        |pid: u32, signal| nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+    for pid in [vpn_pid, daemon_pid] {
+        signal(pid, freeze[0])?;
+    }
+    // "Asleep": nothing runs in user space that could react; the link flaps underneath.
+    lab.link_down()?;
+    hold(Duration::from_secs(1));
+    lab.link_up(topology::ROUTER_V4.into())?;
+    hold(Duration::from_secs(2));
+    let woke = Instant::now();
+    for pid in [daemon_pid, vpn_pid] {
+        signal(pid, freeze[1])?;
+    }
+    lab.wait_for_tunnel_traffic(woke, RESUMED)?;
+    let resumed = woke.elapsed();
+    let mut outcome = Outcome::new(lab.end(window)?);
+    outcome.check(
+        lab.tunnel_arrivals_since(woke) > 0,
+        "traffic resumed through the tunnel after wake",
+    );
+    outcome.note(format!(
+        "frozen 3 s (link down 1 s of it); tunnel traffic again {} ms after wake",
+        ms(resumed)
+    ));
+    Ok(outcome)
+}
+
+fn kill_daemon(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    let table_before =
+        nft_table(&lab.topo.client)?.context("connected, so the table is installed")?;
+    let window = lab.begin(&TUNNEL_KINDS)?;
+    hold(Duration::from_secs(1));
+    if let Some(mut daemon) = lab.daemon.take() {
+        daemon.process().kill()?;
+    }
+    let dead = Instant::now();
+    let table_after_kill = nft_table(&lab.topo.client)?;
+    hold(Duration::from_millis(500));
+    let flowed_while_dead = lab.tunnel_arrivals_since(dead);
+    // The tunnel dies too while no daemon watches: only the kernel's rules stand.
+    lab.tunnel.kill_client()?;
+    hold(Duration::from_secs(1));
+    let restarted = Instant::now();
+    let daemon = Daemon::start(&lab.topo.client, &lab.home)?;
+    let adopted = daemon.status()?;
+    lab.daemon = Some(daemon);
+    lab.start_vpn()?;
+    lab.wait_for_tunnel_traffic(restarted, RESUMED)?;
+    let mut outcome = Outcome::new(lab.end(window)?);
+    outcome.check(
+        table_after_kill.as_deref() == Some(table_before.as_str()),
+        "the rules stayed in the kernel, unchanged, after kill -9",
+    );
+    outcome.check(
+        flowed_while_dead > 0,
+        format!("the tunnel kept working with the daemon dead ({flowed_while_dead} arrivals)"),
+    );
+    outcome.check(
+        adopted.state == State::Connecting && adopted.firewall.installed,
+        format!("the restarted daemon took over in state {}", adopted.state),
+    );
+    outcome.check(
+        lab.tunnel_arrivals_since(restarted) > 0,
+        "traffic resumed after the daemon and the tunnel were restarted",
+    );
+    Ok(outcome)
+}
+
+fn dns(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    let start = Instant::now();
+    let window = lab.begin(&[Kind::DnsTunnel, Kind::DnsLan, Kind::DnsPublic, Kind::Udp4])?;
+    hold(Duration::from_secs(1));
+    // allow-lan opens the LAN, but never DNS on it.
+    lab.allow_lan(true)?;
+    hold(Duration::from_secs(1));
+    // Programs that bypass the tunnel's routes and ask resolvers over the physical link directly.
+    let direct: Vec<SocketAddr> = [topology::ROUTER_V4, topology::PUBLIC_DNS_V4]
+        .iter()
+        .map(|ip| SocketAddr::new(IpAddr::V4(*ip), 53))
+        .collect();
+    let refused_direct = lab.topo.client.run(|| {
+        (0..50u16)
+            .flat_map(|i| direct.iter().map(move |d| (i, *d)))
+            .filter(|(i, d)| {
+                let query = crate::sinks::dns_query(*i, "bypass.example");
+                traffic::send_udp_via(PHYS, *d, &query, None)
+                    .is_err_and(|e| traffic::is_local_rejection(&e))
+            })
+            .count()
+    })?;
+    let mut outcome = Outcome::new(lab.end(window)?);
+    let s = &lab.servers;
+    let tunnel_answered = s.dns_tunnel.count_since(start, |_| true);
+    let lan = s.dns_lan.count_since(start, |_| true);
+    let public = s.dns_public.count_since(start, |_| true);
+    outcome.check(
+        tunnel_answered > 0,
+        format!("the tunnel's resolver got the tunnel's queries ({tunnel_answered})"),
+    );
+    outcome.check(
+        lan == 0,
+        format!("the LAN resolver got no query, allow-lan or not ({lan})"),
+    );
+    outcome.check(
+        public == 0,
+        format!("the public resolver got no query, through the tunnel or not ({public})"),
+    );
+    outcome.check(refused_direct == 100, format!("queries sent out of the physical interface directly were refused ({refused_direct} of 100)"));
+    Ok(outcome)
+}
+
+fn ipv6(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    let start = Instant::now();
+    let window = lab.begin(&[Kind::Udp6, Kind::Tcp6, Kind::Udp4])?;
+    hold(Duration::from_secs(2));
+    let mut outcome = Outcome::new(lab.end(window)?);
+    let v6_arrivals = lab.servers.udp.count_since(start, |ip| ip.is_ipv6())
+        + lab.servers.tcp.count_since(start, |ip| ip.is_ipv6());
+    outcome.check(
+        v6_arrivals == 0,
+        format!("no IPv6 packet reached the target ({v6_arrivals})"),
+    );
+    let v6 = [Kind::Udp6, Kind::Tcp6]
+        .iter()
+        .filter_map(|k| outcome.measurement.per_kind.get(k))
+        .fold((0, 0), |acc, c| (acc.0 + c.offered, acc.1 + c.refused));
+    outcome.check(
+        v6.0 > 0 && v6.0 == v6.1,
+        format!(
+            "every IPv6 attempt was refused at once ({} of {})",
+            v6.1, v6.0
+        ),
+    );
+    outcome.check(
+        lab.servers.udp.count_since(start, |ip| ip.is_ipv4()) > 0,
+        "IPv4 kept flowing through the tunnel meanwhile",
+    );
+    Ok(outcome)
+}
+
+fn disconnect(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    lab.daemon()?.cli(&["lockdown", "on"])?.ok()?;
+    let window = lab.begin(&TUNNEL_KINDS)?;
+    hold(Duration::from_millis(500));
+    // The user disconnects: the VPN goes away and the kill switch is told so.
+    lab.tunnel.kill_client()?;
+    lab.daemon()?.cli(&["down"])?.ok()?;
+    lab.daemon()?
+        .wait_for_state(State::Blocked, EVENT_TIMEOUT)?;
+    let down = Instant::now();
+    hold(Duration::from_millis(1500));
+    let mut outcome = Outcome::new(lab.end(window)?);
+    let after_down = lab.arrivals_since(down);
+    outcome.check(
+        after_down == 0,
+        format!("with lockdown on, nothing got out after `down` ({after_down})"),
+    );
+
+    // Lockdown off: the user chose to be unprotected while disconnected.
+    lab.daemon()?.cli(&["lockdown", "off"])?.ok()?;
+    lab.daemon()?
+        .wait_for_state(State::Disconnected, EVENT_TIMEOUT)?;
+    let window = lab.begin(&TUNNEL_KINDS)?;
+    hold(Duration::from_millis(1500));
+    let unprotected = lab.end(window)?;
+    outcome.check(
+        unprotected.direct > 0,
+        format!(
+            "with lockdown off, traffic flows directly ({} arrivals)",
+            unprotected.direct
+        ),
+    );
+    outcome.note(format!(
+        "lockdown off + `down`: {} packets left by the physical link, by the user's choice, not counted as leaks",
+        unprotected.leaked
+    ));
+    outcome.unprotected = Some(unprotected);
+    Ok(outcome)
+}
