@@ -320,10 +320,23 @@ fn tunnelvision_routes_do_not_leak() -> Result<()> {
     let daemon = Daemon::start(&topo.client, &home)?;
     daemon.cli(&args(&guard_args(&tunnel)))?.ok()?;
     daemon.wait_for_state(State::Connected, Duration::from_secs(10))?;
-    topo.client.ip(&["route", "add", "203.0.113.0/24", "via", &topology::ROUTER_V4.to_string(), "dev", topology::PHYS])?;
+    topo.client.ip(&[
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        &topology::ROUTER_V4.to_string(),
+        "dev",
+        topology::PHYS,
+    ])?;
     let target = SocketAddr::new(topology::TARGET_V4.into(), 9002);
-    let sent = topo.client.run(|| traffic::send_udp(target, b"pushed route", None))?;
+    let sent = topo
+        .client
+        .run(|| traffic::send_udp(target, b"pushed route", None))?;
     // The route is used (the packet heads for the physical interface) and the firewall refuses it.
-    ensure!(sent.as_ref().is_err_and(traffic::is_local_rejection), "the pushed route was used: {sent:?}");
+    ensure!(
+        sent.as_ref().is_err_and(traffic::is_local_rejection),
+        "the pushed route was used: {sent:?}"
+    );
     Ok(())
 }

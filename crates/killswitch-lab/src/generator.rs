@@ -170,7 +170,9 @@ fn generate(
         while sent < due {
             let slot = sent;
             sent += 1;
-            let kind = if !tcp_kinds.is_empty() && (slot.is_multiple_of(TCP_SHARE) || schedule.is_empty()) {
+            let kind = if !tcp_kinds.is_empty()
+                && (slot.is_multiple_of(TCP_SHARE) || schedule.is_empty())
+            {
                 tcp_kinds[(slot / TCP_SHARE) as usize % tcp_kinds.len()]
             } else if schedule.is_empty() {
                 continue;
