@@ -134,6 +134,33 @@ fn every_state_applies_and_reads_back_as_meant() -> Result<()> {
 }
 
 #[test]
+fn nft_compiles_our_rendering_into_the_same_expressions() -> Result<()> {
+    if !require_root("nft_compiles_our_rendering_into_the_same_expressions") {
+        return Ok(());
+    }
+    // An independent encoder: the nft tool compiles the policy's rendering of each state, and our
+    // read-back must find exactly the expressions our own encoder would have sent.
+    let ns = Netns::new("nftsyntax")?;
+    let dir = tempfile::tempdir()?;
+    for (name, state, settings) in all_states() {
+        let ruleset = compile(&state, &settings);
+        let file = dir.path().join(format!("{name}.nft"));
+        std::fs::write(
+            &file,
+            format!("table inet killswitch\ndelete table inet killswitch\n{ruleset}"),
+        )?;
+        ns.exec(
+            "nft",
+            &["-f", file.to_str().context("temporary path is not UTF-8")?],
+        )
+        .with_context(|| format!("nft rejected the rendering of {name}"))?;
+        ns.run(|| killswitch_nft::verify(&ruleset))?
+            .with_context(|| format!("{name}: nft compiled it differently"))?;
+    }
+    Ok(())
+}
+
+#[test]
 fn nft_lists_the_table_with_drop_policies() -> Result<()> {
     if !require_root("nft_lists_the_table_with_drop_policies") {
         return Ok(());
