@@ -7,6 +7,7 @@ packages=(
   pkg-config libnftnl-dev libmnl-dev # building the nftables backend
   nftables iproute2                  # nft (tests read tables back with it), ip netns / veth
   wireguard-tools wireguard-go       # the lab's real WireGuard tunnel (userspace, no kernel module)
+  iptables                           # the benchmarks' iptables kill-switch baseline
 )
 
 missing=()
