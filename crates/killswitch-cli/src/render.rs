@@ -72,11 +72,16 @@ pub(crate) fn status(status: &Status) -> String {
         .last_apply_us
         .map(|us| format!(", last change took {us} us"))
         .unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "firewall:  {installed} ({} changes{timing})",
-        fw.transitions
-    );
+    let changes = match fw.transitions {
+        1 => "1 change".to_owned(),
+        n => format!("{n} changes"),
+    };
+    let routing = if fw.routing { "; routing layer in place" } else { "" };
+    let _ = writeln!(out, "firewall:  {installed} ({changes}{timing}){routing}");
+    if fw.tamper_events > 0 {
+        let last = fw.last_tamper.as_deref().unwrap_or("unknown");
+        let _ = writeln!(out, "tampering: restored {} times; last: {last}", fw.tamper_events);
+    }
     let _ = writeln!(
         out,
         "error:     {}",
@@ -138,6 +143,9 @@ mod tests {
                 blocking: true,
                 transitions: 3,
                 last_apply_us: Some(812),
+                tamper_events: 0,
+                last_tamper: None,
+                routing: true,
             },
         }
     }
@@ -153,9 +161,17 @@ mod tests {
              tunnel:    wg0 (up, 10.64.0.2)\n\
              endpoint:  198.51.100.1:51820/udp, only with fwmark 0xca6c\n\
              dns:       10.64.0.1\n\
-             firewall:  rules installed (3 changes, last change took 812 us)\n\
+             firewall:  rules installed (3 changes, last change took 812 us); routing layer in place\n\
              error:     none\n"
         );
+    }
+
+    #[test]
+    fn tampering_is_reported() {
+        let mut s = sample();
+        s.firewall.tamper_events = 2;
+        s.firewall.last_tamper = Some("table inet killswitch is missing (by nft[7])".to_owned());
+        assert!(status(&s).contains("tampering: restored 2 times; last: table inet killswitch is missing (by nft[7])\n"));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 use crate::firewall::Firewall;
 use crate::links::Observed;
 use crate::store::{Loaded, Persisted, Store};
+use killswitch_policy::routes::compile_routes;
 use killswitch_policy::{Peer, PolicyState, Ruleset, Tunnel, compile};
 use killswitch_types::ipc::{ErrorKind, FirewallStatus, IpcError, Request, Status};
 use killswitch_types::{GuardSpec, InterfaceName, Settings, State, Target, TunnelStatus};
@@ -42,6 +43,8 @@ pub struct Core<F> {
     applied: Option<Ruleset>,
     state: State,
     apply_error: Option<String>,
+    /// Why the routing layer could not be put in place, if it could not.
+    routing_error: Option<String>,
     firewall_status: FirewallStatus,
 }
 
@@ -65,11 +68,15 @@ impl<F: Firewall> Core<F> {
             applied: None,
             state: State::Blocked,
             apply_error: None,
+            routing_error: None,
             firewall_status: FirewallStatus {
                 installed: false,
                 blocking: false,
                 transitions: 0,
                 last_apply_us: None,
+                tamper_events: 0,
+                last_tamper: None,
+                routing: false,
             },
         }
     }
@@ -91,7 +98,7 @@ impl<F: Firewall> Core<F> {
 
     /// Whether the last apply failed, so that the caller retries later.
     pub fn needs_retry(&self) -> bool {
-        self.apply_error.is_some()
+        self.apply_error.is_some() || self.routing_error.is_some()
     }
 
     /// The current state, as `status` reports it.
@@ -130,7 +137,7 @@ impl<F: Firewall> Core<F> {
             allow_lan: self.settings.allow_lan,
             tunnel,
             error,
-            firewall: self.firewall_status,
+            firewall: self.firewall_status.clone(),
         }
     }
 
@@ -218,54 +225,98 @@ impl<F: Firewall> Core<F> {
         }
     }
 
-    /// Makes the kernel hold the rules for the current inputs. Returns whether the status changed.
+    /// Makes the kernel hold the rules for the current inputs: the nftables table (applied only
+    /// when it differs from what is installed), then the routing layer (compared with the kernel
+    /// every time, so that this also repairs it). Returns whether the status changed.
     pub fn reconcile(&mut self) -> bool {
         let before = self.status();
         let (state, policy) = self.desired();
         let ruleset = compile(&policy, &self.settings);
-        if self.apply_error.is_none() && self.applied.as_ref() == Some(&ruleset) {
+        let enforced = if self.apply_error.is_none() && self.applied.as_ref() == Some(&ruleset) {
             self.state = state;
-            return self.status() != before;
-        }
-        match self.firewall.apply(&ruleset) {
-            Ok(took) => {
-                self.record_applied(ruleset, took);
-                self.apply_error = None;
-                self.state = state;
-                tracing::info!(%state, "firewall applied in {} us", took.as_micros());
+            policy
+        } else {
+            match self.firewall.apply(&ruleset) {
+                Ok(took) => {
+                    self.record_applied(ruleset, took);
+                    self.apply_error = None;
+                    self.state = state;
+                    tracing::info!(%state, "firewall applied in {} us", took.as_micros());
+                    policy
+                }
+                Err(error) => {
+                    self.fall_back_to_blocking(state, error);
+                    PolicyState::Blocked
+                }
+            }
+        };
+        // The second layer follows the first: loosened after it, so a loosening is never ahead of
+        // the firewall; tightened after it too, which the firewall already covers.
+        let layer = compile_routes(&enforced, &self.settings);
+        match self.firewall.apply_routes(layer.as_ref()) {
+            Ok(()) => {
+                self.routing_error = None;
+                self.firewall_status.routing = layer.is_some();
             }
             Err(error) => {
-                tracing::error!(wanted = %state, "applying the firewall failed: {error}");
-                self.state = State::Blocked;
-                let blocking = compile(&PolicyState::Blocked, &self.settings);
-                match self.firewall.apply(&blocking) {
-                    Ok(took) => {
-                        self.record_applied(blocking, took);
-                        self.apply_error = Some(error);
-                        tracing::warn!("fell back to blocking everything");
-                    }
-                    Err(block_error) => {
-                        self.applied = None;
-                        self.firewall_status.installed = false;
-                        self.firewall_status.blocking = false;
-                        self.apply_error =
-                            Some(format!("{error}; blocking failed too: {block_error}"));
-                        tracing::error!("blocking failed too: {block_error}");
-                    }
-                }
+                tracing::error!("the routing layer could not be applied: {error}");
+                self.routing_error = Some(format!("routing layer: {error}"));
+                self.firewall_status.routing = false;
             }
         }
         self.status() != before
     }
 
+    fn fall_back_to_blocking(&mut self, wanted: State, error: String) {
+        tracing::error!(%wanted, "applying the firewall failed: {error}");
+        self.state = State::Blocked;
+        let blocking = compile(&PolicyState::Blocked, &self.settings);
+        match self.firewall.apply(&blocking) {
+            Ok(took) => {
+                self.record_applied(blocking, took);
+                self.apply_error = Some(error);
+                tracing::warn!("fell back to blocking everything");
+            }
+            Err(block_error) => {
+                self.applied = None;
+                self.firewall_status.installed = false;
+                self.firewall_status.blocking = false;
+                self.apply_error = Some(format!("{error}; blocking failed too: {block_error}"));
+                tracing::error!("blocking failed too: {block_error}");
+            }
+        }
+    }
+
+    /// Checks that the kernel still holds what we applied, after `committer` changed nf_tables.
+    /// If our table was changed or removed, restores it at once and counts the event. Returns
+    /// whether the status changed.
+    pub fn check_installed(&mut self, committer: &str) -> bool {
+        let Some(applied) = self.applied.as_ref() else {
+            return false;
+        };
+        // Only a table we installed is ours to defend; with none (off, unlocked disconnected), a
+        // table of that name made by someone else is not our business.
+        if applied.table.is_none() {
+            return false;
+        }
+        let Err(difference) = self.firewall.verify(applied) else {
+            return false;
+        };
+        tracing::warn!("table inet killswitch was changed by {committer}: {difference}; restoring it");
+        self.firewall_status.tamper_events += 1;
+        self.firewall_status.last_tamper = Some(format!("{difference} (by {committer})"));
+        // Forget what we believed installed, so that reconcile applies even an unchanged ruleset.
+        self.applied = None;
+        self.reconcile();
+        true
+    }
+
     fn record_applied(&mut self, ruleset: Ruleset, took: std::time::Duration) {
         let installed = ruleset.table.is_some();
-        self.firewall_status = FirewallStatus {
-            installed,
-            blocking: installed,
-            transitions: self.firewall_status.transitions + 1,
-            last_apply_us: Some(u64::try_from(took.as_micros()).unwrap_or(u64::MAX)),
-        };
+        self.firewall_status.installed = installed;
+        self.firewall_status.blocking = installed;
+        self.firewall_status.transitions += 1;
+        self.firewall_status.last_apply_us = Some(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
         self.applied = Some(ruleset);
     }
 }
@@ -289,6 +340,8 @@ mod tests {
         applied: Vec<Ruleset>,
         fail_unless_blocking: bool,
         fail_always: bool,
+        tampered: bool,
+        routes: Option<killswitch_policy::routes::RoutingLayer>,
     }
 
     impl Firewall for &mut Recorder {
@@ -310,6 +363,11 @@ mod tests {
         }
 
         fn verify(&mut self, _: &Ruleset) -> Result<(), String> {
+            if std::mem::take(&mut self.tampered) { Err("table inet killswitch is missing".to_owned()) } else { Ok(()) }
+        }
+
+        fn apply_routes(&mut self, layer: Option<&killswitch_policy::routes::RoutingLayer>) -> Result<(), String> {
+            self.routes = layer.cloned();
             Ok(())
         }
     }
@@ -488,6 +546,61 @@ mod tests {
             Ok(State::Blocked)
         );
         assert_eq!(core.handle(&Request::Off).map(|s| s.state), Ok(State::Off));
+    }
+
+    #[test]
+    fn a_tampered_table_is_restored_and_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = Core::new(&mut fw, Store::new(dir.path()), None);
+        core.handle(&Request::Lockdown { enabled: true }).expect("ok");
+        assert!(!core.check_installed("nft[1]"), "an intact table needs nothing");
+        core.firewall.tampered = true;
+        let applies = core.firewall.applied.len();
+        assert!(core.check_installed("nft[1]"));
+        assert_eq!(core.firewall.applied.len(), applies + 1, "the same ruleset was applied again");
+        let status = core.status();
+        assert_eq!(status.firewall.tamper_events, 1);
+        assert_eq!(status.firewall.last_tamper.as_deref(), Some("table inet killswitch is missing (by nft[1])"));
+        assert_eq!(status.state, State::Blocked);
+    }
+
+    #[test]
+    fn the_routing_layer_follows_the_enforced_state() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        assert_eq!(core.firewall.routes, None, "disconnected: no layer");
+        core.handle(&Request::Guard(spec())).expect("ok");
+        let connecting = core.firewall.routes.clone().expect("a layer while guarding");
+        assert!(!connecting.routes.iter().any(|r| matches!(r, killswitch_policy::routes::TableRoute::Tunnel(..))));
+        core.observe(up());
+        core.reconcile();
+        let connected = core.firewall.routes.clone().expect("a layer");
+        assert!(connected.routes.iter().any(|r| matches!(r, killswitch_policy::routes::TableRoute::Tunnel(..))));
+        assert!(core.status().firewall.routing);
+        core.handle(&Request::Off).expect("ok");
+        assert_eq!(core.firewall.routes, None, "off removes the layer");
+    }
+
+    #[test]
+    fn a_failed_apply_blocks_at_the_routing_layer_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder { fail_unless_blocking: true, ..Recorder::default() };
+        let mut core = Core::new(&mut fw, Store::new(dir.path()), None);
+        let _ = core.handle(&Request::Guard(spec()));
+        let layer = core.firewall.routes.clone().expect("a layer");
+        assert_eq!(layer, compile_routes(&PolicyState::Blocked, &Settings::default()).expect("blocked layer"));
+    }
+
+    #[test]
+    fn without_a_table_there_is_nothing_to_defend() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        core.firewall.tampered = true;
+        assert!(!core.check_installed("nft[1]"));
+        assert_eq!(core.status().firewall.tamper_events, 0);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // The firewall goes up before anything else: before the socket exists, nobody can ask for
     // anything, and a restart replaces the previous daemon's table in one transaction.
     let link_events = LinkEvents::subscribe().context("subscribing to link changes")?;
+    let nft_changes = NftChanges::subscribe().context("subscribing to nftables changes")?;
     observe(&mut core);
     core.reconcile();
     let first = core.status();
@@ -101,11 +102,24 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 publish(core.status());
                 let _ = command.reply.send(answer.map(|_| core.status()));
             }
+            committer = nft_changes.foreign_change() => {
+                match committer {
+                    Ok(committer) => {
+                        if core.check_installed(&committer) {
+                            publish(core.status());
+                        }
+                    }
+                    Err(e) => tracing::warn!("reading nftables changes failed: {e}"),
+                }
+            }
             changed = link_events.changed() => {
                 if let Err(e) = changed {
                     tracing::warn!("reading link changes failed: {e}");
                 }
-                if observe(&mut core) && core.reconcile() {
+                // Level-triggered: look again, and let reconcile repair whatever is off (it changes
+                // nothing when everything is as it should be).
+                observe(&mut core);
+                if core.reconcile() {
                     publish(core.status());
                 }
             }
@@ -129,6 +143,40 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         if status.firewall.installed { "rules installed" } else { "no rules" }
     );
     Ok(())
+}
+
+/// nf_tables change notifications, filtered to the transactions other processes commit.
+struct NftChanges {
+    fd: tokio::io::unix::AsyncFd<killswitch_nft::monitor::Monitor>,
+}
+
+impl NftChanges {
+    fn subscribe() -> anyhow::Result<Self> {
+        let monitor = killswitch_nft::monitor::Monitor::subscribe()?;
+        // SAFETY: the monitor owns its descriptor, which stays open as long as the AsyncFd exists.
+        let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(monitor, tokio::io::Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(NftChanges { fd })
+    }
+
+    /// Waits until some other process commits an nf_tables transaction (or notifications were
+    /// lost, which may hide one), and says who.
+    async fn foreign_change(&self) -> anyhow::Result<String> {
+        let own = std::process::id();
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let changes = guard.get_inner().read()?;
+            guard.clear_ready();
+            if changes.overrun {
+                return Ok("someone (notifications were lost)".to_owned());
+            }
+            let foreign: Vec<String> =
+                changes.generations.iter().filter(|g| g.pid != Some(own)).map(|g| g.committer()).collect();
+            if !foreign.is_empty() {
+                return Ok(foreign.join(", "));
+            }
+        }
+    }
 }
 
 /// Looks at the guarded interface. Returns whether what the daemon sees changed.

@@ -11,11 +11,15 @@
 //! Both sides go through libnftnl's own parser (the sent batch is parsed from the very bytes that went
 //! to the kernel), so a difference is a real difference, and it is an error, not a warning.
 //!
+//! [`monitor::Monitor`] subscribes to nf_tables change notifications, each of which names the
+//! process that committed it, so that the daemon can notice and revert changes made by others.
+//!
 //! What this crate does not own: what the rules are (`killswitch-policy`) and when to change them
 //! (the daemon).
 
 mod encode;
 mod error;
+pub mod monitor;
 mod netlink;
 mod readback;
 

@@ -75,12 +75,24 @@ pub struct Tunnel {
 }
 
 impl Tunnel {
-    fn families(&self) -> Vec<IpFamily> {
-        let mut families: Vec<IpFamily> = self.addresses.iter().map(|a| family_of(*a)).collect();
+    /// The address families the tunnel carries: those of its routable addresses. An IPv6
+    /// link-local address (which a WireGuard or TUN interface gets by itself) does not make a tunnel
+    /// carry IPv6: nothing beyond the link can be reached with it.
+    pub fn carried_families(&self) -> Vec<IpFamily> {
+        let mut families: Vec<IpFamily> = self
+            .addresses
+            .iter()
+            .filter(|a| !is_link_local_v6(a))
+            .map(|a| family_of(*a))
+            .collect();
         families.sort();
         families.dedup();
         families
     }
+}
+
+fn is_link_local_v6(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
 }
 
 /// The priority of our base chains: `filter`. A packet must be accepted by every base chain on its
@@ -293,7 +305,7 @@ fn tunnel_rules(
     direction: impl Fn(RuleBuilder) -> RuleBuilder,
     comment: &'static str,
 ) -> Vec<Rule> {
-    let families = tunnel.families();
+    let families = tunnel.carried_families();
     match families.as_slice() {
         [] => Vec::new(),
         [only] => vec![direction(on().family(*only)).accept(comment)],

@@ -9,6 +9,9 @@
 //! [`Ruleset::verdict`] evaluates a [`Packet`] against a ruleset the way the kernel would. Tests use
 //! it to state properties such as "no DNS query leaves outside the tunnel" over random packets.
 //!
+//! [`routes::compile_routes`] describes the second, independent layer: policy routing that sends
+//! everything but the tunnel's own packets into the tunnel or nowhere, even without nftables.
+//!
 //! What this crate does not own: when to change state (the daemon's state machine), how rules reach
 //! the kernel (`killswitch-nft`), and the tunnel itself.
 
@@ -17,6 +20,7 @@
 mod compile;
 mod evaluate;
 pub mod ranges;
+pub mod routes;
 mod ruleset;
 
 pub use compile::{Peer, PolicyState, Tunnel, compile};

@@ -197,7 +197,7 @@ pub struct Status {
 }
 
 /// What the kernel is enforcing, as far as the daemon knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FirewallStatus {
     /// Whether table `inet killswitch` is installed and matched what was meant when last checked.
     pub installed: bool,
@@ -208,6 +208,15 @@ pub struct FirewallStatus {
     pub transitions: u64,
     /// How long the last apply took, including the read-back check, in microseconds.
     pub last_apply_us: Option<u64>,
+    /// How many times something else changed or removed our table and the daemon restored it.
+    #[serde(default)]
+    pub tamper_events: u64,
+    /// What the last such change was, and who made it.
+    #[serde(default)]
+    pub last_tamper: Option<String>,
+    /// Whether the second layer (policy routing into the tunnel or nowhere) is in place.
+    #[serde(default)]
+    pub routing: bool,
 }
 
 /// Why a request line could not be decoded.

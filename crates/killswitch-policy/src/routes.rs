@@ -1,0 +1,227 @@
+//! The second layer: policy routing that needs no nftables.
+//!
+//! Whenever the kill switch installs a table, it also installs three kinds of `ip rule` and one
+//! routing table of its own, for IPv4 and IPv6:
+//!
+//! | priority | rule | why |
+//! |---|---|---|
+//! | 5300 | the tunnel's own packets (by fwmark, uid, or the exact endpoint) `lookup main` | they must reach the server by the physical interface |
+//! | 5301 | `to <LAN range> lookup main`, only with allow-lan | the LAN, by the normal routes |
+//! | 5302 | everything else `lookup 27507` | our table |
+//!
+//! Table 27507 (`0x6b73`, "ks") holds `default dev <tunnel>` while connected (for the families the
+//! tunnel carries) and, always, `unreachable default` behind it. So whatever the main table says
+//! (a default route via the physical gateway, a route pushed by a hostile DHCP server), packets that
+//! are not the tunnel's own can only go into the tunnel or nowhere. If the nftables table is flushed
+//! or deleted, this layer still stops them while the daemon restores it; if the tunnel interface
+//! disappears, the kernel removes its route and `unreachable` is what is left.
+//!
+//! What it does not do: filter by port, protocol or direction (nftables does), or apply to
+//! forwarded traffic's input side. Loopback and local addresses are unaffected (the `local` table
+//! is consulted first, at priority 0), as is link-scoped multicast such as neighbour discovery.
+
+use crate::compile::{Peer, PolicyState};
+use crate::ranges;
+use crate::ruleset::{IpFamily, L4Proto};
+use ipnet::IpNet;
+use killswitch_types::{InterfaceName, Settings, TransportProtocol};
+use std::net::IpAddr;
+
+/// The kill switch's routing table.
+pub const ROUTE_TABLE: u32 = 0x6b73;
+/// The main routing table.
+pub const MAIN_TABLE: u32 = 254;
+/// Priority of the tunnel's exemption.
+pub const PRIORITY_TUNNEL: u32 = 5300;
+/// Priority of the LAN exemptions.
+pub const PRIORITY_LAN: u32 = 5301;
+/// Priority of the catch-all into [`ROUTE_TABLE`].
+pub const PRIORITY_CATCH_ALL: u32 = 5302;
+/// Every priority the kill switch owns; rules there are its own.
+pub const PRIORITIES: [u32; 3] = [PRIORITY_TUNNEL, PRIORITY_LAN, PRIORITY_CATCH_ALL];
+
+/// The routing layer for one state: rules and the routes of [`ROUTE_TABLE`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingLayer {
+    /// `ip rule`s, by priority.
+    pub rules: Vec<RoutingRule>,
+    /// Routes in [`ROUTE_TABLE`].
+    pub routes: Vec<TableRoute>,
+}
+
+/// One `ip rule`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoutingRule {
+    /// IPv4 or IPv6.
+    pub family: IpFamily,
+    /// Its priority.
+    pub priority: u32,
+    /// What it matches.
+    pub selector: Selector,
+    /// The table it looks up.
+    pub table: u32,
+}
+
+/// What a rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Selector {
+    /// Every packet.
+    All,
+    /// Packets with this fwmark.
+    FwMark(u32),
+    /// Packets from sockets of this uid.
+    Uid(u32),
+    /// Packets to this network.
+    To(IpNet),
+    /// Packets to exactly this address, protocol and port.
+    Endpoint {
+        /// The address.
+        address: IpAddr,
+        /// The protocol.
+        protocol: L4Proto,
+        /// The destination port.
+        port: u16,
+    },
+}
+
+/// A route in [`ROUTE_TABLE`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TableRoute {
+    /// `unreachable default` (lowest preference): where everything ends that the tunnel does not take.
+    Unreachable(IpFamily),
+    /// `default dev <interface>`: into the tunnel.
+    Tunnel(IpFamily, InterfaceName),
+}
+
+/// The routing layer for `state`, or `None` where no table is installed either.
+pub fn compile_routes(state: &PolicyState, settings: &Settings) -> Option<RoutingLayer> {
+    let (peer, tunnel) = match state {
+        PolicyState::Off => return None,
+        PolicyState::Disconnected if !settings.lockdown => return None,
+        PolicyState::Disconnected | PolicyState::Blocked => (None, None),
+        PolicyState::Connecting { peer } => (Some(peer), None),
+        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel)),
+    };
+    let families = [IpFamily::V4, IpFamily::V6];
+    let mut rules = Vec::new();
+    if let Some(peer) = peer {
+        rules.extend(tunnel_exemption(peer));
+    }
+    if settings.allow_lan {
+        rules.extend(ranges::LAN_UNICAST.iter().chain(ranges::LAN_GROUP.iter()).map(|net| RoutingRule {
+            family: IpFamily::of(net),
+            priority: PRIORITY_LAN,
+            selector: Selector::To(*net),
+            table: MAIN_TABLE,
+        }));
+    }
+    rules.extend(families.map(|family| RoutingRule {
+        family,
+        priority: PRIORITY_CATCH_ALL,
+        selector: Selector::All,
+        table: ROUTE_TABLE,
+    }));
+    let mut routes: Vec<TableRoute> = families.into_iter().map(TableRoute::Unreachable).collect();
+    if let Some(tunnel) = tunnel {
+        routes.extend(tunnel.carried_families().into_iter().map(|f| TableRoute::Tunnel(f, tunnel.interface.clone())));
+    }
+    Some(RoutingLayer { rules, routes })
+}
+
+/// How the tunnel's own packets are recognised: the fwmark its socket sets, else its socket's
+/// owner, else (less precisely) their destination, the endpoint.
+fn tunnel_exemption(peer: &Peer) -> Vec<RoutingRule> {
+    let both = |selector: Selector| {
+        [IpFamily::V4, IpFamily::V6].map(|family| RoutingRule {
+            family,
+            priority: PRIORITY_TUNNEL,
+            selector: selector.clone(),
+            table: MAIN_TABLE,
+        })
+    };
+    if let Some(mark) = peer.mark {
+        return both(Selector::FwMark(mark.get())).to_vec();
+    }
+    if let Some(uid) = peer.uid {
+        return both(Selector::Uid(uid)).to_vec();
+    }
+    let address = peer.endpoint.address.ip();
+    vec![RoutingRule {
+        family: IpFamily::of(&IpNet::from(address)),
+        priority: PRIORITY_TUNNEL,
+        selector: Selector::Endpoint {
+            address,
+            protocol: match peer.endpoint.protocol {
+                TransportProtocol::Udp => L4Proto::Udp,
+                TransportProtocol::Tcp => L4Proto::Tcp,
+            },
+            port: peer.endpoint.address.port(),
+        },
+        table: MAIN_TABLE,
+    }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::Tunnel;
+    use killswitch_types::Fwmark;
+
+    fn peer(mark: Option<u32>, uid: Option<u32>) -> Peer {
+        Peer {
+            endpoint: "198.51.100.1:51820".parse().expect("literal"),
+            mark: mark.and_then(Fwmark::new),
+            uid,
+        }
+    }
+
+    fn settings(lockdown: bool, allow_lan: bool) -> Settings {
+        Settings { lockdown, allow_lan }
+    }
+
+    #[test]
+    fn no_layer_without_a_table() {
+        assert_eq!(compile_routes(&PolicyState::Off, &settings(true, true)), None);
+        assert_eq!(compile_routes(&PolicyState::Disconnected, &settings(false, true)), None);
+        assert!(compile_routes(&PolicyState::Disconnected, &settings(true, false)).is_some());
+    }
+
+    #[test]
+    fn blocked_sends_everything_to_unreachable() {
+        let layer = compile_routes(&PolicyState::Blocked, &settings(false, false)).expect("layer");
+        assert!(layer.rules.iter().all(|r| r.priority == PRIORITY_CATCH_ALL && r.table == ROUTE_TABLE));
+        assert_eq!(layer.rules.len(), 2);
+        assert_eq!(layer.routes, vec![TableRoute::Unreachable(IpFamily::V4), TableRoute::Unreachable(IpFamily::V6)]);
+    }
+
+    #[test]
+    fn the_exemption_is_as_narrow_as_what_the_tunnel_gives() {
+        let rule = |p: Peer| compile_routes(&PolicyState::Connecting { peer: p }, &settings(false, false)).expect("layer").rules[0].selector.clone();
+        assert_eq!(rule(peer(Some(0xca6c), Some(7))), Selector::FwMark(0xca6c));
+        assert_eq!(rule(peer(None, Some(7))), Selector::Uid(7));
+        assert_eq!(
+            rule(peer(None, None)),
+            Selector::Endpoint { address: "198.51.100.1".parse().expect("literal"), protocol: L4Proto::Udp, port: 51820 }
+        );
+    }
+
+    #[test]
+    fn connected_routes_the_tunnels_families_into_it() {
+        let tunnel = Tunnel {
+            interface: "wg0".parse().expect("literal"),
+            addresses: vec!["10.64.0.2".parse().expect("literal")],
+            dns: vec![],
+        };
+        let layer = compile_routes(&PolicyState::Connected { peer: peer(Some(1), None), tunnel }, &settings(false, false)).expect("layer");
+        assert!(layer.routes.contains(&TableRoute::Tunnel(IpFamily::V4, "wg0".parse().expect("literal"))));
+        assert!(!layer.routes.iter().any(|r| matches!(r, TableRoute::Tunnel(IpFamily::V6, _))), "v4-only tunnel: v6 unreachable");
+    }
+
+    #[test]
+    fn allow_lan_exempts_exactly_the_lan_ranges() {
+        let layer = compile_routes(&PolicyState::Blocked, &settings(false, true)).expect("layer");
+        let lan: Vec<&IpNet> = layer.rules.iter().filter_map(|r| match &r.selector { Selector::To(n) if r.priority == PRIORITY_LAN => Some(n), _ => None }).collect();
+        assert_eq!(lan.len(), ranges::LAN_UNICAST.len() + ranges::LAN_GROUP.len());
+        assert!(lan.iter().all(|n| ranges::is_lan(n.network())));
+    }
+}
