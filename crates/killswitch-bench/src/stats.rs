@@ -36,7 +36,11 @@ impl Samples {
 /// A duration in the unit that reads best.
 pub(crate) fn human(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
-    if us < 1000.0 { format!("{us:.0} µs") } else { format!("{:.2} ms", us / 1000.0) }
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{:.2} ms", us / 1000.0)
+    }
 }
 
 /// `a / b` as "12.3×".

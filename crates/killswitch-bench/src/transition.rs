@@ -49,22 +49,47 @@ fn iptables_script(connected: bool) -> Vec<Vec<String>> {
         }
         commands.push(vec![tool, "-A", "INPUT", "-i", "lo", "-j", "ACCEPT"]);
         commands.push(vec![tool, "-A", "OUTPUT", "-o", "lo", "-j", "ACCEPT"]);
-        commands.push(vec![tool, "-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]);
+        commands.push(vec![
+            tool,
+            "-A",
+            "INPUT",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ]);
     }
     let port = PORT.to_string();
     let mark = format!("{MARK:#x}");
-    commands.push(vec!["iptables", "-A", "OUTPUT", "-d", ENDPOINT, "-p", "udp", "--dport", &port, "-m", "mark", "--mark", &mark, "-j", "ACCEPT"]
+    commands.push(
+        vec![
+            "iptables", "-A", "OUTPUT", "-d", ENDPOINT, "-p", "udp", "--dport", &port, "-m",
+            "mark", "--mark", &mark, "-j", "ACCEPT",
+        ]
         .into_iter()
-        .collect());
+        .collect(),
+    );
     if connected {
-        commands.push(vec!["iptables", "-A", "OUTPUT", "-o", TUNNEL, "-j", "ACCEPT"]);
-        commands.push(vec!["iptables", "-A", "INPUT", "-i", TUNNEL, "-j", "ACCEPT"]);
+        commands.push(vec![
+            "iptables", "-A", "OUTPUT", "-o", TUNNEL, "-j", "ACCEPT",
+        ]);
+        commands.push(vec![
+            "iptables", "-A", "INPUT", "-i", TUNNEL, "-j", "ACCEPT",
+        ]);
     }
-    commands.into_iter().map(|c| c.into_iter().map(str::to_owned).collect()).collect()
+    commands
+        .into_iter()
+        .map(|c| c.into_iter().map(str::to_owned).collect())
+        .collect()
 }
 
 fn run(command: &[String]) -> Result<()> {
-    let status = Command::new(&command[0]).args(&command[1..]).status().with_context(|| format!("running {command:?}"))?;
+    let status = Command::new(&command[0])
+        .args(&command[1..])
+        .status()
+        .with_context(|| format!("running {command:?}"))?;
     ensure!(status.success(), "{command:?} failed");
     Ok(())
 }
@@ -87,7 +112,11 @@ pub(crate) fn measure(transitions: usize, dir: &Path) -> Result<Vec<Row>> {
         .enumerate()
         .map(|(i, r)| {
             let path = dir.join(format!("state{i}.nft"));
-            std::fs::write(&path, format!("table inet killswitch\ndelete table inet killswitch\n{r}")).map(|_| path)
+            std::fs::write(
+                &path,
+                format!("table inet killswitch\ndelete table inet killswitch\n{r}"),
+            )
+            .map(|_| path)
         })
         .collect::<std::io::Result<_>>()?;
 
@@ -112,7 +141,13 @@ pub(crate) fn measure(transitions: usize, dir: &Path) -> Result<Vec<Row>> {
             samples.push(start.elapsed());
             ensure!(status.success(), "nft -f failed");
         }
-        run(&["nft".into(), "delete".into(), "table".into(), "inet".into(), "killswitch".into()])?;
+        run(&[
+            "nft".into(),
+            "delete".into(),
+            "table".into(),
+            "inet".into(),
+            "killswitch".into(),
+        ])?;
         Ok(samples)
     })??;
 
@@ -130,18 +165,35 @@ pub(crate) fn measure(transitions: usize, dir: &Path) -> Result<Vec<Row>> {
     })??;
 
     Ok(vec![
-        Row { name: "killswitch netlink batch (commit)", samples: Samples::new(commit) },
-        Row { name: "killswitch apply (commit + read-back check)", samples: Samples::new(apply) },
-        Row { name: "`nft -f` of the same ruleset", samples: Samples::new(nft_f) },
-        Row { name: "iptables kill-switch script (18 commands)", samples: Samples::new(iptables) },
+        Row {
+            name: "killswitch netlink batch (commit)",
+            samples: Samples::new(commit),
+        },
+        Row {
+            name: "killswitch apply (commit + read-back check)",
+            samples: Samples::new(apply),
+        },
+        Row {
+            name: "`nft -f` of the same ruleset",
+            samples: Samples::new(nft_f),
+        },
+        Row {
+            name: "iptables kill-switch script (18 commands)",
+            samples: Samples::new(iptables),
+        },
     ])
 }
 
 /// The markdown table, ratios against our commit.
 pub(crate) fn table(rows: &[Row]) -> String {
     let base = rows.first().map(|r| r.samples.median()).unwrap_or_default();
-    let base99 = rows.first().map(|r| r.samples.percentile(99.0)).unwrap_or_default();
-    let mut out = String::from("| mechanism | transitions | p50 | p99 | p50 vs killswitch | p99 vs killswitch |\n|---|---:|---:|---:|---:|---:|\n");
+    let base99 = rows
+        .first()
+        .map(|r| r.samples.percentile(99.0))
+        .unwrap_or_default();
+    let mut out = String::from(
+        "| mechanism | transitions | p50 | p99 | p50 vs killswitch | p99 vs killswitch |\n|---|---:|---:|---:|---:|---:|\n",
+    );
     for row in rows {
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} |\n",

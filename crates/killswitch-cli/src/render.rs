@@ -76,11 +76,19 @@ pub(crate) fn status(status: &Status) -> String {
         1 => "1 change".to_owned(),
         n => format!("{n} changes"),
     };
-    let routing = if fw.routing { "; routing layer in place" } else { "" };
+    let routing = if fw.routing {
+        "; routing layer in place"
+    } else {
+        ""
+    };
     let _ = writeln!(out, "firewall:  {installed} ({changes}{timing}){routing}");
     if fw.tamper_events > 0 {
         let last = fw.last_tamper.as_deref().unwrap_or("unknown");
-        let _ = writeln!(out, "tampering: restored {} times; last: {last}", fw.tamper_events);
+        let _ = writeln!(
+            out,
+            "tampering: restored {} times; last: {last}",
+            fw.tamper_events
+        );
     }
     let _ = writeln!(
         out,
@@ -171,7 +179,9 @@ mod tests {
         let mut s = sample();
         s.firewall.tamper_events = 2;
         s.firewall.last_tamper = Some("table inet killswitch is missing (by nft[7])".to_owned());
-        assert!(status(&s).contains("tampering: restored 2 times; last: table inet killswitch is missing (by nft[7])\n"));
+        assert!(status(&s).contains(
+            "tampering: restored 2 times; last: table inet killswitch is missing (by nft[7])\n"
+        ));
     }
 
     #[test]

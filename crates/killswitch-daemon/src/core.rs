@@ -302,7 +302,9 @@ impl<F: Firewall> Core<F> {
         let Err(difference) = self.firewall.verify(applied) else {
             return false;
         };
-        tracing::warn!("table inet killswitch was changed by {committer}: {difference}; restoring it");
+        tracing::warn!(
+            "table inet killswitch was changed by {committer}: {difference}; restoring it"
+        );
         self.firewall_status.tamper_events += 1;
         self.firewall_status.last_tamper = Some(format!("{difference} (by {committer})"));
         // Forget what we believed installed, so that reconcile applies even an unchanged ruleset.
@@ -316,7 +318,8 @@ impl<F: Firewall> Core<F> {
         self.firewall_status.installed = installed;
         self.firewall_status.blocking = installed;
         self.firewall_status.transitions += 1;
-        self.firewall_status.last_apply_us = Some(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
+        self.firewall_status.last_apply_us =
+            Some(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
         self.applied = Some(ruleset);
     }
 }
@@ -363,10 +366,17 @@ mod tests {
         }
 
         fn verify(&mut self, _: &Ruleset) -> Result<(), String> {
-            if std::mem::take(&mut self.tampered) { Err("table inet killswitch is missing".to_owned()) } else { Ok(()) }
+            if std::mem::take(&mut self.tampered) {
+                Err("table inet killswitch is missing".to_owned())
+            } else {
+                Ok(())
+            }
         }
 
-        fn apply_routes(&mut self, layer: Option<&killswitch_policy::routes::RoutingLayer>) -> Result<(), String> {
+        fn apply_routes(
+            &mut self,
+            layer: Option<&killswitch_policy::routes::RoutingLayer>,
+        ) -> Result<(), String> {
             self.routes = layer.cloned();
             Ok(())
         }
@@ -553,15 +563,26 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
         let mut core = Core::new(&mut fw, Store::new(dir.path()), None);
-        core.handle(&Request::Lockdown { enabled: true }).expect("ok");
-        assert!(!core.check_installed("nft[1]"), "an intact table needs nothing");
+        core.handle(&Request::Lockdown { enabled: true })
+            .expect("ok");
+        assert!(
+            !core.check_installed("nft[1]"),
+            "an intact table needs nothing"
+        );
         core.firewall.tampered = true;
         let applies = core.firewall.applied.len();
         assert!(core.check_installed("nft[1]"));
-        assert_eq!(core.firewall.applied.len(), applies + 1, "the same ruleset was applied again");
+        assert_eq!(
+            core.firewall.applied.len(),
+            applies + 1,
+            "the same ruleset was applied again"
+        );
         let status = core.status();
         assert_eq!(status.firewall.tamper_events, 1);
-        assert_eq!(status.firewall.last_tamper.as_deref(), Some("table inet killswitch is missing (by nft[1])"));
+        assert_eq!(
+            status.firewall.last_tamper.as_deref(),
+            Some("table inet killswitch is missing (by nft[1])")
+        );
         assert_eq!(status.state, State::Blocked);
     }
 
@@ -572,12 +593,26 @@ mod tests {
         let mut core = core(&mut fw, dir.path());
         assert_eq!(core.firewall.routes, None, "disconnected: no layer");
         core.handle(&Request::Guard(spec())).expect("ok");
-        let connecting = core.firewall.routes.clone().expect("a layer while guarding");
-        assert!(!connecting.routes.iter().any(|r| matches!(r, killswitch_policy::routes::TableRoute::Tunnel(..))));
+        let connecting = core
+            .firewall
+            .routes
+            .clone()
+            .expect("a layer while guarding");
+        assert!(
+            !connecting
+                .routes
+                .iter()
+                .any(|r| matches!(r, killswitch_policy::routes::TableRoute::Tunnel(..)))
+        );
         core.observe(up());
         core.reconcile();
         let connected = core.firewall.routes.clone().expect("a layer");
-        assert!(connected.routes.iter().any(|r| matches!(r, killswitch_policy::routes::TableRoute::Tunnel(..))));
+        assert!(
+            connected
+                .routes
+                .iter()
+                .any(|r| matches!(r, killswitch_policy::routes::TableRoute::Tunnel(..)))
+        );
         assert!(core.status().firewall.routing);
         core.handle(&Request::Off).expect("ok");
         assert_eq!(core.firewall.routes, None, "off removes the layer");
@@ -586,11 +621,17 @@ mod tests {
     #[test]
     fn a_failed_apply_blocks_at_the_routing_layer_too() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut fw = Recorder { fail_unless_blocking: true, ..Recorder::default() };
+        let mut fw = Recorder {
+            fail_unless_blocking: true,
+            ..Recorder::default()
+        };
         let mut core = Core::new(&mut fw, Store::new(dir.path()), None);
         let _ = core.handle(&Request::Guard(spec()));
         let layer = core.firewall.routes.clone().expect("a layer");
-        assert_eq!(layer, compile_routes(&PolicyState::Blocked, &Settings::default()).expect("blocked layer"));
+        assert_eq!(
+            layer,
+            compile_routes(&PolicyState::Blocked, &Settings::default()).expect("blocked layer")
+        );
     }
 
     #[test]

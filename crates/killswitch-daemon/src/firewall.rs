@@ -32,7 +32,10 @@ pub struct Nftables {
 impl Nftables {
     /// A backend that opens its netlink sockets on first use (and again after a socket error).
     pub fn new() -> Self {
-        Nftables { inner: None, routing: None }
+        Nftables {
+            inner: None,
+            routing: None,
+        }
     }
 
     fn connection(&mut self) -> Result<&mut killswitch_nft::Nftables, String> {
@@ -85,7 +88,10 @@ impl Firewall for Nftables {
         if self.routing.is_none() {
             self.routing = Some(killswitch_route::Routing::open().map_err(|e| chain(&e))?);
         }
-        let routing = self.routing.as_mut().ok_or_else(|| "no rtnetlink connection".to_owned())?;
+        let routing = self
+            .routing
+            .as_mut()
+            .ok_or_else(|| "no rtnetlink connection".to_owned())?;
         routing.apply(layer).map_err(|e| {
             // Start from a fresh socket next time: this one may hold stray replies.
             self.routing = None;

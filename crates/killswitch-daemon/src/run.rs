@@ -154,8 +154,10 @@ impl NftChanges {
     fn subscribe() -> anyhow::Result<Self> {
         let monitor = killswitch_nft::monitor::Monitor::subscribe()?;
         // SAFETY: the monitor owns its descriptor, which stays open as long as the AsyncFd exists.
-        let fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(monitor, tokio::io::Interest::READABLE) }
-            .map_err(|e| e.into_parts().1)?;
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(monitor, tokio::io::Interest::READABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
         Ok(NftChanges { fd })
     }
 
@@ -170,8 +172,12 @@ impl NftChanges {
             if changes.overrun {
                 return Ok("someone (notifications were lost)".to_owned());
             }
-            let foreign: Vec<String> =
-                changes.generations.iter().filter(|g| g.pid != Some(own)).map(|g| g.committer()).collect();
+            let foreign: Vec<String> = changes
+                .generations
+                .iter()
+                .filter(|g| g.pid != Some(own))
+                .map(|g| g.committer())
+                .collect();
             if !foreign.is_empty() {
                 return Ok(foreign.join(", "));
             }

@@ -333,11 +333,17 @@ fn tunnelvision_routes_do_not_leak() -> Result<()> {
     let target = SocketAddr::new(topology::TARGET_V4.into(), 9002);
     let mut tunnel = tunnel;
     let log_mark = tunnel.client_log_len();
-    topo.client.run(|| traffic::send_udp(target, b"pushed route", None))??;
+    topo.client
+        .run(|| traffic::send_udp(target, b"pushed route", None))??;
     tunnel.wait_for_handshake(log_mark, Duration::from_secs(10))?;
     // The routing layer ignores the pushed route: the packet still goes through the tunnel.
     // (Without that layer the firewall would refuse it: it leaves by the physical interface.)
-    let (_, from) = listener.recv_from(&mut [0u8; 64]).context("the target never heard from the client")?;
-    ensure!(from.ip() == std::net::IpAddr::V4(wireguard::CLIENT_TUNNEL_V4), "arrived from {from}: the pushed route was used");
+    let (_, from) = listener
+        .recv_from(&mut [0u8; 64])
+        .context("the target never heard from the client")?;
+    ensure!(
+        from.ip() == std::net::IpAddr::V4(wireguard::CLIENT_TUNNEL_V4),
+        "arrived from {from}: the pushed route was used"
+    );
     Ok(())
 }

@@ -96,7 +96,14 @@ impl Monitor {
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
             // SAFETY: recv into a live buffer of the given length.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buffer.as_mut_ptr().cast(), buffer.len(), 0) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                    0,
+                )
+            };
             if n < 0 {
                 let error = io::Error::last_os_error();
                 match error.raw_os_error() {
@@ -144,7 +151,11 @@ fn parse_generation(message: &[u8]) -> Generation {
             break;
         }
         let value = &rest[4..len];
-        let be32 = || value.get(..4).map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+        let be32 = || {
+            value
+                .get(..4)
+                .map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]))
+        };
         match kind {
             NFTA_GEN_ID => generation.id = be32().unwrap_or(0),
             NFTA_GEN_PROC_PID => generation.pid = be32(),
@@ -184,7 +195,14 @@ mod tests {
         message.extend_from_slice(&[0u8; 10]);
         message.extend(body);
         let generation = parse_generation(&message);
-        assert_eq!(generation, Generation { id: 42, pid: Some(1234), process: Some("nft".to_owned()) });
+        assert_eq!(
+            generation,
+            Generation {
+                id: 42,
+                pid: Some(1234),
+                process: Some("nft".to_owned())
+            }
+        );
         assert_eq!(generation.committer(), "nft[1234]");
     }
 

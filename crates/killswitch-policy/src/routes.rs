@@ -1,13 +1,18 @@
 //! The second layer: policy routing that needs no nftables.
 //!
-//! Whenever the kill switch installs a table, it also installs three kinds of `ip rule` and one
-//! routing table of its own, for IPv4 and IPv6:
+//! Whenever the kill switch installs a table, it also installs policy rules and one routing table
+//! of its own, for IPv4 and IPv6:
 //!
 //! | priority | rule | why |
 //! |---|---|---|
-//! | 5300 | the tunnel's own packets (by fwmark, uid, or the exact endpoint) `lookup main` | they must reach the server by the physical interface |
 //! | 5301 | `to <LAN range> lookup main`, only with allow-lan | the LAN, by the normal routes |
-//! | 5302 | everything else `lookup 27507` | our table |
+//! | 5302 | `not <the tunnel's own packets> lookup 27507` | everything else: our table |
+//!
+//! The tunnel's own packets are recognised by the fwmark its socket sets, else by its socket's
+//! owner, else (less precisely) by their destination, the endpoint; with no tunnel wanted, the rule
+//! takes every packet. The rule is inverted (as wg-quick's is) rather than preceded by an exemption
+//! that looks up `main`: when `main` has no route (the link is down), an exempted packet would fall
+//! through to the next rule, ours, and the tunnel's own packets would be routed into the tunnel.
 //!
 //! Table 27507 (`0x6b73`, "ks") holds `default dev <tunnel>` while connected (for the families the
 //! tunnel carries) and, always, `unreachable default` behind it. So whatever the main table says
@@ -31,14 +36,12 @@ use std::net::IpAddr;
 pub const ROUTE_TABLE: u32 = 0x6b73;
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
-/// Priority of the tunnel's exemption.
-pub const PRIORITY_TUNNEL: u32 = 5300;
 /// Priority of the LAN exemptions.
 pub const PRIORITY_LAN: u32 = 5301;
 /// Priority of the catch-all into [`ROUTE_TABLE`].
 pub const PRIORITY_CATCH_ALL: u32 = 5302;
 /// Every priority the kill switch owns; rules there are its own.
-pub const PRIORITIES: [u32; 3] = [PRIORITY_TUNNEL, PRIORITY_LAN, PRIORITY_CATCH_ALL];
+pub const PRIORITIES: [u32; 2] = [PRIORITY_LAN, PRIORITY_CATCH_ALL];
 
 /// The routing layer for one state: rules and the routes of [`ROUTE_TABLE`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +61,8 @@ pub struct RoutingRule {
     pub priority: u32,
     /// What it matches.
     pub selector: Selector,
+    /// Whether it applies to packets the selector does *not* match (`ip rule add not ...`).
+    pub invert: bool,
     /// The table it looks up.
     pub table: u32,
 }
@@ -104,61 +109,61 @@ pub fn compile_routes(state: &PolicyState, settings: &Settings) -> Option<Routin
     };
     let families = [IpFamily::V4, IpFamily::V6];
     let mut rules = Vec::new();
-    if let Some(peer) = peer {
-        rules.extend(tunnel_exemption(peer));
-    }
     if settings.allow_lan {
-        rules.extend(ranges::LAN_UNICAST.iter().chain(ranges::LAN_GROUP.iter()).map(|net| RoutingRule {
-            family: IpFamily::of(net),
-            priority: PRIORITY_LAN,
-            selector: Selector::To(*net),
-            table: MAIN_TABLE,
-        }));
+        rules.extend(
+            ranges::LAN_UNICAST
+                .iter()
+                .chain(ranges::LAN_GROUP.iter())
+                .map(|net| RoutingRule {
+                    family: IpFamily::of(net),
+                    priority: PRIORITY_LAN,
+                    selector: Selector::To(*net),
+                    invert: false,
+                    table: MAIN_TABLE,
+                }),
+        );
     }
-    rules.extend(families.map(|family| RoutingRule {
-        family,
-        priority: PRIORITY_CATCH_ALL,
-        selector: Selector::All,
-        table: ROUTE_TABLE,
+    rules.extend(families.map(|family| {
+        let own = peer.and_then(|p| tunnel_packets(p, family));
+        RoutingRule {
+            family,
+            priority: PRIORITY_CATCH_ALL,
+            invert: own.is_some(),
+            selector: own.unwrap_or(Selector::All),
+            table: ROUTE_TABLE,
+        }
     }));
     let mut routes: Vec<TableRoute> = families.into_iter().map(TableRoute::Unreachable).collect();
     if let Some(tunnel) = tunnel {
-        routes.extend(tunnel.carried_families().into_iter().map(|f| TableRoute::Tunnel(f, tunnel.interface.clone())));
+        routes.extend(
+            tunnel
+                .carried_families()
+                .into_iter()
+                .map(|f| TableRoute::Tunnel(f, tunnel.interface.clone())),
+        );
     }
     Some(RoutingLayer { rules, routes })
 }
 
-/// How the tunnel's own packets are recognised: the fwmark its socket sets, else its socket's
-/// owner, else (less precisely) their destination, the endpoint.
-fn tunnel_exemption(peer: &Peer) -> Vec<RoutingRule> {
-    let both = |selector: Selector| {
-        [IpFamily::V4, IpFamily::V6].map(|family| RoutingRule {
-            family,
-            priority: PRIORITY_TUNNEL,
-            selector: selector.clone(),
-            table: MAIN_TABLE,
-        })
-    };
+/// How the tunnel's own packets of `family` are recognised: the fwmark its socket sets, else its
+/// socket's owner, else (less precisely) their destination, the endpoint. `None` when the tunnel
+/// sends none of that family (an endpoint of the other family).
+fn tunnel_packets(peer: &Peer, family: IpFamily) -> Option<Selector> {
     if let Some(mark) = peer.mark {
-        return both(Selector::FwMark(mark.get())).to_vec();
+        return Some(Selector::FwMark(mark.get()));
     }
     if let Some(uid) = peer.uid {
-        return both(Selector::Uid(uid)).to_vec();
+        return Some(Selector::Uid(uid));
     }
     let address = peer.endpoint.address.ip();
-    vec![RoutingRule {
-        family: IpFamily::of(&IpNet::from(address)),
-        priority: PRIORITY_TUNNEL,
-        selector: Selector::Endpoint {
-            address,
-            protocol: match peer.endpoint.protocol {
-                TransportProtocol::Udp => L4Proto::Udp,
-                TransportProtocol::Tcp => L4Proto::Tcp,
-            },
-            port: peer.endpoint.address.port(),
+    (IpFamily::of(&IpNet::from(address)) == family).then(|| Selector::Endpoint {
+        address,
+        protocol: match peer.endpoint.protocol {
+            TransportProtocol::Udp => L4Proto::Udp,
+            TransportProtocol::Tcp => L4Proto::Tcp,
         },
-        table: MAIN_TABLE,
-    }]
+        port: peer.endpoint.address.port(),
+    })
 }
 
 #[cfg(test)]
@@ -176,32 +181,87 @@ mod tests {
     }
 
     fn settings(lockdown: bool, allow_lan: bool) -> Settings {
-        Settings { lockdown, allow_lan }
+        Settings {
+            lockdown,
+            allow_lan,
+        }
     }
 
     #[test]
     fn no_layer_without_a_table() {
-        assert_eq!(compile_routes(&PolicyState::Off, &settings(true, true)), None);
-        assert_eq!(compile_routes(&PolicyState::Disconnected, &settings(false, true)), None);
+        assert_eq!(
+            compile_routes(&PolicyState::Off, &settings(true, true)),
+            None
+        );
+        assert_eq!(
+            compile_routes(&PolicyState::Disconnected, &settings(false, true)),
+            None
+        );
         assert!(compile_routes(&PolicyState::Disconnected, &settings(true, false)).is_some());
     }
 
     #[test]
     fn blocked_sends_everything_to_unreachable() {
         let layer = compile_routes(&PolicyState::Blocked, &settings(false, false)).expect("layer");
-        assert!(layer.rules.iter().all(|r| r.priority == PRIORITY_CATCH_ALL && r.table == ROUTE_TABLE));
+        assert!(
+            layer
+                .rules
+                .iter()
+                .all(|r| r.priority == PRIORITY_CATCH_ALL && r.table == ROUTE_TABLE && !r.invert)
+        );
         assert_eq!(layer.rules.len(), 2);
-        assert_eq!(layer.routes, vec![TableRoute::Unreachable(IpFamily::V4), TableRoute::Unreachable(IpFamily::V6)]);
+        assert_eq!(
+            layer.routes,
+            vec![
+                TableRoute::Unreachable(IpFamily::V4),
+                TableRoute::Unreachable(IpFamily::V6)
+            ]
+        );
     }
 
     #[test]
-    fn the_exemption_is_as_narrow_as_what_the_tunnel_gives() {
-        let rule = |p: Peer| compile_routes(&PolicyState::Connecting { peer: p }, &settings(false, false)).expect("layer").rules[0].selector.clone();
-        assert_eq!(rule(peer(Some(0xca6c), Some(7))), Selector::FwMark(0xca6c));
-        assert_eq!(rule(peer(None, Some(7))), Selector::Uid(7));
+    fn everything_but_the_tunnels_own_packets_goes_to_our_table() {
+        let rules = |p: Peer| {
+            compile_routes(
+                &PolicyState::Connecting { peer: p },
+                &settings(false, false),
+            )
+            .expect("layer")
+            .rules
+        };
+        for rule in rules(peer(Some(0xca6c), Some(7))) {
+            assert_eq!(
+                (rule.invert, rule.selector, rule.table),
+                (true, Selector::FwMark(0xca6c), ROUTE_TABLE)
+            );
+        }
+        assert!(
+            rules(peer(None, Some(7)))
+                .iter()
+                .all(|r| r.invert && r.selector == Selector::Uid(7))
+        );
+        let by_endpoint = rules(peer(None, None));
+        let endpoint = Selector::Endpoint {
+            address: "198.51.100.1".parse().expect("literal"),
+            protocol: L4Proto::Udp,
+            port: 51820,
+        };
         assert_eq!(
-            rule(peer(None, None)),
-            Selector::Endpoint { address: "198.51.100.1".parse().expect("literal"), protocol: L4Proto::Udp, port: 51820 }
+            (
+                by_endpoint[0].family,
+                by_endpoint[0].invert,
+                &by_endpoint[0].selector
+            ),
+            (IpFamily::V4, true, &endpoint)
+        );
+        assert_eq!(
+            (
+                by_endpoint[1].family,
+                by_endpoint[1].invert,
+                &by_endpoint[1].selector
+            ),
+            (IpFamily::V6, false, &Selector::All),
+            "no IPv6 tunnel packets"
         );
     }
 
@@ -212,16 +272,42 @@ mod tests {
             addresses: vec!["10.64.0.2".parse().expect("literal")],
             dns: vec![],
         };
-        let layer = compile_routes(&PolicyState::Connected { peer: peer(Some(1), None), tunnel }, &settings(false, false)).expect("layer");
-        assert!(layer.routes.contains(&TableRoute::Tunnel(IpFamily::V4, "wg0".parse().expect("literal"))));
-        assert!(!layer.routes.iter().any(|r| matches!(r, TableRoute::Tunnel(IpFamily::V6, _))), "v4-only tunnel: v6 unreachable");
+        let layer = compile_routes(
+            &PolicyState::Connected {
+                peer: peer(Some(1), None),
+                tunnel,
+            },
+            &settings(false, false),
+        )
+        .expect("layer");
+        assert!(layer.routes.contains(&TableRoute::Tunnel(
+            IpFamily::V4,
+            "wg0".parse().expect("literal")
+        )));
+        assert!(
+            !layer
+                .routes
+                .iter()
+                .any(|r| matches!(r, TableRoute::Tunnel(IpFamily::V6, _))),
+            "v4-only tunnel: v6 unreachable"
+        );
     }
 
     #[test]
     fn allow_lan_exempts_exactly_the_lan_ranges() {
         let layer = compile_routes(&PolicyState::Blocked, &settings(false, true)).expect("layer");
-        let lan: Vec<&IpNet> = layer.rules.iter().filter_map(|r| match &r.selector { Selector::To(n) if r.priority == PRIORITY_LAN => Some(n), _ => None }).collect();
-        assert_eq!(lan.len(), ranges::LAN_UNICAST.len() + ranges::LAN_GROUP.len());
+        let lan: Vec<&IpNet> = layer
+            .rules
+            .iter()
+            .filter_map(|r| match &r.selector {
+                Selector::To(n) if r.priority == PRIORITY_LAN => Some(n),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            lan.len(),
+            ranges::LAN_UNICAST.len() + ranges::LAN_GROUP.len()
+        );
         assert!(lan.iter().all(|n| ranges::is_lan(n.network())));
     }
 }

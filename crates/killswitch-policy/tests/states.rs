@@ -518,3 +518,25 @@ fn forwarding_only_into_the_tunnel_or_lan_to_lan() {
         PacketVerdict::Drop
     );
 }
+
+#[test]
+fn link_local_ipv6_does_not_make_a_tunnel_dual_stack() {
+    // A WireGuard interface gets an fe80:: address by itself; IPv6 must stay blocked regardless.
+    let mut t = tunnel(false);
+    t.addresses.push(ip("fe80::648e:2e1f:595b:dd93"));
+    let r = rules(
+        &PolicyState::Connected {
+            peer: peer(Some(MARK)),
+            tunnel: t,
+        },
+        false,
+        false,
+    );
+    let web_v6 = Packet::output(
+        TUN,
+        ip("fe80::648e:2e1f:595b:dd93"),
+        ip(INTERNET_V6),
+        Transport::tcp(40000, 443),
+    );
+    assert!(!r.verdict(&web_v6).is_accept());
+}

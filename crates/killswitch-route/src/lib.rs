@@ -9,12 +9,19 @@
 //! deleted a rule) is cheap and restores what is missing.
 
 use killswitch_policy::IpFamily;
-use killswitch_policy::routes::{PRIORITIES, ROUTE_TABLE, RoutingLayer, RoutingRule, Selector, TableRoute};
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+use killswitch_policy::routes::{
+    PRIORITIES, ROUTE_TABLE, RoutingLayer, RoutingRule, Selector, TableRoute,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
-use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleHeader, RuleMessage, RulePortRange, RuleUidRange};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
+use netlink_packet_route::rule::{
+    RuleAction, RuleAttribute, RuleFlags, RuleHeader, RuleMessage, RulePortRange, RuleUidRange,
+};
 use netlink_packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use std::io;
@@ -80,7 +87,9 @@ impl Routing {
     pub fn open() -> Result<Self, RouteError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
         socket.bind_auto().map_err(RouteError::Socket)?;
-        socket.connect(&SocketAddr::new(0, 0)).map_err(RouteError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(RouteError::Socket)?;
         Ok(Routing { socket, seq: 0 })
     }
 
@@ -109,14 +118,22 @@ impl Routing {
             }
         }
         // 2. Rules: add what is missing, catch-all first.
-        let mut missing: Vec<&RoutingRule> = layer.rules.iter().filter(|r| !installed.rules.contains(r)).collect();
+        let mut missing: Vec<&RoutingRule> = layer
+            .rules
+            .iter()
+            .filter(|r| !installed.rules.contains(r))
+            .collect();
         missing.sort_by_key(|r| std::cmp::Reverse(r.priority));
         for rule in missing {
             self.add_rule(rule)?;
         }
         // 3. Remove what is stale: exemptions before the catch-all.
-        let mut stale: Vec<(usize, &RoutingRule)> =
-            installed.rules.iter().enumerate().filter(|(_, r)| !layer.rules.contains(r)).collect();
+        let mut stale: Vec<(usize, &RoutingRule)> = installed
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !layer.rules.contains(r))
+            .collect();
         stale.sort_by_key(|(_, r)| r.priority);
         for (index, _) in stale {
             self.delete_rule(&installed.raw_rules[index])?;
@@ -183,7 +200,9 @@ impl Routing {
 
     fn add_route(&mut self, route: &InstalledRoute) -> Result<(), RouteError> {
         let (family, kind, oif, metric) = match route {
-            InstalledRoute::Unreachable(family) => (*family, RouteType::Unreachable, None, LAST_RESORT_METRIC),
+            InstalledRoute::Unreachable(family) => {
+                (*family, RouteType::Unreachable, None, LAST_RESORT_METRIC)
+            }
             InstalledRoute::Device(family, index) => (*family, RouteType::Unicast, Some(*index), 0),
             InstalledRoute::Other => return Ok(()),
         };
@@ -192,7 +211,11 @@ impl Routing {
             address_family: address_family(family),
             table: RT_TABLE_COMPAT,
             protocol: RouteProtocol::Static,
-            scope: if kind == RouteType::Unicast { RouteScope::Link } else { RouteScope::Universe },
+            // Universe scope, also for the device route: when someone adds a route through a
+            // gateway without naming the device, the kernel finds the gateway by a lookup that
+            // skips routes of universe scope. Scope `link` here would make our table answer that
+            // lookup, and a new default route would be bound to the tunnel.
+            scope: RouteScope::Universe,
             kind,
             ..RouteHeader::default()
         };
@@ -201,30 +224,55 @@ impl Routing {
         if let Some(index) = oif {
             message.attributes.push(RouteAttribute::Oif(index));
         }
-        self.change(RouteNetlinkMessage::NewRoute(message), NLM_F_CREATE | NLM_F_EXCL, &format!("add {route:?}"))
+        self.change(
+            RouteNetlinkMessage::NewRoute(message),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &format!("add {route:?}"),
+        )
     }
 
     fn delete_route(&mut self, route: &RouteMessage) -> Result<(), RouteError> {
-        self.change(RouteNetlinkMessage::DelRoute(route.clone()), 0, "delete a route of the kill switch's table")
+        self.change(
+            RouteNetlinkMessage::DelRoute(route.clone()),
+            0,
+            "delete a route of the kill switch's table",
+        )
     }
 
     fn add_rule(&mut self, rule: &RoutingRule) -> Result<(), RouteError> {
-        self.change(RouteNetlinkMessage::NewRule(rule_message(rule)), NLM_F_CREATE | NLM_F_EXCL, &format!("add {rule:?}"))
+        self.change(
+            RouteNetlinkMessage::NewRule(rule_message(rule)),
+            NLM_F_CREATE | NLM_F_EXCL,
+            &format!("add {rule:?}"),
+        )
     }
 
     fn delete_rule(&mut self, rule: &RuleMessage) -> Result<(), RouteError> {
-        self.change(RouteNetlinkMessage::DelRule(rule.clone()), 0, "delete a rule of the kill switch")
+        self.change(
+            RouteNetlinkMessage::DelRule(rule.clone()),
+            0,
+            "delete a rule of the kill switch",
+        )
     }
 
     /// Sends a change and waits for its acknowledgement. "Already there" on an add and "not there"
     /// on a delete are success: someone (or a race) got there first, and the result is the same.
-    fn change(&mut self, message: RouteNetlinkMessage, flags: u16, what: &str) -> Result<(), RouteError> {
-        let is_delete = matches!(message, RouteNetlinkMessage::DelRule(_) | RouteNetlinkMessage::DelRoute(_));
+    fn change(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        what: &str,
+    ) -> Result<(), RouteError> {
+        let is_delete = matches!(
+            message,
+            RouteNetlinkMessage::DelRule(_) | RouteNetlinkMessage::DelRoute(_)
+        );
         let seq = self.send(message, NLM_F_REQUEST | NLM_F_ACK | flags)?;
         for reply in self.receive(seq)? {
             if let NetlinkPayload::Error(error) = reply.payload {
                 let code = error.raw_code();
-                let benign = (code == -libc::EEXIST && !is_delete) || ((code == -libc::ENOENT || code == -libc::ESRCH) && is_delete);
+                let benign = (code == -libc::EEXIST && !is_delete)
+                    || ((code == -libc::ENOENT || code == -libc::ESRCH) && is_delete);
                 if code != 0 && !benign {
                     return Err(RouteError::Refused {
                         what: what.to_owned(),
@@ -237,7 +285,10 @@ impl Routing {
         Err(RouteError::Parse(format!("no acknowledgement for: {what}")))
     }
 
-    fn dump(&mut self, message: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, RouteError> {
+    fn dump(
+        &mut self,
+        message: RouteNetlinkMessage,
+    ) -> Result<Vec<RouteNetlinkMessage>, RouteError> {
         let seq = self.send(message, NLM_F_REQUEST | NLM_F_DUMP)?;
         let mut out = Vec::new();
         for reply in self.receive(seq)? {
@@ -269,11 +320,17 @@ impl Routing {
     }
 
     /// Receives every message of sequence `seq` until the final one (DONE, or an ack/error).
-    fn receive(&mut self, seq: u32) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>, RouteError> {
+    fn receive(
+        &mut self,
+        seq: u32,
+    ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>, RouteError> {
         let mut out = Vec::new();
         let mut buffer = vec![0u8; 64 * 1024];
         loop {
-            let n = self.socket.recv(&mut &mut buffer[..], 0).map_err(RouteError::Io)?;
+            let n = self
+                .socket
+                .recv(&mut &mut buffer[..], 0)
+                .map_err(RouteError::Io)?;
             let mut offset = 0;
             while offset < n {
                 let bytes = &buffer[offset..n];
@@ -287,7 +344,10 @@ impl Routing {
                 if message.header.sequence_number != seq {
                     continue;
                 }
-                let last = matches!(message.payload, NetlinkPayload::Done(_) | NetlinkPayload::Error(_));
+                let last = matches!(
+                    message.payload,
+                    NetlinkPayload::Done(_) | NetlinkPayload::Error(_)
+                );
                 out.push(message);
                 if last {
                     return Ok(out);
@@ -320,14 +380,29 @@ fn ip_family(family: AddressFamily) -> Option<IpFamily> {
 }
 
 fn rule_priority(rule: &RuleMessage) -> u32 {
-    rule.attributes.iter().find_map(|a| if let RuleAttribute::Priority(p) = a { Some(*p) } else { None }).unwrap_or(0)
+    rule.attributes
+        .iter()
+        .find_map(|a| {
+            if let RuleAttribute::Priority(p) = a {
+                Some(*p)
+            } else {
+                None
+            }
+        })
+        .unwrap_or(0)
 }
 
 fn route_table(route: &RouteMessage) -> u32 {
     route
         .attributes
         .iter()
-        .find_map(|a| if let RouteAttribute::Table(t) = a { Some(*t) } else { None })
+        .find_map(|a| {
+            if let RouteAttribute::Table(t) = a {
+                Some(*t)
+            } else {
+                None
+            }
+        })
         .unwrap_or(u32::from(route.header.table))
 }
 
@@ -337,6 +412,11 @@ fn rule_message(rule: &RoutingRule) -> RuleMessage {
         family: address_family(rule.family),
         table: u8::try_from(rule.table).unwrap_or(0),
         action: RuleAction::ToTable,
+        flags: if rule.invert {
+            RuleFlags::Invert
+        } else {
+            RuleFlags::empty()
+        },
         ..RuleHeader::default()
     };
     let a = &mut message.attributes;
@@ -348,16 +428,28 @@ fn rule_message(rule: &RoutingRule) -> RuleMessage {
             a.push(RuleAttribute::FwMark(*mark));
             a.push(RuleAttribute::FwMask(u32::MAX));
         }
-        Selector::Uid(uid) => a.push(RuleAttribute::UidRange(RuleUidRange { start: *uid, end: *uid })),
+        Selector::Uid(uid) => a.push(RuleAttribute::UidRange(RuleUidRange {
+            start: *uid,
+            end: *uid,
+        })),
         Selector::To(net) => {
             message.header.dst_len = net.prefix_len();
             a.push(RuleAttribute::Destination(net.network()));
         }
-        Selector::Endpoint { address, protocol, port } => {
+        Selector::Endpoint {
+            address,
+            protocol,
+            port,
+        } => {
             message.header.dst_len = if address.is_ipv4() { 32 } else { 128 };
             a.push(RuleAttribute::Destination(*address));
-            a.push(RuleAttribute::IpProtocol(IpProtocol::from(protocol.number())));
-            a.push(RuleAttribute::DestinationPortRange(RulePortRange { start: *port, end: *port }));
+            a.push(RuleAttribute::IpProtocol(IpProtocol::from(
+                protocol.number(),
+            )));
+            a.push(RuleAttribute::DestinationPortRange(RulePortRange {
+                start: *port,
+                end: *port,
+            }));
         }
     }
     message
@@ -366,11 +458,15 @@ fn rule_message(rule: &RoutingRule) -> RuleMessage {
 /// Reads a rule back into the policy's terms; `None` when it is not a shape we install.
 fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
     let family = ip_family(rule.header.family)?;
-    if rule.header.action != RuleAction::ToTable || !rule.header.flags.is_empty() {
+    let invert = rule.header.flags.contains(RuleFlags::Invert);
+    if rule.header.action != RuleAction::ToTable
+        || !(rule.header.flags - RuleFlags::Invert).is_empty()
+    {
         return None;
     }
     let (mut priority, mut table) = (None, u32::from(rule.header.table));
-    let (mut mark, mut mask, mut uid, mut dst, mut proto, mut port) = (None, None, None, None, None, None);
+    let (mut mark, mut mask, mut uid, mut dst, mut proto, mut port) =
+        (None, None, None, None, None, None);
     for attribute in &rule.attributes {
         match attribute {
             RuleAttribute::Priority(p) => priority = Some(*p),
@@ -382,7 +478,9 @@ fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
             RuleAttribute::IpProtocol(p) => proto = Some(u8::from(*p)),
             RuleAttribute::DestinationPortRange(r) if r.start == r.end => port = Some(r.start),
             // Attributes the kernel reports on every rule.
-            RuleAttribute::Protocol(_) | RuleAttribute::SuppressPrefixLen(_) | RuleAttribute::SuppressIfGroup(_) => {}
+            RuleAttribute::Protocol(_)
+            | RuleAttribute::SuppressPrefixLen(_)
+            | RuleAttribute::SuppressIfGroup(_) => {}
             _ => return None,
         }
     }
@@ -390,7 +488,9 @@ fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
         (None, None, None, None, None) => Selector::All,
         (Some(m), None, None, None, None) if mask == Some(u32::MAX) => Selector::FwMark(m),
         (None, Some(u), None, None, None) => Selector::Uid(u),
-        (None, None, Some(ip), None, None) => Selector::To(ipnet::IpNet::new(ip, rule.header.dst_len).ok()?),
+        (None, None, Some(ip), None, None) => {
+            Selector::To(ipnet::IpNet::new(ip, rule.header.dst_len).ok()?)
+        }
         (None, None, Some(address), Some(p), Some(port)) => Selector::Endpoint {
             address,
             protocol: match p {
@@ -406,6 +506,7 @@ fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
         family,
         priority: priority?,
         selector,
+        invert,
         table,
     })
 }
@@ -417,13 +518,24 @@ fn parse_route(route: &RouteMessage) -> InstalledRoute {
     if route.header.destination_prefix_length != 0 {
         return InstalledRoute::Other;
     }
-    let has_destination = route.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(RouteAddress::Inet(_) | RouteAddress::Inet6(_))));
+    let has_destination = route.attributes.iter().any(|a| {
+        matches!(
+            a,
+            RouteAttribute::Destination(RouteAddress::Inet(_) | RouteAddress::Inet6(_))
+        )
+    });
     match route.header.kind {
         RouteType::Unreachable if !has_destination => InstalledRoute::Unreachable(family),
         RouteType::Unicast => route
             .attributes
             .iter()
-            .find_map(|a| if let RouteAttribute::Oif(i) = a { Some(InstalledRoute::Device(family, *i)) } else { None })
+            .find_map(|a| {
+                if let RouteAttribute::Oif(i) = a {
+                    Some(InstalledRoute::Device(family, *i))
+                } else {
+                    None
+                }
+            })
             .unwrap_or(InstalledRoute::Other),
         _ => InstalledRoute::Other,
     }

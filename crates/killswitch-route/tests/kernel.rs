@@ -11,7 +11,9 @@ use killswitch_types::Fwmark;
 fn lab() -> Result<Netns> {
     let ns = Netns::new("route")?;
     // veth pairs inside one namespace: the machine may have no dummy driver.
-    ns.ip(&["link", "add", "phys0", "type", "veth", "peer", "name", "phys0p"])?;
+    ns.ip(&[
+        "link", "add", "phys0", "type", "veth", "peer", "name", "phys0p",
+    ])?;
     ns.ip(&["link", "set", "phys0", "up"])?;
     ns.ip(&["link", "set", "phys0p", "up"])?;
     ns.ip(&["addr", "add", "192.168.50.2/24", "dev", "phys0"])?;
@@ -45,12 +47,20 @@ fn connected() -> PolicyState {
 }
 
 fn layer(state: &PolicyState, allow_lan: bool) -> Option<RoutingLayer> {
-    compile_routes(state, &Settings { lockdown: true, allow_lan })
+    compile_routes(
+        state,
+        &Settings {
+            lockdown: true,
+            allow_lan,
+        },
+    )
 }
 
 /// Whether `ip route get` said there is no way there.
 fn unreachable(answer: &str) -> bool {
-    ["unreachable", "No route to host"].iter().any(|s| answer.contains(s))
+    ["unreachable", "No route to host"]
+        .iter()
+        .any(|s| answer.contains(s))
 }
 
 /// `ip route get` as the kernel answers it (or its error).
@@ -71,29 +81,102 @@ fn every_state_routes_only_into_the_tunnel_or_nowhere() -> Result<()> {
         routing.apply(layer(&PolicyState::Connecting { peer: peer() }, false).as_ref())?;
         Ok(())
     })??;
-    ensure!(unreachable(&route_get(&ns, &["203.0.113.10"])), "connecting: {}", route_get(&ns, &["203.0.113.10"]));
+    ensure!(
+        unreachable(&route_get(&ns, &["203.0.113.10"])),
+        "connecting: {}",
+        route_get(&ns, &["203.0.113.10"])
+    );
     ensure!(unreachable(&route_get(&ns, &["2001:db8::10"])), "v6 too");
     let marked = route_get(&ns, &["198.51.100.1", "mark", "0xca6c"]);
-    ensure!(marked.contains("via 192.168.50.1 dev phys0"), "the tunnel's own packets use the physical link: {marked}");
-    ensure!(unreachable(&route_get(&ns, &["192.168.50.1"])), "no LAN without allow-lan");
+    ensure!(
+        marked.contains("via 192.168.50.1 dev phys0"),
+        "the tunnel's own packets use the physical link: {marked}"
+    );
+    ensure!(
+        unreachable(&route_get(&ns, &["192.168.50.1"])),
+        "no LAN without allow-lan"
+    );
 
-    ns.run(|| -> Result<()> { Routing::open()?.apply(layer(&connected(), true).as_ref()).map_err(Into::into) })??;
-    ensure!(route_get(&ns, &["203.0.113.10"]).contains("dev wg0"), "connected: {}", route_get(&ns, &["203.0.113.10"]));
-    ensure!(unreachable(&route_get(&ns, &["2001:db8::10"])), "a v4-only tunnel leaves v6 unreachable");
-    ensure!(route_get(&ns, &["192.168.50.1"]).contains("dev phys0"), "allow-lan: the LAN by its own route");
+    ns.run(|| -> Result<()> {
+        Routing::open()?
+            .apply(layer(&connected(), true).as_ref())
+            .map_err(Into::into)
+    })??;
+    ensure!(
+        route_get(&ns, &["203.0.113.10"]).contains("dev wg0"),
+        "connected: {}",
+        route_get(&ns, &["203.0.113.10"])
+    );
+    ensure!(
+        unreachable(&route_get(&ns, &["2001:db8::10"])),
+        "a v4-only tunnel leaves v6 unreachable"
+    );
+    ensure!(
+        route_get(&ns, &["192.168.50.1"]).contains("dev phys0"),
+        "allow-lan: the LAN by its own route"
+    );
 
     // A route a hostile DHCP server pushes (TunnelVision) changes nothing.
     ns.ip(&["route", "add", "203.0.113.0/24", "via", "192.168.50.1"])?;
-    ensure!(route_get(&ns, &["203.0.113.10"]).contains("dev wg0"), "pushed route used: {}", route_get(&ns, &["203.0.113.10"]));
+    ensure!(
+        route_get(&ns, &["203.0.113.10"]).contains("dev wg0"),
+        "pushed route used: {}",
+        route_get(&ns, &["203.0.113.10"])
+    );
+
+    // A DHCP client (or a person) replacing the default route without naming the device: the
+    // gateway must still be found on the physical link, not through our table (without allow-lan,
+    // which would exempt the gateway's private address anyway).
+    ns.run(|| -> Result<()> {
+        Routing::open()?
+            .apply(layer(&connected(), false).as_ref())
+            .map_err(Into::into)
+    })??;
+    ns.ip(&["route", "del", "default"])?;
+    ns.ip(&["route", "add", "default", "via", "192.168.50.1"])?;
+    let default = ns.ip(&["route", "show", "default"])?;
+    ensure!(
+        default.contains("dev phys0"),
+        "the gateway was resolved through the kill switch's table: {default}"
+    );
+
+    // With the link down, `main` has no route for the tunnel's own packets: they must fail, not
+    // fall through into the tunnel itself (a routing loop).
+    ns.ip(&["link", "set", "phys0", "down"])?;
+    let looped = route_get(&ns, &["198.51.100.1", "mark", "0xca6c"]);
+    ensure!(
+        !looped.contains("dev wg0"),
+        "the tunnel's own packets were routed into the tunnel: {looped}"
+    );
+    ns.ip(&["link", "set", "phys0", "up"])?;
+    ns.ip(&[
+        "route",
+        "replace",
+        "default",
+        "via",
+        "192.168.50.1",
+        "dev",
+        "phys0",
+    ])?;
 
     // The tunnel vanishing leaves `unreachable`, without anyone changing anything.
     ns.ip(&["link", "del", "wg0"])?;
-    ensure!(unreachable(&route_get(&ns, &["203.0.113.10"])), "tunnel gone: {}", route_get(&ns, &["203.0.113.10"]));
+    ensure!(
+        unreachable(&route_get(&ns, &["203.0.113.10"])),
+        "tunnel gone: {}",
+        route_get(&ns, &["203.0.113.10"])
+    );
 
     ns.run(|| -> Result<()> { Routing::open()?.apply(None).map_err(Into::into) })??;
-    ensure!(route_get(&ns, &["203.0.113.10"]).contains("via 192.168.50.1"), "off: normal routing again");
+    ensure!(
+        route_get(&ns, &["203.0.113.10"]).contains("via 192.168.50.1"),
+        "off: normal routing again"
+    );
     let rules = ns.ip(&["rule"])?;
-    ensure!(!rules.contains("5300") && !rules.contains("5302"), "no rule of ours is left:\n{rules}");
+    ensure!(
+        !rules.contains("5301") && !rules.contains("5302"),
+        "no rule of ours is left:\n{rules}"
+    );
     Ok(())
 }
 
@@ -109,23 +192,51 @@ fn apply_is_idempotent_and_repairs_what_others_removed() -> Result<()> {
         routing.apply(wanted.as_ref())?;
         let first = routing.installed()?;
         routing.apply(wanted.as_ref())?;
-        ensure!(routing.installed()? == first, "a second apply changed something");
+        ensure!(
+            routing.installed()? == first,
+            "a second apply changed something"
+        );
         let expected = wanted.as_ref().context("a layer")?;
-        ensure!(first.rules.len() == expected.rules.len(), "{} rules installed, {} wanted", first.rules.len(), expected.rules.len());
+        ensure!(
+            first.rules.len() == expected.rules.len(),
+            "{} rules installed, {} wanted",
+            first.rules.len(),
+            expected.rules.len()
+        );
         Ok(())
     })??;
     ns.ip(&["rule", "del", "priority", "5302"])?;
     ns.ip(&["route", "del", "unreachable", "default", "table", "27507"])?;
-    ns.ip(&["rule", "add", "priority", "5301", "to", "8.8.8.0/24", "lookup", "main"])?;
+    ns.ip(&[
+        "rule",
+        "add",
+        "priority",
+        "5301",
+        "to",
+        "8.8.8.0/24",
+        "lookup",
+        "main",
+    ])?;
     ns.run(|| -> Result<()> {
         let mut routing = Routing::open()?;
         routing.apply(wanted.as_ref())?;
         let repaired = routing.installed()?;
         let expected = wanted.as_ref().context("a layer")?;
-        ensure!(repaired.rules.len() == expected.rules.len() && expected.rules.iter().all(|r| repaired.rules.contains(r)), "{repaired:?}");
+        ensure!(
+            repaired.rules.len() == expected.rules.len()
+                && expected.rules.iter().all(|r| repaired.rules.contains(r)),
+            "{repaired:?}"
+        );
         Ok(())
     })??;
-    ensure!(!ns.ip(&["rule"])?.contains("8.8.8.0/24"), "a foreign rule at our priority was removed");
-    ensure!(route_get(&ns, &["203.0.113.10"]).contains("dev wg0"), "repaired: {}", route_get(&ns, &["203.0.113.10"]));
+    ensure!(
+        !ns.ip(&["rule"])?.contains("8.8.8.0/24"),
+        "a foreign rule at our priority was removed"
+    );
+    ensure!(
+        route_get(&ns, &["203.0.113.10"]).contains("dev wg0"),
+        "repaired: {}",
+        route_get(&ns, &["203.0.113.10"])
+    );
     Ok(())
 }
