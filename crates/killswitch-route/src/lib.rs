@@ -155,15 +155,15 @@ impl Routing {
         let mut installed = Installed::default();
         let mut unreadable = Vec::new();
         for message in self.dump(RouteNetlinkMessage::GetRule(RuleMessage::default()))? {
-            if let RouteNetlinkMessage::NewRule(rule) = message {
-                if PRIORITIES.contains(&rule_priority(&rule)) {
-                    match parse_rule(&rule) {
-                        Some(parsed) => {
-                            installed.rules.push(parsed);
-                            installed.raw_rules.push(rule);
-                        }
-                        None => unreadable.push(rule),
+            if let RouteNetlinkMessage::NewRule(rule) = message
+                && PRIORITIES.contains(&rule_priority(&rule))
+            {
+                match parse_rule(&rule) {
+                    Some(parsed) => {
+                        installed.rules.push(parsed);
+                        installed.raw_rules.push(rule);
                     }
+                    None => unreadable.push(rule),
                 }
             }
         }
@@ -173,11 +173,11 @@ impl Routing {
             let mut request = RouteMessage::default();
             request.header.address_family = family;
             for message in self.dump(RouteNetlinkMessage::GetRoute(request))? {
-                if let RouteNetlinkMessage::NewRoute(route) = message {
-                    if route_table(&route) == ROUTE_TABLE {
-                        installed.routes.push(parse_route(&route));
-                        installed.raw_routes.push(route);
-                    }
+                if let RouteNetlinkMessage::NewRoute(route) = message
+                    && route_table(&route) == ROUTE_TABLE
+                {
+                    installed.routes.push(parse_route(&route));
+                    installed.raw_routes.push(route);
                 }
             }
         }
