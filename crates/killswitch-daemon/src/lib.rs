@@ -6,9 +6,11 @@
 //! - [`ipc`] and [`authz`]: the Unix socket server and who may change what;
 //! - [`store`] and [`config`]: persisted settings and the administrator's configuration;
 //! - [`notify`]: telling systemd (or the lab) that protection is in place;
+//! - [`boot`]: `--early-boot`, blocking from the saved settings before the network comes up;
 //! - [`run`]: the event loop that wires them together.
 
 pub mod authz;
+pub mod boot;
 pub mod config;
 pub mod core;
 pub mod firewall;

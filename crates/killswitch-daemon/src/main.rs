@@ -1,9 +1,12 @@
 //! `killswitchd`: parses arguments, sets up logging, runs the daemon.
 
 use clap::Parser;
+use killswitch_daemon::boot::{self, Decision};
 use killswitch_daemon::config::DEFAULT_PATH as DEFAULT_CONFIG;
+use killswitch_daemon::firewall::Nftables;
 use killswitch_daemon::run::{Options, run};
 use killswitch_daemon::store::DEFAULT_STATE_DIR;
+use killswitch_daemon::store::Store;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,6 +28,11 @@ struct Args {
     /// Where the settings and the last requested state are kept.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Apply the blocking rules if the saved settings call for it (lockdown on, or a tunnel was
+    /// protected, or the settings cannot be read), then exit. For a unit that runs before the
+    /// network comes up; the daemon takes over when it starts.
+    #[arg(long)]
+    early_boot: bool,
 }
 
 fn main() -> ExitCode {
@@ -36,6 +44,17 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if args.early_boot {
+        return early_boot(&args.state_dir);
+    }
+    // A parent may have left signals blocked (a blocked mask is inherited across exec); a daemon
+    // that cannot see SIGTERM cannot stop cleanly.
+    let mut stop_signals = nix::sys::signal::SigSet::empty();
+    stop_signals.add(nix::sys::signal::Signal::SIGTERM);
+    stop_signals.add(nix::sys::signal::Signal::SIGINT);
+    if let Err(e) = stop_signals.thread_unblock() {
+        tracing::warn!("cannot unblock SIGTERM/SIGINT: {e}");
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,6 +74,23 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn early_boot(state_dir: &std::path::Path) -> ExitCode {
+    match boot::run(&Store::new(state_dir), &mut Nftables::new()) {
+        Ok(Decision::Block(why)) => {
+            tracing::info!("early boot: blocking until killswitchd takes over, because {why}");
+            ExitCode::SUCCESS
+        }
+        Ok(Decision::Leave(why)) => {
+            tracing::info!("early boot: not blocking, because {why}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("early boot: blocking failed: {e}");
             ExitCode::FAILURE
         }
     }

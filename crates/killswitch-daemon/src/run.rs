@@ -162,9 +162,10 @@ impl NftChanges {
     }
 
     /// Waits until some other process commits an nf_tables transaction (or notifications were
-    /// lost, which may hide one), and says who.
+    /// lost, which may hide one), and says who. The kernel names the committing thread; the
+    /// daemon commits only from this one (the event loop's), so that is the id to tell apart.
     async fn foreign_change(&self) -> anyhow::Result<String> {
-        let own = std::process::id();
+        let own = nix::unistd::gettid().as_raw() as u32;
         loop {
             let mut guard = self.fd.readable().await?;
             let changes = guard.get_inner().read()?;

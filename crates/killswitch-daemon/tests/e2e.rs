@@ -347,3 +347,128 @@ fn tunnelvision_routes_do_not_leak() -> Result<()> {
     );
     Ok(())
 }
+
+fn write_settings(home: &DaemonHome, json: &str) -> Result<()> {
+    std::fs::create_dir_all(home.state_dir())?;
+    std::fs::write(home.state_dir().join("settings.json"), json)?;
+    Ok(())
+}
+
+#[test]
+fn simulated_boot_blocks_before_the_daemon_and_the_daemon_adopts() -> Result<()> {
+    if !require_root("simulated_boot_blocks_before_the_daemon_and_the_daemon_adopts") {
+        return Ok(());
+    }
+    let topo = Topology::new("boot")?;
+    let home = DaemonHome::new()?;
+    write_settings(
+        &home,
+        r#"{"version":1,"lockdown":true,"allow_lan":false,"target":{"mode":"disconnected"}}"#,
+    )?;
+    let boot = killswitch_lab::daemon::early_boot(&topo.client, &home)?.ok()?;
+    ensure!(
+        boot.stderr.contains("lockdown is on"),
+        "the early-boot step says why it blocks: {}",
+        boot.stderr
+    );
+    let early = nft_table(&topo.client)?.context("blocked before the daemon exists")?;
+    ensure!(
+        topo.client.ip(&["rule"])?.contains("lookup 27507"),
+        "the routing layer is up too"
+    );
+    let target = SocketAddr::new(topology::TARGET_V4.into(), 443);
+    let sent = topo
+        .client
+        .run(|| traffic::send_udp(target, b"at boot", None))?;
+    ensure!(
+        sent.as_ref().is_err_and(traffic::is_local_rejection),
+        "traffic at boot: {sent:?}"
+    );
+
+    let daemon = Daemon::start(&topo.client, &home)?;
+    let status = daemon.status()?;
+    ensure!(
+        status.state == State::Blocked && status.lockdown && status.error.is_none(),
+        "{status:?}"
+    );
+    ensure!(
+        nft_table(&topo.client)?.as_deref() == Some(early.as_str()),
+        "the daemon adopted the early-boot table as it was"
+    );
+    Ok(())
+}
+
+#[test]
+fn early_boot_leaves_an_unprotected_machine_alone() -> Result<()> {
+    if !require_root("early_boot_leaves_an_unprotected_machine_alone") {
+        return Ok(());
+    }
+    let topo = Topology::new("bootfree")?;
+    let home = DaemonHome::new()?;
+    killswitch_lab::daemon::early_boot(&topo.client, &home)?.ok()?;
+    ensure!(
+        nft_table(&topo.client)?.is_none(),
+        "no settings: nothing to block"
+    );
+    write_settings(
+        &home,
+        r#"{"version":1,"lockdown":false,"allow_lan":false,"target":{"mode":"disconnected"}}"#,
+    )?;
+    killswitch_lab::daemon::early_boot(&topo.client, &home)?.ok()?;
+    ensure!(
+        nft_table(&topo.client)?.is_none(),
+        "lockdown off, nothing guarded: nothing to block"
+    );
+    Ok(())
+}
+
+#[test]
+fn corrupt_settings_block_with_a_clear_error_and_no_crash() -> Result<()> {
+    if !require_root("corrupt_settings_block_with_a_clear_error_and_no_crash") {
+        return Ok(());
+    }
+    let topo = Topology::new("corrupt")?;
+    let home = DaemonHome::new()?;
+    write_settings(&home, "{\"lockdown\": tr")?;
+    let boot = killswitch_lab::daemon::early_boot(&topo.client, &home)?.ok()?;
+    ensure!(
+        boot.stderr.contains("cannot be used"),
+        "early boot fails closed and says so: {}",
+        boot.stderr
+    );
+    ensure!(nft_table(&topo.client)?.is_some(), "early boot blocked");
+
+    // The early-boot step kept the bad file aside; put a bad one back for the daemon.
+    write_settings(&home, "not json at all")?;
+    let mut daemon = Daemon::start(&topo.client, &home)?;
+    let status = daemon.status()?;
+    ensure!(
+        status.state == State::Blocked && status.firewall.blocking,
+        "{status:?}"
+    );
+    ensure!(
+        status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("settings.json") && e.contains("not valid")),
+        "{status:?}"
+    );
+    ensure!(
+        daemon.log().contains("not valid"),
+        "the log says it:\n{}",
+        daemon.log()
+    );
+    ensure!(
+        home.state_dir().join("settings.json.corrupt").exists(),
+        "the bad file is kept for inspection"
+    );
+    // The user takes control: the fault clears and a good file is written.
+    let status = daemon.cli(&["down"])?.ok()?;
+    ensure!(
+        status.stdout.contains("state:     disconnected"),
+        "{}",
+        status.stdout
+    );
+    ensure!(daemon.process().try_wait()?.is_none(), "no crash");
+    Ok(())
+}

@@ -189,6 +189,16 @@ impl Daemon {
         state: killswitch_types::State,
         timeout: Duration,
     ) -> Result<Status> {
+        self.wait_for(&format!("state {state}"), timeout, |s| s.state == state)
+    }
+
+    /// Waits (on the daemon's event stream) until a status satisfies `pred`, described as `what`.
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Status) -> bool,
+    ) -> Result<Status> {
         use killswitch_types::ipc::{Request, RequestEnvelope, ServerEnvelope, ServerMessage};
         use std::io::{BufRead, BufReader, Write};
         let mut stream = std::os::unix::net::UnixStream::connect(&self.socket)
@@ -201,22 +211,18 @@ impl Daemon {
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                bail!(
-                    "the daemon did not reach state {state} within {timeout:?} (last status: {last:?})"
-                );
+                bail!("the daemon did not reach {what} within {timeout:?} (last status: {last:?})");
             }
             reader.get_ref().set_read_timeout(Some(left))?;
             let mut line = String::new();
             if reader.read_line(&mut line).is_err() || line.is_empty() {
-                bail!(
-                    "the daemon did not reach state {state} within {timeout:?} (last status: {last:?})"
-                );
+                bail!("the daemon did not reach {what} within {timeout:?} (last status: {last:?})");
             }
             let envelope: ServerEnvelope =
                 serde_json::from_str(&line).with_context(|| format!("parsing {line:?}"))?;
             if let ServerMessage::Ok { status } | ServerMessage::Event { status } = envelope.message
             {
-                if status.state == state {
+                if pred(&status) {
                     return Ok(status);
                 }
                 last = Some(status);
@@ -233,6 +239,24 @@ impl Daemon {
     pub fn log(&self) -> String {
         self.process.output()
     }
+}
+
+/// Runs `killswitchd --early-boot` with `home`'s state directory in `ns`, to completion.
+pub fn early_boot(ns: &Netns, home: &DaemonHome) -> Result<CliResult> {
+    let mut command = ns.command(
+        binaries::path("killswitchd")?
+            .to_str()
+            .context("binary path is not UTF-8")?,
+    );
+    command
+        .arg("--early-boot")
+        .arg("--state-dir")
+        .arg(home.state_dir())
+        .env("NO_COLOR", "1");
+    command
+        .output()
+        .map(CliResult::from)
+        .context("running killswitchd --early-boot")
 }
 
 /// Lists table `inet killswitch` in `ns` as nft prints it, or `None` if it does not exist.

@@ -1,8 +1,10 @@
 //! The leak oracle: what may appear on the client's physical link, and what is a leak.
 //!
-//! Allowed outgoing frames are the tunnel's own transport (UDP to a VPN endpoint's port) and the
-//! link bring-up traffic the policy allows (ARP, DHCP, neighbour discovery). Every other outgoing
-//! frame is a leak, whatever it carries: the capture, not the absence of an error, decides.
+//! Allowed outgoing frames are the tunnel's own transport (UDP to a VPN endpoint's port), the link
+//! bring-up traffic the policy allows (ARP, DHCP, neighbour discovery), and the kernel's own
+//! multicast membership reports to link-scoped groups (MLD, IGMP with hop limit 1, which no router
+//! forwards). Every other outgoing frame is a leak, whatever it carries: the capture, not the
+//! absence of an error, decides.
 
 use crate::capture::{Captured, Direction};
 use crate::packet::{Frame, L4};
@@ -50,6 +52,15 @@ pub fn judge(
                 dport: 547,
             } => Judgement::LinkBringUp,
             L4::Icmpv6 { kind: 133..=136 } if ip.hop_limit == 255 => Judgement::LinkBringUp,
+            // Multicast listener reports the kernel sends: hop limit 1, to link-scoped groups, so
+            // no router forwards them. The firewall blocks them; the routing layer alone cannot
+            // (they use the `local` table), which matters only while the firewall is gone.
+            L4::Icmpv6 {
+                kind: 130..=132 | 143,
+            } if ip.hop_limit == 1 && is_link_scoped_multicast(ip.dst) => Judgement::LinkBringUp,
+            L4::Other(2) if ip.hop_limit == 1 && is_link_scoped_multicast(ip.dst) => {
+                Judgement::LinkBringUp
+            }
             L4::Udp {
                 dport: 53 | 853, ..
             }
@@ -61,6 +72,14 @@ pub fn judge(
         },
         other => Judgement::Leak(other.to_string()),
     })
+}
+
+/// ff02::/16 and 224.0.0.0/24: multicast that never leaves the link.
+fn is_link_scoped_multicast(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.octets()[..3] == [224, 0, 0],
+        IpAddr::V6(v6) => v6.segments()[0] == 0xff02,
+    }
 }
 
 /// The LAN as the issue defines it. Written here on purpose rather than taken from
@@ -166,11 +185,29 @@ mod tests {
             ))
         );
         let mld = out("fe80::2", "ff02::16", L4::Icmpv6 { kind: 143 }, 1);
+        assert_eq!(judge(&mld, &endpoints, false), Some(Judgement::LinkBringUp));
+        let routed_mld = out("fe80::2", "ff05::16", L4::Icmpv6 { kind: 143 }, 1);
+        assert!(
+            matches!(
+                judge(&routed_mld, &endpoints, false),
+                Some(Judgement::Leak(_))
+            ),
+            "site scope is not the link"
+        );
+        let ssdp = out(
+            "192.168.50.2",
+            "239.255.255.250",
+            L4::Udp {
+                sport: 5000,
+                dport: 1900,
+            },
+            4,
+        );
         assert!(matches!(
-            judge(&mld, &endpoints, false),
+            judge(&ssdp, &endpoints, false),
             Some(Judgement::Leak(_))
         ));
-        assert_eq!(judge(&mld, &endpoints, true), Some(Judgement::Lan));
+        assert_eq!(judge(&ssdp, &endpoints, true), Some(Judgement::Lan));
         let lan_dns = out(
             "192.168.50.2",
             "192.168.50.1",

@@ -45,6 +45,16 @@ impl Process {
     /// Spawns `command`, collecting stdout and stderr (interleaved, by line).
     pub fn spawn(name: &str, mut command: Command) -> Result<Self> {
         let shown = format!("{command:?}");
+        // The lab blocks SIGINT/SIGTERM in its own threads (a dedicated thread takes them with
+        // sigwait); a blocked mask survives exec, and the children must see their signals.
+        // SAFETY: pthread_sigmask is async-signal-safe; only the child's mask changes.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                nix::sys::signal::SigSet::empty()
+                    .thread_set_mask()
+                    .map_err(std::io::Error::from)
+            });
+        }
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

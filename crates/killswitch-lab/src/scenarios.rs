@@ -25,7 +25,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 8] = [
+pub const ALL: [Scenario; 10] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -65,6 +65,16 @@ pub const ALL: [Scenario; 8] = [
         name: "disconnect",
         guards: "an explicit disconnect blocks under lockdown; without lockdown, traffic flowing is the user's choice",
         script: disconnect,
+    },
+    Scenario {
+        name: "restart",
+        guards: "stopping killswitchd (SIGTERM) and starting it again opens no window",
+        script: restart,
+    },
+    Scenario {
+        name: "tamper",
+        guards: "flushing, deleting or adding to our table is reverted at once; the routing layer holds meanwhile",
+        script: tamper,
     },
 ];
 
@@ -528,5 +538,138 @@ fn disconnect(lab: &mut Lab) -> Result<Outcome> {
         unprotected.leaked
     ));
     outcome.unprotected = Some(unprotected);
+    Ok(outcome)
+}
+
+fn restart(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    let table_before =
+        nft_table(&lab.topo.client)?.context("connected, so the table is installed")?;
+    let window = lab.begin(&TUNNEL_KINDS)?;
+    hold(Duration::from_secs(1));
+    let mut daemon = lab.daemon.take().context("no daemon")?;
+    let stopped = Instant::now();
+    let exit = daemon.process().terminate(EVENT_TIMEOUT)?;
+    let down_for = Instant::now();
+    let table_while_stopped = nft_table(&lab.topo.client)?;
+    hold(Duration::from_millis(500));
+    let flowed_while_stopped = lab.tunnel_arrivals_since(down_for);
+    let starting = Instant::now();
+    lab.daemon = Some(Daemon::start(&lab.topo.client, &lab.home)?);
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
+    let restarted = starting.elapsed();
+    let stopping = down_for - stopped;
+    hold(Duration::from_secs(1));
+    let mut outcome = Outcome::new(lab.end(window)?);
+    outcome.check(
+        exit.success(),
+        format!("the daemon stopped cleanly on SIGTERM ({exit})"),
+    );
+    outcome.check(
+        table_while_stopped.as_deref() == Some(table_before.as_str()),
+        "the rules stayed in place, unchanged, while the daemon was stopped",
+    );
+    outcome.check(
+        flowed_while_stopped > 0,
+        format!(
+            "the tunnel kept working while the daemon was stopped ({flowed_while_stopped} arrivals)"
+        ),
+    );
+    let table_after = nft_table(&lab.topo.client)?;
+    outcome.check(
+        table_after.as_deref() == Some(table_before.as_str()),
+        "the restarted daemon installed the same rules",
+    );
+    outcome.note(format!(
+        "SIGTERM to exit: {} ms; start to ready and connected again: {} ms (stopped for 500 ms in between)",
+        ms(stopping),
+        ms(restarted)
+    ));
+    Ok(outcome)
+}
+
+fn tamper(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    // The tunnel is down during the tampering: if the rules went, packets would go straight out
+    // of the physical interface.
+    lab.tunnel.kill_client()?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    let window = lab.begin(&TUNNEL_KINDS)?;
+    hold(Duration::from_millis(500));
+    let attacks: [(&str, &[&str]); 3] = [
+        ("nft flush ruleset", &["flush", "ruleset"]),
+        (
+            "nft delete table inet killswitch",
+            &["delete", "table", "inet", "killswitch"],
+        ),
+        (
+            "a foreign accept rule in our output chain",
+            &["insert", "rule", "inet", "killswitch", "output", "accept"],
+        ),
+    ];
+    let mut restored = Vec::new();
+    for (n, (what, args)) in attacks.iter().enumerate() {
+        lab.topo.client.exec("nft", args)?;
+        let done = Instant::now();
+        let status =
+            lab.daemon()?
+                .wait_for(&format!("the restore after {what}"), EVENT_TIMEOUT, |s| {
+                    s.firewall.tamper_events > n as u64
+                })?;
+        restored.push((
+            what,
+            done.elapsed(),
+            status.firewall.last_tamper.unwrap_or_default(),
+        ));
+        hold(Duration::from_millis(300));
+    }
+    // Now with no daemon to restore anything: the routing layer alone, against a flushed ruleset
+    // and a route that points the target at the physical gateway.
+    let vpn_pid = lab.daemon.as_mut().context("no daemon")?.process().pid();
+    let daemon_pid = nix::unistd::Pid::from_raw(vpn_pid as i32);
+    nix::sys::signal::kill(daemon_pid, Signal::SIGSTOP)?;
+    lab.topo.client.exec("nft", &["flush", "ruleset"])?;
+    lab.topo.client.ip(&[
+        "route",
+        "add",
+        "203.0.113.0/24",
+        "via",
+        &topology::ROUTER_V4.to_string(),
+        "dev",
+        PHYS,
+    ])?;
+    let frozen = Instant::now();
+    hold(Duration::from_secs(1));
+    let got_out = lab.arrivals_since(frozen);
+    nix::sys::signal::kill(daemon_pid, Signal::SIGCONT)?;
+    let status = lab
+        .daemon()?
+        .wait_for("the restore after the freeze", EVENT_TIMEOUT, |s| {
+            s.firewall.tamper_events >= 4
+        })?;
+    let mut outcome = Outcome::new(lab.end(window)?);
+    for (what, took, detail) in &restored {
+        outcome.check(
+            !detail.is_empty(),
+            format!(
+                "{what}: detected and reverted in {} ms ({detail})",
+                ms(*took)
+            ),
+        );
+    }
+    outcome.check(
+        got_out == 0,
+        format!(
+            "with no nftables rules and no daemon, the routing layer let nothing out ({got_out})"
+        ),
+    );
+    outcome.check(
+        status.firewall.installed && status.firewall.routing,
+        "both layers are back after the daemon woke",
+    );
+    outcome
+        .note("restore times include the status event reaching the lab over the daemon's socket");
     Ok(outcome)
 }

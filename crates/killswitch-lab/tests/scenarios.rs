@@ -70,6 +70,16 @@ fn disconnect_blocks_under_lockdown_and_is_the_users_choice_without() {
 }
 
 #[test]
+fn restarting_the_daemon_opens_no_window() {
+    scenario_passes("restart");
+}
+
+#[test]
+fn tampering_with_the_table_is_reverted_and_leaks_nothing() {
+    scenario_passes("tamper");
+}
+
+#[test]
 fn every_scenario_has_a_test() {
     let source = include_str!("scenarios.rs");
     for scenario in scenarios::ALL {

@@ -24,7 +24,8 @@ const NFTA_GEN_PROC_NAME: u16 = 3;
 pub struct Generation {
     /// The ruleset generation it created.
     pub id: u32,
-    /// The process that committed it, if the kernel said.
+    /// The *thread* that committed it (the kernel reports the task id, which equals the process id
+    /// only for a process's main thread), if the kernel said.
     pub pid: Option<u32>,
     /// That process's name, if the kernel said.
     pub process: Option<String>,
@@ -73,6 +74,20 @@ impl Monitor {
         }
         // SAFETY: a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // Bind first: an unbound netlink socket is not in the multicast tables.
+        // SAFETY: a zeroed sockaddr_nl is valid (any port, no groups); bind with its size.
+        let rc = unsafe {
+            let mut addr: libc::sockaddr_nl = std::mem::zeroed();
+            addr.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+            libc::bind(
+                fd.as_raw_fd(),
+                (&addr as *const libc::sockaddr_nl).cast(),
+                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(NftError::Socket(io::Error::last_os_error()));
+        }
         let group: libc::c_int = libc::NFNLGRP_NFTABLES;
         // SAFETY: setsockopt with a pointer to a live c_int of the size given.
         let rc = unsafe {

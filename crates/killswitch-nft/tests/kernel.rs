@@ -239,6 +239,41 @@ fn verify_detects_changes_made_by_others() -> Result<()> {
 }
 
 #[test]
+fn the_monitor_names_who_changed_nftables() -> Result<()> {
+    if !require_root("the_monitor_names_who_changed_nftables") {
+        return Ok(());
+    }
+    let ns = Netns::new("monitor")?;
+    let monitor = ns.run(killswitch_nft::monitor::Monitor::subscribe)??;
+    let ruleset = compile(&PolicyState::Blocked, &Settings::default());
+    let committer =
+        ns.run(|| killswitch_nft::apply(&ruleset).map(|_| nix::unistd::gettid().as_raw() as u32))??;
+    ns.exec("nft", &["flush", "ruleset"])?;
+    // Both transactions have completed (the calls returned), and the kernel queues their
+    // notifications before it answers the committing process: they are there to read.
+    let changes = monitor.read()?;
+    let committers: Vec<Option<String>> = changes
+        .generations
+        .iter()
+        .map(|g| g.process.clone())
+        .collect();
+    ensure!(
+        changes.generations.len() == 2,
+        "two transactions, two generations: {changes:?}"
+    );
+    ensure!(
+        changes.generations[0].pid == Some(committer),
+        "ours first, by the committing thread: {changes:?}"
+    );
+    ensure!(
+        committers[1].as_deref() == Some("nft"),
+        "then nft's: {committers:?}"
+    );
+    ensure!(monitor.read()?.generations.is_empty(), "nothing more");
+    Ok(())
+}
+
+#[test]
 fn a_rejected_batch_changes_nothing() -> Result<()> {
     if !require_root("a_rejected_batch_changes_nothing") {
         return Ok(());
