@@ -2,6 +2,7 @@
 //! inside network namespaces it creates. Prints markdown for BENCHMARKS.md.
 
 mod stats;
+mod tamper;
 mod transition;
 
 use anyhow::{Context, Result};
@@ -46,6 +47,16 @@ fn run(args: &Args) -> Result<String> {
     ));
     out.push_str("### 1. Policy transition latency\n\n");
     out.push_str(&transition::table(&transition::measure(transitions, &dir)?));
+    let rounds = if args.quick { 5 } else { 200 };
+    let restore = tamper::measure(rounds)?;
+    out.push_str(&format!(
+        "\n### Tamper to restore\n\n`nft delete table inet killswitch` against a running killswitchd (lockdown on), {} rounds: \
+         the table is back after p50 {}, p99 {} (from the deleting transaction's commit to the daemon's restoring one; \
+         the routing layer blocks throughout).\n",
+        restore.len(),
+        stats::human(restore.median()),
+        stats::human(restore.percentile(99.0)),
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
 }

@@ -31,8 +31,12 @@ struct Args {
     /// Apply the blocking rules if the saved settings call for it (lockdown on, or a tunnel was
     /// protected, or the settings cannot be read), then exit. For a unit that runs before the
     /// network comes up; the daemon takes over when it starts.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "teardown")]
     early_boot: bool,
+    /// Remove every rule of the kill switch (both layers) and exit, leaving the saved settings as
+    /// they are. For package removal, when no daemon may be running to do `killswitch off`.
+    #[arg(long)]
+    teardown: bool,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,9 @@ fn main() -> ExitCode {
         .init();
     if args.early_boot {
         return early_boot(&args.state_dir);
+    }
+    if args.teardown {
+        return teardown();
     }
     // A parent may have left signals blocked (a blocked mask is inherited across exec); a daemon
     // that cannot see SIGTERM cannot stop cleanly.
@@ -91,6 +98,24 @@ fn early_boot(state_dir: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             tracing::error!("early boot: blocking failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn teardown() -> ExitCode {
+    use killswitch_daemon::firewall::Firewall;
+    let mut firewall = Nftables::new();
+    let result = firewall
+        .apply(&killswitch_policy::Ruleset { table: None })
+        .and_then(|_| firewall.apply_routes(None));
+    match result {
+        Ok(()) => {
+            tracing::info!("teardown: the kill switch's rules are removed (both layers)");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!("teardown failed: {e}");
             ExitCode::FAILURE
         }
     }

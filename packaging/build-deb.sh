@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Builds target/debian/killswitch_<version>_<arch>.deb with cargo-deb from the release binaries.
+# The units are rendered for /usr/sbin first (cargo-deb installs binaries under /usr).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+for unit in killswitchd.service killswitch-early.service; do
+    sed 's|@SBINDIR@|/usr/sbin|g' "packaging/systemd/$unit" > "target/release/$unit"
+done
+cargo deb -p killswitch-daemon --no-build --no-strip "$@"
