@@ -654,7 +654,7 @@ fn tamper(lab: &mut Lab) -> Result<Outcome> {
         outcome.check(
             !detail.is_empty(),
             format!(
-                "{what}: detected and reverted in {} ms ({detail})",
+                "{what}: detected and reverted, {} ms after nft exited ({detail})",
                 ms(*took)
             ),
         );
