@@ -46,6 +46,11 @@ impl std::fmt::Debug for KeyPair {
 }
 
 impl KeyPair {
+    /// The private key in base64, for writing a configuration file in a test.
+    pub fn private_base64(&self) -> &str {
+        &self.private
+    }
+
     /// Generates a key pair with `wg genkey` / `wg pubkey`.
     pub fn generate() -> Result<Self> {
         let private = run_checked(Command::new("wg").arg("genkey"))?
@@ -312,4 +317,102 @@ impl Tunnel {
 
 fn path_str(path: &std::path::Path) -> Result<&str> {
     path.to_str().context("temporary path is not UTF-8")
+}
+
+/// A WireGuard server in the net namespace, for clients other than the lab's own (the daemon's
+/// `killswitch up`): its own interface, tunnel subnet and port.
+#[derive(Debug)]
+pub struct Server {
+    device: Device,
+    key: KeyPair,
+    /// Where clients reach it.
+    pub endpoint: SocketAddr,
+    /// Its address inside the tunnel (also the tunnel's DNS resolver).
+    pub tunnel_ip: Ipv4Addr,
+    /// The address it gives its client.
+    pub client_ip: Ipv4Addr,
+}
+
+impl Server {
+    /// Starts server `n` (0 or 1): endpoint 198.51.100.1:51820 or 198.51.100.2:51821, tunnel
+    /// 10.64.0.0/24 or 10.65.0.0/24.
+    pub fn start(topo: &Topology, n: u8) -> Result<Self> {
+        let unique =
+            (std::process::id() as usize * 8 + COUNTER.fetch_add(1, Ordering::Relaxed)) % 100_000;
+        let interface = format!("kssrv{unique}");
+        let endpoint = SocketAddr::new(
+            if n == 0 {
+                ENDPOINT_V4
+            } else {
+                crate::topology::ENDPOINT2_V4
+            }
+            .into(),
+            PORT + u16::from(n),
+        );
+        let tunnel_ip = Ipv4Addr::new(10, 64 + n, 0, 1);
+        let client_ip = Ipv4Addr::new(10, 64 + n, 0, 2);
+        let key = KeyPair::generate()?;
+        let device = Device::start(&topo.net, &interface)?;
+        let keys = tempfile::tempdir()?;
+        let key_path = key_file(&keys, "server", &key)?;
+        topo.net.exec(
+            "wg",
+            &[
+                "set",
+                &interface,
+                "private-key",
+                path_str(&key_path)?,
+                "listen-port",
+                &endpoint.port().to_string(),
+            ],
+        )?;
+        topo.net
+            .ip(&["addr", "add", &format!("{tunnel_ip}/24"), "dev", &interface])?;
+        topo.net.ip(&["link", "set", &interface, "up"])?;
+        Ok(Server {
+            device,
+            key,
+            endpoint,
+            tunnel_ip,
+            client_ip,
+        })
+    }
+
+    /// Lets the client with `public_key` in, at the server's client address.
+    pub fn allow(&self, topo: &Topology, public_key: &str) -> Result<()> {
+        topo.net.exec(
+            "wg",
+            &[
+                "set",
+                &self.device.interface,
+                "peer",
+                public_key,
+                "allowed-ips",
+                &format!("{}/32", self.client_ip),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The server's public key.
+    pub fn public_key(&self) -> &str {
+        &self.key.public
+    }
+
+    /// A wg-quick configuration for a client of this server with `client` keys.
+    pub fn client_config(&self, client: &KeyPair) -> String {
+        format!(
+            "[Interface]\nPrivateKey = {}\nAddress = {}/32\nDNS = {}\n\n[Peer]\nPublicKey = {}\nEndpoint = {}\nAllowedIPs = 0.0.0.0/0\n",
+            client.private_base64(),
+            self.client_ip,
+            self.tunnel_ip,
+            self.key.public,
+            self.endpoint
+        )
+    }
+
+    /// The server's wireguard-go process (to kill it: "the server dies").
+    pub fn process(&mut self) -> &mut Process {
+        self.device.process()
+    }
 }

@@ -12,10 +12,7 @@ use killswitch_policy::IpFamily;
 use killswitch_policy::routes::{
     PRIORITIES, ROUTE_TABLE, RoutingLayer, RoutingRule, Selector, TableRoute,
 };
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload,
-};
+use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -23,8 +20,10 @@ use netlink_packet_route::rule::{
     RuleAction, RuleAttribute, RuleFlags, RuleHeader, RuleMessage, RulePortRange, RuleUidRange,
 };
 use netlink_packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use std::io;
+
+mod rtnl;
+pub use rtnl::Rtnl;
 
 /// The lowest preference a route can have: `unreachable` sits behind the tunnel's route.
 const LAST_RESORT_METRIC: u32 = u32::MAX;
@@ -75,22 +74,18 @@ pub enum InstalledRoute {
     Other,
 }
 
-/// An rtnetlink connection in the calling thread's network namespace.
+/// The routing layer's connection, in the calling thread's network namespace.
 #[derive(Debug)]
 pub struct Routing {
-    socket: Socket,
-    seq: u32,
+    rtnl: Rtnl,
 }
 
 impl Routing {
     /// Opens the socket. Changing rules and routes needs CAP_NET_ADMIN.
     pub fn open() -> Result<Self, RouteError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
-        socket.bind_auto().map_err(RouteError::Socket)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(RouteError::Socket)?;
-        Ok(Routing { socket, seq: 0 })
+        Ok(Routing {
+            rtnl: Rtnl::open()?,
+        })
     }
 
     /// Makes the kernel hold `layer` (or, for `None`, none of the kill switch's rules and routes).
@@ -154,7 +149,10 @@ impl Routing {
     pub fn installed(&mut self) -> Result<Installed, RouteError> {
         let mut installed = Installed::default();
         let mut unreadable = Vec::new();
-        for message in self.dump(RouteNetlinkMessage::GetRule(RuleMessage::default()))? {
+        for message in self
+            .rtnl
+            .dump(RouteNetlinkMessage::GetRule(RuleMessage::default()))?
+        {
             if let RouteNetlinkMessage::NewRule(rule) = message
                 && PRIORITIES.contains(&rule_priority(&rule))
             {
@@ -172,7 +170,7 @@ impl Routing {
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut request = RouteMessage::default();
             request.header.address_family = family;
-            for message in self.dump(RouteNetlinkMessage::GetRoute(request))? {
+            for message in self.rtnl.dump(RouteNetlinkMessage::GetRoute(request))? {
                 if let RouteNetlinkMessage::NewRoute(route) = message
                     && route_table(&route) == ROUTE_TABLE
                 {
@@ -224,7 +222,7 @@ impl Routing {
         if let Some(index) = oif {
             message.attributes.push(RouteAttribute::Oif(index));
         }
-        self.change(
+        self.rtnl.change(
             RouteNetlinkMessage::NewRoute(message),
             NLM_F_CREATE | NLM_F_EXCL,
             &format!("add {route:?}"),
@@ -232,7 +230,7 @@ impl Routing {
     }
 
     fn delete_route(&mut self, route: &RouteMessage) -> Result<(), RouteError> {
-        self.change(
+        self.rtnl.change(
             RouteNetlinkMessage::DelRoute(route.clone()),
             0,
             "delete a route of the kill switch's table",
@@ -240,7 +238,7 @@ impl Routing {
     }
 
     fn add_rule(&mut self, rule: &RoutingRule) -> Result<(), RouteError> {
-        self.change(
+        self.rtnl.change(
             RouteNetlinkMessage::NewRule(rule_message(rule)),
             NLM_F_CREATE | NLM_F_EXCL,
             &format!("add {rule:?}"),
@@ -248,112 +246,11 @@ impl Routing {
     }
 
     fn delete_rule(&mut self, rule: &RuleMessage) -> Result<(), RouteError> {
-        self.change(
+        self.rtnl.change(
             RouteNetlinkMessage::DelRule(rule.clone()),
             0,
             "delete a rule of the kill switch",
         )
-    }
-
-    /// Sends a change and waits for its acknowledgement. "Already there" on an add and "not there"
-    /// on a delete are success: someone (or a race) got there first, and the result is the same.
-    fn change(
-        &mut self,
-        message: RouteNetlinkMessage,
-        flags: u16,
-        what: &str,
-    ) -> Result<(), RouteError> {
-        let is_delete = matches!(
-            message,
-            RouteNetlinkMessage::DelRule(_) | RouteNetlinkMessage::DelRoute(_)
-        );
-        let seq = self.send(message, NLM_F_REQUEST | NLM_F_ACK | flags)?;
-        for reply in self.receive(seq)? {
-            if let NetlinkPayload::Error(error) = reply.payload {
-                let code = error.raw_code();
-                let benign = (code == -libc::EEXIST && !is_delete)
-                    || ((code == -libc::ENOENT || code == -libc::ESRCH) && is_delete);
-                if code != 0 && !benign {
-                    return Err(RouteError::Refused {
-                        what: what.to_owned(),
-                        source: io::Error::from_raw_os_error(-code),
-                    });
-                }
-                return Ok(());
-            }
-        }
-        Err(RouteError::Parse(format!("no acknowledgement for: {what}")))
-    }
-
-    fn dump(
-        &mut self,
-        message: RouteNetlinkMessage,
-    ) -> Result<Vec<RouteNetlinkMessage>, RouteError> {
-        let seq = self.send(message, NLM_F_REQUEST | NLM_F_DUMP)?;
-        let mut out = Vec::new();
-        for reply in self.receive(seq)? {
-            match reply.payload {
-                NetlinkPayload::InnerMessage(inner) => out.push(inner),
-                NetlinkPayload::Error(error) if error.raw_code() != 0 => {
-                    return Err(RouteError::Refused {
-                        what: "list rules or routes".to_owned(),
-                        source: io::Error::from_raw_os_error(-error.raw_code()),
-                    });
-                }
-                _ => {}
-            }
-        }
-        Ok(out)
-    }
-
-    fn send(&mut self, message: RouteNetlinkMessage, flags: u16) -> Result<u32, RouteError> {
-        self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = flags;
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
-        packet.finalize();
-        let mut buffer = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buffer);
-        self.socket.send(&buffer, 0).map_err(RouteError::Io)?;
-        Ok(self.seq)
-    }
-
-    /// Receives every message of sequence `seq` until the final one (DONE, or an ack/error).
-    fn receive(
-        &mut self,
-        seq: u32,
-    ) -> Result<Vec<NetlinkMessage<RouteNetlinkMessage>>, RouteError> {
-        let mut out = Vec::new();
-        let mut buffer = vec![0u8; 64 * 1024];
-        loop {
-            let n = self
-                .socket
-                .recv(&mut &mut buffer[..], 0)
-                .map_err(RouteError::Io)?;
-            let mut offset = 0;
-            while offset < n {
-                let bytes = &buffer[offset..n];
-                let message = NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes)
-                    .map_err(|e| RouteError::Parse(e.to_string()))?;
-                let length = message.header.length as usize;
-                if length == 0 {
-                    return Err(RouteError::Parse("zero-length message".to_owned()));
-                }
-                offset += length.next_multiple_of(4);
-                if message.header.sequence_number != seq {
-                    continue;
-                }
-                let last = matches!(
-                    message.payload,
-                    NetlinkPayload::Done(_) | NetlinkPayload::Error(_)
-                );
-                out.push(message);
-                if last {
-                    return Ok(out);
-                }
-            }
-        }
     }
 }
 

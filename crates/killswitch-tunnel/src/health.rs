@@ -1,0 +1,139 @@
+//! Is the tunnel alive? A pure tracker over the device's statistics.
+//!
+//! Good signs are bytes received from the peer and completed handshakes. When none has come for a
+//! while, the tracker asks for an in-tunnel probe (a packet whose answer would be a good sign);
+//! when none has come for the whole bound (3 s by default), the tunnel is dead. The daemon reads
+//! the statistics once per probe interval: the only periodic wakeup it has.
+
+use crate::uapi::PeerStats;
+use std::time::{Duration, Instant, SystemTime};
+
+/// What the tracker concludes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// A good sign came recently.
+    Alive,
+    /// No good sign for a while: send a probe through the tunnel.
+    Probe,
+    /// No good sign within the bound: the tunnel is dead.
+    Dead {
+        /// How long since the last good sign.
+        silent: Duration,
+    },
+}
+
+/// The tracker.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    bound: Duration,
+    probe_after: Duration,
+    last_good: Instant,
+    rx_bytes: u64,
+    handshake: Option<SystemTime>,
+}
+
+impl Tracker {
+    /// A tracker that declares death after `bound` without a good sign, starting now (a fresh
+    /// handshake is the first good sign).
+    pub fn new(bound: Duration, now: Instant) -> Self {
+        Tracker {
+            bound,
+            probe_after: bound / 3,
+            last_good: now,
+            rx_bytes: 0,
+            handshake: None,
+        }
+    }
+
+    /// Takes a reading of the peer's statistics at `now`.
+    pub fn observe(&mut self, stats: &PeerStats, now: Instant) -> Health {
+        let fresh_handshake =
+            stats.last_handshake.is_some() && stats.last_handshake > self.handshake;
+        if stats.rx_bytes > self.rx_bytes || fresh_handshake {
+            self.last_good = now;
+        }
+        self.rx_bytes = self.rx_bytes.max(stats.rx_bytes);
+        self.handshake = self.handshake.max(stats.last_handshake);
+        self.judge(now)
+    }
+
+    /// What the silence so far means (for when the statistics cannot even be read).
+    pub fn judge(&self, now: Instant) -> Health {
+        let silent = now.saturating_duration_since(self.last_good);
+        if silent >= self.bound {
+            Health::Dead { silent }
+        } else if silent >= self.probe_after {
+            Health::Probe
+        } else {
+            Health::Alive
+        }
+    }
+
+    /// When the last good sign came.
+    pub fn last_good(&self) -> Instant {
+        self.last_good
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::PublicKey;
+
+    fn stats(rx: u64, handshake_secs: Option<u64>) -> PeerStats {
+        PeerStats {
+            public_key: PublicKey::parse("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=")
+                .expect("valid"),
+            last_handshake: handshake_secs.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)),
+            rx_bytes: rx,
+            tx_bytes: 0,
+        }
+    }
+
+    #[test]
+    fn silence_escalates_from_probe_to_dead() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(Duration::from_secs(3), t0);
+        assert_eq!(
+            tracker.observe(&stats(100, Some(1)), t0 + Duration::from_millis(500)),
+            Health::Alive
+        );
+        let s = Duration::from_secs;
+        assert_eq!(
+            tracker.observe(&stats(100, Some(1)), t0 + s(1)),
+            Health::Alive,
+            "1 s after the last good sign"
+        );
+        assert_eq!(
+            tracker.observe(&stats(100, Some(1)), t0 + Duration::from_millis(1600)),
+            Health::Probe
+        );
+        assert_eq!(
+            tracker.observe(&stats(100, Some(1)), t0 + Duration::from_millis(2900)),
+            Health::Probe,
+            "2.4 s silent: still probing"
+        );
+        match tracker.observe(&stats(100, Some(1)), t0 + Duration::from_millis(3600)) {
+            Health::Dead { silent } => assert_eq!(silent, s(3) + Duration::from_millis(100)),
+            other => panic!("expected dead, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn received_bytes_or_a_new_handshake_are_good_signs() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut tracker = Tracker::new(s(3), t0);
+        tracker.observe(&stats(100, Some(1)), t0);
+        assert_eq!(
+            tracker.observe(&stats(200, Some(1)), t0 + s(2)),
+            Health::Alive
+        );
+        assert_eq!(tracker.last_good(), t0 + s(2));
+        assert_eq!(
+            tracker.observe(&stats(200, Some(50)), t0 + s(4)),
+            Health::Alive
+        );
+        assert_eq!(tracker.last_good(), t0 + s(4));
+    }
+}

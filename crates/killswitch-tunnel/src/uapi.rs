@@ -1,0 +1,260 @@
+//! The cross-platform WireGuard configuration protocol ("UAPI"): text over a Unix socket at
+//! `/var/run/wireguard/<interface>.sock`, spoken by userspace implementations (boringtun,
+//! wireguard-go) and by `wg`. killswitch uses it for its embedded userspace backend.
+
+use crate::config::TunnelConfig;
+use crate::key::PublicKey;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+use zeroize::Zeroizing;
+
+/// Where userspace implementations put their sockets.
+pub const SOCKET_DIR: &str = "/var/run/wireguard";
+
+/// What a device reports about its peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerStats {
+    /// The peer.
+    pub public_key: PublicKey,
+    /// When the last handshake completed, if one has.
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received from the peer.
+    pub rx_bytes: u64,
+    /// Bytes sent to the peer.
+    pub tx_bytes: u64,
+}
+
+/// Why the UAPI exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UapiError {
+    /// The socket could not be reached or the exchange broke off.
+    #[error("talking to {path}")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device refused the configuration.
+    #[error("the device refused the configuration (errno {0})")]
+    Refused(i32),
+    /// The answer could not be read.
+    #[error("unreadable answer from the device: {0}")]
+    Protocol(String),
+}
+
+/// The socket of `interface`.
+pub fn socket_path(interface: &str) -> PathBuf {
+    Path::new(SOCKET_DIR).join(format!("{interface}.sock"))
+}
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+fn connect(path: &Path) -> Result<UnixStream, UapiError> {
+    let io = |source| UapiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let stream = UnixStream::connect(path).map_err(io)?;
+    stream.set_read_timeout(Some(TIMEOUT)).map_err(io)?;
+    stream.set_write_timeout(Some(TIMEOUT)).map_err(io)?;
+    Ok(stream)
+}
+
+/// The `set=1` request for `config`: the device's key, port and mark, and exactly one peer (any
+/// other peer is removed). Built in a buffer that is wiped when dropped: it holds the keys.
+fn set_request(config: &TunnelConfig, fwmark: u32) -> Zeroizing<String> {
+    let mut request = Zeroizing::new(String::with_capacity(512));
+    let mut line = |s: String| {
+        request.push_str(&s);
+        request.push('\n');
+    };
+    line("set=1".to_owned());
+    line(format!("private_key={}", config.private_key.hex()));
+    if let Some(port) = config.listen_port {
+        line(format!("listen_port={port}"));
+    }
+    line(format!("fwmark={fwmark}"));
+    line("replace_peers=true".to_owned());
+    let peer = &config.peer;
+    line(format!("public_key={}", peer.public_key.hex()));
+    if let Some(psk) = &peer.preshared_key {
+        line(format!("preshared_key={}", psk.hex()));
+    }
+    line(format!("endpoint={}", peer.endpoint));
+    line(format!(
+        "persistent_keepalive_interval={}",
+        peer.persistent_keepalive.unwrap_or(0)
+    ));
+    line("replace_allowed_ips=true".to_owned());
+    for net in &peer.allowed_ips {
+        line(format!("allowed_ip={net}"));
+    }
+    request.push('\n');
+    request
+}
+
+/// Configures the device behind `path`.
+pub fn configure(path: &Path, config: &TunnelConfig, fwmark: u32) -> Result<(), UapiError> {
+    let mut stream = connect(path)?;
+    let request = set_request(config, fwmark);
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|source| UapiError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let answer = read_answer(path, stream)?;
+    match answer.iter().find_map(|(k, v)| (k == "errno").then_some(v)) {
+        Some(v) if v == "0" => Ok(()),
+        Some(v) => Err(UapiError::Refused(v.parse().unwrap_or(-1))),
+        None => Err(UapiError::Protocol("no errno in the answer".to_owned())),
+    }
+}
+
+/// Reads the device's peers' statistics.
+pub fn stats(path: &Path) -> Result<Vec<PeerStats>, UapiError> {
+    let mut stream = connect(path)?;
+    stream
+        .write_all(b"get=1\n\n")
+        .map_err(|source| UapiError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    parse_stats(&read_answer(path, stream)?, SystemTime::now())
+}
+
+fn read_answer(path: &Path, stream: UnixStream) -> Result<Vec<(String, String)>, UapiError> {
+    let mut pairs = Vec::new();
+    for line in BufReader::new(stream).lines() {
+        let line = line.map_err(|source| UapiError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        if line.is_empty() {
+            break;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .ok_or_else(|| UapiError::Protocol(format!("line without `=`: {line:?}")))?;
+        // The answer to `get` includes the private key: never keep it.
+        if key == "private_key" || key == "preshared_key" {
+            continue;
+        }
+        pairs.push((key.to_owned(), value.to_owned()));
+    }
+    Ok(pairs)
+}
+
+/// Epoch seconds below this are "seconds ago": boringtun reports the time since the last
+/// handshake where wireguard-go and the kernel report the time of it.
+const EPOCH_THRESHOLD: u64 = 1_000_000_000;
+
+fn parse_stats(pairs: &[(String, String)], now: SystemTime) -> Result<Vec<PeerStats>, UapiError> {
+    let mut peers: Vec<PeerStats> = Vec::new();
+    let number = |v: &str| {
+        v.parse::<u64>()
+            .map_err(|_| UapiError::Protocol(format!("not a number: {v:?}")))
+    };
+    for (key, value) in pairs {
+        if key == "public_key" {
+            let public_key = PublicKey::from_hex(value)
+                .ok_or_else(|| UapiError::Protocol("bad public key".to_owned()))?;
+            peers.push(PeerStats {
+                public_key,
+                last_handshake: None,
+                rx_bytes: 0,
+                tx_bytes: 0,
+            });
+            continue;
+        }
+        let Some(peer) = peers.last_mut() else {
+            continue;
+        };
+        match key.as_str() {
+            "last_handshake_time_sec" => {
+                let seconds = number(value)?;
+                peer.last_handshake = match seconds {
+                    0 => None,
+                    s if s >= EPOCH_THRESHOLD => {
+                        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+                    }
+                    ago => now.checked_sub(Duration::from_secs(ago)),
+                };
+            }
+            "rx_bytes" => peer.rx_bytes = number(value)?,
+            "tx_bytes" => peer.tx_bytes = number(value)?,
+            _ => {}
+        }
+    }
+    Ok(peers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse;
+
+    const CONFIG: &str = "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.64.0.2/32\nListenPort = 51000\n\
+        [Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = 198.51.100.1:51820\nAllowedIPs = 0.0.0.0/0, ::/0\nPersistentKeepalive = 25\n";
+
+    #[test]
+    fn set_request_is_the_protocol() {
+        let config = parse("t.conf", CONFIG).expect("valid");
+        let request = set_request(&config, 0xca6c);
+        let lines: Vec<&str> = request.lines().filter(|l| !l.is_empty()).collect();
+        assert_eq!(lines[0], "set=1");
+        assert!(
+            lines[1].starts_with("private_key=c809f3e5")
+                && lines[1].len() == "private_key=".len() + 64
+        );
+        assert_eq!(
+            &lines[2..5],
+            ["listen_port=51000", "fwmark=51820", "replace_peers=true"]
+        );
+        assert!(lines.contains(&"endpoint=198.51.100.1:51820"));
+        assert!(lines.contains(&"persistent_keepalive_interval=25"));
+        assert!(lines.ends_with(&[
+            "replace_allowed_ips=true",
+            "allowed_ip=0.0.0.0/0",
+            "allowed_ip=::/0"
+        ]));
+        assert!(request.ends_with("\n\n"), "a blank line ends the request");
+    }
+
+    #[test]
+    fn stats_in_both_dialects() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let key = "c4b20103".to_owned() + &"00".repeat(28);
+        let answer = vec![
+            pair("listen_port", "51000"),
+            pair("public_key", &key),
+            pair("last_handshake_time_sec", "5"),
+            pair("rx_bytes", "1000"),
+            pair("tx_bytes", "2000"),
+            pair("public_key", &key),
+            pair("last_handshake_time_sec", "1799999990"),
+            pair("public_key", &key),
+            pair("last_handshake_time_sec", "0"),
+            pair("errno", "0"),
+        ];
+        let peers = parse_stats(&answer, now).expect("parses");
+        assert_eq!(peers.len(), 3);
+        assert_eq!(
+            peers[0].last_handshake,
+            Some(now - Duration::from_secs(5)),
+            "boringtun: seconds ago"
+        );
+        assert_eq!((peers[0].rx_bytes, peers[0].tx_bytes), (1000, 2000));
+        assert_eq!(
+            peers[1].last_handshake,
+            Some(now - Duration::from_secs(10)),
+            "wireguard-go: epoch"
+        );
+        assert_eq!(peers[2].last_handshake, None, "never");
+    }
+}
