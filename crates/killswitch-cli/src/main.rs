@@ -8,7 +8,7 @@ mod render;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use client::{Client, Failure};
-use killswitch_types::ipc::{Request, Status};
+use killswitch_types::ipc::{ConfigSource, Request, Status};
 use killswitch_types::{Endpoint, Fwmark, GuardSpec, InterfaceName};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -23,6 +23,7 @@ EXIT STATUS:
 
 EXAMPLES:
     killswitch status
+    sudo killswitch up /etc/wireguard/se1.conf /etc/wireguard/se2.conf
     sudo killswitch guard --interface wg0 --endpoint 198.51.100.1:51820 --dns 10.64.0.1 --mark 0xca6c
     sudo killswitch lockdown on
     killswitch --json status | jq .state";
@@ -74,6 +75,21 @@ enum Command {
         /// Only sockets owned by this uid may reach the server outside the tunnel.
         #[arg(long, value_name = "N")]
         uid: Option<u32>,
+    },
+    /// Bring up WireGuard, protected: firewall first, then the tunnel; fail over between servers.
+    ///
+    /// Each CONFIG is a wg-quick style file (a path, read by this command with your permissions)
+    /// or a name that the daemon looks up in /etc/wireguard (NAME.conf). Several configurations
+    /// are servers to fail over between, in that order. Only the tunnel's own packets may reach the
+    /// current server outside the tunnel; when the tunnel dies (no sign of life for 3 s), the next
+    /// server is tried while everything stays blocked. `down` removes the tunnel.
+    Up {
+        /// Configuration files or names.
+        #[arg(value_name = "CONFIG", required = true)]
+        configs: Vec<String>,
+        /// The interface name (default: the first configuration's file name, as wg-quick does).
+        #[arg(long, value_name = "IFACE")]
+        interface: Option<InterfaceName>,
     },
     /// Stop guarding: back to disconnected (everything stays blocked if lockdown is on).
     Down,
@@ -133,6 +149,13 @@ fn main() -> ExitCode {
             }
             Request::Guard(spec)
         }
+        Command::Up { configs, interface } => match read_configs(&configs) {
+            Ok(configs) => Request::Up { interface, configs },
+            Err(message) => {
+                eprintln!("killswitch: {message}");
+                return ExitCode::from(2);
+            }
+        },
         Command::Down => Request::Down,
         Command::Lockdown { value } => Request::Lockdown {
             enabled: value.enabled(),
@@ -162,6 +185,30 @@ fn main() -> ExitCode {
             ExitCode::from(failure.exit_code())
         }
     }
+}
+
+/// Reads the configurations given as files (with this user's permissions), and passes names on
+/// for the daemon to look up. Warns about files other users can read: they hold a private key.
+fn read_configs(configs: &[String]) -> Result<Vec<ConfigSource>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    configs
+        .iter()
+        .map(|arg| {
+            let path = std::path::Path::new(arg);
+            let is_file = arg.contains('/') || arg.ends_with(".conf") || path.is_file();
+            if !is_file {
+                return Ok(ConfigSource { source: arg.clone(), text: None });
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {arg}: {e}"))?;
+            if let Ok(meta) = std::fs::metadata(path) {
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    eprintln!("killswitch: warning: {arg} is readable by other users (mode {mode:o}) and holds a private key; chmod 600 it");
+                }
+            }
+            Ok(ConfigSource { source: arg.clone(), text: Some(text) })
+        })
+        .collect()
 }
 
 /// Prints a status. `event` is `None` for `status`, `Some(true)` for the first line of a stream

@@ -60,6 +60,20 @@ pub(crate) fn status(status: &Status) -> String {
                 list(&t.dns)
             };
             let _ = writeln!(out, "dns:       {dns}");
+            if let Some(m) = &t.managed {
+                let backend = m.backend.as_deref().unwrap_or("not started");
+                let server = m.servers.get(m.server).map_or("?", String::as_str);
+                let _ = writeln!(
+                    out,
+                    "wireguard: {backend}; server {} of {} ({server}); attempt {}",
+                    m.server + 1,
+                    m.servers.len(),
+                    m.attempt
+                );
+                if let Some(event) = &m.last_event {
+                    let _ = writeln!(out, "last:      {event}");
+                }
+            }
         }
     }
     let fw = &status.firewall;
@@ -144,6 +158,7 @@ mod tests {
                 uid: None,
                 up: true,
                 addresses: vec!["10.64.0.2".parse().expect("literal")],
+                managed: None,
             }),
             error: None,
             firewall: FirewallStatus {

@@ -10,7 +10,8 @@ use crate::firewall::Firewall;
 use crate::store::{Loaded, Store};
 use killswitch_policy::routes::compile_routes;
 use killswitch_policy::{PolicyState, compile};
-use killswitch_types::{Settings, Target};
+use crate::target::Target;
+use killswitch_types::Settings;
 
 /// What the early-boot step decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +40,7 @@ pub fn decide(loaded: &Loaded) -> (Decision, Settings) {
                 (Target::Guard(spec), false) => {
                     Decision::Block(format!("a tunnel ({}) was being protected", spec.interface))
                 }
+                (Target::Up(spec), false) => Decision::Block(format!("a tunnel ({}) was up", spec.interface)),
                 (Target::Disconnected, false) => {
                     Decision::Leave("no tunnel was wanted and lockdown is off".to_owned())
                 }

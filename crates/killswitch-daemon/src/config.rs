@@ -11,17 +11,24 @@ use std::path::Path;
 pub const DEFAULT_PATH: &str = "/etc/killswitch/config.toml";
 
 /// The daemon's configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Members of this group may change the kill switch, as root may. Others may only read.
     pub admin_group: String,
+    /// Where `killswitch up NAME` finds `NAME.conf`.
+    pub wireguard_dir: std::path::PathBuf,
+    /// How long an up tunnel may go without a sign of life (received data, a handshake, an answer
+    /// to a probe) before it is declared dead and the next server is tried.
+    pub dead_after_seconds: f64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             admin_group: "killswitch".to_owned(),
+            wireguard_dir: "/etc/wireguard".into(),
+            dead_after_seconds: 3.0,
         }
     }
 }
@@ -72,6 +79,9 @@ impl Config {
         if config.admin_group.is_empty() {
             return Err("admin_group must not be empty".to_owned());
         }
+        if !(1.0..=300.0).contains(&config.dead_after_seconds) {
+            return Err(format!("dead_after_seconds = {} is outside 1 to 300", config.dead_after_seconds));
+        }
         Ok(config)
     }
 }
@@ -103,5 +113,7 @@ mod tests {
         let err = Config::parse("admin_group = 7\n").expect_err("wrong type");
         assert!(err.contains("admin_group"), "{err}");
         assert!(Config::parse("admin_group = \"\"").is_err());
+        assert!(Config::parse("dead_after_seconds = 0.1").is_err());
+        assert_eq!(Config::parse("dead_after_seconds = 1.5").map(|c| c.dead_after_seconds), Ok(1.5));
     }
 }

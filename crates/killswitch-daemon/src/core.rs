@@ -21,14 +21,54 @@
 
 use crate::firewall::Firewall;
 use crate::links::Observed;
+use crate::manager::{Factory, Manager, Step, fwmark_of};
 use crate::store::{Loaded, Persisted, Store};
+use crate::target::{Target, UpSpec, resolve_up};
 use killswitch_policy::routes::compile_routes;
 use killswitch_policy::{Peer, PolicyState, Ruleset, Tunnel, compile};
 use killswitch_types::ipc::{ErrorKind, FirewallStatus, IpcError, Request, Status};
-use killswitch_types::{GuardSpec, InterfaceName, Settings, State, Target, TunnelStatus};
+use killswitch_types::{GuardSpec, InterfaceName, ManagedTunnel, Settings, State, TunnelStatus};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// What the state machine needs besides the firewall: where `up` finds configurations by name, how
+/// long a tunnel may be silent, and how tunnel devices are made.
+pub struct CoreOptions {
+    /// Where configuration names (`killswitch up wg0`) are looked up.
+    pub wireguard_dir: PathBuf,
+    /// How long an up tunnel may go without a sign of life before it is declared dead.
+    pub health_bound: Duration,
+    /// Makes tunnel devices.
+    pub factory: Factory,
+}
+
+impl std::fmt::Debug for CoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CoreOptions({}, {:?})", self.wireguard_dir.display(), self.health_bound)
+    }
+}
+
+impl Default for CoreOptions {
+    fn default() -> Self {
+        CoreOptions {
+            wireguard_dir: PathBuf::from("/etc/wireguard"),
+            health_bound: Duration::from_secs(3),
+            factory: Box::new(killswitch_tunnel::backend::create),
+        }
+    }
+}
+
+/// What a tick of the tunnel manager asks of the caller.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tick {
+    /// The status changed: publish it.
+    pub changed: bool,
+    /// Send a probe through the tunnel to this resolver.
+    pub probe: Option<IpAddr>,
+}
 
 /// The state machine and the firewall it drives.
-#[derive(Debug)]
 pub struct Core<F> {
     firewall: F,
     store: Store,
@@ -46,12 +86,21 @@ pub struct Core<F> {
     /// Why the routing layer could not be put in place, if it could not.
     routing_error: Option<String>,
     firewall_status: FirewallStatus,
+    /// The tunnel the daemon runs itself (`up`).
+    manager: Option<Manager>,
+    options: CoreOptions,
+}
+
+impl<F> std::fmt::Debug for Core<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Core({}, {:?})", self.state, self.manager)
+    }
 }
 
 impl<F: Firewall> Core<F> {
     /// Loads the persisted settings and prepares the state machine. Applies nothing yet: the
     /// caller first observes the tunnel, then calls [`Core::reconcile`].
-    pub fn new(firewall: F, store: Store, config_fault: Option<String>) -> Self {
+    pub fn new(firewall: F, store: Store, config_fault: Option<String>, options: CoreOptions) -> Self {
         let (persisted, settings_fault) = match store.load() {
             Loaded::Fresh => (Persisted::default(), None),
             Loaded::Found(p) => (p, None),
@@ -78,7 +127,67 @@ impl<F: Firewall> Core<F> {
                 last_tamper: None,
                 routing: false,
             },
+            manager: None,
+            options,
         }
+        .with_manager(Instant::now())
+    }
+
+    fn with_manager(mut self, now: Instant) -> Self {
+        self.sync_manager(now);
+        self
+    }
+
+    /// Makes the tunnel manager match the target: a new one for a new `up`, none otherwise. Called
+    /// after the firewall has moved, so that an old tunnel is removed only once it is blocked.
+    fn sync_manager(&mut self, now: Instant) {
+        match &self.target {
+            Target::Up(spec) if self.manager.as_ref().is_some_and(|m| m.spec() == spec) => {}
+            Target::Up(spec) => {
+                if let Some(mut old) = self.manager.take() {
+                    old.stop();
+                }
+                self.manager = Some(Manager::new(spec.clone(), self.options.health_bound, now));
+            }
+            _ => {
+                if let Some(mut old) = self.manager.take() {
+                    old.stop();
+                }
+            }
+        }
+    }
+
+    /// When the tunnel manager wants its next tick, if there is one.
+    pub fn next_tick(&self, now: Instant) -> Option<Instant> {
+        self.manager.as_ref().map(|m| m.next_tick(now))
+    }
+
+    /// Something happened that may have broken the tunnel (a network change, a wake from
+    /// sleep): look at it at once.
+    pub fn check_now(&mut self) {
+        if let Some(manager) = self.manager.as_mut() {
+            manager.check_now();
+        }
+    }
+
+    /// Advances the tunnel manager. When it connects or loses the tunnel, the firewall follows:
+    /// a loss blocks and moves the hole to the next server before that server is tried.
+    pub fn tick(&mut self, now: Instant) -> Tick {
+        let before = self.status();
+        let Some(manager) = self.manager.as_mut() else {
+            return Tick::default();
+        };
+        let step = manager.tick(now, &mut self.options.factory);
+        let mut tick = Tick::default();
+        match step {
+            Step::Connected | Step::Lost => {
+                self.reconcile();
+            }
+            Step::Probe(ip) => tick.probe = Some(ip),
+            Step::Nothing => {}
+        }
+        tick.changed = self.status() != before;
+        tick
     }
 
     /// The interface the daemon should watch, if it guards one.
@@ -104,6 +213,7 @@ impl<F: Firewall> Core<F> {
     /// The current state, as `status` reports it.
     pub fn status(&self) -> Status {
         let tunnel = match &self.target {
+            Target::Up(spec) => Some(self.managed_status(spec)),
             Target::Guard(spec) => Some(TunnelStatus {
                 interface: spec.interface.clone(),
                 endpoint: spec.endpoint,
@@ -119,6 +229,7 @@ impl<F: Firewall> Core<F> {
                     .as_ref()
                     .map(|o| o.addresses.clone())
                     .unwrap_or_default(),
+                managed: None,
             }),
             _ => None,
         };
@@ -141,6 +252,27 @@ impl<F: Firewall> Core<F> {
         }
     }
 
+    fn managed_status(&self, spec: &UpSpec) -> TunnelStatus {
+        let manager = self.manager.as_ref().filter(|m| m.spec() == spec);
+        let (index, config) = manager.map_or((0, &spec.configs[0]), |m| m.active());
+        TunnelStatus {
+            interface: spec.interface.clone(),
+            endpoint: config.endpoint(),
+            dns: config.dns.clone(),
+            mark: Some(fwmark_of(config)),
+            uid: None,
+            up: manager.is_some_and(Manager::is_up),
+            addresses: config.addresses.iter().map(|n| n.addr()).collect(),
+            managed: Some(ManagedTunnel {
+                backend: manager.and_then(Manager::backend).map(|b| b.to_string()),
+                servers: spec.configs.iter().map(|c| c.source.clone()).collect(),
+                server: index,
+                attempt: manager.map_or(0, Manager::attempt),
+                last_event: manager.and_then(Manager::last_event).map(str::to_owned),
+            }),
+        }
+    }
+
     /// Carries out a privileged request: persists the new settings/target, then reconciles.
     ///
     /// If persisting fails, nothing changes. If applying fails, the request has still taken
@@ -151,6 +283,9 @@ impl<F: Firewall> Core<F> {
         match request {
             Request::Status | Request::Subscribe => return Ok(self.status()),
             Request::Guard(spec) => target = Target::Guard(spec.clone()),
+            Request::Up { interface, configs } => {
+                target = Target::Up(resolve_up(interface.clone(), configs, &self.options.wireguard_dir)?);
+            }
             Request::Down => target = Target::Disconnected,
             Request::Off => target = Target::Off,
             Request::Lockdown { enabled } => settings.lockdown = *enabled,
@@ -166,14 +301,19 @@ impl<F: Firewall> Core<F> {
                 ),
             )
         })?;
-        if self.target != target {
+        let target_changed = self.target != target;
+        if target_changed {
             // A new tunnel to guard: what we saw of the old one says nothing about it.
             self.observed = None;
         }
         self.settings = settings;
         self.target = target;
         self.settings_fault = None;
+        // The firewall moves first; an old tunnel is removed only once it is blocked.
         self.reconcile();
+        if target_changed {
+            self.sync_manager(Instant::now());
+        }
         match &self.apply_error {
             None => Ok(self.status()),
             Some(error) => Err(IpcError::new(
@@ -205,6 +345,25 @@ impl<F: Firewall> Core<F> {
                 (State::Blocked, PolicyState::Disconnected)
             }
             Target::Disconnected => (State::Disconnected, PolicyState::Disconnected),
+            Target::Up(spec) => {
+                let manager = self.manager.as_ref().filter(|m| m.spec() == spec);
+                let (_, config) = manager.map_or((0, &spec.configs[0]), |m| m.active());
+                let peer = Peer {
+                    endpoint: config.endpoint(),
+                    mark: Some(fwmark_of(config)),
+                    uid: None,
+                };
+                if manager.is_some_and(Manager::is_up) {
+                    let tunnel = Tunnel {
+                        interface: spec.interface.clone(),
+                        addresses: config.addresses.iter().map(|n| n.addr()).collect(),
+                        dns: config.dns.clone(),
+                    };
+                    (State::Connected, PolicyState::Connected { peer, tunnel })
+                } else {
+                    (State::Connecting, PolicyState::Connecting { peer })
+                }
+            }
             Target::Guard(spec) => {
                 let peer = peer(spec);
                 match self.observed.as_ref().filter(|o| o.carries_traffic()) {
@@ -400,7 +559,7 @@ mod tests {
     }
 
     fn core<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
-        let mut core = Core::new(fw, Store::new(dir), None);
+        let mut core = Core::new(fw, Store::new(dir), None, CoreOptions::default());
         core.reconcile();
         core
     }
@@ -489,7 +648,7 @@ mod tests {
             fail_unless_blocking: true,
             ..Recorder::default()
         };
-        let mut core = Core::new(&mut fw, Store::new(dir.path()), None);
+        let mut core = Core::new(&mut fw, Store::new(dir.path()), None, CoreOptions::default());
         let error = core
             .handle(&Request::Guard(spec()))
             .expect_err("apply fails");
@@ -512,7 +671,7 @@ mod tests {
             fail_always: true,
             ..Recorder::default()
         };
-        let mut core = Core::new(&mut fw, Store::new(dir.path()), None);
+        let mut core = Core::new(&mut fw, Store::new(dir.path()), None, CoreOptions::default());
         let error = core
             .handle(&Request::Lockdown { enabled: true })
             .expect_err("apply fails");
@@ -548,6 +707,7 @@ mod tests {
             &mut fw,
             Store::new(dir.path()),
             Some("bad config".to_owned()),
+            CoreOptions::default(),
         );
         core.reconcile();
         assert_eq!(core.status().state, State::Blocked);
@@ -562,7 +722,7 @@ mod tests {
     fn a_tampered_table_is_restored_and_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
-        let mut core = Core::new(&mut fw, Store::new(dir.path()), None);
+        let mut core = Core::new(&mut fw, Store::new(dir.path()), None, CoreOptions::default());
         core.handle(&Request::Lockdown { enabled: true })
             .expect("ok");
         assert!(
@@ -625,7 +785,7 @@ mod tests {
             fail_unless_blocking: true,
             ..Recorder::default()
         };
-        let mut core = Core::new(&mut fw, Store::new(dir.path()), None);
+        let mut core = Core::new(&mut fw, Store::new(dir.path()), None, CoreOptions::default());
         let _ = core.handle(&Request::Guard(spec()));
         let layer = core.firewall.routes.clone().expect("a layer");
         assert_eq!(

@@ -3,6 +3,8 @@
 //! - [`core`]: the state machine, the only place that decides when the firewall changes;
 //! - [`firewall`]: the backend trait and its nftables implementation;
 //! - [`links`]: what the daemon sees of the tunnel interface, and link-change notifications;
+//! - [`manager`] and [`target`]: `killswitch up`'s WireGuard connection manager, and what the user
+//!   asked for;
 //! - [`ipc`] and [`authz`]: the Unix socket server and who may change what;
 //! - [`store`] and [`config`]: persisted settings and the administrator's configuration;
 //! - [`notify`]: telling systemd (or the lab) that protection is in place;
@@ -16,6 +18,8 @@ pub mod core;
 pub mod firewall;
 pub mod ipc;
 pub mod links;
+pub mod manager;
 pub mod notify;
 pub mod run;
 pub mod store;
+pub mod target;

@@ -3,7 +3,7 @@
 //! handled at once.
 
 use crate::config::Config;
-use crate::core::Core;
+use crate::core::{Core, CoreOptions};
 use crate::firewall::Nftables;
 use crate::ipc::{Command, Server, Shared};
 use crate::links::{self, LinkEvents};
@@ -44,11 +44,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             (Config::default(), Some(e.to_string()))
         }
     };
-    let mut core = Core::new(
-        Nftables::new(),
-        Store::new(&options.state_dir),
-        config_fault,
-    );
+    let core_options = CoreOptions {
+        wireguard_dir: config.wireguard_dir.clone(),
+        health_bound: Duration::from_secs_f64(config.dead_after_seconds),
+        ..CoreOptions::default()
+    };
+    let mut core = Core::new(Nftables::new(), Store::new(&options.state_dir), config_fault, core_options);
     if let Some(error) = core.status().error {
         tracing::error!("{error}");
     }
@@ -90,6 +91,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     tokio::pin!(serving);
     loop {
         let retry = tokio::time::sleep(retry_delay);
+        // The tunnel manager's ticks: only while `up` (once a second when up, faster while
+        // connecting), the daemon's only periodic wakeup.
+        let tick_at = core.next_tick(std::time::Instant::now());
+        let ticking = tokio::time::sleep_until(tokio::time::Instant::from_std(
+            tick_at.unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(3600)),
+        ));
         tokio::select! {
             () = &mut serving => anyhow::bail!("the IPC server stopped"),
             Some(command) = commands.recv() => {
@@ -112,10 +119,21 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     Err(e) => tracing::warn!("reading nftables changes failed: {e}"),
                 }
             }
+            () = ticking, if tick_at.is_some() => {
+                let tick = core.tick(std::time::Instant::now());
+                if let Some(resolver) = tick.probe {
+                    send_probe(resolver);
+                }
+                if tick.changed {
+                    publish(core.status());
+                }
+            }
             changed = link_events.changed() => {
                 if let Err(e) = changed {
                     tracing::warn!("reading link changes failed: {e}");
                 }
+                // A new network (or the tunnel's own link changing): look at the tunnel now.
+                core.check_now();
                 // Level-triggered: look again, and let reconcile repair whatever is off (it changes
                 // nothing when everything is as it should be).
                 observe(&mut core);
@@ -143,6 +161,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         if status.firewall.installed { "rules installed" } else { "no rules" }
     );
     Ok(())
+}
+
+/// Sends one DNS query (the root's NS records) to the tunnel's resolver: any answer is a sign of
+/// life in the device's statistics. Fire and forget; the answer is not read.
+fn send_probe(resolver: std::net::IpAddr) {
+    let bind = if resolver.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+    let query = [0x6b, 0x73, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1];
+    let sent = std::net::UdpSocket::bind(bind).and_then(|socket| socket.send_to(&query, (resolver, 53)));
+    if let Err(e) = sent {
+        tracing::debug!("probe to {resolver} failed: {e}");
+    }
 }
 
 /// nf_tables change notifications, filtered to the transactions other processes commit.

@@ -5,7 +5,8 @@
 //! be read or parsed is kept aside for inspection and reported: the daemon then starts blocked,
 //! never off, because the one thing it knows is that it does not know what the user wanted.
 
-use killswitch_types::{Settings, Target};
+use crate::target::Target;
+use killswitch_types::Settings;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -36,6 +36,8 @@ pub trait Backend: std::fmt::Debug + Send {
     fn configure(&mut self, config: &TunnelConfig, fwmark: u32) -> Result<(), TunnelError>;
     /// The peer's statistics, if it has one.
     fn stats(&self) -> Result<Option<PeerStats>, TunnelError>;
+    /// Changes only the peer's persistent keepalive (0: off), keeping its session.
+    fn set_keepalive(&mut self, peer: &crate::key::PublicKey, seconds: u16) -> Result<(), TunnelError>;
 }
 
 /// Creates interface `name`: kernel WireGuard if this kernel has it, else boringtun.

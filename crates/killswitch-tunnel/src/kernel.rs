@@ -34,6 +34,10 @@ pub struct Kernel {
 impl Kernel {
     /// Creates interface `name`, or `Ok(None)` when this kernel has no WireGuard.
     pub fn create(name: &str) -> Result<Option<Self>, TunnelError> {
+        // An interface of that name left by a daemon that crashed: ours to replace.
+        if let Some(stale) = netdev::index(name) {
+            netdev::delete(stale)?;
+        }
         if !netdev::create_wireguard(name)? {
             return Ok(None);
         }
@@ -67,6 +71,20 @@ impl Backend for Kernel {
         self.genl
             .request(message, NLM_F_REQUEST | NLM_F_ACK)
             .map(drop)
+    }
+
+    fn set_keepalive(&mut self, peer: &PublicKey, seconds: u16) -> Result<(), TunnelError> {
+        let message = WireguardMessage {
+            cmd: WireguardCmd::SetDevice,
+            attributes: vec![
+                WireguardAttribute::IfIndex(self.index),
+                WireguardAttribute::Peers(vec![WireguardPeer(vec![
+                    WireguardPeerAttribute::PublicKey(*peer.bytes()),
+                    WireguardPeerAttribute::PersistentKeepalive(seconds),
+                ])]),
+            ],
+        };
+        self.genl.request(message, NLM_F_REQUEST | NLM_F_ACK).map(drop)
     }
 
     fn stats(&self) -> Result<Option<PeerStats>, TunnelError> {

@@ -115,6 +115,20 @@ pub fn configure(path: &Path, config: &TunnelConfig, fwmark: u32) -> Result<(), 
     }
 }
 
+/// Changes the persistent keepalive of the existing peer `peer`, without touching its session.
+pub fn set_keepalive(path: &Path, peer: &PublicKey, seconds: u16) -> Result<(), UapiError> {
+    let mut stream = connect(path)?;
+    let request = format!("set=1\npublic_key={}\npersistent_keepalive_interval={seconds}\n\n", peer.hex());
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|source| UapiError::Io { path: path.to_owned(), source })?;
+    match read_answer(path, stream)?.iter().find_map(|(k, v)| (k == "errno").then_some(v)) {
+        Some(v) if v == "0" => Ok(()),
+        Some(v) => Err(UapiError::Refused(v.parse().unwrap_or(-1))),
+        None => Err(UapiError::Protocol("no errno in the answer".to_owned())),
+    }
+}
+
 /// Reads the device's peers' statistics.
 pub fn stats(path: &Path) -> Result<Vec<PeerStats>, UapiError> {
     let mut stream = connect(path)?;

@@ -61,6 +61,10 @@ impl Backend for Userspace {
             .into_iter()
             .next())
     }
+
+    fn set_keepalive(&mut self, peer: &crate::key::PublicKey, seconds: u16) -> Result<(), TunnelError> {
+        uapi::set_keepalive(&uapi::socket_path(&self.interface), peer, seconds).map_err(TunnelError::Uapi)
+    }
 }
 
 impl Drop for Userspace {

@@ -57,6 +57,14 @@ pub enum Request {
     Subscribe,
     /// Protect a tunnel managed by another program. Privileged.
     Guard(GuardSpec),
+    /// Bring up WireGuard from these configurations (failover in this order), protected. Privileged.
+    Up {
+        /// The interface name; by default the first configuration's file name.
+        #[serde(default)]
+        interface: Option<crate::InterfaceName>,
+        /// The configurations.
+        configs: Vec<ConfigSource>,
+    },
     /// Stop protecting a tunnel; blocked if lockdown is on. Privileged.
     Down,
     /// Switch lockdown on or off. Privileged (turning it on is still a change of settings).
@@ -85,11 +93,31 @@ impl Request {
             Request::Status => "status",
             Request::Subscribe => "subscribe",
             Request::Guard(_) => "guard",
+            Request::Up { .. } => "up",
             Request::Down => "down",
             Request::Lockdown { .. } => "lockdown",
             Request::AllowLan { .. } => "allow-lan",
             Request::Off => "off",
         }
+    }
+}
+
+/// A WireGuard configuration for `up`: its text as the client read it, or only a name that the
+/// daemon looks up in its configuration directory (/etc/wireguard), which the client may not read.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSource {
+    /// The file (or name) it came from, for messages.
+    pub source: String,
+    /// The file's content, if the client read it. Holds a private key: never logged.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+impl fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let how = if self.text.is_some() { "content sent" } else { "by name" };
+        write!(f, "ConfigSource({}, {how})", self.source)
     }
 }
 
@@ -318,6 +346,13 @@ mod tests {
             Request::Lockdown { enabled: true },
             Request::AllowLan { enabled: false },
             Request::Off,
+            Request::Up {
+                interface: None,
+                configs: vec![
+                    ConfigSource { source: "wg0".to_owned(), text: None },
+                    ConfigSource { source: "./b.conf".to_owned(), text: Some("[Interface]".to_owned()) },
+                ],
+            },
         ];
         for request in requests {
             let line = encode_line(&RequestEnvelope::new(request.clone())).expect("encodes");
@@ -390,6 +425,16 @@ mod tests {
             let err = decode_request(line).expect_err(line).to_string();
             assert!(err.contains(expected), "{line}: {err}");
         }
+    }
+
+    #[test]
+    fn config_text_stays_out_of_debug() {
+        let request = Request::Up {
+            interface: None,
+            configs: vec![ConfigSource { source: "wg0.conf".to_owned(), text: Some("PrivateKey = s3cr3t".to_owned()) }],
+        };
+        let debug = format!("{request:?}");
+        assert!(debug.contains("wg0.conf") && !debug.contains("s3cr3t"), "{debug}");
     }
 
     #[test]

@@ -19,5 +19,5 @@ pub use endpoint::{Endpoint, EndpointParseError, TransportProtocol};
 pub use iface::{InterfaceName, InterfaceNameError, MAX_INTERFACE_NAME_LEN};
 pub use mark::{Fwmark, FwmarkParseError};
 pub use state::{
-    GuardSpec, GuardSpecError, MAX_DNS_SERVERS, Settings, State, Target, TunnelStatus,
+    GuardSpec, GuardSpecError, MAX_DNS_SERVERS, ManagedTunnel, Settings, State, TunnelStatus,
 };

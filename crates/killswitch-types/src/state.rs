@@ -130,19 +130,6 @@ fn is_broadcast(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
 }
 
-/// What the user last asked for. Persisted, so that a restart (or a reboot) resumes it.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
-pub enum Target {
-    /// `killswitch off`: no firewall at all.
-    Off,
-    /// `killswitch down`: no tunnel wanted (blocked if lockdown is on).
-    #[default]
-    Disconnected,
-    /// `killswitch guard ...`: protect that tunnel.
-    Guard(GuardSpec),
-}
-
 /// The tunnel as `status` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TunnelStatus {
@@ -160,6 +147,24 @@ pub struct TunnelStatus {
     pub up: bool,
     /// The addresses the tunnel interface carries (IPv6 is blocked unless one of them is IPv6).
     pub addresses: Vec<IpAddr>,
+    /// For a tunnel the daemon runs itself (`killswitch up`): which server, how, and what happened.
+    #[serde(default)]
+    pub managed: Option<ManagedTunnel>,
+}
+
+/// A tunnel the daemon brought up itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagedTunnel {
+    /// Which WireGuard runs it: `kernel` or `userspace`.
+    pub backend: Option<String>,
+    /// The configurations, in failover order (their file names).
+    pub servers: Vec<String>,
+    /// Which of them is in use, from 0.
+    pub server: usize,
+    /// Connection attempts since the tunnel was last up.
+    pub attempt: u32,
+    /// The last thing that happened to the tunnel, with its reason.
+    pub last_event: Option<String>,
 }
 
 #[cfg(test)]
@@ -174,25 +179,6 @@ mod tests {
             mark: Some(Fwmark::new(0xca6c).expect("non-zero")),
             uid: None,
         }
-    }
-
-    #[test]
-    fn target_round_trips_through_json() {
-        for target in [Target::Off, Target::Disconnected, Target::Guard(spec())] {
-            let json = serde_json::to_string(&target).expect("serializable");
-            assert_eq!(
-                serde_json::from_str::<Target>(&json).ok(),
-                Some(target),
-                "{json}"
-            );
-        }
-    }
-
-    #[test]
-    fn guard_spec_rejects_unknown_fields() {
-        let json = r#"{"mode":"guard","interface":"wg0","endpoint":"203.0.113.1:51820","dnss":[]}"#;
-        let err = serde_json::from_str::<Target>(json).expect_err("typo must fail");
-        assert!(err.to_string().contains("dnss"), "{err}");
     }
 
     #[test]

@@ -1,0 +1,410 @@
+//! The WireGuard connection manager behind `killswitch up`.
+//!
+//! It owns the tunnel device and walks it through its phases; the state machine ([`crate::core`])
+//! owns the firewall and asks the manager, on every tick, what happened. The order the kill switch
+//! needs falls out of that split: the firewall moves first (the hole to the next server, tunnel
+//! traffic blocked) and only then the device is reconfigured; traffic is unblocked only after the
+//! manager reports a completed handshake.
+//!
+//! Phases: `Waiting` (before an attempt, with exponential backoff) -> `Handshaking` (configured,
+//! bounded wait) -> `Up` (watched by a [`Tracker`]). A failure at any point moves to the next
+//! server and back to `Waiting`.
+
+use crate::target::UpSpec;
+use killswitch_tunnel::backend::{Backend, BackendKind};
+use killswitch_tunnel::config::TunnelConfig;
+use killswitch_tunnel::health::{Health, Tracker};
+use killswitch_tunnel::{TunnelError, netdev};
+use killswitch_types::Fwmark;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+/// How long a handshake may take before the next server is tried.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often an up tunnel is looked at.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a handshake in progress is looked at.
+const HANDSHAKE_POLL: Duration = Duration::from_millis(50);
+/// The longest pause between attempts.
+const BACKOFF_CAP: Duration = Duration::from_secs(8);
+/// wg-quick's default mark (and routing table): 51820.
+pub const DEFAULT_FWMARK: u32 = 0xca6c;
+/// During the handshake, a persistent keepalive this short makes WireGuard itself initiate: the
+/// firewall blocks the tunnel until the handshake, so no packet of ours can start it.
+const HANDSHAKE_KEEPALIVE: u16 = 1;
+
+/// Creates a device for an interface name (the real backends, or a fake in tests).
+pub type Factory = Box<dyn FnMut(&str) -> Result<Box<dyn Backend>, TunnelError>>;
+
+#[derive(Debug)]
+enum Phase {
+    Waiting { until: Instant },
+    Handshaking { started: Instant, deadline: Instant },
+    Up { tracker: Tracker },
+}
+
+/// What a tick found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing that concerns the firewall.
+    Nothing,
+    /// Send a probe through the tunnel to this resolver (its answer is a sign of life).
+    Probe(IpAddr),
+    /// The handshake completed: traffic may flow.
+    Connected,
+    /// The tunnel is lost (or never came up); the manager moved on to another server. The
+    /// firewall must block and move its hole before the next attempt.
+    Lost,
+}
+
+/// The manager.
+pub struct Manager {
+    spec: UpSpec,
+    active: usize,
+    attempt: u32,
+    device: Option<Box<dyn Backend>>,
+    phase: Phase,
+    bound: Duration,
+    urgent: bool,
+    last_event: Option<String>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Manager({}, server {}, {:?})", self.spec.interface, self.active, self.phase)
+    }
+}
+
+impl Manager {
+    /// A manager for `spec` that declares a tunnel dead after `bound` without a sign of life.
+    /// The first attempt is due at once.
+    pub fn new(spec: UpSpec, bound: Duration, now: Instant) -> Self {
+        Manager {
+            spec,
+            active: 0,
+            attempt: 0,
+            device: None,
+            phase: Phase::Waiting { until: now },
+            bound,
+            urgent: false,
+            last_event: None,
+        }
+    }
+
+    /// What it manages.
+    pub fn spec(&self) -> &UpSpec {
+        &self.spec
+    }
+
+    /// The server in use (or about to be).
+    pub fn active(&self) -> (usize, &TunnelConfig) {
+        (self.active, &self.spec.configs[self.active])
+    }
+
+    /// The fwmark of the active server's socket.
+    pub fn fwmark(&self) -> Fwmark {
+        fwmark_of(self.active().1)
+    }
+
+    /// Whether the tunnel has completed its handshake and is not (yet) declared dead.
+    pub fn is_up(&self) -> bool {
+        matches!(self.phase, Phase::Up { .. })
+    }
+
+    /// The backend running the device, once there is one.
+    pub fn backend(&self) -> Option<BackendKind> {
+        self.device.as_ref().map(|d| d.kind())
+    }
+
+    /// Connection attempts since the tunnel was last up.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The last thing that happened, with its reason.
+    pub fn last_event(&self) -> Option<&str> {
+        self.last_event.as_deref()
+    }
+
+    /// Look at the tunnel at once (a network change, a wake from sleep) instead of at the next
+    /// probe interval.
+    pub fn check_now(&mut self) {
+        self.urgent = true;
+    }
+
+    /// When the next tick is due.
+    pub fn next_tick(&self, now: Instant) -> Instant {
+        if self.urgent {
+            return now;
+        }
+        match &self.phase {
+            Phase::Waiting { until } => *until,
+            Phase::Handshaking { .. } => now + HANDSHAKE_POLL,
+            Phase::Up { .. } => now + PROBE_INTERVAL,
+        }
+    }
+
+    /// Advances the phases.
+    pub fn tick(&mut self, now: Instant, factory: &mut Factory) -> Step {
+        let urgent = std::mem::take(&mut self.urgent);
+        match &mut self.phase {
+            Phase::Waiting { until } if now >= *until => match self.attempt_connect(now, factory) {
+                Ok(()) => Step::Nothing,
+                Err(reason) => self.fail(&reason, now),
+            },
+            Phase::Waiting { .. } => Step::Nothing,
+            Phase::Handshaking { started, deadline } => {
+                let (started, deadline) = (*started, *deadline);
+                match self.stats() {
+                    Ok(Some(stats)) if stats.last_handshake.is_some() => {
+                        let (_, config) = self.active();
+                        let (key, keepalive) = (config.peer.public_key, config.peer.persistent_keepalive.unwrap_or(0));
+                        if let Some(device) = self.device.as_mut() {
+                            if let Err(e) = device.set_keepalive(&key, keepalive) {
+                                tracing::warn!("restoring the configured keepalive failed: {e}");
+                            }
+                        }
+                        let mut tracker = Tracker::new(self.bound, now);
+                        // The handshake just seen is the baseline, not a later sign of life.
+                        tracker.observe(&stats, now);
+                        self.phase = Phase::Up { tracker };
+                        self.attempt = 0;
+                        self.event(format!("connected to {} in {} ms", self.describe_active(), (now - started).as_millis()));
+                        Step::Connected
+                    }
+                    Err(e) => self.fail(&format!("the device failed: {e}"), now),
+                    _ if now >= deadline => self.fail(&format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()), now),
+                    _ => Step::Nothing,
+                }
+            }
+            Phase::Up { .. } => {
+                let stats = self.stats();
+                let Phase::Up { tracker } = &mut self.phase else { return Step::Nothing };
+                let health = match stats {
+                    Ok(Some(stats)) => tracker.observe(&stats, now),
+                    _ => tracker.judge(now),
+                };
+                let probe = self.spec.configs[self.active].dns.first().copied();
+                match health {
+                    Health::Dead { silent } => self.fail(&format!("no sign of life for {:.1} s", silent.as_secs_f64()), now),
+                    Health::Probe | Health::Alive if urgent => probe.map_or(Step::Nothing, Step::Probe),
+                    Health::Probe => probe.map_or(Step::Nothing, Step::Probe),
+                    Health::Alive => Step::Nothing,
+                }
+            }
+        }
+    }
+
+    /// Removes the device (the tunnel goes away). The caller has already blocked.
+    pub fn stop(&mut self) {
+        self.device = None;
+    }
+
+    fn stats(&self) -> Result<Option<killswitch_tunnel::uapi::PeerStats>, TunnelError> {
+        match &self.device {
+            Some(device) => device.stats(),
+            None => Ok(None),
+        }
+    }
+
+    fn attempt_connect(&mut self, now: Instant, factory: &mut Factory) -> Result<(), String> {
+        let fwmark = self.fwmark().get();
+        let (_, config) = self.active();
+        let mut config = config.clone();
+        config.peer.persistent_keepalive = Some(HANDSHAKE_KEEPALIVE);
+        let fresh = self.device.is_none() || netdev::index(self.spec.interface.as_str()).is_none();
+        if fresh {
+            self.device = None;
+            let device = factory(self.spec.interface.as_str()).map_err(|e| format!("creating {}: {}", self.spec.interface, crate::firewall::chain(&e)))?;
+            self.device = Some(device);
+        }
+        let device = self.device.as_mut().ok_or_else(|| "no device".to_owned())?;
+        device.configure(&config, fwmark).map_err(|e| format!("configuring: {}", crate::firewall::chain(&e)))?;
+        if fresh {
+            if let Some(index) = netdev::index(self.spec.interface.as_str()) {
+                netdev::configure(index, &config.addresses, config.mtu).map_err(|e| format!("addressing: {}", crate::firewall::chain(&e)))?;
+            }
+        }
+        self.attempt += 1;
+        self.phase = Phase::Handshaking { started: now, deadline: now + HANDSHAKE_TIMEOUT };
+        self.event(format!("attempt {} to {}", self.attempt, self.describe_active()));
+        Ok(())
+    }
+
+    fn fail(&mut self, reason: &str, now: Instant) -> Step {
+        let failed = self.describe_active();
+        self.active = (self.active + 1) % self.spec.configs.len();
+        // The first retry is immediate (usually to another server); then 250 ms, doubling, capped.
+        let delay = match self.attempt {
+            0 | 1 => Duration::ZERO,
+            n => (Duration::from_millis(250) * 2u32.saturating_pow(n - 2)).min(BACKOFF_CAP),
+        };
+        self.phase = Phase::Waiting { until: now + delay };
+        self.event(format!(
+            "lost {failed}: {reason}; next: {} in {} ms",
+            self.describe_active(),
+            delay.as_millis()
+        ));
+        Step::Lost
+    }
+
+    fn describe_active(&self) -> String {
+        let (index, config) = self.active();
+        format!("server {} ({}, {})", index + 1, config.source, config.peer.endpoint)
+    }
+
+    fn event(&mut self, event: String) {
+        tracing::info!(interface = %self.spec.interface, "{event}");
+        self.last_event = Some(event);
+    }
+}
+
+/// The mark a configuration's socket gets: its own `FwMark`, else wg-quick's default.
+pub fn fwmark_of(config: &TunnelConfig) -> Fwmark {
+    const DEFAULT: Fwmark = match Fwmark::new(DEFAULT_FWMARK) {
+        Some(mark) => mark,
+        None => panic!("the default fwmark is not zero"),
+    };
+    config.fwmark.unwrap_or(DEFAULT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use killswitch_tunnel::key::PublicKey;
+    use killswitch_tunnel::uapi::PeerStats;
+    use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
+
+    const CONF: &str = "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.64.0.2/32\nDNS = 10.64.0.1\n\
+        [Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = 198.51.100.1:51820\nAllowedIPs = 0.0.0.0/0\n";
+
+    /// What the fake device reports, shared with the test.
+    #[derive(Debug, Default)]
+    struct Script {
+        handshake: Option<SystemTime>,
+        rx: u64,
+        configured: Vec<(String, u32, Option<u16>)>,
+        keepalive: Vec<u16>,
+    }
+
+    #[derive(Debug)]
+    struct Fake(Arc<Mutex<Script>>);
+
+    impl Backend for Fake {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Userspace
+        }
+        fn interface(&self) -> &str {
+            "fake0"
+        }
+        fn configure(&mut self, config: &TunnelConfig, fwmark: u32) -> Result<(), TunnelError> {
+            let mut s = self.0.lock().map_err(|_| TunnelError::Backend("poisoned".into()))?;
+            s.configured.push((config.peer.endpoint.to_string(), fwmark, config.peer.persistent_keepalive));
+            Ok(())
+        }
+        fn stats(&self) -> Result<Option<PeerStats>, TunnelError> {
+            let s = self.0.lock().map_err(|_| TunnelError::Backend("poisoned".into()))?;
+            Ok(Some(PeerStats {
+                public_key: PublicKey::parse("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=").map_err(|e| TunnelError::Backend(e.to_string()))?,
+                last_handshake: s.handshake,
+                rx_bytes: s.rx,
+                tx_bytes: 0,
+            }))
+        }
+        fn set_keepalive(&mut self, _: &PublicKey, seconds: u16) -> Result<(), TunnelError> {
+            self.0.lock().map_err(|_| TunnelError::Backend("poisoned".into()))?.keepalive.push(seconds);
+            Ok(())
+        }
+    }
+
+    fn spec() -> UpSpec {
+        let second = CONF.replace("198.51.100.1:51820", "198.51.100.2:51821");
+        UpSpec {
+            interface: "nosuchtun0".parse().expect("name"),
+            configs: vec![
+                killswitch_tunnel::config::parse("one.conf", CONF).expect("valid"),
+                killswitch_tunnel::config::parse("two.conf", &second).expect("valid"),
+            ],
+        }
+    }
+
+    fn setup() -> (Manager, Factory, Arc<Mutex<Script>>, Instant) {
+        let script = Arc::new(Mutex::new(Script::default()));
+        let shared = script.clone();
+        let factory: Factory = Box::new(move |_| Ok(Box::new(Fake(shared.clone())) as Box<dyn Backend>));
+        let now = Instant::now();
+        (Manager::new(spec(), Duration::from_secs(3), now), factory, script, now)
+    }
+
+    #[test]
+    fn connects_after_the_handshake_and_restores_the_keepalive() {
+        let (mut m, mut f, script, t0) = setup();
+        assert_eq!(m.tick(t0, &mut f), Step::Nothing);
+        assert!(!m.is_up());
+        let configured = script.lock().expect("lock").configured.clone();
+        assert_eq!(configured, vec![("198.51.100.1:51820".to_owned(), DEFAULT_FWMARK, Some(HANDSHAKE_KEEPALIVE))]);
+        assert_eq!(m.tick(t0 + Duration::from_millis(50), &mut f), Step::Nothing, "no handshake yet");
+        script.lock().expect("lock").handshake = Some(SystemTime::now());
+        assert_eq!(m.tick(t0 + Duration::from_millis(100), &mut f), Step::Connected);
+        assert!(m.is_up());
+        assert_eq!(script.lock().expect("lock").keepalive, vec![0], "back to the configured keepalive (off)");
+        assert!(m.last_event().is_some_and(|e| e.starts_with("connected to server 1 (one.conf")));
+    }
+
+    #[test]
+    fn silence_means_probes_then_failover_to_the_next_server() {
+        let (mut m, mut f, script, t0) = setup();
+        m.tick(t0, &mut f);
+        script.lock().expect("lock").handshake = Some(SystemTime::now());
+        m.tick(t0, &mut f);
+        let s = Duration::from_secs;
+        let probe = Step::Probe("10.64.0.1".parse().expect("ip"));
+        assert_eq!(m.tick(t0 + Duration::from_millis(500), &mut f), Step::Nothing, "alive");
+        assert_eq!(m.tick(t0 + s(1), &mut f), probe, "a third of the bound silent: probe");
+        assert_eq!(m.tick(t0 + s(2), &mut f), probe);
+        assert_eq!(m.tick(t0 + s(3), &mut f), Step::Lost, "3 s without a sign of life");
+        assert_eq!(m.active().0, 1, "moved to server 2");
+        assert!(!m.is_up());
+        assert!(m.last_event().is_some_and(|e| e.contains("no sign of life for 3.0 s") && e.contains("server 2 (two.conf")));
+        assert_eq!(m.next_tick(t0 + s(3)), t0 + s(3), "the first retry is immediate");
+        m.tick(t0 + s(3), &mut f);
+        let configured = script.lock().expect("lock").configured.clone();
+        assert_eq!(configured.last().map(|c| c.0.as_str()), Some("198.51.100.2:51821"));
+    }
+
+    #[test]
+    fn received_traffic_keeps_it_alive() {
+        let (mut m, mut f, script, t0) = setup();
+        m.tick(t0, &mut f);
+        script.lock().expect("lock").handshake = Some(SystemTime::now());
+        m.tick(t0, &mut f);
+        for i in 1..10 {
+            script.lock().expect("lock").rx = i * 100;
+            assert_eq!(m.tick(t0 + Duration::from_secs(i), &mut f), Step::Nothing, "second {i}");
+        }
+    }
+
+    #[test]
+    fn no_handshake_in_time_moves_on_with_backoff() {
+        let (mut m, mut f, _script, t0) = setup();
+        m.tick(t0, &mut f);
+        assert_eq!(m.tick(t0 + HANDSHAKE_TIMEOUT, &mut f), Step::Lost);
+        assert!(m.last_event().is_some_and(|e| e.contains("no handshake within 5 s")));
+        let t1 = t0 + HANDSHAKE_TIMEOUT;
+        m.tick(t1, &mut f); // attempt 2, immediately
+        assert_eq!(m.tick(t1 + HANDSHAKE_TIMEOUT, &mut f), Step::Lost);
+        let t2 = t1 + HANDSHAKE_TIMEOUT;
+        assert_eq!(m.next_tick(t2), t2 + Duration::from_millis(250), "then backoff starts");
+        assert_eq!(m.active().0, 0, "round robin back to server 1");
+    }
+
+    #[test]
+    fn a_device_that_cannot_be_created_is_a_failed_attempt() {
+        let mut f: Factory = Box::new(|_| Err(TunnelError::Backend("no tun".into())));
+        let t0 = Instant::now();
+        let mut m = Manager::new(spec(), Duration::from_secs(3), t0);
+        assert_eq!(m.tick(t0, &mut f), Step::Lost);
+        assert!(m.last_event().is_some_and(|e| e.contains("no tun")));
+    }
+}

@@ -1,0 +1,140 @@
+//! What the user last asked for: persisted, so that a restart (or a reboot) resumes it.
+
+use killswitch_tunnel::config::{self, TunnelConfig};
+use killswitch_types::ipc::{ConfigSource, ErrorKind, IpcError};
+use killswitch_types::{GuardSpec, InterfaceName};
+use serde::{Deserialize, Serialize};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// The target state.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Target {
+    /// `killswitch off`: no firewall at all.
+    Off,
+    /// `killswitch down`: no tunnel wanted (blocked if lockdown is on).
+    #[default]
+    Disconnected,
+    /// `killswitch guard ...`: protect a tunnel another program runs.
+    Guard(GuardSpec),
+    /// `killswitch up ...`: run WireGuard, protected, failing over between servers.
+    Up(UpSpec),
+}
+
+/// What `killswitch up` asked for. Holds private keys; persisted only in the root-only state
+/// directory, and its `Debug` shows none of them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpSpec {
+    /// The tunnel interface.
+    pub interface: InterfaceName,
+    /// The servers, in failover order.
+    pub configs: Vec<TunnelConfig>,
+}
+
+/// The most configurations one `up` may name.
+pub const MAX_CONFIGS: usize = 16;
+
+/// Turns an `up` request into a spec: reads configurations named only by name from
+/// `wireguard_dir` (the client could not read them), parses everything, picks the interface name.
+/// Warnings (a configuration readable by others) go to the log.
+pub fn resolve_up(interface: Option<InterfaceName>, sources: &[ConfigSource], wireguard_dir: &Path) -> Result<UpSpec, IpcError> {
+    let bad = |message: String| IpcError::new(ErrorKind::BadRequest, message);
+    if sources.is_empty() {
+        return Err(bad("up needs at least one configuration".to_owned()));
+    }
+    if sources.len() > MAX_CONFIGS {
+        return Err(bad(format!("at most {MAX_CONFIGS} configurations")));
+    }
+    let mut configs = Vec::with_capacity(sources.len());
+    for source in sources {
+        let parsed = match &source.text {
+            Some(text) => config::parse(&source.source, text),
+            None => {
+                let name = InterfaceName::new(source.source.as_str())
+                    .map_err(|_| bad(format!("{:?} is neither a file the client read nor a configuration name", source.source)))?;
+                let path = wireguard_dir.join(format!("{name}.conf"));
+                let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    if meta.permissions().mode() & 0o077 != 0 {
+                        tracing::warn!(
+                            "{} is readable by others (mode {:o}) and holds a private key: chmod 600 it",
+                            path.display(),
+                            meta.permissions().mode() & 0o777
+                        );
+                    }
+                }
+                config::parse(&path.display().to_string(), &text)
+            }
+        };
+        configs.push(parsed.map_err(|e| bad(e.to_string()))?);
+    }
+    let interface = match interface {
+        Some(name) => name,
+        None => default_interface(&sources[0].source),
+    };
+    if interface.as_str() == "lo" {
+        return Err(bad("the tunnel interface cannot be lo".to_owned()));
+    }
+    Ok(UpSpec { interface, configs })
+}
+
+/// wg-quick names the interface after the file: `/etc/wireguard/wg0.conf` is `wg0`.
+fn default_interface(source: &str) -> InterfaceName {
+    let stem = Path::new(source).file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    InterfaceName::new(stem).unwrap_or_else(|_| InterfaceName::new("killswitch0").unwrap_or_else(|_| InterfaceName::loopback()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONF: &str = "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = 10.64.0.2/32\nDNS = 10.64.0.1\n\
+        [Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = 198.51.100.1:51820\nAllowedIPs = 0.0.0.0/0\n";
+
+    fn sent(source: &str, text: &str) -> ConfigSource {
+        ConfigSource { source: source.to_owned(), text: Some(text.to_owned()) }
+    }
+
+    #[test]
+    fn names_the_interface_after_the_first_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = resolve_up(None, &[sent("/home/me/vpn/se-1.conf", CONF)], dir.path()).expect("valid");
+        assert_eq!(spec.interface.as_str(), "se-1");
+        let spec = resolve_up(None, &[sent("a-name-much-too-long-for-an-interface.conf", CONF)], dir.path()).expect("valid");
+        assert_eq!(spec.interface.as_str(), "killswitch0");
+        let spec = resolve_up(InterfaceName::new("wgx").ok(), &[sent("x.conf", CONF)], dir.path()).expect("valid");
+        assert_eq!(spec.interface.as_str(), "wgx");
+    }
+
+    #[test]
+    fn reads_names_from_the_wireguard_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("wg7.conf"), CONF).expect("write");
+        let by_name = ConfigSource { source: "wg7".to_owned(), text: None };
+        let spec = resolve_up(None, &[by_name], dir.path()).expect("valid");
+        assert_eq!((spec.interface.as_str(), spec.configs.len()), ("wg7", 1));
+        let missing = ConfigSource { source: "wg8".to_owned(), text: None };
+        let err = resolve_up(None, &[missing], dir.path()).expect_err("missing");
+        assert!(err.message.contains("wg8.conf"), "{}", err.message);
+        let sneaky = ConfigSource { source: "../../etc/shadow".to_owned(), text: None };
+        assert!(resolve_up(None, &[sneaky], dir.path()).is_err(), "names are interface names, not paths");
+    }
+
+    #[test]
+    fn parse_errors_name_the_file_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = resolve_up(None, &[sent("a.conf", CONF), sent("b.conf", "[Interface]\nMTU = x\n")], dir.path()).expect_err("bad");
+        assert_eq!(err.kind, ErrorKind::BadRequest);
+        assert!(err.message.starts_with("b.conf:2: MTU:"), "{}", err.message);
+        assert!(resolve_up(None, &[], dir.path()).is_err());
+    }
+
+    #[test]
+    fn debug_hides_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = resolve_up(None, &[sent("a.conf", CONF)], dir.path()).expect("valid");
+        assert!(!format!("{:?}", Target::Up(spec)).contains("yAnz5"));
+    }
+}
