@@ -34,7 +34,13 @@ fn states() -> Result<[Ruleset; 2]> {
     };
     let settings = Settings::default();
     Ok([
-        compile(&PolicyState::Connecting { peer: peer.clone() }, &settings),
+        compile(
+            &PolicyState::Connecting {
+                peer: peer.clone(),
+                probe: None,
+            },
+            &settings,
+        ),
         compile(&PolicyState::Connected { peer, tunnel }, &settings),
     ])
 }

@@ -8,9 +8,9 @@
 
 use crate::firewall::Firewall;
 use crate::store::{Loaded, Store};
+use crate::target::Target;
 use killswitch_policy::routes::compile_routes;
 use killswitch_policy::{PolicyState, compile};
-use crate::target::Target;
 use killswitch_types::Settings;
 
 /// What the early-boot step decided.
@@ -40,7 +40,9 @@ pub fn decide(loaded: &Loaded) -> (Decision, Settings) {
                 (Target::Guard(spec), false) => {
                     Decision::Block(format!("a tunnel ({}) was being protected", spec.interface))
                 }
-                (Target::Up(spec), false) => Decision::Block(format!("a tunnel ({}) was up", spec.interface)),
+                (Target::Up(spec), false) => {
+                    Decision::Block(format!("a tunnel ({}) was up", spec.interface))
+                }
                 (Target::Disconnected, false) => {
                     Decision::Leave("no tunnel was wanted and lockdown is off".to_owned())
                 }

@@ -80,7 +80,10 @@ impl Config {
             return Err("admin_group must not be empty".to_owned());
         }
         if !(1.0..=300.0).contains(&config.dead_after_seconds) {
-            return Err(format!("dead_after_seconds = {} is outside 1 to 300", config.dead_after_seconds));
+            return Err(format!(
+                "dead_after_seconds = {} is outside 1 to 300",
+                config.dead_after_seconds
+            ));
         }
         Ok(config)
     }
@@ -114,6 +117,9 @@ mod tests {
         assert!(err.contains("admin_group"), "{err}");
         assert!(Config::parse("admin_group = \"\"").is_err());
         assert!(Config::parse("dead_after_seconds = 0.1").is_err());
-        assert_eq!(Config::parse("dead_after_seconds = 1.5").map(|c| c.dead_after_seconds), Ok(1.5));
+        assert_eq!(
+            Config::parse("dead_after_seconds = 1.5").map(|c| c.dead_after_seconds),
+            Ok(1.5)
+        );
     }
 }

@@ -45,7 +45,12 @@ pub struct CoreOptions {
 
 impl std::fmt::Debug for CoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CoreOptions({}, {:?})", self.wireguard_dir.display(), self.health_bound)
+        write!(
+            f,
+            "CoreOptions({}, {:?})",
+            self.wireguard_dir.display(),
+            self.health_bound
+        )
     }
 }
 
@@ -100,7 +105,12 @@ impl<F> std::fmt::Debug for Core<F> {
 impl<F: Firewall> Core<F> {
     /// Loads the persisted settings and prepares the state machine. Applies nothing yet: the
     /// caller first observes the tunnel, then calls [`Core::reconcile`].
-    pub fn new(firewall: F, store: Store, config_fault: Option<String>, options: CoreOptions) -> Self {
+    pub fn new(
+        firewall: F,
+        store: Store,
+        config_fault: Option<String>,
+        options: CoreOptions,
+    ) -> Self {
         let (persisted, settings_fault) = match store.load() {
             Loaded::Fresh => (Persisted::default(), None),
             Loaded::Found(p) => (p, None),
@@ -182,6 +192,11 @@ impl<F: Firewall> Core<F> {
         match step {
             Step::Connected | Step::Lost => {
                 self.reconcile();
+            }
+            Step::Attempted { probe } => {
+                // Admit the probe first, then send it.
+                self.reconcile();
+                tick.probe = probe;
             }
             Step::Probe(ip) => tick.probe = Some(ip),
             Step::Nothing => {}
@@ -284,7 +299,11 @@ impl<F: Firewall> Core<F> {
             Request::Status | Request::Subscribe => return Ok(self.status()),
             Request::Guard(spec) => target = Target::Guard(spec.clone()),
             Request::Up { interface, configs } => {
-                target = Target::Up(resolve_up(interface.clone(), configs, &self.options.wireguard_dir)?);
+                target = Target::Up(resolve_up(
+                    interface.clone(),
+                    configs,
+                    &self.options.wireguard_dir,
+                )?);
             }
             Request::Down => target = Target::Disconnected,
             Request::Off => target = Target::Off,
@@ -361,7 +380,8 @@ impl<F: Firewall> Core<F> {
                     };
                     (State::Connected, PolicyState::Connected { peer, tunnel })
                 } else {
-                    (State::Connecting, PolicyState::Connecting { peer })
+                    let probe = manager.and_then(Manager::probe);
+                    (State::Connecting, PolicyState::Connecting { peer, probe })
                 }
             }
             Target::Guard(spec) => {
@@ -378,7 +398,10 @@ impl<F: Firewall> Core<F> {
                             },
                         },
                     ),
-                    None => (State::Connecting, PolicyState::Connecting { peer }),
+                    None => (
+                        State::Connecting,
+                        PolicyState::Connecting { peer, probe: None },
+                    ),
                 }
             }
         }
@@ -648,7 +671,12 @@ mod tests {
             fail_unless_blocking: true,
             ..Recorder::default()
         };
-        let mut core = Core::new(&mut fw, Store::new(dir.path()), None, CoreOptions::default());
+        let mut core = Core::new(
+            &mut fw,
+            Store::new(dir.path()),
+            None,
+            CoreOptions::default(),
+        );
         let error = core
             .handle(&Request::Guard(spec()))
             .expect_err("apply fails");
@@ -671,7 +699,12 @@ mod tests {
             fail_always: true,
             ..Recorder::default()
         };
-        let mut core = Core::new(&mut fw, Store::new(dir.path()), None, CoreOptions::default());
+        let mut core = Core::new(
+            &mut fw,
+            Store::new(dir.path()),
+            None,
+            CoreOptions::default(),
+        );
         let error = core
             .handle(&Request::Lockdown { enabled: true })
             .expect_err("apply fails");
@@ -722,7 +755,12 @@ mod tests {
     fn a_tampered_table_is_restored_and_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
-        let mut core = Core::new(&mut fw, Store::new(dir.path()), None, CoreOptions::default());
+        let mut core = Core::new(
+            &mut fw,
+            Store::new(dir.path()),
+            None,
+            CoreOptions::default(),
+        );
         core.handle(&Request::Lockdown { enabled: true })
             .expect("ok");
         assert!(
@@ -785,7 +823,12 @@ mod tests {
             fail_unless_blocking: true,
             ..Recorder::default()
         };
-        let mut core = Core::new(&mut fw, Store::new(dir.path()), None, CoreOptions::default());
+        let mut core = Core::new(
+            &mut fw,
+            Store::new(dir.path()),
+            None,
+            CoreOptions::default(),
+        );
         let _ = core.handle(&Request::Guard(spec()));
         let layer = core.firewall.routes.clone().expect("a layer");
         assert_eq!(

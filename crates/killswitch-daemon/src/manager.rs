@@ -29,18 +29,23 @@ const HANDSHAKE_POLL: Duration = Duration::from_millis(50);
 const BACKOFF_CAP: Duration = Duration::from_secs(8);
 /// wg-quick's default mark (and routing table): 51820.
 pub const DEFAULT_FWMARK: u32 = 0xca6c;
-/// During the handshake, a persistent keepalive this short makes WireGuard itself initiate: the
-/// firewall blocks the tunnel until the handshake, so no packet of ours can start it.
-const HANDSHAKE_KEEPALIVE: u16 = 1;
 
 /// Creates a device for an interface name (the real backends, or a fake in tests).
 pub type Factory = Box<dyn FnMut(&str) -> Result<Box<dyn Backend>, TunnelError>>;
 
 #[derive(Debug)]
 enum Phase {
-    Waiting { until: Instant },
-    Handshaking { started: Instant, deadline: Instant },
-    Up { tracker: Tracker },
+    Waiting {
+        until: Instant,
+    },
+    Handshaking {
+        started: Instant,
+        deadline: Instant,
+        last_probe: Instant,
+    },
+    Up {
+        tracker: Tracker,
+    },
 }
 
 /// What a tick found.
@@ -48,6 +53,12 @@ enum Phase {
 pub enum Step {
     /// Nothing that concerns the firewall.
     Nothing,
+    /// The device is configured for a server and waits for the handshake: the firewall must admit
+    /// the probe (see [`Manager::probe`]), which then starts the handshake.
+    Attempted {
+        /// Where to send the first probe, if the server has a resolver.
+        probe: Option<IpAddr>,
+    },
     /// Send a probe through the tunnel to this resolver (its answer is a sign of life).
     Probe(IpAddr),
     /// The handshake completed: traffic may flow.
@@ -66,12 +77,18 @@ pub struct Manager {
     phase: Phase,
     bound: Duration,
     urgent: bool,
+    /// When the next tick is due: absolute, so that other events cannot postpone it.
+    due: Instant,
     last_event: Option<String>,
 }
 
 impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Manager({}, server {}, {:?})", self.spec.interface, self.active, self.phase)
+        write!(
+            f,
+            "Manager({}, server {}, {:?})",
+            self.spec.interface, self.active, self.phase
+        )
     }
 }
 
@@ -87,6 +104,7 @@ impl Manager {
             phase: Phase::Waiting { until: now },
             bound,
             urgent: false,
+            due: now,
             last_event: None,
         }
     }
@@ -109,6 +127,20 @@ impl Manager {
     /// Whether the tunnel has completed its handshake and is not (yet) declared dead.
     pub fn is_up(&self) -> bool {
         matches!(self.phase, Phase::Up { .. })
+    }
+
+    /// The probe the firewall must admit while the handshake is pending: the tunnel's resolver,
+    /// through the tunnel. WireGuard starts a handshake only when it has a packet to send, and
+    /// until the handshake everything else is blocked.
+    pub fn probe(&self) -> Option<killswitch_policy::Probe> {
+        let Phase::Handshaking { .. } = self.phase else {
+            return None;
+        };
+        let resolver = *self.active().1.dns.first()?;
+        Some(killswitch_policy::Probe {
+            interface: self.spec.interface.clone(),
+            resolver,
+        })
     }
 
     /// The backend running the device, once there is one.
@@ -134,60 +166,85 @@ impl Manager {
 
     /// When the next tick is due.
     pub fn next_tick(&self, now: Instant) -> Instant {
-        if self.urgent {
-            return now;
-        }
-        match &self.phase {
-            Phase::Waiting { until } => *until,
-            Phase::Handshaking { .. } => now + HANDSHAKE_POLL,
-            Phase::Up { .. } => now + PROBE_INTERVAL,
-        }
+        if self.urgent { now } else { self.due }
     }
 
     /// Advances the phases.
     pub fn tick(&mut self, now: Instant, factory: &mut Factory) -> Step {
+        let step = self.advance(now, factory);
+        self.due = match &self.phase {
+            Phase::Waiting { until } => *until,
+            Phase::Handshaking { .. } => now + HANDSHAKE_POLL,
+            Phase::Up { .. } => now + PROBE_INTERVAL,
+        };
+        step
+    }
+
+    fn advance(&mut self, now: Instant, factory: &mut Factory) -> Step {
         let urgent = std::mem::take(&mut self.urgent);
         match &mut self.phase {
             Phase::Waiting { until } if now >= *until => match self.attempt_connect(now, factory) {
-                Ok(()) => Step::Nothing,
+                Ok(()) => Step::Attempted {
+                    probe: self.probe().map(|p| p.resolver),
+                },
                 Err(reason) => self.fail(&reason, now),
             },
             Phase::Waiting { .. } => Step::Nothing,
-            Phase::Handshaking { started, deadline } => {
+            Phase::Handshaking {
+                started,
+                deadline,
+                last_probe,
+            } => {
                 let (started, deadline) = (*started, *deadline);
+                let probe_due = now.saturating_duration_since(*last_probe) >= PROBE_INTERVAL;
+                if probe_due {
+                    *last_probe = now;
+                }
                 match self.stats() {
                     Ok(Some(stats)) if stats.last_handshake.is_some() => {
-                        let (_, config) = self.active();
-                        let (key, keepalive) = (config.peer.public_key, config.peer.persistent_keepalive.unwrap_or(0));
-                        if let Some(device) = self.device.as_mut() {
-                            if let Err(e) = device.set_keepalive(&key, keepalive) {
-                                tracing::warn!("restoring the configured keepalive failed: {e}");
-                            }
-                        }
                         let mut tracker = Tracker::new(self.bound, now);
                         // The handshake just seen is the baseline, not a later sign of life.
                         tracker.observe(&stats, now);
                         self.phase = Phase::Up { tracker };
                         self.attempt = 0;
-                        self.event(format!("connected to {} in {} ms", self.describe_active(), (now - started).as_millis()));
+                        self.event(format!(
+                            "connected to {} in {} ms",
+                            self.describe_active(),
+                            (now - started).as_millis()
+                        ));
                         Step::Connected
                     }
                     Err(e) => self.fail(&format!("the device failed: {e}"), now),
-                    _ if now >= deadline => self.fail(&format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()), now),
+                    _ if now >= deadline => self.fail(
+                        &format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+                        now,
+                    ),
+                    // WireGuard retries its handshake by itself once started; probing again
+                    // covers a first packet that was lost.
+                    _ if probe_due => self
+                        .probe()
+                        .map_or(Step::Nothing, |p| Step::Probe(p.resolver)),
                     _ => Step::Nothing,
                 }
             }
             Phase::Up { .. } => {
                 let stats = self.stats();
-                let Phase::Up { tracker } = &mut self.phase else { return Step::Nothing };
+                let Phase::Up { tracker } = &mut self.phase else {
+                    return Step::Nothing;
+                };
                 let health = match stats {
                     Ok(Some(stats)) => tracker.observe(&stats, now),
                     _ => tracker.judge(now),
                 };
                 let probe = self.spec.configs[self.active].dns.first().copied();
                 match health {
-                    Health::Dead { silent } => self.fail(&format!("no sign of life for {:.1} s", silent.as_secs_f64()), now),
-                    Health::Probe | Health::Alive if urgent => probe.map_or(Step::Nothing, Step::Probe),
+                    Health::Dead { silent } => self.fail(
+                        &format!("no sign of life for {:.1} s", silent.as_secs_f64()),
+                        now,
+                    ),
+                    Health::Probe | Health::Alive if urgent => {
+                        probe.map_or(Step::Nothing, Step::Probe)
+                    }
                     Health::Probe => probe.map_or(Step::Nothing, Step::Probe),
                     Health::Alive => Step::Nothing,
                 }
@@ -209,25 +266,34 @@ impl Manager {
 
     fn attempt_connect(&mut self, now: Instant, factory: &mut Factory) -> Result<(), String> {
         let fwmark = self.fwmark().get();
-        let (_, config) = self.active();
-        let mut config = config.clone();
-        config.peer.persistent_keepalive = Some(HANDSHAKE_KEEPALIVE);
+        let config = self.active().1.clone();
         let fresh = self.device.is_none() || netdev::index(self.spec.interface.as_str()).is_none();
         if fresh {
             self.device = None;
-            let device = factory(self.spec.interface.as_str()).map_err(|e| format!("creating {}: {}", self.spec.interface, crate::firewall::chain(&e)))?;
+            let device = factory(self.spec.interface.as_str()).map_err(|e| {
+                format!(
+                    "creating {}: {}",
+                    self.spec.interface,
+                    crate::firewall::chain(&e)
+                )
+            })?;
             self.device = Some(device);
         }
         let device = self.device.as_mut().ok_or_else(|| "no device".to_owned())?;
-        device.configure(&config, fwmark).map_err(|e| format!("configuring: {}", crate::firewall::chain(&e)))?;
-        if fresh {
-            if let Some(index) = netdev::index(self.spec.interface.as_str()) {
-                netdev::configure(index, &config.addresses, config.mtu).map_err(|e| format!("addressing: {}", crate::firewall::chain(&e)))?;
-            }
-        }
+        device
+            .configure(&config, fwmark)
+            .map_err(|e| format!("configuring: {}", crate::firewall::chain(&e)))?;
         self.attempt += 1;
-        self.phase = Phase::Handshaking { started: now, deadline: now + HANDSHAKE_TIMEOUT };
-        self.event(format!("attempt {} to {}", self.attempt, self.describe_active()));
+        self.phase = Phase::Handshaking {
+            started: now,
+            deadline: now + HANDSHAKE_TIMEOUT,
+            last_probe: now,
+        };
+        self.event(format!(
+            "attempt {} to {}",
+            self.attempt,
+            self.describe_active()
+        ));
         Ok(())
     }
 
@@ -250,7 +316,12 @@ impl Manager {
 
     fn describe_active(&self) -> String {
         let (index, config) = self.active();
-        format!("server {} ({}, {})", index + 1, config.source, config.peer.endpoint)
+        format!(
+            "server {} ({}, {})",
+            index + 1,
+            config.source,
+            config.peer.endpoint
+        )
     }
 
     fn event(&mut self, event: String) {
@@ -285,7 +356,6 @@ mod tests {
         handshake: Option<SystemTime>,
         rx: u64,
         configured: Vec<(String, u32, Option<u16>)>,
-        keepalive: Vec<u16>,
     }
 
     #[derive(Debug)]
@@ -299,22 +369,29 @@ mod tests {
             "fake0"
         }
         fn configure(&mut self, config: &TunnelConfig, fwmark: u32) -> Result<(), TunnelError> {
-            let mut s = self.0.lock().map_err(|_| TunnelError::Backend("poisoned".into()))?;
-            s.configured.push((config.peer.endpoint.to_string(), fwmark, config.peer.persistent_keepalive));
+            let mut s = self
+                .0
+                .lock()
+                .map_err(|_| TunnelError::Backend("poisoned".into()))?;
+            s.configured.push((
+                config.peer.endpoint.to_string(),
+                fwmark,
+                config.peer.persistent_keepalive,
+            ));
             Ok(())
         }
         fn stats(&self) -> Result<Option<PeerStats>, TunnelError> {
-            let s = self.0.lock().map_err(|_| TunnelError::Backend("poisoned".into()))?;
+            let s = self
+                .0
+                .lock()
+                .map_err(|_| TunnelError::Backend("poisoned".into()))?;
             Ok(Some(PeerStats {
-                public_key: PublicKey::parse("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=").map_err(|e| TunnelError::Backend(e.to_string()))?,
+                public_key: PublicKey::parse("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=")
+                    .map_err(|e| TunnelError::Backend(e.to_string()))?,
                 last_handshake: s.handshake,
                 rx_bytes: s.rx,
                 tx_bytes: 0,
             }))
-        }
-        fn set_keepalive(&mut self, _: &PublicKey, seconds: u16) -> Result<(), TunnelError> {
-            self.0.lock().map_err(|_| TunnelError::Backend("poisoned".into()))?.keepalive.push(seconds);
-            Ok(())
         }
     }
 
@@ -332,24 +409,63 @@ mod tests {
     fn setup() -> (Manager, Factory, Arc<Mutex<Script>>, Instant) {
         let script = Arc::new(Mutex::new(Script::default()));
         let shared = script.clone();
-        let factory: Factory = Box::new(move |_| Ok(Box::new(Fake(shared.clone())) as Box<dyn Backend>));
+        let factory: Factory =
+            Box::new(move |_| Ok(Box::new(Fake(shared.clone())) as Box<dyn Backend>));
         let now = Instant::now();
-        (Manager::new(spec(), Duration::from_secs(3), now), factory, script, now)
+        (
+            Manager::new(spec(), Duration::from_secs(3), now),
+            factory,
+            script,
+            now,
+        )
     }
 
     #[test]
-    fn connects_after_the_handshake_and_restores_the_keepalive() {
+    fn probes_into_the_tunnel_until_the_handshake_completes() {
         let (mut m, mut f, script, t0) = setup();
-        assert_eq!(m.tick(t0, &mut f), Step::Nothing);
+        let resolver: IpAddr = "10.64.0.1".parse().expect("ip");
+        assert_eq!(
+            m.tick(t0, &mut f),
+            Step::Attempted {
+                probe: Some(resolver)
+            }
+        );
         assert!(!m.is_up());
+        assert_eq!(
+            m.probe().map(|p| p.resolver),
+            Some(resolver),
+            "the firewall must admit the probe"
+        );
         let configured = script.lock().expect("lock").configured.clone();
-        assert_eq!(configured, vec![("198.51.100.1:51820".to_owned(), DEFAULT_FWMARK, Some(HANDSHAKE_KEEPALIVE))]);
-        assert_eq!(m.tick(t0 + Duration::from_millis(50), &mut f), Step::Nothing, "no handshake yet");
+        assert_eq!(
+            configured,
+            vec![("198.51.100.1:51820".to_owned(), DEFAULT_FWMARK, None)]
+        );
+        assert_eq!(
+            m.tick(t0 + Duration::from_millis(50), &mut f),
+            Step::Nothing,
+            "no handshake yet"
+        );
+        assert_eq!(
+            m.tick(t0 + Duration::from_millis(1000), &mut f),
+            Step::Probe(resolver),
+            "probe again after a second"
+        );
         script.lock().expect("lock").handshake = Some(SystemTime::now());
-        assert_eq!(m.tick(t0 + Duration::from_millis(100), &mut f), Step::Connected);
+        assert_eq!(
+            m.tick(t0 + Duration::from_millis(100), &mut f),
+            Step::Connected
+        );
         assert!(m.is_up());
-        assert_eq!(script.lock().expect("lock").keepalive, vec![0], "back to the configured keepalive (off)");
-        assert!(m.last_event().is_some_and(|e| e.starts_with("connected to server 1 (one.conf")));
+        assert_eq!(
+            m.probe(),
+            None,
+            "up: the probe rule goes; the tunnel itself is open"
+        );
+        assert!(
+            m.last_event()
+                .is_some_and(|e| e.starts_with("connected to server 1 (one.conf"))
+        );
     }
 
     #[test]
@@ -360,17 +476,38 @@ mod tests {
         m.tick(t0, &mut f);
         let s = Duration::from_secs;
         let probe = Step::Probe("10.64.0.1".parse().expect("ip"));
-        assert_eq!(m.tick(t0 + Duration::from_millis(500), &mut f), Step::Nothing, "alive");
-        assert_eq!(m.tick(t0 + s(1), &mut f), probe, "a third of the bound silent: probe");
+        assert_eq!(
+            m.tick(t0 + Duration::from_millis(500), &mut f),
+            Step::Nothing,
+            "alive"
+        );
+        assert_eq!(
+            m.tick(t0 + s(1), &mut f),
+            probe,
+            "a third of the bound silent: probe"
+        );
         assert_eq!(m.tick(t0 + s(2), &mut f), probe);
-        assert_eq!(m.tick(t0 + s(3), &mut f), Step::Lost, "3 s without a sign of life");
+        assert_eq!(
+            m.tick(t0 + s(3), &mut f),
+            Step::Lost,
+            "3 s without a sign of life"
+        );
         assert_eq!(m.active().0, 1, "moved to server 2");
         assert!(!m.is_up());
-        assert!(m.last_event().is_some_and(|e| e.contains("no sign of life for 3.0 s") && e.contains("server 2 (two.conf")));
-        assert_eq!(m.next_tick(t0 + s(3)), t0 + s(3), "the first retry is immediate");
+        assert!(m.last_event().is_some_and(
+            |e| e.contains("no sign of life for 3.0 s") && e.contains("server 2 (two.conf")
+        ));
+        assert_eq!(
+            m.next_tick(t0 + s(3)),
+            t0 + s(3),
+            "the first retry is immediate"
+        );
         m.tick(t0 + s(3), &mut f);
         let configured = script.lock().expect("lock").configured.clone();
-        assert_eq!(configured.last().map(|c| c.0.as_str()), Some("198.51.100.2:51821"));
+        assert_eq!(
+            configured.last().map(|c| c.0.as_str()),
+            Some("198.51.100.2:51821")
+        );
     }
 
     #[test]
@@ -381,7 +518,11 @@ mod tests {
         m.tick(t0, &mut f);
         for i in 1..10 {
             script.lock().expect("lock").rx = i * 100;
-            assert_eq!(m.tick(t0 + Duration::from_secs(i), &mut f), Step::Nothing, "second {i}");
+            assert_eq!(
+                m.tick(t0 + Duration::from_secs(i), &mut f),
+                Step::Nothing,
+                "second {i}"
+            );
         }
     }
 
@@ -390,12 +531,19 @@ mod tests {
         let (mut m, mut f, _script, t0) = setup();
         m.tick(t0, &mut f);
         assert_eq!(m.tick(t0 + HANDSHAKE_TIMEOUT, &mut f), Step::Lost);
-        assert!(m.last_event().is_some_and(|e| e.contains("no handshake within 5 s")));
+        assert!(
+            m.last_event()
+                .is_some_and(|e| e.contains("no handshake within 5 s"))
+        );
         let t1 = t0 + HANDSHAKE_TIMEOUT;
         m.tick(t1, &mut f); // attempt 2, immediately
         assert_eq!(m.tick(t1 + HANDSHAKE_TIMEOUT, &mut f), Step::Lost);
         let t2 = t1 + HANDSHAKE_TIMEOUT;
-        assert_eq!(m.next_tick(t2), t2 + Duration::from_millis(250), "then backoff starts");
+        assert_eq!(
+            m.next_tick(t2),
+            t2 + Duration::from_millis(250),
+            "then backoff starts"
+        );
         assert_eq!(m.active().0, 0, "round robin back to server 1");
     }
 

@@ -49,7 +49,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         health_bound: Duration::from_secs_f64(config.dead_after_seconds),
         ..CoreOptions::default()
     };
-    let mut core = Core::new(Nftables::new(), Store::new(&options.state_dir), config_fault, core_options);
+    let mut core = Core::new(
+        Nftables::new(),
+        Store::new(&options.state_dir),
+        config_fault,
+        core_options,
+    );
     if let Some(error) = core.status().error {
         tracing::error!("{error}");
     }
@@ -166,9 +171,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 /// Sends one DNS query (the root's NS records) to the tunnel's resolver: any answer is a sign of
 /// life in the device's statistics. Fire and forget; the answer is not read.
 fn send_probe(resolver: std::net::IpAddr) {
-    let bind = if resolver.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-    let query = [0x6b, 0x73, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1];
-    let sent = std::net::UdpSocket::bind(bind).and_then(|socket| socket.send_to(&query, (resolver, 53)));
+    let bind = if resolver.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let query = [
+        0x6b, 0x73, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 1,
+    ];
+    let sent =
+        std::net::UdpSocket::bind(bind).and_then(|socket| socket.send_to(&query, (resolver, 53)));
     if let Err(e) = sent {
         tracing::debug!("probe to {resolver} failed: {e}");
     }

@@ -39,7 +39,11 @@ pub const MAX_CONFIGS: usize = 16;
 /// Turns an `up` request into a spec: reads configurations named only by name from
 /// `wireguard_dir` (the client could not read them), parses everything, picks the interface name.
 /// Warnings (a configuration readable by others) go to the log.
-pub fn resolve_up(interface: Option<InterfaceName>, sources: &[ConfigSource], wireguard_dir: &Path) -> Result<UpSpec, IpcError> {
+pub fn resolve_up(
+    interface: Option<InterfaceName>,
+    sources: &[ConfigSource],
+    wireguard_dir: &Path,
+) -> Result<UpSpec, IpcError> {
     let bad = |message: String| IpcError::new(ErrorKind::BadRequest, message);
     if sources.is_empty() {
         return Err(bad("up needs at least one configuration".to_owned()));
@@ -52,18 +56,24 @@ pub fn resolve_up(interface: Option<InterfaceName>, sources: &[ConfigSource], wi
         let parsed = match &source.text {
             Some(text) => config::parse(&source.source, text),
             None => {
-                let name = InterfaceName::new(source.source.as_str())
-                    .map_err(|_| bad(format!("{:?} is neither a file the client read nor a configuration name", source.source)))?;
+                let name = InterfaceName::new(source.source.as_str()).map_err(|_| {
+                    bad(format!(
+                        "{:?} is neither a file the client read nor a configuration name",
+                        source.source
+                    ))
+                })?;
                 let path = wireguard_dir.join(format!("{name}.conf"));
-                let text = std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
-                if let Ok(meta) = std::fs::metadata(&path) {
-                    if meta.permissions().mode() & 0o077 != 0 {
-                        tracing::warn!(
-                            "{} is readable by others (mode {:o}) and holds a private key: chmod 600 it",
-                            path.display(),
-                            meta.permissions().mode() & 0o777
-                        );
-                    }
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+                let mode = std::fs::metadata(&path).map(|m| m.permissions().mode());
+                if let Ok(mode) = mode
+                    && mode & 0o077 != 0
+                {
+                    tracing::warn!(
+                        "{} is readable by others (mode {:o}) and holds a private key: chmod 600 it",
+                        path.display(),
+                        mode & 0o777
+                    );
                 }
                 config::parse(&path.display().to_string(), &text)
             }
@@ -82,8 +92,13 @@ pub fn resolve_up(interface: Option<InterfaceName>, sources: &[ConfigSource], wi
 
 /// wg-quick names the interface after the file: `/etc/wireguard/wg0.conf` is `wg0`.
 fn default_interface(source: &str) -> InterfaceName {
-    let stem = Path::new(source).file_stem().and_then(|s| s.to_str()).unwrap_or("");
-    InterfaceName::new(stem).unwrap_or_else(|_| InterfaceName::new("killswitch0").unwrap_or_else(|_| InterfaceName::loopback()))
+    let stem = Path::new(source)
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("");
+    InterfaceName::new(stem).unwrap_or_else(|_| {
+        InterfaceName::new("killswitch0").unwrap_or_else(|_| InterfaceName::loopback())
+    })
 }
 
 #[cfg(test)]
@@ -94,17 +109,31 @@ mod tests {
         [Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = 198.51.100.1:51820\nAllowedIPs = 0.0.0.0/0\n";
 
     fn sent(source: &str, text: &str) -> ConfigSource {
-        ConfigSource { source: source.to_owned(), text: Some(text.to_owned()) }
+        ConfigSource {
+            source: source.to_owned(),
+            text: Some(text.to_owned()),
+        }
     }
 
     #[test]
     fn names_the_interface_after_the_first_file() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let spec = resolve_up(None, &[sent("/home/me/vpn/se-1.conf", CONF)], dir.path()).expect("valid");
+        let spec =
+            resolve_up(None, &[sent("/home/me/vpn/se-1.conf", CONF)], dir.path()).expect("valid");
         assert_eq!(spec.interface.as_str(), "se-1");
-        let spec = resolve_up(None, &[sent("a-name-much-too-long-for-an-interface.conf", CONF)], dir.path()).expect("valid");
+        let spec = resolve_up(
+            None,
+            &[sent("a-name-much-too-long-for-an-interface.conf", CONF)],
+            dir.path(),
+        )
+        .expect("valid");
         assert_eq!(spec.interface.as_str(), "killswitch0");
-        let spec = resolve_up(InterfaceName::new("wgx").ok(), &[sent("x.conf", CONF)], dir.path()).expect("valid");
+        let spec = resolve_up(
+            InterfaceName::new("wgx").ok(),
+            &[sent("x.conf", CONF)],
+            dir.path(),
+        )
+        .expect("valid");
         assert_eq!(spec.interface.as_str(), "wgx");
     }
 
@@ -112,20 +141,40 @@ mod tests {
     fn reads_names_from_the_wireguard_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("wg7.conf"), CONF).expect("write");
-        let by_name = ConfigSource { source: "wg7".to_owned(), text: None };
+        let by_name = ConfigSource {
+            source: "wg7".to_owned(),
+            text: None,
+        };
         let spec = resolve_up(None, &[by_name], dir.path()).expect("valid");
         assert_eq!((spec.interface.as_str(), spec.configs.len()), ("wg7", 1));
-        let missing = ConfigSource { source: "wg8".to_owned(), text: None };
+        let missing = ConfigSource {
+            source: "wg8".to_owned(),
+            text: None,
+        };
         let err = resolve_up(None, &[missing], dir.path()).expect_err("missing");
         assert!(err.message.contains("wg8.conf"), "{}", err.message);
-        let sneaky = ConfigSource { source: "../../etc/shadow".to_owned(), text: None };
-        assert!(resolve_up(None, &[sneaky], dir.path()).is_err(), "names are interface names, not paths");
+        let sneaky = ConfigSource {
+            source: "../../etc/shadow".to_owned(),
+            text: None,
+        };
+        assert!(
+            resolve_up(None, &[sneaky], dir.path()).is_err(),
+            "names are interface names, not paths"
+        );
     }
 
     #[test]
     fn parse_errors_name_the_file_and_line() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = resolve_up(None, &[sent("a.conf", CONF), sent("b.conf", "[Interface]\nMTU = x\n")], dir.path()).expect_err("bad");
+        let err = resolve_up(
+            None,
+            &[
+                sent("a.conf", CONF),
+                sent("b.conf", "[Interface]\nMTU = x\n"),
+            ],
+            dir.path(),
+        )
+        .expect_err("bad");
         assert_eq!(err.kind, ErrorKind::BadRequest);
         assert!(err.message.starts_with("b.conf:2: MTU:"), "{}", err.message);
         assert!(resolve_up(None, &[], dir.path()).is_err());

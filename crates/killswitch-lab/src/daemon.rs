@@ -116,7 +116,11 @@ impl Daemon {
             .arg("--state-dir")
             .arg(home.state_dir())
             .env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
+            // The daemon's log filter; KILLSWITCH_LAB_DAEMON_LOG overrides it when debugging.
+            .env(
+                "RUST_LOG",
+                std::env::var("KILLSWITCH_LAB_DAEMON_LOG").unwrap_or_else(|_| "info".to_owned()),
+            )
             .env("NO_COLOR", "1");
         let mut process = Process::spawn("killswitchd", command)?;
         let deadline = std::time::Instant::now() + READY_TIMEOUT;

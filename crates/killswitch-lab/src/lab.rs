@@ -40,6 +40,8 @@ pub struct Lab {
     pub rate: u32,
     /// Since when the user allows the LAN (frames to it after this are not leaks).
     lan_allowed_since: Option<Instant>,
+    /// Servers for `killswitch up`, with the configuration files written for them.
+    pub up_servers: Vec<(wireguard::Server, std::path::PathBuf)>,
 }
 
 /// An open measurement window.
@@ -102,6 +104,7 @@ impl Lab {
             topo,
             rate,
             lan_allowed_since: None,
+            up_servers: Vec::new(),
         })
     }
 
@@ -148,6 +151,17 @@ impl Lab {
     /// Waits until `count` packets have arrived through the tunnel since `since`, nudging with a
     /// probe of its own (so it works with or without the generator running).
     pub fn wait_for_tunnel_traffic(&self, since: Instant, count: usize) -> Result<()> {
+        self.wait_for_traffic_from(since, count, is_tunnel)
+    }
+
+    /// Waits until `count` packets from a source matching `from` arrived at the target's UDP sink
+    /// since `since`, nudging with a probe of its own.
+    pub fn wait_for_traffic_from(
+        &self,
+        since: Instant,
+        count: usize,
+        from: impl Fn(IpAddr) -> bool,
+    ) -> Result<()> {
         let target = SocketAddr::new(topology::TARGET_V4.into(), crate::sinks::UDP_PORT);
         let _ = self
             .topo
@@ -155,7 +169,7 @@ impl Lab {
             .run(|| traffic::send_udp(target, b"probe", None));
         self.servers
             .udp
-            .wait_for(since, count, EVENT_TIMEOUT, is_tunnel)
+            .wait_for(since, count, EVENT_TIMEOUT, from)
             .with_context(|| {
                 format!(
                     "waiting for traffic through the tunnel\n{}",
@@ -181,12 +195,57 @@ impl Lab {
                 .unwrap_or_else(|e| format!("{e:#}"));
             text.push_str(&format!("$ {program} {}\n{output}", args.join(" ")));
         }
+        // The servers' side: handshakes and bytes per peer.
+        let servers = self
+            .topo
+            .net
+            .exec("wg", &["show", "all"])
+            .unwrap_or_else(|e| format!("{e:#}"));
+        text.push_str(&format!("$ wg show all (servers)\n{servers}"));
         let frames = self.capture.frames();
         text.push_str("last frames on the physical link:\n");
         for c in frames.iter().rev().take(15).rev() {
             text.push_str(&format!("  {:?} {}\n", c.direction, c.frame));
         }
         text
+    }
+
+    /// Starts `count` (1 or 2) WireGuard servers for `killswitch up`, and writes a client
+    /// configuration for each (mode 600) into the daemon's home.
+    pub fn start_up_servers(&mut self, count: u8) -> Result<()> {
+        let client = wireguard::KeyPair::generate()?;
+        for n in 1..=count {
+            let server = wireguard::Server::start(&self.topo, n)?;
+            server.allow(&self.topo, &client.public)?;
+            let path = self.home.path().join(format!("server{n}.conf"));
+            std::fs::write(&path, server.client_config(&client))?;
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+            self.up_servers.push((server, path));
+        }
+        Ok(())
+    }
+
+    /// The interface `killswitch up` uses in this lab (unique on the machine: userspace
+    /// WireGuard's sockets are shared by all namespaces).
+    pub fn up_interface(&self) -> String {
+        format!(
+            "ksup{}",
+            self.tunnel.client_interface().trim_start_matches("ksc")
+        )
+    }
+
+    /// `killswitch up` with the servers' configurations, in order.
+    pub fn up(&self) -> Result<()> {
+        let interface = self.up_interface();
+        let mut args = vec!["up".to_owned(), "--interface".to_owned(), interface];
+        args.extend(
+            self.up_servers
+                .iter()
+                .map(|(_, path)| path.display().to_string()),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.daemon()?.cli(&args)?.ok()?;
+        Ok(())
     }
 
     /// `killswitch allow-lan on|off`, remembered for the oracle.
@@ -251,7 +310,8 @@ impl Lab {
             "the capture dropped {drops} frames: no verdict possible"
         );
 
-        let endpoints = [self.tunnel.endpoint()];
+        let mut endpoints = vec![self.tunnel.endpoint()];
+        endpoints.extend(self.up_servers.iter().map(|(server, _)| server.endpoint));
         let frames = self.capture.frames();
         let mut m = Measurement {
             per_kind,
@@ -325,8 +385,10 @@ impl Lab {
     }
 }
 
-fn is_tunnel(ip: IpAddr) -> bool {
-    ip == IpAddr::V4(wireguard::CLIENT_TUNNEL_V4)
+/// Whether an arrival came through a tunnel: from a client address of the lab's tunnel (10.64.0.2)
+/// or of an `up` server (10.65.0.2, 10.66.0.2).
+pub fn is_tunnel(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if matches!(v4.octets(), [10, 64..=66, 0, 2]))
 }
 
 fn send_sentinel(payload: &[u8]) -> Result<()> {

@@ -25,7 +25,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 10] = [
+pub const ALL: [Scenario; 11] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -70,6 +70,11 @@ pub const ALL: [Scenario; 10] = [
         name: "restart",
         guards: "stopping killswitchd (SIGTERM) and starting it again opens no window",
         script: restart,
+    },
+    Scenario {
+        name: "up-failover",
+        guards: "killswitch up: firewall first, then the tunnel; a dead server is noticed and the next one takes over, leaking nothing",
+        script: up_failover,
     },
     Scenario {
         name: "tamper",
@@ -671,5 +676,84 @@ fn tamper(lab: &mut Lab) -> Result<Outcome> {
     );
     outcome
         .note("restore times include the status event reaching the lab over the daemon's socket");
+    Ok(outcome)
+}
+
+fn up_failover(lab: &mut Lab) -> Result<Outcome> {
+    lab.start_up_servers(2)?;
+    let (first, second) = match lab.up_servers.as_slice() {
+        [(a, _), (b, _)] => (a.client_ip, b.client_ip),
+        _ => anyhow::bail!("two servers expected"),
+    };
+    let from = |ip: Ipv4Addr| move |a: IpAddr| a == IpAddr::V4(ip);
+    let asked = Instant::now();
+    lab.up()?;
+    let status = lab
+        .daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
+    let connected_in = asked.elapsed();
+    let backend = status
+        .tunnel
+        .and_then(|t| t.managed)
+        .and_then(|m| m.backend)
+        .unwrap_or_default();
+    lab.wait_for_traffic_from(Instant::now(), 1, from(first))?;
+
+    let window = lab.begin(&[Kind::Udp4, Kind::Tcp4, Kind::Icmp4])?;
+    hold(Duration::from_secs(1));
+    let killed = Instant::now();
+    lab.up_servers[0].0.process().kill()?;
+    let daemon = lab.daemon()?;
+    let lost = daemon.wait_for("the dead server noticed", EVENT_TIMEOUT, |s| {
+        s.state != State::Connected
+    })?;
+    let detected = killed.elapsed();
+    let back = daemon.wait_for("the second server connected", EVENT_TIMEOUT, |s| {
+        s.state == State::Connected
+            && s.tunnel
+                .as_ref()
+                .and_then(|t| t.managed.as_ref())
+                .is_some_and(|m| m.server == 1)
+    })?;
+    let failed_over = killed.elapsed();
+    lab.wait_for_traffic_from(killed, RESUMED, from(second))?;
+    hold(Duration::from_millis(500));
+    let mut outcome = Outcome::new(lab.end(window)?);
+    outcome.check(
+        lab.servers.udp.count_since(asked, from(first)) > 0,
+        "traffic went through the first server",
+    );
+    outcome.check(
+        lab.servers.udp.count_since(killed, from(second)) > 0,
+        "after the failover, through the second",
+    );
+    outcome.check(
+        outcome.measurement.direct == 0,
+        format!(
+            "nothing arrived outside a tunnel ({})",
+            outcome.measurement.direct
+        ),
+    );
+    outcome.check(
+        lost.state == State::Connecting,
+        format!(
+            "while failing over the daemon blocked (state {})",
+            lost.state
+        ),
+    );
+    let event = back
+        .tunnel
+        .and_then(|t| t.managed)
+        .and_then(|m| m.last_event)
+        .unwrap_or_default();
+    outcome.note(format!(
+        "{backend} WireGuard; connected {} ms after `up`",
+        ms(connected_in)
+    ));
+    outcome.note(format!(
+        "server 1 killed: declared dead after {} ms, connected to server 2 after {} ms ({event})",
+        ms(detected),
+        ms(failed_over)
+    ));
     Ok(outcome)
 }

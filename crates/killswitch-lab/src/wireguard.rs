@@ -334,21 +334,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts server `n` (0 or 1): endpoint 198.51.100.1:51820 or 198.51.100.2:51821, tunnel
-    /// 10.64.0.0/24 or 10.65.0.0/24.
+    /// Starts server `n` (1 or 2; the lab's own tunnel is server 0): endpoint 198.51.100.(1+n)
+    /// port 51820+n, tunnel 10.(64+n).0.0/24, client address 10.(64+n).0.2.
     pub fn start(topo: &Topology, n: u8) -> Result<Self> {
         let unique =
             (std::process::id() as usize * 8 + COUNTER.fetch_add(1, Ordering::Relaxed)) % 100_000;
         let interface = format!("kssrv{unique}");
-        let endpoint = SocketAddr::new(
-            if n == 0 {
-                ENDPOINT_V4
-            } else {
-                crate::topology::ENDPOINT2_V4
-            }
-            .into(),
-            PORT + u16::from(n),
-        );
+        let ip = match n {
+            1 => crate::topology::ENDPOINT2_V4,
+            2 => crate::topology::ENDPOINT3_V4,
+            _ => anyhow::bail!("servers are numbered 1 and 2"),
+        };
+        let endpoint = SocketAddr::new(ip.into(), PORT + u16::from(n));
         let tunnel_ip = Ipv4Addr::new(10, 64 + n, 0, 1);
         let client_ip = Ipv4Addr::new(10, 64 + n, 0, 2);
         let key = KeyPair::generate()?;

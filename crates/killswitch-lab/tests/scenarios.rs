@@ -80,6 +80,11 @@ fn tampering_with_the_table_is_reverted_and_leaks_nothing() {
 }
 
 #[test]
+fn up_fails_over_to_the_next_server_without_leaking() {
+    scenario_passes("up-failover");
+}
+
+#[test]
 fn every_scenario_has_a_test() {
     let source = include_str!("scenarios.rs");
     for scenario in scenarios::ALL {

@@ -60,6 +60,18 @@ fn all_states() -> Vec<(&'static str, PolicyState, Settings)> {
             "connecting",
             PolicyState::Connecting {
                 peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+                probe: None,
+            },
+            s(false, false),
+        ),
+        (
+            "connecting+probe",
+            PolicyState::Connecting {
+                peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+                probe: Some(killswitch_policy::Probe {
+                    interface: InterfaceName::new("wg0").expect("literal"),
+                    resolver: "10.64.0.1".parse().expect("literal"),
+                }),
             },
             s(false, false),
         ),
@@ -169,6 +181,7 @@ fn nft_lists_the_table_with_drop_policies() -> Result<()> {
     let ruleset = compile(
         &PolicyState::Connecting {
             peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+            probe: None,
         },
         &Settings::default(),
     );
@@ -284,6 +297,7 @@ fn a_rejected_batch_changes_nothing() -> Result<()> {
     let mut bad = compile(
         &PolicyState::Connecting {
             peer: peer(topology::ENDPOINT_V4, None),
+            probe: None,
         },
         &Settings::default(),
     );
@@ -430,6 +444,7 @@ fn real_packets_agree_with_the_evaluator() -> Result<()> {
         let ruleset = compile(
             &PolicyState::Connecting {
                 peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+                probe: None,
             },
             &Settings {
                 lockdown: false,
@@ -517,6 +532,7 @@ fn switching_states_under_traffic_never_opens_a_gap() -> Result<()> {
     let a = compile(
         &PolicyState::Connecting {
             peer: peer(topology::ENDPOINT_V4, None),
+            probe: None,
         },
         &Settings {
             lockdown: false,
@@ -526,6 +542,7 @@ fn switching_states_under_traffic_never_opens_a_gap() -> Result<()> {
     let b = compile(
         &PolicyState::Connecting {
             peer: peer(topology::ENDPOINT2_V4, None),
+            probe: None,
         },
         &Settings {
             lockdown: false,

@@ -36,10 +36,13 @@ pub enum PolicyState {
     Off,
     /// No tunnel wanted: no table, unless lockdown is on (then as `Blocked`).
     Disconnected,
-    /// A tunnel is wanted and not up: only the endpoint hole.
+    /// A tunnel is wanted and not up: only the endpoint hole (and, for a tunnel the daemon runs,
+    /// its probe into the tunnel).
     Connecting {
         /// The VPN server and who may reach it.
         peer: Peer,
+        /// A probe the daemon sends into the tunnel to start and check the handshake.
+        probe: Option<Probe>,
     },
     /// The tunnel is up: traffic may use it.
     Connected {
@@ -61,6 +64,18 @@ pub struct Peer {
     pub mark: Option<Fwmark>,
     /// Only sockets owned by this uid may use the hole.
     pub uid: Option<u32>,
+}
+
+/// The daemon's own probe into a tunnel that is not up yet: one DNS query to the tunnel's
+/// resolver, through the tunnel. WireGuard starts its handshake when it has a packet to send, and
+/// everything else is blocked until the handshake: this is that packet. Into the tunnel, it is
+/// never a leak.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    /// The tunnel interface.
+    pub interface: InterfaceName,
+    /// The tunnel's resolver.
+    pub resolver: IpAddr,
 }
 
 /// The tunnel interface as the rules need it.
@@ -105,12 +120,12 @@ const LAN_FORWARD_CHAIN: &str = "lan-forward";
 
 /// Compiles the rules for `state` under `settings`.
 pub fn compile(state: &PolicyState, settings: &Settings) -> Ruleset {
-    let (peer, tunnel) = match state {
+    let (peer, tunnel, probe) = match state {
         PolicyState::Off => return Ruleset { table: None },
         PolicyState::Disconnected if !settings.lockdown => return Ruleset { table: None },
-        PolicyState::Disconnected | PolicyState::Blocked => (None, None),
-        PolicyState::Connecting { peer } => (Some(peer), None),
-        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel)),
+        PolicyState::Disconnected | PolicyState::Blocked => (None, None, None),
+        PolicyState::Connecting { peer, probe } => (Some(peer), None, probe.as_ref()),
+        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel), None),
     };
     let allow_lan = settings.allow_lan;
 
@@ -119,7 +134,7 @@ pub fn compile(state: &PolicyState, settings: &Settings) -> Ruleset {
         base_chain(
             "output",
             Hook::Output,
-            output_rules(peer, tunnel, allow_lan),
+            output_rules(peer, tunnel, probe, allow_lan),
         ),
         base_chain("forward", Hook::Forward, forward_rules(tunnel, allow_lan)),
     ];
@@ -147,10 +162,24 @@ fn base_chain(name: &str, hook: Hook, rules: Vec<Rule>) -> Chain {
     }
 }
 
-fn output_rules(peer: Option<&Peer>, tunnel: Option<&Tunnel>, allow_lan: bool) -> Vec<Rule> {
+fn output_rules(
+    peer: Option<&Peer>,
+    tunnel: Option<&Tunnel>,
+    probe: Option<&Probe>,
+    allow_lan: bool,
+) -> Vec<Rule> {
     let mut rules = vec![on().oif(&InterfaceName::loopback()).accept("loopback")];
     if let Some(peer) = peer {
         rules.push(endpoint_hole(peer));
+    }
+    if let Some(probe) = probe {
+        rules.push(
+            on().oif(&probe.interface)
+                .dst(host(probe.resolver))
+                .proto(L4Proto::Udp)
+                .dport(53)
+                .accept("probe into the tunnel"),
+        );
     }
     rules.extend(link_bring_up_out());
     rules.extend(dns_rules(tunnel));

@@ -23,7 +23,7 @@ pub mod ranges;
 pub mod routes;
 mod ruleset;
 
-pub use compile::{Peer, PolicyState, Tunnel, compile};
+pub use compile::{Peer, PolicyState, Probe, Tunnel, compile};
 pub use evaluate::{ConnState, Packet, Transport, Verdict as PacketVerdict};
 pub use killswitch_types::Settings;
 pub use ruleset::{

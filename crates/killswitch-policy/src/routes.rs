@@ -96,16 +96,18 @@ pub enum TableRoute {
     Unreachable(IpFamily),
     /// `default dev <interface>`: into the tunnel.
     Tunnel(IpFamily, InterfaceName),
+    /// `<address> dev <interface>`: the daemon's probe into a tunnel that is not up yet.
+    Host(IpAddr, InterfaceName),
 }
 
 /// The routing layer for `state`, or `None` where no table is installed either.
 pub fn compile_routes(state: &PolicyState, settings: &Settings) -> Option<RoutingLayer> {
-    let (peer, tunnel) = match state {
+    let (peer, tunnel, probe) = match state {
         PolicyState::Off => return None,
         PolicyState::Disconnected if !settings.lockdown => return None,
-        PolicyState::Disconnected | PolicyState::Blocked => (None, None),
-        PolicyState::Connecting { peer } => (Some(peer), None),
-        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel)),
+        PolicyState::Disconnected | PolicyState::Blocked => (None, None, None),
+        PolicyState::Connecting { peer, probe } => (Some(peer), None, probe.as_ref()),
+        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel), None),
     };
     let families = [IpFamily::V4, IpFamily::V6];
     let mut rules = Vec::new();
@@ -134,6 +136,9 @@ pub fn compile_routes(state: &PolicyState, settings: &Settings) -> Option<Routin
         }
     }));
     let mut routes: Vec<TableRoute> = families.into_iter().map(TableRoute::Unreachable).collect();
+    if let Some(probe) = probe {
+        routes.push(TableRoute::Host(probe.resolver, probe.interface.clone()));
+    }
     if let Some(tunnel) = tunnel {
         routes.extend(
             tunnel
@@ -223,7 +228,10 @@ mod tests {
     fn everything_but_the_tunnels_own_packets_goes_to_our_table() {
         let rules = |p: Peer| {
             compile_routes(
-                &PolicyState::Connecting { peer: p },
+                &PolicyState::Connecting {
+                    peer: p,
+                    probe: None,
+                },
                 &settings(false, false),
             )
             .expect("layer")

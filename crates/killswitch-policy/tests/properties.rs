@@ -182,6 +182,17 @@ fn peer() -> impl Strategy<Value = Peer> {
         })
 }
 
+fn probe() -> impl Strategy<Value = killswitch_policy::Probe> {
+    (
+        proptest::sample::select(vec!["wg0", "tun0"]),
+        any::<bool>().prop_flat_map(address),
+    )
+        .prop_map(|(name, resolver)| killswitch_policy::Probe {
+            interface: InterfaceName::new(name).expect("literal"),
+            resolver,
+        })
+}
+
 fn tunnel() -> impl Strategy<Value = Tunnel> {
     (
         proptest::sample::select(vec!["wg0", "tun0", "eth0"]),
@@ -199,7 +210,8 @@ fn tunnel() -> impl Strategy<Value = Tunnel> {
 fn table_state() -> impl Strategy<Value = PolicyState> {
     prop_oneof![
         Just(PolicyState::Blocked),
-        peer().prop_map(|peer| PolicyState::Connecting { peer }),
+        (peer(), proptest::option::of(probe()))
+            .prop_map(|(peer, probe)| PolicyState::Connecting { peer, probe }),
         (peer(), tunnel()).prop_map(|(peer, tunnel)| PolicyState::Connected { peer, tunnel }),
     ]
 }
@@ -217,7 +229,7 @@ fn is_link_local_v6(ip: &IpAddr) -> bool {
 
 fn peer_of(state: &PolicyState) -> Option<&Peer> {
     match state {
-        PolicyState::Connecting { peer } | PolicyState::Connected { peer, .. } => Some(peer),
+        PolicyState::Connecting { peer, .. } | PolicyState::Connected { peer, .. } => Some(peer),
         _ => None,
     }
 }
@@ -229,15 +241,43 @@ fn tunnel_of(state: &PolicyState) -> Option<&Tunnel> {
     }
 }
 
+/// The tunnel interface, whether up (connected) or being probed (connecting).
+fn tunnel_iface(state: &PolicyState) -> Option<&InterfaceName> {
+    match state {
+        PolicyState::Connected { tunnel, .. } => Some(&tunnel.interface),
+        PolicyState::Connecting {
+            probe: Some(probe), ..
+        } => Some(&probe.interface),
+        _ => None,
+    }
+}
+
+/// The resolvers reachable through the tunnel.
+fn tunnel_dns(state: &PolicyState) -> Vec<IpAddr> {
+    match state {
+        PolicyState::Connected { tunnel, .. } => tunnel.dns.clone(),
+        PolicyState::Connecting {
+            probe: Some(probe), ..
+        } => vec![probe.resolver],
+        _ => Vec::new(),
+    }
+}
+
+/// The daemon's probe: DNS to the probe resolver through the probe interface.
+fn is_probe(state: &PolicyState, p: &Packet) -> bool {
+    matches!(state, PolicyState::Connecting { probe: Some(probe), .. }
+        if p.oif.as_ref() == Some(&probe.interface) && p.dst == probe.resolver)
+}
+
 fn to_endpoint(state: &PolicyState, p: &Packet) -> bool {
     peer_of(state).is_some_and(|peer| peer.endpoint.address.ip() == p.dst)
 }
 
 fn leaves_outside_tunnel(state: &PolicyState, p: &Packet) -> bool {
     p.hook != Hook::Input
-        && p.oif.as_ref().is_some_and(|oif| {
-            oif.as_str() != "lo" && Some(oif) != tunnel_of(state).map(|t| &t.interface)
-        })
+        && p.oif
+            .as_ref()
+            .is_some_and(|oif| oif.as_str() != "lo" && Some(oif) != tunnel_iface(state))
 }
 
 fn dns_dport(p: &Packet) -> bool {
@@ -296,9 +336,7 @@ proptest! {
         prop_assume!(p.oif.as_ref().is_some_and(|o| o.as_str() != "lo"));
         let verdict = compile(&state, &settings).verdict(&p);
         if verdict.is_accept() {
-            let via_tunnel_resolver = tunnel_of(&state).is_some_and(|t| {
-                p.oif.as_ref() == Some(&t.interface) && t.dns.contains(&p.dst)
-            });
+            let via_tunnel_resolver = p.oif.as_ref().is_some_and(|o| Some(o) == tunnel_iface(&state)) && tunnel_dns(&state).contains(&p.dst);
             prop_assert!(via_tunnel_resolver || (p.hook == Hook::Output && endpoint_exact(&state, &p)), "{state:?} accepted {p:?}");
         }
     }
@@ -308,7 +346,7 @@ proptest! {
     fn v4_only_tunnel_blocks_global_ipv6(state in table_state(), settings in settings(), p in outbound_packet()) {
         // A link-local IPv6 address (every WireGuard interface has one) does not carry IPv6.
         prop_assume!(tunnel_of(&state).is_none_or(|t| t.addresses.iter().all(|a| a.is_ipv4() || is_link_local_v6(a))));
-        prop_assume!(p.dst.is_ipv6() && !is_lan(p.dst) && !to_endpoint(&state, &p) && !p.dst.is_loopback());
+        prop_assume!(p.dst.is_ipv6() && !is_lan(p.dst) && !to_endpoint(&state, &p) && !p.dst.is_loopback() && !is_probe(&state, &p));
         prop_assume!(p.hook != Hook::Input && p.oif.as_ref().is_some_and(|o| o.as_str() != "lo"));
         let verdict = compile(&state, &settings).verdict(&p);
         prop_assert!(!verdict.is_accept(), "{state:?} accepted {p:?}");
@@ -333,7 +371,7 @@ proptest! {
     #[test]
     fn no_new_inbound_from_the_internet(state in table_state(), settings in settings(), p in inbound_packet()) {
         prop_assume!(p.hook == Hook::Input && p.conn == ConnState::New && !is_lan(p.src));
-        prop_assume!(p.iif.as_ref().is_some_and(|i| i.as_str() != "lo" && Some(i) != tunnel_of(&state).map(|t| &t.interface)));
+        prop_assume!(p.iif.as_ref().is_some_and(|i| i.as_str() != "lo" && Some(i) != tunnel_iface(&state)));
         prop_assume!(peer_of(&state).is_none_or(|peer| peer.endpoint.address.ip() != p.src));
         let verdict = compile(&state, &settings).verdict(&p);
         let link_bring_up = matches!(p.transport, Transport::Udp { sport: 67, dport: 68 } | Transport::Icmpv6 { .. });

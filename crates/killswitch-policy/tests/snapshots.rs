@@ -44,3 +44,8 @@ fn connected_v4_only() {
 fn connected_dual_stack_allow_lan() {
     insta::assert_snapshot!(render(&fixtures::connected(true), false, true));
 }
+
+#[test]
+fn connecting_with_probe() {
+    insta::assert_snapshot!(render(&fixtures::connecting_with_probe(), false, false));
+}

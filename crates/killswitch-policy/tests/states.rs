@@ -250,7 +250,14 @@ fn connecting_opens_exactly_the_marked_endpoint() {
 fn uid_narrows_the_hole() {
     let mut p = peer(None);
     p.uid = Some(1234);
-    let r = rules(&PolicyState::Connecting { peer: p }, false, false);
+    let r = rules(
+        &PolicyState::Connecting {
+            peer: p,
+            probe: None,
+        },
+        false,
+        false,
+    );
     let to_endpoint = Packet::output(
         PHYS,
         ip(HOST_V4),
@@ -264,7 +271,14 @@ fn uid_narrows_the_hole() {
 
 #[test]
 fn without_a_mark_the_hole_is_the_endpoint_only() {
-    let r = rules(&PolicyState::Connecting { peer: peer(None) }, false, false);
+    let r = rules(
+        &PolicyState::Connecting {
+            peer: peer(None),
+            probe: None,
+        },
+        false,
+        false,
+    );
     let to_endpoint = Packet::output(
         PHYS,
         ip(HOST_V4),
@@ -539,4 +553,33 @@ fn link_local_ipv6_does_not_make_a_tunnel_dual_stack() {
         Transport::tcp(40000, 443),
     );
     assert!(!r.verdict(&web_v6).is_accept());
+}
+
+#[test]
+fn the_probe_reaches_only_the_tunnel_resolver_through_the_tunnel() {
+    let r = rules(&connecting_with_probe(), false, false);
+    let probe = |oif: &str, dst: &str, t: Transport| Packet::output(oif, ip(TUNNEL_V4), ip(dst), t);
+    assert!(
+        r.verdict(&probe(TUN, TUNNEL_DNS, Transport::udp(40000, 53)))
+            .is_accept()
+    );
+    assert!(
+        !r.verdict(&probe(TUN, TUNNEL_DNS, Transport::udp(40000, 443)))
+            .is_accept(),
+        "DNS only"
+    );
+    assert!(
+        !r.verdict(&probe(TUN, INTERNET_V4, Transport::udp(40000, 53)))
+            .is_accept(),
+        "to the resolver only"
+    );
+    assert!(
+        !r.verdict(&probe(PHYS, TUNNEL_DNS, Transport::udp(40000, 53)))
+            .is_accept(),
+        "through the tunnel only"
+    );
+    assert!(
+        !r.verdict(&web_v4(TUN)).is_accept(),
+        "nothing else into the tunnel before the handshake"
+    );
 }

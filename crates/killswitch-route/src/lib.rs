@@ -21,6 +21,7 @@ use netlink_packet_route::rule::{
 };
 use netlink_packet_route::{AddressFamily, IpProtocol, RouteNetlinkMessage};
 use std::io;
+use std::net::IpAddr;
 
 mod rtnl;
 pub use rtnl::Rtnl;
@@ -70,6 +71,8 @@ pub enum InstalledRoute {
     Unreachable(IpFamily),
     /// `default dev <index>`.
     Device(IpFamily, u32),
+    /// `<address> dev <index>`.
+    Host(IpAddr, u32),
     /// Anything else (removed on apply).
     Other,
 }
@@ -192,16 +195,33 @@ impl Routing {
                     let index = nix_if_index(name.as_str())?;
                     Some(InstalledRoute::Device(*family, index))
                 }
+                TableRoute::Host(address, name) => {
+                    Some(InstalledRoute::Host(*address, nix_if_index(name.as_str())?))
+                }
             })
             .collect()
     }
 
     fn add_route(&mut self, route: &InstalledRoute) -> Result<(), RouteError> {
-        let (family, kind, oif, metric) = match route {
-            InstalledRoute::Unreachable(family) => {
-                (*family, RouteType::Unreachable, None, LAST_RESORT_METRIC)
+        let (family, kind, oif, metric, host) = match route {
+            InstalledRoute::Unreachable(family) => (
+                *family,
+                RouteType::Unreachable,
+                None,
+                LAST_RESORT_METRIC,
+                None,
+            ),
+            InstalledRoute::Device(family, index) => {
+                (*family, RouteType::Unicast, Some(*index), 0, None)
             }
-            InstalledRoute::Device(family, index) => (*family, RouteType::Unicast, Some(*index), 0),
+            InstalledRoute::Host(address, index) => {
+                let family = if address.is_ipv4() {
+                    IpFamily::V4
+                } else {
+                    IpFamily::V6
+                };
+                (family, RouteType::Unicast, Some(*index), 0, Some(*address))
+            }
             InstalledRoute::Other => return Ok(()),
         };
         let mut message = RouteMessage::default();
@@ -217,6 +237,12 @@ impl Routing {
             kind,
             ..RouteHeader::default()
         };
+        if let Some(address) = host {
+            message.header.destination_prefix_length = if address.is_ipv4() { 32 } else { 128 };
+            message
+                .attributes
+                .push(RouteAttribute::Destination(address.into()));
+        }
         message.attributes.push(RouteAttribute::Table(ROUTE_TABLE));
         message.attributes.push(RouteAttribute::Priority(metric));
         if let Some(index) = oif {
@@ -412,6 +438,25 @@ fn parse_route(route: &RouteMessage) -> InstalledRoute {
     let Some(family) = ip_family(route.header.address_family) else {
         return InstalledRoute::Other;
     };
+    let oif = route.attributes.iter().find_map(|a| {
+        if let RouteAttribute::Oif(i) = a {
+            Some(*i)
+        } else {
+            None
+        }
+    });
+    let host = route.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(RouteAddress::Inet(v4)) => Some(IpAddr::V4(*v4)),
+        RouteAttribute::Destination(RouteAddress::Inet6(v6)) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    });
+    let full = if family == IpFamily::V4 { 32 } else { 128 };
+    if route.header.destination_prefix_length == full && route.header.kind == RouteType::Unicast {
+        return match (host, oif) {
+            (Some(address), Some(index)) => InstalledRoute::Host(address, index),
+            _ => InstalledRoute::Other,
+        };
+    }
     if route.header.destination_prefix_length != 0 {
         return InstalledRoute::Other;
     }

@@ -37,7 +37,9 @@ impl Rtnl {
     ) -> Result<(), RouteError> {
         let is_delete = matches!(
             message,
-            RouteNetlinkMessage::DelRule(_) | RouteNetlinkMessage::DelRoute(_)
+            RouteNetlinkMessage::DelRule(_)
+                | RouteNetlinkMessage::DelRoute(_)
+                | RouteNetlinkMessage::DelAddress(_)
         );
         let seq = self.send(message, NLM_F_REQUEST | NLM_F_ACK | flags)?;
         for reply in self.receive(seq)? {
@@ -57,6 +59,7 @@ impl Rtnl {
         Err(RouteError::Parse(format!("no acknowledgement for: {what}")))
     }
 
+    /// Sends a dump request and collects every object in the answer.
     pub fn dump(
         &mut self,
         message: RouteNetlinkMessage,
@@ -68,7 +71,7 @@ impl Rtnl {
                 NetlinkPayload::InnerMessage(inner) => out.push(inner),
                 NetlinkPayload::Error(error) if error.raw_code() != 0 => {
                     return Err(RouteError::Refused {
-                        what: "list rules or routes".to_owned(),
+                        what: "list rules, routes or addresses".to_owned(),
                         source: io::Error::from_raw_os_error(-error.raw_code()),
                     });
                 }

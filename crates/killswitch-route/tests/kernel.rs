@@ -78,7 +78,16 @@ fn every_state_routes_only_into_the_tunnel_or_nowhere() -> Result<()> {
     let ns = lab()?;
     ns.run(|| -> Result<()> {
         let mut routing = Routing::open()?;
-        routing.apply(layer(&PolicyState::Connecting { peer: peer() }, false).as_ref())?;
+        routing.apply(
+            layer(
+                &PolicyState::Connecting {
+                    peer: peer(),
+                    probe: None,
+                },
+                false,
+            )
+            .as_ref(),
+        )?;
         Ok(())
     })??;
     ensure!(
@@ -87,6 +96,46 @@ fn every_state_routes_only_into_the_tunnel_or_nowhere() -> Result<()> {
         route_get(&ns, &["203.0.113.10"])
     );
     ensure!(unreachable(&route_get(&ns, &["2001:db8::10"])), "v6 too");
+    // The daemon's probe into a tunnel that is not up yet: that one address, into the tunnel.
+    let probe = PolicyState::Connecting {
+        peer: peer(),
+        probe: Some(killswitch_policy::Probe {
+            interface: "wg0".parse().expect("literal"),
+            resolver: "10.64.0.1".parse().expect("literal"),
+        }),
+    };
+    ns.run(|| -> Result<()> {
+        Routing::open()?
+            .apply(layer(&probe, false).as_ref())
+            .map_err(Into::into)
+    })??;
+    ensure!(
+        route_get(&ns, &["10.64.0.1"]).contains("dev wg0"),
+        "probe route: {}",
+        route_get(&ns, &["10.64.0.1"])
+    );
+    ensure!(
+        unreachable(&route_get(&ns, &["10.64.0.5"])),
+        "only the resolver"
+    );
+    ns.run(|| -> Result<()> {
+        Routing::open()?
+            .apply(
+                layer(
+                    &PolicyState::Connecting {
+                        peer: peer(),
+                        probe: None,
+                    },
+                    false,
+                )
+                .as_ref(),
+            )
+            .map_err(Into::into)
+    })??;
+    ensure!(
+        unreachable(&route_get(&ns, &["10.64.0.1"])),
+        "the probe route goes with the probe"
+    );
     let marked = route_get(&ns, &["198.51.100.1", "mark", "0xca6c"]);
     ensure!(
         marked.contains("via 192.168.50.1 dev phys0"),

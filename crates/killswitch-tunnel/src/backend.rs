@@ -32,12 +32,12 @@ pub trait Backend: std::fmt::Debug + Send {
     fn kind(&self) -> BackendKind;
     /// The interface's name.
     fn interface(&self) -> &str;
-    /// Sets the key, port and fwmark, and makes `config`'s peer the only one.
+    /// Sets the key, port and fwmark, makes `config`'s peer the only one, and gives the interface
+    /// exactly `config`'s addresses and MTU (bringing it up). Every server has its own tunnel
+    /// addresses, so reconfiguring for another server must not leave the old ones behind.
     fn configure(&mut self, config: &TunnelConfig, fwmark: u32) -> Result<(), TunnelError>;
     /// The peer's statistics, if it has one.
     fn stats(&self) -> Result<Option<PeerStats>, TunnelError>;
-    /// Changes only the peer's persistent keepalive (0: off), keeping its session.
-    fn set_keepalive(&mut self, peer: &crate::key::PublicKey, seconds: u16) -> Result<(), TunnelError>;
 }
 
 /// Creates interface `name`: kernel WireGuard if this kernel has it, else boringtun.

@@ -182,7 +182,7 @@ pub fn parse(source: &str, text: &str) -> Result<TunnelConfig, ConfigError> {
             }
             (Section::Interface, "address") => {
                 for item in items(value) {
-                    addresses.push(parse_net(item).map_err(|m| fail(m))?);
+                    addresses.push(parse_net(item).map_err(&fail)?);
                 }
             }
             (Section::Interface, "dns") => {
@@ -232,7 +232,7 @@ pub fn parse(source: &str, text: &str) -> Result<TunnelConfig, ConfigError> {
             }
             (Section::Peer, "allowedips") => {
                 for item in items(value) {
-                    allowed_ips.push(parse_net(item).map_err(|m| fail(m))?);
+                    allowed_ips.push(parse_net(item).map_err(&fail)?);
                 }
             }
             (Section::Peer, "persistentkeepalive") => {

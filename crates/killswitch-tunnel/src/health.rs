@@ -8,6 +8,11 @@
 use crate::uapi::PeerStats;
 use std::time::{Duration, Instant, SystemTime};
 
+/// Handshake times are read back with this much jitter (a userspace device reports "seconds ago",
+/// converted against our clock); a handshake counts as new only if it is later than the last one
+/// by more than this. Real handshakes are two minutes apart.
+const HANDSHAKE_RESOLUTION: Duration = Duration::from_secs(1);
+
 /// What the tracker concludes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
@@ -47,13 +52,20 @@ impl Tracker {
 
     /// Takes a reading of the peer's statistics at `now`.
     pub fn observe(&mut self, stats: &PeerStats, now: Instant) -> Health {
-        let fresh_handshake =
-            stats.last_handshake.is_some() && stats.last_handshake > self.handshake;
+        let fresh_handshake = match (stats.last_handshake, self.handshake) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(read), Some(known)) => read > known + HANDSHAKE_RESOLUTION,
+        };
+        if fresh_handshake {
+            // Only a handshake that counted moves the reference: jittered readings of the
+            // same one must not creep it forward.
+            self.handshake = stats.last_handshake;
+        }
         if stats.rx_bytes > self.rx_bytes || fresh_handshake {
             self.last_good = now;
         }
         self.rx_bytes = self.rx_bytes.max(stats.rx_bytes);
-        self.handshake = self.handshake.max(stats.last_handshake);
         self.judge(now)
     }
 
@@ -117,6 +129,25 @@ mod tests {
             Health::Dead { silent } => assert_eq!(silent, s(3) + Duration::from_millis(100)),
             other => panic!("expected dead, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn handshake_jitter_is_not_a_sign_of_life() {
+        let t0 = Instant::now();
+        let mut tracker = Tracker::new(Duration::from_secs(3), t0);
+        let at = |ms: u64| PeerStats {
+            last_handshake: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+            ..stats(100, None)
+        };
+        tracker.observe(&at(10_000), t0);
+        // The same handshake read back a little later each time.
+        for (i, ms) in [10_400, 10_900, 10_300].into_iter().enumerate() {
+            tracker.observe(&at(ms), t0 + Duration::from_secs(i as u64 + 1));
+        }
+        assert!(matches!(
+            tracker.judge(t0 + Duration::from_secs(3)),
+            Health::Dead { .. }
+        ));
     }
 
     #[test]

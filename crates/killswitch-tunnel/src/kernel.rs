@@ -68,23 +68,8 @@ impl Backend for Kernel {
 
     fn configure(&mut self, config: &TunnelConfig, fwmark: u32) -> Result<(), TunnelError> {
         let message = set_device(self.index, config, fwmark);
-        self.genl
-            .request(message, NLM_F_REQUEST | NLM_F_ACK)
-            .map(drop)
-    }
-
-    fn set_keepalive(&mut self, peer: &PublicKey, seconds: u16) -> Result<(), TunnelError> {
-        let message = WireguardMessage {
-            cmd: WireguardCmd::SetDevice,
-            attributes: vec![
-                WireguardAttribute::IfIndex(self.index),
-                WireguardAttribute::Peers(vec![WireguardPeer(vec![
-                    WireguardPeerAttribute::PublicKey(*peer.bytes()),
-                    WireguardPeerAttribute::PersistentKeepalive(seconds),
-                ])]),
-            ],
-        };
-        self.genl.request(message, NLM_F_REQUEST | NLM_F_ACK).map(drop)
+        self.genl.request(message, NLM_F_REQUEST | NLM_F_ACK)?;
+        netdev::configure(self.index, &config.addresses, config.mtu)
     }
 
     fn stats(&self) -> Result<Option<PeerStats>, TunnelError> {

@@ -25,6 +25,9 @@ pub enum TunnelError {
     /// The userspace device refused or could not be reached.
     #[error("configuring the userspace device failed")]
     Uapi(#[source] uapi::UapiError),
+    /// The interface went away under the device (someone deleted it).
+    #[error("interface {0} disappeared")]
+    Gone(String),
     /// The backend failed otherwise.
     #[error("{0}")]
     Backend(String),

@@ -22,23 +22,26 @@ fn rtnl() -> Result<Rtnl, TunnelError> {
     Rtnl::open().map_err(TunnelError::Netlink)
 }
 
-/// Gives `index` its addresses and MTU, and brings it up.
+/// Gives `index` exactly `addresses` (and its MTU), and brings it up. Addresses of an earlier
+/// configuration go: a second server's tunnel has another address, and a stale one would be
+/// chosen as the source of new connections, which the new server drops. The kernel's own IPv6
+/// link-local address stays.
 pub fn configure(index: u32, addresses: &[IpNet], mtu: Option<u16>) -> Result<(), TunnelError> {
     let mut rtnl = rtnl()?;
-    for net in addresses {
-        let mut message = AddressMessage::default();
-        message.header.family = match net.addr() {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        message.header.prefix_len = net.prefix_len();
-        message.header.index = index;
-        message.attributes.push(AddressAttribute::Local(net.addr()));
-        message
-            .attributes
-            .push(AddressAttribute::Address(net.addr()));
+    for stale in current_addresses(&mut rtnl, index)?
+        .into_iter()
+        .filter(|net| !addresses.contains(net) && !is_link_local(net.addr()))
+    {
         rtnl.change(
-            RouteNetlinkMessage::NewAddress(message),
+            RouteNetlinkMessage::DelAddress(address_message(index, stale)),
+            0,
+            &format!("remove address {stale}"),
+        )
+        .map_err(TunnelError::Netlink)?;
+    }
+    for net in addresses {
+        rtnl.change(
+            RouteNetlinkMessage::NewAddress(address_message(index, *net)),
             NLM_F_CREATE | NLM_F_EXCL,
             &format!("add address {net}"),
         )
@@ -52,6 +55,57 @@ pub fn configure(index: u32, addresses: &[IpNet], mtu: Option<u16>) -> Result<()
         .push(LinkAttribute::Mtu(u32::from(mtu.unwrap_or(DEFAULT_MTU))));
     rtnl.change(RouteNetlinkMessage::SetLink(link), 0, "bring the tunnel up")
         .map_err(TunnelError::Netlink)
+}
+
+fn address_message(index: u32, net: IpNet) -> AddressMessage {
+    let mut message = AddressMessage::default();
+    message.header.family = match net.addr() {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    message.header.prefix_len = net.prefix_len();
+    message.header.index = index;
+    message.attributes.push(AddressAttribute::Local(net.addr()));
+    message
+        .attributes
+        .push(AddressAttribute::Address(net.addr()));
+    message
+}
+
+/// The addresses on interface `index`.
+fn current_addresses(rtnl: &mut Rtnl, index: u32) -> Result<Vec<IpNet>, TunnelError> {
+    let mut request = AddressMessage::default();
+    request.header.index = index;
+    let answer = rtnl
+        .dump(RouteNetlinkMessage::GetAddress(request))
+        .map_err(TunnelError::Netlink)?;
+    Ok(answer
+        .into_iter()
+        .filter_map(|message| match message {
+            RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
+                // Local is the interface's own address (Address is the peer's on point-to-point).
+                let addr = a.attributes.iter().find_map(|attr| match attr {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                let addr = addr.or_else(|| {
+                    a.attributes.iter().find_map(|attr| match attr {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                })?;
+                IpNet::new(addr, a.header.prefix_len).ok()
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+fn is_link_local(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    }
 }
 
 /// wg-quick's default MTU for WireGuard over IPv4 and IPv6 paths: 1500 minus 80 bytes of overhead.

@@ -115,20 +115,6 @@ pub fn configure(path: &Path, config: &TunnelConfig, fwmark: u32) -> Result<(), 
     }
 }
 
-/// Changes the persistent keepalive of the existing peer `peer`, without touching its session.
-pub fn set_keepalive(path: &Path, peer: &PublicKey, seconds: u16) -> Result<(), UapiError> {
-    let mut stream = connect(path)?;
-    let request = format!("set=1\npublic_key={}\npersistent_keepalive_interval={seconds}\n\n", peer.hex());
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|source| UapiError::Io { path: path.to_owned(), source })?;
-    match read_answer(path, stream)?.iter().find_map(|(k, v)| (k == "errno").then_some(v)) {
-        Some(v) if v == "0" => Ok(()),
-        Some(v) => Err(UapiError::Refused(v.parse().unwrap_or(-1))),
-        None => Err(UapiError::Protocol("no errno in the answer".to_owned())),
-    }
-}
-
 /// Reads the device's peers' statistics.
 pub fn stats(path: &Path) -> Result<Vec<PeerStats>, UapiError> {
     let mut stream = connect(path)?;
@@ -169,6 +155,7 @@ const EPOCH_THRESHOLD: u64 = 1_000_000_000;
 
 fn parse_stats(pairs: &[(String, String)], now: SystemTime) -> Result<Vec<PeerStats>, UapiError> {
     let mut peers: Vec<PeerStats> = Vec::new();
+    let mut seconds = 0;
     let number = |v: &str| {
         v.parse::<u64>()
             .map_err(|_| UapiError::Protocol(format!("not a number: {v:?}")))
@@ -177,6 +164,7 @@ fn parse_stats(pairs: &[(String, String)], now: SystemTime) -> Result<Vec<PeerSt
         if key == "public_key" {
             let public_key = PublicKey::from_hex(value)
                 .ok_or_else(|| UapiError::Protocol("bad public key".to_owned()))?;
+            seconds = 0;
             peers.push(PeerStats {
                 public_key,
                 last_handshake: None,
@@ -189,15 +177,17 @@ fn parse_stats(pairs: &[(String, String)], now: SystemTime) -> Result<Vec<PeerSt
             continue;
         };
         match key.as_str() {
+            // The seconds come first; the nanoseconds refine them. Both dialects send both.
             "last_handshake_time_sec" => {
-                let seconds = number(value)?;
-                peer.last_handshake = match seconds {
-                    0 => None,
-                    s if s >= EPOCH_THRESHOLD => {
-                        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-                    }
-                    ago => now.checked_sub(Duration::from_secs(ago)),
-                };
+                seconds = number(value)?;
+                peer.last_handshake = handshake_time(seconds, 0, now);
+            }
+            "last_handshake_time_nsec" => {
+                let nanos = u32::try_from(number(value)?)
+                    .ok()
+                    .filter(|n| *n < 1_000_000_000)
+                    .ok_or_else(|| UapiError::Protocol(format!("bad nanoseconds: {value:?}")))?;
+                peer.last_handshake = handshake_time(seconds, nanos, now);
             }
             "rx_bytes" => peer.rx_bytes = number(value)?,
             "tx_bytes" => peer.tx_bytes = number(value)?,
@@ -205,6 +195,16 @@ fn parse_stats(pairs: &[(String, String)], now: SystemTime) -> Result<Vec<PeerSt
         }
     }
     Ok(peers)
+}
+
+/// A handshake time from the protocol's seconds and nanoseconds, in either dialect.
+fn handshake_time(seconds: u64, nanos: u32, now: SystemTime) -> Option<SystemTime> {
+    let value = Duration::new(seconds, nanos);
+    match seconds {
+        0 if nanos == 0 => None,
+        s if s >= EPOCH_THRESHOLD => Some(SystemTime::UNIX_EPOCH + value),
+        _ => now.checked_sub(value),
+    }
 }
 
 #[cfg(test)]

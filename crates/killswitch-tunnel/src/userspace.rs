@@ -52,7 +52,10 @@ impl Backend for Userspace {
 
     fn configure(&mut self, config: &TunnelConfig, fwmark: u32) -> Result<(), TunnelError> {
         uapi::configure(&uapi::socket_path(&self.interface), config, fwmark)
-            .map_err(TunnelError::Uapi)
+            .map_err(TunnelError::Uapi)?;
+        let index = netdev::index(&self.interface)
+            .ok_or_else(|| TunnelError::Gone(self.interface.clone()))?;
+        netdev::configure(index, &config.addresses, config.mtu)
     }
 
     fn stats(&self) -> Result<Option<PeerStats>, TunnelError> {
@@ -60,10 +63,6 @@ impl Backend for Userspace {
             .map_err(TunnelError::Uapi)?
             .into_iter()
             .next())
-    }
-
-    fn set_keepalive(&mut self, peer: &crate::key::PublicKey, seconds: u16) -> Result<(), TunnelError> {
-        uapi::set_keepalive(&uapi::socket_path(&self.interface), peer, seconds).map_err(TunnelError::Uapi)
     }
 }
 

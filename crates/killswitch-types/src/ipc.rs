@@ -116,7 +116,11 @@ pub struct ConfigSource {
 
 impl fmt::Debug for ConfigSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let how = if self.text.is_some() { "content sent" } else { "by name" };
+        let how = if self.text.is_some() {
+            "content sent"
+        } else {
+            "by name"
+        };
         write!(f, "ConfigSource({}, {how})", self.source)
     }
 }
@@ -349,8 +353,14 @@ mod tests {
             Request::Up {
                 interface: None,
                 configs: vec![
-                    ConfigSource { source: "wg0".to_owned(), text: None },
-                    ConfigSource { source: "./b.conf".to_owned(), text: Some("[Interface]".to_owned()) },
+                    ConfigSource {
+                        source: "wg0".to_owned(),
+                        text: None,
+                    },
+                    ConfigSource {
+                        source: "./b.conf".to_owned(),
+                        text: Some("[Interface]".to_owned()),
+                    },
                 ],
             },
         ];
@@ -431,10 +441,16 @@ mod tests {
     fn config_text_stays_out_of_debug() {
         let request = Request::Up {
             interface: None,
-            configs: vec![ConfigSource { source: "wg0.conf".to_owned(), text: Some("PrivateKey = s3cr3t".to_owned()) }],
+            configs: vec![ConfigSource {
+                source: "wg0.conf".to_owned(),
+                text: Some("PrivateKey = s3cr3t".to_owned()),
+            }],
         };
         let debug = format!("{request:?}");
-        assert!(debug.contains("wg0.conf") && !debug.contains("s3cr3t"), "{debug}");
+        assert!(
+            debug.contains("wg0.conf") && !debug.contains("s3cr3t"),
+            "{debug}"
+        );
     }
 
     #[test]
