@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 /// How long a handshake may take before the next server is tried.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often an up tunnel is looked at.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a probe is repeated while a handshake is in progress.
+const HANDSHAKE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a handshake in progress is looked at.
 const HANDSHAKE_POLL: Duration = Duration::from_millis(50);
 /// The longest pause between attempts.
@@ -175,7 +175,7 @@ impl Manager {
         self.due = match &self.phase {
             Phase::Waiting { until } => *until,
             Phase::Handshaking { .. } => now + HANDSHAKE_POLL,
-            Phase::Up { .. } => now + PROBE_INTERVAL,
+            Phase::Up { tracker } => tracker.next_look(now),
         };
         step
     }
@@ -196,7 +196,8 @@ impl Manager {
                 last_probe,
             } => {
                 let (started, deadline) = (*started, *deadline);
-                let probe_due = now.saturating_duration_since(*last_probe) >= PROBE_INTERVAL;
+                let probe_due =
+                    now.saturating_duration_since(*last_probe) >= HANDSHAKE_PROBE_INTERVAL;
                 if probe_due {
                     *last_probe = now;
                 }
@@ -516,14 +517,18 @@ mod tests {
         m.tick(t0, &mut f);
         script.lock().expect("lock").handshake = Some(SystemTime::now());
         m.tick(t0, &mut f);
-        for i in 1..10 {
+        // Read as often as the manager asks to; bytes arrive between readings.
+        let mut now = t0;
+        for i in 1..20 {
             script.lock().expect("lock").rx = i * 100;
-            assert_eq!(
-                m.tick(t0 + Duration::from_secs(i), &mut f),
-                Step::Nothing,
-                "second {i}"
-            );
+            now = m.next_tick(now);
+            assert_eq!(m.tick(now, &mut f), Step::Nothing, "reading {i}");
         }
+        assert!(
+            now >= t0 + Duration::from_secs(9),
+            "the readings spanned {:?}",
+            now - t0
+        );
     }
 
     #[test]

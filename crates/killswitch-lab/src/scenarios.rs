@@ -679,6 +679,9 @@ fn tamper(lab: &mut Lab) -> Result<Outcome> {
     Ok(outcome)
 }
 
+/// The daemon's default health bound (`dead_after_seconds`), which the lab does not change.
+const DEAD_AFTER: Duration = Duration::from_secs(3);
+
 fn up_failover(lab: &mut Lab) -> Result<Outcome> {
     lab.start_up_servers(2)?;
     let (first, second) = match lab.up_servers.as_slice() {
@@ -739,6 +742,16 @@ fn up_failover(lab: &mut Lab) -> Result<Outcome> {
         format!(
             "while failing over the daemon blocked (state {})",
             lost.state
+        ),
+    );
+    // The bound counts from the last good sign, which is at or before the kill; the slack covers
+    // packets still in flight and the event's trip to the lab on a loaded machine.
+    outcome.check(
+        detected <= DEAD_AFTER + Duration::from_secs(1),
+        format!(
+            "the dead server was noticed within the {} s bound ({} ms after the kill)",
+            DEAD_AFTER.as_secs(),
+            ms(detected)
         ),
     );
     let event = back

@@ -2,8 +2,14 @@
 //!
 //! Good signs are bytes received from the peer and completed handshakes. When none has come for a
 //! while, the tracker asks for an in-tunnel probe (a packet whose answer would be a good sign);
-//! when none has come for the whole bound (3 s by default), the tunnel is dead. The daemon reads
-//! the statistics once per probe interval: the only periodic wakeup it has.
+//! when none has come for the whole bound (3 s by default), the tunnel is dead.
+//!
+//! The statistics are read now and then, so a reading that shows progress says only that the good
+//! sign came after the previous reading. The tracker dates it to that previous reading: the
+//! tunnel is declared dead at most `bound` after its real last sign, never later (possibly up to
+//! one reading interval earlier, by which time several probes went unanswered). [`Tracker::next_look`]
+//! says when to read next: every [`ALIVE_INTERVAL`], every [`PROBE_INTERVAL`] while probing, and
+//! exactly at the deadline.
 
 use crate::uapi::PeerStats;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,6 +18,12 @@ use std::time::{Duration, Instant, SystemTime};
 /// converted against our clock); a handshake counts as new only if it is later than the last one
 /// by more than this. Real handshakes are two minutes apart.
 const HANDSHAKE_RESOLUTION: Duration = Duration::from_secs(1);
+
+/// How often a live tunnel's statistics are read: the daemon's only periodic wakeup while
+/// connected.
+pub const ALIVE_INTERVAL: Duration = Duration::from_millis(500);
+/// How often they are read (and a probe sent) once the tunnel has gone quiet.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// What the tracker concludes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +45,7 @@ pub struct Tracker {
     bound: Duration,
     probe_after: Duration,
     last_good: Instant,
+    last_reading: Instant,
     rx_bytes: u64,
     handshake: Option<SystemTime>,
 }
@@ -45,6 +58,7 @@ impl Tracker {
             bound,
             probe_after: bound / 3,
             last_good: now,
+            last_reading: now,
             rx_bytes: 0,
             handshake: None,
         }
@@ -63,8 +77,17 @@ impl Tracker {
             self.handshake = stats.last_handshake;
         }
         if stats.rx_bytes > self.rx_bytes || fresh_handshake {
-            self.last_good = now;
+            // The sign came after the previous reading; date it there (see the module docs).
+            // After a gap longer than the bound (the machine slept, the daemon was stopped) that
+            // dates nothing: count from now, and let the probes that follow decide.
+            let gap = now.saturating_duration_since(self.last_reading);
+            self.last_good = if gap >= self.bound {
+                now
+            } else {
+                self.last_reading.max(self.last_good)
+            };
         }
+        self.last_reading = self.last_reading.max(now);
         self.rx_bytes = self.rx_bytes.max(stats.rx_bytes);
         self.judge(now)
     }
@@ -81,9 +104,18 @@ impl Tracker {
         }
     }
 
-    /// When the last good sign came.
+    /// When the last good sign came, at the earliest.
     pub fn last_good(&self) -> Instant {
         self.last_good
+    }
+
+    /// When to read the statistics next, given the last verdict.
+    pub fn next_look(&self, now: Instant) -> Instant {
+        let interval = match self.judge(now) {
+            Health::Alive => ALIVE_INTERVAL,
+            Health::Probe | Health::Dead { .. } => PROBE_INTERVAL,
+        };
+        (now + interval).min(self.last_good + self.bound).max(now)
     }
 }
 
@@ -105,30 +137,68 @@ mod tests {
     #[test]
     fn silence_escalates_from_probe_to_dead() {
         let t0 = Instant::now();
+        let ms = Duration::from_millis;
         let mut tracker = Tracker::new(Duration::from_secs(3), t0);
+        // Bytes seen at 500 ms came after the reading at t0: the last good sign is dated t0.
         assert_eq!(
-            tracker.observe(&stats(100, Some(1)), t0 + Duration::from_millis(500)),
+            tracker.observe(&stats(100, Some(1)), t0 + ms(500)),
             Health::Alive
         );
-        let s = Duration::from_secs;
+        assert_eq!(tracker.last_good(), t0);
         assert_eq!(
-            tracker.observe(&stats(100, Some(1)), t0 + s(1)),
-            Health::Alive,
-            "1 s after the last good sign"
+            tracker.observe(&stats(100, Some(1)), t0 + ms(900)),
+            Health::Alive
         );
         assert_eq!(
-            tracker.observe(&stats(100, Some(1)), t0 + Duration::from_millis(1600)),
+            tracker.observe(&stats(100, Some(1)), t0 + ms(1100)),
             Health::Probe
         );
         assert_eq!(
-            tracker.observe(&stats(100, Some(1)), t0 + Duration::from_millis(2900)),
+            tracker.observe(&stats(100, Some(1)), t0 + ms(2900)),
             Health::Probe,
-            "2.4 s silent: still probing"
+            "2.9 s silent: still probing"
         );
-        match tracker.observe(&stats(100, Some(1)), t0 + Duration::from_millis(3600)) {
-            Health::Dead { silent } => assert_eq!(silent, s(3) + Duration::from_millis(100)),
+        match tracker.observe(&stats(100, Some(1)), t0 + ms(3000)) {
+            Health::Dead { silent } => assert_eq!(silent, ms(3000)),
             other => panic!("expected dead, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn next_look_comes_sooner_when_quiet_and_never_after_the_deadline() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut tracker = Tracker::new(Duration::from_secs(3), t0);
+        tracker.observe(&stats(100, Some(1)), t0);
+        assert_eq!(tracker.next_look(t0), t0 + ALIVE_INTERVAL);
+        assert_eq!(
+            tracker.next_look(t0 + ms(1500)),
+            t0 + ms(1500) + PROBE_INTERVAL
+        );
+        assert_eq!(
+            tracker.next_look(t0 + ms(2900)),
+            t0 + ms(3000),
+            "exactly at the deadline"
+        );
+        assert_eq!(
+            tracker.next_look(t0 + ms(3100)),
+            t0 + ms(3100),
+            "overdue: now"
+        );
+    }
+
+    #[test]
+    fn a_gap_longer_than_the_bound_dates_progress_to_now() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut tracker = Tracker::new(s(3), t0);
+        tracker.observe(&stats(100, Some(1)), t0);
+        // The machine slept for a minute; the reading after it shows bytes.
+        assert_eq!(
+            tracker.observe(&stats(200, Some(1)), t0 + s(60)),
+            Health::Alive
+        );
+        assert_eq!(tracker.last_good(), t0 + s(60));
     }
 
     #[test]
@@ -153,18 +223,24 @@ mod tests {
     #[test]
     fn received_bytes_or_a_new_handshake_are_good_signs() {
         let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let mut tracker = Tracker::new(s(3), t0);
+        let ms = Duration::from_millis;
+        let mut tracker = Tracker::new(Duration::from_secs(3), t0);
         tracker.observe(&stats(100, Some(1)), t0);
+        tracker.observe(&stats(100, Some(1)), t0 + ms(500));
         assert_eq!(
-            tracker.observe(&stats(200, Some(1)), t0 + s(2)),
+            tracker.observe(&stats(200, Some(1)), t0 + ms(1000)),
             Health::Alive
         );
-        assert_eq!(tracker.last_good(), t0 + s(2));
         assert_eq!(
-            tracker.observe(&stats(200, Some(50)), t0 + s(4)),
+            tracker.last_good(),
+            t0 + ms(500),
+            "dated to the reading before"
+        );
+        tracker.observe(&stats(200, Some(1)), t0 + ms(1500));
+        assert_eq!(
+            tracker.observe(&stats(200, Some(50)), t0 + ms(2000)),
             Health::Alive
         );
-        assert_eq!(tracker.last_good(), t0 + s(4));
+        assert_eq!(tracker.last_good(), t0 + ms(1500));
     }
 }
