@@ -76,6 +76,13 @@ pub(crate) fn status(status: &Status) -> String {
             }
         }
     }
+    if let Some(dns) = &status.dns {
+        let line = match &dns.error {
+            Some(error) => format!("NOT set ({}): {error}", dns.via),
+            None => format!("{} via {}", list(&dns.servers), dns.via),
+        };
+        let _ = writeln!(out, "resolver:  {line}");
+    }
     let fw = &status.firewall;
     let installed = match (fw.installed, fw.blocking) {
         (true, _) => "rules installed",
@@ -170,6 +177,7 @@ mod tests {
                 last_tamper: None,
                 routing: true,
             },
+            dns: None,
         }
     }
 
@@ -197,6 +205,23 @@ mod tests {
         assert!(status(&s).contains(
             "tampering: restored 2 times; last: table inet killswitch is missing (by nft[7])\n"
         ));
+    }
+
+    #[test]
+    fn managed_dns_is_reported() {
+        let mut s = sample();
+        s.dns = Some(killswitch_types::ipc::DnsStatus {
+            via: "/etc/resolv.conf".to_owned(),
+            servers: vec!["10.64.0.1".parse().expect("literal")],
+            error: None,
+        });
+        assert!(status(&s).contains("resolver:  10.64.0.1 via /etc/resolv.conf\n"));
+        s.dns = Some(killswitch_types::ipc::DnsStatus {
+            via: "systemd-resolved".to_owned(),
+            servers: vec![],
+            error: Some("systemd-resolved is not running".to_owned()),
+        });
+        assert!(status(&s).contains("resolver:  NOT set (systemd-resolved): systemd-resolved is not running\n"));
     }
 
     #[test]

@@ -21,6 +21,11 @@ pub struct Config {
     /// How long an up tunnel may go without a sign of life (received data, a handshake, an answer
     /// to a probe) before it is declared dead and the next server is tried.
     pub dead_after_seconds: f64,
+    /// How `up` points applications at the tunnel's resolvers: "auto" (systemd-resolved when it
+    /// runs, resolv.conf otherwise), "resolved", "resolv-conf" or "off".
+    pub dns: crate::dns::DnsMode,
+    /// The resolv.conf written when DNS is managed through a file.
+    pub resolv_conf: std::path::PathBuf,
 }
 
 impl Default for Config {
@@ -29,6 +34,8 @@ impl Default for Config {
             admin_group: "killswitch".to_owned(),
             wireguard_dir: "/etc/wireguard".into(),
             dead_after_seconds: 3.0,
+            dns: crate::dns::DnsMode::Auto,
+            resolv_conf: "/etc/resolv.conf".into(),
         }
     }
 }
@@ -85,6 +92,12 @@ impl Config {
                 config.dead_after_seconds
             ));
         }
+        if !config.resolv_conf.is_absolute() {
+            return Err(format!(
+                "resolv_conf = {:?} is not an absolute path",
+                config.resolv_conf
+            ));
+        }
         Ok(config)
     }
 }
@@ -121,5 +134,12 @@ mod tests {
             Config::parse("dead_after_seconds = 1.5").map(|c| c.dead_after_seconds),
             Ok(1.5)
         );
+        assert_eq!(
+            Config::parse("dns = \"resolv-conf\"").map(|c| c.dns),
+            Ok(crate::dns::DnsMode::ResolvConf)
+        );
+        let err = Config::parse("dns = \"dnsmasq\"").expect_err("unknown mode");
+        assert!(err.contains("dns") && err.contains("resolv-conf"), "{err}");
+        assert!(Config::parse("resolv_conf = \"etc/resolv.conf\"").is_err());
     }
 }

@@ -26,7 +26,8 @@ use crate::store::{Loaded, Persisted, Store};
 use crate::target::{Target, UpSpec, resolve_up};
 use killswitch_policy::routes::compile_routes;
 use killswitch_policy::{Peer, PolicyState, Ruleset, Tunnel, compile};
-use killswitch_types::ipc::{ErrorKind, FirewallStatus, IpcError, Request, Status};
+use crate::dns::DnsWant;
+use killswitch_types::ipc::{DnsStatus, ErrorKind, FirewallStatus, IpcError, Request, Status};
 use killswitch_types::{GuardSpec, InterfaceName, ManagedTunnel, Settings, State, TunnelStatus};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -94,6 +95,7 @@ pub struct Core<F> {
     /// The tunnel the daemon runs itself (`up`).
     manager: Option<Manager>,
     options: CoreOptions,
+    dns_status: Option<DnsStatus>,
 }
 
 impl<F> std::fmt::Debug for Core<F> {
@@ -139,6 +141,7 @@ impl<F: Firewall> Core<F> {
             },
             manager: None,
             options,
+            dns_status: None,
         }
         .with_manager(Instant::now())
     }
@@ -264,7 +267,35 @@ impl<F: Firewall> Core<F> {
             tunnel,
             error,
             firewall: self.firewall_status.clone(),
+            dns: self.dns_status.clone(),
         }
+    }
+
+    /// What the system's resolver configuration should be: the active server's resolvers while
+    /// an `up` tunnel is connected; unchanged while it reconnects (its resolvers are as
+    /// unreachable as any other until it is back, and flapping the file helps nobody); the
+    /// user's own otherwise.
+    pub fn dns_want(&self) -> DnsWant {
+        match (&self.target, &self.manager) {
+            (Target::Up(spec), Some(manager)) if manager.is_up() => {
+                let servers = manager.active().1.dns.clone();
+                if servers.is_empty() {
+                    DnsWant::Restore
+                } else {
+                    DnsWant::Tunnel {
+                        interface: spec.interface.clone(),
+                        servers,
+                    }
+                }
+            }
+            (Target::Up(_), _) => DnsWant::Keep,
+            _ => DnsWant::Restore,
+        }
+    }
+
+    /// Records what DNS management did, for `status`.
+    pub fn set_dns_status(&mut self, status: Option<DnsStatus>) {
+        self.dns_status = status;
     }
 
     fn managed_status(&self, spec: &UpSpec) -> TunnelStatus {

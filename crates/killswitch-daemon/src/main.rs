@@ -52,7 +52,7 @@ fn main() -> ExitCode {
         return early_boot(&args.state_dir);
     }
     if args.teardown {
-        return teardown();
+        return teardown(&args.state_dir);
     }
     // A parent may have left signals blocked (a blocked mask is inherited across exec); a daemon
     // that cannot see SIGTERM cannot stop cleanly.
@@ -103,8 +103,15 @@ fn early_boot(state_dir: &std::path::Path) -> ExitCode {
     }
 }
 
-fn teardown() -> ExitCode {
+fn teardown(state_dir: &std::path::Path) -> ExitCode {
     use killswitch_daemon::firewall::Firewall;
+    // A resolv.conf the daemon wrote goes back first (the backup names the file).
+    let resolv_conf = killswitch_daemon::dns::resolv_conf::ResolvConf::new("/etc/resolv.conf", state_dir);
+    match resolv_conf.restore() {
+        Ok(true) => tracing::info!("teardown: the resolver configuration is restored"),
+        Ok(false) => {}
+        Err(e) => tracing::error!("teardown: restoring the resolver configuration failed: {e}"),
+    }
     let mut firewall = Nftables::new();
     let result = firewall
         .apply(&killswitch_policy::Ruleset { table: None })

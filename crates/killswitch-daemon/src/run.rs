@@ -4,6 +4,9 @@
 
 use crate::config::Config;
 use crate::core::{Core, CoreOptions};
+use crate::dns::Dns;
+use crate::dns::resolv_conf::ResolvConf;
+use crate::sleep::SleepSignals;
 use crate::firewall::Nftables;
 use crate::ipc::{Command, Server, Shared};
 use crate::links::{self, LinkEvents};
@@ -58,6 +61,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if let Some(error) = core.status().error {
         tracing::error!("{error}");
     }
+
+    let bus = system_bus().await;
+    let mut dns = Dns::new(
+        config.dns,
+        ResolvConf::new(&config.resolv_conf, &options.state_dir),
+        bus.clone(),
+    );
+    dns.recover();
+    core.set_dns_status(dns.status());
+    let mut sleep = SleepSignals::subscribe(bus.as_ref()).await;
 
     // The firewall goes up before anything else: before the socket exists, nobody can ask for
     // anything, and a restart replaces the previous daemon's table in one transaction.
@@ -154,10 +167,26 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 }
                 retry_delay = if core.needs_retry() { (retry_delay * 2).min(RETRY_MAX) } else { RETRY_MIN };
             }
+            () = sleep.woke() => {
+                tracing::info!("the machine woke up: looking at the tunnel now");
+                core.check_now();
+                observe(&mut core);
+                if core.reconcile() {
+                    publish(core.status());
+                }
+            }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
+        // DNS follows the firewall (unblocked, then pointed at the tunnel; blocked, then given
+        // back), and never holds it up.
+        if dns.sync(core.dns_want()).await {
+            core.set_dns_status(dns.status());
+            publish(core.status());
+        }
     }
+    // The tunnel goes with the daemon (the firewall stays): give the user's resolvers back.
+    dns.restore().await;
     let _ = crate::notify::notify("STOPPING=1");
     let status = core.status();
     tracing::info!(
@@ -223,6 +252,22 @@ impl NftChanges {
             if !foreign.is_empty() {
                 return Ok(foreign.join(", "));
             }
+        }
+    }
+}
+
+/// The system bus, for systemd-resolved and logind, if there is one. A bus that does not answer
+/// in time is treated as absent: the kill switch must not wait on it.
+async fn system_bus() -> Option<zbus::Connection> {
+    match tokio::time::timeout(Duration::from_secs(2), zbus::Connection::system()).await {
+        Ok(Ok(bus)) => Some(bus),
+        Ok(Err(e)) => {
+            tracing::info!("no system bus ({e}): DNS through resolv.conf, no resume signals");
+            None
+        }
+        Err(_) => {
+            tracing::warn!("the system bus did not answer within 2 s; going on without it");
+            None
         }
     }
 }

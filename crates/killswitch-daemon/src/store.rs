@@ -88,6 +88,12 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Fresh,
             Err(e) => return Loaded::Unusable(format!("cannot read {}: {e}", path.display())),
         };
+        // Files from before `up` existed were written 644; they may hold keys now.
+        if let Err(e) =
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        {
+            tracing::warn!("cannot make {} private: {e}", path.display());
+        }
         match serde_json::from_slice::<Persisted>(&bytes) {
             Ok(p) if p.version == FORMAT_VERSION => Loaded::Found(p),
             Ok(p) => Loaded::Unusable(format!(
@@ -111,17 +117,38 @@ impl Store {
     /// or the new content, never a mixture or nothing.
     pub fn save(&self, persisted: &Persisted) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let json = serde_json::to_vec_pretty(persisted).map_err(std::io::Error::other)?;
-        let tmp = self.dir.join(format!(".{FILE_NAME}.tmp"));
-        {
-            let mut file = std::fs::File::create(&tmp)?;
-            file.write_all(&json)?;
-            file.write_all(b"\n")?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&tmp, self.path())?;
-        sync_dir(&self.dir)
+        let mut json = serde_json::to_vec_pretty(persisted).map_err(std::io::Error::other)?;
+        json.push(b'\n');
+        write_atomically(&self.path(), &json, 0o600)
     }
+}
+
+/// Writes `path` atomically (temporary file beside it, fsync, rename, fsync of the directory):
+/// after a crash at any moment, it holds either the old or the new content, never a mixture or
+/// nothing. A symlink at `path` is replaced, not followed.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.killswitch-tmp"));
+    let written = (|| {
+        let _ = std::fs::remove_file(&tmp);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        // The umask may have narrowed the mode; say it exactly.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    sync_dir(dir)
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
@@ -141,6 +168,20 @@ mod tests {
             mark: None,
             uid: None,
         })
+    }
+
+    #[test]
+    fn only_root_can_read_the_file() {
+        // An `up` target holds private keys.
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        store.save(&Persisted::default()).expect("save");
+        let mode = std::fs::metadata(store.path())
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

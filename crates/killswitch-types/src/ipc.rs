@@ -226,6 +226,22 @@ pub struct Status {
     pub error: Option<String>,
     /// What the firewall is doing.
     pub firewall: FirewallStatus,
+    /// Which resolvers the system was pointed at, while the daemon manages DNS (`up`).
+    #[serde(default)]
+    pub dns: Option<DnsStatus>,
+}
+
+/// The daemon's management of the system's resolver configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsStatus {
+    /// How: `systemd-resolved`, or the path of the resolv.conf file written.
+    pub via: String,
+    /// The resolvers applications are sent to (the tunnel's).
+    pub servers: Vec<std::net::IpAddr>,
+    /// Why the last change could not be made, if it could not. The firewall still lets DNS go
+    /// only to the tunnel's resolvers; applications asking others get no answer.
+    pub error: Option<String>,
 }
 
 /// What the kernel is enforcing, as far as the daemon knows.

@@ -1,0 +1,396 @@
+//! Managing `/etc/resolv.conf` directly, for systems without systemd-resolved.
+//!
+//! Before the first write, what was there is saved in the state directory: a file's content and
+//! mode, a symlink's target, or that there was nothing. The save is atomic and comes first, so
+//! that after a crash at any moment either the file is untouched or the backup exists, and the
+//! next start restores it ([`ResolvConf::restore`] is idempotent).
+//!
+//! The file is replaced atomically (a temporary file beside it, renamed over it), which also
+//! replaces a symlink rather than writing through it. A bind-mounted file (containers; `ip netns
+//! exec` with `/etc/netns/NAME/resolv.conf`) cannot be renamed over (`EBUSY`): it is rewritten in
+//! place, the only thing possible.
+//!
+//! Someone else may rewrite the file while the tunnel is up (a DHCP client on a new network).
+//! When the daemon writes again, that newer file becomes the one to restore; at restore, a file
+//! that is no longer ours is left alone, since it is newer than anything in the backup.
+
+use crate::store::write_atomically;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The backup's name in the state directory.
+const BACKUP_NAME: &str = "resolv.conf.backup";
+
+/// What was at the path before the daemon wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum Original {
+    File { content: String, mode: u32 },
+    Symlink { target: PathBuf },
+    Missing,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Backup {
+    /// The file being managed (a backup is restored to where it came from, even if the
+    /// configuration changed in between).
+    path: PathBuf,
+    original: Original,
+    /// What the daemon last wrote, to recognise its own file.
+    written: String,
+}
+
+/// Why resolv.conf could not be managed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolvConfError {
+    /// Reading or writing a file failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The backup is not one this daemon wrote.
+    #[error("the backup {} is unreadable: {message}; remove it once /etc/resolv.conf is right", path.display())]
+    BadBackup {
+        /// The backup file.
+        path: PathBuf,
+        /// The parser's message.
+        message: String,
+    },
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ResolvConfError {
+    let path = path.to_owned();
+    move |source| ResolvConfError::Io { what, path, source }
+}
+
+/// One resolv.conf, and its backup.
+#[derive(Debug, Clone)]
+pub struct ResolvConf {
+    path: PathBuf,
+    backup: PathBuf,
+}
+
+impl ResolvConf {
+    /// Manages `path`, keeping the backup in `state_dir`.
+    pub fn new(path: impl Into<PathBuf>, state_dir: &Path) -> Self {
+        ResolvConf {
+            path: path.into(),
+            backup: state_dir.join(BACKUP_NAME),
+        }
+    }
+
+    /// The managed file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Points the file at `servers`, the resolvers of tunnel `interface`.
+    pub fn apply(&self, interface: &str, servers: &[IpAddr]) -> Result<(), ResolvConfError> {
+        let content = render(interface, servers);
+        let current = read(&self.path)?;
+        let mut backup = match self.load_backup()? {
+            Some(mut backup) if backup.path == self.path => {
+                if !is_ours(&current, &backup.written) {
+                    tracing::info!(
+                        "{} was rewritten by someone else; that version is the one to restore",
+                        self.path.display()
+                    );
+                    backup.original = current;
+                }
+                backup
+            }
+            Some(other) => {
+                // The configured path changed since the last run: put the old one back first.
+                self.restore_backup(&other)?;
+                self.fresh_backup()?
+            }
+            None => Backup {
+                path: self.path.clone(),
+                original: current,
+                written: String::new(),
+            },
+        };
+        if matches!(&backup.original, Original::File { content: c, .. } if *c == content) {
+            return Ok(());
+        }
+        backup.written = content.clone();
+        self.save_backup(&backup)?;
+        replace(&self.path, &content, 0o644)
+    }
+
+    /// Puts back what was there before the daemon wrote the file, if it did. Returns whether a
+    /// backup was restored.
+    pub fn restore(&self) -> Result<bool, ResolvConfError> {
+        match self.load_backup()? {
+            Some(backup) => self.restore_backup(&backup).map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    fn fresh_backup(&self) -> Result<Backup, ResolvConfError> {
+        Ok(Backup {
+            path: self.path.clone(),
+            original: read(&self.path)?,
+            written: String::new(),
+        })
+    }
+
+    fn restore_backup(&self, backup: &Backup) -> Result<(), ResolvConfError> {
+        let current = read(&backup.path)?;
+        if !is_ours(&current, &backup.written) && !backup.written.is_empty() {
+            tracing::info!(
+                "{} was rewritten by someone else since; leaving that version",
+                backup.path.display()
+            );
+        } else {
+            match &backup.original {
+                Original::File { content, mode } => replace(&backup.path, content, *mode)?,
+                Original::Symlink { target } => relink(&backup.path, target)?,
+                Original::Missing => match std::fs::remove_file(&backup.path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io("removing", &backup.path)(e));
+                    }
+                    _ => {}
+                },
+            }
+        }
+        std::fs::remove_file(&self.backup).map_err(io("removing", &self.backup))
+    }
+
+    fn load_backup(&self) -> Result<Option<Backup>, ResolvConfError> {
+        match std::fs::read(&self.backup) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ResolvConfError::BadBackup {
+                    path: self.backup.clone(),
+                    message: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io("reading", &self.backup)(e)),
+        }
+    }
+
+    fn save_backup(&self, backup: &Backup) -> Result<(), ResolvConfError> {
+        let dir = self.backup.parent().unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        let mut json = serde_json::to_vec_pretty(backup).map_err(|e| ResolvConfError::Io {
+            what: "encoding",
+            path: self.backup.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        json.push(b'\n');
+        write_atomically(&self.backup, &json, 0o600).map_err(io("writing", &self.backup))
+    }
+}
+
+/// The file the daemon writes.
+fn render(interface: &str, servers: &[IpAddr]) -> String {
+    let mut text = format!(
+        "# Written by killswitchd while the VPN tunnel {interface} is up: queries go only to the\n\
+         # tunnel's resolvers. The previous file is put back by `killswitch down`.\n"
+    );
+    for server in servers {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    text
+}
+
+fn is_ours(current: &Original, written: &str) -> bool {
+    matches!(current, Original::File { content, .. } if content == written)
+}
+
+fn read(path: &Path) -> Result<Original, ResolvConfError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Original::Missing),
+        Err(e) => return Err(io("reading", path)(e)),
+    };
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(path).map_err(io("reading", path))?;
+        return Ok(Original::Symlink { target });
+    }
+    let content = std::fs::read_to_string(path).map_err(io("reading", path))?;
+    Ok(Original::File {
+        content,
+        mode: meta.permissions().mode() & 0o7777,
+    })
+}
+
+/// Replaces the file at `path` atomically; a mount point is rewritten in place.
+fn replace(path: &Path, content: &str, mode: u32) -> Result<(), ResolvConfError> {
+    match write_atomically(path, content.as_bytes(), mode) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(path)
+                .map_err(io("rewriting", path))?;
+            file.write_all(content.as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(io("rewriting", path))
+        }
+        other => other.map_err(io("writing", path)),
+    }
+}
+
+/// Puts a symlink back at `path`, atomically.
+fn relink(path: &Path, target: &Path) -> Result<(), ResolvConfError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(".resolv.conf.killswitch-link");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).map_err(io("linking", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io("linking", path)(e)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        etc: PathBuf,
+        state: PathBuf,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etc = dir.path().join("etc");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&etc).expect("mkdir");
+        Setup {
+            etc,
+            state,
+            _dir: dir,
+        }
+    }
+
+    fn servers() -> Vec<IpAddr> {
+        vec!["10.64.0.1".parse().expect("ip"), "fd64::1".parse().expect("ip")]
+    }
+
+    #[test]
+    fn a_file_is_replaced_and_restored_with_its_mode() {
+        let s = setup();
+        let path = s.etc.join("resolv.conf");
+        std::fs::write(&path, "nameserver 192.168.50.1\nsearch lan\n").expect("write");
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o640)).expect("chmod");
+        let rc = ResolvConf::new(&path, &s.state);
+        rc.apply("wg0", &servers()).expect("apply");
+        let written = std::fs::read_to_string(&path).expect("read");
+        assert!(written.contains("nameserver 10.64.0.1\nnameserver fd64::1\n"), "{written}");
+        assert!(!written.contains("192.168.50.1"));
+        // Applying again (another server) keeps the first backup.
+        rc.apply("wg0", &servers()[..1]).expect("apply");
+        assert!(rc.restore().expect("restore"));
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "nameserver 192.168.50.1\nsearch lan\n"
+        );
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        assert!(!rc.restore().expect("restore"), "nothing left to restore");
+    }
+
+    #[test]
+    fn a_symlink_is_replaced_not_followed_and_relinked() {
+        let s = setup();
+        let target = s.etc.join("stub-resolv.conf");
+        std::fs::write(&target, "nameserver 127.0.0.53\n").expect("write");
+        let path = s.etc.join("resolv.conf");
+        std::os::unix::fs::symlink("stub-resolv.conf", &path).expect("symlink");
+        let rc = ResolvConf::new(&path, &s.state);
+        rc.apply("wg0", &servers()).expect("apply");
+        assert!(!std::fs::symlink_metadata(&path).expect("lstat").file_type().is_symlink());
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("read"),
+            "nameserver 127.0.0.53\n",
+            "the link's target is untouched"
+        );
+        rc.restore().expect("restore");
+        assert_eq!(
+            std::fs::read_link(&path).expect("readlink"),
+            PathBuf::from("stub-resolv.conf")
+        );
+    }
+
+    #[test]
+    fn a_missing_file_is_missing_again() {
+        let s = setup();
+        let path = s.etc.join("resolv.conf");
+        let rc = ResolvConf::new(&path, &s.state);
+        rc.apply("wg0", &servers()).expect("apply");
+        assert!(path.exists());
+        rc.restore().expect("restore");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_crash_after_the_write_is_repaired_by_the_next_daemon() {
+        let s = setup();
+        let path = s.etc.join("resolv.conf");
+        std::fs::write(&path, "nameserver 192.168.50.1\n").expect("write");
+        ResolvConf::new(&path, &s.state)
+            .apply("wg0", &servers())
+            .expect("apply");
+        // A new daemon (a new value) finds the backup.
+        assert!(ResolvConf::new(&path, &s.state).restore().expect("restore"));
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "nameserver 192.168.50.1\n"
+        );
+    }
+
+    #[test]
+    fn someone_elses_newer_file_wins() {
+        let s = setup();
+        let path = s.etc.join("resolv.conf");
+        std::fs::write(&path, "nameserver 192.168.50.1\n").expect("write");
+        let rc = ResolvConf::new(&path, &s.state);
+        rc.apply("wg0", &servers()).expect("apply");
+        // A DHCP client on a new network rewrites the file.
+        std::fs::write(&path, "nameserver 172.16.0.1\n").expect("write");
+        rc.restore().expect("restore");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "nameserver 172.16.0.1\n",
+            "left alone"
+        );
+        // And when the daemon writes again first, that newer file is what comes back.
+        rc.apply("wg0", &servers()).expect("apply");
+        std::fs::write(&path, "nameserver 172.16.0.2\n").expect("write");
+        rc.apply("wg0", &servers()).expect("apply again");
+        rc.restore().expect("restore");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "nameserver 172.16.0.2\n"
+        );
+    }
+
+    #[test]
+    fn a_bad_backup_is_an_error_naming_it_and_nothing_is_written() {
+        let s = setup();
+        let path = s.etc.join("resolv.conf");
+        std::fs::write(&path, "nameserver 192.168.50.1\n").expect("write");
+        std::fs::create_dir_all(&s.state).expect("mkdir");
+        std::fs::write(s.state.join(BACKUP_NAME), "{not json").expect("write");
+        let rc = ResolvConf::new(&path, &s.state);
+        let error = rc.apply("wg0", &servers()).expect_err("bad backup");
+        assert!(error.to_string().contains(BACKUP_NAME), "{error}");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "nameserver 192.168.50.1\n"
+        );
+    }
+}
