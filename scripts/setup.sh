@@ -8,6 +8,7 @@ packages=(
   nftables iproute2                  # nft (tests read tables back with it), ip netns / veth
   wireguard-tools wireguard-go       # the lab's real WireGuard tunnel (userspace, no kernel module)
   iptables                           # the benchmarks' iptables kill-switch baseline
+  dbus-daemon                        # a private bus for the systemd-resolved and logind tests
 )
 
 missing=()

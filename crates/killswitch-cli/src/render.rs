@@ -221,7 +221,11 @@ mod tests {
             servers: vec![],
             error: Some("systemd-resolved is not running".to_owned()),
         });
-        assert!(status(&s).contains("resolver:  NOT set (systemd-resolved): systemd-resolved is not running\n"));
+        assert!(
+            status(&s).contains(
+                "resolver:  NOT set (systemd-resolved): systemd-resolved is not running\n"
+            )
+        );
     }
 
     #[test]

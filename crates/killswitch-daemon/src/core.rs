@@ -19,6 +19,7 @@
 //! When an apply fails, the daemon applies the blocking rules instead and reports `blocked` with
 //! the error, and whether blocking itself worked.
 
+use crate::dns::DnsWant;
 use crate::firewall::Firewall;
 use crate::links::Observed;
 use crate::manager::{Factory, Manager, Step, fwmark_of};
@@ -26,7 +27,6 @@ use crate::store::{Loaded, Persisted, Store};
 use crate::target::{Target, UpSpec, resolve_up};
 use killswitch_policy::routes::compile_routes;
 use killswitch_policy::{Peer, PolicyState, Ruleset, Tunnel, compile};
-use crate::dns::DnsWant;
 use killswitch_types::ipc::{DnsStatus, ErrorKind, FirewallStatus, IpcError, Request, Status};
 use killswitch_types::{GuardSpec, InterfaceName, ManagedTunnel, Settings, State, TunnelStatus};
 use std::net::IpAddr;

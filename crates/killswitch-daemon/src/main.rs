@@ -106,7 +106,8 @@ fn early_boot(state_dir: &std::path::Path) -> ExitCode {
 fn teardown(state_dir: &std::path::Path) -> ExitCode {
     use killswitch_daemon::firewall::Firewall;
     // A resolv.conf the daemon wrote goes back first (the backup names the file).
-    let resolv_conf = killswitch_daemon::dns::resolv_conf::ResolvConf::new("/etc/resolv.conf", state_dir);
+    let resolv_conf =
+        killswitch_daemon::dns::resolv_conf::ResolvConf::new("/etc/resolv.conf", state_dir);
     match resolv_conf.restore() {
         Ok(true) => tracing::info!("teardown: the resolver configuration is restored"),
         Ok(false) => {}

@@ -99,6 +99,22 @@ impl Daemon {
     /// Starts the daemon in `ns` with `home`'s files, and waits until it reports ready (its
     /// firewall applied, its socket listening) over the sd_notify protocol.
     pub fn start(ns: &Netns, home: &DaemonHome) -> Result<Self> {
+        Self::start_on_bus(ns, home, None)
+    }
+
+    /// [`Daemon::start`], with `bus` (a private bus's address, see [`crate::bus`]) as the
+    /// daemon's system bus. Without one the daemon gets none: on a developer's machine it must
+    /// never reach the real systemd-resolved (and give it a link index from a lab namespace).
+    pub fn start_on_bus(ns: &Netns, home: &DaemonHome, bus: Option<&str>) -> Result<Self> {
+        // `ip netns exec` shows the daemon this file as /etc/resolv.conf; without it the daemon
+        // would see, and on `up` rewrite, this machine's own.
+        let resolv_conf = ns.resolv_conf_path();
+        anyhow::ensure!(
+            resolv_conf.is_file(),
+            "refusing to start killswitchd in {}: without {} it would manage this machine's /etc/resolv.conf",
+            ns.name(),
+            resolv_conf.display()
+        );
         let notify_path = home.path().join(format!("notify-{}", std::process::id()));
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).context("binding the readiness socket")?;
@@ -121,7 +137,11 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("KILLSWITCH_LAB_DAEMON_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            .env(
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                bus.unwrap_or("unix:path=/nonexistent/killswitch-lab-has-no-system-bus"),
+            );
         let mut process = Process::spawn("killswitchd", command)?;
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
         let mut buffer = [0u8; 256];

@@ -217,6 +217,10 @@ impl Lab {
         for n in 1..=count {
             let server = wireguard::Server::start(&self.topo, n)?;
             server.allow(&self.topo, &client.public)?;
+            // The server's resolver (the client's DNS while connected to it).
+            let queries = self.servers.dns_tunnel.clone();
+            self.servers
+                .add_resolver(&self.topo.net, server.tunnel_ip.into(), queries)?;
             let path = self.home.path().join(format!("server{n}.conf"));
             std::fs::write(&path, server.client_config(&client))?;
             std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;

@@ -19,6 +19,7 @@
 //! - [`wireguard`]: a real WireGuard tunnel (two `wireguard-go` processes) from client to net.
 
 pub mod binaries;
+pub mod bus;
 pub mod capture;
 pub mod daemon;
 pub mod generator;

@@ -113,6 +113,14 @@ impl Netns {
         std::fs::write(dir.join("resolv.conf"), content)
             .with_context(|| format!("writing {}/resolv.conf", dir.display()))
     }
+
+    /// The file processes in this namespace see as `/etc/resolv.conf` (see
+    /// [`Netns::set_resolv_conf`]).
+    pub fn resolv_conf_path(&self) -> PathBuf {
+        PathBuf::from("/etc/netns")
+            .join(&self.name)
+            .join("resolv.conf")
+    }
 }
 
 impl Drop for Netns {

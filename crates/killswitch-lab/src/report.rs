@@ -151,7 +151,7 @@ impl LabReport {
             out,
             "\nhost namespace: {}",
             if self.host_unchanged {
-                "unchanged (ruleset, routes, rules and links compared before and after)"
+                "unchanged (ruleset, routes, rules, links and resolv.conf compared before and after)"
             } else {
                 "CHANGED - the lab touched the namespace it was started from"
             }

@@ -25,7 +25,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 11] = [
+pub const ALL: [Scenario; 12] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -75,6 +75,11 @@ pub const ALL: [Scenario; 11] = [
         name: "up-failover",
         guards: "killswitch up: firewall first, then the tunnel; a dead server is noticed and the next one takes over, leaking nothing",
         script: up_failover,
+    },
+    Scenario {
+        name: "up-dns",
+        guards: "killswitch up points applications at the tunnel's resolver, and gives the user's resolv.conf back after down and after a crash",
+        script: up_dns,
     },
     Scenario {
         name: "tamper",
@@ -676,6 +681,107 @@ fn tamper(lab: &mut Lab) -> Result<Outcome> {
     );
     outcome
         .note("restore times include the status event reaching the lab over the daemon's socket");
+    Ok(outcome)
+}
+
+fn up_dns(lab: &mut Lab) -> Result<Outcome> {
+    lab.start_up_servers(1)?;
+    let resolver = lab.up_servers[0].0.tunnel_ip;
+    let client_ip = lab.up_servers[0].0.client_ip;
+    let path = lab.topo.client.resolv_conf_path();
+    let read =
+        |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"));
+    let original = read(&path);
+    let managed = |s: &killswitch_types::ipc::Status| {
+        s.state == State::Connected && s.dns.as_ref().is_some_and(|d| d.error.is_none())
+    };
+    // Under lockdown, `down` blocks: the whole scenario is one protected window.
+    lab.daemon()?.cli(&["lockdown", "on"])?.ok()?;
+    let window = lab.begin(&[Kind::Udp4])?;
+
+    lab.up()?;
+    let status = lab
+        .daemon()?
+        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, managed)?;
+    let while_up = read(&path);
+    // An application resolving a name reads the namespace's /etc/resolv.conf (glibc, getaddrinfo).
+    let asked = Instant::now();
+    let lookup = lab
+        .topo
+        .client
+        .exec("getent", &["ahostsv4", "lookup.killswitch.test"]);
+    let answered_by_tunnel = lab
+        .servers
+        .dns_tunnel
+        .count_since(asked, |a| a == IpAddr::V4(client_ip));
+
+    lab.daemon()?.cli(&["down"])?.ok()?;
+    lab.daemon()?
+        .wait_for("DNS given back", EVENT_TIMEOUT, |s| {
+            s.state == State::Blocked && s.dns.is_none()
+        })?;
+    let after_down = read(&path);
+
+    lab.up()?;
+    lab.daemon()?
+        .wait_for("DNS pointed at the tunnel again", EVENT_TIMEOUT, managed)?;
+    if let Some(mut daemon) = lab.daemon.take() {
+        daemon.process().kill()?;
+    }
+    let after_crash = read(&path);
+    let daemon = Daemon::start(&lab.topo.client, &lab.home)?;
+    lab.daemon = Some(daemon);
+    lab.daemon()?
+        .wait_for("reconnected after the restart", EVENT_TIMEOUT, managed)?;
+    let recovered = lab.daemon()?.log().contains("did not stop cleanly");
+    lab.daemon()?.cli(&["down"])?.ok()?;
+    lab.daemon()?
+        .wait_for("DNS given back", EVENT_TIMEOUT, |s| {
+            s.state == State::Blocked && s.dns.is_none()
+        })?;
+    let at_the_end = read(&path);
+
+    let mut outcome = Outcome::new(lab.end(window)?);
+    let dns = status
+        .dns
+        .unwrap_or_else(|| killswitch_types::ipc::DnsStatus {
+            via: String::new(),
+            servers: Vec::new(),
+            error: None,
+        });
+    outcome.check(
+        dns.servers == [IpAddr::V4(resolver)]
+            && while_up.contains(&format!("nameserver {resolver}\n"))
+            && !while_up.contains("nameserver 192.168.50.1"),
+        format!(
+            "while up, resolv.conf names only the tunnel's resolver {resolver} (via {})",
+            dns.via
+        ),
+    );
+    outcome.check(
+        lookup.as_ref().is_ok_and(|out| out.contains(&topology::TARGET_V4.to_string())) && answered_by_tunnel > 0,
+        format!("getaddrinfo asked the tunnel's resolver and got its answer ({answered_by_tunnel} queries; {})", match &lookup {
+            Ok(out) => out.lines().next().unwrap_or("no output").to_owned(),
+            Err(e) => format!("{e:#}"),
+        }),
+    );
+    outcome.check(
+        after_down == original,
+        "after down, the original resolv.conf is back, byte for byte",
+    );
+    outcome.check(
+        after_crash.contains(&format!("nameserver {resolver}")),
+        "kill -9 left the tunnel's resolv.conf in place (nothing could restore it yet)",
+    );
+    outcome.check(
+        recovered,
+        "the restarted daemon restored the file left behind by the crash",
+    );
+    outcome.check(
+        at_the_end == original,
+        "after the restart and down, the original resolv.conf is back",
+    );
+    outcome.note("/etc/resolv.conf is a bind mount here (ip netns exec), written in place; backup in the state directory");
     Ok(outcome)
 }
 

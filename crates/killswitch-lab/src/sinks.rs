@@ -146,21 +146,28 @@ impl Servers {
                 .push(spawn_tcp(tcp_listener, servers.tcp.clone(), stop.clone())?);
         }
         for (addr, arrivals) in [
-            (tunnel_dns, &servers.dns_tunnel),
-            (lan_dns, &servers.dns_lan),
-            (public_dns, &servers.dns_public),
+            (tunnel_dns, servers.dns_tunnel.clone()),
+            (lan_dns, servers.dns_lan.clone()),
+            (public_dns, servers.dns_public.clone()),
         ] {
-            let arrivals = arrivals.clone();
-            let stop = stop.clone();
-            // A resolver that fails shows up as zero answers in the scenario that needs it.
-            let thread = ns.spawn("dns", move || {
-                serve_dns(SocketAddr::new(addr, 53), &arrivals, &stop)
-            })?;
-            servers
-                .threads
-                .push(std::thread::spawn(move || drop(thread.join())));
+            servers.add_resolver(ns, addr, arrivals)?;
         }
         Ok(servers)
+    }
+}
+
+impl Servers {
+    /// Starts one more resolver at `addr` in `ns`, recording queries in `arrivals` (an `up`
+    /// server's resolver: the tunnel's, for the server the client uses).
+    pub fn add_resolver(&mut self, ns: &Netns, addr: IpAddr, arrivals: Arrivals) -> Result<()> {
+        let stop = self.stop.clone();
+        // A resolver that fails shows up as zero answers in the scenario that needs it.
+        let thread = ns.spawn("dns", move || {
+            serve_dns(SocketAddr::new(addr, 53), &arrivals, &stop)
+        })?;
+        self.threads
+            .push(std::thread::spawn(move || drop(thread.join())));
+        Ok(())
     }
 }
 

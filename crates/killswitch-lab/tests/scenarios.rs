@@ -95,3 +95,8 @@ fn every_scenario_has_a_test() {
         );
     }
 }
+
+#[test]
+fn up_manages_resolv_conf_and_gives_it_back_after_down_and_crash() {
+    scenario_passes("up-dns");
+}

@@ -148,7 +148,10 @@ impl Dns {
             }
             None if self.mode == DnsMode::Resolved => (
                 "systemd-resolved".to_owned(),
-                Err("systemd-resolved is not running (dns = \"resolved\" in config.toml)".to_owned()),
+                Err(
+                    "systemd-resolved is not running (dns = \"resolved\" in config.toml)"
+                        .to_owned(),
+                ),
             ),
             None => (
                 self.file.path().display().to_string(),
@@ -160,7 +163,9 @@ impl Dns {
         };
         match result {
             Ok(via) => {
-                tracing::info!("DNS: queries now go to {servers:?}, the resolvers of {interface} ({label})");
+                tracing::info!(
+                    "DNS: queries now go to {servers:?}, the resolvers of {interface} ({label})"
+                );
                 self.applied = Some((via, interface, servers.clone()));
                 self.status = Some(DnsStatus {
                     via: label,
@@ -186,7 +191,9 @@ impl Dns {
         let result = match self.applied.take() {
             Some((Via::Resolved { index }, interface, _)) => match &self.bus {
                 // The link may be gone already, and with it what resolved knew of it.
-                Some(bus) if killswitch_tunnel::netdev::index(interface.as_str()) == Some(index) => {
+                Some(bus)
+                    if killswitch_tunnel::netdev::index(interface.as_str()) == Some(index) =>
+                {
                     resolved::revert_link(bus, index)
                         .await
                         .map_err(|e| format!("systemd-resolved: {e}"))

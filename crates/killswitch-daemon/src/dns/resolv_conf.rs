@@ -168,12 +168,14 @@ impl ResolvConf {
 
     fn load_backup(&self) -> Result<Option<Backup>, ResolvConfError> {
         match std::fs::read(&self.backup) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| ResolvConfError::BadBackup {
-                    path: self.backup.clone(),
-                    message: e.to_string(),
-                }),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|e| ResolvConfError::BadBackup {
+                        path: self.backup.clone(),
+                        message: e.to_string(),
+                    })
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io("reading", &self.backup)(e)),
         }
@@ -277,7 +279,10 @@ mod tests {
     }
 
     fn servers() -> Vec<IpAddr> {
-        vec!["10.64.0.1".parse().expect("ip"), "fd64::1".parse().expect("ip")]
+        vec![
+            "10.64.0.1".parse().expect("ip"),
+            "fd64::1".parse().expect("ip"),
+        ]
     }
 
     #[test]
@@ -289,7 +294,10 @@ mod tests {
         let rc = ResolvConf::new(&path, &s.state);
         rc.apply("wg0", &servers()).expect("apply");
         let written = std::fs::read_to_string(&path).expect("read");
-        assert!(written.contains("nameserver 10.64.0.1\nnameserver fd64::1\n"), "{written}");
+        assert!(
+            written.contains("nameserver 10.64.0.1\nnameserver fd64::1\n"),
+            "{written}"
+        );
         assert!(!written.contains("192.168.50.1"));
         // Applying again (another server) keeps the first backup.
         rc.apply("wg0", &servers()[..1]).expect("apply");
@@ -312,7 +320,12 @@ mod tests {
         std::os::unix::fs::symlink("stub-resolv.conf", &path).expect("symlink");
         let rc = ResolvConf::new(&path, &s.state);
         rc.apply("wg0", &servers()).expect("apply");
-        assert!(!std::fs::symlink_metadata(&path).expect("lstat").file_type().is_symlink());
+        assert!(
+            !std::fs::symlink_metadata(&path)
+                .expect("lstat")
+                .file_type()
+                .is_symlink()
+        );
         assert_eq!(
             std::fs::read_to_string(&target).expect("read"),
             "nameserver 127.0.0.53\n",

@@ -59,5 +59,6 @@ pub async fn revert_link(bus: &Connection, index: u32) -> zbus::Result<()> {
 }
 
 fn link(index: u32) -> zbus::Result<i32> {
-    i32::try_from(index).map_err(|_| zbus::Error::Failure(format!("link index {index} out of range")))
+    i32::try_from(index)
+        .map_err(|_| zbus::Error::Failure(format!("link index {index} out of range")))
 }
