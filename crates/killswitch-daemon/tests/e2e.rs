@@ -472,3 +472,133 @@ fn corrupt_settings_block_with_a_clear_error_and_no_crash() -> Result<()> {
     ensure!(daemon.process().try_wait()?.is_none(), "no crash");
     Ok(())
 }
+
+#[test]
+fn up_with_bad_configurations_names_file_line_and_key_and_changes_nothing() -> Result<()> {
+    if !require_root("up_with_bad_configurations_names_file_line_and_key_and_changes_nothing") {
+        return Ok(());
+    }
+    let topo = Topology::new("badconf")?;
+    let home = DaemonHome::new()?;
+    // Names are looked up here, not in this machine's /etc/wireguard.
+    let wireguard_dir = home.path().join("wireguard");
+    std::fs::create_dir_all(&wireguard_dir)?;
+    std::fs::write(
+        home.config(),
+        format!("wireguard_dir = \"{}\"\n", wireguard_dir.display()),
+    )?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    let before = nft_table(&topo.client)?;
+    let secret = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+    let peer = "[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = 198.51.100.1:51820\nAllowedIPs = 0.0.0.0/0\n";
+    let cases: [(&str, String, &[&str]); 5] = [
+        (
+            "typo.conf",
+            format!("[Interface]\nPrivateKey = {secret}\nAddres = 10.64.0.2/32\n{peer}"),
+            &["typo.conf:3:", "Addres"],
+        ),
+        (
+            "port.conf",
+            format!(
+                "[Interface]\nPrivateKey = {secret}\nAddress = 10.64.0.2/32\n[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = 198.51.100.1\n"
+            ),
+            &["port.conf:6:", "Endpoint"],
+        ),
+        (
+            "key.conf",
+            format!(
+                "[Interface]\nPrivateKey = {}\nAddress = 10.64.0.2/32\n{peer}",
+                &secret[..40]
+            ),
+            &["key.conf:2:", "PrivateKey"],
+        ),
+        (
+            "nopeer.conf",
+            format!("[Interface]\nPrivateKey = {secret}\nAddress = 10.64.0.2/32\n"),
+            &["nopeer.conf", "Peer"],
+        ),
+        (
+            "mtu.conf",
+            format!(
+                "[Interface]\nPrivateKey = {secret}\nAddress = 10.64.0.2/32\nMTU = lots\n{peer}"
+            ),
+            &["mtu.conf:4:", "MTU"],
+        ),
+    ];
+    for (name, text, expected) in &cases {
+        let path = home.path().join(name);
+        std::fs::write(&path, text)?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        let result = daemon.cli(&["up", &path.display().to_string()])?;
+        ensure!(result.code == Some(1), "{name}: exit {:?}", result.code);
+        for needle in *expected {
+            ensure!(
+                result.stderr.contains(needle),
+                "{name}: {needle:?} missing from: {}",
+                result.stderr
+            );
+        }
+        ensure!(
+            !result.stderr.contains(&secret[..20]) && !result.stdout.contains(&secret[..20]),
+            "{name}: the private key was shown: {}",
+            result.stderr
+        );
+    }
+    // A name the daemon looks up, and a file that does not exist.
+    let missing = daemon.cli(&["up", "nosuch"])?;
+    ensure!(
+        missing.code == Some(1)
+            && missing
+                .stderr
+                .contains(&format!("{}/nosuch.conf", wireguard_dir.display())),
+        "{}",
+        missing.stderr
+    );
+    // Read by the client: a bad argument (exit 2), named.
+    let absent = daemon.cli(&["up", "/nonexistent/wg0.conf"])?;
+    ensure!(
+        absent.code == Some(2) && absent.stderr.contains("/nonexistent/wg0.conf"),
+        "{absent:?}"
+    );
+    // A good file that others can read: accepted, with a warning.
+    let readable = home.path().join("readable.conf");
+    std::fs::write(
+        &readable,
+        format!("[Interface]\nPrivateKey = {secret}\nAddress = 10.64.0.2/32\n{peer}"),
+    )?;
+    std::fs::set_permissions(
+        &readable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )?;
+    // (Unique on the machine: userspace WireGuard's sockets are shared by all namespaces.)
+    let interface = format!("ksbad{}", std::process::id() % 100_000);
+    let warned = daemon
+        .cli(&[
+            "up",
+            "--interface",
+            &interface,
+            &readable.display().to_string(),
+        ])?
+        .ok()?;
+    ensure!(
+        warned.stderr.contains("readable by other users"),
+        "{}",
+        warned.stderr
+    );
+    daemon.cli(&["down"])?.ok()?;
+
+    let status = daemon.status()?;
+    ensure!(
+        status.state == State::Disconnected && status.tunnel.is_none(),
+        "{status:?}"
+    );
+    ensure!(
+        nft_table(&topo.client)? == before,
+        "the firewall is as before"
+    );
+    ensure!(
+        !daemon.log().contains(&secret[..20]),
+        "the private key reached the log"
+    );
+    Ok(())
+}
