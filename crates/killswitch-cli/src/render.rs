@@ -139,6 +139,10 @@ pub(crate) fn event_line(status: &Status, now: SystemTime) -> String {
             t.interface,
             if t.up { "up" } else { "down" }
         );
+        // What the connection manager did last (an attempt, a failover and why).
+        if let Some(event) = t.managed.as_ref().and_then(|m| m.last_event.as_ref()) {
+            let _ = write!(line, " last={event:?}");
+        }
     }
     if let Some(error) = &status.error {
         let _ = write!(line, " error={error:?}");
@@ -225,6 +229,27 @@ mod tests {
             status(&s).contains(
                 "resolver:  NOT set (systemd-resolved): systemd-resolved is not running\n"
             )
+        );
+    }
+
+    #[test]
+    fn event_line_says_what_the_manager_did() {
+        let mut s = sample();
+        if let Some(t) = s.tunnel.as_mut() {
+            t.managed = Some(killswitch_types::ManagedTunnel {
+                backend: Some("userspace".to_owned()),
+                servers: vec!["se1.conf".to_owned(), "se2.conf".to_owned()],
+                server: 1,
+                attempt: 1,
+                last_event: Some("lost server 1: no sign of life for 3.0 s".to_owned()),
+            });
+        }
+        let at = UNIX_EPOCH;
+        assert!(
+            event_line(&s, at)
+                .ends_with(" tunnel=wg0(up) last=\"lost server 1: no sign of life for 3.0 s\""),
+            "{}",
+            event_line(&s, at)
         );
     }
 
