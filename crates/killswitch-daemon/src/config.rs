@@ -107,6 +107,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_file_shows_exactly_the_defaults() {
+        let shipped = include_str!("../../../packaging/config.toml");
+        assert_eq!(Config::parse(shipped), Ok(Config::default()));
+    }
+
+    #[test]
     fn missing_file_is_the_default() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(
