@@ -64,6 +64,15 @@ fn unreachable(answer: &str) -> bool {
 }
 
 /// `ip route get` as the kernel answers it (or its error).
+/// Applies `state`'s routing layer inside `ns`.
+fn apply_in(ns: &Netns, state: &PolicyState, allow_lan: bool) -> Result<()> {
+    ns.run(|| -> Result<()> {
+        Routing::open()?
+            .apply(layer(state, allow_lan).as_ref())
+            .map_err(Into::into)
+    })?
+}
+
 fn route_get(ns: &Netns, args: &[&str]) -> String {
     let mut all = vec!["route", "get"];
     all.extend_from_slice(args);
@@ -104,11 +113,7 @@ fn every_state_routes_only_into_the_tunnel_or_nowhere() -> Result<()> {
             resolver: "10.64.0.1".parse().expect("literal"),
         }),
     };
-    ns.run(|| -> Result<()> {
-        Routing::open()?
-            .apply(layer(&probe, false).as_ref())
-            .map_err(Into::into)
-    })??;
+    apply_in(&ns, &probe, false)?;
     ensure!(
         route_get(&ns, &["10.64.0.1"]).contains("dev wg0"),
         "probe route: {}",
@@ -118,20 +123,14 @@ fn every_state_routes_only_into_the_tunnel_or_nowhere() -> Result<()> {
         unreachable(&route_get(&ns, &["10.64.0.5"])),
         "only the resolver"
     );
-    ns.run(|| -> Result<()> {
-        Routing::open()?
-            .apply(
-                layer(
-                    &PolicyState::Connecting {
-                        peer: peer(),
-                        probe: None,
-                    },
-                    false,
-                )
-                .as_ref(),
-            )
-            .map_err(Into::into)
-    })??;
+    apply_in(
+        &ns,
+        &PolicyState::Connecting {
+            peer: peer(),
+            probe: None,
+        },
+        false,
+    )?;
     ensure!(
         unreachable(&route_get(&ns, &["10.64.0.1"])),
         "the probe route goes with the probe"
@@ -146,11 +145,7 @@ fn every_state_routes_only_into_the_tunnel_or_nowhere() -> Result<()> {
         "no LAN without allow-lan"
     );
 
-    ns.run(|| -> Result<()> {
-        Routing::open()?
-            .apply(layer(&connected(), true).as_ref())
-            .map_err(Into::into)
-    })??;
+    apply_in(&ns, &connected(), true)?;
     ensure!(
         route_get(&ns, &["203.0.113.10"]).contains("dev wg0"),
         "connected: {}",
@@ -176,11 +171,7 @@ fn every_state_routes_only_into_the_tunnel_or_nowhere() -> Result<()> {
     // A DHCP client (or a person) replacing the default route without naming the device: the
     // gateway must still be found on the physical link, not through our table (without allow-lan,
     // which would exempt the gateway's private address anyway).
-    ns.run(|| -> Result<()> {
-        Routing::open()?
-            .apply(layer(&connected(), false).as_ref())
-            .map_err(Into::into)
-    })??;
+    apply_in(&ns, &connected(), false)?;
     ns.ip(&["route", "del", "default"])?;
     ns.ip(&["route", "add", "default", "via", "192.168.50.1"])?;
     let default = ns.ip(&["route", "show", "default"])?;
