@@ -7,8 +7,9 @@
 //!
 //! The file is replaced atomically (a temporary file beside it, renamed over it), which also
 //! replaces a symlink rather than writing through it. A bind-mounted file (containers; `ip netns
-//! exec` with `/etc/netns/NAME/resolv.conf`) cannot be renamed over (`EBUSY`): it is rewritten in
-//! place, the only thing possible.
+//! exec` with `/etc/netns/NAME/resolv.conf`; the service's sandbox, which makes only this file
+//! writable) cannot be renamed over (`EBUSY`, `EROFS`): it is rewritten in place, the only thing
+//! possible.
 //!
 //! Someone else may rewrite the file while the tunnel is up (a DHCP client on a new network).
 //! When the daemon writes again, that newer file becomes the one to restore; at restore, a file
@@ -28,8 +29,19 @@ const BACKUP_NAME: &str = "resolv.conf.backup";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 enum Original {
-    File { content: String, mode: u32 },
-    Symlink { target: PathBuf },
+    File {
+        content: String,
+        mode: u32,
+    },
+    Symlink {
+        target: PathBuf,
+        /// What the link led to, in case the link cannot be replaced and the file it leads to is
+        /// written through it instead.
+        #[serde(default)]
+        content: Option<String>,
+        #[serde(default)]
+        mode: Option<u32>,
+    },
     Missing,
 }
 
@@ -154,7 +166,20 @@ impl ResolvConf {
         } else {
             match &backup.original {
                 Original::File { content, mode } => replace(&backup.path, content, *mode)?,
-                Original::Symlink { target } => relink(&backup.path, target)?,
+                Original::Symlink {
+                    target,
+                    content,
+                    mode,
+                } => {
+                    let still_linked =
+                        matches!(&current, Original::Symlink { target: t, .. } if t == target);
+                    match content {
+                        // The daemon wrote through the link (it could not replace it): put back
+                        // what the link led to.
+                        Some(content) if still_linked => rewrite(&backup.path, content, *mode)?,
+                        _ => relink(&backup.path, target)?,
+                    }
+                }
                 Original::Missing => match std::fs::remove_file(&backup.path) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         return Err(io("removing", &backup.path)(e));
@@ -207,7 +232,14 @@ fn render(interface: &str, servers: &[IpAddr]) -> String {
 }
 
 fn is_ours(current: &Original, written: &str) -> bool {
-    matches!(current, Original::File { content, .. } if content == written)
+    match current {
+        Original::File { content, .. } => content == written,
+        Original::Symlink {
+            content: Some(content),
+            ..
+        } => content == written,
+        _ => false,
+    }
 }
 
 fn read(path: &Path) -> Result<Original, ResolvConfError> {
@@ -218,7 +250,14 @@ fn read(path: &Path) -> Result<Original, ResolvConfError> {
     };
     if meta.file_type().is_symlink() {
         let target = std::fs::read_link(path).map_err(io("reading", path))?;
-        return Ok(Original::Symlink { target });
+        // A dangling link has no content; that is fine.
+        return Ok(Original::Symlink {
+            target,
+            content: std::fs::read_to_string(path).ok(),
+            mode: std::fs::metadata(path)
+                .ok()
+                .map(|m| m.permissions().mode() & 0o7777),
+        });
     }
     let content = std::fs::read_to_string(path).map_err(io("reading", path))?;
     Ok(Original::File {
@@ -227,21 +266,32 @@ fn read(path: &Path) -> Result<Original, ResolvConfError> {
     })
 }
 
-/// Replaces the file at `path` atomically; a mount point is rewritten in place.
+/// Replaces the file at `path` atomically. A mount point (`EBUSY`), or a file writable in a
+/// read-only directory (`EROFS`: the service's sandbox opens only the file), is rewritten in place.
 fn replace(path: &Path, content: &str, mode: u32) -> Result<(), ResolvConfError> {
     match write_atomically(path, content.as_bytes(), mode) {
-        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .truncate(true)
-                .open(path)
-                .map_err(io("rewriting", path))?;
-            file.write_all(content.as_bytes())
-                .and_then(|()| file.sync_all())
-                .map_err(io("rewriting", path))
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EROFS)) => {
+            rewrite(path, content, Some(mode))
         }
         other => other.map_err(io("writing", path)),
     }
+}
+
+/// Rewrites the file at `path` (or the one a link there leads to) in place.
+fn rewrite(path: &Path, content: &str, mode: Option<u32>) -> Result<(), ResolvConfError> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io("rewriting", path))?;
+    file.write_all(content.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io("rewriting", path))?;
+    if let Some(mode) = mode {
+        // Best effort: a bind-mounted file may not let its mode change.
+        let _ = file.set_permissions(PermissionsExt::from_mode(mode));
+    }
+    Ok(())
 }
 
 /// Puts a symlink back at `path`, atomically.
@@ -335,6 +385,37 @@ mod tests {
         assert_eq!(
             std::fs::read_link(&path).expect("readlink"),
             PathBuf::from("stub-resolv.conf")
+        );
+    }
+
+    #[test]
+    fn a_link_written_through_gets_its_content_back_and_stays_a_link() {
+        // Where the link cannot be replaced (the service's sandbox leaves /etc read-only), the
+        // daemon writes through it; restoring must then write the content back, not relink.
+        let s = setup();
+        let target = s.etc.join("resolvconf-output");
+        std::fs::write(&target, "nameserver 10.64.0.1\n").expect("write");
+        let path = s.etc.join("resolv.conf");
+        std::os::unix::fs::symlink("resolvconf-output", &path).expect("symlink");
+        let rc = ResolvConf::new(&path, &s.state);
+        rc.save_backup(&Backup {
+            path: path.clone(),
+            original: Original::Symlink {
+                target: "resolvconf-output".into(),
+                content: Some("nameserver 192.168.50.1\n".to_owned()),
+                mode: Some(0o644),
+            },
+            written: "nameserver 10.64.0.1\n".to_owned(),
+        })
+        .expect("backup");
+        assert!(rc.restore().expect("restore"));
+        assert_eq!(
+            std::fs::read_link(&path).expect("still a link"),
+            PathBuf::from("resolvconf-output")
+        );
+        assert_eq!(
+            std::fs::read_to_string(&target).expect("read"),
+            "nameserver 192.168.50.1\n"
         );
     }
 
