@@ -266,6 +266,9 @@ impl Manager {
     }
 
     fn attempt_connect(&mut self, now: Instant, factory: &mut Factory) -> Result<(), String> {
+        // Counted before anything can fail: an attempt that fails at once (no /dev/net/tun, an
+        // address the kernel refuses) must back off like any other, not spin.
+        self.attempt += 1;
         let fwmark = self.fwmark().get();
         let config = self.active().1.clone();
         let fresh = self.device.is_none() || netdev::index(self.spec.interface.as_str()).is_none();
@@ -284,7 +287,6 @@ impl Manager {
         device
             .configure(&config, fwmark)
             .map_err(|e| format!("configuring: {}", crate::firewall::chain(&e)))?;
-        self.attempt += 1;
         self.phase = Phase::Handshaking {
             started: now,
             deadline: now + HANDSHAKE_TIMEOUT,
@@ -559,5 +561,16 @@ mod tests {
         let mut m = Manager::new(spec(), Duration::from_secs(3), t0);
         assert_eq!(m.tick(t0, &mut f), Step::Lost);
         assert!(m.last_event().is_some_and(|e| e.contains("no tun")));
+        // Failing at once, again and again, still backs off.
+        let mut now = t0;
+        for _ in 0..10 {
+            now = m.next_tick(now);
+            assert_eq!(m.tick(now, &mut f), Step::Lost);
+        }
+        assert!(
+            now >= t0 + Duration::from_secs(20),
+            "ten immediate failures took {:?}",
+            now - t0
+        );
     }
 }

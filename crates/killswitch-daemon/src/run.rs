@@ -62,6 +62,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tracing::error!("{error}");
     }
 
+    // The firewall goes up before anything else: before the socket exists, nobody can ask for
+    // anything, and a restart replaces the previous daemon's table in one transaction.
+    let link_events = LinkEvents::subscribe().context("subscribing to link changes")?;
+    let nft_changes = NftChanges::subscribe().context("subscribing to nftables changes")?;
+    observe(&mut core);
+    core.reconcile();
+
+    // Then the system bus (which may be slow or absent), and a resolv.conf a crashed daemon left.
     let bus = system_bus().await;
     let mut dns = Dns::new(
         config.dns,
@@ -71,13 +79,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     dns.recover();
     core.set_dns_status(dns.status());
     let mut sleep = SleepSignals::subscribe(bus.as_ref()).await;
-
-    // The firewall goes up before anything else: before the socket exists, nobody can ask for
-    // anything, and a restart replaces the previous daemon's table in one transaction.
-    let link_events = LinkEvents::subscribe().context("subscribing to link changes")?;
-    let nft_changes = NftChanges::subscribe().context("subscribing to nftables changes")?;
-    observe(&mut core);
-    core.reconcile();
     let first = core.status();
     tracing::info!(state = %first.state, lockdown = first.lockdown, allow_lan = first.allow_lan, "started");
 
@@ -109,8 +110,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     tokio::pin!(serving);
     loop {
         let retry = tokio::time::sleep(retry_delay);
-        // The tunnel manager's ticks: only while `up` (once a second when up, faster while
-        // connecting), the daemon's only periodic wakeup.
+        // The tunnel manager's ticks: only while `up` (every 500 ms when up, faster while quiet
+        // or connecting), the daemon's only periodic wakeup.
         let tick_at = core.next_tick(std::time::Instant::now());
         let ticking = tokio::time::sleep_until(tokio::time::Instant::from_std(
             tick_at.unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(3600)),
@@ -179,7 +180,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             _ = interrupt.recv() => break,
         }
         // DNS follows the firewall (unblocked, then pointed at the tunnel; blocked, then given
-        // back), and never holds it up.
+        // back). It can hold the loop up only as long as a D-Bus call's timeout.
         if dns.sync(core.dns_want()).await {
             core.set_dns_status(dns.status());
             publish(core.status());

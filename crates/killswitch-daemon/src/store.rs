@@ -95,7 +95,13 @@ impl Store {
             tracing::warn!("cannot make {} private: {e}", path.display());
         }
         match serde_json::from_slice::<Persisted>(&bytes) {
-            Ok(p) if p.version == FORMAT_VERSION => Loaded::Found(p),
+            Ok(p) if p.version == FORMAT_VERSION => match &p.target {
+                Target::Up(spec) => match spec.check() {
+                    Ok(()) => Loaded::Found(p),
+                    Err(why) => Loaded::Unusable(format!("{}: {why}", path.display())),
+                },
+                _ => Loaded::Found(p),
+            },
             Ok(p) => Loaded::Unusable(format!(
                 "{} has format version {}, this daemon reads version {FORMAT_VERSION}",
                 path.display(),
@@ -182,6 +188,23 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn an_up_target_without_servers_is_unusable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        let up = Target::Up(crate::target::UpSpec {
+            interface: "wg0".parse().expect("literal"),
+            configs: Vec::new(),
+        });
+        store
+            .save(&Persisted::new(Settings::default(), up))
+            .expect("save");
+        assert!(
+            matches!(store.load(), Loaded::Unusable(why) if why.contains("at least one")),
+            "a daemon must not start with nothing to connect to"
+        );
     }
 
     #[test]

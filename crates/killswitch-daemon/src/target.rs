@@ -33,6 +33,26 @@ pub struct UpSpec {
     pub configs: Vec<TunnelConfig>,
 }
 
+impl UpSpec {
+    /// What the daemon needs of a spec beyond parsing: at least one server, and a resolver for
+    /// each (DNS outside the tunnel is blocked, and the daemon checks a tunnel, and starts its
+    /// handshake, by sending a query to that resolver through it). Also applied to a spec read
+    /// back from the state directory.
+    pub fn check(&self) -> Result<(), String> {
+        if self.configs.is_empty() {
+            return Err("up needs at least one configuration".to_owned());
+        }
+        if let Some(config) = self.configs.iter().find(|c| c.dns.is_empty()) {
+            return Err(format!(
+                "{}: no DNS = in [Interface]: killswitch up needs the tunnel's resolver (DNS outside \
+                 the tunnel is blocked, and the daemon checks the tunnel by asking that resolver)",
+                config.source
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The most configurations one `up` may name.
 pub const MAX_CONFIGS: usize = 16;
 
@@ -87,7 +107,9 @@ pub fn resolve_up(
     if interface.as_str() == "lo" {
         return Err(bad("the tunnel interface cannot be lo".to_owned()));
     }
-    Ok(UpSpec { interface, configs })
+    let spec = UpSpec { interface, configs };
+    spec.check().map_err(bad)?;
+    Ok(spec)
 }
 
 /// wg-quick names the interface after the file: `/etc/wireguard/wg0.conf` is `wg0`.

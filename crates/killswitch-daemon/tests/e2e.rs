@@ -491,7 +491,7 @@ fn up_with_bad_configurations_names_file_line_and_key_and_changes_nothing() -> R
     let before = nft_table(&topo.client)?;
     let secret = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
     let peer = "[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = 198.51.100.1:51820\nAllowedIPs = 0.0.0.0/0\n";
-    let cases: [(&str, String, &[&str]); 5] = [
+    let cases: [(&str, String, &[&str]); 6] = [
         (
             "typo.conf",
             format!("[Interface]\nPrivateKey = {secret}\nAddres = 10.64.0.2/32\n{peer}"),
@@ -516,6 +516,11 @@ fn up_with_bad_configurations_names_file_line_and_key_and_changes_nothing() -> R
             "nopeer.conf",
             format!("[Interface]\nPrivateKey = {secret}\nAddress = 10.64.0.2/32\n"),
             &["nopeer.conf", "Peer"],
+        ),
+        (
+            "nodns.conf",
+            format!("[Interface]\nPrivateKey = {secret}\nAddress = 10.64.0.2/32\n{peer}"),
+            &["nodns.conf", "DNS"],
         ),
         (
             "mtu.conf",
@@ -564,7 +569,9 @@ fn up_with_bad_configurations_names_file_line_and_key_and_changes_nothing() -> R
     let readable = home.path().join("readable.conf");
     std::fs::write(
         &readable,
-        format!("[Interface]\nPrivateKey = {secret}\nAddress = 10.64.0.2/32\n{peer}"),
+        format!(
+            "[Interface]\nPrivateKey = {secret}\nAddress = 10.64.0.2/32\nDNS = 10.64.0.1\n{peer}"
+        ),
     )?;
     std::fs::set_permissions(
         &readable,

@@ -111,7 +111,11 @@ impl Dns {
             DnsWant::Tunnel { interface, servers } => {
                 let current = self.applied.as_ref().map(|(_, i, s)| (i, s));
                 let failed = self.status.as_ref().is_some_and(|s| s.error.is_some());
-                if current != Some((&interface, &servers)) || failed {
+                // resolved forgets a link that goes: a tunnel re-created under the same name
+                // is a new link that needs its resolvers again.
+                let relinked = matches!(&self.applied, Some((Via::Resolved { index }, name, _))
+                    if killswitch_tunnel::netdev::index(name.as_str()) != Some(*index));
+                if current != Some((&interface, &servers)) || failed || relinked {
                     self.apply(interface, servers).await;
                 }
             }

@@ -7,13 +7,15 @@
 //!
 //! The file is replaced atomically (a temporary file beside it, renamed over it), which also
 //! replaces a symlink rather than writing through it. A bind-mounted file (containers; `ip netns
-//! exec` with `/etc/netns/NAME/resolv.conf`; the service's sandbox, which makes only this file
+//! exec` with `/etc/netns/NAME/resolv.conf`; a sandbox that makes only this file
 //! writable) cannot be renamed over (`EBUSY`, `EROFS`): it is rewritten in place, the only thing
 //! possible.
 //!
 //! Someone else may rewrite the file while the tunnel is up (a DHCP client on a new network).
 //! When the daemon writes again, that newer file becomes the one to restore; at restore, a file
-//! that is no longer ours is left alone, since it is newer than anything in the backup.
+//! that is no longer ours is left alone, since it is newer than anything in the backup. "Ours"
+//! survives crashes: a file that starts with the daemon's header line, or that an interrupted
+//! write (or restore) left truncated, is ours (see `is_ours`).
 
 use crate::store::write_atomically;
 use serde::{Deserialize, Serialize};
@@ -111,7 +113,7 @@ impl ResolvConf {
         let current = read(&self.path)?;
         let mut backup = match self.load_backup()? {
             Some(mut backup) if backup.path == self.path => {
-                if !is_ours(&current, &backup.written) {
+                if !is_ours(&current, &backup) {
                     tracing::info!(
                         "{} was rewritten by someone else; that version is the one to restore",
                         self.path.display()
@@ -158,7 +160,7 @@ impl ResolvConf {
 
     fn restore_backup(&self, backup: &Backup) -> Result<(), ResolvConfError> {
         let current = read(&backup.path)?;
-        if !is_ours(&current, &backup.written) && !backup.written.is_empty() {
+        if !is_ours(&current, backup) {
             tracing::info!(
                 "{} was rewritten by someone else since; leaving that version",
                 backup.path.display()
@@ -222,7 +224,7 @@ impl ResolvConf {
 /// The file the daemon writes.
 fn render(interface: &str, servers: &[IpAddr]) -> String {
     let mut text = format!(
-        "# Written by killswitchd while the VPN tunnel {interface} is up: queries go only to the\n\
+        "{HEADER} while the VPN tunnel {interface} is up: queries go only to the\n\
          # tunnel's resolvers. The previous file is put back by `killswitch down`.\n"
     );
     for server in servers {
@@ -231,15 +233,32 @@ fn render(interface: &str, servers: &[IpAddr]) -> String {
     text
 }
 
-fn is_ours(current: &Original, written: &str) -> bool {
-    match current {
-        Original::File { content, .. } => content == written,
+/// The first line of every file the daemon writes. It recognises its own file by it even when
+/// the backup's record is stale (a crash after the backup was saved but before the write).
+const HEADER: &str = "# Written by killswitchd";
+
+/// Whether what is at the path now may be replaced by the backup: the daemon's own file, what a
+/// write interrupted by a crash left of it (an in-place rewrite truncates first), what an
+/// interrupted restore left of the original, or nothing. Anything else is someone else's newer
+/// file.
+fn is_ours(current: &Original, backup: &Backup) -> bool {
+    let content = match current {
+        Original::File { content, .. } => content,
         Original::Symlink {
             content: Some(content),
             ..
-        } => content == written,
-        _ => false,
-    }
+        } => content,
+        Original::Symlink { content: None, .. } => return false,
+        Original::Missing => return true,
+    };
+    let original = match &backup.original {
+        Original::File { content, .. } => Some(content),
+        Original::Symlink { content, .. } => content.as_ref(),
+        Original::Missing => None,
+    };
+    content.starts_with(HEADER)
+        || backup.written.starts_with(content.as_str())
+        || original.is_some_and(|o| o.starts_with(content.as_str()))
 }
 
 fn read(path: &Path) -> Result<Original, ResolvConfError> {
@@ -267,7 +286,7 @@ fn read(path: &Path) -> Result<Original, ResolvConfError> {
 }
 
 /// Replaces the file at `path` atomically. A mount point (`EBUSY`), or a file writable in a
-/// read-only directory (`EROFS`: the service's sandbox opens only the file), is rewritten in place.
+/// read-only directory (`EROFS`: a sandbox that opens only the file), is rewritten in place.
 fn replace(path: &Path, content: &str, mode: u32) -> Result<(), ResolvConfError> {
     match write_atomically(path, content.as_bytes(), mode) {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EROFS)) => {
@@ -390,7 +409,7 @@ mod tests {
 
     #[test]
     fn a_link_written_through_gets_its_content_back_and_stays_a_link() {
-        // Where the link cannot be replaced (the service's sandbox leaves /etc read-only), the
+        // Where the link cannot be replaced (a sandbox that leaves /etc read-only), the
         // daemon writes through it; restoring must then write the content back, not relink.
         let s = setup();
         let target = s.etc.join("resolvconf-output");
@@ -444,6 +463,45 @@ mod tests {
             std::fs::read_to_string(&path).expect("read"),
             "nameserver 192.168.50.1\n"
         );
+    }
+
+    #[test]
+    fn a_crash_between_backup_and_write_still_restores() {
+        let s = setup();
+        let path = s.etc.join("resolv.conf");
+        std::fs::write(&path, "nameserver 192.168.50.1\n").expect("write");
+        let rc = ResolvConf::new(&path, &s.state);
+        rc.apply("wg0", &servers()).expect("apply");
+        // A failover to a server with other resolvers: the backup records the new content, then
+        // the daemon dies before writing it.
+        let mut backup = rc.load_backup().expect("load").expect("a backup");
+        backup.written = render("wg0", &servers()[..1]);
+        rc.save_backup(&backup).expect("save");
+        assert!(rc.restore().expect("restore"));
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "nameserver 192.168.50.1\n",
+            "the daemon's own older file was recognised"
+        );
+    }
+
+    #[test]
+    fn what_an_interrupted_rewrite_left_is_restored() {
+        let s = setup();
+        let path = s.etc.join("resolv.conf");
+        std::fs::write(&path, "nameserver 192.168.50.1\nsearch lan\n").expect("write");
+        let rc = ResolvConf::new(&path, &s.state);
+        for left in ["", "# Written by", "nameserver 192.168.50.1\n"] {
+            rc.apply("wg0", &servers()).expect("apply");
+            // In place, a rewrite truncates first: a crash can leave any prefix.
+            std::fs::write(&path, left).expect("write");
+            assert!(rc.restore().expect("restore"));
+            assert_eq!(
+                std::fs::read_to_string(&path).expect("read"),
+                "nameserver 192.168.50.1\nsearch lan\n",
+                "after {left:?}"
+            );
+        }
     }
 
     #[test]

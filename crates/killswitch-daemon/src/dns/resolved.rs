@@ -1,11 +1,29 @@
 //! systemd-resolved over D-Bus: per-link resolvers, and the tunnel's link as the route for all
 //! domains (what `resolvectl dns IFACE ...; resolvectl domain IFACE '~.'` does).
 //!
-//! Nothing needs undoing after a crash: resolved forgets a link's settings when the link goes,
-//! and the daemon's tunnel goes with the daemon.
+//! Nothing needs undoing after a crash: resolved forgets a link's settings when the link goes. A
+//! userspace tunnel goes with the daemon; a kernel one outlives it, until the next start deletes it
+//! before creating its own.
+//!
+//! Every call is bounded by [`CALL_TIMEOUT`]: the event loop awaits them, and a resolved that
+//! hangs must not hold up the kill switch.
 
 use std::net::IpAddr;
+use std::time::Duration;
 use zbus::Connection;
+
+/// How long one exchange with systemd-resolved may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn bounded<T>(call: impl std::future::Future<Output = zbus::Result<T>>) -> zbus::Result<T> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(zbus::Error::Failure(format!(
+                "no answer within {CALL_TIMEOUT:?}"
+            )))
+        })
+}
 
 const NAME: &str = "org.freedesktop.resolve1";
 const PATH: &str = "/org/freedesktop/resolve1";
@@ -13,13 +31,12 @@ const INTERFACE: &str = "org.freedesktop.resolve1.Manager";
 
 /// Whether systemd-resolved runs on `bus`.
 pub async fn running(bus: &Connection) -> bool {
-    let Ok(dbus) = zbus::fdo::DBusProxy::new(bus).await else {
-        return false;
+    let ask = async {
+        let dbus = zbus::fdo::DBusProxy::new(bus).await?;
+        let name = zbus::names::BusName::try_from(NAME)?;
+        Ok(dbus.name_has_owner(name).await?)
     };
-    match zbus::names::BusName::try_from(NAME) {
-        Ok(name) => dbus.name_has_owner(name).await.unwrap_or(false),
-        Err(_) => false,
-    }
+    bounded(ask).await.unwrap_or(false)
 }
 
 async fn manager(bus: &Connection) -> zbus::Result<zbus::Proxy<'static>> {
@@ -29,6 +46,10 @@ async fn manager(bus: &Connection) -> zbus::Result<zbus::Proxy<'static>> {
 /// Gives link `index` the resolvers `servers`, routes every domain to it, and makes it the
 /// default route for queries.
 pub async fn set_link(bus: &Connection, index: u32, servers: &[IpAddr]) -> zbus::Result<()> {
+    bounded(set_link_unbounded(bus, index, servers)).await
+}
+
+async fn set_link_unbounded(bus: &Connection, index: u32, servers: &[IpAddr]) -> zbus::Result<()> {
     let index = link(index)?;
     let manager = manager(bus).await?;
     let servers: Vec<(i32, Vec<u8>)> = servers
@@ -52,10 +73,14 @@ pub async fn set_link(bus: &Connection, index: u32, servers: &[IpAddr]) -> zbus:
 
 /// Drops everything set on link `index`.
 pub async fn revert_link(bus: &Connection, index: u32) -> zbus::Result<()> {
-    manager(bus)
-        .await?
-        .call::<_, _, ()>("RevertLink", &(link(index)?,))
-        .await
+    let index = link(index)?;
+    bounded(async {
+        manager(bus)
+            .await?
+            .call::<_, _, ()>("RevertLink", &(index,))
+            .await
+    })
+    .await
 }
 
 fn link(index: u32) -> zbus::Result<i32> {
