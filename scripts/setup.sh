@@ -9,6 +9,7 @@ packages=(
   wireguard-tools wireguard-go       # the lab's real WireGuard tunnel (userspace, no kernel module)
   iptables                           # the benchmarks' iptables kill-switch baseline
   dbus-daemon                        # a private bus for the systemd-resolved and logind tests
+  iperf3                             # the benchmarks' data-path throughput
 )
 
 missing=()

@@ -1,6 +1,11 @@
 //! `killswitch-bench`: measures killswitch against the alternatives, side by side, in one run,
 //! inside network namespaces it creates. Prints markdown for BENCHMARKS.md.
 
+mod datapath;
+mod failover;
+mod footprint;
+mod leak;
+mod scale;
 mod stats;
 mod tamper;
 mod transition;
@@ -16,7 +21,49 @@ struct Args {
     /// A few iterations only, to check the harness works (CI).
     #[arg(long)]
     quick: bool,
+    /// Run only these sections (by name, repeatable): transition, leak, scale, datapath,
+    /// failover, footprint, tamper.
+    #[arg(long, value_name = "SECTION")]
+    only: Vec<String>,
 }
+
+/// One section of the report: a name for `--only`, and what produces its markdown.
+struct Section {
+    name: &'static str,
+    run: fn(quick: bool, dir: &std::path::Path) -> Result<String>,
+}
+
+/// The sections, in the order BENCHMARKS.md lists them (the issue's numbering).
+const SECTIONS: [Section; 7] = [
+    Section {
+        name: "transition",
+        run: transition_section,
+    },
+    Section {
+        name: "leak",
+        run: |quick, _| leak::section(quick),
+    },
+    Section {
+        name: "scale",
+        run: |quick, _| scale::section(quick),
+    },
+    Section {
+        name: "datapath",
+        run: |quick, _| datapath::section(quick),
+    },
+    Section {
+        name: "failover",
+        run: |quick, _| failover::section(quick),
+    },
+    Section {
+        name: "footprint",
+        run: |quick, _| footprint::section(quick),
+    },
+    Section {
+        name: "tamper",
+        run: tamper_section,
+    },
+];
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -37,28 +84,56 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<String> {
+    if let Some(unknown) = args
+        .only
+        .iter()
+        .find(|name| !SECTIONS.iter().any(|s| s.name == name.as_str()))
+    {
+        anyhow::bail!(
+            "no section {unknown:?}; the sections are {}",
+            SECTIONS.map(|s| s.name).join(", ")
+        );
+    }
     let dir = tempfile_dir()?;
-    let transitions = if args.quick { 20 } else { 1000 };
     let mut out = String::new();
     out.push_str(&format!(
-        "Produced by `killswitch-bench{}` (release build) on {}.\n\n",
+        "Produced by `killswitch-bench{}` (release build) on {}.\n",
         if args.quick { " --quick" } else { "" },
         machine()
     ));
-    out.push_str("### 1. Policy transition latency\n\n");
-    out.push_str(&transition::table(&transition::measure(transitions, &dir)?));
-    let rounds = if args.quick { 5 } else { 200 };
+    for section in SECTIONS
+        .iter()
+        .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.name))
+    {
+        eprintln!("killswitch-bench: {} ...", section.name);
+        let markdown = (section.run)(args.quick, &dir)
+            .with_context(|| format!("benchmark {}", section.name))?;
+        out.push('\n');
+        out.push_str(&markdown);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(out)
+}
+
+fn transition_section(quick: bool, dir: &std::path::Path) -> Result<String> {
+    let transitions = if quick { 20 } else { 1000 };
+    Ok(format!(
+        "### 1. Policy transition latency\n\n{}",
+        transition::table(&transition::measure(transitions, dir)?)
+    ))
+}
+
+fn tamper_section(quick: bool, _dir: &std::path::Path) -> Result<String> {
+    let rounds = if quick { 5 } else { 200 };
     let restore = tamper::measure(rounds)?;
-    out.push_str(&format!(
-        "\n### Tamper to restore\n\n`nft delete table inet killswitch` against a running killswitchd (lockdown on), {} rounds: \
+    Ok(format!(
+        "### Tamper to restore\n\n`nft delete table inet killswitch` against a running killswitchd (lockdown on), {} rounds: \
          the table is back after p50 {}, p99 {} (from the deleting transaction's commit to the daemon's restoring one; \
          the routing layer blocks throughout).\n",
         restore.len(),
         stats::human(restore.median()),
         stats::human(restore.percentile(99.0)),
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(out)
+    ))
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {
