@@ -38,8 +38,10 @@ pub(crate) fn human(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
     if us < 1000.0 {
         format!("{us:.0} µs")
-    } else {
+    } else if us < 1e6 {
         format!("{:.2} ms", us / 1000.0)
+    } else {
+        format!("{:.2} s", us / 1e6)
     }
 }
 
@@ -62,5 +64,12 @@ mod tests {
         assert_eq!(s.percentile(99.0), Duration::from_micros(99));
         assert_eq!(s.percentile(100.0), Duration::from_micros(100));
         assert_eq!(Samples::new(vec![]).median(), Duration::ZERO);
+    }
+
+    #[test]
+    fn human_picks_the_unit() {
+        assert_eq!(human(Duration::from_micros(574)), "574 µs");
+        assert_eq!(human(Duration::from_micros(1_600)), "1.60 ms");
+        assert_eq!(human(Duration::from_millis(2_998)), "3.00 s");
     }
 }

@@ -788,30 +788,58 @@ fn up_dns(lab: &mut Lab) -> Result<Outcome> {
 /// The daemon's default health bound (`dead_after_seconds`), which the lab does not change.
 const DEAD_AFTER: Duration = Duration::from_secs(3);
 
-fn up_failover(lab: &mut Lab) -> Result<Outcome> {
+/// What `killswitch up` took to connect: how long, and with which backend.
+#[derive(Debug, Clone)]
+pub struct UpConnected {
+    /// From `killswitch up` to the state `connected`.
+    pub took: Duration,
+    /// The WireGuard backend the daemon chose.
+    pub backend: String,
+}
+
+/// Starts two `up` servers and connects to the first, until traffic flows through it.
+pub fn connect_up(lab: &mut Lab) -> Result<UpConnected> {
     lab.start_up_servers(2)?;
-    let (first, second) = match lab.up_servers.as_slice() {
-        [(a, _), (b, _)] => (a.client_ip, b.client_ip),
-        _ => anyhow::bail!("two servers expected"),
-    };
-    let from = |ip: Ipv4Addr| move |a: IpAddr| a == IpAddr::V4(ip);
+    let first = lab.up_servers[0].0.client_ip;
     let asked = Instant::now();
     lab.up()?;
     let status = lab
         .daemon()?
         .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
-    let connected_in = asked.elapsed();
+    let took = asked.elapsed();
     let backend = status
         .tunnel
         .and_then(|t| t.managed)
         .and_then(|m| m.backend)
         .unwrap_or_default();
-    lab.wait_for_traffic_from(Instant::now(), 1, from(first))?;
+    lab.wait_for_traffic_from(Instant::now(), 1, move |a| a == IpAddr::V4(first))?;
+    Ok(UpConnected { took, backend })
+}
 
-    let window = lab.begin(&[Kind::Udp4, Kind::Tcp4, Kind::Icmp4])?;
-    hold(Duration::from_secs(1));
+/// One failover, timed: the active server killed, the daemon noticing, the next one connected.
+#[derive(Debug, Clone)]
+pub struct Failover {
+    /// When the server was killed.
+    pub killed: Instant,
+    /// From the kill to the daemon leaving `connected`.
+    pub detected: Duration,
+    /// From the kill to `connected` on the second server.
+    pub failed_over: Duration,
+    /// The status when the daemon noticed.
+    pub lost: killswitch_types::ipc::Status,
+    /// The status once connected again.
+    pub back: killswitch_types::ipc::Status,
+}
+
+/// Kills the first `up` server (connected by [`connect_up`]) and times the failover.
+pub fn kill_first_server(lab: &mut Lab) -> Result<Failover> {
     let killed = Instant::now();
-    lab.up_servers[0].0.process().kill()?;
+    lab.up_servers
+        .first_mut()
+        .context("no up server")?
+        .0
+        .process()
+        .kill()?;
     let daemon = lab.daemon()?;
     let lost = daemon.wait_for("the dead server noticed", EVENT_TIMEOUT, |s| {
         s.state != State::Connected
@@ -824,7 +852,36 @@ fn up_failover(lab: &mut Lab) -> Result<Outcome> {
                 .and_then(|t| t.managed.as_ref())
                 .is_some_and(|m| m.server == 1)
     })?;
-    let failed_over = killed.elapsed();
+    Ok(Failover {
+        killed,
+        detected,
+        failed_over: killed.elapsed(),
+        lost,
+        back,
+    })
+}
+
+fn up_failover(lab: &mut Lab) -> Result<Outcome> {
+    let asked = Instant::now();
+    let UpConnected {
+        took: connected_in,
+        backend,
+    } = connect_up(lab)?;
+    let (first, second) = match lab.up_servers.as_slice() {
+        [(a, _), (b, _)] => (a.client_ip, b.client_ip),
+        _ => anyhow::bail!("two servers expected"),
+    };
+    let from = |ip: Ipv4Addr| move |a: IpAddr| a == IpAddr::V4(ip);
+
+    let window = lab.begin(&[Kind::Udp4, Kind::Tcp4, Kind::Icmp4])?;
+    hold(Duration::from_secs(1));
+    let Failover {
+        killed,
+        detected,
+        failed_over,
+        lost,
+        back,
+    } = kill_first_server(lab)?;
     lab.wait_for_traffic_from(killed, RESUMED, from(second))?;
     hold(Duration::from_millis(500));
     let mut outcome = Outcome::new(lab.end(window)?);
