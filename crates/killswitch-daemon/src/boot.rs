@@ -10,7 +10,7 @@ use crate::firewall::Firewall;
 use crate::store::{Loaded, Store};
 use crate::target::Target;
 use killswitch_policy::routes::compile_routes;
-use killswitch_policy::{PolicyState, compile};
+use killswitch_policy::{PolicyState, compile_with};
 use killswitch_types::Settings;
 
 /// What the early-boot step decided.
@@ -52,11 +52,16 @@ pub fn decide(loaded: &Loaded) -> (Decision, Settings) {
     }
 }
 
-/// Loads, decides and applies. Returns the decision, or why applying it failed.
-pub fn run(store: &Store, firewall: &mut impl Firewall) -> Result<Decision, String> {
+/// Loads, decides and applies (with `lan` as what allow-lan opens, as the daemon would). Returns
+/// the decision, or why applying it failed.
+pub fn run(
+    store: &Store,
+    lan: &killswitch_policy::Lan,
+    firewall: &mut impl Firewall,
+) -> Result<Decision, String> {
     let (decision, settings) = decide(&store.load());
     if let Decision::Block(_) = &decision {
-        firewall.apply(&compile(&PolicyState::Blocked, &settings))?;
+        firewall.apply(&compile_with(&PolicyState::Blocked, &settings, lan))?;
         firewall.apply_routes(compile_routes(&PolicyState::Blocked, &settings).as_ref())?;
     }
     Ok(decision)

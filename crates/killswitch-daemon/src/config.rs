@@ -26,6 +26,9 @@ pub struct Config {
     pub dns: crate::dns::DnsMode,
     /// The resolv.conf written when DNS is managed through a file.
     pub resolv_conf: std::path::PathBuf,
+    /// What `allow-lan` opens: these subnets only (each inside the private, link-local or ULA
+    /// ranges). Empty: all of those ranges. However many, each packet costs one set lookup.
+    pub lan_subnets: Vec<ipnet::IpNet>,
 }
 
 impl Default for Config {
@@ -36,6 +39,7 @@ impl Default for Config {
             dead_after_seconds: 3.0,
             dns: crate::dns::DnsMode::Auto,
             resolv_conf: "/etc/resolv.conf".into(),
+            lan_subnets: Vec::new(),
         }
     }
 }
@@ -62,6 +66,15 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// What allow-lan opens.
+    pub fn lan(&self) -> Result<killswitch_policy::Lan, String> {
+        if self.lan_subnets.is_empty() {
+            Ok(killswitch_policy::Lan::default())
+        } else {
+            killswitch_policy::Lan::subnets(self.lan_subnets.clone())
+        }
+    }
+
     /// Loads the configuration from `path`; a missing file gives the defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = match std::fs::read_to_string(path) {
@@ -92,6 +105,7 @@ impl Config {
                 config.dead_after_seconds
             ));
         }
+        config.lan().map_err(|e| format!("lan_subnets: {e}"))?;
         if !config.resolv_conf.is_absolute() {
             return Err(format!(
                 "resolv_conf = {:?} is not an absolute path",
@@ -147,5 +161,16 @@ mod tests {
         let err = Config::parse("dns = \"dnsmasq\"").expect_err("unknown mode");
         assert!(err.contains("dns") && err.contains("resolv-conf"), "{err}");
         assert!(Config::parse("resolv_conf = \"etc/resolv.conf\"").is_err());
+        let lan = Config::parse("lan_subnets = [\"192.168.1.0/24\", \"fd00:1::/64\"]")
+            .expect("private subnets");
+        assert_eq!(lan.lan_subnets.len(), 2);
+        let err = Config::parse("lan_subnets = [\"192.168.1.0/24\", \"8.8.8.0/24\"]")
+            .expect_err("public");
+        assert!(
+            err.contains("lan_subnets") && err.contains("8.8.8.0/24"),
+            "{err}"
+        );
+        let err = Config::parse("lan_subnets = [\"192.168.1.0/33\"]").expect_err("bad prefix");
+        assert!(err.contains("lan_subnets"), "{err}");
     }
 }

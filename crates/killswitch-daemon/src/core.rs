@@ -26,7 +26,7 @@ use crate::manager::{Factory, Manager, Step, fwmark_of};
 use crate::store::{Loaded, Persisted, Store};
 use crate::target::{Target, UpSpec, resolve_up};
 use killswitch_policy::routes::compile_routes;
-use killswitch_policy::{Peer, PolicyState, Ruleset, Tunnel, compile};
+use killswitch_policy::{Peer, PolicyState, Ruleset, Tunnel, compile_with};
 use killswitch_types::ipc::{DnsStatus, ErrorKind, FirewallStatus, IpcError, Request, Status};
 use killswitch_types::{GuardSpec, InterfaceName, ManagedTunnel, Settings, State, TunnelStatus};
 use std::net::IpAddr;
@@ -42,6 +42,8 @@ pub struct CoreOptions {
     pub health_bound: Duration,
     /// Makes tunnel devices.
     pub factory: Factory,
+    /// What allow-lan opens.
+    pub lan: killswitch_policy::Lan,
 }
 
 impl std::fmt::Debug for CoreOptions {
@@ -61,6 +63,7 @@ impl Default for CoreOptions {
             wireguard_dir: PathBuf::from("/etc/wireguard"),
             health_bound: Duration::from_secs(3),
             factory: Box::new(killswitch_tunnel::backend::create),
+            lan: killswitch_policy::Lan::default(),
         }
     }
 }
@@ -444,7 +447,7 @@ impl<F: Firewall> Core<F> {
     pub fn reconcile(&mut self) -> bool {
         let before = self.status();
         let (state, policy) = self.desired();
-        let ruleset = compile(&policy, &self.settings);
+        let ruleset = compile_with(&policy, &self.settings, &self.options.lan);
         let enforced = if self.apply_error.is_none() && self.applied.as_ref() == Some(&ruleset) {
             self.state = state;
             policy
@@ -483,7 +486,7 @@ impl<F: Firewall> Core<F> {
     fn fall_back_to_blocking(&mut self, wanted: State, error: String) {
         tracing::error!(%wanted, "applying the firewall failed: {error}");
         self.state = State::Blocked;
-        let blocking = compile(&PolicyState::Blocked, &self.settings);
+        let blocking = compile_with(&PolicyState::Blocked, &self.settings, &self.options.lan);
         match self.firewall.apply(&blocking) {
             Ok(took) => {
                 self.record_applied(blocking, took);
@@ -548,6 +551,7 @@ fn peer(spec: &GuardSpec) -> Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use killswitch_policy::compile;
     use std::time::Duration;
 
     /// A firewall that records what it was asked to install and can be told to fail.

@@ -49,7 +49,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     if args.early_boot {
-        return early_boot(&args.state_dir);
+        return early_boot(&args.state_dir, &args.config);
     }
     if args.teardown {
         return teardown(&args.state_dir);
@@ -86,8 +86,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn early_boot(state_dir: &std::path::Path) -> ExitCode {
-    match boot::run(&Store::new(state_dir), &mut Nftables::new()) {
+fn early_boot(state_dir: &std::path::Path, config: &std::path::Path) -> ExitCode {
+    // The LAN the administrator configured; with no usable configuration, the private ranges
+    // (the daemon then starts blocked anyway and says why).
+    let lan = killswitch_daemon::config::Config::load(config)
+        .ok()
+        .and_then(|c| c.lan().ok())
+        .unwrap_or_default();
+    match boot::run(&Store::new(state_dir), &lan, &mut Nftables::new()) {
         Ok(Decision::Block(why)) => {
             tracing::info!("early boot: blocking until killswitchd takes over, because {why}");
             ExitCode::SUCCESS

@@ -50,6 +50,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let core_options = CoreOptions {
         wireguard_dir: config.wireguard_dir.clone(),
         health_bound: Duration::from_secs_f64(config.dead_after_seconds),
+        // The configuration was validated when loaded (a bad one is the default plus a fault).
+        lan: config.lan().unwrap_or_default(),
         ..CoreOptions::default()
     };
     let mut core = Core::new(

@@ -46,6 +46,19 @@ impl Batch {
             batch.add(&table, MsgType::Add);
             labels.push(format!("add table inet {TABLE_NAME}"));
 
+            // Sets before the rules that look them up (which name them, and their batch id).
+            for (index, policy_set) in policy_table.sets.iter().enumerate() {
+                let messages = add_set(&mut batch, &table, policy_set, set_id(index))?;
+                labels.push(format!("add set {}", policy_set.name));
+                for part in 0..messages {
+                    labels.push(format!(
+                        "elements of set {} (part {})",
+                        policy_set.name,
+                        part + 1
+                    ));
+                }
+            }
+
             let mut chains = Vec::with_capacity(policy_table.chains.len());
             for policy_chain in &policy_table.chains {
                 let chain_name = CString::new(policy_chain.name.as_str())
@@ -66,7 +79,7 @@ impl Batch {
             // Rules after all chains, so that a jump never names a chain not yet created.
             for (chain, policy_chain) in chains.iter().zip(&policy_table.chains) {
                 for (index, policy_rule) in policy_chain.rules.iter().enumerate() {
-                    let rule = encode_rule(chain, policy_rule)?;
+                    let rule = encode_rule(chain, policy_rule, &policy_table.sets)?;
                     batch.add(&rule, MsgType::Add);
                     labels.push(format!(
                         "rule {index} of chain {}: {policy_rule}",
@@ -108,7 +121,110 @@ fn hook(hook: killswitch_policy::Hook) -> Hook {
     }
 }
 
-fn encode_rule<'a>(chain: &'a Chain<'a>, policy_rule: &PolicyRule) -> Result<Rule<'a>, NftError> {
+/// The batch-local id of the table's `index`th set (0 means "none" to the kernel).
+fn set_id(index: usize) -> u32 {
+    u32::try_from(index + 1).unwrap_or(u32::MAX)
+}
+
+/// Adds an interval set and its elements to the batch; returns how many element messages that
+/// took (libnftnl splits a large set over several, each under the kernel's message size).
+///
+/// The elements are what nft itself sends for an interval set: each range is its first address,
+/// and the address after its last flagged as an interval end; and, when the first range does not
+/// start at the lowest address, a leading end element at zero, which marks everything below it as
+/// outside the set.
+fn add_set(
+    batch: &mut nftnl::Batch,
+    table: &Table,
+    policy_set: &killswitch_policy::Set,
+    id: u32,
+) -> Result<usize, NftError> {
+    let name = CString::new(policy_set.name.as_str())
+        .map_err(|_| NftError::Comment(policy_set.name.clone()))?;
+    let (key_type, key_len): (u32, u32) = match policy_set.family {
+        IpFamily::V4 => (7, 4),
+        IpFamily::V6 => (8, 16),
+    };
+    let mut elements: Vec<(Vec<u8>, bool)> = Vec::with_capacity(2 * policy_set.len() + 1);
+    for (i, (start, end)) in policy_set.ranges().enumerate() {
+        let start = octets(start);
+        if i == 0 && start.iter().any(|b| *b != 0) {
+            elements.push((vec![0; start.len()], true));
+        }
+        elements.push((start, false));
+        if let Some(after) = successor(&octets(end)) {
+            elements.push((after, true));
+        }
+    }
+    let set = nftnl::set::Set::<std::net::Ipv4Addr>::new_named(&name, id, table, ProtoFamily::Inet);
+    // SAFETY: the set object is alive for this block; the setters copy the integers and bytes.
+    unsafe {
+        let raw = set.as_ptr().as_ptr();
+        sys::nftnl_set_set_u32(
+            raw,
+            sys::NFTNL_SET_FLAGS as u16,
+            libc::NFT_SET_INTERVAL as u32,
+        );
+        sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_KEY_TYPE as u16, key_type);
+        sys::nftnl_set_set_u32(raw, sys::NFTNL_SET_KEY_LEN as u16, key_len);
+        for (key, end) in &elements {
+            let elem = sys::nftnl_set_elem_alloc();
+            if elem.is_null() {
+                std::process::abort();
+            }
+            sys::nftnl_set_elem_set(
+                elem,
+                sys::NFTNL_SET_ELEM_KEY as u16,
+                key.as_ptr().cast(),
+                key.len() as u32,
+            );
+            if *end {
+                sys::nftnl_set_elem_set_u32(
+                    elem,
+                    sys::NFTNL_SET_ELEM_FLAGS as u16,
+                    libc::NFT_SET_ELEM_INTERVAL_END as u32,
+                );
+            }
+            // The set takes ownership of the element.
+            sys::nftnl_set_elem_add(raw, elem);
+        }
+    }
+    batch.add(&set, MsgType::Add);
+    let mut messages = 0;
+    if !elements.is_empty() {
+        for part in set.elems_iter() {
+            batch.add(&part, MsgType::Add);
+            messages += 1;
+        }
+    }
+    Ok(messages)
+}
+
+fn octets(ip: std::net::IpAddr) -> Vec<u8> {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// The next address (big-endian bytes plus one), or `None` after the last one.
+fn successor(bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut next = bytes.to_vec();
+    for byte in next.iter_mut().rev() {
+        let (value, carry) = byte.overflowing_add(1);
+        *byte = value;
+        if !carry {
+            return Some(next);
+        }
+    }
+    None
+}
+
+fn encode_rule<'a>(
+    chain: &'a Chain<'a>,
+    policy_rule: &PolicyRule,
+    sets: &[killswitch_policy::Set],
+) -> Result<Rule<'a>, NftError> {
     let mut rule = Rule::new(chain);
     let mut matches = policy_rule.matches.iter().peekable();
     while let Some(m) = matches.next() {
@@ -121,6 +237,24 @@ fn encode_rule<'a>(chain: &'a Chain<'a>, policy_rule: &PolicyRule) -> Result<Rul
             rule.add_expr(&PayloadLoad::transport(0, 4));
             rule.add_expr(&cmp_eq(&both));
             matches.next();
+            continue;
+        }
+        if let Match::SourceIn(name, family) | Match::DestinationIn(name, family) = m {
+            let index = sets
+                .iter()
+                .position(|s| &s.name == name)
+                .ok_or_else(|| NftError::Comment(format!("lookup in unknown set {name}")))?;
+            let (offset, len) = match (m, family) {
+                (Match::SourceIn(..), IpFamily::V4) => (12, 4),
+                (_, IpFamily::V4) => (16, 4),
+                (Match::SourceIn(..), IpFamily::V6) => (8, 16),
+                (_, IpFamily::V6) => (24, 16),
+            };
+            rule.add_expr(&PayloadLoad::network(offset, len));
+            rule.add_expr(&Lookup {
+                set: CString::new(name.as_str()).map_err(|_| NftError::Comment(name.clone()))?,
+                id: set_id(index),
+            });
             continue;
         }
         encode_match(&mut rule, m);
@@ -156,6 +290,8 @@ const IFNAMSIZ: usize = 16;
 
 fn encode_match(rule: &mut Rule<'_>, m: &Match) {
     match m {
+        // Encoded by `encode_rule`, which knows the table's sets.
+        Match::SourceIn(..) | Match::DestinationIn(..) => {}
         Match::Family(family) => {
             rule.add_expr(&Meta::NfProto);
             rule.add_expr(&cmp_eq(&[match family {
@@ -328,5 +464,50 @@ impl Expression for PayloadLoad {
             );
             expr
         }
+    }
+}
+
+/// `lookup reg 1 set NAME`: whether register 1 (an address just loaded) is in the set, found by
+/// name, or in the same batch by its id.
+struct Lookup {
+    set: CString,
+    id: u32,
+}
+
+impl Expression for Lookup {
+    fn to_expr(&self, _rule: &Rule<'_>) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as for PayloadLoad; the name is copied into the expression.
+        unsafe {
+            let expr = sys::nftnl_expr_alloc(c"lookup".as_ptr());
+            let Some(expr) = NonNull::new(expr) else {
+                std::process::abort();
+            };
+            sys::nftnl_expr_set_u32(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_LOOKUP_SREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_str(
+                expr.as_ptr(),
+                sys::NFTNL_EXPR_LOOKUP_SET as u16,
+                self.set.as_ptr(),
+            );
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, self.id);
+            // The kernel reports the flags (none: not inverted) even when unset; saying them
+            // makes what we send read back identically.
+            sys::nftnl_expr_set_u32(expr.as_ptr(), sys::NFTNL_EXPR_LOOKUP_FLAGS as u16, 0);
+            expr
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::successor;
+
+    #[test]
+    fn successor_carries_and_ends() {
+        assert_eq!(successor(&[10, 0, 0, 255]), Some(vec![10, 0, 1, 0]));
+        assert_eq!(successor(&[255, 255, 255, 255]), None);
     }
 }

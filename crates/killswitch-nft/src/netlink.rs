@@ -23,7 +23,7 @@ pub(crate) struct Message {
 }
 
 impl Message {
-    fn copy_from(bytes: &[u8]) -> Self {
+    pub(crate) fn copy_from(bytes: &[u8]) -> Self {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         // SAFETY: `words` spans at least `bytes.len()` bytes, and u64 storage has no invalid bit
         // patterns, so viewing it as bytes to fill it is sound.

@@ -20,12 +20,16 @@ const NFT_MSG_NEWTABLE: u16 = libc::NFT_MSG_NEWTABLE as u16;
 const NFT_MSG_DELTABLE: u16 = libc::NFT_MSG_DELTABLE as u16;
 const NFT_MSG_NEWCHAIN: u16 = libc::NFT_MSG_NEWCHAIN as u16;
 const NFT_MSG_NEWRULE: u16 = libc::NFT_MSG_NEWRULE as u16;
+const NFT_MSG_NEWSET: u16 = libc::NFT_MSG_NEWSET as u16;
+const NFT_MSG_NEWSETELEM: u16 = libc::NFT_MSG_NEWSETELEM as u16;
 
 /// Table `inet killswitch` as the kernel holds it (or as a batch describes it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledTable {
     /// Table flags; anything but 0 (e.g. `dormant`, which disables every chain) is suspicious.
     pub flags: u32,
+    /// The sets, in the kernel's order.
+    pub sets: Vec<InstalledSet>,
     /// The chains, in the kernel's order.
     pub chains: Vec<InstalledChain>,
 }
@@ -41,6 +45,18 @@ pub struct InstalledChain {
     pub rules: Vec<String>,
 }
 
+/// One set of the installed table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstalledSet {
+    /// The set's name.
+    pub name: String,
+    /// `flags F key type T len L`, as numbers.
+    pub kind: String,
+    /// Each element as its key in hex and its flags, sorted (the kernel lists its tree in its
+    /// own order).
+    pub elements: Vec<String>,
+}
+
 impl InstalledTable {
     /// How many rules the table holds.
     pub fn rule_count(&self) -> usize {
@@ -51,6 +67,15 @@ impl InstalledTable {
 impl fmt::Display for InstalledTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "table inet {TABLE_NAME} flags {:#x}", self.flags)?;
+        for set in &self.sets {
+            writeln!(
+                f,
+                "set {} {} ({} elements)",
+                set.name,
+                set.kind,
+                set.elements.len()
+            )?;
+        }
         for chain in &self.chains {
             writeln!(
                 f,
@@ -85,8 +110,18 @@ pub(crate) fn expected_from_batch(batch: &Batch) -> Result<Option<InstalledTable
                 }
             }
             Some(NFT_MSG_NEWRULE) => add_rule(table.as_mut(), &message)?,
+            Some(NFT_MSG_NEWSET) => {
+                let set = parse_set(&message)?;
+                if let Some(t) = table.as_mut() {
+                    t.sets.push(set);
+                }
+            }
+            Some(NFT_MSG_NEWSETELEM) => add_elements(table.as_mut(), &message)?,
             _ => {}
         }
+    }
+    if let Some(t) = table.as_mut() {
+        t.sets.iter_mut().for_each(|s| s.elements.sort());
     }
     Ok(table)
 }
@@ -104,6 +139,34 @@ pub(crate) fn read_installed(socket: &netlink::Socket) -> Result<Option<Installe
         Some(message) => parse_table(message)?,
         None => return Ok(None),
     };
+
+    // Sets, then each set's elements. As with rules below, a table that vanishes meanwhile reads
+    // as fewer sets or elements, which the comparison reports.
+    let set_messages = match netlink::request(socket, &set_dump_request(&name, None))? {
+        Ok(messages) => messages,
+        Err(libc::ENOENT) => Vec::new(),
+        Err(errno) => return Err(dump_error("sets", errno)),
+    };
+    for message in &set_messages {
+        if message_kind(message) == Some(NFT_MSG_NEWSET) {
+            let set = parse_set(message)?;
+            let set_name =
+                CString::new(set.name.as_str()).map_err(|_| NftError::Parse("set name".into()))?;
+            table.sets.push(set);
+            let element_messages =
+                match netlink::request(socket, &set_dump_request(&name, Some(&set_name)))? {
+                    Ok(messages) => messages,
+                    Err(libc::ENOENT) => Vec::new(),
+                    Err(errno) => return Err(dump_error("set elements", errno)),
+                };
+            for element_message in &element_messages {
+                if message_kind(element_message) == Some(NFT_MSG_NEWSETELEM) {
+                    add_elements(Some(&mut table), element_message)?;
+                }
+            }
+        }
+    }
+    table.sets.iter_mut().for_each(|s| s.elements.sort());
 
     let chain_messages =
         netlink::request(socket, &dump_request(libc::NFT_MSG_GETCHAIN as u16, None))?
@@ -164,6 +227,40 @@ pub(crate) fn compare(
             "table flags are {:#x}, expected {:#x}",
             actual.flags, expected.flags
         ));
+    }
+    let set_names = |t: &InstalledTable| t.sets.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+    let (mut want, mut have) = (set_names(expected), set_names(actual));
+    want.sort();
+    have.sort();
+    if want != have {
+        return Err(format!("sets are {have:?}, expected {want:?}"));
+    }
+    for e in &expected.sets {
+        let Some(a) = actual.sets.iter().find(|a| a.name == e.name) else {
+            continue;
+        };
+        if e.kind != a.kind {
+            return Err(format!("set {} is {}, expected {}", e.name, a.kind, e.kind));
+        }
+        if e.elements != a.elements {
+            // Both lists are sorted.
+            let missing = e
+                .elements
+                .iter()
+                .find(|x| a.elements.binary_search(x).is_err());
+            let extra = a
+                .elements
+                .iter()
+                .find(|x| e.elements.binary_search(x).is_err());
+            return Err(format!(
+                "set {} has {} elements, expected {} (first missing: {}, first unexpected: {})",
+                e.name,
+                a.elements.len(),
+                e.elements.len(),
+                missing.map_or("none", String::as_str),
+                extra.map_or("none", String::as_str)
+            ));
+        }
     }
     let names = |t: &InstalledTable| t.chains.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
     if names(expected) != names(actual) {
@@ -247,6 +344,7 @@ fn parse_table(message: &Message) -> Result<InstalledTable, NftError> {
         };
         Ok(InstalledTable {
             flags,
+            sets: Vec::new(),
             chains: Vec::new(),
         })
     }
@@ -313,6 +411,123 @@ fn parse_chain(message: &Message) -> Result<InstalledChain, NftError> {
             rules: Vec::new(),
         })
     }
+}
+
+fn parse_set(message: &Message) -> Result<InstalledSet, NftError> {
+    // SAFETY: as in parse_table; attributes are read only when set, strings copied out.
+    unsafe {
+        let set = alloc(sys::nftnl_set_alloc(), sys::nftnl_set_free);
+        if sys::nftnl_set_nlmsg_parse(message.as_nlmsghdr(), set.ptr) < 0 {
+            return Err(NftError::Parse("a set message".to_owned()));
+        }
+        let u32_of = |attr: u32| {
+            if sys::nftnl_set_is_set(set.ptr, attr as u16) {
+                sys::nftnl_set_get_u32(set.ptr, attr as u16)
+            } else {
+                0
+            }
+        };
+        Ok(InstalledSet {
+            name: c_string(sys::nftnl_set_get_str(set.ptr, sys::NFTNL_SET_NAME as u16)),
+            kind: format!(
+                "flags {:#x} key type {} len {}",
+                u32_of(sys::NFTNL_SET_FLAGS),
+                u32_of(sys::NFTNL_SET_KEY_TYPE),
+                u32_of(sys::NFTNL_SET_KEY_LEN)
+            ),
+            elements: Vec::new(),
+        })
+    }
+}
+
+/// NFTA_SET_ELEM_LIST_ELEMENTS, the nest holding a message's elements.
+const SET_ELEM_LIST_ELEMENTS: u16 = 3;
+/// NFTA_LIST_ELEM, nested: what each element's attribute type is when the kernel writes it.
+const LIST_ELEM_NESTED: u16 = 0x8000 | 1;
+
+/// The message with every element attribute typed NFTA_LIST_ELEM. libnftnl's builder numbers the
+/// elements 1, 2, 3... (the kernel ignores these types), while its parser accepts only
+/// NFTA_LIST_ELEM: without this, our own element messages could not be parsed back.
+fn with_list_elem_types(message: &Message) -> Message {
+    let mut bytes = message.bytes().to_vec();
+    // nlmsghdr (16 bytes) and nfgenmsg (4), then the attributes, each 4-byte aligned.
+    let attribute = |bytes: &[u8], at: usize| -> Option<(usize, u16)> {
+        let header = bytes.get(at..at + 4)?;
+        let len = usize::from(u16::from_ne_bytes([header[0], header[1]]));
+        let kind = u16::from_ne_bytes([header[2], header[3]]) & 0x3fff;
+        (len >= 4 && at + len <= bytes.len()).then_some((len, kind))
+    };
+    let mut at = 20;
+    while let Some((len, kind)) = attribute(&bytes, at) {
+        if kind == SET_ELEM_LIST_ELEMENTS {
+            let end = at + len;
+            let mut inner = at + 4;
+            while inner < end {
+                let Some((inner_len, _)) = attribute(&bytes, inner) else {
+                    break;
+                };
+                bytes[inner + 2..inner + 4].copy_from_slice(&LIST_ELEM_NESTED.to_ne_bytes());
+                inner += inner_len.next_multiple_of(4);
+            }
+        }
+        at += len.next_multiple_of(4);
+    }
+    Message::copy_from(&bytes)
+}
+
+/// Adds the elements a NEWSETELEM message carries to their set.
+fn add_elements(table: Option<&mut InstalledTable>, message: &Message) -> Result<(), NftError> {
+    let message = &with_list_elem_types(message);
+    // SAFETY: as in parse_table. The iterator and the elements it yields belong to the set object,
+    // which outlives them; keys are copied out with their reported lengths.
+    let (set_name, elements) = unsafe {
+        let set = alloc(sys::nftnl_set_alloc(), sys::nftnl_set_free);
+        if sys::nftnl_set_elems_nlmsg_parse(message.as_nlmsghdr(), set.ptr) < 0 {
+            return Err(NftError::Parse("a set element message".to_owned()));
+        }
+        let set_name = c_string(sys::nftnl_set_get_str(set.ptr, sys::NFTNL_SET_NAME as u16));
+        let iter = sys::nftnl_set_elems_iter_create(set.ptr);
+        if iter.is_null() {
+            std::process::abort();
+        }
+        let mut elements = Vec::new();
+        let mut elem = sys::nftnl_set_elems_iter_next(iter);
+        while !elem.is_null() {
+            let mut len: u32 = 0;
+            let key = sys::nftnl_set_elem_get(elem, sys::NFTNL_SET_ELEM_KEY as u16, &mut len);
+            let key_hex: String = if key.is_null() {
+                String::new()
+            } else {
+                std::slice::from_raw_parts(key.cast::<u8>(), len as usize)
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect()
+            };
+            let flags = if sys::nftnl_set_elem_is_set(elem, sys::NFTNL_SET_ELEM_FLAGS as u16) {
+                sys::nftnl_set_elem_get_u32(elem, sys::NFTNL_SET_ELEM_FLAGS as u16)
+            } else {
+                0
+            };
+            elements.push(format!("{key_hex} flags {flags}"));
+            elem = sys::nftnl_set_elems_iter_next(iter);
+        }
+        sys::nftnl_set_elems_iter_destroy(iter);
+        (set_name, elements)
+    };
+    let Some(table) = table else {
+        return Err(NftError::Parse(format!(
+            "elements of set {set_name} outside the table"
+        )));
+    };
+    match table.sets.iter_mut().find(|s| s.name == set_name) {
+        Some(set) => set.elements.extend(elements),
+        None => {
+            return Err(NftError::Parse(format!(
+                "elements of unknown set {set_name}"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn add_rule(table: Option<&mut InstalledTable>, message: &Message) -> Result<(), NftError> {
@@ -415,6 +630,28 @@ fn get_table_request(name: &CStr) -> Vec<u8> {
     })
 }
 
+/// A dump of the table's sets (no set named), or of one set's elements.
+fn set_dump_request(table: &CStr, set_name: Option<&CStr>) -> Vec<u8> {
+    let kind = match set_name {
+        None => libc::NFT_MSG_GETSET,
+        Some(_) => libc::NFT_MSG_GETSETELEM,
+    };
+    build_request(kind as u16, libc::NLM_F_DUMP as u16, |nlh| {
+        // SAFETY: as in get_table_request; the set object lives until its payload is copied.
+        unsafe {
+            let set = alloc(sys::nftnl_set_alloc(), sys::nftnl_set_free);
+            sys::nftnl_set_set_str(set.ptr, sys::NFTNL_SET_TABLE as u16, table.as_ptr());
+            match set_name {
+                None => sys::nftnl_set_nlmsg_build_payload(nlh, set.ptr),
+                Some(name) => {
+                    sys::nftnl_set_set_str(set.ptr, sys::NFTNL_SET_NAME as u16, name.as_ptr());
+                    sys::nftnl_set_elems_nlmsg_build_payload(nlh, set.ptr);
+                }
+            }
+        }
+    })
+}
+
 fn dump_request(kind: u16, table: Option<&CStr>) -> Vec<u8> {
     build_request(kind, libc::NLM_F_DUMP as u16, |nlh| {
         if let Some(name) = table {
@@ -426,4 +663,31 @@ fn dump_request(kind: u16, table: Option<&CStr>) -> Vec<u8> {
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use killswitch_policy::{PolicyState, Settings, compile};
+
+    #[test]
+    fn a_batch_with_sets_describes_its_elements() {
+        let ruleset = compile(
+            &PolicyState::Blocked,
+            &Settings {
+                lockdown: true,
+                allow_lan: true,
+            },
+        );
+        let batch = Batch::build(&ruleset).expect("batch");
+        let table = expected_from_batch(&batch)
+            .expect("parses")
+            .expect("a table");
+        let lan4 = table.sets.iter().find(|s| s.name == "lan4").expect("lan4");
+        assert_eq!(lan4.kind, "flags 0x4 key type 7 len 4");
+        // 10/8, 169.254/16, 172.16/12, 192.168/16: a leading end at 0, then start and end each.
+        assert_eq!(lan4.elements.len(), 9, "{:?}", lan4.elements);
+        assert!(lan4.elements.contains(&"0a000000 flags 0".to_owned()));
+        assert!(lan4.elements.contains(&"0b000000 flags 1".to_owned()));
+    }
 }

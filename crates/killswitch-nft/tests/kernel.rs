@@ -330,6 +330,7 @@ fn malformed_rules_never_reach_the_kernel() -> Result<()> {
     let ns = Netns::new("malformed")?;
     let bad = Ruleset {
         table: Some(killswitch_policy::Table {
+            sets: Vec::new(),
             chains: vec![Chain {
                 name: "output".to_owned(),
                 base: Some(BaseChain {
@@ -647,4 +648,53 @@ fn udp_dport(l4: L4) -> Option<u16> {
         L4::Udp { dport, .. } => Some(dport),
         _ => None,
     }
+}
+
+#[test]
+fn ten_thousand_lan_subnets_apply_as_one_set_and_changes_to_it_are_seen() -> Result<()> {
+    if !require_root("ten_thousand_lan_subnets_apply_as_one_set_and_changes_to_it_are_seen") {
+        return Ok(());
+    }
+    let ns = Netns::new("bigset")?;
+    // Every other /24 of 10.0.0.0/9: 10,000 ranges that cannot merge, i.e. 20,001 elements, far
+    // more than one netlink message holds.
+    let subnets = (0..10_000u32)
+        .map(|i| format!("10.{}.{}.0/24", i / 128, (i % 128) * 2).parse())
+        .collect::<Result<Vec<ipnet::IpNet>, _>>()?;
+    let lan = killswitch_policy::Lan::subnets(subnets).map_err(anyhow::Error::msg)?;
+    let settings = Settings {
+        lockdown: true,
+        allow_lan: true,
+    };
+    let ruleset = killswitch_policy::compile_with(&PolicyState::Blocked, &settings, &lan);
+    let report = ns.run(|| killswitch_nft::apply(&ruleset))??;
+    ensure!(
+        report.messages > 20,
+        "the elements were split: {} messages",
+        report.messages
+    );
+    let listed = ns.exec("nft", &["list", "set", "inet", "killswitch", "lan4"])?;
+    ensure!(
+        listed.contains("10.78.24.0/24") && !listed.contains("10.78.25.0/24"),
+        "nft lists the set's elements"
+    );
+    ns.exec(
+        "nft",
+        &[
+            "delete",
+            "element",
+            "inet",
+            "killswitch",
+            "lan4",
+            "{",
+            "10.78.24.0/24",
+            "}",
+        ],
+    )?;
+    let result = ns.run(|| killswitch_nft::verify(&ruleset))?;
+    ensure!(
+        matches!(&result, Err(NftError::Mismatch(why)) if why.contains("set lan4")),
+        "a deleted element is a difference: {result:?}"
+    );
+    Ok(())
 }

@@ -24,6 +24,7 @@ use crate::ruleset::{
     BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, L4Proto, Match, RejectWith, Rule,
     Ruleset, Table, Verdict,
 };
+use crate::set::Set;
 use ipnet::IpNet;
 use killswitch_types::{Endpoint, Fwmark, InterfaceName, Settings, TransportProtocol};
 use std::net::IpAddr;
@@ -118,8 +119,64 @@ const DNS_PORTS: [u16; 2] = [53, 853];
 const DNS_PROTOS: [L4Proto; 2] = [L4Proto::Udp, L4Proto::Tcp];
 const LAN_FORWARD_CHAIN: &str = "lan-forward";
 
-/// Compiles the rules for `state` under `settings`.
+/// The networks `allow-lan` opens. By default every private, link-local and ULA range; an
+/// administrator may narrow that to the subnets in use. However many there are, the rules look
+/// them up in one set per family, so every packet costs the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lan {
+    unicast: Vec<IpNet>,
+}
+
+impl Default for Lan {
+    fn default() -> Self {
+        Lan {
+            unicast: ranges::LAN_UNICAST.to_vec(),
+        }
+    }
+}
+
+impl Lan {
+    /// Only `subnets`, each of which must lie inside the private, link-local or ULA ranges:
+    /// allow-lan never opens the internet. The error names the first one that does not.
+    pub fn subnets(subnets: Vec<IpNet>) -> Result<Self, String> {
+        if let Some(outside) = subnets.iter().find(|net| {
+            !ranges::LAN_UNICAST
+                .iter()
+                .any(|lan| lan.contains(&net.network()) && lan.contains(&net.broadcast()))
+        }) {
+            return Err(format!(
+                "{outside} is not inside a private, link-local or ULA range (allow-lan never opens \
+                 the internet)"
+            ));
+        }
+        Ok(Lan { unicast: subnets })
+    }
+
+    /// The allowed unicast networks.
+    pub fn unicast(&self) -> &[IpNet] {
+        &self.unicast
+    }
+
+    /// One set per family that has networks.
+    fn sets(&self) -> Vec<Set> {
+        [(LAN_SET_V4, IpFamily::V4), (LAN_SET_V6, IpFamily::V6)]
+            .into_iter()
+            .map(|(name, family)| Set::new(name, family, self.unicast.iter().copied()))
+            .filter(|set| !set.is_empty())
+            .collect()
+    }
+}
+
+const LAN_SET_V4: &str = "lan4";
+const LAN_SET_V6: &str = "lan6";
+
+/// Compiles the rules for `state` under `settings`, with the default LAN (every private range).
 pub fn compile(state: &PolicyState, settings: &Settings) -> Ruleset {
+    compile_with(state, settings, &Lan::default())
+}
+
+/// Compiles the rules for `state` under `settings`, `lan` being what allow-lan opens.
+pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Ruleset {
     let (peer, tunnel, probe) = match state {
         PolicyState::Off => return Ruleset { table: None },
         PolicyState::Disconnected if !settings.lockdown => return Ruleset { table: None },
@@ -127,7 +184,12 @@ pub fn compile(state: &PolicyState, settings: &Settings) -> Ruleset {
         PolicyState::Connecting { peer, probe } => (Some(peer), None, probe.as_ref()),
         PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel), None),
     };
-    let allow_lan = settings.allow_lan;
+    let sets = if settings.allow_lan {
+        lan.sets()
+    } else {
+        Vec::new()
+    };
+    let allow_lan = settings.allow_lan.then_some(sets.as_slice());
 
     let mut chains = vec![
         base_chain("input", Hook::Input, input_rules(peer, tunnel, allow_lan)),
@@ -138,15 +200,15 @@ pub fn compile(state: &PolicyState, settings: &Settings) -> Ruleset {
         ),
         base_chain("forward", Hook::Forward, forward_rules(tunnel, allow_lan)),
     ];
-    if allow_lan {
+    if let Some(sets) = allow_lan {
         chains.push(Chain {
             name: LAN_FORWARD_CHAIN.to_owned(),
             base: None,
-            rules: lan_destinations("lan to lan"),
+            rules: lan_destinations(sets, "lan to lan"),
         });
     }
     Ruleset {
-        table: Some(Table { chains }),
+        table: Some(Table { sets, chains }),
     }
 }
 
@@ -166,7 +228,7 @@ fn output_rules(
     peer: Option<&Peer>,
     tunnel: Option<&Tunnel>,
     probe: Option<&Probe>,
-    allow_lan: bool,
+    allow_lan: Option<&[Set]>,
 ) -> Vec<Rule> {
     let mut rules = vec![on().oif(&InterfaceName::loopback()).accept("loopback")];
     if let Some(peer) = peer {
@@ -190,8 +252,8 @@ fn output_rules(
             "out through the tunnel",
         ));
     }
-    if allow_lan {
-        rules.extend(lan_destinations("lan"));
+    if let Some(sets) = allow_lan {
+        rules.extend(lan_destinations(sets, "lan"));
     }
     rules.push(
         on().proto(L4Proto::Tcp)
@@ -201,7 +263,11 @@ fn output_rules(
     rules
 }
 
-fn input_rules(peer: Option<&Peer>, tunnel: Option<&Tunnel>, allow_lan: bool) -> Vec<Rule> {
+fn input_rules(
+    peer: Option<&Peer>,
+    tunnel: Option<&Tunnel>,
+    allow_lan: Option<&[Set]>,
+) -> Vec<Rule> {
     let mut rules = vec![on().iif(&InterfaceName::loopback()).accept("loopback")];
     if let Some(tunnel) = tunnel {
         // CVE-2019-14899: an attacker on the local network sends packets addressed to the tunnel's
@@ -236,17 +302,17 @@ fn input_rules(peer: Option<&Peer>, tunnel: Option<&Tunnel>, allow_lan: bool) ->
             "in through the tunnel",
         ));
     }
-    if allow_lan {
-        rules.extend(
-            ranges::LAN_UNICAST
-                .iter()
-                .map(|net| on().src(*net).accept("lan")),
-        );
+    if let Some(sets) = allow_lan {
+        rules.extend(sets.iter().map(|set| {
+            on().family(set.family)
+                .with(Match::SourceIn(set.name.clone(), set.family))
+                .accept("lan")
+        }));
     }
     rules
 }
 
-fn forward_rules(tunnel: Option<&Tunnel>, allow_lan: bool) -> Vec<Rule> {
+fn forward_rules(tunnel: Option<&Tunnel>, allow_lan: Option<&[Set]>) -> Vec<Rule> {
     let mut rules = dns_rules(tunnel);
     if let Some(tunnel) = tunnel {
         rules.extend(tunnel_rules(
@@ -264,9 +330,10 @@ fn forward_rules(tunnel: Option<&Tunnel>, allow_lan: bool) -> Vec<Rule> {
                 .accept("forwarded replies from the tunnel")
         }));
     }
-    if allow_lan {
-        rules.extend(ranges::LAN_UNICAST.iter().map(|net| {
-            on().src(*net)
+    if let Some(sets) = allow_lan {
+        rules.extend(sets.iter().map(|set| {
+            on().family(set.family)
+                .with(Match::SourceIn(set.name.clone(), set.family))
                 .verdict(Verdict::Jump(LAN_FORWARD_CHAIN.to_owned()), "lan to lan")
         }));
     }
@@ -342,12 +409,17 @@ fn tunnel_rules(
     }
 }
 
-fn lan_destinations(comment: &'static str) -> Vec<Rule> {
-    ranges::LAN_UNICAST
+/// The LAN's hosts (looked up in its sets) and its multicast and broadcast groups.
+fn lan_destinations(sets: &[Set], comment: &'static str) -> Vec<Rule> {
+    let hosts = sets.iter().map(|set| {
+        on().family(set.family)
+            .with(Match::DestinationIn(set.name.clone(), set.family))
+            .accept(comment)
+    });
+    let groups = ranges::LAN_GROUP
         .iter()
-        .chain(ranges::LAN_GROUP.iter())
-        .map(|net| on().dst(*net).accept(comment))
-        .collect()
+        .map(|net| on().dst(*net).accept(comment));
+    hosts.chain(groups).collect()
 }
 
 /// DHCP and the neighbour-discovery messages a link needs to come up. NDP is limited to hop limit

@@ -196,7 +196,7 @@ impl Ruleset {
 
     fn run_chain(&self, chain: &Chain, packet: &Packet, depth: usize) -> Option<Verdict> {
         for rule in &chain.rules {
-            if !rule.matches.iter().all(|m| matches(m, packet)) {
+            if !rule.matches.iter().all(|m| self.matches(m, packet)) {
                 continue;
             }
             match &rule.verdict {
@@ -224,8 +224,20 @@ fn family(ip: IpAddr) -> IpFamily {
     }
 }
 
+impl Ruleset {
+    fn matches(&self, m: &Match, p: &Packet) -> bool {
+        match m {
+            // A lookup in a set the table lacks matches nothing (`Ruleset::check` refuses it).
+            Match::SourceIn(name, _) => self.set(name).is_some_and(|s| s.contains(p.src)),
+            Match::DestinationIn(name, _) => self.set(name).is_some_and(|s| s.contains(p.dst)),
+            other => matches(other, p),
+        }
+    }
+}
+
 fn matches(m: &Match, p: &Packet) -> bool {
     match m {
+        Match::SourceIn(..) | Match::DestinationIn(..) => false,
         Match::Family(f) => family(p.src) == *f,
         Match::InInterface(name) => p.iif.as_ref() == Some(name),
         // With no input interface (output hook) the kernel compares against an empty name.

@@ -22,11 +22,13 @@ mod evaluate;
 pub mod ranges;
 pub mod routes;
 mod ruleset;
+mod set;
 
-pub use compile::{Peer, PolicyState, Probe, Tunnel, compile};
+pub use compile::{Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_with};
 pub use evaluate::{ConnState, Packet, Transport, Verdict as PacketVerdict};
 pub use killswitch_types::Settings;
 pub use ruleset::{
     BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, L4Proto, MalformedRule, Match,
     RejectWith, Rule, Ruleset, TABLE_NAME, Table, Verdict,
 };
+pub use set::Set;

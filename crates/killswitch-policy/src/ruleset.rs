@@ -7,6 +7,7 @@
 //! without `meta l4proto`, an address without `meta nfproto`) is malformed: the kernel would read
 //! whatever bytes sit at that offset. [`Ruleset::check`] refuses such rules, and the backend calls it.
 
+use crate::set::Set;
 use ipnet::IpNet;
 use killswitch_types::InterfaceName;
 use std::fmt;
@@ -24,6 +25,8 @@ pub struct Ruleset {
 /// Table `inet killswitch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
+    /// Named address sets the rules look up.
+    pub sets: Vec<Set>,
     /// The chains, base chains first.
     pub chains: Vec<Chain>,
 }
@@ -158,6 +161,11 @@ pub enum Match {
     Source(IpNet),
     /// `ip[6] daddr NET` (needs a preceding [`Match::Family`] of the same family).
     Destination(IpNet),
+    /// `ip[6] saddr @SET`: the source is in the named set of the table (needs a preceding
+    /// [`Match::Family`] of the set's family).
+    SourceIn(String, IpFamily),
+    /// `ip[6] daddr @SET`: the destination is in the named set of the table.
+    DestinationIn(String, IpFamily),
     /// `meta l4proto PROTO`.
     Protocol(L4Proto),
     /// `th sport PORT` (needs a preceding TCP or UDP [`Match::Protocol`]).
@@ -236,6 +244,11 @@ impl Ruleset {
         self.table.as_ref()?.chains.iter().find(|c| c.name == name)
     }
 
+    /// A set by name.
+    pub fn set(&self, name: &str) -> Option<&Set> {
+        self.table.as_ref()?.sets.iter().find(|s| s.name == name)
+    }
+
     /// Checks that every payload match is preceded by the protocol match that gives it meaning,
     /// that reject-with-reset only applies to TCP, and that every jump has a target.
     pub fn check(&self) -> Result<(), MalformedRule> {
@@ -250,6 +263,16 @@ impl Ruleset {
                     reason,
                 };
                 rule.check_prerequisites().map_err(fail)?;
+                for m in &rule.matches {
+                    if let Match::SourceIn(name, family) | Match::DestinationIn(name, family) = m {
+                        let set = table.sets.iter().find(|s| &s.name == name);
+                        if set.is_none_or(|s| s.family != *family) {
+                            return Err(fail(format!(
+                                "lookup in set {name:?}, which is not a set of that family here"
+                            )));
+                        }
+                    }
+                }
                 if let Verdict::Jump(target) = &rule.verdict {
                     let target_chain = table.chains.iter().find(|c| &c.name == target);
                     if target_chain.is_none_or(|c| c.base.is_some()) {
@@ -277,6 +300,13 @@ impl Rule {
                 {
                     return Err(format!(
                         "address match {net} without `meta nfproto` of its family first"
+                    ));
+                }
+                Match::SourceIn(name, set_family) | Match::DestinationIn(name, set_family)
+                    if family != Some(*set_family) =>
+                {
+                    return Err(format!(
+                        "lookup in @{name} without `meta nfproto` of its family first"
                     ));
                 }
                 Match::SourcePort(_) | Match::DestinationPort(_)
@@ -308,8 +338,14 @@ impl fmt::Display for Ruleset {
             None => writeln!(f, "# no table inet {TABLE_NAME}"),
             Some(table) => {
                 writeln!(f, "table inet {TABLE_NAME} {{")?;
-                for (i, chain) in table.chains.iter().enumerate() {
+                for (i, set) in table.sets.iter().enumerate() {
                     if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{set}")?;
+                }
+                for (i, chain) in table.chains.iter().enumerate() {
+                    if i > 0 || !table.sets.is_empty() {
                         writeln!(f)?;
                     }
                     write!(f, "{chain}")?;
@@ -373,6 +409,8 @@ impl fmt::Display for Match {
             Match::OutInterface(name) => write!(f, "oifname \"{name}\""),
             Match::Source(net) => write!(f, "{} saddr {}", ip(net), display_net(net)),
             Match::Destination(net) => write!(f, "{} daddr {}", ip(net), display_net(net)),
+            Match::SourceIn(name, family) => write!(f, "{} saddr @{name}", ip_of(*family)),
+            Match::DestinationIn(name, family) => write!(f, "{} daddr @{name}", ip_of(*family)),
             Match::Protocol(p) => write!(
                 f,
                 "meta l4proto {}",
@@ -396,6 +434,13 @@ impl fmt::Display for Match {
             Match::Mark(m) => write!(f, "meta mark {m:#010x}"),
             Match::SocketUid(u) => write!(f, "meta skuid {u}"),
         }
+    }
+}
+
+fn ip_of(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "ip",
+        IpFamily::V6 => "ip6",
     }
 }
 

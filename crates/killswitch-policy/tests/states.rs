@@ -583,3 +583,92 @@ fn the_probe_reaches_only_the_tunnel_resolver_through_the_tunnel() {
         "nothing else into the tunnel before the handshake"
     );
 }
+
+#[test]
+fn a_narrowed_lan_opens_exactly_its_subnets_in_one_lookup_each() {
+    let nets = |list: &[&str]| -> Vec<ipnet::IpNet> {
+        list.iter().map(|s| s.parse().expect("net")).collect()
+    };
+    let lan = killswitch_policy::Lan::subnets(nets(&["192.168.50.0/24", "fd50::/64"]))
+        .expect("private subnets");
+    let ruleset = killswitch_policy::compile_with(&connected(false), &settings(false, true), &lan);
+    ruleset.check().expect("well formed");
+    let out = |dst: &str| {
+        ruleset.verdict(&Packet::output(
+            PHYS,
+            ip(HOST_V4),
+            ip(dst),
+            Transport::udp(40000, 9),
+        ))
+    };
+    assert!(out("192.168.50.7").is_accept());
+    assert!(!out("192.168.51.7").is_accept(), "another private subnet");
+    assert!(!out("10.0.0.1").is_accept());
+    assert!(
+        out("224.0.0.251").is_accept(),
+        "the LAN's multicast groups stay"
+    );
+    // Ten thousand subnets are still two lookups (v4 and v6) per packet, not ten thousand rules.
+    let many: Vec<ipnet::IpNet> = (0..10_000u32)
+        .map(|i| {
+            format!("10.{}.{}.0/24", i / 128, (i % 128) * 2)
+                .parse()
+                .expect("net")
+        })
+        .collect();
+    let big = killswitch_policy::compile_with(
+        &connected(false),
+        &settings(false, true),
+        &killswitch_policy::Lan::subnets(many).expect("private"),
+    );
+    let one = killswitch_policy::compile_with(
+        &connected(false),
+        &settings(false, true),
+        &killswitch_policy::Lan::subnets(nets(&["10.0.0.0/24"])).expect("private"),
+    );
+    let rule_count = |r: &Ruleset| r.base_chain(Hook::Output).map(|c| c.rules.len());
+    assert_eq!(
+        rule_count(&big),
+        rule_count(&one),
+        "as many rules for 10,000 subnets as for one"
+    );
+    assert_eq!(big.set("lan4").map(|s| s.len()), Some(10_000));
+    assert!(
+        big.verdict(&Packet::output(
+            PHYS,
+            ip(HOST_V4),
+            ip("10.78.24.9"),
+            Transport::udp(1, 9)
+        ))
+        .is_accept()
+    );
+    assert!(
+        !big.verdict(&Packet::output(
+            PHYS,
+            ip(HOST_V4),
+            ip("10.78.25.9"),
+            Transport::udp(1, 9)
+        ))
+        .is_accept(),
+        "the odd /24s are not in the set"
+    );
+}
+
+#[test]
+fn a_lan_outside_the_private_ranges_is_refused() {
+    for public in ["8.8.8.0/24", "10.0.0.0/7", "2001:db8::/32", "0.0.0.0/0"] {
+        let error = killswitch_policy::Lan::subnets(vec![public.parse().expect("net")])
+            .expect_err("not private");
+        assert!(error.contains(public), "{error}");
+    }
+}
+
+#[test]
+fn a_lookup_in_a_missing_set_is_malformed() {
+    let mut ruleset = rules(&PolicyState::Blocked, true, true);
+    if let Some(table) = ruleset.table.as_mut() {
+        table.sets.retain(|s| s.name != "lan6");
+    }
+    let error = ruleset.check().expect_err("dangling lookup");
+    assert!(error.to_string().contains("lan6"), "{error}");
+}
