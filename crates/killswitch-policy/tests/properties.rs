@@ -410,3 +410,43 @@ fn lan_ranges_are_what_the_issue_lists() {
         .collect();
     assert_eq!(actual, expected);
 }
+
+/// Random subnets inside 10.0.0.0/8 and fd00::/8 (inside the LAN ranges, as `Lan` requires).
+fn lan_subnets() -> impl Strategy<Value = Vec<IpNet>> {
+    let v4 = (any::<u32>(), 8u8..=32).prop_map(|(n, len)| {
+        let addr = Ipv4Addr::from((n & 0x00ff_ffff) | 0x0a00_0000);
+        IpNet::V4(ipnet::Ipv4Net::new(addr, len).expect("length").trunc())
+    });
+    let v6 = (any::<u128>(), 8u8..=128).prop_map(|(n, len)| {
+        let addr = Ipv6Addr::from((n >> 8) | (0xfd_u128 << 120));
+        IpNet::V6(ipnet::Ipv6Net::new(addr, len).expect("length").trunc())
+    });
+    proptest::collection::vec(prop_oneof![v4, v6], 0..40)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Invariant: with a narrowed LAN, a new packet leaves by the physical interface to a unicast
+    /// address exactly when a listed subnet holds it; the set lookup agrees with a plain scan.
+    #[test]
+    fn a_narrowed_lan_opens_exactly_its_subnets(
+        subnets in lan_subnets(),
+        dst in prop_oneof![
+            any::<u32>().prop_map(|n| IpAddr::V4(Ipv4Addr::from((n & 0x00ff_ffff) | 0x0a00_0000))),
+            any::<u128>().prop_map(|n| IpAddr::V6(Ipv6Addr::from((n >> 8) | (0xfd_u128 << 120)))),
+        ],
+    ) {
+        let lan = killswitch_policy::Lan::subnets(subnets.clone()).expect("private");
+        let ruleset = killswitch_policy::compile_with(
+            &PolicyState::Blocked,
+            &Settings { lockdown: true, allow_lan: true },
+            &lan,
+        );
+        prop_assert!(ruleset.check().is_ok());
+        let src: IpAddr = if dst.is_ipv4() { "192.168.1.2".parse().expect("literal") } else { "fd00::2".parse().expect("literal") };
+        let verdict = ruleset.verdict(&Packet::output("eth0", src, dst, Transport::udp(40000, 9)));
+        let listed = subnets.iter().any(|net| net.contains(&dst));
+        prop_assert_eq!(verdict.is_accept(), listed, "dst {} subnets {:?}", dst, subnets);
+    }
+}
