@@ -16,6 +16,7 @@
 //! physical link unless something blocks it. The lab's oracle judges every outgoing frame of the
 //! window; a leak is any that is neither the tunnel's own transport nor link bring-up.
 
+use crate::input::run_with_input;
 use crate::stats::{Samples, human};
 use anyhow::{Context, Result, bail, ensure};
 use killswitch_lab::generator::Kind;
@@ -23,10 +24,9 @@ use killswitch_lab::lab::{EVENT_TIMEOUT, Lab, Measurement, hold};
 use killswitch_lab::topology::ENDPOINT_V4;
 use killswitch_lab::wireguard::PORT;
 use killswitch_types::State;
-use std::io::Write as _;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt as _;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -462,27 +462,7 @@ fn block_ruleset() -> String {
 
 /// Runs `nft -f -` with `script`, in the calling thread's network namespace.
 fn nft(script: &str) -> Result<()> {
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running nft")?;
-    child
-        .stdin
-        .take()
-        .context("nft's stdin")?
-        .write_all(script.as_bytes())
-        .context("writing to nft")?;
-    let output = child.wait_with_output().context("waiting for nft")?;
-    ensure!(
-        output.status.success(),
-        "nft failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr).trim()
-    );
-    Ok(())
+    run_with_input(Command::new("nft").args(["-f", "-"]), script)
 }
 
 /// A datagram socket for interface ioctls, in the calling thread's network namespace.

@@ -4,6 +4,7 @@
 mod datapath;
 mod failover;
 mod footprint;
+mod input;
 mod leak;
 mod scale;
 mod stats;

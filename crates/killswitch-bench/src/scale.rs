@@ -7,14 +7,14 @@
 //! worst case for a list of rules. Per-packet cost is the median time per packet with the rules
 //! minus the same without any rules, measured in alternation in the same run.
 
+use crate::input::run_with_input;
 use crate::stats::{Samples, human};
 use anyhow::{Context, Result, ensure};
 use ipnet::IpNet;
 use killswitch_lab::netns::Netns;
 use killswitch_policy::{Lan, PolicyState, Ruleset, Settings, compile_with};
-use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The section's markdown.
@@ -221,24 +221,7 @@ fn iptables_script(subnets: &[IpNet]) -> String {
 
 /// Loads `script` with one `iptables-restore`, in the calling thread's namespace.
 fn iptables_restore(script: &str) -> Result<()> {
-    let mut child = Command::new("iptables-restore")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running iptables-restore")?;
-    child
-        .stdin
-        .take()
-        .context("iptables-restore's stdin")?
-        .write_all(script.as_bytes())?;
-    let output = child.wait_with_output()?;
-    ensure!(
-        output.status.success(),
-        "iptables-restore failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    Ok(())
+    run_with_input(&mut Command::new("iptables-restore"), script)
 }
 
 fn iptables_version() -> String {
