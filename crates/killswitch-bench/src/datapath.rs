@@ -6,13 +6,10 @@
 //! Every packet of a flow through the tunnel meets the rules twice on the client (the plaintext
 //! packet on its way into the tunnel interface, the encrypted one on its way out of the physical
 //! link) and twice again on the way back, plus the routing layer's extra policy rule; this is
-//! what is measured. A third condition, a table that only tracks connections, prices what any
-//! stateful firewall costs. The three rotate run by run (each round starts with the next one), so
-//! that a drift of the machine's speed (other load, thermal) weighs on all alike; a ratio is the
-//! median of the rounds' paired ratios. Besides bulk TCP, a UDP stream of small
-//! datagrams at an unlimited rate stresses the per-packet cost, where rules would show first, and
-//! a TCP stream paced below the tunnel's capacity moves the same data under every condition, so
-//! that the machine's CPU time per GB shows the cost without the noise of a saturated machine.
+//! what is measured. The two conditions alternate run by run, in the order A B B A A B ..., so
+//! that a drift of the machine's speed (other load, thermal) weighs on both alike; the ratio is
+//! the median of each pair's with/without ratio. Besides bulk TCP, a UDP stream of small
+//! datagrams at an unlimited rate stresses the per-packet cost, where rules would show first.
 
 use crate::input::run_with_input;
 use anyhow::{Context, Result, bail, ensure};
@@ -41,31 +38,22 @@ enum Variant {
     TcpBulk,
     /// UDP datagrams of 64 bytes, as fast as the sender can (per-packet cost).
     UdpSmall,
-    /// One TCP stream paced well below what the tunnel carries: the rate is the same under every
-    /// condition, so what differs is the CPU time the machine spends on it.
-    TcpPaced,
 }
 
-/// The paced stream's rate, Mbit/s: about a third of what the tunnel carries here.
-const PACED_MBPS: u32 = 300;
-
 impl Variant {
-    /// The variants of the throughput table (the paced one has its own).
-    const SATURATING: [Variant; 2] = [Variant::TcpBulk, Variant::UdpSmall];
+    const ALL: [Variant; 2] = [Variant::TcpBulk, Variant::UdpSmall];
 
     fn name(self) -> &'static str {
         match self {
             Variant::TcpBulk => "TCP, one stream",
             Variant::UdpSmall => "UDP, 64-byte datagrams, unlimited rate",
-            Variant::TcpPaced => "TCP, one stream, paced",
         }
     }
 
-    fn iperf_args(self) -> Vec<String> {
+    fn iperf_args(self) -> &'static [&'static str] {
         match self {
-            Variant::TcpBulk => Vec::new(),
-            Variant::UdpSmall => ["-u", "-b", "0", "-l", "64"].map(str::to_owned).to_vec(),
-            Variant::TcpPaced => vec!["-b".to_owned(), format!("{PACED_MBPS}M")],
+            Variant::TcpBulk => &[],
+            Variant::UdpSmall => &["-u", "-b", "0", "-l", "64"],
         }
     }
 }
@@ -81,9 +69,6 @@ struct Run {
     packets_per_s: Option<f64>,
     /// UDP: the share of datagrams lost, percent.
     lost_percent: Option<f64>,
-    /// The whole machine's busy CPU time per GB that arrived, seconds (all CPUs, from
-    /// `/proc/stat`, over the iperf3 client's run).
-    cpu_per_gb: f64,
 }
 
 /// What the client's namespace enforces during a run.
@@ -138,11 +123,23 @@ pub(crate) fn section(quick: bool) -> Result<String> {
          |---|---|---|---|---|---|---|---|\n"
     );
     bench.set(Condition::Killswitch)?;
-    for variant in Variant::SATURATING {
-        let [without, conntrack, with] = bench.rounds(variant, rounds, seconds)?;
-        out.push_str(&row(variant, &without, &conntrack, &with));
+    for variant in Variant::ALL {
+        let mut runs: [Vec<Run>; 3] = Default::default();
+        for round in 0..rounds {
+            // Each round starts with the next condition (a Latin square over three rounds), so
+            // that a drift of the machine's speed weighs on every condition alike.
+            for k in 0..Condition::ALL.len() {
+                let i = (round + k) % Condition::ALL.len();
+                let condition = Condition::ALL[i];
+                bench.set(condition)?;
+                let run = bench
+                    .iperf(variant, seconds)
+                    .with_context(|| format!("{} ({})", variant.name(), condition.name()))?;
+                runs[i].push(run);
+            }
+        }
+        out.push_str(&row(variant, &runs[0], &runs[1], &runs[2]));
     }
-    let [without, conntrack, with] = bench.rounds(Variant::TcpPaced, rounds, seconds)?;
     bench.set(Condition::Without)?;
     out.push_str(&format!(
         "\nTarget: killswitch / without ≥ 0.99. The kill switch is a stateful firewall: its `ct state` rules make the \
@@ -153,35 +150,7 @@ pub(crate) fn section(quick: bool) -> Result<String> {
          (most datagrams are lost before encryption), so they measure per-packet cost under overload.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
-    out.push_str(&cpu_table(&without, &conntrack, &with));
     Ok(out)
-}
-
-/// The paced stream's table: the same rate under every condition, and what it cost in CPU time.
-fn cpu_table(without: &[Run], conntrack: &[Run], with: &[Run]) -> String {
-    let cpu = |runs: &[Run]| {
-        median_of(runs, |r| Some(r.cpu_per_gb)).map_or("-".to_owned(), |s| format!("{s:.2} s"))
-    };
-    let cpu_ratio = |runs: &[Run], base: &[Run]| paired_ratio(runs, base, |r| r.cpu_per_gb);
-    format!(
-        "\nCPU cost at a fixed rate: one TCP stream paced at {PACED_MBPS} Mbit/s (below what the tunnel carries, so \
-         every condition moves the same data), the same rounds and order. CPU time is the whole machine's busy time \
-         (`/proc/stat`: user, system, interrupts, both ends of the tunnel, iperf3) per GB that arrived; a ratio above 1 \
-         is extra CPU.\n\n\
-         | TCP paced at {PACED_MBPS} Mbit/s | without | conntrack only | with killswitch | killswitch / without | conntrack only / without | killswitch / conntrack only |\n\
-         |---|---|---|---|---|---|---|\n\
-         | received | {} | {} | {} | | | |\n\
-         | CPU time per GB | {} | {} | {} | {} | {} | {} |\n",
-        rate(without),
-        rate(conntrack),
-        rate(with),
-        cpu(without),
-        cpu(conntrack),
-        cpu(with),
-        cpu_ratio(with, without),
-        cpu_ratio(conntrack, without),
-        cpu_ratio(with, conntrack),
-    )
 }
 
 /// The lab for this benchmark: a tunnel, a daemon that guards it or not, an iperf3 server.
@@ -233,25 +202,6 @@ impl Bench {
             topo,
             condition: None,
         })
-    }
-
-    /// `rounds` rounds of `variant` under every condition, in [`Condition::ALL`]'s order.
-    fn rounds(&mut self, variant: Variant, rounds: usize, seconds: u64) -> Result<[Vec<Run>; 3]> {
-        let mut runs: [Vec<Run>; 3] = Default::default();
-        for round in 0..rounds {
-            // Each round starts with the next condition (a Latin square over three rounds), so
-            // that a drift of the machine's speed weighs on every condition alike.
-            for k in 0..Condition::ALL.len() {
-                let i = (round + k) % Condition::ALL.len();
-                let condition = Condition::ALL[i];
-                self.set(condition)?;
-                let run = self
-                    .iperf(variant, seconds)
-                    .with_context(|| format!("{} ({})", variant.name(), condition.name()))?;
-                runs[i].push(run);
-            }
-        }
-        Ok(runs)
     }
 
     /// Puts the client's namespace in `condition`, and checks that exactly the tables meant are
@@ -322,14 +272,12 @@ impl Bench {
             "--connect-timeout".to_owned(),
             "3000".to_owned(),
         ];
-        args.extend(variant.iperf_args());
+        args.extend(variant.iperf_args().iter().map(|a| (*a).to_owned()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let busy_before = busy_cpu_seconds()?;
         let output = run_bounded(
             iperf_command(&self.topo.client, &args),
             Duration::from_secs(seconds) + EVENT_TIMEOUT,
         )?;
-        let busy = busy_cpu_seconds()? - busy_before;
         let text = String::from_utf8_lossy(&output.stdout);
         let report: Value = serde_json::from_str(&text).with_context(|| {
             format!(
@@ -350,7 +298,7 @@ impl Bench {
             local == Some(wireguard::CLIENT_TUNNEL_V4.to_string().as_str()),
             "iperf3's flow left from {local:?}, not the tunnel's address"
         );
-        parse_report(variant, &report, busy)
+        parse_report(variant, &report)
     }
 }
 
@@ -392,34 +340,8 @@ fn run_bounded(mut command: Command, timeout: Duration) -> Result<Output> {
     }
 }
 
-/// The machine's busy CPU time so far, all CPUs together, seconds: `/proc/stat`'s first line,
-/// everything but idle and iowait (guest time is already inside user time).
-fn busy_cpu_seconds() -> Result<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let line = stat
-        .lines()
-        .find(|l| l.starts_with("cpu "))
-        .context("/proc/stat has no `cpu` line")?;
-    let ticks: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|field| {
-            field
-                .parse()
-                .with_context(|| format!("/proc/stat: {line:?}"))
-        })
-        .collect::<Result<_>>()?;
-    ensure!(ticks.len() >= 8, "/proc/stat's cpu line is short: {line:?}");
-    // user nice system idle iowait irq softirq steal
-    let busy: u64 = ticks[..3].iter().chain(&ticks[5..8]).sum();
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    ensure!(hz > 0, "sysconf(_SC_CLK_TCK) failed");
-    Ok(busy as f64 / hz as f64)
-}
-
-/// Reads a run's result out of iperf3's JSON report; `busy` is the machine's CPU time over it.
-fn parse_report(variant: Variant, report: &Value, busy: f64) -> Result<Run> {
+/// Reads a run's result out of iperf3's JSON report.
+fn parse_report(variant: Variant, report: &Value) -> Result<Run> {
     let end = report.get("end").context("iperf3's report has no `end`")?;
     let number = |section: &str, field: &str| -> Result<f64> {
         end.get(section)
@@ -428,7 +350,7 @@ fn parse_report(variant: Variant, report: &Value, busy: f64) -> Result<Run> {
             .with_context(|| format!("iperf3's report has no end.{section}.{field}"))
     };
     match variant {
-        Variant::TcpBulk | Variant::TcpPaced => Ok(Run {
+        Variant::TcpBulk => Ok(Run {
             mbps: number("sum_received", "bits_per_second")? / 1e6,
             retransmits: end
                 .get("sum_sent")
@@ -436,7 +358,6 @@ fn parse_report(variant: Variant, report: &Value, busy: f64) -> Result<Run> {
                 .and_then(Value::as_u64),
             packets_per_s: None,
             lost_percent: None,
-            cpu_per_gb: per_gb(busy, number("sum_received", "bytes")?)?,
         }),
         Variant::UdpSmall => {
             // For UDP, end.sum is the receiver's account (as the server reported it back).
@@ -450,16 +371,9 @@ fn parse_report(variant: Variant, report: &Value, busy: f64) -> Result<Run> {
                 retransmits: None,
                 packets_per_s: Some(received / seconds),
                 lost_percent: Some(number("sum", "lost_percent")?),
-                cpu_per_gb: per_gb(busy, received * 64.0)?,
             })
         }
     }
-}
-
-/// CPU seconds per GB, for `bytes` that arrived in `busy` seconds of CPU time.
-fn per_gb(busy: f64, bytes: f64) -> Result<f64> {
-    ensure!(bytes > 0.0, "nothing arrived through the tunnel");
-    Ok(busy / (bytes / 1e9))
 }
 
 /// The median of `values` (0 if there are none).
@@ -479,14 +393,13 @@ fn median_of(runs: &[Run], number: impl Fn(&Run) -> Option<f64>) -> Option<f64> 
     (!values.is_empty()).then(|| median(&values))
 }
 
-/// The median and range of the rounds' ratios of `value` in `runs` to the same round's in
-/// `base`, as "0.995 [0.97–1.01]".
-fn paired_ratio(runs: &[Run], base: &[Run], value: impl Fn(&Run) -> f64) -> String {
+/// The median and range of the rounds' ratios `runs` / `without`, as "0.995 [0.97–1.01]".
+fn paired_ratio(runs: &[Run], without: &[Run]) -> String {
     let ratios: Vec<f64> = runs
         .iter()
-        .zip(base)
-        .filter(|(_, base)| value(base) > 0.0)
-        .map(|(run, base)| value(run) / value(base))
+        .zip(without)
+        .filter(|(_, base)| base.mbps > 0.0)
+        .map(|(run, base)| run.mbps / base.mbps)
         .collect();
     if ratios.is_empty() {
         return "-".to_owned();
@@ -523,7 +436,7 @@ fn row(variant: Variant, without: &[Run], conntrack: &[Run], with: &[Run]) -> St
     };
     let retransmit_cell = match variant {
         Variant::TcpBulk => format!("{} / {}", retransmits(without), retransmits(with)),
-        Variant::UdpSmall | Variant::TcpPaced => "-".to_owned(),
+        Variant::UdpSmall => "-".to_owned(),
     };
     format!(
         "| {} | {} | {} | {} | {} | {} | {} | {retransmit_cell} |\n",
@@ -531,9 +444,9 @@ fn row(variant: Variant, without: &[Run], conntrack: &[Run], with: &[Run]) -> St
         rate(without),
         rate(conntrack),
         rate(with),
-        paired_ratio(with, without, |r| r.mbps),
-        paired_ratio(conntrack, without, |r| r.mbps),
-        paired_ratio(with, conntrack, |r| r.mbps),
+        paired_ratio(with, without),
+        paired_ratio(conntrack, without),
+        paired_ratio(with, conntrack),
     )
 }
 
