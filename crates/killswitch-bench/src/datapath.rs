@@ -17,11 +17,9 @@ use killswitch_lab::daemon::{Daemon, DaemonHome};
 use killswitch_lab::netns::Netns;
 use killswitch_lab::process::Process;
 use killswitch_lab::topology::{self, Topology};
-use killswitch_lab::traffic;
 use killswitch_lab::wireguard::{self, Tunnel};
 use killswitch_types::State;
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -170,12 +168,7 @@ impl Bench {
         let topo = Topology::new("bench-dp")?;
         let mut tunnel = Tunnel::up(&topo)?;
         // Handshake before anything is timed: wireguard-go initiates on the first packet.
-        let log_mark = tunnel.client_log_len();
-        let target = SocketAddr::new(topology::TARGET_V4.into(), IPERF_PORT);
-        topo.client
-            .run(|| traffic::send_udp(target, b"handshake", None))?
-            .context("sending the first packet into the tunnel")?;
-        tunnel.wait_for_handshake(log_mark, EVENT_TIMEOUT)?;
+        tunnel.handshake(&topo, EVENT_TIMEOUT)?;
         let home = DaemonHome::new()?;
         let daemon = Daemon::start(&topo.client, &home)?;
         let mut server = Process::spawn(
@@ -216,22 +209,7 @@ impl Bench {
         }
         match condition {
             Condition::Killswitch => {
-                let mark = format!("{:#x}", wireguard::FWMARK);
-                let endpoint = self.tunnel.endpoint().to_string();
-                let dns = wireguard::SERVER_TUNNEL_V4.to_string();
-                self.daemon
-                    .cli(&[
-                        "guard",
-                        "--interface",
-                        self.tunnel.client_interface(),
-                        "--endpoint",
-                        &endpoint,
-                        "--dns",
-                        &dns,
-                        "--mark",
-                        &mark,
-                    ])?
-                    .ok()?;
+                self.daemon.guard(&self.tunnel)?;
                 self.daemon
                     .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
             }

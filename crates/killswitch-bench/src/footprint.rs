@@ -21,14 +21,12 @@ use killswitch_lab::binaries;
 use killswitch_lab::daemon::{Daemon, DaemonHome};
 use killswitch_lab::lab::Lab;
 use killswitch_lab::netns::Netns;
-use killswitch_lab::topology::{self, Topology};
-use killswitch_lab::traffic;
-use killswitch_lab::wireguard::{self, Tunnel};
+use killswitch_lab::topology::Topology;
+use killswitch_lab::wireguard::Tunnel;
 use killswitch_types::State;
 use killswitch_types::ipc::{Request, RequestEnvelope, ServerEnvelope, ServerMessage, encode_line};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -244,12 +242,7 @@ fn measure_idle(plan: &Plan) -> Result<Idle> {
 fn measure_guard(plan: &Plan) -> Result<Guard> {
     let topo = Topology::new("bench-fp-guard")?;
     let mut tunnel = Tunnel::up(&topo)?;
-    let log_mark = tunnel.client_log_len();
-    let target = SocketAddr::new(topology::TARGET_V4.into(), 9);
-    topo.client
-        .run(|| traffic::send_udp(target, b"handshake", None))?
-        .context("sending the first packet into the tunnel")?;
-    tunnel.wait_for_handshake(log_mark, EVENT_TIMEOUT)?;
+    tunnel.handshake(&topo, EVENT_TIMEOUT)?;
     let wg_pid = tunnel
         .client
         .as_mut()
@@ -259,22 +252,7 @@ fn measure_guard(plan: &Plan) -> Result<Guard> {
     let home = DaemonHome::new()?;
     let mut daemon = Daemon::start(&topo.client, &home)?;
     let pid = daemon.process().pid();
-    let mark = format!("{:#x}", wireguard::FWMARK);
-    let endpoint = tunnel.endpoint().to_string();
-    let dns = wireguard::SERVER_TUNNEL_V4.to_string();
-    daemon
-        .cli(&[
-            "guard",
-            "--interface",
-            tunnel.client_interface(),
-            "--endpoint",
-            &endpoint,
-            "--dns",
-            &dns,
-            "--mark",
-            &mark,
-        ])?
-        .ok()?;
+    daemon.guard(&tunnel)?;
     daemon.wait_for_state(State::Connected, EVENT_TIMEOUT)?;
     let mut wakeups = count_wakeups(&[pid, wg_pid], plan)?.0.into_iter();
     let daemon_footprint = Footprint {

@@ -3,6 +3,7 @@
 use crate::binaries;
 use crate::netns::{Netns, run_checked};
 use crate::process::Process;
+use crate::wireguard::{self, Tunnel};
 use anyhow::{Context, Result, bail};
 use killswitch_types::ipc::Status;
 use std::os::unix::fs::PermissionsExt;
@@ -183,6 +184,27 @@ impl Daemon {
         self.cli_command(args)
             .map(|mut c| c.output().map(CliResult::from))?
             .context("running killswitch")
+    }
+
+    /// `killswitch guard` for `tunnel` (its interface, endpoint, resolver and fwmark); the
+    /// daemon's acceptance, not yet its state.
+    pub fn guard(&self, tunnel: &Tunnel) -> Result<()> {
+        let mark = format!("{:#x}", wireguard::FWMARK);
+        let endpoint = tunnel.endpoint().to_string();
+        let dns = wireguard::SERVER_TUNNEL_V4.to_string();
+        let args = [
+            "guard",
+            "--interface",
+            tunnel.client_interface(),
+            "--endpoint",
+            &endpoint,
+            "--dns",
+            &dns,
+            "--mark",
+            &mark,
+        ];
+        self.cli(&args)?.ok()?;
+        Ok(())
     }
 
     /// Runs `killswitch` as an unprivileged user (uid/gid 65534, no supplementary groups).

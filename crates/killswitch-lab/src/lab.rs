@@ -115,22 +115,7 @@ impl Lab {
 
     /// `killswitch guard` for the lab's tunnel.
     pub fn guard(&self) -> Result<()> {
-        let mark = format!("{:#x}", wireguard::FWMARK);
-        let endpoint = self.tunnel.endpoint().to_string();
-        let dns = wireguard::SERVER_TUNNEL_V4.to_string();
-        let args = [
-            "guard",
-            "--interface",
-            self.tunnel.client_interface(),
-            "--endpoint",
-            &endpoint,
-            "--dns",
-            &dns,
-            "--mark",
-            &mark,
-        ];
-        self.daemon()?.cli(&args)?.ok()?;
-        Ok(())
+        self.daemon()?.guard(&self.tunnel)
     }
 
     /// Starts (or restarts) the VPN process and waits until the daemon calls it connected.

@@ -309,6 +309,17 @@ impl Tunnel {
         Ok(())
     }
 
+    /// Makes the client handshake now and waits for it: WireGuard initiates only when it has a
+    /// packet to send, so one datagram goes to the target's discard port through the tunnel.
+    pub fn handshake(&mut self, topo: &Topology, timeout: Duration) -> Result<()> {
+        let log_mark = self.client_log_len();
+        let target = SocketAddr::new(crate::topology::TARGET_V4.into(), 9);
+        topo.client
+            .run(|| crate::traffic::send_udp(target, b"handshake", None))?
+            .context("sending the first packet into the tunnel")?;
+        self.wait_for_handshake(log_mark, timeout)
+    }
+
     /// How many lines the client has logged (to wait for a handshake after this point).
     pub fn client_log_len(&self) -> usize {
         self.client.as_ref().map_or(0, |d| d.process.line_count())
