@@ -6,10 +6,11 @@
 //! Every packet of a flow through the tunnel meets the rules twice on the client (the plaintext
 //! packet on its way into the tunnel interface, the encrypted one on its way out of the physical
 //! link) and twice again on the way back, plus the routing layer's extra policy rule; this is
-//! what is measured. The two conditions alternate run by run, in the order A B B A A B ..., so
-//! that a drift of the machine's speed (other load, thermal) weighs on both alike; the ratio is
-//! the median of each pair's with/without ratio. Besides bulk TCP, a UDP stream of small
-//! datagrams at an unlimited rate stresses the per-packet cost, where rules would show first.
+//! what is measured. A third condition, a table that only tracks connections, prices what any
+//! stateful firewall costs. The three rotate run by run (each round starts with the next one), so
+//! that a drift of the machine's speed (other load, thermal) weighs on all alike; a ratio is the
+//! median of the rounds' paired ratios. Besides bulk TCP, a UDP stream of small datagrams at an
+//! unlimited rate puts the most packets per byte through the rules.
 
 use crate::input::run_with_input;
 use anyhow::{Context, Result, bail, ensure};
@@ -144,8 +145,10 @@ pub(crate) fn section(quick: bool) -> Result<String> {
          kernel track every connection in the namespace, which the conntrack-only column prices on its own; \
          killswitch / conntrack only is what its own rules and routing layer add on top. Both ends of the tunnel and \
          iperf3 share this machine's {} CPU(s), so wireguard-go's encryption sets the pace and whatever the kernel \
-         spends per packet is taken from it; a ratio whose rounds' range includes 1 is no measurable cost. The UDP rows offer far more than the tunnel carries \
-         (most datagrams are lost before encryption), so they measure per-packet cost under overload.\n",
+         spends per packet is taken from it. The ranges in brackets show how much one round varies here: \
+         a difference smaller than they are is not established by this run. The UDP rows offer far more than \
+         the tunnel carries (most datagrams are lost before encryption): they show how the tunnel copes with \
+         overload under each condition, the most packets per byte the rules see.\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     ));
     Ok(out)
@@ -216,6 +219,7 @@ impl Bench {
             Condition::Without | Condition::Conntrack => {
                 self.daemon.cli(&["off"])?.ok()?;
                 self.daemon.wait_for_state(State::Off, EVENT_TIMEOUT)?;
+                crate::leak::ensure_removed(client)?;
                 if condition == Condition::Conntrack {
                     nft_script(client, CONNTRACK_TABLE)?;
                 }

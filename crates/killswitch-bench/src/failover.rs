@@ -8,11 +8,15 @@
 //! documented defaults are what a user gets.
 
 use crate::stats::{Samples, human};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use killswitch_lab::generator::Kind;
 use killswitch_lab::lab::{Lab, hold};
 use killswitch_lab::scenarios::{connect_up, kill_first_server};
+use std::net::IpAddr;
 use std::time::Duration;
+
+/// Packets through the second server that show the traffic has resumed.
+const RESUMED: usize = 20;
 
 /// The daemon's default bound (`dead_after_seconds`).
 const BOUND: Duration = Duration::from_secs(3);
@@ -30,6 +34,18 @@ pub(crate) fn section(quick: bool) -> Result<String> {
         // Traffic through the first server for a moment, as in real use, before it dies.
         hold(Duration::from_secs(1));
         let run = kill_first_server(&mut lab)?;
+        // The window goes on past the hole's move: until traffic arrives through the second
+        // server, and half a second beyond, as in the lab's scenario.
+        let second = lab
+            .up_servers
+            .get(1)
+            .context("two servers expected")?
+            .0
+            .client_ip;
+        lab.wait_for_traffic_from(run.killed, RESUMED, move |a: IpAddr| {
+            a == IpAddr::V4(second)
+        })?;
+        hold(Duration::from_millis(500));
         leaked += lab.end(window)?.leaked;
         detected.push(run.detected);
         failed_over.push(run.failed_over);
@@ -39,7 +55,10 @@ pub(crate) fn section(quick: bool) -> Result<String> {
     }
     let (detected, failed_over) = (Samples::new(detected), Samples::new(failed_over));
     let (reconnect, connect) = (Samples::new(reconnect), Samples::new(connect));
-    let ratio = |seconds: f64| format!("{:.0}×", seconds / detected.median().as_secs_f64());
+    let ratio = |seconds: f64| match detected.median().as_secs_f64() {
+        0.0 => "—".to_owned(),
+        ours => format!("{:.0}×", seconds / ours),
+    };
     Ok(format!(
         "### 5. Dead-tunnel detection and failover\n\n\
          `killswitch up` with two wireguard-go servers, {backend} WireGuard, default bound of {} s; \

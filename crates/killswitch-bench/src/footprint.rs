@@ -128,7 +128,8 @@ pub(crate) fn section(quick: bool) -> Result<String> {
          with `up` the daemon reads the tunnel's counters over boringtun's UAPI socket every 500 ms, and after 1 s \
          without data from the peer every 250 ms, each time with a DNS query through the tunnel, until an answer \
          comes: an idle tunnel is kept proven alive by probes (here {:.1} queries/s reached the tunnel's \
-         resolver). boringtun's own timers (250 ms and 1 s) wake its two threads.\n\n\
+         resolver). boringtun's two threads wake for its own timers (every 250 ms and 1 s) and to answer the \
+         readings over its UAPI socket.\n\n\
          Status round trip with the daemon guarding ({} each, rotating order):\n\n\
          | round trip | p50 | p99 | this / `killswitch status` |\n\
          |---|---|---|---|\n",
@@ -382,8 +383,9 @@ fn thread_switches(pid: u32) -> Result<BTreeMap<u32, ThreadSwitches>> {
 /// Counts the wakeups of each of `pids` over the plan's window (after its settling pause), and
 /// says when the window began.
 fn count_wakeups(pids: &[u32], plan: &Plan) -> Result<(Vec<Wakeups>, Instant)> {
-    // A measurement window, not synchronisation: the daemon may still be finishing what the last
-    // command started (its own nf_tables and rtnetlink notifications, the closed subscription).
+    // The last command's after-effects (the daemon's own nf_tables and rtnetlink notifications,
+    // the closed subscription) have no completion event to await, so the window opens after a
+    // bounded pause; anything later is counted, which errs towards more wakeups, not fewer.
     std::thread::sleep(plan.settle);
     let before = pids
         .iter()
@@ -434,7 +436,8 @@ fn count_wakeups(pids: &[u32], plan: &Plan) -> Result<(Vec<Wakeups>, Instant)> {
 /// One kind of round trip: a name, and what to run.
 type RoundTrip<'a> = (&'static str, Box<dyn FnMut() -> Result<()> + 'a>);
 
-/// Times `plan.round_trips` of each kind, rotating which goes first.
+/// Times `plan.round_trips` of each kind, rotating which goes first, all from one thread inside
+/// `ns`, so that every kind starts alike (no `ip netns exec`, no setns per sample).
 fn round_trips(
     ns: &Netns,
     home: &DaemonHome,
@@ -444,33 +447,34 @@ fn round_trips(
     let cli = binaries::path("killswitch")?;
     let socket = home.socket();
     let request = encode_line(&RequestEnvelope::new(Request::Status))?;
+    ns.run(|| time_round_trips(&cli, &socket, &request, interface, plan))?
+}
+
+/// [`round_trips`], in the calling thread's namespace.
+fn time_round_trips(
+    cli: &Path,
+    socket: &Path,
+    request: &str,
+    interface: &str,
+    plan: &Plan,
+) -> Result<Vec<(&'static str, Samples)>> {
     let mut kinds: Vec<RoundTrip> = vec![
         (
             "`killswitch status` (process)",
-            Box::new(|| {
-                run_quietly(
-                    Command::new(&cli)
-                        .arg("--socket")
-                        .arg(&socket)
-                        .arg("status"),
-                )
-            }),
+            Box::new(|| run_quietly(Command::new(cli).arg("--socket").arg(socket).arg("status"))),
         ),
         (
             "status over the socket (connect, request, reply)",
-            Box::new(|| socket_status(&socket, &request)),
+            Box::new(|| socket_status(socket, request)),
         ),
         (
             "`wg show IFACE` (process; wireguard-go's status)",
-            Box::new(|| in_namespace(ns, Command::new("wg").args(["show", interface]))),
+            Box::new(|| run_quietly(Command::new("wg").args(["show", interface]))),
         ),
         (
             "`nft list table inet killswitch` (process)",
             Box::new(|| {
-                in_namespace(
-                    ns,
-                    Command::new("nft").args(["list", "table", "inet", "killswitch"]),
-                )
+                run_quietly(Command::new("nft").args(["list", "table", "inet", "killswitch"]))
             }),
         ),
         (
@@ -510,12 +514,6 @@ fn run_quietly(command: &mut Command) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// [`run_quietly`] from a thread inside `ns` (the child inherits the thread's namespace), so
-/// that no `ip netns exec` is timed along with the command.
-fn in_namespace(ns: &Netns, command: &mut Command) -> Result<()> {
-    ns.run(|| run_quietly(command))?
 }
 
 /// One status request over the daemon's socket, as the CLI makes it; checks the reply.

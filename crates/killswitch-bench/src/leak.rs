@@ -21,6 +21,7 @@ use crate::stats::{Samples, human};
 use anyhow::{Context, Result, bail, ensure};
 use killswitch_lab::generator::Kind;
 use killswitch_lab::lab::{EVENT_TIMEOUT, Lab, Measurement, hold};
+use killswitch_lab::netns::Netns;
 use killswitch_lab::topology::ENDPOINT_V4;
 use killswitch_lab::wireguard::PORT;
 use killswitch_types::State;
@@ -185,11 +186,17 @@ fn drop_with_killswitch(lab: &mut Lab, stagger: Duration) -> Result<Trial> {
 
 /// One drop with an application-level kill switch watching the tunnel.
 fn drop_with_app(lab: &mut Lab, app: &AppKillSwitch, stagger: Duration) -> Result<Trial> {
+    // An event left over from the last restart would be taken for this drop's.
+    app.expect_quiet()?;
     let window = lab.begin(&KINDS)?;
     hold(BEFORE_DROP + stagger);
     let killed = Instant::now();
     lab.tunnel.kill_client()?;
     let blocked = app.wait_for(Event::Blocked)?;
+    ensure!(
+        blocked >= killed,
+        "the application kill switch blocked before the tunnel was killed"
+    );
     hold_until(killed + OUTAGE);
     let measurement = lab.end(window)?;
     check_tunnel_carried(&measurement)?;
@@ -226,12 +233,19 @@ fn hold_until(deadline: Instant) {
 fn retire_daemon(lab: &mut Lab) -> Result<()> {
     lab.daemon()?.cli(&["off"])?.ok()?;
     lab.daemon()?.wait_for_state(State::Off, EVENT_TIMEOUT)?;
+    ensure_removed(&lab.topo.client)?;
+    lab.daemon = None;
+    Ok(())
+}
+
+/// Checks that neither killswitch's table nor its routing rules are left in `ns` (after `off`).
+pub(crate) fn ensure_removed(ns: &Netns) -> Result<()> {
     ensure!(
-        killswitch_lab::daemon::nft_table(&lab.topo.client)?.is_none(),
+        killswitch_lab::daemon::nft_table(ns)?.is_none(),
         "killswitch's table is still there after `off`"
     );
     for family in ["-4", "-6"] {
-        let rules = lab.topo.client.ip(&[family, "rule"])?;
+        let rules = ns.ip(&[family, "rule"])?;
         let ours = killswitch_policy::routes::PRIORITIES
             .iter()
             .any(|p| rules.lines().any(|l| l.starts_with(&format!("{p}:"))));
@@ -240,7 +254,6 @@ fn retire_daemon(lab: &mut Lab) -> Result<()> {
             "killswitch's routing rules are still there after `off`:\n{rules}"
         );
     }
-    lab.daemon = None;
     Ok(())
 }
 
@@ -311,6 +324,14 @@ impl AppKillSwitch {
             Err(RecvTimeoutError::Disconnected) => {
                 bail!("the application kill switch stopped before reporting {expected:?}")
             }
+        }
+    }
+
+    /// Fails if the kill switch has reported anything not yet waited for.
+    fn expect_quiet(&self) -> Result<()> {
+        match self.events.try_recv() {
+            Ok((event, _)) => bail!("the application kill switch reported an unexpected {event:?}"),
+            Err(_) => Ok(()),
         }
     }
 

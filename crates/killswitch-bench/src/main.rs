@@ -95,11 +95,21 @@ fn run(args: &Args) -> Result<String> {
             SECTIONS.map(|s| s.name).join(", ")
         );
     }
-    let dir = tempfile_dir()?;
+    // A private directory (mode 700, an unpredictable name: this runs as root), removed when it
+    // goes out of scope, whichever way the run ends.
+    let dir = tempfile::Builder::new()
+        .prefix("killswitch-bench-")
+        .tempdir()
+        .context("creating a temporary directory")?;
     let mut out = String::new();
     out.push_str(&format!(
-        "Produced by `killswitch-bench{}` (release build) on {}.\n",
+        "Produced by `killswitch-bench{}` ({} build) on {}.\n",
         if args.quick { " --quick" } else { "" },
+        if cfg!(debug_assertions) {
+            "debug: not for comparison"
+        } else {
+            "release"
+        },
         machine()
     ));
     for section in SECTIONS
@@ -107,12 +117,11 @@ fn run(args: &Args) -> Result<String> {
         .filter(|s| args.only.is_empty() || args.only.iter().any(|o| o == s.name))
     {
         eprintln!("killswitch-bench: {} ...", section.name);
-        let markdown = (section.run)(args.quick, &dir)
+        let markdown = (section.run)(args.quick, dir.path())
             .with_context(|| format!("benchmark {}", section.name))?;
         out.push('\n');
         out.push_str(&markdown);
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(out)
 }
 
@@ -129,18 +138,12 @@ fn tamper_section(quick: bool, _dir: &std::path::Path) -> Result<String> {
     let restore = tamper::measure(rounds)?;
     Ok(format!(
         "### Tamper to restore\n\n`nft delete table inet killswitch` against a running killswitchd (lockdown on), {} rounds: \
-         the table is back after p50 {}, p99 {} (from the deleting transaction's commit to the daemon's restoring one; \
-         the routing layer blocks throughout).\n",
+         the table is back after p50 {}, p99 {} (from the harness reading the deleting transaction's change notification to reading the daemon's \
+         restoring one; the routing layer blocks throughout).\n",
         restore.len(),
         stats::human(restore.median()),
         stats::human(restore.percentile(99.0)),
     ))
-}
-
-fn tempfile_dir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("killswitch-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 fn machine() -> String {
