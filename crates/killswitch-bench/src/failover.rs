@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use killswitch_lab::generator::Kind;
 use killswitch_lab::lab::{Lab, hold};
 use killswitch_lab::scenarios::{connect_up, kill_first_server};
+use killswitch_tunnel::health::ALIVE_INTERVAL;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -27,12 +28,15 @@ pub(crate) fn section(quick: bool) -> Result<String> {
     let (mut detected, mut failed_over, mut reconnect, mut connect) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut leaked, mut backend) = (0, String::new());
-    for _ in 0..runs {
+    for i in 0..runs {
         let mut lab = Lab::new("bench-failover", 1500)?;
         let up = connect_up(&mut lab)?;
         let window = lab.begin(&[Kind::Udp4, Kind::Tcp4])?;
-        // Traffic through the first server for a moment, as in real use, before it dies.
-        hold(Duration::from_secs(1));
+        // Traffic through the first server for a moment, as in real use, before it dies. The
+        // daemon reads the tunnel every 500 ms from its connection on, and this script's steps
+        // take a nearly fixed time: without a stagger every kill would land at the same point of
+        // that period. Spread evenly over it, the kills sample it as real failures would.
+        hold(Duration::from_secs(1) + ALIVE_INTERVAL.mul_f64((i as f64 + 0.5) / runs as f64));
         let run = kill_first_server(&mut lab)?;
         // The window goes on past the hole's move: until traffic arrives through the second
         // server, and half a second beyond, as in the lab's scenario.
@@ -62,7 +66,8 @@ pub(crate) fn section(quick: bool) -> Result<String> {
     Ok(format!(
         "### 5. Dead-tunnel detection and failover\n\n\
          `killswitch up` with two wireguard-go servers, {backend} WireGuard, default bound of {} s; \
-         the first server is killed (SIGKILL) under traffic. {runs} runs, each a fresh lab; \
+         the first server is killed (SIGKILL) under traffic, at a point that moves evenly across the daemon's \
+         {} ms reading period from run to run. {runs} runs, each a fresh lab; \
          {leaked} packets leaked in all of them together.\n\n\
          | from the kill to | median | min | max |\n|---|---:|---:|---:|\n\
          | the tunnel declared dead (blocked, `connecting`) | {} | {} | {} |\n\
@@ -77,6 +82,7 @@ pub(crate) fn section(quick: bool) -> Result<String> {
          | WireGuard alone (wg-quick, `PersistentKeepalive = 25`) | never: it only retries its handshake every 5 s (REKEY_TIMEOUT) and gives up after 90 s | — | no failover |\n\
          | app-level kill switches in the seed articles | \"200 ms to several seconds\" after the client notices | — | block, if the client is still alive |\n",
         BOUND.as_secs(),
+        ALIVE_INTERVAL.as_millis(),
         human(detected.median()),
         human(detected.percentile(0.0)),
         human(detected.percentile(100.0)),
