@@ -157,19 +157,18 @@ impl<F: Firewall> Core<F> {
     /// Makes the tunnel manager match the target: a new one for a new `up`, none otherwise. Called
     /// after the firewall has moved, so that an old tunnel is removed only once it is blocked.
     fn sync_manager(&mut self, now: Instant) {
-        match &self.target {
-            Target::Up(spec) if self.manager.as_ref().is_some_and(|m| m.spec() == spec) => {}
-            Target::Up(spec) => {
-                if let Some(mut old) = self.manager.take() {
-                    old.stop();
-                }
-                self.manager = Some(Manager::new(spec.clone(), self.options.health_bound, now));
-            }
-            _ => {
-                if let Some(mut old) = self.manager.take() {
-                    old.stop();
-                }
-            }
+        let wanted = match &self.target {
+            Target::Up(spec) => Some(spec),
+            _ => None,
+        };
+        if wanted.is_some() && wanted == self.manager.as_ref().map(Manager::spec) {
+            return;
+        }
+        if let Some(mut old) = self.manager.take() {
+            old.stop();
+        }
+        if let Some(spec) = wanted {
+            self.manager = Some(Manager::new(spec.clone(), self.options.health_bound, now));
         }
     }
 
@@ -616,8 +615,13 @@ mod tests {
         })
     }
 
+    /// A core as `Core::new` leaves it: nothing applied yet.
+    fn unreconciled<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
+        Core::new(fw, Store::new(dir), None, CoreOptions::default())
+    }
+
     fn core<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
-        let mut core = Core::new(fw, Store::new(dir), None, CoreOptions::default());
+        let mut core = unreconciled(fw, dir);
         core.reconcile();
         core
     }
@@ -706,12 +710,7 @@ mod tests {
             fail_unless_blocking: true,
             ..Recorder::default()
         };
-        let mut core = Core::new(
-            &mut fw,
-            Store::new(dir.path()),
-            None,
-            CoreOptions::default(),
-        );
+        let mut core = unreconciled(&mut fw, dir.path());
         let error = core
             .handle(&Request::Guard(spec()))
             .expect_err("apply fails");
@@ -734,12 +733,7 @@ mod tests {
             fail_always: true,
             ..Recorder::default()
         };
-        let mut core = Core::new(
-            &mut fw,
-            Store::new(dir.path()),
-            None,
-            CoreOptions::default(),
-        );
+        let mut core = unreconciled(&mut fw, dir.path());
         let error = core
             .handle(&Request::Lockdown { enabled: true })
             .expect_err("apply fails");
@@ -790,12 +784,7 @@ mod tests {
     fn a_tampered_table_is_restored_and_counted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
-        let mut core = Core::new(
-            &mut fw,
-            Store::new(dir.path()),
-            None,
-            CoreOptions::default(),
-        );
+        let mut core = unreconciled(&mut fw, dir.path());
         core.handle(&Request::Lockdown { enabled: true })
             .expect("ok");
         assert!(
@@ -858,12 +847,7 @@ mod tests {
             fail_unless_blocking: true,
             ..Recorder::default()
         };
-        let mut core = Core::new(
-            &mut fw,
-            Store::new(dir.path()),
-            None,
-            CoreOptions::default(),
-        );
+        let mut core = unreconciled(&mut fw, dir.path());
         let _ = core.handle(&Request::Guard(spec()));
         let layer = core.firewall.routes.clone().expect("a layer");
         assert_eq!(

@@ -15,24 +15,6 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-fn guard_args(tunnel: &Tunnel) -> Vec<String> {
-    vec![
-        "guard".into(),
-        "--interface".into(),
-        tunnel.client_interface().into(),
-        "--endpoint".into(),
-        tunnel.endpoint().to_string(),
-        "--dns".into(),
-        wireguard::SERVER_TUNNEL_V4.to_string(),
-        "--mark".into(),
-        format!("{:#x}", wireguard::FWMARK),
-    ]
-}
-
-fn args(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
 /// A UDP listener on the target host (in the net namespace).
 fn target_listener(topo: &Topology, port: u16) -> Result<UdpSocket> {
     let socket = topo
@@ -51,7 +33,7 @@ fn guard_mode_over_a_real_wireguard_tunnel() -> Result<()> {
     let mut tunnel = Tunnel::up(&topo)?;
     let home = DaemonHome::new()?;
     let daemon = Daemon::start(&topo.client, &home)?;
-    let status = daemon.cli(&args(&guard_args(&tunnel)))?.ok()?;
+    let status = daemon.guard(&tunnel)?;
     ensure!(
         status.stdout.contains("state:     connected"),
         "{}",
@@ -318,17 +300,9 @@ fn tunnelvision_routes_do_not_leak() -> Result<()> {
     let tunnel = Tunnel::up(&topo)?;
     let home = DaemonHome::new()?;
     let daemon = Daemon::start(&topo.client, &home)?;
-    daemon.cli(&args(&guard_args(&tunnel)))?.ok()?;
+    daemon.guard(&tunnel)?;
     daemon.wait_for_state(State::Connected, Duration::from_secs(10))?;
-    topo.client.ip(&[
-        "route",
-        "add",
-        "203.0.113.0/24",
-        "via",
-        &topology::ROUTER_V4.to_string(),
-        "dev",
-        topology::PHYS,
-    ])?;
+    topo.push_physical_route("203.0.113.0/24")?;
     let listener = target_listener(&topo, 9002)?;
     let target = SocketAddr::new(topology::TARGET_V4.into(), 9002);
     let mut tunnel = tunnel;

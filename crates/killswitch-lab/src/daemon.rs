@@ -186,9 +186,9 @@ impl Daemon {
             .context("running killswitch")
     }
 
-    /// `killswitch guard` for `tunnel` (its interface, endpoint, resolver and fwmark); the
-    /// daemon's acceptance, not yet its state.
-    pub fn guard(&self, tunnel: &Tunnel) -> Result<()> {
+    /// `killswitch guard` for `tunnel` (its interface, endpoint, resolver and fwmark): the CLI's
+    /// output once the daemon has accepted it.
+    pub fn guard(&self, tunnel: &Tunnel) -> Result<CliResult> {
         let mark = format!("{:#x}", wireguard::FWMARK);
         let endpoint = tunnel.endpoint().to_string();
         let dns = wireguard::SERVER_TUNNEL_V4.to_string();
@@ -203,8 +203,7 @@ impl Daemon {
             "--mark",
             &mark,
         ];
-        self.cli(&args)?.ok()?;
-        Ok(())
+        self.cli(&args)?.ok()
     }
 
     /// Runs `killswitch` as an unprivileged user (uid/gid 65534, no supplementary groups).

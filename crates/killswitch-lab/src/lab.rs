@@ -115,7 +115,7 @@ impl Lab {
 
     /// `killswitch guard` for the lab's tunnel.
     pub fn guard(&self) -> Result<()> {
-        self.daemon()?.guard(&self.tunnel)
+        self.daemon()?.guard(&self.tunnel).map(drop)
     }
 
     /// Starts (or restarts) the VPN process and waits until the daemon calls it connected.

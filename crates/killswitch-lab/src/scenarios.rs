@@ -641,15 +641,7 @@ fn tamper(lab: &mut Lab) -> Result<Outcome> {
     let daemon_pid = nix::unistd::Pid::from_raw(vpn_pid as i32);
     nix::sys::signal::kill(daemon_pid, Signal::SIGSTOP)?;
     lab.topo.client.exec("nft", &["flush", "ruleset"])?;
-    lab.topo.client.ip(&[
-        "route",
-        "add",
-        "203.0.113.0/24",
-        "via",
-        &topology::ROUTER_V4.to_string(),
-        "dev",
-        PHYS,
-    ])?;
+    lab.topo.push_physical_route("203.0.113.0/24")?;
     let frozen = Instant::now();
     hold(Duration::from_secs(1));
     let got_out = lab.arrivals_since(frozen);

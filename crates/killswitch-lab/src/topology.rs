@@ -97,4 +97,19 @@ impl Topology {
         client.set_resolv_conf(&format!("nameserver {ROUTER_V4}\n"))?;
         Ok(Topology { client, net })
     }
+
+    /// Adds a route in the client namespace sending `prefix` to the physical gateway: what a
+    /// hostile DHCP server pushes (option 121, CVE-2024-3661) to steer traffic past the tunnel.
+    pub fn push_physical_route(&self, prefix: &str) -> Result<()> {
+        self.client.ip(&[
+            "route",
+            "add",
+            prefix,
+            "via",
+            &ROUTER_V4.to_string(),
+            "dev",
+            PHYS,
+        ])?;
+        Ok(())
+    }
 }
