@@ -33,7 +33,11 @@ install: build
 			echo "enable with: systemctl enable --now killswitch-early.service killswitchd.service"; fi; \
 	fi
 
+# The units go first: a running daemon would restore its rules, and a stop gives DNS back. Then
+# --teardown removes what a stopped (or crashed) daemon leaves: its rules, its interfaces.
 uninstall:
+	-@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then \
+		systemctl disable --now killswitchd.service killswitch-early.service; fi
 	-$(DESTDIR)$(SBINDIR)/killswitchd --teardown
 	rm -f $(DESTDIR)$(SBINDIR)/killswitchd $(DESTDIR)$(BINDIR)/killswitch
 	rm -f $(DESTDIR)$(UNITDIR)/killswitchd.service $(DESTDIR)$(UNITDIR)/killswitch-early.service

@@ -94,6 +94,8 @@ enum Command {
     /// Stop guarding: back to disconnected (everything stays blocked if lockdown is on).
     Down,
     /// Block everything while no tunnel is connected, even after `down` and across reboots.
+    ///
+    /// `lockdown on` after `off` arms the kill switch again: the machine is blocked at once.
     Lockdown {
         /// on or off.
         value: OnOff,
@@ -107,7 +109,10 @@ enum Command {
         /// on or off.
         value: OnOff,
     },
-    /// Remove the kill switch entirely: no rules at all, until the next `guard` or `lockdown on`.
+    /// Remove the kill switch entirely: no rules at all, and lockdown off.
+    ///
+    /// Nothing is blocked until the next `guard`, `up` or `lockdown on`. A tunnel that `up`
+    /// started is removed.
     Off,
     /// Print every state change as it happens, until interrupted.
     Events,

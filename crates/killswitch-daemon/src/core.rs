@@ -19,6 +19,7 @@
 //! When an apply fails, the daemon applies the blocking rules instead and reports `blocked` with
 //! the error, and whether blocking itself worked.
 
+use crate::devices::{Devices, owned_factory};
 use crate::dns::DnsWant;
 use crate::firewall::Firewall;
 use crate::links::Observed;
@@ -42,6 +43,8 @@ pub struct CoreOptions {
     pub health_bound: Duration,
     /// Makes tunnel devices.
     pub factory: Factory,
+    /// Which interfaces the daemon created: `up` refuses a name that someone else's has.
+    pub devices: Devices,
     /// What allow-lan opens.
     pub lan: killswitch_policy::Lan,
 }
@@ -57,12 +60,19 @@ impl std::fmt::Debug for CoreOptions {
     }
 }
 
-impl Default for CoreOptions {
-    fn default() -> Self {
+impl CoreOptions {
+    /// The defaults, with the real WireGuard backends, recording the interfaces they create in
+    /// `state_dir`.
+    pub fn new(state_dir: &std::path::Path) -> Self {
+        let devices = Devices::new(state_dir);
         CoreOptions {
             wireguard_dir: PathBuf::from("/etc/wireguard"),
             health_bound: Duration::from_secs(3),
-            factory: Box::new(killswitch_tunnel::backend::create),
+            factory: owned_factory(
+                devices.clone(),
+                Box::new(killswitch_tunnel::backend::create),
+            ),
+            devices,
             lan: killswitch_policy::Lan::default(),
         }
     }
@@ -118,8 +128,10 @@ impl<F: Firewall> Core<F> {
     ) -> Self {
         let (persisted, settings_fault) = match store.load() {
             Loaded::Fresh => (Persisted::default(), None),
-            Loaded::Found(p) => (p, None),
-            Loaded::Unusable(why) => (Persisted::default(), Some(why)),
+            Loaded::Found(p) => (p.normalized(), None),
+            // Nobody knows what the user wanted: block, and say so in the settings `status`
+            // shows (lockdown on), not only in an error. The next command writes a good file.
+            Loaded::Unusable(why) => (Persisted::unknown(), Some(why)),
         };
         Core {
             firewall,
@@ -332,15 +344,30 @@ impl<F: Firewall> Core<F> {
             Request::Status | Request::Subscribe => return Ok(self.status()),
             Request::Guard(spec) => target = Target::Guard(spec.clone()),
             Request::Up { interface, configs } => {
-                target = Target::Up(resolve_up(
-                    interface.clone(),
-                    configs,
-                    &self.options.wireguard_dir,
-                )?);
+                let spec = resolve_up(interface.clone(), configs, &self.options.wireguard_dir)?;
+                // Someone else's interface of that name is never removed or taken over: refuse
+                // before anything changes. (One that appears later fails the attempt instead.)
+                self.options
+                    .devices
+                    .check(spec.interface.as_str())
+                    .map_err(|message| IpcError::new(ErrorKind::BadRequest, message))?;
+                target = Target::Up(spec);
             }
             Request::Down => target = Target::Disconnected,
-            Request::Off => target = Target::Off,
-            Request::Lockdown { enabled } => settings.lockdown = *enabled,
+            Request::Off => {
+                // Everything goes, lockdown included: `status` must never show a protection that
+                // is not enforced, and `off` wins over lockdown.
+                target = Target::Off;
+                settings.lockdown = false;
+            }
+            Request::Lockdown { enabled } => {
+                settings.lockdown = *enabled;
+                // Lockdown blocks whenever no tunnel is connected. After `off` that means leaving
+                // `off`: otherwise `off` would keep winning and lockdown would arm nothing.
+                if *enabled && target == Target::Off {
+                    target = Target::Disconnected;
+                }
+            }
             Request::AllowLan { enabled } => settings.allow_lan = *enabled,
         }
         let persisted = Persisted::new(settings, target.clone());
@@ -617,7 +644,7 @@ mod tests {
 
     /// A core as `Core::new` leaves it: nothing applied yet.
     fn unreconciled<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
-        Core::new(fw, Store::new(dir), None, CoreOptions::default())
+        Core::new(fw, Store::new(dir), None, CoreOptions::new(dir))
     }
 
     fn core<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
@@ -756,9 +783,176 @@ mod tests {
         let status = core.status();
         assert_eq!(status.state, State::Blocked);
         assert!(status.firewall.blocking && status.error.is_some_and(|e| e.contains("not valid")));
+        assert!(
+            status.lockdown,
+            "status shows why it blocks: lockdown is assumed on"
+        );
+        // A command clears the fault, but the assumed lockdown stays until the user says
+        // otherwise: `allow-lan` or `down` alone must not unblock (nor write a file that would
+        // unblock at the next boot).
         let status = core.handle(&Request::Down).expect("ok");
+        assert_eq!((status.state, status.error), (State::Blocked, None));
+        assert!(matches!(
+            crate::boot::decide(&Store::new(dir.path()).load()).0,
+            crate::boot::Decision::Block(_)
+        ));
+        let status = core
+            .handle(&Request::Lockdown { enabled: false })
+            .expect("ok");
         assert_eq!(status.state, State::Disconnected);
-        assert_eq!(status.error, None);
+    }
+
+    #[test]
+    fn lockdown_on_after_off_blocks() {
+        // The red team's sequence: it printed `state: off`, `lockdown: on`, and installed nothing.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        for request in [
+            Request::Lockdown { enabled: true },
+            Request::Lockdown { enabled: false },
+            Request::Off,
+        ] {
+            core.handle(&request).expect("ok");
+        }
+        let status = core
+            .handle(&Request::Lockdown { enabled: true })
+            .expect("ok");
+        assert_eq!(
+            (status.state, status.lockdown, status.firewall.blocking),
+            (State::Blocked, true, true)
+        );
+        // And after a reboot: the early-boot step blocks from the saved settings.
+        assert!(matches!(
+            crate::boot::decide(&Store::new(dir.path()).load()).0,
+            crate::boot::Decision::Block(_)
+        ));
+    }
+
+    #[test]
+    fn off_switches_lockdown_off_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        core.handle(&Request::Lockdown { enabled: true })
+            .expect("ok");
+        let status = core.handle(&Request::Off).expect("ok");
+        assert_eq!((status.state, status.lockdown), (State::Off, false));
+    }
+
+    #[test]
+    fn an_old_file_with_off_and_lockdown_loads_as_off() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("settings.json"),
+            br#"{"version":1,"lockdown":true,"allow_lan":false,"target":{"mode":"off"}}"#,
+        )
+        .expect("write");
+        let mut fw = Recorder::default();
+        let core = core(&mut fw, dir.path());
+        let status = core.status();
+        assert_eq!((status.state, status.lockdown), (State::Off, false));
+    }
+
+    /// The audit of the defects issue's first item, as a table: every command in every state. After
+    /// each, what `status` says must be what the (recorded) kernel holds, lockdown must be
+    /// enforced whenever status shows it, and what a restart or a reboot resumes must be what
+    /// is enforced now.
+    #[test]
+    fn every_command_in_every_state_enforces_what_status_says() {
+        let states: [(&str, &[Request]); 6] = [
+            ("fresh", &[]),
+            ("off", &[Request::Off]),
+            ("lockdown", &[Request::Lockdown { enabled: true }]),
+            (
+                "off after lockdown",
+                &[Request::Lockdown { enabled: true }, Request::Off],
+            ),
+            ("guarding", &[Request::Guard(spec())]),
+            (
+                "guarding, lan, lockdown",
+                &[
+                    Request::AllowLan { enabled: true },
+                    Request::Guard(spec()),
+                    Request::Lockdown { enabled: true },
+                ],
+            ),
+        ];
+        let commands = [
+            Request::Guard(spec()),
+            Request::Down,
+            Request::Off,
+            Request::Lockdown { enabled: true },
+            Request::Lockdown { enabled: false },
+            Request::AllowLan { enabled: true },
+            Request::AllowLan { enabled: false },
+        ];
+        for (name, setup) in states {
+            for tunnel_up in [false, true] {
+                for command in &commands {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let mut fw = Recorder::default();
+                    let mut daemon = core(&mut fw, dir.path());
+                    for request in setup {
+                        daemon.handle(request).expect("setup");
+                    }
+                    daemon.observe(if tunnel_up { up() } else { None });
+                    daemon.reconcile();
+                    daemon.handle(command).expect("command");
+                    // As the event loop does after every command: look at the (new) interface.
+                    daemon.observe(if tunnel_up { up() } else { None });
+                    daemon.reconcile();
+                    let status = daemon.status();
+                    let case = format!(
+                        "{name}, tunnel {}, then {command:?}: {status:?}",
+                        if tunnel_up { "up" } else { "down" }
+                    );
+                    let table = daemon
+                        .firewall
+                        .applied
+                        .last()
+                        .is_some_and(|r| r.table.is_some());
+                    assert_eq!(status.firewall.installed, table, "{case}");
+                    let protected = matches!(
+                        status.state,
+                        State::Blocked | State::Connecting | State::Connected
+                    );
+                    assert_eq!(protected, table, "{case}");
+                    if status.lockdown {
+                        assert!(protected, "lockdown shown but not enforced: {case}");
+                    }
+                    assert_eq!(
+                        status.state == State::Off,
+                        matches!(command, Request::Off)
+                            || (name.starts_with("off") && !changes_target(command)),
+                        "{case}"
+                    );
+                    // What a reboot resumes (the early-boot step) and what a restarted daemon
+                    // resumes are what is enforced now.
+                    let boot = crate::boot::decide(&Store::new(dir.path()).load()).0;
+                    assert_eq!(
+                        matches!(boot, crate::boot::Decision::Block(_)),
+                        protected,
+                        "early boot disagrees: {case}"
+                    );
+                    drop(daemon);
+                    let mut fw = Recorder::default();
+                    let mut restarted = core(&mut fw, dir.path());
+                    restarted.observe(if tunnel_up { up() } else { None });
+                    restarted.reconcile();
+                    assert_eq!(restarted.status().state, status.state, "restart: {case}");
+                    assert_eq!(restarted.status().lockdown, status.lockdown, "{case}");
+                }
+            }
+        }
+    }
+
+    /// Whether a command leaves `off` (lockdown on does: see `lockdown_on_after_off_blocks`).
+    fn changes_target(request: &Request) -> bool {
+        matches!(
+            request,
+            Request::Guard(_) | Request::Down | Request::Lockdown { enabled: true }
+        )
     }
 
     #[test]
@@ -769,7 +963,7 @@ mod tests {
             &mut fw,
             Store::new(dir.path()),
             Some("bad config".to_owned()),
-            CoreOptions::default(),
+            CoreOptions::new(dir.path()),
         );
         core.reconcile();
         assert_eq!(core.status().state, State::Blocked);
@@ -874,10 +1068,11 @@ mod tests {
         let mut fw = Recorder::default();
         // The state dir is a regular file: saving must fail.
         let mut core = core(&mut fw, &blocker);
+        let before = core.status();
         let error = core
-            .handle(&Request::Lockdown { enabled: true })
+            .handle(&Request::Lockdown { enabled: false })
             .expect_err("cannot save");
         assert_eq!(error.kind, ErrorKind::Storage);
-        assert!(!core.status().lockdown);
+        assert_eq!(core.status(), before);
     }
 }

@@ -3,20 +3,25 @@
 //! - [`core`]: the state machine, the only place that decides when the firewall changes;
 //! - [`firewall`]: the backend trait and its nftables implementation;
 //! - [`links`]: what the daemon sees of the tunnel interface, and link-change notifications;
+//! - [`devices`]: which interfaces the daemon created, the only ones it may remove or reuse;
 //! - [`manager`] and [`target`]: `killswitch up`'s WireGuard connection manager, and what the user
 //!   asked for;
 //! - [`ipc`] and [`authz`]: the Unix socket server and who may change what;
 //! - [`store`] and [`config`]: persisted settings and the administrator's configuration;
+//! - [`instance`]: one daemon per state directory and per network namespace;
 //! - [`notify`]: telling systemd (or the lab) that protection is in place;
 //! - [`boot`]: `--early-boot`, blocking from the saved settings before the network comes up;
+//! - [`teardown`]: `--teardown`, switching the kill switch off for good (package removal);
 //! - [`run`]: the event loop that wires them together.
 
 pub mod authz;
 pub mod boot;
 pub mod config;
 pub mod core;
+pub mod devices;
 pub mod dns;
 pub mod firewall;
+pub mod instance;
 pub mod ipc;
 pub mod links;
 pub mod manager;
@@ -25,3 +30,4 @@ pub mod run;
 pub mod sleep;
 pub mod store;
 pub mod target;
+pub mod teardown;

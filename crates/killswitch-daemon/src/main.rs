@@ -7,6 +7,7 @@ use killswitch_daemon::firewall::Nftables;
 use killswitch_daemon::run::{Options, run};
 use killswitch_daemon::store::DEFAULT_STATE_DIR;
 use killswitch_daemon::store::Store;
+use killswitch_daemon::teardown::Teardown;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,8 +34,11 @@ struct Args {
     /// network comes up; the daemon takes over when it starts.
     #[arg(long, conflicts_with = "teardown")]
     early_boot: bool,
-    /// Remove every rule of the kill switch (both layers) and exit, leaving the saved settings as
-    /// they are. For package removal, when no daemon may be running to do `killswitch off`.
+    /// Switch the kill switch off for good and exit. If a daemon runs, it is asked to switch off
+    /// through its socket (as `killswitch off` does); if it cannot be asked, nothing is changed
+    /// and the exit status is 1. With no daemon running, the resolver configuration the daemon
+    /// saved is restored, interfaces a crashed daemon left are removed, and both layers of rules
+    /// go. The saved settings stay as they are. For package removal and `make uninstall`.
     #[arg(long)]
     teardown: bool,
 }
@@ -52,7 +56,7 @@ fn main() -> ExitCode {
         return early_boot(&args.state_dir, &args.config);
     }
     if args.teardown {
-        return teardown(&args.state_dir);
+        return teardown(&args);
     }
     // A parent may have left signals blocked (a blocked mask is inherited across exec); a daemon
     // that cannot see SIGTERM cannot stop cleanly.
@@ -87,6 +91,14 @@ fn main() -> ExitCode {
 }
 
 fn early_boot(state_dir: &std::path::Path, config: &std::path::Path) -> ExitCode {
+    // A daemon that already runs owns the rules: blocking now would replace its table.
+    if let Some(pid) = killswitch_daemon::instance::running_daemon() {
+        tracing::info!(
+            "early boot: killswitchd{} is running and owns the rules; nothing to do",
+            pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
     // The LAN the administrator configured; with no usable configuration, the private ranges
     // (the daemon then starts blocked anyway and says why).
     let lan = killswitch_daemon::config::Config::load(config)
@@ -109,27 +121,23 @@ fn early_boot(state_dir: &std::path::Path, config: &std::path::Path) -> ExitCode
     }
 }
 
-fn teardown(state_dir: &std::path::Path) -> ExitCode {
-    use killswitch_daemon::firewall::Firewall;
-    // A resolv.conf the daemon wrote goes back first (the backup names the file).
-    let resolv_conf =
-        killswitch_daemon::dns::resolv_conf::ResolvConf::new("/etc/resolv.conf", state_dir);
-    match resolv_conf.restore() {
-        Ok(true) => tracing::info!("teardown: the resolver configuration is restored"),
-        Ok(false) => {}
-        Err(e) => tracing::error!("teardown: restoring the resolver configuration failed: {e}"),
-    }
-    let mut firewall = Nftables::new();
-    let result = firewall
-        .apply(&killswitch_policy::Ruleset { table: None })
-        .and_then(|_| firewall.apply_routes(None));
-    match result {
-        Ok(()) => {
-            tracing::info!("teardown: the kill switch's rules are removed (both layers)");
+fn teardown(args: &Args) -> ExitCode {
+    // The resolv.conf the daemon was configured to manage (the backup names its file anyway).
+    let resolv_conf = killswitch_daemon::config::Config::load(&args.config)
+        .map(|c| c.resolv_conf)
+        .unwrap_or_else(|_| killswitch_daemon::config::Config::default().resolv_conf);
+    let teardown = Teardown {
+        state_dir: args.state_dir.clone(),
+        socket: args.socket.clone(),
+        resolv_conf,
+    };
+    match teardown.run() {
+        Ok(outcome) => {
+            tracing::info!("teardown: {outcome}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!("teardown failed: {e}");
+            tracing::error!("teardown: {e}");
             ExitCode::FAILURE
         }
     }

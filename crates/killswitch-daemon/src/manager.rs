@@ -271,7 +271,12 @@ impl Manager {
         self.attempt += 1;
         let fwmark = self.fwmark().get();
         let config = self.active().1.clone();
-        let fresh = self.device.is_none() || netdev::index(self.spec.interface.as_str()).is_none();
+        // A device whose interface went (someone deleted it) is replaced; an interface that now
+        // carries its name under another index is not its own (the factory decides about that).
+        let fresh = match &self.device {
+            None => true,
+            Some(device) => netdev::index(self.spec.interface.as_str()) != Some(device.index()),
+        };
         if fresh {
             self.device = None;
             let device = factory(self.spec.interface.as_str()).map_err(|e| {
@@ -370,6 +375,9 @@ mod tests {
         }
         fn interface(&self) -> &str {
             "fake0"
+        }
+        fn index(&self) -> u32 {
+            0
         }
         fn configure(&mut self, config: &TunnelConfig, fwmark: u32) -> Result<(), TunnelError> {
             let mut s = self

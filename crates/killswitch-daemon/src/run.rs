@@ -7,6 +7,7 @@ use crate::core::{Core, CoreOptions};
 use crate::dns::Dns;
 use crate::dns::resolv_conf::ResolvConf;
 use crate::firewall::Nftables;
+use crate::instance::Instance;
 use crate::ipc::{Command, Server, Shared};
 use crate::links::{self, LinkEvents};
 use crate::sleep::SleepSignals;
@@ -15,7 +16,7 @@ use anyhow::Context;
 use killswitch_types::ipc::Status;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -35,9 +36,59 @@ pub struct Options {
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// When to retry a failed apply: an absolute instant, armed when applying starts failing and
+/// moved only when it fires. Other events (the tunnel manager ticks every 50-500 ms while `up`)
+/// must not postpone it: a deadline recreated on every pass of the loop never fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryTimer {
+    due: Option<Instant>,
+    delay: Duration,
+}
+
+impl Default for RetryTimer {
+    fn default() -> Self {
+        RetryTimer {
+            due: None,
+            delay: RETRY_MIN,
+        }
+    }
+}
+
+impl RetryTimer {
+    /// Follows the daemon's state after any event: arms the timer when applying fails and it is
+    /// not armed yet (never moving a deadline that is set), disarms and resets it once applying
+    /// works again.
+    pub fn follow(&mut self, failing: bool, now: Instant) {
+        match (failing, self.due) {
+            (true, None) => self.due = Some(now + self.delay),
+            (true, Some(_)) => {}
+            (false, _) => *self = RetryTimer::default(),
+        }
+    }
+
+    /// The deadline, if one is set.
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// The deadline passed and the retry ran: the next one, if still failing, waits twice as long
+    /// (up to [`RETRY_MAX`]).
+    pub fn fired(&mut self, failing: bool, now: Instant) {
+        if failing {
+            self.delay = (self.delay * 2).min(RETRY_MAX);
+            self.due = Some(now + self.delay);
+        } else {
+            *self = RetryTimer::default();
+        }
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT. The firewall is left as it is on exit: stopping the
 /// daemon never opens it (only `killswitch off` does).
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    // Before anything else: a second daemon must not touch the first one's firewall, files or
+    // DNS, not even to "recover" them.
+    let _instance = Instance::acquire(&options.state_dir)?;
     let (config, config_fault) = match Config::load(&options.config) {
         Ok(config) => (config, None),
         Err(e) => {
@@ -52,7 +103,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         health_bound: Duration::from_secs_f64(config.dead_after_seconds),
         // The configuration was validated when loaded (a bad one is the default plus a fault).
         lan: config.lan().unwrap_or_default(),
-        ..CoreOptions::default()
+        ..CoreOptions::new(&options.state_dir)
     };
     let mut core = Core::new(
         Nftables::new(),
@@ -102,7 +153,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut retry_delay = RETRY_MIN;
+    let mut retry = RetryTimer::default();
     let publish = |status: Status| {
         let _ = events.send(status.clone());
         status_tx.send_replace(status);
@@ -111,12 +162,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let serving = server.serve(shared);
     tokio::pin!(serving);
     loop {
-        let retry = tokio::time::sleep(retry_delay);
+        retry.follow(core.needs_retry(), Instant::now());
+        let retry_at = retry.due();
+        let retrying = tokio::time::sleep_until(tokio::time::Instant::from_std(
+            retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+        ));
         // The tunnel manager's ticks: only while `up` (every 500 ms when up, faster while quiet
         // or connecting), the daemon's only periodic wakeup.
-        let tick_at = core.next_tick(std::time::Instant::now());
+        let tick_at = core.next_tick(Instant::now());
         let ticking = tokio::time::sleep_until(tokio::time::Instant::from_std(
-            tick_at.unwrap_or_else(|| std::time::Instant::now() + Duration::from_secs(3600)),
+            tick_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
         ));
         tokio::select! {
             () = &mut serving => anyhow::bail!("the IPC server stopped"),
@@ -141,7 +196,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 }
             }
             () = ticking, if tick_at.is_some() => {
-                let tick = core.tick(std::time::Instant::now());
+                let tick = core.tick(Instant::now());
                 if let Some(resolver) = tick.probe {
                     send_probe(resolver);
                 }
@@ -162,13 +217,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     publish(core.status());
                 }
             }
-            () = retry, if core.needs_retry() => {
+            () = retrying, if retry_at.is_some() => {
                 tracing::info!("retrying the firewall");
                 observe(&mut core);
                 if core.reconcile() {
                     publish(core.status());
                 }
-                retry_delay = if core.needs_retry() { (retry_delay * 2).min(RETRY_MAX) } else { RETRY_MIN };
+                retry.fired(core.needs_retry(), Instant::now());
             }
             () = sleep.woke() => {
                 tracing::info!("the machine woke up: looking at the tunnel now");
@@ -279,4 +334,50 @@ async fn system_bus() -> Option<zbus::Connection> {
 fn observe(core: &mut Core<Nftables>) -> bool {
     let observed = core.guarded_interface().and_then(links::observe);
     core.observe(observed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_events_do_not_postpone_a_retry() {
+        let t0 = Instant::now();
+        let mut retry = RetryTimer::default();
+        retry.follow(true, t0);
+        assert_eq!(retry.due(), Some(t0 + RETRY_MIN));
+        // The manager's ticks every 50 ms, link events, commands: each pass of the loop follows
+        // the state again, and the deadline stays where it was.
+        for n in 1..100 {
+            retry.follow(true, t0 + Duration::from_millis(50 * n));
+        }
+        assert_eq!(retry.due(), Some(t0 + RETRY_MIN));
+    }
+
+    #[test]
+    fn retries_back_off_while_failing_and_reset_on_success() {
+        let t0 = Instant::now();
+        let mut retry = RetryTimer::default();
+        retry.follow(true, t0);
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let due = retry.due().expect("armed");
+            delays.push(due - now);
+            now = due;
+            retry.fired(true, now);
+        }
+        let secs: Vec<u64> = delays.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60]);
+        retry.fired(false, now);
+        assert_eq!(retry.due(), None);
+        retry.follow(true, now);
+        assert_eq!(
+            retry.due(),
+            Some(now + RETRY_MIN),
+            "a new failure starts over"
+        );
+        retry.follow(false, now);
+        assert_eq!(retry, RetryTimer::default());
+    }
 }

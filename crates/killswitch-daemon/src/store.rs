@@ -45,6 +45,29 @@ impl Persisted {
     }
 }
 
+impl Persisted {
+    /// What to assume when the file cannot be used: lockdown on, nothing to guard. The machine
+    /// stays blocked until the user decides, and `status` says lockdown is on, which is the truth.
+    pub fn unknown() -> Self {
+        Persisted::new(
+            Settings {
+                lockdown: true,
+                allow_lan: false,
+            },
+            Target::Disconnected,
+        )
+    }
+
+    /// The same wish with contradictions resolved: `off` wins over lockdown (files written before
+    /// `off` switched lockdown off could hold both), so lockdown is off.
+    pub fn normalized(mut self) -> Self {
+        if self.target == Target::Off {
+            self.settings.lockdown = false;
+        }
+        self
+    }
+}
+
 impl Default for Persisted {
     /// A first start: no lockdown, no LAN, nothing to guard.
     fn default() -> Self {
@@ -83,17 +106,17 @@ impl Store {
     /// Loads the persisted state.
     pub fn load(&self) -> Loaded {
         let path = self.path();
-        let bytes = match std::fs::read(&path) {
+        let bytes = match read_private(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Loaded::Fresh,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Loaded::Unusable(format!(
+                    "{} is a symbolic link; the daemon does not follow links in its state directory",
+                    path.display()
+                ));
+            }
             Err(e) => return Loaded::Unusable(format!("cannot read {}: {e}", path.display())),
         };
-        // Files from before `up` existed were written 644; they may hold keys now.
-        if let Err(e) =
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        {
-            tracing::warn!("cannot make {} private: {e}", path.display());
-        }
         match serde_json::from_slice::<Persisted>(&bytes) {
             Ok(p) if p.version == FORMAT_VERSION => match &p.target {
                 Target::Up(spec) => match spec.check() {
@@ -127,6 +150,37 @@ impl Store {
         json.push(b'\n');
         write_atomically(&self.path(), &json, 0o600)
     }
+}
+
+/// Reads the settings file without following a symlink (`O_NOFOLLOW`: a link would make the
+/// daemon read, and below change the mode of, whatever it points at), and makes it private if it
+/// is not: files from before `up` existed were written 644, and may hold keys now. The mode is
+/// changed through the open file, and only when it is wrong; where it cannot be (the early-boot
+/// unit sees the state directory read-only) that is left to the daemon, without a warning at
+/// every boot.
+fn read_private(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if metadata.permissions().mode() & 0o077 != 0 {
+        match file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EROFS) => {
+                tracing::debug!("{} is not private, and read-only here: {e}", path.display());
+            }
+            Err(e) => tracing::warn!("cannot make {} private: {e}", path.display()),
+        }
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Writes `path` atomically (temporary file beside it, fsync, rename, fsync of the directory):
@@ -271,6 +325,49 @@ mod tests {
         )
         .expect("write");
         assert!(matches!(store.load(), Loaded::Unusable(m) if m.contains("version 9")));
+    }
+
+    #[test]
+    fn load_does_not_follow_a_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let elsewhere = dir.path().join("elsewhere.json");
+        std::fs::write(
+            &elsewhere,
+            br#"{"version":1,"lockdown":false,"allow_lan":false,"target":{"mode":"off"}}"#,
+        )
+        .expect("write");
+        std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, state.join("settings.json")).expect("symlink");
+        let store = Store::new(&state);
+        assert!(
+            matches!(store.load(), Loaded::Unusable(m) if m.contains("symbolic link")),
+            "a link is not followed: the daemon blocks and says why"
+        );
+        let mode = std::fs::metadata(&elsewhere)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "the link's target kept its mode");
+    }
+
+    #[test]
+    fn a_public_file_is_made_private_when_loaded() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        store.save(&Persisted::default()).expect("save");
+        std::fs::set_permissions(store.path(), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        assert!(matches!(store.load(), Loaded::Found(_)));
+        let mode = std::fs::metadata(store.path())
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

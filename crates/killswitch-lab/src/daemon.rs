@@ -306,6 +306,29 @@ pub fn early_boot(ns: &Netns, home: &DaemonHome) -> Result<CliResult> {
         .context("running killswitchd --early-boot")
 }
 
+/// Runs `killswitchd --teardown` with `home`'s files (state directory, socket, configuration) in
+/// `ns`, to completion.
+pub fn teardown(ns: &Netns, home: &DaemonHome) -> Result<CliResult> {
+    let mut command = ns.command(
+        binaries::path("killswitchd")?
+            .to_str()
+            .context("binary path is not UTF-8")?,
+    );
+    command
+        .arg("--teardown")
+        .arg("--state-dir")
+        .arg(home.state_dir())
+        .arg("--socket")
+        .arg(home.socket())
+        .arg("--config")
+        .arg(home.config())
+        .env("NO_COLOR", "1");
+    command
+        .output()
+        .map(CliResult::from)
+        .context("running killswitchd --teardown")
+}
+
 /// Lists table `inet killswitch` in `ns` as nft prints it, or `None` if it does not exist.
 pub fn nft_table(ns: &Netns) -> Result<Option<String>> {
     let tables = run_checked(ns.command("nft").args(["list", "tables"]))?;

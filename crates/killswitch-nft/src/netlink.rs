@@ -208,6 +208,26 @@ impl Socket {
         }
     }
 
+    /// Receives what is queued already, without waiting: `None` when nothing is.
+    fn recv_queued(&self, buffer: &mut [u8]) -> Result<Option<Vec<Message>>, NftError> {
+        // SAFETY: recv into a live buffer of the given length, without blocking.
+        let n = unsafe {
+            libc::recv(
+                self.fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        match usize::try_from(n) {
+            Ok(n) => split(&buffer[..n]).map(Some),
+            Err(_) => match io::Error::last_os_error() {
+                e if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                e => Err(NftError::Recv(e)),
+            },
+        }
+    }
+
     fn recv(&self, buffer: &mut [u8]) -> Result<Vec<Message>, NftError> {
         match self.inner.recv_raw(buffer) {
             Ok(n) => split(&buffer[..n]),
@@ -249,11 +269,17 @@ pub(crate) fn commit(socket: &Socket, batch: &Batch) -> Result<(), NftError> {
     let mut answered = 0;
     let mut first_error = None;
     while answered < wanted.len() {
-        let received = match socket.recv(as_bytes_mut(&mut words)) {
-            Ok(received) => received,
-            // Everything the kernel had to say came in one go; an error already names the cause.
-            Err(NftError::Timeout(_)) if first_error.is_some() => break,
-            Err(e) => return Err(e),
+        let received = if first_error.is_some() {
+            // The kernel stops at the first failing message and answers nothing for the rest;
+            // everything it had to say was queued before `send` returned (nf_tables processes a
+            // batch in the sender's call). Take what is there and stop: waiting for answers that
+            // never come held the daemon's event loop for the whole receive timeout.
+            match socket.recv_queued(as_bytes_mut(&mut words))? {
+                Some(received) => received,
+                None => break,
+            }
+        } else {
+            socket.recv(as_bytes_mut(&mut words))?
         };
         for message in received {
             let header = message.header();

@@ -32,6 +32,9 @@ pub trait Backend: std::fmt::Debug + Send {
     fn kind(&self) -> BackendKind;
     /// The interface's name.
     fn interface(&self) -> &str;
+    /// The interface's index, as it was when the device created it. A device acts only on this
+    /// index: an interface that someone else later creates under the same name is not its own.
+    fn index(&self) -> u32;
     /// Sets the key, port and fwmark, makes `config`'s peer the only one, and gives the interface
     /// exactly `config`'s addresses and MTU (bringing it up). Every server has its own tunnel
     /// addresses, so reconfiguring for another server must not leave the old ones behind.
@@ -40,7 +43,9 @@ pub trait Backend: std::fmt::Debug + Send {
     fn stats(&self) -> Result<Option<PeerStats>, TunnelError>;
 }
 
-/// Creates interface `name`: kernel WireGuard if this kernel has it, else boringtun.
+/// Creates interface `name`: kernel WireGuard if this kernel has it, else boringtun. The caller
+/// decides what may happen to an existing interface of that name (see the daemon's `devices`):
+/// creating fails rather than reuse or remove it.
 pub fn create(name: &str) -> Result<Box<dyn Backend>, TunnelError> {
     if let Some(kernel) = Kernel::create(name)? {
         return Ok(Box::new(kernel));

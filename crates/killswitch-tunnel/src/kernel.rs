@@ -32,12 +32,9 @@ pub struct Kernel {
 }
 
 impl Kernel {
-    /// Creates interface `name`, or `Ok(None)` when this kernel has no WireGuard.
+    /// Creates interface `name`, or `Ok(None)` when this kernel has no WireGuard. An existing
+    /// interface of that name is never touched: creating fails (`EEXIST`).
     pub fn create(name: &str) -> Result<Option<Self>, TunnelError> {
-        // An interface of that name left by a daemon that crashed: ours to replace.
-        if let Some(stale) = netdev::index(name) {
-            netdev::delete(stale)?;
-        }
         if !netdev::create_wireguard(name)? {
             return Ok(None);
         }
@@ -66,6 +63,10 @@ impl Backend for Kernel {
         &self.interface
     }
 
+    fn index(&self) -> u32 {
+        self.index
+    }
+
     fn configure(&mut self, config: &TunnelConfig, fwmark: u32) -> Result<(), TunnelError> {
         let message = set_device(self.index, config, fwmark);
         self.genl.request(message, NLM_F_REQUEST | NLM_F_ACK)?;
@@ -84,7 +85,10 @@ impl Backend for Kernel {
 
 impl Drop for Kernel {
     fn drop(&mut self) {
-        let _ = netdev::delete(self.index);
+        // Only while the index still carries our name: never someone else's interface.
+        if netdev::index(&self.interface) == Some(self.index) {
+            let _ = netdev::delete(self.index);
+        }
     }
 }
 

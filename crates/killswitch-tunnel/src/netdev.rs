@@ -18,6 +18,30 @@ pub fn index(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The kind of interface `index` as rtnetlink names it (`wireguard`, `tun`, `veth`, `bridge`,
+/// ...), or `None` for a device without one (a physical NIC, loopback). `Err` if it does not exist.
+pub fn kind(index: u32) -> Result<Option<String>, TunnelError> {
+    let mut request = LinkMessage::default();
+    request.header.index = index;
+    let answer = rtnl()?
+        .dump(RouteNetlinkMessage::GetLink(request))
+        .map_err(TunnelError::Netlink)?;
+    let link = answer
+        .into_iter()
+        .find_map(|message| match message {
+            RouteNetlinkMessage::NewLink(link) if link.header.index == index => Some(link),
+            _ => None,
+        })
+        .ok_or_else(|| TunnelError::Gone(format!("interface {index}")))?;
+    Ok(link.attributes.iter().find_map(|attr| match attr {
+        LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
+            LinkInfo::Kind(kind) => Some(kind.to_string()),
+            _ => None,
+        }),
+        _ => None,
+    }))
+}
+
 fn rtnl() -> Result<Rtnl, TunnelError> {
     Rtnl::open().map_err(TunnelError::Netlink)
 }

@@ -1,6 +1,12 @@
-//! The cross-platform WireGuard configuration protocol ("UAPI"): text over a Unix socket at
-//! `/var/run/wireguard/<interface>.sock`, spoken by userspace implementations (boringtun,
-//! wireguard-go) and by `wg`. killswitch uses it for its embedded userspace backend.
+//! The cross-platform WireGuard configuration protocol ("UAPI"): text over a Unix stream, spoken
+//! by userspace implementations (boringtun, wireguard-go) and by `wg`. killswitch uses it for its
+//! embedded userspace backend.
+//!
+//! Two transports carry the same exchange: the well-known socket
+//! `/var/run/wireguard/<interface>.sock` ([`configure`], [`stats`]: one connection per request,
+//! as `wg` does), and a connected stream that only its owner holds ([`Channel`]: the daemon's
+//! embedded device gets one end of a socket pair, so no path is shared with other processes or
+//! other network namespaces, and nothing else can reconfigure the device).
 
 use crate::config::TunnelConfig;
 use crate::key::PublicKey;
@@ -99,15 +105,68 @@ fn set_request(config: &TunnelConfig, fwmark: u32) -> Zeroizing<String> {
 
 /// Configures the device behind `path`.
 pub fn configure(path: &Path, config: &TunnelConfig, fwmark: u32) -> Result<(), UapiError> {
-    let mut stream = connect(path)?;
+    let stream = connect(path)?;
+    exchange_set(&stream, path, config, fwmark)
+}
+
+/// Reads the device's peers' statistics.
+pub fn stats(path: &Path) -> Result<Vec<PeerStats>, UapiError> {
+    let stream = connect(path)?;
+    exchange_get(&stream, path)
+}
+
+/// A private UAPI connection to one device: the daemon's end of a socket pair whose other end the
+/// device reads requests from. Requests and answers alternate on it; each answer ends with a
+/// blank line, so the stream stays usable for the next request.
+#[derive(Debug)]
+pub struct Channel {
+    stream: UnixStream,
+    /// How the channel is named in errors.
+    label: PathBuf,
+}
+
+impl Channel {
+    /// A connected pair: the channel, and the end to hand to the device. `label` names the
+    /// device in errors.
+    pub fn pair(label: &str) -> std::io::Result<(Channel, UnixStream)> {
+        let (ours, theirs) = UnixStream::pair()?;
+        ours.set_read_timeout(Some(TIMEOUT))?;
+        ours.set_write_timeout(Some(TIMEOUT))?;
+        Ok((
+            Channel {
+                stream: ours,
+                label: PathBuf::from(format!("the UAPI channel of {label}")),
+            },
+            theirs,
+        ))
+    }
+
+    /// Configures the device.
+    pub fn configure(&self, config: &TunnelConfig, fwmark: u32) -> Result<(), UapiError> {
+        exchange_set(&self.stream, &self.label, config, fwmark)
+    }
+
+    /// Reads the device's peers' statistics.
+    pub fn stats(&self) -> Result<Vec<PeerStats>, UapiError> {
+        exchange_get(&self.stream, &self.label)
+    }
+}
+
+fn exchange_set(
+    mut stream: &UnixStream,
+    label: &Path,
+    config: &TunnelConfig,
+    fwmark: u32,
+) -> Result<(), UapiError> {
     let request = set_request(config, fwmark);
+    // One write: a device that reads the request with a buffered reader must find all of it.
     stream
         .write_all(request.as_bytes())
         .map_err(|source| UapiError::Io {
-            path: path.to_owned(),
+            path: label.to_owned(),
             source,
         })?;
-    let answer = read_answer(path, stream)?;
+    let answer = read_answer(label, stream)?;
     match answer.iter().find_map(|(k, v)| (k == "errno").then_some(v)) {
         Some(v) if v == "0" => Ok(()),
         Some(v) => Err(UapiError::Refused(v.parse().unwrap_or(-1))),
@@ -115,25 +174,43 @@ pub fn configure(path: &Path, config: &TunnelConfig, fwmark: u32) -> Result<(), 
     }
 }
 
-/// Reads the device's peers' statistics.
-pub fn stats(path: &Path) -> Result<Vec<PeerStats>, UapiError> {
-    let mut stream = connect(path)?;
+fn exchange_get(mut stream: &UnixStream, label: &Path) -> Result<Vec<PeerStats>, UapiError> {
+    // One write, for the same reason: boringtun reads `get=1` and ignores the blank line, which
+    // must not be left behind to be read as a next (empty, refused) request.
     stream
         .write_all(b"get=1\n\n")
         .map_err(|source| UapiError::Io {
-            path: path.to_owned(),
+            path: label.to_owned(),
             source,
         })?;
-    parse_stats(&read_answer(path, stream)?, SystemTime::now())
+    let answer = read_answer(label, stream)?;
+    match answer.iter().find_map(|(k, v)| (k == "errno").then_some(v)) {
+        Some(v) if v != "0" => return Err(UapiError::Refused(v.parse().unwrap_or(-1))),
+        _ => {}
+    }
+    parse_stats(&answer, SystemTime::now())
 }
 
-fn read_answer(path: &Path, stream: UnixStream) -> Result<Vec<(String, String)>, UapiError> {
+/// Reads one answer: `key=value` lines up to the blank line that ends it (or the end of the
+/// stream). Reads one byte at a time, so that nothing of a later answer is consumed; answers are
+/// small and come twice a second at most.
+fn read_answer(path: &Path, stream: &UnixStream) -> Result<Vec<(String, String)>, UapiError> {
     let mut pairs = Vec::new();
-    for line in BufReader::new(stream).lines() {
-        let line = line.map_err(|source| UapiError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+    let mut reader = BufReader::with_capacity(1, stream);
+    loop {
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .map_err(|source| UapiError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
+        // Answers hold the device's private key; the line buffer is wiped either way.
+        let line = Zeroizing::new(line);
+        if n == 0 {
+            break;
+        }
+        let line = line.trim_end_matches('\n');
         if line.is_empty() {
             break;
         }

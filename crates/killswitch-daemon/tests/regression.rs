@@ -1,0 +1,542 @@
+//! Regressions: the defects found when killswitch was tried as a new user would, by a red team
+//! and by other projects' test suites. Each test is named after what it guards, failed before its
+//! fix, and runs in namespaces it creates.
+
+use anyhow::{Context, Result, ensure};
+use killswitch_lab::daemon::{Daemon, DaemonHome, early_boot, nft_table, teardown};
+use killswitch_lab::lab::{EVENT_TIMEOUT, Lab};
+use killswitch_lab::netns::require_root;
+use killswitch_lab::topology::{self, Topology};
+use killswitch_lab::traffic;
+use killswitch_types::State;
+use killswitch_types::ipc::Status;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The lab's traffic rate, for labs whose generator these tests do not use.
+const RATE: u32 = 500;
+
+fn blocked_here(topo: &Topology) -> Result<bool> {
+    let target = SocketAddr::new(topology::TARGET_V4.into(), 443);
+    let sent = topo
+        .client
+        .run(|| traffic::send_udp(target, b"is this blocked?", None))?;
+    Ok(sent.as_ref().is_err_and(traffic::is_local_rejection))
+}
+
+fn dns_managed(status: &Status) -> bool {
+    status.state == State::Connected && status.dns.as_ref().is_some_and(|d| d.error.is_none())
+}
+
+fn read(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"))
+}
+
+#[test]
+fn lockdown_on_after_off_blocks_now_and_after_a_reboot() -> Result<()> {
+    if !require_root("lockdown_on_after_off_blocks_now_and_after_a_reboot") {
+        return Ok(());
+    }
+    let topo = Topology::new("lkoff")?;
+    let home = DaemonHome::new()?;
+    let mut daemon = Daemon::start(&topo.client, &home)?;
+    for args in [
+        &["lockdown", "on"][..],
+        &["lockdown", "off"],
+        &["off"],
+        &["lockdown", "on"],
+    ] {
+        daemon.cli(args)?.ok()?;
+    }
+    let status = daemon.status()?;
+    ensure!(
+        status.state == State::Blocked && status.lockdown && status.firewall.blocking,
+        "after `lockdown on` the status must be blocked: {status:?}"
+    );
+    ensure!(
+        nft_table(&topo.client)?.is_some(),
+        "lockdown on installs the table"
+    );
+    ensure!(blocked_here(&topo)?, "traffic is refused after lockdown on");
+    // `off` itself switches lockdown off: status never shows lockdown while nothing is enforced.
+    let off = daemon.cli(&["--json", "off"])?.ok()?;
+    ensure!(
+        off.stdout.contains("\"lockdown\":false"),
+        "after off: {}",
+        off.stdout
+    );
+    daemon.cli(&["lockdown", "on"])?.ok()?;
+    daemon.process().terminate(EVENT_TIMEOUT)?;
+
+    // A reboot: the kernel's state is gone, the state directory stays.
+    let rebooted = Topology::new("lkoffb")?;
+    let boot = early_boot(&rebooted.client, &home)?.ok()?;
+    ensure!(
+        boot.stderr.contains("lockdown is on"),
+        "the early-boot step blocks and says why: {}",
+        boot.stderr
+    );
+    ensure!(
+        nft_table(&rebooted.client)?.is_some(),
+        "blocked after the reboot"
+    );
+    ensure!(
+        blocked_here(&rebooted)?,
+        "traffic is refused after the reboot"
+    );
+    Ok(())
+}
+
+const SECRET: &str = "yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=";
+
+fn write_config(home: &DaemonHome) -> Result<String> {
+    let path = home.path().join("server.conf");
+    std::fs::write(
+        &path,
+        format!(
+            "[Interface]\nPrivateKey = {SECRET}\nAddress = 10.64.0.2/32\nDNS = 10.64.0.1\n\
+             [Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\n\
+             Endpoint = 198.51.100.1:51820\nAllowedIPs = 0.0.0.0/0\n"
+        ),
+    )?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    Ok(path.display().to_string())
+}
+
+#[test]
+fn up_never_removes_or_takes_over_an_interface_it_did_not_create() -> Result<()> {
+    if !require_root("up_never_removes_or_takes_over_an_interface_it_did_not_create") {
+        return Ok(());
+    }
+    let topo = Topology::new("ifown")?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    let config = write_config(&home)?;
+    let before = daemon.status()?;
+
+    // A veth pair whose one end is named like the tunnel (the red team used `eth0`).
+    topo.client.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "eth0p",
+    ])?;
+    let refused = daemon.cli(&["up", "--interface", "eth0", &config])?;
+    ensure!(refused.code == Some(1), "refused: {refused:?}");
+    ensure!(
+        refused
+            .stderr
+            .contains("interface eth0 already exists (a veth interface")
+            && refused.stderr.contains("did not create it")
+            && refused.stderr.contains("Nothing was changed"),
+        "the error names the interface and its kind: {}",
+        refused.stderr
+    );
+    let links = topo.client.ip(&["-br", "link"])?;
+    ensure!(
+        links.contains("eth0@eth0p") && links.contains("eth0p@eth0"),
+        "the veth pair is intact:\n{links}"
+    );
+
+    // A TUN device with an address, as OpenVPN leaves one.
+    topo.client
+        .ip(&["tuntap", "add", "dev", "tun7", "mode", "tun"])?;
+    topo.client
+        .ip(&["addr", "add", "10.99.0.1/24", "dev", "tun7"])?;
+    let refused = daemon.cli(&["up", "--interface", "tun7", &config])?;
+    ensure!(
+        refused.code == Some(1)
+            && refused
+                .stderr
+                .contains("interface tun7 already exists (a TUN device")
+            && refused.stderr.contains("OpenVPN"),
+        "{refused:?}"
+    );
+    let addresses = topo.client.ip(&["-br", "addr", "show", "dev", "tun7"])?;
+    ensure!(
+        addresses.contains("10.99.0.1/24") && !addresses.contains("10.64.0.2"),
+        "the TUN device keeps its address: {addresses}"
+    );
+
+    let after = daemon.status()?;
+    ensure!(
+        after.state == before.state && after.tunnel.is_none(),
+        "nothing changed: {after:?}"
+    );
+    ensure!(!daemon.log().contains(&SECRET[..20]), "no key in the log");
+    Ok(())
+}
+
+#[test]
+fn sigterm_ends_the_daemon_within_a_second_after_up() -> Result<()> {
+    if !require_root("sigterm_ends_the_daemon_within_a_second_after_up") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("sigterm", RATE)?;
+    lab.start_up_servers(1)?;
+    let resolv_conf = lab.topo.client.resolv_conf_path();
+    let original = read(&resolv_conf);
+    lab.up()?;
+    lab.daemon()?
+        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, dns_managed)?;
+    let table = nft_table(&lab.topo.client)?.context("connected: a table")?;
+
+    // Connected, with the embedded userspace WireGuard running.
+    let mut daemon = lab.daemon.take().context("no daemon")?;
+    let asked = Instant::now();
+    let exit = daemon.process().terminate(Duration::from_secs(5))?;
+    let took = asked.elapsed();
+    ensure!(
+        exit.success() && took < Duration::from_secs(1),
+        "SIGTERM while up: {exit} after {took:?}\n{}",
+        daemon.log()
+    );
+    ensure!(
+        read(&resolv_conf) == original,
+        "the user's resolv.conf is back after the stop"
+    );
+    ensure!(
+        nft_table(&lab.topo.client)?.as_deref() == Some(table.as_str()),
+        "the rules stay when the daemon stops"
+    );
+
+    // After `down` too: the device is gone, but SIGTERM must still work.
+    lab.daemon = Some(Daemon::start(&lab.topo.client, &lab.home)?);
+    lab.daemon()?
+        .wait_for("reconnected after the restart", EVENT_TIMEOUT, dns_managed)?;
+    lab.daemon()?.cli(&["down"])?.ok()?;
+    let mut daemon = lab.daemon.take().context("no daemon")?;
+    let asked = Instant::now();
+    let exit = daemon.process().terminate(Duration::from_secs(5))?;
+    let took = asked.elapsed();
+    ensure!(
+        exit.success() && took < Duration::from_secs(1),
+        "SIGTERM after up and down: {exit} after {took:?}\n{}",
+        daemon.log()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_second_daemon_refuses_before_touching_anything() -> Result<()> {
+    if !require_root("a_second_daemon_refuses_before_touching_anything") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("second", RATE)?;
+    lab.start_up_servers(1)?;
+    lab.up()?;
+    lab.daemon()?
+        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, dns_managed)?;
+    let resolv_conf = lab.topo.client.resolv_conf_path();
+    let dns_before = read(&resolv_conf);
+    let table_before = nft_table(&lab.topo.client)?;
+
+    // The same state directory and socket (a second `killswitchd` started by hand).
+    let second = Daemon::start(&lab.topo.client, &lab.home);
+    let error = format!("{:#}", second.err().context("a second daemon started")?);
+    ensure!(
+        error.contains("another killswitchd") && error.contains("without changing anything"),
+        "the second daemon says why it refuses: {error}"
+    );
+    // Another state directory, same network namespace: it would fight over the same table.
+    let other = DaemonHome::new()?;
+    let third = Daemon::start(&lab.topo.client, &other);
+    let error = format!("{:#}", third.err().context("a third daemon started")?);
+    ensure!(
+        error.contains("already runs in this network namespace"),
+        "the third daemon says why it refuses: {error}"
+    );
+
+    let status = lab.daemon()?.status()?;
+    ensure!(
+        status.state == State::Connected && status.firewall.tamper_events == 0,
+        "the running daemon saw nothing: {status:?}"
+    );
+    ensure!(
+        read(&resolv_conf) == dns_before,
+        "the running tunnel's DNS is untouched"
+    );
+    ensure!(
+        nft_table(&lab.topo.client)? == table_before,
+        "the table is untouched"
+    );
+    Ok(())
+}
+
+#[test]
+fn teardown_while_a_daemon_runs_switches_it_off_through_its_socket() -> Result<()> {
+    if !require_root("teardown_while_a_daemon_runs_switches_it_off_through_its_socket") {
+        return Ok(());
+    }
+    let topo = Topology::new("tdlive")?;
+    let home = DaemonHome::new()?;
+    let mut daemon = Daemon::start(&topo.client, &home)?;
+    daemon.cli(&["lockdown", "on"])?.ok()?;
+    let done = teardown(&topo.client, &home)?.ok()?;
+    ensure!(
+        done.stderr.contains("switched the kill switch off"),
+        "{}",
+        done.stderr
+    );
+    let status = daemon.status()?;
+    ensure!(
+        status.state == State::Off && !status.firewall.installed,
+        "the daemon is off: {status:?}"
+    );
+    ensure!(
+        status.firewall.tamper_events == 0,
+        "nothing was removed behind the daemon's back: {status:?}"
+    );
+    ensure!(nft_table(&topo.client)?.is_none(), "no table");
+    ensure!(
+        !topo.client.ip(&["rule"])?.contains("lookup 27507"),
+        "no routing layer"
+    );
+    ensure!(daemon.process().try_wait()?.is_none(), "the daemon runs on");
+    Ok(())
+}
+
+#[test]
+fn teardown_after_a_crash_gives_dns_back_and_removes_both_layers() -> Result<()> {
+    if !require_root("teardown_after_a_crash_gives_dns_back_and_removes_both_layers") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("tdcrash", RATE)?;
+    lab.start_up_servers(1)?;
+    let resolv_conf = lab.topo.client.resolv_conf_path();
+    let original = read(&resolv_conf);
+    lab.up()?;
+    lab.daemon()?
+        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, dns_managed)?;
+    if let Some(mut daemon) = lab.daemon.take() {
+        daemon.process().kill()?;
+    }
+    ensure!(
+        read(&resolv_conf) != original,
+        "the crash left the tunnel's resolv.conf"
+    );
+    let done = teardown(&lab.topo.client, &lab.home)?.ok()?;
+    ensure!(
+        read(&resolv_conf) == original,
+        "teardown restores the user's resolv.conf: {}\n{}",
+        read(&resolv_conf),
+        done.stderr
+    );
+    ensure!(nft_table(&lab.topo.client)?.is_none(), "no table");
+    ensure!(
+        !lab.topo.client.ip(&["rule"])?.contains("lookup 27507"),
+        "no routing layer"
+    );
+    Ok(())
+}
+
+#[test]
+fn two_daemons_in_two_namespaces_can_use_the_same_interface_name() -> Result<()> {
+    if !require_root("two_daemons_in_two_namespaces_can_use_the_same_interface_name") {
+        return Ok(());
+    }
+    // Each daemon's userspace WireGuard must be its own. With a control socket at a host-wide path
+    // derived from the name, the second device replaced the first one's socket: the first daemon
+    // then read the second's statistics, and lost its tunnel when the second stopped.
+    let name = format!("ksdup{}", std::process::id() % 10_000);
+    let mut first = Lab::new("dupa", RATE)?;
+    let mut second = Lab::new("dupb", RATE)?;
+    for lab in [&mut first, &mut second] {
+        lab.start_up_servers(1)?;
+        let config = lab.up_servers[0].1.display().to_string();
+        lab.daemon()?
+            .cli(&["up", "--interface", &name, &config])?
+            .ok()?;
+        lab.daemon()?
+            .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
+    }
+    let mut stopped = second.daemon.take().context("no daemon")?;
+    stopped.process().terminate(EVENT_TIMEOUT)?;
+    // Longer than the health bound (3 s) and boringtun's socket check (1 s): the first daemon
+    // must not notice anything.
+    let since = Instant::now();
+    let dropped =
+        first
+            .daemon()?
+            .wait_for("a drop of the first tunnel", Duration::from_secs(4), |s| {
+                s.state != State::Connected
+            });
+    ensure!(
+        dropped.is_err(),
+        "the first daemon lost its tunnel when the second stopped: {dropped:?}\n{}",
+        first.daemon()?.log()
+    );
+    let client = first.up_servers[0].0.client_ip;
+    first.wait_for_traffic_from(since, 1, move |ip| ip == std::net::IpAddr::V4(client))?;
+    Ok(())
+}
+
+#[test]
+fn early_boot_leaves_a_running_daemons_rules_alone() -> Result<()> {
+    if !require_root("early_boot_leaves_a_running_daemons_rules_alone") {
+        return Ok(());
+    }
+    // Run by hand (or by a unit restarted late), the early-boot step must not replace a running
+    // daemon's rules with the blocking ones.
+    let topo = Topology::new("bootlive")?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    daemon
+        .cli(&[
+            "guard",
+            "--interface",
+            "wg9",
+            "--endpoint",
+            "198.51.100.1:51820",
+        ])?
+        .ok()?;
+    let before = nft_table(&topo.client)?;
+    let boot = early_boot(&topo.client, &home)?.ok()?;
+    ensure!(
+        boot.stderr.contains("is running and owns the rules"),
+        "{}",
+        boot.stderr
+    );
+    ensure!(
+        nft_table(&topo.client)? == before,
+        "the daemon's table is untouched"
+    );
+    let status = daemon.status()?;
+    ensure!(
+        status.firewall.tamper_events == 0,
+        "the daemon saw no change: {status:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn teardown_after_a_crash_removes_the_interfaces_the_daemon_created() -> Result<()> {
+    if !require_root("teardown_after_a_crash_removes_the_interfaces_the_daemon_created") {
+        return Ok(());
+    }
+    // Kernel WireGuard outlives a killed daemon, and systemd-resolved keeps that link's resolvers
+    // (the dead tunnel's) for as long as the link exists. This machine has no kernel WireGuard:
+    // a persistent TUN device stands in, recorded as the daemon records what it creates; a
+    // second, unrecorded one must survive.
+    let topo = Topology::new("tdifs")?;
+    let home = DaemonHome::new()?;
+    for name in ["ksleft0", "ksother0"] {
+        topo.client
+            .ip(&["tuntap", "add", "dev", name, "mode", "tun"])?;
+    }
+    let index: u32 = topo
+        .client
+        .exec("cat", &["/sys/class/net/ksleft0/ifindex"])?
+        .trim()
+        .parse()?;
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    std::fs::create_dir_all(home.state_dir())?;
+    std::fs::write(
+        home.state_dir().join("devices.json"),
+        format!(
+            r#"[{{"name":"ksleft0","index":{index},"kind":"tun","boot_id":"{}"}}]"#,
+            boot_id.trim()
+        ),
+    )?;
+    let done = teardown(&topo.client, &home)?.ok()?;
+    let links = topo.client.ip(&["-br", "link"])?;
+    ensure!(
+        !links.contains("ksleft0") && links.contains("ksother0"),
+        "only the recorded interface went:\n{links}\n{}",
+        done.stderr
+    );
+    ensure!(done.stderr.contains("removed ksleft0"), "{}", done.stderr);
+    Ok(())
+}
+
+/// A program holding table `inet killswitch` with nf_tables' `owner` flag (through `nft -i`,
+/// which keeps its netlink socket open): nobody else may change or delete that table until the
+/// program exits, when the kernel removes it.
+struct TableSquatter {
+    child: std::process::Child,
+}
+
+impl TableSquatter {
+    fn start(topo: &Topology) -> Result<Self> {
+        use std::io::Write;
+        let mut child = topo
+            .client
+            .command("nft")
+            .arg("-i")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting nft -i")?;
+        child
+            .stdin
+            .as_mut()
+            .context("nft's stdin")?
+            .write_all(b"add table inet killswitch { flags owner; }\n")?;
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while nft_table(&topo.client)?.is_none() {
+            ensure!(Instant::now() < deadline, "nft -i never created its table");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(TableSquatter { child })
+    }
+
+    /// Ends the program (end of its input), which takes its table with it.
+    fn leave(mut self) -> Result<()> {
+        drop(self.child.stdin.take());
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for TableSquatter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_failed_apply_is_retried_while_up_ticks() -> Result<()> {
+    if !require_root("a_failed_apply_is_retried_while_up_ticks") {
+        return Ok(());
+    }
+    let topo = Topology::new("retry")?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    // No WireGuard server answers at this endpoint: the manager keeps polling its handshake every
+    // 50 ms, the event loop's most frequent wakeup.
+    let config = write_config(&home)?;
+    let squatter = TableSquatter::start(&topo)?;
+    let interface = format!("ksrt{}", std::process::id() % 100_000);
+    let up = daemon.cli(&["up", "--interface", &interface, &config])?;
+    ensure!(
+        up.code == Some(1) && up.stderr.contains("firewall could not be changed"),
+        "the apply fails while the table is someone else's: {up:?}"
+    );
+    // The manager's first attempt reconciles too; wait until it has happened (and failed to
+    // apply), so that from now on only the retry timer can bring the table back.
+    daemon.wait_for("the first attempt", EVENT_TIMEOUT, |s| {
+        s.error.is_some()
+            && s.tunnel
+                .as_ref()
+                .and_then(|t| t.managed.as_ref())
+                .is_some_and(|m| m.attempt >= 1)
+    })?;
+    squatter.leave()?;
+    let left = Instant::now();
+    // The first retry is due 1 s after the failure; a retry that other events keep postponing
+    // comes only with the next failed handshake (5 s).
+    let status = daemon
+        .wait_for("the retried apply", Duration::from_millis(2500), |s| {
+            s.firewall.installed && s.error.is_none()
+        })
+        .with_context(|| daemon.log())?;
+    ensure!(
+        status.state == State::Connecting,
+        "the hole for the server is in place: {status:?}"
+    );
+    ensure!(
+        left.elapsed() < Duration::from_millis(2500),
+        "retried {:?} after the table was free",
+        left.elapsed()
+    );
+    Ok(())
+}
