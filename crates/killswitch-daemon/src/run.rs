@@ -36,6 +36,9 @@ pub struct Options {
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// How long a stop may spend giving DNS back: a stop must take less than a second.
+const STOP_DNS_BOUND: Duration = Duration::from_millis(700);
+
 /// When to retry a failed apply: an absolute instant, armed when applying starts failing and
 /// moved only when it fires. Other events (the tunnel manager ticks every 50-500 ms while `up`)
 /// must not postpone it: a deadline recreated on every pass of the loop never fires.
@@ -237,15 +240,30 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             _ = interrupt.recv() => break,
         }
         // DNS follows the firewall (unblocked, then pointed at the tunnel; blocked, then given
-        // back). It can hold the loop up only as long as a D-Bus call's timeout.
-        if dns.sync(core.dns_want()).await {
+        // back). It can hold the loop up only as long as a D-Bus call's timeout, and never a
+        // stop: SIGTERM must end the daemon within a second in every state.
+        let synced = tokio::select! {
+            changed = dns.sync(core.dns_want()) => changed,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        };
+        if synced {
             core.set_dns_status(dns.status());
             publish(core.status());
         }
     }
-    // The tunnel goes with the daemon (the firewall stays): give the user's resolvers back.
-    dns.restore().await;
     let _ = crate::notify::notify("STOPPING=1");
+    // The tunnel goes with the daemon (the firewall stays): give the user's resolvers back, but
+    // not at the price of a stop that hangs on a bus that does not answer.
+    if tokio::time::timeout(STOP_DNS_BOUND, dns.restore())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "giving the resolvers back took longer than {} ms; stopping anyway",
+            STOP_DNS_BOUND.as_millis()
+        );
+    }
     let status = core.status();
     tracing::info!(
         state = %status.state,

@@ -75,9 +75,17 @@ impl LabReport {
              tunnel's own packets nor ARP/DHCP/neighbour discovery is a leak.\n",
             self.rate
         );
+        // The name column fits the longest name.
+        let w = self
+            .scenarios
+            .iter()
+            .map(|s| s.name.len())
+            .chain(["scenario".len()])
+            .max()
+            .unwrap_or(8);
         let _ = writeln!(
             out,
-            "{:<13} {:<7} {:>8} {:>8} {:>8} {:>6} {:>7} {:>11}",
+            "{:<w$} {:<7} {:>8} {:>8} {:>8} {:>6} {:>7} {:>11}",
             "scenario", "verdict", "offered", "tunnel", "blocked", "lost", "leaked", "longest gap"
         );
         for s in &self.scenarios {
@@ -90,7 +98,7 @@ impl LabReport {
                 .map_or("-".to_owned(), |g| format!("{g} ms"));
             let _ = writeln!(
                 out,
-                "{:<13} {:<7} {:>8} {:>8} {:>8} {:>6} {:>7} {:>11}",
+                "{:<w$} {:<7} {:>8} {:>8} {:>8} {:>6} {:>7} {:>11}",
                 s.name,
                 verdict(s.verdict),
                 m.offered,
@@ -104,7 +112,7 @@ impl LabReport {
         let t = &self.totals;
         let _ = writeln!(
             out,
-            "{:<13} {:<7} {:>8} {:>8} {:>8} {:>6} {:>7}",
+            "{:<w$} {:<7} {:>8} {:>8} {:>8} {:>6} {:>7}",
             "total",
             if self.passed { "PASS" } else { "FAIL" },
             t.offered,

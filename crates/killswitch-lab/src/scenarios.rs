@@ -2,7 +2,7 @@
 //! which weak kill switches leak, measures, and checks. A leak (any frame on the physical link that
 //! is neither the tunnel nor link bring-up) fails the scenario, as does a check that did not hold.
 
-use crate::daemon::{Daemon, nft_table};
+use crate::daemon::{Daemon, DaemonHome, early_boot, nft_table, teardown};
 use crate::generator::Kind;
 use crate::lab::{EVENT_TIMEOUT, Lab, Measurement, hold};
 use crate::topology::{self, LAN_IFACE, PHYS};
@@ -25,7 +25,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 12] = [
+pub const ALL: [Scenario; 15] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -85,6 +85,21 @@ pub const ALL: [Scenario; 12] = [
         name: "tamper",
         guards: "flushing, deleting or adding to our table is reverted at once; the routing layer holds meanwhile",
         script: tamper,
+    },
+    Scenario {
+        name: "lockdown-after-off",
+        guards: "`lockdown on` after `lockdown on; lockdown off; off` blocks at once and after a reboot; status shows only what is enforced",
+        script: lockdown_after_off,
+    },
+    Scenario {
+        name: "stop-after-up",
+        guards: "SIGTERM ends the daemon within 1 s after `up` (connected, reconnecting, after down), rules in place, resolv.conf given back",
+        script: stop_after_up,
+    },
+    Scenario {
+        name: "second-daemon",
+        guards: "a second killswitchd (same or other state directory) refuses before touching the running one's rules, DNS or tunnel",
+        script: second_daemon,
     },
 ];
 
@@ -923,5 +938,223 @@ fn up_failover(lab: &mut Lab) -> Result<Outcome> {
         ms(detected),
         ms(failed_over)
     ));
+    Ok(outcome)
+}
+
+/// What leaves by the physical link in every state that is not `off`: nothing but the tunnel.
+const PROBE_KINDS: [Kind; 5] = [
+    Kind::Udp4,
+    Kind::Tcp4,
+    Kind::Icmp4,
+    Kind::DnsLan,
+    Kind::Udp6,
+];
+
+fn lockdown_after_off(lab: &mut Lab) -> Result<Outcome> {
+    // The red team's sequence. The window opens after the last command: before it the user had
+    // switched the kill switch off, and traffic then is the user's choice.
+    for args in [&["lockdown", "on"][..], &["lockdown", "off"], &["off"]] {
+        lab.daemon()?.cli(args)?.ok()?;
+    }
+    let off = lab.daemon()?.status()?;
+    let armed = lab.daemon()?.cli(&["lockdown", "on"])?.ok()?;
+    let at = Instant::now();
+    let status = lab.daemon()?.status()?;
+    let table_now = nft_table(&lab.topo.client)?.is_some();
+    let window = lab.begin(&PROBE_KINDS)?;
+    hold(Duration::from_secs(1));
+    let measurement = lab.end(window)?;
+
+    // A reboot: the daemon stops and the kernel forgets every rule (teardown stands in for that,
+    // with no daemon running); the state directory stays. The early-boot step runs first.
+    let mut daemon = lab.daemon.take().context("no daemon")?;
+    daemon.process().terminate(EVENT_TIMEOUT)?;
+    teardown(&lab.topo.client, &lab.home)?.ok()?;
+    let forgotten = nft_table(&lab.topo.client)?.is_none();
+    let boot = early_boot(&lab.topo.client, &lab.home)?.ok()?;
+    let rebooted = Instant::now();
+    let window = lab.begin(&PROBE_KINDS)?;
+    hold(Duration::from_secs(1));
+    let after_boot = lab.end(window)?;
+    lab.daemon = Some(Daemon::start(&lab.topo.client, &lab.home)?);
+    let resumed = lab.daemon()?.status()?;
+
+    let mut outcome = Outcome::new(measurement);
+    outcome.check(
+        off.state == State::Off && !off.lockdown,
+        format!(
+            "after `off`, status shows nothing that is not enforced (state {}, lockdown {})",
+            off.state,
+            if off.lockdown { "on" } else { "off" }
+        ),
+    );
+    outcome.check(
+        status.state == State::Blocked && status.lockdown && status.firewall.blocking && table_now,
+        format!(
+            "`lockdown on` blocks at once: state {}, table {}",
+            status.state,
+            if table_now { "installed" } else { "missing" }
+        ),
+    );
+    outcome.check(
+        armed.stdout.contains("state:     blocked"),
+        "the command's own output says blocked",
+    );
+    let arrived = lab.arrivals_since(at);
+    outcome.check(
+        arrived == 0 && outcome.measurement.refused > 0,
+        format!(
+            "nothing got out while blocked ({arrived} arrivals, {} sends refused)",
+            outcome.measurement.refused
+        ),
+    );
+    outcome.check(forgotten, "the simulated reboot left no rules");
+    outcome.check(
+        boot.stderr.contains("lockdown is on"),
+        "the early-boot step blocks because lockdown is on",
+    );
+    outcome.check(
+        after_boot.leaked == 0 && lab.arrivals_since(rebooted) == 0,
+        format!(
+            "after the reboot, nothing got out before the daemon started ({} leaked)",
+            after_boot.leaked
+        ),
+    );
+    outcome.check(
+        resumed.state == State::Blocked && resumed.lockdown,
+        format!("the daemon resumes blocked (state {})", resumed.state),
+    );
+    Ok(outcome)
+}
+
+fn stop_after_up(lab: &mut Lab) -> Result<Outcome> {
+    lab.start_up_servers(1)?;
+    let path = lab.topo.client.resolv_conf_path();
+    let read =
+        |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"));
+    let original = read(&path);
+    let managed = |s: &killswitch_types::ipc::Status| {
+        s.state == State::Connected && s.dns.as_ref().is_some_and(|d| d.error.is_none())
+    };
+    // Under lockdown `down` blocks: the whole scenario is one protected window.
+    lab.daemon()?.cli(&["lockdown", "on"])?.ok()?;
+    let window = lab.begin(&[Kind::Udp4, Kind::DnsLan])?;
+    lab.up()?;
+    lab.daemon()?
+        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, managed)?;
+
+    // (what the daemon was doing, its state, the stop's duration and exit, resolv.conf restored,
+    // the rules unchanged by the stop)
+    let mut stops = Vec::new();
+    let mut stop = |lab: &mut Lab, doing: &str| -> Result<()> {
+        let status = lab.daemon()?.status()?;
+        let table = nft_table(&lab.topo.client)?;
+        let mut daemon = lab.daemon.take().context("no daemon")?;
+        let asked = Instant::now();
+        let exit = daemon.process().terminate(Duration::from_secs(5))?;
+        let took = asked.elapsed();
+        let restored = read(&path) == original;
+        let kept = nft_table(&lab.topo.client)? == table && table.is_some();
+        stops.push((doing.to_owned(), status.state, took, exit, restored, kept));
+        lab.daemon = Some(Daemon::start(&lab.topo.client, &lab.home)?);
+        Ok(())
+    };
+    stop(lab, "connected")?;
+    lab.daemon()?
+        .wait_for("reconnected after the restart", EVENT_TIMEOUT, managed)?;
+    // The server dies: the daemon keeps trying (handshakes, backoff).
+    lab.up_servers
+        .first_mut()
+        .context("no up server")?
+        .0
+        .process()
+        .kill()?;
+    lab.daemon()?
+        .wait_for("the dead server noticed", EVENT_TIMEOUT, |s| {
+            s.state == State::Connecting
+        })?;
+    stop(lab, "reconnecting to a dead server")?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    lab.daemon()?.cli(&["down"])?.ok()?;
+    stop(lab, "after down")?;
+    let mut outcome = Outcome::new(lab.end(window)?);
+    for (doing, state, took, exit, restored, kept) in stops {
+        outcome.check(
+            exit.success() && took < Duration::from_secs(1),
+            format!(
+                "{doing} ({state}): SIGTERM ended the daemon in {} ms ({exit})",
+                ms(took)
+            ),
+        );
+        outcome.check(
+            restored,
+            format!("{doing}: resolv.conf is the user's again"),
+        );
+        outcome.check(
+            kept,
+            format!("{doing}: the rules stayed in place, unchanged"),
+        );
+    }
+    Ok(outcome)
+}
+
+fn second_daemon(lab: &mut Lab) -> Result<Outcome> {
+    lab.start_up_servers(1)?;
+    lab.up()?;
+    let managed = |s: &killswitch_types::ipc::Status| {
+        s.state == State::Connected && s.dns.as_ref().is_some_and(|d| d.error.is_none())
+    };
+    lab.daemon()?
+        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, managed)?;
+    let path = lab.topo.client.resolv_conf_path();
+    let dns_before = std::fs::read_to_string(&path)?;
+    let table_before = nft_table(&lab.topo.client)?;
+    let window = lab.begin(&[Kind::Udp4, Kind::Tcp4, Kind::DnsLan])?;
+    hold(Duration::from_millis(500));
+    let started = Instant::now();
+    let same = Daemon::start(&lab.topo.client, &lab.home)
+        .err()
+        .map(|e| format!("{e:#}"));
+    let other_home = DaemonHome::new()?;
+    let other = Daemon::start(&lab.topo.client, &other_home)
+        .err()
+        .map(|e| format!("{e:#}"));
+    let refused_in = started.elapsed();
+    hold(Duration::from_millis(500));
+    let mut outcome = Outcome::new(lab.end(window)?);
+    let status = lab.daemon()?.status()?;
+    outcome.check(
+        same.as_deref().is_some_and(|e| {
+            e.contains("another killswitchd") && e.contains("without changing anything")
+        }),
+        "a second daemon with the same state directory refused and said why",
+    );
+    outcome.check(
+        other
+            .as_deref()
+            .is_some_and(|e| e.contains("already runs in this network namespace")),
+        "a second daemon with another state directory refused and said why",
+    );
+    outcome.check(
+        status.state == State::Connected && status.firewall.tamper_events == 0,
+        format!(
+            "the running daemon saw no change (state {}, {} tamper events)",
+            status.state, status.firewall.tamper_events
+        ),
+    );
+    outcome.check(
+        std::fs::read_to_string(&path)? == dns_before,
+        "the running tunnel's resolv.conf is untouched",
+    );
+    outcome.check(
+        nft_table(&lab.topo.client)? == table_before,
+        "the running daemon's table is untouched",
+    );
+    outcome.check(
+        outcome.measurement.through_tunnel > 0 && outcome.measurement.direct == 0,
+        "traffic kept flowing through the tunnel",
+    );
+    outcome.note(format!("both refusals took {} ms in all", ms(refused_in)));
     Ok(outcome)
 }

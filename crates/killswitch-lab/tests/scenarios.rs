@@ -100,3 +100,18 @@ fn every_scenario_has_a_test() {
 fn up_manages_resolv_conf_and_gives_it_back_after_down_and_crash() {
     scenario_passes("up-dns");
 }
+
+#[test]
+fn lockdown_after_off_blocks() {
+    scenario_passes("lockdown-after-off");
+}
+
+#[test]
+fn stopping_the_daemon_after_up_takes_under_a_second() {
+    scenario_passes("stop-after-up");
+}
+
+#[test]
+fn a_second_daemon_touches_nothing() {
+    scenario_passes("second-daemon");
+}
