@@ -36,8 +36,9 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.list {
+        let width = scenarios::ALL.iter().map(|s| s.name.len()).max().unwrap_or(0);
         for s in scenarios::ALL {
-            println!("{:<13} {}", s.name, s.guards);
+            println!("{:<width$} {}", s.name, s.guards);
         }
         return ExitCode::SUCCESS;
     }
