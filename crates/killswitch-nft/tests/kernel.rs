@@ -117,7 +117,13 @@ fn every_state_applies_and_reads_back_as_meant() -> Result<()> {
                 );
                 killswitch_nft::verify(&after).with_context(|| format!("verifying {to_name}"))?;
                 let installed = killswitch_nft::installed()?;
-                match (&after.table, installed) {
+                let wants_arp = after.table.as_ref().is_some_and(|t| t.arp.is_some());
+                ensure!(
+                    installed.arp.is_some() == wants_arp,
+                    "{to_name}: table arp killswitch {}",
+                    if wants_arp { "missing" } else { "left behind" }
+                );
+                match (&after.table, installed.inet) {
                     (None, None) => {}
                     (Some(table), Some(installed)) => {
                         let expected: usize = table.chains.iter().map(|c| c.rules.len()).sum();
@@ -159,7 +165,10 @@ fn nft_compiles_our_rendering_into_the_same_expressions() -> Result<()> {
         let file = dir.path().join(format!("{name}.nft"));
         std::fs::write(
             &file,
-            format!("table inet killswitch\ndelete table inet killswitch\n{ruleset}"),
+            format!(
+                "table inet killswitch\ndelete table inet killswitch\n\
+                 table arp killswitch\ndelete table arp killswitch\n{ruleset}"
+            ),
         )?;
         ns.exec(
             "nft",
@@ -292,33 +301,119 @@ fn a_rejected_batch_changes_nothing() -> Result<()> {
         return Ok(());
     }
     let ns = Netns::new("rejected")?;
-    let good = compile(&PolicyState::Blocked, &Settings::default());
-    // Well formed for us, refused by the kernel: chain names are limited to 256 bytes.
-    let mut bad = compile(
-        &PolicyState::Connecting {
-            peer: peer(topology::ENDPOINT_V4, None),
-            probe: None,
-        },
-        &Settings::default(),
-    );
-    if let Some(table) = bad.table.as_mut() {
+    let connected = || {
+        compile(
+            &PolicyState::Connected {
+                peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+                tunnel: tunnel(),
+            },
+            &Settings::default(),
+        )
+    };
+    let connecting = || {
+        compile(
+            &PolicyState::Connecting {
+                peer: peer(topology::ENDPOINT_V4, None),
+                probe: None,
+            },
+            &Settings::default(),
+        )
+    };
+    // Well formed for us, refused by the kernel: chain names are limited to 256 bytes. Once in
+    // the inet part of a batch that would remove the arp table, once in the arp part (the last
+    // thing in its batch) of a batch that would add it: either way both tables stay as they were.
+    let long_name = "x".repeat(300);
+    let mut bad_inet = connecting();
+    if let Some(table) = bad_inet.table.as_mut() {
         table.chains.push(Chain {
-            name: "x".repeat(300),
+            name: long_name.clone(),
             base: None,
             rules: Vec::new(),
         });
     }
-    ns.run(|| killswitch_nft::apply(&good))??;
-    let result = ns.run(|| killswitch_nft::apply(&bad))?;
-    match result {
-        Err(NftError::Rejected { what, .. }) => ensure!(
-            what.contains("add chain xxx"),
-            "the error names the chain: {what}"
-        ),
-        other => anyhow::bail!("expected a rejection, got {other:?}"),
+    let mut bad_arp = connected();
+    if let Some(arp) = bad_arp.table.as_mut().and_then(|t| t.arp.as_mut()) {
+        arp.chains[1].name = long_name;
     }
-    ns.run(|| killswitch_nft::verify(&good))?
-        .context("the old table is still in force, untouched")?;
+    let cases = [
+        (connected(), bad_inet, "add chain xxx"),
+        (
+            compile(&PolicyState::Blocked, &Settings::default()),
+            bad_arp,
+            "add chain xxx",
+        ),
+    ];
+    for (good, bad, named) in cases {
+        ns.run(|| killswitch_nft::apply(&good))??;
+        let result = ns.run(|| killswitch_nft::apply(&bad))?;
+        match result {
+            Err(NftError::Rejected { what, .. }) => ensure!(
+                what.contains(named),
+                "the error names the chain: {what}"
+            ),
+            other => anyhow::bail!("expected a rejection, got {other:?}"),
+        }
+        ns.run(|| killswitch_nft::verify(&good))?
+            .context("the old tables are still in force, untouched")?;
+    }
+    Ok(())
+}
+
+#[test]
+fn verify_detects_changes_to_the_arp_table() -> Result<()> {
+    if !require_root("verify_detects_changes_to_the_arp_table") {
+        return Ok(());
+    }
+    let ns = Netns::new("arptamper")?;
+    let connected = compile(
+        &PolicyState::Connected {
+            peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+            tunnel: tunnel(),
+        },
+        &Settings::default(),
+    );
+    let blocked = compile(&PolicyState::Blocked, &Settings::default());
+    let tampering: [(&str, &Ruleset, &[&str]); 4] = [
+        (
+            "the arp table deleted",
+            &connected,
+            &["delete", "table", "arp", "killswitch"],
+        ),
+        (
+            "its input chain flushed",
+            &connected,
+            &["flush", "chain", "arp", "killswitch", "input"],
+        ),
+        (
+            "a foreign accept ahead of its drops",
+            &connected,
+            &["insert", "rule", "arp", "killswitch", "output", "accept"],
+        ),
+        (
+            "an arp table where none should be",
+            &blocked,
+            &["add", "table", "arp", "killswitch"],
+        ),
+    ];
+    for (what, ruleset, nft_args) in tampering {
+        ns.run(|| killswitch_nft::apply(ruleset))??;
+        ns.run(|| killswitch_nft::verify(ruleset))?
+            .context("fresh tables verify")?;
+        ns.exec("nft", nft_args)?;
+        let result = ns.run(|| killswitch_nft::verify(ruleset))?;
+        ensure!(
+            matches!(&result, Err(NftError::Mismatch(why)) if why.contains("arp")),
+            "{what}: verify said {result:?}"
+        );
+    }
+    let listed = ns.run(|| {
+        killswitch_nft::apply(&connected)?;
+        killswitch_nft::installed()
+    })??;
+    ensure!(
+        listed.arp.as_ref().is_some_and(|t| t.rule_count() == 2),
+        "one drop per direction for the tunnel's one IPv4 address: {listed:?}"
+    );
     Ok(())
 }
 
@@ -330,6 +425,7 @@ fn malformed_rules_never_reach_the_kernel() -> Result<()> {
     let ns = Netns::new("malformed")?;
     let bad = Ruleset {
         table: Some(killswitch_policy::Table {
+            arp: None,
             sets: Vec::new(),
             chains: vec![Chain {
                 name: "output".to_owned(),
@@ -340,6 +436,7 @@ fn malformed_rules_never_reach_the_kernel() -> Result<()> {
                 }),
                 rules: vec![killswitch_policy::Rule {
                     matches: vec![killswitch_policy::Match::DestinationPort(53)],
+                    statements: Vec::new(),
                     verdict: killswitch_policy::Verdict::Accept,
                     comment: "port without protocol",
                 }],
@@ -349,7 +446,7 @@ fn malformed_rules_never_reach_the_kernel() -> Result<()> {
     let result = ns.run(|| killswitch_nft::apply(&bad))?;
     ensure!(matches!(result, Err(NftError::Malformed(_))), "{result:?}");
     ensure!(
-        ns.run(killswitch_nft::installed)??.is_none(),
+        ns.run(killswitch_nft::installed)??.is_empty(),
         "nothing was installed"
     );
     Ok(())
@@ -615,7 +712,7 @@ fn switching_states_under_traffic_never_opens_a_gap() -> Result<()> {
         let transport = match ip.transport {
             L4::Udp { sport, dport } => Transport::udp(sport, dport),
             L4::Tcp { sport, dport, .. } => Transport::tcp(sport, dport),
-            L4::Icmpv6 { kind } => Transport::Icmpv6 { kind },
+            L4::Icmpv6 { kind } => Transport::icmpv6(kind),
             L4::Icmp { .. } => Transport::ICMP,
             L4::Other(p) => Transport::Other(p),
         };
