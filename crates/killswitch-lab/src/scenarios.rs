@@ -2,11 +2,13 @@
 //! which weak kill switches leak, measures, and checks. A leak (any frame on the physical link that
 //! is neither the tunnel nor link bring-up) fails the scenario, as does a check that did not hold.
 
+use crate::capture::Direction;
 use crate::daemon::{Daemon, nft_table};
 use crate::generator::Kind;
 use crate::lab::{EVENT_TIMEOUT, Lab, Measurement, hold};
+use crate::packet::{Arp, Frame};
 use crate::topology::{self, LAN_IFACE, PHYS};
-use crate::traffic;
+use crate::{traffic, wireguard};
 use anyhow::{Context, Result};
 use killswitch_types::State;
 use nix::sys::signal::Signal;
@@ -25,7 +27,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 12] = [
+pub const ALL: [Scenario; 13] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -80,6 +82,11 @@ pub const ALL: [Scenario; 12] = [
         name: "up-dns",
         guards: "killswitch up points applications at the tunnel's resolver, and gives the user's resolv.conf back after down and after a crash",
         script: up_dns,
+    },
+    Scenario {
+        name: "arp",
+        guards: "while connected, the LAN asking ARP who-has for the tunnel's address gets no answer (MLLVD-CR-24-03)",
+        script: arp,
     },
     Scenario {
         name: "tamper",
@@ -596,6 +603,92 @@ fn restart(lab: &mut Lab) -> Result<Outcome> {
         ms(stopping),
         ms(restarted)
     ));
+    Ok(outcome)
+}
+
+/// MLLVD-CR-24-03: Linux answers ARP for any of its addresses on any interface, so a host on the
+/// LAN that asks "who has 10.64.0.2?" would learn that this machine is the tunnel's end, and its
+/// physical MAC. Connected through the lab's tunnel, the router asks exactly that on the LAN.
+fn arp(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    let tunnel_ip = wireguard::CLIENT_TUNNEL_V4;
+    let window = lab.begin(&TUNNEL_KINDS)?;
+    hold(Duration::from_millis(500));
+    let from = lab.capture.len();
+    let asked = Instant::now();
+    // The question, then the same question about the client's LAN address: sent in order from one
+    // CPU, so once the second is answered, whatever the client would say to the first is said.
+    lab.topo.net.run(|| {
+        traffic::send_arp_requests(
+            LAN_IFACE,
+            topology::ROUTER_V4,
+            &[tunnel_ip, topology::CLIENT_V4],
+        )
+    })??;
+    let is_reply_from = |c: &crate::capture::Captured, ip| {
+        c.direction == Direction::Outgoing
+            && matches!(&c.frame, Frame::Arp(a) if a.operation == Arp::REPLY && a.sender_ip == ip)
+    };
+    let answered = lab.capture.wait_for(from, EVENT_TIMEOUT, |c| {
+        is_reply_from(c, topology::CLIENT_V4)
+    });
+    let answer_took = asked.elapsed();
+    let frames = lab.capture.frames();
+    let seen = match &answered {
+        Ok(at) => &frames[from..=*at],
+        Err(_) => &frames[from..],
+    };
+    let request_seen = seen.iter().any(|c| {
+        c.direction == Direction::Incoming
+            && matches!(&c.frame, Frame::Arp(a) if a.operation == Arp::REQUEST && a.target_ip == tunnel_ip)
+    });
+    let disclosures: Vec<String> = seen
+        .iter()
+        .filter(|c| is_reply_from(c, tunnel_ip))
+        .map(|c| c.frame.to_string())
+        .collect();
+    hold(Duration::from_millis(500));
+    let mut outcome = Outcome::new(lab.end(window)?);
+    outcome.check(
+        request_seen,
+        format!(
+            "the router asked who has {tunnel_ip} on the LAN, and the question reached the client"
+        ),
+    );
+    outcome.check(
+        disclosures.is_empty(),
+        format!(
+            "no ARP reply disclosed the tunnel address {tunnel_ip} on the physical link ({} seen{})",
+            disclosures.len(),
+            disclosures
+                .first()
+                .map(|d| format!(": {d}"))
+                .unwrap_or_default()
+        ),
+    );
+    outcome.check(
+        answered.is_ok(),
+        format!(
+            "the same question about the client's LAN address {} was answered (so an answer would have been seen)",
+            topology::CLIENT_V4
+        ),
+    );
+    outcome.check(
+        outcome.measurement.through_tunnel > 0,
+        "traffic kept flowing through the tunnel",
+    );
+    if answered.is_ok() {
+        outcome.note(format!(
+            "the client answered for {} {} ms after the questions were sent; for {tunnel_ip}, {}",
+            topology::CLIENT_V4,
+            ms(answer_took),
+            if disclosures.is_empty() {
+                "not at all"
+            } else {
+                "too"
+            }
+        ));
+    }
     Ok(outcome)
 }
 
