@@ -101,9 +101,10 @@ pub fn is_local_rejection(error: &io::Error) -> bool {
 /// ARP requests (broadcast, from the interface's own MAC), as any host on a LAN can. Run inside
 /// the asking host's namespace.
 ///
-/// The requests are sent from one CPU ([`pin_to_this_cpu`]), so the receiver handles them, and
-/// answers them, in the order sent: an answer to a later question proves that the earlier ones
-/// were processed, which is how a test knows that a missing answer is missing for good.
+/// The requests are sent from one CPU (the calling thread is pinned to it), so the receiver
+/// handles them, and answers them, in the order sent: an answer to a later question proves that
+/// the earlier ones were processed, which is how a test knows that a missing answer is missing
+/// for good.
 pub fn send_arp_requests(
     interface: &str,
     sender: Ipv4Addr,
