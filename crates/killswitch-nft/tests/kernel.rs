@@ -163,13 +163,7 @@ fn nft_compiles_our_rendering_into_the_same_expressions() -> Result<()> {
     for (name, state, settings) in all_states() {
         let ruleset = compile(&state, &settings);
         let file = dir.path().join(format!("{name}.nft"));
-        std::fs::write(
-            &file,
-            format!(
-                "table inet killswitch\ndelete table inet killswitch\n\
-                 table arp killswitch\ndelete table arp killswitch\n{ruleset}"
-            ),
-        )?;
+        std::fs::write(&file, ruleset.nft_script())?;
         ns.exec(
             "nft",
             &["-f", file.to_str().context("temporary path is not UTF-8")?],
@@ -711,7 +705,10 @@ fn switching_states_under_traffic_never_opens_a_gap() -> Result<()> {
         let transport = match ip.transport {
             L4::Udp { sport, dport } => Transport::udp(sport, dport),
             L4::Tcp { sport, dport, .. } => Transport::tcp(sport, dport),
-            L4::Icmpv6 { kind } => Transport::icmpv6(kind),
+            L4::Icmpv6 { kind } => Transport::Icmpv6 {
+                kind,
+                target: ip.nd_target(),
+            },
             L4::Icmp { .. } => Transport::ICMP,
             L4::Other(p) => Transport::Other(p),
         };

@@ -403,6 +403,16 @@ impl Ruleset {
         Ok(())
     }
 
+    /// The ruleset as an `nft -f` script that replaces both tables in one transaction, as the
+    /// backend's batch does: each table added (so that deleting it is valid) and deleted, then
+    /// whatever this ruleset holds.
+    pub fn nft_script(&self) -> String {
+        format!(
+            "table inet {TABLE_NAME}\ndelete table inet {TABLE_NAME}\n\
+             table arp {TABLE_NAME}\ndelete table arp {TABLE_NAME}\n{self}"
+        )
+    }
+
     /// The `arp` table's base chain for `hook`, if there is one.
     pub fn arp_chain(&self, hook: ArpHook) -> Option<&ArpChain> {
         self.table
