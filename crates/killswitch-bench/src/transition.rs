@@ -119,11 +119,7 @@ pub(crate) fn measure(transitions: usize, dir: &Path) -> Result<Vec<Row>> {
         .enumerate()
         .map(|(i, r)| {
             let path = dir.join(format!("state{i}.nft"));
-            std::fs::write(
-                &path,
-                format!("table inet killswitch\ndelete table inet killswitch\n{r}"),
-            )
-            .map(|_| path)
+            std::fs::write(&path, r.nft_script()).map(|_| path)
         })
         .collect::<std::io::Result<_>>()?;
 

@@ -88,7 +88,7 @@ fn guard_mode_over_a_real_wireguard_tunnel() -> Result<()> {
                     || matches!(ip.transport, L4::Icmpv6 { kind: 133..=136 }),
                 "leaked onto the physical link: {ip}"
             ),
-            Frame::Arp => {}
+            Frame::Arp(_) => {}
             other => anyhow::bail!("unexpected frame on the physical link: {other}"),
         }
     }

@@ -4,7 +4,7 @@
 use crate::capture::Capture;
 use crate::daemon::{Daemon, DaemonHome};
 use crate::generator::{Generator, Kind, KindCounts};
-use crate::oracle::{Judgement, judge};
+use crate::oracle::{Facts, Judgement, judge};
 use crate::packet::Frame;
 use crate::sinks::{Arrival, Servers};
 use crate::topology::{self, PHYS, Topology};
@@ -301,6 +301,7 @@ impl Lab {
 
         let mut endpoints = vec![self.tunnel.endpoint()];
         endpoints.extend(self.up_servers.iter().map(|(server, _)| server.endpoint));
+        let tunnel_addresses = self.tunnel_addresses();
         let frames = self.capture.frames();
         let mut m = Measurement {
             per_kind,
@@ -311,7 +312,12 @@ impl Lab {
             let lan_allowed = self
                 .lan_allowed_since
                 .is_some_and(|since| captured.at >= since);
-            if let Some(judgement) = judge(captured, &endpoints, lan_allowed) {
+            let facts = Facts {
+                endpoints: &endpoints,
+                tunnel_addresses: &tunnel_addresses,
+                lan_allowed,
+            };
+            if let Some(judgement) = judge(captured, &facts) {
                 m.frames_judged += 1;
                 if let Judgement::Leak(what) = judgement {
                     m.leaked += 1;
@@ -353,6 +359,17 @@ impl Lab {
             longest.as_millis() as u64
         });
         Ok(m)
+    }
+
+    /// The client's addresses inside the lab's tunnels: its own and each `up` server's.
+    pub fn tunnel_addresses(&self) -> Vec<IpAddr> {
+        let mut addresses = vec![IpAddr::V4(wireguard::CLIENT_TUNNEL_V4)];
+        addresses.extend(
+            self.up_servers
+                .iter()
+                .map(|(server, _)| IpAddr::V4(server.client_ip)),
+        );
+        addresses
     }
 
     /// How many packets arrived through the tunnel (at any sink) since `since`.

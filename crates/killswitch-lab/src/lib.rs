@@ -12,7 +12,7 @@
 //! - [`packet`]: parsing captured frames into addresses, ports and payloads.
 //! - [`topology`]: the client and net namespaces and the addresses of the lab's network.
 //! - [`report`] and [`host`]: the report, and the proof that the starting namespace is untouched.
-//! - [`scenarios`]: the eight leak scenarios, each a script over a fresh lab, and their checks.
+//! - [`scenarios`]: the leak scenarios, each a script over a fresh lab, and their checks.
 //! - [`sinks`]: the target host's UDP/TCP sinks and the DNS resolvers, recording arrivals.
 //! - [`generator`]: a paced stream of UDP, TCP, ICMP, DNS and IPv6 traffic from the client.
 //! - [`traffic`]: probes that name themselves in their payload.

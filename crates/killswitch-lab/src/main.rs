@@ -12,7 +12,8 @@ use std::time::Instant;
 /// Builds network namespaces (a protected client, and a "net" with the LAN router, the internet
 /// and a WireGuard server), runs killswitchd in the client, and scripts the moments weak kill
 /// switches leak: connecting, the VPN process dying, the network going away, sleep and wake, the
-/// daemon dying, DNS, IPv6 and disconnecting. A capture on the client's physical link is the judge.
+/// daemon dying, DNS, IPv6, disconnecting, the LAN asking ARP about the tunnel's address. A capture
+/// on the client's physical link is the judge.
 ///
 /// Needs root. Never changes the namespace it is started from (checked before and after); every
 /// namespace it creates is removed at the end, also on Ctrl-C.

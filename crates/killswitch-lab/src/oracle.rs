@@ -4,7 +4,11 @@
 //! bring-up traffic the policy allows (ARP, DHCP, neighbour discovery), and the kernel's own
 //! multicast membership reports to link-scoped groups (MLD, IGMP with hop limit 1, which no router
 //! forwards). Every other outgoing frame is a leak, whatever it carries: the capture, not the
-//! absence of an error, decides.
+//! absence of an error, decides. So is a frame of an allowed kind that names one of the client's
+//! tunnel addresses (an ARP reply "10.64.0.2 is at" the physical MAC, a neighbour advertisement for
+//! it, any packet from it): it tells the LAN that this machine is the tunnel's end. And so is a
+//! DHCP renewal that a router would forward (unicast with a TTL above 1): DHCP is allowed to reach
+//! the link, not beyond it.
 
 use crate::capture::{Captured, Direction};
 use crate::packet::{Frame, L4};
@@ -23,31 +27,60 @@ pub enum Judgement {
     Leak(String),
 }
 
-/// Judges one captured frame; incoming frames are never leaks (`None`). `lan_allowed` says whether
-/// the user had allowed the LAN when the frame was sent.
-pub fn judge(
-    captured: &Captured,
-    endpoints: &[SocketAddr],
-    lan_allowed: bool,
-) -> Option<Judgement> {
+/// What the oracle knows about the lab when a frame was sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Facts<'a> {
+    /// The VPN servers' endpoints: where the tunnel's own packets go.
+    pub endpoints: &'a [SocketAddr],
+    /// The client's addresses inside its tunnels: no frame on the physical link may name them.
+    pub tunnel_addresses: &'a [IpAddr],
+    /// Whether the user had allowed the LAN.
+    pub lan_allowed: bool,
+}
+
+/// Judges one captured frame; incoming frames are never leaks (`None`).
+pub fn judge(captured: &Captured, facts: &Facts<'_>) -> Option<Judgement> {
     if captured.direction != Direction::Outgoing {
         return None;
     }
+    let tunnel_address = |ip: IpAddr| facts.tunnel_addresses.contains(&ip);
     Some(match &captured.frame {
-        Frame::Arp => Judgement::LinkBringUp,
+        Frame::Arp(arp) if tunnel_address(IpAddr::V4(arp.sender_ip)) => {
+            Judgement::Leak(format!("{arp}: discloses the tunnel address"))
+        }
+        Frame::Arp(_) => Judgement::LinkBringUp,
+        Frame::Ip(ip) if tunnel_address(ip.src) => {
+            Judgement::Leak(format!("{ip}: from the tunnel address"))
+        }
+        Frame::Ip(ip)
+            if ip
+                .nd_target()
+                .is_some_and(|t| tunnel_address(IpAddr::V6(t))) =>
+        {
+            Judgement::Leak(format!("{ip}: discloses the tunnel address"))
+        }
         Frame::Ip(ip) => match ip.transport {
             L4::Udp { dport, .. }
-                if endpoints
+                if facts
+                    .endpoints
                     .iter()
                     .any(|e| e.ip() == ip.dst && e.port() == dport) =>
             {
                 Judgement::Tunnel
             }
+            // DHCPv4: to the limited broadcast, or unicast that no router forwards.
             L4::Udp {
                 sport: 68,
                 dport: 67,
-            }
-            | L4::Udp {
+            } if is_broadcast(ip.dst) || ip.hop_limit <= 1 => Judgement::LinkBringUp,
+            L4::Udp {
+                sport: 68,
+                dport: 67,
+            } => Judgement::Leak(format!(
+                "{ip} ttl {}: a router would forward it",
+                ip.hop_limit
+            )),
+            L4::Udp {
                 sport: 546,
                 dport: 547,
             } => Judgement::LinkBringUp,
@@ -67,11 +100,15 @@ pub fn judge(
             | L4::Tcp {
                 dport: 53 | 853, ..
             } => Judgement::Leak(ip.to_string()),
-            _ if lan_allowed && is_lan(ip.dst) => Judgement::Lan,
+            _ if facts.lan_allowed && is_lan(ip.dst) => Judgement::Lan,
             _ => Judgement::Leak(ip.to_string()),
         },
         other => Judgement::Leak(other.to_string()),
     })
+}
+
+fn is_broadcast(ip: IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.is_broadcast())
 }
 
 /// ff02::/16 and 224.0.0.0/24: multicast that never leaves the link.
@@ -105,8 +142,100 @@ fn is_lan(ip: IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::IpPacket;
+    use crate::packet::{Arp, IpPacket};
+    use std::net::Ipv4Addr;
     use std::time::Instant;
+
+    fn judge(
+        captured: &Captured,
+        endpoints: &[SocketAddr],
+        lan_allowed: bool,
+    ) -> Option<Judgement> {
+        super::judge(
+            captured,
+            &Facts {
+                endpoints,
+                tunnel_addresses: &[TUNNEL_V4.into()],
+                lan_allowed,
+            },
+        )
+    }
+
+    const TUNNEL_V4: Ipv4Addr = Ipv4Addr::new(10, 64, 0, 2);
+
+    fn arp(operation: u16, sender: Ipv4Addr, target: Ipv4Addr) -> Captured {
+        Captured {
+            at: Instant::now(),
+            direction: Direction::Outgoing,
+            frame: Frame::Arp(Arp {
+                operation,
+                sender_mac: [2, 0, 0, 0, 0, 2],
+                sender_ip: sender,
+                target_ip: target,
+            }),
+        }
+    }
+
+    #[test]
+    fn naming_the_tunnel_address_on_the_physical_link_is_a_leak() {
+        let router = Ipv4Addr::new(192, 168, 50, 1);
+        let client = Ipv4Addr::new(192, 168, 50, 2);
+        assert!(matches!(
+            judge(&arp(Arp::REPLY, TUNNEL_V4, router), &[], false),
+            Some(Judgement::Leak(what)) if what.contains("10.64.0.2 is-at")
+        ));
+        assert!(matches!(
+            judge(&arp(Arp::REQUEST, TUNNEL_V4, router), &[], true),
+            Some(Judgement::Leak(_))
+        ));
+        assert_eq!(
+            judge(&arp(Arp::REPLY, client, router), &[], false),
+            Some(Judgement::LinkBringUp)
+        );
+        assert_eq!(
+            judge(&arp(Arp::REQUEST, client, TUNNEL_V4), &[], false),
+            Some(Judgement::LinkBringUp),
+            "asking about it is not disclosing it"
+        );
+        let from_tunnel = out(
+            "10.64.0.2",
+            "192.168.50.1",
+            L4::Udp {
+                sport: 5000,
+                dport: 5001,
+            },
+            64,
+        );
+        assert!(matches!(
+            judge(&from_tunnel, &[], true),
+            Some(Judgement::Leak(_))
+        ));
+        let incoming = Captured {
+            direction: Direction::Incoming,
+            ..arp(Arp::REPLY, TUNNEL_V4, router)
+        };
+        assert_eq!(judge(&incoming, &[], false), None);
+    }
+
+    #[test]
+    fn a_dhcp_renewal_a_router_would_forward_is_a_leak() {
+        let renew = |ttl| {
+            out(
+                "192.168.50.2",
+                "10.77.0.2",
+                L4::Udp {
+                    sport: 68,
+                    dport: 67,
+                },
+                ttl,
+            )
+        };
+        assert_eq!(judge(&renew(1), &[], false), Some(Judgement::LinkBringUp));
+        assert!(matches!(
+            judge(&renew(64), &[], true),
+            Some(Judgement::Leak(what)) if what.contains("ttl 64")
+        ));
+    }
 
     fn out(src: &str, dst: &str, transport: L4, hop_limit: u8) -> Captured {
         Captured {

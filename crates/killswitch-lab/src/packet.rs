@@ -8,10 +8,30 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 pub enum Frame {
     /// An IPv4 or IPv6 packet.
     Ip(IpPacket),
-    /// ARP, which the kill switch does not touch.
-    Arp,
-    /// Any other ethertype.
+    /// An ARP message for IPv4 over Ethernet.
+    Arp(Arp),
+    /// Any other ethertype (an ARP message of another layout included, as 0x0806).
     Other(u16),
+}
+
+/// An ARP message for IPv4 over Ethernet (RFC 826).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arp {
+    /// 1 for a request ("who has TARGET? tell SENDER"), 2 for a reply ("SENDER is at MAC").
+    pub operation: u16,
+    /// The sender's hardware address.
+    pub sender_mac: [u8; 6],
+    /// The sender's protocol address: in a reply, the address being disclosed.
+    pub sender_ip: Ipv4Addr,
+    /// The target's protocol address: in a request, the address being asked about.
+    pub target_ip: Ipv4Addr,
+}
+
+impl Arp {
+    /// ARP request.
+    pub const REQUEST: u16 = 1;
+    /// ARP reply.
+    pub const REPLY: u16 = 2;
 }
 
 /// An IP packet's addresses and transport header.
@@ -73,9 +93,27 @@ pub fn parse_ethernet(frame: &[u8]) -> Frame {
     match ethertype {
         0x0800 => parse_ipv4(body).map_or(Frame::Other(ethertype), Frame::Ip),
         0x86dd => parse_ipv6(body).map_or(Frame::Other(ethertype), Frame::Ip),
-        0x0806 => Frame::Arp,
+        0x0806 => parse_arp(body).map_or(Frame::Other(ethertype), Frame::Arp),
         other => Frame::Other(other),
     }
+}
+
+/// An Ethernet/IPv4 ARP message: hardware type 1 or 6 (IEEE 802), protocol 0x0800, lengths 6
+/// and 4; anything else is not decoded.
+fn parse_arp(b: &[u8]) -> Option<Arp> {
+    let header: &[u8; 28] = b.get(..28)?.try_into().ok()?;
+    let htype = u16::from_be_bytes([header[0], header[1]]);
+    let ptype = u16::from_be_bytes([header[2], header[3]]);
+    if !matches!(htype, 1 | 6) || ptype != 0x0800 || header[4] != 6 || header[5] != 4 {
+        return None;
+    }
+    let ip = |at: usize| Ipv4Addr::new(header[at], header[at + 1], header[at + 2], header[at + 3]);
+    Some(Arp {
+        operation: u16::from_be_bytes([header[6], header[7]]),
+        sender_mac: header[8..14].try_into().ok()?,
+        sender_ip: ip(14),
+        target_ip: ip(24),
+    })
 }
 
 fn parse_ipv4(b: &[u8]) -> Option<IpPacket> {
@@ -161,6 +199,40 @@ fn parse_l4(proto: u8, b: &[u8], v6: bool) -> (L4, Vec<u8>) {
     }
 }
 
+impl IpPacket {
+    /// The target of a neighbour solicitation or advertisement: the address it asks about or
+    /// announces.
+    pub fn nd_target(&self) -> Option<Ipv6Addr> {
+        match self.transport {
+            // The payload starts after the first 8 bytes of the ICMPv6 message, where the target is.
+            L4::Icmpv6 { kind: 135 | 136 } => {
+                let bytes: [u8; 16] = self.payload.get(..16)?.try_into().ok()?;
+                Some(Ipv6Addr::from(bytes))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Arp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let [a, b, c, d, e, g] = self.sender_mac;
+        match self.operation {
+            Arp::REQUEST => write!(f, "arp who-has {} tell {}", self.target_ip, self.sender_ip),
+            Arp::REPLY => write!(
+                f,
+                "arp reply {} is-at {a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}",
+                self.sender_ip
+            ),
+            other => write!(
+                f,
+                "arp operation {other} {} -> {}",
+                self.sender_ip, self.target_ip
+            ),
+        }
+    }
+}
+
 impl fmt::Display for IpPacket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.transport {
@@ -183,7 +255,13 @@ impl fmt::Display for IpPacket {
                 sock(self.dst, dport)
             ),
             L4::Icmp { kind } => write!(f, "icmp type {kind} {} -> {}", self.src, self.dst),
-            L4::Icmpv6 { kind } => write!(f, "icmpv6 type {kind} {} -> {}", self.src, self.dst),
+            L4::Icmpv6 { kind } => {
+                write!(f, "icmpv6 type {kind} {} -> {}", self.src, self.dst)?;
+                match self.nd_target() {
+                    Some(target) => write!(f, " target {target}"),
+                    None => Ok(()),
+                }
+            }
             L4::Other(p) => write!(f, "proto {p} {} -> {}", self.src, self.dst),
         }
     }
@@ -200,7 +278,7 @@ impl fmt::Display for Frame {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Frame::Ip(p) => write!(f, "{p}"),
-            Frame::Arp => f.write_str("arp"),
+            Frame::Arp(arp) => write!(f, "{arp}"),
             Frame::Other(t) => write!(f, "ethertype {t:#06x}"),
         }
     }
@@ -256,12 +334,47 @@ mod tests {
     }
 
     #[test]
+    fn parses_an_arp_reply() {
+        let mut arp = vec![0, 1, 8, 0, 6, 4, 0, 2];
+        arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 10, 64, 0, 2]);
+        arp.extend_from_slice(&[2, 0, 0, 0, 0, 2, 192, 168, 50, 1]);
+        let Frame::Arp(a) = parse_ethernet(&eth(0x0806, &arp)) else {
+            panic!("not arp")
+        };
+        assert_eq!(a.operation, Arp::REPLY);
+        assert_eq!(a.sender_ip, Ipv4Addr::new(10, 64, 0, 2));
+        assert_eq!(a.target_ip, Ipv4Addr::new(192, 168, 50, 1));
+        assert_eq!(a.to_string(), "arp reply 10.64.0.2 is-at 02:00:00:00:00:01");
+        // Another hardware layout is not decoded (its addresses are elsewhere).
+        arp[4] = 20;
+        assert_eq!(parse_ethernet(&eth(0x0806, &arp)), Frame::Other(0x0806));
+    }
+
+    #[test]
+    fn reads_the_target_of_a_neighbor_advertisement() {
+        let mut ip = vec![0x60, 0, 0, 0, 0, 24, 58, 255];
+        ip.extend_from_slice(&"fe80::2".parse::<Ipv6Addr>().expect("ip").octets());
+        ip.extend_from_slice(&"fe80::1".parse::<Ipv6Addr>().expect("ip").octets());
+        ip.extend_from_slice(&[136, 0, 0, 0, 0x60, 0, 0, 0]);
+        ip.extend_from_slice(&"fc00:bbbb::2".parse::<Ipv6Addr>().expect("ip").octets());
+        let Frame::Ip(p) = parse_ethernet(&eth(0x86dd, &ip)) else {
+            panic!("not ip")
+        };
+        assert_eq!(p.nd_target(), "fc00:bbbb::2".parse().ok());
+        assert_eq!(
+            p.to_string(),
+            "icmpv6 type 136 fe80::2 -> fe80::1 target fc00:bbbb::2"
+        );
+    }
+
+    #[test]
     fn garbage_is_not_a_panic() {
         for len in 0..80 {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             let _ = parse_ethernet(&junk);
             let _ = parse_ethernet(&eth(0x0800, &junk));
             let _ = parse_ethernet(&eth(0x86dd, &junk));
+            let _ = parse_ethernet(&eth(0x0806, &junk));
         }
     }
 }

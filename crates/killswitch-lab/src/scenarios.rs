@@ -2,11 +2,13 @@
 //! which weak kill switches leak, measures, and checks. A leak (any frame on the physical link that
 //! is neither the tunnel nor link bring-up) fails the scenario, as does a check that did not hold.
 
+use crate::capture::Direction;
 use crate::daemon::{Daemon, DaemonHome, early_boot, nft_table, teardown};
 use crate::generator::Kind;
 use crate::lab::{EVENT_TIMEOUT, Lab, Measurement, hold};
+use crate::packet::{Arp, Frame};
 use crate::topology::{self, LAN_IFACE, PHYS};
-use crate::traffic;
+use crate::{traffic, wireguard};
 use anyhow::{Context, Result};
 use killswitch_types::State;
 use nix::sys::signal::Signal;
@@ -25,7 +27,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 15] = [
+pub const ALL: [Scenario; 16] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -80,6 +82,11 @@ pub const ALL: [Scenario; 15] = [
         name: "up-dns",
         guards: "killswitch up points applications at the tunnel's resolver, and gives the user's resolv.conf back after down and after a crash",
         script: up_dns,
+    },
+    Scenario {
+        name: "arp",
+        guards: "while connected, the LAN asking ARP who-has for the tunnel's address gets no answer, also after the arp table was deleted (MLLVD-CR-24-03)",
+        script: arp,
     },
     Scenario {
         name: "tamper",
@@ -611,6 +618,141 @@ fn restart(lab: &mut Lab) -> Result<Outcome> {
         ms(stopping),
         ms(restarted)
     ));
+    Ok(outcome)
+}
+
+/// What the client's physical link showed when the router asked ARP about one address.
+struct ArpAsked {
+    /// The question reached the client.
+    arrived: bool,
+    /// The client's ARP messages naming the asked-about address as sender, described.
+    disclosures: Vec<String>,
+    /// How long the client took to answer about its own LAN address, if it did.
+    sentinel_answered: Option<Duration>,
+}
+
+/// The router asks "who has `question`?" and then the same about the client's LAN address, sent
+/// in order from one CPU: once the second is answered, whatever the client would say to the first
+/// has been said.
+fn ask_arp(lab: &Lab, question: Ipv4Addr) -> Result<ArpAsked> {
+    let from = lab.capture.len();
+    let asked = Instant::now();
+    lab.topo.net.run(|| {
+        traffic::send_arp_requests(
+            LAN_IFACE,
+            topology::ROUTER_V4,
+            &[question, topology::CLIENT_V4],
+        )
+    })??;
+    let is_reply_from = |c: &crate::capture::Captured, ip| {
+        c.direction == Direction::Outgoing
+            && matches!(&c.frame, Frame::Arp(a) if a.operation == Arp::REPLY && a.sender_ip == ip)
+    };
+    let answered = lab
+        .capture
+        .wait_for(from, EVENT_TIMEOUT, |c| {
+            is_reply_from(c, topology::CLIENT_V4)
+        })
+        .ok();
+    let took = asked.elapsed();
+    let frames = lab.capture.frames();
+    let seen = match answered {
+        Some(at) => &frames[from..=at],
+        None => &frames[from..],
+    };
+    Ok(ArpAsked {
+        arrived: seen.iter().any(|c| {
+            c.direction == Direction::Incoming
+                && matches!(&c.frame, Frame::Arp(a) if a.operation == Arp::REQUEST && a.target_ip == question)
+        }),
+        disclosures: seen
+            .iter()
+            .filter(|c| c.direction == Direction::Outgoing)
+            .filter_map(|c| match &c.frame {
+                Frame::Arp(a) if a.sender_ip == question => Some(a.to_string()),
+                _ => None,
+            })
+            .collect(),
+        sentinel_answered: answered.map(|_| took),
+    })
+}
+
+/// MLLVD-CR-24-03: Linux answers ARP for any of its addresses on any interface, so a host on the
+/// LAN that asks "who has 10.64.0.2?" would learn that this machine is the tunnel's end, and its
+/// physical MAC. Connected through the lab's tunnel, the router asks exactly that on the LAN;
+/// then again after someone deleted table `arp killswitch` and the daemon restored it.
+fn arp(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    let tunnel_ip = wireguard::CLIENT_TUNNEL_V4;
+    let window = lab.begin(&TUNNEL_KINDS)?;
+    hold(Duration::from_millis(500));
+    let first = ask_arp(lab, tunnel_ip)?;
+
+    lab.topo
+        .client
+        .exec("nft", &["delete", "table", "arp", "killswitch"])?;
+    let deleted = Instant::now();
+    let restored = lab
+        .daemon()?
+        .wait_for("the arp table restored", EVENT_TIMEOUT, |s| {
+            s.firewall.tamper_events > 0 && s.firewall.installed
+        })?;
+    let restore_took = deleted.elapsed();
+    let second = ask_arp(lab, tunnel_ip)?;
+    hold(Duration::from_millis(500));
+
+    let mut outcome = Outcome::new(lab.end(window)?);
+    for (when, asked) in [("connected", &first), ("after the restore", &second)] {
+        outcome.check(
+            asked.arrived,
+            format!("{when}: the router asked who has {tunnel_ip} on the LAN, and the question reached the client"),
+        );
+        outcome.check(
+            asked.disclosures.is_empty(),
+            format!(
+                "{when}: no ARP reply disclosed the tunnel address {tunnel_ip} on the physical link ({} seen{})",
+                asked.disclosures.len(),
+                asked
+                    .disclosures
+                    .first()
+                    .map(|d| format!(": {d}"))
+                    .unwrap_or_default()
+            ),
+        );
+        outcome.check(
+            asked.sentinel_answered.is_some(),
+            format!(
+                "{when}: the same question about the client's LAN address {} was answered (so an answer would have been seen)",
+                topology::CLIENT_V4
+            ),
+        );
+    }
+    let last_tamper = restored.firewall.last_tamper.unwrap_or_default();
+    outcome.check(
+        last_tamper.contains("arp"),
+        format!(
+            "deleting table arp killswitch was noticed and reverted in {} ms ({last_tamper})",
+            ms(restore_took)
+        ),
+    );
+    outcome.check(
+        outcome.measurement.through_tunnel > 0,
+        "traffic kept flowing through the tunnel",
+    );
+    if let Some(took) = first.sentinel_answered {
+        outcome.note(format!(
+            "the client answered for {} {} ms after the questions were sent; for {tunnel_ip}, {}",
+            topology::CLIENT_V4,
+            ms(took),
+            if first.disclosures.is_empty() {
+                "not at all"
+            } else {
+                "too"
+            }
+        ));
+    }
+    outcome
+        .note("restore time includes the status event reaching the lab over the daemon's socket");
     Ok(outcome)
 }
 

@@ -75,6 +75,11 @@ fn restarting_the_daemon_opens_no_window() {
 }
 
 #[test]
+fn arp_for_the_tunnel_address_is_not_answered_on_the_lan() {
+    scenario_passes("arp");
+}
+
+#[test]
 fn tampering_with_the_table_is_reverted_and_leaks_nothing() {
     scenario_passes("tamper");
 }

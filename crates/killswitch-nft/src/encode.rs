@@ -2,12 +2,13 @@
 //!
 //! Each [`Match`] becomes the expressions `nft` itself would emit for it (a load into register 1,
 //! then a comparison), so that `nft list table inet killswitch` prints the rules in familiar syntax.
+//! The same goes for the `arp` table's matches and for statements (`ip ttl set`).
 
 use crate::NftError;
 use ipnet::IpNet;
 use killswitch_policy::{
-    CtStates, IpFamily, Match, RejectWith, Rule as PolicyRule, Ruleset, TABLE_NAME,
-    Verdict as PolicyVerdict,
+    ArpHook, ArpMatch, ArpRule, ArpTable, CtStates, IpFamily, Match, RejectWith,
+    Rule as PolicyRule, Ruleset, Statement, TABLE_NAME, Verdict as PolicyVerdict,
 };
 use nftnl::expr::{
     Bitwise, Cmp, CmpOp, Conntrack, Expression, IcmpCode, Meta, RejectionType,
@@ -26,21 +27,38 @@ pub(crate) struct Batch {
     labels: Vec<String>,
 }
 
+/// Our table of `family`. Every table the batch adds or deletes is made here, so that whatever
+/// a table must carry (flags, say) is said once.
+fn killswitch_table(family: ProtoFamily) -> Result<Table, NftError> {
+    let name = CString::new(TABLE_NAME).map_err(|_| NftError::Comment(TABLE_NAME.to_owned()))?;
+    Ok(Table::new(&name, family))
+}
+
+fn family_name(family: ProtoFamily) -> &'static str {
+    match family {
+        ProtoFamily::Arp => "arp",
+        _ => "inet",
+    }
+}
+
 impl Batch {
     pub(crate) fn build(ruleset: &Ruleset) -> Result<Self, NftError> {
-        let name =
-            CString::new(TABLE_NAME).map_err(|_| NftError::Comment(TABLE_NAME.to_owned()))?;
-        let table = Table::new(&name, ProtoFamily::Inet);
+        let table = killswitch_table(ProtoFamily::Inet)?;
+        let arp_table = killswitch_table(ProtoFamily::Arp)?;
         let mut batch = nftnl::Batch::new();
         let mut labels = vec!["batch begin".to_owned()];
 
         // Adding first makes the delete valid whether or not the table exists; the delete then
         // removes the old table (with its chains and rules) and everything after re-creates it.
-        // The kernel applies all of it at once at commit.
-        batch.add(&table, MsgType::Add);
-        labels.push(format!("add table inet {TABLE_NAME}"));
-        batch.add(&table, MsgType::Del);
-        labels.push(format!("delete table inet {TABLE_NAME}"));
+        // The kernel applies all of it at once at commit. Both tables, always: whatever this
+        // ruleset says about the arp table, an old one must not survive it.
+        for t in [&table, &arp_table] {
+            let family = family_name(t.get_family());
+            batch.add(t, MsgType::Add);
+            labels.push(format!("add table {family} {TABLE_NAME}"));
+            batch.add(t, MsgType::Del);
+            labels.push(format!("delete table {family} {TABLE_NAME}"));
+        }
 
         if let Some(policy_table) = &ruleset.table {
             batch.add(&table, MsgType::Add);
@@ -87,6 +105,9 @@ impl Batch {
                     ));
                 }
             }
+            if let Some(arp) = &policy_table.arp {
+                add_arp_table(&mut batch, &mut labels, &arp_table, arp)?;
+            }
         }
         labels.push("batch end".to_owned());
 
@@ -110,6 +131,53 @@ impl Batch {
     /// How many messages the batch holds.
     pub(crate) fn messages(&self) -> usize {
         self.labels.len()
+    }
+}
+
+/// Adds table `arp killswitch`, its chains and their rules to the batch.
+fn add_arp_table(
+    batch: &mut nftnl::Batch,
+    labels: &mut Vec<String>,
+    table: &Table,
+    arp: &ArpTable,
+) -> Result<(), NftError> {
+    batch.add(table, MsgType::Add);
+    labels.push(format!("add table arp {TABLE_NAME}"));
+    let mut chains = Vec::with_capacity(arp.chains.len());
+    for policy_chain in &arp.chains {
+        let chain_name = CString::new(policy_chain.name.as_str())
+            .map_err(|_| NftError::Comment(policy_chain.name.clone()))?;
+        let mut chain = Chain::new(&chain_name, table);
+        chain.set_hook(arp_hook(policy_chain.hook), policy_chain.priority);
+        chain.set_type(ChainType::Filter);
+        chain.set_policy(match policy_chain.policy {
+            killswitch_policy::ChainPolicy::Accept => Policy::Accept,
+            killswitch_policy::ChainPolicy::Drop => Policy::Drop,
+        });
+        batch.add(&chain, MsgType::Add);
+        labels.push(format!("add chain {} of table arp", policy_chain.name));
+        chains.push(chain);
+    }
+    for (chain, policy_chain) in chains.iter().zip(&arp.chains) {
+        for (index, policy_rule) in policy_chain.rules.iter().enumerate() {
+            batch.add(&encode_arp_rule(chain, policy_rule)?, MsgType::Add);
+            labels.push(format!(
+                "rule {index} of arp chain {}: {policy_rule}",
+                policy_chain.name
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The arp family numbers its hooks NF_ARP_IN 0 and NF_ARP_OUT 1. nftnl's `Hook` names only the
+/// inet numbers, so these are the variants that carry the arp numbers.
+fn arp_hook(hook: ArpHook) -> Hook {
+    const _: () =
+        assert!(Hook::PreRouting as i32 == libc::NF_ARP_IN && Hook::In as i32 == libc::NF_ARP_OUT);
+    match hook {
+        ArpHook::Input => Hook::PreRouting,
+        ArpHook::Output => Hook::In,
     }
 }
 
@@ -259,7 +327,83 @@ fn encode_rule<'a>(
         }
         encode_match(&mut rule, m);
     }
-    match &policy_rule.verdict {
+    for statement in &policy_rule.statements {
+        match statement {
+            Statement::SetTtl(ttl) => {
+                // nft's `ip ttl set N`: the checksum is updated a 16-bit word at a time, so load
+                // the word holding the TTL (TTL, protocol), replace the TTL byte, and write the
+                // word back with an incremental fix-up of the header checksum at offset 10.
+                rule.add_expr(&PayloadLoad::network(8, 2));
+                rule.add_expr(&Bitwise::new(
+                    [0x00u8, 0xff].as_slice(),
+                    [*ttl, 0x00].as_slice(),
+                ));
+                rule.add_expr(&PayloadWrite::network_with_checksum(8, 2, 10));
+            }
+        }
+    }
+    add_verdict(&mut rule, &policy_rule.verdict)?;
+    if !policy_rule.comment.is_empty() {
+        set_comment(&mut rule, policy_rule.comment)?;
+    }
+    Ok(rule)
+}
+
+fn encode_arp_rule<'a>(chain: &'a Chain<'a>, policy_rule: &ArpRule) -> Result<Rule<'a>, NftError> {
+    let mut rule = Rule::new(chain);
+    for m in &policy_rule.matches {
+        match m {
+            ArpMatch::NotInInterface(name) => {
+                rule.add_expr(&Meta::IifName);
+                rule.add_expr(&Cmp::new(CmpOp::Neq, ifname(name.as_str()).as_slice()));
+            }
+            ArpMatch::NotOutInterface(name) => {
+                rule.add_expr(&Meta::OifName);
+                rule.add_expr(&Cmp::new(CmpOp::Neq, ifname(name.as_str()).as_slice()));
+            }
+            // As nft merges adjacent header fields: hardware type and protocol type in one word,
+            // then the two lengths, with the operation when there is one.
+            ArpMatch::EthernetIpv4(operation) => {
+                let ethernet: u16 = 1;
+                let ipv4: u16 = 0x0800;
+                let mut types = ethernet.to_be_bytes().to_vec();
+                types.extend_from_slice(&ipv4.to_be_bytes());
+                rule.add_expr(&PayloadLoad::network(0, 4));
+                rule.add_expr(&cmp_eq(&types));
+                let mut lengths = vec![6u8, 4];
+                if let Some(operation) = operation {
+                    lengths.extend_from_slice(&operation.number().to_be_bytes());
+                }
+                rule.add_expr(&PayloadLoad::network(4, lengths.len() as u32));
+                rule.add_expr(&cmp_eq(&lengths));
+            }
+            // Ethernet/IPv4 layout: 8 bytes of header, sender MAC (6), sender IP at 14, target
+            // MAC (6), target IP at 24.
+            ArpMatch::SenderIp(ip) => {
+                rule.add_expr(&PayloadLoad::network(14, 4));
+                rule.add_expr(&cmp_eq(&ip.octets()));
+            }
+            ArpMatch::TargetIp(ip) => {
+                rule.add_expr(&PayloadLoad::network(24, 4));
+                rule.add_expr(&cmp_eq(&ip.octets()));
+            }
+        }
+    }
+    add_verdict(&mut rule, &policy_rule.verdict)?;
+    if !policy_rule.comment.is_empty() {
+        set_comment(&mut rule, policy_rule.comment)?;
+    }
+    Ok(rule)
+}
+
+fn set_comment(rule: &mut Rule<'_>, comment: &str) -> Result<(), NftError> {
+    let text = CString::new(comment).map_err(|_| NftError::Comment(comment.to_owned()))?;
+    rule.set_comment(&text)
+        .map_err(|_| NftError::Comment(comment.to_owned()))
+}
+
+fn add_verdict(rule: &mut Rule<'_>, verdict: &PolicyVerdict) -> Result<(), NftError> {
+    match verdict {
         PolicyVerdict::Accept => rule.add_expr(&NftVerdict::Accept),
         PolicyVerdict::Drop => rule.add_expr(&NftVerdict::Drop),
         PolicyVerdict::Reject(RejectWith::TcpReset) => {
@@ -274,13 +418,7 @@ fn encode_rule<'a>(
             rule.add_expr(&NftVerdict::Jump { chain })
         }
     }
-    if !policy_rule.comment.is_empty() {
-        let comment = CString::new(policy_rule.comment)
-            .map_err(|_| NftError::Comment(policy_rule.comment.to_owned()))?;
-        rule.set_comment(&comment)
-            .map_err(|_| NftError::Comment(policy_rule.comment.to_owned()))?;
-    }
-    Ok(rule)
+    Ok(())
 }
 
 const NFPROTO_IPV4: u8 = libc::NFPROTO_IPV4 as u8;
@@ -311,6 +449,10 @@ fn encode_match(rule: &mut Rule<'_>, m: &Match) {
             rule.add_expr(&Meta::OifName);
             rule.add_expr(&Cmp::new(CmpOp::Eq, ifname(name.as_str()).as_slice()));
         }
+        Match::NotOutInterface(name) => {
+            rule.add_expr(&Meta::OifName);
+            rule.add_expr(&Cmp::new(CmpOp::Neq, ifname(name.as_str()).as_slice()));
+        }
         Match::Source(net) => encode_prefix(rule, net, Direction::Source),
         Match::Destination(net) => encode_prefix(rule, net, Direction::Destination),
         Match::Protocol(proto) => {
@@ -328,6 +470,10 @@ fn encode_match(rule: &mut Rule<'_>, m: &Match) {
         Match::Icmpv6Type(kind) => {
             rule.add_expr(&PayloadLoad::transport(0, 1));
             rule.add_expr(&cmp_eq(&[*kind]));
+        }
+        Match::NdTarget(target) => {
+            rule.add_expr(&PayloadLoad::transport(8, 16));
+            rule.add_expr(&cmp_eq(&target.octets()));
         }
         Match::HopLimit(hops) => {
             rule.add_expr(&PayloadLoad::network(7, 1));
@@ -462,6 +608,55 @@ impl Expression for PayloadLoad {
                 sys::NFTNL_EXPR_PAYLOAD_DREG as u16,
                 libc::NFT_REG_1 as u32,
             );
+            expr
+        }
+    }
+}
+
+/// `payload write reg 1 => LEN bytes @ network header + OFFSET`, fixing the IPv4 header checksum
+/// at `checksum_offset` incrementally (`csum_type inet`), as nft emits for `ip ttl set`.
+struct PayloadWrite {
+    offset: u32,
+    len: u32,
+    checksum_offset: u32,
+}
+
+impl PayloadWrite {
+    fn network_with_checksum(offset: u32, len: u32, checksum_offset: u32) -> Self {
+        Self {
+            offset,
+            len,
+            checksum_offset,
+        }
+    }
+}
+
+impl Expression for PayloadWrite {
+    fn to_expr(&self, _rule: &Rule<'_>) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as for PayloadLoad: a fresh expression (checked), integers copied into it.
+        unsafe {
+            let expr = sys::nftnl_expr_alloc(c"payload".as_ptr());
+            let Some(expr) = NonNull::new(expr) else {
+                std::process::abort();
+            };
+            let set = |attr: u32, value: u32| {
+                sys::nftnl_expr_set_u32(expr.as_ptr(), attr as u16, value);
+            };
+            set(sys::NFTNL_EXPR_PAYLOAD_SREG, libc::NFT_REG_1 as u32);
+            set(
+                sys::NFTNL_EXPR_PAYLOAD_BASE,
+                libc::NFT_PAYLOAD_NETWORK_HEADER as u32,
+            );
+            set(sys::NFTNL_EXPR_PAYLOAD_OFFSET, self.offset);
+            set(sys::NFTNL_EXPR_PAYLOAD_LEN, self.len);
+            set(
+                sys::NFTNL_EXPR_PAYLOAD_CSUM_TYPE,
+                libc::NFT_PAYLOAD_CSUM_INET as u32,
+            );
+            set(sys::NFTNL_EXPR_PAYLOAD_CSUM_OFFSET, self.checksum_offset);
+            // The kernel reports the flags (none) even when unset; saying them makes what we
+            // send read back identically.
+            set(sys::NFTNL_EXPR_PAYLOAD_FLAGS, 0);
             expr
         }
     }

@@ -1,15 +1,17 @@
 //! The nftables backend: makes the kernel enforce a [`Ruleset`].
 //!
-//! [`Nftables::apply`] translates a ruleset into one netlink batch and sends it: `add table inet killswitch`,
-//! `delete table inet killswitch`, then (unless the ruleset is empty) the table, its chains and its
-//! rules again. The kernel commits a batch as one transaction, so the old rules stay in force until
-//! the instant the new ones are, and a batch that fails anywhere changes nothing. There is never a
-//! moment without rules, and no code path here deletes the table in one step and adds it in another.
+//! [`Nftables::apply`] translates a ruleset into one netlink batch and sends it: `add table inet
+//! killswitch`, `delete table inet killswitch`, the same for `arp killswitch`, then (unless the
+//! ruleset is empty) the tables, their chains and their rules again. The kernel commits a batch as
+//! one transaction, so the old rules stay in force until the instant the new ones are, and a batch
+//! that fails anywhere changes nothing. There is never a moment without rules, and no code path here
+//! deletes a table in one step and adds it in another.
 //!
-//! After the kernel acknowledges the batch, [`Nftables::apply`] reads the table back over netlink and compares
-//! it with what was sent: table flags, chains, hooks, priorities, policies and every rule expression.
-//! Both sides go through libnftnl's own parser (the sent batch is parsed from the very bytes that went
-//! to the kernel), so a difference is a real difference, and it is an error, not a warning.
+//! After the kernel acknowledges the batch, [`Nftables::apply`] reads both tables back over netlink
+//! and compares them with what was sent: table flags, chains, hooks, priorities, policies and every
+//! rule expression. Both sides go through libnftnl's own parser (the sent batch is parsed from the
+//! very bytes that went to the kernel), so a difference is a real difference, and it is an error,
+//! not a warning.
 //!
 //! [`monitor::Monitor`] subscribes to nf_tables change notifications, each of which names the
 //! process that committed it, so that the daemon can notice and revert changes made by others.
@@ -24,7 +26,7 @@ mod netlink;
 mod readback;
 
 pub use error::NftError;
-pub use readback::{InstalledChain, InstalledTable};
+pub use readback::{Family, Installed, InstalledChain, InstalledSet, InstalledTable};
 
 use killswitch_policy::Ruleset;
 use std::time::{Duration, Instant};
@@ -54,7 +56,8 @@ impl Nftables {
         })
     }
 
-    /// Replaces table `inet killswitch` with `ruleset` in one transaction, then verifies it.
+    /// Replaces tables `inet killswitch` and `arp killswitch` with `ruleset` in one transaction,
+    /// then verifies them.
     ///
     /// If the kernel rejects the batch, nothing changed. If the batch was committed but the
     /// read-back disagrees, the error says so and the caller must treat the firewall as unknown.
@@ -80,15 +83,15 @@ impl Nftables {
         self.verify_against(&encode::Batch::build(ruleset)?)
     }
 
-    /// Reads table `inet killswitch` as the kernel holds it, or `None` when it is absent.
-    pub fn installed(&mut self) -> Result<Option<InstalledTable>, NftError> {
+    /// Reads tables `inet killswitch` and `arp killswitch` as the kernel holds them.
+    pub fn installed(&mut self) -> Result<Installed, NftError> {
         readback::read_installed(&self.socket)
     }
 
     fn verify_against(&mut self, batch: &encode::Batch) -> Result<(), NftError> {
         let expected = readback::expected_from_batch(batch)?;
         let actual = readback::read_installed(&self.socket)?;
-        readback::compare(expected.as_ref(), actual.as_ref()).map_err(NftError::Mismatch)
+        readback::compare(&expected, &actual).map_err(NftError::Mismatch)
     }
 }
 
@@ -103,7 +106,7 @@ pub fn verify(ruleset: &Ruleset) -> Result<(), NftError> {
 }
 
 /// [`Nftables::installed`] on a connection of its own.
-pub fn installed() -> Result<Option<InstalledTable>, NftError> {
+pub fn installed() -> Result<Installed, NftError> {
     Nftables::open()?.installed()
 }
 

@@ -1,4 +1,5 @@
-//! Reading table `inet killswitch` back from the kernel, and comparing it with what was sent.
+//! Reading killswitch's tables (`inet killswitch`, `arp killswitch`) back from the kernel, and
+//! comparing them with what was sent.
 //!
 //! nftnl cannot read rules back through its safe API, so this module uses libnftnl's parser
 //! directly: every NEWTABLE/NEWCHAIN/NEWRULE message, whether it is one we sent or one the kernel
@@ -22,10 +23,78 @@ const NFT_MSG_NEWCHAIN: u16 = libc::NFT_MSG_NEWCHAIN as u16;
 const NFT_MSG_NEWRULE: u16 = libc::NFT_MSG_NEWRULE as u16;
 const NFT_MSG_NEWSET: u16 = libc::NFT_MSG_NEWSET as u16;
 const NFT_MSG_NEWSETELEM: u16 = libc::NFT_MSG_NEWSETELEM as u16;
+/// Where `struct nfgenmsg`'s family byte sits in an nf_tables message (after the 16-byte header).
+const NFGEN_FAMILY_OFFSET: usize = 16;
 
-/// Table `inet killswitch` as the kernel holds it (or as a batch describes it).
+/// The families killswitch has a table in, in the order they are read and compared.
+const FAMILIES: [Family; 2] = [Family::Inet, Family::Arp];
+
+/// An nf_tables family killswitch has a table in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `inet`: IPv4 and IPv6.
+    Inet,
+    /// `arp`.
+    Arp,
+}
+
+impl Family {
+    fn number(self) -> u8 {
+        match self {
+            Family::Inet => libc::NFPROTO_INET as u8,
+            Family::Arp => libc::NFPROTO_ARP as u8,
+        }
+    }
+
+    fn of(number: u8) -> Option<Self> {
+        FAMILIES.into_iter().find(|f| f.number() == number)
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::Inet => "inet",
+            Family::Arp => "arp",
+        })
+    }
+}
+
+/// killswitch's tables as the kernel holds them (or as a batch leaves them).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Installed {
+    /// Table `inet killswitch`.
+    pub inet: Option<InstalledTable>,
+    /// Table `arp killswitch`.
+    pub arp: Option<InstalledTable>,
+}
+
+impl Installed {
+    /// Whether neither table is there.
+    pub fn is_empty(&self) -> bool {
+        self.inet.is_none() && self.arp.is_none()
+    }
+
+    fn table_mut(&mut self, family: Family) -> &mut Option<InstalledTable> {
+        match family {
+            Family::Inet => &mut self.inet,
+            Family::Arp => &mut self.arp,
+        }
+    }
+
+    fn table(&self, family: Family) -> Option<&InstalledTable> {
+        match family {
+            Family::Inet => self.inet.as_ref(),
+            Family::Arp => self.arp.as_ref(),
+        }
+    }
+}
+
+/// One of killswitch's tables as the kernel holds it (or as a batch describes it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstalledTable {
+    /// The table's family.
+    pub family: Family,
     /// Table flags; anything but 0 (e.g. `dormant`, which disables every chain) is suspicious.
     pub flags: u32,
     /// The sets, in the kernel's order.
@@ -66,7 +135,11 @@ impl InstalledTable {
 
 impl fmt::Display for InstalledTable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "table inet {TABLE_NAME} flags {:#x}", self.flags)?;
+        writeln!(
+            f,
+            "table {} {TABLE_NAME} flags {:#x}",
+            self.family, self.flags
+        )?;
         for set in &self.sets {
             writeln!(
                 f,
@@ -96,56 +169,100 @@ fn message_kind(message: &Message) -> Option<u16> {
     (kind >> 8 == NFNL_SUBSYS_NFTABLES).then_some(kind & 0xff)
 }
 
-/// What the batch will leave in the kernel: replays its table/chain/rule messages.
-pub(crate) fn expected_from_batch(batch: &Batch) -> Result<Option<InstalledTable>, NftError> {
-    let mut table: Option<InstalledTable> = None;
+/// The family of an nf_tables object message, if it is one of ours.
+fn message_family(message: &Message) -> Option<Family> {
+    message
+        .bytes()
+        .get(NFGEN_FAMILY_OFFSET)
+        .copied()
+        .and_then(Family::of)
+}
+
+/// What the batch will leave in the kernel: replays its table/chain/rule/set messages, each into
+/// the table of its family.
+pub(crate) fn expected_from_batch(batch: &Batch) -> Result<Installed, NftError> {
+    let mut installed = Installed::default();
     for message in netlink::split(batch.bytes())? {
-        match message_kind(&message) {
-            Some(NFT_MSG_NEWTABLE) if table.is_none() => table = Some(parse_table(&message)?),
-            Some(NFT_MSG_DELTABLE) => table = None,
-            Some(NFT_MSG_NEWCHAIN) => {
+        let Some(kind) = message_kind(&message) else {
+            continue;
+        };
+        if !matches!(
+            kind,
+            NFT_MSG_NEWTABLE
+                | NFT_MSG_DELTABLE
+                | NFT_MSG_NEWCHAIN
+                | NFT_MSG_NEWRULE
+                | NFT_MSG_NEWSET
+                | NFT_MSG_NEWSETELEM
+        ) {
+            continue;
+        }
+        let family = message_family(&message).ok_or_else(|| {
+            NftError::Parse("a batch message for a table of another family".to_owned())
+        })?;
+        let table = installed.table_mut(family);
+        match kind {
+            NFT_MSG_NEWTABLE if table.is_none() => *table = Some(parse_table(&message, family)?),
+            NFT_MSG_DELTABLE => *table = None,
+            NFT_MSG_NEWCHAIN => {
                 let chain = parse_chain(&message)?;
                 if let Some(t) = table.as_mut() {
                     t.chains.push(chain);
                 }
             }
-            Some(NFT_MSG_NEWRULE) => add_rule(table.as_mut(), &message)?,
-            Some(NFT_MSG_NEWSET) => {
+            NFT_MSG_NEWRULE => add_rule(table.as_mut(), &message)?,
+            NFT_MSG_NEWSET => {
                 let set = parse_set(&message)?;
                 if let Some(t) = table.as_mut() {
                     t.sets.push(set);
                 }
             }
-            Some(NFT_MSG_NEWSETELEM) => add_elements(table.as_mut(), &message)?,
+            NFT_MSG_NEWSETELEM => add_elements(table.as_mut(), &message)?,
             _ => {}
         }
     }
-    if let Some(t) = table.as_mut() {
+    for t in [installed.inet.as_mut(), installed.arp.as_mut()]
+        .into_iter()
+        .flatten()
+    {
         t.sets.iter_mut().for_each(|s| s.elements.sort());
     }
-    Ok(table)
+    Ok(installed)
 }
 
-/// Reads the table from the kernel.
-pub(crate) fn read_installed(socket: &netlink::Socket) -> Result<Option<InstalledTable>, NftError> {
-    let name = CString::new(TABLE_NAME).map_err(|_| NftError::Parse("table name".to_owned()))?;
+/// Reads both tables from the kernel.
+pub(crate) fn read_installed(socket: &netlink::Socket) -> Result<Installed, NftError> {
+    let mut installed = Installed::default();
+    for family in FAMILIES {
+        *installed.table_mut(family) = read_table(socket, family)?;
+    }
+    Ok(installed)
+}
 
-    let table_messages = match netlink::request(socket, &get_table_request(&name))? {
+/// Reads our table of `family` from the kernel, or `None` when it is absent.
+fn read_table(
+    socket: &netlink::Socket,
+    family: Family,
+) -> Result<Option<InstalledTable>, NftError> {
+    let name = CString::new(TABLE_NAME).map_err(|_| NftError::Parse("table name".to_owned()))?;
+    let f = family.number();
+
+    let table_messages = match netlink::request(socket, &get_table_request(f, &name))? {
         Ok(messages) => messages,
         Err(libc::ENOENT) => return Ok(None),
-        Err(errno) => return Err(dump_error("table", errno)),
+        Err(errno) => return Err(dump_error(family, "table", errno)),
     };
     let mut table = match table_messages.first() {
-        Some(message) => parse_table(message)?,
+        Some(message) => parse_table(message, family)?,
         None => return Ok(None),
     };
 
     // Sets, then each set's elements. As with rules below, a table that vanishes meanwhile reads
     // as fewer sets or elements, which the comparison reports.
-    let set_messages = match netlink::request(socket, &set_dump_request(&name, None))? {
+    let set_messages = match netlink::request(socket, &set_dump_request(f, &name, None))? {
         Ok(messages) => messages,
         Err(libc::ENOENT) => Vec::new(),
-        Err(errno) => return Err(dump_error("sets", errno)),
+        Err(errno) => return Err(dump_error(family, "sets", errno)),
     };
     for message in &set_messages {
         if message_kind(message) == Some(NFT_MSG_NEWSET) {
@@ -154,10 +271,10 @@ pub(crate) fn read_installed(socket: &netlink::Socket) -> Result<Option<Installe
                 CString::new(set.name.as_str()).map_err(|_| NftError::Parse("set name".into()))?;
             table.sets.push(set);
             let element_messages =
-                match netlink::request(socket, &set_dump_request(&name, Some(&set_name)))? {
+                match netlink::request(socket, &set_dump_request(f, &name, Some(&set_name)))? {
                     Ok(messages) => messages,
                     Err(libc::ENOENT) => Vec::new(),
-                    Err(errno) => return Err(dump_error("set elements", errno)),
+                    Err(errno) => return Err(dump_error(family, "set elements", errno)),
                 };
             for element_message in &element_messages {
                 if message_kind(element_message) == Some(NFT_MSG_NEWSETELEM) {
@@ -168,11 +285,15 @@ pub(crate) fn read_installed(socket: &netlink::Socket) -> Result<Option<Installe
     }
     table.sets.iter_mut().for_each(|s| s.elements.sort());
 
-    let chain_messages =
-        netlink::request(socket, &dump_request(libc::NFT_MSG_GETCHAIN as u16, None))?
-            .map_err(|errno| dump_error("chains", errno))?;
+    // The dump is of every chain of the family; the kernel filters it by the request's family.
+    let chain_messages = netlink::request(
+        socket,
+        &dump_request(f, libc::NFT_MSG_GETCHAIN as u16, None),
+    )?
+    .map_err(|errno| dump_error(family, "chains", errno))?;
     for message in &chain_messages {
         if message_kind(message) == Some(NFT_MSG_NEWCHAIN)
+            && message_family(message) == Some(family)
             && object_table(message, ObjectKind::Chain)? == TABLE_NAME
         {
             table.chains.push(parse_chain(message)?);
@@ -183,14 +304,15 @@ pub(crate) fn read_installed(socket: &netlink::Socket) -> Result<Option<Installe
     // table here reads as "no rules", which the comparison then reports.
     let rule_messages = match netlink::request(
         socket,
-        &dump_request(libc::NFT_MSG_GETRULE as u16, Some(&name)),
+        &dump_request(f, libc::NFT_MSG_GETRULE as u16, Some(&name)),
     )? {
         Ok(messages) => messages,
         Err(libc::ENOENT) => Vec::new(),
-        Err(errno) => return Err(dump_error("rules", errno)),
+        Err(errno) => return Err(dump_error(family, "rules", errno)),
     };
     for message in &rule_messages {
         if message_kind(message) == Some(NFT_MSG_NEWRULE)
+            && message_family(message) == Some(family)
             && object_table(message, ObjectKind::Rule)? == TABLE_NAME
         {
             add_rule(Some(&mut table), message)?;
@@ -199,48 +321,60 @@ pub(crate) fn read_installed(socket: &netlink::Socket) -> Result<Option<Installe
     Ok(Some(table))
 }
 
-fn dump_error(what: &str, errno: i32) -> NftError {
+fn dump_error(family: Family, what: &str, errno: i32) -> NftError {
     NftError::Rejected {
-        what: format!("the request to list {what} of table inet {TABLE_NAME}"),
+        what: format!("the request to list {what} of table {family} {TABLE_NAME}"),
         source: std::io::Error::from_raw_os_error(errno),
     }
 }
 
 /// The first difference between what was meant and what is installed, in words.
-pub(crate) fn compare(
+pub(crate) fn compare(expected: &Installed, actual: &Installed) -> Result<(), String> {
+    for family in FAMILIES {
+        compare_table(family, expected.table(family), actual.table(family))?;
+    }
+    Ok(())
+}
+
+fn compare_table(
+    family: Family,
     expected: Option<&InstalledTable>,
     actual: Option<&InstalledTable>,
 ) -> Result<(), String> {
     let (expected, actual) = match (expected, actual) {
         (None, None) => return Ok(()),
-        (Some(_), None) => return Err(format!("table inet {TABLE_NAME} is missing")),
+        (Some(_), None) => return Err(format!("table {family} {TABLE_NAME} is missing")),
         (None, Some(t)) => {
             return Err(format!(
-                "table inet {TABLE_NAME} is present ({} rules) but should not be",
+                "table {family} {TABLE_NAME} is present ({} rules) but should not be",
                 t.rule_count()
             ));
         }
         (Some(e), Some(a)) => (e, a),
     };
+    let the = |what: String| format!("table {family}: {what}");
     if expected.flags != actual.flags {
-        return Err(format!(
-            "table flags are {:#x}, expected {:#x}",
+        return Err(the(format!(
+            "flags are {:#x}, expected {:#x}",
             actual.flags, expected.flags
-        ));
+        )));
     }
     let set_names = |t: &InstalledTable| t.sets.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
     let (mut want, mut have) = (set_names(expected), set_names(actual));
     want.sort();
     have.sort();
     if want != have {
-        return Err(format!("sets are {have:?}, expected {want:?}"));
+        return Err(the(format!("sets are {have:?}, expected {want:?}")));
     }
     for e in &expected.sets {
         let Some(a) = actual.sets.iter().find(|a| a.name == e.name) else {
             continue;
         };
         if e.kind != a.kind {
-            return Err(format!("set {} is {}, expected {}", e.name, a.kind, e.kind));
+            return Err(the(format!(
+                "set {} is {}, expected {}",
+                e.name, a.kind, e.kind
+            )));
         }
         if e.elements != a.elements {
             // Both lists are sorted.
@@ -252,38 +386,38 @@ pub(crate) fn compare(
                 .elements
                 .iter()
                 .find(|x| e.elements.binary_search(x).is_err());
-            return Err(format!(
+            return Err(the(format!(
                 "set {} has {} elements, expected {} (first missing: {}, first unexpected: {})",
                 e.name,
                 a.elements.len(),
                 e.elements.len(),
                 missing.map_or("none", String::as_str),
                 extra.map_or("none", String::as_str)
-            ));
+            )));
         }
     }
     let names = |t: &InstalledTable| t.chains.iter().map(|c| c.name.clone()).collect::<Vec<_>>();
     if names(expected) != names(actual) {
-        return Err(format!(
+        return Err(the(format!(
             "chains are {:?}, expected {:?}",
             names(actual),
             names(expected)
-        ));
+        )));
     }
     for (e, a) in expected.chains.iter().zip(&actual.chains) {
         if e.base != a.base {
-            return Err(format!(
+            return Err(the(format!(
                 "chain {} is {:?}, expected {:?}",
                 e.name, a.base, e.base
-            ));
+            )));
         }
         if e.rules.len() != a.rules.len() {
-            return Err(format!(
+            return Err(the(format!(
                 "chain {} has {} rules, expected {}",
                 e.name,
                 a.rules.len(),
                 e.rules.len()
-            ));
+            )));
         }
         if let Some((i, (er, ar))) = e
             .rules
@@ -292,10 +426,10 @@ pub(crate) fn compare(
             .enumerate()
             .find(|(_, (er, ar))| er != ar)
         {
-            return Err(format!(
+            return Err(the(format!(
                 "chain {} rule {i} is\n{ar}\nexpected\n{er}",
                 e.name
-            ));
+            )));
         }
     }
     Ok(())
@@ -330,7 +464,7 @@ enum ObjectKind {
     Rule,
 }
 
-fn parse_table(message: &Message) -> Result<InstalledTable, NftError> {
+fn parse_table(message: &Message, family: Family) -> Result<InstalledTable, NftError> {
     // SAFETY: the message is an aligned, length-checked netlink message; the table object is ours.
     unsafe {
         let table = alloc(sys::nftnl_table_alloc(), sys::nftnl_table_free);
@@ -343,6 +477,7 @@ fn parse_table(message: &Message) -> Result<InstalledTable, NftError> {
             0
         };
         Ok(InstalledTable {
+            family,
             flags,
             sets: Vec::new(),
             chains: Vec::new(),
@@ -601,7 +736,12 @@ unsafe fn c_string(ptr: *const c_char) -> String {
 
 // --- requests ---------------------------------------------------------------------------------
 
-fn build_request(kind: u16, flags: u16, fill: impl FnOnce(*mut libc::nlmsghdr)) -> Vec<u8> {
+fn build_request(
+    family: u8,
+    kind: u16,
+    flags: u16,
+    fill: impl FnOnce(*mut libc::nlmsghdr),
+) -> Vec<u8> {
     let mut words = vec![0u64; 512];
     // SAFETY: the buffer (4 KiB) is larger than a header plus a table name; the header builder
     // writes within it and returns a pointer into it.
@@ -609,7 +749,7 @@ fn build_request(kind: u16, flags: u16, fill: impl FnOnce(*mut libc::nlmsghdr)) 
         let nlh = sys::nftnl_nlmsg_build_hdr(
             words.as_mut_ptr().cast::<c_char>(),
             kind,
-            libc::NFPROTO_INET as u16,
+            u16::from(family),
             flags,
             1,
         );
@@ -619,8 +759,8 @@ fn build_request(kind: u16, flags: u16, fill: impl FnOnce(*mut libc::nlmsghdr)) 
     }
 }
 
-fn get_table_request(name: &CStr) -> Vec<u8> {
-    build_request(libc::NFT_MSG_GETTABLE as u16, 0, |nlh| {
+fn get_table_request(family: u8, name: &CStr) -> Vec<u8> {
+    build_request(family, libc::NFT_MSG_GETTABLE as u16, 0, |nlh| {
         // SAFETY: the table object lives until after the payload is copied into the message.
         unsafe {
             let table = alloc(sys::nftnl_table_alloc(), sys::nftnl_table_free);
@@ -631,12 +771,12 @@ fn get_table_request(name: &CStr) -> Vec<u8> {
 }
 
 /// A dump of the table's sets (no set named), or of one set's elements.
-fn set_dump_request(table: &CStr, set_name: Option<&CStr>) -> Vec<u8> {
+fn set_dump_request(family: u8, table: &CStr, set_name: Option<&CStr>) -> Vec<u8> {
     let kind = match set_name {
         None => libc::NFT_MSG_GETSET,
         Some(_) => libc::NFT_MSG_GETSETELEM,
     };
-    build_request(kind as u16, libc::NLM_F_DUMP as u16, |nlh| {
+    build_request(family, kind as u16, libc::NLM_F_DUMP as u16, |nlh| {
         // SAFETY: as in get_table_request; the set object lives until its payload is copied.
         unsafe {
             let set = alloc(sys::nftnl_set_alloc(), sys::nftnl_set_free);
@@ -652,8 +792,8 @@ fn set_dump_request(table: &CStr, set_name: Option<&CStr>) -> Vec<u8> {
     })
 }
 
-fn dump_request(kind: u16, table: Option<&CStr>) -> Vec<u8> {
-    build_request(kind, libc::NLM_F_DUMP as u16, |nlh| {
+fn dump_request(family: u8, kind: u16, table: Option<&CStr>) -> Vec<u8> {
+    build_request(family, kind, libc::NLM_F_DUMP as u16, |nlh| {
         if let Some(name) = table {
             // SAFETY: as above. Only rule dumps pass a table; the kernel filters them by it.
             unsafe {
@@ -680,9 +820,9 @@ mod tests {
             },
         );
         let batch = Batch::build(&ruleset).expect("batch");
-        let table = expected_from_batch(&batch)
-            .expect("parses")
-            .expect("a table");
+        let installed = expected_from_batch(&batch).expect("parses");
+        assert!(installed.arp.is_none(), "no tunnel, no arp table");
+        let table = installed.inet.expect("a table");
         let lan4 = table.sets.iter().find(|s| s.name == "lan4").expect("lan4");
         assert_eq!(lan4.kind, "flags 0x4 key type 7 len 4");
         // 10/8, 169.254/16, 172.16/12, 192.168/16: a leading end at 0, then start and end each.

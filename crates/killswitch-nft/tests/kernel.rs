@@ -3,7 +3,7 @@
 use anyhow::{Context, Result, ensure};
 use killswitch_lab::capture::{Capture, Direction};
 use killswitch_lab::netns::{Netns, require_root};
-use killswitch_lab::packet::{Frame, L4};
+use killswitch_lab::packet::{Arp, Frame, L4};
 use killswitch_lab::topology::{self, Topology};
 use killswitch_lab::traffic;
 use killswitch_nft::NftError;
@@ -12,7 +12,7 @@ use killswitch_policy::{
     Tunnel, compile,
 };
 use killswitch_types::{Endpoint, Fwmark, InterfaceName};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -117,7 +117,13 @@ fn every_state_applies_and_reads_back_as_meant() -> Result<()> {
                 );
                 killswitch_nft::verify(&after).with_context(|| format!("verifying {to_name}"))?;
                 let installed = killswitch_nft::installed()?;
-                match (&after.table, installed) {
+                let wants_arp = after.table.as_ref().is_some_and(|t| t.arp.is_some());
+                ensure!(
+                    installed.arp.is_some() == wants_arp,
+                    "{to_name}: table arp killswitch {}",
+                    if wants_arp { "missing" } else { "left behind" }
+                );
+                match (&after.table, installed.inet) {
                     (None, None) => {}
                     (Some(table), Some(installed)) => {
                         let expected: usize = table.chains.iter().map(|c| c.rules.len()).sum();
@@ -157,10 +163,7 @@ fn nft_compiles_our_rendering_into_the_same_expressions() -> Result<()> {
     for (name, state, settings) in all_states() {
         let ruleset = compile(&state, &settings);
         let file = dir.path().join(format!("{name}.nft"));
-        std::fs::write(
-            &file,
-            format!("table inet killswitch\ndelete table inet killswitch\n{ruleset}"),
-        )?;
+        std::fs::write(&file, ruleset.nft_script())?;
         ns.exec(
             "nft",
             &["-f", file.to_str().context("temporary path is not UTF-8")?],
@@ -292,41 +295,126 @@ fn a_rejected_batch_changes_nothing() -> Result<()> {
         return Ok(());
     }
     let ns = Netns::new("rejected")?;
-    let good = compile(&PolicyState::Blocked, &Settings::default());
-    // Well formed for us, refused by the kernel: chain names are limited to 256 bytes.
-    let mut bad = compile(
-        &PolicyState::Connecting {
-            peer: peer(topology::ENDPOINT_V4, None),
-            probe: None,
-        },
-        &Settings::default(),
-    );
-    if let Some(table) = bad.table.as_mut() {
+    let connected = || {
+        compile(
+            &PolicyState::Connected {
+                peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+                tunnel: tunnel(),
+            },
+            &Settings::default(),
+        )
+    };
+    let connecting = || {
+        compile(
+            &PolicyState::Connecting {
+                peer: peer(topology::ENDPOINT_V4, None),
+                probe: None,
+            },
+            &Settings::default(),
+        )
+    };
+    // Well formed for us, refused by the kernel: chain names are limited to 256 bytes. Once in
+    // the inet part of a batch that would remove the arp table, once in the arp part (the last
+    // thing in its batch) of a batch that would add it: either way both tables stay as they were.
+    let long_name = "x".repeat(300);
+    let mut bad_inet = connecting();
+    if let Some(table) = bad_inet.table.as_mut() {
         table.chains.push(Chain {
-            name: "x".repeat(300),
+            name: long_name.clone(),
             base: None,
             rules: Vec::new(),
         });
     }
-    ns.run(|| killswitch_nft::apply(&good))??;
-    let asked = std::time::Instant::now();
-    let result = ns.run(|| killswitch_nft::apply(&bad))?;
-    // The kernel answers nothing for the messages after the failing one: waiting for those
-    // answers held the daemon's event loop for the socket's whole receive timeout (5 s).
-    ensure!(
-        asked.elapsed() < std::time::Duration::from_secs(1),
-        "the rejection took {:?} to report",
-        asked.elapsed()
-    );
-    match result {
-        Err(NftError::Rejected { what, .. }) => ensure!(
-            what.contains("add chain xxx"),
-            "the error names the chain: {what}"
-        ),
-        other => anyhow::bail!("expected a rejection, got {other:?}"),
+    let mut bad_arp = connected();
+    if let Some(arp) = bad_arp.table.as_mut().and_then(|t| t.arp.as_mut()) {
+        arp.chains[1].name = long_name;
     }
-    ns.run(|| killswitch_nft::verify(&good))?
-        .context("the old table is still in force, untouched")?;
+    let cases = [
+        (connected(), bad_inet, "add chain xxx"),
+        (
+            compile(&PolicyState::Blocked, &Settings::default()),
+            bad_arp,
+            "add chain xxx",
+        ),
+    ];
+    for (good, bad, named) in cases {
+        ns.run(|| killswitch_nft::apply(&good))??;
+        let asked = std::time::Instant::now();
+        let result = ns.run(|| killswitch_nft::apply(&bad))?;
+        // The kernel answers nothing for the messages after the failing one: waiting for those
+        // answers held the daemon's event loop for the socket's whole receive timeout (5 s).
+        ensure!(
+            asked.elapsed() < std::time::Duration::from_secs(1),
+            "the rejection took {:?} to report",
+            asked.elapsed()
+        );
+        match result {
+            Err(NftError::Rejected { what, .. }) => {
+                ensure!(what.contains(named), "the error names the chain: {what}")
+            }
+            other => anyhow::bail!("expected a rejection, got {other:?}"),
+        }
+        ns.run(|| killswitch_nft::verify(&good))?
+            .context("the old tables are still in force, untouched")?;
+    }
+    Ok(())
+}
+
+#[test]
+fn verify_detects_changes_to_the_arp_table() -> Result<()> {
+    if !require_root("verify_detects_changes_to_the_arp_table") {
+        return Ok(());
+    }
+    let ns = Netns::new("arptamper")?;
+    let connected = compile(
+        &PolicyState::Connected {
+            peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+            tunnel: tunnel(),
+        },
+        &Settings::default(),
+    );
+    let blocked = compile(&PolicyState::Blocked, &Settings::default());
+    let tampering: [(&str, &Ruleset, &[&str]); 4] = [
+        (
+            "the arp table deleted",
+            &connected,
+            &["delete", "table", "arp", "killswitch"],
+        ),
+        (
+            "its input chain flushed",
+            &connected,
+            &["flush", "chain", "arp", "killswitch", "input"],
+        ),
+        (
+            "a foreign accept ahead of its drops",
+            &connected,
+            &["insert", "rule", "arp", "killswitch", "output", "accept"],
+        ),
+        (
+            "an arp table where none should be",
+            &blocked,
+            &["add", "table", "arp", "killswitch"],
+        ),
+    ];
+    for (what, ruleset, nft_args) in tampering {
+        ns.run(|| killswitch_nft::apply(ruleset))??;
+        ns.run(|| killswitch_nft::verify(ruleset))?
+            .context("fresh tables verify")?;
+        ns.exec("nft", nft_args)?;
+        let result = ns.run(|| killswitch_nft::verify(ruleset))?;
+        ensure!(
+            matches!(&result, Err(NftError::Mismatch(why)) if why.contains("arp")),
+            "{what}: verify said {result:?}"
+        );
+    }
+    let listed = ns.run(|| {
+        killswitch_nft::apply(&connected)?;
+        killswitch_nft::installed()
+    })??;
+    ensure!(
+        listed.arp.as_ref().is_some_and(|t| t.rule_count() == 2),
+        "one drop per direction for the tunnel's one IPv4 address: {listed:?}"
+    );
     Ok(())
 }
 
@@ -338,6 +426,7 @@ fn malformed_rules_never_reach_the_kernel() -> Result<()> {
     let ns = Netns::new("malformed")?;
     let bad = Ruleset {
         table: Some(killswitch_policy::Table {
+            arp: None,
             sets: Vec::new(),
             chains: vec![Chain {
                 name: "output".to_owned(),
@@ -348,6 +437,7 @@ fn malformed_rules_never_reach_the_kernel() -> Result<()> {
                 }),
                 rules: vec![killswitch_policy::Rule {
                     matches: vec![killswitch_policy::Match::DestinationPort(53)],
+                    statements: Vec::new(),
                     verdict: killswitch_policy::Verdict::Accept,
                     comment: "port without protocol",
                 }],
@@ -357,7 +447,7 @@ fn malformed_rules_never_reach_the_kernel() -> Result<()> {
     let result = ns.run(|| killswitch_nft::apply(&bad))?;
     ensure!(matches!(result, Err(NftError::Malformed(_))), "{result:?}");
     ensure!(
-        ns.run(killswitch_nft::installed)??.is_none(),
+        ns.run(killswitch_nft::installed)??.is_empty(),
         "nothing was installed"
     );
     Ok(())
@@ -623,7 +713,10 @@ fn switching_states_under_traffic_never_opens_a_gap() -> Result<()> {
         let transport = match ip.transport {
             L4::Udp { sport, dport } => Transport::udp(sport, dport),
             L4::Tcp { sport, dport, .. } => Transport::tcp(sport, dport),
-            L4::Icmpv6 { kind } => Transport::Icmpv6 { kind },
+            L4::Icmpv6 { kind } => Transport::Icmpv6 {
+                kind,
+                target: ip.nd_target(),
+            },
             L4::Icmp { .. } => Transport::ICMP,
             L4::Other(p) => Transport::Other(p),
         };
@@ -704,5 +797,398 @@ fn ten_thousand_lan_subnets_apply_as_one_set_and_changes_to_it_are_seen() -> Res
         matches!(&result, Err(NftError::Mismatch(why)) if why.contains("set lan4")),
         "a deleted element is a difference: {result:?}"
     );
+    Ok(())
+}
+
+const TUNNEL_V4: Ipv4Addr = Ipv4Addr::new(10, 64, 0, 2);
+const TUNNEL_V6: Ipv6Addr = Ipv6Addr::new(0xfc00, 0xbbbb, 0, 0, 0, 0, 0, 2);
+
+/// A stand-in for the tunnel in the client namespace: a TUN device named as `tunnel()` says, with
+/// the tunnel's addresses. Nothing needs to flow through it; the kernel treats its addresses as
+/// local, which is all that ARP and NDP answers depend on.
+fn add_tunnel_device(ns: &Netns) -> Result<()> {
+    ns.ip(&["tuntap", "add", "dev", "wg0", "mode", "tun"])?;
+    ns.ip(&["addr", "add", &format!("{TUNNEL_V4}/32"), "dev", "wg0"])?;
+    ns.ip(&[
+        "addr",
+        "add",
+        &format!("{TUNNEL_V6}/128"),
+        "dev",
+        "wg0",
+        "nodad",
+    ])?;
+    ns.ip(&["link", "set", "wg0", "up"])?;
+    Ok(())
+}
+
+fn connected_to_the_stand_in() -> Ruleset {
+    compile(
+        &PolicyState::Connected {
+            peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+            tunnel: tunnel(),
+        },
+        &Settings::default(),
+    )
+}
+
+/// What the client's physical link showed when the router asked about `question` and then about
+/// `sentinel` (an address the client answers for in every state).
+struct Asked {
+    /// The question reached the client.
+    arrived: bool,
+    /// The client's answers about `question`, described.
+    answers: Vec<String>,
+}
+
+/// The router asks "who has `question`?" then "who has the client's LAN address?"; once the
+/// client has answered the second, everything it would say about the first has been said
+/// (`send_arp_requests` keeps them in order).
+fn ask_arp(topo: &Topology, capture: &Capture, question: Ipv4Addr) -> Result<Asked> {
+    let from = capture.len();
+    topo.net.run(|| {
+        traffic::send_arp_requests(
+            topology::LAN_IFACE,
+            topology::ROUTER_V4,
+            &[question, topology::CLIENT_V4],
+        )
+    })??;
+    let answered = capture
+        .wait_for(from, Duration::from_secs(5), |c| {
+            c.direction == Direction::Outgoing
+                && matches!(&c.frame, Frame::Arp(a) if a.operation == Arp::REPLY && a.sender_ip == topology::CLIENT_V4)
+        })
+        .context("the client's own LAN address was not answered")?;
+    let frames = capture.frames();
+    let seen = &frames[from..=answered];
+    Ok(Asked {
+        arrived: seen.iter().any(|c| {
+            c.direction == Direction::Incoming
+                && matches!(&c.frame, Frame::Arp(a) if a.operation == Arp::REQUEST && a.target_ip == question)
+        }),
+        answers: seen
+            .iter()
+            .filter(|c| c.direction == Direction::Outgoing)
+            .filter_map(|c| match &c.frame {
+                Frame::Arp(a) if a.sender_ip == question => Some(a.to_string()),
+                _ => None,
+            })
+            .collect(),
+    })
+}
+
+#[test]
+fn arp_for_the_tunnel_address_is_not_answered_on_the_lan() -> Result<()> {
+    if !require_root("arp_for_the_tunnel_address_is_not_answered_on_the_lan") {
+        return Ok(());
+    }
+    let topo = Topology::new("arp")?;
+    add_tunnel_device(&topo.client)?;
+    let capture = Capture::start(&topo.client, topology::PHYS)?;
+
+    // Without the kill switch Linux answers for any local address on any interface: the test
+    // sees the leak it guards against.
+    let open = ask_arp(&topo, &capture, TUNNEL_V4)?;
+    ensure!(
+        open.arrived && !open.answers.is_empty(),
+        "without the kill switch the tunnel address should be answered for on the LAN: {:?}",
+        open.answers
+    );
+
+    let connected = connected_to_the_stand_in();
+    topo.client.run(|| killswitch_nft::apply(&connected))??;
+    let guarded = ask_arp(&topo, &capture, TUNNEL_V4)?;
+    ensure!(guarded.arrived, "the question reached the client");
+    ensure!(
+        guarded.answers.is_empty(),
+        "connected, the client answered for the tunnel address: {:?}",
+        guarded.answers
+    );
+
+    // Each direction holds alone: with the input drops gone, the kernel answers and the output
+    // drop keeps the answer off the wire.
+    let mut output_only = connected.clone();
+    if let Some(arp) = output_only.table.as_mut().and_then(|t| t.arp.as_mut()) {
+        arp.chains
+            .iter_mut()
+            .filter(|c| c.hook == killswitch_policy::ArpHook::Input)
+            .for_each(|c| c.rules.clear());
+    }
+    topo.client.run(|| killswitch_nft::apply(&output_only))??;
+    let caught_on_the_way_out = ask_arp(&topo, &capture, TUNNEL_V4)?;
+    ensure!(
+        caught_on_the_way_out.answers.is_empty(),
+        "the output chain let an answer out: {:?}",
+        caught_on_the_way_out.answers
+    );
+
+    // `off` removes the arp table with the inet one, in the same batch.
+    topo.client
+        .run(|| killswitch_nft::apply(&compile(&PolicyState::Off, &Settings::default())))??;
+    ensure!(
+        topo.client.run(killswitch_nft::installed)??.is_empty(),
+        "off leaves no table"
+    );
+    let after_off = ask_arp(&topo, &capture, TUNNEL_V4)?;
+    ensure!(
+        !after_off.answers.is_empty(),
+        "after off, ARP is as the kernel does it"
+    );
+    ensure!(capture.kernel_drops()? == 0, "the capture dropped frames");
+    Ok(())
+}
+
+/// As [`ask_arp`], with neighbour solicitations from a link-local address of the router's.
+fn ask_ndp(topo: &Topology, capture: &Capture, question: Ipv6Addr) -> Result<Asked> {
+    let asker = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+    let from = capture.len();
+    topo.net.run(|| {
+        traffic::send_neighbor_solicitations(
+            topology::LAN_IFACE,
+            asker,
+            &[question, topology::CLIENT_V6],
+        )
+    })??;
+    let advertises = |c: &killswitch_lab::capture::Captured, target: Ipv6Addr| {
+        c.direction == Direction::Outgoing
+            && matches!(&c.frame, Frame::Ip(p) if p.transport == (L4::Icmpv6 { kind: 136 }) && p.nd_target() == Some(target))
+    };
+    let answered = capture
+        .wait_for(from, Duration::from_secs(5), |c| {
+            advertises(c, topology::CLIENT_V6)
+        })
+        .context("the client's own LAN address was not advertised")?;
+    let frames = capture.frames();
+    let seen = &frames[from..=answered];
+    Ok(Asked {
+        arrived: seen.iter().any(|c| {
+            c.direction == Direction::Incoming
+                && matches!(&c.frame, Frame::Ip(p) if p.transport == (L4::Icmpv6 { kind: 135 }) && p.nd_target() == Some(question))
+        }),
+        answers: seen
+            .iter()
+            .filter(|c| advertises(c, question))
+            .map(|c| c.frame.to_string())
+            .collect(),
+    })
+}
+
+#[test]
+fn neighbor_solicitations_for_the_tunnel_address_are_not_answered_on_the_lan() -> Result<()> {
+    if !require_root("neighbor_solicitations_for_the_tunnel_address_are_not_answered_on_the_lan") {
+        return Ok(());
+    }
+    let topo = Topology::new("ndp")?;
+    add_tunnel_device(&topo.client)?;
+    // Linux answers a solicitation only for an address of the interface it arrives on, unless a
+    // proxy entry says otherwise. With one (as a host sharing its tunnel's prefix might set up),
+    // the LAN can learn the tunnel's address: the situation the rules must hold in.
+    for setting in [
+        format!("net.ipv6.conf.{}.forwarding=1", topology::PHYS),
+        format!("net.ipv6.conf.{}.proxy_ndp=1", topology::PHYS),
+        format!("net.ipv6.neigh.{}.proxy_delay=0", topology::PHYS),
+    ] {
+        topo.client.exec("sysctl", &["-qw", &setting])?;
+    }
+    topo.client.ip(&[
+        "-6",
+        "neigh",
+        "add",
+        "proxy",
+        &TUNNEL_V6.to_string(),
+        "dev",
+        topology::PHYS,
+    ])?;
+    let capture = Capture::start(&topo.client, topology::PHYS)?;
+
+    let open = ask_ndp(&topo, &capture, TUNNEL_V6)?;
+    ensure!(
+        open.arrived && !open.answers.is_empty(),
+        "with the proxy entry and no kill switch, the tunnel address should be advertised: {:?}",
+        open.answers
+    );
+
+    let connected = connected_to_the_stand_in();
+    topo.client.run(|| killswitch_nft::apply(&connected))??;
+    let guarded = ask_ndp(&topo, &capture, TUNNEL_V6)?;
+    ensure!(guarded.arrived, "the solicitation reached the client");
+    ensure!(
+        guarded.answers.is_empty(),
+        "connected, the client advertised the tunnel address: {:?}",
+        guarded.answers
+    );
+
+    // The output drop alone: the solicitation is let in, the advertisement is stopped.
+    let mut output_only = connected.clone();
+    if let Some(table) = output_only.table.as_mut() {
+        for chain in table.chains.iter_mut().filter(|c| c.name == "input") {
+            chain.rules.retain(|r| {
+                !r.matches
+                    .iter()
+                    .any(|m| matches!(m, killswitch_policy::Match::NdTarget(_)))
+            });
+        }
+    }
+    topo.client.run(|| killswitch_nft::apply(&output_only))??;
+    let caught_on_the_way_out = ask_ndp(&topo, &capture, TUNNEL_V6)?;
+    ensure!(
+        caught_on_the_way_out.answers.is_empty(),
+        "the output chain let an advertisement out: {:?}",
+        caught_on_the_way_out.answers
+    );
+    ensure!(capture.kernel_drops()? == 0, "the capture dropped frames");
+    Ok(())
+}
+
+/// client — router — host: the client's LAN (192.168.77.0/24) and, behind the router, a private
+/// network (10.77.0.0/24) with a host on it: a DHCP server behind a relay, or any private host.
+struct RoutedChain {
+    client: Netns,
+    router: Netns,
+    host: Netns,
+}
+
+const CHAIN_CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+const CHAIN_ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+const CHAIN_ROUTER_BEHIND: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const CHAIN_HOST: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+
+impl RoutedChain {
+    fn new(tag: &str) -> Result<Self> {
+        let client = Netns::new(&format!("{tag}-c"))?;
+        let router = Netns::new(&format!("{tag}-r"))?;
+        let host = Netns::new(&format!("{tag}-h"))?;
+        killswitch_lab::netns::veth(&client, topology::PHYS, &router, "lan0")?;
+        killswitch_lab::netns::veth(&router, "wan0", &host, "eth0")?;
+        client.ip(&[
+            "addr",
+            "add",
+            &format!("{CHAIN_CLIENT}/24"),
+            "dev",
+            topology::PHYS,
+        ])?;
+        client.ip(&["route", "add", "default", "via", &CHAIN_ROUTER.to_string()])?;
+        router.ip(&["addr", "add", &format!("{CHAIN_ROUTER}/24"), "dev", "lan0"])?;
+        router.ip(&[
+            "addr",
+            "add",
+            &format!("{CHAIN_ROUTER_BEHIND}/24"),
+            "dev",
+            "wan0",
+        ])?;
+        router.exec("sysctl", &["-qw", "net.ipv4.ip_forward=1"])?;
+        host.ip(&["addr", "add", &format!("{CHAIN_HOST}/24"), "dev", "eth0"])?;
+        host.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &CHAIN_ROUTER_BEHIND.to_string(),
+        ])?;
+        Ok(RoutedChain {
+            client,
+            router,
+            host,
+        })
+    }
+}
+
+/// A DHCP client's renewal: UDP from port 68 to port 67 of `server`.
+fn renew(server: Ipv4Addr, payload: &[u8]) -> std::io::Result<()> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:68")?;
+    socket.send_to(payload, SocketAddr::new(server.into(), 67))?;
+    Ok(())
+}
+
+fn dhcp_server(ns: &Netns) -> Result<std::net::UdpSocket> {
+    let socket = ns.run(|| std::net::UdpSocket::bind("0.0.0.0:67"))??;
+    socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(socket)
+}
+
+fn received(socket: &std::net::UdpSocket) -> Result<Vec<u8>> {
+    let mut buffer = [0u8; 256];
+    let (n, _) = socket
+        .recv_from(&mut buffer)
+        .context("nothing arrived within 5 s")?;
+    Ok(buffer[..n].to_vec())
+}
+
+#[test]
+fn a_dhcp_renewal_cannot_cross_the_first_router() -> Result<()> {
+    if !require_root("a_dhcp_renewal_cannot_cross_the_first_router") {
+        return Ok(());
+    }
+    let chain = RoutedChain::new("dhcp")?;
+    let behind = dhcp_server(&chain.host)?;
+    let on_link = dhcp_server(&chain.router)?;
+    let capture = Capture::start(&chain.router, "lan0")?;
+
+    // Without the kill switch both arrive: the test can see a renewal cross the router.
+    chain.client.run(|| renew(CHAIN_HOST, b"open: behind"))??;
+    ensure!(
+        received(&behind)? == b"open: behind",
+        "the host behind the router got it"
+    );
+    chain
+        .client
+        .run(|| renew(CHAIN_ROUTER, b"open: on the link"))??;
+    ensure!(received(&on_link)? == b"open: on the link");
+
+    for (name, state) in [
+        ("blocked", PolicyState::Blocked),
+        (
+            "connecting",
+            PolicyState::Connecting {
+                peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+                probe: None,
+            },
+        ),
+    ] {
+        let ruleset = compile(&state, &Settings::default());
+        chain.client.run(|| killswitch_nft::apply(&ruleset))??;
+        let from = capture.len();
+        let label = format!("{name}: on the link");
+        chain
+            .client
+            .run(|| renew(CHAIN_ROUTER, label.as_bytes()))??;
+        ensure!(
+            received(&on_link)? == label.as_bytes(),
+            "{name}: a server on the link still gets the renewal"
+        );
+        let on_the_wire = capture.wait_for(
+            from,
+            Duration::from_secs(5),
+            |c| matches!(&c.frame, Frame::Ip(p) if p.payload == label.as_bytes()),
+        )?;
+        let frames = capture.frames();
+        ensure!(
+            matches!(&frames[on_the_wire].frame, Frame::Ip(p) if p.hop_limit == 1),
+            "{name}: the renewal left with TTL 1: {}",
+            frames[on_the_wire].frame
+        );
+
+        // The router receives the one to the host behind it and, with TTL 1, drops it and says
+        // so (ICMP time exceeded): once that answer is on the wire, the renewal is gone for good.
+        let from = capture.len();
+        chain
+            .client
+            .run(|| renew(CHAIN_HOST, format!("{name}: behind").as_bytes()))??;
+        capture
+            .wait_for(from, Duration::from_secs(5), |c| {
+                c.direction == Direction::Outgoing
+                    && matches!(&c.frame, Frame::Ip(p) if p.transport == (L4::Icmp { kind: 11 }))
+            })
+            .with_context(|| format!("{name}: the router did not report the renewal expired"))?;
+        behind.set_nonblocking(true)?;
+        let mut buffer = [0u8; 256];
+        let crossed = behind.recv_from(&mut buffer);
+        behind.set_nonblocking(false)?;
+        ensure!(
+            crossed.is_err(),
+            "{name}: a renewal crossed the router: {:?}",
+            crossed.map(|(n, _)| String::from_utf8_lossy(&buffer[..n]).into_owned())
+        );
+    }
+    ensure!(capture.kernel_drops()? == 0, "the capture dropped frames");
     Ok(())
 }

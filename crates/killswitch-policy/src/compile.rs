@@ -3,17 +3,24 @@
 //! Every state but `off` (and `disconnected` without lockdown) installs three base chains with policy
 //! drop. The rules, in the order they appear in each chain:
 //!
-//! output: loopback; the endpoint hole; DHCP and the NDP messages that bring a link up; DNS to the
-//! tunnel's resolvers through the tunnel; every other DNS packet rejected; the tunnel; the LAN (when
-//! allowed); then a reject, so applications fail fast instead of hanging.
+//! output: loopback; packets from the tunnel's address leaving by another interface dropped; the
+//! endpoint hole; neighbour advertisements for the tunnel's address by another interface dropped;
+//! DHCP and the NDP messages that bring a link up; DNS to the tunnel's resolvers through the tunnel;
+//! every other DNS packet rejected; the tunnel; the LAN (when allowed); then a reject, so
+//! applications fail fast instead of hanging.
 //!
 //! input: loopback; packets for the tunnel's address arriving on another interface dropped
-//! (CVE-2019-14899); replies to allowed flows; replies from the endpoint; DHCP and NDP; the tunnel;
-//! the LAN (when allowed); then the drop policy.
+//! (CVE-2019-14899), and neighbour solicitations for it; replies to allowed flows; replies from the
+//! endpoint; DHCP and NDP; the tunnel; the LAN (when allowed); then the drop policy.
 //!
 //! forward: DNS as in output; out through the tunnel and replies back to private addresses; LAN to
 //! LAN (when allowed);
 //! then the drop policy, so containers and VMs cannot route around the tunnel.
+//!
+//! While a tunnel is connected, table `arp killswitch` (policy accept) drops ARP requests for the
+//! tunnel's IPv4 addresses arriving on another interface, and ARP messages from those addresses
+//! leaving by another interface (audit finding MLLVD-CR-24-03: Linux answers ARP for any local
+//! address on every interface, so the LAN could learn the tunnel's address from the physical one).
 //!
 //! Output deliberately has no "established" rule: a flow that went through the tunnel stays in the
 //! conntrack table after the tunnel drops, and an "established" accept would let its next packets out
@@ -21,13 +28,13 @@
 
 use crate::ranges;
 use crate::ruleset::{
-    BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, L4Proto, Match, RejectWith, Rule,
-    Ruleset, Table, Verdict,
+    ArpChain, ArpHook, ArpMatch, ArpOperation, ArpRule, ArpTable, BaseChain, Chain, ChainPolicy,
+    CtStates, Hook, IpFamily, L4Proto, Match, RejectWith, Rule, Ruleset, Statement, Table, Verdict,
 };
 use crate::set::Set;
 use ipnet::IpNet;
 use killswitch_types::{Endpoint, Fwmark, InterfaceName, Settings, TransportProtocol};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The firewall-relevant part of the daemon's state: one variant per protection state, carrying what
 /// that state's rules need to know.
@@ -104,6 +111,20 @@ impl Tunnel {
         families.sort();
         families.dedup();
         families
+    }
+
+    fn ipv4_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.addresses.iter().filter_map(|a| match a {
+            IpAddr::V4(v4) => Some(*v4),
+            IpAddr::V6(_) => None,
+        })
+    }
+
+    fn ipv6_addresses(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        self.addresses.iter().filter_map(|a| match a {
+            IpAddr::V6(v6) => Some(*v6),
+            IpAddr::V4(_) => None,
+        })
     }
 }
 
@@ -208,8 +229,67 @@ pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Rule
         });
     }
     Ruleset {
-        table: Some(Table { sets, chains }),
+        table: Some(Table {
+            sets,
+            chains,
+            arp: tunnel.and_then(arp_table),
+        }),
     }
+}
+
+/// Table `arp killswitch` for a connected tunnel, or none when the tunnel has no IPv4 address.
+///
+/// Linux answers an ARP request for any of its addresses on any interface (the "weak host"
+/// model; `arp_ignore` 0), so without this a host on the LAN that asks "who has 10.64.0.2?" learns
+/// that this machine holds the tunnel's address, and its physical MAC (MLLVD-CR-24-03). No `inet`
+/// hook sees ARP. Input: requests for a tunnel address arriving on another interface are dropped
+/// before the kernel can answer them. Output: any ARP message sent by another interface that names
+/// a tunnel address as its sender (a reply, or a request for a neighbour made on behalf of a packet
+/// from the tunnel's address) is dropped. The tunnel interface itself is exempt: a TAP tunnel
+/// carries ARP for its own address. Everything else is accepted: ARP is how the LAN works.
+fn arp_table(tunnel: &Tunnel) -> Option<ArpTable> {
+    let addresses: Vec<Ipv4Addr> = tunnel.ipv4_addresses().collect();
+    if addresses.is_empty() {
+        return None;
+    }
+    let rule = |matches: Vec<ArpMatch>| ArpRule {
+        matches,
+        verdict: Verdict::Drop,
+        comment: "tunnel address only via the tunnel",
+    };
+    let input = addresses
+        .iter()
+        .map(|a| {
+            rule(vec![
+                ArpMatch::NotInInterface(tunnel.interface.clone()),
+                ArpMatch::EthernetIpv4(Some(ArpOperation::Request)),
+                ArpMatch::TargetIp(*a),
+            ])
+        })
+        .collect();
+    let output = addresses
+        .iter()
+        .map(|a| {
+            rule(vec![
+                ArpMatch::NotOutInterface(tunnel.interface.clone()),
+                ArpMatch::EthernetIpv4(None),
+                ArpMatch::SenderIp(*a),
+            ])
+        })
+        .collect();
+    let chain = |name: &str, hook, rules| ArpChain {
+        name: name.to_owned(),
+        hook,
+        priority: PRIORITY_FILTER,
+        policy: ChainPolicy::Accept,
+        rules,
+    };
+    Some(ArpTable {
+        chains: vec![
+            chain("input", ArpHook::Input, input),
+            chain("output", ArpHook::Output, output),
+        ],
+    })
 }
 
 fn base_chain(name: &str, hook: Hook, rules: Vec<Rule>) -> Chain {
@@ -231,6 +311,17 @@ fn output_rules(
     allow_lan: Option<&[Set]>,
 ) -> Vec<Rule> {
     let mut rules = vec![on().oif(&InterfaceName::loopback()).accept("loopback")];
+    if let Some(tunnel) = tunnel {
+        // Nothing from the tunnel's address leaves by another interface: such a packet would tell
+        // the local network the address, and so that this machine is on the VPN.
+        for address in &tunnel.addresses {
+            rules.push(
+                on().not_oif(&tunnel.interface)
+                    .src(host(*address))
+                    .verdict(Verdict::Drop, "tunnel address only via the tunnel"),
+            );
+        }
+    }
     if let Some(peer) = peer {
         rules.push(endpoint_hole(peer));
     }
@@ -242,6 +333,13 @@ fn output_rules(
                 .dport(53)
                 .accept("probe into the tunnel"),
         );
+    }
+    if let Some(tunnel) = tunnel {
+        // Ahead of the NDP accepts: no neighbour advertisement for a tunnel address leaves by
+        // another interface (the IPv6 side of MLLVD-CR-24-03, which a proxy NDP entry would open).
+        rules.extend(neighbor_guard(tunnel, ND_NEIGHBOR_ADVERT, |b| {
+            b.not_oif(&tunnel.interface)
+        }));
     }
     rules.extend(link_bring_up_out());
     rules.extend(dns_rules(tunnel));
@@ -280,6 +378,13 @@ fn input_rules(
                     .verdict(Verdict::Drop, "tunnel address only via the tunnel"),
             );
         }
+        // Neighbour solicitations for a tunnel address go to a multicast group, not to the
+        // address, so the rule above does not see them. Linux itself answers them only on the
+        // interface holding the address, but a proxy NDP entry (or an anycast address) would
+        // answer on the LAN.
+        rules.extend(neighbor_guard(tunnel, ND_NEIGHBOR_SOLICIT, |b| {
+            b.not_iif(&tunnel.interface)
+        }));
     }
     rules.push(
         on().ct(CtStates::ESTABLISHED_RELATED)
@@ -422,20 +527,43 @@ fn lan_destinations(sets: &[Set], comment: &'static str) -> Vec<Rule> {
     hosts.chain(groups).collect()
 }
 
-/// DHCP and the neighbour-discovery messages a link needs to come up. NDP is limited to hop limit
-/// 255 (which receivers require, RFC 4861) and to link-scoped destinations, so these rules cannot
-/// carry anything past the first router.
-fn link_bring_up_out() -> Vec<Rule> {
-    let mut rules: Vec<Rule> = ranges::DHCPV4_SERVERS
-        .iter()
-        .map(|net| {
-            on().dst(*net)
-                .proto(L4Proto::Udp)
-                .sport(68)
-                .dport(67)
-                .accept("dhcpv4")
+/// Drops neighbour discovery messages of type `kind` (solicitation or advertisement) whose target
+/// is one of the tunnel's IPv6 addresses, where `direction` says (not via the tunnel).
+fn neighbor_guard(
+    tunnel: &Tunnel,
+    kind: u8,
+    direction: impl Fn(RuleBuilder) -> RuleBuilder,
+) -> Vec<Rule> {
+    tunnel
+        .ipv6_addresses()
+        .map(|address| {
+            direction(on())
+                .family(IpFamily::V6)
+                .proto(L4Proto::Icmpv6)
+                .with(Match::Icmpv6Type(kind))
+                .with(Match::NdTarget(address))
+                .verdict(Verdict::Drop, "tunnel address only via the tunnel")
         })
-        .collect();
+        .collect()
+}
+
+/// DHCP and the neighbour-discovery messages a link needs to come up, none of which can be carried
+/// past the first router:
+///
+/// - DHCPv4 to the limited broadcast, which routers do not forward;
+/// - DHCPv4 unicast (a renewal, RFC 2131 4.4.5) to a private address, with the TTL forced to 1: a
+///   server on the link receives it, a router drops it. A renewal to a server behind a relay agent
+///   therefore fails, and the client rebinds by broadcast at T2, which the relay forwards;
+/// - DHCPv6 to All_DHCP_Relay_Agents_and_Servers (ff02::1:2), link-scoped multicast;
+/// - NDP with hop limit 255 (which receivers require, RFC 4861) to link-scoped destinations only.
+fn link_bring_up_out() -> Vec<Rule> {
+    let dhcpv4 = |dst: IpNet| on().dst(dst).proto(L4Proto::Udp).sport(68).dport(67);
+    let mut rules = vec![dhcpv4(ranges::DHCPV4_BROADCAST).accept("dhcpv4")];
+    rules.extend(ranges::DHCPV4_UNICAST_SERVERS.iter().map(|net| {
+        dhcpv4(*net)
+            .set(Statement::SetTtl(1))
+            .accept("dhcpv4 renewal, on the link only")
+    }));
     rules.push(
         on().dst(ranges::DHCPV6_SERVERS)
             .proto(L4Proto::Udp)
@@ -513,6 +641,7 @@ fn host(ip: IpAddr) -> IpNet {
 #[derive(Debug, Default)]
 struct RuleBuilder {
     matches: Vec<Match>,
+    statements: Vec<Statement>,
 }
 
 fn on() -> RuleBuilder {
@@ -543,6 +672,15 @@ impl RuleBuilder {
 
     fn oif(self, name: &InterfaceName) -> Self {
         self.with(Match::OutInterface(name.clone()))
+    }
+
+    fn not_oif(self, name: &InterfaceName) -> Self {
+        self.with(Match::NotOutInterface(name.clone()))
+    }
+
+    fn set(mut self, statement: Statement) -> Self {
+        self.statements.push(statement);
+        self
     }
 
     fn src(self, net: IpNet) -> Self {
@@ -577,6 +715,7 @@ impl RuleBuilder {
     fn verdict(self, verdict: Verdict, comment: &'static str) -> Rule {
         Rule {
             matches: self.matches,
+            statements: self.statements,
             verdict,
             comment,
         }

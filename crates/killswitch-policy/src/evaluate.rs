@@ -2,15 +2,18 @@
 //!
 //! It implements the semantics of the subset of nftables the policy uses: base chain per hook, rules
 //! in order, first terminal verdict wins, a jump returns when the called chain does not decide, and
-//! the chain policy applies when nothing matched. It exists so that tests can state properties over
-//! random packets ("no DNS leaves outside the tunnel"), and so that the lab can classify a captured
-//! packet as "allowed by the old or the new state".
+//! the chain policy applies when nothing matched. A matching rule's statements change the packet
+//! before its verdict ([`Ruleset::decide`] returns the packet as it leaves). ARP messages go
+//! through the `arp` table the same way ([`Ruleset::arp_verdict`]). It exists so that tests can
+//! state properties over random packets ("no DNS leaves outside the tunnel"), and so that the lab
+//! can classify a captured packet as "allowed by the old or the new state".
 
 use crate::ruleset::{
-    Chain, ChainPolicy, Hook, IpFamily, L4Proto, Match, RejectWith, Ruleset, Verdict as RuleVerdict,
+    ArpHook, ArpMatch, ArpOperation, Chain, ChainPolicy, Hook, IpFamily, L4Proto, Match,
+    RejectWith, Ruleset, Statement, Verdict as RuleVerdict,
 };
 use killswitch_types::InterfaceName;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A packet at one netfilter hook, described by the fields the rules can look at.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +127,8 @@ pub enum Transport {
     Icmpv6 {
         /// The message type.
         kind: u8,
+        /// For a neighbour solicitation or advertisement (135, 136), the address it is about.
+        target: Option<Ipv6Addr>,
     },
     /// Anything else, by protocol number (ICMP is 1).
     Other(u8),
@@ -140,6 +145,59 @@ pub enum ConnState {
     Related,
     /// Conntrack could not classify it.
     Invalid,
+}
+
+/// What the rules did with a packet: the verdict, and the packet as the rules left it (a rule's
+/// statements may have rewritten it, e.g. its TTL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The verdict.
+    pub verdict: Verdict,
+    /// The packet after the statements of every rule that matched it.
+    pub packet: Packet,
+}
+
+/// An ARP message for IPv4 over Ethernet at one hook of the `arp` family.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArpPacket {
+    /// Where the message is seen.
+    pub hook: ArpHook,
+    /// The interface it arrived on (input).
+    pub iif: Option<InterfaceName>,
+    /// The interface it leaves by (output).
+    pub oif: Option<InterfaceName>,
+    /// Request or reply.
+    pub operation: ArpOperation,
+    /// The sender's protocol address ("tell SENDER", "SENDER is at").
+    pub sender: Ipv4Addr,
+    /// The target's protocol address ("who has TARGET").
+    pub target: Ipv4Addr,
+}
+
+impl ArpPacket {
+    /// "Who has `target`? Tell `sender`.", arriving on `iif`.
+    pub fn request_in(iif: &str, sender: Ipv4Addr, target: Ipv4Addr) -> Self {
+        ArpPacket {
+            hook: ArpHook::Input,
+            iif: InterfaceName::new(iif).ok(),
+            oif: None,
+            operation: ArpOperation::Request,
+            sender,
+            target,
+        }
+    }
+
+    /// "`sender` is at ...", to `target`, leaving by `oif`.
+    pub fn reply_out(oif: &str, sender: Ipv4Addr, target: Ipv4Addr) -> Self {
+        ArpPacket {
+            hook: ArpHook::Output,
+            iif: None,
+            oif: InterfaceName::new(oif).ok(),
+            operation: ArpOperation::Reply,
+            sender,
+            target,
+        }
+    }
 }
 
 /// The outcome of evaluation.
@@ -164,6 +222,19 @@ impl Transport {
         Transport::Udp { sport, dport }
     }
 
+    /// ICMPv6 of type `kind` (a neighbour discovery message about no particular address).
+    pub fn icmpv6(kind: u8) -> Self {
+        Transport::Icmpv6 { kind, target: None }
+    }
+
+    /// A neighbour solicitation (135) or advertisement (136) about `target`.
+    pub fn neighbor(kind: u8, target: Ipv6Addr) -> Self {
+        Transport::Icmpv6 {
+            kind,
+            target: Some(target),
+        }
+    }
+
     /// ICMP (v4) echo and friends.
     pub const ICMP: Transport = Transport::Other(1);
 }
@@ -182,22 +253,59 @@ impl Ruleset {
     /// The verdict for `packet`: accept when there is no table, else what our base chain for the
     /// packet's hook decides.
     pub fn verdict(&self, packet: &Packet) -> Verdict {
+        self.decide(packet).verdict
+    }
+
+    /// The verdict for `packet`, and the packet as the rules leave it.
+    pub fn decide(&self, packet: &Packet) -> Decision {
+        let mut packet = packet.clone();
         let Some(chain) = self.base_chain(packet.hook) else {
-            return Verdict::Accept;
+            return Decision {
+                verdict: Verdict::Accept,
+                packet,
+            };
         };
-        match self.run_chain(chain, packet, 0) {
+        let verdict = match self.run_chain(chain, &mut packet, 0) {
             Some(verdict) => verdict,
             None => match chain.base.map(|b| b.policy) {
                 Some(ChainPolicy::Drop) => Verdict::Drop,
                 _ => Verdict::Accept,
             },
-        }
+        };
+        Decision { verdict, packet }
     }
 
-    fn run_chain(&self, chain: &Chain, packet: &Packet, depth: usize) -> Option<Verdict> {
+    /// The verdict of the `arp` table for an ARP message: accept when there is no such table or
+    /// chain, else what the chain for the message's hook decides.
+    pub fn arp_verdict(&self, packet: &ArpPacket) -> Verdict {
+        let Some(chain) = self.arp_chain(packet.hook) else {
+            return Verdict::Accept;
+        };
+        let decided = chain
+            .rules
+            .iter()
+            .find(|rule| rule.matches.iter().all(|m| arp_matches(m, packet)))
+            .map(|rule| match rule.verdict {
+                RuleVerdict::Accept => Verdict::Accept,
+                RuleVerdict::Reject(with) => Verdict::Reject(with),
+                // `Ruleset::check` refuses a jump in the arp table; the kernel would too.
+                RuleVerdict::Drop | RuleVerdict::Jump(_) => Verdict::Drop,
+            });
+        decided.unwrap_or(match chain.policy {
+            ChainPolicy::Drop => Verdict::Drop,
+            ChainPolicy::Accept => Verdict::Accept,
+        })
+    }
+
+    fn run_chain(&self, chain: &Chain, packet: &mut Packet, depth: usize) -> Option<Verdict> {
         for rule in &chain.rules {
             if !rule.matches.iter().all(|m| self.matches(m, packet)) {
                 continue;
+            }
+            for statement in &rule.statements {
+                match statement {
+                    Statement::SetTtl(ttl) => packet.hop_limit = *ttl,
+                }
             }
             match &rule.verdict {
                 RuleVerdict::Accept => return Some(Verdict::Accept),
@@ -243,6 +351,8 @@ fn matches(m: &Match, p: &Packet) -> bool {
         // With no input interface (output hook) the kernel compares against an empty name.
         Match::NotInInterface(name) => p.iif.as_ref() != Some(name),
         Match::OutInterface(name) => p.oif.as_ref() == Some(name),
+        // As for the input interface: none (input hook) compares as an empty name.
+        Match::NotOutInterface(name) => p.oif.as_ref() != Some(name),
         Match::Source(net) => net.contains(&p.src),
         Match::Destination(net) => net.contains(&p.dst),
         Match::Protocol(proto) => matches!(
@@ -259,7 +369,10 @@ fn matches(m: &Match, p: &Packet) -> bool {
             Transport::Tcp { dport, .. } | Transport::Udp { dport, .. } => dport == *port,
             _ => false,
         },
-        Match::Icmpv6Type(t) => matches!(p.transport, Transport::Icmpv6 { kind } if kind == *t),
+        Match::Icmpv6Type(t) => matches!(p.transport, Transport::Icmpv6 { kind, .. } if kind == *t),
+        Match::NdTarget(address) => {
+            matches!(p.transport, Transport::Icmpv6 { target: Some(t), .. } if t == *address)
+        }
         Match::HopLimit(h) => family(p.src) == IpFamily::V6 && p.hop_limit == *h,
         Match::ConnState(states) => match p.conn {
             ConnState::Established => states.established,
@@ -268,5 +381,16 @@ fn matches(m: &Match, p: &Packet) -> bool {
         },
         Match::Mark(mark) => p.mark == *mark,
         Match::SocketUid(uid) => p.uid == Some(*uid),
+    }
+}
+
+fn arp_matches(m: &ArpMatch, p: &ArpPacket) -> bool {
+    match m {
+        ArpMatch::NotInInterface(name) => p.iif.as_ref() != Some(name),
+        ArpMatch::NotOutInterface(name) => p.oif.as_ref() != Some(name),
+        // The evaluator models Ethernet/IPv4 ARP only, so only the operation can differ.
+        ArpMatch::EthernetIpv4(operation) => operation.is_none_or(|op| op == p.operation),
+        ArpMatch::SenderIp(ip) => p.sender == *ip,
+        ArpMatch::TargetIp(ip) => p.target == *ip,
     }
 }

@@ -1,12 +1,14 @@
 //! The policy engine: what each protection state allows, as plain data.
 //!
 //! [`compile`] turns a [`PolicyState`] and the user's [`Settings`] into a [`Ruleset`]: one nftables
-//! table of chains and rules, described as enums of matches and verdicts. Nothing here talks to the
+//! table of chains and rules, described as enums of matches and verdicts (and, while a tunnel is
+//! connected, a small `arp` table beside it). Nothing here talks to the
 //! kernel, reads a clock or a file: the same inputs always give the same rules. That is what lets
 //! the rules be unit-tested, snapshot-tested and property-tested without root, and what lets a
 //! backend (nftables today) be a thin translation of this data.
 //!
-//! [`Ruleset::verdict`] evaluates a [`Packet`] against a ruleset the way the kernel would. Tests use
+//! [`Ruleset::verdict`] evaluates a [`Packet`] against a ruleset the way the kernel would (and
+//! [`Ruleset::arp_verdict`] an [`ArpPacket`]). Tests use
 //! it to state properties such as "no DNS query leaves outside the tunnel" over random packets.
 //!
 //! [`routes::compile_routes`] describes the second, independent layer: policy routing that sends
@@ -25,10 +27,11 @@ mod ruleset;
 mod set;
 
 pub use compile::{Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_with};
-pub use evaluate::{ConnState, Packet, Transport, Verdict as PacketVerdict};
+pub use evaluate::{ArpPacket, ConnState, Decision, Packet, Transport, Verdict as PacketVerdict};
 pub use killswitch_types::Settings;
 pub use ruleset::{
-    BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, L4Proto, MalformedRule, Match,
-    RejectWith, Rule, Ruleset, TABLE_NAME, Table, Verdict,
+    ArpChain, ArpHook, ArpMatch, ArpOperation, ArpRule, ArpTable, BaseChain, Chain, ChainPolicy,
+    CtStates, Hook, IpFamily, L4Proto, MalformedRule, Match, RejectWith, Rule, Ruleset, Statement,
+    TABLE_NAME, Table, Verdict,
 };
 pub use set::Set;

@@ -41,10 +41,13 @@ pub const LAN_GROUP: [IpNet; 3] = [
     v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8),
 ];
 
-/// Where a DHCPv4 client may send: the limited broadcast, and a server on a private range when it
-/// renews its lease by unicast.
-pub const DHCPV4_SERVERS: [IpNet; 4] = [
-    v4(255, 255, 255, 255, 32),
+/// Where a DHCPv4 client broadcasts (discover, request, rebind): the limited broadcast, which no
+/// router forwards.
+pub const DHCPV4_BROADCAST: IpNet = v4(255, 255, 255, 255, 32);
+
+/// Where a DHCPv4 client may renew its lease by unicast: a server on a private range. The rule that
+/// admits these forces the TTL to 1, so that only a server on the link can receive them.
+pub const DHCPV4_UNICAST_SERVERS: [IpNet; 3] = [
     v4(10, 0, 0, 0, 8),
     v4(172, 16, 0, 0, 12),
     v4(192, 168, 0, 0, 16),

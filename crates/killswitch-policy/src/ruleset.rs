@@ -1,5 +1,6 @@
 //! The ruleset as plain data: one `inet` table of chains, each a list of rules, each rule a list of
-//! matches and one verdict.
+//! matches, the statements that change the packet, and one verdict; and, beside it, a small `arp`
+//! table for what no `inet` hook sees.
 //!
 //! The shape mirrors what nftables executes, one match per kernel comparison, so that a backend can
 //! translate it without interpreting it, and so that the evaluator here sees exactly what the kernel
@@ -11,8 +12,9 @@ use crate::set::Set;
 use ipnet::IpNet;
 use killswitch_types::InterfaceName;
 use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// The name of the one table killswitch owns, in family `inet`.
+/// The name of killswitch's tables: `inet killswitch`, and `arp killswitch` beside it.
 pub const TABLE_NAME: &str = "killswitch";
 
 /// A complete firewall configuration: the table to install, or none.
@@ -22,13 +24,16 @@ pub struct Ruleset {
     pub table: Option<Table>,
 }
 
-/// Table `inet killswitch`.
+/// Table `inet killswitch`, and the `arp` table that is installed and removed with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Table {
     /// Named address sets the rules look up.
     pub sets: Vec<Set>,
     /// The chains, base chains first.
     pub chains: Vec<Chain>,
+    /// Table `arp killswitch`, in the same transaction as this one: present while a tunnel with
+    /// an IPv4 address is connected, so that no other interface answers ARP for that address.
+    pub arp: Option<ArpTable>,
 }
 
 /// A chain: a base chain hooked into the stack, or a regular chain reached by a jump.
@@ -73,11 +78,13 @@ pub enum ChainPolicy {
     Drop,
 }
 
-/// One rule: if every match holds, the verdict applies.
+/// One rule: if every match holds, the statements change the packet and the verdict applies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     /// Conditions, all of which must hold, in the order the kernel checks them.
     pub matches: Vec<Match>,
+    /// Changes made to a matching packet, in order, before the verdict.
+    pub statements: Vec<Statement>,
     /// What to do with a matching packet.
     pub verdict: Verdict,
     /// Why the rule exists; installed as the rule's comment, so `nft list` explains itself.
@@ -157,6 +164,8 @@ pub enum Match {
     NotInInterface(InterfaceName),
     /// `oifname NAME`.
     OutInterface(InterfaceName),
+    /// `oifname != NAME`.
+    NotOutInterface(InterfaceName),
     /// `ip[6] saddr NET` (needs a preceding [`Match::Family`] of the same family).
     Source(IpNet),
     /// `ip[6] daddr NET` (needs a preceding [`Match::Family`] of the same family).
@@ -174,6 +183,10 @@ pub enum Match {
     DestinationPort(u16),
     /// `icmpv6 type TYPE` (needs a preceding ICMPv6 [`Match::Protocol`]).
     Icmpv6Type(u8),
+    /// The target address of a neighbour solicitation or advertisement: the 16 bytes at offset 8
+    /// of the ICMPv6 message, `@th,64,128` (needs a preceding [`Match::Icmpv6Type`] of 135 or
+    /// 136, where those bytes are the target; in any other message they are something else).
+    NdTarget(Ipv6Addr),
     /// `ip6 hoplimit N` (needs a preceding IPv6 [`Match::Family`]).
     HopLimit(u8),
     /// `ct state ...`: the packet's conntrack state is one of these.
@@ -182,6 +195,15 @@ pub enum Match {
     Mark(u32),
     /// `meta skuid N`: the sending socket's owner.
     SocketUid(u32),
+}
+
+/// A change a rule makes to a packet it matches, before its verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statement {
+    /// `ip ttl set N`: rewrites the IPv4 TTL (and fixes the header checksum). With 1, the packet
+    /// reaches a host on the link, and any router drops it instead of forwarding it (needs a
+    /// preceding IPv4 [`Match::Family`]).
+    SetTtl(u8),
 }
 
 /// What a rule does with a packet it matches.
@@ -215,6 +237,90 @@ pub struct MalformedRule {
     pub index: usize,
     /// What is wrong.
     pub reason: String,
+}
+
+/// Table `arp killswitch`: the part of the tunnel-address guard that table `inet` cannot be,
+/// because ARP is not IP and no `inet` hook ever sees it. Its chains accept by default: this table
+/// only takes away, and only messages that name a tunnel address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArpTable {
+    /// The base chains.
+    pub chains: Vec<ArpChain>,
+}
+
+/// A base chain of the `arp` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArpChain {
+    /// The chain's name.
+    pub name: String,
+    /// Where it hooks in.
+    pub hook: ArpHook,
+    /// The priority among chains on the same hook (0 is `filter`).
+    pub priority: i32,
+    /// What happens to a message no rule decides.
+    pub policy: ChainPolicy,
+    /// The rules, evaluated in order.
+    pub rules: Vec<ArpRule>,
+}
+
+/// The hooks of the `arp` family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ArpHook {
+    /// ARP messages this host receives.
+    Input,
+    /// ARP messages this host sends.
+    Output,
+}
+
+/// One rule of the `arp` table: if every match holds, the verdict applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArpRule {
+    /// Conditions, all of which must hold, in the order the kernel checks them.
+    pub matches: Vec<ArpMatch>,
+    /// What to do with a matching message: [`Verdict::Accept`] or [`Verdict::Drop`] (the `arp`
+    /// family has no reject, and the table no regular chains).
+    pub verdict: Verdict,
+    /// Why the rule exists; installed as the rule's comment.
+    pub comment: &'static str,
+}
+
+/// One condition on an ARP message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArpMatch {
+    /// `iifname != NAME`.
+    NotInInterface(InterfaceName),
+    /// `oifname != NAME`.
+    NotOutInterface(InterfaceName),
+    /// `arp htype 1 arp ptype ip arp hlen 6 arp plen 4`, and `arp operation OP` when given: an
+    /// ARP message for IPv4 over Ethernet (Wi-Fi included), the layout in which the address
+    /// matches below read the addresses. nft itself adds no such check to `arp saddr ip`, which
+    /// on another link type would read other bytes.
+    EthernetIpv4(Option<ArpOperation>),
+    /// `arp saddr ip ADDR`: the sender's protocol address (needs a preceding
+    /// [`ArpMatch::EthernetIpv4`]).
+    SenderIp(Ipv4Addr),
+    /// `arp daddr ip ADDR`: the target's protocol address (needs a preceding
+    /// [`ArpMatch::EthernetIpv4`]).
+    TargetIp(Ipv4Addr),
+}
+
+/// ARP operations (RFC 826).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ArpOperation {
+    /// "Who has TARGET? Tell SENDER." (1)
+    Request,
+    /// "SENDER is at this hardware address." (2)
+    Reply,
+}
+
+impl ArpOperation {
+    /// The operation's number on the wire.
+    pub fn number(self) -> u16 {
+        match self {
+            ArpOperation::Request => 1,
+            ArpOperation::Reply => 2,
+        }
+    }
 }
 
 impl fmt::Display for MalformedRule {
@@ -283,7 +389,60 @@ impl Ruleset {
                 }
             }
         }
+        if let Some(arp) = &table.arp {
+            for chain in &arp.chains {
+                for (index, rule) in chain.rules.iter().enumerate() {
+                    rule.check().map_err(|reason| MalformedRule {
+                        chain: format!("arp {}", chain.name),
+                        index,
+                        reason,
+                    })?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// The ruleset as an `nft -f` script that replaces both tables in one transaction, as the
+    /// backend's batch does: each table added (so that deleting it is valid) and deleted, then
+    /// whatever this ruleset holds.
+    pub fn nft_script(&self) -> String {
+        format!(
+            "table inet {TABLE_NAME}\ndelete table inet {TABLE_NAME}\n\
+             table arp {TABLE_NAME}\ndelete table arp {TABLE_NAME}\n{self}"
+        )
+    }
+
+    /// The `arp` table's base chain for `hook`, if there is one.
+    pub fn arp_chain(&self, hook: ArpHook) -> Option<&ArpChain> {
+        self.table
+            .as_ref()?
+            .arp
+            .as_ref()?
+            .chains
+            .iter()
+            .find(|c| c.hook == hook)
+    }
+}
+
+impl ArpRule {
+    fn check(&self) -> Result<(), String> {
+        let mut layout = false;
+        for m in &self.matches {
+            match m {
+                ArpMatch::EthernetIpv4(_) => layout = true,
+                ArpMatch::SenderIp(_) | ArpMatch::TargetIp(_) if !layout => {
+                    return Err(
+                        "arp address match without the ethernet/ipv4 header match first".to_owned(),
+                    );
+                }
+                _ => {}
+            }
+        }
+        match self.verdict {
+            Verdict::Accept | Verdict::Drop => Ok(()),
+            ref other => Err(format!("{other} in the arp table (only accept and drop)")),
+        }
     }
 }
 
@@ -291,6 +450,7 @@ impl Rule {
     fn check_prerequisites(&self) -> Result<(), String> {
         let mut family = None;
         let mut proto = None;
+        let mut icmpv6_type = None;
         for m in &self.matches {
             match m {
                 Match::Family(f) => family = Some(*f),
@@ -320,7 +480,22 @@ impl Rule {
                 Match::HopLimit(_) if family != Some(IpFamily::V6) => {
                     return Err("hop limit match without `meta nfproto ipv6` first".to_owned());
                 }
+                Match::Icmpv6Type(t) => icmpv6_type = Some(*t),
+                Match::NdTarget(_) if !matches!(icmpv6_type, Some(135 | 136)) => {
+                    return Err(
+                        "neighbour discovery target match without `icmpv6 type` 135 or 136 first"
+                            .to_owned(),
+                    );
+                }
                 _ => {}
+            }
+        }
+        for statement in &self.statements {
+            match statement {
+                Statement::SetTtl(_) if family != Some(IpFamily::V4) => {
+                    return Err("ttl rewrite without `meta nfproto ipv4` first".to_owned());
+                }
+                Statement::SetTtl(_) => {}
             }
         }
         if self.verdict == Verdict::Reject(RejectWith::TcpReset) && proto != Some(L4Proto::Tcp) {
@@ -350,9 +525,79 @@ impl fmt::Display for Ruleset {
                     }
                     write!(f, "{chain}")?;
                 }
-                writeln!(f, "}}")
+                writeln!(f, "}}")?;
+                if let Some(arp) = &table.arp {
+                    write!(f, "{arp}")?;
+                }
+                Ok(())
             }
         }
+    }
+}
+
+impl fmt::Display for ArpTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "table arp {TABLE_NAME} {{")?;
+        for (i, chain) in self.chains.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            writeln!(f, "\tchain {} {{", chain.name)?;
+            let hook = match chain.hook {
+                ArpHook::Input => "input",
+                ArpHook::Output => "output",
+            };
+            writeln!(
+                f,
+                "\t\ttype filter hook {hook} priority {}; policy {};",
+                chain.priority,
+                policy_name(chain.policy)
+            )?;
+            for rule in &chain.rules {
+                writeln!(f, "\t\t{rule}")?;
+            }
+            writeln!(f, "\t}}")?;
+        }
+        writeln!(f, "}}")
+    }
+}
+
+impl fmt::Display for ArpRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for m in &self.matches {
+            write!(f, "{m} ")?;
+        }
+        write!(f, "{}", self.verdict)?;
+        if !self.comment.is_empty() {
+            write!(f, " comment \"{}\"", self.comment)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for ArpMatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArpMatch::NotInInterface(name) => write!(f, "iifname != \"{name}\""),
+            ArpMatch::NotOutInterface(name) => write!(f, "oifname != \"{name}\""),
+            ArpMatch::EthernetIpv4(operation) => {
+                write!(f, "arp htype 1 arp ptype ip arp hlen 6 arp plen 4")?;
+                match operation {
+                    Some(ArpOperation::Request) => write!(f, " arp operation request"),
+                    Some(ArpOperation::Reply) => write!(f, " arp operation reply"),
+                    None => Ok(()),
+                }
+            }
+            ArpMatch::SenderIp(ip) => write!(f, "arp saddr ip {ip}"),
+            ArpMatch::TargetIp(ip) => write!(f, "arp daddr ip {ip}"),
+        }
+    }
+}
+
+fn policy_name(policy: ChainPolicy) -> &'static str {
+    match policy {
+        ChainPolicy::Accept => "accept",
+        ChainPolicy::Drop => "drop",
     }
 }
 
@@ -365,14 +610,11 @@ impl fmt::Display for Chain {
                 Hook::Output => "output",
                 Hook::Forward => "forward",
             };
-            let policy = match base.policy {
-                ChainPolicy::Accept => "accept",
-                ChainPolicy::Drop => "drop",
-            };
             writeln!(
                 f,
-                "\t\ttype filter hook {hook} priority {}; policy {policy};",
-                base.priority
+                "\t\ttype filter hook {hook} priority {}; policy {};",
+                base.priority,
+                policy_name(base.policy)
             )?;
         }
         for rule in &self.rules {
@@ -386,6 +628,9 @@ impl fmt::Display for Rule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for m in &self.matches {
             write!(f, "{m} ")?;
+        }
+        for statement in &self.statements {
+            write!(f, "{statement} ")?;
         }
         write!(f, "{}", self.verdict)?;
         if !self.comment.is_empty() {
@@ -407,6 +652,7 @@ impl fmt::Display for Match {
             Match::InInterface(name) => write!(f, "iifname \"{name}\""),
             Match::NotInInterface(name) => write!(f, "iifname != \"{name}\""),
             Match::OutInterface(name) => write!(f, "oifname \"{name}\""),
+            Match::NotOutInterface(name) => write!(f, "oifname != \"{name}\""),
             Match::Source(net) => write!(f, "{} saddr {}", ip(net), display_net(net)),
             Match::Destination(net) => write!(f, "{} daddr {}", ip(net), display_net(net)),
             Match::SourceIn(name, family) => write!(f, "{} saddr @{name}", ip_of(*family)),
@@ -423,6 +669,9 @@ impl fmt::Display for Match {
             Match::SourcePort(p) => write!(f, "th sport {p}"),
             Match::DestinationPort(p) => write!(f, "th dport {p}"),
             Match::Icmpv6Type(t) => write!(f, "icmpv6 type {}", icmpv6_type_name(*t)),
+            // nft 1.0.6 has no name for the target (`icmpv6 taddr` came later): a raw payload
+            // match, which nft compiles to the same load and comparison.
+            Match::NdTarget(target) => write!(f, "@th,64,128 {:#034x}", u128::from(*target)),
             Match::HopLimit(h) => write!(f, "ip6 hoplimit {h}"),
             Match::ConnState(s) => {
                 let names: Vec<&str> = [(s.established, "established"), (s.related, "related")]
@@ -459,6 +708,14 @@ fn icmpv6_type_name(t: u8) -> String {
         135 => "nd-neighbor-solicit".to_owned(),
         136 => "nd-neighbor-advert".to_owned(),
         other => other.to_string(),
+    }
+}
+
+impl fmt::Display for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Statement::SetTtl(ttl) => write!(f, "ip ttl set {ttl}"),
+        }
     }
 }
 

@@ -4,8 +4,8 @@
 use ipnet::IpNet;
 use killswitch_policy::ranges::is_lan;
 use killswitch_policy::{
-    ChainPolicy, ConnState, Hook, Packet, Peer, PolicyState, Ruleset, Settings, Transport, Tunnel,
-    compile,
+    ArpHook, ArpOperation, ArpPacket, ChainPolicy, ConnState, Hook, Packet, Peer, PolicyState,
+    Ruleset, Settings, Transport, Tunnel, compile,
 };
 use killswitch_types::{Endpoint, Fwmark, InterfaceName, TransportProtocol};
 use proptest::prelude::*;
@@ -65,12 +65,19 @@ fn port() -> impl Strategy<Value = u16> {
 
 fn transport(v6: bool) -> impl Strategy<Value = Transport> {
     let icmp = if v6 {
-        prop_oneof![
-            proptest::sample::select(vec![128u8, 129, 133, 134, 135, 136]),
-            any::<u8>()
-        ]
-        .prop_map(|kind| Transport::Icmpv6 { kind })
-        .boxed()
+        (
+            prop_oneof![
+                proptest::sample::select(vec![128u8, 129, 133, 134, 135, 136]),
+                any::<u8>()
+            ],
+            address(true),
+        )
+            .prop_map(|(kind, target)| match (kind, target) {
+                // Solicitations and advertisements are about an address; other messages are not.
+                (135 | 136, IpAddr::V6(target)) => Transport::neighbor(kind, target),
+                _ => Transport::icmpv6(kind),
+            })
+            .boxed()
     } else {
         Just(Transport::ICMP).boxed()
     };
@@ -221,6 +228,43 @@ fn settings() -> impl Strategy<Value = Settings> {
         lockdown,
         allow_lan,
     })
+}
+
+/// An ARP message at either hook, about addresses the rules mention (often) or any (sometimes).
+fn arp_packet() -> impl Strategy<Value = ArpPacket> {
+    let v4 = || {
+        address(false).prop_map(|a| match a {
+            IpAddr::V4(v4) => v4,
+            IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+        })
+    };
+    (any::<bool>(), iface(), any::<bool>(), v4(), v4()).prop_map(
+        |(input, interface, request, sender, target)| ArpPacket {
+            hook: if input {
+                ArpHook::Input
+            } else {
+                ArpHook::Output
+            },
+            iif: if input { interface.clone() } else { None },
+            oif: if input { None } else { interface },
+            operation: if request {
+                ArpOperation::Request
+            } else {
+                ArpOperation::Reply
+            },
+            sender,
+            target,
+        },
+    )
+}
+
+/// The limited broadcast and link-scoped IPv6 (link-local unicast, ff02::/16): nothing a router
+/// forwards.
+fn is_link_scoped(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_broadcast(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80 || v6.segments()[0] == 0xff02,
+    }
 }
 
 fn is_link_local_v6(ip: &IpAddr) -> bool {
@@ -376,6 +420,53 @@ proptest! {
         let verdict = compile(&state, &settings).verdict(&p);
         let link_bring_up = matches!(p.transport, Transport::Udp { sport: 67, dport: 68 } | Transport::Icmpv6 { .. });
         prop_assert!(!verdict.is_accept() || link_bring_up, "{state:?} accepted {p:?}");
+    }
+
+    /// Without allow-lan, nothing this machine sends by a physical interface (but the tunnel's own
+    /// packets to its server) can be carried past the first router: it goes to the limited
+    /// broadcast or a link-scoped IPv6 address, or leaves with a TTL no router forwards.
+    #[test]
+    fn link_bring_up_never_crosses_a_router(state in table_state(), lockdown in any::<bool>(), p in outbound_packet()) {
+        prop_assume!(p.hook == Hook::Output && leaves_outside_tunnel(&state, &p) && !to_endpoint(&state, &p));
+        let decision = compile(&state, &Settings { lockdown, allow_lan: false }).decide(&p);
+        if decision.verdict.is_accept() {
+            prop_assert!(
+                is_link_scoped(p.dst) || (p.dst.is_ipv4() && decision.packet.hop_limit <= 1),
+                "{state:?} accepted {p:?} and left it {:?}", decision.packet
+            );
+        }
+    }
+
+    /// While a tunnel is connected, no ARP question about one of its addresses is answered by
+    /// another interface, and no ARP message leaving by another interface names one; all other
+    /// ARP is untouched, whatever the state.
+    #[test]
+    fn arp_never_discloses_a_tunnel_address(state in table_state(), settings in settings(), p in arp_packet()) {
+        let tunnel_v4: Vec<IpAddr> = tunnel_of(&state).map(|t| t.addresses.clone()).unwrap_or_default();
+        let tunnel_name = tunnel_of(&state).map(|t| &t.interface);
+        let names_tunnel_address = match p.hook {
+            ArpHook::Input => p.operation == ArpOperation::Request
+                && p.iif.as_ref() != tunnel_name
+                && tunnel_v4.contains(&IpAddr::V4(p.target)),
+            ArpHook::Output => p.oif.as_ref() != tunnel_name && tunnel_v4.contains(&IpAddr::V4(p.sender)),
+        };
+        let verdict = compile(&state, &settings).arp_verdict(&p);
+        prop_assert_eq!(verdict.is_accept(), !names_tunnel_address, "{:?} {:?}", state, p);
+    }
+
+    /// While a tunnel is connected, neighbour discovery for one of its IPv6 addresses is neither
+    /// answered (solicitation in) nor advertised (advertisement out) by another interface.
+    #[test]
+    fn neighbor_discovery_never_discloses_a_tunnel_address(state in table_state(), settings in settings(), p in packet()) {
+        let Some(tunnel) = tunnel_of(&state) else { return Ok(()) };
+        let Transport::Icmpv6 { kind, target: Some(target) } = p.transport else { return Ok(()) };
+        prop_assume!(tunnel.addresses.contains(&IpAddr::V6(target)));
+        let solicited_elsewhere = p.hook == Hook::Input && kind == 135 && p.iif.as_ref() != Some(&tunnel.interface);
+        let advertised_elsewhere = p.hook == Hook::Output && kind == 136 && p.oif.as_ref() != Some(&tunnel.interface);
+        prop_assume!(solicited_elsewhere || advertised_elsewhere);
+        prop_assume!(p.iif.as_ref().is_none_or(|i| i.as_str() != "lo") && p.oif.as_ref().is_none_or(|o| o.as_str() != "lo"));
+        let verdict = compile(&state, &settings).verdict(&p);
+        prop_assert!(!verdict.is_accept(), "{state:?} accepted {p:?}");
     }
 
     /// `off` and unlocked `disconnected` install nothing and so decide nothing.

@@ -154,13 +154,7 @@ fn blocked_rejects_internet_fast_and_keeps_loopback_and_dhcp() {
 fn ndp_needs_hop_limit_255_and_a_link_scoped_destination() {
     let r = rules(&PolicyState::Blocked, true, false);
     let ns = |dst: &str, hop| {
-        Packet::output(
-            PHYS,
-            ip("fe80::50"),
-            ip(dst),
-            Transport::Icmpv6 { kind: 135 },
-        )
-        .with_hop_limit(hop)
+        Packet::output(PHYS, ip("fe80::50"), ip(dst), Transport::icmpv6(135)).with_hop_limit(hop)
     };
     assert!(r.verdict(&ns("ff02::1:ff00:1", 255)).is_accept());
     assert!(r.verdict(&ns("fe80::1", 255)).is_accept());
@@ -172,20 +166,10 @@ fn ndp_needs_hop_limit_255_and_a_link_scoped_destination() {
         !r.verdict(&ns(INTERNET_V6, 255)).is_accept(),
         "global destination is not link bring-up"
     );
-    let ra = Packet::input(
-        PHYS,
-        ip("fe80::1"),
-        ip("ff02::1"),
-        Transport::Icmpv6 { kind: 134 },
-    )
-    .with_hop_limit(255);
+    let ra = Packet::input(PHYS, ip("fe80::1"), ip("ff02::1"), Transport::icmpv6(134))
+        .with_hop_limit(255);
     assert!(r.verdict(&ra).is_accept());
-    let echo = Packet::output(
-        PHYS,
-        ip(HOST_V6),
-        ip(INTERNET_V6),
-        Transport::Icmpv6 { kind: 128 },
-    );
+    let echo = Packet::output(PHYS, ip(HOST_V6), ip(INTERNET_V6), Transport::icmpv6(128));
     assert!(!r.verdict(&echo).is_accept());
 }
 
@@ -671,4 +655,223 @@ fn a_lookup_in_a_missing_set_is_malformed() {
     }
     let error = ruleset.check().expect_err("dangling lookup");
     assert!(error.to_string().contains("lan6"), "{error}");
+}
+
+fn v4(s: &str) -> std::net::Ipv4Addr {
+    s.parse().expect("test address literal")
+}
+
+fn v6(s: &str) -> std::net::Ipv6Addr {
+    s.parse().expect("test address literal")
+}
+
+#[test]
+fn arp_for_the_tunnel_address_is_not_answered_on_the_lan() {
+    // MLLVD-CR-24-03: Linux answers ARP for any local address on any interface, so the LAN could
+    // ask "who has 10.64.0.2?" and learn that this machine holds the tunnel's address.
+    use killswitch_policy::ArpPacket;
+    let router = v4("192.168.1.1");
+    for allow_lan in [false, true] {
+        let r = rules(&connected(true), false, allow_lan);
+        let ask = |iif: &str, target: &str| {
+            r.arp_verdict(&ArpPacket::request_in(iif, router, v4(target)))
+        };
+        assert_eq!(
+            ask(PHYS, TUNNEL_V4),
+            PacketVerdict::Drop,
+            "the question is never processed"
+        );
+        assert!(
+            ask(PHYS, HOST_V4).is_accept(),
+            "the LAN address is answered as ever"
+        );
+        assert!(
+            ask(TUN, TUNNEL_V4).is_accept(),
+            "a TAP tunnel carries ARP for its own address"
+        );
+        let tell =
+            |oif: &str, sender: &str| r.arp_verdict(&ArpPacket::reply_out(oif, v4(sender), router));
+        assert_eq!(
+            tell(PHYS, TUNNEL_V4),
+            PacketVerdict::Drop,
+            "no answer names the tunnel address"
+        );
+        assert!(tell(PHYS, HOST_V4).is_accept());
+        assert!(tell(TUN, TUNNEL_V4).is_accept());
+        let mut request_from_tunnel_address = ArpPacket::reply_out(PHYS, v4(TUNNEL_V4), router);
+        request_from_tunnel_address.operation = killswitch_policy::ArpOperation::Request;
+        assert_eq!(
+            r.arp_verdict(&request_from_tunnel_address),
+            PacketVerdict::Drop,
+            "nor a request made on behalf of a packet from the tunnel address"
+        );
+    }
+    // Without a connected tunnel there is no address to guard, and no arp table: ARP is untouched.
+    for state in [PolicyState::Blocked, connecting(), connecting_with_probe()] {
+        let r = rules(&state, true, false);
+        assert!(
+            r.table.as_ref().is_some_and(|t| t.arp.is_none()),
+            "{state:?}"
+        );
+        assert!(
+            r.arp_verdict(&ArpPacket::request_in(PHYS, router, v4(TUNNEL_V4)))
+                .is_accept()
+        );
+    }
+    // A tunnel with IPv6 addresses only has nothing for ARP to disclose.
+    let v6_only = PolicyState::Connected {
+        peer: peer(Some(MARK)),
+        tunnel: killswitch_policy::Tunnel {
+            interface: killswitch_types::InterfaceName::new(TUN).expect("literal"),
+            addresses: vec![ip(TUNNEL_V6)],
+            dns: Vec::new(),
+        },
+    };
+    assert!(
+        rules(&v6_only, false, false)
+            .table
+            .is_some_and(|t| t.arp.is_none())
+    );
+}
+
+#[test]
+fn neighbor_discovery_for_the_tunnel_address_is_not_answered_on_the_lan() {
+    let r = rules(&connected(true), false, true);
+    let solicit = |iif: &str, target: &str| {
+        r.verdict(
+            &Packet::input(
+                iif,
+                ip("fe80::1"),
+                ip("ff02::1:ff00:2"),
+                Transport::neighbor(135, v6(target)),
+            )
+            .with_hop_limit(255),
+        )
+    };
+    assert_eq!(solicit(PHYS, TUNNEL_V6), PacketVerdict::Drop);
+    assert!(
+        solicit(PHYS, HOST_V6).is_accept(),
+        "other addresses are resolved as ever"
+    );
+    assert!(solicit(TUN, TUNNEL_V6).is_accept());
+    let advertise = |oif: &str, target: &str| {
+        r.verdict(
+            &Packet::output(
+                oif,
+                ip("fe80::50"),
+                ip("fe80::1"),
+                Transport::neighbor(136, v6(target)),
+            )
+            .with_hop_limit(255),
+        )
+    };
+    assert_eq!(advertise(PHYS, TUNNEL_V6), PacketVerdict::Drop);
+    assert!(advertise(PHYS, HOST_V6).is_accept());
+    // A v4-only tunnel has no IPv6 address to guard: NDP is as before.
+    let v4 = rules(&connected(false), false, false);
+    assert!(
+        v4.verdict(
+            &Packet::input(
+                PHYS,
+                ip("fe80::1"),
+                ip("ff02::1:ff00:2"),
+                Transport::neighbor(135, v6(TUNNEL_V6))
+            )
+            .with_hop_limit(255)
+        )
+        .is_accept()
+    );
+}
+
+#[test]
+fn nothing_from_the_tunnel_address_leaves_by_another_interface() {
+    let r = rules(&connected(true), false, true);
+    for (tunnel_ip, lan) in [(TUNNEL_V4, "192.168.1.1"), (TUNNEL_V6, "fd00::1")] {
+        let to_lan =
+            |oif: &str| Packet::output(oif, ip(tunnel_ip), ip(lan), Transport::udp(40000, 9));
+        assert_eq!(
+            r.verdict(&to_lan(PHYS)),
+            PacketVerdict::Drop,
+            "{tunnel_ip}, even with allow-lan"
+        );
+        assert!(
+            r.verdict(&to_lan(TUN)).is_accept(),
+            "{tunnel_ip} through the tunnel"
+        );
+    }
+    let lan_from_lan = Packet::output(
+        PHYS,
+        ip(HOST_V4),
+        ip("192.168.1.1"),
+        Transport::udp(40000, 9),
+    );
+    assert!(r.verdict(&lan_from_lan).is_accept());
+}
+
+#[test]
+fn a_dhcp_renewal_can_reach_only_a_server_on_the_link() {
+    for state in table_states() {
+        for allow_lan in [false, true] {
+            let r = rules(&state, false, allow_lan);
+            let renew =
+                |dst: &str| Packet::output(PHYS, ip(HOST_V4), ip(dst), Transport::udp(68, 67));
+            for server in ["192.168.1.1", "10.20.30.40", "172.16.0.1"] {
+                let decision = r.decide(&renew(server));
+                assert!(decision.verdict.is_accept(), "{state:?} {server}");
+                assert_eq!(
+                    decision.packet.hop_limit, 1,
+                    "{state:?} {server}: a router must drop it rather than forward it"
+                );
+            }
+            let broadcast = r.decide(&renew("255.255.255.255"));
+            assert!(broadcast.verdict.is_accept());
+            assert_eq!(
+                broadcast.packet.hop_limit, 64,
+                "no router forwards a limited broadcast"
+            );
+            assert!(!r.verdict(&renew(INTERNET_V4)).is_accept(), "{state:?}");
+        }
+    }
+}
+
+#[test]
+fn rules_the_kernel_would_misread_are_refused() {
+    use killswitch_policy::{ArpMatch, ArpRule, Match, Rule, Statement, Verdict};
+    let with_rule = |rule: Rule| {
+        let mut r = rules(&PolicyState::Blocked, true, false);
+        if let Some(table) = r.table.as_mut() {
+            table.chains[0].rules.insert(0, rule);
+        }
+        r.check()
+    };
+    let target_without_type = Rule {
+        matches: vec![
+            Match::Family(killswitch_policy::IpFamily::V6),
+            Match::Protocol(killswitch_policy::L4Proto::Icmpv6),
+            Match::NdTarget(v6(TUNNEL_V6)),
+        ],
+        statements: Vec::new(),
+        verdict: Verdict::Drop,
+        comment: "",
+    };
+    assert!(with_rule(target_without_type).is_err_and(|e| e.reason.contains("target")));
+    let ttl_without_family = Rule {
+        matches: Vec::new(),
+        statements: vec![Statement::SetTtl(1)],
+        verdict: Verdict::Accept,
+        comment: "",
+    };
+    assert!(with_rule(ttl_without_family).is_err_and(|e| e.reason.contains("ttl")));
+    let mut r = rules(&connected(false), false, false);
+    if let Some(arp) = r.table.as_mut().and_then(|t| t.arp.as_mut()) {
+        arp.chains[0].rules.push(ArpRule {
+            matches: vec![ArpMatch::TargetIp(v4(TUNNEL_V4))],
+            verdict: Verdict::Drop,
+            comment: "",
+        });
+    }
+    assert!(
+        r.check()
+            .is_err_and(|e| e.chain == "arp input" && e.reason.contains("ethernet"))
+    );
 }
