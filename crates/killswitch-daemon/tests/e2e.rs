@@ -436,7 +436,10 @@ fn corrupt_settings_block_with_a_clear_error_and_no_crash() -> Result<()> {
         home.state_dir().join("settings.json.corrupt").exists(),
         "the bad file is kept for inspection"
     );
-    ensure!(status.lockdown, "status shows why it blocks: lockdown is assumed on");
+    ensure!(
+        status.lockdown,
+        "status shows why it blocks: lockdown is assumed on"
+    );
     // The user takes control: the fault clears and a good file is written; lockdown stays on until
     // the user switches it off.
     let status = daemon.cli(&["down"])?.ok()?;

@@ -37,7 +37,11 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     if args.list {
-        let width = scenarios::ALL.iter().map(|s| s.name.len()).max().unwrap_or(0);
+        let width = scenarios::ALL
+            .iter()
+            .map(|s| s.name.len())
+            .max()
+            .unwrap_or(0);
         for s in scenarios::ALL {
             println!("{:<width$} {}", s.name, s.guards);
         }
