@@ -39,6 +39,7 @@ fn states() -> Result<[Ruleset; 2]> {
             &PolicyState::Connecting {
                 peer: peer.clone(),
                 probe: None,
+                pending: None,
             },
             &settings,
         ),

@@ -441,7 +441,21 @@ impl<F: Firewall> Core<F> {
                     (State::Connected, PolicyState::Connected { peer, tunnel })
                 } else {
                     let probe = manager.and_then(Manager::probe);
-                    (State::Connecting, PolicyState::Connecting { peer, probe })
+                    // The device gets the server's addresses before its handshake, and keeps them
+                    // while it retries: keep them off the LAN meanwhile too.
+                    let pending = Tunnel {
+                        interface: spec.interface.clone(),
+                        addresses: config.addresses.iter().map(|n| n.addr()).collect(),
+                        dns: config.dns.clone(),
+                    };
+                    (
+                        State::Connecting,
+                        PolicyState::Connecting {
+                            peer,
+                            probe,
+                            pending: Some(pending),
+                        },
+                    )
                 }
             }
             Target::Guard(spec) => {
@@ -458,10 +472,27 @@ impl<F: Firewall> Core<F> {
                             },
                         },
                     ),
-                    None => (
-                        State::Connecting,
-                        PolicyState::Connecting { peer, probe: None },
-                    ),
+                    None => {
+                        // An interface that exists with addresses but does not carry traffic
+                        // (down, say): its addresses stay off the LAN all the same.
+                        let pending = self
+                            .observed
+                            .as_ref()
+                            .filter(|o| !o.addresses.is_empty())
+                            .map(|o| Tunnel {
+                                interface: spec.interface.clone(),
+                                addresses: o.addresses.clone(),
+                                dns: spec.dns.clone(),
+                            });
+                        (
+                            State::Connecting,
+                            PolicyState::Connecting {
+                                peer,
+                                probe: None,
+                                pending,
+                            },
+                        )
+                    }
                 }
             }
         }

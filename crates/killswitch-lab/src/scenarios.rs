@@ -85,7 +85,7 @@ pub const ALL: [Scenario; 16] = [
     },
     Scenario {
         name: "arp",
-        guards: "while connected, the LAN asking ARP who-has for the tunnel's address gets no answer, also after the arp table was deleted (MLLVD-CR-24-03)",
+        guards: "the LAN asking ARP who-has for the tunnel's address gets no answer: connected, after the arp table was deleted, and while up retries a dead server (MLLVD-CR-24-03)",
         script: arp,
     },
     Scenario {
@@ -701,8 +701,28 @@ fn arp(lab: &mut Lab) -> Result<Outcome> {
     let second = ask_arp(lab, tunnel_ip)?;
     hold(Duration::from_millis(500));
 
+    // `killswitch up` with its server dead: the device holds the server's address from the first
+    // attempt on, while the daemon keeps retrying (`connecting`).
+    lab.start_up_servers(1)?;
+    let up_ip = lab.up_servers[0].0.client_ip;
+    lab.up_servers[0].0.process().kill()?;
+    lab.up()?;
+    lab.daemon()?
+        .wait_for("the first attempt of up", EVENT_TIMEOUT, |s| {
+            s.state == State::Connecting
+                && s.tunnel
+                    .as_ref()
+                    .and_then(|t| t.managed.as_ref())
+                    .is_some_and(|m| m.attempt >= 1)
+        })?;
+    let third = ask_arp(lab, up_ip)?;
+
     let mut outcome = Outcome::new(lab.end(window)?);
-    for (when, asked) in [("connected", &first), ("after the restore", &second)] {
+    for (when, asked, tunnel_ip) in [
+        ("connected", &first, tunnel_ip),
+        ("after the restore", &second, tunnel_ip),
+        ("while up retries a dead server", &third, up_ip),
+    ] {
         outcome.check(
             asked.arrived,
             format!("{when}: the router asked who has {tunnel_ip} on the LAN, and the question reached the client"),
@@ -737,7 +757,7 @@ fn arp(lab: &mut Lab) -> Result<Outcome> {
     );
     outcome.check(
         outcome.measurement.through_tunnel > 0,
-        "traffic kept flowing through the tunnel",
+        "traffic flowed through the tunnel while it was up",
     );
     if let Some(took) = first.sentinel_answered {
         outcome.note(format!(

@@ -61,6 +61,7 @@ fn all_states() -> Vec<(&'static str, PolicyState, Settings)> {
             PolicyState::Connecting {
                 peer: peer(topology::ENDPOINT_V4, Some(MARK)),
                 probe: None,
+                pending: None,
             },
             s(false, false),
         ),
@@ -72,6 +73,7 @@ fn all_states() -> Vec<(&'static str, PolicyState, Settings)> {
                     interface: InterfaceName::new("wg0").expect("literal"),
                     resolver: "10.64.0.1".parse().expect("literal"),
                 }),
+                pending: None,
             },
             s(false, false),
         ),
@@ -185,6 +187,7 @@ fn nft_lists_the_table_with_drop_policies() -> Result<()> {
         &PolicyState::Connecting {
             peer: peer(topology::ENDPOINT_V4, Some(MARK)),
             probe: None,
+            pending: None,
         },
         &Settings::default(),
     );
@@ -309,6 +312,7 @@ fn a_rejected_batch_changes_nothing() -> Result<()> {
             &PolicyState::Connecting {
                 peer: peer(topology::ENDPOINT_V4, None),
                 probe: None,
+                pending: None,
             },
             &Settings::default(),
         )
@@ -544,6 +548,7 @@ fn real_packets_agree_with_the_evaluator() -> Result<()> {
             &PolicyState::Connecting {
                 peer: peer(topology::ENDPOINT_V4, Some(MARK)),
                 probe: None,
+                pending: None,
             },
             &Settings {
                 lockdown: false,
@@ -632,6 +637,7 @@ fn switching_states_under_traffic_never_opens_a_gap() -> Result<()> {
         &PolicyState::Connecting {
             peer: peer(topology::ENDPOINT_V4, None),
             probe: None,
+            pending: None,
         },
         &Settings {
             lockdown: false,
@@ -642,6 +648,7 @@ fn switching_states_under_traffic_never_opens_a_gap() -> Result<()> {
         &PolicyState::Connecting {
             peer: peer(topology::ENDPOINT2_V4, None),
             probe: None,
+            pending: None,
         },
         &Settings {
             lockdown: false,
@@ -1141,6 +1148,7 @@ fn a_dhcp_renewal_cannot_cross_the_first_router() -> Result<()> {
             PolicyState::Connecting {
                 peer: peer(topology::ENDPOINT_V4, Some(MARK)),
                 probe: None,
+                pending: None,
             },
         ),
     ] {

@@ -51,6 +51,11 @@ pub enum PolicyState {
         peer: Peer,
         /// A probe the daemon sends into the tunnel to start and check the handshake.
         probe: Option<Probe>,
+        /// The tunnel interface as it already exists, not carrying traffic yet (`up` configures
+        /// its addresses before the handshake; a guarded interface may hold them while down). No
+        /// traffic may use it, but its addresses are kept off every other interface as while
+        /// connected: ARP and NDP for them, packets to and from them.
+        pending: Option<Tunnel>,
     },
     /// The tunnel is up: traffic may use it.
     Connected {
@@ -198,12 +203,18 @@ pub fn compile(state: &PolicyState, settings: &Settings) -> Ruleset {
 
 /// Compiles the rules for `state` under `settings`, `lan` being what allow-lan opens.
 pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Ruleset {
-    let (peer, tunnel, probe) = match state {
+    // `tunnel`: the tunnel traffic may use; `identity`: the tunnel whose addresses are kept off
+    // other interfaces (the same one, or one that exists but is not up yet).
+    let (peer, tunnel, identity, probe) = match state {
         PolicyState::Off => return Ruleset { table: None },
         PolicyState::Disconnected if !settings.lockdown => return Ruleset { table: None },
-        PolicyState::Disconnected | PolicyState::Blocked => (None, None, None),
-        PolicyState::Connecting { peer, probe } => (Some(peer), None, probe.as_ref()),
-        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel), None),
+        PolicyState::Disconnected | PolicyState::Blocked => (None, None, None, None),
+        PolicyState::Connecting {
+            peer,
+            probe,
+            pending,
+        } => (Some(peer), None, pending.as_ref(), probe.as_ref()),
+        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel), Some(tunnel), None),
     };
     let sets = if settings.allow_lan {
         lan.sets()
@@ -213,11 +224,15 @@ pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Rule
     let allow_lan = settings.allow_lan.then_some(sets.as_slice());
 
     let mut chains = vec![
-        base_chain("input", Hook::Input, input_rules(peer, tunnel, allow_lan)),
+        base_chain(
+            "input",
+            Hook::Input,
+            input_rules(peer, tunnel, identity, allow_lan),
+        ),
         base_chain(
             "output",
             Hook::Output,
-            output_rules(peer, tunnel, probe, allow_lan),
+            output_rules(peer, tunnel, identity, probe, allow_lan),
         ),
         base_chain("forward", Hook::Forward, forward_rules(tunnel, allow_lan)),
     ];
@@ -232,7 +247,7 @@ pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Rule
         table: Some(Table {
             sets,
             chains,
-            arp: tunnel.and_then(arp_table),
+            arp: identity.and_then(arp_table),
         }),
     }
 }
@@ -307,11 +322,12 @@ fn base_chain(name: &str, hook: Hook, rules: Vec<Rule>) -> Chain {
 fn output_rules(
     peer: Option<&Peer>,
     tunnel: Option<&Tunnel>,
+    identity: Option<&Tunnel>,
     probe: Option<&Probe>,
     allow_lan: Option<&[Set]>,
 ) -> Vec<Rule> {
     let mut rules = vec![on().oif(&InterfaceName::loopback()).accept("loopback")];
-    if let Some(tunnel) = tunnel {
+    if let Some(tunnel) = identity {
         // Nothing from the tunnel's address leaves by another interface: such a packet would tell
         // the local network the address, and so that this machine is on the VPN.
         for address in &tunnel.addresses {
@@ -334,7 +350,7 @@ fn output_rules(
                 .accept("probe into the tunnel"),
         );
     }
-    if let Some(tunnel) = tunnel {
+    if let Some(tunnel) = identity {
         // Ahead of the NDP accepts: no neighbour advertisement for a tunnel address leaves by
         // another interface (the IPv6 side of MLLVD-CR-24-03, which a proxy NDP entry would open).
         rules.extend(neighbor_guard(tunnel, ND_NEIGHBOR_ADVERT, |b| {
@@ -364,10 +380,11 @@ fn output_rules(
 fn input_rules(
     peer: Option<&Peer>,
     tunnel: Option<&Tunnel>,
+    identity: Option<&Tunnel>,
     allow_lan: Option<&[Set]>,
 ) -> Vec<Rule> {
     let mut rules = vec![on().iif(&InterfaceName::loopback()).accept("loopback")];
-    if let Some(tunnel) = tunnel {
+    if let Some(tunnel) = identity {
         // CVE-2019-14899: an attacker on the local network sends packets addressed to the tunnel's
         // private IP into the physical interface to probe for (and inject into) tunnelled flows.
         // This must come before the "established" accept, which such probes would otherwise hit.

@@ -106,7 +106,7 @@ pub fn compile_routes(state: &PolicyState, settings: &Settings) -> Option<Routin
         PolicyState::Off => return None,
         PolicyState::Disconnected if !settings.lockdown => return None,
         PolicyState::Disconnected | PolicyState::Blocked => (None, None, None),
-        PolicyState::Connecting { peer, probe } => (Some(peer), None, probe.as_ref()),
+        PolicyState::Connecting { peer, probe, .. } => (Some(peer), None, probe.as_ref()),
         PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel), None),
     };
     let families = [IpFamily::V4, IpFamily::V6];
@@ -231,6 +231,7 @@ mod tests {
                 &PolicyState::Connecting {
                     peer: p,
                     probe: None,
+                    pending: None,
                 },
                 &settings(false, false),
             )

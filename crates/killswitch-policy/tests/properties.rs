@@ -217,8 +217,16 @@ fn tunnel() -> impl Strategy<Value = Tunnel> {
 fn table_state() -> impl Strategy<Value = PolicyState> {
     prop_oneof![
         Just(PolicyState::Blocked),
-        (peer(), proptest::option::of(probe()))
-            .prop_map(|(peer, probe)| PolicyState::Connecting { peer, probe }),
+        (
+            peer(),
+            proptest::option::of(probe()),
+            proptest::option::of(tunnel())
+        )
+            .prop_map(|(peer, probe, pending)| PolicyState::Connecting {
+                peer,
+                probe,
+                pending
+            }),
         (peer(), tunnel()).prop_map(|(peer, tunnel)| PolicyState::Connected { peer, tunnel }),
     ]
 }
@@ -281,6 +289,16 @@ fn peer_of(state: &PolicyState) -> Option<&Peer> {
 fn tunnel_of(state: &PolicyState) -> Option<&Tunnel> {
     match state {
         PolicyState::Connected { tunnel, .. } => Some(tunnel),
+        _ => None,
+    }
+}
+
+/// The tunnel whose addresses must stay off other interfaces: the connected one, or one that
+/// exists but is not up yet.
+fn identity_of(state: &PolicyState) -> Option<&Tunnel> {
+    match state {
+        PolicyState::Connected { tunnel, .. } => Some(tunnel),
+        PolicyState::Connecting { pending, .. } => pending.as_ref(),
         _ => None,
     }
 }
@@ -442,8 +460,8 @@ proptest! {
     /// ARP is untouched, whatever the state.
     #[test]
     fn arp_never_discloses_a_tunnel_address(state in table_state(), settings in settings(), p in arp_packet()) {
-        let tunnel_v4: Vec<IpAddr> = tunnel_of(&state).map(|t| t.addresses.clone()).unwrap_or_default();
-        let tunnel_name = tunnel_of(&state).map(|t| &t.interface);
+        let tunnel_v4: Vec<IpAddr> = identity_of(&state).map(|t| t.addresses.clone()).unwrap_or_default();
+        let tunnel_name = identity_of(&state).map(|t| &t.interface);
         let names_tunnel_address = match p.hook {
             ArpHook::Input => p.operation == ArpOperation::Request
                 && p.iif.as_ref() != tunnel_name
@@ -458,7 +476,7 @@ proptest! {
     /// answered (solicitation in) nor advertised (advertisement out) by another interface.
     #[test]
     fn neighbor_discovery_never_discloses_a_tunnel_address(state in table_state(), settings in settings(), p in packet()) {
-        let Some(tunnel) = tunnel_of(&state) else { return Ok(()) };
+        let Some(tunnel) = identity_of(&state) else { return Ok(()) };
         let Transport::Icmpv6 { kind, target: Some(target) } = p.transport else { return Ok(()) };
         prop_assume!(tunnel.addresses.contains(&IpAddr::V6(target)));
         let solicited_elsewhere = p.hook == Hook::Input && kind == 135 && p.iif.as_ref() != Some(&tunnel.interface);

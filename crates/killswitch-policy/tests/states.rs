@@ -238,6 +238,7 @@ fn uid_narrows_the_hole() {
         &PolicyState::Connecting {
             peer: p,
             probe: None,
+            pending: None,
         },
         false,
         false,
@@ -259,6 +260,7 @@ fn without_a_mark_the_hole_is_the_endpoint_only() {
         &PolicyState::Connecting {
             peer: peer(None),
             probe: None,
+            pending: None,
         },
         false,
         false,

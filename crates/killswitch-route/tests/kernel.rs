@@ -92,6 +92,7 @@ fn every_state_routes_only_into_the_tunnel_or_nowhere() -> Result<()> {
                 &PolicyState::Connecting {
                     peer: peer(),
                     probe: None,
+                    pending: None,
                 },
                 false,
             )
@@ -112,6 +113,7 @@ fn every_state_routes_only_into_the_tunnel_or_nowhere() -> Result<()> {
             interface: "wg0".parse().expect("literal"),
             resolver: "10.64.0.1".parse().expect("literal"),
         }),
+        pending: None,
     };
     apply_in(&ns, &probe, false)?;
     ensure!(
@@ -128,6 +130,7 @@ fn every_state_routes_only_into_the_tunnel_or_nowhere() -> Result<()> {
         &PolicyState::Connecting {
             peer: peer(),
             probe: None,
+            pending: None,
         },
         false,
     )?;
