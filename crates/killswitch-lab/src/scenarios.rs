@@ -734,13 +734,7 @@ fn up_dns(lab: &mut Lab) -> Result<Outcome> {
     let at_the_end = read(&path);
 
     let mut outcome = Outcome::new(lab.end(window)?);
-    let dns = status
-        .dns
-        .unwrap_or_else(|| killswitch_types::ipc::DnsStatus {
-            via: String::new(),
-            servers: Vec::new(),
-            error: None,
-        });
+    let dns = status.dns.unwrap_or_default();
     outcome.check(
         dns.servers == [IpAddr::V4(resolver)]
             && while_up.contains(&format!("nameserver {resolver}\n"))
