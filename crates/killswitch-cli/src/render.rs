@@ -17,6 +17,12 @@ fn list<T: std::fmt::Display>(items: &[T]) -> String {
         .join(", ")
 }
 
+/// A time of day in UTC (the CLI carries no time zone database), from seconds since the epoch.
+fn utc_time(secs: u64) -> String {
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}Z")
+}
+
 /// A one-sentence explanation of what the state means for the user's traffic.
 fn meaning(status: &Status) -> &'static str {
     match status.state {
@@ -82,6 +88,28 @@ pub(crate) fn status(status: &Status) -> String {
             None => format!("{} via {}", list(&dns.servers), dns.via),
         };
         let _ = writeln!(out, "resolver:  {line}");
+        if dns.rewrites > 0 {
+            let times = match dns.rewrites {
+                1 => "once".to_owned(),
+                n => format!("{n} times"),
+            };
+            let when = dns
+                .last_rewrite_at
+                .map(|at| format!(" at {}", utc_time(at)))
+                .unwrap_or_default();
+            let what = dns.last_rewrite.as_deref().unwrap_or("unknown");
+            let _ = writeln!(
+                out,
+                "rewritten: {times} by another program; last{when}: {what}"
+            );
+        }
+        if let Some(error) = &dns.watch_error {
+            let _ = writeln!(
+                out,
+                "watch:     NOT watching {} for rewrites by other programs: {error}",
+                dns.via
+            );
+        }
     }
     let fw = &status.firewall;
     let installed = match (fw.installed, fw.blocking) {
@@ -125,9 +153,9 @@ pub(crate) fn event_line(status: &Status, now: SystemTime) -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
     let mut line = format!(
-        "{h:02}:{m:02}:{s:02}Z {} lockdown={} allow-lan={}",
+        "{} {} lockdown={} allow-lan={}",
+        utc_time(secs),
         status.state,
         on_off(status.lockdown),
         on_off(status.allow_lan)
@@ -217,19 +245,54 @@ mod tests {
         s.dns = Some(killswitch_types::ipc::DnsStatus {
             via: "/etc/resolv.conf".to_owned(),
             servers: vec!["10.64.0.1".parse().expect("literal")],
-            error: None,
+            ..Default::default()
         });
         assert!(status(&s).contains("resolver:  10.64.0.1 via /etc/resolv.conf\n"));
+        assert!(!status(&s).contains("rewritten:"));
         s.dns = Some(killswitch_types::ipc::DnsStatus {
             via: "systemd-resolved".to_owned(),
             servers: vec![],
             error: Some("systemd-resolved is not running".to_owned()),
+            ..Default::default()
         });
         assert!(
             status(&s).contains(
                 "resolver:  NOT set (systemd-resolved): systemd-resolved is not running\n"
             )
         );
+    }
+
+    #[test]
+    fn a_rewritten_resolv_conf_is_reported() {
+        let mut s = sample();
+        s.dns = Some(killswitch_types::ipc::DnsStatus {
+            via: "/etc/resolv.conf".to_owned(),
+            servers: vec!["10.64.0.1".parse().expect("literal")],
+            error: None,
+            rewrites: 2,
+            last_rewrite_at: Some(86_400 * 365 + 12 * 3600 + 3 * 60 + 44),
+            last_rewrite: Some(
+                "naming 192.168.1.1; the tunnel's resolvers were put back".to_owned(),
+            ),
+            watch_error: None,
+        });
+        let text = status(&s);
+        assert!(
+            text.contains(
+                "resolver:  10.64.0.1 via /etc/resolv.conf\n\
+                 rewritten: 2 times by another program; last at 12:03:44Z: naming 192.168.1.1; \
+                 the tunnel's resolvers were put back\n"
+            ),
+            "{text}"
+        );
+        if let Some(dns) = s.dns.as_mut() {
+            dns.rewrites = 0;
+            dns.watch_error = Some("watching /etc: No such file or directory".to_owned());
+        }
+        assert!(status(&s).contains(
+            "watch:     NOT watching /etc/resolv.conf for rewrites by other programs: \
+             watching /etc: No such file or directory\n"
+        ));
     }
 
     #[test]

@@ -228,6 +228,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 }
                 retry.fired(core.needs_retry(), Instant::now());
             }
+            // Someone may have rewritten the resolv.conf the daemon manages: the DNS sync below
+            // looks at it (never fires while the daemon manages none).
+            () = dns.resolv_conf_touched() => {}
             () = sleep.woke() => {
                 tracing::info!("the machine woke up: looking at the tunnel now");
                 core.check_now();

@@ -1,9 +1,10 @@
 //! killswitchd and killswitch end to end, in namespaces these tests create: guard mode over a real
-//! WireGuard tunnel, crash resistance, authorisation and hostile input.
+//! WireGuard tunnel, crash resistance, authorisation and hostile input, resolv.conf under `up`.
 
 use anyhow::{Context, Result, ensure};
 use killswitch_lab::capture::{Capture, Direction};
 use killswitch_lab::daemon::{Daemon, DaemonHome, nft_table};
+use killswitch_lab::lab::{EVENT_TIMEOUT, Lab};
 use killswitch_lab::netns::require_root;
 use killswitch_lab::packet::{Frame, L4};
 use killswitch_lab::topology::{self, Topology};
@@ -591,6 +592,85 @@ fn up_with_bad_configurations_names_file_line_and_key_and_changes_nothing() -> R
     ensure!(
         !daemon.log().contains(&secret[..20]),
         "the private key reached the log"
+    );
+    Ok(())
+}
+
+/// What a DHCP client on another network writes: its LAN resolver, which the firewall blocks
+/// while the tunnel is up.
+const DHCP_RESOLV_CONF: &str = "search corp.example\nnameserver 192.168.50.53\n";
+
+#[test]
+fn a_rewritten_resolv_conf_gets_the_tunnels_resolvers_back() -> Result<()> {
+    if !require_root("a_rewritten_resolv_conf_gets_the_tunnels_resolvers_back") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("rewrite", 100)?;
+    lab.start_up_servers(1)?;
+    let resolver = lab.up_servers[0].0.tunnel_ip;
+    let names_the_tunnel = format!("nameserver {resolver}\n");
+    // The namespace's resolv.conf, bind-mounted over /etc/resolv.conf for the daemon by `ip netns
+    // exec`: the daemon and the DHCP client both write it in place.
+    let path = lab.topo.client.resolv_conf_path();
+    lab.up()?;
+    lab.daemon()?
+        .wait_for("DNS through the file", EVENT_TIMEOUT, |s| {
+            s.state == State::Connected && s.dns.as_ref().is_some_and(|d| d.error.is_none())
+        })?;
+    ensure!(std::fs::read_to_string(&path)?.contains(&names_the_tunnel));
+
+    // In place, as a DHCP client renewing its lease on a new network would.
+    std::fs::write(&path, DHCP_RESOLV_CONF)?;
+    let status = lab
+        .daemon()?
+        .wait_for("the rewrite undone", EVENT_TIMEOUT, |s| {
+            s.dns.as_ref().is_some_and(|d| d.rewrites >= 1)
+        })?;
+    let now = std::fs::read_to_string(&path)?;
+    ensure!(
+        now.contains(&names_the_tunnel) && !now.contains("192.168.50.53"),
+        "the tunnel's resolver is not back:\n{now}"
+    );
+    let dns = status.dns.context("no DNS status")?;
+    ensure!(
+        dns.error.is_none()
+            && dns.watch_error.is_none()
+            && dns.last_rewrite_at.is_some()
+            && dns
+                .last_rewrite
+                .as_deref()
+                .is_some_and(|w| w.contains("naming 192.168.50.53")),
+        "{dns:?}\n{}",
+        lab.daemon()?.log()
+    );
+    let shown = lab.daemon()?.cli(&["status"])?.ok()?.stdout;
+    ensure!(
+        shown.contains(&format!("resolver:  {resolver} via /etc/resolv.conf\n"))
+            && shown.contains("rewritten: once by another program; last at "),
+        "{shown}"
+    );
+
+    // `down`: the newer file the DHCP client wrote is the one given back, not the one from
+    // before `up` (the rules of `resolv_conf`: someone else's newer file wins).
+    lab.daemon()?.cli(&["down"])?.ok()?;
+    lab.daemon()?
+        .wait_for("DNS given back", EVENT_TIMEOUT, |s| s.dns.is_none())?;
+    ensure!(
+        std::fs::read_to_string(&path)? == DHCP_RESOLV_CONF,
+        "after down: {:?}",
+        std::fs::read_to_string(&path)?
+    );
+    // One line at warn, once: the daemon's own write did not look like another rewrite.
+    let log = lab.daemon()?.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rewritten by another program"))
+        .collect();
+    ensure!(
+        warned.len() == 1
+            && warned[0].contains("WARN")
+            && warned[0].contains("naming 192.168.50.53"),
+        "{log}"
     );
     Ok(())
 }

@@ -80,7 +80,7 @@ pub const ALL: [Scenario; 16] = [
     },
     Scenario {
         name: "up-dns",
-        guards: "killswitch up points applications at the tunnel's resolver, and gives the user's resolv.conf back after down and after a crash",
+        guards: "killswitch up points applications at the tunnel's resolver, keeps it there when another program rewrites resolv.conf, and gives the user's resolv.conf back after down and after a crash",
         script: up_dns,
     },
     Scenario {
@@ -910,14 +910,40 @@ fn up_dns(lab: &mut Lab) -> Result<Outcome> {
         })?;
     let at_the_end = read(&path);
 
+    // Connected again; a DHCP client on a new network rewrites the file in place (the only way
+    // onto this bind mount), naming the LAN's resolver, which the firewall blocks.
+    lab.up()?;
+    lab.daemon()?
+        .wait_for("DNS pointed at the tunnel again", EVENT_TIMEOUT, managed)?;
+    let dhcp = format!("search corp.example\nnameserver {}\n", topology::ROUTER_V4);
+    let rewritten_at = Instant::now();
+    std::fs::write(&path, &dhcp)?;
+    let undone = lab.daemon()?.wait_for(
+        "the rewrite by another program undone",
+        EVENT_TIMEOUT,
+        |s| s.dns.as_ref().is_some_and(|d| d.rewrites >= 1),
+    )?;
+    let undone_in = rewritten_at.elapsed();
+    let after_rewrite = read(&path);
+    let shown = lab.daemon()?.cli(&["status"])?.ok()?.stdout;
+    let asked = Instant::now();
+    let lookup_after = lab
+        .topo
+        .client
+        .exec("getent", &["ahostsv4", "lookup.killswitch.test"]);
+    let answered_after = lab
+        .servers
+        .dns_tunnel
+        .count_since(asked, |a| a == IpAddr::V4(client_ip));
+    lab.daemon()?.cli(&["down"])?.ok()?;
+    lab.daemon()?
+        .wait_for("DNS given back", EVENT_TIMEOUT, |s| {
+            s.state == State::Blocked && s.dns.is_none()
+        })?;
+    let after_rewrite_and_down = read(&path);
+
     let mut outcome = Outcome::new(lab.end(window)?);
-    let dns = status
-        .dns
-        .unwrap_or_else(|| killswitch_types::ipc::DnsStatus {
-            via: String::new(),
-            servers: Vec::new(),
-            error: None,
-        });
+    let dns = status.dns.unwrap_or_default();
     outcome.check(
         dns.servers == [IpAddr::V4(resolver)]
             && while_up.contains(&format!("nameserver {resolver}\n"))
@@ -950,7 +976,33 @@ fn up_dns(lab: &mut Lab) -> Result<Outcome> {
         at_the_end == original,
         "after the restart and down, the original resolv.conf is back",
     );
-    outcome.note("/etc/resolv.conf is a bind mount here (ip netns exec), written in place; backup in the state directory");
+    let rewrite_line = shown
+        .lines()
+        .find(|l| l.starts_with("rewritten:"))
+        .unwrap_or("no `rewritten:` line in status")
+        .to_owned();
+    outcome.check(
+        after_rewrite.contains(&format!("nameserver {resolver}\n"))
+            && !after_rewrite.contains(&topology::ROUTER_V4.to_string())
+            && undone.dns.as_ref().is_some_and(|d| d.rewrites == 1 && d.error.is_none())
+            && rewrite_line.contains("once by another program"),
+        format!(
+            "a DHCP client's in-place rewrite (naming the LAN resolver) was undone {} ms after it; status: {rewrite_line}",
+            ms(undone_in)
+        ),
+    );
+    outcome.check(
+        lookup_after
+            .as_ref()
+            .is_ok_and(|out| out.contains(&topology::TARGET_V4.to_string()))
+            && answered_after > 0,
+        format!("after the rewrite, getaddrinfo still asked the tunnel's resolver ({answered_after} queries)"),
+    );
+    outcome.check(
+        after_rewrite_and_down == dhcp,
+        "after down, the DHCP client's newer resolv.conf is the one given back, not the older original",
+    );
+    outcome.note("/etc/resolv.conf is a bind mount here (ip netns exec), written in place; backup in the state directory; rewrites by others are noticed with inotify");
     Ok(outcome)
 }
 

@@ -232,7 +232,7 @@ pub struct Status {
 }
 
 /// The daemon's management of the system's resolver configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DnsStatus {
     /// How: `systemd-resolved`, or the path of the resolv.conf file written.
@@ -242,6 +242,20 @@ pub struct DnsStatus {
     /// Why the last change could not be made, if it could not. The firewall still lets DNS go
     /// only to the tunnel's resolvers; applications asking others get no answer.
     pub error: Option<String>,
+    /// How many times since the daemon started another program rewrote the resolv.conf it
+    /// manages and the daemon put the tunnel's resolvers back.
+    #[serde(default)]
+    pub rewrites: u64,
+    /// When the last of those was noticed, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub last_rewrite_at: Option<u64>,
+    /// What the other program had written (the resolvers it named), and what the daemon did.
+    #[serde(default)]
+    pub last_rewrite: Option<String>,
+    /// Why the resolv.conf the daemon manages is not watched for rewrites, if it cannot be
+    /// (no inotify, its directory missing): a rewrite then goes unnoticed until the tunnel changes.
+    #[serde(default)]
+    pub watch_error: Option<String>,
 }
 
 /// What the kernel is enforcing, as far as the daemon knows.
@@ -385,6 +399,16 @@ mod tests {
             assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
             assert_eq!(decode_request(line.trim_end()), Ok(request));
         }
+    }
+
+    #[test]
+    fn a_dns_status_without_the_rewrite_fields_still_decodes() {
+        // What a daemon from before the resolv.conf watch sends.
+        let old = r#"{"via":"/etc/resolv.conf","servers":["10.64.0.1"],"error":null}"#;
+        let status: DnsStatus = serde_json::from_str(old).expect("decodes");
+        assert_eq!(status.rewrites, 0);
+        assert_eq!(status.last_rewrite, None);
+        assert_eq!(status.watch_error, None);
     }
 
     #[test]

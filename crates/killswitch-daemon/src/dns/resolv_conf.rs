@@ -16,6 +16,11 @@
 //! that is no longer ours is left alone, since it is newer than anything in the backup. "Ours"
 //! survives crashes: a file that starts with the daemon's header line, or that an interrupted
 //! write (or restore) left truncated, is ours (see `is_ours`).
+//!
+//! While the tunnel is connected the daemon writes again as soon as it notices such a rewrite
+//! ([`super::watch`] says when the file changed, [`ResolvConf::rewritten`] whether it still holds
+//! what the daemon wrote): the rules above are unchanged, the newer file simply becomes the one to
+//! restore at once instead of at the next failover.
 
 use crate::store::write_atomically;
 use serde::{Deserialize, Serialize};
@@ -86,6 +91,16 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ResolvC
     move |source| ResolvConfError::Io { what, path, source }
 }
 
+/// Someone else's file at the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    /// What it is, for the log and `status` ("naming 192.168.1.1").
+    pub what: String,
+    /// Whether it looks like a write caught in the middle: empty (truncated, not written yet) or
+    /// ending in the middle of a line.
+    pub unfinished: bool,
+}
+
 /// One resolv.conf, and its backup.
 #[derive(Debug, Clone)]
 pub struct ResolvConf {
@@ -107,18 +122,18 @@ impl ResolvConf {
         &self.path
     }
 
-    /// Points the file at `servers`, the resolvers of tunnel `interface`.
-    pub fn apply(&self, interface: &str, servers: &[IpAddr]) -> Result<(), ResolvConfError> {
+    /// Points the file at `servers`, the resolvers of tunnel `interface`. Returns whether someone
+    /// else had rewritten the file since the daemon last wrote it, which makes that version the
+    /// one to restore.
+    pub fn apply(&self, interface: &str, servers: &[IpAddr]) -> Result<bool, ResolvConfError> {
         let content = render(interface, servers);
         let current = read(&self.path)?;
+        let mut adopted = false;
         let mut backup = match self.load_backup()? {
             Some(mut backup) if backup.path == self.path => {
                 if !is_ours(&current, &backup) {
-                    tracing::info!(
-                        "{} was rewritten by someone else; that version is the one to restore",
-                        self.path.display()
-                    );
                     backup.original = current;
+                    adopted = true;
                 }
                 backup
             }
@@ -134,11 +149,32 @@ impl ResolvConf {
             },
         };
         if matches!(&backup.original, Original::File { content: c, .. } if *c == content) {
-            return Ok(());
+            return Ok(adopted);
         }
         backup.written = content.clone();
         self.save_backup(&backup)?;
-        replace(&self.path, &content, 0o644)
+        replace(&self.path, &content, 0o644)?;
+        Ok(adopted)
+    }
+
+    /// What is at the path now, when it is not exactly what the daemon writes for `servers` of
+    /// `interface`; `None` when it is. The daemon's own writes come back here through the watch,
+    /// and are recognised by their content: a header line is not enough, another program may
+    /// copy the file.
+    pub fn rewritten(
+        &self,
+        interface: &str,
+        servers: &[IpAddr],
+    ) -> Result<Option<Rewrite>, ResolvConfError> {
+        let current = read(&self.path)?;
+        let ours = render(interface, servers);
+        Ok(match &current {
+            Original::File { content, .. } if *content == ours => None,
+            other => Some(Rewrite {
+                what: describe(other),
+                unfinished: looks_unfinished(other),
+            }),
+        })
     }
 
     /// Puts back what was there before the daemon wrote the file, if it did. Returns whether a
@@ -231,6 +267,49 @@ fn render(interface: &str, servers: &[IpAddr]) -> String {
         text.push_str(&format!("nameserver {server}\n"));
     }
     text
+}
+
+/// What a file is, in a few words: the resolvers it names (what a user recognises: the LAN's,
+/// the ISP's), or that it is gone or a link.
+fn describe(file: &Original) -> String {
+    let names = |content: &str| {
+        let servers: Vec<&str> = content
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next() == Some("nameserver"))
+                    .then(|| words.next())
+                    .flatten()
+            })
+            .collect();
+        if servers.is_empty() {
+            "naming no resolver".to_owned()
+        } else {
+            format!("naming {}", servers.join(", "))
+        }
+    };
+    match file {
+        Original::File { content, .. } => names(content),
+        Original::Symlink {
+            target,
+            content: Some(content),
+            ..
+        } => format!("a link to {}, {}", target.display(), names(content)),
+        Original::Symlink {
+            target,
+            content: None,
+            ..
+        } => format!("a link to {}, which does not exist", target.display()),
+        Original::Missing => "removed".to_owned(),
+    }
+}
+
+/// See [`Rewrite::unfinished`]. A link or a missing file is never half written.
+fn looks_unfinished(file: &Original) -> bool {
+    match file {
+        Original::File { content, .. } => !content.ends_with('\n'),
+        _ => false,
+    }
 }
 
 /// The first line of every file the daemon writes. It recognises its own file by it even when
@@ -527,6 +606,92 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&path).expect("read"),
             "nameserver 172.16.0.2\n"
+        );
+    }
+
+    #[test]
+    fn a_rewrite_is_told_from_the_daemons_own_file() {
+        let s = setup();
+        let path = s.etc.join("resolv.conf");
+        std::fs::write(&path, "nameserver 192.168.50.1\n").expect("write");
+        let rc = ResolvConf::new(&path, &s.state);
+        assert!(
+            !rc.apply("wg0", &servers()).expect("apply"),
+            "nothing adopted"
+        );
+        assert_eq!(rc.rewritten("wg0", &servers()).expect("read"), None);
+        // Another server's resolvers, or another tunnel: not what it wrote for these.
+        assert!(
+            rc.rewritten("wg0", &servers()[..1])
+                .expect("read")
+                .is_some()
+        );
+        assert!(rc.rewritten("wg1", &servers()).expect("read").is_some());
+        let what = |rc: &ResolvConf| {
+            rc.rewritten("wg0", &servers())
+                .expect("read")
+                .map(|r| (r.what, r.unfinished))
+        };
+        // A copy of the daemon's file with a line changed is someone else's.
+        let copied = render("wg0", &servers()).replace("10.64.0.1", "192.168.50.9");
+        std::fs::write(&path, copied).expect("write");
+        assert_eq!(
+            what(&rc),
+            Some(("naming 192.168.50.9, fd64::1".to_owned(), false))
+        );
+        // Caught in the middle of someone's write.
+        std::fs::write(&path, "").expect("write");
+        assert_eq!(what(&rc), Some(("naming no resolver".to_owned(), true)));
+        std::fs::write(&path, "search lan\nnameserver 172.").expect("write");
+        assert_eq!(what(&rc), Some(("naming 172.".to_owned(), true)));
+        // A DHCP client's file: named by its resolvers; writing again adopts it for the restore.
+        std::fs::write(
+            &path,
+            "search lan\nnameserver 172.16.0.1\nnameserver 172.16.0.2\n",
+        )
+        .expect("write");
+        assert_eq!(
+            what(&rc),
+            Some(("naming 172.16.0.1, 172.16.0.2".to_owned(), false))
+        );
+        assert!(rc.apply("wg0", &servers()).expect("apply"), "adopted");
+        assert_eq!(rc.rewritten("wg0", &servers()).expect("read"), None);
+        rc.restore().expect("restore");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            "search lan\nnameserver 172.16.0.1\nnameserver 172.16.0.2\n"
+        );
+    }
+
+    #[test]
+    fn files_are_described_by_what_they_name() {
+        assert_eq!(describe(&Original::Missing), "removed");
+        let file = |content: &str| Original::File {
+            content: content.to_owned(),
+            mode: 0o644,
+        };
+        assert_eq!(describe(&file("")), "naming no resolver");
+        assert_eq!(
+            describe(&file(
+                "# nameserver 10.0.0.1\nnameserver\n  nameserver   10.0.0.2  \n"
+            )),
+            "naming 10.0.0.2"
+        );
+        assert_eq!(
+            describe(&Original::Symlink {
+                target: "/run/resolvconf/resolv.conf".into(),
+                content: Some("nameserver 10.0.0.3\n".to_owned()),
+                mode: Some(0o644),
+            }),
+            "a link to /run/resolvconf/resolv.conf, naming 10.0.0.3"
+        );
+        assert_eq!(
+            describe(&Original::Symlink {
+                target: "stub".into(),
+                content: None,
+                mode: None,
+            }),
+            "a link to stub, which does not exist"
         );
     }
 
