@@ -486,7 +486,14 @@ fn endpoint_hole(peer: &Peer) -> Rule {
 fn dns_rules(tunnel: Option<&Tunnel>) -> Vec<Rule> {
     let mut rules = Vec::new();
     if let Some(tunnel) = tunnel {
-        for server in &tunnel.dns {
+        // Only resolvers of a family the tunnel carries: an IPv6 resolver behind a v4-only tunnel
+        // would be IPv6 that is not tunnelled (and unreachable anyway).
+        let families = tunnel.carried_families();
+        for server in tunnel
+            .dns
+            .iter()
+            .filter(|s| families.contains(&family_of(**s)))
+        {
             for proto in DNS_PROTOS {
                 for port in DNS_PORTS {
                     rules.push(

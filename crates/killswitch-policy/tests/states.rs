@@ -381,6 +381,33 @@ fn ipv6_follows_the_tunnels_addresses() {
 }
 
 #[test]
+fn a_v4_only_tunnel_admits_no_ipv6_dns() {
+    // Found by the property `v4_only_tunnel_blocks_global_ipv6`: an IPv6 resolver of a tunnel
+    // without an IPv6 address was admitted, IPv6 that the tunnel does not carry.
+    let mut tunnel = tunnel(false);
+    tunnel.dns.push(ip("2001:db8::53"));
+    let state = PolicyState::Connected {
+        peer: peer(Some(MARK)),
+        tunnel,
+    };
+    let query = |dst: &str| {
+        Packet::output(
+            TUN,
+            ip(if dst.contains(':') {
+                TUNNEL_V6
+            } else {
+                TUNNEL_V4
+            }),
+            ip(dst),
+            Transport::udp(40000, 53),
+        )
+    };
+    let r = rules(&state, false, false);
+    assert!(!r.verdict(&query("2001:db8::53")).is_accept());
+    assert!(r.verdict(&query(TUNNEL_DNS)).is_accept());
+}
+
+#[test]
 fn cve_2019_14899_inbound_to_tunnel_address_dropped() {
     let r = rules(&connected(true), false, true);
     for tunnel_ip in [TUNNEL_V4, TUNNEL_V6] {

@@ -367,12 +367,54 @@ fn read(path: &Path) -> Result<Original, ResolvConfError> {
 /// Replaces the file at `path` atomically. A mount point (`EBUSY`), or a file writable in a
 /// read-only directory (`EROFS`: a sandbox that opens only the file), is rewritten in place.
 fn replace(path: &Path, content: &str, mode: u32) -> Result<(), ResolvConfError> {
+    // A file that is a mount point of its own cannot be renamed over (EBUSY), and the attempt
+    // would first create a temporary file beside it, in a directory that may not be ours: under
+    // `ip netns exec`, /etc/resolv.conf is a bind mount and /etc is the host's.
+    if is_mount_point(path) {
+        return rewrite(path, content, Some(mode));
+    }
     match write_atomically(path, content.as_bytes(), mode) {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EROFS)) => {
             rewrite(path, content, Some(mode))
         }
         other => other.map_err(io("writing", path)),
     }
+}
+
+/// Whether `path` is a mount point in this process's mount namespace.
+fn is_mount_point(path: &Path) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|info| mount_points(&info).any(|point| point == path))
+}
+
+/// The mount points listed in a mountinfo text (the fifth field, with the kernel's octal escapes
+/// for space, tab, newline and backslash undone).
+fn mount_points(info: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    info.lines().filter_map(|line| {
+        let field = line.split(' ').nth(4)?;
+        let mut out = Vec::with_capacity(field.len());
+        let bytes = field.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let escaped = bytes.get(i + 1..i + 4).and_then(|digits| {
+                let text = std::str::from_utf8(digits).ok()?;
+                u8::from_str_radix(text, 8).ok()
+            });
+            match (bytes[i], escaped) {
+                (b'\\', Some(byte)) => {
+                    out.push(byte);
+                    i += 4;
+                }
+                (byte, _) => {
+                    out.push(byte);
+                    i += 1;
+                }
+            }
+        }
+        Some(PathBuf::from(
+            <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out),
+        ))
+    })
 }
 
 /// Rewrites the file at `path` (or the one a link there leads to) in place.
@@ -407,6 +449,22 @@ fn relink(path: &Path, target: &Path) -> Result<(), ResolvConfError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_are_read_from_mountinfo() {
+        let info = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    90 22 0:5 /etc/netns/lab/resolv.conf /etc/resolv.conf rw - ext4 /dev/sda1 rw\n\
+                    91 22 0:5 / /mnt/with\\040space rw - tmpfs tmpfs rw\n";
+        let points: Vec<PathBuf> = mount_points(info).collect();
+        assert_eq!(
+            points,
+            [
+                PathBuf::from("/"),
+                PathBuf::from("/etc/resolv.conf"),
+                PathBuf::from("/mnt/with space"),
+            ]
+        );
+    }
 
     struct Setup {
         _dir: tempfile::TempDir,
