@@ -583,3 +583,22 @@ fn up_with_bad_configurations_names_file_line_and_key_and_changes_nothing() -> R
     );
     Ok(())
 }
+
+#[test]
+fn json_status_names_the_protocol_version() -> Result<()> {
+    if !require_root("json_status_names_the_protocol_version") {
+        return Ok(());
+    }
+    let topo = Topology::new("protocol")?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    let json = daemon.cli(&["--json", "status"])?.ok()?.stdout;
+    let status: serde_json::Value = serde_json::from_str(&json)?;
+    ensure!(
+        status["protocol"] == killswitch_types::ipc::PROTOCOL_VERSION,
+        "{json}"
+    );
+    // The daemon's field order, as it sent it.
+    ensure!(json.starts_with("{\"protocol\":"), "{json}");
+    Ok(())
+}
