@@ -119,7 +119,20 @@ impl Client {
         let mut stream = UnixStream::connect(&self.socket).map_err(unreachable)?;
         let line = ipc::encode_line(&RequestEnvelope::new(request))
             .map_err(|e| Failure::Protocol(e.to_string()))?;
-        stream.write_all(line.as_bytes()).map_err(unreachable)?;
+        if let Err(error) = stream.write_all(line.as_bytes()) {
+            // The daemon may have refused the connection before reading anything (too many
+            // connections) and said why before closing it: that reason beats "broken pipe".
+            let mut reader = BufReader::new(stream);
+            if reader
+                .get_ref()
+                .set_read_timeout(Some(REPLY_TIMEOUT))
+                .is_ok()
+                && let Ok((ServerMessage::Error { error }, _)) = read_message(&mut reader)
+            {
+                return Err(Failure::Refused(error));
+            }
+            return Err(unreachable(error));
+        }
         Ok(BufReader::new(stream))
     }
 

@@ -5,12 +5,14 @@
 //! - [`links`]: what the daemon sees of the tunnel interface, and link-change notifications;
 //! - [`manager`] and [`target`]: `killswitch up`'s WireGuard connection manager, and what the user
 //!   asked for;
-//! - [`ipc`] and [`authz`]: the Unix socket server and who may change what;
+//! - [`ipc`], [`admission`] and [`authz`]: the Unix socket server, how many connections each peer
+//!   may hold, and who may change what;
 //! - [`store`] and [`config`]: persisted settings and the administrator's configuration;
 //! - [`notify`]: telling systemd (or the lab) that protection is in place;
 //! - [`boot`]: `--early-boot`, blocking from the saved settings before the network comes up;
 //! - [`run`]: the event loop that wires them together.
 
+pub mod admission;
 pub mod authz;
 pub mod boot;
 pub mod config;

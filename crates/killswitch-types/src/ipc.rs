@@ -224,6 +224,11 @@ pub enum ErrorKind {
     Firewall,
     /// Persisting the settings failed; nothing was changed.
     Storage,
+    /// The caller's user (or all unprivileged users together, or root and the admin group) holds
+    /// as many connections as allowed; this one was closed. The message names the limit.
+    TooManyConnections,
+    /// The caller sent no complete request line in time; the connection was closed.
+    TimedOut,
     /// A kind this build does not know, from a newer daemon (the message still explains it).
     /// Never sent.
     #[serde(other)]
