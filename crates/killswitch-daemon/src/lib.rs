@@ -9,6 +9,7 @@
 //!   may hold, and who may change what;
 //! - [`store`] and [`config`]: persisted settings and the administrator's configuration;
 //! - [`notify`]: telling systemd (or the lab) that protection is in place;
+//! - [`logging`]: the log's style (journal priorities, plain text, or colours on a terminal);
 //! - [`boot`]: `--early-boot`, blocking from the saved settings before the network comes up;
 //! - [`run`]: the event loop that wires them together.
 
@@ -21,6 +22,7 @@ pub mod dns;
 pub mod firewall;
 pub mod ipc;
 pub mod links;
+pub mod logging;
 pub mod manager;
 pub mod notify;
 pub mod run;

@@ -880,6 +880,140 @@ fn running_out_of_file_descriptors_neither_spins_nor_stops_the_accept_loop() -> 
 }
 
 #[test]
+fn the_daemon_logs_plain_text_to_a_pipe_with_pids_as_numbers() -> Result<()> {
+    if !require_root("the_daemon_logs_plain_text_to_a_pipe_with_pids_as_numbers") {
+        return Ok(());
+    }
+    let topo = Topology::new("plainlog")?;
+    let home = DaemonHome::new()?;
+    // The lab starts the daemon with stderr on a pipe and without NO_COLOR, as systemd would.
+    let daemon = Daemon::start(&topo.client, &home)?;
+    daemon.cli(&["lockdown", "on"])?.ok()?;
+    let refused = daemon.cli_as_nobody(&["off"])?;
+    ensure!(refused.code == Some(1), "{refused:?}");
+    let log = daemon.log();
+    ensure!(!log.contains('\x1b'), "escape codes in the log:\n{log:?}");
+    ensure!(!log.contains("Some("), "an Option in the log:\n{log}");
+    for what in ["request `lockdown`", "refused `off`"] {
+        let line = log
+            .lines()
+            .find(|l| l.contains(what))
+            .with_context(|| format!("no {what:?} in the log:\n{log}"))?;
+        let pid = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("pid="))
+            .with_context(|| format!("no pid in {line:?}"))?;
+        ensure!(
+            pid.parse::<u32>().is_ok(),
+            "pid {pid:?} is not a number in {line:?}"
+        );
+        ensure!(line.contains(" INFO ") || line.contains(" WARN "), "{line}");
+    }
+    Ok(())
+}
+
+/// Runs `killswitchd ARGS` in `ns` with stderr on a pipe and `JOURNAL_STREAM` set to `journal`
+/// (`None`: the pipe's own device and inode, as systemd sets it for a service whose stderr is the
+/// journal), and returns what it wrote to stderr.
+fn killswitchd_stderr(
+    ns: &killswitch_lab::netns::Netns,
+    args: &[&str],
+    journal: Option<&str>,
+) -> Result<String> {
+    use std::io::Read;
+    let (read, write) = nix::unistd::pipe()?;
+    let stat = nix::sys::stat::fstat(&write)?;
+    let journal = journal
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("{}:{}", stat.st_dev, stat.st_ino));
+    let binary = killswitch_lab::binaries::path("killswitchd")?;
+    let mut command = ns.command(binary.to_str().context("binary path is not UTF-8")?);
+    command
+        .args(args)
+        .env("JOURNAL_STREAM", &journal)
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(write));
+    let mut child = command.spawn()?;
+    // The command holds the pipe's write end until dropped: without this, no end of file.
+    drop(command);
+    let mut output = String::new();
+    std::fs::File::from(read).read_to_string(&mut output)?;
+    let status = child.wait()?;
+    ensure!(status.success(), "killswitchd {args:?}: {status}\n{output}");
+    Ok(output)
+}
+
+#[test]
+fn under_systemd_early_boot_and_teardown_log_with_journal_priorities() -> Result<()> {
+    if !require_root("under_systemd_early_boot_and_teardown_log_with_journal_priorities") {
+        return Ok(());
+    }
+    let topo = Topology::new("journal")?;
+    let home = DaemonHome::new()?;
+    write_settings(
+        &home,
+        r#"{"version":1,"lockdown":true,"allow_lan":false,"target":{"mode":"disconnected"}}"#,
+    )?;
+    let state_dir = home.state_dir().display().to_string();
+    let boot = killswitchd_stderr(
+        &topo.client,
+        &["--early-boot", "--state-dir", &state_dir],
+        None,
+    )?;
+    let teardown = killswitchd_stderr(
+        &topo.client,
+        &["--teardown", "--state-dir", &state_dir],
+        None,
+    )?;
+    for (name, output, expected) in [
+        ("--early-boot", &boot, "early boot: blocking"),
+        (
+            "--teardown",
+            &teardown,
+            "teardown: the kill switch's rules are removed",
+        ),
+    ] {
+        ensure!(!output.contains('\x1b'), "{name}: escape codes: {output:?}");
+        let line = output
+            .lines()
+            .find(|l| l.contains(expected))
+            .with_context(|| format!("{name}: no {expected:?} in {output:?}"))?;
+        // SD_INFO, then straight on with the message's origin: no timestamp, no level word.
+        ensure!(
+            line.starts_with("<6>killswitch"),
+            "{name}: not a journal line: {line:?}"
+        );
+        for other in output.lines() {
+            ensure!(
+                other.len() > 3
+                    && other.starts_with('<')
+                    && other.as_bytes()[1].is_ascii_digit()
+                    && &other[2..3] == ">",
+                "{name}: a line without a priority: {other:?}"
+            );
+        }
+    }
+
+    // JOURNAL_STREAM inherited, but stderr is somewhere else: plain lines, with timestamps.
+    let redirected = killswitchd_stderr(
+        &topo.client,
+        &["--teardown", "--state-dir", &state_dir],
+        Some("1:1"),
+    )?;
+    let line = redirected
+        .lines()
+        .find(|l| l.contains("teardown:"))
+        .with_context(|| format!("no teardown line in {redirected:?}"))?;
+    ensure!(
+        !line.starts_with('<') && line.contains(" INFO ") && !line.contains('\x1b'),
+        "{line:?}"
+    );
+    Ok(())
+}
+
+#[test]
 fn json_status_names_the_protocol_version() -> Result<()> {
     if !require_root("json_status_names_the_protocol_version") {
         return Ok(());

@@ -153,7 +153,9 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("KILLSWITCH_LAB_DAEMON_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
-            .env("NO_COLOR", "1")
+            // As systemd runs it: stderr a pipe, and no NO_COLOR to hide escape codes (the daemon
+            // must leave them out by itself when stderr is not a terminal).
+            .env_remove("NO_COLOR")
             .env(
                 "DBUS_SYSTEM_BUS_ADDRESS",
                 bus.unwrap_or("unix:path=/nonexistent/killswitch-lab-has-no-system-bus"),
@@ -365,7 +367,7 @@ pub fn early_boot(ns: &Netns, home: &DaemonHome) -> Result<CliResult> {
         .arg("--early-boot")
         .arg("--state-dir")
         .arg(home.state_dir())
-        .env("NO_COLOR", "1");
+        .env_remove("NO_COLOR");
     command
         .output()
         .map(CliResult::from)
