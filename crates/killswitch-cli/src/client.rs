@@ -1,4 +1,8 @@
 //! Talking to the daemon: one request line, one reply line (or a stream of events).
+//!
+//! Replies are read leniently (see [`killswitch_types::ipc`]): fields this build does not know are
+//! ignored when the status is parsed for display, but kept for `--json`, which prints the status
+//! as the daemon sent it (with any field an older daemon left out filled in with its default).
 
 use killswitch_types::ipc::{
     self, IpcError, Request, RequestEnvelope, ServerEnvelope, ServerMessage, Status,
@@ -57,6 +61,44 @@ impl Failure {
     }
 }
 
+/// A status from the daemon: parsed, and as sent.
+#[derive(Debug, Clone)]
+pub(crate) struct Received {
+    /// What this build understands of it.
+    pub(crate) status: Status,
+    /// Every field the daemon sent, including those of a newer daemon that this build does not
+    /// know, and those of this build an older daemon did not send (with their defaults).
+    pub(crate) json: serde_json::Value,
+}
+
+impl Received {
+    fn new(status: Status, sent: Option<serde_json::Value>) -> Self {
+        let parsed = serde_json::to_value(&status).unwrap_or(serde_json::Value::Null);
+        let json = match sent {
+            Some(mut sent) => {
+                fill_missing(&mut sent, parsed);
+                sent
+            }
+            None => parsed,
+        };
+        Received { status, json }
+    }
+}
+
+/// Adds to `sent` every field of `parsed` it lacks, in nested objects too; what `sent` holds wins.
+fn fill_missing(sent: &mut serde_json::Value, parsed: serde_json::Value) {
+    if let (serde_json::Value::Object(sent), serde_json::Value::Object(parsed)) = (sent, parsed) {
+        for (key, value) in parsed {
+            match sent.get_mut(&key) {
+                Some(inner) => fill_missing(inner, value),
+                None => {
+                    sent.insert(key, value);
+                }
+            }
+        }
+    }
+}
+
 /// A client of one daemon socket.
 #[derive(Debug)]
 pub(crate) struct Client {
@@ -77,52 +119,77 @@ impl Client {
         let mut stream = UnixStream::connect(&self.socket).map_err(unreachable)?;
         let line = ipc::encode_line(&RequestEnvelope::new(request))
             .map_err(|e| Failure::Protocol(e.to_string()))?;
-        stream.write_all(line.as_bytes()).map_err(unreachable)?;
+        if let Err(error) = stream.write_all(line.as_bytes()) {
+            // The daemon may have refused the connection before reading anything (too many
+            // connections) and said why before closing it: that reason beats "broken pipe".
+            let mut reader = BufReader::new(stream);
+            if reader
+                .get_ref()
+                .set_read_timeout(Some(REPLY_TIMEOUT))
+                .is_ok()
+                && let Ok((ServerMessage::Error { error }, _)) = read_message(&mut reader)
+            {
+                return Err(Failure::Refused(error));
+            }
+            return Err(unreachable(error));
+        }
         Ok(BufReader::new(stream))
     }
 
     /// Sends `request` and returns the status the daemon answers with.
-    pub(crate) fn request(&self, request: Request) -> Result<Status, Failure> {
+    pub(crate) fn request(&self, request: Request) -> Result<Received, Failure> {
         let mut reader = self.connect(request)?;
         reader
             .get_ref()
             .set_read_timeout(Some(REPLY_TIMEOUT))
             .map_err(|e| Failure::Protocol(e.to_string()))?;
-        match read_message(&mut reader)? {
-            ServerMessage::Ok { status } => Ok(status),
-            ServerMessage::Error { error } => Err(Failure::Refused(error)),
-            ServerMessage::Event { .. } => {
-                Err(Failure::Protocol("an event instead of a reply".to_owned()))
+        loop {
+            let (message, sent) = read_message(&mut reader)?;
+            match message {
+                ServerMessage::Ok { status } => return Ok(Received::new(status, sent)),
+                ServerMessage::Error { error } => return Err(Failure::Refused(error)),
+                ServerMessage::Event { .. } => {
+                    return Err(Failure::Protocol("an event instead of a reply".to_owned()));
+                }
+                // A message type of a newer daemon: not the reply; the reply follows.
+                ServerMessage::Unknown => {}
             }
         }
     }
 
     /// Subscribes and calls `on_status(status, is_first)` for the current status and every change,
     /// until the daemon goes away.
-    pub(crate) fn subscribe(&self, mut on_status: impl FnMut(Status, bool)) -> Result<(), Failure> {
+    pub(crate) fn subscribe(
+        &self,
+        mut on_status: impl FnMut(Received, bool),
+    ) -> Result<(), Failure> {
         let mut reader = self.connect(Request::Subscribe)?;
         let mut first = true;
         loop {
-            match read_message(&mut reader)? {
+            let (message, sent) = read_message(&mut reader)?;
+            match message {
                 ServerMessage::Ok { status } | ServerMessage::Event { status } => {
-                    on_status(status, first)
+                    on_status(Received::new(status, sent), first);
+                    first = false;
                 }
                 ServerMessage::Error { error } => return Err(Failure::Refused(error)),
+                // A message type of a newer daemon: nothing this client can show.
+                ServerMessage::Unknown => {}
             }
-            first = false;
         }
     }
 }
 
-fn read_message(reader: &mut BufReader<UnixStream>) -> Result<ServerMessage, Failure> {
+/// Reads one line: the message as this build understands it, and the status in it as sent.
+fn read_message(
+    reader: &mut BufReader<UnixStream>,
+) -> Result<(ServerMessage, Option<serde_json::Value>), Failure> {
     let mut line = String::new();
     match reader.read_line(&mut line) {
         Ok(0) => Err(Failure::Protocol(
             "the daemon closed the connection".to_owned(),
         )),
-        Ok(_) => serde_json::from_str::<ServerEnvelope>(&line)
-            .map(|envelope| envelope.message)
-            .map_err(|e| Failure::Protocol(e.to_string())),
+        Ok(_) => parse_message(&line).map_err(|e| Failure::Protocol(e.to_string())),
         Err(e)
             if matches!(
                 e.kind(),
@@ -134,5 +201,82 @@ fn read_message(reader: &mut BufReader<UnixStream>) -> Result<ServerMessage, Fai
             )))
         }
         Err(e) => Err(Failure::Protocol(e.to_string())),
+    }
+}
+
+fn parse_message(
+    line: &str,
+) -> Result<(ServerMessage, Option<serde_json::Value>), serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_str(line)?;
+    let sent = value
+        .as_object_mut()
+        .and_then(|envelope| envelope.get("status").cloned());
+    let envelope: ServerEnvelope = serde_json::from_value(value)?;
+    Ok((envelope.message, sent))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use killswitch_types::ipc::ErrorKind;
+
+    /// A reply of a future daemon: new fields at every level, and new values where this build
+    /// has a fallback for them.
+    const FROM_A_NEWER_DAEMON: &str = r#"{"version":1,"type":"ok","sent_at":"2031-01-01","status":{"protocol":3,"state":"connected","lockdown":true,"allow_lan":false,"colour":"green","tunnel":{"interface":"wg0","endpoint":"198.51.100.1:51820/udp","dns":["10.64.0.1"],"mark":51820,"uid":null,"up":true,"addresses":["10.64.0.2"],"mtu":1420,"managed":{"backend":"kernel","servers":["se1"],"server":0,"attempt":0,"last_event":null,"rtt_ms":12}},"error":null,"firewall":{"installed":true,"blocking":true,"transitions":2,"last_apply_us":900,"tamper_events":0,"last_tamper":null,"routing":true,"engine":"nft"},"dns":{"via":"systemd-resolved","servers":["10.64.0.1"],"error":null,"dnssec":true}}}"#;
+
+    #[test]
+    fn a_reply_with_unknown_fields_at_every_level_is_understood() {
+        let (message, sent) = parse_message(FROM_A_NEWER_DAEMON).expect("lenient");
+        let ServerMessage::Ok { status } = message else {
+            panic!("not ok: {message:?}");
+        };
+        assert_eq!(status.protocol, 3);
+        let tunnel = status.tunnel.as_ref().expect("tunnel");
+        assert_eq!(tunnel.interface.as_str(), "wg0");
+        assert_eq!(
+            tunnel.managed.as_ref().map(|m| m.servers.clone()),
+            Some(vec!["se1".to_owned()])
+        );
+        assert_eq!(
+            status.dns.as_ref().map(|d| d.via.as_str()),
+            Some("systemd-resolved")
+        );
+        assert!(status.firewall.routing);
+        // `--json` keeps what this build does not know.
+        let received = Received::new(status, sent);
+        assert_eq!(received.json["colour"], "green");
+        assert_eq!(received.json["tunnel"]["managed"]["rtt_ms"], 12);
+        assert_eq!(received.json["dns"]["dnssec"], true);
+    }
+
+    #[test]
+    fn unknown_error_kinds_and_message_types_are_read() {
+        let (message, _) = parse_message(
+            r#"{"version":1,"type":"error","error":{"kind":"quota_exceeded","message":"try later","hint":"x"}}"#,
+        )
+        .expect("lenient");
+        assert_eq!(
+            message,
+            ServerMessage::Error {
+                error: IpcError::new(ErrorKind::Unknown, "try later")
+            }
+        );
+        let (message, _) =
+            parse_message(r#"{"version":1,"type":"heartbeat","every_ms":1000}"#).expect("lenient");
+        assert_eq!(message, ServerMessage::Unknown);
+    }
+
+    #[test]
+    fn a_status_from_an_older_daemon_gets_its_protocol_filled_in() {
+        // As a daemon before the `protocol` field sent it (and without `dns`, older still).
+        let line = r#"{"version":1,"type":"ok","status":{"state":"off","lockdown":false,"allow_lan":false,"tunnel":null,"error":null,"firewall":{"installed":false,"blocking":false,"transitions":0,"last_apply_us":null}}}"#;
+        let (message, sent) = parse_message(line).expect("older daemon");
+        let ServerMessage::Ok { status } = message else {
+            panic!("not ok: {message:?}");
+        };
+        assert_eq!(status.protocol, 1);
+        let received = Received::new(status, sent);
+        assert_eq!(received.json["protocol"], 1);
+        assert_eq!(received.json["firewall"]["routing"], false);
     }
 }

@@ -7,8 +7,8 @@ mod client;
 mod render;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use client::{Client, Failure};
-use killswitch_types::ipc::{ConfigSource, Request, Status};
+use client::{Client, Failure, Received};
+use killswitch_types::ipc::{ConfigSource, Request};
 use killswitch_types::{Endpoint, Fwmark, GuardSpec, InterfaceName};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -173,12 +173,12 @@ fn main() -> ExitCode {
     };
     let client = Client::new(cli.socket);
     let outcome = if request == Request::Subscribe {
-        client.subscribe(|status, first| print_status(&status, cli.json, Some(first)))
+        client.subscribe(|received, first| print_status(&received, cli.json, Some(first)))
     } else {
         let name = request.name();
         client
             .request(request)
-            .map(|status| print_status(&status, cli.json, (name != "status").then_some(true)))
+            .map(|received| print_status(&received, cli.json, (name != "status").then_some(true)))
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,13 +217,12 @@ fn read_configs(configs: &[String]) -> Result<Vec<ConfigSource>, String> {
 }
 
 /// Prints a status. `event` is `None` for `status`, `Some(true)` for the first line of a stream
-/// or the answer to a change, `Some(false)` for later events.
-fn print_status(status: &Status, json: bool, event: Option<bool>) {
+/// or the answer to a change, `Some(false)` for later events. JSON is the status as the daemon
+/// sent it, fields this build does not know included.
+fn print_status(received: &Received, json: bool, event: Option<bool>) {
+    let status = &received.status;
     if json {
-        match serde_json::to_string(status) {
-            Ok(line) => println!("{line}"),
-            Err(e) => eprintln!("killswitch: cannot encode the status: {e}"),
-        }
+        println!("{}", received.json);
     } else if event == Some(false) {
         println!(
             "{}",

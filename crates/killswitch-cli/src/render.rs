@@ -186,6 +186,7 @@ mod tests {
 
     fn sample() -> Status {
         Status {
+            protocol: killswitch_types::ipc::PROTOCOL_VERSION,
             state: State::Connected,
             lockdown: true,
             allow_lan: false,

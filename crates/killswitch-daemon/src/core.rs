@@ -275,6 +275,7 @@ impl<F: Firewall> Core<F> {
         .next()
         .cloned();
         Status {
+            protocol: killswitch_types::ipc::PROTOCOL_VERSION,
             state: self.state,
             lockdown: self.settings.lockdown,
             allow_lan: self.settings.allow_lan,

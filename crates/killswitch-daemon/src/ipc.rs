@@ -5,20 +5,52 @@
 //! the state machine, which answers through a oneshot channel. A bad line gets an error reply and
 //! the connection stays usable; a line over the size limit gets an error and the connection is
 //! closed (its remainder cannot be framed). Nothing a client sends can panic the daemon.
+//!
+//! The socket is open to every local user, so connections are a shared resource. The accept loop
+//! never waits for anything but the next connection: it classifies each one from the peer's
+//! credentials ([`crate::admission`]: root and the admin group have an allowance of their own,
+//! each other uid a share of another), and a connection over its limit gets one error line
+//! (`too_many_connections`, naming the limit) and is closed at once. Unprivileged peers must also
+//! keep moving: a request line must be complete within [`REQUEST_DEADLINE`] of connecting or of
+//! the previous reply (sending it one byte at a time does not extend that), and a reply or event
+//! they leave unread for [`WRITE_DEADLINE`] closes the connection. `subscribe` connections
+//! (`killswitch events`) live as long as the peer reads, bounded by the per-user limit; a
+//! subscriber that hangs up frees its place at once.
 
-use crate::authz::{self, Peer};
+use crate::admission::{Admission, Limits, PeerClass, Refusal, Slot};
+use crate::authz::{self, AdminGroup, Peer};
 use killswitch_types::ipc::{
     self, ErrorKind, IpcError, MAX_REQUEST_BYTES, Request, ServerEnvelope, ServerMessage, Status,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-/// At most this many clients at once; more wait in the listen backlog.
-const MAX_CONNECTIONS: usize = 128;
+/// How long an unprivileged peer may take to send a whole request line, from connecting or from
+/// the previous reply. The CLI sends its line at once; only an idle or trickling peer waits this
+/// long, and it holds one of its user's connections meanwhile.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long a reply or event to an unprivileged peer may wait for the peer to read it.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How long the accept loop rests after `accept` failed (out of file descriptors, usually), so
+/// that a failure that repeats at once cannot make it spin. Connections already accepted go on
+/// being served meanwhile.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(50);
+
+/// How many queued connections the accept loop takes before letting the rest of the daemon run.
+const ACCEPT_BATCH: usize = 64;
+
+/// At most one log line per this period for each kind of repeated trouble (refused connections,
+/// failed accepts): a local user must not be able to flood the journal.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// A changing request on its way to the state machine, with where to send the answer.
 #[derive(Debug)]
@@ -47,7 +79,9 @@ pub struct Shared {
 /// The bound socket; removes its file when dropped.
 #[derive(Debug)]
 pub struct Server {
-    listener: UnixListener,
+    /// Non-blocking; accepted from directly (not through tokio's `UnixListener`), so that a
+    /// connection refused at once never costs a registration with the runtime's reactor.
+    listener: AsyncFd<std::os::unix::net::UnixListener>,
     path: PathBuf,
 }
 
@@ -68,8 +102,17 @@ impl Server {
             std::fs::remove_file(path)
                 .with_context(|| format!("removing stale socket {}", path.display()))?;
         }
+        raise_open_file_limit();
+        let listener = std::os::unix::net::UnixListener::bind(path)
+            .with_context(|| format!("binding {}", path.display()))?;
+        listener
+            .set_nonblocking(true)
+            .context("making the socket non-blocking")?;
+        // SAFETY: the listener moves into the AsyncFd and stays open for as long as it exists.
         let listener =
-            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
+            unsafe { AsyncFd::register_with_interest(listener, tokio::io::Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+                .context("registering the socket")?;
         // Anyone may connect to read the status; changes are authorised per request by the
         // peer's credentials, not by who can open the socket.
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
@@ -80,22 +123,131 @@ impl Server {
         })
     }
 
-    /// Accepts connections forever, one task each.
+    /// Accepts connections forever, one task each, within the limits of [`crate::admission`].
     pub async fn serve(&self, shared: Shared) {
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut gate = Gate {
+            admission: Admission::new(Limits::default()),
+            admin_group: AdminGroup::new(shared.admin_group.clone()),
+            refused: Throttle::default(),
+            refusal: None,
+            shared,
+        };
+        let mut failed = Throttle::default();
         loop {
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            match self.listener.accept().await {
-                Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        serve_connection(stream, shared).await;
-                        drop(permit);
-                    });
+            let mut ready = match self.listener.readable().await {
+                Ok(ready) => ready,
+                Err(e) => {
+                    if let Some(times) = failed.note() {
+                        tracing::warn!("waiting for clients failed ({times} times): {e}");
+                    }
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
+                    continue;
                 }
-                Err(e) => tracing::warn!("accepting a client failed: {e}"),
+            };
+            // Take what is queued in batches, and let the rest of the daemon run between them.
+            for _ in 0..ACCEPT_BATCH {
+                match ready.get_inner().accept() {
+                    Ok((stream, _)) => gate.admit(stream),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        ready.clear_ready();
+                        break;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // Out of descriptors (EMFILE, ENFILE) or memory: the connection stays queued
+                    // and the socket readable, so accepting again at once would spin.
+                    Err(e) => {
+                        if let Some(times) = failed.note() {
+                            tracing::warn!(
+                                "accepting a client failed ({times} times since the last report): {e}; pausing {ACCEPT_PAUSE:?}"
+                            );
+                        }
+                        drop(ready);
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                        break;
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Where a freshly accepted connection is classified, and admitted or refused.
+#[derive(Debug)]
+struct Gate {
+    admission: Admission,
+    admin_group: AdminGroup,
+    refused: Throttle,
+    /// The last refusal and its encoded line.
+    refusal: Option<(Refusal, String)>,
+    shared: Shared,
+}
+
+impl Gate {
+    fn admit(&mut self, stream: std::os::unix::net::UnixStream) {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let peer = match getsockopt(&stream, PeerCredentials) {
+            Ok(cred) => Peer {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                // 0: the peer is in a pid namespace where the daemon cannot name it.
+                pid: Some(cred.pid()).filter(|pid| *pid > 0),
+            },
+            Err(e) => {
+                tracing::warn!("a client without credentials was refused: {e}");
+                return;
+            }
+        };
+        let privileged = authz::may_change_on(
+            std::os::fd::AsFd::as_fd(&stream),
+            &peer,
+            self.admin_group.gid(),
+        );
+        let class = if privileged {
+            PeerClass::Privileged
+        } else {
+            PeerClass::Unprivileged
+        };
+        match self.admission.admit(peer.uid, class) {
+            Ok(slot) => {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| UnixStream::from_std(stream));
+                match stream {
+                    Ok(stream) => {
+                        tokio::spawn(serve_connection(stream, peer, slot, self.shared.clone()));
+                    }
+                    Err(e) => tracing::warn!(uid = peer.uid, "cannot serve a client: {e}"),
+                }
+            }
+            Err(refusal) => {
+                if let Some(times) = self.refused.note() {
+                    tracing::warn!(
+                        uid = peer.uid,
+                        pid = peer.pid,
+                        "refused {times} connection(s) since the last report: {refusal}"
+                    );
+                }
+                // Refusals come in floods from one user: encode the line once per flood.
+                if self
+                    .refusal
+                    .as_ref()
+                    .is_none_or(|(last, _)| *last != refusal)
+                {
+                    self.refusal = refusal_line(&refusal).map(|line| (refusal, line));
+                }
+                if let Some((_, line)) = &self.refusal {
+                    // The accept loop must not wait on this peer: a fresh connection's buffer is
+                    // empty, so one non-blocking send takes the whole (short) line, and if it
+                    // ever did not, the peer would only miss the explanation. Dropping the
+                    // stream closes the connection.
+                    let _ = nix::sys::socket::send(
+                        std::os::fd::AsRawFd::as_raw_fd(&stream),
+                        line.as_bytes(),
+                        nix::sys::socket::MsgFlags::MSG_DONTWAIT
+                            | nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+                    );
+                }
             }
         }
     }
@@ -107,25 +259,106 @@ impl Drop for Server {
     }
 }
 
-async fn serve_connection(stream: UnixStream, shared: Shared) {
-    let peer = match stream.peer_cred() {
-        Ok(cred) => Peer {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid: cred.pid(),
+/// Raises the soft limit on open files to the hard limit, as systemd advises services that need
+/// many: the connection limits fit in the usual 1,024, and the rest is margin. (glibc does this
+/// with prlimit64, which the unit's system-call filter allows.)
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!("raised the open-file limit from {soft} to {hard}"),
+            Err(e) => tracing::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}"),
         },
-        Err(e) => {
-            tracing::warn!("a client without credentials was refused: {e}");
-            return;
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot read the open-file limit: {e}"),
+    }
+}
+
+/// Counts a repeated event and says when to log it: the first time, then at most once per
+/// [`LOG_EVERY`], with how many happened since the last line.
+#[derive(Debug, Default)]
+struct Throttle {
+    last: Option<Instant>,
+    pending: u64,
+}
+
+impl Throttle {
+    fn note(&mut self) -> Option<u64> {
+        self.pending += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|last| now.duration_since(last) < LOG_EVERY)
+        {
+            return None;
         }
-    };
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.pending))
+    }
+}
+
+/// The line an over-limit peer gets.
+fn refusal_line(refusal: &Refusal) -> Option<String> {
+    let error = IpcError::new(ErrorKind::TooManyConnections, refusal.to_string());
+    ipc::encode_line(&ServerEnvelope::new(ServerMessage::Error { error })).ok()
+}
+
+/// The deadlines a connection's peer must keep: none for root and the admin group, whose
+/// connections come out of an allowance nobody else can use.
+#[derive(Debug, Clone, Copy)]
+struct Deadlines {
+    request: Option<Duration>,
+    write: Option<Duration>,
+}
+
+impl Deadlines {
+    fn for_class(class: PeerClass) -> Self {
+        match class {
+            PeerClass::Privileged => Deadlines {
+                request: None,
+                write: None,
+            },
+            PeerClass::Unprivileged => Deadlines {
+                request: Some(REQUEST_DEADLINE),
+                write: Some(WRITE_DEADLINE),
+            },
+        }
+    }
+}
+
+/// Serves one connection; `slot` keeps its place in the connection limits until it ends.
+async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Shared) {
+    let deadlines = Deadlines::for_class(slot.class());
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
     loop {
         line.clear();
         let limit = (MAX_REQUEST_BYTES + 1) as u64;
-        match (&mut reader).take(limit).read_until(b'\n', &mut line).await {
+        let mut bounded = (&mut reader).take(limit);
+        let reading = bounded.read_until(b'\n', &mut line);
+        let read = match deadlines.request {
+            None => reading.await,
+            Some(deadline) => match tokio::time::timeout(deadline, reading).await {
+                Ok(read) => read,
+                Err(_) => {
+                    tracing::debug!(
+                        uid = peer.uid,
+                        pid = peer.pid,
+                        "closing a connection that sent no request line within {deadline:?}"
+                    );
+                    let error = IpcError::new(
+                        ErrorKind::TimedOut,
+                        format!(
+                            "no complete request line within {deadline:?}; closing the connection"
+                        ),
+                    );
+                    let _ = send(&mut write, ServerMessage::Error { error }, deadlines).await;
+                    return;
+                }
+            },
+        };
+        match read {
             Ok(0) => return,
             Ok(_) => {}
             Err(e) => {
@@ -141,7 +374,7 @@ async fn serve_connection(stream: UnixStream, shared: Shared) {
                         "request longer than {MAX_REQUEST_BYTES} bytes; closing the connection"
                     ),
                 );
-                let _ = send(&mut write, ServerMessage::Error { error }).await;
+                let _ = send(&mut write, ServerMessage::Error { error }, deadlines).await;
             }
             // Either too long, or the client hung up mid-line: nothing more can be framed.
             return;
@@ -157,7 +390,7 @@ async fn serve_connection(stream: UnixStream, shared: Shared) {
         let reply = match request {
             Err(error) => ServerMessage::Error { error },
             Ok(Request::Subscribe) => {
-                subscribe(&mut write, &shared).await;
+                subscribe(&mut reader, &mut write, &shared, deadlines).await;
                 return;
             }
             Ok(Request::Status) => ServerMessage::Ok {
@@ -168,7 +401,7 @@ async fn serve_connection(stream: UnixStream, shared: Shared) {
                 Err(error) => ServerMessage::Error { error },
             },
         };
-        if send(&mut write, reply).await.is_err() {
+        if send(&mut write, reply, deadlines).await.is_err() {
             return;
         }
     }
@@ -177,7 +410,13 @@ async fn serve_connection(stream: UnixStream, shared: Shared) {
 async fn change(request: Request, peer: Peer, shared: &Shared) -> Result<Status, IpcError> {
     let admin_gid = authz::group_gid(&shared.admin_group);
     if !authz::may_change(&peer, admin_gid) {
-        tracing::warn!(uid = peer.uid, pid = ?peer.pid, "refused `{}`: not root, not in group {}", request.name(), shared.admin_group);
+        tracing::warn!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "refused `{}`: not root, not in group {}",
+            request.name(),
+            shared.admin_group
+        );
         return Err(IpcError::new(
             ErrorKind::PermissionDenied,
             format!(
@@ -207,33 +446,63 @@ async fn change(request: Request, peer: Peer, shared: &Shared) -> Result<Status,
     answer.await.map_err(|_| gone())?
 }
 
-async fn subscribe(write: &mut tokio::net::unix::OwnedWriteHalf, shared: &Shared) {
+async fn subscribe(
+    reader: &mut BufReader<OwnedReadHalf>,
+    write: &mut OwnedWriteHalf,
+    shared: &Shared,
+    deadlines: Deadlines,
+) {
     // Subscribe before reading the current status, so that no change falls between the two.
     let mut events = shared.events.subscribe();
     let current = shared.status.borrow().clone();
-    if send(write, ServerMessage::Ok { status: current })
+    if send(write, ServerMessage::Ok { status: current }, deadlines)
         .await
         .is_err()
     {
         return;
     }
+    let mut ignored = [0u8; 512];
     loop {
-        let status = match events.recv().await {
-            Ok(status) => status,
-            // A slow reader missed some changes: the latest status is what matters.
-            Err(broadcast::error::RecvError::Lagged(_)) => shared.status.borrow().clone(),
-            Err(broadcast::error::RecvError::Closed) => return,
+        let status = tokio::select! {
+            received = events.recv() => match received {
+                Ok(status) => status,
+                // A slow reader missed some changes: the latest status is what matters.
+                Err(broadcast::error::RecvError::Lagged(_)) => shared.status.borrow().clone(),
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            // A subscriber has nothing more to say; reading notices when it hangs up, so that its
+            // place is free at once rather than at the next change of state, hours later perhaps.
+            read = reader.read(&mut ignored) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
         };
-        if send(write, ServerMessage::Event { status }).await.is_err() {
+        if send(write, ServerMessage::Event { status }, deadlines)
+            .await
+            .is_err()
+        {
             return;
         }
     }
 }
 
+/// Writes one line, within the peer's write deadline if it has one.
 async fn send(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
+    write: &mut OwnedWriteHalf,
     message: ServerMessage,
+    deadlines: Deadlines,
 ) -> std::io::Result<()> {
     let line = ipc::encode_line(&ServerEnvelope::new(message)).map_err(std::io::Error::other)?;
-    write.write_all(line.as_bytes()).await
+    let writing = write.write_all(line.as_bytes());
+    match deadlines.write {
+        None => writing.await,
+        Some(deadline) => tokio::time::timeout(deadline, writing)
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("the peer read nothing for {deadline:?}"),
+                ))
+            }),
+    }
 }

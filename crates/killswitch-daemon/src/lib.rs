@@ -6,14 +6,17 @@
 //! - [`devices`]: which interfaces the daemon created, the only ones it may remove or reuse;
 //! - [`manager`] and [`target`]: `killswitch up`'s WireGuard connection manager, and what the user
 //!   asked for;
-//! - [`ipc`] and [`authz`]: the Unix socket server and who may change what;
+//! - [`ipc`], [`admission`] and [`authz`]: the Unix socket server, how many connections each peer
+//!   may hold, and who may change what;
 //! - [`store`] and [`config`]: persisted settings and the administrator's configuration;
 //! - [`instance`]: one daemon per state directory and per network namespace;
 //! - [`notify`]: telling systemd (or the lab) that protection is in place;
+//! - [`logging`]: the log's style (journal priorities, plain text, or colours on a terminal);
 //! - [`boot`]: `--early-boot`, blocking from the saved settings before the network comes up;
 //! - [`teardown`]: `--teardown`, switching the kill switch off for good (package removal);
 //! - [`run`]: the event loop that wires them together.
 
+pub mod admission;
 pub mod authz;
 pub mod boot;
 pub mod config;
@@ -24,6 +27,7 @@ pub mod firewall;
 pub mod instance;
 pub mod ipc;
 pub mod links;
+pub mod logging;
 pub mod manager;
 pub mod notify;
 pub mod run;

@@ -179,7 +179,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::select! {
             () = &mut serving => anyhow::bail!("the IPC server stopped"),
             Some(command) = commands.recv() => {
-                tracing::info!(uid = command.peer.uid, pid = ?command.peer.pid, "request `{}`", command.request.name());
+                tracing::info!(uid = command.peer.uid, pid = command.peer.pid, "request `{}`", command.request.name());
                 let answer = core.handle(&command.request);
                 // The guarded interface may have changed: look at the new one.
                 if observe(&mut core) {

@@ -107,6 +107,21 @@ impl Daemon {
     /// daemon's system bus. Without one the daemon gets none: on a developer's machine it must
     /// never reach the real systemd-resolved (and give it a link index from a lab namespace).
     pub fn start_on_bus(ns: &Netns, home: &DaemonHome, bus: Option<&str>) -> Result<Self> {
+        Self::start_with(ns, home, bus, None)
+    }
+
+    /// [`Daemon::start`], with the daemon's open-file limit (soft and hard) set to `limit`, so
+    /// that a test can make it run out of descriptors.
+    pub fn start_with_open_file_limit(ns: &Netns, home: &DaemonHome, limit: u64) -> Result<Self> {
+        Self::start_with(ns, home, None, Some(limit))
+    }
+
+    fn start_with(
+        ns: &Netns,
+        home: &DaemonHome,
+        bus: Option<&str>,
+        open_file_limit: Option<u64>,
+    ) -> Result<Self> {
         // `ip netns exec` shows the daemon this file as /etc/resolv.conf; without it the daemon
         // would see, and on `up` rewrite, this machine's own.
         let resolv_conf = ns.resolv_conf_path();
@@ -138,11 +153,27 @@ impl Daemon {
                 "RUST_LOG",
                 std::env::var("KILLSWITCH_LAB_DAEMON_LOG").unwrap_or_else(|_| "info".to_owned()),
             )
-            .env("NO_COLOR", "1")
+            // As systemd runs it: stderr a pipe, and no NO_COLOR to hide escape codes (the daemon
+            // must leave them out by itself when stderr is not a terminal).
+            .env_remove("NO_COLOR")
             .env(
                 "DBUS_SYSTEM_BUS_ADDRESS",
                 bus.unwrap_or("unix:path=/nonexistent/killswitch-lab-has-no-system-bus"),
             );
+        if let Some(limit) = open_file_limit {
+            // SAFETY: setrlimit is async-signal-safe; only the child (`ip netns exec`, which
+            // execs the daemon in the same process) gets the limit.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        limit,
+                        limit,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
         let mut process = Process::spawn("killswitchd", command)?;
         let deadline = std::time::Instant::now() + READY_TIMEOUT;
         let mut buffer = [0u8; 256];
@@ -184,6 +215,43 @@ impl Daemon {
         self.cli_command(args)
             .map(|mut c| c.output().map(CliResult::from))?
             .context("running killswitch")
+    }
+
+    /// Runs `killswitch --socket SOCKET ARGS...` as root and returns its result with how long it
+    /// took, from spawning the CLI to its exit. A CLI still running after `limit` is killed and
+    /// reported as an error (the CLI's own reply timeout is 30 s; a test wants to know sooner).
+    pub fn cli_timed(&self, args: &[&str], limit: Duration) -> Result<(CliResult, Duration)> {
+        let mut command = self.cli_command(args)?;
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let start = std::time::Instant::now();
+        let child = command.spawn().context("running killswitch")?;
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let (done, finished) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let output = child.wait_with_output();
+            let _ = done.send(start.elapsed());
+            output
+        });
+        let took = finished.recv_timeout(limit);
+        if took.is_err() {
+            // Not reaped yet (the waiter reaps it), so the pid is still this child's.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        let output = waiter
+            .join()
+            .map_err(|_| anyhow::anyhow!("the waiting thread panicked"))?
+            .context("waiting for killswitch")?;
+        match took {
+            Ok(took) => Ok((CliResult::from(output), took)),
+            Err(_) => bail!(
+                "`killswitch {}` got no answer within {limit:?} (killed); it printed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        }
     }
 
     /// `killswitch guard` for `tunnel` (its interface, endpoint, resolver and fwmark): the CLI's
@@ -299,7 +367,7 @@ pub fn early_boot(ns: &Netns, home: &DaemonHome) -> Result<CliResult> {
         .arg("--early-boot")
         .arg("--state-dir")
         .arg(home.state_dir())
-        .env("NO_COLOR", "1");
+        .env_remove("NO_COLOR");
     command
         .output()
         .map(CliResult::from)
@@ -341,4 +409,21 @@ pub fn nft_table(ns: &Netns) -> Result<Option<String>> {
         "inet",
         "killswitch",
     ]))?))
+}
+
+/// How many connections wait in the listen queue of Unix socket `socket` in `ns` (connected, not
+/// yet accepted), as `ss` reports it.
+pub fn listen_queue(ns: &Netns, socket: &Path) -> Result<usize> {
+    let path = socket.to_str().context("socket path is not UTF-8")?;
+    let listing = run_checked(ns.command("ss").args(["-xlnH", "src", path]))?;
+    // `u_str LISTEN <queued> <backlog> <path> <inode> * 0`
+    listing
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(4) == Some(&path))
+                .then(|| fields.get(2).and_then(|q| q.parse().ok()))
+                .flatten()
+        })
+        .with_context(|| format!("no listening socket {path} in `ss` output: {listing:?}"))
 }

@@ -11,8 +11,18 @@
 //! <- {"version":1,"type":"error","error":{"kind":"permission_denied","message":"..."}}
 //! ```
 //!
-//! Decoding is strict (unknown fields and commands are errors that name the problem) and never
-//! panics, because the other end of the socket is any local user.
+//! The two directions are read differently, so that a CLI and a daemon of different releases
+//! still understand each other:
+//!
+//! - **Requests are strict**: the daemon refuses unknown fields (at every level: the envelope, the
+//!   request, a guard's spec, a configuration source), commands and versions, with an error that
+//!   names the problem; a mistyped field is a mistake the caller must hear about, and the other
+//!   end of the socket is any local user. Decoding never panics.
+//! - **Replies are lenient**: the CLI ignores fields it does not know (a newer daemon may add
+//!   some, at any level), reads an unknown error kind as [`ErrorKind::Unknown`] and an unknown
+//!   message type as [`ServerMessage::Unknown`]. Fields added to replies get a default, so that a
+//!   newer CLI reads an older daemon too. [`Status::protocol`] says which protocol the daemon
+//!   speaks.
 
 use crate::{GuardSpec, State, TunnelStatus};
 use serde::{Deserialize, Serialize};
@@ -125,7 +135,8 @@ impl fmt::Debug for ConfigSource {
     }
 }
 
-/// One line from the daemon.
+/// One line from the daemon. Read leniently: unknown fields are ignored, here and in everything
+/// it contains.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerEnvelope {
     /// The daemon's [`PROTOCOL_VERSION`].
@@ -154,6 +165,10 @@ pub enum ServerMessage {
         /// The new status.
         status: Status,
     },
+    /// A message type this build does not know, from a newer daemon. Never sent; a client skips
+    /// it on a subscription and treats it as no answer to a request.
+    #[serde(other)]
+    Unknown,
 }
 
 impl ServerEnvelope {
@@ -209,11 +224,24 @@ pub enum ErrorKind {
     Firewall,
     /// Persisting the settings failed; nothing was changed.
     Storage,
+    /// The caller's user (or all unprivileged users together, or root and the admin group) holds
+    /// as many connections as allowed; this one was closed. The message names the limit.
+    TooManyConnections,
+    /// The caller sent no complete request line in time; the connection was closed.
+    TimedOut,
+    /// A kind this build does not know, from a newer daemon (the message still explains it).
+    /// Never sent.
+    #[serde(other)]
+    Unknown,
 }
 
 /// The status report: what `killswitch status --json` prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
+    /// The IPC protocol the daemon speaks ([`PROTOCOL_VERSION`] of its build). Daemons from before
+    /// this field spoke version 1.
+    #[serde(default = "protocol_before_the_field")]
+    pub protocol: u32,
     /// The current state.
     pub state: State,
     /// Whether lockdown is on.
@@ -231,9 +259,12 @@ pub struct Status {
     pub dns: Option<DnsStatus>,
 }
 
+fn protocol_before_the_field() -> u32 {
+    1
+}
+
 /// The daemon's management of the system's resolver configuration.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DnsStatus {
     /// How: `systemd-resolved`, or the path of the resolv.conf file written.
     pub via: String,
@@ -474,6 +505,83 @@ mod tests {
         for (line, expected) in cases {
             let err = decode_request(line).expect_err(line).to_string();
             assert!(err.contains(expected), "{line}: {err}");
+        }
+    }
+
+    /// A reply of a future daemon, with a field this build does not know at every level.
+    const NEWER_REPLY: &str = r#"{"version":1,"type":"ok","trace":"x","status":{"protocol":2,"state":"connected","lockdown":false,"allow_lan":true,"since":"2031-01-01","tunnel":{"interface":"wg0","endpoint":"198.51.100.1:51820/udp","dns":[],"mark":null,"uid":null,"up":true,"addresses":[],"mtu":1420,"managed":{"backend":"userspace","servers":["a","b"],"server":1,"attempt":2,"last_event":null,"rtt_ms":9}},"error":null,"firewall":{"installed":true,"blocking":true,"transitions":1,"last_apply_us":null,"tamper_events":0,"last_tamper":null,"routing":true,"engine":"nft"},"dns":{"via":"/etc/resolv.conf","servers":[],"error":null,"dnssec":false}}}"#;
+
+    #[test]
+    fn replies_with_unknown_fields_at_every_level_are_read() {
+        let envelope: ServerEnvelope = serde_json::from_str(NEWER_REPLY).expect("lenient");
+        let ServerMessage::Ok { status } = envelope.message else {
+            panic!("not ok: {envelope:?}");
+        };
+        assert_eq!(status.protocol, 2);
+        assert!(status.allow_lan);
+        let tunnel = status.tunnel.expect("tunnel");
+        assert_eq!(tunnel.managed.map(|m| m.server), Some(1));
+        assert_eq!(
+            status.dns.map(|d| d.via),
+            Some("/etc/resolv.conf".to_owned())
+        );
+        assert!(status.firewall.routing);
+
+        let error: ServerEnvelope = serde_json::from_str(
+            r#"{"version":1,"type":"error","error":{"kind":"rate_limited","message":"later","retry_ms":5}}"#,
+        )
+        .expect("lenient");
+        assert_eq!(
+            error.message,
+            ServerMessage::Error {
+                error: IpcError::new(ErrorKind::Unknown, "later")
+            }
+        );
+        let other: ServerEnvelope =
+            serde_json::from_str(r#"{"version":1,"type":"notice","text":"x"}"#).expect("lenient");
+        assert_eq!(other.message, ServerMessage::Unknown);
+    }
+
+    #[test]
+    fn status_says_which_protocol_and_older_daemons_spoke_version_1() {
+        let older = r#"{"state":"off","lockdown":false,"allow_lan":false,"tunnel":null,"error":null,"firewall":{"installed":false,"blocking":false,"transitions":0,"last_apply_us":null}}"#;
+        let status: Status = serde_json::from_str(older).expect("an older daemon's status");
+        assert_eq!(status.protocol, 1);
+        let json = serde_json::to_value(&status).expect("encodes");
+        assert_eq!(json["protocol"], PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn requests_with_unknown_fields_are_refused_at_every_level() {
+        let cases = [
+            // The envelope.
+            (
+                r#"{"version":1,"request":{"command":"down"},"priority":1}"#,
+                "priority",
+            ),
+            // A request without fields, and one with.
+            (
+                r#"{"version":1,"request":{"command":"down","now":true}}"#,
+                "now",
+            ),
+            (
+                r#"{"version":1,"request":{"command":"allow-lan","enabled":true,"ranges":[]}}"#,
+                "ranges",
+            ),
+            // A guard's spec.
+            (
+                r#"{"version":1,"request":{"command":"guard","interface":"wg0","endpoint":"203.0.113.1:1","killswitch":false}}"#,
+                "killswitch",
+            ),
+            // A configuration source inside `up`.
+            (
+                r#"{"version":1,"request":{"command":"up","configs":[{"source":"wg0","path":"/etc/shadow"}]}}"#,
+                "path",
+            ),
+        ];
+        for (line, field) in cases {
+            let err = decode_request(line).expect_err(line).to_string();
+            assert!(err.contains(field), "{line}: {err}");
         }
     }
 
