@@ -230,7 +230,8 @@ impl Bench {
         let expected: &[&str] = match condition {
             Condition::Without => &[],
             Condition::Conntrack => &["table inet bench_conntrack"],
-            Condition::Killswitch => &["table inet killswitch"],
+            // Connected: the tunnel's address is kept off the LAN by the arp table too.
+            Condition::Killswitch => &["table inet killswitch", "table arp killswitch"],
         };
         ensure!(
             tables == expected,
