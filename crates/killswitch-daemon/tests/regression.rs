@@ -4,12 +4,11 @@
 
 use anyhow::{Context, Result, ensure};
 use killswitch_lab::daemon::{Daemon, DaemonHome, early_boot, nft_table, teardown};
-use killswitch_lab::lab::{EVENT_TIMEOUT, Lab};
+use killswitch_lab::lab::{EVENT_TIMEOUT, Lab, dns_managed};
 use killswitch_lab::netns::require_root;
 use killswitch_lab::topology::{self, Topology};
 use killswitch_lab::traffic;
 use killswitch_types::State;
-use killswitch_types::ipc::Status;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -24,12 +23,14 @@ fn blocked_here(topo: &Topology) -> Result<bool> {
     Ok(sent.as_ref().is_err_and(traffic::is_local_rejection))
 }
 
-fn dns_managed(status: &Status) -> bool {
-    status.state == State::Connected && status.dns.as_ref().is_some_and(|d| d.error.is_none())
-}
-
-fn read(path: &std::path::Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"))
+/// A lab connected by `killswitch up` to one server, DNS pointed at the tunnel, and the client's
+/// resolv.conf as it was before.
+fn up_with_dns(tag: &str) -> Result<(Lab, String)> {
+    let mut lab = Lab::new(tag, RATE)?;
+    lab.start_up_servers(1)?;
+    let original = lab.resolv_conf();
+    lab.up_with_dns()?;
+    Ok((lab, original))
 }
 
 #[test]
@@ -169,13 +170,7 @@ fn sigterm_ends_the_daemon_within_a_second_after_up() -> Result<()> {
     if !require_root("sigterm_ends_the_daemon_within_a_second_after_up") {
         return Ok(());
     }
-    let mut lab = Lab::new("sigterm", RATE)?;
-    lab.start_up_servers(1)?;
-    let resolv_conf = lab.topo.client.resolv_conf_path();
-    let original = read(&resolv_conf);
-    lab.up()?;
-    lab.daemon()?
-        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, dns_managed)?;
+    let (mut lab, original) = up_with_dns("sigterm")?;
     let table = nft_table(&lab.topo.client)?.context("connected: a table")?;
 
     // Connected, with the embedded userspace WireGuard running.
@@ -189,7 +184,7 @@ fn sigterm_ends_the_daemon_within_a_second_after_up() -> Result<()> {
         daemon.log()
     );
     ensure!(
-        read(&resolv_conf) == original,
+        lab.resolv_conf() == original,
         "the user's resolv.conf is back after the stop"
     );
     ensure!(
@@ -219,13 +214,8 @@ fn a_second_daemon_refuses_before_touching_anything() -> Result<()> {
     if !require_root("a_second_daemon_refuses_before_touching_anything") {
         return Ok(());
     }
-    let mut lab = Lab::new("second", RATE)?;
-    lab.start_up_servers(1)?;
-    lab.up()?;
-    lab.daemon()?
-        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, dns_managed)?;
-    let resolv_conf = lab.topo.client.resolv_conf_path();
-    let dns_before = read(&resolv_conf);
+    let (lab, _) = up_with_dns("second")?;
+    let dns_before = lab.resolv_conf();
     let table_before = nft_table(&lab.topo.client)?;
 
     // The same state directory and socket (a second `killswitchd` started by hand).
@@ -250,7 +240,7 @@ fn a_second_daemon_refuses_before_touching_anything() -> Result<()> {
         "the running daemon saw nothing: {status:?}"
     );
     ensure!(
-        read(&resolv_conf) == dns_before,
+        lab.resolv_conf() == dns_before,
         "the running tunnel's DNS is untouched"
     );
     ensure!(
@@ -298,25 +288,19 @@ fn teardown_after_a_crash_gives_dns_back_and_removes_both_layers() -> Result<()>
     if !require_root("teardown_after_a_crash_gives_dns_back_and_removes_both_layers") {
         return Ok(());
     }
-    let mut lab = Lab::new("tdcrash", RATE)?;
-    lab.start_up_servers(1)?;
-    let resolv_conf = lab.topo.client.resolv_conf_path();
-    let original = read(&resolv_conf);
-    lab.up()?;
-    lab.daemon()?
-        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, dns_managed)?;
+    let (mut lab, original) = up_with_dns("tdcrash")?;
     if let Some(mut daemon) = lab.daemon.take() {
         daemon.process().kill()?;
     }
     ensure!(
-        read(&resolv_conf) != original,
+        lab.resolv_conf() != original,
         "the crash left the tunnel's resolv.conf"
     );
     let done = teardown(&lab.topo.client, &lab.home)?.ok()?;
     ensure!(
-        read(&resolv_conf) == original,
+        lab.resolv_conf() == original,
         "teardown restores the user's resolv.conf: {}\n{}",
-        read(&resolv_conf),
+        lab.resolv_conf(),
         done.stderr
     );
     ensure!(nft_table(&lab.topo.client)?.is_none(), "no table");

@@ -237,6 +237,28 @@ impl Lab {
         Ok(())
     }
 
+    /// `killswitch up` (see [`Lab::up`]), then waits until the daemon is connected and has pointed
+    /// DNS at the tunnel.
+    pub fn up_with_dns(&self) -> Result<killswitch_types::ipc::Status> {
+        self.up()?;
+        self.daemon()?
+            .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, dns_managed)
+    }
+
+    /// Waits until the daemon, blocked (after `down` under lockdown), has given DNS back.
+    pub fn wait_for_dns_given_back(&self) -> Result<killswitch_types::ipc::Status> {
+        self.daemon()?
+            .wait_for("DNS given back", EVENT_TIMEOUT, |s| {
+                s.state == State::Blocked && s.dns.is_none()
+            })
+    }
+
+    /// The client's resolv.conf as applications there read it (an error's text if unreadable).
+    pub fn resolv_conf(&self) -> String {
+        let path = self.topo.client.resolv_conf_path();
+        std::fs::read_to_string(&path).unwrap_or_else(|e| format!("<{}: {e}>", path.display()))
+    }
+
     /// `killswitch allow-lan on|off`, remembered for the oracle.
     pub fn allow_lan(&mut self, allow: bool) -> Result<()> {
         let since = Instant::now();
@@ -389,6 +411,11 @@ impl Lab {
             .map(|a| a.count_since(since, |_| true))
             .sum()
     }
+}
+
+/// Whether the daemon is connected and has pointed DNS at the tunnel without an error.
+pub fn dns_managed(status: &killswitch_types::ipc::Status) -> bool {
+    status.state == State::Connected && status.dns.as_ref().is_some_and(|d| d.error.is_none())
 }
 
 /// Whether an arrival came through a tunnel: from a client address of the lab's tunnel (10.64.0.2)

@@ -5,7 +5,7 @@
 use crate::capture::Direction;
 use crate::daemon::{Daemon, DaemonHome, early_boot, nft_table, teardown};
 use crate::generator::Kind;
-use crate::lab::{EVENT_TIMEOUT, Lab, Measurement, hold};
+use crate::lab::{EVENT_TIMEOUT, Lab, Measurement, dns_managed, hold};
 use crate::packet::{Arp, Frame};
 use crate::topology::{self, LAN_IFACE, PHYS};
 use crate::{traffic, wireguard};
@@ -858,21 +858,13 @@ fn up_dns(lab: &mut Lab) -> Result<Outcome> {
     let resolver = lab.up_servers[0].0.tunnel_ip;
     let client_ip = lab.up_servers[0].0.client_ip;
     let path = lab.topo.client.resolv_conf_path();
-    let read =
-        |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"));
-    let original = read(&path);
-    let managed = |s: &killswitch_types::ipc::Status| {
-        s.state == State::Connected && s.dns.as_ref().is_some_and(|d| d.error.is_none())
-    };
+    let original = lab.resolv_conf();
     // Under lockdown, `down` blocks: the whole scenario is one protected window.
     lab.daemon()?.cli(&["lockdown", "on"])?.ok()?;
     let window = lab.begin(&[Kind::Udp4])?;
 
-    lab.up()?;
-    let status = lab
-        .daemon()?
-        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, managed)?;
-    let while_up = read(&path);
+    let status = lab.up_with_dns()?;
+    let while_up = lab.resolv_conf();
     // An application resolving a name reads the namespace's /etc/resolv.conf (glibc, getaddrinfo).
     let asked = Instant::now();
     let lookup = lab
@@ -885,36 +877,26 @@ fn up_dns(lab: &mut Lab) -> Result<Outcome> {
         .count_since(asked, |a| a == IpAddr::V4(client_ip));
 
     lab.daemon()?.cli(&["down"])?.ok()?;
-    lab.daemon()?
-        .wait_for("DNS given back", EVENT_TIMEOUT, |s| {
-            s.state == State::Blocked && s.dns.is_none()
-        })?;
-    let after_down = read(&path);
+    lab.wait_for_dns_given_back()?;
+    let after_down = lab.resolv_conf();
 
-    lab.up()?;
-    lab.daemon()?
-        .wait_for("DNS pointed at the tunnel again", EVENT_TIMEOUT, managed)?;
+    lab.up_with_dns()?;
     if let Some(mut daemon) = lab.daemon.take() {
         daemon.process().kill()?;
     }
-    let after_crash = read(&path);
+    let after_crash = lab.resolv_conf();
     let daemon = Daemon::start(&lab.topo.client, &lab.home)?;
     lab.daemon = Some(daemon);
     lab.daemon()?
-        .wait_for("reconnected after the restart", EVENT_TIMEOUT, managed)?;
+        .wait_for("reconnected after the restart", EVENT_TIMEOUT, dns_managed)?;
     let recovered = lab.daemon()?.log().contains("did not stop cleanly");
     lab.daemon()?.cli(&["down"])?.ok()?;
-    lab.daemon()?
-        .wait_for("DNS given back", EVENT_TIMEOUT, |s| {
-            s.state == State::Blocked && s.dns.is_none()
-        })?;
-    let at_the_end = read(&path);
+    lab.wait_for_dns_given_back()?;
+    let at_the_end = lab.resolv_conf();
 
     // Connected again; a DHCP client on a new network rewrites the file in place (the only way
     // onto this bind mount), naming the LAN's resolver, which the firewall blocks.
-    lab.up()?;
-    lab.daemon()?
-        .wait_for("DNS pointed at the tunnel again", EVENT_TIMEOUT, managed)?;
+    lab.up_with_dns()?;
     let dhcp = format!("search corp.example\nnameserver {}\n", topology::ROUTER_V4);
     let rewritten_at = Instant::now();
     std::fs::write(&path, &dhcp)?;
@@ -924,7 +906,7 @@ fn up_dns(lab: &mut Lab) -> Result<Outcome> {
         |s| s.dns.as_ref().is_some_and(|d| d.rewrites >= 1),
     )?;
     let undone_in = rewritten_at.elapsed();
-    let after_rewrite = read(&path);
+    let after_rewrite = lab.resolv_conf();
     let shown = lab.daemon()?.cli(&["status"])?.ok()?.stdout;
     let asked = Instant::now();
     let lookup_after = lab
@@ -936,11 +918,8 @@ fn up_dns(lab: &mut Lab) -> Result<Outcome> {
         .dns_tunnel
         .count_since(asked, |a| a == IpAddr::V4(client_ip));
     lab.daemon()?.cli(&["down"])?.ok()?;
-    lab.daemon()?
-        .wait_for("DNS given back", EVENT_TIMEOUT, |s| {
-            s.state == State::Blocked && s.dns.is_none()
-        })?;
-    let after_rewrite_and_down = read(&path);
+    lab.wait_for_dns_given_back()?;
+    let after_rewrite_and_down = lab.resolv_conf();
 
     let mut outcome = Outcome::new(lab.end(window)?);
     let dns = status.dns.unwrap_or_default();
@@ -1243,19 +1222,11 @@ fn lockdown_after_off(lab: &mut Lab) -> Result<Outcome> {
 
 fn stop_after_up(lab: &mut Lab) -> Result<Outcome> {
     lab.start_up_servers(1)?;
-    let path = lab.topo.client.resolv_conf_path();
-    let read =
-        |path: &std::path::Path| std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>"));
-    let original = read(&path);
-    let managed = |s: &killswitch_types::ipc::Status| {
-        s.state == State::Connected && s.dns.as_ref().is_some_and(|d| d.error.is_none())
-    };
+    let original = lab.resolv_conf();
     // Under lockdown `down` blocks: the whole scenario is one protected window.
     lab.daemon()?.cli(&["lockdown", "on"])?.ok()?;
     let window = lab.begin(&[Kind::Udp4, Kind::DnsLan])?;
-    lab.up()?;
-    lab.daemon()?
-        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, managed)?;
+    lab.up_with_dns()?;
 
     // (what the daemon was doing, its state, the stop's duration and exit, resolv.conf restored,
     // the rules unchanged by the stop)
@@ -1267,7 +1238,7 @@ fn stop_after_up(lab: &mut Lab) -> Result<Outcome> {
         let asked = Instant::now();
         let exit = daemon.process().terminate(Duration::from_secs(5))?;
         let took = asked.elapsed();
-        let restored = read(&path) == original;
+        let restored = lab.resolv_conf() == original;
         let kept = nft_table(&lab.topo.client)? == table && table.is_some();
         stops.push((doing.to_owned(), status.state, took, exit, restored, kept));
         lab.daemon = Some(Daemon::start(&lab.topo.client, &lab.home)?);
@@ -1275,7 +1246,7 @@ fn stop_after_up(lab: &mut Lab) -> Result<Outcome> {
     };
     stop(lab, "connected")?;
     lab.daemon()?
-        .wait_for("reconnected after the restart", EVENT_TIMEOUT, managed)?;
+        .wait_for("reconnected after the restart", EVENT_TIMEOUT, dns_managed)?;
     // The server dies: the daemon keeps trying (handshakes, backoff).
     lab.up_servers
         .first_mut()
@@ -1315,14 +1286,8 @@ fn stop_after_up(lab: &mut Lab) -> Result<Outcome> {
 
 fn second_daemon(lab: &mut Lab) -> Result<Outcome> {
     lab.start_up_servers(1)?;
-    lab.up()?;
-    let managed = |s: &killswitch_types::ipc::Status| {
-        s.state == State::Connected && s.dns.as_ref().is_some_and(|d| d.error.is_none())
-    };
-    lab.daemon()?
-        .wait_for("DNS pointed at the tunnel", EVENT_TIMEOUT, managed)?;
-    let path = lab.topo.client.resolv_conf_path();
-    let dns_before = std::fs::read_to_string(&path)?;
+    lab.up_with_dns()?;
+    let dns_before = lab.resolv_conf();
     let table_before = nft_table(&lab.topo.client)?;
     let window = lab.begin(&[Kind::Udp4, Kind::Tcp4, Kind::DnsLan])?;
     hold(Duration::from_millis(500));
@@ -1358,7 +1323,7 @@ fn second_daemon(lab: &mut Lab) -> Result<Outcome> {
         ),
     );
     outcome.check(
-        std::fs::read_to_string(&path)? == dns_before,
+        lab.resolv_conf() == dns_before,
         "the running tunnel's resolv.conf is untouched",
     );
     outcome.check(

@@ -192,33 +192,25 @@ impl Socket {
     /// Discards anything left from an earlier operation that gave up early (a timeout), so that
     /// its answers cannot be mistaken for this operation's.
     fn drain(&self, buffer: &mut [u8]) {
-        loop {
-            // SAFETY: recv into a live buffer of the given length, without blocking.
-            let n = unsafe {
-                libc::recv(
-                    self.fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n <= 0 {
-                break;
-            }
-        }
+        while self.recv_now(buffer) > 0 {}
     }
 
-    /// Receives what is queued already, without waiting: `None` when nothing is.
-    fn recv_queued(&self, buffer: &mut [u8]) -> Result<Option<Vec<Message>>, NftError> {
+    /// One `recv` of what is queued, without waiting: the byte count, or -1 (errno set).
+    fn recv_now(&self, buffer: &mut [u8]) -> isize {
         // SAFETY: recv into a live buffer of the given length, without blocking.
-        let n = unsafe {
+        unsafe {
             libc::recv(
                 self.fd(),
                 buffer.as_mut_ptr().cast(),
                 buffer.len(),
                 libc::MSG_DONTWAIT,
             )
-        };
+        }
+    }
+
+    /// Receives what is queued already, without waiting: `None` when nothing is.
+    fn recv_queued(&self, buffer: &mut [u8]) -> Result<Option<Vec<Message>>, NftError> {
+        let n = self.recv_now(buffer);
         match usize::try_from(n) {
             Ok(n) => split(&buffer[..n]).map(Some),
             Err(_) => match io::Error::last_os_error() {
