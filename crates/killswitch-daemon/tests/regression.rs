@@ -174,15 +174,7 @@ fn sigterm_ends_the_daemon_within_a_second_after_up() -> Result<()> {
     let table = nft_table(&lab.topo.client)?.context("connected: a table")?;
 
     // Connected, with the embedded userspace WireGuard running.
-    let mut daemon = lab.daemon.take().context("no daemon")?;
-    let asked = Instant::now();
-    let exit = daemon.process().terminate(Duration::from_secs(5))?;
-    let took = asked.elapsed();
-    ensure!(
-        exit.success() && took < Duration::from_secs(1),
-        "SIGTERM while up: {exit} after {took:?}\n{}",
-        daemon.log()
-    );
+    stop_within_a_second(&mut lab, "while up")?;
     ensure!(
         lab.resolv_conf() == original,
         "the user's resolv.conf is back after the stop"
@@ -197,13 +189,18 @@ fn sigterm_ends_the_daemon_within_a_second_after_up() -> Result<()> {
     lab.daemon()?
         .wait_for("reconnected after the restart", EVENT_TIMEOUT, dns_managed)?;
     lab.daemon()?.cli(&["down"])?.ok()?;
+    stop_within_a_second(&mut lab, "after up and down")
+}
+
+/// Sends the lab's daemon SIGTERM: it must exit cleanly within a second.
+fn stop_within_a_second(lab: &mut Lab, when: &str) -> Result<()> {
     let mut daemon = lab.daemon.take().context("no daemon")?;
     let asked = Instant::now();
     let exit = daemon.process().terminate(Duration::from_secs(5))?;
     let took = asked.elapsed();
     ensure!(
         exit.success() && took < Duration::from_secs(1),
-        "SIGTERM after up and down: {exit} after {took:?}\n{}",
+        "SIGTERM {when}: {exit} after {took:?}\n{}",
         daemon.log()
     );
     Ok(())
