@@ -1,7 +1,7 @@
 //! Human-readable output.
 
 use killswitch_types::State;
-use killswitch_types::ipc::Status;
+use killswitch_types::ipc::{FlushProtection, Status};
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -131,6 +131,20 @@ pub(crate) fn status(status: &Status) -> String {
         ""
     };
     let _ = writeln!(out, "firewall:  {installed} ({changes}{timing}){routing}");
+    if fw.installed {
+        let flushes = match fw.flush_protection {
+            Some(FlushProtection::Kernel) => {
+                Some("refused by the kernel (the tables are the daemon's own)")
+            }
+            Some(FlushProtection::RestoreOnly) => Some(
+                "undone by the daemon within milliseconds (this kernel cannot keep the tables its own)",
+            ),
+            Some(FlushProtection::Unknown) | None => None,
+        };
+        if let Some(flushes) = flushes {
+            let _ = writeln!(out, "flushes:   {flushes}");
+        }
+    }
     if fw.tamper_events > 0 {
         let last = fw.last_tamper.as_deref().unwrap_or("unknown");
         let _ = writeln!(
@@ -209,6 +223,7 @@ mod tests {
                 tamper_events: 0,
                 last_tamper: None,
                 routing: true,
+                flush_protection: Some(FlushProtection::Kernel),
             },
             dns: None,
         }
@@ -226,6 +241,7 @@ mod tests {
              endpoint:  198.51.100.1:51820/udp, only with fwmark 0xca6c\n\
              dns:       10.64.0.1\n\
              firewall:  rules installed (3 changes, last change took 812 us); routing layer in place\n\
+             flushes:   refused by the kernel (the tables are the daemon's own)\n\
              error:     none\n"
         );
     }

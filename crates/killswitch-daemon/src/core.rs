@@ -98,6 +98,11 @@ pub struct Core<F> {
     /// An unusable settings file: blocks until the user sets something (which rewrites it).
     settings_fault: Option<String>,
     observed: Option<Observed>,
+    /// What the guarded interface was when first seen carrying traffic: an interface of that
+    /// name that is something else later is not trusted as the tunnel.
+    pinned: Option<crate::links::LinkIdentity>,
+    /// Why an interface of the guarded name is not trusted as the tunnel, while it is not.
+    link_fault: Option<String>,
     /// The ruleset the kernel holds, as of the last successful, verified apply.
     applied: Option<Ruleset>,
     state: State,
@@ -141,6 +146,8 @@ impl<F: Firewall> Core<F> {
             config_fault,
             settings_fault,
             observed: None,
+            pinned: None,
+            link_fault: None,
             applied: None,
             state: State::Blocked,
             apply_error: None,
@@ -153,6 +160,7 @@ impl<F: Firewall> Core<F> {
                 tamper_events: 0,
                 last_tamper: None,
                 routing: false,
+                flush_protection: None,
             },
             manager: None,
             options,
@@ -231,10 +239,40 @@ impl<F: Firewall> Core<F> {
     }
 
     /// Records what the tunnel interface looks like now. Returns whether that changed anything.
+    /// An interface of the guarded name that is not the tunnel (see
+    /// [`crate::links::judge_identity`]) counts as no tunnel, and `status` says why.
     pub fn observe(&mut self, observed: Option<Observed>) -> bool {
-        let changed = self.observed != observed;
+        let (observed, fault) = self.trust(observed);
+        if fault.is_some() && fault != self.link_fault {
+            tracing::warn!("{}", fault.as_deref().unwrap_or_default());
+        }
+        let changed = self.observed != observed || self.link_fault != fault;
         self.observed = observed;
+        self.link_fault = fault;
         changed
+    }
+
+    fn trust(&mut self, observed: Option<Observed>) -> (Option<Observed>, Option<String>) {
+        let (Some(observed), Some(name)) = (observed, self.guarded_interface()) else {
+            return (None, None);
+        };
+        let Some(identity) = observed.identity.clone() else {
+            return (
+                None,
+                Some(format!(
+                    "cannot tell what kind of device {name} is: not trusted as the tunnel"
+                )),
+            );
+        };
+        match crate::links::judge_identity(name, &identity, self.pinned.as_ref()) {
+            Ok(()) => {
+                if observed.carries_traffic() && self.pinned.is_none() {
+                    self.pinned = Some(identity);
+                }
+                (Some(observed), None)
+            }
+            Err(why) => (None, Some(why)),
+        }
     }
 
     /// Whether the last apply failed, so that the caller retries later.
@@ -269,6 +307,7 @@ impl<F: Firewall> Core<F> {
             self.apply_error.as_ref(),
             self.config_fault.as_ref(),
             self.settings_fault.as_ref(),
+            self.link_fault.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -385,6 +424,8 @@ impl<F: Firewall> Core<F> {
         if target_changed {
             // A new tunnel to guard: what we saw of the old one says nothing about it.
             self.observed = None;
+            self.pinned = None;
+            self.link_fault = None;
         }
         self.settings = settings;
         self.target = target;
@@ -588,6 +629,7 @@ impl<F: Firewall> Core<F> {
     }
 
     fn record_applied(&mut self, ruleset: Ruleset, took: std::time::Duration) {
+        self.firewall_status.flush_protection = self.firewall.flush_protection();
         let installed = ruleset.table.is_some();
         self.firewall_status.installed = installed;
         self.firewall_status.blocking = installed;
@@ -671,7 +713,50 @@ mod tests {
         Some(Observed {
             up: true,
             addresses: vec!["10.64.0.2".parse().expect("literal")],
+            identity: Some(crate::links::LinkIdentity {
+                kind: Some("wireguard".to_owned()),
+                link_type: 65534,
+            }),
         })
+    }
+
+    #[test]
+    fn a_renamed_interface_is_not_trusted_as_the_tunnel() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        core.handle(&Request::Guard(spec())).expect("ok");
+        core.observe(up());
+        core.reconcile();
+        assert_eq!(core.status().state, State::Connected);
+        // The tunnel dies; a veth to the LAN router is renamed to its name and brought up.
+        core.observe(None);
+        let veth = up().map(|o| Observed {
+            identity: Some(crate::links::LinkIdentity {
+                kind: Some("veth".to_owned()),
+                link_type: 1,
+            }),
+            ..o
+        });
+        core.observe(veth);
+        core.reconcile();
+        let status = core.status();
+        assert_eq!(
+            status.state,
+            State::Connecting,
+            "not connected through a veth"
+        );
+        assert!(
+            status
+                .error
+                .is_some_and(|e| e.contains("wg0 is a veth interface")),
+            "status says why"
+        );
+        // The VPN client starts again: a new interface of the tunnel's kind.
+        core.observe(up());
+        core.reconcile();
+        let status = core.status();
+        assert_eq!((status.state, status.error), (State::Connected, None));
     }
 
     /// A core as `Core::new` leaves it: nothing applied yet.

@@ -6,6 +6,7 @@
 
 use killswitch_policy::Ruleset;
 use killswitch_policy::routes::RoutingLayer;
+use killswitch_types::ipc::FlushProtection;
 use std::time::Duration;
 
 /// What enforces the policy: a firewall that installs a whole ruleset atomically and can check
@@ -20,27 +21,71 @@ pub trait Firewall {
 
     /// Makes the routing layer match `layer` (`None`: remove it), changing only the difference.
     fn apply_routes(&mut self, layer: Option<&RoutingLayer>) -> Result<(), String>;
+
+    /// What keeps other programs from removing the rules, once known (after the first apply).
+    fn flush_protection(&self) -> Option<FlushProtection> {
+        None
+    }
 }
 
 /// Linux: nftables and policy routing, each over its own netlink socket.
+///
+/// Where the kernel has nf_tables' `owner` and `persist` table flags, the tables are owned by the
+/// nftables socket: every write goes through that one socket, which stays open for the daemon's
+/// life, and no other program can flush or edit them. After a socket error the next socket adopts
+/// them in the same transaction as the next apply. (Without `persist`, `owner` would make the
+/// tables vanish with the daemon: there they stay unowned, and a change is restored.)
 #[derive(Debug)]
 pub struct Nftables {
     inner: Option<killswitch_nft::Nftables>,
     routing: Option<killswitch_route::Routing>,
+    /// Never own the tables, whatever the kernel supports: the fallback path, for its tests.
+    unowned: bool,
+    ownership: Option<killswitch_nft::Ownership>,
 }
 
 impl Nftables {
-    /// A backend that opens its netlink sockets on first use (and again after a socket error).
+    /// A backend that opens its netlink sockets on first use (and again after a socket error), and
+    /// owns its tables where the kernel can.
     pub fn new() -> Self {
         Nftables {
             inner: None,
             routing: None,
+            unowned: false,
+            ownership: None,
+        }
+    }
+
+    /// A backend that never owns its tables, as on a kernel without `persist`. For the tests of
+    /// that path (`killswitchd --test-unowned-tables`).
+    pub fn unowned() -> Self {
+        Nftables {
+            unowned: true,
+            ..Self::new()
         }
     }
 
     fn connection(&mut self) -> Result<&mut killswitch_nft::Nftables, String> {
         if self.inner.is_none() {
-            self.inner = Some(killswitch_nft::Nftables::open().map_err(|e| chain(&e))?);
+            let opened = if self.unowned {
+                killswitch_nft::Nftables::open_with(killswitch_nft::Ownership::Shared)
+            } else {
+                killswitch_nft::Nftables::open()
+            }
+            .map_err(|e| chain(&e))?;
+            if self.ownership != Some(opened.ownership()) {
+                tracing::info!(
+                    "{}",
+                    match opened.ownership() {
+                        killswitch_nft::Ownership::Owned =>
+                            "the kill switch's tables are owned: no other program can flush or edit them",
+                        killswitch_nft::Ownership::Shared =>
+                            "this kernel cannot own tables (no nf_tables persist flag, before 6.9): another program's flush is restored, not refused",
+                    }
+                );
+            }
+            self.ownership = Some(opened.ownership());
+            self.inner = Some(opened);
         }
         self.inner
             .as_mut()
@@ -81,6 +126,13 @@ impl Firewall for Nftables {
         result.map_err(|e| {
             self.forget_on_socket_error(&e);
             chain(&e)
+        })
+    }
+
+    fn flush_protection(&self) -> Option<FlushProtection> {
+        self.ownership.map(|o| match o {
+            killswitch_nft::Ownership::Owned => FlushProtection::Kernel,
+            killswitch_nft::Ownership::Shared => FlushProtection::RestoreOnly,
         })
     }
 

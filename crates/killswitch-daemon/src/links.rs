@@ -21,6 +21,62 @@ pub struct Observed {
     pub up: bool,
     /// Its addresses (link-local ones included).
     pub addresses: Vec<IpAddr>,
+    /// What kind of device it is (`None` if that could not be read).
+    pub identity: Option<LinkIdentity>,
+}
+
+pub use killswitch_tunnel::netdev::LinkIdentity;
+
+/// Kinds of interface that never are a VPN tunnel: they carry the local network (or nothing).
+const NOT_TUNNELS: [&str; 17] = [
+    "veth", "bridge", "bond", "team", "vlan", "macvlan", "macvtap", "ipvlan", "ipvtap", "vxlan",
+    "geneve", "dummy", "ifb", "vrf", "hsr", "netkit", "nlmon",
+];
+
+/// ARPHRD_ETHER and ARPHRD_IEEE80211: an Ethernet or Wi-Fi device.
+const ETHERNET: [u16; 2] = [1, 801];
+
+/// Whether an interface of identity `seen`, named like the guarded tunnel, may be trusted as that
+/// tunnel; `pinned` is what the tunnel was when first seen carrying traffic. `Err` says why not.
+///
+/// The tunnel is recognised by name, and a name is only a name: after the tunnel dies, root (or a
+/// confused script) may rename another interface to it — a veth to the LAN router, the NIC — and
+/// traffic that the rules let into "the tunnel" would leave in clear. So an interface of a kind
+/// that is never a tunnel (a veth, a bridge, a physical Ethernet or Wi-Fi device) is not trusted,
+/// nor one of another kind than the tunnel had when first seen (a VPN client that starts again
+/// makes a new interface of the same kind; its index changes, so that is not compared).
+pub fn judge_identity(
+    name: &InterfaceName,
+    seen: &LinkIdentity,
+    pinned: Option<&LinkIdentity>,
+) -> Result<(), String> {
+    let what = match &seen.kind {
+        Some(kind) => format!("a {kind} interface"),
+        None if ETHERNET.contains(&seen.link_type) => "a physical network device".to_owned(),
+        None => format!("a device of link type {}", seen.link_type),
+    };
+    let never = match &seen.kind {
+        Some(kind) => NOT_TUNNELS.contains(&kind.as_str()),
+        None => ETHERNET.contains(&seen.link_type),
+    };
+    if never {
+        return Err(format!(
+            "{name} is {what}, which is never a VPN tunnel: not trusted as the guarded tunnel"
+        ));
+    }
+    if let Some(pinned) = pinned
+        && pinned != seen
+    {
+        let was = match &pinned.kind {
+            Some(kind) => format!("a {kind} interface"),
+            None => format!("a device of link type {}", pinned.link_type),
+        };
+        return Err(format!(
+            "{name} is now {what}, but the guarded tunnel was {was}: not trusted (if this is the \
+             tunnel, guard it again)"
+        ));
+    }
+    Ok(())
 }
 
 impl Observed {
@@ -32,10 +88,11 @@ impl Observed {
 
 /// Looks at interface `name` now; `None` when it does not exist.
 pub fn observe(name: &InterfaceName) -> Option<Observed> {
-    nix::net::if_::if_nametoindex(name.as_str()).ok()?;
+    let index = nix::net::if_::if_nametoindex(name.as_str()).ok()?;
     let mut observed = Observed {
         up: false,
         addresses: Vec::new(),
+        identity: killswitch_tunnel::netdev::identity(index).ok(),
     };
     for entry in getifaddrs()
         .ok()?
@@ -121,6 +178,56 @@ impl LinkEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn identity(kind: Option<&str>, link_type: u16) -> LinkIdentity {
+        LinkIdentity {
+            kind: kind.map(str::to_owned),
+            link_type,
+        }
+    }
+
+    #[test]
+    fn only_something_that_can_be_a_tunnel_and_stays_one_is_trusted() {
+        let wg0: InterfaceName = "wg0".parse().expect("name");
+        let wireguard = identity(Some("wireguard"), 65534);
+        let tun = identity(Some("tun"), 65534);
+        assert_eq!(judge_identity(&wg0, &wireguard, None), Ok(()));
+        assert_eq!(judge_identity(&wg0, &wireguard, Some(&wireguard)), Ok(()));
+        assert_eq!(
+            judge_identity(&wg0, &tun, None),
+            Ok(()),
+            "OpenVPN, wireguard-go"
+        );
+        let tap = identity(Some("tun"), 1);
+        assert_eq!(
+            judge_identity(&wg0, &tap, None),
+            Ok(()),
+            "OpenVPN's TAP mode"
+        );
+        let veth = judge_identity(&wg0, &identity(Some("veth"), 1), None);
+        assert!(
+            veth.as_ref()
+                .is_err_and(|e| e.contains("wg0 is a veth interface")),
+            "{veth:?}"
+        );
+        let nic = judge_identity(&wg0, &identity(None, 1), None);
+        assert!(
+            nic.as_ref().is_err_and(|e| e.contains("physical")),
+            "{nic:?}"
+        );
+        let swapped = judge_identity(&wg0, &tun, Some(&wireguard));
+        assert!(
+            swapped
+                .as_ref()
+                .is_err_and(|e| e.contains("was a wireguard interface")),
+            "{swapped:?}"
+        );
+        assert_eq!(
+            judge_identity(&wg0, &identity(None, 512), None),
+            Ok(()),
+            "a PPP link can be a VPN"
+        );
+    }
 
     #[test]
     fn loopback_is_observed_and_nonsense_is_absent() {

@@ -41,13 +41,26 @@ struct Args {
     /// go. The saved settings stay as they are. For package removal and `make uninstall`.
     #[arg(long)]
     teardown: bool,
+    /// Never own the tables, as on a kernel without nf_tables' `persist` flag: for the tests of
+    /// that fallback. Not for use: it lets other programs flush the rules.
+    #[arg(long, hide = true)]
+    test_unowned_tables: bool,
+}
+
+/// The firewall backend `args` ask for.
+fn firewall(args: &Args) -> Nftables {
+    if args.test_unowned_tables {
+        Nftables::unowned()
+    } else {
+        Nftables::new()
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     killswitch_daemon::logging::init();
     if args.early_boot {
-        return early_boot(&args.state_dir, &args.config);
+        return early_boot(&args);
     }
     if args.teardown {
         return teardown(&args);
@@ -71,6 +84,7 @@ fn main() -> ExitCode {
         }
     };
     let options = Options {
+        firewall: firewall(&args),
         config: args.config,
         socket: args.socket,
         state_dir: args.state_dir,
@@ -84,7 +98,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn early_boot(state_dir: &std::path::Path, config: &std::path::Path) -> ExitCode {
+fn early_boot(args: &Args) -> ExitCode {
+    let (state_dir, config) = (&args.state_dir, &args.config);
     // A daemon that already runs owns the rules: blocking now would replace its table.
     if let Some(pid) = killswitch_daemon::instance::running_daemon() {
         tracing::info!(
@@ -99,7 +114,7 @@ fn early_boot(state_dir: &std::path::Path, config: &std::path::Path) -> ExitCode
         .ok()
         .and_then(|c| c.lan().ok())
         .unwrap_or_default();
-    match boot::run(&Store::new(state_dir), &lan, &mut Nftables::new()) {
+    match boot::run(&Store::new(state_dir), &lan, &mut firewall(args)) {
         Ok(Decision::Block(why)) => {
             tracing::info!("early boot: blocking until killswitchd takes over, because {why}");
             ExitCode::SUCCESS
@@ -121,6 +136,7 @@ fn teardown(args: &Args) -> ExitCode {
         .map(|c| c.resolv_conf)
         .unwrap_or_else(|_| killswitch_daemon::config::Config::default().resolv_conf);
     let teardown = Teardown {
+        firewall: firewall(args),
         state_dir: args.state_dir.clone(),
         socket: args.socket.clone(),
         resolv_conf,

@@ -21,8 +21,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{broadcast, mpsc, watch};
 
 /// Where the daemon finds and keeps things.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Options {
+    /// The firewall backend.
+    pub firewall: Nftables,
     /// The configuration file.
     pub config: PathBuf,
     /// The IPC socket.
@@ -109,7 +111,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         ..CoreOptions::new(&options.state_dir)
     };
     let mut core = Core::new(
-        Nftables::new(),
+        options.firewall,
         Store::new(&options.state_dir),
         config_fault,
         core_options,
@@ -215,15 +217,17 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 core.check_now();
                 // Level-triggered: look again, and let reconcile repair whatever is off (it changes
                 // nothing when everything is as it should be).
-                observe(&mut core);
-                if core.reconcile() {
+                // What was seen can change the status by itself (an untrusted interface).
+                let seen = observe(&mut core);
+                if core.reconcile() || seen {
                     publish(core.status());
                 }
             }
             () = retrying, if retry_at.is_some() => {
                 tracing::info!("retrying the firewall");
-                observe(&mut core);
-                if core.reconcile() {
+                // What was seen can change the status by itself (an untrusted interface).
+                let seen = observe(&mut core);
+                if core.reconcile() || seen {
                     publish(core.status());
                 }
                 retry.fired(core.needs_retry(), Instant::now());
@@ -234,8 +238,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             () = sleep.woke() => {
                 tracing::info!("the machine woke up: looking at the tunnel now");
                 core.check_now();
-                observe(&mut core);
-                if core.reconcile() {
+                // What was seen can change the status by itself (an untrusted interface).
+                let seen = observe(&mut core);
+                if core.reconcile() || seen {
                     publish(core.status());
                 }
             }

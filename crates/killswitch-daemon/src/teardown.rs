@@ -21,8 +21,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where teardown finds the daemon and its files.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Teardown {
+    /// The firewall backend (which adopts orphaned owned tables to remove them).
+    pub firewall: Nftables,
     /// The daemon's state directory.
     pub state_dir: PathBuf,
     /// The daemon's IPC socket.
@@ -76,7 +78,7 @@ impl std::fmt::Display for Outcome {
 impl Teardown {
     /// Tears the kill switch down (see the module doc). On error nothing was changed, unless the
     /// message says what was.
-    pub fn run(&self) -> Result<Outcome, String> {
+    pub fn run(mut self) -> Result<Outcome, String> {
         if let Some(pid) = running_daemon() {
             return self.ask_daemon(pid);
         }
@@ -91,7 +93,7 @@ impl Teardown {
             }
         };
         let interfaces = Devices::new(&self.state_dir).remove_all();
-        let mut firewall = Nftables::new();
+        let firewall = &mut self.firewall;
         if let Err(e) = firewall
             .apply(&killswitch_policy::Ruleset { table: None })
             .and_then(|_| firewall.apply_routes(None))

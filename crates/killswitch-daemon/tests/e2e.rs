@@ -115,10 +115,26 @@ fn kill_9_of_the_daemon_leaves_the_rules_and_a_restart_adopts_them() -> Result<(
     let mut daemon = Daemon::start(&topo.client, &home)?;
     daemon.cli(&["lockdown", "on"])?.ok()?;
     let before = nft_table(&topo.client)?.context("lockdown installs the table")?;
+    // Owned by the daemon (owner 0x2, persist 0x4) while it runs; orphaned (persist) once it
+    // died; adopted again by the next daemon.
+    let flags = || -> Result<Option<u32>> {
+        Ok(topo
+            .client
+            .run(killswitch_nft::installed)??
+            .inet
+            .map(|t| t.flags))
+    };
+    ensure!(flags()? == Some(0x6), "owned: {:?}", flags()?);
+    ensure!(
+        daemon.status()?.firewall.flush_protection
+            == Some(killswitch_types::ipc::FlushProtection::Kernel),
+        "status says the kernel protects the tables"
+    );
 
     daemon.process().kill()?;
     let after = nft_table(&topo.client)?.context("the table survives kill -9")?;
     ensure!(before == after, "the table changed when the daemon died");
+    ensure!(flags()? == Some(0x4), "orphaned: {:?}", flags()?);
     let target = SocketAddr::new(topology::TARGET_V4.into(), 443);
     let sent = topo
         .client
@@ -138,6 +154,7 @@ fn kill_9_of_the_daemon_leaves_the_rules_and_a_restart_adopts_them() -> Result<(
         nft_table(&topo.client)?.as_deref() == Some(before.as_str()),
         "the restarted daemon installed the same rules"
     );
+    ensure!(flags()? == Some(0x6), "adopted: {:?}", flags()?);
     Ok(())
 }
 
@@ -1120,5 +1137,89 @@ fn json_status_names_the_protocol_version() -> Result<()> {
     );
     // The daemon's field order, as it sent it.
     ensure!(json.starts_with("{\"protocol\":"), "{json}");
+    Ok(())
+}
+
+#[test]
+fn where_tables_cannot_be_owned_a_flush_is_restored_and_status_says_so() -> Result<()> {
+    if !require_root("where_tables_cannot_be_owned_a_flush_is_restored_and_status_says_so") {
+        return Ok(());
+    }
+    // The fallback for kernels without nf_tables' `persist` (before 6.9), forced with the
+    // daemon's test switch: tables anyone may flush, restored by the daemon.
+    let topo = Topology::new("unowned")?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start_unowned(&topo.client, &home)?;
+    daemon.cli(&["lockdown", "on"])?.ok()?;
+    let status = daemon.status()?;
+    ensure!(
+        status.firewall.flush_protection
+            == Some(killswitch_types::ipc::FlushProtection::RestoreOnly),
+        "{status:?}"
+    );
+    let flags = topo
+        .client
+        .run(killswitch_nft::installed)??
+        .inet
+        .map(|t| t.flags);
+    ensure!(flags == Some(0), "never owner without persist: {flags:?}");
+    let text = daemon.cli(&["status"])?.ok()?.stdout;
+    ensure!(
+        text.contains("flushes:   undone by the daemon within milliseconds"),
+        "{text}"
+    );
+    let before = nft_table(&topo.client)?;
+    topo.client.exec("nft", &["flush", "ruleset"])?;
+    let restored = daemon.wait_for("the restore", Duration::from_secs(5), |s| {
+        s.firewall.tamper_events == 1 && s.firewall.installed
+    })?;
+    ensure!(
+        nft_table(&topo.client)? == before,
+        "the same table is back: {restored:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_veth_renamed_to_the_tunnels_name_is_not_trusted() -> Result<()> {
+    if !require_root("a_veth_renamed_to_the_tunnels_name_is_not_trusted") {
+        return Ok(());
+    }
+    let topo = Topology::new("rename")?;
+    let mut tunnel = Tunnel::up(&topo)?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    daemon.guard(&tunnel)?;
+    daemon.wait_for_state(State::Connected, Duration::from_secs(10))?;
+    // The tunnel dies; a veth to the LAN router takes its name, with an address, up.
+    tunnel.kill_client()?;
+    daemon.wait_for_state(State::Connecting, Duration::from_secs(10))?;
+    let name = tunnel.client_interface().to_owned();
+    killswitch_lab::netns::veth(&topo.client, "ksrn0", &topo.net, "ksrn1")?;
+    topo.net
+        .ip(&["addr", "add", "192.168.99.1/24", "dev", "ksrn1"])?;
+    topo.client.ip(&["link", "set", "ksrn0", "down"])?;
+    topo.client.ip(&["link", "set", "ksrn0", "name", &name])?;
+    topo.client
+        .ip(&["addr", "add", "192.168.99.2/24", "dev", &name])?;
+    topo.client.ip(&["link", "set", &name, "up"])?;
+    let status = daemon.wait_for("the impostor noticed", Duration::from_secs(10), |s| {
+        s.error.as_ref().is_some_and(|e| e.contains("veth"))
+    })?;
+    ensure!(status.state == State::Connecting, "{status:?}");
+    let listener = target_listener(&topo, 9004)?;
+    listener.set_read_timeout(Some(Duration::from_millis(500)))?;
+    let target = SocketAddr::new(topology::TARGET_V4.into(), 9004);
+    let sent = topo
+        .client
+        .run(|| traffic::send_udp(target, b"through an impostor", None))?;
+    ensure!(
+        sent.as_ref().is_err_and(traffic::is_local_rejection),
+        "refused at once: {sent:?}"
+    );
+    ensure!(
+        listener.recv_from(&mut [0u8; 64]).is_err(),
+        "nothing arrived through the renamed veth"
+    );
     Ok(())
 }

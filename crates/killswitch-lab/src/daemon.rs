@@ -55,6 +55,17 @@ impl DaemonHome {
     }
 }
 
+/// How to start a daemon, beyond its files: see [`Daemon::start_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Launch<'a> {
+    /// A private bus's address as the daemon's system bus (see [`crate::bus`]); none otherwise.
+    pub bus: Option<&'a str>,
+    /// The daemon's open-file limit (soft and hard).
+    pub open_file_limit: Option<u64>,
+    /// `--test-unowned-tables`: never own the tables (the fallback for kernels before 6.9).
+    pub unowned_tables: bool,
+}
+
 /// A running `killswitchd`.
 #[derive(Debug)]
 pub struct Daemon {
@@ -107,21 +118,49 @@ impl Daemon {
     /// daemon's system bus. Without one the daemon gets none: on a developer's machine it must
     /// never reach the real systemd-resolved (and give it a link index from a lab namespace).
     pub fn start_on_bus(ns: &Netns, home: &DaemonHome, bus: Option<&str>) -> Result<Self> {
-        Self::start_with(ns, home, bus, None)
+        Self::start_with(
+            ns,
+            home,
+            &Launch {
+                bus,
+                ..Launch::default()
+            },
+        )
     }
 
     /// [`Daemon::start`], with the daemon's open-file limit (soft and hard) set to `limit`, so
     /// that a test can make it run out of descriptors.
     pub fn start_with_open_file_limit(ns: &Netns, home: &DaemonHome, limit: u64) -> Result<Self> {
-        Self::start_with(ns, home, None, Some(limit))
+        Self::start_with(
+            ns,
+            home,
+            &Launch {
+                open_file_limit: Some(limit),
+                ..Launch::default()
+            },
+        )
     }
 
-    fn start_with(
-        ns: &Netns,
-        home: &DaemonHome,
-        bus: Option<&str>,
-        open_file_limit: Option<u64>,
-    ) -> Result<Self> {
+    /// [`Daemon::start`], as a kernel without nf_tables' `persist` would run it: its tables
+    /// unowned, so that other programs can flush them and the daemon restores them.
+    pub fn start_unowned(ns: &Netns, home: &DaemonHome) -> Result<Self> {
+        Self::start_with(
+            ns,
+            home,
+            &Launch {
+                unowned_tables: true,
+                ..Launch::default()
+            },
+        )
+    }
+
+    /// [`Daemon::start`] with the variations `launch` asks for.
+    pub fn start_with(ns: &Netns, home: &DaemonHome, launch: &Launch<'_>) -> Result<Self> {
+        let Launch {
+            bus,
+            open_file_limit,
+            unowned_tables,
+        } = *launch;
         // `ip netns exec` shows the daemon this file as /etc/resolv.conf; without it the daemon
         // would see, and on `up` rewrite, this machine's own.
         let resolv_conf = ns.resolv_conf_path();
@@ -147,6 +186,7 @@ impl Daemon {
             .arg(home.socket())
             .arg("--state-dir")
             .arg(home.state_dir())
+            .args(unowned_tables.then_some("--test-unowned-tables"))
             .env("NOTIFY_SOCKET", &notify_path)
             // The daemon's log filter; KILLSWITCH_LAB_DAEMON_LOG overrides it when debugging.
             .env(
@@ -398,17 +438,49 @@ pub fn teardown(ns: &Netns, home: &DaemonHome) -> Result<CliResult> {
 }
 
 /// Lists table `inet killswitch` in `ns` as nft prints it, or `None` if it does not exist.
+///
+/// What says who owns the table is left out: the `flags` line (`owner` while a daemon holds it,
+/// not after it died; nft 1.0.6 cannot name `persist`) and the `# progname` comment nft adds to
+/// an owned table's first line. That is not what the rules are; `killswitch_nft::installed` reads
+/// the flags as numbers.
 pub fn nft_table(ns: &Netns) -> Result<Option<String>> {
     let tables = run_checked(ns.command("nft").args(["list", "tables"]))?;
     if !tables.lines().any(|l| l.trim() == "table inet killswitch") {
         return Ok(None);
     }
-    Ok(Some(run_checked(ns.command("nft").args([
-        "list",
-        "table",
-        "inet",
-        "killswitch",
-    ]))?))
+    let listed = run_checked(
+        ns.command("nft")
+            .args(["list", "table", "inet", "killswitch"]),
+    )?;
+    Ok(Some(
+        listed
+            .lines()
+            .filter(|line| !line.trim_start().starts_with("flags"))
+            .map(|line| match line.split_once(" # progname ") {
+                Some((table, _)) if line.starts_with("table ") => format!("{table}\n"),
+                _ => format!("{line}\n"),
+            })
+            .collect(),
+    ))
+}
+
+/// Whether table `inet killswitch` in `ns` is owned by a live netlink socket (nf_tables' `owner`
+/// flag, which the kernel clears when the owner's socket closes and a `persist` table stays, an
+/// orphan), as nft lists it; `None` without a table.
+pub fn nft_table_owned(ns: &Netns) -> Result<Option<bool>> {
+    let tables = run_checked(ns.command("nft").args(["list", "tables"]))?;
+    if !tables.lines().any(|l| l.trim() == "table inet killswitch") {
+        return Ok(None);
+    }
+    let listed = run_checked(
+        ns.command("nft")
+            .args(["list", "table", "inet", "killswitch"]),
+    )?;
+    Ok(Some(listed.lines().take(3).any(|line| {
+        line.trim_start()
+            .strip_prefix("flags")
+            .is_some_and(|flags| flags.split([' ', ',']).any(|f| f == "owner"))
+    })))
 }
 
 /// How many connections wait in the listen queue of Unix socket `socket` in `ns` (connected, not

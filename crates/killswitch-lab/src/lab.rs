@@ -237,6 +237,29 @@ impl Lab {
         Ok(())
     }
 
+    /// Replaces the daemon with one whose tables are unowned, as on a kernel without nf_tables'
+    /// `persist`: the daemon stops (its tables stay, orphaned), another program deletes them (an
+    /// orphan is anyone's; the routing layer holds meanwhile), and the new daemon installs its own,
+    /// unowned. Returns once the new daemon is ready.
+    pub fn restart_daemon_unowned(&mut self) -> Result<()> {
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.process().terminate(EVENT_TIMEOUT)?;
+        }
+        for family in ["inet", "arp"] {
+            let tables = self.topo.client.exec("nft", &["list", "tables"])?;
+            if tables
+                .lines()
+                .any(|l| l.trim() == format!("table {family} killswitch"))
+            {
+                self.topo
+                    .client
+                    .exec("nft", &["delete", "table", family, "killswitch"])?;
+            }
+        }
+        self.daemon = Some(Daemon::start_unowned(&self.topo.client, &self.home)?);
+        Ok(())
+    }
+
     /// `killswitch up` (see [`Lab::up`]), then waits until the daemon is connected and has pointed
     /// DNS at the tunnel.
     pub fn up_with_dns(&self) -> Result<killswitch_types::ipc::Status> {

@@ -25,6 +25,9 @@ pub fn kill_all() {
 struct Lines {
     lines: Mutex<Vec<String>>,
     added: Condvar,
+    /// Output streams not yet at their end: a process that has exited may still have lines in
+    /// flight until both are.
+    open: std::sync::atomic::AtomicUsize,
 }
 
 /// A child process with its output collected.
@@ -62,7 +65,7 @@ impl Process {
             .spawn()
             .with_context(|| format!("starting {shown}"))?;
         let output = Arc::new(Lines::default());
-        for stream in [
+        let streams: Vec<Box<dyn Read + Send>> = [
             child
                 .stdout
                 .take()
@@ -74,7 +77,11 @@ impl Process {
         ]
         .into_iter()
         .flatten()
-        {
+        .collect();
+        output
+            .open
+            .store(streams.len(), std::sync::atomic::Ordering::SeqCst);
+        for stream in streams {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(|l| l.ok()) {
@@ -83,6 +90,12 @@ impl Process {
                     }
                     output.added.notify_all();
                 }
+                // Under the lock, so that a waiter cannot miss it between its check and its wait.
+                let _lines = output.lines.lock();
+                output
+                    .open
+                    .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                output.added.notify_all();
             });
         }
         if let Ok(mut live) = LIVE.lock() {
@@ -136,11 +149,17 @@ impl Process {
                 let wait = (deadline - now).min(Duration::from_millis(50));
                 drop(self.output.added.wait_timeout(lines, wait));
             }
-            if let Some(status) = self.try_wait()? {
+            if let Some(status) = self.try_wait()?
+                && self.output.open.load(std::sync::atomic::Ordering::SeqCst) == 0
+            {
+                // Exited, and everything it printed is read: the line is not coming.
+                let lines = self.output();
+                if let Some(i) = lines.lines().skip(from).position(|l| l.contains(needle)) {
+                    return Ok(from + i + 1);
+                }
                 bail!(
-                    "{} exited ({status}) before printing {needle:?}; output:\n{}",
-                    self.name,
-                    self.output()
+                    "{} exited ({status}) before printing {needle:?}; output:\n{lines}",
+                    self.name
                 );
             }
         }

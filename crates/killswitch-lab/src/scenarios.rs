@@ -3,7 +3,7 @@
 //! is neither the tunnel nor link bring-up) fails the scenario, as does a check that did not hold.
 
 use crate::capture::Direction;
-use crate::daemon::{Daemon, DaemonHome, early_boot, nft_table, teardown};
+use crate::daemon::{Daemon, DaemonHome, early_boot, nft_table, nft_table_owned, teardown};
 use crate::generator::Kind;
 use crate::lab::{EVENT_TIMEOUT, Lab, Measurement, dns_managed, hold};
 use crate::packet::{Arp, Frame};
@@ -11,6 +11,7 @@ use crate::topology::{self, LAN_IFACE, PHYS};
 use crate::{traffic, wireguard};
 use anyhow::{Context, Result};
 use killswitch_types::State;
+use killswitch_types::ipc::FlushProtection;
 use nix::sys::signal::Signal;
 use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -27,7 +28,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 16] = [
+pub const ALL: [Scenario; 17] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -85,13 +86,18 @@ pub const ALL: [Scenario; 16] = [
     },
     Scenario {
         name: "arp",
-        guards: "the LAN asking ARP who-has for the tunnel's address gets no answer: connected, after the arp table was deleted, and while up retries a dead server (MLLVD-CR-24-03)",
+        guards: "the LAN asking ARP who-has for the tunnel's address gets no answer: connected, after another program tried to delete the arp table, and while up retries a dead server (MLLVD-CR-24-03)",
         script: arp,
     },
     Scenario {
         name: "tamper",
-        guards: "flushing, deleting or adding to our table is reverted at once; the routing layer holds meanwhile",
+        guards: "flushing, deleting or adding to our table: refused by the kernel (owned tables), or reverted at once where tables cannot be owned; the routing layer holds meanwhile",
         script: tamper,
+    },
+    Scenario {
+        name: "flush-by-other-firewall",
+        guards: "another program flushing the ruleset 20 times while unprivileged sockets bound to the physical interface send: 0 leaks (and, for comparison, what leaks where tables cannot be owned)",
+        script: flush_by_other_firewall,
     },
     Scenario {
         name: "lockdown-after-off",
@@ -420,6 +426,7 @@ fn kill_daemon(lab: &mut Lab) -> Result<Outcome> {
     lab.connect()?;
     let table_before =
         nft_table(&lab.topo.client)?.context("connected, so the table is installed")?;
+    let owned_before = nft_table_owned(&lab.topo.client)?;
     let window = lab.begin(&TUNNEL_KINDS)?;
     hold(Duration::from_secs(1));
     if let Some(mut daemon) = lab.daemon.take() {
@@ -427,6 +434,7 @@ fn kill_daemon(lab: &mut Lab) -> Result<Outcome> {
     }
     let dead = Instant::now();
     let table_after_kill = nft_table(&lab.topo.client)?;
+    let owned_after_kill = nft_table_owned(&lab.topo.client)?;
     hold(Duration::from_millis(500));
     let flowed_while_dead = lab.tunnel_arrivals_since(dead);
     // The tunnel dies too while no daemon watches: only the kernel's rules stand.
@@ -435,6 +443,7 @@ fn kill_daemon(lab: &mut Lab) -> Result<Outcome> {
     let restarted = Instant::now();
     let daemon = Daemon::start(&lab.topo.client, &lab.home)?;
     let adopted = daemon.status()?;
+    let owned_again = nft_table_owned(&lab.topo.client)?;
     lab.daemon = Some(daemon);
     lab.start_vpn()?;
     lab.wait_for_tunnel_traffic(restarted, RESUMED)?;
@@ -442,6 +451,12 @@ fn kill_daemon(lab: &mut Lab) -> Result<Outcome> {
     outcome.check(
         table_after_kill.as_deref() == Some(table_before.as_str()),
         "the rules stayed in the kernel, unchanged, after kill -9",
+    );
+    outcome.check(
+        owned_before == Some(true) && owned_after_kill == Some(false) && owned_again == Some(true),
+        format!(
+            "the table was the daemon's own, an orphan after kill -9, and adopted by the new daemon in the transaction that replaced it (owned: {owned_before:?}, {owned_after_kill:?}, {owned_again:?})"
+        ),
     );
     outcome.check(
         flowed_while_dead > 0,
@@ -680,7 +695,7 @@ fn ask_arp(lab: &Lab, question: Ipv4Addr) -> Result<ArpAsked> {
 /// MLLVD-CR-24-03: Linux answers ARP for any of its addresses on any interface, so a host on the
 /// LAN that asks "who has 10.64.0.2?" would learn that this machine is the tunnel's end, and its
 /// physical MAC. Connected through the lab's tunnel, the router asks exactly that on the LAN;
-/// then again after someone deleted table `arp killswitch` and the daemon restored it.
+/// then again after another program tried to delete table `arp killswitch`.
 fn arp(lab: &mut Lab) -> Result<Outcome> {
     lab.connect()?;
     let tunnel_ip = wireguard::CLIENT_TUNNEL_V4;
@@ -688,16 +703,48 @@ fn arp(lab: &mut Lab) -> Result<Outcome> {
     hold(Duration::from_millis(500));
     let first = ask_arp(lab, tunnel_ip)?;
 
-    lab.topo
+    // Another program deletes table arp killswitch: the kernel refuses (the table is the
+    // daemon's own), or, where tables cannot be owned, the daemon restores it.
+    let arp_table = |lab: &Lab| {
+        lab.topo
+            .client
+            .exec("nft", &["list", "table", "arp", "killswitch"])
+            .ok()
+    };
+    let before = arp_table(lab);
+    let deleting = lab
+        .topo
         .client
-        .exec("nft", &["delete", "table", "arp", "killswitch"])?;
+        .command("nft")
+        .args(["delete", "table", "arp", "killswitch"])
+        .output()?;
     let deleted = Instant::now();
-    let restored = lab
-        .daemon()?
-        .wait_for("the arp table restored", EVENT_TIMEOUT, |s| {
-            s.firewall.tamper_events > 0 && s.firewall.installed
-        })?;
-    let restore_took = deleted.elapsed();
+    let deletion = if deleting.status.success() {
+        let restored = lab
+            .daemon()?
+            .wait_for("the arp table restored", EVENT_TIMEOUT, |s| {
+                s.firewall.tamper_events > 0 && s.firewall.installed
+            })?;
+        let detail = restored.firewall.last_tamper.unwrap_or_default();
+        (
+            detail.contains("arp"),
+            format!(
+                "deleting table arp killswitch was noticed and reverted in {} ms ({detail})",
+                ms(deleted.elapsed())
+            ),
+        )
+    } else {
+        (
+            before.is_some() && arp_table(lab) == before,
+            format!(
+                "deleting table arp killswitch was refused by the kernel ({}); the table is unchanged",
+                String::from_utf8_lossy(&deleting.stderr)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ),
+        )
+    };
     let second = ask_arp(lab, tunnel_ip)?;
     hold(Duration::from_millis(500));
 
@@ -720,7 +767,11 @@ fn arp(lab: &mut Lab) -> Result<Outcome> {
     let mut outcome = Outcome::new(lab.end(window)?);
     for (when, asked, tunnel_ip) in [
         ("connected", &first, tunnel_ip),
-        ("after the restore", &second, tunnel_ip),
+        (
+            "after the attempt to delete the arp table",
+            &second,
+            tunnel_ip,
+        ),
         ("while up retries a dead server", &third, up_ip),
     ] {
         outcome.check(
@@ -747,14 +798,7 @@ fn arp(lab: &mut Lab) -> Result<Outcome> {
             ),
         );
     }
-    let last_tamper = restored.firewall.last_tamper.unwrap_or_default();
-    outcome.check(
-        last_tamper.contains("arp"),
-        format!(
-            "deleting table arp killswitch was noticed and reverted in {} ms ({last_tamper})",
-            ms(restore_took)
-        ),
-    );
+    outcome.check(deletion.0, deletion.1);
     outcome.check(
         outcome.measurement.through_tunnel > 0,
         "traffic flowed through the tunnel while it was up",
@@ -771,10 +815,25 @@ fn arp(lab: &mut Lab) -> Result<Outcome> {
             }
         ));
     }
-    outcome
-        .note("restore time includes the status event reaching the lab over the daemon's socket");
     Ok(outcome)
 }
+
+/// What other programs try on our tables: a firewall service's reload, a script, a mistake.
+const ATTACKS: [(&str, &[&str]); 4] = [
+    ("nft flush ruleset", &["flush", "ruleset"]),
+    (
+        "nft delete table inet killswitch",
+        &["delete", "table", "inet", "killswitch"],
+    ),
+    (
+        "a foreign accept rule in our output chain",
+        &["insert", "rule", "inet", "killswitch", "output", "accept"],
+    ),
+    (
+        "nft flush chain inet killswitch output",
+        &["flush", "chain", "inet", "killswitch", "output"],
+    ),
+];
 
 fn tamper(lab: &mut Lab) -> Result<Outcome> {
     lab.connect()?;
@@ -783,21 +842,35 @@ fn tamper(lab: &mut Lab) -> Result<Outcome> {
     lab.tunnel.kill_client()?;
     lab.daemon()?
         .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    let owned = lab.daemon()?.status()?.firewall.flush_protection;
     let window = lab.begin(&TUNNEL_KINDS)?;
     hold(Duration::from_millis(500));
-    let attacks: [(&str, &[&str]); 3] = [
-        ("nft flush ruleset", &["flush", "ruleset"]),
-        (
-            "nft delete table inet killswitch",
-            &["delete", "table", "inet", "killswitch"],
-        ),
-        (
-            "a foreign accept rule in our output chain",
-            &["insert", "rule", "inet", "killswitch", "output", "accept"],
-        ),
-    ];
+
+    // Owned tables (this kernel): the kernel refuses each change, or skips our tables.
+    let table = nft_table(&lab.topo.client)?;
+    let mut refused = Vec::new();
+    for (what, args) in ATTACKS {
+        let ran = lab.topo.client.command("nft").args(args).output()?;
+        let said = String::from_utf8_lossy(&ran.stderr)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        refused.push((
+            what,
+            ran.status.success(),
+            said,
+            nft_table(&lab.topo.client)? == table,
+        ));
+    }
+    let after_owned = lab.daemon()?.status()?;
+
+    // A kernel without `persist`, where the tables cannot be owned: restore-only.
+    lab.restart_daemon_unowned()?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
     let mut restored = Vec::new();
-    for (n, (what, args)) in attacks.iter().enumerate() {
+    for (n, (what, args)) in ATTACKS.iter().enumerate() {
         lab.topo.client.exec("nft", args)?;
         let done = Instant::now();
         let status =
@@ -814,8 +887,9 @@ fn tamper(lab: &mut Lab) -> Result<Outcome> {
     }
     // Now with no daemon to restore anything: the routing layer alone, against a flushed ruleset
     // and a route that points the target at the physical gateway.
-    let vpn_pid = lab.daemon.as_mut().context("no daemon")?.process().pid();
-    let daemon_pid = nix::unistd::Pid::from_raw(vpn_pid as i32);
+    let daemon_pid = nix::unistd::Pid::from_raw(
+        lab.daemon.as_mut().context("no daemon")?.process().pid() as i32,
+    );
     nix::sys::signal::kill(daemon_pid, Signal::SIGSTOP)?;
     lab.topo.client.exec("nft", &["flush", "ruleset"])?;
     lab.topo.push_physical_route("203.0.113.0/24")?;
@@ -826,14 +900,41 @@ fn tamper(lab: &mut Lab) -> Result<Outcome> {
     let status = lab
         .daemon()?
         .wait_for("the restore after the freeze", EVENT_TIMEOUT, |s| {
-            s.firewall.tamper_events >= 4
+            s.firewall.tamper_events > ATTACKS.len() as u64
         })?;
     let mut outcome = Outcome::new(lab.end(window)?);
+    outcome.check(
+        owned == Some(FlushProtection::Kernel),
+        format!(
+            "this kernel lets the daemon own its tables (flush protection: {})",
+            owned.map_or("unknown".to_owned(), |p| p.to_string())
+        ),
+    );
+    for (what, succeeded, said, unchanged) in &refused {
+        outcome.check(
+            *unchanged,
+            format!(
+                "owned: {what}: {}; the table is byte-identical",
+                if *succeeded {
+                    "ran, and skipped our tables".to_owned()
+                } else {
+                    format!("refused ({said})")
+                }
+            ),
+        );
+    }
+    outcome.check(
+        after_owned.firewall.tamper_events == 0,
+        format!(
+            "owned: nothing to restore ({} tamper events)",
+            after_owned.firewall.tamper_events
+        ),
+    );
     for (what, took, detail) in &restored {
         outcome.check(
             !detail.is_empty(),
             format!(
-                "{what}: detected and reverted, {} ms after nft exited ({detail})",
+                "restore-only: {what}: detected and reverted, {} ms after nft exited ({detail})",
                 ms(*took)
             ),
         );
@@ -847,6 +948,9 @@ fn tamper(lab: &mut Lab) -> Result<Outcome> {
     outcome.check(
         status.firewall.installed && status.firewall.routing,
         "both layers are back after the daemon woke",
+    );
+    outcome.note(
+        "restore-only is how a kernel before 6.9 (no nf_tables persist) runs; forced here with killswitchd --test-unowned-tables",
     );
     outcome
         .note("restore times include the status event reaching the lab over the daemon's socket");
@@ -1335,5 +1439,148 @@ fn second_daemon(lab: &mut Lab) -> Result<Outcome> {
         "traffic kept flowing through the tunnel",
     );
     outcome.note(format!("both refusals took {} ms in all", ms(refused_in)));
+    Ok(outcome)
+}
+
+/// How many times the other firewall flushes the ruleset.
+const FLUSHES: usize = 20;
+
+/// What one flood under flushes showed.
+struct Flood {
+    measurement: Measurement,
+    /// Flushes whose `nft flush ruleset` exited 0.
+    flushes_ran: usize,
+    /// Flushes after which table `inet killswitch` was byte-identical.
+    unchanged: usize,
+    /// What the bound sender sent, and how much of it was refused at once.
+    bound: (u64, u64),
+    /// How long the bound sender ran.
+    sending: Duration,
+}
+
+/// Unbound traffic from the generator and an unprivileged sender bound to the physical interface
+/// (1,000 packets/s), while another program flushes the whole ruleset [`FLUSHES`] times, as a
+/// firewall service does on every start or reload.
+fn flood_and_flush(lab: &Lab) -> Result<Flood> {
+    let table = nft_table(&lab.topo.client)?;
+    let window = lab.begin(&PROBE_KINDS)?;
+    let target = SocketAddr::new(topology::TARGET_V4.into(), crate::sinks::UDP_PORT);
+    let sending = Duration::from_millis(100 * FLUSHES as u64 + 600);
+    let mut sender = lab.topo.client.command(
+        crate::binaries::path("killswitch-bound")?
+            .to_str()
+            .context("binary path is not UTF-8")?,
+    );
+    sender.args([
+        "--interface",
+        PHYS,
+        "--target",
+        &target.to_string(),
+        "--rate",
+        "1200",
+        "--duration-ms",
+        &sending.as_millis().to_string(),
+    ]);
+    let mut sender = crate::process::Process::spawn("killswitch-bound", sender)?;
+    let started = Instant::now();
+    hold(Duration::from_millis(300));
+    let (mut flushes_ran, mut unchanged) = (0, 0);
+    for _ in 0..FLUSHES {
+        let flushed = lab
+            .topo
+            .client
+            .command("nft")
+            .args(["flush", "ruleset"])
+            .status()?;
+        flushes_ran += usize::from(flushed.success());
+        unchanged += usize::from(nft_table(&lab.topo.client)? == table);
+        hold(Duration::from_millis(100));
+    }
+    let line = sender.wait_for_line(0, "sent ", sending + EVENT_TIMEOUT)?;
+    let summary = sender.output();
+    let summary = summary.lines().nth(line - 1).unwrap_or("");
+    let number = |word: &str| -> u64 {
+        summary
+            .split_whitespace()
+            .skip_while(|w| *w != word)
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let bound = (number("sent"), number("refused"));
+    Ok(Flood {
+        measurement: lab.end(window)?,
+        flushes_ran,
+        unchanged,
+        bound,
+        sending: started.elapsed(),
+    })
+}
+
+fn flush_by_other_firewall(lab: &mut Lab) -> Result<Outcome> {
+    lab.connect()?;
+    // The tunnel is down: only the rules stand between applications and the physical link.
+    lab.tunnel.kill_client()?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    // Ping sockets for every user, as many distributions allow.
+    lab.topo
+        .client
+        .exec("sysctl", &["-qw", "net.ipv4.ping_group_range=0 2147483647"])?;
+    let protection = lab.daemon()?.status()?.firewall.flush_protection;
+    let owned = flood_and_flush(lab)?;
+    let after = lab.daemon()?.status()?;
+
+    // For comparison, where the tables cannot be owned (a kernel before 6.9): restore-only.
+    lab.restart_daemon_unowned()?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    let restore_only = flood_and_flush(lab)?;
+
+    let mut outcome = Outcome::new(owned.measurement);
+    let (sent, refused) = owned.bound;
+    outcome.check(
+        protection == Some(FlushProtection::Kernel),
+        format!(
+            "the daemon owns its tables (flush protection: {})",
+            protection.map_or("unknown".to_owned(), |p| p.to_string())
+        ),
+    );
+    outcome.check(
+        owned.flushes_ran == FLUSHES && owned.unchanged == FLUSHES,
+        format!(
+            "{} of {FLUSHES} `nft flush ruleset` ran; after {} of them our table was byte-identical",
+            owned.flushes_ran, owned.unchanged
+        ),
+    );
+    let rate = sent as f64 / owned.sending.as_secs_f64().max(0.001);
+    outcome.check(
+        sent > 0 && refused == sent && rate >= 1000.0,
+        format!(
+            "the unprivileged bound sender (SO_BINDTODEVICE, IP_UNICAST_IF, ping socket) sent {sent} at {rate:.0}/s; all refused at once ({refused})"
+        ),
+    );
+    outcome.check(
+        after.firewall.tamper_events == 0,
+        format!(
+            "nothing to restore ({} tamper events)",
+            after.firewall.tamper_events
+        ),
+    );
+    let leaked = restore_only.measurement.leaked;
+    outcome.check(
+        leaked > 0,
+        format!(
+            "for comparison, restore-only (tables another program can flush): {leaked} packets left by the physical link across {FLUSHES} flushes, the bound sockets' (the capture sees what owning the tables prevents)"
+        ),
+    );
+    outcome.note(format!(
+        "restore-only: {} of {} bound packets refused; the routing layer does not hold bound sockets back, only the firewall does",
+        restore_only.bound.1, restore_only.bound.0
+    ));
+    if let Some(first) = restore_only.measurement.leaks.first() {
+        outcome.note(format!("restore-only, first leaked frame: {first}"));
+    }
+    outcome.unprotected = Some(restore_only.measurement);
     Ok(outcome)
 }

@@ -120,3 +120,8 @@ fn stopping_the_daemon_after_up_takes_under_a_second() {
 fn a_second_daemon_touches_nothing() {
     scenario_passes("second-daemon");
 }
+
+#[test]
+fn another_firewalls_flushes_leak_nothing_from_bound_sockets() {
+    scenario_passes("flush-by-other-firewall");
+}

@@ -27,11 +27,128 @@ pub(crate) struct Batch {
     labels: Vec<String>,
 }
 
-/// Our table of `family`. Every table the batch adds or deletes is made here, so that whatever
-/// a table must carry (flags, say) is said once.
+/// Our table of `family`, as chains and rules name it. Every table message of a batch is a
+/// [`TableMessage`] of the same name and family, which also carries the flags.
 fn killswitch_table(family: ProtoFamily) -> Result<Table, NftError> {
     let name = CString::new(TABLE_NAME).map_err(|_| NftError::Comment(TABLE_NAME.to_owned()))?;
     Ok(Table::new(&name, family))
+}
+
+/// nf_tables' table flag `owner` (linux/netfilter/nf_tables.h, kernel 5.12): only the netlink
+/// socket that created the table may change or delete it; other programs get `EPERM`, and their
+/// `flush ruleset` skips it.
+pub(crate) const NFT_TABLE_F_OWNER: u32 = 0x2;
+/// nf_tables' table flag `persist` (kernel 6.9): an owned table outlives its owner's socket
+/// (orphaned), and the next socket that adds it with `owner` adopts it.
+pub(crate) const NFT_TABLE_F_PERSIST: u32 = 0x4;
+
+/// A table's add or delete message with flags: nftnl's `Table` always sends flags 0.
+struct TableMessage {
+    name: CString,
+    family: ProtoFamily,
+    flags: u32,
+}
+
+impl TableMessage {
+    fn new(family: ProtoFamily, flags: u32) -> Result<Self, NftError> {
+        Self::named(TABLE_NAME, family, flags)
+    }
+
+    fn named(name: &str, family: ProtoFamily, flags: u32) -> Result<Self, NftError> {
+        Ok(TableMessage {
+            name: CString::new(name).map_err(|_| NftError::Comment(name.to_owned()))?,
+            family,
+            flags,
+        })
+    }
+}
+
+impl TableMessage {
+    /// Writes the message of type `kind` into `buf`.
+    ///
+    /// # Safety
+    ///
+    /// `buf` must have room for the largest netlink message (as [`nftnl::NlMsg::write`] requires).
+    unsafe fn write_kind(&self, buf: *mut std::ffi::c_void, seq: u32, kind: u16) {
+        // SAFETY: the table object is allocated, filled from live values and freed here; the
+        // header and payload are written into `buf` as nftnl's own `Table` does.
+        unsafe {
+            let table = sys::nftnl_table_alloc();
+            if table.is_null() {
+                // Out of memory for a few bytes: nothing sensible is left to do.
+                std::process::abort();
+            }
+            sys::nftnl_table_set_u32(table, sys::NFTNL_TABLE_FAMILY as u16, self.family as u32);
+            sys::nftnl_table_set_str(table, sys::NFTNL_TABLE_NAME as u16, self.name.as_ptr());
+            sys::nftnl_table_set_u32(table, sys::NFTNL_TABLE_FLAGS as u16, self.flags);
+            let header = sys::nftnl_nlmsg_build_hdr(
+                buf.cast(),
+                kind,
+                self.family as u16,
+                libc::NLM_F_ACK as u16,
+                seq,
+            );
+            sys::nftnl_table_nlmsg_build_payload(header, table);
+            sys::nftnl_table_free(table);
+        }
+    }
+}
+
+// SAFETY: `write` fills `buf` (which the batch sized for the largest message) with one table
+// message built by libnftnl from an object that lives only for the call.
+unsafe impl nftnl::NlMsg for TableMessage {
+    unsafe fn write(&self, buf: *mut std::ffi::c_void, seq: u32, msg_type: MsgType) {
+        let kind = match msg_type {
+            MsgType::Add => libc::NFT_MSG_NEWTABLE,
+            MsgType::Del => libc::NFT_MSG_DELTABLE,
+        };
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.write_kind(buf, seq, kind as u16) }
+    }
+}
+
+/// The message of [`probe_batch`] that always fails, so that the batch is never committed.
+pub(crate) const PROBE_SENTINEL: &str = "delete table inet killswitch_probe_absent";
+
+/// nf_tables' NFT_MSG_DESTROYTABLE (kernel 6.3): delete a table if it exists, no error if not.
+const NFT_MSG_DESTROYTABLE: u16 = 26;
+
+/// A table's destroy message: deletes it whoever left it (an orphaned owned table, an unowned
+/// one of an older version or another program), or nothing.
+struct DestroyTable<'a>(&'a TableMessage);
+
+// SAFETY: as for `TableMessage`: one table message written into `buf`.
+unsafe impl nftnl::NlMsg for DestroyTable<'_> {
+    unsafe fn write(&self, buf: *mut std::ffi::c_void, seq: u32, _msg_type: MsgType) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { self.0.write_kind(buf, seq, NFT_MSG_DESTROYTABLE) }
+    }
+}
+
+/// A batch that is never committed and tells whether this kernel knows the table `flags`: it adds
+/// a throwaway table with them, then deletes a table that does not exist. A kernel that does not
+/// know the flags refuses the first message (`EOPNOTSUPP`); one that does fails at the second
+/// ([`PROBE_SENTINEL`], `ENOENT`). Either way the kernel rolls the batch back: no transaction, no
+/// generation for anyone's monitor to see.
+pub(crate) fn probe_batch(flags: u32) -> Result<Batch, NftError> {
+    let probe = TableMessage::named("killswitch_probe", ProtoFamily::Inet, flags)?;
+    let absent = TableMessage::named("killswitch_probe_absent", ProtoFamily::Inet, 0)?;
+    let mut batch = nftnl::Batch::new();
+    batch.add(&probe, MsgType::Add);
+    batch.add(&absent, MsgType::Del);
+    let labels = [
+        "batch begin",
+        "add table inet killswitch_probe",
+        PROBE_SENTINEL,
+        "batch end",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let finalized = batch.finalize();
+    Ok(Batch {
+        bytes: finalized.iter().flatten().copied().collect(),
+        labels,
+    })
 }
 
 fn family_name(family: ProtoFamily) -> &'static str {
@@ -42,26 +159,39 @@ fn family_name(family: ProtoFamily) -> &'static str {
 }
 
 impl Batch {
-    pub(crate) fn build(ruleset: &Ruleset) -> Result<Self, NftError> {
+    /// The batch that replaces our tables with `ruleset`, the tables carrying `flags`.
+    pub(crate) fn build(ruleset: &Ruleset, flags: u32) -> Result<Self, NftError> {
         let table = killswitch_table(ProtoFamily::Inet)?;
         let arp_table = killswitch_table(ProtoFamily::Arp)?;
+        let inet_message = TableMessage::new(ProtoFamily::Inet, flags)?;
+        let arp_message = TableMessage::new(ProtoFamily::Arp, flags)?;
         let mut batch = nftnl::Batch::new();
         let mut labels = vec!["batch begin".to_owned()];
 
-        // Adding first makes the delete valid whether or not the table exists; the delete then
-        // removes the old table (with its chains and rules) and everything after re-creates it.
-        // The kernel applies all of it at once at commit. Both tables, always: whatever this
+        // The old tables go first, with their chains and rules, and everything after re-creates
+        // them; the kernel applies all of it at once at commit. Both tables, always: whatever this
         // ruleset says about the arp table, an old one must not survive it.
-        for t in [&table, &arp_table] {
-            let family = family_name(t.get_family());
-            batch.add(t, MsgType::Add);
-            labels.push(format!("add table {family} {TABLE_NAME}"));
-            batch.add(t, MsgType::Del);
-            labels.push(format!("delete table {family} {TABLE_NAME}"));
+        for message in [&inet_message, &arp_message] {
+            let family = family_name(message.family);
+            if flags & NFT_TABLE_F_OWNER != 0 {
+                // Owned tables (kernel 6.9, which has destroy): destroy deletes the table if it
+                // exists, ours or an orphan a killed daemon or the early-boot step left (an orphan
+                // is anyone's to delete), or an unowned one an older version left, which adding
+                // with other flags could not adopt. Another live owner's is refused (EPERM).
+                batch.add(&DestroyTable(message), MsgType::Del);
+                labels.push(format!("destroy table {family} {TABLE_NAME}"));
+            } else {
+                // Adding first makes the delete valid whether or not the table exists (kernels
+                // before 6.3 have no destroy).
+                batch.add(message, MsgType::Add);
+                labels.push(format!("add table {family} {TABLE_NAME}"));
+                batch.add(message, MsgType::Del);
+                labels.push(format!("delete table {family} {TABLE_NAME}"));
+            }
         }
 
         if let Some(policy_table) = &ruleset.table {
-            batch.add(&table, MsgType::Add);
+            batch.add(&inet_message, MsgType::Add);
             labels.push(format!("add table inet {TABLE_NAME}"));
 
             // Sets before the rules that look them up (which name them, and their batch id).
@@ -106,7 +236,7 @@ impl Batch {
                 }
             }
             if let Some(arp) = &policy_table.arp {
-                add_arp_table(&mut batch, &mut labels, &arp_table, arp)?;
+                add_arp_table(&mut batch, &mut labels, (&arp_table, &arp_message), arp)?;
             }
         }
         labels.push("batch end".to_owned());
@@ -134,14 +264,16 @@ impl Batch {
     }
 }
 
-/// Adds table `arp killswitch`, its chains and their rules to the batch.
+/// Adds table `arp killswitch` (its add message and nftnl's table its chains name), its chains and
+/// their rules to the batch.
 fn add_arp_table(
     batch: &mut nftnl::Batch,
     labels: &mut Vec<String>,
-    table: &Table,
+    table: (&Table, &TableMessage),
     arp: &ArpTable,
 ) -> Result<(), NftError> {
-    batch.add(table, MsgType::Add);
+    let (table, message) = table;
+    batch.add(message, MsgType::Add);
     labels.push(format!("add table arp {TABLE_NAME}"));
     let mut chains = Vec::with_capacity(arp.chains.len());
     for policy_chain in &arp.chains {

@@ -42,18 +42,78 @@ pub struct ApplyReport {
     pub verify: Duration,
 }
 
+/// Who may change our tables besides us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ownership {
+    /// Flags `owner` and `persist`: no other program may change or delete them, nor flush them
+    /// with the rest of the ruleset; they outlive this connection and the next connection that
+    /// applies a ruleset adopts them, in the same transaction. Kernels 6.9 and later.
+    Owned,
+    /// No flags: any program with CAP_NET_ADMIN may change, delete or flush them (the daemon
+    /// notices and restores). For kernels without `persist`, where `owner` alone would make the
+    /// tables vanish with the daemon.
+    Shared,
+}
+
+impl Ownership {
+    fn flags(self) -> u32 {
+        match self {
+            Ownership::Owned => encode::NFT_TABLE_F_OWNER | encode::NFT_TABLE_F_PERSIST,
+            Ownership::Shared => 0,
+        }
+    }
+}
+
 /// A connection to nf_tables in the calling thread's network namespace.
 #[derive(Debug)]
 pub struct Nftables {
     socket: netlink::Socket,
+    ownership: Ownership,
 }
 
 impl Nftables {
-    /// Opens the netlink socket. Needs CAP_NET_ADMIN in the current network namespace.
+    /// Opens the netlink socket and asks the kernel whether it knows `owner` and `persist`
+    /// ([`Nftables::probe`]): owned tables where it does, shared ones where it does not. Needs
+    /// CAP_NET_ADMIN in the current network namespace.
     pub fn open() -> Result<Self, NftError> {
+        let mut nftables = Self::open_with(Ownership::Shared)?;
+        nftables.ownership = nftables.probe()?;
+        Ok(nftables)
+    }
+
+    /// Opens the netlink socket, the tables to be `ownership` (no probe: the caller knows).
+    pub fn open_with(ownership: Ownership) -> Result<Self, NftError> {
         Ok(Nftables {
             socket: netlink::Socket::open()?,
+            ownership,
         })
+    }
+
+    /// Whether this kernel knows the table flags `owner` and `persist`, by a batch that is never
+    /// committed (see `encode::probe_batch`): a kernel without them refuses the flags
+    /// (`EOPNOTSUPP`; old kernels `EINVAL`), one with them fails only at the batch's last message.
+    pub fn probe(&mut self) -> Result<Ownership, NftError> {
+        let batch = encode::probe_batch(Ownership::Owned.flags())?;
+        match netlink::commit(&self.socket, &batch) {
+            Err(NftError::Rejected { what, .. }) if what == encode::PROBE_SENTINEL => {
+                Ok(Ownership::Owned)
+            }
+            Err(NftError::Rejected { source, .. })
+                if matches!(source.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EINVAL)) =>
+            {
+                Ok(Ownership::Shared)
+            }
+            Err(e) => Err(e),
+            Ok(()) => Err(NftError::Mismatch(
+                "the probe batch, which deletes a table that does not exist, was committed"
+                    .to_owned(),
+            )),
+        }
+    }
+
+    /// Whether the tables this connection writes are owned.
+    pub fn ownership(&self) -> Ownership {
+        self.ownership
     }
 
     /// Replaces tables `inet killswitch` and `arp killswitch` with `ruleset` in one transaction,
@@ -64,7 +124,7 @@ impl Nftables {
     pub fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, NftError> {
         ruleset.check()?;
         let start = Instant::now();
-        let batch = encode::Batch::build(ruleset)?;
+        let batch = encode::Batch::build(ruleset, self.ownership.flags())?;
         netlink::commit(&self.socket, &batch)?;
         let commit = start.elapsed();
         let verified = Instant::now();
@@ -77,10 +137,30 @@ impl Nftables {
     }
 
     /// Compares what the kernel holds now with `ruleset`, without changing anything. Used after an
-    /// apply, and to notice when someone else changed or removed the table.
+    /// apply, and to notice when someone else changed or removed the table. With owned tables the
+    /// flags are compared too, so tables that lost their owner (orphans) do not verify: only the
+    /// connection that applied them can expect them owned.
     pub fn verify(&mut self, ruleset: &Ruleset) -> Result<(), NftError> {
         ruleset.check()?;
-        self.verify_against(&encode::Batch::build(ruleset)?)
+        self.verify_against(&encode::Batch::build(ruleset, self.ownership.flags())?)
+    }
+
+    /// [`Nftables::verify`] for a connection that does not own the tables (a test's, or a
+    /// tool's): whether they are owned by someone, or orphaned, is not compared; the rules are.
+    pub fn verify_rules(&mut self, ruleset: &Ruleset) -> Result<(), NftError> {
+        ruleset.check()?;
+        let batch = encode::Batch::build(ruleset, self.ownership.flags())?;
+        let mut expected = readback::expected_from_batch(&batch)?;
+        let mut actual = readback::read_installed(&self.socket)?;
+        for installed in [&mut expected, &mut actual] {
+            for table in [&mut installed.inet, &mut installed.arp]
+                .into_iter()
+                .flatten()
+            {
+                table.flags &= !encode::NFT_TABLE_F_OWNER;
+            }
+        }
+        readback::compare(&expected, &actual).map_err(NftError::Mismatch)
     }
 
     /// Reads tables `inet killswitch` and `arp killswitch` as the kernel holds them.
@@ -96,13 +176,30 @@ impl Nftables {
 }
 
 /// [`Nftables::apply`] on a connection of its own.
+///
+/// For tests and tools that apply one ruleset after another, each on a new connection: the
+/// tables the previous connection owned become anyone's when its socket is released, and in a
+/// process that forks (a test harness starting `nft` on another thread, say) a child may hold the
+/// closed socket open until it execs. Meanwhile the kernel refuses (`EPERM`); this waits up to
+/// 2 s for the release. The daemon never needs it: it keeps its one connection.
 pub fn apply(ruleset: &Ruleset) -> Result<ApplyReport, NftError> {
-    Nftables::open()?.apply(ruleset)
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match Nftables::open()?.apply(ruleset) {
+            Err(NftError::Rejected { source, .. })
+                if source.raw_os_error() == Some(libc::EPERM) && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => return other,
+        }
+    }
 }
 
-/// [`Nftables::verify`] on a connection of its own.
+/// [`Nftables::verify_rules`] on a connection of its own (which owns nothing: whoever owns the
+/// tables, the rules are compared).
 pub fn verify(ruleset: &Ruleset) -> Result<(), NftError> {
-    Nftables::open()?.verify(ruleset)
+    Nftables::open()?.verify_rules(ruleset)
 }
 
 /// [`Nftables::installed`] on a connection of its own.

@@ -133,6 +133,12 @@ impl Socket {
     pub(crate) fn open() -> Result<Self, NftError> {
         let inner = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NftError::Socket)?;
         let socket = Socket { inner };
+        // libmnl opens without SOCK_CLOEXEC. A child that inherited the socket would keep it
+        // alive after we close it, and with it the ownership of tables it owns: not across exec.
+        // SAFETY: fcntl on a descriptor this socket owns.
+        if unsafe { libc::fcntl(socket.fd(), libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return Err(NftError::Socket(io::Error::last_os_error()));
+        }
         let timeout = libc::timeval {
             tv_sec: KERNEL_TIMEOUT.as_secs() as libc::time_t,
             tv_usec: libc::suseconds_t::from(KERNEL_TIMEOUT.subsec_micros() as i32),

@@ -19,6 +19,8 @@ use std::os::raw::c_char;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWTABLE: u16 = libc::NFT_MSG_NEWTABLE as u16;
 const NFT_MSG_DELTABLE: u16 = libc::NFT_MSG_DELTABLE as u16;
+/// nf_tables' NFT_MSG_DESTROYTABLE (kernel 6.3; not in the libc crate): what owned batches start with.
+const NFT_MSG_DESTROYTABLE: u16 = 26;
 const NFT_MSG_NEWCHAIN: u16 = libc::NFT_MSG_NEWCHAIN as u16;
 const NFT_MSG_NEWRULE: u16 = libc::NFT_MSG_NEWRULE as u16;
 const NFT_MSG_NEWSET: u16 = libc::NFT_MSG_NEWSET as u16;
@@ -190,6 +192,7 @@ pub(crate) fn expected_from_batch(batch: &Batch) -> Result<Installed, NftError> 
             kind,
             NFT_MSG_NEWTABLE
                 | NFT_MSG_DELTABLE
+                | NFT_MSG_DESTROYTABLE
                 | NFT_MSG_NEWCHAIN
                 | NFT_MSG_NEWRULE
                 | NFT_MSG_NEWSET
@@ -203,7 +206,7 @@ pub(crate) fn expected_from_batch(batch: &Batch) -> Result<Installed, NftError> 
         let table = installed.table_mut(family);
         match kind {
             NFT_MSG_NEWTABLE if table.is_none() => *table = Some(parse_table(&message, family)?),
-            NFT_MSG_DELTABLE => *table = None,
+            NFT_MSG_DELTABLE | NFT_MSG_DESTROYTABLE => *table = None,
             NFT_MSG_NEWCHAIN => {
                 let chain = parse_chain(&message)?;
                 if let Some(t) = table.as_mut() {
@@ -819,7 +822,7 @@ mod tests {
                 allow_lan: true,
             },
         );
-        let batch = Batch::build(&ruleset).expect("batch");
+        let batch = Batch::build(&ruleset, 0).expect("batch");
         let installed = expected_from_batch(&batch).expect("parses");
         assert!(installed.arp.is_none(), "no tunnel, no arp table");
         let table = installed.inet.expect("a table");

@@ -134,8 +134,14 @@ fn every_state_applies_and_reads_back_as_meant() -> Result<()> {
                             "{to_name}: {} rules, expected {expected}",
                             installed.rule_count()
                         );
+                        // Applied by a connection that is gone: an orphan (persist) where
+                        // tables can be owned, no flags where they cannot. Never `dormant`.
+                        let orphan = match killswitch_nft::Nftables::open()?.ownership() {
+                            killswitch_nft::Ownership::Owned => 0x4,
+                            killswitch_nft::Ownership::Shared => 0,
+                        };
                         ensure!(
-                            installed.flags == 0,
+                            installed.flags == orphan,
                             "{to_name}: table flags {:#x}",
                             installed.flags
                         );
@@ -171,8 +177,12 @@ fn nft_compiles_our_rendering_into_the_same_expressions() -> Result<()> {
             &["-f", file.to_str().context("temporary path is not UTF-8")?],
         )
         .with_context(|| format!("nft rejected the rendering of {name}"))?;
-        ns.run(|| killswitch_nft::verify(&ruleset))?
-            .with_context(|| format!("{name}: nft compiled it differently"))?;
+        // nft makes tables without flags: compare them with what an unowned connection sends.
+        ns.run(|| {
+            killswitch_nft::Nftables::open_with(killswitch_nft::Ownership::Shared)?
+                .verify_rules(&ruleset)
+        })?
+        .with_context(|| format!("{name}: nft compiled it differently"))?;
     }
     Ok(())
 }
@@ -243,12 +253,15 @@ fn verify_detects_changes_made_by_others() -> Result<()> {
             ],
         ),
     ];
+    // Unowned tables, as on a kernel without `persist` (owned ones refuse all of this: see
+    // `owned_tables_refuse_other_programs_and_outlive_their_socket`).
+    let shared = || killswitch_nft::Nftables::open_with(killswitch_nft::Ownership::Shared);
     for (what, nft_args) in tampering {
-        ns.run(|| killswitch_nft::apply(&ruleset))??;
-        ns.run(|| killswitch_nft::verify(&ruleset))?
+        ns.run(|| shared()?.apply(&ruleset))??;
+        ns.run(|| shared()?.verify(&ruleset))?
             .context("fresh table verifies")?;
         ns.exec("nft", nft_args)?;
-        let result = ns.run(|| killswitch_nft::verify(&ruleset))?;
+        let result = ns.run(|| shared()?.verify(&ruleset))?;
         ensure!(
             matches!(result, Err(NftError::Mismatch(_))),
             "{what}: verify said {result:?}"
@@ -353,8 +366,11 @@ fn a_rejected_batch_changes_nothing() -> Result<()> {
             asked.elapsed()
         );
         match result {
-            Err(NftError::Rejected { what, .. }) => {
-                ensure!(what.contains(named), "the error names the chain: {what}")
+            Err(NftError::Rejected { what, source }) => {
+                ensure!(
+                    what.contains(named),
+                    "the error names the chain: {what}: {source}"
+                )
             }
             other => anyhow::bail!("expected a rejection, got {other:?}"),
         }
@@ -1198,5 +1214,160 @@ fn a_dhcp_renewal_cannot_cross_the_first_router() -> Result<()> {
         );
     }
     ensure!(capture.kernel_drops()? == 0, "the capture dropped frames");
+    Ok(())
+}
+
+/// `nft ARGS...` in `ns`: whether it succeeded, and what it said.
+fn nft(ns: &Netns, args: &[&str]) -> Result<(bool, String)> {
+    let output = ns.command("nft").args(args).output()?;
+    Ok((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+fn listed(ns: &Netns) -> Result<String> {
+    ns.exec("nft", &["list", "ruleset"])
+}
+
+#[test]
+fn owned_tables_refuse_other_programs_and_outlive_their_socket() -> Result<()> {
+    if !require_root("owned_tables_refuse_other_programs_and_outlive_their_socket") {
+        return Ok(());
+    }
+    let ns = Netns::new("owned")?;
+    let connected = compile(
+        &PolicyState::Connected {
+            peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+            tunnel: tunnel(),
+        },
+        &Settings::default(),
+    );
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<Result<killswitch_nft::Ownership>>();
+    // The owner: a connection held open in a thread of its own inside the namespace.
+    let owner = ns.spawn("owner", move || {
+        let opened = killswitch_nft::Nftables::open().and_then(|mut nft| {
+            nft.apply(&connected)?;
+            Ok(nft)
+        });
+        match opened {
+            Ok(nft) => {
+                let _ = done_tx.send(Ok(nft.ownership()));
+                // Hold the connection (the owner) until told to let go.
+                let _ = rx.recv();
+                drop(nft);
+            }
+            Err(e) => {
+                let _ = done_tx.send(Err(e.into()));
+            }
+        }
+    })?;
+    let ownership = done_rx.recv_timeout(Duration::from_secs(10))??;
+    ensure!(
+        ownership == killswitch_nft::Ownership::Owned,
+        "this kernel (6.18) has owner and persist"
+    );
+    let before = listed(&ns)?;
+    // (nft 1.0.6 lists the flags as an empty word; libnftnl's read-back says the number.)
+    let installed = ns.run(killswitch_nft::installed)??;
+    ensure!(
+        installed.inet.as_ref().map(|t| t.flags) == Some(0x6)
+            && installed.arp.as_ref().map(|t| t.flags) == Some(0x6),
+        "both tables are owner (0x2) and persist (0x4): {installed:?}"
+    );
+    for args in [
+        &["flush", "ruleset"][..],
+        &["delete", "table", "inet", "killswitch"],
+        &["delete", "table", "arp", "killswitch"],
+        &["add", "rule", "inet", "killswitch", "output", "accept"],
+        &["flush", "chain", "inet", "killswitch", "output"],
+    ] {
+        let (ok, said) = nft(&ns, args)?;
+        let after = listed(&ns)?;
+        ensure!(
+            after == before,
+            "`nft {}` ({}) changed the owned tables:\n{after}",
+            args.join(" "),
+            if ok { "succeeded".to_owned() } else { said }
+        );
+    }
+    // The owner goes away: the tables stay (persist).
+    drop(tx);
+    owner
+        .join()
+        .map_err(|_| anyhow::anyhow!("the owner thread panicked"))??;
+    let orphaned = ns.run(killswitch_nft::installed)??;
+    ensure!(
+        orphaned.inet.as_ref().map(|t| t.flags) == Some(0x4)
+            && orphaned.arp.as_ref().map(|t| t.flags) == Some(0x4),
+        "the tables outlive their owner, orphaned (persist without owner): {orphaned:?}"
+    );
+    let mut orphaned_rules = orphaned;
+    for table in [&mut orphaned_rules.inet, &mut orphaned_rules.arp]
+        .into_iter()
+        .flatten()
+    {
+        table.flags = 0x6;
+    }
+    ensure!(
+        orphaned_rules == installed,
+        "the orphaned tables hold the same rules"
+    );
+    // The next connection that applies a ruleset adopts them, in the same transaction that
+    // replaces them.
+    let blocked = compile(&PolicyState::Blocked, &Settings::default());
+    ns.run(|| -> Result<()> {
+        let mut nft = killswitch_nft::Nftables::open()?;
+        nft.apply(&blocked)?;
+        let adopted = nft.installed()?;
+        ensure!(
+            adopted.inet.as_ref().map(|t| t.flags) == Some(0x6) && adopted.arp.is_none(),
+            "adopted and replaced: {adopted:?}"
+        );
+        Ok(())
+    })??;
+    // An orphan is nobody's: the kernel clears `owner` with the socket, and then anyone may
+    // flush it (what docs/security.md says of the seconds between a crash and the restart).
+    let (ok, said) = nft(&ns, &["flush", "ruleset"])?;
+    ensure!(ok, "flushing an orphan: {said}");
+    ensure!(
+        ns.run(killswitch_nft::installed)??.is_empty(),
+        "an orphan is flushed with the rest"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_unowned_table_of_an_older_version_is_replaced_by_an_owned_one() -> Result<()> {
+    if !require_root("an_unowned_table_of_an_older_version_is_replaced_by_an_owned_one") {
+        return Ok(());
+    }
+    // An upgrade from a version (or a kernel) without owned tables: the new daemon's first batch
+    // must replace what is there. Adding the table with other flags cannot (the kernel refuses to
+    // change `persist`); destroying it first can, in the same transaction.
+    let ns = Netns::new("upgrade")?;
+    let blocked = compile(&PolicyState::Blocked, &Settings::default());
+    let connected = compile(
+        &PolicyState::Connected {
+            peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+            tunnel: tunnel(),
+        },
+        &Settings::default(),
+    );
+    ns.run(|| {
+        killswitch_nft::Nftables::open_with(killswitch_nft::Ownership::Shared)?.apply(&connected)
+    })??;
+    ns.run(|| -> Result<()> {
+        let mut nft = killswitch_nft::Nftables::open()?;
+        ensure!(nft.ownership() == killswitch_nft::Ownership::Owned);
+        nft.apply(&blocked)?;
+        let installed = nft.installed()?;
+        ensure!(
+            installed.inet.as_ref().map(|t| t.flags) == Some(0x6) && installed.arp.is_none(),
+            "owned, and the old arp table gone: {installed:?}"
+        );
+        Ok(())
+    })??;
     Ok(())
 }

@@ -21,6 +21,20 @@ pub fn index(name: &str) -> Option<u32> {
 /// The kind of interface `index` as rtnetlink names it (`wireguard`, `tun`, `veth`, `bridge`,
 /// ...), or `None` for a device without one (a physical NIC, loopback). `Err` if it does not exist.
 pub fn kind(index: u32) -> Result<Option<String>, TunnelError> {
+    identity(index).map(|identity| identity.kind)
+}
+
+/// What kind of device an interface is, as far as telling a tunnel from something else goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkIdentity {
+    /// The rtnetlink kind (`wireguard`, `tun`, `veth`, ...), `None` for a physical device.
+    pub kind: Option<String>,
+    /// The link-layer type (ARPHRD_*: 1 Ethernet, 65534 none, 512 PPP, ...).
+    pub link_type: u16,
+}
+
+/// The identity of interface `index`. `Err` if it does not exist.
+pub fn identity(index: u32) -> Result<LinkIdentity, TunnelError> {
     let mut request = LinkMessage::default();
     request.header.index = index;
     let answer = rtnl()?
@@ -33,13 +47,17 @@ pub fn kind(index: u32) -> Result<Option<String>, TunnelError> {
             _ => None,
         })
         .ok_or_else(|| TunnelError::Gone(format!("interface {index}")))?;
-    Ok(link.attributes.iter().find_map(|attr| match attr {
+    let kind = link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
             LinkInfo::Kind(kind) => Some(kind.to_string()),
             _ => None,
         }),
         _ => None,
-    }))
+    });
+    Ok(LinkIdentity {
+        kind,
+        link_type: u16::from(link.header.link_layer_type),
+    })
 }
 
 fn rtnl() -> Result<Rtnl, TunnelError> {

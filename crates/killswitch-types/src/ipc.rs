@@ -310,6 +310,37 @@ pub struct FirewallStatus {
     /// Whether the second layer (policy routing into the tunnel or nowhere) is in place.
     #[serde(default)]
     pub routing: bool,
+    /// What keeps other programs from flushing or editing the rules; `None` until the daemon has
+    /// talked to the kernel (and from daemons older than this field).
+    #[serde(default)]
+    pub flush_protection: Option<FlushProtection>,
+}
+
+/// What keeps other programs (a firewall service's `nft flush ruleset`, a script) from removing or
+/// editing the kill switch's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlushProtection {
+    /// The kernel refuses them: the tables are owned by the daemon (nf_tables `owner` and
+    /// `persist`, kernel 6.9 or later).
+    Kernel,
+    /// Anyone with CAP_NET_ADMIN can remove them; the daemon notices and restores them within
+    /// milliseconds, and the routing layer holds meanwhile (except for sockets bound to an
+    /// interface).
+    RestoreOnly,
+    /// A value from a newer daemon.
+    #[serde(other)]
+    Unknown,
+}
+
+impl fmt::Display for FlushProtection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FlushProtection::Kernel => "kernel",
+            FlushProtection::RestoreOnly => "restore-only",
+            FlushProtection::Unknown => "unknown",
+        })
+    }
 }
 
 /// Why a request line could not be decoded.
