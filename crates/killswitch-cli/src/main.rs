@@ -81,8 +81,9 @@ enum Command {
     /// Each CONFIG is a wg-quick style file (a path, read by this command with your permissions)
     /// or a name that the daemon looks up in /etc/wireguard (NAME.conf). Several configurations
     /// are servers to fail over between, in that order. Only the tunnel's own packets may reach the
-    /// current server outside the tunnel; when the tunnel dies (no sign of life for 3 s), the next
-    /// server is tried while everything stays blocked. `down` removes the tunnel.
+    /// current server outside the tunnel; when the tunnel dies (no sign of life for 3 s by default,
+    /// `dead_after_seconds` in config.toml), the next server is tried while everything stays
+    /// blocked. `down` removes the tunnel.
     Up {
         /// Configuration files or names.
         #[arg(value_name = "CONFIG", required = true)]
@@ -103,8 +104,8 @@ enum Command {
     /// Allow the local network (private, link-local and multicast ranges) outside the tunnel.
     ///
     /// The ranges are fixed (10/8, 172.16/12, 192.168/16, 169.254/16, fe80::/10, fc00::/7,
-    /// multicast and broadcast), never "whatever the network says is local". DNS to the LAN stays
-    /// blocked.
+    /// multicast and broadcast), never "whatever the network says is local"; `lan_subnets` in the
+    /// daemon's config.toml narrows them to the subnets it names. DNS to the LAN stays blocked.
     AllowLan {
         /// on or off.
         value: OnOff,
@@ -184,7 +185,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             if let Some(json) = failure.to_json().filter(|_| cli.json) {
-                println!("{json}");
+                emit(&format!("{json}\n"));
             }
             eprintln!("killswitch: {failure}");
             ExitCode::from(failure.exit_code())
@@ -222,14 +223,29 @@ fn read_configs(configs: &[String]) -> Result<Vec<ConfigSource>, String> {
 fn print_status(received: &Received, json: bool, event: Option<bool>) {
     let status = &received.status;
     if json {
-        println!("{}", received.json);
+        emit(&format!("{}\n", received.json));
     } else if event == Some(false) {
-        println!(
-            "{}",
+        emit(&format!(
+            "{}\n",
             render::event_line(status, std::time::SystemTime::now())
-        );
+        ));
     } else {
-        print!("{}", render::status(status));
+        emit(&render::status(status));
+    }
+}
+
+/// Writes `text` to standard output. A reader that went away (`killswitch events | head -1`)
+/// ends the program quietly, as it ends any Unix filter, rather than with a panic; any other
+/// write error is an error.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("killswitch: cannot write to standard output: {e}");
+        std::process::exit(1);
     }
 }
 

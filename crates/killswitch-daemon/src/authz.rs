@@ -1,61 +1,53 @@
 //! Who may change the kill switch: root, and members of the admin group. Everyone may read.
 //!
-//! The decision uses the peer's credentials from the socket (SO_PEERCRED), which the kernel fills
-//! in at connect time and the peer cannot forge, plus the supplementary groups: for a connection
-//! being classified, those the kernel recorded at connect time too (SO_PEERGROUPS, Linux 4.13+);
-//! otherwise those the process has now (`/proc/PID/status`).
+//! The decision uses only what the kernel recorded about the peer when it connected, which the
+//! peer cannot forge or change afterwards: its uid and gid (SO_PEERCRED) and its supplementary
+//! groups (SO_PEERGROUPS, Linux 4.13+). Never the process's *current* state under `/proc/PID`: a
+//! client can connect, hand the socket to a child, exit, and wait until its pid is reused by a
+//! process of an admin-group member, whose groups `/proc` would then show. Where the kernel cannot
+//! tell the groups, only the primary gid counts (fail closed).
 
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// The credentials of the process at the other end of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The credentials of the process at the other end of a connection, as of its connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
     /// Effective uid.
     pub uid: u32,
     /// Effective gid.
     pub gid: u32,
-    /// Process id, when the kernel knows it.
+    /// Process id, when the kernel knows it (for the log only: a pid can be reused).
     pub pid: Option<i32>,
+    /// Supplementary groups at connect time (empty where the kernel cannot say).
+    pub groups: Arc<[u32]>,
+}
+
+impl Peer {
+    /// The credentials of the peer connected on `socket`, or why they cannot be read.
+    pub fn of(socket: BorrowedFd<'_>) -> std::io::Result<Self> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let cred = getsockopt(&socket, PeerCredentials)?;
+        Ok(Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            // 0: the peer is in a pid namespace where the daemon cannot name it.
+            pid: Some(cred.pid()).filter(|pid| *pid > 0),
+            groups: peer_groups(socket).unwrap_or_default().into(),
+        })
+    }
 }
 
 /// Whether `peer` may change the kill switch, given the admin group's gid (if the group exists).
 pub fn may_change(peer: &Peer, admin_gid: Option<u32>) -> bool {
-    may_change_with(peer, admin_gid, || proc_groups(peer))
-}
-
-/// [`may_change`] for the peer connected on `socket`, with the supplementary groups it had when it
-/// connected. Cheaper than `/proc` (one system call, no file), which matters when every connection
-/// of a local user who opens thousands is classified, and free of the race with a pid reused.
-pub fn may_change_on(socket: BorrowedFd<'_>, peer: &Peer, admin_gid: Option<u32>) -> bool {
-    may_change_with(peer, admin_gid, || {
-        peer_groups(socket).or_else(|| proc_groups(peer))
-    })
-}
-
-fn may_change_with(
-    peer: &Peer,
-    admin_gid: Option<u32>,
-    groups: impl FnOnce() -> Option<Vec<u32>>,
-) -> bool {
     if peer.uid == 0 {
         return true;
     }
     let Some(admin_gid) = admin_gid else {
         return false;
     };
-    if peer.gid == admin_gid {
-        return true;
-    }
-    groups().is_some_and(|groups| groups.contains(&admin_gid))
-}
-
-fn proc_groups(peer: &Peer) -> Option<Vec<u32>> {
-    peer.pid.and_then(|pid| {
-        supplementary_groups(&Path::new("/proc").join(pid.to_string()).join("status"))
-    })
+    peer.gid == admin_gid || peer.groups.contains(&admin_gid)
 }
 
 /// The supplementary groups the peer on `socket` had when it connected, or `None` if the kernel
@@ -134,24 +126,18 @@ impl AdminGroup {
     }
 }
 
-/// The `Groups:` line of a /proc/PID/status file.
-fn supplementary_groups(status: &Path) -> Option<Vec<u32>> {
-    let text = std::fs::read_to_string(status).ok()?;
-    parse_groups(&text)
-}
-
-fn parse_groups(status: &str) -> Option<Vec<u32>> {
-    let line = status.lines().find_map(|l| l.strip_prefix("Groups:"))?;
-    Some(
-        line.split_whitespace()
-            .filter_map(|g| g.parse().ok())
-            .collect(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn user(groups: &[u32]) -> Peer {
+        Peer {
+            uid: 1000,
+            gid: 1000,
+            pid: None,
+            groups: groups.into(),
+        }
+    }
 
     #[test]
     fn root_always_and_strangers_never() {
@@ -159,25 +145,49 @@ mod tests {
             uid: 0,
             gid: 0,
             pid: None,
-        };
-        let user = Peer {
-            uid: 1000,
-            gid: 1000,
-            pid: None,
+            groups: Arc::from([]),
         };
         assert!(may_change(&root, None));
-        assert!(!may_change(&user, None));
-        assert!(!may_change(&user, Some(4242)));
-        assert!(may_change(&Peer { gid: 4242, ..user }, Some(4242)));
+        assert!(!may_change(&user(&[]), None));
+        assert!(!may_change(&user(&[]), Some(4242)));
+        assert!(may_change(
+            &Peer {
+                gid: 4242,
+                ..user(&[])
+            },
+            Some(4242)
+        ));
+        assert!(may_change(&user(&[24, 4242]), Some(4242)));
     }
 
     #[test]
-    fn supplementary_groups_from_proc_status() {
-        let status =
-            "Name:\tbash\nUid:\t1000\t1000\t1000\t1000\nGroups:\t24 27 4242 \nVmPeak:\t1 kB\n";
-        assert_eq!(parse_groups(status), Some(vec![24, 27, 4242]));
-        assert_eq!(parse_groups("Groups:\n"), Some(vec![]));
-        assert_eq!(parse_groups("Name:\tx\n"), None);
+    fn membership_is_judged_from_the_connection_not_from_a_reused_pid() {
+        // The red team's attack: a non-member connects, hands the socket to a child, exits, and
+        // waits until its pid belongs to a member. Here the pid belongs to a process in the admin
+        // group 4242 (what /proc/PID/status shows now), but the connection's recorded groups do
+        // not hold it: the decision must follow the connection.
+        let mut member = std::process::Command::new("setpriv")
+            .args(["--groups=4242", "sleep", "30"])
+            .spawn()
+            .expect("setpriv (util-linux) as root");
+        let status = std::path::Path::new("/proc")
+            .join(member.id().to_string())
+            .join("status");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&status).is_ok_and(|s| s.contains("Groups:\t4242")) {
+            assert!(Instant::now() < deadline, "setpriv never took group 4242");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let stranger = Peer {
+            uid: 12345,
+            gid: 12345,
+            pid: Some(member.id() as i32),
+            groups: Arc::from([]),
+        };
+        let allowed = may_change(&stranger, Some(4242));
+        let _ = member.kill();
+        let _ = member.wait();
+        assert!(!allowed, "a reused pid's groups decided");
     }
 
     #[test]
@@ -189,17 +199,11 @@ mod tests {
             .into_iter()
             .map(|g| g.as_raw())
             .collect();
-        let mut got = peer_groups(a.as_fd()).expect("SO_PEERGROUPS (Linux 4.13+)");
+        let peer = Peer::of(a.as_fd()).expect("credentials");
+        let mut got = peer.groups.to_vec();
         expected.sort_unstable();
         got.sort_unstable();
         assert_eq!(got, expected);
-    }
-
-    #[test]
-    fn own_process_groups_are_readable() {
-        let me = std::process::id() as i32;
-        assert!(
-            supplementary_groups(&Path::new("/proc").join(me.to_string()).join("status")).is_some()
-        );
+        assert_eq!(peer.pid, Some(std::process::id() as i32));
     }
 }

@@ -77,7 +77,7 @@ impl Config {
 
     /// Loads the configuration from `path`; a missing file gives the defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = match std::fs::read_to_string(path) {
+        let text = match read_bounded(path) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
             Err(source) => {
@@ -116,9 +116,48 @@ impl Config {
     }
 }
 
+/// The largest configuration file read (a long `lan_subnets` list fits many times over).
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Reads a configuration file that must be a regular file of at most [`MAX_CONFIG_BYTES`]: a FIFO
+/// (opened without blocking, then refused) or `/dev/zero` must neither hang nor exhaust the
+/// daemon before it has installed anything. A symlink is followed: configuration management
+/// often links the file into place.
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(std::io::Error::other(format!(
+            "larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::other("not UTF-8 text"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_or_an_endless_file_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("config.toml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let error = Config::load(&fifo).expect_err("a FIFO");
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+        let error = Config::load(Path::new("/dev/zero")).expect_err("endless");
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+    }
 
     #[test]
     fn the_shipped_file_shows_exactly_the_defaults() {

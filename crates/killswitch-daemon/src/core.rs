@@ -135,8 +135,25 @@ impl<F: Firewall> Core<F> {
             Loaded::Fresh => (Persisted::default(), None),
             Loaded::Found(p) => (p.normalized(), None),
             // Nobody knows what the user wanted: block, and say so in the settings `status`
-            // shows (lockdown on), not only in an error. The next command writes a good file.
-            Loaded::Unusable(why) => (Persisted::unknown(), Some(why)),
+            // shows (lockdown on), not only in an error. That assumption is written down at once
+            // (the bad file kept aside), so that a restart or a reboot blocks too; if it cannot
+            // be, the bad file stays and blocks them anyway.
+            Loaded::Unusable(why) => {
+                let kept = store.quarantine();
+                let assumed = Persisted::unknown();
+                let why = match store.save(&assumed) {
+                    Ok(()) => format!(
+                        "{why}{}; lockdown is on until you decide",
+                        kept.map(|k| format!(" (kept as {})", k.display()))
+                            .unwrap_or_default()
+                    ),
+                    Err(e) => {
+                        tracing::warn!("cannot write the assumed settings: {e}");
+                        why
+                    }
+                };
+                (assumed, Some(why))
+            }
         };
         Core {
             firewall,
@@ -382,7 +399,26 @@ impl<F: Firewall> Core<F> {
         let mut target = self.target.clone();
         match request {
             Request::Status | Request::Subscribe => return Ok(self.status()),
-            Request::Guard(spec) => target = Target::Guard(spec.clone()),
+            Request::Guard(spec) => {
+                // Guarding an interface that is never a tunnel (the NIC, a veth) would let
+                // everything out through it while `status` says "connected": refuse.
+                if let Some(index) = killswitch_tunnel::netdev::index(spec.interface.as_str())
+                    && let Ok(identity) = killswitch_tunnel::netdev::identity(index)
+                {
+                    crate::links::judge_identity(&spec.interface, &identity, None).map_err(
+                        |why| {
+                            IpcError::new(
+                                ErrorKind::BadRequest,
+                                format!(
+                                    "cannot guard {}: {why}; nothing was changed",
+                                    spec.interface
+                                ),
+                            )
+                        },
+                    )?;
+                }
+                target = Target::Guard(spec.clone());
+            }
             Request::Up { interface, configs } => {
                 let spec = resolve_up(interface.clone(), configs, &self.options.wireguard_dir)?;
                 // Someone else's interface of that name is never removed or taken over: refuse

@@ -37,7 +37,46 @@ pub struct DeviceRecord {
     pub kind: Option<String>,
     /// The boot it was created in.
     pub boot_id: String,
+    /// The network namespace it was created in (the inode of its `ns/net`): an index and a
+    /// name mean nothing in another namespace. Records without it are never anyone's.
+    #[serde(default)]
+    pub netns: Option<u64>,
+    /// The process that created it. A userspace device (`tun`) dies with that process, so a
+    /// record of one is ours only within that same process.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
+
+/// Where a judgement is made: this boot, this network namespace, this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Here {
+    /// This boot's id.
+    pub boot_id: String,
+    /// This network namespace's inode.
+    pub netns: Option<u64>,
+    /// This process's id.
+    pub pid: u32,
+}
+
+impl Here {
+    /// Where this process runs now.
+    pub fn now() -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Here {
+            boot_id: std::fs::read_to_string(BOOT_ID)
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            // thread-self: a thread may have entered another namespace than its process (tests).
+            netns: std::fs::metadata("/proc/thread-self/ns/net")
+                .map(|m| m.ino())
+                .ok(),
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// The kinds of interface the daemon creates: the only kinds it may ever remove.
+const OWN_KINDS: [&str; 2] = ["wireguard", "tun"];
 
 /// What an existing interface of the wanted name is to the daemon.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,12 +98,12 @@ pub enum Existing {
 }
 
 /// Decides what an existing interface is. Pure: `existing` is what the kernel has under `name`
-/// (index and kind), `records` what the daemon wrote down, `boot_id` this boot's id.
+/// (index and kind), `records` what the daemon wrote down, `here` where the judgement is made.
 pub fn judge(
     name: &str,
     existing: Option<(u32, Option<String>)>,
     records: &[DeviceRecord],
-    boot_id: &str,
+    here: &Here,
 ) -> Existing {
     let Some((index, kind)) = existing else {
         return Existing::Free;
@@ -73,8 +112,12 @@ pub fn judge(
         r.name == name
             && r.index == index
             && r.kind == kind
-            && r.boot_id == boot_id
-            && !boot_id.is_empty()
+            && kind.as_deref().is_some_and(|k| OWN_KINDS.contains(&k))
+            && r.boot_id == here.boot_id
+            && !here.boot_id.is_empty()
+            && r.netns.is_some()
+            && r.netns == here.netns
+            && (kind.as_deref() != Some("tun") || r.pid == Some(here.pid))
     });
     if ours {
         Existing::Ours { index }
@@ -92,7 +135,7 @@ pub fn foreign_message(name: &str, index: u32, kind: Option<&str>) -> String {
             format!("wg-quick (wg-quick@{name}.service), NetworkManager or systemd-networkd"),
         ),
         Some("tun") => (
-            "a TUN device".to_owned(),
+            "a TUN/TAP device".to_owned(),
             format!("a VPN client such as OpenVPN (openvpn@{name}.service) or wireguard-go"),
         ),
         Some(kind @ ("veth" | "bridge" | "macvlan" | "ipvlan" | "vxlan")) => (
@@ -119,18 +162,15 @@ pub fn foreign_message(name: &str, index: u32, kind: Option<&str>) -> String {
 #[derive(Debug, Clone)]
 pub struct Devices {
     path: PathBuf,
-    boot_id: String,
+    here: Here,
 }
 
 impl Devices {
     /// The record in `state_dir`.
     pub fn new(state_dir: &Path) -> Self {
-        let boot_id = std::fs::read_to_string(BOOT_ID)
-            .map(|s| s.trim().to_owned())
-            .unwrap_or_default();
         Devices {
             path: state_dir.join(FILE_NAME),
-            boot_id,
+            here: Here::now(),
         }
     }
 
@@ -140,7 +180,7 @@ impl Devices {
             Some(index) => Some((index, netdev::kind(index)?)),
             None => None,
         };
-        Ok(judge(name, existing, &self.load(), &self.boot_id))
+        Ok(judge(name, existing, &self.load(), &self.here))
     }
 
     /// Fails, with a message naming the interface and who may own it, if `name` exists and is
@@ -187,7 +227,10 @@ impl Devices {
             match self.existing(&record.name) {
                 Ok(Existing::Ours { index }) if index == record.index => {
                     match netdev::delete(index) {
-                        Ok(()) => removed.push(record.name.clone()),
+                        Ok(()) => {
+                            removed.push(record.name.clone());
+                            self.forget(&record.name, record.index);
+                        }
                         Err(e) => tracing::warn!(
                             "cannot remove {}: {}",
                             record.name,
@@ -195,9 +238,13 @@ impl Devices {
                         ),
                     }
                 }
+                // Gone from the namespace it was made in: nothing left to remember. A record of
+                // another namespace stays for a teardown there.
+                Ok(Existing::Free) if record.netns == self.here.netns => {
+                    self.forget(&record.name, record.index);
+                }
                 _ => {}
             }
-            self.forget(&record.name, record.index);
         }
         removed
     }
@@ -239,7 +286,9 @@ impl Devices {
             name: backend.interface().to_owned(),
             index: backend.index(),
             kind,
-            boot_id: self.boot_id.clone(),
+            boot_id: self.here.boot_id.clone(),
+            netns: self.here.netns,
+            pid: Some(self.here.pid),
         });
         self.save(&records);
     }
@@ -331,6 +380,16 @@ mod tests {
             index,
             kind: Some(kind.to_owned()),
             boot_id: "boot-a".to_owned(),
+            netns: Some(4026531840),
+            pid: Some(100),
+        }
+    }
+
+    fn here(boot_id: &str) -> Here {
+        Here {
+            boot_id: boot_id.to_owned(),
+            netns: Some(4026531840),
+            pid: 100,
         }
     }
 
@@ -338,14 +397,17 @@ mod tests {
     fn only_an_exact_record_of_this_boot_makes_an_interface_ours() {
         let records = [record("wg0", 7, "wireguard")];
         let wg = |index| Some((index, Some("wireguard".to_owned())));
-        assert_eq!(judge("wg0", None, &records, "boot-a"), Existing::Free);
         assert_eq!(
-            judge("wg0", wg(7), &records, "boot-a"),
+            judge("wg0", None, &records, &here("boot-a")),
+            Existing::Free
+        );
+        assert_eq!(
+            judge("wg0", wg(7), &records, &here("boot-a")),
             Existing::Ours { index: 7 }
         );
         // Another index: someone made a new wg0 after ours went.
         assert!(matches!(
-            judge("wg0", wg(8), &records, "boot-a"),
+            judge("wg0", wg(8), &records, &here("boot-a")),
             Existing::Foreign { index: 8, .. }
         ));
         // Another kind under the same index and name.
@@ -354,13 +416,13 @@ mod tests {
                 "wg0",
                 Some((7, Some("veth".to_owned()))),
                 &records,
-                "boot-a"
+                &here("boot-a")
             ),
             Existing::Foreign { .. }
         ));
         // A record from an earlier boot says nothing about this one.
         assert!(matches!(
-            judge("wg0", wg(7), &records, "boot-b"),
+            judge("wg0", wg(7), &records, &here("boot-b")),
             Existing::Foreign { .. }
         ));
         // Without a boot id nothing can be proven ours.
@@ -369,7 +431,67 @@ mod tests {
             ..record("wg0", 7, "wireguard")
         }];
         assert!(matches!(
-            judge("wg0", wg(7), &unknown, ""),
+            judge("wg0", wg(7), &unknown, &here("")),
+            Existing::Foreign { .. }
+        ));
+    }
+
+    #[test]
+    fn a_record_from_another_namespace_or_process_or_of_a_foreign_kind_owns_nothing() {
+        // The red team: a killed daemon's record (wg0, index 3, tun) made the next daemon, and
+        // teardown, in another namespace remove a foreign tun wg0 that happened to get index 3.
+        let tun = |index| Some((index, Some("tun".to_owned())));
+        let records = [record("wg0", 3, "tun")];
+        let elsewhere = Here {
+            netns: Some(4026532000),
+            ..here("boot-a")
+        };
+        assert!(matches!(
+            judge("wg0", tun(3), &records, &elsewhere),
+            Existing::Foreign { .. }
+        ));
+        // The same namespace, another process: a userspace device died with its process.
+        let later = Here {
+            pid: 101,
+            ..here("boot-a")
+        };
+        assert!(matches!(
+            judge("wg0", tun(3), &records, &later),
+            Existing::Foreign { .. }
+        ));
+        assert_eq!(
+            judge("wg0", tun(3), &records, &here("boot-a")),
+            Existing::Ours { index: 3 }
+        );
+        // A kernel WireGuard interface outlives its process: ours in the same namespace.
+        let wg = [record("wg0", 3, "wireguard")];
+        assert_eq!(
+            judge("wg0", Some((3, Some("wireguard".to_owned()))), &wg, &later),
+            Existing::Ours { index: 3 }
+        );
+        // A kind the daemon never creates is never its own, whatever a record says.
+        let veth = [record("vfake", 5, "veth")];
+        assert!(matches!(
+            judge(
+                "vfake",
+                Some((5, Some("veth".to_owned()))),
+                &veth,
+                &here("boot-a")
+            ),
+            Existing::Foreign { .. }
+        ));
+        // A record from before the namespace was written down owns nothing.
+        let old = [DeviceRecord {
+            netns: None,
+            ..record("wg0", 3, "wireguard")
+        }];
+        assert!(matches!(
+            judge(
+                "wg0",
+                Some((3, Some("wireguard".to_owned()))),
+                &old,
+                &here("boot-a")
+            ),
             Existing::Foreign { .. }
         ));
     }
@@ -390,7 +512,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let devices = Devices {
             path: dir.path().join(FILE_NAME),
-            boot_id: "boot-a".to_owned(),
+            here: here("boot-a"),
         };
         devices.save(&[record("wg0", 7, "wireguard")]);
         assert_eq!(devices.load(), vec![record("wg0", 7, "wireguard")]);

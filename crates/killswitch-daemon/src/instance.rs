@@ -49,6 +49,18 @@ pub enum InstanceError {
         /// The other daemon's pid, if the kernel knows it.
         pid: Option<i32>,
     },
+    /// The state directory could be changed by someone else than the daemon's user: it holds
+    /// keys, the resolv.conf backup (whose content the daemon writes back) and the settings.
+    #[error(
+        "the state directory {} {why}; only the daemon's own user may write to it (chown it to root and chmod it 700); refusing to start",
+        dir.display()
+    )]
+    UntrustedStateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The locks could not be taken for another reason.
     #[error("{what}: {source}")]
     Io {
@@ -88,6 +100,7 @@ impl Instance {
             .mode(0o700)
             .create(state_dir)
             .map_err(io(format!("creating {}", state_dir.display())))?;
+        check_state_dir(state_dir)?;
         let path = state_dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -121,6 +134,40 @@ impl Instance {
             _netns: netns,
         })
     }
+}
+
+/// Fails unless `dir` is a real directory owned by this process's user and writable by nobody
+/// else: anything the daemon reads back from it (a forged resolv.conf backup names the file to
+/// write) must be what the daemon itself wrote.
+pub fn check_state_dir(dir: &Path) -> Result<(), InstanceError> {
+    use std::os::unix::fs::MetadataExt;
+    let untrusted = |why: String| InstanceError::UntrustedStateDir {
+        dir: dir.to_owned(),
+        why,
+    };
+    let metadata = std::fs::symlink_metadata(dir).map_err(|source| InstanceError::Io {
+        what: format!("looking at {}", dir.display()),
+        source,
+    })?;
+    if !metadata.is_dir() {
+        return Err(untrusted(
+            "is not a directory (a symbolic link?)".to_owned(),
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if metadata.uid() != me {
+        return Err(untrusted(format!(
+            "is owned by uid {}, not by uid {me}",
+            metadata.uid()
+        )));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Err(untrusted(format!(
+            "is writable by others (mode {:o})",
+            metadata.mode() & 0o777
+        )));
+    }
+    Ok(())
 }
 
 fn bind_netns() -> std::io::Result<UnixListener> {
@@ -185,5 +232,30 @@ mod tests {
                 .to_string()
                 .starts_with("another killswitchd already runs")
         );
+    }
+
+    #[test]
+    fn a_state_directory_others_can_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mode = |m| std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(m));
+        mode(0o700).expect("chmod");
+        assert!(super::check_state_dir(dir.path()).is_ok());
+        mode(0o777).expect("chmod");
+        let error = super::check_state_dir(dir.path()).expect_err("world-writable");
+        assert!(
+            error.to_string().contains("writable by others (mode 777)"),
+            "{error}"
+        );
+        mode(0o700).expect("chmod");
+        nix::unistd::chown(dir.path(), Some(nix::unistd::Uid::from_raw(65534)), None)
+            .expect("chown (as root)");
+        let error = super::check_state_dir(dir.path()).expect_err("foreign owner");
+        assert!(error.to_string().contains("owned by uid 65534"), "{error}");
+        let link = dir.path().with_extension("link");
+        std::os::unix::fs::symlink(dir.path(), &link).expect("symlink");
+        let error = super::check_state_dir(&link).expect_err("a link");
+        assert!(error.to_string().contains("not a directory"), "{error}");
+        let _ = std::fs::remove_file(&link);
     }
 }

@@ -92,7 +92,16 @@ impl Server {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        if path.exists() {
+        if let Ok(metadata) = std::fs::symlink_metadata(path) {
+            use std::os::unix::fs::FileTypeExt;
+            // Only a socket a daemon left behind is replaced: never a file or link someone (or a
+            // typo in --socket) put there.
+            if !metadata.file_type().is_socket() {
+                anyhow::bail!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                );
+            }
             if UnixStream::connect(path).await.is_ok() {
                 anyhow::bail!(
                     "another killswitchd is already listening on {}",
@@ -185,24 +194,14 @@ struct Gate {
 
 impl Gate {
     fn admit(&mut self, stream: std::os::unix::net::UnixStream) {
-        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-        let peer = match getsockopt(&stream, PeerCredentials) {
-            Ok(cred) => Peer {
-                uid: cred.uid(),
-                gid: cred.gid(),
-                // 0: the peer is in a pid namespace where the daemon cannot name it.
-                pid: Some(cred.pid()).filter(|pid| *pid > 0),
-            },
+        let peer = match Peer::of(std::os::fd::AsFd::as_fd(&stream)) {
+            Ok(peer) => peer,
             Err(e) => {
                 tracing::warn!("a client without credentials was refused: {e}");
                 return;
             }
         };
-        let privileged = authz::may_change_on(
-            std::os::fd::AsFd::as_fd(&stream),
-            &peer,
-            self.admin_group.gid(),
-        );
+        let privileged = authz::may_change(&peer, self.admin_group.gid());
         let class = if privileged {
             PeerClass::Privileged
         } else {
@@ -396,7 +395,7 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
             Ok(Request::Status) => ServerMessage::Ok {
                 status: shared.status.borrow().clone(),
             },
-            Ok(request) => match change(request, peer, &shared).await {
+            Ok(request) => match change(request, peer.clone(), &shared).await {
                 Ok(status) => ServerMessage::Ok { status },
                 Err(error) => ServerMessage::Error { error },
             },

@@ -144,6 +144,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let (events, _) = broadcast::channel::<Status>(64);
     let (commands_tx, mut commands) = mpsc::channel::<Command>(32);
     let server = Server::bind(&options.socket).await?;
+    if crate::authz::group_gid(&config.admin_group).is_none() {
+        tracing::warn!(
+            "the admin group '{}' does not exist: only root can change the kill switch",
+            config.admin_group
+        );
+    }
     let shared = Shared {
         status: status_rx,
         events: events.clone(),
@@ -158,6 +164,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // SIGHUP (a closed terminal, a habitual `kill -HUP`) stops cleanly, DNS given back, rather
+    // than by the default action, which gives nothing back; reloading is not supported (yet).
+    // SIGUSR1/SIGUSR2 would kill the daemon the same way: they are ignored, and say so.
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut user1 =
+        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    let mut user2 =
+        signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
     let mut retry = RetryTimer::default();
     let publish = |status: Status| {
         let _ = events.send(status.clone());
@@ -246,6 +260,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             }
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: stopping cleanly (reloading the configuration is not supported; start the daemon again to read it)");
+                break;
+            }
+            _ = user1.recv() => tracing::warn!("SIGUSR1 means nothing to killswitchd; ignored"),
+            _ = user2.recv() => tracing::warn!("SIGUSR2 means nothing to killswitchd; ignored"),
         }
         // DNS follows the firewall (unblocked, then pointed at the tunnel; blocked, then given
         // back). It can hold the loop up only as long as a D-Bus call's timeout, and never a
@@ -254,6 +274,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             changed = dns.sync(core.dns_want()) => changed,
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            _ = hangup.recv() => break,
         };
         if synced {
             core.set_dns_status(dns.status());

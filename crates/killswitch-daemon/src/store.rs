@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/killswitch";
 const FILE_NAME: &str = "settings.json";
 const FORMAT_VERSION: u32 = 1;
+/// The largest settings file read: an `up` target with its 16 configurations is a few KiB.
+const MAX_SETTINGS_BYTES: u64 = 1 << 20;
 
 /// What is persisted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,14 +132,24 @@ impl Store {
                 path.display(),
                 p.version
             )),
+            // The file stays where it is: whoever loads it next (a restart, the early-boot step
+            // after a reboot) must find it unusable too, until something replaces it (the daemon
+            // does, with lockdown on: see [`Store::quarantine`]).
+            Err(e) => Loaded::Unusable(format!("{} is not valid: {e}", path.display())),
+        }
+    }
+
+    /// Keeps a copy of an unusable settings file as `settings.json.corrupt` for inspection, so
+    /// that the daemon can replace the file itself with what it assumes instead. Returns the
+    /// copy's path, or `None` when there is nothing to copy (not a regular file, or unreadable).
+    pub fn quarantine(&self) -> Option<PathBuf> {
+        let bytes = read_private(&self.path()).ok()?;
+        let aside = self.path().with_extension("json.corrupt");
+        match write_atomically(&aside, &bytes, 0o600) {
+            Ok(()) => Some(aside),
             Err(e) => {
-                // Keep the bad file for inspection; the next save writes a fresh one.
-                let aside = path.with_extension("json.corrupt");
-                let moved = match std::fs::rename(&path, &aside) {
-                    Ok(()) => format!("; kept as {}", aside.display()),
-                    Err(_) => String::new(),
-                };
-                Loaded::Unusable(format!("{} is not valid: {e}{moved}", path.display()))
+                tracing::warn!("cannot keep a copy as {}: {e}", aside.display());
+                None
             }
         }
     }
@@ -161,13 +173,28 @@ impl Store {
 fn read_private(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    // O_NONBLOCK: a FIFO at the path must not hang the daemon (or the early-boot step) before it
+    // has installed anything; it is refused below like any other file that is not a regular one.
     let mut file = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
         .open(path)?;
     let metadata = file.metadata()?;
     if !metadata.is_file() {
         return Err(std::io::Error::other("not a regular file"));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if std::os::unix::fs::MetadataExt::uid(&metadata) != me {
+        return Err(std::io::Error::other(format!(
+            "owned by uid {}, not by the daemon's uid {me}",
+            std::os::unix::fs::MetadataExt::uid(&metadata)
+        )));
+    }
+    if metadata.len() > MAX_SETTINGS_BYTES {
+        return Err(std::io::Error::other(format!(
+            "{} bytes, more than the {MAX_SETTINGS_BYTES} a settings file can be",
+            metadata.len()
+        )));
     }
     if metadata.permissions().mode() & 0o077 != 0 {
         match file.set_permissions(std::fs::Permissions::from_mode(0o600)) {
@@ -179,7 +206,13 @@ fn read_private(path: &Path) -> std::io::Result<Vec<u8>> {
         }
     }
     let mut bytes = Vec::new();
-    file.read_to_end(&mut bytes)?;
+    // Bounded, whatever the file grows to while it is read.
+    (&mut file)
+        .take(MAX_SETTINGS_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_SETTINGS_BYTES {
+        return Err(std::io::Error::other("the file grew past its limit"));
+    }
     Ok(bytes)
 }
 
@@ -293,24 +326,34 @@ mod tests {
     }
 
     #[test]
-    fn corrupt_file_is_reported_and_kept_aside() {
+    fn a_corrupt_file_stays_unusable_until_replaced_and_a_copy_is_kept() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::new(dir.path());
         std::fs::write(store.path(), b"{\"lockdown\": tru").expect("write");
-        match store.load() {
-            Loaded::Unusable(message) => {
-                assert!(
-                    message.contains("not valid") && message.contains("settings.json.corrupt"),
-                    "{message}"
-                )
-            }
-            other => panic!("expected unusable, got {other:?}"),
+        for _ in 0..2 {
+            assert!(
+                matches!(store.load(), Loaded::Unusable(m) if m.contains("not valid")),
+                "every load (a restart, the early-boot step) finds it unusable"
+            );
         }
-        assert!(dir.path().join("settings.json.corrupt").exists());
-        assert!(
-            matches!(store.load(), Loaded::Fresh),
-            "the bad file no longer shadows a fresh start"
+        let kept = store.quarantine().expect("a copy");
+        assert_eq!(
+            std::fs::read(kept).expect("read"),
+            b"{\"lockdown\": tru",
+            "the bad file is kept for inspection, byte for byte"
         );
+    }
+
+    #[test]
+    fn a_fifo_or_a_huge_file_is_refused_without_hanging() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        nix::unistd::mkfifo(&store.path(), nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        assert!(matches!(store.load(), Loaded::Unusable(m) if m.contains("not a regular file")));
+        std::fs::remove_file(store.path()).expect("rm");
+        let file = std::fs::File::create(store.path()).expect("create");
+        file.set_len(MAX_SETTINGS_BYTES + 1).expect("grow");
+        assert!(matches!(store.load(), Loaded::Unusable(m) if m.contains("more than")));
     }
 
     #[test]

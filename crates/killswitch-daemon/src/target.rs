@@ -71,6 +71,17 @@ pub fn resolve_up(
     if sources.len() > MAX_CONFIGS {
         return Err(bad(format!("at most {MAX_CONFIGS} configurations")));
     }
+    // A name goes into the log, `status` and every user's terminal: no control characters (an
+    // escape sequence, or a newline that forges a log line).
+    if let Some(source) = sources
+        .iter()
+        .find(|s| s.source.chars().any(char::is_control))
+    {
+        return Err(bad(format!(
+            "the configuration name {:?} contains a control character",
+            source.source
+        )));
+    }
     let mut configs = Vec::with_capacity(sources.len());
     for source in sources {
         let parsed = match &source.text {
@@ -200,6 +211,19 @@ mod tests {
         assert_eq!(err.kind, ErrorKind::BadRequest);
         assert!(err.message.starts_with("b.conf:2: MTU:"), "{}", err.message);
         assert!(resolve_up(None, &[], dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_name_with_control_characters_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = resolve_up(
+            None,
+            &[sent("/tmp/a\u{1b}[31m\nFAKE-LINE.conf", CONF)],
+            dir.path(),
+        )
+        .expect_err("control characters");
+        assert!(err.message.contains("control character"), "{}", err.message);
+        assert!(!err.message.contains('\u{1b}') && !err.message.contains('\n'));
     }
 
     #[test]

@@ -146,7 +146,7 @@ fn up_never_removes_or_takes_over_an_interface_it_did_not_create() -> Result<()>
         refused.code == Some(1)
             && refused
                 .stderr
-                .contains("interface tun7 already exists (a TUN device")
+                .contains("interface tun7 already exists (a TUN/TAP device")
             && refused.stderr.contains("OpenVPN"),
         "{refused:?}"
     );
@@ -393,37 +393,72 @@ fn teardown_after_a_crash_removes_the_interfaces_the_daemon_created() -> Result<
         return Ok(());
     }
     // Kernel WireGuard outlives a killed daemon, and systemd-resolved keeps that link's resolvers
-    // (the dead tunnel's) for as long as the link exists. This machine has no kernel WireGuard:
-    // a persistent TUN device stands in, recorded as the daemon records what it creates; a
-    // second, unrecorded one must survive.
+    // (the dead tunnel's) for as long as the link exists. This machine has no kernel WireGuard: a
+    // persistent TUN device stands in. A TUN record is the daemon's only within the process that
+    // made it (a userspace device dies with its daemon), so teardown runs in this process here,
+    // as the record says; a second, unrecorded device must survive, and so must a record's
+    // device in another namespace (the red team's finding: records named no namespace).
     let topo = Topology::new("tdifs")?;
+    let elsewhere = Topology::new("tdifx")?;
     let home = DaemonHome::new()?;
     for name in ["ksleft0", "ksother0"] {
         topo.client
             .ip(&["tuntap", "add", "dev", name, "mode", "tun"])?;
     }
-    let index: u32 = topo
-        .client
-        .exec("cat", &["/sys/class/net/ksleft0/ifindex"])?
-        .trim()
-        .parse()?;
-    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    let index = |ns: &killswitch_lab::netns::Netns| -> Result<u32> {
+        Ok(ns
+            .exec("cat", &["/sys/class/net/ksleft0/ifindex"])?
+            .trim()
+            .parse()?)
+    };
+    let netns = |ns: &killswitch_lab::netns::Netns| -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(std::fs::metadata(ns.path())?.ino())
+    };
+    let record = killswitch_daemon::devices::DeviceRecord {
+        name: "ksleft0".to_owned(),
+        index: index(&topo.client)?,
+        kind: Some("tun".to_owned()),
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+            .trim()
+            .to_owned(),
+        netns: Some(netns(&topo.client)?),
+        pid: Some(std::process::id()),
+    };
     std::fs::create_dir_all(home.state_dir())?;
     std::fs::write(
         home.state_dir().join("devices.json"),
-        format!(
-            r#"[{{"name":"ksleft0","index":{index},"kind":"tun","boot_id":"{}"}}]"#,
-            boot_id.trim()
-        ),
+        serde_json::to_vec(&[record])?,
     )?;
-    let done = teardown(&topo.client, &home)?.ok()?;
+    // The same name and index in another namespace: not the daemon's.
+    elsewhere
+        .client
+        .ip(&["tuntap", "add", "dev", "ksleft0", "mode", "tun"])?;
+    let teardown_in = |ns: &killswitch_lab::netns::Netns| {
+        let (state_dir, socket, resolv_conf) =
+            (home.state_dir(), home.socket(), ns.resolv_conf_path());
+        ns.run(move || {
+            killswitch_daemon::teardown::Teardown {
+                firewall: killswitch_daemon::firewall::Nftables::new(),
+                state_dir,
+                socket,
+                resolv_conf,
+            }
+            .run()
+        })
+    };
+    let done = teardown_in(&elsewhere.client)?.map_err(anyhow::Error::msg)?;
+    ensure!(
+        elsewhere.client.ip(&["-br", "link"])?.contains("ksleft0"),
+        "another namespace's device of that name and index survives: {done}"
+    );
+    let done = teardown_in(&topo.client)?.map_err(anyhow::Error::msg)?;
     let links = topo.client.ip(&["-br", "link"])?;
     ensure!(
         !links.contains("ksleft0") && links.contains("ksother0"),
-        "only the recorded interface went:\n{links}\n{}",
-        done.stderr
+        "only the recorded interface went:\n{links}\n{done}"
     );
-    ensure!(done.stderr.contains("removed ksleft0"), "{}", done.stderr);
+    ensure!(done.to_string().contains("removed ksleft0"), "{done}");
     Ok(())
 }
 
@@ -518,6 +553,189 @@ fn a_failed_apply_is_retried_while_up_ticks() -> Result<()> {
         left.elapsed() < Duration::from_millis(2500),
         "retried {:?} after the table was free",
         left.elapsed()
+    );
+    Ok(())
+}
+
+// Found when the fixes above were tried by someone who had not seen the code.
+
+#[test]
+fn a_corrupt_settings_file_keeps_blocking_after_a_restart_and_a_reboot() -> Result<()> {
+    if !require_root("a_corrupt_settings_file_keeps_blocking_after_a_restart_and_a_reboot") {
+        return Ok(());
+    }
+    let topo = Topology::new("corrupt2")?;
+    let home = DaemonHome::new()?;
+    std::fs::create_dir_all(home.state_dir())?;
+    let truncated =
+        r#"{"version":1,"lockdown":true,"allow_lan":false,"target":{"mode":"disconnected"}"#;
+    std::fs::write(home.state_dir().join("settings.json"), truncated)?;
+    let mut daemon = Daemon::start(&topo.client, &home)?;
+    let first = daemon.status()?;
+    ensure!(first.state == State::Blocked && first.lockdown, "{first:?}");
+    ensure!(
+        std::fs::read_to_string(home.state_dir().join("settings.json.corrupt"))? == truncated,
+        "the bad file is kept, byte for byte"
+    );
+    // A restart (a crash, an upgrade): it used to come up disconnected, with no error at all.
+    daemon.process().terminate(EVENT_TIMEOUT)?;
+    let mut daemon = Daemon::start(&topo.client, &home)?;
+    let again = daemon.status()?;
+    ensure!(
+        again.state == State::Blocked && again.lockdown,
+        "still blocked after a restart: {again:?}"
+    );
+    daemon.process().terminate(EVENT_TIMEOUT)?;
+    // A reboot: the early-boot step blocks too.
+    let rebooted = Topology::new("corrupt2b")?;
+    let boot = early_boot(&rebooted.client, &home)?.ok()?;
+    ensure!(
+        nft_table(&rebooted.client)?.is_some() && blocked_here(&rebooted)?,
+        "blocked after the reboot: {}",
+        boot.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn guard_refuses_an_interface_that_is_never_a_tunnel() -> Result<()> {
+    if !require_root("guard_refuses_an_interface_that_is_never_a_tunnel") {
+        return Ok(());
+    }
+    // The red team guarded the physical interface (a veth here): `connected`, "traffic leaves
+    // only through the tunnel", and everything open.
+    let topo = Topology::new("guardphys")?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    let refused = daemon.cli(&[
+        "guard",
+        "--interface",
+        topology::PHYS,
+        "--endpoint",
+        "198.51.100.1:51820",
+    ])?;
+    ensure!(
+        refused.code == Some(1)
+            && refused.stderr.contains("never a VPN tunnel")
+            && refused.stderr.contains("nothing was changed"),
+        "{refused:?}"
+    );
+    ensure!(
+        daemon.status()?.state == State::Disconnected,
+        "nothing changed"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_file_at_the_socket_path_is_never_removed() -> Result<()> {
+    if !require_root("a_file_at_the_socket_path_is_never_removed") {
+        return Ok(());
+    }
+    let topo = Topology::new("sockfile")?;
+    let home = DaemonHome::new()?;
+    std::fs::write(home.socket(), "precious")?;
+    let started = Daemon::start(&topo.client, &home);
+    let error = format!("{:#}", started.err().context("the daemon started")?);
+    ensure!(
+        error.contains("exists and is not a socket"),
+        "refused, saying why: {error}"
+    );
+    ensure!(
+        std::fs::read_to_string(home.socket())? == "precious",
+        "the file is untouched"
+    );
+    Ok(())
+}
+
+#[test]
+fn sighup_stops_cleanly_and_gives_dns_back() -> Result<()> {
+    if !require_root("sighup_stops_cleanly_and_gives_dns_back") {
+        return Ok(());
+    }
+    let (mut lab, original) = up_with_dns("sighup")?;
+    let mut daemon = lab.daemon.take().context("no daemon")?;
+    daemon.process().signal(nix::sys::signal::Signal::SIGHUP)?;
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let exit = loop {
+        if let Some(exit) = daemon.process().try_wait()? {
+            break exit;
+        }
+        ensure!(Instant::now() < deadline, "still running 1 s after SIGHUP");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    ensure!(exit.success(), "a clean stop: {exit}\n{}", daemon.log());
+    ensure!(
+        lab.resolv_conf() == original,
+        "the user's resolv.conf is back"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_untrusted_state_directory_is_refused() -> Result<()> {
+    if !require_root("an_untrusted_state_directory_is_refused") {
+        return Ok(());
+    }
+    // Anyone who can write the state directory can forge the resolv.conf backup, which names the
+    // file the daemon writes on restore (the red team made it overwrite a root-owned file).
+    let topo = Topology::new("statedir")?;
+    let home = DaemonHome::new()?;
+    std::fs::create_dir_all(home.state_dir())?;
+    nix::unistd::chown(
+        &home.state_dir(),
+        Some(nix::unistd::Uid::from_raw(65534)),
+        None,
+    )?;
+    let started = Daemon::start(&topo.client, &home);
+    let error = format!("{:#}", started.err().context("the daemon started")?);
+    ensure!(
+        error.contains("owned by uid 65534") && error.contains("refusing to start"),
+        "{error}"
+    );
+    Ok(())
+}
+
+#[test]
+fn events_into_a_closed_pipe_end_quietly() -> Result<()> {
+    if !require_root("events_into_a_closed_pipe_end_quietly") {
+        return Ok(());
+    }
+    let topo = Topology::new("pipe")?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    // `killswitch events | head -1`: the reader goes after the first line.
+    let mut events = std::process::Command::new(killswitch_lab::binaries::path("killswitch")?)
+        .args(["--socket"])
+        .arg(home.socket())
+        .arg("events")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut first = String::new();
+    {
+        use std::io::BufRead;
+        let stdout = events.stdout.take().context("stdout")?;
+        std::io::BufReader::new(stdout).read_line(&mut first)?;
+    }
+    // The pipe is closed now; the next event makes the CLI write into it.
+    daemon.cli(&["lockdown", "on"])?.ok()?;
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let exit = loop {
+        if let Some(exit) = events.try_wait()? {
+            break exit;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the CLI never noticed its reader left"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut events.stderr.take().context("stderr")?, &mut stderr)?;
+    ensure!(
+        exit.code() == Some(0) && !stderr.contains("panicked"),
+        "ended quietly ({exit}): {stderr}"
     );
     Ok(())
 }

@@ -224,11 +224,15 @@ pub fn parse(source: &str, text: &str) -> Result<TunnelConfig, ConfigError> {
                 preshared_key = Some(secret(SecretKey::parse(value))?)
             }
             (Section::Peer, "endpoint") => {
-                endpoint = Some(value.parse::<SocketAddr>().map_err(|_| {
-                    fail(format!(
+                if value.parse::<SocketAddr>().is_err() {
+                    return Err(fail(format!(
                         "{value:?} is not IP:PORT (host names are not resolved: DNS is blocked outside the tunnel, and a name could be redirected)"
-                    ))
-                })?);
+                    )));
+                }
+                // The same rules as `guard --endpoint`: no port 0, no address that cannot be a
+                // server (loopback, broadcast, ...), whose hole would be meaningless or worse.
+                let checked = value.parse::<Endpoint>().map_err(|e| fail(e.to_string()))?;
+                endpoint = Some(checked.address);
             }
             (Section::Peer, "allowedips") => {
                 for item in items(value) {
@@ -342,7 +346,7 @@ PersistentKeepalive = 25
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases: [(&str, &str); 14] = [
+        let cases: [(&str, &str); 17] = [
             (
                 "Address = 10.0.0.1/32\n",
                 "wg0.conf:1: Address: outside any section",
@@ -374,6 +378,18 @@ PersistentKeepalive = 25
             (
                 "[Interface]\nFwMark = 0\n",
                 "wg0.conf:2: FwMark: invalid fwmark",
+            ),
+            (
+                "[Peer]\nEndpoint = 127.0.0.1:51820\n",
+                "wg0.conf:2: Endpoint: invalid endpoint \"127.0.0.1:51820\": a loopback address",
+            ),
+            (
+                "[Peer]\nEndpoint = 255.255.255.255:51820\n",
+                "wg0.conf:2: Endpoint: invalid endpoint \"255.255.255.255:51820\": the broadcast",
+            ),
+            (
+                "[Peer]\nEndpoint = 198.51.100.1:0\n",
+                "wg0.conf:2: Endpoint: invalid endpoint \"198.51.100.1:0\": port 0",
             ),
             (
                 "[Peer]\nEndpoint = vpn.example.com:51820\n",

@@ -78,12 +78,21 @@ impl FromStr for Endpoint {
             return Err(EndpointParseError::PortZero(s.to_owned()));
         }
         let ip = address.ip();
+        let mapped = match ip {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
+            std::net::IpAddr::V4(_) => false,
+        };
         let bad_kind = if ip.is_unspecified() {
             Some("an unspecified")
         } else if ip.is_multicast() {
             Some("a multicast")
         } else if ip.is_loopback() {
             Some("a loopback")
+        } else if ip == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
+            Some("the broadcast")
+        } else if mapped {
+            // Such a hole would match no real packet (they leave as IPv4): write the IPv4 address.
+            Some("an IPv4-mapped IPv6 (write it as IPv4)")
         } else {
             None
         };
@@ -137,6 +146,9 @@ mod tests {
             ("203.0.113.1:0", "port 0"),
             ("0.0.0.0:51820", "unspecified"),
             ("127.0.0.1:51820", "loopback"),
+            ("255.255.255.255:51820", "broadcast"),
+            ("[::ffff:198.51.100.1]:51820", "IPv4-mapped"),
+            ("[::ffff:127.0.0.1]:51820", "IPv4-mapped"),
             ("[ff02::1]:51820", "multicast"),
             ("2001:db8::1:51820", "expected IP:PORT"),
         ];
@@ -149,7 +161,9 @@ mod tests {
     proptest! {
         #[test]
         fn display_round_trips(ip in any::<std::net::IpAddr>(), port in 1u16.., tcp in any::<bool>()) {
-            prop_assume!(!ip.is_unspecified() && !ip.is_multicast() && !ip.is_loopback());
+            let mapped = matches!(ip, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
+            prop_assume!(!ip.is_unspecified() && !ip.is_multicast() && !ip.is_loopback() && !mapped);
+            prop_assume!(ip != std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST));
             let protocol = if tcp { TransportProtocol::Tcp } else { TransportProtocol::Udp };
             let e = Endpoint { address: SocketAddr::new(ip, port), protocol };
             prop_assert_eq!(e.to_string().parse::<Endpoint>(), Ok(e));

@@ -24,10 +24,11 @@ pub enum InterfaceNameError {
     /// The name is longer than the kernel allows.
     #[error("interface name {0:?} is longer than {MAX_INTERFACE_NAME_LEN} bytes")]
     TooLong(String),
-    /// The name contains a character the kernel rejects.
-    #[error("interface name {0:?} contains '/', ':', whitespace or a control character")]
+    /// The name contains a character the kernel rejects or treats specially.
+    #[error("interface name {0:?} contains '/', ':', '%', whitespace or a control character")]
     BadCharacter(String),
-    /// `.` and `..` are reserved.
+    /// `.` and `..` are reserved, and so are `all` and `default` (sysctl directories per
+    /// interface share their namespace with these).
     #[error("interface name {0:?} is reserved")]
     Reserved(String),
 }
@@ -42,15 +43,16 @@ impl InterfaceName {
         if name.len() > MAX_INTERFACE_NAME_LEN {
             return Err(InterfaceNameError::TooLong(name));
         }
-        // The kernel's dev_valid_name() rejects '/', ':' and whitespace; control characters would
-        // only confuse logs and terminals.
+        // The kernel's dev_valid_name() rejects '/', ':' and whitespace; '%' makes it pick a
+        // number (`wg%d` becomes `wg0`, not the name asked for); control characters would only
+        // confuse logs and terminals.
         if name
             .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+            .any(|c| c == '/' || c == ':' || c == '%' || c.is_whitespace() || c.is_control())
         {
             return Err(InterfaceNameError::BadCharacter(name));
         }
-        if name == "." || name == ".." {
+        if matches!(name.as_str(), "." | ".." | "all" | "default") {
             return Err(InterfaceNameError::Reserved(name));
         }
         Ok(Self(name))
@@ -121,7 +123,7 @@ mod tests {
             InterfaceName::new("a234567890abcdef"),
             Err(InterfaceNameError::TooLong(_))
         ));
-        for bad in ["wg/0", "wg 0", "wg:0", "wg\n", "wg\t0"] {
+        for bad in ["wg/0", "wg 0", "wg:0", "wg\n", "wg\t0", "wg%d"] {
             assert!(
                 matches!(
                     InterfaceName::new(bad),
@@ -130,10 +132,15 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(matches!(
-            InterfaceName::new(".."),
-            Err(InterfaceNameError::Reserved(_))
-        ));
+        for reserved in [".", "..", "all", "default"] {
+            assert!(
+                matches!(
+                    InterfaceName::new(reserved),
+                    Err(InterfaceNameError::Reserved(_))
+                ),
+                "{reserved}"
+            );
+        }
     }
 
     #[test]

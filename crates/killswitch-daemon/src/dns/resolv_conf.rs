@@ -230,6 +230,20 @@ impl ResolvConf {
     }
 
     fn load_backup(&self) -> Result<Option<Backup>, ResolvConfError> {
+        // The backup names the file it restores and what to write there: only one the daemon's
+        // own user wrote is trusted (the state directory is checked too, at start).
+        if let Ok(metadata) = std::fs::symlink_metadata(&self.backup) {
+            let me = nix::unistd::geteuid().as_raw();
+            let owner = std::os::unix::fs::MetadataExt::uid(&metadata);
+            if !metadata.is_file() || owner != me {
+                return Err(ResolvConfError::BadBackup {
+                    path: self.backup.clone(),
+                    message: format!(
+                        "not a regular file owned by uid {me} (owner {owner}); it is not trusted"
+                    ),
+                });
+            }
+        }
         match std::fs::read(&self.backup) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes)
