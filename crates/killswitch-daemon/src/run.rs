@@ -173,6 +173,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut user2 =
         signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
     let mut retry = RetryTimer::default();
+    let mut pending_reply = None;
     let publish = |status: Status| {
         let _ = events.send(status.clone());
         status_tx.send_replace(status);
@@ -202,7 +203,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     core.reconcile();
                 }
                 publish(core.status());
-                let _ = command.reply.send(answer.map(|_| core.status()));
+                // Answered once DNS has followed too (below), so that the reply to `down` or
+                // `up` says where DNS points now.
+                pending_reply = Some((command.reply, answer));
             }
             committer = nft_changes.foreign_change() => {
                 match committer {
@@ -279,6 +282,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         if synced {
             core.set_dns_status(dns.status());
             publish(core.status());
+        }
+        if let Some((reply, answer)) = pending_reply.take() {
+            let _ = reply.send(answer.map(|_| core.status()));
         }
     }
     let _ = crate::notify::notify("STOPPING=1");
@@ -391,6 +397,7 @@ mod tests {
     fn other_events_do_not_postpone_a_retry() {
         let t0 = Instant::now();
         let mut retry = RetryTimer::default();
+        let mut pending_reply = None;
         retry.follow(true, t0);
         assert_eq!(retry.due(), Some(t0 + RETRY_MIN));
         // The manager's ticks every 50 ms, link events, commands: each pass of the loop follows
@@ -405,6 +412,7 @@ mod tests {
     fn retries_back_off_while_failing_and_reset_on_success() {
         let t0 = Instant::now();
         let mut retry = RetryTimer::default();
+        let mut pending_reply = None;
         retry.follow(true, t0);
         let mut now = t0;
         let mut delays = Vec::new();

@@ -188,7 +188,13 @@ fn sigterm_ends_the_daemon_within_a_second_after_up() -> Result<()> {
     lab.daemon = Some(Daemon::start(&lab.topo.client, &lab.home)?);
     lab.daemon()?
         .wait_for("reconnected after the restart", EVENT_TIMEOUT, dns_managed)?;
-    lab.daemon()?.cli(&["down"])?.ok()?;
+    let down = lab.daemon()?.cli(&["down"])?.ok()?;
+    // The reply comes once DNS has followed: it must not name the tunnel's resolver any more.
+    ensure!(
+        !down.stdout.contains("resolver:"),
+        "the reply to down says where DNS points now:\n{}",
+        down.stdout
+    );
     stop_within_a_second(&mut lab, "after up and down")
 }
 
