@@ -397,7 +397,6 @@ mod tests {
     fn other_events_do_not_postpone_a_retry() {
         let t0 = Instant::now();
         let mut retry = RetryTimer::default();
-        let mut pending_reply = None;
         retry.follow(true, t0);
         assert_eq!(retry.due(), Some(t0 + RETRY_MIN));
         // The manager's ticks every 50 ms, link events, commands: each pass of the loop follows
