@@ -411,7 +411,6 @@ mod tests {
     fn retries_back_off_while_failing_and_reset_on_success() {
         let t0 = Instant::now();
         let mut retry = RetryTimer::default();
-        let mut pending_reply = None;
         retry.follow(true, t0);
         let mut now = t0;
         let mut delays = Vec::new();
