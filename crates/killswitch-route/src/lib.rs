@@ -52,7 +52,8 @@ pub const PROTOCOL: u8 = 107;
 /// The lowest preference a route can have: `unreachable` sits behind the tunnel's route.
 const LAST_RESORT_METRIC: u32 = u32::MAX;
 const RT_TABLE_COMPAT: u8 = 252;
-/// `FRA_DPORT_MASK` (kernel 6.15 and later): reported with 0xffff for a rule on a single port.
+/// `FRA_DPORT_MASK`: kernels with fib-rule port masks (6.18 here; not 6.1) report it, 0xffff, on
+/// every rule for a single port.
 const FRA_DPORT_MASK: u16 = 29;
 /// How many times [`Routing::apply`] changes the difference before it gives up: a second round
 /// covers a change that raced with someone else's.
@@ -789,8 +790,8 @@ fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
             RuleAttribute::Protocol(_)
             | RuleAttribute::SuppressPrefixLen(_)
             | RuleAttribute::SuppressIfGroup(_) => {}
-            // Since 6.15 the kernel also reports a port's mask: all ones for a single port, which
-            // is what we install. Any other mask matches other ports: not our rule.
+            // Kernels with port masks (6.18 here) also report the mask: all ones for a single
+            // port, which is what we install. Any other mask matches other ports: not our rule.
             RuleAttribute::Other(nla) if nla.kind() == FRA_DPORT_MASK => {
                 let mut value = [0u8; 2];
                 if nla.value_len() != 2 {
