@@ -178,7 +178,7 @@ impl Routing {
             if difference.is_empty() {
                 let repaired = first
                     .filter(|_| layer.is_some() && before.as_ref() == Some(&wanted))
-                    .map(|d| d.join("; "));
+                    .map(|d| summarize(&d));
                 let applied = Applied {
                     changed: round > 0,
                     repaired,
@@ -188,7 +188,7 @@ impl Routing {
                 return Ok(applied);
             }
             if round == ROUNDS {
-                return Err(RouteError::NotInPlace(difference.join("; ")));
+                return Err(RouteError::NotInPlace(summarize(&difference)));
             }
             first.get_or_insert(difference);
             self.change(&installed, &wanted)?;
@@ -501,6 +501,21 @@ impl Installed {
         );
         out
     }
+}
+
+/// The first few differences, and how many more: `status` shows this on one line.
+fn summarize(difference: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = difference
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if difference.len() > SHOWN {
+        let _ = write!(text, "; and {} more", difference.len() - SHOWN);
+    }
+    text
 }
 
 /// Whether a rule of protocol `unspec` is exactly what a version before the protocol mark
@@ -878,5 +893,135 @@ fn parse_route(route: &RouteMessage) -> InstalledRoute {
             })
             .unwrap_or(InstalledRoute::Other),
         _ => InstalledRoute::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use killswitch_policy::L4Proto;
+    use netlink_packet_core::{DefaultNla, NetlinkHeader};
+
+    fn endpoint_rule() -> RoutingRule {
+        RoutingRule {
+            family: IpFamily::V4,
+            priority: PRIORITY_CATCH_ALL,
+            selector: Selector::Endpoint {
+                address: "198.51.100.1".parse().expect("literal"),
+                protocol: L4Proto::Udp,
+                port: 51820,
+            },
+            invert: true,
+            table: ROUTE_TABLE,
+        }
+    }
+
+    #[test]
+    fn a_single_port_reads_back_with_the_kernels_port_mask() {
+        let rule = endpoint_rule();
+        let mut message = rule_message(&rule);
+        message
+            .attributes
+            .push(RuleAttribute::Other(DefaultNla::new(
+                FRA_DPORT_MASK,
+                vec![0xff, 0xff],
+            )));
+        assert_eq!(parse_rule(&message), Some(rule.clone()));
+        assert_eq!(rule_protocol(&message), PROTOCOL);
+        let mut other_ports = rule_message(&rule);
+        other_ports
+            .attributes
+            .push(RuleAttribute::Other(DefaultNla::new(
+                FRA_DPORT_MASK,
+                vec![0x00, 0xff],
+            )));
+        assert_eq!(parse_rule(&other_ports), None, "a masked port is not ours");
+    }
+
+    #[test]
+    fn only_an_older_versions_exact_shapes_count_as_its_own() {
+        let all = RoutingRule {
+            family: IpFamily::V4,
+            priority: PRIORITY_CATCH_ALL,
+            selector: Selector::All,
+            invert: false,
+            table: ROUTE_TABLE,
+        };
+        assert!(is_legacy_rule(&all));
+        assert!(is_legacy_rule(&endpoint_rule()));
+        assert!(!is_legacy_rule(&RoutingRule {
+            table: 100,
+            ..all.clone()
+        }));
+        assert!(!is_legacy_rule(&RoutingRule {
+            selector: Selector::To("203.0.113.0/24".parse().expect("literal")),
+            ..all.clone()
+        }));
+        let lan = RoutingRule {
+            priority: PRIORITY_LAN,
+            selector: Selector::To("10.0.0.0/8".parse().expect("literal")),
+            table: MAIN_TABLE,
+            ..all.clone()
+        };
+        assert!(is_legacy_rule(&lan));
+        assert!(!is_legacy_rule(&RoutingRule {
+            table: 100,
+            ..lan.clone()
+        }));
+        assert!(!is_legacy_rule(&RoutingRule {
+            selector: Selector::To("10.64.0.0/16".parse().expect("literal")),
+            ..lan.clone()
+        }));
+        assert!(!is_legacy_rule(&RoutingRule {
+            priority: PRIORITY_TUNNEL,
+            ..all
+        }));
+    }
+
+    fn notification(port: u32, payload: RouteNetlinkMessage) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.port_number = port;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(payload));
+        packet.finalize();
+        let mut buffer = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buffer);
+        buffer
+    }
+
+    #[test]
+    fn the_processs_own_changes_are_not_news() {
+        let own = Rtnl::open().expect("an rtnetlink socket needs no privilege");
+        let ours = RouteNetlinkMessage::DelRule(rule_message(&endpoint_rule()));
+        assert!(!notifications_concern_us(&notification(
+            own.port(),
+            ours.clone()
+        )));
+        assert!(notifications_concern_us(&notification(
+            own.port().wrapping_add(1),
+            ours.clone()
+        )));
+        assert!(
+            notifications_concern_us(&notification(0, ours.clone())),
+            "the kernel's"
+        );
+        let mut elsewhere = rule_message(&endpoint_rule());
+        elsewhere.attributes = vec![RuleAttribute::Priority(100), RuleAttribute::Table(100)];
+        assert!(!notifications_concern_us(&notification(
+            0,
+            RouteNetlinkMessage::NewRule(elsewhere)
+        )));
+        // Two messages in one datagram: one of them is news.
+        let mut both = notification(own.port(), ours.clone());
+        both.extend(notification(0, ours));
+        assert!(notifications_concern_us(&both));
+        assert!(notifications_concern_us(b"garbage"), "unreadable counts");
+        drop(own);
+    }
+
+    #[test]
+    fn a_long_difference_is_summarized() {
+        let difference: Vec<String> = (1..=5).map(|n| format!("d{n}")).collect();
+        assert_eq!(summarize(&difference), "d1; d2; d3; and 2 more");
+        assert_eq!(summarize(&difference[..2]), "d1; d2");
     }
 }
