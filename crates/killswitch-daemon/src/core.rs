@@ -26,7 +26,7 @@ use crate::links::Observed;
 use crate::manager::{Factory, Manager, Step, fwmark_of};
 use crate::store::{Loaded, Persisted, Store};
 use crate::target::{Target, UpSpec, resolve_up};
-use killswitch_policy::routes::compile_routes;
+use killswitch_policy::routes::compile_routes_with;
 use killswitch_policy::{Peer, PolicyState, Ruleset, Tunnel, compile_with};
 use killswitch_types::ipc::{DnsStatus, ErrorKind, FirewallStatus, IpcError, Request, Status};
 use killswitch_types::{GuardSpec, InterfaceName, ManagedTunnel, Settings, State, TunnelStatus};
@@ -325,6 +325,7 @@ impl<F: Firewall> Core<F> {
             self.config_fault.as_ref(),
             self.settings_fault.as_ref(),
             self.link_fault.as_ref(),
+            self.routing_error.as_ref(),
         ]
         .into_iter()
         .flatten()
@@ -603,9 +604,16 @@ impl<F: Firewall> Core<F> {
         };
         // The second layer follows the first: loosened after it, so a loosening is never ahead of
         // the firewall; tightened after it too, which the firewall already covers.
-        let layer = compile_routes(&enforced, &self.settings);
+        let layer = compile_routes_with(&enforced, &self.settings, &self.tunnel_networks());
         match self.firewall.apply_routes(layer.as_ref()) {
-            Ok(()) => {
+            Ok(repaired) => {
+                if let Some(what) = repaired {
+                    tracing::warn!(
+                        "the routing layer was changed by someone else: {what}; restored"
+                    );
+                    self.firewall_status.tamper_events += 1;
+                    self.firewall_status.last_tamper = Some(format!("routing layer: {what}"));
+                }
                 self.routing_error = None;
                 self.firewall_status.routing = layer.is_some();
             }
@@ -616,6 +624,17 @@ impl<F: Firewall> Core<F> {
             }
         }
         self.status() != before
+    }
+
+    /// The networks of an `up` tunnel's own addresses as its configuration gives them
+    /// (`Address = 10.64.0.2/16`): inside the tunnel, routed into it ahead of the LAN.
+    fn tunnel_networks(&self) -> Vec<ipnet::IpNet> {
+        let Target::Up(spec) = &self.target else {
+            return Vec::new();
+        };
+        let manager = self.manager.as_ref().filter(|m| m.spec() == spec);
+        let (_, config) = manager.map_or((0, &spec.configs[0]), |m| m.active());
+        config.addresses.clone()
     }
 
     fn fall_back_to_blocking(&mut self, wanted: State, error: String) {
@@ -688,6 +707,7 @@ fn peer(spec: &GuardSpec) -> Peer {
 mod tests {
     use super::*;
     use killswitch_policy::compile;
+    use killswitch_policy::routes::compile_routes;
     use std::time::Duration;
 
     /// A firewall that records what it was asked to install and can be told to fail.
@@ -729,9 +749,9 @@ mod tests {
         fn apply_routes(
             &mut self,
             layer: Option<&killswitch_policy::routes::RoutingLayer>,
-        ) -> Result<(), String> {
+        ) -> Result<Option<String>, String> {
             self.routes = layer.cloned();
-            Ok(())
+            Ok(None)
         }
     }
 

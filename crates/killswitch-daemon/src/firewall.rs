@@ -19,8 +19,10 @@ pub trait Firewall {
     /// Checks that what is installed is still `ruleset`.
     fn verify(&mut self, ruleset: &Ruleset) -> Result<(), String>;
 
-    /// Makes the routing layer match `layer` (`None`: remove it), changing only the difference.
-    fn apply_routes(&mut self, layer: Option<&RoutingLayer>) -> Result<(), String>;
+    /// Makes the routing layer match `layer` (`None`: remove it), changing only the difference,
+    /// and checks that the kernel then holds it. Returns what was restored when the layer had been
+    /// in place and someone changed it (a repair, to count as tampering).
+    fn apply_routes(&mut self, layer: Option<&RoutingLayer>) -> Result<Option<String>, String>;
 
     /// What keeps other programs from removing the rules, once known (after the first apply).
     fn flush_protection(&self) -> Option<FlushProtection> {
@@ -39,6 +41,8 @@ pub trait Firewall {
 pub struct Nftables {
     inner: Option<killswitch_nft::Nftables>,
     routing: Option<killswitch_route::Routing>,
+    /// Other programs' entries at the routing layer's priorities or in its table, as last logged.
+    foreign_routes: Vec<String>,
     /// Never own the tables, whatever the kernel supports: the fallback path, for its tests.
     unowned: bool,
     ownership: Option<killswitch_nft::Ownership>,
@@ -51,6 +55,7 @@ impl Nftables {
         Nftables {
             inner: None,
             routing: None,
+            foreign_routes: Vec::new(),
             unowned: false,
             ownership: None,
         }
@@ -136,7 +141,7 @@ impl Firewall for Nftables {
         })
     }
 
-    fn apply_routes(&mut self, layer: Option<&RoutingLayer>) -> Result<(), String> {
+    fn apply_routes(&mut self, layer: Option<&RoutingLayer>) -> Result<Option<String>, String> {
         if self.routing.is_none() {
             self.routing = Some(killswitch_route::Routing::open().map_err(|e| chain(&e))?);
         }
@@ -144,11 +149,24 @@ impl Firewall for Nftables {
             .routing
             .as_mut()
             .ok_or_else(|| "no rtnetlink connection".to_owned())?;
-        routing.apply(layer).map_err(|e| {
+        let applied = routing.apply(layer).map_err(|e| {
             // Start from a fresh socket next time: this one may hold stray replies.
             self.routing = None;
             chain(&e)
-        })
+        })?;
+        // Left alone, but worth a line: a route another program put in the kill switch's table
+        // is used by everything the catch-all sends there.
+        if applied.foreign != self.foreign_routes {
+            if !applied.foreign.is_empty() {
+                tracing::warn!(
+                    "other programs' entries at the routing layer's priorities or in its table \
+                     (left alone): {}",
+                    applied.foreign.join("; ")
+                );
+            }
+            self.foreign_routes = applied.foreign;
+        }
+        Ok(applied.repaired)
     }
 }
 

@@ -1,8 +1,14 @@
-//! Watching network interfaces: is the guarded tunnel there, up, and which addresses does it carry?
+//! Watching network interfaces and the routing layer: is the guarded tunnel there, up, and which
+//! addresses does it carry? Is the routing layer still what the daemon put there?
 //!
 //! Observation is level-triggered: any rtnetlink notification about links or addresses makes the
 //! daemon look at the interface afresh ([`observe`]) rather than track deltas, so a missed or
-//! reordered notification cannot leave it with a stale picture.
+//! reordered notification cannot leave it with a stale picture. Route and rule notifications that
+//! touch the routing layer (a rule at its priorities, a route in its table) made by anyone but the
+//! daemon itself make it reconcile, which compares the layer with the kernel and repairs it; the
+//! daemon's own changes are recognised by the netlink port that made them
+//! ([`killswitch_route::notifications_concern_us`]), so that applying the layer never wakes the
+//! daemon up again. Other programs' routes and rules elsewhere are not its business.
 
 use killswitch_types::InterfaceName;
 use nix::ifaddrs::getifaddrs;
@@ -111,11 +117,21 @@ pub fn observe(name: &InterfaceName) -> Option<Observed> {
     Some(observed)
 }
 
-/// rtnetlink multicast groups: links, IPv4 and IPv6 addresses.
-const GROUPS: u32 =
-    (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+/// The bit of rtnetlink group `group` (an `RTNLGRP_*` number) in a bind address's group mask.
+const fn group_bit(group: libc::c_uint) -> u32 {
+    1 << (group - 1)
+}
 
-/// A subscription to link and address changes in the daemon's network namespace.
+/// rtnetlink multicast groups: links, IPv4 and IPv6 addresses, routes and rules.
+const GROUPS: u32 = (libc::RTMGRP_LINK
+    | libc::RTMGRP_IPV4_IFADDR
+    | libc::RTMGRP_IPV6_IFADDR
+    | libc::RTMGRP_IPV4_ROUTE
+    | libc::RTMGRP_IPV6_ROUTE) as u32
+    | group_bit(libc::RTNLGRP_IPV4_RULE)
+    | group_bit(libc::RTNLGRP_IPV6_RULE);
+
+/// A subscription to link, address, route and rule changes in the daemon's network namespace.
 #[derive(Debug)]
 pub struct LinkEvents {
     fd: AsyncFd<OwnedFd>,
@@ -137,8 +153,8 @@ impl LinkEvents {
         Ok(LinkEvents { fd })
     }
 
-    /// Waits for the next batch of notifications and discards their content (see the module doc).
-    /// An overrun (ENOBUFS) is also "something changed".
+    /// Waits for the next batch of notifications that concern the daemon (see the module doc) and
+    /// discards their content. An overrun (ENOBUFS) is also "something changed".
     pub async fn changed(&self) -> std::io::Result<()> {
         let mut buffer = [0u8; 16 * 1024];
         loop {
@@ -155,7 +171,8 @@ impl LinkEvents {
                     )
                 };
                 if n > 0 {
-                    got_any = true;
+                    let length = usize::try_from(n).unwrap_or(0).min(buffer.len());
+                    got_any |= killswitch_route::notifications_concern_us(&buffer[..length]);
                     continue;
                 }
                 let error = std::io::Error::last_os_error();

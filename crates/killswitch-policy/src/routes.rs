@@ -5,6 +5,7 @@
 //!
 //! | priority | rule | why |
 //! |---|---|---|
+//! | 5300 | `to <inside the tunnel> lookup 27507`, only with allow-lan | the tunnel's resolvers and networks, ahead of the LAN |
 //! | 5301 | `to <LAN range> lookup main`, only with allow-lan | the LAN, by the normal routes |
 //! | 5302 | `not <the tunnel's own packets> lookup 27507` | everything else: our table |
 //!
@@ -21,6 +22,15 @@
 //! or deleted, this layer still stops them while the daemon restores it; if the tunnel interface
 //! disappears, the kernel removes its route and `unreachable` is what is left.
 //!
+//! Destinations inside the tunnel are often private addresses (a resolver at 10.64.0.1, the
+//! tunnel's own network): with allow-lan, the LAN rules would send them to `main`, which routes
+//! them out of the physical interface in clear, and the daemon's probe with them, so a tunnel
+//! under `up` never stays connected. The rules at 5300 send them to our table first: the tunnel's
+//! resolvers, the resolver the daemon probes while connecting, and the networks of the tunnel's
+//! own addresses as its configuration gives them (`Address = 10.64.0.2/16`; [`compile_routes_with`]).
+//! A network that holds the VPN server's own address is left out: the tunnel's own packets must
+//! never be routed into the tunnel.
+//!
 //! What it does not do: filter by port, protocol or direction (nftables does), or apply to
 //! forwarded traffic's input side. Loopback and local addresses are unaffected (the `local` table
 //! is consulted first, at priority 0), as is link-scoped multicast such as neighbour discovery.
@@ -36,12 +46,15 @@ use std::net::IpAddr;
 pub const ROUTE_TABLE: u32 = 0x6b73;
 /// The main routing table.
 pub const MAIN_TABLE: u32 = 254;
+/// Priority of the destinations inside the tunnel, ahead of the LAN exemptions.
+pub const PRIORITY_TUNNEL: u32 = 5300;
 /// Priority of the LAN exemptions.
 pub const PRIORITY_LAN: u32 = 5301;
 /// Priority of the catch-all into [`ROUTE_TABLE`].
 pub const PRIORITY_CATCH_ALL: u32 = 5302;
-/// Every priority the kill switch owns; rules there are its own.
-pub const PRIORITIES: [u32; 2] = [PRIORITY_LAN, PRIORITY_CATCH_ALL];
+/// Every priority the kill switch uses. Other programs may have rules there too: the backend tells
+/// its own apart by the protocol value it marks them with, and touches no other.
+pub const PRIORITIES: [u32; 3] = [PRIORITY_TUNNEL, PRIORITY_LAN, PRIORITY_CATCH_ALL];
 
 /// The routing layer for one state: rules and the routes of [`ROUTE_TABLE`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,16 +115,58 @@ pub enum TableRoute {
 
 /// The routing layer for `state`, or `None` where no table is installed either.
 pub fn compile_routes(state: &PolicyState, settings: &Settings) -> Option<RoutingLayer> {
-    let (peer, tunnel, probe) = match state {
+    compile_routes_with(state, settings, &[])
+}
+
+/// The routing layer for `state`, where `networks` are the networks of the tunnel's own addresses
+/// as its configuration gives them (`Address = 10.64.0.2/16`: 10.64.0.0/16). Only a tunnel the
+/// daemon runs itself has them; an interface's address alone (guard mode) says nothing of what lies
+/// behind it. They count only while a tunnel (up or pending) is there, and only with allow-lan:
+/// without it, the catch-all already sends them to our table.
+pub fn compile_routes_with(
+    state: &PolicyState,
+    settings: &Settings,
+    networks: &[IpNet],
+) -> Option<RoutingLayer> {
+    let (peer, tunnel, pending, probe) = match state {
         PolicyState::Off => return None,
         PolicyState::Disconnected if !settings.lockdown => return None,
-        PolicyState::Disconnected | PolicyState::Blocked => (None, None, None),
-        PolicyState::Connecting { peer, probe, .. } => (Some(peer), None, probe.as_ref()),
-        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel), None),
+        PolicyState::Disconnected | PolicyState::Blocked => (None, None, None, None),
+        PolicyState::Connecting {
+            peer,
+            probe,
+            pending,
+        } => (Some(peer), None, pending.as_ref(), probe.as_ref()),
+        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel), None, None),
     };
     let families = [IpFamily::V4, IpFamily::V6];
     let mut rules = Vec::new();
     if settings.allow_lan {
+        // Ahead of the LAN: whatever belongs to the tunnel goes to our table, where it finds the
+        // tunnel (connected), the probe's route (connecting) or `unreachable`.
+        let resolvers = tunnel
+            .or(pending)
+            .map(|t| t.dns.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .chain(probe.map(|p| p.resolver))
+            .map(IpNet::from);
+        // A network of one address that the tunnel holds is local: the `local` table, ahead of
+        // every rule, has it already.
+        let own = tunnel.or(pending).map(|t| t.addresses.as_slice());
+        let networks = networks.iter().filter(|n| {
+            own.is_some_and(|own| {
+                !(n.prefix_len() == n.max_prefix_len() && own.contains(&n.addr()))
+            })
+        });
+        let inside = inside_the_tunnel(resolvers.chain(networks.copied()), peer);
+        rules.extend(inside.into_iter().map(|net| RoutingRule {
+            family: IpFamily::of(&net),
+            priority: PRIORITY_TUNNEL,
+            selector: Selector::To(net),
+            invert: false,
+            table: ROUTE_TABLE,
+        }));
         rules.extend(
             ranges::LAN_UNICAST
                 .iter()
@@ -148,6 +203,23 @@ pub fn compile_routes(state: &PolicyState, settings: &Settings) -> Option<Routin
         );
     }
     Some(RoutingLayer { rules, routes })
+}
+
+/// The destinations routed into the tunnel ahead of the LAN: each network once, in its canonical
+/// form (`10.64.0.0/16`, which is how the kernel reports it back), none inside another, and none
+/// that holds the VPN server's address (the tunnel's own packets to it would be routed into the
+/// tunnel: a loop). A network of a single address that is the tunnel's own is local anyway.
+fn inside_the_tunnel(nets: impl Iterator<Item = IpNet>, peer: Option<&Peer>) -> Vec<IpNet> {
+    let endpoint = peer.map(|p| p.endpoint.address.ip());
+    let mut nets: Vec<IpNet> = nets
+        .map(|n| n.trunc())
+        .filter(|n| !endpoint.is_some_and(|e| n.contains(&e)))
+        .collect();
+    nets.sort();
+    nets.dedup();
+    let all = nets.clone();
+    nets.retain(|n| !all.iter().any(|o| o != n && o.contains(n)));
+    nets
 }
 
 /// How the tunnel's own packets of `family` are recognised: the fwmark its socket sets, else its
@@ -318,5 +390,127 @@ mod tests {
             ranges::LAN_UNICAST.len() + ranges::LAN_GROUP.len()
         );
         assert!(lan.iter().all(|n| ranges::is_lan(n.network())));
+    }
+
+    fn tunnel() -> Tunnel {
+        Tunnel {
+            interface: "wg0".parse().expect("literal"),
+            addresses: vec!["10.64.0.2".parse().expect("literal")],
+            dns: vec!["10.64.0.1".parse().expect("literal")],
+        }
+    }
+
+    fn inside(layer: &RoutingLayer) -> Vec<IpNet> {
+        layer
+            .rules
+            .iter()
+            .filter(|r| r.priority == PRIORITY_TUNNEL)
+            .map(|r| {
+                assert_eq!((r.invert, r.table), (false, ROUTE_TABLE));
+                match &r.selector {
+                    Selector::To(net) => *net,
+                    other => panic!("unexpected selector {other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    fn net(text: &str) -> IpNet {
+        text.parse().expect("literal")
+    }
+
+    #[test]
+    fn allow_lan_routes_the_tunnels_resolvers_and_networks_ahead_of_the_lan() {
+        let connected = PolicyState::Connected {
+            peer: peer(Some(1), None),
+            tunnel: tunnel(),
+        };
+        let lan = settings(false, true);
+        // Guard mode: the resolvers only (an interface's address says nothing of its network).
+        let layer = compile_routes(&connected, &lan).expect("layer");
+        assert_eq!(inside(&layer), vec![net("10.64.0.1/32")]);
+        const { assert!(PRIORITY_TUNNEL < PRIORITY_LAN) };
+        // `up`: the configuration's network too, in canonical form, the resolver inside it once.
+        let networks = [net("10.64.0.2/16"), net("10.64.0.2/32"), net("fd64::2/64")];
+        let layer = compile_routes_with(&connected, &lan, &networks).expect("layer");
+        assert_eq!(inside(&layer), vec![net("10.64.0.0/16"), net("fd64::/64")]);
+        assert!(
+            layer
+                .rules
+                .iter()
+                .any(|r| r.family == IpFamily::V6 && r.priority == PRIORITY_TUNNEL)
+        );
+        // Without allow-lan the catch-all takes them already.
+        let layer =
+            compile_routes_with(&connected, &settings(false, false), &networks).expect("layer");
+        assert!(inside(&layer).is_empty());
+        // No tunnel, nothing inside it.
+        let layer = compile_routes_with(&PolicyState::Blocked, &lan, &networks).expect("layer");
+        assert!(inside(&layer).is_empty());
+    }
+
+    #[test]
+    fn the_probe_goes_into_the_tunnel_with_allow_lan() {
+        let connecting = PolicyState::Connecting {
+            peer: peer(Some(1), None),
+            probe: Some(crate::compile::Probe {
+                interface: "wg0".parse().expect("literal"),
+                resolver: "10.64.0.1".parse().expect("literal"),
+            }),
+            pending: Some(tunnel()),
+        };
+        let layer =
+            compile_routes_with(&connecting, &settings(false, true), &[net("10.64.0.2/16")])
+                .expect("layer");
+        assert_eq!(inside(&layer), vec![net("10.64.0.0/16")]);
+        assert!(layer.routes.contains(&TableRoute::Host(
+            "10.64.0.1".parse().expect("literal"),
+            "wg0".parse().expect("literal")
+        )));
+    }
+
+    #[test]
+    fn a_network_holding_the_vpn_server_is_never_routed_into_the_tunnel() {
+        let connected = PolicyState::Connected {
+            peer: peer(Some(1), None),
+            tunnel: tunnel(),
+        };
+        // The server (198.51.100.1) inside the tunnel's network: its packets would loop.
+        let layer = compile_routes_with(
+            &connected,
+            &settings(false, true),
+            &[net("198.51.100.0/24"), net("10.64.0.0/16")],
+        )
+        .expect("layer");
+        assert_eq!(inside(&layer), vec![net("10.64.0.0/16")]);
+    }
+
+    /// The firewall agrees with the routing layer: with allow-lan, DNS to the tunnel's resolver
+    /// goes through the tunnel and nowhere else, even though the resolver's address is private.
+    #[test]
+    fn the_firewall_refuses_the_tunnels_resolver_by_the_lan() {
+        use crate::{Packet, PacketVerdict, Transport};
+        let connected = PolicyState::Connected {
+            peer: peer(Some(1), None),
+            tunnel: tunnel(),
+        };
+        let ruleset = crate::compile(&connected, &settings(false, true));
+        let query = |oif: &str, src: &str| {
+            ruleset.verdict(&Packet::output(
+                oif,
+                src.parse().expect("literal"),
+                "10.64.0.1".parse().expect("literal"),
+                Transport::Udp {
+                    sport: 40000,
+                    dport: 53,
+                },
+            ))
+        };
+        assert_eq!(query("wg0", "10.64.0.2"), PacketVerdict::Accept);
+        assert!(
+            matches!(query("phys0", "192.168.50.2"), PacketVerdict::Reject(_)),
+            "{:?}",
+            query("phys0", "192.168.50.2")
+        );
     }
 }

@@ -1,5 +1,9 @@
 //! A small rtnetlink client: one request at a time, acknowledged or dumped, in the calling thread's
 //! network namespace. Shared by the routing layer and the tunnel's interface setup.
+//!
+//! Every open client's netlink port is recorded ([`is_own_port`]): the kernel names the requesting
+//! port in the notification it sends for each change, which is how the daemon tells its own
+//! changes from other programs' and never wakes itself up with them.
 
 use crate::RouteError;
 use netlink_packet_core::{
@@ -8,23 +12,63 @@ use netlink_packet_core::{
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use std::io;
+use std::sync::{Mutex, PoisonError};
+
+/// The netlink ports of this process's open clients.
+static OWN_PORTS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// Whether `port` (a notification's `nlmsg_pid`) is one of this process's open rtnetlink clients:
+/// the change it reports is this process's own. Port 0 is the kernel's own changes.
+pub fn is_own_port(port: u32) -> bool {
+    port != 0
+        && OWN_PORTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&port)
+}
 
 /// An rtnetlink socket.
 #[derive(Debug)]
 pub struct Rtnl {
     socket: Socket,
     seq: u32,
+    port: u32,
+}
+
+impl Drop for Rtnl {
+    fn drop(&mut self) {
+        let mut ports = OWN_PORTS.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(index) = ports.iter().position(|p| *p == self.port) {
+            ports.swap_remove(index);
+        }
+    }
 }
 
 impl Rtnl {
     /// Opens and binds the socket.
     pub fn open() -> Result<Self, RouteError> {
         let mut socket = Socket::new(NETLINK_ROUTE).map_err(RouteError::Socket)?;
-        socket.bind_auto().map_err(RouteError::Socket)?;
+        let port = socket
+            .bind_auto()
+            .map_err(RouteError::Socket)?
+            .port_number();
         socket
             .connect(&SocketAddr::new(0, 0))
             .map_err(RouteError::Socket)?;
-        Ok(Rtnl { socket, seq: 0 })
+        OWN_PORTS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(port);
+        Ok(Rtnl {
+            socket,
+            seq: 0,
+            port,
+        })
+    }
+
+    /// This client's netlink port: what the kernel's notifications of its changes carry.
+    pub fn port(&self) -> u32 {
+        self.port
     }
 
     /// Sends a change (with extra `flags`, e.g. NLM_F_CREATE) and waits for its acknowledgement. "Already there" on an add and "not there"
@@ -41,19 +85,42 @@ impl Rtnl {
                 | RouteNetlinkMessage::DelRoute(_)
                 | RouteNetlinkMessage::DelAddress(_)
         );
+        match self.request(message, flags, what)? {
+            Ok(()) => Ok(()),
+            Err(source) => {
+                let code = source.raw_os_error();
+                let benign = (code == Some(libc::EEXIST) && !is_delete)
+                    || ((code == Some(libc::ENOENT) || code == Some(libc::ESRCH)) && is_delete);
+                if benign {
+                    Ok(())
+                } else {
+                    Err(RouteError::Refused {
+                        what: what.to_owned(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// Sends a change and waits for its acknowledgement. The outer error is a failure to talk to
+    /// the kernel; the inner one is the kernel's answer (`EEXIST`, `ENOENT`, ...), for the caller
+    /// to judge.
+    pub fn request(
+        &mut self,
+        message: RouteNetlinkMessage,
+        flags: u16,
+        what: &str,
+    ) -> Result<Result<(), io::Error>, RouteError> {
         let seq = self.send(message, NLM_F_REQUEST | NLM_F_ACK | flags)?;
         for reply in self.receive(seq)? {
             if let NetlinkPayload::Error(error) = reply.payload {
                 let code = error.raw_code();
-                let benign = (code == -libc::EEXIST && !is_delete)
-                    || ((code == -libc::ENOENT || code == -libc::ESRCH) && is_delete);
-                if code != 0 && !benign {
-                    return Err(RouteError::Refused {
-                        what: what.to_owned(),
-                        source: io::Error::from_raw_os_error(-code),
-                    });
-                }
-                return Ok(());
+                return Ok(if code == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-code))
+                });
             }
         }
         Err(RouteError::Parse(format!("no acknowledgement for: {what}")))

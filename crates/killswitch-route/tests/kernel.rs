@@ -2,9 +2,9 @@
 
 use anyhow::{Context, Result, ensure};
 use killswitch_lab::netns::{Netns, require_root};
-use killswitch_policy::routes::{RoutingLayer, compile_routes};
+use killswitch_policy::routes::{RoutingLayer, compile_routes, compile_routes_with};
 use killswitch_policy::{Peer, PolicyState, Settings, Tunnel};
-use killswitch_route::Routing;
+use killswitch_route::{RouteError, Routing, notifications_concern_us};
 use killswitch_types::Fwmark;
 
 /// A namespace with a "physical" link and default route, and a tunnel-like interface.
@@ -67,9 +67,8 @@ fn unreachable(answer: &str) -> bool {
 /// Applies `state`'s routing layer inside `ns`.
 fn apply_in(ns: &Netns, state: &PolicyState, allow_lan: bool) -> Result<()> {
     ns.run(|| -> Result<()> {
-        Routing::open()?
-            .apply(layer(state, allow_lan).as_ref())
-            .map_err(Into::into)
+        Routing::open()?.apply(layer(state, allow_lan).as_ref())?;
+        Ok(())
     })?
 }
 
@@ -210,7 +209,7 @@ fn every_state_routes_only_into_the_tunnel_or_nowhere() -> Result<()> {
         route_get(&ns, &["203.0.113.10"])
     );
 
-    ns.run(|| -> Result<()> { Routing::open()?.apply(None).map_err(Into::into) })??;
+    ns.run(|| -> Result<()> { Ok(Routing::open()?.apply(None).map(drop)?) })??;
     ensure!(
         route_get(&ns, &["203.0.113.10"]).contains("via 192.168.50.1"),
         "off: normal routing again"
@@ -273,13 +272,439 @@ fn apply_is_idempotent_and_repairs_what_others_removed() -> Result<()> {
         Ok(())
     })??;
     ensure!(
-        !ns.ip(&["rule"])?.contains("8.8.8.0/24"),
-        "a foreign rule at our priority was removed"
+        ns.ip(&["rule"])?.contains("8.8.8.0/24"),
+        "another program's rule at our priority is its own business"
     );
     ensure!(
         route_get(&ns, &["203.0.113.10"]).contains("dev wg0"),
         "repaired: {}",
         route_get(&ns, &["203.0.113.10"])
     );
+    Ok(())
+}
+
+/// A peer recognised by its endpoint alone (guard without `--mark` or `--uid`).
+fn unmarked(endpoint: &str) -> PolicyState {
+    PolicyState::Connecting {
+        peer: Peer {
+            endpoint: endpoint.parse().expect("literal"),
+            mark: None,
+            uid: None,
+        },
+        probe: None,
+        pending: None,
+    }
+}
+
+#[test]
+fn an_endpoint_rule_survives_being_applied_again() -> Result<()> {
+    if !require_root("an_endpoint_rule_survives_being_applied_again") {
+        return Ok(());
+    }
+    let ns = lab()?;
+    for (family, endpoint, shown) in [
+        (
+            "-4",
+            "198.51.100.1:51820",
+            "not from all to 198.51.100.1 ipproto udp dport 51820 lookup 27507",
+        ),
+        (
+            "-6",
+            "[2001:db8::1]:51820",
+            "not from all to 2001:db8::1 ipproto udp dport 51820 lookup 27507",
+        ),
+    ] {
+        for allow_lan in [false, true, false] {
+            let wanted = layer(&unmarked(endpoint), allow_lan).context("a layer")?;
+            for _ in 0..3 {
+                ns.run(|| -> Result<()> {
+                    let mut routing = Routing::open()?;
+                    routing.apply(Some(&wanted))?;
+                    let installed = routing.installed()?;
+                    ensure!(
+                        installed.rules.len() == wanted.rules.len()
+                            && wanted.rules.iter().all(|r| installed.rules.contains(r)),
+                        "read back: {:?}",
+                        installed.rules
+                    );
+                    Ok(())
+                })??;
+                let rules = ns.ip(&[family, "rule"])?;
+                ensure!(
+                    rules.contains(shown),
+                    "{endpoint}, allow-lan {allow_lan}: the catch-all is gone:\n{rules}"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn only_the_kill_switchs_own_rules_and_routes_are_touched() -> Result<()> {
+    if !require_root("only_the_kill_switchs_own_rules_and_routes_are_touched") {
+        return Ok(());
+    }
+    let ns = lab()?;
+    // Another program's, at our priorities and in our table (iproute2 marks nothing: `unspec`
+    // rules, `boot` routes).
+    let foreign: [&[&str]; 5] = [
+        &[
+            "rule",
+            "add",
+            "pref",
+            "5302",
+            "to",
+            "203.0.113.0/24",
+            "lookup",
+            "100",
+        ],
+        &[
+            "rule",
+            "add",
+            "pref",
+            "5301",
+            "to",
+            "10.0.0.0/8",
+            "lookup",
+            "100",
+        ],
+        &[
+            "rule",
+            "add",
+            "pref",
+            "5300",
+            "to",
+            "10.64.0.0/16",
+            "lookup",
+            "main",
+        ],
+        &[
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            "192.168.50.1",
+            "table",
+            "27507",
+        ],
+        &[
+            "-6",
+            "route",
+            "add",
+            "2001:db8::/64",
+            "via",
+            "fd50::1",
+            "table",
+            "27507",
+        ],
+    ];
+    for args in foreign {
+        ns.ip(args)?;
+    }
+    let snapshot = |ns: &Netns| -> Result<String> {
+        Ok(format!(
+            "{}{}{}",
+            ns.ip(&["rule"])?,
+            ns.ip(&["route", "show", "table", "27507"])?,
+            ns.ip(&["-6", "route", "show", "table", "27507"])?
+        ))
+    };
+    let present = |ns: &Netns, when: &str| -> Result<()> {
+        let all = snapshot(ns)?;
+        for needle in [
+            "5302:\tfrom all to 203.0.113.0/24 lookup 100",
+            "5301:\tfrom all to 10.0.0.0/8 lookup 100",
+            "5300:\tfrom all to 10.64.0.0/16 lookup main",
+            "203.0.113.0/24 via 192.168.50.1",
+            "2001:db8::/64 via fd50::1",
+        ] {
+            ensure!(
+                all.contains(needle),
+                "{when}: `{needle}` was removed:\n{all}"
+            );
+        }
+        Ok(())
+    };
+    for (state, allow_lan) in [
+        (PolicyState::Blocked, false),
+        (connected(), true),
+        (unmarked("198.51.100.1:51820"), true),
+        (PolicyState::Blocked, false),
+    ] {
+        let applied = ns.run(|| -> Result<killswitch_route::Applied> {
+            Ok(Routing::open()?.apply(layer(&state, allow_lan).as_ref())?)
+        })??;
+        present(&ns, &format!("{state:?}"))?;
+        ensure!(
+            applied.foreign.len() == 5,
+            "the foreign entries are reported: {:?}",
+            applied.foreign
+        );
+    }
+    ns.run(|| -> Result<()> { Ok(Routing::open()?.apply(None).map(drop)?) })??;
+    present(&ns, "off")?;
+    let all = snapshot(&ns)?;
+    ensure!(
+        !all.contains("lookup 27507") && !all.contains("unreachable") && !all.contains("proto 107"),
+        "ours are gone after off:\n{all}"
+    );
+
+    // Another program's route where ours must be: applying says the layer is not in place.
+    ns.ip(&[
+        "route",
+        "add",
+        "unreachable",
+        "default",
+        "table",
+        "27507",
+        "metric",
+        "4294967295",
+    ])?;
+    let blocked = layer(&PolicyState::Blocked, false);
+    let refused = ns.run(|| Routing::open().and_then(|mut r| r.apply(blocked.as_ref())))?;
+    match refused {
+        Err(RouteError::NotInPlace(what)) => ensure!(
+            what.contains("route unreachable default (IPv4) is missing"),
+            "{what}"
+        ),
+        other => anyhow::bail!("a layer that is not there was reported as applied: {other:?}"),
+    }
+    Ok(())
+}
+
+#[test]
+fn an_older_versions_rules_and_routes_are_replaced() -> Result<()> {
+    if !require_root("an_older_versions_rules_and_routes_are_replaced") {
+        return Ok(());
+    }
+    let ns = lab()?;
+    // What a version before the protocol mark left: `unspec` rules, `static` routes.
+    let old: [&[&str]; 6] = [
+        &[
+            "rule", "add", "pref", "5302", "not", "fwmark", "0xca6c", "lookup", "27507",
+        ],
+        &[
+            "-6", "rule", "add", "pref", "5302", "not", "fwmark", "0xca6c", "lookup", "27507",
+        ],
+        &[
+            "rule",
+            "add",
+            "pref",
+            "5301",
+            "to",
+            "192.168.0.0/16",
+            "lookup",
+            "main",
+        ],
+        &[
+            "route",
+            "add",
+            "unreachable",
+            "default",
+            "table",
+            "27507",
+            "metric",
+            "4294967295",
+            "proto",
+            "static",
+        ],
+        &[
+            "-6",
+            "route",
+            "add",
+            "unreachable",
+            "default",
+            "table",
+            "27507",
+            "metric",
+            "4294967295",
+            "proto",
+            "static",
+        ],
+        &[
+            "route", "add", "default", "dev", "wg0", "table", "27507", "proto", "static",
+        ],
+    ];
+    for args in old {
+        ns.ip(args)?;
+    }
+    let wanted = layer(&connected(), true).context("a layer")?;
+    let applied = ns.run(|| -> Result<killswitch_route::Applied> {
+        let mut routing = Routing::open()?;
+        let applied = routing.apply(Some(&wanted))?;
+        let installed = routing.installed()?;
+        ensure!(installed.rules.len() == wanted.rules.len(), "{installed:?}");
+        Ok(applied)
+    })??;
+    ensure!(applied.foreign.is_empty(), "{:?}", applied.foreign);
+    let rules = format!(
+        "{}{}",
+        ns.ip(&["-d", "rule"])?,
+        ns.ip(&["-d", "-6", "rule"])?
+    );
+    for line in rules.lines().filter(|l| l.starts_with("530")) {
+        ensure!(
+            line.contains("proto 107"),
+            "an older version's rule is left: {line}"
+        );
+    }
+    ensure!(
+        rules
+            .lines()
+            .filter(|l| l.contains("192.168.0.0/16"))
+            .count()
+            == 1,
+        "replaced, not doubled:\n{rules}"
+    );
+    for family in ["-4", "-6"] {
+        let routes = ns.ip(&[family, "route", "show", "table", "27507"])?;
+        ensure!(
+            routes.lines().all(|l| l.contains("proto 107")),
+            "an older version's route is left:\n{routes}"
+        );
+        ensure!(routes.contains("unreachable default"), "{routes}");
+    }
+    ensure!(
+        route_get(&ns, &["203.0.113.10"]).contains("dev wg0"),
+        "{}",
+        route_get(&ns, &["203.0.113.10"])
+    );
+    Ok(())
+}
+
+#[test]
+fn with_allow_lan_what_belongs_to_the_tunnel_is_routed_into_it() -> Result<()> {
+    if !require_root("with_allow_lan_what_belongs_to_the_tunnel_is_routed_into_it") {
+        return Ok(());
+    }
+    let ns = lab()?;
+    let networks = ["10.64.0.2/16".parse().expect("literal")];
+    let settings = Settings {
+        lockdown: true,
+        allow_lan: true,
+    };
+    let tunnel = Tunnel {
+        interface: "wg0".parse().expect("literal"),
+        addresses: vec!["10.64.0.2".parse().expect("literal")],
+        dns: vec!["10.64.0.1".parse().expect("literal")],
+    };
+    // Connecting: the daemon's probe to the resolver goes into the tunnel, not to the LAN.
+    let connecting = PolicyState::Connecting {
+        peer: peer(),
+        probe: Some(killswitch_policy::Probe {
+            interface: "wg0".parse().expect("literal"),
+            resolver: "10.64.0.1".parse().expect("literal"),
+        }),
+        pending: Some(tunnel.clone()),
+    };
+    let apply = |state: &PolicyState| -> Result<()> {
+        let layer = compile_routes_with(state, &settings, &networks);
+        ns.run(|| -> Result<()> { Ok(Routing::open()?.apply(layer.as_ref()).map(drop)?) })?
+    };
+    apply(&connecting)?;
+    ensure!(
+        route_get(&ns, &["10.64.0.1"]).contains("dev wg0"),
+        "connecting: the probe leaves by the LAN: {}",
+        route_get(&ns, &["10.64.0.1"])
+    );
+    ensure!(
+        unreachable(&route_get(&ns, &["10.64.9.9"])),
+        "connecting: inside the tunnel's network, nowhere yet: {}",
+        route_get(&ns, &["10.64.9.9"])
+    );
+    // Connected, with a route a hostile DHCP server pushed for part of the tunnel's network.
+    ns.ip(&["route", "add", "10.64.9.0/24", "via", "192.168.50.1"])?;
+    apply(&PolicyState::Connected {
+        peer: peer(),
+        tunnel,
+    })?;
+    for inside in ["10.64.0.1", "10.64.9.9"] {
+        ensure!(
+            route_get(&ns, &[inside]).contains("dev wg0"),
+            "connected: {inside} leaves by the LAN: {}",
+            route_get(&ns, &[inside])
+        );
+    }
+    ensure!(
+        route_get(&ns, &["192.168.50.1"]).contains("dev phys0"),
+        "the LAN is still the LAN"
+    );
+    ensure!(
+        route_get(&ns, &["10.1.2.3"]).contains("via 192.168.50.1"),
+        "other private addresses are the LAN's: {}",
+        route_get(&ns, &["10.1.2.3"])
+    );
+    Ok(())
+}
+
+/// A socket subscribed to what the daemon subscribes to, in `ns`.
+fn subscribe(ns: &Netns) -> Result<netlink_sys::Socket> {
+    ns.run(|| -> Result<netlink_sys::Socket> {
+        let mut socket = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_ROUTE)?;
+        socket.bind(&netlink_sys::SocketAddr::new(0, 0))?;
+        for group in [
+            libc::RTNLGRP_IPV4_ROUTE,
+            libc::RTNLGRP_IPV6_ROUTE,
+            libc::RTNLGRP_IPV4_RULE,
+            libc::RTNLGRP_IPV6_RULE,
+        ] {
+            socket.add_membership(group)?;
+        }
+        socket.set_non_blocking(true)?;
+        Ok(socket)
+    })?
+}
+
+/// Every datagram waiting on `socket`: whether any concerns the daemon, and how many there were.
+fn drain(socket: &netlink_sys::Socket) -> (bool, usize) {
+    let (mut concerns, mut count) = (false, 0);
+    let mut buffer = vec![0u8; 64 * 1024];
+    while let Ok(n) = socket.recv(&mut &mut buffer[..], 0) {
+        count += 1;
+        concerns |= notifications_concern_us(&buffer[..n]);
+    }
+    (concerns, count)
+}
+
+#[test]
+fn the_daemons_own_changes_are_not_news_and_others_are() -> Result<()> {
+    if !require_root("the_daemons_own_changes_are_not_news_and_others_are") {
+        return Ok(());
+    }
+    let ns = lab()?;
+    let socket = subscribe(&ns)?;
+    // Our own client, kept open as the daemon keeps its own.
+    let mut routing = ns.run(Routing::open)??;
+    let state = PolicyState::Blocked;
+    let wanted = layer(&state, true);
+    ns.run(|| routing.apply(wanted.as_ref()))??;
+    // Acknowledged changes have been notified: the notifications are queued by now.
+    let (concerns, count) = drain(&socket);
+    ensure!(count > 0, "the subscription saw nothing");
+    ensure!(!concerns, "the daemon's own changes woke it up");
+
+    // Someone else: a rule, a route of our table. Each is news; a route elsewhere is not.
+    ns.ip(&["route", "add", "198.51.100.0/24", "via", "192.168.50.1"])?;
+    ensure!(drain(&socket) == (false, 1), "a route of the main table");
+    ns.ip(&["rule", "del", "pref", "5302"])?;
+    ensure!(drain(&socket).0, "a rule of ours deleted by someone else");
+    let repaired = ns.run(|| routing.apply(wanted.as_ref()))??;
+    ensure!(
+        repaired
+            .repaired
+            .as_deref()
+            .is_some_and(|r| r.contains("5302: from all lookup 27507 (IPv4) is missing")),
+        "{repaired:?}"
+    );
+    ensure!(!drain(&socket).0, "repairing is our own change");
+    ns.ip(&["route", "flush", "table", "27507"])?;
+    ensure!(drain(&socket).0, "our table flushed by someone else");
+    let repaired = ns.run(|| routing.apply(wanted.as_ref()))??;
+    ensure!(repaired.repaired.is_some(), "{repaired:?}");
+    // Applying a different layer is a change, not a repair.
+    let changed = ns.run(|| routing.apply(layer(&connected(), true).as_ref()))??;
+    ensure!(changed.changed && changed.repaired.is_none(), "{changed:?}");
+    drop(routing);
     Ok(())
 }
