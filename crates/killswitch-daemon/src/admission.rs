@@ -21,6 +21,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// Connections root and the admin group may hold together.
 pub const PRIVILEGED_CONNECTIONS: usize = 128;
+/// Of those, how many only root may use: an admin-group member (who may change the kill switch,
+/// but is not root) must not be able to lock root out either.
+pub const ROOT_RESERVE: usize = 32;
 /// Connections one unprivileged uid may hold (each `killswitch events` holds one for as long as it
 /// runs; a desktop's status applet and a few terminals fit easily).
 pub const CONNECTIONS_PER_USER: usize = 32;
@@ -103,6 +106,8 @@ struct Counts {
     privileged: usize,
     unprivileged: usize,
     per_uid: HashMap<u32, usize>,
+    /// Connections per admin-group member (root is not counted here).
+    per_member: HashMap<u32, usize>,
 }
 
 /// The live connection counts, shared by the accept loop and the connections' slots.
@@ -127,13 +132,31 @@ impl Admission {
         // Only counters change under the lock: a poisoned lock still holds consistent counts.
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         match class {
-            PeerClass::Privileged => {
+            PeerClass::Privileged if uid == 0 => {
                 if counts.privileged >= self.limits.privileged {
                     return Err(Refusal::Privileged {
                         limit: self.limits.privileged,
                     });
                 }
                 counts.privileged += 1;
+            }
+            PeerClass::Privileged => {
+                // A member: its own share, and never the part kept for root.
+                let held = counts.per_member.get(&uid).copied().unwrap_or(0);
+                if held >= self.limits.per_user {
+                    return Err(Refusal::PerUser {
+                        uid,
+                        limit: self.limits.per_user,
+                    });
+                }
+                let members_limit = self.limits.privileged.saturating_sub(ROOT_RESERVE);
+                if counts.privileged >= members_limit {
+                    return Err(Refusal::Privileged {
+                        limit: members_limit,
+                    });
+                }
+                counts.privileged += 1;
+                counts.per_member.insert(uid, held + 1);
             }
             PeerClass::Unprivileged => {
                 let held = counts.per_uid.get(&uid).copied().unwrap_or(0);
@@ -189,7 +212,15 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
         match self.class {
-            PeerClass::Privileged => counts.privileged = counts.privileged.saturating_sub(1),
+            PeerClass::Privileged => {
+                counts.privileged = counts.privileged.saturating_sub(1);
+                if let Some(held) = counts.per_member.get_mut(&self.uid) {
+                    *held = held.saturating_sub(1);
+                    if *held == 0 {
+                        counts.per_member.remove(&self.uid);
+                    }
+                }
+            }
             PeerClass::Unprivileged => {
                 counts.unprivileged = counts.unprivileged.saturating_sub(1);
                 // Forget uids with no connection left, so the map is as small as the live set.
@@ -268,6 +299,35 @@ mod tests {
         assert_eq!(admission.held(1000), (2, 3, 1));
         drop(held);
         assert_eq!(admission.held(1000), (2, 0, 0));
+    }
+
+    #[test]
+    fn an_admin_group_member_cannot_lock_root_out() {
+        // The second red team: a member held 200 idle connections and root got
+        // "too many connections from root and the admin group".
+        let admission = Admission::new(Limits::default());
+        let mut held = Vec::new();
+        for member in [1000, 1001, 1002, 1003, 1004] {
+            while let Ok(slot) = admission.admit(member, PeerClass::Privileged) {
+                held.push(slot);
+            }
+        }
+        assert!(matches!(
+            admission.admit(1000, PeerClass::Privileged),
+            Err(Refusal::PerUser { uid: 1000, .. } | Refusal::Privileged { .. })
+        ));
+        assert_eq!(
+            held.len(),
+            PRIVILEGED_CONNECTIONS - ROOT_RESERVE,
+            "members together stop short of root's reserve"
+        );
+        for _ in 0..ROOT_RESERVE {
+            held.push(
+                admission
+                    .admit(0, PeerClass::Privileged)
+                    .expect("root is served"),
+            );
+        }
     }
 
     #[test]

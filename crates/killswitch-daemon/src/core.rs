@@ -478,10 +478,10 @@ impl<F: Firewall> Core<F> {
                 ErrorKind::Firewall,
                 format!(
                     "the firewall could not be changed ({error}); {}",
-                    if self.firewall_status.blocking {
-                        "everything is blocked"
+                    if error.contains("blocking failed too") {
+                        "the kill switch is in the state shown"
                     } else {
-                        "and blocking failed too"
+                        "everything is blocked"
                     }
                 ),
             )),
@@ -639,6 +639,7 @@ impl<F: Firewall> Core<F> {
 
     fn fall_back_to_blocking(&mut self, wanted: State, error: String) {
         tracing::error!(%wanted, "applying the firewall failed: {error}");
+        let before = self.state;
         self.state = State::Blocked;
         let blocking = compile_with(&PolicyState::Blocked, &self.settings, &self.options.lan);
         match self.firewall.apply(&blocking) {
@@ -648,11 +649,26 @@ impl<F: Firewall> Core<F> {
                 tracing::warn!("fell back to blocking everything");
             }
             Err(block_error) => {
-                self.applied = None;
-                self.firewall_status.installed = false;
-                self.firewall_status.blocking = false;
-                self.apply_error = Some(format!("{error}; blocking failed too: {block_error}"));
-                tracing::error!("blocking failed too: {block_error}");
+                // A rejected batch changes nothing: the rules in force before may still be, and
+                // then `status` must say so rather than "not installed".
+                let previous = self
+                    .applied
+                    .take()
+                    .filter(|p| p.table.is_some() && self.firewall.verify(p).is_ok());
+                let still = if previous.is_some() {
+                    // What the kernel enforces is what `status` says.
+                    self.state = before;
+                    "; the previous rules are still in force"
+                } else {
+                    self.firewall_status.installed = false;
+                    self.firewall_status.blocking = false;
+                    ""
+                };
+                self.applied = previous;
+                self.apply_error = Some(format!(
+                    "{error}; blocking failed too: {block_error}{still}"
+                ));
+                tracing::error!("blocking failed too: {block_error}{still}");
             }
         }
     }
@@ -945,6 +961,34 @@ mod tests {
         let status = core.status();
         assert_eq!(status.state, State::Blocked);
         assert!(!status.firewall.blocking);
+    }
+
+    #[test]
+    fn when_every_apply_is_refused_status_shows_the_rules_still_in_force() {
+        // The second red team: another program squatting an owned `arp killswitch` made every
+        // batch fail; status said "NOT installed" while the previous (owned) table stood.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        core.handle(&Request::Guard(spec())).expect("ok");
+        core.observe(up());
+        core.reconcile();
+        assert_eq!(core.status().state, State::Connected);
+        core.firewall.fail_always = true;
+        let error = core
+            .handle(&Request::AllowLan { enabled: true })
+            .expect_err("refused");
+        assert!(
+            error.message.contains("still in force"),
+            "{}",
+            error.message
+        );
+        let status = core.status();
+        assert_eq!(
+            (status.state, status.firewall.installed),
+            (State::Connected, true),
+            "what the kernel holds: {status:?}"
+        );
     }
 
     #[test]

@@ -250,6 +250,18 @@ impl Devices {
     }
 
     fn load(&self) -> Vec<DeviceRecord> {
+        // Only a record the daemon's own user wrote says anything: records make interfaces
+        // removable.
+        if let Ok(metadata) = std::fs::symlink_metadata(&self.path) {
+            let me = nix::unistd::geteuid().as_raw();
+            if !metadata.is_file() || std::os::unix::fs::MetadataExt::uid(&metadata) != me {
+                tracing::warn!(
+                    "{} is not a regular file of uid {me}; it is not trusted",
+                    self.path.display()
+                );
+                return Vec::new();
+            }
+        }
         match std::fs::read(&self.path) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 tracing::warn!(

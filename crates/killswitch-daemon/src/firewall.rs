@@ -154,8 +154,10 @@ impl Firewall for Nftables {
             self.routing = None;
             chain(&e)
         })?;
-        // Left alone, but worth a line: a route another program put in the kill switch's table
-        // is used by everything the catch-all sends there.
+        // Left alone, but the layer is then not what it says: another program's rule at one of
+        // its priorities can come first (a `lookup main` there bypasses it), and a route another
+        // program put in its table is used by everything the catch-all sends there. So the layer
+        // is reported as not in place, with the entries named, and looked at again later.
         if applied.foreign != self.foreign_routes {
             if !applied.foreign.is_empty() {
                 tracing::warn!(
@@ -164,7 +166,14 @@ impl Firewall for Nftables {
                     applied.foreign.join("; ")
                 );
             }
-            self.foreign_routes = applied.foreign;
+            self.foreign_routes = applied.foreign.clone();
+        }
+        if layer.is_some() && !applied.foreign.is_empty() {
+            return Err(format!(
+                "other programs' entries at its priorities or in its table can take precedence \
+                 over it (left alone; the firewall holds): {}",
+                applied.foreign.join("; ")
+            ));
         }
         Ok(applied.repaired)
     }

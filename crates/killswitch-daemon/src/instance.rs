@@ -52,7 +52,7 @@ pub enum InstanceError {
     /// The state directory could be changed by someone else than the daemon's user: it holds
     /// keys, the resolv.conf backup (whose content the daemon writes back) and the settings.
     #[error(
-        "the state directory {} {why}; only the daemon's own user may write to it (chown it to root and chmod it 700); refusing to start",
+        "the state directory {} {why}; only the daemon's own user may write to it (chown it to root and chmod it 700); nothing in it is trusted, and the kill switch blocks until it is fixed and the daemon restarted",
         dir.display()
     )]
     UntrustedStateDir {
@@ -100,7 +100,8 @@ impl Instance {
             .mode(0o700)
             .create(state_dir)
             .map_err(io(format!("creating {}", state_dir.display())))?;
-        check_state_dir(state_dir)?;
+        // A directory others can write is not refused here: the daemon starts, blocking, and
+        // trusts nothing in it (see `Store::open`). Refusing to start would install nothing.
         let path = state_dir.join(LOCK_FILE);
         let mut file = std::fs::OpenOptions::new()
             .read(true)

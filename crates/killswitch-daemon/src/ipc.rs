@@ -395,7 +395,7 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
             Ok(Request::Status) => ServerMessage::Ok {
                 status: shared.status.borrow().clone(),
             },
-            Ok(request) => match change(request, peer.clone(), &shared).await {
+            Ok(request) => match change(request, peer.clone(), &shared, &reader).await {
                 Ok(status) => ServerMessage::Ok { status },
                 Err(error) => ServerMessage::Error { error },
             },
@@ -406,7 +406,61 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
     }
 }
 
-async fn change(request: Request, peer: Peer, shared: &Shared) -> Result<Status, IpcError> {
+/// Whether the client at the other end has hung up (and sent nothing more). A client that gave
+/// up waiting (the daemon was stopped, or busy) and told its user that nothing was changed must
+/// be right: its request is withdrawn, not carried out whenever the daemon gets to it.
+fn client_gone(reader: &BufReader<OwnedReadHalf>) -> bool {
+    if !reader.buffer().is_empty() {
+        return false;
+    }
+    let stream: &tokio::net::UnixStream = reader.get_ref().as_ref();
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a live byte, without blocking; nothing is consumed.
+    let n = unsafe {
+        libc::recv(
+            std::os::fd::AsRawFd::as_raw_fd(stream),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
+}
+
+/// Resolves when the client hangs up while its request waits for the state machine. More data
+/// from it (a pipelined request) ends the watch: it is still there.
+async fn hang_up(reader: &BufReader<OwnedReadHalf>) {
+    let stream: &tokio::net::UnixStream = reader.get_ref().as_ref();
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        if client_gone(reader) {
+            return;
+        }
+        let mut byte = 0u8;
+        // SAFETY: as in `client_gone`.
+        let n = unsafe {
+            libc::recv(
+                std::os::fd::AsRawFd::as_raw_fd(stream),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            // Data waits: not a hang-up; stop watching (the answer comes anyway).
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+async fn change(
+    request: Request,
+    peer: Peer,
+    shared: &Shared,
+    reader: &BufReader<OwnedReadHalf>,
+) -> Result<Status, IpcError> {
     let admin_gid = authz::group_gid(&shared.admin_group);
     if !authz::may_change(&peer, admin_gid) {
         tracing::warn!(
@@ -426,6 +480,21 @@ async fn change(request: Request, peer: Peer, shared: &Shared) -> Result<Status,
             ),
         ));
     }
+    let withdrawn = |name: &str| {
+        IpcError::new(
+            ErrorKind::TimedOut,
+            format!("the client hung up before `{name}` was carried out; nothing was changed"),
+        )
+    };
+    let name = request.name();
+    if client_gone(reader) {
+        tracing::info!(
+            uid = peer.uid,
+            pid = peer.pid,
+            "request `{name}` withdrawn: its sender hung up before it was read"
+        );
+        return Err(withdrawn(name));
+    }
     let (reply, answer) = oneshot::channel();
     let gone = || {
         IpcError::new(
@@ -442,7 +511,11 @@ async fn change(request: Request, peer: Peer, shared: &Shared) -> Result<Status,
         })
         .await
         .map_err(|_| gone())?;
-    answer.await.map_err(|_| gone())?
+    // Dropping `answer` when the client hangs up tells the state machine to skip the request.
+    tokio::select! {
+        answer = answer => answer.map_err(|_| gone())?,
+        () = hang_up(reader) => Err(withdrawn(name)),
+    }
 }
 
 async fn subscribe(

@@ -114,7 +114,7 @@ fn early_boot(args: &Args) -> ExitCode {
         .ok()
         .and_then(|c| c.lan().ok())
         .unwrap_or_default();
-    match boot::run(&Store::new(state_dir), &lan, &mut firewall(args)) {
+    match boot::run(&Store::open(state_dir), &lan, &mut firewall(args)) {
         Ok(Decision::Block(why)) => {
             tracing::info!("early boot: blocking until killswitchd takes over, because {why}");
             ExitCode::SUCCESS

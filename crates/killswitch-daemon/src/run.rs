@@ -112,7 +112,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     };
     let mut core = Core::new(
         options.firewall,
-        Store::new(&options.state_dir),
+        Store::open(&options.state_dir),
         config_fault,
         core_options,
     );
@@ -196,6 +196,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tokio::select! {
             () = &mut serving => anyhow::bail!("the IPC server stopped"),
             Some(command) = commands.recv() => {
+                if command.reply.is_closed() {
+                    // Its sender gave up waiting (and told its user nothing was changed).
+                    tracing::info!(uid = command.peer.uid, pid = command.peer.pid, "request `{}` withdrawn: its sender hung up before it was carried out", command.request.name());
+                    continue;
+                }
                 tracing::info!(uid = command.peer.uid, pid = command.peer.pid, "request `{}`", command.request.name());
                 let answer = core.handle(&command.request);
                 // The guarded interface may have changed: look at the new one.

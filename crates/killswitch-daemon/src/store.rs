@@ -92,12 +92,38 @@ pub enum Loaded {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// Why the directory cannot be trusted, if it cannot: then nothing is read from it or written
+    /// to it, and loading says why (the daemon blocks).
+    untrusted: Option<String>,
 }
 
 impl Store {
-    /// A store in `dir` (created on first save).
+    /// A store in `dir` (created on first save), trusted without a check: for tests and tools.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Store { dir: dir.into() }
+        Store {
+            dir: dir.into(),
+            untrusted: None,
+        }
+    }
+
+    /// The daemon's store in `dir`: trusted only if the directory is the daemon's user's alone
+    /// (see `instance::check_state_dir`), or does not exist yet. Anyone who can write it could
+    /// forge the settings (or the resolv.conf backup beside them); then loading says so, and the
+    /// daemon and the early-boot step block instead of believing it.
+    pub fn open(dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        let untrusted = match std::fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            _ => crate::instance::check_state_dir(&dir)
+                .err()
+                .map(|e| e.to_string()),
+        };
+        Store { dir, untrusted }
+    }
+
+    /// Why the directory is not trusted, if it is not.
+    pub fn untrusted(&self) -> Option<&str> {
+        self.untrusted.as_deref()
     }
 
     /// The settings file's path.
@@ -107,6 +133,9 @@ impl Store {
 
     /// Loads the persisted state.
     pub fn load(&self) -> Loaded {
+        if let Some(why) = &self.untrusted {
+            return Loaded::Unusable(why.clone());
+        }
         let path = self.path();
         let bytes = match read_private(&path) {
             Ok(bytes) => bytes,
@@ -143,6 +172,9 @@ impl Store {
     /// that the daemon can replace the file itself with what it assumes instead. Returns the
     /// copy's path, or `None` when there is nothing to copy (not a regular file, or unreadable).
     pub fn quarantine(&self) -> Option<PathBuf> {
+        if self.untrusted.is_some() {
+            return None;
+        }
         let bytes = read_private(&self.path()).ok()?;
         let aside = self.path().with_extension("json.corrupt");
         match write_atomically(&aside, &bytes, 0o600) {
@@ -157,6 +189,9 @@ impl Store {
     /// Writes `persisted` atomically: after a crash at any moment, the file holds either the old
     /// or the new content, never a mixture or nothing.
     pub fn save(&self, persisted: &Persisted) -> std::io::Result<()> {
+        if let Some(why) = &self.untrusted {
+            return Err(std::io::Error::other(why.clone()));
+        }
         std::fs::create_dir_all(&self.dir)?;
         let mut json = serde_json::to_vec_pretty(persisted).map_err(std::io::Error::other)?;
         json.push(b'\n');

@@ -118,7 +118,8 @@ impl Teardown {
         request_off(&self.socket).map_err(|why| {
             format!(
                 "{who} runs in this network namespace, and switching it off through {} failed: \
-                 {why}. Nothing was changed: removing its rules behind its back would only make it \
+                 {why}. Nothing was changed (a request whose sender hung up is withdrawn, not \
+                 carried out later), and removing its rules behind its back would only make it \
                  restore them. Stop it first (systemctl stop killswitchd), then run --teardown again",
                 self.socket.display()
             )

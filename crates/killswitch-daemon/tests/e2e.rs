@@ -995,10 +995,14 @@ fn the_daemon_logs_plain_text_to_a_pipe_with_pids_as_numbers() -> Result<()> {
     let topo = Topology::new("plainlog")?;
     let home = DaemonHome::new()?;
     // The lab starts the daemon with stderr on a pipe and without NO_COLOR, as systemd would.
-    let daemon = Daemon::start(&topo.client, &home)?;
+    let mut daemon = Daemon::start(&topo.client, &home)?;
     daemon.cli(&["lockdown", "on"])?.ok()?;
     let refused = daemon.cli_as_nobody(&["off"])?;
     ensure!(refused.code == Some(1), "{refused:?}");
+    // The lab reads the daemon's stderr on its own thread: wait for the line, not for a reply.
+    daemon
+        .process()
+        .wait_for_line(0, "refused `off`", Duration::from_secs(5))?;
     let log = daemon.log();
     ensure!(!log.contains('\x1b'), "escape codes in the log:\n{log:?}");
     ensure!(!log.contains("Some("), "an Option in the log:\n{log}");

@@ -679,25 +679,44 @@ fn sighup_stops_cleanly_and_gives_dns_back() -> Result<()> {
 }
 
 #[test]
-fn an_untrusted_state_directory_is_refused() -> Result<()> {
-    if !require_root("an_untrusted_state_directory_is_refused") {
+fn an_untrusted_state_directory_blocks_and_is_believed_in_nothing() -> Result<()> {
+    if !require_root("an_untrusted_state_directory_blocks_and_is_believed_in_nothing") {
         return Ok(());
     }
     // Anyone who can write the state directory can forge the resolv.conf backup, which names the
-    // file the daemon writes on restore (the red team made it overwrite a root-owned file).
+    // file the daemon writes on restore (the first red team made it overwrite a root-owned file),
+    // or delete the settings. Refusing to start installed nothing (the second red team): the
+    // daemon starts, blocks, and reads nothing from it; the early-boot step blocks too.
     let topo = Topology::new("statedir")?;
     let home = DaemonHome::new()?;
     std::fs::create_dir_all(home.state_dir())?;
-    nix::unistd::chown(
-        &home.state_dir(),
-        Some(nix::unistd::Uid::from_raw(65534)),
-        None,
+    std::fs::set_permissions(
+        home.state_dir(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )?;
-    let started = Daemon::start(&topo.client, &home);
-    let error = format!("{:#}", started.err().context("the daemon started")?);
+    let daemon = Daemon::start(&topo.client, &home)?;
+    let status = daemon.status()?;
     ensure!(
-        error.contains("owned by uid 65534") && error.contains("refusing to start"),
-        "{error}"
+        status.state == State::Blocked
+            && status
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("writable by others (mode 777)")),
+        "{status:?}"
+    );
+    ensure!(blocked_here(&topo)?, "traffic is refused");
+    let refused = daemon.cli(&["lockdown", "off"])?;
+    ensure!(
+        refused.code == Some(1) && refused.stderr.contains("nothing was changed"),
+        "nothing is written there either: {refused:?}"
+    );
+    drop(daemon);
+    let rebooted = Topology::new("statedirb")?;
+    let boot = early_boot(&rebooted.client, &home)?.ok()?;
+    ensure!(
+        boot.stderr.contains("writable by others") && nft_table(&rebooted.client)?.is_some(),
+        "the early-boot step blocks: {}",
+        boot.stderr
     );
     Ok(())
 }
@@ -742,6 +761,46 @@ fn events_into_a_closed_pipe_end_quietly() -> Result<()> {
     ensure!(
         exit.code() == Some(0) && !stderr.contains("panicked"),
         "ended quietly ({exit}): {stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_request_whose_sender_gave_up_is_not_carried_out_later() -> Result<()> {
+    if !require_root("a_request_whose_sender_gave_up_is_not_carried_out_later") {
+        return Ok(());
+    }
+    // The second red team: `--teardown` against a stopped daemon said "Nothing was changed",
+    // and the queued `off` was carried out when the daemon ran again.
+    use std::io::Write;
+    let topo = Topology::new("withdrawn")?;
+    let home = DaemonHome::new()?;
+    let mut daemon = Daemon::start(&topo.client, &home)?;
+    daemon.cli(&["lockdown", "on"])?.ok()?;
+    daemon.process().signal(nix::sys::signal::Signal::SIGSTOP)?;
+    // A client sends `lockdown off`, gets no answer, gives up and hangs up.
+    let mut client = std::os::unix::net::UnixStream::connect(home.socket())?;
+    let line = killswitch_types::ipc::encode_line(&killswitch_types::ipc::RequestEnvelope::new(
+        killswitch_types::ipc::Request::Lockdown { enabled: false },
+    ))?;
+    client.write_all(line.as_bytes())?;
+    drop(client);
+    // So does teardown (which waits 5 s for its answer).
+    let teardown = teardown(&topo.client, &home)?;
+    ensure!(
+        teardown.code == Some(1) && teardown.stderr.contains("Nothing was changed"),
+        "{teardown:?}"
+    );
+    daemon.process().signal(nix::sys::signal::Signal::SIGCONT)?;
+    let status = daemon.status()?;
+    ensure!(
+        status.state == State::Blocked && status.lockdown && nft_table(&topo.client)?.is_some(),
+        "nothing was changed, indeed: {status:?}"
+    );
+    ensure!(
+        daemon.log().matches("withdrawn").count() == 2,
+        "both requests were withdrawn:\n{}",
+        daemon.log()
     );
     Ok(())
 }

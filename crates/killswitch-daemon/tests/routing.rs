@@ -270,6 +270,19 @@ fn other_programs_rules_and_routes_at_our_priorities_are_left_alone() -> Result<
     ] {
         let status = daemon.cli(args)?.ok()?;
         present().with_context(|| format!("after `{}`: {}", args.join(" "), status.stdout))?;
+        // Left alone, but not hidden: such a rule can come before the layer's own (the second
+        // red team's `pref 5302 lookup main`), so `status` does not call the layer in place.
+        if args == ["lockdown", "on"] {
+            let now = daemon.status()?;
+            ensure!(
+                !now.firewall.routing
+                    && now
+                        .error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("can take precedence")),
+                "status is truthful about the layer: {now:?}"
+            );
+        }
     }
     // `off` removed the daemon's own, and only those.
     let rules = topo.client.ip(&["-4", "rule"])?;
