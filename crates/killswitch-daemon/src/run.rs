@@ -94,6 +94,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // Before anything else: a second daemon must not touch the first one's firewall, files or
     // DNS, not even to "recover" them.
     let _instance = Instance::acquire(&options.state_dir)?;
+    // Then the socket, bound but not served yet: a socket path that cannot be used stops the
+    // daemon before it has changed anything. Clients that connect now wait in the backlog until
+    // the firewall is up and the loop below serves them.
+    let server = Server::bind(&options.socket).await?;
     let (config, config_fault) = match Config::load(&options.config) {
         Ok(config) => (config, None),
         Err(e) => {
@@ -120,8 +124,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tracing::error!("{error}");
     }
 
-    // The firewall goes up before anything else: before the socket exists, nobody can ask for
-    // anything, and a restart replaces the previous daemon's table in one transaction.
+    // The firewall goes up before anything is served: nobody's request is read before it, and a
+    // restart replaces the previous daemon's table in one transaction.
     let link_events = LinkEvents::subscribe().context("subscribing to link changes")?;
     let nft_changes = NftChanges::subscribe().context("subscribing to nftables changes")?;
     observe(&mut core);
@@ -143,7 +147,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let (status_tx, status_rx) = watch::channel(first);
     let (events, _) = broadcast::channel::<Status>(64);
     let (commands_tx, mut commands) = mpsc::channel::<Command>(32);
-    let server = Server::bind(&options.socket).await?;
     if crate::authz::group_gid(&config.admin_group).is_none() {
         tracing::warn!(
             "the admin group '{}' does not exist: only root can change the kill switch",

@@ -641,6 +641,10 @@ fn a_file_at_the_socket_path_is_never_removed() -> Result<()> {
     let topo = Topology::new("sockfile")?;
     let home = DaemonHome::new()?;
     std::fs::write(home.socket(), "precious")?;
+    // A settings file that would make a starting daemon block at once (and keep a copy of it).
+    std::fs::create_dir_all(home.state_dir())?;
+    let settings = home.state_dir().join("settings.json");
+    std::fs::write(&settings, "{\"lockdown\": tru")?;
     let started = Daemon::start(&topo.client, &home);
     let error = format!("{:#}", started.err().context("the daemon started")?);
     ensure!(
@@ -650,6 +654,16 @@ fn a_file_at_the_socket_path_is_never_removed() -> Result<()> {
     ensure!(
         std::fs::read_to_string(home.socket())? == "precious",
         "the file is untouched"
+    );
+    // The socket is bound before the firewall goes up: a daemon that cannot serve changes nothing.
+    ensure!(
+        nft_table(&topo.client)?.is_none(),
+        "a daemon that refused to start left a table"
+    );
+    ensure!(
+        std::fs::read_to_string(&settings)? == "{\"lockdown\": tru"
+            && !home.state_dir().join("settings.json.corrupt").exists(),
+        "a daemon that refused to start touched its settings"
     );
     Ok(())
 }
