@@ -187,7 +187,8 @@ fn main() -> ExitCode {
             if let Some(json) = failure.to_json().filter(|_| cli.json) {
                 emit(&format!("{json}\n"));
             }
-            eprintln!("killswitch: {failure}");
+            // The daemon's words (and other programs' it quotes), shown, not obeyed.
+            eprintln!("killswitch: {}", render::clean(&failure.to_string()));
             ExitCode::from(failure.exit_code())
         }
     }

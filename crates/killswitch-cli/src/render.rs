@@ -5,6 +5,26 @@ use killswitch_types::ipc::{FlushProtection, Status};
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// Text that came from the daemon, fit for a terminal: control characters (an escape sequence
+/// that would rewrite the screen, a newline that would forge a line of the report) are shown
+/// escaped, as `\u{1b}`, rather than acted on. The daemon quotes other programs' words (a process
+/// name in a tamper report, a resolv.conf line, a file name in an error), so it cannot vouch for
+/// them.
+pub(crate) fn clean(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            let _ = write!(out, "{}", c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 fn on_off(value: bool) -> &'static str {
     if value { "on" } else { "off" }
 }
@@ -12,7 +32,7 @@ fn on_off(value: bool) -> &'static str {
 fn list<T: std::fmt::Display>(items: &[T]) -> String {
     items
         .iter()
-        .map(ToString::to_string)
+        .map(|item| clean(&item.to_string()).into_owned())
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -51,8 +71,9 @@ pub(crate) fn status(status: &Status) -> String {
             } else {
                 "down or absent".to_owned()
             };
-            let _ = writeln!(out, "tunnel:    {} ({link})", t.interface);
-            let mut hole = format!("endpoint:  {}", t.endpoint);
+            let interface = t.interface.to_string();
+            let _ = writeln!(out, "tunnel:    {} ({link})", clean(&interface));
+            let mut hole = format!("endpoint:  {}", clean(&t.endpoint.to_string()));
             if let Some(mark) = t.mark {
                 let _ = write!(hole, ", only with fwmark {mark}");
             }
@@ -67,8 +88,8 @@ pub(crate) fn status(status: &Status) -> String {
             };
             let _ = writeln!(out, "dns:       {dns}");
             if let Some(m) = &t.managed {
-                let backend = m.backend.as_deref().unwrap_or("not started");
-                let server = m.servers.get(m.server).map_or("?", String::as_str);
+                let backend = clean(m.backend.as_deref().unwrap_or("not started"));
+                let server = clean(m.servers.get(m.server).map_or("?", String::as_str));
                 let _ = writeln!(
                     out,
                     "wireguard: {backend}; server {} of {} ({server}); attempt {}",
@@ -77,15 +98,16 @@ pub(crate) fn status(status: &Status) -> String {
                     m.attempt
                 );
                 if let Some(event) = &m.last_event {
-                    let _ = writeln!(out, "last:      {event}");
+                    let _ = writeln!(out, "last:      {}", clean(event));
                 }
             }
         }
     }
     if let Some(dns) = &status.dns {
+        let via = clean(&dns.via);
         let line = match &dns.error {
-            Some(error) => format!("NOT set ({}): {error}", dns.via),
-            None => format!("{} via {}", list(&dns.servers), dns.via),
+            Some(error) => format!("NOT set ({via}): {}", clean(error)),
+            None => format!("{} via {via}", list(&dns.servers)),
         };
         let _ = writeln!(out, "resolver:  {line}");
         if dns.rewrites > 0 {
@@ -97,7 +119,7 @@ pub(crate) fn status(status: &Status) -> String {
                 .last_rewrite_at
                 .map(|at| format!(" at {}", utc_time(at)))
                 .unwrap_or_default();
-            let what = dns.last_rewrite.as_deref().unwrap_or("unknown");
+            let what = clean(dns.last_rewrite.as_deref().unwrap_or("unknown"));
             let _ = writeln!(
                 out,
                 "rewritten: {times} by another program; last{when}: {what}"
@@ -106,8 +128,8 @@ pub(crate) fn status(status: &Status) -> String {
         if let Some(error) = &dns.watch_error {
             let _ = writeln!(
                 out,
-                "watch:     NOT watching {} for rewrites by other programs: {error}",
-                dns.via
+                "watch:     NOT watching {via} for rewrites by other programs: {}",
+                clean(error)
             );
         }
     }
@@ -146,7 +168,7 @@ pub(crate) fn status(status: &Status) -> String {
         }
     }
     if fw.tamper_events > 0 {
-        let last = fw.last_tamper.as_deref().unwrap_or("unknown");
+        let last = clean(fw.last_tamper.as_deref().unwrap_or("unknown"));
         let _ = writeln!(
             out,
             "tampering: restored {} times; last: {last}",
@@ -156,7 +178,7 @@ pub(crate) fn status(status: &Status) -> String {
     let _ = writeln!(
         out,
         "error:     {}",
-        status.error.as_deref().unwrap_or("none")
+        clean(status.error.as_deref().unwrap_or("none"))
     );
     out
 }
@@ -178,7 +200,7 @@ pub(crate) fn event_line(status: &Status, now: SystemTime) -> String {
         let _ = write!(
             line,
             " tunnel={}({})",
-            t.interface,
+            clean(&t.interface.to_string()),
             if t.up { "up" } else { "down" }
         );
         // What the connection manager did last (an attempt, a failover and why).
@@ -340,5 +362,39 @@ mod tests {
             event_line(&sample(), at),
             "01:01:01Z connected lockdown=on allow-lan=off tunnel=wg0(up)"
         );
+    }
+
+    #[test]
+    fn words_from_the_daemon_cannot_drive_the_terminal_or_forge_lines() {
+        let mut s = sample();
+        s.firewall.tamper_events = 1;
+        s.firewall.last_tamper =
+            Some("flushed by \u{1b}[2J\u{1b}[Hevil\nerror:     none".to_owned());
+        s.error = Some("bad\rname\u{7}".to_owned());
+        s.dns = Some(killswitch_types::ipc::DnsStatus {
+            via: "/etc/resolv.conf".to_owned(),
+            servers: vec![],
+            error: None,
+            rewrites: 1,
+            last_rewrite_at: None,
+            last_rewrite: Some("nameserver 192.0.2.1\u{1b}]0;pwned\u{7}".to_owned()),
+            watch_error: Some("watching\n/etc".to_owned()),
+        });
+        let report = status(&s);
+        assert!(!report.contains('\u{1b}'), "{report}");
+        assert!(
+            !report.contains('\r') && !report.contains('\u{7}'),
+            "{report}"
+        );
+        assert_eq!(
+            report.lines().filter(|l| l.starts_with("error:")).count(),
+            1,
+            "a forged line: {report}"
+        );
+        assert!(
+            report.contains("flushed by \\u{1b}[2J"),
+            "shown escaped: {report}"
+        );
+        assert_eq!(clean("plain, ünïcode"), "plain, ünïcode");
     }
 }
