@@ -21,6 +21,8 @@
 //! tunnel's IPv4 addresses arriving on another interface, and ARP messages from those addresses
 //! leaving by another interface (audit finding MLLVD-CR-24-03: Linux answers ARP for any local
 //! address on every interface, so the LAN could learn the tunnel's address from the physical one).
+//! These guards cover the tunnel's routable addresses; its link-local ones (169.254.0.0/16,
+//! fe80::/10) identify nothing and may be the LAN's own as well.
 //!
 //! Output deliberately has no "established" rule: a flow that went through the tunnel stays in the
 //! conntrack table after the tunnel drops, and an "established" accept would let its next packets out
@@ -118,16 +120,27 @@ impl Tunnel {
         families
     }
 
-    fn ipv4_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.addresses.iter().filter_map(|a| match a {
-            IpAddr::V4(v4) => Some(*v4),
+    /// The addresses that would give the tunnel away if seen on another link, and that a probe
+    /// from the LAN could aim at: all but link-local ones (169.254.0.0/16, fe80::/10). Those exist
+    /// per link and mean nothing beyond it, and the LAN may well use the same one (a router's
+    /// fe80::1): guarding them would cut this machine off from its LAN and protect nothing.
+    fn identity_addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.addresses
+            .iter()
+            .copied()
+            .filter(|a| !is_link_local_v4(a) && !is_link_local_v6(a))
+    }
+
+    fn identity_ipv4(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.identity_addresses().filter_map(|a| match a {
+            IpAddr::V4(v4) => Some(v4),
             IpAddr::V6(_) => None,
         })
     }
 
-    fn ipv6_addresses(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
-        self.addresses.iter().filter_map(|a| match a {
-            IpAddr::V6(v6) => Some(*v6),
+    fn identity_ipv6(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
+        self.identity_addresses().filter_map(|a| match a {
+            IpAddr::V6(v6) => Some(v6),
             IpAddr::V4(_) => None,
         })
     }
@@ -135,6 +148,10 @@ impl Tunnel {
 
 fn is_link_local_v6(ip: &IpAddr) -> bool {
     matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80)
+}
+
+fn is_link_local_v4(ip: &IpAddr) -> bool {
+    matches!(ip, IpAddr::V4(v4) if v4.is_link_local())
 }
 
 /// The priority of our base chains: `filter`. A packet must be accepted by every base chain on its
@@ -263,7 +280,7 @@ pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Rule
 /// from the tunnel's address) is dropped. The tunnel interface itself is exempt: a TAP tunnel
 /// carries ARP for its own address. Everything else is accepted: ARP is how the LAN works.
 fn arp_table(tunnel: &Tunnel) -> Option<ArpTable> {
-    let addresses: Vec<Ipv4Addr> = tunnel.ipv4_addresses().collect();
+    let addresses: Vec<Ipv4Addr> = tunnel.identity_ipv4().collect();
     if addresses.is_empty() {
         return None;
     }
@@ -330,10 +347,10 @@ fn output_rules(
     if let Some(tunnel) = identity {
         // Nothing from the tunnel's address leaves by another interface: such a packet would tell
         // the local network the address, and so that this machine is on the VPN.
-        for address in &tunnel.addresses {
+        for address in tunnel.identity_addresses() {
             rules.push(
                 on().not_oif(&tunnel.interface)
-                    .src(host(*address))
+                    .src(host(address))
                     .verdict(Verdict::Drop, "tunnel address only via the tunnel"),
             );
         }
@@ -388,10 +405,10 @@ fn input_rules(
         // CVE-2019-14899: an attacker on the local network sends packets addressed to the tunnel's
         // private IP into the physical interface to probe for (and inject into) tunnelled flows.
         // This must come before the "established" accept, which such probes would otherwise hit.
-        for address in &tunnel.addresses {
+        for address in tunnel.identity_addresses() {
             rules.push(
                 on().not_iif(&tunnel.interface)
-                    .dst(host(*address))
+                    .dst(host(address))
                     .verdict(Verdict::Drop, "tunnel address only via the tunnel"),
             );
         }
@@ -559,7 +576,7 @@ fn neighbor_guard(
     direction: impl Fn(RuleBuilder) -> RuleBuilder,
 ) -> Vec<Rule> {
     tunnel
-        .ipv6_addresses()
+        .identity_ipv6()
         .map(|address| {
             direction(on())
                 .family(IpFamily::V6)

@@ -27,6 +27,7 @@ fn address(v6: bool) -> BoxedStrategy<IpAddr> {
             "ff02::2",
             "::1",
             "fc00:bbbb::2",
+            "fe80::2",
         ]
     } else {
         [
@@ -39,6 +40,7 @@ fn address(v6: bool) -> BoxedStrategy<IpAddr> {
             "127.0.0.1",
             "224.0.0.251",
             "0.0.0.0",
+            "169.254.1.1",
         ]
     }
     .iter()
@@ -303,6 +305,56 @@ fn identity_of(state: &PolicyState) -> Option<&Tunnel> {
     }
 }
 
+/// The tunnel's addresses that would give it away on another link: all but link-local ones,
+/// which exist per link and may well be the LAN's own too.
+fn guarded_addresses(state: &PolicyState) -> Vec<IpAddr> {
+    identity_of(state)
+        .map(|t| {
+            t.addresses
+                .iter()
+                .copied()
+                .filter(|a| !is_link_local(*a))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn is_link_local(address: IpAddr) -> bool {
+    match address {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => v6.segments()[0] & 0xffc0 == 0xfe80,
+    }
+}
+
+/// `state` with the tunnel's link-local addresses taken away.
+fn without_link_local(state: &PolicyState) -> PolicyState {
+    let strip = |t: &Tunnel| Tunnel {
+        addresses: t
+            .addresses
+            .iter()
+            .copied()
+            .filter(|a| !is_link_local(*a))
+            .collect(),
+        ..t.clone()
+    };
+    match state {
+        PolicyState::Connected { peer, tunnel } => PolicyState::Connected {
+            peer: peer.clone(),
+            tunnel: strip(tunnel),
+        },
+        PolicyState::Connecting {
+            peer,
+            probe,
+            pending,
+        } => PolicyState::Connecting {
+            peer: peer.clone(),
+            probe: probe.clone(),
+            pending: pending.as_ref().map(strip),
+        },
+        other => other.clone(),
+    }
+}
+
 /// The tunnel interface, whether up (connected) or being probed (connecting).
 fn tunnel_iface(state: &PolicyState) -> Option<&InterfaceName> {
     match state {
@@ -460,7 +512,7 @@ proptest! {
     /// ARP is untouched, whatever the state.
     #[test]
     fn arp_never_discloses_a_tunnel_address(state in table_state(), settings in settings(), p in arp_packet()) {
-        let tunnel_v4: Vec<IpAddr> = identity_of(&state).map(|t| t.addresses.clone()).unwrap_or_default();
+        let tunnel_v4 = guarded_addresses(&state);
         let tunnel_name = identity_of(&state).map(|t| &t.interface);
         let names_tunnel_address = match p.hook {
             ArpHook::Input => p.operation == ArpOperation::Request
@@ -478,13 +530,25 @@ proptest! {
     fn neighbor_discovery_never_discloses_a_tunnel_address(state in table_state(), settings in settings(), p in packet()) {
         let Some(tunnel) = identity_of(&state) else { return Ok(()) };
         let Transport::Icmpv6 { kind, target: Some(target) } = p.transport else { return Ok(()) };
-        prop_assume!(tunnel.addresses.contains(&IpAddr::V6(target)));
+        prop_assume!(guarded_addresses(&state).contains(&IpAddr::V6(target)));
         let solicited_elsewhere = p.hook == Hook::Input && kind == 135 && p.iif.as_ref() != Some(&tunnel.interface);
         let advertised_elsewhere = p.hook == Hook::Output && kind == 136 && p.oif.as_ref() != Some(&tunnel.interface);
         prop_assume!(solicited_elsewhere || advertised_elsewhere);
         prop_assume!(p.iif.as_ref().is_none_or(|i| i.as_str() != "lo") && p.oif.as_ref().is_none_or(|o| o.as_str() != "lo"));
         let verdict = compile(&state, &settings).verdict(&p);
         prop_assert!(!verdict.is_accept(), "{state:?} accepted {p:?}");
+    }
+
+    /// A link-local address on the tunnel (169.254.0.0/16, fe80::/10) tells nobody anything and
+    /// may be the LAN's own too (a router's fe80::1): it is not guarded, and changes no decision
+    /// about any packet (where it does not decide which families the tunnel carries).
+    #[test]
+    fn a_link_local_tunnel_address_changes_no_decision(state in table_state(), settings in settings(), p in packet(), a in arp_packet()) {
+        let stripped = without_link_local(&state);
+        prop_assume!(identity_of(&state).map(Tunnel::carried_families) == identity_of(&stripped).map(Tunnel::carried_families));
+        let (with, without) = (compile(&state, &settings), compile(&stripped, &settings));
+        prop_assert_eq!(with.verdict(&p), without.verdict(&p), "{:?} {:?}", state, p);
+        prop_assert_eq!(with.arp_verdict(&a), without.arp_verdict(&a), "{:?} {:?}", state, a);
     }
 
     /// `off` and unlocked `disconnected` install nothing and so decide nothing.
