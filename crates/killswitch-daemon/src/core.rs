@@ -98,8 +98,11 @@ pub struct Core<F> {
     /// An unusable settings file: blocks until the user sets something (which rewrites it).
     settings_fault: Option<String>,
     observed: Option<Observed>,
+    /// The last observation as it came, trusted or not: judged again when the user vouches for
+    /// the interface by guarding it again.
+    seen: Option<Observed>,
     /// What the guarded interface was when first seen carrying traffic: an interface of that
-    /// name that is something else later is not trusted as the tunnel.
+    /// name that is something else later is not trusted as the tunnel. Kept across restarts.
     pinned: Option<crate::links::LinkIdentity>,
     /// Why an interface of the guarded name is not trusted as the tunnel, while it is not.
     link_fault: Option<String>,
@@ -155,6 +158,10 @@ impl<F: Firewall> Core<F> {
                 (assumed, Some(why))
             }
         };
+        // What the guarded tunnel was, as the previous daemon saw it; only for a tunnel to guard.
+        let pinned = persisted
+            .guard_identity
+            .filter(|_| matches!(persisted.target, Target::Guard(_)));
         Core {
             firewall,
             store,
@@ -163,7 +170,8 @@ impl<F: Firewall> Core<F> {
             config_fault,
             settings_fault,
             observed: None,
-            pinned: None,
+            seen: None,
+            pinned,
             link_fault: None,
             applied: None,
             state: State::Blocked,
@@ -259,6 +267,7 @@ impl<F: Firewall> Core<F> {
     /// An interface of the guarded name that is not the tunnel (see
     /// [`crate::links::judge_identity`]) counts as no tunnel, and `status` says why.
     pub fn observe(&mut self, observed: Option<Observed>) -> bool {
+        self.seen.clone_from(&observed);
         let (observed, fault) = self.trust(observed);
         if fault.is_some() && fault != self.link_fault {
             tracing::warn!("{}", fault.as_deref().unwrap_or_default());
@@ -285,10 +294,28 @@ impl<F: Firewall> Core<F> {
             Ok(()) => {
                 if observed.carries_traffic() && self.pinned.is_none() {
                     self.pinned = Some(identity);
+                    self.save_pin();
                 }
                 (Some(observed), None)
             }
             Err(why) => (None, Some(why)),
+        }
+    }
+
+    /// Writes down what the guarded tunnel is, so that a restart remembers it. A failure costs
+    /// only that memory (the pin holds for this run), so it is logged, not reported as a fault;
+    /// an unusable settings file is never overwritten by it.
+    fn save_pin(&self) {
+        if self.settings_fault.is_some() {
+            return;
+        }
+        let persisted = Persisted::new(self.settings, self.target.clone())
+            .with_guard_identity(self.pinned.clone());
+        if let Err(e) = self.store.save(&persisted) {
+            tracing::warn!(
+                "cannot remember what kind of device the tunnel is in {}: {e}",
+                self.store.path().display()
+            );
         }
     }
 
@@ -447,7 +474,14 @@ impl<F: Firewall> Core<F> {
             }
             Request::AllowLan { enabled } => settings.allow_lan = *enabled,
         }
-        let persisted = Persisted::new(settings, target.clone());
+        // The same tunnel to guard: what it was stays known, unless the user guards it again,
+        // vouching for whatever now has its name (as the refusal told them to).
+        let vouched = matches!(request, Request::Guard(_));
+        let pinned = self
+            .pinned
+            .clone()
+            .filter(|_| self.target == target && !vouched);
+        let persisted = Persisted::new(settings, target.clone()).with_guard_identity(pinned);
         self.store.save(&persisted).map_err(|e| {
             IpcError::new(
                 ErrorKind::Storage,
@@ -461,8 +495,13 @@ impl<F: Firewall> Core<F> {
         if target_changed {
             // A new tunnel to guard: what we saw of the old one says nothing about it.
             self.observed = None;
+            self.seen = None;
             self.pinned = None;
             self.link_fault = None;
+        } else if vouched {
+            self.pinned = None;
+            let seen = self.seen.take();
+            self.observe(seen);
         }
         self.settings = settings;
         self.target = target;
@@ -829,6 +868,66 @@ mod tests {
         core.reconcile();
         let status = core.status();
         assert_eq!((status.state, status.error), (State::Connected, None));
+    }
+
+    #[test]
+    fn a_restart_remembers_what_kind_of_device_the_tunnel_was() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tun = |o: Observed| Observed {
+            identity: Some(crate::links::LinkIdentity {
+                kind: Some("tun".to_owned()),
+                link_type: 65534,
+            }),
+            ..o
+        };
+        {
+            let mut fw = Recorder::default();
+            let mut core = core(&mut fw, dir.path());
+            core.handle(&Request::Guard(spec())).expect("ok");
+            core.observe(up());
+            core.reconcile();
+            assert_eq!(core.status().state, State::Connected);
+        }
+        // The daemon restarts after the WireGuard tunnel died; a TUN device now has its name.
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        core.observe(up().map(tun));
+        core.reconcile();
+        let status = core.status();
+        assert_eq!(
+            status.state,
+            State::Connecting,
+            "not trusted after a restart"
+        );
+        assert!(
+            status.error.as_deref().is_some_and(|e| e.contains(
+                "wg0 is now a TUN interface, but the guarded tunnel was a wireguard interface"
+            )),
+            "{:?}",
+            status.error
+        );
+        // Unrelated changes keep the memory; guarding again (the user says this is the tunnel)
+        // forgets it.
+        core.handle(&Request::AllowLan { enabled: true })
+            .expect("ok");
+        let mut fw2 = Recorder::default();
+        let mut again = self::core(&mut fw2, dir.path());
+        again.observe(up().map(tun));
+        again.reconcile();
+        assert_eq!(again.status().state, State::Connecting);
+        assert_eq!(
+            again
+                .handle(&Request::Guard(spec()))
+                .map(|s| (s.state, s.error)),
+            Ok((State::Connected, None)),
+            "guarding it again trusts it, as the error says"
+        );
+        drop(again);
+        let mut fw3 = Recorder::default();
+        let mut third = self::core(&mut fw3, dir.path());
+        third.observe(up().map(tun));
+        third.reconcile();
+        assert_eq!(third.status().state, State::Connected, "and remembers that");
     }
 
     /// A core as `Core::new` leaves it: nothing applied yet.

@@ -56,11 +56,7 @@ pub fn judge_identity(
     seen: &LinkIdentity,
     pinned: Option<&LinkIdentity>,
 ) -> Result<(), String> {
-    let what = match &seen.kind {
-        Some(kind) => format!("a {kind} interface"),
-        None if ETHERNET.contains(&seen.link_type) => "a physical network device".to_owned(),
-        None => format!("a device of link type {}", seen.link_type),
-    };
+    let what = describe(seen);
     let never = match &seen.kind {
         Some(kind) => NOT_TUNNELS.contains(&kind.as_str()),
         None => ETHERNET.contains(&seen.link_type),
@@ -73,16 +69,25 @@ pub fn judge_identity(
     if let Some(pinned) = pinned
         && pinned != seen
     {
-        let was = match &pinned.kind {
-            Some(kind) => format!("a {kind} interface"),
-            None => format!("a device of link type {}", pinned.link_type),
-        };
         return Err(format!(
-            "{name} is now {what}, but the guarded tunnel was {was}: not trusted (if this is the \
-             tunnel, guard it again)"
+            "{name} is now {what}, but the guarded tunnel was {}: not trusted (if this is the \
+             tunnel, guard it again)",
+            describe(pinned)
         ));
     }
     Ok(())
+}
+
+/// A device kind in words. The kernel calls both TUN and TAP devices `tun`; their link type tells
+/// them apart (a TAP device is an Ethernet one).
+fn describe(identity: &LinkIdentity) -> String {
+    match identity.kind.as_deref() {
+        Some("tun") if ETHERNET.contains(&identity.link_type) => "a TAP interface".to_owned(),
+        Some("tun") => "a TUN interface".to_owned(),
+        Some(kind) => format!("a {kind} interface"),
+        None if ETHERNET.contains(&identity.link_type) => "a physical network device".to_owned(),
+        None => format!("a device of link type {}", identity.link_type),
+    }
 }
 
 impl Observed {
@@ -243,6 +248,15 @@ mod tests {
             judge_identity(&wg0, &identity(None, 512), None),
             Ok(()),
             "a PPP link can be a VPN"
+        );
+        // The kernel calls both `tun`: the message must not say "now a tun, but was a tun".
+        let tap_for_tun = judge_identity(&wg0, &tap, Some(&tun));
+        assert!(
+            tap_for_tun
+                .as_ref()
+                .is_err_and(|e| e
+                    .contains("now a TAP interface, but the guarded tunnel was a TUN interface")),
+            "{tap_for_tun:?}"
         );
     }
 

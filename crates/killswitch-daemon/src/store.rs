@@ -30,6 +30,10 @@ pub struct Persisted {
     pub settings: Settings,
     /// The last requested target state.
     pub target: Target,
+    /// What the guarded tunnel was when first seen carrying traffic: kept so that a restarted
+    /// daemon still refuses an interface of another kind renamed to the tunnel's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard_identity: Option<killswitch_tunnel::netdev::LinkIdentity>,
 }
 
 fn format_version() -> u32 {
@@ -43,7 +47,17 @@ impl Persisted {
             version: FORMAT_VERSION,
             settings,
             target,
+            guard_identity: None,
         }
+    }
+
+    /// The same, remembering what the guarded tunnel was (see [`Persisted::guard_identity`]).
+    pub fn with_guard_identity(
+        mut self,
+        identity: Option<killswitch_tunnel::netdev::LinkIdentity>,
+    ) -> Self {
+        self.guard_identity = identity;
+        self
     }
 }
 

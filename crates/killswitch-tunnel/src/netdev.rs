@@ -25,7 +25,9 @@ pub fn kind(index: u32) -> Result<Option<String>, TunnelError> {
 }
 
 /// What kind of device an interface is, as far as telling a tunnel from something else goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serializable: the daemon keeps what the guarded tunnel was across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LinkIdentity {
     /// The rtnetlink kind (`wireguard`, `tun`, `veth`, ...), `None` for a physical device.
     pub kind: Option<String>,
