@@ -29,7 +29,7 @@ pub fn decide(loaded: &Loaded) -> (Decision, Settings) {
             Decision::Leave("no saved settings: nothing was ever protected".to_owned()),
             Settings::default(),
         ),
-        Loaded::Unusable(why) => (
+        Loaded::Unusable(why) | Loaded::Newer(why) => (
             Decision::Block(format!("the saved settings cannot be used ({why})")),
             Settings::default(),
         ),

@@ -141,6 +141,11 @@ impl<F: Firewall> Core<F> {
             // shows (lockdown on), not only in an error. That assumption is written down at once
             // (the bad file kept aside), so that a restart or a reboot blocks too; if it cannot
             // be, the bad file stays and blocks them anyway.
+            // A newer daemon's file: block as for an unusable one, but leave it be.
+            Loaded::Newer(why) => (
+                Persisted::unknown(),
+                Some(format!("{why}; lockdown is on until you decide")),
+            ),
             Loaded::Unusable(why) => {
                 let kept = store.quarantine();
                 let assumed = Persisted::unknown();
@@ -347,17 +352,25 @@ impl<F: Firewall> Core<F> {
             }),
             _ => None,
         };
+        // While `up` is not connected, why its last attempt failed (a device that cannot be
+        // created, no handshake): otherwise `status` would say "connecting, error: none" forever.
+        let up_failure = self
+            .manager
+            .as_ref()
+            .filter(|_| self.state != State::Connected)
+            .and_then(Manager::last_failure);
         let error = [
-            self.apply_error.as_ref(),
-            self.config_fault.as_ref(),
-            self.settings_fault.as_ref(),
-            self.link_fault.as_ref(),
-            self.routing_error.as_ref(),
+            self.apply_error.as_deref(),
+            self.config_fault.as_deref(),
+            self.settings_fault.as_deref(),
+            self.link_fault.as_deref(),
+            up_failure,
+            self.routing_error.as_deref(),
         ]
         .into_iter()
         .flatten()
         .next()
-        .cloned();
+        .map(str::to_owned);
         Status {
             protocol: killswitch_types::ipc::PROTOCOL_VERSION,
             state: self.state,
@@ -377,7 +390,15 @@ impl<F: Firewall> Core<F> {
     pub fn dns_want(&self) -> DnsWant {
         match (&self.target, &self.manager) {
             (Target::Up(spec), Some(manager)) if manager.is_up() => {
-                let servers = manager.active().1.dns.clone();
+                let config = manager.active().1;
+                // Only resolvers the rules let through: an IPv6 resolver of an IPv4-only tunnel
+                // in resolv.conf would cost every lookup a timeout.
+                let servers = killswitch_policy::Tunnel {
+                    interface: spec.interface.clone(),
+                    addresses: config.addresses.iter().map(|n| n.addr()).collect(),
+                    dns: config.dns.clone(),
+                }
+                .usable_dns();
                 if servers.is_empty() {
                     DnsWant::Restore
                 } else {
@@ -928,6 +949,69 @@ mod tests {
         third.observe(up().map(tun));
         third.reconcile();
         assert_eq!(third.status().state, State::Connected, "and remembers that");
+    }
+
+    #[test]
+    fn a_newer_daemons_settings_block_and_are_left_as_they_are() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("settings.json");
+        let newer =
+            r#"{"version":2,"lockdown":false,"allow_lan":true,"target":{"mode":"off"},"new":1}"#;
+        std::fs::write(&file, newer).expect("write");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        let status = core.status();
+        assert_eq!((status.state, status.lockdown), (State::Blocked, true));
+        assert!(
+            status
+                .error
+                .is_some_and(|e| e.contains("newer killswitchd")),
+            "status says why"
+        );
+        assert_eq!(std::fs::read_to_string(&file).ok().as_deref(), Some(newer));
+        assert!(!dir.path().join("settings.json.corrupt").exists());
+        // The user's decision replaces it.
+        assert_eq!(core.handle(&Request::Off).map(|s| s.state), Ok(State::Off));
+        assert!(matches!(core.store.load(), Loaded::Found(_)));
+    }
+
+    #[test]
+    fn status_says_why_up_is_not_connecting() {
+        const CONF: &str = "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n\
+            Address = 10.64.0.2/32\nDNS = 10.64.0.1\n[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\n\
+            Endpoint = 198.51.100.1:51820\nAllowedIPs = 0.0.0.0/0\n";
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let options = CoreOptions {
+            factory: Box::new(|_| {
+                Err(killswitch_tunnel::TunnelError::Backend(
+                    "no /dev/net/tun".into(),
+                ))
+            }),
+            ..CoreOptions::new(dir.path())
+        };
+        let mut core = Core::new(&mut fw, Store::new(dir.path()), None, options);
+        core.reconcile();
+        let configs = vec![killswitch_types::ipc::ConfigSource {
+            source: "/etc/wireguard/wg0.conf".to_owned(),
+            text: Some(CONF.to_owned()),
+        }];
+        core.handle(&Request::Up {
+            interface: None,
+            configs,
+        })
+        .expect("ok");
+        core.tick(Instant::now());
+        let status = core.status();
+        assert_eq!(status.state, State::Connecting);
+        assert!(
+            status
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("no /dev/net/tun")),
+            "{:?}",
+            status.error
+        );
     }
 
     /// A core as `Core::new` leaves it: nothing applied yet.

@@ -80,6 +80,9 @@ pub struct Manager {
     /// When the next tick is due: absolute, so that other events cannot postpone it.
     due: Instant,
     last_event: Option<String>,
+    /// Why the last attempt or tunnel failed, until one connects: what `status` shows as the
+    /// error while the tunnel is not up.
+    last_failure: Option<String>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -106,6 +109,7 @@ impl Manager {
             urgent: false,
             due: now,
             last_event: None,
+            last_failure: None,
         }
     }
 
@@ -158,6 +162,11 @@ impl Manager {
         self.last_event.as_deref()
     }
 
+    /// Why the last attempt failed, if none has connected since.
+    pub fn last_failure(&self) -> Option<&str> {
+        self.last_failure.as_deref()
+    }
+
     /// Look at the tunnel at once (a network change, a wake from sleep) instead of at the next
     /// probe interval.
     pub fn check_now(&mut self) {
@@ -208,6 +217,7 @@ impl Manager {
                         tracker.observe(&stats, now);
                         self.phase = Phase::Up { tracker };
                         self.attempt = 0;
+                        self.last_failure = None;
                         self.event(format!(
                             "connected to {} in {} ms",
                             self.describe_active(),
@@ -314,6 +324,7 @@ impl Manager {
             n => (Duration::from_millis(250) * 2u32.saturating_pow(n - 2)).min(BACKOFF_CAP),
         };
         self.phase = Phase::Waiting { until: now + delay };
+        self.last_failure = Some(format!("{failed}: {reason}"));
         self.event(format!(
             "lost {failed}: {reason}; next: {} in {} ms",
             self.describe_active(),
@@ -569,6 +580,7 @@ mod tests {
         let mut m = Manager::new(spec(), Duration::from_secs(3), t0);
         assert_eq!(m.tick(t0, &mut f), Step::Lost);
         assert!(m.last_event().is_some_and(|e| e.contains("no tun")));
+        assert!(m.last_failure().is_some_and(|e| e.contains("no tun")));
         // Failing at once, again and again, still backs off.
         let mut now = t0;
         for _ in 0..10 {

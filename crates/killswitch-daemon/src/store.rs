@@ -100,6 +100,10 @@ pub enum Loaded {
     Found(Persisted),
     /// The file exists but is unusable; the message says why (and where the file was moved).
     Unusable(String),
+    /// The file was written by a newer daemon in a format this one cannot read; the message says
+    /// so. Unusable too, but not this daemon's to replace: a downgrade must not cost the settings
+    /// the newer daemon wrote (only the user's next change replaces the file).
+    Newer(String),
 }
 
 /// The settings file in a state directory.
@@ -162,14 +166,35 @@ impl Store {
             }
             Err(e) => return Loaded::Unusable(format!("cannot read {}: {e}", path.display())),
         };
+        /// Only the version, read first: a newer format may not parse as this one.
+        #[derive(Deserialize)]
+        struct Version {
+            #[serde(default = "format_version")]
+            version: u32,
+        }
+        if let Ok(Version { version }) = serde_json::from_slice::<Version>(&bytes)
+            && version > FORMAT_VERSION
+        {
+            return Loaded::Newer(format!(
+                "{} was written by a newer killswitchd (format version {version}; this one reads \
+                 version {FORMAT_VERSION}) and is left as it is",
+                path.display()
+            ));
+        }
         match serde_json::from_slice::<Persisted>(&bytes) {
-            Ok(p) if p.version == FORMAT_VERSION => match &p.target {
-                Target::Up(spec) => match spec.check() {
+            Ok(p) if p.version == FORMAT_VERSION => {
+                // What serde cannot check: a file edited by hand (or written by a bug) must not
+                // guard `lo` or bring up a tunnel with impossible settings.
+                let checked = match &p.target {
+                    Target::Up(spec) => spec.check(),
+                    Target::Guard(spec) => spec.validate().map_err(|e| e.to_string()),
+                    Target::Off | Target::Disconnected => Ok(()),
+                };
+                match checked {
                     Ok(()) => Loaded::Found(p),
                     Err(why) => Loaded::Unusable(format!("{}: {why}", path.display())),
-                },
-                _ => Loaded::Found(p),
-            },
+                }
+            }
             Ok(p) => Loaded::Unusable(format!(
                 "{} has format version {}, this daemon reads version {FORMAT_VERSION}",
                 path.display(),
@@ -413,10 +438,37 @@ mod tests {
         assert!(matches!(store.load(), Loaded::Unusable(m) if m.contains("lockdwn")));
         std::fs::write(
             store.path(),
-            br#"{"version":9,"lockdown":true,"allow_lan":false,"target":{"mode":"off"}}"#,
+            br#"{"version":0,"lockdown":true,"allow_lan":false,"target":{"mode":"off"}}"#,
         )
         .expect("write");
-        assert!(matches!(store.load(), Loaded::Unusable(m) if m.contains("version 9")));
+        assert!(matches!(store.load(), Loaded::Unusable(m) if m.contains("version 0")));
+        // A newer daemon's file, with a field this one does not know: not this daemon's to judge.
+        std::fs::write(
+            store.path(),
+            br#"{"version":9,"lockdown":false,"allow_lan":false,"target":{"mode":"off"},"new":1}"#,
+        )
+        .expect("write");
+        assert!(
+            matches!(store.load(), Loaded::Newer(m) if m.contains("newer killswitchd (format version 9")),
+            "{:?}",
+            store.load()
+        );
+    }
+
+    #[test]
+    fn a_hand_edited_guard_of_loopback_is_unusable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        std::fs::write(
+            store.path(),
+            br#"{"version":1,"lockdown":false,"allow_lan":false,"target":{"mode":"guard","interface":"lo","endpoint":"198.51.100.1:51820","dns":[]}}"#,
+        )
+        .expect("write");
+        let loaded = store.load();
+        assert!(
+            matches!(&loaded, Loaded::Unusable(m) if m.contains("loopback")),
+            "{loaded:?}"
+        );
     }
 
     #[test]

@@ -113,7 +113,7 @@ pub fn resolve_up(
     }
     let interface = match interface {
         Some(name) => name,
-        None => default_interface(&sources[0].source),
+        None => default_interface(&sources[0].source).map_err(bad)?,
     };
     if interface.as_str() == "lo" {
         return Err(bad("the tunnel interface cannot be lo".to_owned()));
@@ -123,14 +123,19 @@ pub fn resolve_up(
     Ok(spec)
 }
 
-/// wg-quick names the interface after the file: `/etc/wireguard/wg0.conf` is `wg0`.
-fn default_interface(source: &str) -> InterfaceName {
+/// wg-quick names the interface after the file: `/etc/wireguard/wg0.conf` is `wg0`. A file whose
+/// name is no interface name is refused, as wg-quick refuses it, rather than given a made-up
+/// name the user would not find in `ip link` or know to pass to `guard` later.
+fn default_interface(source: &str) -> Result<InterfaceName, String> {
     let stem = Path::new(source)
         .file_stem()
         .and_then(|s| s.to_str())
         .unwrap_or("");
-    InterfaceName::new(stem).unwrap_or_else(|_| {
-        InterfaceName::new("killswitch0").unwrap_or_else(|_| InterfaceName::loopback())
+    InterfaceName::new(stem).map_err(|e| {
+        format!(
+            "cannot name the tunnel after {source:?} ({e}); rename the file or choose a name \
+             with --interface NAME"
+        )
     })
 }
 
@@ -154,13 +159,17 @@ mod tests {
         let spec =
             resolve_up(None, &[sent("/home/me/vpn/se-1.conf", CONF)], dir.path()).expect("valid");
         assert_eq!(spec.interface.as_str(), "se-1");
-        let spec = resolve_up(
+        let refused = resolve_up(
             None,
             &[sent("a-name-much-too-long-for-an-interface.conf", CONF)],
             dir.path(),
-        )
-        .expect("valid");
-        assert_eq!(spec.interface.as_str(), "killswitch0");
+        );
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.message.contains("--interface NAME")),
+            "{refused:?}"
+        );
         let spec = resolve_up(
             InterfaceName::new("wgx").ok(),
             &[sent("x.conf", CONF)],

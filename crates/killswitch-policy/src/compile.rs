@@ -120,6 +120,18 @@ impl Tunnel {
         families
     }
 
+    /// The resolvers DNS may go to: those of a family the tunnel carries. An IPv6 resolver behind
+    /// an IPv4-only tunnel would be IPv6 that is not tunnelled (and unreachable anyway), so the
+    /// rules admit none, and nothing should be told to use one.
+    pub fn usable_dns(&self) -> Vec<IpAddr> {
+        let families = self.carried_families();
+        self.dns
+            .iter()
+            .copied()
+            .filter(|s| families.contains(&family_of(*s)))
+            .collect()
+    }
+
     /// The addresses that would give the tunnel away if seen on another link, and that a probe
     /// from the LAN could aim at: all but link-local ones (169.254.0.0/16, fe80::/10). Those exist
     /// per link and mean nothing beyond it, and the LAN may well use the same one (a router's
@@ -503,19 +515,12 @@ fn endpoint_hole(peer: &Peer) -> Rule {
 fn dns_rules(tunnel: Option<&Tunnel>) -> Vec<Rule> {
     let mut rules = Vec::new();
     if let Some(tunnel) = tunnel {
-        // Only resolvers of a family the tunnel carries: an IPv6 resolver behind a v4-only tunnel
-        // would be IPv6 that is not tunnelled (and unreachable anyway).
-        let families = tunnel.carried_families();
-        for server in tunnel
-            .dns
-            .iter()
-            .filter(|s| families.contains(&family_of(**s)))
-        {
+        for server in tunnel.usable_dns() {
             for proto in DNS_PROTOS {
                 for port in DNS_PORTS {
                     rules.push(
                         on().oif(&tunnel.interface)
-                            .dst(host(*server))
+                            .dst(host(server))
                             .proto(proto)
                             .dport(port)
                             .accept("dns to the tunnel's resolver"),

@@ -405,6 +405,11 @@ fn a_v4_only_tunnel_admits_no_ipv6_dns() {
     let r = rules(&state, false, false);
     assert!(!r.verdict(&query("2001:db8::53")).is_accept());
     assert!(r.verdict(&query(TUNNEL_DNS)).is_accept());
+    // And the daemon tells the system's resolver only what the rules admit.
+    let PolicyState::Connected { tunnel, .. } = &state else {
+        unreachable!("built above")
+    };
+    assert_eq!(tunnel.usable_dns(), vec![ip(TUNNEL_DNS)]);
 }
 
 #[test]

@@ -52,6 +52,14 @@ pub enum EndpointParseError {
     /// Port 0 cannot be connected to.
     #[error("invalid endpoint {0:?}: port 0 is not a real port")]
     PortZero(String),
+    /// The port is not a number from 1 to 65535.
+    #[error("invalid endpoint {0:?}: port {1:?} is not a port (1-65535)")]
+    Port(String, String),
+    /// An IPv6 address with a zone (`%eth0`): only link-local addresses need one.
+    #[error(
+        "invalid endpoint {0:?}: a scoped (%interface) address is link-local, and cannot be a VPN server"
+    )]
+    Scope(String),
     /// The address cannot be a VPN server (unspecified, multicast, loopback).
     #[error("invalid endpoint {0:?}: {1} address cannot be a VPN server")]
     Address(String, &'static str),
@@ -71,35 +79,66 @@ impl FromStr for Endpoint {
             }
             None => (s, TransportProtocol::Udp),
         };
-        let address: SocketAddr = addr
-            .parse()
-            .map_err(|_| EndpointParseError::Syntax(s.to_owned()))?;
+        let address: SocketAddr = addr.parse().map_err(|_| diagnose(s, addr))?;
         if address.port() == 0 {
             return Err(EndpointParseError::PortZero(s.to_owned()));
         }
-        let ip = address.ip();
-        let mapped = match ip {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().is_some(),
-            std::net::IpAddr::V4(_) => false,
-        };
-        let bad_kind = if ip.is_unspecified() {
-            Some("an unspecified")
-        } else if ip.is_multicast() {
-            Some("a multicast")
-        } else if ip.is_loopback() {
-            Some("a loopback")
-        } else if ip == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST) {
-            Some("the broadcast")
-        } else if mapped {
-            // Such a hole would match no real packet (they leave as IPv4): write the IPv4 address.
-            Some("an IPv4-mapped IPv6 (write it as IPv4)")
-        } else {
-            None
-        };
-        if let Some(kind) = bad_kind {
+        if let Some(kind) = unusable_kind(address.ip()) {
             return Err(EndpointParseError::Address(s.to_owned(), kind));
         }
         Ok(Endpoint { address, protocol })
+    }
+}
+
+/// Why `addr` (the part of `s` before any `/protocol`) did not parse, as precisely as can be told.
+fn diagnose(s: &str, addr: &str) -> EndpointParseError {
+    if addr.contains('%') {
+        return EndpointParseError::Scope(s.to_owned());
+    }
+    if let Some((host, port)) = addr.rsplit_once(':') {
+        // IPv6 only in brackets: `2001:db8::1:51820` is a syntax error, not a port.
+        let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => host.parse::<std::net::Ipv4Addr>().is_ok(),
+        };
+        let port_is_number = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+        if host_ok && port_is_number {
+            return EndpointParseError::Port(s.to_owned(), port.to_owned());
+        }
+    }
+    EndpointParseError::Syntax(s.to_owned())
+}
+
+/// What kind of address `ip` is, if it cannot be a VPN server's.
+fn unusable_kind(ip: std::net::IpAddr) -> Option<&'static str> {
+    use std::net::IpAddr;
+    if ip.is_unspecified() {
+        return Some("an unspecified");
+    }
+    if ip.is_multicast() {
+        return Some("a multicast");
+    }
+    if ip.is_loopback() {
+        return Some("a loopback");
+    }
+    match ip {
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast"),
+        // 0.0.0.0/8 means "this network" and is never a destination.
+        IpAddr::V4(v4) if v4.octets()[0] == 0 => Some("a \"this network\" (0.0.0.0/8)"),
+        // 240.0.0.0/4 is reserved: Linux routes none of it.
+        IpAddr::V4(v4) if v4.octets()[0] >= 240 => Some("a reserved (240.0.0.0/4)"),
+        // Such a hole would match no real packet (they leave as IPv4): write the IPv4 address.
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => {
+            Some("an IPv4-mapped IPv6 (write it as IPv4)")
+        }
+        // ::a.b.c.d, deprecated since RFC 4291 and carried by nothing (NAT64's 64:ff9b::/96 is
+        // another prefix, and fine).
+        IpAddr::V6(v6) if v6.segments()[..6] == [0; 6] => {
+            Some("an IPv4-compatible IPv6 (deprecated; write it as IPv4)")
+        }
+        // fe80::/10 needs a zone to be reached, which an endpoint does not carry.
+        IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80 => Some("a link-local IPv6"),
+        _ => None,
     }
 }
 
@@ -151,6 +190,16 @@ mod tests {
             ("[::ffff:127.0.0.1]:51820", "IPv4-mapped"),
             ("[ff02::1]:51820", "multicast"),
             ("2001:db8::1:51820", "expected IP:PORT"),
+            ("0.1.2.3:51820", "this network"),
+            ("250.0.0.1:51820", "reserved"),
+            ("[::198.51.100.1]:51820", "IPv4-compatible"),
+            ("[fe80::1]:51820", "link-local"),
+            ("[fe80::1%eth0]:51820", "scoped"),
+            (
+                "203.0.113.1:99999",
+                "port \"99999\" is not a port (1-65535)",
+            ),
+            ("[2001:db8::1]:70000/tcp", "port \"70000\""),
         ];
         for (input, expected) in cases {
             let err = input.parse::<Endpoint>().expect_err(input).to_string();
@@ -158,12 +207,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn nat64_and_ordinary_servers_are_fine() {
+        for ok in [
+            "[64:ff9b::c633:6401]:51820",
+            "169.254.10.1:51820",
+            "198.51.100.1:65535",
+        ] {
+            assert!(ok.parse::<Endpoint>().is_ok(), "{ok}");
+        }
+    }
+
     proptest! {
         #[test]
         fn display_round_trips(ip in any::<std::net::IpAddr>(), port in 1u16.., tcp in any::<bool>()) {
-            let mapped = matches!(ip, std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some());
-            prop_assume!(!ip.is_unspecified() && !ip.is_multicast() && !ip.is_loopback() && !mapped);
-            prop_assume!(ip != std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST));
+            prop_assume!(unusable_kind(ip).is_none());
             let protocol = if tcp { TransportProtocol::Tcp } else { TransportProtocol::Udp };
             let e = Endpoint { address: SocketAddr::new(ip, port), protocol };
             prop_assert_eq!(e.to_string().parse::<Endpoint>(), Ok(e));
