@@ -31,6 +31,7 @@ pub mod logging;
 pub mod manager;
 pub mod notify;
 pub mod run;
+pub mod sim;
 pub mod sleep;
 pub mod store;
 pub mod target;

@@ -1,0 +1,418 @@
+//! Judges a ruleset against the model by what it does to packets, not by what it says.
+//!
+//! The packets are the ones a user's machine sends: a web request out of the physical link, the
+//! same over IPv6, a DNS query to a resolver that is not the tunnel's, the tunnel's own packets to
+//! each server (with and without the tunnel's mark), traffic through the tunnel, a LAN host. The
+//! policy's evaluator says what the ruleset does with each. A rule missing from the compiler (the
+//! IPv6 drop, the DNS reject, the mark condition of the hole) changes one of these verdicts, and
+//! the judge names it.
+
+use crate::model::Protection;
+use killswitch_policy::Ruleset;
+use killswitch_policy::{Packet, Transport};
+use killswitch_types::InterfaceName;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+/// One end of a tunnel as the judge needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TunnelEnd {
+    /// The server's address and port (UDP).
+    pub endpoint: SocketAddr,
+    /// The mark the tunnel's socket carries.
+    pub mark: u32,
+    /// The tunnel's own address (inside the tunnel).
+    pub address: Ipv4Addr,
+    /// The resolver inside the tunnel.
+    pub dns: Ipv4Addr,
+}
+
+/// The addresses of the machine under test and its world. Both levels build one: the simulation
+/// from constants, the lab from its namespaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// The physical interface.
+    pub physical: InterfaceName,
+    /// The physical interface's IPv4 address.
+    pub host: Ipv4Addr,
+    /// Its IPv6 address.
+    pub host_v6: Ipv6Addr,
+    /// A host on the internet.
+    pub internet: Ipv4Addr,
+    /// The same over IPv6.
+    pub internet_v6: Ipv6Addr,
+    /// A LAN host (in a private range, so that allow-lan admits it).
+    pub lan: Ipv4Addr,
+    /// A resolver that is not the tunnel's (the ISP's).
+    pub foreign_resolver: Ipv4Addr,
+    /// The guarded tunnel's interface (another program runs it).
+    pub guard_interface: InterfaceName,
+    /// The guarded tunnel.
+    pub guard: TunnelEnd,
+    /// The interface `up` creates.
+    pub up_interface: InterfaceName,
+    /// `up`'s servers, in failover order.
+    pub servers: Vec<TunnelEnd>,
+}
+
+impl Topology {
+    /// The simulation's world: documentation ranges for the internet, a private LAN.
+    pub fn sim() -> Self {
+        let name = |n: &str| InterfaceName::new(n).unwrap_or_else(|_| unreachable_name(n));
+        let server = |n: u8| TunnelEnd {
+            endpoint: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, n)), 51820),
+            mark: 0xca6c,
+            address: Ipv4Addr::new(10, 64, 0, 2),
+            dns: Ipv4Addr::new(10, 64, 0, 1),
+        };
+        Topology {
+            physical: name("eth0"),
+            host: Ipv4Addr::new(192, 168, 1, 2),
+            host_v6: Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2),
+            internet: Ipv4Addr::new(192, 0, 2, 10),
+            internet_v6: Ipv6Addr::new(0x2001, 0xdb8, 2, 0, 0, 0, 0, 10),
+            lan: Ipv4Addr::new(192, 168, 1, 5),
+            foreign_resolver: Ipv4Addr::new(198, 51, 100, 53),
+            guard_interface: name("tun-guard"),
+            guard: TunnelEnd {
+                endpoint: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)), 1194),
+                mark: 0x1194,
+                address: Ipv4Addr::new(10, 8, 0, 2),
+                dns: Ipv4Addr::new(10, 8, 0, 1),
+            },
+            up_interface: name("ks-up"),
+            servers: (1..=3).map(server).collect(),
+        }
+    }
+
+    /// The tunnel end of a protection's index.
+    pub fn end(&self, index: usize) -> Option<&TunnelEnd> {
+        if index == Protection::GUARD {
+            Some(&self.guard)
+        } else {
+            self.servers.get(index)
+        }
+    }
+
+    fn interface_of(&self, index: usize) -> &InterfaceName {
+        if index == Protection::GUARD {
+            &self.guard_interface
+        } else {
+            &self.up_interface
+        }
+    }
+
+    /// Every endpoint a hole might be for: the guarded tunnel's and every server's.
+    fn every_end(&self) -> impl Iterator<Item = (usize, &TunnelEnd)> {
+        std::iter::once((Protection::GUARD, &self.guard)).chain(self.servers.iter().enumerate())
+    }
+}
+
+/// The constant names above are valid; a typo there is a bug of this file, caught by its tests.
+fn unreachable_name(name: &str) -> InterfaceName {
+    panic!("invalid interface name in the model's topology: {name}")
+}
+
+/// What a ruleset does with the user's packets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Verdicts {
+    cleartext: bool,
+    cleartext_v6: bool,
+    lan: bool,
+    foreign_dns: bool,
+    /// The servers whose hole admits the tunnel's marked packets.
+    holes: Vec<usize>,
+    /// The servers whose hole admits unmarked packets too.
+    unmarked_holes: Vec<usize>,
+}
+
+fn verdicts(ruleset: &Ruleset, topo: &Topology) -> Verdicts {
+    let out = |dst: IpAddr, transport| {
+        let src = match dst {
+            IpAddr::V4(_) => IpAddr::V4(topo.host),
+            IpAddr::V6(_) => IpAddr::V6(topo.host_v6),
+        };
+        Packet::output(topo.physical.as_str(), src, dst, transport)
+    };
+    let accepts = |packet: &Packet| ruleset.verdict(packet).is_accept();
+    let hole = |end: &TunnelEnd, marked: bool| {
+        let packet = out(
+            end.endpoint.ip(),
+            Transport::udp(51820, end.endpoint.port()),
+        );
+        accepts(&if marked {
+            packet.with_mark(end.mark)
+        } else {
+            packet
+        })
+    };
+    Verdicts {
+        cleartext: accepts(&out(topo.internet.into(), Transport::tcp(40000, 443))),
+        cleartext_v6: accepts(&out(topo.internet_v6.into(), Transport::tcp(40000, 443))),
+        lan: accepts(&out(topo.lan.into(), Transport::tcp(40000, 22))),
+        foreign_dns: accepts(&out(topo.foreign_resolver.into(), Transport::udp(40000, 53))),
+        holes: topo
+            .every_end()
+            .filter(|(_, end)| hole(end, true))
+            .map(|(i, _)| i)
+            .collect(),
+        unmarked_holes: topo
+            .every_end()
+            .filter(|(_, end)| hole(end, false))
+            .map(|(i, _)| i)
+            .collect(),
+    }
+}
+
+/// What the ruleset does with traffic through tunnel `index`'s interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct InTunnel {
+    web: bool,
+    web_v6: bool,
+    own_dns: bool,
+    foreign_dns: bool,
+}
+
+fn in_tunnel(ruleset: &Ruleset, topo: &Topology, index: usize) -> Option<InTunnel> {
+    let end = topo.end(index)?;
+    let interface = topo.interface_of(index).as_str();
+    let out = |dst: IpAddr, transport| {
+        let src = match dst {
+            IpAddr::V4(_) => IpAddr::V4(end.address),
+            IpAddr::V6(_) => IpAddr::V6(topo.host_v6),
+        };
+        ruleset
+            .verdict(&Packet::output(interface, src, dst, transport))
+            .is_accept()
+    };
+    Some(InTunnel {
+        web: out(topo.internet.into(), Transport::tcp(40000, 443)),
+        web_v6: out(topo.internet_v6.into(), Transport::tcp(40000, 443)),
+        own_dns: out(end.dns.into(), Transport::udp(40000, 53)),
+        foreign_dns: out(topo.foreign_resolver.into(), Transport::udp(40000, 53)),
+    })
+}
+
+/// Checks that `ruleset` enforces exactly `expected` (with allow-lan as given). `Err` names every
+/// difference.
+pub fn exactly(
+    ruleset: &Ruleset,
+    topo: &Topology,
+    expected: &Protection,
+    allow_lan: bool,
+) -> Result<(), String> {
+    let v = verdicts(ruleset, topo);
+    let mut wrong = Vec::new();
+    let mut expect = |what: &str, is: bool, should: bool| {
+        if is != should {
+            wrong.push(format!(
+                "{what} is {} but must be {}",
+                word(is),
+                word(should)
+            ));
+        }
+    };
+    let open = !expected.has_rules();
+    expect("cleartext to the internet", v.cleartext, open);
+    expect("IPv6 outside the tunnel", v.cleartext_v6, open);
+    expect("DNS to a resolver outside the tunnel", v.foreign_dns, open);
+    expect("the LAN", v.lan, open || allow_lan);
+    match expected {
+        Protection::Off | Protection::Open => {}
+        Protection::Blocked => {
+            if !v.holes.is_empty() {
+                wrong.push(format!(
+                    "a hole is open while everything must be blocked: {}",
+                    names(&v.holes)
+                ));
+            }
+        }
+        Protection::Hole(allowed) | Protection::Tunnel(allowed) => {
+            check_hole(&v, allowed, &mut wrong);
+            let tunnel = matches!(expected, Protection::Tunnel(_));
+            if let Some(&active) = v.holes.first()
+                && let Some(t) = in_tunnel(ruleset, topo, active)
+            {
+                let mut expect = |what: &str, is: bool, should: bool| {
+                    if is != should {
+                        wrong.push(format!(
+                            "{what} is {} but must be {}",
+                            word(is),
+                            word(should)
+                        ));
+                    }
+                };
+                expect("traffic through the tunnel", t.web, tunnel);
+                expect("IPv6 through an IPv4-only tunnel", t.web_v6, false);
+                expect("DNS to another resolver through the tunnel", t.foreign_dns, false);
+                if tunnel {
+                    expect("DNS to the tunnel's resolver", t.own_dns, true);
+                }
+            }
+        }
+    }
+    verdict(wrong)
+}
+
+/// Checks that `ruleset` is at least as strict as `floor` (`None`: anything goes).
+pub fn at_least(
+    ruleset: &Ruleset,
+    topo: &Topology,
+    floor: Option<&Protection>,
+    allow_lan: bool,
+) -> Result<(), String> {
+    let Some(floor) = floor else {
+        return Ok(());
+    };
+    let v = verdicts(ruleset, topo);
+    let mut wrong = Vec::new();
+    let mut never = |what: &str, is: bool| {
+        if is {
+            wrong.push(format!("{what} is allowed"));
+        }
+    };
+    never("cleartext to the internet", v.cleartext);
+    never("IPv6 outside the tunnel", v.cleartext_v6);
+    never("DNS to a resolver outside the tunnel", v.foreign_dns);
+    never("the LAN (allow-lan is off)", v.lan && !allow_lan);
+    let allowed: &[usize] = match floor {
+        Protection::Hole(a) | Protection::Tunnel(a) => a,
+        _ => &[],
+    };
+    let stray: Vec<usize> = v
+        .holes
+        .iter()
+        .copied()
+        .filter(|i| !allowed.contains(i))
+        .collect();
+    if !stray.is_empty() {
+        wrong.push(format!("a hole to {} is open", names(&stray)));
+    }
+    if v.holes.len() > 1 {
+        wrong.push(format!("more than one hole: {}", names(&v.holes)));
+    }
+    if !v.unmarked_holes.is_empty() {
+        wrong.push(format!(
+            "packets without the tunnel's mark pass the hole to {}",
+            names(&v.unmarked_holes)
+        ));
+    }
+    for index in &v.holes {
+        if let Some(t) = in_tunnel(ruleset, topo, *index)
+            && (t.foreign_dns || t.web_v6)
+        {
+            wrong.push(format!(
+                "through the tunnel to {}: {}",
+                name(*index),
+                if t.foreign_dns {
+                    "DNS to another resolver is allowed"
+                } else {
+                    "IPv6 is allowed though the tunnel is IPv4-only"
+                }
+            ));
+        }
+    }
+    verdict(wrong)
+}
+
+fn check_hole(v: &Verdicts, allowed: &[usize], wrong: &mut Vec<String>) {
+    match v.holes.as_slice() {
+        [one] if allowed.contains(one) => {}
+        [] => wrong.push(format!(
+            "no hole is open, but one to {} must be",
+            alternatives(allowed)
+        )),
+        holes => wrong.push(format!(
+            "the holes open are to {}, but exactly one to {} must be",
+            names(holes),
+            alternatives(allowed)
+        )),
+    }
+    if !v.unmarked_holes.is_empty() {
+        wrong.push(format!(
+            "packets without the tunnel's mark pass the hole to {}",
+            names(&v.unmarked_holes)
+        ));
+    }
+}
+
+fn verdict(wrong: Vec<String>) -> Result<(), String> {
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(wrong.join("; "))
+    }
+}
+
+fn word(allowed: bool) -> &'static str {
+    if allowed { "allowed" } else { "blocked" }
+}
+
+fn name(index: usize) -> String {
+    if index == Protection::GUARD {
+        "the guarded tunnel's server".to_owned()
+    } else {
+        format!("server {}", index + 1)
+    }
+}
+
+fn names(indices: &[usize]) -> String {
+    indices.iter().map(|i| name(*i)).collect::<Vec<_>>().join(", ")
+}
+
+fn alternatives(indices: &[usize]) -> String {
+    indices
+        .iter()
+        .map(|i| name(*i))
+        .collect::<Vec<_>>()
+        .join(" or ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use killswitch_policy::{Peer, PolicyState, Tunnel, compile};
+    use killswitch_types::{Endpoint, Fwmark, Settings, TransportProtocol};
+
+    fn peer(end: &TunnelEnd) -> Peer {
+        Peer {
+            endpoint: Endpoint {
+                address: end.endpoint,
+                protocol: TransportProtocol::Udp,
+            },
+            mark: Fwmark::new(end.mark),
+            uid: None,
+        }
+    }
+
+    fn connected(topo: &Topology, index: usize) -> PolicyState {
+        let end = topo.end(index).expect("end");
+        PolicyState::Connected {
+            peer: peer(end),
+            tunnel: Tunnel {
+                interface: topo.interface_of(index).clone(),
+                addresses: vec![end.address.into()],
+                dns: vec![end.dns.into()],
+            },
+        }
+    }
+
+    #[test]
+    fn the_compiled_policy_passes_and_the_wrong_one_fails() {
+        let topo = Topology::sim();
+        let settings = Settings::default();
+        let ruleset = compile(&connected(&topo, 1), &settings);
+        exactly(&ruleset, &topo, &Protection::Tunnel(vec![1]), false).expect("connected");
+        at_least(&ruleset, &topo, Some(&Protection::Tunnel(vec![0, 1])), false).expect("floor");
+        let wrong = exactly(&ruleset, &topo, &Protection::Tunnel(vec![0]), false);
+        assert!(wrong.is_err(), "server 2's hole is not server 1's");
+        let blocked = compile(&PolicyState::Blocked, &settings);
+        exactly(&blocked, &topo, &Protection::Blocked, false).expect("blocked");
+        let open = Ruleset { table: None };
+        exactly(&open, &topo, &Protection::Open, false).expect("no rules");
+        let leak = at_least(&open, &topo, Some(&Protection::Blocked), false);
+        assert!(
+            leak.is_err_and(|e| e.contains("cleartext")),
+            "no rules while blocked must be a leak"
+        );
+    }
+}

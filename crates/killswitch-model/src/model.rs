@@ -1,0 +1,309 @@
+//! What must hold after each step, from the user's side: the README's table, no more.
+//!
+//! | wanted     | lockdown | the world                         | state        | protection          |
+//! |------------|----------|-----------------------------------|--------------|---------------------|
+//! | off        | (off)    | any                               | off          | none                |
+//! | down       | off      | any                               | disconnected | none                |
+//! | down       | on       | any                               | blocked      | everything blocked  |
+//! | guard      | any      | the tunnel is there               | connected    | tunnel + its hole   |
+//! | guard      | any      | no tunnel (or an impostor)        | connecting   | the hole only       |
+//! | up (n)     | any      | one of the n servers answers      | connected    | tunnel + one hole   |
+//! | up (n)     | any      | none answers                      | connecting   | one hole of the n   |
+//!
+//! `off` switches lockdown off; `lockdown on` after `off` leaves `off` (lockdown must block).
+//! Restarts and crashes change nothing the user asked for; nor does a second daemon, a bad
+//! request, or anything the world does. `--teardown` while the daemon runs is `off`. `allow-lan`
+//! opens the LAN in every state with rules.
+//!
+//! The "world" column is judged once the daemon has had time to notice (the runners let the
+//! clock run until it settles); the protection must never be weaker than the user asked for at
+//! any moment (see [`Model::floor`]).
+
+use crate::step::{MAX_SERVERS, Step, UserStep, WorldStep};
+use killswitch_types::State;
+
+/// What the user asked for last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// `off`.
+    Off,
+    /// `down` (or nothing yet).
+    Down,
+    /// `guard`.
+    Guard,
+    /// `up` with the first `n` servers.
+    Up(usize),
+}
+
+/// What the world is like now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct World {
+    /// The guarded tunnel's interface exists and carries traffic.
+    pub tunnel: bool,
+    /// A non-tunnel interface carries the tunnel's name (only while the tunnel is gone).
+    pub impostor: bool,
+    /// Which servers answer.
+    pub alive: [bool; MAX_SERVERS],
+}
+
+/// The model: what the user asked for, and the world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    /// The last target the user set.
+    pub wanted: Wanted,
+    /// `lockdown`.
+    pub lockdown: bool,
+    /// `allow-lan`.
+    pub allow_lan: bool,
+    /// The world.
+    pub world: World,
+}
+
+/// Which protection the kernel must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protection {
+    /// No rules at all (`off`).
+    Off,
+    /// No rules (disconnected, lockdown off).
+    Open,
+    /// Everything blocked.
+    Blocked,
+    /// Only the hole to one of these servers (by index into the topology's servers; the guarded
+    /// tunnel's endpoint is [`Protection::GUARD`]).
+    Hole(Vec<usize>),
+    /// Traffic through the tunnel, and the hole to one of these servers.
+    Tunnel(Vec<usize>),
+}
+
+impl Protection {
+    /// The index that stands for the guarded tunnel's endpoint.
+    pub const GUARD: usize = usize::MAX;
+
+    /// Whether the kernel holds a table in this protection.
+    pub fn has_rules(&self) -> bool {
+        !matches!(self, Protection::Off | Protection::Open)
+    }
+}
+
+/// What must hold once the daemon has settled after a step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expectation {
+    /// `status`'s state.
+    pub state: State,
+    /// `status`'s lockdown.
+    pub lockdown: bool,
+    /// `status`'s allow-lan.
+    pub allow_lan: bool,
+    /// What the kernel enforces.
+    pub protection: Protection,
+    /// Whether resolv.conf must name the tunnel's resolver (`up`, connected); otherwise it must
+    /// be the user's own, except while `up` reconnects (then either).
+    pub dns: Dns,
+}
+
+/// Where DNS must point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dns {
+    /// The user's own resolvers.
+    User,
+    /// The `up` tunnel's resolver.
+    Tunnel,
+    /// Either (an `up` tunnel reconnecting keeps what it had).
+    Either,
+}
+
+/// How the daemon must answer a step that is a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Not a request, or a world step.
+    None,
+    /// Carried out.
+    Done,
+    /// Refused, nothing changed.
+    Refused,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model::new()
+    }
+}
+
+impl Model {
+    /// A fresh install: nothing asked, every server up, the guarded tunnel there.
+    pub fn new() -> Self {
+        Model {
+            wanted: Wanted::Down,
+            lockdown: false,
+            allow_lan: false,
+            world: World {
+                tunnel: true,
+                impostor: false,
+                alive: [true; MAX_SERVERS],
+            },
+        }
+    }
+
+    /// Whether a world step can happen now (a veth cannot take the name of a tunnel that is
+    /// there; a tunnel cannot come back while a veth has its name). Runners skip the others.
+    pub fn applies(&self, step: &Step) -> bool {
+        match step {
+            Step::World(WorldStep::Impostor) => !self.world.tunnel && !self.world.impostor,
+            Step::World(WorldStep::ImpostorGone) => self.world.impostor,
+            Step::World(WorldStep::TunnelBack) => !self.world.tunnel && !self.world.impostor,
+            Step::World(WorldStep::TunnelGone) => self.world.tunnel,
+            _ => true,
+        }
+    }
+
+    /// Takes a step; says how the daemon must answer it.
+    pub fn step(&mut self, step: &Step) -> Answer {
+        match step {
+            Step::User(user) => self.user(user),
+            Step::World(world) => {
+                self.world(world);
+                Answer::None
+            }
+        }
+    }
+
+    fn user(&mut self, step: &UserStep) -> Answer {
+        match step {
+            // Guarding something that is never a tunnel is refused.
+            UserStep::Guard if self.world.impostor => return Answer::Refused,
+            UserStep::Guard => self.wanted = Wanted::Guard,
+            UserStep::Up { servers } => self.wanted = Wanted::Up((*servers).clamp(1, MAX_SERVERS)),
+            UserStep::Down => self.wanted = Wanted::Down,
+            UserStep::Lockdown(on) => {
+                self.lockdown = *on;
+                if *on && self.wanted == Wanted::Off {
+                    self.wanted = Wanted::Down;
+                }
+            }
+            UserStep::AllowLan(on) => self.allow_lan = *on,
+            UserStep::Off | UserStep::Teardown => {
+                self.wanted = Wanted::Off;
+                self.lockdown = false;
+            }
+            UserStep::BadRequest => return Answer::Refused,
+            UserStep::Restart | UserStep::Crash | UserStep::SecondDaemon => {
+                return Answer::None;
+            }
+        }
+        Answer::Done
+    }
+
+    fn world(&mut self, step: &WorldStep) {
+        match step {
+            WorldStep::TunnelGone => self.world.tunnel = false,
+            WorldStep::TunnelBack => self.world.tunnel = !self.world.impostor,
+            WorldStep::ServerDown(n) => set(&mut self.world.alive, *n, false),
+            WorldStep::ServerUp(n) => set(&mut self.world.alive, *n, true),
+            WorldStep::Impostor => self.world.impostor = !self.world.tunnel,
+            WorldStep::ImpostorGone => self.world.impostor = false,
+            WorldStep::LinkFlap
+            | WorldStep::NewAddress
+            | WorldStep::ResolvConfRewritten
+            | WorldStep::ForeignFlush
+            | WorldStep::RuleDeleted
+            | WorldStep::TimePasses(_)
+            | WorldStep::Suspend => {}
+        }
+    }
+
+    /// What must hold once the daemon has settled.
+    pub fn expect(&self) -> Expectation {
+        let (state, protection, dns) = match self.wanted {
+            Wanted::Off => (State::Off, Protection::Off, Dns::User),
+            Wanted::Down if self.lockdown => (State::Blocked, Protection::Blocked, Dns::User),
+            Wanted::Down => (State::Disconnected, Protection::Open, Dns::User),
+            Wanted::Guard if self.world.tunnel => (
+                State::Connected,
+                Protection::Tunnel(vec![Protection::GUARD]),
+                Dns::User,
+            ),
+            Wanted::Guard => (
+                State::Connecting,
+                Protection::Hole(vec![Protection::GUARD]),
+                Dns::User,
+            ),
+            Wanted::Up(n) => {
+                let alive: Vec<usize> = (0..n).filter(|i| self.world.alive[*i]).collect();
+                if alive.is_empty() {
+                    (
+                        State::Connecting,
+                        Protection::Hole((0..n).collect()),
+                        Dns::Either,
+                    )
+                } else {
+                    (State::Connected, Protection::Tunnel(alive), Dns::Tunnel)
+                }
+            }
+        };
+        Expectation {
+            state,
+            lockdown: self.lockdown,
+            allow_lan: self.allow_lan,
+            protection,
+            dns,
+        }
+    }
+
+    /// The weakest protection allowed at any moment, settled or not: while a tunnel is wanted,
+    /// nothing but its own servers' holes and the tunnel itself; while lockdown blocks, nothing.
+    /// `None` when the user asked for no protection.
+    pub fn floor(&self) -> Option<Protection> {
+        match self.wanted {
+            Wanted::Off => None,
+            Wanted::Down if self.lockdown => Some(Protection::Blocked),
+            Wanted::Down => None,
+            Wanted::Guard => Some(Protection::Tunnel(vec![Protection::GUARD])),
+            Wanted::Up(n) => Some(Protection::Tunnel((0..n).collect())),
+        }
+    }
+}
+
+fn set(alive: &mut [bool; MAX_SERVERS], n: usize, value: bool) {
+    if let Some(slot) = alive.get_mut(n) {
+        *slot = value;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lockdown_on_after_off_blocks() {
+        let mut model = Model::new();
+        for step in [
+            UserStep::Lockdown(true),
+            UserStep::Lockdown(false),
+            UserStep::Off,
+            UserStep::Lockdown(true),
+        ] {
+            model.step(&Step::User(step));
+        }
+        assert_eq!(model.expect().state, State::Blocked);
+        assert_eq!(model.floor(), Some(Protection::Blocked));
+    }
+
+    #[test]
+    fn up_connects_to_a_server_that_answers() {
+        let mut model = Model::new();
+        model.step(&Step::World(WorldStep::ServerDown(0)));
+        model.step(&Step::User(UserStep::Up { servers: 2 }));
+        assert_eq!(model.expect().protection, Protection::Tunnel(vec![1]));
+        model.step(&Step::World(WorldStep::ServerDown(1)));
+        assert_eq!(model.expect().protection, Protection::Hole(vec![0, 1]));
+    }
+
+    #[test]
+    fn guarding_an_impostor_is_refused() {
+        let mut model = Model::new();
+        model.step(&Step::World(WorldStep::TunnelGone));
+        model.step(&Step::World(WorldStep::Impostor));
+        assert_eq!(model.step(&Step::User(UserStep::Guard)), Answer::Refused);
+        assert_eq!(model.wanted, Wanted::Down);
+    }
+}
