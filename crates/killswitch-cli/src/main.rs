@@ -73,7 +73,7 @@ enum Command {
         #[arg(long, value_name = "N")]
         mark: Option<Fwmark>,
         /// Only sockets owned by this uid may reach the server outside the tunnel.
-        #[arg(long, value_name = "N")]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..i64::from(u32::MAX)))]
         uid: Option<u32>,
     },
     /// Bring up WireGuard, protected: firewall first, then the tunnel; fail over between servers.

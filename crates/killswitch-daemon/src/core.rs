@@ -47,6 +47,18 @@ pub struct CoreOptions {
     pub devices: Devices,
     /// What allow-lan opens.
     pub lan: killswitch_policy::Lan,
+    /// What kind of device an interface is, if it exists: `guard` refuses one that is never a
+    /// tunnel. The kernel's answer in the daemon, a simulated one in the model-based tester.
+    pub identify: Identify,
+}
+
+/// Looks up what kind of device the interface of a name is (`None`: there is none).
+pub type Identify = Box<dyn Fn(&InterfaceName) -> Option<crate::links::LinkIdentity>>;
+
+/// The kernel's answer to [`Identify`].
+pub fn identify_in_kernel(name: &InterfaceName) -> Option<crate::links::LinkIdentity> {
+    let index = killswitch_tunnel::netdev::index(name.as_str())?;
+    killswitch_tunnel::netdev::identity(index).ok()
 }
 
 impl std::fmt::Debug for CoreOptions {
@@ -74,6 +86,7 @@ impl CoreOptions {
             ),
             devices,
             lan: killswitch_policy::Lan::default(),
+            identify: Box::new(identify_in_kernel),
         }
     }
 }
@@ -117,6 +130,9 @@ pub struct Core<F> {
     manager: Option<Manager>,
     options: CoreOptions,
     dns_status: Option<DnsStatus>,
+    /// The latest time an input brought: the core reads no clock. A tunnel that a command asks
+    /// for is due at once, which is "now" as far as the core knows.
+    now: Instant,
 }
 
 impl<F> std::fmt::Debug for Core<F> {
@@ -133,6 +149,7 @@ impl<F: Firewall> Core<F> {
         store: Store,
         config_fault: Option<String>,
         options: CoreOptions,
+        now: Instant,
     ) -> Self {
         let (persisted, settings_fault) = match store.load() {
             Loaded::Fresh => (Persisted::default(), None),
@@ -195,8 +212,9 @@ impl<F: Firewall> Core<F> {
             manager: None,
             options,
             dns_status: None,
+            now,
         }
-        .with_manager(Instant::now())
+        .with_manager(now)
     }
 
     fn with_manager(mut self, now: Instant) -> Self {
@@ -238,6 +256,7 @@ impl<F: Firewall> Core<F> {
     /// Advances the tunnel manager. When it connects or loses the tunnel, the firewall follows:
     /// a loss blocks and moves the hole to the next server before that server is tried.
     pub fn tick(&mut self, now: Instant) -> Tick {
+        self.now = self.now.max(now);
         let before = self.status();
         let Some(manager) = self.manager.as_mut() else {
             return Tick::default();
@@ -449,11 +468,18 @@ impl<F: Firewall> Core<F> {
         match request {
             Request::Status | Request::Subscribe => return Ok(self.status()),
             Request::Guard(spec) => {
+                // (uid_t)-1 is "no uid" to the kernel, which refuses it in a routing rule: the
+                // routing layer would be missing while the firewall held.
+                if spec.uid == Some(u32::MAX) {
+                    return Err(IpcError::new(
+                        ErrorKind::BadRequest,
+                        "uid 4294967295 is (uid_t)-1, which no process runs as; nothing was changed"
+                            .to_owned(),
+                    ));
+                }
                 // Guarding an interface that is never a tunnel (the NIC, a veth) would let
                 // everything out through it while `status` says "connected": refuse.
-                if let Some(index) = killswitch_tunnel::netdev::index(spec.interface.as_str())
-                    && let Ok(identity) = killswitch_tunnel::netdev::identity(index)
-                {
+                if let Some(identity) = (self.options.identify)(&spec.interface) {
                     crate::links::judge_identity(&spec.interface, &identity, None).map_err(
                         |why| {
                             IpcError::new(
@@ -530,7 +556,7 @@ impl<F: Firewall> Core<F> {
         // The firewall moves first; an old tunnel is removed only once it is blocked.
         self.reconcile();
         if target_changed {
-            self.sync_manager(Instant::now());
+            self.sync_manager(self.now);
         }
         match &self.apply_error {
             None => Ok(self.status()),
@@ -990,7 +1016,13 @@ mod tests {
             }),
             ..CoreOptions::new(dir.path())
         };
-        let mut core = Core::new(&mut fw, Store::new(dir.path()), None, options);
+        let mut core = Core::new(
+            &mut fw,
+            Store::new(dir.path()),
+            None,
+            options,
+            Instant::now(),
+        );
         core.reconcile();
         let configs = vec![killswitch_types::ipc::ConfigSource {
             source: "/etc/wireguard/wg0.conf".to_owned(),
@@ -1016,7 +1048,13 @@ mod tests {
 
     /// A core as `Core::new` leaves it: nothing applied yet.
     fn unreconciled<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
-        Core::new(fw, Store::new(dir), None, CoreOptions::new(dir))
+        Core::new(
+            fw,
+            Store::new(dir),
+            None,
+            CoreOptions::new(dir),
+            Instant::now(),
+        )
     }
 
     fn core<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
@@ -1203,6 +1241,22 @@ mod tests {
     }
 
     #[test]
+    fn guard_refuses_the_uid_that_is_no_uid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        let before = core.status();
+        let error = core
+            .handle(&Request::Guard(GuardSpec {
+                uid: Some(u32::MAX),
+                ..spec()
+            }))
+            .expect_err("(uid_t)-1 is refused");
+        assert!(error.message.contains("4294967295"), "{}", error.message);
+        assert_eq!(core.status(), before, "nothing changed");
+    }
+
+    #[test]
     fn lockdown_on_after_off_blocks() {
         // The red team's sequence: it printed `state: off`, `lockdown: on`, and installed nothing.
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1364,6 +1418,7 @@ mod tests {
             Store::new(dir.path()),
             Some("bad config".to_owned()),
             CoreOptions::new(dir.path()),
+            Instant::now(),
         );
         core.reconcile();
         assert_eq!(core.status().state, State::Blocked);

@@ -369,6 +369,12 @@ impl Backend for Owned {
     fn stats(&self) -> Result<Option<PeerStats>, TunnelError> {
         self.inner()?.stats()
     }
+
+    fn presence(&self) -> netdev::Presence {
+        self.device
+            .as_ref()
+            .map_or(netdev::Presence::Gone, |d| d.presence())
+    }
 }
 
 impl Drop for Owned {

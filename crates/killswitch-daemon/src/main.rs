@@ -34,11 +34,12 @@ struct Args {
     /// network comes up; the daemon takes over when it starts.
     #[arg(long, conflicts_with = "teardown")]
     early_boot: bool,
-    /// Switch the kill switch off for good and exit. If a daemon runs, it is asked to switch off
+    /// Switch the kill switch off and exit. If a daemon runs, it is asked to switch off
     /// through its socket (as `killswitch off` does); if it cannot be asked, nothing is changed
     /// and the exit status is 1. With no daemon running, the resolver configuration the daemon
     /// saved is restored, interfaces a crashed daemon left are removed, and both layers of rules
-    /// go. The saved settings stay as they are. For package removal and `make uninstall`.
+    /// go. The saved settings stay as they are: a daemon started later resumes them. For package
+    /// removal and `make uninstall`.
     #[arg(long)]
     teardown: bool,
     /// Never own the tables, as on a kernel without nf_tables' `persist` flag: for the tests of

@@ -11,10 +11,11 @@
 //! server and back to `Waiting`.
 
 use crate::target::UpSpec;
+use killswitch_tunnel::TunnelError;
 use killswitch_tunnel::backend::{Backend, BackendKind};
 use killswitch_tunnel::config::TunnelConfig;
 use killswitch_tunnel::health::{Health, Tracker};
-use killswitch_tunnel::{TunnelError, netdev};
+use killswitch_tunnel::netdev::Presence;
 use killswitch_types::Fwmark;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -191,6 +192,14 @@ impl Manager {
 
     fn advance(&mut self, now: Instant, factory: &mut Factory) -> Step {
         let urgent = std::mem::take(&mut self.urgent);
+        // The rules let everything out by the interface's name: a device whose name now leads
+        // to another interface (someone renamed it away and made their own), or nowhere, or
+        // that someone set down, carries no tunnel, whatever its statistics say.
+        if !matches!(self.phase, Phase::Waiting { .. })
+            && let Some(why) = self.device_lost()
+        {
+            return self.fail(&why, now);
+        }
         match &mut self.phase {
             Phase::Waiting { until } if now >= *until => match self.attempt_connect(now, factory) {
                 Ok(()) => Step::Attempted {
@@ -268,6 +277,20 @@ impl Manager {
         self.device = None;
     }
 
+    /// Why the device's interface no longer carries the tunnel, if it does not.
+    fn device_lost(&self) -> Option<String> {
+        let device = self.device.as_ref()?;
+        let name = &self.spec.interface;
+        match device.presence() {
+            Presence::Up => None,
+            Presence::Down => Some(format!("{name} was set down")),
+            Presence::Gone => Some(format!("{name} was deleted")),
+            Presence::Replaced => Some(format!(
+                "{name} was replaced by another interface of that name"
+            )),
+        }
+    }
+
     fn stats(&self) -> Result<Option<killswitch_tunnel::uapi::PeerStats>, TunnelError> {
         match &self.device {
             Some(device) => device.stats(),
@@ -285,7 +308,7 @@ impl Manager {
         // carries its name under another index is not its own (the factory decides about that).
         let fresh = match &self.device {
             None => true,
-            Some(device) => netdev::index(self.spec.interface.as_str()) != Some(device.index()),
+            Some(device) => matches!(device.presence(), Presence::Gone | Presence::Replaced),
         };
         if fresh {
             self.device = None;
@@ -401,6 +424,9 @@ mod tests {
                 config.peer.persistent_keepalive,
             ));
             Ok(())
+        }
+        fn presence(&self) -> Presence {
+            Presence::Up
         }
         fn stats(&self) -> Result<Option<PeerStats>, TunnelError> {
             let s = self

@@ -119,6 +119,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         Store::open(&options.state_dir),
         config_fault,
         core_options,
+        Instant::now(),
     );
     if let Some(error) = core.status().error {
         tracing::error!("{error}");

@@ -1,9 +1,713 @@
-//! Level 1 of the model-based tester: the daemon's core driven through random sequences with fake
-//! backends (a simulated kernel, store, links and tunnel devices), judged by [`killswitch_model`].
+//! Level 1 of the model-based tester: the daemon's state machine ([`Core`]) driven through random
+//! sequences with simulated backends, and judged by [`killswitch_model`] after every step.
+//!
+//! The simulation stands in for everything the core touches: a kernel that holds whatever ruleset
+//! and routing layer were applied last (and that another program can flush), the guarded tunnel's
+//! interface, WireGuard devices whose servers answer or not, and a clock that only moves when the
+//! simulation moves it. Only the settings file is real (in a temporary directory), so that a
+//! restart reads what the previous core wrote, as the daemon does.
+//!
+//! After each step the clock runs (through the tunnel manager's own timers) until the model's
+//! expectation holds or a minute of simulated time has passed; on every change of the simulated
+//! kernel the ruleset must be at least as strict as the model's floor. No root, no sockets, no
+//! sleeps: thousands of sequences a second.
 
+use crate::core::{Core, CoreOptions};
+use crate::dns::DnsWant;
+use crate::firewall::Firewall;
+use crate::links::{LinkIdentity, Observed};
+use crate::manager::Factory;
+use crate::store::Store;
+use killswitch_model::judge::{self, Topology};
+use killswitch_model::model::{Answer, Dns, Model};
 use killswitch_model::runner::{Failure, Options};
+use killswitch_model::step::{Step, UserStep, WorldStep};
+use killswitch_policy::Ruleset;
+use killswitch_policy::routes::RoutingLayer;
+use killswitch_tunnel::TunnelError;
+use killswitch_tunnel::backend::{Backend, BackendKind};
+use killswitch_tunnel::config::TunnelConfig;
+use killswitch_tunnel::key::PublicKey;
+use killswitch_tunnel::netdev::Presence;
+use killswitch_tunnel::uapi::PeerStats;
+use killswitch_types::ipc::{ConfigSource, Request};
+use killswitch_types::{Endpoint, Fwmark, GuardSpec, State, TransportProtocol};
+use std::cell::RefCell;
+use std::net::IpAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// How long the clock may run after a step for the daemon to reach what the model expects. The
+/// slowest honest case: three servers, the two first dead, each costing a handshake timeout, and
+/// backoff between rounds.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// How long a suspend lasts.
+const SLEEP: Duration = Duration::from_secs(120);
+
+/// How long a tunnel may be silent before it is dead (the daemon's default).
+const HEALTH_BOUND: Duration = Duration::from_secs(3);
 
 /// Runs `options.sequences` random sequences against the core; the first failure, shrunk.
 pub fn run(options: Options) -> Result<(), Failure> {
-    killswitch_model::runner::run(options, |_steps| Ok(()))
+    let topology = Topology::sim();
+    killswitch_model::runner::run(options, |steps| carry_out(&topology, steps))
+}
+
+/// Carries out one sequence from a fresh install; `Err` says what broke after which step.
+pub fn carry_out(topology: &Topology, steps: &[Step]) -> Result<(), String> {
+    let mut sim = Sim::new(topology.clone())?;
+    let mut model = Model::new();
+    sim.settle(&model)
+        .map_err(|e| format!("before the first step: {e}"))?;
+    for (n, step) in steps.iter().enumerate() {
+        if !model.applies(step) {
+            continue;
+        }
+        let answer = model.step(step);
+        sim.step(step, answer, &model)
+            .and_then(|()| sim.settle(&model))
+            .map_err(|e| format!("after step {} ({step}): {e}", n + 1))?;
+    }
+    Ok(())
+}
+
+/// The simulated kernel: what was applied last, as another program may have changed it.
+#[derive(Debug)]
+struct Kernel {
+    ruleset: Ruleset,
+    routes: Option<RoutingLayer>,
+    /// Another program deleted a routing rule: the next apply repairs it and says so.
+    routes_tampered: bool,
+    /// Bumped on every change, so that the floor is checked once per change.
+    generation: u64,
+}
+
+/// The simulated kernel as the core's firewall backend. Tables are not owned here: another
+/// program's flush removes them, and the core must notice and restore them (the fallback path,
+/// the one that needs the core).
+#[derive(Debug, Clone)]
+struct SimFirewall(Rc<RefCell<Kernel>>);
+
+impl Firewall for SimFirewall {
+    fn apply(&mut self, ruleset: &Ruleset) -> Result<Duration, String> {
+        let mut kernel = self.0.borrow_mut();
+        kernel.ruleset = ruleset.clone();
+        kernel.generation += 1;
+        Ok(Duration::from_micros(100))
+    }
+
+    fn verify(&mut self, ruleset: &Ruleset) -> Result<(), String> {
+        if self.0.borrow().ruleset == *ruleset {
+            Ok(())
+        } else {
+            Err("table inet killswitch is missing".to_owned())
+        }
+    }
+
+    fn apply_routes(&mut self, layer: Option<&RoutingLayer>) -> Result<Option<String>, String> {
+        let mut kernel = self.0.borrow_mut();
+        let repaired =
+            std::mem::take(&mut kernel.routes_tampered).then(|| "a rule was deleted".to_owned());
+        kernel.routes = layer.cloned();
+        Ok(repaired)
+    }
+}
+
+/// The world the core's devices and links see: shared with the devices, which must be `Send`.
+#[derive(Debug)]
+struct World {
+    /// Which servers answer.
+    alive: Vec<bool>,
+    /// The guarded tunnel's interface: there and carrying traffic.
+    tunnel: bool,
+    /// A veth carries the tunnel's name.
+    impostor: bool,
+    /// Bumped when someone deletes the `up` device: a device of an older generation is gone.
+    device_generation: u64,
+    /// Simulated seconds since the start, for handshake times.
+    elapsed: Duration,
+}
+
+/// A WireGuard device of the simulation: it handshakes with its server while the server answers.
+#[derive(Debug)]
+struct SimDevice {
+    world: Arc<Mutex<World>>,
+    servers: Vec<Endpoint>,
+    generation: u64,
+    state: Mutex<DeviceState>,
+}
+
+#[derive(Debug, Default)]
+struct DeviceState {
+    server: Option<usize>,
+    handshake: Option<SystemTime>,
+    rx: u64,
+}
+
+impl SimDevice {
+    fn world(&self) -> Result<std::sync::MutexGuard<'_, World>, TunnelError> {
+        self.world
+            .lock()
+            .map_err(|_| TunnelError::Backend("the simulated world is poisoned".to_owned()))
+    }
+
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, DeviceState>, TunnelError> {
+        self.state
+            .lock()
+            .map_err(|_| TunnelError::Backend("the simulated device is poisoned".to_owned()))
+    }
+}
+
+impl Backend for SimDevice {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Userspace
+    }
+
+    fn interface(&self) -> &str {
+        "ks-up"
+    }
+
+    fn index(&self) -> u32 {
+        u32::try_from(self.generation).unwrap_or(u32::MAX)
+    }
+
+    fn configure(&mut self, config: &TunnelConfig, _fwmark: u32) -> Result<(), TunnelError> {
+        if self.world()?.device_generation != self.generation {
+            return Err(TunnelError::Gone("ks-up".to_owned()));
+        }
+        let server = self
+            .servers
+            .iter()
+            .position(|s| *s == config.endpoint())
+            .ok_or_else(|| TunnelError::Backend("a server the simulation does not know".into()))?;
+        let mut state = self.state()?;
+        if state.server != Some(server) {
+            *state = DeviceState {
+                server: Some(server),
+                ..DeviceState::default()
+            };
+        }
+        Ok(())
+    }
+
+    fn presence(&self) -> Presence {
+        match self.world() {
+            Ok(world) if world.device_generation == self.generation => Presence::Up,
+            _ => Presence::Gone,
+        }
+    }
+
+    fn stats(&self) -> Result<Option<PeerStats>, TunnelError> {
+        let (alive, elapsed) = {
+            let world = self.world()?;
+            if world.device_generation != self.generation {
+                return Err(TunnelError::Gone("ks-up".to_owned()));
+            }
+            let mut state = self.state()?;
+            let alive = state
+                .server
+                .and_then(|s| world.alive.get(s).copied())
+                .unwrap_or(false);
+            if alive {
+                state.rx += 148;
+            }
+            (alive, world.elapsed)
+        };
+        let mut state = self.state()?;
+        if alive {
+            // A handshake every two minutes, as WireGuard does; the first at once.
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000) + elapsed;
+            let stale = state.handshake.is_none_or(|h| {
+                now.duration_since(h).unwrap_or_default() >= Duration::from_secs(120)
+            });
+            if stale {
+                state.handshake = Some(now);
+            }
+        }
+        Ok(Some(PeerStats {
+            public_key: PublicKey::parse("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=")
+                .map_err(|e| TunnelError::Backend(e.to_string()))?,
+            last_handshake: state.handshake,
+            rx_bytes: state.rx,
+            tx_bytes: 0,
+        }))
+    }
+}
+
+/// One simulated machine: the core, its kernel, its world and its clock.
+struct Sim {
+    topology: Topology,
+    dir: tempfile::TempDir,
+    kernel: Rc<RefCell<Kernel>>,
+    world: Arc<Mutex<World>>,
+    core: Option<Core<SimFirewall>>,
+    start: Instant,
+    now: Instant,
+    /// The kernel generation last judged against the floor.
+    judged: u64,
+}
+
+impl Sim {
+    fn new(topology: Topology) -> Result<Self, String> {
+        // In memory where there is a tmpfs: the store syncs every write, which on a disk costs
+        // more than everything else the simulation does.
+        let shm = std::path::Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::tempdir_in(shm)
+        } else {
+            tempfile::tempdir()
+        }
+        .map_err(|e| format!("a temporary directory: {e}"))?;
+        let start = Instant::now();
+        let mut sim = Sim {
+            world: Arc::new(Mutex::new(World {
+                alive: vec![true; topology.servers.len()],
+                tunnel: true,
+                impostor: false,
+                device_generation: 1,
+                elapsed: Duration::ZERO,
+            })),
+            topology,
+            dir,
+            kernel: Rc::new(RefCell::new(Kernel {
+                ruleset: Ruleset { table: None },
+                routes: None,
+                routes_tampered: false,
+                generation: 0,
+            })),
+            core: None,
+            start,
+            now: start,
+            judged: u64::MAX,
+        };
+        sim.start_daemon()?;
+        Ok(sim)
+    }
+
+    fn world(&self) -> Result<std::sync::MutexGuard<'_, World>, String> {
+        self.world
+            .lock()
+            .map_err(|_| "the simulated world is poisoned".to_owned())
+    }
+
+    fn core(&mut self) -> Result<&mut Core<SimFirewall>, String> {
+        self.core
+            .as_mut()
+            .ok_or_else(|| "no daemon is running".to_owned())
+    }
+
+    /// Starts a daemon as `run` does: a core over the state directory, then a first look at the
+    /// tunnel and a first apply.
+    fn start_daemon(&mut self) -> Result<(), String> {
+        let world = self.world.clone();
+        let servers: Vec<Endpoint> = self
+            .topology
+            .servers
+            .iter()
+            .map(|s| udp(s.endpoint))
+            .collect();
+        let factory: Factory = Box::new(move |_name: &str| {
+            let generation = world
+                .lock()
+                .map_err(|_| TunnelError::Backend("the simulated world is poisoned".to_owned()))?
+                .device_generation;
+            Ok(Box::new(SimDevice {
+                world: world.clone(),
+                servers: servers.clone(),
+                generation,
+                state: Mutex::new(DeviceState::default()),
+            }) as Box<dyn Backend>)
+        });
+        let world = self.world.clone();
+        let guard = self.topology.guard_interface.clone();
+        let identify: crate::core::Identify = Box::new(move |name| {
+            let world = world.lock().ok()?;
+            (*name == guard).then(|| identity(&world)).flatten()
+        });
+        let options = CoreOptions {
+            health_bound: HEALTH_BOUND,
+            factory,
+            identify,
+            ..CoreOptions::new(self.dir.path())
+        };
+        let core = Core::new(
+            SimFirewall(self.kernel.clone()),
+            Store::new(self.dir.path()),
+            None,
+            options,
+            self.now,
+        );
+        self.core = Some(core);
+        self.look()?;
+        self.core()?.reconcile();
+        Ok(())
+    }
+
+    /// Feeds the core what it would see of the guarded interface now.
+    fn look(&mut self) -> Result<bool, String> {
+        let observed = {
+            let world = self.world()?;
+            let core = self.core.as_ref().ok_or("no daemon is running")?;
+            core.guarded_interface()
+                .filter(|name| **name == self.topology.guard_interface)
+                .and_then(|_| observe(&world, &self.topology))
+        };
+        Ok(self.core()?.observe(observed))
+    }
+
+    /// What the daemon does on a link event: look at the tunnel at once, observe, reconcile.
+    fn link_event(&mut self) -> Result<(), String> {
+        self.core()?.check_now();
+        self.look()?;
+        self.core()?.reconcile();
+        Ok(())
+    }
+
+    fn request(&mut self, request: &Request, answer: Answer) -> Result<(), String> {
+        let result = self.core()?.handle(request);
+        // The guarded interface may have changed: look at the new one, as the daemon does.
+        if self.look()? {
+            self.core()?.reconcile();
+        }
+        match (answer, result) {
+            (Answer::Refused, Ok(status)) => Err(format!(
+                "`{}` must be refused but was carried out (state {})",
+                request.name(),
+                status.state
+            )),
+            (Answer::Done, Err(e)) => Err(format!(
+                "`{}` must be carried out but was refused: {}",
+                request.name(),
+                e.message
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn step(&mut self, step: &Step, answer: Answer, model: &Model) -> Result<(), String> {
+        match step {
+            Step::User(user) => self.user(user, answer)?,
+            Step::World(world) => self.world_step(world)?,
+        }
+        // The floor moves with the user's commands even when the kernel does not change (an
+        // `off` followed by `lockdown on` that installs nothing): judge it after every step.
+        self.judged = u64::MAX;
+        self.judge_floor(model)
+    }
+
+    fn user(&mut self, step: &UserStep, answer: Answer) -> Result<(), String> {
+        let request = match step {
+            UserStep::Guard => Request::Guard(GuardSpec {
+                interface: self.topology.guard_interface.clone(),
+                endpoint: udp(self.topology.guard.endpoint),
+                dns: vec![IpAddr::V4(self.topology.guard.dns)],
+                mark: Fwmark::new(self.topology.guard.mark),
+                uid: None,
+            }),
+            UserStep::Up { servers } => Request::Up {
+                interface: Some(self.topology.up_interface.clone()),
+                configs: (0..*servers).map(|n| wg_quick(&self.topology, n)).collect(),
+            },
+            UserStep::Down => Request::Down,
+            UserStep::Lockdown(enabled) => Request::Lockdown { enabled: *enabled },
+            UserStep::AllowLan(enabled) => Request::AllowLan { enabled: *enabled },
+            // A running daemon is switched off through its socket by `--teardown`.
+            UserStep::Off | UserStep::Teardown => Request::Off,
+            // `up` with no configuration: the daemon must refuse it and change nothing.
+            UserStep::BadRequest => Request::Up {
+                interface: None,
+                configs: Vec::new(),
+            },
+            UserStep::Restart | UserStep::Crash => {
+                // The device goes with the daemon; the kernel's tables stay.
+                self.core = None;
+                return self.start_daemon();
+            }
+            // The instance lock keeps a second daemon from touching anything: nothing to
+            // simulate here (the real daemon's level checks it).
+            UserStep::SecondDaemon => return Ok(()),
+        };
+        self.request(&request, answer)
+    }
+
+    fn world_step(&mut self, step: &WorldStep) -> Result<(), String> {
+        {
+            let mut world = self.world()?;
+            match step {
+                WorldStep::TunnelGone => {
+                    world.tunnel = false;
+                    world.device_generation += 1;
+                }
+                WorldStep::TunnelBack => world.tunnel = true,
+                WorldStep::ServerDown(n) => set(&mut world.alive, *n, false),
+                WorldStep::ServerUp(n) => set(&mut world.alive, *n, true),
+                WorldStep::Impostor => world.impostor = true,
+                WorldStep::ImpostorGone => world.impostor = false,
+                _ => {}
+            }
+        }
+        match step {
+            WorldStep::TunnelGone
+            | WorldStep::TunnelBack
+            | WorldStep::Impostor
+            | WorldStep::ImpostorGone
+            | WorldStep::LinkFlap
+            | WorldStep::NewAddress => self.link_event(),
+            WorldStep::ServerDown(_) | WorldStep::ServerUp(_) => Ok(()),
+            // DNS is managed outside the core: the real daemon's level checks it.
+            WorldStep::ResolvConfRewritten => Ok(()),
+            WorldStep::ForeignFlush => {
+                {
+                    let mut kernel = self.kernel.borrow_mut();
+                    kernel.ruleset = Ruleset { table: None };
+                    kernel.generation += 1;
+                }
+                self.core()?.check_installed("nft (simulated)");
+                Ok(())
+            }
+            WorldStep::RuleDeleted => {
+                let tampered = self.kernel.borrow().routes.is_some();
+                self.kernel.borrow_mut().routes_tampered = tampered;
+                // rtnetlink tells the daemon, which reconciles.
+                self.core()?.reconcile();
+                if self.kernel.borrow().routes_tampered {
+                    return Err("a deleted routing rule was not repaired".to_owned());
+                }
+                Ok(())
+            }
+            WorldStep::TimePasses(seconds) => {
+                self.run_clock(self.now + Duration::from_secs(u64::from(*seconds)), None)
+            }
+            WorldStep::Suspend => {
+                // Asleep: no timer fires. Then the resume signal.
+                self.advance_to(self.now + SLEEP)?;
+                self.link_event()
+            }
+        }
+    }
+
+    fn advance_to(&mut self, to: Instant) -> Result<(), String> {
+        self.now = self.now.max(to);
+        let elapsed = self.now - self.start;
+        self.world()?.elapsed = elapsed;
+        Ok(())
+    }
+
+    /// Fires the core's timers until `until`, or until `done` says the model's expectation holds.
+    /// Judges the floor after each.
+    fn run_clock(
+        &mut self,
+        until: Instant,
+        mut done: Option<&mut dyn FnMut(&mut Sim) -> bool>,
+    ) -> Result<(), String> {
+        loop {
+            if let Some(done) = done.as_mut()
+                && done(self)
+            {
+                return Ok(());
+            }
+            let now = self.now;
+            let Some(due) = self.core()?.next_tick(now).filter(|due| *due <= until) else {
+                return self.advance_to(until);
+            };
+            self.advance_to(due)?;
+            let now = self.now;
+            self.core()?.tick(now);
+        }
+    }
+
+    fn judge_floor(&mut self, model: &Model) -> Result<(), String> {
+        let kernel = self.kernel.borrow();
+        if kernel.generation == self.judged {
+            return Ok(());
+        }
+        self.judged = kernel.generation;
+        judge::at_least(
+            &kernel.ruleset,
+            &self.topology,
+            model.floor().as_ref(),
+            model.allow_lan,
+        )
+        .map_err(|e| format!("weaker than the user asked for: {e}"))
+    }
+
+    /// Runs the clock until the daemon does what the model expects; fails with the difference
+    /// if it has not after [`SETTLE`]. The floor is judged at every change on the way.
+    fn settle(&mut self, model: &Model) -> Result<(), String> {
+        let until = self.now + SETTLE;
+        let mut floor_error = None;
+        let mut done = |sim: &mut Sim| {
+            if floor_error.is_none()
+                && let Err(e) = sim.judge_floor(model)
+            {
+                floor_error = Some(e);
+                return true;
+            }
+            sim.expected(model).is_ok()
+        };
+        self.run_clock(until, Some(&mut done))?;
+        if let Some(e) = floor_error {
+            return Err(e);
+        }
+        self.expected(model)
+            .map_err(|e| format!("not as the model says after {} s: {e}", SETTLE.as_secs()))
+    }
+
+    /// Whether the daemon's status, kernel and DNS are as the model expects.
+    fn expected(&mut self, model: &Model) -> Result<(), String> {
+        let expectation = model.expect();
+        let core = self.core.as_ref().ok_or("no daemon is running")?;
+        let status = core.status();
+        let mut wrong = Vec::new();
+        if status.state != expectation.state {
+            wrong.push(format!(
+                "status says {} but must say {}",
+                status.state, expectation.state
+            ));
+        }
+        if status.lockdown != expectation.lockdown {
+            wrong.push(format!("status says lockdown {}", on(status.lockdown)));
+        }
+        if status.allow_lan != expectation.allow_lan {
+            wrong.push(format!("status says allow-lan {}", on(status.allow_lan)));
+        }
+        let has_rules = expectation.protection.has_rules();
+        if status.firewall.installed != has_rules {
+            wrong.push(format!(
+                "status says rules are {}installed",
+                if status.firewall.installed {
+                    ""
+                } else {
+                    "not "
+                }
+            ));
+        }
+        let kernel = self.kernel.borrow();
+        if kernel.routes.is_some() != has_rules {
+            wrong.push(format!(
+                "the routing layer is {}",
+                if kernel.routes.is_some() {
+                    "in place"
+                } else {
+                    "missing"
+                }
+            ));
+        }
+        if let Err(e) = judge::exactly(
+            &kernel.ruleset,
+            &self.topology,
+            &expectation.protection,
+            expectation.allow_lan,
+        ) {
+            wrong.push(format!("the kernel's rules: {e}"));
+        }
+        match (expectation.dns, core.dns_want()) {
+            (Dns::Either, _) | (Dns::User, DnsWant::Restore) => {}
+            (Dns::Tunnel, DnsWant::Tunnel { servers, .. })
+                if servers.iter().all(|s| {
+                    self.topology
+                        .servers
+                        .iter()
+                        .any(|e| IpAddr::V4(e.dns) == *s)
+                }) => {}
+            (dns, want) => wrong.push(format!("DNS must be {dns:?} but is {want:?}")),
+        }
+        if status.state == State::Connected && status.error.is_some() {
+            wrong.push(format!(
+                "connected, with an error: {}",
+                status.error.unwrap_or_default()
+            ));
+        }
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(wrong.join("; "))
+        }
+    }
+}
+
+fn on(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+fn set(alive: &mut [bool], n: usize, value: bool) {
+    if let Some(slot) = alive.get_mut(n) {
+        *slot = value;
+    }
+}
+
+fn udp(address: std::net::SocketAddr) -> Endpoint {
+    Endpoint {
+        address,
+        protocol: TransportProtocol::Udp,
+    }
+}
+
+/// What kind of device carries the guarded tunnel's name: the tunnel (a tun device), a veth
+/// impostor, or nothing.
+fn identity(world: &World) -> Option<LinkIdentity> {
+    if world.tunnel {
+        Some(LinkIdentity {
+            kind: Some("tun".to_owned()),
+            link_type: 65534,
+        })
+    } else if world.impostor {
+        Some(LinkIdentity {
+            kind: Some("veth".to_owned()),
+            link_type: 1,
+        })
+    } else {
+        None
+    }
+}
+
+fn observe(world: &World, topology: &Topology) -> Option<Observed> {
+    let identity = identity(world)?;
+    let address = if world.tunnel {
+        topology.guard.address
+    } else {
+        std::net::Ipv4Addr::new(192, 168, 1, 77)
+    };
+    Some(Observed {
+        up: true,
+        addresses: vec![IpAddr::V4(address)],
+        identity: Some(identity),
+    })
+}
+
+/// A wg-quick file for server `n` of the topology, sent inline as the CLI sends it.
+fn wg_quick(topology: &Topology, n: usize) -> ConfigSource {
+    let text = topology.servers.get(n).map(|server| {
+        format!(
+            "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\nAddress = {}/32\nDNS = {}\n\
+             [Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\nEndpoint = {}\nAllowedIPs = 0.0.0.0/0\n",
+            server.address, server.dns, server.endpoint
+        )
+    });
+    ConfigSource {
+        source: format!("server{}.conf", n + 1),
+        text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_sequences_hold() {
+        // A few hundred here, for every `cargo test`; CI runs ten thousand through
+        // `killswitch-lab model --sim`.
+        let options = Options {
+            sequences: 300,
+            steps: 20,
+            seed: 1,
+            shrink_iterations: 5000,
+        };
+        if let Err(failure) = run(options) {
+            panic!("{failure}");
+        }
+    }
 }

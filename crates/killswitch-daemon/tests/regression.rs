@@ -818,3 +818,82 @@ fn a_request_whose_sender_gave_up_is_not_carried_out_later() -> Result<()> {
     );
     Ok(())
 }
+
+/// `up`'s device is deleted, set down, or renamed away with another interface made under its
+/// name (root only, but the rules let everything out by that name: a macvlan there carried the
+/// user's traffic in clear). Each is noticed at once, on the link event, not after the health
+/// bound; the impostor is never believed to be the tunnel, and `up` recovers once it is gone.
+#[test]
+fn an_up_device_deleted_set_down_or_replaced_is_lost_at_once() -> Result<()> {
+    if !require_root("an_up_device_deleted_set_down_or_replaced_is_lost_at_once") {
+        return Ok(());
+    }
+    let (mut lab, _) = up_with_dns("devlost")?;
+    let name = lab.up_interface();
+    // Well inside the health bound (3 s): only the link event can explain a loss this fast. The
+    // log says it (a status in between may be missed: reconnecting takes milliseconds).
+    let at_once = Duration::from_millis(1500);
+    let mut seen = 0;
+    let mut lost = |lab: &mut Lab, how: &str| -> Result<()> {
+        let daemon = lab.daemon.as_mut().context("no daemon")?;
+        seen = daemon
+            .process()
+            .wait_for_line(seen, &format!("{name} {how}"), at_once)
+            .with_context(|| format!("noticing that the device {how}"))?;
+        Ok(())
+    };
+
+    lab.topo.client.ip(&["link", "set", &name, "down"])?;
+    lost(&mut lab, "was set down")?;
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)
+        .context("reconnecting after the device was set down")?;
+
+    lab.topo.client.ip(&["link", "del", &name])?;
+    lost(&mut lab, "was deleted")?;
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)
+        .context("reconnecting after the device was deleted")?;
+
+    // Renamed away, and a veth of the same name, up, with the tunnel's address. The daemon is
+    // paused meanwhile (it would bring its device up again between `down` and the rename), as a
+    // slow machine or a long health bound would leave it: on resume it must see the veth for what
+    // it is.
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(
+        lab.daemon.as_mut().context("no daemon")?.process().pid(),
+    )?);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    let batch = lab.home.path().join("impostor.batch");
+    std::fs::write(
+        &batch,
+        format!(
+            "link set {name} down\nlink set {name} name ksold\n\
+             link add {name} type veth peer name ksimp\n\
+             addr add 10.65.0.2/32 dev {name}\nlink set {name} up\n"
+        ),
+    )?;
+    let renamed = lab
+        .topo
+        .client
+        .ip(&["-batch", batch.to_str().context("a UTF-8 path")?]);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+    renamed?;
+    lost(&mut lab, "was replaced by another interface")?;
+    // While the impostor holds the name, the daemon never connects through it.
+    let status = lab
+        .daemon()?
+        .wait_for("an error naming the impostor", EVENT_TIMEOUT, |s| {
+            s.error
+                .as_deref()
+                .is_some_and(|e| e.contains("already exists"))
+        })?;
+    ensure!(
+        status.state != State::Connected && status.tunnel.as_ref().is_some_and(|t| !t.up),
+        "connected through someone else's veth: {status:?}"
+    );
+    lab.topo.client.ip(&["link", "del", &name])?;
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)
+        .context("reconnecting once the impostor is gone")?;
+    Ok(())
+}

@@ -41,6 +41,10 @@ pub trait Backend: std::fmt::Debug + Send {
     fn configure(&mut self, config: &TunnelConfig, fwmark: u32) -> Result<(), TunnelError>;
     /// The peer's statistics, if it has one.
     fn stats(&self) -> Result<Option<PeerStats>, TunnelError>;
+    /// Whether its interface is still its own and up (the kernel's answer by default).
+    fn presence(&self) -> crate::netdev::Presence {
+        crate::netdev::presence(self.interface(), self.index())
+    }
 }
 
 /// Creates interface `name`: kernel WireGuard if this kernel has it, else boringtun. The caller

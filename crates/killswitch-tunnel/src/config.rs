@@ -182,7 +182,7 @@ pub fn parse(source: &str, text: &str) -> Result<TunnelConfig, ConfigError> {
             }
             (Section::Interface, "address") => {
                 for item in items(value) {
-                    addresses.push(parse_net(item).map_err(&fail)?);
+                    addresses.push(parse_address(item).map_err(&fail)?);
                 }
             }
             (Section::Interface, "dns") => {
@@ -302,6 +302,27 @@ fn parse_net(item: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{item:?} is not an address or network (e.g. 10.64.0.2/32)"))
 }
 
+/// An `Address` item: a network, whose address is one an interface can have.
+fn parse_address(item: &str) -> Result<IpNet, String> {
+    let net = parse_net(item)?;
+    // The tunnel's own address: the kernel gives an unspecified one to no interface (and the
+    // rules would then guard 0.0.0.0, which DHCP and ARP probes use), a loopback one never leaves
+    // the machine, and a multicast or broadcast one is nobody's.
+    let address = net.addr();
+    let unusable = match address {
+        IpAddr::V4(v4) => {
+            v4.is_unspecified() || v4.is_loopback() || v4.is_multicast() || v4.is_broadcast()
+        }
+        IpAddr::V6(v6) => v6.is_unspecified() || v6.is_loopback() || v6.is_multicast(),
+    };
+    if unusable {
+        return Err(format!(
+            "{item:?} cannot be the tunnel's address (unspecified, loopback, multicast or broadcast)"
+        ));
+    }
+    Ok(net)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,7 +367,15 @@ PersistentKeepalive = 25
 
     #[test]
     fn errors_name_file_line_and_key() {
-        let cases: [(&str, &str); 17] = [
+        let cases: [(&str, &str); 19] = [
+            (
+                "[Interface]\nAddress = 0.0.0.0/0\n",
+                "wg0.conf:2: Address: \"0.0.0.0/0\" cannot be the tunnel's address",
+            ),
+            (
+                "[Interface]\nAddress = 127.0.0.2/8\n",
+                "wg0.conf:2: Address: \"127.0.0.2/8\" cannot be the tunnel's address",
+            ),
             (
                 "Address = 10.0.0.1/32\n",
                 "wg0.conf:1: Address: outside any section",

@@ -37,18 +37,7 @@ pub struct LinkIdentity {
 
 /// The identity of interface `index`. `Err` if it does not exist.
 pub fn identity(index: u32) -> Result<LinkIdentity, TunnelError> {
-    let mut request = LinkMessage::default();
-    request.header.index = index;
-    let answer = rtnl()?
-        .dump(RouteNetlinkMessage::GetLink(request))
-        .map_err(TunnelError::Netlink)?;
-    let link = answer
-        .into_iter()
-        .find_map(|message| match message {
-            RouteNetlinkMessage::NewLink(link) if link.header.index == index => Some(link),
-            _ => None,
-        })
-        .ok_or_else(|| TunnelError::Gone(format!("interface {index}")))?;
+    let link = link(index)?;
     let kind = link.attributes.iter().find_map(|attr| match attr {
         LinkAttribute::LinkInfo(infos) => infos.iter().find_map(|info| match info {
             LinkInfo::Kind(kind) => Some(kind.to_string()),
@@ -60,6 +49,49 @@ pub fn identity(index: u32) -> Result<LinkIdentity, TunnelError> {
         kind,
         link_type: u16::from(link.header.link_layer_type),
     })
+}
+
+/// Whether a device's interface is still there as the device made it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presence {
+    /// Its name still leads to its index, and it is up.
+    Up,
+    /// It is there, but someone set it down.
+    Down,
+    /// Its name leads nowhere (deleted, or renamed away).
+    Gone,
+    /// Its name leads to another interface: someone else's has taken the name.
+    Replaced,
+}
+
+/// Whether interface `name` is still interface `index`, and up. A device whose name now leads
+/// elsewhere must not be believed to carry the tunnel: the rules let everything out by that name.
+pub fn presence(name: &str, index: u32) -> Presence {
+    match self::index(name) {
+        Some(found) if found == index => {}
+        Some(_) => return Presence::Replaced,
+        None => return Presence::Gone,
+    }
+    match link(index) {
+        Ok(link) if link.header.flags.contains(LinkFlags::Up) => Presence::Up,
+        Ok(_) => Presence::Down,
+        Err(_) => Presence::Gone,
+    }
+}
+
+fn link(index: u32) -> Result<LinkMessage, TunnelError> {
+    let mut request = LinkMessage::default();
+    request.header.index = index;
+    let answer = rtnl()?
+        .dump(RouteNetlinkMessage::GetLink(request))
+        .map_err(TunnelError::Netlink)?;
+    answer
+        .into_iter()
+        .find_map(|message| match message {
+            RouteNetlinkMessage::NewLink(link) if link.header.index == index => Some(link),
+            _ => None,
+        })
+        .ok_or_else(|| TunnelError::Gone(format!("interface {index}")))
 }
 
 fn rtnl() -> Result<Rtnl, TunnelError> {

@@ -80,6 +80,13 @@ impl FromStr for Endpoint {
             None => (s, TransportProtocol::Udp),
         };
         let address: SocketAddr = addr.parse().map_err(|_| diagnose(s, addr))?;
+        // `[2001:db8::1%99]` parses, but the rules match addresses, not scopes: the scope would be
+        // shown and stored and mean nothing.
+        if let SocketAddr::V6(v6) = address
+            && v6.scope_id() != 0
+        {
+            return Err(EndpointParseError::Scope(s.to_owned()));
+        }
         if address.port() == 0 {
             return Err(EndpointParseError::PortZero(s.to_owned()));
         }
@@ -195,6 +202,7 @@ mod tests {
             ("[::198.51.100.1]:51820", "IPv4-compatible"),
             ("[fe80::1]:51820", "link-local"),
             ("[fe80::1%eth0]:51820", "scoped"),
+            ("[2001:db8::1%99]:51820", "scoped"),
             (
                 "203.0.113.1:99999",
                 "port \"99999\" is not a port (1-65535)",
