@@ -123,6 +123,10 @@ struct Verdicts {
     holes: Vec<usize>,
     /// The servers whose hole admits unmarked packets too.
     unmarked_holes: Vec<usize>,
+    /// The servers whose address is reachable on a port other than the tunnel's.
+    other_ports: Vec<usize>,
+    /// The tunnels whose own address leaves by the physical link.
+    tunnel_address_outside: Vec<usize>,
 }
 
 fn verdicts(ruleset: &Ruleset, topo: &Topology) -> Verdicts {
@@ -161,6 +165,27 @@ fn verdicts(ruleset: &Ruleset, topo: &Topology) -> Verdicts {
         unmarked_holes: topo
             .every_end()
             .filter(|(_, end)| hole(end, false))
+            .map(|(i, _)| i)
+            .collect(),
+        other_ports: topo
+            .every_end()
+            .filter(|(_, end)| {
+                let other = end.endpoint.port().wrapping_add(1).max(1);
+                let packet = out(end.endpoint.ip(), Transport::udp(51820, other));
+                accepts(&packet.with_mark(end.mark))
+            })
+            .map(|(i, _)| i)
+            .collect(),
+        tunnel_address_outside: topo
+            .every_end()
+            .filter(|(_, end)| {
+                accepts(&Packet::output(
+                    topo.physical.as_str(),
+                    IpAddr::V4(end.address),
+                    topo.internet.into(),
+                    Transport::udp(40000, 443),
+                ))
+            })
             .map(|(i, _)| i)
             .collect(),
     }
@@ -301,6 +326,18 @@ pub fn at_least(
         wrong.push(format!(
             "packets without the tunnel's mark pass the hole to {}",
             names(&v.unmarked_holes)
+        ));
+    }
+    if !v.other_ports.is_empty() {
+        wrong.push(format!(
+            "the hole to {} admits another port than the tunnel's",
+            names(&v.other_ports)
+        ));
+    }
+    if !v.tunnel_address_outside.is_empty() {
+        wrong.push(format!(
+            "packets from the tunnel address of {} leave by the physical link",
+            names(&v.tunnel_address_outside)
         ));
     }
     for index in &v.holes {
