@@ -149,7 +149,10 @@ fn verdicts(ruleset: &Ruleset, topo: &Topology) -> Verdicts {
         cleartext: accepts(&out(topo.internet.into(), Transport::tcp(40000, 443))),
         cleartext_v6: accepts(&out(topo.internet_v6.into(), Transport::tcp(40000, 443))),
         lan: accepts(&out(topo.lan.into(), Transport::tcp(40000, 22))),
-        foreign_dns: accepts(&out(topo.foreign_resolver.into(), Transport::udp(40000, 53))),
+        foreign_dns: accepts(&out(
+            topo.foreign_resolver.into(),
+            Transport::udp(40000, 53),
+        )),
         holes: topo
             .every_end()
             .filter(|(_, end)| hole(end, true))
@@ -243,7 +246,11 @@ pub fn exactly(
                 };
                 expect("traffic through the tunnel", t.web, tunnel);
                 expect("IPv6 through an IPv4-only tunnel", t.web_v6, false);
-                expect("DNS to another resolver through the tunnel", t.foreign_dns, false);
+                expect(
+                    "DNS to another resolver through the tunnel",
+                    t.foreign_dns,
+                    false,
+                );
                 if tunnel {
                     expect("DNS to the tunnel's resolver", t.own_dns, true);
                 }
@@ -356,7 +363,11 @@ fn name(index: usize) -> String {
 }
 
 fn names(indices: &[usize]) -> String {
-    indices.iter().map(|i| name(*i)).collect::<Vec<_>>().join(", ")
+    indices
+        .iter()
+        .map(|i| name(*i))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn alternatives(indices: &[usize]) -> String {
@@ -402,7 +413,13 @@ mod tests {
         let settings = Settings::default();
         let ruleset = compile(&connected(&topo, 1), &settings);
         exactly(&ruleset, &topo, &Protection::Tunnel(vec![1]), false).expect("connected");
-        at_least(&ruleset, &topo, Some(&Protection::Tunnel(vec![0, 1])), false).expect("floor");
+        at_least(
+            &ruleset,
+            &topo,
+            Some(&Protection::Tunnel(vec![0, 1])),
+            false,
+        )
+        .expect("floor");
         let wrong = exactly(&ruleset, &topo, &Protection::Tunnel(vec![0]), false);
         assert!(wrong.is_err(), "server 2's hole is not server 1's");
         let blocked = compile(&PolicyState::Blocked, &settings);

@@ -61,7 +61,8 @@ pub fn run(
     };
     let mut seed = [0u8; 32];
     seed[..8].copy_from_slice(&options.seed.to_le_bytes());
-    let mut runner = TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::from_seed(RngAlgorithm::ChaCha, &seed));
     let outcome = runner.run(&sequence(options.steps), |steps| {
         (check.borrow_mut())(&steps).map_err(TestCaseError::fail)
     });
