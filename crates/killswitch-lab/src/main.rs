@@ -66,7 +66,7 @@ struct ModelArgs {
     #[arg(long)]
     shrink_iterations: Option<u32>,
     /// Level 2: stop shrinking after this many seconds and report the smallest failure so far.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 300)]
     shrink_seconds: u64,
     /// Level 2: how many `up` servers the lab runs (1 to 3); `up n` uses at most that many.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3))]

@@ -90,7 +90,24 @@ pub fn run(world: &mut World, steps: &[Step], timings: &mut Timings) -> StepResu
     let mut judged = world.lab.capture.len();
     let tunnel_addresses = tunnel_addresses(&world.topology);
     // A fresh daemon must be what the model says a fresh install is, before any step.
-    check(world, &model, Instant::now()).map_err(|e| match e {
+    let first = |world: &mut World| -> StepResult<usize> {
+        check(world, &model, Instant::now())?;
+        let floor = leaks::floor(&model, &world.topology);
+        let (next, found) = leaks::judge_since(
+            world.client(),
+            &world.lab.capture,
+            judged,
+            Instant::now(),
+            floor.as_ref(),
+            floor.as_ref(),
+            &tunnel_addresses,
+        )?;
+        if !found.is_empty() {
+            return broke(format!("leaked on the physical link: {}", found.join("; ")));
+        }
+        Ok(next)
+    };
+    judged = first(world).map_err(|e| match e {
         StepError::Broke(what) => with_log(
             world,
             StepError::Broke(format!("before the first step: {what}")),
@@ -591,10 +608,22 @@ fn describe_expectation(e: &Expectation) -> String {
 }
 
 fn describe_floor(model: &Model) -> String {
+    let names = |indices: &[usize]| {
+        indices
+            .iter()
+            .map(|i| name(*i))
+            .collect::<Vec<_>>()
+            .join(" or ")
+    };
     match model.floor() {
-        None => "nothing".to_owned(),
+        None | Some(Protection::Off | Protection::Open) => "nothing".to_owned(),
         Some(Protection::Blocked) => "everything blocked".to_owned(),
-        Some(p) => format!("{p:?}"),
+        Some(Protection::Hole(i) | Protection::Tunnel(i)) => {
+            format!(
+                "nothing outside the tunnel but the tunnel's packets to {}",
+                names(&i)
+            )
+        }
     }
 }
 
