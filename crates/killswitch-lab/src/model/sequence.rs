@@ -446,10 +446,12 @@ fn check(world: &World, model: &Model, _boundary: Instant) -> StepResult {
     }
     check_resolv_conf(world, &expected, &status)?;
     if let Protection::Tunnel(alive) = &expected.protection {
-        let sources: Vec<IpAddr> = active(&status, topo)
-            .into_iter()
-            .chain(alive.iter().copied())
-            .filter_map(|i| world::tunnel_source(topo, i))
+        // Through any tunnel the model allows, not only the one the settled status named: a
+        // status can be stale by up to the health bound (a deleted device looks connected until
+        // the daemon notices no sign of life), and the daemon may fail over meanwhile.
+        let sources: Vec<IpAddr> = alive
+            .iter()
+            .filter_map(|i| world::tunnel_source(topo, *i))
             .collect();
         if let Err(e) =
             leaks::wait_for_tunnel_traffic(world.client(), topo, &world.lab.servers.udp, &sources)
