@@ -195,7 +195,7 @@ impl Lab {
         text
     }
 
-    /// Starts `count` (1 or 2) WireGuard servers for `killswitch up`, and writes a client
+    /// Starts `count` (1 to 3) WireGuard servers for `killswitch up`, and writes a client
     /// configuration for each (mode 600) into the daemon's home.
     pub fn start_up_servers(&mut self, count: u8) -> Result<()> {
         let client = wireguard::KeyPair::generate()?;
@@ -442,12 +442,15 @@ pub fn dns_managed(status: &killswitch_types::ipc::Status) -> bool {
 }
 
 /// Whether an arrival came through a tunnel: from a client address of the lab's tunnel (10.64.0.2)
-/// or of an `up` server (10.65.0.2, 10.66.0.2).
+/// or of an `up` server (10.65.0.2, 10.66.0.2, 10.67.0.2).
 pub fn is_tunnel(ip: IpAddr) -> bool {
-    matches!(ip, IpAddr::V4(v4) if matches!(v4.octets(), [10, 64..=66, 0, 2]))
+    matches!(ip, IpAddr::V4(v4) if matches!(v4.octets(), [10, 64..=67, 0, 2]))
 }
 
-fn send_sentinel(payload: &[u8]) -> Result<()> {
+/// Sends a DHCP-shaped broadcast carrying `payload` out of the physical interface (run it inside
+/// the client namespace). The policy allows DHCP in every state, so once the capture holds this
+/// frame it holds everything sent before it.
+pub fn send_sentinel(payload: &[u8]) -> Result<()> {
     let socket =
         std::net::UdpSocket::bind("0.0.0.0:68").context("binding the sentinel to port 68")?;
     socket.set_broadcast(true)?;

@@ -12,6 +12,8 @@
 //! - [`packet`]: parsing captured frames into addresses, ports and payloads.
 //! - [`topology`]: the client and net namespaces and the addresses of the lab's network.
 //! - [`report`] and [`host`]: the report, and the proof that the starting namespace is untouched.
+//! - [`model`]: level 2 of the model-based tester: random sequences of user and world steps
+//!   against the real daemon, checked against `killswitch-model` after every step.
 //! - [`scenarios`]: the leak scenarios, each a script over a fresh lab, and their checks.
 //! - [`sinks`]: the target host's UDP/TCP sinks and the DNS resolvers, recording arrivals.
 //! - [`generator`]: a paced stream of UDP, TCP, ICMP, DNS and IPv6 traffic from the client.
@@ -25,6 +27,7 @@ pub mod daemon;
 pub mod generator;
 pub mod host;
 pub mod lab;
+pub mod model;
 pub mod netns;
 pub mod oracle;
 pub mod packet;

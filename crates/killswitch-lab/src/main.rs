@@ -3,9 +3,9 @@
 use clap::Parser;
 use killswitch_lab::generator::DEFAULT_RATE;
 use killswitch_lab::report::LabReport;
-use killswitch_lab::{host, netns, process, scenarios};
+use killswitch_lab::{host, model, netns, process, scenarios};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// The killswitch leak lab: proves, with packets, that the kill switch leaks nothing.
 ///
@@ -32,10 +32,55 @@ struct Args {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// The model-based tester: random sequences of user commands and world events, checked
+    /// against the model after every step; a failure is shrunk and printed with its seed.
+    ///
+    /// Without --sim (level 2), against the real killswitchd in lab namespaces with a real
+    /// tunnel and a capture on the physical link (needs root). With --sim (level 1), against the
+    /// daemon's core with fake backends. The same seed gives the same sequences at both levels.
+    Model(ModelArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ModelArgs {
+    /// How many sequences to run.
+    #[arg(long, default_value_t = 30)]
+    sequences: u32,
+    /// The most steps in one sequence.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    steps: u64,
+    /// The seed of the whole run (the same seed replays the same sequences).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Level 1: the daemon's core with fake backends instead of the real daemon.
+    #[arg(long)]
+    sim: bool,
+    /// How many shrinking replays to try after a failure (default: 200 for the real daemon,
+    /// 5000 with --sim).
+    #[arg(long)]
+    shrink_iterations: Option<u32>,
+    /// Level 2: stop shrinking after this many seconds and report the smallest failure so far.
+    #[arg(long, default_value_t = 300)]
+    shrink_seconds: u64,
+    /// Level 2: how many `up` servers the lab runs (1 to 3); `up n` uses at most that many.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3))]
+    servers: u64,
+    /// Print the report as JSON (progress lines are left out).
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::Model(model)) = args.command {
+        return run_model(model);
+    }
     if args.list {
         let width = scenarios::ALL
             .iter()
@@ -97,6 +142,67 @@ fn main() -> ExitCode {
         host_unchanged,
         start.elapsed().as_millis() as u64,
     );
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("killswitch-lab: cannot encode the report: {e}"),
+        }
+    } else {
+        print!("{}", report.render());
+    }
+    if report.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `killswitch-lab model`: level 1 or 2 of the model-based tester.
+fn run_model(args: ModelArgs) -> ExitCode {
+    let steps = usize::try_from(args.steps).unwrap_or(usize::MAX);
+    let options = killswitch_model::runner::Options {
+        sequences: args.sequences,
+        steps,
+        seed: args.seed,
+        shrink_iterations: args
+            .shrink_iterations
+            .unwrap_or(if args.sim { 5000 } else { 200 }),
+    };
+    let report = if args.sim {
+        model::run_sim(options)
+    } else {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!(
+                "killswitch-lab model: needs root (it creates network namespaces and runs the daemon in them); try sudo, or --sim"
+            );
+            return ExitCode::from(2);
+        }
+        if let Err(e) = handle_interrupts() {
+            eprintln!("killswitch-lab: cannot install the Ctrl-C handler: {e}");
+            return ExitCode::FAILURE;
+        }
+        let before = match host::snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("killswitch-lab: cannot snapshot this namespace's network state: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut report = model::run_lab(model::LabOptions {
+            run: options,
+            servers: usize::try_from(args.servers).unwrap_or(3),
+            shrink_budget: Duration::from_secs(args.shrink_seconds),
+            progress: !args.json,
+        });
+        if !host::snapshot().is_ok_and(|after| after == before) {
+            report.passed = false;
+            report.lab_error = Some(
+                "the namespace the lab was started from changed (ruleset, routes, rules, links or resolv.conf)"
+                    .to_owned(),
+            );
+        }
+        report
+    };
     if args.json {
         match serde_json::to_string_pretty(&report) {
             Ok(json) => println!("{json}"),

@@ -5,7 +5,7 @@
 //!  client ns                                   net ns
 //!  phys0 192.168.50.2/24, fd50::2/64  <---->   lan0 192.168.50.1/24, fd50::1/64
 //!  default via 192.168.50.1 / fd50::1          lo: 203.0.113.10, 2001:db8::10 (target)
-//!                                                  198.51.100.1-3 (VPN endpoints)
+//!                                                  198.51.100.1-4 (VPN endpoints)
 //!                                                  192.0.2.53 (a public resolver)
 //! ```
 //!
@@ -38,6 +38,8 @@ pub const ENDPOINT_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const ENDPOINT2_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 /// A third VPN server (the `up` scenarios' second server).
 pub const ENDPOINT3_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 3);
+/// A fourth VPN server (the model-based tester's third `up` server).
+pub const ENDPOINT4_V4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 4);
 /// A public resolver's address on "the internet".
 pub const PUBLIC_DNS_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 53);
 
@@ -88,6 +90,7 @@ impl Topology {
             IpAddr::V4(ENDPOINT_V4),
             IpAddr::V4(ENDPOINT2_V4),
             IpAddr::V4(ENDPOINT3_V4),
+            IpAddr::V4(ENDPOINT4_V4),
             IpAddr::V4(PUBLIC_DNS_V4),
         ] {
             net.ip(&["addr", "add", &format!("{host}/32"), "dev", "lo"])?;

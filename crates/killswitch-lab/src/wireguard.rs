@@ -345,7 +345,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts server `n` (1 or 2; the lab's own tunnel is server 0): endpoint 198.51.100.(1+n)
+    /// Starts server `n` (1 to 3; the lab's own tunnel is server 0): endpoint 198.51.100.(1+n)
     /// port 51820+n, tunnel 10.(64+n).0.0/24, client address 10.(64+n).0.2.
     pub fn start(topo: &Topology, n: u8) -> Result<Self> {
         let unique =
@@ -354,7 +354,8 @@ impl Server {
         let ip = match n {
             1 => crate::topology::ENDPOINT2_V4,
             2 => crate::topology::ENDPOINT3_V4,
-            _ => anyhow::bail!("servers are numbered 1 and 2"),
+            3 => crate::topology::ENDPOINT4_V4,
+            _ => anyhow::bail!("servers are numbered 1 to 3"),
         };
         let endpoint = SocketAddr::new(ip.into(), PORT + u16::from(n));
         let tunnel_ip = Ipv4Addr::new(10, 64 + n, 0, 1);
