@@ -16,7 +16,7 @@ use super::leaks;
 use super::world::{self, World};
 use crate::daemon::{CliResult, Daemon, nft_table, teardown};
 use killswitch_model::model::{Answer, Dns};
-use killswitch_model::step::{MAX_SERVERS, describe};
+use killswitch_model::step::MAX_SERVERS;
 use killswitch_model::{Expectation, Model, Protection, Step, Topology, UserStep, WorldStep};
 use killswitch_types::ipc::Status;
 use nix::sys::signal::Signal;
@@ -91,7 +91,7 @@ pub fn run(world: &mut World, steps: &[Step], timings: &mut Timings) -> StepResu
     let tunnel_addresses = tunnel_addresses(&world.topology);
     // A fresh daemon must be what the model says a fresh install is, before any step.
     let first = |world: &mut World| -> StepResult<usize> {
-        check(world, &model, Instant::now())?;
+        check(world, &model)?;
         let floor = leaks::floor(&model, &world.topology);
         let (next, found) = leaks::judge_since(
             world.client(),
@@ -129,7 +129,7 @@ pub fn run(world: &mut World, steps: &[Step], timings: &mut Timings) -> StepResu
         let at = |e: String| format!("after step {} ({step}): {e}", i + 1);
         let outcome = carry_out(world, &step, answer)
             .and_then(|boundary| {
-                check(world, &model, boundary)?;
+                check(world, &model)?;
                 let (next, found) = leaks::judge_since(
                     world.client(),
                     &world.lab.capture,
@@ -408,7 +408,7 @@ fn world_step(world: &mut World, step: &WorldStep) -> StepResult {
 }
 
 /// The checks after a step (except the capture's, which the caller does).
-fn check(world: &World, model: &Model, _boundary: Instant) -> StepResult {
+fn check(world: &World, model: &Model) -> StepResult {
     let expected = model.expect();
     let topo = &world.topology;
     let daemon = match world.daemon() {
@@ -627,11 +627,6 @@ fn describe_floor(model: &Model) -> String {
             )
         }
     }
-}
-
-/// A sequence as the report prints it.
-pub fn render(steps: &[Step]) -> String {
-    describe(steps)
 }
 
 #[cfg(test)]
