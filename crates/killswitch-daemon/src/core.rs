@@ -439,7 +439,7 @@ impl<F: Firewall> Core<F> {
 
     fn managed_status(&self, spec: &UpSpec) -> TunnelStatus {
         let manager = self.manager.as_ref().filter(|m| m.spec() == spec);
-        let (index, config) = manager.map_or((0, &spec.configs[0]), |m| m.active());
+        let (index, config) = manager.map_or((0, spec.server(0)), |m| m.active());
         TunnelStatus {
             interface: spec.interface.clone(),
             endpoint: config.endpoint(),
@@ -450,7 +450,7 @@ impl<F: Firewall> Core<F> {
             addresses: config.addresses.iter().map(|n| n.addr()).collect(),
             managed: Some(ManagedTunnel {
                 backend: manager.and_then(Manager::backend).map(|b| b.to_string()),
-                servers: spec.configs.iter().map(|c| c.source.clone()).collect(),
+                servers: spec.servers().map(|c| c.source.clone()).collect(),
                 server: index,
                 attempt: manager.map_or(0, Manager::attempt),
                 last_event: manager.and_then(Manager::last_event).map(str::to_owned),
@@ -591,7 +591,7 @@ impl<F: Firewall> Core<F> {
             Target::Disconnected => (State::Disconnected, PolicyState::Disconnected),
             Target::Up(spec) => {
                 let manager = self.manager.as_ref().filter(|m| m.spec() == spec);
-                let (_, config) = manager.map_or((0, &spec.configs[0]), |m| m.active());
+                let (_, config) = manager.map_or((0, spec.server(0)), |m| m.active());
                 let peer = Peer {
                     endpoint: config.endpoint(),
                     mark: Some(fwmark_of(config)),
@@ -719,7 +719,7 @@ impl<F: Firewall> Core<F> {
             return Vec::new();
         };
         let manager = self.manager.as_ref().filter(|m| m.spec() == spec);
-        let (_, config) = manager.map_or((0, &spec.configs[0]), |m| m.active());
+        let (_, config) = manager.map_or((0, spec.server(0)), |m| m.active());
         config.addresses.clone()
     }
 

@@ -121,7 +121,7 @@ impl Manager {
 
     /// The server in use (or about to be).
     pub fn active(&self) -> (usize, &TunnelConfig) {
-        (self.active, &self.spec.configs[self.active])
+        (self.active, self.spec.server(self.active))
     }
 
     /// The fwmark of the active server's socket.
@@ -256,7 +256,7 @@ impl Manager {
                     Ok(Some(stats)) => tracker.observe(&stats, now),
                     _ => tracker.judge(now),
                 };
-                let probe = self.spec.configs[self.active].dns.first().copied();
+                let probe = self.spec.server(self.active).dns.first().copied();
                 match health {
                     Health::Dead { silent } => self.fail(
                         &format!("no sign of life for {:.1} s", silent.as_secs_f64()),
@@ -340,7 +340,7 @@ impl Manager {
 
     fn fail(&mut self, reason: &str, now: Instant) -> Step {
         let failed = self.describe_active();
-        self.active = (self.active + 1) % self.spec.configs.len();
+        self.active = self.spec.next(self.active);
         // The first retry is immediate (usually to another server); then 250 ms, doubling, capped.
         let delay = match self.attempt {
             0 | 1 => Duration::ZERO,
@@ -445,13 +445,14 @@ mod tests {
 
     fn spec() -> UpSpec {
         let second = CONF.replace("198.51.100.1:51820", "198.51.100.2:51821");
-        UpSpec {
-            interface: "nosuchtun0".parse().expect("name"),
-            configs: vec![
+        UpSpec::new(
+            "nosuchtun0".parse().expect("name"),
+            vec![
                 killswitch_tunnel::config::parse("one.conf", CONF).expect("valid"),
                 killswitch_tunnel::config::parse("two.conf", &second).expect("valid"),
             ],
-        }
+        )
+        .expect("a valid spec")
     }
 
     fn setup() -> (Manager, Factory, Arc<Mutex<Script>>, Instant) {

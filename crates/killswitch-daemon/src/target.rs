@@ -22,34 +22,93 @@ pub enum Target {
     Up(UpSpec),
 }
 
-/// What `killswitch up` asked for. Holds private keys; persisted only in the root-only state
-/// directory, and its `Debug` shows none of them.
+/// What `killswitch up` asked for: an interface and at least one server, each with a resolver.
+/// Parsed, not validated: the only ways to make one ([`UpSpec::new`], and deserializing, which
+/// goes through it) check both, so that code using it never indexes an empty list. Holds private
+/// keys; persisted only in the root-only state directory, and its `Debug` shows none of them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "UpSpecFile", into = "UpSpecFile")]
 pub struct UpSpec {
     /// The tunnel interface.
     pub interface: InterfaceName,
-    /// The servers, in failover order.
-    pub configs: Vec<TunnelConfig>,
+    /// The first server: there is always one.
+    first: TunnelConfig,
+    /// The others, in failover order.
+    rest: Vec<TunnelConfig>,
+}
+
+/// [`UpSpec`] as `settings.json` has it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpSpecFile {
+    interface: InterfaceName,
+    configs: Vec<TunnelConfig>,
+}
+
+impl TryFrom<UpSpecFile> for UpSpec {
+    type Error = String;
+
+    fn try_from(file: UpSpecFile) -> Result<Self, String> {
+        UpSpec::new(file.interface, file.configs)
+    }
+}
+
+impl From<UpSpec> for UpSpecFile {
+    fn from(spec: UpSpec) -> Self {
+        let mut configs = Vec::with_capacity(1 + spec.rest.len());
+        configs.push(spec.first);
+        configs.extend(spec.rest);
+        UpSpecFile {
+            interface: spec.interface,
+            configs,
+        }
+    }
 }
 
 impl UpSpec {
-    /// What the daemon needs of a spec beyond parsing: at least one server, and a resolver for
+    /// A spec, if it is one the daemon can carry out: at least one server, and a resolver for
     /// each (DNS outside the tunnel is blocked, and the daemon checks a tunnel, and starts its
-    /// handshake, by sending a query to that resolver through it). Also applied to a spec read
-    /// back from the state directory.
-    pub fn check(&self) -> Result<(), String> {
-        if self.configs.is_empty() {
-            return Err("up needs at least one configuration".to_owned());
-        }
-        if let Some(config) = self.configs.iter().find(|c| c.dns.is_empty()) {
+    /// handshake, by sending a query to that resolver through it).
+    pub fn new(interface: InterfaceName, configs: Vec<TunnelConfig>) -> Result<Self, String> {
+        if let Some(config) = configs.iter().find(|c| c.dns.is_empty()) {
             return Err(format!(
                 "{}: no DNS = in [Interface]: killswitch up needs the tunnel's resolver (DNS outside \
                  the tunnel is blocked, and the daemon checks the tunnel by asking that resolver)",
                 config.source
             ));
         }
-        Ok(())
+        let mut configs = configs.into_iter();
+        let first = configs
+            .next()
+            .ok_or_else(|| "up needs at least one configuration".to_owned())?;
+        Ok(UpSpec {
+            interface,
+            first,
+            rest: configs.collect(),
+        })
+    }
+
+    /// The servers, in failover order: never empty.
+    pub fn servers(&self) -> impl Iterator<Item = &TunnelConfig> {
+        std::iter::once(&self.first).chain(&self.rest)
+    }
+
+    /// How many servers there are: at least one.
+    pub fn len(&self) -> usize {
+        1 + self.rest.len()
+    }
+
+    /// Server `index` (counted modulo [`UpSpec::len`], so any index names one).
+    pub fn server(&self, index: usize) -> &TunnelConfig {
+        match index % self.len() {
+            0 => &self.first,
+            n => self.rest.get(n - 1).unwrap_or(&self.first),
+        }
+    }
+
+    /// The server after `index`, round the list.
+    pub fn next(&self, index: usize) -> usize {
+        (index + 1) % self.len()
     }
 }
 
@@ -118,9 +177,7 @@ pub fn resolve_up(
     if interface.as_str() == "lo" {
         return Err(bad("the tunnel interface cannot be lo".to_owned()));
     }
-    let spec = UpSpec { interface, configs };
-    spec.check().map_err(bad)?;
-    Ok(spec)
+    UpSpec::new(interface, configs).map_err(bad)
 }
 
 /// wg-quick names the interface after the file: `/etc/wireguard/wg0.conf` is `wg0`. A file whose
@@ -188,7 +245,7 @@ mod tests {
             text: None,
         };
         let spec = resolve_up(None, &[by_name], dir.path()).expect("valid");
-        assert_eq!((spec.interface.as_str(), spec.configs.len()), ("wg7", 1));
+        assert_eq!((spec.interface.as_str(), spec.len()), ("wg7", 1));
         let missing = ConfigSource {
             source: "wg8".to_owned(),
             text: None,
