@@ -31,8 +31,8 @@ pub enum Target {
 pub struct UpSpec {
     /// The tunnel interface.
     pub interface: InterfaceName,
-    /// The first server: there is always one.
-    first: TunnelConfig,
+    /// The first server: there is always one (boxed: a spec travels inside small enums).
+    first: Box<TunnelConfig>,
     /// The others, in failover order.
     rest: Vec<TunnelConfig>,
 }
@@ -56,7 +56,7 @@ impl TryFrom<UpSpecFile> for UpSpec {
 impl From<UpSpec> for UpSpecFile {
     fn from(spec: UpSpec) -> Self {
         let mut configs = Vec::with_capacity(1 + spec.rest.len());
-        configs.push(spec.first);
+        configs.push(*spec.first);
         configs.extend(spec.rest);
         UpSpecFile {
             interface: spec.interface,
@@ -83,24 +83,24 @@ impl UpSpec {
             .ok_or_else(|| "up needs at least one configuration".to_owned())?;
         Ok(UpSpec {
             interface,
-            first,
+            first: Box::new(first),
             rest: configs.collect(),
         })
     }
 
     /// The servers, in failover order: never empty.
     pub fn servers(&self) -> impl Iterator<Item = &TunnelConfig> {
-        std::iter::once(&self.first).chain(&self.rest)
+        std::iter::once(&*self.first).chain(&self.rest)
     }
 
     /// How many servers there are: at least one.
-    pub fn len(&self) -> usize {
+    pub fn server_count(&self) -> usize {
         1 + self.rest.len()
     }
 
     /// Server `index` (counted modulo [`UpSpec::len`], so any index names one).
     pub fn server(&self, index: usize) -> &TunnelConfig {
-        match index % self.len() {
+        match index % self.server_count() {
             0 => &self.first,
             n => self.rest.get(n - 1).unwrap_or(&self.first),
         }
@@ -108,7 +108,7 @@ impl UpSpec {
 
     /// The server after `index`, round the list.
     pub fn next(&self, index: usize) -> usize {
-        (index + 1) % self.len()
+        (index + 1) % self.server_count()
     }
 }
 
@@ -245,7 +245,7 @@ mod tests {
             text: None,
         };
         let spec = resolve_up(None, &[by_name], dir.path()).expect("valid");
-        assert_eq!((spec.interface.as_str(), spec.len()), ("wg7", 1));
+        assert_eq!((spec.interface.as_str(), spec.server_count()), ("wg7", 1));
         let missing = ConfigSource {
             source: "wg8".to_owned(),
             text: None,
