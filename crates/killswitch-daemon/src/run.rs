@@ -91,7 +91,22 @@ impl RetryTimer {
 /// Runs the daemon until SIGTERM or SIGINT. The firewall is left as it is on exit: stopping the
 /// daemon never opens it (only `killswitch off` does).
 pub async fn run(options: Options) -> anyhow::Result<()> {
-    // Before anything else: a second daemon must not touch the first one's firewall, files or
+    // First of all, the signal handlers: the service manager may stop the daemon at any moment
+    // once it runs (and does, once READY=1 is sent), and a SIGTERM before them would kill it by the
+    // default action, giving nothing back. A signal that comes during start-up waits in its
+    // stream and ends the loop at its first pass.
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // SIGHUP (a closed terminal, a habitual `kill -HUP`) stops cleanly, DNS given back, rather
+    // than by the default action, which gives nothing back; reloading is not supported (yet).
+    // SIGUSR1/SIGUSR2 would kill the daemon the same way: they are ignored, and say so.
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut user1 =
+        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
+    let mut user2 =
+        signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
+    // Before anything is touched: a second daemon must not touch the first one's firewall, files or
     // DNS, not even to "recover" them.
     let _instance = Instance::acquire(&options.state_dir)?;
     // Then the socket, bound but not served yet: a socket path that cannot be used stops the
@@ -165,17 +180,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tracing::warn!("telling the service manager we are ready failed: {e}");
     }
 
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    // SIGHUP (a closed terminal, a habitual `kill -HUP`) stops cleanly, DNS given back, rather
-    // than by the default action, which gives nothing back; reloading is not supported (yet).
-    // SIGUSR1/SIGUSR2 would kill the daemon the same way: they are ignored, and say so.
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut user1 =
-        signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
-    let mut user2 =
-        signal(SignalKind::user_defined2()).context("installing the SIGUSR2 handler")?;
     let mut retry = RetryTimer::default();
     let mut pending_reply = None;
     let publish = |status: Status| {

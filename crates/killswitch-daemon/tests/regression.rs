@@ -897,3 +897,26 @@ fn an_up_device_deleted_set_down_or_replaced_is_lost_at_once() -> Result<()> {
         .context("reconnecting once the impostor is gone")?;
     Ok(())
 }
+
+/// SIGTERM the moment the daemon says it is ready (what a service manager's stop right after a
+/// start does). The handlers were installed after READY=1: in that gap the default action killed
+/// the daemon, DNS not given back (the model-based tester's first real run found it; 10 of 20
+/// such daemons died by the signal). Each must now exit cleanly.
+#[test]
+fn sigterm_right_after_ready_stops_cleanly() -> Result<()> {
+    if !require_root("sigterm_right_after_ready_stops_cleanly") {
+        return Ok(());
+    }
+    let topo = Topology::new("termready")?;
+    let home = DaemonHome::new()?;
+    for round in 1..=12 {
+        let mut daemon = Daemon::start(&topo.client, &home)?;
+        let exit = daemon.process().terminate(Duration::from_secs(5))?;
+        ensure!(
+            exit.success(),
+            "round {round}: SIGTERM right after READY=1 ended the daemon with {exit}\n{}",
+            daemon.log()
+        );
+    }
+    Ok(())
+}
