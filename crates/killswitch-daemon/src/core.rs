@@ -100,6 +100,54 @@ pub struct Tick {
     pub probe: Option<IpAddr>,
 }
 
+/// A request, parsed: what the state machine is asked to do. Parsing does what needs the outside
+/// world (reading `up`'s files by name, checking that no one else's interface has the name), so
+/// that carrying it out does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `status` (or `events`): only the answer.
+    Status,
+    /// `guard`.
+    Guard(GuardSpec),
+    /// `up`, its files read and parsed.
+    Up(UpSpec),
+    /// `down`.
+    Down,
+    /// `off`.
+    Off,
+    /// `lockdown on|off`.
+    Lockdown(bool),
+    /// `allow-lan on|off`.
+    AllowLan(bool),
+}
+
+impl Command {
+    /// Parses `request`: reads configurations named only by name from `wireguard_dir`, and
+    /// refuses an `up` whose interface name someone else's interface has (before anything
+    /// changes; one that appears later fails the attempt instead).
+    pub fn parse(
+        request: &Request,
+        wireguard_dir: &std::path::Path,
+        devices: &Devices,
+    ) -> Result<Command, IpcError> {
+        Ok(match request {
+            Request::Status | Request::Subscribe => Command::Status,
+            Request::Guard(spec) => Command::Guard(spec.clone()),
+            Request::Up { interface, configs } => {
+                let spec = resolve_up(interface.clone(), configs, wireguard_dir)?;
+                devices
+                    .check(spec.interface.as_str())
+                    .map_err(|message| IpcError::new(ErrorKind::BadRequest, message))?;
+                Command::Up(spec)
+            }
+            Request::Down => Command::Down,
+            Request::Off => Command::Off,
+            Request::Lockdown { enabled } => Command::Lockdown(*enabled),
+            Request::AllowLan { enabled } => Command::AllowLan(*enabled),
+        })
+    }
+}
+
 /// The state machine and the firewall it drives.
 pub struct Core<F> {
     firewall: F,
@@ -133,6 +181,132 @@ pub struct Core<F> {
     /// The latest time an input brought: the core reads no clock. A tunnel that a command asks
     /// for is due at once, which is "now" as far as the core knows.
     now: Instant,
+    /// When to retry a failed apply.
+    retry: RetryTimer,
+    /// What to do once [`Input::Looked`] answers an [`Effect::Look`].
+    then: Option<Then>,
+    /// The answer to the command being carried out, sent once DNS has followed (so that the reply
+    /// to `down` or `up` says where DNS points now).
+    answer: Option<Result<(), IpcError>>,
+    /// The status subscribers were last given.
+    published: Option<Status>,
+}
+
+/// What the core was doing when it asked to look at the guarded interface.
+#[derive(Debug)]
+enum Then {
+    /// Reconcile (level-triggered: it repairs whatever is off); a retry of a failed apply moves
+    /// the retry timer after it.
+    Reconcile {
+        /// Whether this was the retry timer.
+        retry: bool,
+    },
+    /// A command was carried out with this answer; reconcile again if what was seen changed.
+    Answer(Result<(), IpcError>),
+}
+
+/// What happens to the daemon: the state machine's inputs. [`Core::on`] takes each with the time it
+/// happened.
+#[derive(Debug)]
+pub enum Input {
+    /// The daemon started: look at the tunnel, and put the rules in place.
+    Started,
+    /// A client's request, parsed.
+    Command(Command),
+    /// A link, address, route or rule changed: look at the tunnel at once, and repair.
+    LinksChanged,
+    /// The machine woke from sleep: the same.
+    Woke,
+    /// Another program committed an nf_tables transaction.
+    NftChanged {
+        /// Who, as the kernel names the committing process.
+        committer: String,
+    },
+    /// The time [`Effect::WakeAt`] asked for came.
+    Timer,
+    /// The answer to [`Effect::Look`]: the guarded interface as it is now.
+    Looked(Option<Observed>),
+    /// The answer to [`Effect::SyncDns`].
+    DnsSynced {
+        /// Whether DNS management changed anything (then `status` is its new status).
+        changed: bool,
+        /// DNS management's status, for `status`.
+        status: Option<DnsStatus>,
+    },
+}
+
+/// What the state machine asks of the daemon, in order. The firewall, the routing layer, the
+/// settings file and the tunnel devices are its backends (their results decide what comes next,
+/// so it calls them itself, through traits the simulation replaces); everything else comes out
+/// here. Effects that name an answer must be answered at once, before the effects after them.
+#[derive(Debug)]
+pub enum Effect {
+    /// Look at this interface; answer with [`Input::Looked`].
+    Look(InterfaceName),
+    /// Send one DNS query through the tunnel to this resolver (a probe: its answer is a sign of
+    /// life in the device's statistics).
+    Probe(IpAddr),
+    /// Give this status to subscribers.
+    Publish(Status),
+    /// Make the system's resolvers follow this; answer with [`Input::DnsSynced`].
+    SyncDns(DnsWant),
+    /// Answer the command being carried out.
+    Reply(Result<Status, IpcError>),
+    /// Send [`Input::Timer`] at this instant (`None`: no timer is needed). Replaces any earlier
+    /// wake-up.
+    WakeAt(Option<Instant>),
+}
+
+/// The first retry after a failed apply, doubled up to [`RETRY_MAX`]. Only while failing: a
+/// healthy daemon has no timers.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// When to retry a failed apply: an absolute instant, armed when applying starts failing and
+/// moved only when it fires. Other events (the tunnel manager ticks every 50-500 ms while `up`)
+/// must not postpone it: a deadline recreated on every pass of the loop never fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryTimer {
+    due: Option<Instant>,
+    delay: Duration,
+}
+
+impl Default for RetryTimer {
+    fn default() -> Self {
+        RetryTimer {
+            due: None,
+            delay: RETRY_MIN,
+        }
+    }
+}
+
+impl RetryTimer {
+    /// Follows the daemon's state after any event: arms the timer when applying fails and it is
+    /// not armed yet (never moving a deadline that is set), disarms and resets it once applying
+    /// works again.
+    pub fn follow(&mut self, failing: bool, now: Instant) {
+        match (failing, self.due) {
+            (true, None) => self.due = Some(now + self.delay),
+            (true, Some(_)) => {}
+            (false, _) => *self = RetryTimer::default(),
+        }
+    }
+
+    /// The deadline, if one is set.
+    pub fn due(&self) -> Option<Instant> {
+        self.due
+    }
+
+    /// The deadline passed and the retry ran: the next one, if still failing, waits twice as long
+    /// (up to [`RETRY_MAX`]).
+    pub fn fired(&mut self, failing: bool, now: Instant) {
+        if failing {
+            self.delay = (self.delay * 2).min(RETRY_MAX);
+            self.due = Some(now + self.delay);
+        } else {
+            *self = RetryTimer::default();
+        }
+    }
 }
 
 impl<F> std::fmt::Debug for Core<F> {
@@ -213,6 +387,10 @@ impl<F: Firewall> Core<F> {
             options,
             dns_status: None,
             now,
+            retry: RetryTimer::default(),
+            then: None,
+            answer: None,
+            published: None,
         }
         .with_manager(now)
     }
@@ -237,6 +415,108 @@ impl<F: Firewall> Core<F> {
         }
         if let Some(spec) = wanted {
             self.manager = Some(Manager::new(spec.clone(), self.options.health_bound, now));
+        }
+    }
+
+    /// Takes one input, at `now`; returns what the daemon must do, in order.
+    pub fn on(&mut self, input: Input, now: Instant) -> Vec<Effect> {
+        self.now = self.now.max(now);
+        let mut effects = Vec::new();
+        match input {
+            Input::Started => self.look_then(Then::Reconcile { retry: false }, &mut effects),
+            Input::Command(command) => {
+                let answer = self.handle(&command).map(|_| ());
+                // The guarded interface may have changed: look at the new one.
+                self.look_then(Then::Answer(answer), &mut effects);
+            }
+            Input::LinksChanged | Input::Woke => {
+                // A new network (or the tunnel's own link changing): look at the tunnel now, and
+                // let reconcile repair whatever is off (it changes nothing when all is well).
+                self.check_now();
+                self.look_then(Then::Reconcile { retry: false }, &mut effects);
+            }
+            Input::NftChanged { committer } => {
+                self.check_installed(&committer);
+                self.finish(&mut effects);
+            }
+            Input::Timer => {
+                if self.next_tick(self.now).is_some_and(|due| due <= self.now) {
+                    let tick = self.tick(self.now);
+                    effects.extend(tick.probe.map(Effect::Probe));
+                }
+                if self.retry.due().is_some_and(|due| due <= self.now) {
+                    tracing::info!("retrying the firewall");
+                    self.look_then(Then::Reconcile { retry: true }, &mut effects);
+                } else {
+                    self.finish(&mut effects);
+                }
+            }
+            Input::Looked(observed) => {
+                // What was seen can change the status by itself (an untrusted interface).
+                let changed = self.observe(observed);
+                match self.then.take() {
+                    Some(Then::Reconcile { retry }) => {
+                        self.reconcile();
+                        if retry {
+                            self.retry.fired(self.needs_retry(), self.now);
+                        }
+                    }
+                    Some(Then::Answer(answer)) => {
+                        if changed {
+                            self.reconcile();
+                        }
+                        self.answer = Some(answer);
+                    }
+                    None => {}
+                }
+                self.finish(&mut effects);
+            }
+            Input::DnsSynced { changed, status } => {
+                if changed {
+                    self.dns_status = status;
+                }
+                self.publish(&mut effects);
+                if let Some(answer) = self.answer.take() {
+                    effects.push(Effect::Reply(answer.map(|()| self.status())));
+                }
+            }
+        }
+        effects
+    }
+
+    /// Looks at the guarded interface (through the daemon) and then does `then`; with none to
+    /// guard, does it at once.
+    fn look_then(&mut self, then: Then, effects: &mut Vec<Effect>) {
+        match self.guarded_interface().cloned() {
+            Some(name) => {
+                self.then = Some(then);
+                effects.push(Effect::Look(name));
+            }
+            None => {
+                self.then = Some(then);
+                effects.extend(self.on(Input::Looked(None), self.now));
+            }
+        }
+    }
+
+    /// The end of every input: the status to subscribers if it changed, DNS after the firewall
+    /// (unblocked, then pointed at the tunnel; blocked, then given back), and the next wake-up.
+    fn finish(&mut self, effects: &mut Vec<Effect>) {
+        self.publish(effects);
+        self.retry.follow(self.needs_retry(), self.now);
+        let wake = [self.retry.due(), self.next_tick(self.now)]
+            .into_iter()
+            .flatten()
+            .min();
+        effects.push(Effect::WakeAt(wake));
+        effects.push(Effect::SyncDns(self.dns_want()));
+    }
+
+    fn publish(&mut self, effects: &mut Vec<Effect>) {
+        let status = self.status();
+        if self.published.as_ref() != Some(&status) {
+            self.published = Some(status.clone());
+            effects.push(Effect::Publish(status));
         }
     }
 
@@ -277,6 +557,11 @@ impl<F: Firewall> Core<F> {
         }
         tick.changed = self.status() != before;
         tick
+    }
+
+    /// The record of the interfaces the daemon created, which parsing `up` consults.
+    pub fn devices(&self) -> &Devices {
+        &self.options.devices
     }
 
     /// The interface the daemon should watch, if it guards one.
@@ -462,12 +747,12 @@ impl<F: Firewall> Core<F> {
     ///
     /// If persisting fails, nothing changes. If applying fails, the request has still taken
     /// effect as the target (a restart will retry it), and the error says the daemon is blocking.
-    pub fn handle(&mut self, request: &Request) -> Result<Status, IpcError> {
+    pub fn handle(&mut self, command: &Command) -> Result<Status, IpcError> {
         let mut settings = self.settings;
         let mut target = self.target.clone();
-        match request {
-            Request::Status | Request::Subscribe => return Ok(self.status()),
-            Request::Guard(spec) => {
+        match command {
+            Command::Status => return Ok(self.status()),
+            Command::Guard(spec) => {
                 // (uid_t)-1 is "no uid" to the kernel, which refuses it in a routing rule: the
                 // routing layer would be missing while the firewall held.
                 if spec.uid == Some(u32::MAX) {
@@ -494,24 +779,15 @@ impl<F: Firewall> Core<F> {
                 }
                 target = Target::Guard(spec.clone());
             }
-            Request::Up { interface, configs } => {
-                let spec = resolve_up(interface.clone(), configs, &self.options.wireguard_dir)?;
-                // Someone else's interface of that name is never removed or taken over: refuse
-                // before anything changes. (One that appears later fails the attempt instead.)
-                self.options
-                    .devices
-                    .check(spec.interface.as_str())
-                    .map_err(|message| IpcError::new(ErrorKind::BadRequest, message))?;
-                target = Target::Up(spec);
-            }
-            Request::Down => target = Target::Disconnected,
-            Request::Off => {
+            Command::Up(spec) => target = Target::Up(spec.clone()),
+            Command::Down => target = Target::Disconnected,
+            Command::Off => {
                 // Everything goes, lockdown included: `status` must never show a protection that
                 // is not enforced, and `off` wins over lockdown.
                 target = Target::Off;
                 settings.lockdown = false;
             }
-            Request::Lockdown { enabled } => {
+            Command::Lockdown(enabled) => {
                 settings.lockdown = *enabled;
                 // Lockdown blocks whenever no tunnel is connected. After `off` that means leaving
                 // `off`: otherwise `off` would keep winning and lockdown would arm nothing.
@@ -519,11 +795,11 @@ impl<F: Firewall> Core<F> {
                     target = Target::Disconnected;
                 }
             }
-            Request::AllowLan { enabled } => settings.allow_lan = *enabled,
+            Command::AllowLan(enabled) => settings.allow_lan = *enabled,
         }
         // The same tunnel to guard: what it was stays known, unless the user guards it again,
         // vouching for whatever now has its name (as the refusal told them to).
-        let vouched = matches!(request, Request::Guard(_));
+        let vouched = matches!(command, Command::Guard(_));
         let pinned = self
             .pinned
             .clone()
@@ -857,6 +1133,15 @@ mod tests {
         }
     }
 
+    impl<F: Firewall> Core<F> {
+        /// Parses and carries out `request`, as the daemon does.
+        fn handle_request(&mut self, request: &Request) -> Result<Status, IpcError> {
+            let command =
+                Command::parse(request, &self.options.wireguard_dir, &self.options.devices)?;
+            self.handle(&command)
+        }
+    }
+
     fn spec() -> GuardSpec {
         GuardSpec {
             interface: "wg0".parse().expect("literal"),
@@ -883,7 +1168,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
         let mut core = core(&mut fw, dir.path());
-        core.handle(&Request::Guard(spec())).expect("ok");
+        core.handle_request(&Request::Guard(spec())).expect("ok");
         core.observe(up());
         core.reconcile();
         assert_eq!(core.status().state, State::Connected);
@@ -930,7 +1215,7 @@ mod tests {
         {
             let mut fw = Recorder::default();
             let mut core = core(&mut fw, dir.path());
-            core.handle(&Request::Guard(spec())).expect("ok");
+            core.handle_request(&Request::Guard(spec())).expect("ok");
             core.observe(up());
             core.reconcile();
             assert_eq!(core.status().state, State::Connected);
@@ -955,7 +1240,7 @@ mod tests {
         );
         // Unrelated changes keep the memory; guarding again (the user says this is the tunnel)
         // forgets it.
-        core.handle(&Request::AllowLan { enabled: true })
+        core.handle_request(&Request::AllowLan { enabled: true })
             .expect("ok");
         let mut fw2 = Recorder::default();
         let mut again = self::core(&mut fw2, dir.path());
@@ -964,7 +1249,7 @@ mod tests {
         assert_eq!(again.status().state, State::Connecting);
         assert_eq!(
             again
-                .handle(&Request::Guard(spec()))
+                .handle_request(&Request::Guard(spec()))
                 .map(|s| (s.state, s.error)),
             Ok((State::Connected, None)),
             "guarding it again trusts it, as the error says"
@@ -997,7 +1282,10 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&file).ok().as_deref(), Some(newer));
         assert!(!dir.path().join("settings.json.corrupt").exists());
         // The user's decision replaces it.
-        assert_eq!(core.handle(&Request::Off).map(|s| s.state), Ok(State::Off));
+        assert_eq!(
+            core.handle_request(&Request::Off).map(|s| s.state),
+            Ok(State::Off)
+        );
         assert!(matches!(core.store.load(), Loaded::Found(_)));
     }
 
@@ -1028,7 +1316,7 @@ mod tests {
             source: "/etc/wireguard/wg0.conf".to_owned(),
             text: Some(CONF.to_owned()),
         }];
-        core.handle(&Request::Up {
+        core.handle_request(&Request::Up {
             interface: None,
             configs,
         })
@@ -1081,7 +1369,8 @@ mod tests {
         let mut fw = Recorder::default();
         let mut core = core(&mut fw, dir.path());
         assert_eq!(
-            core.handle(&Request::Guard(spec())).map(|s| s.state),
+            core.handle_request(&Request::Guard(spec()))
+                .map(|s| s.state),
             Ok(State::Connecting)
         );
         core.observe(up());
@@ -1102,17 +1391,17 @@ mod tests {
         let mut fw = Recorder::default();
         let mut core = core(&mut fw, dir.path());
         let status = core
-            .handle(&Request::Lockdown { enabled: true })
+            .handle_request(&Request::Lockdown { enabled: true })
             .expect("ok");
         assert_eq!(
             (status.state, status.lockdown, status.firewall.blocking),
             (State::Blocked, true, true)
         );
         assert_eq!(
-            core.handle(&Request::Down).map(|s| s.state),
+            core.handle_request(&Request::Down).map(|s| s.state),
             Ok(State::Blocked)
         );
-        let status = core.handle(&Request::Off).expect("ok");
+        let status = core.handle_request(&Request::Off).expect("ok");
         assert_eq!(
             (status.state, status.firewall.installed),
             (State::Off, false)
@@ -1125,9 +1414,9 @@ mod tests {
         let mut fw = Recorder::default();
         {
             let mut core = core(&mut fw, dir.path());
-            core.handle(&Request::AllowLan { enabled: true })
+            core.handle_request(&Request::AllowLan { enabled: true })
                 .expect("ok");
-            core.handle(&Request::Guard(spec())).expect("ok");
+            core.handle_request(&Request::Guard(spec())).expect("ok");
         }
         let mut fw = Recorder::default();
         let core = core(&mut fw, dir.path());
@@ -1149,7 +1438,7 @@ mod tests {
         };
         let mut core = unreconciled(&mut fw, dir.path());
         let error = core
-            .handle(&Request::Guard(spec()))
+            .handle_request(&Request::Guard(spec()))
             .expect_err("apply fails");
         assert_eq!(error.kind, ErrorKind::Firewall);
         assert!(
@@ -1172,7 +1461,7 @@ mod tests {
         };
         let mut core = unreconciled(&mut fw, dir.path());
         let error = core
-            .handle(&Request::Lockdown { enabled: true })
+            .handle_request(&Request::Lockdown { enabled: true })
             .expect_err("apply fails");
         assert!(
             error.message.contains("blocking failed too"),
@@ -1191,13 +1480,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
         let mut core = core(&mut fw, dir.path());
-        core.handle(&Request::Guard(spec())).expect("ok");
+        core.handle_request(&Request::Guard(spec())).expect("ok");
         core.observe(up());
         core.reconcile();
         assert_eq!(core.status().state, State::Connected);
         core.firewall.fail_always = true;
         let error = core
-            .handle(&Request::AllowLan { enabled: true })
+            .handle_request(&Request::AllowLan { enabled: true })
             .expect_err("refused");
         assert!(
             error.message.contains("still in force"),
@@ -1228,14 +1517,14 @@ mod tests {
         // A command clears the fault, but the assumed lockdown stays until the user says
         // otherwise: `allow-lan` or `down` alone must not unblock (nor write a file that would
         // unblock at the next boot).
-        let status = core.handle(&Request::Down).expect("ok");
+        let status = core.handle_request(&Request::Down).expect("ok");
         assert_eq!((status.state, status.error), (State::Blocked, None));
         assert!(matches!(
             crate::boot::decide(&Store::new(dir.path()).load()).0,
             crate::boot::Decision::Block(_)
         ));
         let status = core
-            .handle(&Request::Lockdown { enabled: false })
+            .handle_request(&Request::Lockdown { enabled: false })
             .expect("ok");
         assert_eq!(status.state, State::Disconnected);
     }
@@ -1247,7 +1536,7 @@ mod tests {
         let mut core = core(&mut fw, dir.path());
         let before = core.status();
         let error = core
-            .handle(&Request::Guard(GuardSpec {
+            .handle_request(&Request::Guard(GuardSpec {
                 uid: Some(u32::MAX),
                 ..spec()
             }))
@@ -1267,10 +1556,10 @@ mod tests {
             Request::Lockdown { enabled: false },
             Request::Off,
         ] {
-            core.handle(&request).expect("ok");
+            core.handle_request(&request).expect("ok");
         }
         let status = core
-            .handle(&Request::Lockdown { enabled: true })
+            .handle_request(&Request::Lockdown { enabled: true })
             .expect("ok");
         assert_eq!(
             (status.state, status.lockdown, status.firewall.blocking),
@@ -1288,9 +1577,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
         let mut core = core(&mut fw, dir.path());
-        core.handle(&Request::Lockdown { enabled: true })
+        core.handle_request(&Request::Lockdown { enabled: true })
             .expect("ok");
-        let status = core.handle(&Request::Off).expect("ok");
+        let status = core.handle_request(&Request::Off).expect("ok");
         assert_eq!((status.state, status.lockdown), (State::Off, false));
     }
 
@@ -1348,11 +1637,11 @@ mod tests {
                     let mut fw = Recorder::default();
                     let mut daemon = core(&mut fw, dir.path());
                     for request in setup {
-                        daemon.handle(request).expect("setup");
+                        daemon.handle_request(request).expect("setup");
                     }
                     daemon.observe(if tunnel_up { up() } else { None });
                     daemon.reconcile();
-                    daemon.handle(command).expect("command");
+                    daemon.handle_request(command).expect("command");
                     // As the event loop does after every command: look at the (new) interface.
                     daemon.observe(if tunnel_up { up() } else { None });
                     daemon.reconcile();
@@ -1423,10 +1712,14 @@ mod tests {
         core.reconcile();
         assert_eq!(core.status().state, State::Blocked);
         assert_eq!(
-            core.handle(&Request::Guard(spec())).map(|s| s.state),
+            core.handle_request(&Request::Guard(spec()))
+                .map(|s| s.state),
             Ok(State::Blocked)
         );
-        assert_eq!(core.handle(&Request::Off).map(|s| s.state), Ok(State::Off));
+        assert_eq!(
+            core.handle_request(&Request::Off).map(|s| s.state),
+            Ok(State::Off)
+        );
     }
 
     #[test]
@@ -1434,7 +1727,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
         let mut core = unreconciled(&mut fw, dir.path());
-        core.handle(&Request::Lockdown { enabled: true })
+        core.handle_request(&Request::Lockdown { enabled: true })
             .expect("ok");
         assert!(
             !core.check_installed("nft[1]"),
@@ -1463,7 +1756,7 @@ mod tests {
         let mut fw = Recorder::default();
         let mut core = core(&mut fw, dir.path());
         assert_eq!(core.firewall.routes, None, "disconnected: no layer");
-        core.handle(&Request::Guard(spec())).expect("ok");
+        core.handle_request(&Request::Guard(spec())).expect("ok");
         let connecting = core
             .firewall
             .routes
@@ -1485,7 +1778,7 @@ mod tests {
                 .any(|r| matches!(r, killswitch_policy::routes::TableRoute::Tunnel(..)))
         );
         assert!(core.status().firewall.routing);
-        core.handle(&Request::Off).expect("ok");
+        core.handle_request(&Request::Off).expect("ok");
         assert_eq!(core.firewall.routes, None, "off removes the layer");
     }
 
@@ -1497,7 +1790,7 @@ mod tests {
             ..Recorder::default()
         };
         let mut core = unreconciled(&mut fw, dir.path());
-        let _ = core.handle(&Request::Guard(spec()));
+        let _ = core.handle_request(&Request::Guard(spec()));
         let layer = core.firewall.routes.clone().expect("a layer");
         assert_eq!(
             layer,
@@ -1525,9 +1818,50 @@ mod tests {
         let mut core = core(&mut fw, &blocker);
         let before = core.status();
         let error = core
-            .handle(&Request::Lockdown { enabled: false })
+            .handle_request(&Request::Lockdown { enabled: false })
             .expect_err("cannot save");
         assert_eq!(error.kind, ErrorKind::Storage);
         assert_eq!(core.status(), before);
+    }
+
+    #[test]
+    fn other_events_do_not_postpone_a_retry() {
+        let t0 = Instant::now();
+        let mut retry = RetryTimer::default();
+        retry.follow(true, t0);
+        assert_eq!(retry.due(), Some(t0 + RETRY_MIN));
+        // The manager's ticks every 50 ms, link events, commands: each pass of the loop follows
+        // the state again, and the deadline stays where it was.
+        for n in 1..100 {
+            retry.follow(true, t0 + Duration::from_millis(50 * n));
+        }
+        assert_eq!(retry.due(), Some(t0 + RETRY_MIN));
+    }
+
+    #[test]
+    fn retries_back_off_while_failing_and_reset_on_success() {
+        let t0 = Instant::now();
+        let mut retry = RetryTimer::default();
+        retry.follow(true, t0);
+        let mut now = t0;
+        let mut delays = Vec::new();
+        for _ in 0..8 {
+            let due = retry.due().expect("armed");
+            delays.push(due - now);
+            now = due;
+            retry.fired(true, now);
+        }
+        let secs: Vec<u64> = delays.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60]);
+        retry.fired(false, now);
+        assert_eq!(retry.due(), None);
+        retry.follow(true, now);
+        assert_eq!(
+            retry.due(),
+            Some(now + RETRY_MIN),
+            "a new failure starts over"
+        );
+        retry.follow(false, now);
+        assert_eq!(retry, RetryTimer::default());
     }
 }

@@ -3,17 +3,19 @@
 //! handled at once.
 
 use crate::config::Config;
-use crate::core::{Core, CoreOptions};
+use crate::core::{Command, Core, CoreOptions, Effect, Input};
+use crate::devices::Devices;
 use crate::dns::Dns;
 use crate::dns::resolv_conf::ResolvConf;
 use crate::firewall::Nftables;
 use crate::instance::Instance;
-use crate::ipc::{Command, Server, Shared};
+use crate::ipc::{self, Server, Shared};
 use crate::links::{self, LinkEvents};
 use crate::sleep::SleepSignals;
 use crate::store::Store;
 use anyhow::Context;
-use killswitch_types::ipc::Status;
+use killswitch_types::ipc::{IpcError, Status};
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,60 +35,8 @@ pub struct Options {
     pub state_dir: PathBuf,
 }
 
-/// The first retry after a failed apply, doubled up to [`RETRY_MAX`]. Only while failing: a
-/// healthy daemon has no timers.
-const RETRY_MIN: Duration = Duration::from_secs(1);
-const RETRY_MAX: Duration = Duration::from_secs(60);
-
 /// How long a stop may spend giving DNS back: a stop must take less than a second.
 const STOP_DNS_BOUND: Duration = Duration::from_millis(700);
-
-/// When to retry a failed apply: an absolute instant, armed when applying starts failing and
-/// moved only when it fires. Other events (the tunnel manager ticks every 50-500 ms while `up`)
-/// must not postpone it: a deadline recreated on every pass of the loop never fires.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryTimer {
-    due: Option<Instant>,
-    delay: Duration,
-}
-
-impl Default for RetryTimer {
-    fn default() -> Self {
-        RetryTimer {
-            due: None,
-            delay: RETRY_MIN,
-        }
-    }
-}
-
-impl RetryTimer {
-    /// Follows the daemon's state after any event: arms the timer when applying fails and it is
-    /// not armed yet (never moving a deadline that is set), disarms and resets it once applying
-    /// works again.
-    pub fn follow(&mut self, failing: bool, now: Instant) {
-        match (failing, self.due) {
-            (true, None) => self.due = Some(now + self.delay),
-            (true, Some(_)) => {}
-            (false, _) => *self = RetryTimer::default(),
-        }
-    }
-
-    /// The deadline, if one is set.
-    pub fn due(&self) -> Option<Instant> {
-        self.due
-    }
-
-    /// The deadline passed and the retry ran: the next one, if still failing, waits twice as long
-    /// (up to [`RETRY_MAX`]).
-    pub fn fired(&mut self, failing: bool, now: Instant) {
-        if failing {
-            self.delay = (self.delay * 2).min(RETRY_MAX);
-            self.due = Some(now + self.delay);
-        } else {
-            *self = RetryTimer::default();
-        }
-    }
-}
 
 /// Runs the daemon until SIGTERM or SIGINT. The firewall is left as it is on exit: stopping the
 /// daemon never opens it (only `killswitch off` does).
@@ -95,13 +45,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // once it runs (and does, once READY=1 is sent), and a SIGTERM before them would kill it by the
     // default action, giving nothing back. A signal that comes during start-up waits in its
     // stream and ends the loop at its first pass.
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     // SIGHUP (a closed terminal, a habitual `kill -HUP`) stops cleanly, DNS given back, rather
     // than by the default action, which gives nothing back; reloading is not supported (yet).
     // SIGUSR1/SIGUSR2 would kill the daemon the same way: they are ignored, and say so.
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut stops = Stops {
+        terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        hangup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+    };
     let mut user1 =
         signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut user2 =
@@ -122,6 +73,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             (Config::default(), Some(e.to_string()))
         }
     };
+    let devices = Devices::new(&options.state_dir);
     let core_options = CoreOptions {
         wireguard_dir: config.wireguard_dir.clone(),
         health_bound: Duration::from_secs_f64(config.dead_after_seconds),
@@ -144,8 +96,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // restart replaces the previous daemon's table in one transaction.
     let link_events = LinkEvents::subscribe().context("subscribing to link changes")?;
     let nft_changes = NftChanges::subscribe().context("subscribing to nftables changes")?;
-    observe(&mut core);
-    core.reconcile();
+    let mut wake = None;
+    let started = core.on(Input::Started, Instant::now());
+    // Only the looks now: the rest (DNS above all) once the bus is there.
+    let started = look_at_once(&mut core, started);
 
     // Then the system bus (which may be slow or absent), and a resolv.conf a crashed daemon left.
     let bus = system_bus().await;
@@ -162,7 +116,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
     let (status_tx, status_rx) = watch::channel(first);
     let (events, _) = broadcast::channel::<Status>(64);
-    let (commands_tx, mut commands) = mpsc::channel::<Command>(32);
+    let (commands_tx, mut commands) = mpsc::channel::<ipc::Command>(32);
     if crate::authz::group_gid(&config.admin_group).is_none() {
         tracing::warn!(
             "the admin group '{}' does not exist: only root can change the kill switch",
@@ -180,28 +134,32 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         tracing::warn!("telling the service manager we are ready failed: {e}");
     }
 
-    let mut retry = RetryTimer::default();
-    let mut pending_reply = None;
     let publish = |status: Status| {
         let _ = events.send(status.clone());
         status_tx.send_replace(status);
     };
+    let mut io = Io {
+        dns: &mut dns,
+        publish: &publish,
+        wake: &mut wake,
+        reply: None,
+    };
+    if perform(&mut core, started, &mut io, &mut stops).await == Flow::Stop {
+        drop(io);
+        return stop(&mut core, &mut dns).await;
+    }
 
     let serving = server.serve(shared);
     tokio::pin!(serving);
     loop {
-        retry.follow(core.needs_retry(), Instant::now());
-        let retry_at = retry.due();
-        let retrying = tokio::time::sleep_until(tokio::time::Instant::from_std(
-            retry_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+        // One timer: the tunnel manager's ticks (only while `up`) and the retry of a failed apply
+        // (only while failing), whichever the core wants first. A healthy daemon guarding a
+        // tunnel has none.
+        let wake_at = *io.wake;
+        let timer = tokio::time::sleep_until(tokio::time::Instant::from_std(
+            wake_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
         ));
-        // The tunnel manager's ticks: only while `up` (every 500 ms when up, faster while quiet
-        // or connecting), the daemon's only periodic wakeup.
-        let tick_at = core.next_tick(Instant::now());
-        let ticking = tokio::time::sleep_until(tokio::time::Instant::from_std(
-            tick_at.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
-        ));
-        tokio::select! {
+        let input = tokio::select! {
             () = &mut serving => anyhow::bail!("the IPC server stopped"),
             Some(command) = commands.recv() => {
                 if command.reply.is_closed() {
@@ -210,96 +168,68 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     continue;
                 }
                 tracing::info!(uid = command.peer.uid, pid = command.peer.pid, "request `{}`", command.request.name());
-                let answer = core.handle(&command.request);
-                // The guarded interface may have changed: look at the new one.
-                if observe(&mut core) {
-                    core.reconcile();
-                }
-                publish(core.status());
-                // Answered once DNS has followed too (below), so that the reply to `down` or
-                // `up` says where DNS points now.
-                pending_reply = Some((command.reply, answer));
-            }
-            committer = nft_changes.foreign_change() => {
-                match committer {
-                    Ok(committer) => {
-                        if core.check_installed(&committer) {
-                            publish(core.status());
-                        }
+                match Command::parse(&command.request, &config.wireguard_dir, &devices) {
+                    Ok(parsed) => {
+                        io.reply = Some(command.reply);
+                        Some(Input::Command(parsed))
                     }
-                    Err(e) => tracing::warn!("reading nftables changes failed: {e}"),
+                    Err(error) => {
+                        // Refused before it reached the state machine: nothing changed.
+                        let _ = command.reply.send(Err(error));
+                        continue;
+                    }
                 }
             }
-            () = ticking, if tick_at.is_some() => {
-                let tick = core.tick(Instant::now());
-                if let Some(resolver) = tick.probe {
-                    send_probe(resolver);
+            committer = nft_changes.foreign_change() => match committer {
+                Ok(committer) => Some(Input::NftChanged { committer }),
+                Err(e) => {
+                    tracing::warn!("reading nftables changes failed: {e}");
+                    continue;
                 }
-                if tick.changed {
-                    publish(core.status());
-                }
-            }
+            },
+            () = timer, if wake_at.is_some() => Some(Input::Timer),
             changed = link_events.changed() => {
                 if let Err(e) = changed {
                     tracing::warn!("reading link changes failed: {e}");
                 }
-                // A new network (or the tunnel's own link changing): look at the tunnel now.
-                core.check_now();
-                // Level-triggered: look again, and let reconcile repair whatever is off (it changes
-                // nothing when everything is as it should be).
-                // What was seen can change the status by itself (an untrusted interface).
-                let seen = observe(&mut core);
-                if core.reconcile() || seen {
-                    publish(core.status());
-                }
+                Some(Input::LinksChanged)
             }
-            () = retrying, if retry_at.is_some() => {
-                tracing::info!("retrying the firewall");
-                // What was seen can change the status by itself (an untrusted interface).
-                let seen = observe(&mut core);
-                if core.reconcile() || seen {
-                    publish(core.status());
-                }
-                retry.fired(core.needs_retry(), Instant::now());
-            }
-            // Someone may have rewritten the resolv.conf the daemon manages: the DNS sync below
-            // looks at it (never fires while the daemon manages none).
-            () = dns.resolv_conf_touched() => {}
+            // Someone may have rewritten the resolv.conf the daemon manages: DNS follows again
+            // (never fires while the daemon manages none).
+            () = io.dns.resolv_conf_touched() => None,
             () = sleep.woke() => {
                 tracing::info!("the machine woke up: looking at the tunnel now");
-                core.check_now();
-                // What was seen can change the status by itself (an untrusted interface).
-                let seen = observe(&mut core);
-                if core.reconcile() || seen {
-                    publish(core.status());
-                }
+                Some(Input::Woke)
             }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = hangup.recv() => {
+            _ = stops.terminate.recv() => break,
+            _ = stops.interrupt.recv() => break,
+            _ = stops.hangup.recv() => {
                 tracing::info!("SIGHUP: stopping cleanly (reloading the configuration is not supported; start the daemon again to read it)");
                 break;
             }
-            _ = user1.recv() => tracing::warn!("SIGUSR1 means nothing to killswitchd; ignored"),
-            _ = user2.recv() => tracing::warn!("SIGUSR2 means nothing to killswitchd; ignored"),
-        }
-        // DNS follows the firewall (unblocked, then pointed at the tunnel; blocked, then given
-        // back). It can hold the loop up only as long as a D-Bus call's timeout, and never a
-        // stop: SIGTERM must end the daemon within a second in every state.
-        let synced = tokio::select! {
-            changed = dns.sync(core.dns_want()) => changed,
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-            _ = hangup.recv() => break,
+            _ = user1.recv() => {
+                tracing::warn!("SIGUSR1 means nothing to killswitchd; ignored");
+                continue;
+            }
+            _ = user2.recv() => {
+                tracing::warn!("SIGUSR2 means nothing to killswitchd; ignored");
+                continue;
+            }
         };
-        if synced {
-            core.set_dns_status(dns.status());
-            publish(core.status());
-        }
-        if let Some((reply, answer)) = pending_reply.take() {
-            let _ = reply.send(answer.map(|_| core.status()));
+        let effects = match input {
+            Some(input) => core.on(input, Instant::now()),
+            None => vec![Effect::SyncDns(core.dns_want())],
+        };
+        if perform(&mut core, effects, &mut io, &mut stops).await == Flow::Stop {
+            break;
         }
     }
+    drop(io);
+    stop(&mut core, &mut dns).await
+}
+
+/// Stops: tells the service manager, gives the user's resolvers back (bounded), logs what stays.
+async fn stop(core: &mut Core<Nftables>, dns: &mut Dns) -> anyhow::Result<()> {
     let _ = crate::notify::notify("STOPPING=1");
     // The tunnel goes with the daemon (the firewall stays): give the user's resolvers back, but
     // not at the price of a stop that hangs on a bus that does not answer.
@@ -396,54 +326,102 @@ async fn system_bus() -> Option<zbus::Connection> {
     }
 }
 
-/// Looks at the guarded interface. Returns whether what the daemon sees changed.
-fn observe(core: &mut Core<Nftables>) -> bool {
-    let observed = core.guarded_interface().and_then(links::observe);
-    core.observe(observed)
+/// Whether the loop goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Go,
+    Stop,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The signals that stop the daemon.
+struct Stops {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
 
-    #[test]
-    fn other_events_do_not_postpone_a_retry() {
-        let t0 = Instant::now();
-        let mut retry = RetryTimer::default();
-        retry.follow(true, t0);
-        assert_eq!(retry.due(), Some(t0 + RETRY_MIN));
-        // The manager's ticks every 50 ms, link events, commands: each pass of the loop follows
-        // the state again, and the deadline stays where it was.
-        for n in 1..100 {
-            retry.follow(true, t0 + Duration::from_millis(50 * n));
+impl Stops {
+    async fn any(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+            _ = self.hangup.recv() => {}
         }
-        assert_eq!(retry.due(), Some(t0 + RETRY_MIN));
     }
+}
 
-    #[test]
-    fn retries_back_off_while_failing_and_reset_on_success() {
-        let t0 = Instant::now();
-        let mut retry = RetryTimer::default();
-        retry.follow(true, t0);
-        let mut now = t0;
-        let mut delays = Vec::new();
-        for _ in 0..8 {
-            let due = retry.due().expect("armed");
-            delays.push(due - now);
-            now = due;
-            retry.fired(true, now);
+/// What carrying out the core's effects needs: DNS management, the status channels, the timer and
+/// the reply to the command being carried out.
+struct Io<'a, P: Fn(Status)> {
+    dns: &'a mut Dns,
+    publish: &'a P,
+    wake: &'a mut Option<Instant>,
+    reply: Option<tokio::sync::oneshot::Sender<Result<Status, IpcError>>>,
+}
+
+/// Carries out the core's effects in order. An effect that asks for an answer gets it at once,
+/// and the effects of that answer come before the rest.
+async fn perform<P: Fn(Status)>(
+    core: &mut Core<Nftables>,
+    effects: Vec<Effect>,
+    io: &mut Io<'_, P>,
+    stops: &mut Stops,
+) -> Flow {
+    let mut queue: VecDeque<Effect> = effects.into();
+    while let Some(effect) = queue.pop_front() {
+        let more = match effect {
+            Effect::Look(name) => core.on(Input::Looked(links::observe(&name)), Instant::now()),
+            Effect::Probe(resolver) => {
+                send_probe(resolver);
+                continue;
+            }
+            Effect::Publish(status) => {
+                (io.publish)(status);
+                continue;
+            }
+            Effect::WakeAt(at) => {
+                *io.wake = at;
+                continue;
+            }
+            Effect::Reply(answer) => {
+                if let Some(reply) = io.reply.take() {
+                    let _ = reply.send(answer);
+                }
+                continue;
+            }
+            Effect::SyncDns(want) => {
+                // It can hold the loop up only as long as a D-Bus call's timeout, and never a
+                // stop: SIGTERM must end the daemon within a second in every state.
+                let changed = tokio::select! {
+                    changed = io.dns.sync(want) => changed,
+                    () = stops.any() => return Flow::Stop,
+                };
+                let status = io.dns.status();
+                core.on(Input::DnsSynced { changed, status }, Instant::now())
+            }
+        };
+        for effect in more.into_iter().rev() {
+            queue.push_front(effect);
         }
-        let secs: Vec<u64> = delays.iter().map(Duration::as_secs).collect();
-        assert_eq!(secs, [1, 2, 4, 8, 16, 32, 60, 60]);
-        retry.fired(false, now);
-        assert_eq!(retry.due(), None);
-        retry.follow(true, now);
-        assert_eq!(
-            retry.due(),
-            Some(now + RETRY_MIN),
-            "a new failure starts over"
-        );
-        retry.follow(false, now);
-        assert_eq!(retry, RetryTimer::default());
     }
+    Flow::Go
+}
+
+/// Answers the core's looks at once and returns its other effects: at start, before DNS can
+/// be managed.
+fn look_at_once(core: &mut Core<Nftables>, effects: Vec<Effect>) -> Vec<Effect> {
+    let mut queue: VecDeque<Effect> = effects.into();
+    let mut rest = Vec::new();
+    while let Some(effect) = queue.pop_front() {
+        match effect {
+            Effect::Look(name) => {
+                let more = core.on(Input::Looked(links::observe(&name)), Instant::now());
+                for effect in more.into_iter().rev() {
+                    queue.push_front(effect);
+                }
+            }
+            other => rest.push(other),
+        }
+    }
+    rest
 }

@@ -12,7 +12,7 @@
 //! kernel the ruleset must be at least as strict as the model's floor. No root, no sockets, no
 //! sleeps: thousands of sequences a second.
 
-use crate::core::{Core, CoreOptions};
+use crate::core::{Command, Core, CoreOptions, Effect, Input};
 use crate::dns::DnsWant;
 use crate::firewall::Firewall;
 use crate::links::{LinkIdentity, Observed};
@@ -247,6 +247,12 @@ struct Sim {
     now: Instant,
     /// The kernel generation last judged against the floor.
     judged: u64,
+    /// When the core asked to be woken.
+    wake: Option<Instant>,
+    /// Where the core last asked DNS to point.
+    dns: Option<DnsWant>,
+    /// The core's last answer to a command.
+    answer: Option<Result<killswitch_types::ipc::Status, killswitch_types::ipc::IpcError>>,
 }
 
 impl Sim {
@@ -281,6 +287,9 @@ impl Sim {
             start,
             now: start,
             judged: u64::MAX,
+            wake: None,
+            dns: None,
+            answer: None,
         };
         sim.start_daemon()?;
         Ok(sim)
@@ -340,37 +349,72 @@ impl Sim {
             self.now,
         );
         self.core = Some(core);
-        self.look()?;
-        self.core()?.reconcile();
-        Ok(())
+        self.on(Input::Started)
     }
 
-    /// Feeds the core what it would see of the guarded interface now.
-    fn look(&mut self) -> Result<bool, String> {
-        let observed = {
-            let world = self.world()?;
-            let core = self.core.as_ref().ok_or("no daemon is running")?;
-            core.guarded_interface()
-                .filter(|name| **name == self.topology.guard_interface)
-                .and_then(|_| observe(&world, &self.topology))
-        };
-        Ok(self.core()?.observe(observed))
+    /// Gives the core an input now and carries out its effects, as the daemon's loop does: an
+    /// effect that asks for an answer gets it at once, before the effects after it.
+    fn on(&mut self, input: Input) -> Result<(), String> {
+        let now = self.now;
+        let effects = self.core()?.on(input, now);
+        let mut queue: std::collections::VecDeque<Effect> = effects.into();
+        while let Some(effect) = queue.pop_front() {
+            let answer = match effect {
+                Effect::Look(name) => {
+                    let observed = {
+                        let world = self.world()?;
+                        (name == self.topology.guard_interface)
+                            .then(|| observe(&world, &self.topology))
+                            .flatten()
+                    };
+                    Input::Looked(observed)
+                }
+                Effect::SyncDns(want) => {
+                    self.dns = Some(want);
+                    Input::DnsSynced {
+                        changed: false,
+                        status: None,
+                    }
+                }
+                Effect::Reply(answer) => {
+                    self.answer = Some(answer);
+                    continue;
+                }
+                Effect::WakeAt(at) => {
+                    self.wake = at;
+                    continue;
+                }
+                // The simulated devices see their servers' answers without probes.
+                Effect::Probe(_) | Effect::Publish(_) => continue,
+            };
+            let more = self.core()?.on(answer, now);
+            for effect in more.into_iter().rev() {
+                queue.push_front(effect);
+            }
+        }
+        Ok(())
     }
 
     /// What the daemon does on a link event: look at the tunnel at once, observe, reconcile.
     fn link_event(&mut self) -> Result<(), String> {
-        self.core()?.check_now();
-        self.look()?;
-        self.core()?.reconcile();
-        Ok(())
+        self.on(Input::LinksChanged)
     }
 
     fn request(&mut self, request: &Request, answer: Answer) -> Result<(), String> {
-        let result = self.core()?.handle(request);
-        // The guarded interface may have changed: look at the new one, as the daemon does.
-        if self.look()? {
-            self.core()?.reconcile();
-        }
+        let parsed = {
+            let core = self.core.as_ref().ok_or("no daemon is running")?;
+            Command::parse(request, &self.dir.path().join("wireguard"), core.devices())
+        };
+        let result = match parsed {
+            Ok(command) => {
+                self.answer = None;
+                self.on(Input::Command(command))?;
+                self.answer
+                    .take()
+                    .ok_or_else(|| format!("`{}` was never answered", request.name()))?
+            }
+            Err(refused) => Err(refused),
+        };
         match (answer, result) {
             (Answer::Refused, Ok(status)) => Err(format!(
                 "`{}` must be refused but was carried out (state {})",
@@ -464,14 +508,15 @@ impl Sim {
                     kernel.ruleset = Ruleset { table: None };
                     kernel.generation += 1;
                 }
-                self.core()?.check_installed("nft (simulated)");
-                Ok(())
+                self.on(Input::NftChanged {
+                    committer: "nft (simulated)".to_owned(),
+                })
             }
             WorldStep::RuleDeleted => {
                 let tampered = self.kernel.borrow().routes.is_some();
                 self.kernel.borrow_mut().routes_tampered = tampered;
                 // rtnetlink tells the daemon, which reconciles.
-                self.core()?.reconcile();
+                self.on(Input::LinksChanged)?;
                 if self.kernel.borrow().routes_tampered {
                     return Err("a deleted routing rule was not repaired".to_owned());
                 }
@@ -483,7 +528,7 @@ impl Sim {
             WorldStep::Suspend => {
                 // Asleep: no timer fires. Then the resume signal.
                 self.advance_to(self.now + SLEEP)?;
-                self.link_event()
+                self.on(Input::Woke)
             }
         }
     }
@@ -508,13 +553,11 @@ impl Sim {
             {
                 return Ok(());
             }
-            let now = self.now;
-            let Some(due) = self.core()?.next_tick(now).filter(|due| *due <= until) else {
+            let Some(due) = self.wake.filter(|due| *due <= until) else {
                 return self.advance_to(until);
             };
             self.advance_to(due)?;
-            let now = self.now;
-            self.core()?.tick(now);
+            self.on(Input::Timer)?;
         }
     }
 
@@ -603,7 +646,7 @@ impl Sim {
         ) {
             wrong.push(format!("the kernel's rules: {e}"));
         }
-        match (expectation.dns, core.dns_want()) {
+        match (expectation.dns, self.dns.clone().unwrap_or(DnsWant::Keep)) {
             (Dns::Either, _) | (Dns::User, DnsWant::Restore) => {}
             (Dns::Tunnel, DnsWant::Tunnel { servers, .. })
                 if servers.iter().all(|s| {
