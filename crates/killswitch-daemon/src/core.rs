@@ -19,12 +19,14 @@
 //! When an apply fails, the daemon applies the blocking rules instead and reports `blocked` with
 //! the error, and whether blocking itself worked.
 
+#![forbid(unsafe_code)]
+
 use crate::devices::{Devices, owned_factory};
 use crate::dns::DnsWant;
-use crate::firewall::Firewall;
+use crate::firewall::{FailureKind, Firewall};
 use crate::links::Observed;
 use crate::manager::{Factory, Manager, Step, fwmark_of};
-use crate::store::{Loaded, Persisted, Store};
+use crate::store::{Loaded, Persisted, SettingsStore};
 use crate::target::{Target, UpSpec, resolve_up};
 use killswitch_policy::routes::compile_routes_with;
 use killswitch_policy::{Peer, PolicyState, Ruleset, Tunnel, compile_with};
@@ -55,12 +57,6 @@ pub struct CoreOptions {
 /// Looks up what kind of device the interface of a name is (`None`: there is none).
 pub type Identify = Box<dyn Fn(&InterfaceName) -> Option<crate::links::LinkIdentity>>;
 
-/// The kernel's answer to [`Identify`].
-pub fn identify_in_kernel(name: &InterfaceName) -> Option<crate::links::LinkIdentity> {
-    let index = killswitch_tunnel::netdev::index(name.as_str())?;
-    killswitch_tunnel::netdev::identity(index).ok()
-}
-
 impl std::fmt::Debug for CoreOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -86,7 +82,7 @@ impl CoreOptions {
             ),
             devices,
             lan: killswitch_policy::Lan::default(),
-            identify: Box::new(identify_in_kernel),
+            identify: Box::new(crate::links::identify),
         }
     }
 }
@@ -151,7 +147,7 @@ impl Command {
 /// The state machine and the firewall it drives.
 pub struct Core<F> {
     firewall: F,
-    store: Store,
+    store: Box<dyn SettingsStore>,
     settings: Settings,
     target: Target,
     /// A broken configuration file: blocks until the daemon restarts with a good one.
@@ -320,7 +316,7 @@ impl<F: Firewall> Core<F> {
     /// caller first observes the tunnel, then calls [`Core::reconcile`].
     pub fn new(
         firewall: F,
-        store: Store,
+        store: impl SettingsStore + 'static,
         config_fault: Option<String>,
         options: CoreOptions,
         now: Instant,
@@ -360,7 +356,7 @@ impl<F: Firewall> Core<F> {
             .filter(|_| matches!(persisted.target, Target::Guard(_)));
         Core {
             firewall,
-            store,
+            store: Box::new(store),
             settings: persisted.settings,
             target: persisted.target,
             config_fault,
@@ -950,7 +946,16 @@ impl<F: Firewall> Core<F> {
             self.state = state;
             policy
         } else {
-            match self.firewall.apply(&ruleset) {
+            // A transient failure (a socket that broke) gets one more try, on a fresh socket,
+            // before everything is blocked for it.
+            let applied = match self.firewall.apply(&ruleset) {
+                Err(error) if error.kind == FailureKind::Transient => {
+                    tracing::warn!("applying the firewall failed ({error}); trying again");
+                    self.firewall.apply(&ruleset)
+                }
+                other => other,
+            };
+            match applied {
                 Ok(took) => {
                     self.record_applied(ruleset, took);
                     self.apply_error = None;
@@ -959,7 +964,7 @@ impl<F: Firewall> Core<F> {
                     policy
                 }
                 Err(error) => {
-                    self.fall_back_to_blocking(state, error);
+                    self.fall_back_to_blocking(state, error.message);
                     PolicyState::Blocked
                 }
             }
@@ -1047,8 +1052,17 @@ impl<F: Firewall> Core<F> {
         if applied.table.is_none() {
             return false;
         }
-        let Err(difference) = self.firewall.verify(applied) else {
-            return false;
+        let difference = match self.firewall.verify(applied) {
+            Ok(()) => return false,
+            // Reading the table failed, which says nothing about it: look again by applying
+            // (which reads it back), without counting a tampering.
+            Err(error) if error.kind == FailureKind::Transient => {
+                tracing::warn!("reading the table back failed ({error}); applying it again");
+                self.applied = None;
+                self.reconcile();
+                return true;
+            }
+            Err(error) => error.message,
         };
         tracing::warn!(
             "table inet killswitch was changed by {committer}: {difference}; restoring it"
@@ -1084,6 +1098,8 @@ fn peer(spec: &GuardSpec) -> Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::firewall::FirewallError;
+    use crate::store::Store;
     use killswitch_policy::compile;
     use killswitch_policy::routes::compile_routes;
     use std::time::Duration;
@@ -1094,12 +1110,14 @@ mod tests {
         applied: Vec<Ruleset>,
         fail_unless_blocking: bool,
         fail_always: bool,
+        /// How many applies still fail as if the socket broke.
+        transient: u32,
         tampered: bool,
         routes: Option<killswitch_policy::routes::RoutingLayer>,
     }
 
     impl Firewall for &mut Recorder {
-        fn apply(&mut self, ruleset: &Ruleset) -> Result<Duration, String> {
+        fn apply(&mut self, ruleset: &Ruleset) -> Result<Duration, FirewallError> {
             let blocking = *ruleset == compile(&PolicyState::Blocked, &Settings::default())
                 || *ruleset
                     == compile(
@@ -1109,16 +1127,29 @@ mod tests {
                             allow_lan: true,
                         },
                     );
+            if self.transient > 0 {
+                self.transient -= 1;
+                return Err(FirewallError::new(
+                    FailureKind::Transient,
+                    "sending the batch to the kernel failed",
+                ));
+            }
             if self.fail_always || (self.fail_unless_blocking && !blocking) {
-                return Err("injected failure".to_owned());
+                return Err(FirewallError::new(
+                    FailureKind::Rejected,
+                    "injected failure",
+                ));
             }
             self.applied.push(ruleset.clone());
             Ok(Duration::from_micros(100))
         }
 
-        fn verify(&mut self, _: &Ruleset) -> Result<(), String> {
+        fn verify(&mut self, _: &Ruleset) -> Result<(), FirewallError> {
             if std::mem::take(&mut self.tampered) {
-                Err("table inet killswitch is missing".to_owned())
+                Err(FirewallError::new(
+                    FailureKind::Mismatch,
+                    "table inet killswitch is missing",
+                ))
             } else {
                 Ok(())
             }
@@ -1127,7 +1158,7 @@ mod tests {
         fn apply_routes(
             &mut self,
             layer: Option<&killswitch_policy::routes::RoutingLayer>,
-        ) -> Result<Option<String>, String> {
+        ) -> Result<Option<String>, FirewallError> {
             self.routes = layer.cloned();
             Ok(None)
         }
@@ -1530,6 +1561,23 @@ mod tests {
     }
 
     #[test]
+    fn a_transient_failure_is_tried_again_at_once_and_blocks_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        core.firewall.transient = 1;
+        let status = core
+            .handle_request(&Request::Guard(spec()))
+            .expect("applied on the second try");
+        assert_eq!((status.state, status.error), (State::Connecting, None));
+        // Two in a row: blocked, and the error says why.
+        core.firewall.transient = 2;
+        let refused = core.handle_request(&Request::Down);
+        assert!(refused.is_err_and(|e| e.message.contains("sending the batch")));
+        assert_eq!(core.status().state, State::Blocked);
+    }
+
+    #[test]
     fn guard_refuses_the_uid_that_is_no_uid() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
@@ -1822,6 +1870,33 @@ mod tests {
             .expect_err("cannot save");
         assert_eq!(error.kind, ErrorKind::Storage);
         assert_eq!(core.status(), before);
+    }
+
+    /// The state machine and its tunnel manager read no clock and touch no file or socket of
+    /// their own: time comes with their inputs, and the outside world through their backends
+    /// and effects. That is what makes the simulation deterministic from its seed.
+    #[test]
+    fn the_core_reads_no_clock_and_does_no_io_of_its_own() {
+        for (name, source) in [
+            ("core.rs", include_str!("core.rs")),
+            ("manager.rs", include_str!("manager.rs")),
+        ] {
+            let code = source.split("#[cfg(test)]").next().unwrap_or(source);
+            for forbidden in [
+                concat!("Instant", "::now("),
+                concat!("SystemTime", "::now("),
+                concat!("std::", "fs"),
+                concat!("std::net::", "UdpSocket"),
+                concat!("nix", "::"),
+                concat!("libc", "::"),
+                concat!("links::", "observe"),
+            ] {
+                assert!(
+                    !code.contains(forbidden),
+                    "{name} uses {forbidden} outside its tests"
+                );
+            }
+        }
     }
 
     #[test]

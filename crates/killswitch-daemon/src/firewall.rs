@@ -14,19 +14,82 @@ use std::time::Duration;
 pub trait Firewall {
     /// Replaces our rules with `ruleset` in one transaction and verifies the result. Returns how
     /// long the apply took; on error, says what went wrong (the whole cause chain).
-    fn apply(&mut self, ruleset: &Ruleset) -> Result<Duration, String>;
+    fn apply(&mut self, ruleset: &Ruleset) -> Result<Duration, FirewallError>;
 
     /// Checks that what is installed is still `ruleset`.
-    fn verify(&mut self, ruleset: &Ruleset) -> Result<(), String>;
+    fn verify(&mut self, ruleset: &Ruleset) -> Result<(), FirewallError>;
 
     /// Makes the routing layer match `layer` (`None`: remove it), changing only the difference,
     /// and checks that the kernel then holds it. Returns what was restored when the layer had been
     /// in place and someone changed it (a repair, to count as tampering).
-    fn apply_routes(&mut self, layer: Option<&RoutingLayer>) -> Result<Option<String>, String>;
+    fn apply_routes(
+        &mut self,
+        layer: Option<&RoutingLayer>,
+    ) -> Result<Option<String>, FirewallError>;
 
     /// What keeps other programs from removing the rules, once known (after the first apply).
     fn flush_protection(&self) -> Option<FlushProtection> {
         None
+    }
+}
+
+/// Why the kernel does not hold what was applied: the kind decides what the state machine does
+/// next, the message is for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallError {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// What happened, with its causes, on one line.
+    pub message: String,
+}
+
+/// The kinds of [`FirewallError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The kernel refused the change (the whole batch rolled back), or it could never be sent (a
+    /// malformed ruleset), or another program's entries stand in the way: the same change fails
+    /// the same way until something else changes. The daemon blocks, and retries with backoff.
+    Rejected,
+    /// The change may never have reached the kernel (a socket that failed, no answer in time):
+    /// the next try, on a fresh socket, may well work. The daemon tries once more at once.
+    Transient,
+    /// The kernel holds something other than what was applied.
+    Mismatch,
+}
+
+impl FirewallError {
+    /// An error of `kind`.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        FirewallError {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    fn nft(error: &killswitch_nft::NftError) -> Self {
+        use killswitch_nft::NftError as E;
+        let kind = match error {
+            E::Socket(_) | E::Send(_) | E::Recv(_) | E::Timeout(_) | E::Parse(_) => {
+                FailureKind::Transient
+            }
+            E::Mismatch(_) => FailureKind::Mismatch,
+            E::Malformed(_) | E::Comment(_) | E::TooLarge(_) | E::Rejected { .. } => {
+                FailureKind::Rejected
+            }
+        };
+        FirewallError::new(kind, chain(error))
+    }
+}
+
+impl From<FirewallError> for String {
+    fn from(error: FirewallError) -> String {
+        error.message
+    }
+}
+
+impl std::fmt::Display for FirewallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
     }
 }
 
@@ -70,14 +133,14 @@ impl Nftables {
         }
     }
 
-    fn connection(&mut self) -> Result<&mut killswitch_nft::Nftables, String> {
+    fn connection(&mut self) -> Result<&mut killswitch_nft::Nftables, FirewallError> {
         if self.inner.is_none() {
             let opened = if self.unowned {
                 killswitch_nft::Nftables::open_with(killswitch_nft::Ownership::Shared)
             } else {
                 killswitch_nft::Nftables::open()
             }
-            .map_err(|e| chain(&e))?;
+            .map_err(|e| FirewallError::nft(&e))?;
             if self.ownership != Some(opened.ownership()) {
                 tracing::info!(
                     "{}",
@@ -94,7 +157,7 @@ impl Nftables {
         }
         self.inner
             .as_mut()
-            .ok_or_else(|| "no nftables connection".to_owned())
+            .ok_or_else(|| FirewallError::new(FailureKind::Transient, "no nftables connection"))
     }
 
     fn forget_on_socket_error(&mut self, error: &killswitch_nft::NftError) {
@@ -115,22 +178,22 @@ impl Default for Nftables {
 }
 
 impl Firewall for Nftables {
-    fn apply(&mut self, ruleset: &Ruleset) -> Result<Duration, String> {
+    fn apply(&mut self, ruleset: &Ruleset) -> Result<Duration, FirewallError> {
         let result = self.connection()?.apply(ruleset);
         match result {
             Ok(report) => Ok(report.commit + report.verify),
             Err(e) => {
                 self.forget_on_socket_error(&e);
-                Err(chain(&e))
+                Err(FirewallError::nft(&e))
             }
         }
     }
 
-    fn verify(&mut self, ruleset: &Ruleset) -> Result<(), String> {
+    fn verify(&mut self, ruleset: &Ruleset) -> Result<(), FirewallError> {
         let result = self.connection()?.verify(ruleset);
         result.map_err(|e| {
             self.forget_on_socket_error(&e);
-            chain(&e)
+            FirewallError::nft(&e)
         })
     }
 
@@ -141,18 +204,24 @@ impl Firewall for Nftables {
         })
     }
 
-    fn apply_routes(&mut self, layer: Option<&RoutingLayer>) -> Result<Option<String>, String> {
+    fn apply_routes(
+        &mut self,
+        layer: Option<&RoutingLayer>,
+    ) -> Result<Option<String>, FirewallError> {
         if self.routing.is_none() {
-            self.routing = Some(killswitch_route::Routing::open().map_err(|e| chain(&e))?);
+            self.routing = Some(
+                killswitch_route::Routing::open()
+                    .map_err(|e| FirewallError::new(FailureKind::Transient, chain(&e)))?,
+            );
         }
         let routing = self
             .routing
             .as_mut()
-            .ok_or_else(|| "no rtnetlink connection".to_owned())?;
+            .ok_or_else(|| FirewallError::new(FailureKind::Transient, "no rtnetlink connection"))?;
         let applied = routing.apply(layer).map_err(|e| {
             // Start from a fresh socket next time: this one may hold stray replies.
             self.routing = None;
-            chain(&e)
+            FirewallError::new(FailureKind::Rejected, chain(&e))
         })?;
         // Left alone, but the layer is then not what it says: another program's rule at one of
         // its priorities can come first (a `lookup main` there bypasses it), and a route another
@@ -169,10 +238,13 @@ impl Firewall for Nftables {
             self.foreign_routes = applied.foreign.clone();
         }
         if layer.is_some() && !applied.foreign.is_empty() {
-            return Err(format!(
-                "other programs' entries at its priorities or in its table can take precedence \
-                 over it (left alone; the firewall holds): {}",
-                applied.foreign.join("; ")
+            return Err(FirewallError::new(
+                FailureKind::Rejected,
+                format!(
+                    "other programs' entries at its priorities or in its table can take \
+                     precedence over it (left alone; the firewall holds): {}",
+                    applied.foreign.join("; ")
+                ),
             ));
         }
         Ok(applied.repaired)

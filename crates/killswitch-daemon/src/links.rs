@@ -97,6 +97,13 @@ impl Observed {
     }
 }
 
+/// What kind of device interface `name` is, if it exists (the kernel's answer to
+/// [`crate::core::Identify`]).
+pub fn identify(name: &InterfaceName) -> Option<LinkIdentity> {
+    let index = killswitch_tunnel::netdev::index(name.as_str())?;
+    killswitch_tunnel::netdev::identity(index).ok()
+}
+
 /// Looks at interface `name` now; `None` when it does not exist.
 pub fn observe(name: &InterfaceName) -> Option<Observed> {
     let index = nix::net::if_::if_nametoindex(name.as_str()).ok()?;

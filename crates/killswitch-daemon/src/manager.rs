@@ -10,6 +10,8 @@
 //! bounded wait) -> `Up` (watched by a [`Tracker`]). A failure at any point moves to the next
 //! server and back to `Waiting`.
 
+#![forbid(unsafe_code)]
+
 use crate::target::UpSpec;
 use killswitch_tunnel::TunnelError;
 use killswitch_tunnel::backend::{Backend, BackendKind};

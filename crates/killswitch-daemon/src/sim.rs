@@ -3,9 +3,9 @@
 //!
 //! The simulation stands in for everything the core touches: a kernel that holds whatever ruleset
 //! and routing layer were applied last (and that another program can flush), the guarded tunnel's
-//! interface, WireGuard devices whose servers answer or not, and a clock that only moves when the
-//! simulation moves it. Only the settings file is real (in a temporary directory), so that a
-//! restart reads what the previous core wrote, as the daemon does.
+//! interface, WireGuard devices whose servers answer or not, a settings store in memory (which a
+//! restart reads, as the daemon reads its file), and a clock that only moves when the simulation
+//! moves it.
 //!
 //! After each step the clock runs (through the tunnel manager's own timers) until the model's
 //! expectation holds or a minute of simulated time has passed; on every change of the simulated
@@ -14,10 +14,10 @@
 
 use crate::core::{Command, Core, CoreOptions, Effect, Input};
 use crate::dns::DnsWant;
-use crate::firewall::Firewall;
+use crate::firewall::{FailureKind, Firewall, FirewallError};
 use crate::links::{LinkIdentity, Observed};
 use crate::manager::Factory;
-use crate::store::Store;
+use crate::store::{Loaded, Persisted, SettingsStore};
 use killswitch_model::judge::{self, Topology};
 use killswitch_model::model::{Answer, Dns, Model};
 use killswitch_model::runner::{Failure, Options};
@@ -91,27 +91,60 @@ struct Kernel {
 struct SimFirewall(Rc<RefCell<Kernel>>);
 
 impl Firewall for SimFirewall {
-    fn apply(&mut self, ruleset: &Ruleset) -> Result<Duration, String> {
+    fn apply(&mut self, ruleset: &Ruleset) -> Result<Duration, FirewallError> {
         let mut kernel = self.0.borrow_mut();
         kernel.ruleset = ruleset.clone();
         kernel.generation += 1;
         Ok(Duration::from_micros(100))
     }
 
-    fn verify(&mut self, ruleset: &Ruleset) -> Result<(), String> {
+    fn verify(&mut self, ruleset: &Ruleset) -> Result<(), FirewallError> {
         if self.0.borrow().ruleset == *ruleset {
             Ok(())
         } else {
-            Err("table inet killswitch is missing".to_owned())
+            Err(FirewallError::new(
+                FailureKind::Mismatch,
+                "table inet killswitch is missing",
+            ))
         }
     }
 
-    fn apply_routes(&mut self, layer: Option<&RoutingLayer>) -> Result<Option<String>, String> {
+    fn apply_routes(
+        &mut self,
+        layer: Option<&RoutingLayer>,
+    ) -> Result<Option<String>, FirewallError> {
         let mut kernel = self.0.borrow_mut();
         let repaired =
             std::mem::take(&mut kernel.routes_tampered).then(|| "a rule was deleted".to_owned());
         kernel.routes = layer.cloned();
         Ok(repaired)
+    }
+}
+
+/// The settings "file" of the simulation: what was saved last, in memory (the file's own format
+/// and checks have their own tests).
+#[derive(Debug, Clone, Default)]
+struct MemoryStore(Rc<RefCell<Option<Persisted>>>);
+
+impl SettingsStore for MemoryStore {
+    fn load(&self) -> Loaded {
+        match self.0.borrow().clone() {
+            Some(persisted) => Loaded::Found(persisted),
+            None => Loaded::Fresh,
+        }
+    }
+
+    fn save(&self, persisted: &Persisted) -> std::io::Result<()> {
+        *self.0.borrow_mut() = Some(persisted.clone());
+        Ok(())
+    }
+
+    fn quarantine(&self) -> Option<std::path::PathBuf> {
+        None
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        std::path::PathBuf::from("(the simulation's memory)")
     }
 }
 
@@ -247,6 +280,8 @@ struct Sim {
     now: Instant,
     /// The kernel generation last judged against the floor.
     judged: u64,
+    /// The settings, kept across restarts as the file keeps them.
+    store: MemoryStore,
     /// When the core asked to be woken.
     wake: Option<Instant>,
     /// Where the core last asked DNS to point.
@@ -257,15 +292,9 @@ struct Sim {
 
 impl Sim {
     fn new(topology: Topology) -> Result<Self, String> {
-        // In memory where there is a tmpfs: the store syncs every write, which on a disk costs
-        // more than everything else the simulation does.
-        let shm = std::path::Path::new("/dev/shm");
-        let dir = if shm.is_dir() {
-            tempfile::tempdir_in(shm)
-        } else {
-            tempfile::tempdir()
-        }
-        .map_err(|e| format!("a temporary directory: {e}"))?;
+        // For the record of created devices, which `up` consults (empty here: the simulated
+        // devices are not recorded).
+        let dir = tempfile::tempdir().map_err(|e| format!("a temporary directory: {e}"))?;
         let start = Instant::now();
         let mut sim = Sim {
             world: Arc::new(Mutex::new(World {
@@ -287,6 +316,7 @@ impl Sim {
             start,
             now: start,
             judged: u64::MAX,
+            store: MemoryStore::default(),
             wake: None,
             dns: None,
             answer: None,
@@ -343,7 +373,7 @@ impl Sim {
         };
         let core = Core::new(
             SimFirewall(self.kernel.clone()),
-            Store::new(self.dir.path()),
+            self.store.clone(),
             None,
             options,
             self.now,

@@ -106,6 +106,37 @@ pub enum Loaded {
     Newer(String),
 }
 
+/// Where the state machine keeps what the user asked for: the settings file in the daemon, memory
+/// in the model-based tester's simulation.
+pub trait SettingsStore {
+    /// Loads what was persisted.
+    fn load(&self) -> Loaded;
+    /// Persists `persisted` (all or nothing).
+    fn save(&self, persisted: &Persisted) -> std::io::Result<()>;
+    /// Moves an unusable file aside; returns where it went.
+    fn quarantine(&self) -> Option<PathBuf>;
+    /// Where it is kept, for messages.
+    fn path(&self) -> PathBuf;
+}
+
+impl SettingsStore for Store {
+    fn load(&self) -> Loaded {
+        Store::load(self)
+    }
+
+    fn save(&self, persisted: &Persisted) -> std::io::Result<()> {
+        Store::save(self, persisted)
+    }
+
+    fn quarantine(&self) -> Option<PathBuf> {
+        Store::quarantine(self)
+    }
+
+    fn path(&self) -> PathBuf {
+        Store::path(self)
+    }
+}
+
 /// The settings file in a state directory.
 #[derive(Debug, Clone)]
 pub struct Store {
