@@ -1,23 +1,40 @@
 //! The daemon's state machine: the only place that decides *when* the firewall changes.
 //!
+//! It is deterministic: [`Core::on`] takes an [`Input`] (a parsed command, a link change, another
+//! program's nf_tables change, a timer, a wake from sleep, or the answer to one of its own
+//! effects) with the time it happened, and returns [`Effect`]s (look at an interface, send a
+//! probe, publish the status, make DNS follow, reply, wake me at T). Its backends (the firewall
+//! and routing layer, the settings store, the tunnel devices of `up`, and a look-up of what kind
+//! of device an interface is) are traits, whose results decide what comes next; the daemon
+//! ([`crate::run`]) passes the real ones and performs the effects, the model-based tester
+//! ([`crate::sim`]) simulated ones. It reads no clock and does no I/O of its own.
+//!
 //! The state is derived, never stored on its own: from what the user asked for (the [`Target`]),
-//! the settings, what the daemon observes of the tunnel interface, and whether something is
-//! broken (a fault). [`Core::reconcile`] compiles the rules for that state and applies them when
-//! they differ from what the kernel holds, as one transaction. Deriving the state means there is no
-//! transition table to get wrong: every event (a command, a link change, a retry) leads to the same
-//! function, and the firewall always ends up matching the inputs or the daemon says why not.
+//! the settings, what the daemon observes of the tunnel interface (or what `up`'s connection
+//! manager reports), and whether something is broken (a fault). [`Core::reconcile`] compiles the
+//! rules for that state and applies them when they differ from what the kernel holds, as one
+//! transaction. Deriving the state means there is no transition table to get wrong: every input
+//! leads to the same function, and the firewall always ends up matching the inputs or the daemon
+//! says why not. The whole decision:
 //!
-//! | target     | lockdown | tunnel up | fault | state        | rules              |
-//! |------------|----------|-----------|-------|--------------|--------------------|
-//! | off        | any      | any       | any   | off          | none               |
-//! | (not off)  | any      | any       | yes   | blocked      | blocking           |
-//! | down       | no       | -         | no    | disconnected | none               |
-//! | down       | yes      | -         | no    | blocked      | blocking           |
-//! | guard      | any      | no        | no    | connecting   | endpoint hole only |
-//! | guard      | any      | yes       | no    | connected    | tunnel + hole      |
+//! | target     | lockdown | the tunnel                          | fault | state        | rules                                 |
+//! |------------|----------|-------------------------------------|-------|--------------|---------------------------------------|
+//! | off        | (off)    | any                                 | any   | off          | none                                  |
+//! | (not off)  | any      | any                                 | yes   | blocked      | blocking                              |
+//! | down       | off      | -                                   | no    | disconnected | none                                  |
+//! | down       | on       | -                                   | no    | blocked      | blocking                              |
+//! | guard      | any      | absent, down, or not trusted        | no    | connecting   | the endpoint hole only                |
+//! | guard      | any      | up with an address, trusted         | no    | connected    | the tunnel + the hole                 |
+//! | up         | any      | waiting, or handshaking with server n | no  | connecting   | server n's hole (+ the probe into it) |
+//! | up         | any      | handshake done, alive               | no    | connected    | the tunnel + server n's hole          |
 //!
+//! `off` switches lockdown off; `lockdown on` after `off` leaves `off` (to `down`). A fault is a
+//! broken configuration file or an unusable settings file. `up` moves to the next server (the
+//! hole first, then the device) when a handshake does not come within 5 s, when the tunnel is
+//! silent for the health bound, or at once when its device is deleted, set down or replaced.
 //! When an apply fails, the daemon applies the blocking rules instead and reports `blocked` with
-//! the error, and whether blocking itself worked.
+//! the error, and whether blocking itself worked; a transient failure (a broken socket) is tried
+//! once more first, and a failed apply is retried with backoff from 1 s to 60 s.
 
 #![forbid(unsafe_code)]
 
@@ -294,7 +311,7 @@ impl RetryTimer {
     }
 
     /// The deadline passed and the retry ran: the next one, if still failing, waits twice as long
-    /// (up to [`RETRY_MAX`]).
+    /// (up to a minute).
     pub fn fired(&mut self, failing: bool, now: Instant) {
         if failing {
             self.delay = (self.delay * 2).min(RETRY_MAX);

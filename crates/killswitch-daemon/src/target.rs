@@ -98,7 +98,7 @@ impl UpSpec {
         1 + self.rest.len()
     }
 
-    /// Server `index` (counted modulo [`UpSpec::len`], so any index names one).
+    /// Server `index` (counted modulo [`UpSpec::server_count`], so any index names one).
     pub fn server(&self, index: usize) -> &TunnelConfig {
         match index % self.server_count() {
             0 => &self.first,
