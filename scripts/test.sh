@@ -9,8 +9,7 @@ cargo build --workspace --bins --locked
 cargo test --workspace --locked -- --test-threads "${TEST_THREADS:-4}"
 # The model-based tester (README, "The model-based tester"): level 1, the daemon's core through ten
 # thousand random sequences with simulated backends; level 2, the real daemon in namespaces with a
-# real tunnel and a capture. Lengths are 1 to --steps (so that a failure can shrink): 30 gives a
-# mean of about 15. A failure prints the shrunk sequence and its seed.
+# real tunnel and a capture. A failure prints the sequence, shrunk, and its seed.
 cargo build --release --workspace --bins --locked
 target/release/killswitch-lab model --sim --sequences 10000 --steps 20 --seed "${MODEL_SEED:-1}"
-target/release/killswitch-lab model --sequences 40 --steps 30 --seed "${MODEL_SEED:-1}"
+target/release/killswitch-lab model --sequences 30 --steps 15 --seed "${MODEL_SEED:-1}"

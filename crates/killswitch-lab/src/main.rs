@@ -52,7 +52,7 @@ struct ModelArgs {
     /// How many sequences to run.
     #[arg(long, default_value_t = 30)]
     sequences: u32,
-    /// The most steps in one sequence.
+    /// How many steps each sequence has (a failure is shrunk to fewer).
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=1000))]
     steps: u64,
     /// The seed of the whole run (the same seed replays the same sequences).

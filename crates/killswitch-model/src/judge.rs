@@ -228,6 +228,9 @@ pub fn exactly(
     expected: &Protection,
     allow_lan: bool,
 ) -> Result<(), String> {
+    if ruleset.table.is_none() && expected.has_rules() {
+        return Err("no rules are installed: everything is allowed".to_owned());
+    }
     let v = verdicts(ruleset, topo);
     let mut wrong = Vec::new();
     let mut expect = |what: &str, is: bool, should: bool| {
@@ -295,6 +298,9 @@ pub fn at_least(
     let Some(floor) = floor else {
         return Ok(());
     };
+    if ruleset.table.is_none() {
+        return Err("no rules are installed: everything is allowed".to_owned());
+    }
     let v = verdicts(ruleset, topo);
     let mut wrong = Vec::new();
     let mut never = |what: &str, is: bool| {

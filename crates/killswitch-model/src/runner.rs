@@ -11,7 +11,7 @@ use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, Test
 pub struct Options {
     /// How many sequences to run.
     pub sequences: u32,
-    /// The most steps in one.
+    /// How many steps each has.
     pub steps: usize,
     /// The seed of the whole run.
     pub seed: u64,
@@ -43,8 +43,10 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// Runs `options.sequences` random sequences through `check`, which carries one out from a fresh
-/// start and says what broke. Returns the first failure, shrunk.
+/// Runs `options.sequences` random sequences of exactly `options.steps` steps through `check`,
+/// which carries one out from a fresh start and says what broke. Returns the first failure,
+/// shrunk: proptest simplifies its steps (fewer servers, less time), then whole steps are
+/// removed for as long as it still fails.
 pub fn run(
     options: Options,
     check: impl FnMut(&[Step]) -> Result<(), String>,
@@ -53,7 +55,7 @@ pub fn run(
     let check = std::cell::RefCell::new(check);
     let config = Config {
         cases: options.sequences,
-        max_shrink_iters: options.shrink_iterations,
+        max_shrink_iters: options.shrink_iterations / 2,
         failure_persistence: None,
         // The sequences are the test; nothing is rejected.
         max_global_rejects: 0,
@@ -68,16 +70,60 @@ pub fn run(
     });
     match outcome {
         Ok(()) => Ok(()),
-        Err(TestError::Fail(reason, sequence)) => Err(Failure {
-            sequence,
-            error: reason.message().to_owned(),
-            seed: options.seed,
-        }),
+        Err(TestError::Fail(reason, sequence)) => {
+            let (sequence, error) = remove_steps(
+                sequence,
+                reason.message().to_owned(),
+                options.shrink_iterations / 2,
+                &mut *check.borrow_mut(),
+            );
+            Err(Failure {
+                sequence,
+                error,
+                seed: options.seed,
+            })
+        }
         Err(TestError::Abort(reason)) => Err(Failure {
             sequence: Vec::new(),
             error: format!("the run was aborted: {}", reason.message()),
             seed: options.seed,
         }),
+    }
+}
+
+/// Removes steps from a failing sequence while it still fails: halves, then quarters, down to
+/// single steps, trying at most `budget` sequences. (proptest cannot: the sequences it makes
+/// have a fixed length, so that every one is as long as asked.)
+fn remove_steps(
+    mut sequence: Vec<Step>,
+    mut error: String,
+    mut budget: u32,
+    check: &mut dyn FnMut(&[Step]) -> Result<(), String>,
+) -> (Vec<Step>, String) {
+    let mut chunk = (sequence.len() / 2).max(1);
+    loop {
+        let mut removed = false;
+        let mut start = 0;
+        while start < sequence.len() && sequence.len() > 1 && budget > 0 {
+            let end = (start + chunk).min(sequence.len());
+            let mut shorter = sequence.clone();
+            shorter.drain(start..end);
+            budget -= 1;
+            match (shorter.is_empty(), check(&shorter)) {
+                (false, Err(e)) => {
+                    sequence = shorter;
+                    error = e;
+                    removed = true;
+                }
+                _ => start += chunk,
+            }
+        }
+        if budget == 0 || (chunk == 1 && !removed) {
+            return (sequence, error);
+        }
+        if !removed {
+            chunk = (chunk / 2).max(1);
+        }
     }
 }
 

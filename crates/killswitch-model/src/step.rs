@@ -182,7 +182,8 @@ pub fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// Random sequences of 1 to `steps` steps.
+/// Random sequences of `steps` steps (at least one).
 pub fn sequence(steps: usize) -> impl Strategy<Value = Vec<Step>> {
-    proptest::collection::vec(step(), 1..=steps.max(1))
+    let steps = steps.max(1);
+    proptest::collection::vec(step(), steps..=steps)
 }

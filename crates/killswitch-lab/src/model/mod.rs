@@ -78,7 +78,7 @@ pub struct Report {
     pub level: &'static str,
     /// Sequences asked for.
     pub sequences: u32,
-    /// The most steps in one.
+    /// How many steps each has.
     pub steps: usize,
     /// The seed.
     pub seed: u64,
@@ -132,7 +132,7 @@ impl Report {
         };
         let _ = writeln!(
             text,
-            "killswitch-lab model ({level}): {} sequences of up to {} steps, seed {}",
+            "killswitch-lab model ({level}): {} sequences of {} steps, seed {}",
             self.sequences, self.steps, self.seed
         );
         if let (Some(runs), Some(steps)) = (self.sequences_run, self.steps_run) {
