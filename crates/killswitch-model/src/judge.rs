@@ -471,7 +471,7 @@ mod tests {
         exactly(&open, &topo, &Protection::Open, false).expect("no rules");
         let leak = at_least(&open, &topo, Some(&Protection::Blocked), false);
         assert!(
-            leak.is_err_and(|e| e.contains("cleartext")),
+            leak.is_err_and(|e| e.contains("everything is allowed")),
             "no rules while blocked must be a leak"
         );
     }
