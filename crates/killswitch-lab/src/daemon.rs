@@ -22,6 +22,12 @@ pub struct DaemonHome {
     dir: tempfile::TempDir,
 }
 
+impl Drop for DaemonHome {
+    fn drop(&mut self) {
+        crate::leftovers::forget(self.dir.path());
+    }
+}
+
 impl DaemonHome {
     /// A fresh home. The directory is world-readable so that an unprivileged client can reach
     /// the socket (the daemon decides what it may do).
@@ -31,6 +37,7 @@ impl DaemonHome {
             .tempdir()
             .context("creating a temporary directory")?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        crate::leftovers::register(dir.path());
         Ok(DaemonHome { dir })
     }
 

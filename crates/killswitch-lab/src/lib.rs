@@ -27,6 +27,7 @@ pub mod daemon;
 pub mod generator;
 pub mod host;
 pub mod lab;
+pub mod leftovers;
 pub mod model;
 pub mod netns;
 pub mod oracle;

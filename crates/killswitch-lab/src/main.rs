@@ -50,7 +50,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct ModelArgs {
     /// How many sequences to run.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     sequences: u32,
     /// How many steps each sequence has (a failure is shrunk to fewer).
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=1000))]
@@ -169,6 +169,11 @@ fn run_model(args: ModelArgs) -> ExitCode {
             .unwrap_or(if args.sim { 5000 } else { 200 }),
     };
     let report = if args.sim {
+        if args.servers != 3 || args.shrink_seconds != 300 {
+            eprintln!(
+                "killswitch-lab model: --servers and --shrink-seconds are for level 2; --sim ignores them"
+            );
+        }
         model::run_sim(options)
     } else {
         if !nix::unistd::geteuid().is_root() {
@@ -230,9 +235,13 @@ fn handle_interrupts() -> nix::Result<()> {
     std::thread::spawn(move || {
         if let Ok(signal) = set.wait() {
             eprintln!("killswitch-lab: {signal}; cleaning up");
+            // The processes first (and waited for), then the files they used, then the
+            // namespaces.
             process::kill_all();
+            killswitch_lab::leftovers::remove_all();
             netns::remove_own();
-            std::process::exit(130);
+            // 128 + the signal's number, as a shell reports a command it ended.
+            std::process::exit(128 + signal as i32);
         }
     });
     Ok(())

@@ -13,10 +13,25 @@ use std::time::{Duration, Instant};
 static LIVE: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 
 /// Kills every child the lab started and has not reaped yet (for an emergency exit).
+/// Waits until they are gone (at most 2 s), so that the lab never exits before its children.
 pub fn kill_all() {
-    if let Ok(pids) = LIVE.lock() {
-        for pid in pids.iter() {
-            let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    let pids: Vec<Pid> = match LIVE.lock() {
+        Ok(pids) => pids.iter().map(|pid| Pid::from_raw(*pid as i32)).collect(),
+        Err(_) => return,
+    };
+    for pid in &pids {
+        let _ = kill(*pid, Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    for pid in pids {
+        // Reaped here: the threads that own them are about to end with the process.
+        while std::time::Instant::now() < deadline {
+            match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(nix::sys::wait::WaitStatus::StillAlive) => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => break,
+            }
         }
     }
 }

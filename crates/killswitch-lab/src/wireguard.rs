@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -73,6 +74,11 @@ impl KeyPair {
     }
 }
 
+/// wireguard-go's control socket for `interface` (shared by every namespace).
+fn socket_of(interface: &str) -> PathBuf {
+    Path::new("/var/run/wireguard").join(format!("{interface}.sock"))
+}
+
 /// One `wireguard-go` process and its interface.
 #[derive(Debug)]
 pub struct Device {
@@ -88,6 +94,7 @@ impl Device {
         let mut command = ns.command("wireguard-go");
         command.arg("-f").arg(interface).env("LOG_LEVEL", "verbose");
         let mut process = Process::spawn(&format!("wireguard-go {interface}"), command)?;
+        crate::leftovers::register(&socket_of(interface));
         process.wait_for_line(0, "UAPI listener started", START_TIMEOUT)?;
         Ok(Device {
             process,
@@ -104,10 +111,17 @@ impl Device {
 impl Drop for Device {
     fn drop(&mut self) {
         let _ = self.process.kill();
-        let _ = std::fs::remove_file(
-            PathBuf::from("/var/run/wireguard").join(format!("{}.sock", self.interface)),
-        );
+        let socket = socket_of(&self.interface);
+        let _ = std::fs::remove_file(&socket);
+        crate::leftovers::forget(&socket);
     }
+}
+
+/// A directory for private keys, removed with it, or by the interrupt handler.
+fn key_dir() -> Result<tempfile::TempDir> {
+    let keys = tempfile::tempdir()?;
+    crate::leftovers::register(keys.path());
+    Ok(keys)
 }
 
 /// Writes a private key to a file only root can read, for `wg set ... private-key FILE`.
@@ -155,7 +169,7 @@ impl Tunnel {
         let client_interface = format!("ksc{unique}");
         let server_key = KeyPair::generate()?;
         let client_key = KeyPair::generate()?;
-        let keys = tempfile::tempdir()?;
+        let keys = key_dir()?;
         let endpoint = SocketAddr::new(ENDPOINT_V4.into(), PORT);
 
         let server = Device::start(&topo.net, &server_interface)?;
@@ -362,7 +376,7 @@ impl Server {
         let client_ip = Ipv4Addr::new(10, 64 + n, 0, 2);
         let key = KeyPair::generate()?;
         let device = Device::start(&topo.net, &interface)?;
-        let keys = tempfile::tempdir()?;
+        let keys = key_dir()?;
         let key_path = key_file(&keys, "server", &key)?;
         topo.net.exec(
             "wg",

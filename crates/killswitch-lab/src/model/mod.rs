@@ -86,8 +86,10 @@ pub struct Report {
     pub servers: Option<usize>,
     /// The shrink iterations allowed.
     pub shrink_iterations: u32,
-    /// Sequences carried out, shrinking replays included (level 2).
+    /// Sequences carried out up to the first failure (level 2).
     pub sequences_run: Option<u32>,
+    /// Replays while shrinking a failure (level 2).
+    pub shrink_replays: Option<u32>,
     /// Steps in those sequences (level 2).
     pub steps_run: Option<u64>,
     /// Wall time of the whole run, in milliseconds.
@@ -112,6 +114,7 @@ impl Report {
             servers: None,
             shrink_iterations: options.shrink_iterations,
             sequences_run: None,
+            shrink_replays: None,
             steps_run: None,
             duration_ms: 0,
             passed: false,
@@ -136,9 +139,13 @@ impl Report {
             self.sequences, self.steps, self.seed
         );
         if let (Some(runs), Some(steps)) = (self.sequences_run, self.steps_run) {
+            let replays = match self.shrink_replays {
+                Some(n) if n > 0 => format!(", then {n} replays while shrinking"),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 text,
-                "carried out {runs} sequences ({steps} steps) in {:.1} s",
+                "carried out {runs} sequences ({steps} steps){replays} in {:.1} s",
                 self.duration_ms as f64 / 1000.0
             );
         } else {
@@ -174,7 +181,11 @@ impl Report {
                 self.sequences,
                 self.steps,
                 self.seed,
-                if self.level == "sim" { " --sim" } else { "" }
+                match self.servers {
+                    _ if self.level == "sim" => " --sim".to_owned(),
+                    Some(servers) => format!(" --servers {servers}"),
+                    None => String::new(),
+                }
             );
         }
         if let Some(e) = &self.lab_error {
@@ -214,7 +225,7 @@ pub fn run_lab(options: LabOptions) -> Report {
     report.servers = Some(world.servers());
     let mut lab_error = None;
     let mut first_failure: Option<Instant> = None;
-    let (mut runs, mut steps_run) = (0u32, 0u64);
+    let (mut runs, mut replays, mut steps_run) = (0u32, 0u32, 0u64);
     let mut timings = sequence::Timings::new();
     let outcome = runner::run(options.run, |steps| {
         // After the lab broke, or once shrinking has had its time, every replay "passes": the
@@ -224,8 +235,12 @@ pub fn run_lab(options: LabOptions) -> Report {
         {
             return Ok(());
         }
-        runs += 1;
-        steps_run += steps.len() as u64;
+        if first_failure.is_some() {
+            replays += 1;
+        } else {
+            runs += 1;
+            steps_run += steps.len() as u64;
+        }
         let began = Instant::now();
         let result = sequence::run(&mut world, steps, &mut timings);
         if options.progress {
@@ -239,8 +254,13 @@ pub fn run_lab(options: LabOptions) -> Report {
                 Err(sequence::StepError::Broke(_)) => "FAILED".to_owned(),
                 Err(sequence::StepError::Lab(e)) => format!("lab error: {e:#}"),
             };
+            let number = if first_failure.is_some() {
+                replays
+            } else {
+                runs
+            };
             eprintln!(
-                "{what} {runs} ({} steps): {verdict} in {:.1} s",
+                "{what} {number} ({} steps): {verdict} in {:.1} s",
                 steps.len(),
                 began.elapsed().as_secs_f64()
             );
@@ -259,6 +279,7 @@ pub fn run_lab(options: LabOptions) -> Report {
     });
     drop(world);
     report.sequences_run = Some(runs);
+    report.shrink_replays = Some(replays);
     report.steps_run = Some(steps_run);
     report.step_timings = timings
         .into_iter()
