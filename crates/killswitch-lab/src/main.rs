@@ -142,19 +142,7 @@ fn main() -> ExitCode {
         host_unchanged,
         start.elapsed().as_millis() as u64,
     );
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(e) => eprintln!("killswitch-lab: cannot encode the report: {e}"),
-        }
-    } else {
-        print!("{}", report.render());
-    }
-    if report.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    print_report(args.json, &report, || report.render(), report.passed)
 }
 
 /// `killswitch-lab model`: level 1 or 2 of the model-based tester.
@@ -208,19 +196,7 @@ fn run_model(args: ModelArgs) -> ExitCode {
         }
         report
     };
-    if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(e) => eprintln!("killswitch-lab: cannot encode the report: {e}"),
-        }
-    } else {
-        print!("{}", report.render());
-    }
-    if report.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    print_report(args.json, &report, || report.render(), report.passed)
 }
 
 /// Ctrl-C or SIGTERM: end every process the lab started and remove its namespaces, then exit.
@@ -245,4 +221,26 @@ fn handle_interrupts() -> nix::Result<()> {
         }
     });
     Ok(())
+}
+
+/// Prints a report as JSON or as text; the exit status says whether it passed.
+fn print_report(
+    json: bool,
+    report: &impl serde::Serialize,
+    text: impl FnOnce() -> String,
+    passed: bool,
+) -> ExitCode {
+    if json {
+        match serde_json::to_string_pretty(report) {
+            Ok(json) => println!("{json}"),
+            Err(e) => eprintln!("killswitch-lab: cannot encode the report: {e}"),
+        }
+    } else {
+        print!("{}", text());
+    }
+    if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -233,20 +233,16 @@ pub fn exactly(
     }
     let v = verdicts(ruleset, topo);
     let mut wrong = Vec::new();
-    let mut expect = |what: &str, is: bool, should: bool| {
-        if is != should {
-            wrong.push(format!(
-                "{what} is {} but must be {}",
-                word(is),
-                word(should)
-            ));
-        }
-    };
     let open = !expected.has_rules();
-    expect("cleartext to the internet", v.cleartext, open);
-    expect("IPv6 outside the tunnel", v.cleartext_v6, open);
-    expect("DNS to a resolver outside the tunnel", v.foreign_dns, open);
-    expect("the LAN", v.lan, open || allow_lan);
+    expect(&mut wrong, "cleartext to the internet", v.cleartext, open);
+    expect(&mut wrong, "IPv6 outside the tunnel", v.cleartext_v6, open);
+    expect(
+        &mut wrong,
+        "DNS to a resolver outside the tunnel",
+        v.foreign_dns,
+        open,
+    );
+    expect(&mut wrong, "the LAN", v.lan, open || allow_lan);
     match expected {
         Protection::Off | Protection::Open => {}
         Protection::Blocked => {
@@ -263,24 +259,21 @@ pub fn exactly(
             if let Some(&active) = v.holes.first()
                 && let Some(t) = in_tunnel(ruleset, topo, active)
             {
-                let mut expect = |what: &str, is: bool, should: bool| {
-                    if is != should {
-                        wrong.push(format!(
-                            "{what} is {} but must be {}",
-                            word(is),
-                            word(should)
-                        ));
-                    }
-                };
-                expect("traffic through the tunnel", t.web, tunnel);
-                expect("IPv6 through an IPv4-only tunnel", t.web_v6, false);
+                expect(&mut wrong, "traffic through the tunnel", t.web, tunnel);
                 expect(
+                    &mut wrong,
+                    "IPv6 through an IPv4-only tunnel",
+                    t.web_v6,
+                    false,
+                );
+                expect(
+                    &mut wrong,
                     "DNS to another resolver through the tunnel",
                     t.foreign_dns,
                     false,
                 );
                 if tunnel {
-                    expect("DNS to the tunnel's resolver", t.own_dns, true);
+                    expect(&mut wrong, "DNS to the tunnel's resolver", t.own_dns, true);
                 }
             }
         }
@@ -381,6 +374,17 @@ fn check_hole(v: &Verdicts, allowed: &[usize], wrong: &mut Vec<String>) {
         wrong.push(format!(
             "packets without the tunnel's mark pass the hole to {}",
             names(&v.unmarked_holes)
+        ));
+    }
+}
+
+/// Notes in `wrong` that `what` is allowed or blocked where it must be the other.
+fn expect(wrong: &mut Vec<String>, what: &str, is: bool, should: bool) {
+    if is != should {
+        wrong.push(format!(
+            "{what} is {} but must be {}",
+            word(is),
+            word(should)
         ));
     }
 }

@@ -1117,7 +1117,21 @@ impl RoutedChain {
 
 /// A DHCP client's renewal: UDP from port 68 to port 67 of `server`.
 fn renew(server: Ipv4Addr, payload: &[u8]) -> std::io::Result<()> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:68")?;
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, bind, setsockopt, socket, sockopt,
+    };
+    use std::os::fd::AsRawFd;
+    // SO_REUSEADDR: a process that other tests fork while an earlier renewal's socket is open
+    // holds a copy of it until its exec, and with it port 68 (seen once in CI as EADDRINUSE).
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    bind(fd.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, 68))?;
+    let socket = std::net::UdpSocket::from(fd);
     socket.send_to(payload, SocketAddr::new(server.into(), 67))?;
     Ok(())
 }
