@@ -1215,11 +1215,7 @@ mod tests {
     fn a_renamed_interface_is_not_trusted_as_the_tunnel() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
-        let mut core = core(&mut fw, dir.path());
-        core.handle_request(&Request::Guard(spec())).expect("ok");
-        core.observe(up());
-        core.reconcile();
-        assert_eq!(core.status().state, State::Connected);
+        let mut core = guarding_a_live_tunnel(&mut fw, dir.path());
         // The tunnel dies; a veth to the LAN router is renamed to its name and brought up.
         core.observe(None);
         let veth = up().map(|o| Observed {
@@ -1383,6 +1379,19 @@ mod tests {
     }
 
     /// A core as `Core::new` leaves it: nothing applied yet.
+    /// A core guarding a tunnel that is up: connected.
+    fn guarding_a_live_tunnel<'a>(
+        fw: &'a mut Recorder,
+        dir: &std::path::Path,
+    ) -> Core<&'a mut Recorder> {
+        let mut core = core(fw, dir);
+        core.handle_request(&Request::Guard(spec())).expect("ok");
+        core.observe(up());
+        core.reconcile();
+        assert_eq!(core.status().state, State::Connected);
+        core
+    }
+
     fn unreconciled<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
         Core::new(
             fw,
@@ -1527,11 +1536,7 @@ mod tests {
         // batch fail; status said "NOT installed" while the previous (owned) table stood.
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
-        let mut core = core(&mut fw, dir.path());
-        core.handle_request(&Request::Guard(spec())).expect("ok");
-        core.observe(up());
-        core.reconcile();
-        assert_eq!(core.status().state, State::Connected);
+        let mut core = guarding_a_live_tunnel(&mut fw, dir.path());
         core.firewall.fail_always = true;
         let error = core
             .handle_request(&Request::AllowLan { enabled: true })

@@ -410,47 +410,50 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
 /// up waiting (the daemon was stopped, or busy) and told its user that nothing was changed must
 /// be right: its request is withdrawn, not carried out whenever the daemon gets to it.
 fn client_gone(reader: &BufReader<OwnedReadHalf>) -> bool {
-    if !reader.buffer().is_empty() {
-        return false;
-    }
+    reader.buffer().is_empty() && peek(reader) == 0
+}
+
+/// Peeks at one byte without blocking or consuming it: 1 when data waits, 0 at the end of the
+/// stream (a hang-up), negative when there is nothing yet.
+fn peek(reader: &BufReader<OwnedReadHalf>) -> isize {
     let stream: &tokio::net::UnixStream = reader.get_ref().as_ref();
     let mut byte = 0u8;
     // SAFETY: a one-byte peek into a live byte, without blocking; nothing is consumed.
-    let n = unsafe {
+    unsafe {
         libc::recv(
             std::os::fd::AsRawFd::as_raw_fd(stream),
             (&mut byte as *mut u8).cast(),
             1,
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
-    };
-    n == 0
+    }
 }
 
 /// Resolves when the client hangs up while its request waits for the state machine. More data
 /// from it (a pipelined request) ends the watch: it is still there.
 async fn hang_up(reader: &BufReader<OwnedReadHalf>) {
     let stream: &tokio::net::UnixStream = reader.get_ref().as_ref();
+    if !reader.buffer().is_empty() {
+        // Data waits: not a hang-up; stop watching (the answer comes anyway).
+        return std::future::pending::<()>().await;
+    }
     loop {
         if stream.readable().await.is_err() {
             return;
         }
-        if client_gone(reader) {
-            return;
-        }
-        let mut byte = 0u8;
-        // SAFETY: as in `client_gone`.
-        let n = unsafe {
-            libc::recv(
-                std::os::fd::AsRawFd::as_raw_fd(stream),
-                (&mut byte as *mut u8).cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n > 0 {
+        // Through `try_io`, so that a readiness that was not (EAGAIN) is cleared rather than
+        // woken for again at once.
+        let peeked = stream.try_io(tokio::io::Interest::READABLE, || match peek(reader) {
+            n if n < 0 => Err(std::io::Error::last_os_error()),
+            n => Ok(n),
+        });
+        match peeked {
+            Ok(0) => return,
             // Data waits: not a hang-up; stop watching (the answer comes anyway).
-            std::future::pending::<()>().await;
+            Ok(_) => std::future::pending::<()>().await,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            // Reset, or any other end: it is gone.
+            Err(_) => return,
         }
     }
 }

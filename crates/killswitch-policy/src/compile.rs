@@ -70,6 +70,51 @@ pub enum PolicyState {
     Blocked,
 }
 
+/// What a state's rules (and routing layer) are made of.
+pub(crate) struct Parts<'a> {
+    /// The VPN server's hole, in every state with a tunnel.
+    pub(crate) peer: Option<&'a Peer>,
+    /// The tunnel traffic may use (connected).
+    pub(crate) tunnel: Option<&'a Tunnel>,
+    /// A tunnel interface that exists but carries no traffic yet (connecting).
+    pub(crate) pending: Option<&'a Tunnel>,
+    /// The daemon's probe into a tunnel not up yet.
+    pub(crate) probe: Option<&'a Probe>,
+}
+
+impl PolicyState {
+    /// What this state's rules are made of; `None` when it has none at all (`off`, and
+    /// `disconnected` without lockdown).
+    pub(crate) fn parts(&self, settings: &Settings) -> Option<Parts<'_>> {
+        let none = Parts {
+            peer: None,
+            tunnel: None,
+            pending: None,
+            probe: None,
+        };
+        match self {
+            PolicyState::Off => None,
+            PolicyState::Disconnected if !settings.lockdown => None,
+            PolicyState::Disconnected | PolicyState::Blocked => Some(none),
+            PolicyState::Connecting {
+                peer,
+                probe,
+                pending,
+            } => Some(Parts {
+                peer: Some(peer),
+                pending: pending.as_ref(),
+                probe: probe.as_ref(),
+                ..none
+            }),
+            PolicyState::Connected { peer, tunnel } => Some(Parts {
+                peer: Some(peer),
+                tunnel: Some(tunnel),
+                ..none
+            }),
+        }
+    }
+}
+
 /// The VPN server, and what a packet must carry to reach it outside the tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -232,19 +277,18 @@ pub fn compile(state: &PolicyState, settings: &Settings) -> Ruleset {
 
 /// Compiles the rules for `state` under `settings`, `lan` being what allow-lan opens.
 pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Ruleset {
+    let Some(Parts {
+        peer,
+        tunnel,
+        pending,
+        probe,
+    }) = state.parts(settings)
+    else {
+        return Ruleset { table: None };
+    };
     // `tunnel`: the tunnel traffic may use; `identity`: the tunnel whose addresses are kept off
     // other interfaces (the same one, or one that exists but is not up yet).
-    let (peer, tunnel, identity, probe) = match state {
-        PolicyState::Off => return Ruleset { table: None },
-        PolicyState::Disconnected if !settings.lockdown => return Ruleset { table: None },
-        PolicyState::Disconnected | PolicyState::Blocked => (None, None, None, None),
-        PolicyState::Connecting {
-            peer,
-            probe,
-            pending,
-        } => (Some(peer), None, pending.as_ref(), probe.as_ref()),
-        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel), Some(tunnel), None),
-    };
+    let identity = tunnel.or(pending);
     let sets = if settings.allow_lan {
         lan.sets()
     } else {

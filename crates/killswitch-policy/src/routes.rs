@@ -128,17 +128,12 @@ pub fn compile_routes_with(
     settings: &Settings,
     networks: &[IpNet],
 ) -> Option<RoutingLayer> {
-    let (peer, tunnel, pending, probe) = match state {
-        PolicyState::Off => return None,
-        PolicyState::Disconnected if !settings.lockdown => return None,
-        PolicyState::Disconnected | PolicyState::Blocked => (None, None, None, None),
-        PolicyState::Connecting {
-            peer,
-            probe,
-            pending,
-        } => (Some(peer), None, pending.as_ref(), probe.as_ref()),
-        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel), None, None),
-    };
+    let crate::compile::Parts {
+        peer,
+        tunnel,
+        pending,
+        probe,
+    } = state.parts(settings)?;
     let families = [IpFamily::V4, IpFamily::V6];
     let mut rules = Vec::new();
     if settings.allow_lan {
