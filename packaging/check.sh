@@ -3,9 +3,9 @@
 #  1. the Debian package builds and holds the binaries, units, config and sysusers file;
 #  2. the units pass `systemd-analyze verify`;
 #  3. `make install DESTDIR=...` installs the same, with the unit paths rendered;
-#  4. the maintainer scripts do what an upgrade and a removal need, run against stub systemctl,
-#     addgroup and killswitch commands in a private mount namespace (so that /run and /var/lib
-#     seen by the scripts are scratch tmpfs, never this machine's).
+#  4. the maintainer scripts do what installation, upgrade, removal and purge need, run against
+#     stubs in a private mount namespace (so that /run, /var/lib and the systemd directories the
+#     scripts see are scratch tmpfs, never this machine's): test-maintainer-scripts.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail() { echo "packaging check FAILED: $*" >&2; exit 1; }
@@ -20,7 +20,9 @@ for f in ./usr/sbin/killswitchd ./usr/bin/killswitch ./lib/systemd/system/killsw
          ./usr/lib/sysusers.d/killswitch.conf; do
     grep -qx "$f" <<<"$contents" || fail "$deb lacks $f"
 done
-[[ $(dpkg-deb -f "$deb" Depends) == *libnftnl11* ]] || fail "the package does not depend on libnftnl"
+depends=$(dpkg-deb -f "$deb" Depends)
+[[ $depends == *libnftnl11* ]] || fail "the package does not depend on libnftnl"
+[[ $depends == *'systemd | systemd-standalone-sysusers | systemd-sysusers'* ]] || fail "no dependency for systemd-sysusers: $depends"
 grep -qx '/etc/killswitch/config.toml' <(dpkg-deb -I "$deb" conffiles) || fail "config.toml is not a conffile"
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
@@ -45,5 +47,6 @@ done
 grep -qx 'ExecStart=/usr/sbin/killswitchd' "$root/make/etc/systemd/system/killswitchd.service" || fail "make install unit path"
 echo "make install: ok"
 
-unshare --mount --propagation private bash packaging/test-maintainer-scripts.sh "$root/deb"
+dpkg-deb -e "$deb" "$root/control"
+unshare --mount --propagation private bash packaging/test-maintainer-scripts.sh "$root/deb" "$root/control"
 echo "maintainer scripts: ok"
