@@ -61,8 +61,20 @@ impl std::fmt::Debug for Capture {
 const STOP_POLL: Duration = Duration::from_millis(50);
 
 impl Capture {
-    /// Starts capturing every frame on `interface` in `ns`.
+    /// Starts capturing every frame on `interface` in `ns`, the captured host's own interface:
+    /// what it transmits is outgoing.
     pub fn start(ns: &Netns, interface: &str) -> Result<Self> {
+        Self::start_with(ns, interface, None)
+    }
+
+    /// Starts capturing on `interface` in `ns`, the far side of another machine's link (a virtual
+    /// machine's tap): the captured host is the one with MAC address `sender`, and its frames
+    /// arrive here as *received*, so the direction comes from the source address instead.
+    pub fn start_for_peer(ns: &Netns, interface: &str, sender: [u8; 6]) -> Result<Self> {
+        Self::start_with(ns, interface, Some(sender))
+    }
+
+    fn start_with(ns: &Netns, interface: &str, sender: Option<[u8; 6]>) -> Result<Self> {
         let iface = interface.to_owned();
         let fd = ns.run(move || open_packet_socket(&iface))??;
         let fd = Arc::new(fd);
@@ -72,7 +84,7 @@ impl Capture {
             let (fd, shared, stop) = (fd.clone(), shared.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("capture-{interface}"))
-                .spawn(move || read_frames(&fd, &shared, &stop))
+                .spawn(move || read_frames(&fd, &shared, &stop, sender))
                 .context("spawning the capture thread")?
         };
         Ok(Capture {
@@ -235,7 +247,7 @@ fn open_packet_socket(interface: &str) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-fn read_frames(fd: &OwnedFd, shared: &Shared, stop: &AtomicBool) {
+fn read_frames(fd: &OwnedFd, shared: &Shared, stop: &AtomicBool, sender: Option<[u8; 6]>) {
     let mut buffer = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
         // SAFETY: a zeroed sockaddr_ll is valid for recvfrom to fill.
@@ -255,7 +267,12 @@ fn read_frames(fd: &OwnedFd, shared: &Shared, stop: &AtomicBool) {
         if n < 0 {
             continue; // timeout (to look at the stop flag) or EINTR
         }
-        let direction = if from.sll_pkttype == libc::PACKET_OUTGOING {
+        let frame = &buffer[..n as usize];
+        let outgoing = match sender {
+            Some(mac) => frame.get(6..12) == Some(&mac[..]),
+            None => from.sll_pkttype == libc::PACKET_OUTGOING,
+        };
+        let direction = if outgoing {
             Direction::Outgoing
         } else {
             Direction::Incoming
@@ -263,7 +280,7 @@ fn read_frames(fd: &OwnedFd, shared: &Shared, stop: &AtomicBool) {
         let captured = Captured {
             at: Instant::now(),
             direction,
-            frame: parse_ethernet(&buffer[..n as usize]),
+            frame: parse_ethernet(frame),
         };
         if let Ok(mut frames) = shared.frames.lock() {
             frames.push(captured);

@@ -18,6 +18,8 @@
 //! - [`sinks`]: the target host's UDP/TCP sinks and the DNS resolvers, recording arrivals.
 //! - [`generator`]: a paced stream of UDP, TCP, ICMP, DNS and IPv6 traffic from the client.
 //! - [`traffic`]: probes that name themselves in their payload.
+//! - [`vm`]: the VM lab: the packaged kill switch on a real Debian guest (systemd, kernel WireGuard,
+//!   reboots, suspend, upgrade, removal), judged by a capture outside the guest.
 //! - [`wireguard`]: a real WireGuard tunnel (two `wireguard-go` processes) from client to net.
 
 pub mod binaries;
@@ -38,4 +40,5 @@ pub mod scenarios;
 pub mod sinks;
 pub mod topology;
 pub mod traffic;
+pub mod vm;
 pub mod wireguard;

@@ -45,6 +45,42 @@ enum Command {
     /// tunnel and a capture on the physical link (needs root). With --sim (level 1), against the
     /// daemon's core with fake backends. The same seed gives the same sequences at both levels.
     Model(ModelArgs),
+    /// The VM lab: the Debian package on a real Debian guest under QEMU (systemd, kernel
+    /// WireGuard): install, `up` with failover, link down/up, the tunnel deleted, suspend,
+    /// stop/start, reboots with lockdown and with a guarded wg-quick tunnel, a negative control,
+    /// removal, purge and an upgrade under traffic, judged by a capture outside the guest.
+    ///
+    /// Needs root, qemu-system-x86_64 and a guest image; `scripts/vm-lab.sh` builds (or takes
+    /// from its cache) the image and the packages and runs this.
+    Vm(VmArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VmArgs {
+    /// The guest image directory (base.raw, vmlinuz, initrd.img, manifest).
+    #[arg(long, value_name = "DIR")]
+    image: std::path::PathBuf,
+    /// The package under test.
+    #[arg(long, value_name = "FILE")]
+    deb: std::path::PathBuf,
+    /// The package the upgrade starts from.
+    #[arg(long, value_name = "FILE")]
+    previous_deb: std::path::PathBuf,
+    /// Where the previous package came from, for the report.
+    #[arg(long, default_value = "unspecified")]
+    previous_origin: String,
+    /// Where the console log, agent log, pcap and journals go.
+    #[arg(long, value_name = "DIR", default_value = "target/vm-lab/run")]
+    artefacts: std::path::PathBuf,
+    /// The image came from the cache (said in the report).
+    #[arg(long)]
+    image_cached: bool,
+    /// End the chain after this scenario (the report then fails: not every scenario ran).
+    #[arg(long, value_name = "NAME")]
+    stop_after: Option<String>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,8 +114,10 @@ struct ModelArgs {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if let Some(Command::Model(model)) = args.command {
-        return run_model(model);
+    match args.command {
+        Some(Command::Model(model)) => return run_model(model),
+        Some(Command::Vm(vm)) => return run_vm(vm),
+        None => {}
     }
     if args.list {
         let width = scenarios::ALL
@@ -196,6 +234,50 @@ fn run_model(args: ModelArgs) -> ExitCode {
         }
         report
     };
+    print_report(args.json, &report, || report.render(), report.passed)
+}
+
+/// `killswitch-lab vm`: the VM lab.
+fn run_vm(args: VmArgs) -> ExitCode {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "killswitch-lab vm: needs root (it creates a network namespace with a tap for the guest); try sudo"
+        );
+        return ExitCode::from(2);
+    }
+    for (what, path) in [
+        ("--image", args.image.join("base.raw")),
+        ("--deb", args.deb.clone()),
+        ("--previous-deb", args.previous_deb.clone()),
+    ] {
+        if !path.is_file() {
+            eprintln!("killswitch-lab vm: {what}: no file {}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    if let Err(e) = handle_interrupts() {
+        eprintln!("killswitch-lab: cannot install the Ctrl-C handler: {e}");
+        return ExitCode::FAILURE;
+    }
+    let before = match host::snapshot() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("killswitch-lab: cannot snapshot this namespace's network state: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let options = killswitch_lab::vm::Options {
+        image: args.image,
+        deb: args.deb,
+        previous_deb: args.previous_deb,
+        previous_origin: args.previous_origin,
+        artefacts: args.artefacts,
+        progress: !args.json,
+        stop_after: args.stop_after,
+    };
+    let mut report = killswitch_lab::vm::run(&options, args.image_cached);
+    report.host_unchanged = host::snapshot().is_ok_and(|after| after == before);
+    report.passed &= report.host_unchanged;
     print_report(args.json, &report, || report.render(), report.passed)
 }
 

@@ -362,6 +362,12 @@ impl Server {
     /// Starts server `n` (1 to 3; the lab's own tunnel is server 0): endpoint 198.51.100.(1+n)
     /// port 51820+n, tunnel 10.(64+n).0.0/24, client address 10.(64+n).0.2.
     pub fn start(topo: &Topology, n: u8) -> Result<Self> {
+        Self::start_in(&topo.net, n)
+    }
+
+    /// Starts server `n` as [`Server::start`] does, in `net` (any namespace that holds the
+    /// endpoint addresses, such as the VM lab's host side).
+    pub fn start_in(net: &Netns, n: u8) -> Result<Self> {
         let unique =
             (std::process::id() as usize * 8 + COUNTER.fetch_add(1, Ordering::Relaxed)) % 100_000;
         let interface = format!("kssrv{unique}");
@@ -375,10 +381,10 @@ impl Server {
         let tunnel_ip = Ipv4Addr::new(10, 64 + n, 0, 1);
         let client_ip = Ipv4Addr::new(10, 64 + n, 0, 2);
         let key = KeyPair::generate()?;
-        let device = Device::start(&topo.net, &interface)?;
+        let device = Device::start(net, &interface)?;
         let keys = key_dir()?;
         let key_path = key_file(&keys, "server", &key)?;
-        topo.net.exec(
+        net.exec(
             "wg",
             &[
                 "set",
@@ -389,9 +395,8 @@ impl Server {
                 &endpoint.port().to_string(),
             ],
         )?;
-        topo.net
-            .ip(&["addr", "add", &format!("{tunnel_ip}/24"), "dev", &interface])?;
-        topo.net.ip(&["link", "set", &interface, "up"])?;
+        net.ip(&["addr", "add", &format!("{tunnel_ip}/24"), "dev", &interface])?;
+        net.ip(&["link", "set", &interface, "up"])?;
         Ok(Server {
             device,
             key,
@@ -403,7 +408,12 @@ impl Server {
 
     /// Lets the client with `public_key` in, at the server's client address.
     pub fn allow(&self, topo: &Topology, public_key: &str) -> Result<()> {
-        topo.net.exec(
+        self.allow_in(&topo.net, public_key)
+    }
+
+    /// Lets the client with `public_key` in, the server running in `net`.
+    pub fn allow_in(&self, net: &Netns, public_key: &str) -> Result<()> {
+        net.exec(
             "wg",
             &[
                 "set",
