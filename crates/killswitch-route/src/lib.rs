@@ -102,12 +102,37 @@ pub struct Installed {
     /// Other programs' entries at the kill switch's priorities or in its table, described: never
     /// touched.
     pub foreign: Vec<String>,
+    /// The priority of each of those that is a rule (`None`: a route in the table).
+    foreign_priorities: Vec<Option<u32>>,
     raw_rules: Vec<RuleMessage>,
     raw_routes: Vec<RouteMessage>,
     /// Rules carrying the mark that this version cannot read (a kernel reporting something new).
     unreadable: Vec<RuleMessage>,
     legacy_rules: Vec<(RoutingRule, RuleMessage)>,
     legacy_routes: Vec<(InstalledRoute, RouteMessage)>,
+}
+
+impl Installed {
+    /// The foreign entries that can come before `layer`'s own: a rule at a priority the layer
+    /// uses (the kernel orders rules of one priority by when they were added), and any route in
+    /// its table. A rule at one of the kill switch's priorities that this layer leaves unused is
+    /// like a rule at any other priority below the catch-all: evaluated first, as it would be
+    /// anyway. That is where the kernel puts a rule added without a priority while the kill
+    /// switch's catch-all is the first rule (wg-quick started after early boot): just before it.
+    /// With no layer wanted, every entry is named.
+    fn foreign_in_the_way(&self, layer: Option<&RoutingLayer>) -> Vec<String> {
+        self.foreign
+            .iter()
+            .zip(&self.foreign_priorities)
+            .filter(|(_, priority)| match (layer, priority) {
+                (Some(layer), Some(priority)) => {
+                    layer.rules.iter().any(|r| r.priority == *priority)
+                }
+                _ => true,
+            })
+            .map(|(entry, _)| entry.clone())
+            .collect()
+    }
 }
 
 /// A route found in the kill switch's table.
@@ -182,7 +207,7 @@ impl Routing {
                 let applied = Applied {
                     changed: round > 0,
                     repaired,
-                    foreign: installed.foreign,
+                    foreign: installed.foreign_in_the_way(layer),
                 };
                 self.verified = Some(wanted);
                 return Ok(applied);
@@ -306,15 +331,20 @@ impl Routing {
                 (0, Some(parsed)) if is_legacy_rule(&parsed) => {
                     installed.legacy_rules.push((parsed, rule));
                 }
-                (_, parsed) => installed.foreign.push(match parsed {
-                    Some(parsed) => {
-                        format!("rule {} (protocol {protocol})", describe_rule(&parsed))
-                    }
-                    None => format!(
-                        "a rule at priority {} (protocol {protocol})",
-                        rule_priority(&rule)
-                    ),
-                }),
+                (_, parsed) => {
+                    installed
+                        .foreign_priorities
+                        .push(Some(rule_priority(&rule)));
+                    installed.foreign.push(match parsed {
+                        Some(parsed) => {
+                            format!("rule {} (protocol {protocol})", describe_rule(&parsed))
+                        }
+                        None => format!(
+                            "a rule at priority {} (protocol {protocol})",
+                            rule_priority(&rule)
+                        ),
+                    })
+                }
             }
         }
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
@@ -337,6 +367,7 @@ impl Routing {
                 {
                     installed.legacy_routes.push((parsed, route));
                 } else {
+                    installed.foreign_priorities.push(None);
                     installed.foreign.push(format!(
                         "a route in table {ROUTE_TABLE} ({}, protocol {protocol})",
                         match ip_family(route.header.address_family) {

@@ -169,7 +169,7 @@ impl HostSide {
         let mut judged = Judged::default();
         for captured in self.capture.frames().iter().skip(from.frame) {
             if captured.direction == Direction::Incoming {
-                if self.from_server(captured) {
+                if self.sent_by_a_server(captured) {
                     judged.from_servers += 1;
                 }
                 continue;
@@ -193,7 +193,7 @@ impl HostSide {
         judged
     }
 
-    fn from_server(&self, captured: &Captured) -> bool {
+    fn sent_by_a_server(&self, captured: &Captured) -> bool {
         matches!(&captured.frame, Frame::Ip(ip) if matches!(ip.transport, L4::Udp { sport, .. }
             if self.endpoints.iter().any(|e| e.ip() == ip.src && e.port() == sport)))
     }
@@ -206,7 +206,7 @@ impl HostSide {
         timeout: std::time::Duration,
     ) -> Result<Instant> {
         let i = self.capture.wait_for(from.frame, timeout, |c| {
-            c.direction == Direction::Incoming && self.from_server(c)
+            c.direction == Direction::Incoming && self.sent_by_a_server(c)
         })?;
         Ok(self
             .capture
@@ -251,7 +251,7 @@ pub fn run(options: &Options, image_cached: bool) -> report::VmReport {
         report.error = Some(format!("{e:#}"));
     }
     report.passed = report.error.is_none()
-        && report.scenarios.len() == scenarios::CHAIN.len()
+        && report.scenarios.len() == scenarios::CHAIN.len() + scenarios::NM_CHAIN.len()
         && report
             .scenarios
             .iter()
@@ -286,17 +286,55 @@ fn run_chain_on_a_guest(options: &Options, report: &mut report::VmReport) -> Res
         append: "systemd.mask=NetworkManager.service".to_owned(),
     };
     let guest = guest::Guest::start(&host.net, &spec)?;
-    let mut ctx = scenarios::Ctx::new(host, guest, share)?;
-    report.scenarios =
-        scenarios::run_chain(&mut ctx, options.progress, options.stop_after.as_deref());
-    report.timings = std::mem::take(&mut ctx.timings);
-    let stop = Instant::now();
-    ctx.guest.send("systemctl poweroff")?;
+    let mut ctx = scenarios::Ctx::new(host, guest, share.clone(), "guest A (networkd)")?;
+    report.scenarios = scenarios::run_chain(
+        &mut ctx,
+        scenarios::CHAIN,
+        options.progress,
+        options.stop_after.as_deref(),
+    );
+    report.timings.append(&mut ctx.timings);
     let _ = ctx.guest.quit();
-    report.timings.push(report::Timing {
-        what: "power-off and QEMU exit".to_owned(),
-        seconds: (stop.elapsed().as_secs_f64() * 10.0).round() / 10.0,
-    });
+    if report
+        .scenarios
+        .last()
+        .is_some_and(|s| Some(s.name) == options.stop_after.as_deref())
+    {
+        return Ok(());
+    }
+
+    // The second guest: NetworkManager with DHCP from the lab's own server.
+    let scenarios::Ctx { host, .. } = ctx;
+    let leases = tempfile::tempdir()?;
+    crate::leftovers::register(leases.path());
+    let mut dhcp = host.net.command("dnsmasq");
+    dhcp.args([
+        "--no-daemon".to_owned(),
+        "--port=0".to_owned(),
+        "--bind-interfaces".to_owned(),
+        format!("--interface={TAP}"),
+        "--dhcp-range=192.168.50.10,192.168.50.20,2m".to_owned(),
+        format!("--dhcp-option=3,{ROUTER_V4}"),
+        format!("--dhcp-option=6,{ROUTER_V4}"),
+        format!(
+            "--dhcp-leasefile={}",
+            leases.path().join("leases").display()
+        ),
+        "--pid-file".to_owned(),
+    ]);
+    let _dhcp = crate::process::Process::spawn("dnsmasq", dhcp)?;
+    let spec = guest::GuestSpec {
+        run_dir: options.artefacts.join("nm"),
+        append: "systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket"
+            .to_owned(),
+        ..spec
+    };
+    let guest = guest::Guest::start(&host.net, &spec)?;
+    let mut ctx = scenarios::Ctx::new(host, guest, share, "guest B (NetworkManager)")?;
+    let mut nm = scenarios::run_chain(&mut ctx, scenarios::NM_CHAIN, options.progress, None);
+    report.scenarios.append(&mut nm);
+    report.timings.append(&mut ctx.timings);
+    let _ = ctx.guest.quit();
     Ok(())
 }
 
