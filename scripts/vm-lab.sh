@@ -21,7 +21,7 @@ for arg in "$@"; do
     case $arg in
     --json) json=--json ;;
     --rebuild-image) rebuild=1 ;;
-    --stop-after=*) extra+=("$arg") ;;
+    --stop-after=* | --only-networkmanager) extra+=("$arg") ;;
     -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "vm-lab: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac

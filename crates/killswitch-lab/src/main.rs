@@ -78,6 +78,9 @@ struct VmArgs {
     /// End the chain after this scenario (the report then fails: not every scenario ran).
     #[arg(long, value_name = "NAME")]
     stop_after: Option<String>,
+    /// Run only the NetworkManager guest (the report then fails: not every scenario ran).
+    #[arg(long)]
+    only_networkmanager: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -274,6 +277,7 @@ fn run_vm(args: VmArgs) -> ExitCode {
         artefacts: args.artefacts,
         progress: !args.json,
         stop_after: args.stop_after,
+        only_networkmanager: args.only_networkmanager,
     };
     let mut report = killswitch_lab::vm::run(&options, args.image_cached);
     report.host_unchanged = host::snapshot().is_ok_and(|after| after == before);

@@ -61,6 +61,8 @@ pub struct Options {
     pub progress: bool,
     /// End the chain after this scenario (for working on the lab).
     pub stop_after: Option<String>,
+    /// Run only the NetworkManager guest (for working on the lab).
+    pub only_networkmanager: bool,
 }
 
 /// The host side of the lab: the namespace with the tap, the capture and the VPN servers.
@@ -285,6 +287,9 @@ fn run_chain_on_a_guest(options: &Options, report: &mut report::VmReport) -> Res
         mac: GUEST_MAC,
         append: "systemd.mask=NetworkManager.service".to_owned(),
     };
+    if options.only_networkmanager {
+        return networkmanager_guest(options, host, spec, share, report);
+    }
     let guest = guest::Guest::start(&host.net, &spec)?;
     let mut ctx = scenarios::Ctx::new(host, guest, share.clone(), "guest A (networkd)")?;
     report.scenarios = scenarios::run_chain(
@@ -303,8 +308,18 @@ fn run_chain_on_a_guest(options: &Options, report: &mut report::VmReport) -> Res
         return Ok(());
     }
 
-    // The second guest: NetworkManager with DHCP from the lab's own server.
     let scenarios::Ctx { host, .. } = ctx;
+    networkmanager_guest(options, host, spec, share, report)
+}
+
+/// The second guest: NetworkManager with DHCP from the lab's own server.
+fn networkmanager_guest(
+    options: &Options,
+    host: HostSide,
+    spec: guest::GuestSpec,
+    share: PathBuf,
+    report: &mut report::VmReport,
+) -> Result<()> {
     let leases = tempfile::tempdir()?;
     crate::leftovers::register(leases.path());
     let mut dhcp = host.net.command("dnsmasq");
@@ -325,7 +340,8 @@ fn run_chain_on_a_guest(options: &Options, report: &mut report::VmReport) -> Res
     let _dhcp = crate::process::Process::spawn("dnsmasq", dhcp)?;
     let spec = guest::GuestSpec {
         run_dir: options.artefacts.join("nm"),
-        append: "systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket"
+        // NetworkManager is disabled in the image (guest A must not run it): wanted here.
+        append: "systemd.mask=systemd-networkd.service systemd.mask=systemd-networkd.socket systemd.wants=NetworkManager.service"
             .to_owned(),
         ..spec
     };

@@ -983,7 +983,16 @@ fn upgrade_under_traffic(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
 }
 
 fn networkmanager(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
-    let state = ctx.ok("nmcli -t -f DEVICE,STATE,CONNECTION device status")?;
+    // The agent starts early in the boot; NetworkManager and its DHCP lease come later.
+    let online = ctx.guest.run("nm-online -q -t 90", COMMAND)?;
+    out.check(
+        online.status == 0,
+        format!(
+            "NetworkManager is up and online (nm-online: {})",
+            online.status
+        ),
+    );
+    let state = ctx.ok("nmcli --colors no -t -f DEVICE,STATE,CONNECTION device status")?;
     out.check(
         state.contains("eth0:connected"),
         format!(
@@ -1002,12 +1011,12 @@ fn networkmanager(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
     out.window = Some(ctx.host.mark());
     ctx.wait_connected_with_dns()?;
     let connection = ctx
-        .ok("nmcli -g GENERAL.CONNECTION device show eth0")?
+        .ok("nmcli --colors no -g GENERAL.CONNECTION device show eth0")?
         .trim()
         .to_owned();
 
     // NetworkManager takes the link down and up again: addresses, routes and DNS go and come.
-    ctx.ok(&format!("nmcli connection down '{connection}'"))?;
+    ctx.ok(&format!("nmcli --colors no connection down '{connection}'"))?;
     ctx.ok(&format!("nmcli --wait 60 connection up '{connection}'"))?;
     let start = Instant::now();
     let back = ctx.wait_connected_with_dns();
@@ -1043,7 +1052,7 @@ fn networkmanager(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
             mark.at.elapsed().as_secs_f64()
         ),
     );
-    let lease = ctx.ok("nmcli -g IP4.ADDRESS device show eth0")?;
+    let lease = ctx.ok("nmcli --colors no -g IP4.ADDRESS device show eth0")?;
     out.note(format!("eth0 after the renewal: {}", lease.trim()));
     let back = ctx.wait_connected_with_dns();
     out.check(
