@@ -34,9 +34,10 @@ log() { [[ -n $json ]] || echo "vm-lab: $*" >&2; }
 started=$(date +%s)
 
 bash scripts/setup.sh >&2
-# QEMU (TCG: this machine's /dev/kvm cannot run a stock kernel), the image builder. On a machine
-# with a newer backports qemu-utils, apt replaces it by bookworm's; the lab needs no qemu-img.
-vm_packages=(qemu-system-x86 mmdebstrap e2fsprogs)
+# QEMU (TCG: this machine's /dev/kvm cannot run a stock kernel), the image builder, and the DHCP
+# server of the NetworkManager guest's link. On a machine with a newer backports qemu-utils, apt
+# removes it (it breaks bookworm's qemu-system-common); the lab needs no qemu-img.
+vm_packages=(qemu-system-x86 mmdebstrap e2fsprogs dnsmasq-base)
 missing=()
 for p in "${vm_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
