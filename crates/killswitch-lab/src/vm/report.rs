@@ -2,6 +2,7 @@
 //! leaks), its checks and timings; then the boot timings and where the artefacts are.
 
 use super::Judged;
+use super::scenarios::Expect;
 use crate::scenarios::{Check, Verdict};
 use serde::Serialize;
 use std::fmt::Write;
@@ -13,8 +14,9 @@ pub struct VmScenario {
     pub name: &'static str,
     /// What it guards against.
     pub guards: &'static str,
-    /// Whether leaks are what this scenario must see (the negative control).
-    pub expects_leaks: bool,
+    /// What its window must show: no leak, leaks (the negative control), or nothing judged
+    /// (unprotected by design: before the install, after the removal).
+    pub expect: Expect,
     /// The verdict.
     pub verdict: Verdict,
     /// What the guest sent in the scenario's window.
@@ -110,10 +112,10 @@ impl VmReport {
                 j.sent,
                 j.tunnel,
                 j.link_bring_up,
-                if s.expects_leaks {
-                    format!("({})", j.leaked)
-                } else {
-                    j.leaked.to_string()
+                match s.expect {
+                    Expect::NoLeaks => j.leaked.to_string(),
+                    Expect::Leaks => format!("({})", j.leaked),
+                    Expect::Unprotected => format!("[{}]", j.leaked),
                 },
                 s.wall_ms as f64 / 1000.0
             );
@@ -122,7 +124,8 @@ impl VmReport {
             out,
             "\nsent: frames the guest put on its link in the scenario's window; tunnel: the tunnel's own packets; \
              link: ARP, DHCP, neighbour discovery; leaked: everything else (in parentheses: the negative control, \
-             which must see leaks).\n"
+             which must see leaks; in brackets: unprotected by design, before the install or after the removal, \
+             not judged).\n"
         );
         for (i, s) in self.scenarios.iter().enumerate() {
             let _ = writeln!(
@@ -144,11 +147,20 @@ impl VmReport {
             for note in &s.notes {
                 let _ = writeln!(out, "   note: {note}");
             }
-            for leak in &s.window.examples {
+            // Unprotected windows leak by design; their frames are counted, not listed.
+            let examples = match s.expect {
+                Expect::Unprotected => &[][..],
+                _ => &s.window.examples[..],
+            };
+            for leak in examples {
                 let _ = writeln!(
                     out,
                     "   {} {leak}",
-                    if s.expects_leaks { "seen:" } else { "LEAK:" }
+                    match s.expect {
+                        Expect::NoLeaks => "LEAK:",
+                        Expect::Leaks => "seen:",
+                        Expect::Unprotected => "unprotected:",
+                    }
                 );
             }
             if let Some(error) = &s.error {
@@ -157,7 +169,7 @@ impl VmReport {
         }
         let _ = writeln!(out, "\ntimings:");
         for t in &self.timings {
-            let _ = writeln!(out, "   {:<44} {:>7.1} s", t.what, t.seconds);
+            let _ = writeln!(out, "   {:<58} {:>7.1} s", t.what, t.seconds);
         }
         let _ = writeln!(
             out,
@@ -186,12 +198,12 @@ impl VmReport {
         let leaked: usize = self
             .scenarios
             .iter()
-            .filter(|s| !s.expects_leaks)
+            .filter(|s| s.expect == Expect::NoLeaks)
             .map(|s| s.window.leaked)
             .sum();
         let _ = writeln!(
             out,
-            "verdict: {} ({} scenarios, {} leaked packets, {:.1} s)",
+            "verdict: {} ({} scenarios, {} leaked frames in protected windows, {:.1} s)",
             if self.passed { "PASS" } else { "FAIL" },
             self.scenarios.len(),
             leaked,

@@ -26,7 +26,8 @@ const BOOT: Duration = Duration::from_secs(300);
 const CONNECT: Duration = Duration::from_secs(90);
 
 /// What a scenario's window must show.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Expect {
     /// Protected throughout: no leak.
     NoLeaks,
@@ -356,7 +357,7 @@ pub fn run_chain(
             reports.push(VmScenario {
                 name: step.name,
                 guards: step.guards,
-                expects_leaks: step.expect == Expect::Leaks,
+                expect: step.expect,
                 verdict: Verdict::Error,
                 window: Judged::default(),
                 checks: Vec::new(),
@@ -404,7 +405,7 @@ pub fn run_chain(
         reports.push(VmScenario {
             name: step.name,
             guards: step.guards,
-            expects_leaks: step.expect == Expect::Leaks,
+            expect: step.expect,
             verdict,
             window,
             checks: out.checks,
