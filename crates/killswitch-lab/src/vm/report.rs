@@ -220,3 +220,62 @@ fn verdict(v: Verdict) -> &'static str {
         Verdict::Error => "ERROR",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(name: &'static str, expect: Expect, leaked: usize) -> VmScenario {
+        VmScenario {
+            name,
+            guards: "",
+            expect,
+            verdict: Verdict::Pass,
+            window: Judged {
+                sent: leaked + 10,
+                tunnel: 10,
+                leaked,
+                examples: vec![format!("udp {name}")],
+                ..Judged::default()
+            },
+            checks: Vec::new(),
+            notes: Vec::new(),
+            error: None,
+            wall_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn only_protected_windows_count_as_leaks() {
+        let report = VmReport {
+            guest: GuestInfo::default(),
+            previous_deb: String::new(),
+            scenarios: vec![
+                scenario("install", Expect::Unprotected, 5),
+                scenario("reboot", Expect::NoLeaks, 0),
+                scenario("control", Expect::Leaks, 3),
+            ],
+            timings: Vec::new(),
+            artefacts: String::new(),
+            host_unchanged: true,
+            passed: true,
+            error: None,
+            wall_ms: 0,
+        };
+        let text = report.render();
+        assert!(text.contains("[5]"), "{text}");
+        assert!(text.contains("(3)"), "{text}");
+        assert!(
+            text.contains("0 leaked frames in protected windows"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("udp install"),
+            "unprotected frames are not listed: {text}"
+        );
+        assert!(text.contains("seen: udp control"), "{text}");
+        let json = serde_json::to_value(&report).expect("json");
+        assert_eq!(json["scenarios"][0]["expect"], "unprotected");
+        assert_eq!(json["scenarios"][2]["expect"], "leaks");
+    }
+}
