@@ -60,14 +60,15 @@ mkdir -p "$cache/images" "$cache/debs" target/vm-lab
 # A copy: cargo-deb empties target/debian when it builds the next package.
 deb=target/vm-lab/killswitch.deb
 cp "$(ls -t target/debian/killswitch_*_amd64.deb | head -1)" "$deb"
-# The upgrade's starting point.
+# The upgrade's starting point: the last package that passed, unless it is this very one (a
+# rebuild of the same commit), which cannot test an upgrade.
 if [[ -f $cache/debs/last-passed.deb ]] && ! cmp -s "$cache/debs/last-passed.deb" "$deb"; then
     previous=$cache/debs/last-passed.deb
     origin="the last package that passed this lab on this machine ($(dpkg-deb -f "$previous" Version))"
 else
     previous=target/vm-lab/previous.deb
     bash packaging/build-deb.sh --deb-version "$version~prev" --output "$previous" >/dev/null
-    origin="this build repackaged as $version~prev (no earlier package has passed this lab on this machine)"
+    origin="this build repackaged as $version~prev (no other package has passed this lab on this machine)"
 fi
 
 depends=$(dpkg-deb -f "$deb" Depends)
