@@ -4,14 +4,22 @@
 # packages, the build, the .deb, the guest image) and needs root. Never touches this machine's own
 # network: the guest's only link is a tap inside a network namespace the lab creates and removes.
 #
-#   sudo bash scripts/vm-lab.sh [--json] [--rebuild-image]
+#   sudo bash scripts/vm-lab.sh [--json] [--rebuild-image] [--stop-after=NAME] [--only-networkmanager]
 #
-# The guest image (~2.5 min to build) is cached under /var/cache/killswitch/vm-lab (or
+# About 15-18 minutes on two cores under emulation, plus 1.5-3 for the guest image when it is not
+# cached. --stop-after=NAME ends the first guest's chain after scenario NAME (install,
+# up-kernel-wireguard, stop-start, reboot-lockdown, control-early-disabled, reboot-guarded, remove,
+# purge, upgrade-under-traffic, suspend-resume); --only-networkmanager runs only the second guest.
+# Both are for working on the lab: the report then fails, since not every scenario ran.
+# The guest image is cached under /var/cache/killswitch/vm-lab (or
 # $KILLSWITCH_VM_CACHE), keyed by its recipe (scripts/vm/), the package's dependencies and the
 # archive's versions of the kernel, systemd, nftables, NetworkManager and wireguard-tools; the two
 # newest images are kept. The upgrade scenario starts from the last package that passed this lab on
 # this machine, or, on a fresh machine, from this build repackaged with a lower version.
-# Exit status: 0 passed, 1 a scenario failed (or the lab could not run), 2 bad arguments or not root.
+# One VM lab runs at a time on a machine (a lock in the cache directory): two emulated guests on
+# the same cores would time each other out, and they share the image cache.
+# Exit status: 0 passed, 1 a scenario failed (or the lab could not run), 2 bad arguments or not
+# root, 128 + the signal's number when interrupted (the lab cleans up first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 json=
@@ -22,7 +30,7 @@ for arg in "$@"; do
     --json) json=--json ;;
     --rebuild-image) rebuild=1 ;;
     --stop-after=* | --only-networkmanager) extra+=("$arg") ;;
-    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "vm-lab: unknown argument $arg (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -57,6 +65,11 @@ version=$(cargo metadata --no-deps --format-version 1 --locked |
     sed -n 's/.*"name":"killswitch-daemon","version":"\([^"]*\)".*/\1/p')
 cache=${KILLSWITCH_VM_CACHE:-/var/cache/killswitch/vm-lab}
 mkdir -p "$cache/images" "$cache/debs" target/vm-lab
+exec 9>"$cache/lock"
+if ! flock -n 9; then
+    log "another VM lab is running on this machine; waiting for it to finish"
+    flock 9
+fi
 # A copy: cargo-deb empties target/debian when it builds the next package.
 deb=target/vm-lab/killswitch.deb
 cp "$(ls -t target/debian/killswitch_*_amd64.deb | head -1)" "$deb"

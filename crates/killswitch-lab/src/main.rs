@@ -258,6 +258,34 @@ fn run_vm(args: VmArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
+    // A Debian package is an ar archive: refuse anything else before a guest is booted for it.
+    for (what, path) in [("--deb", &args.deb), ("--previous-deb", &args.previous_deb)] {
+        let mut magic = [0u8; 8];
+        let is_ar = std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && &magic == b"!<arch>\n";
+        if !is_ar {
+            eprintln!(
+                "killswitch-lab vm: {what}: {} is not a Debian package (no ar archive)",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(name) = &args.stop_after {
+        let names: Vec<&str> = killswitch_lab::vm::scenarios::CHAIN
+            .iter()
+            .map(|s| s.name)
+            .collect();
+        if !names.contains(&name.as_str()) {
+            eprintln!(
+                "killswitch-lab vm: --stop-after: no scenario {name:?} in the first guest's chain; it is {}",
+                names.join(", ")
+            );
+            return ExitCode::from(2);
+        }
+    }
     if let Err(e) = handle_interrupts() {
         eprintln!("killswitch-lab: cannot install the Ctrl-C handler: {e}");
         return ExitCode::FAILURE;

@@ -335,7 +335,11 @@ impl Guest {
                 image("base.raw")
             ),
             "-netdev",
-            &format!("tap,id=lan,ifname={},script=no,downscript=no", spec.tap),
+            // No virtio-net header on the frames, so that the filter-dump pcap is plain Ethernet.
+            &format!(
+                "tap,id=lan,ifname={},script=no,downscript=no,vnet_hdr=off",
+                spec.tap
+            ),
             "-device",
             &format!("virtio-net-pci,netdev=lan,mac={mac}"),
             "-object",
@@ -405,8 +409,9 @@ impl Guest {
         // The guest ends a command that outlives its time, so that the agent stays usable and
         // the host hears why (status 124) rather than nothing.
         let limit = timeout.as_secs().saturating_sub(5).max(1);
+        // No colours or pagers: what comes back goes into a report.
         self.agent.send(&format!(
-            "timeout -k 3 {limit} bash -c {} </dev/null 2>&1; echo \"{END}{id} $?\"\n",
+            "TERM=dumb DPKG_COLORS=never SYSTEMD_COLORS=0 SYSTEMD_PAGER= timeout -k 3 {limit} bash -c {} </dev/null 2>&1; echo \"{END}{id} $?\"\n",
             shell_quote(command)
         ))?;
         let marker = format!("{END}{id} ");

@@ -274,10 +274,10 @@ fn run_chain_on_a_guest(options: &Options, report: &mut report::VmReport) -> Res
         .with_context(|| format!("copying {}", options.previous_deb.display()))?;
     let host = HostSide::new()?;
     for (i, server) in host.servers.iter().enumerate() {
-        std::fs::write(
-            share.join(format!("s{}.conf", i + 1)),
-            server.client_config(&host.client_key),
-        )?;
+        // Throw-away keys, but private keys all the same: readable by root only.
+        let path = share.join(format!("s{}.conf", i + 1));
+        std::fs::write(&path, server.client_config(&host.client_key))?;
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     }
     let spec = guest::GuestSpec {
         image: options.image.clone(),

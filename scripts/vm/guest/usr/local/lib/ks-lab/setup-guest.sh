@@ -3,7 +3,7 @@
 set -e
 echo kslab > /etc/hostname
 passwd -d root
-printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\nlab /lab 9p trans=virtio,version=9p2000.L,msize=262144,nofail,x-systemd.device-timeout=10s 0 0\n' > /etc/fstab
+printf '/dev/vda / ext4 rw,errors=remount-ro 0 1\nlab /lab 9p trans=virtio,version=9p2000.L,msize=262144,nofail 0 0\n' > /etc/fstab
 mkdir -p /lab /etc/wireguard
 systemctl enable systemd-networkd.service systemd-resolved.service ks-agent.service ks-probe.service
 systemctl disable NetworkManager.service 2>/dev/null || true
