@@ -156,18 +156,10 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if let Err(e) = handle_interrupts() {
-        eprintln!("killswitch-lab: cannot install the Ctrl-C handler: {e}");
-        return ExitCode::FAILURE;
-    }
-
     let start = Instant::now();
-    let before = match host::snapshot() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("killswitch-lab: cannot snapshot this namespace's network state: {e:#}");
-            return ExitCode::FAILURE;
-        }
+    let before = match prepare_to_run() {
+        Ok(before) => before,
+        Err(code) => return code,
     };
     let mut reports = Vec::new();
     for scenario in selected {
@@ -211,16 +203,9 @@ fn run_model(args: ModelArgs) -> ExitCode {
             );
             return ExitCode::from(2);
         }
-        if let Err(e) = handle_interrupts() {
-            eprintln!("killswitch-lab: cannot install the Ctrl-C handler: {e}");
-            return ExitCode::FAILURE;
-        }
-        let before = match host::snapshot() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("killswitch-lab: cannot snapshot this namespace's network state: {e:#}");
-                return ExitCode::FAILURE;
-            }
+        let before = match prepare_to_run() {
+            Ok(before) => before,
+            Err(code) => return code,
         };
         let mut report = model::run_lab(model::LabOptions {
             run: options,
@@ -286,16 +271,9 @@ fn run_vm(args: VmArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    if let Err(e) = handle_interrupts() {
-        eprintln!("killswitch-lab: cannot install the Ctrl-C handler: {e}");
-        return ExitCode::FAILURE;
-    }
-    let before = match host::snapshot() {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("killswitch-lab: cannot snapshot this namespace's network state: {e:#}");
-            return ExitCode::FAILURE;
-        }
+    let before = match prepare_to_run() {
+        Ok(before) => before,
+        Err(code) => return code,
     };
     let options = killswitch_lab::vm::Options {
         image: args.image,
@@ -311,6 +289,19 @@ fn run_vm(args: VmArgs) -> ExitCode {
     report.host_unchanged = host::snapshot().is_ok_and(|after| after == before);
     report.passed &= report.host_unchanged;
     print_report(args.json, &report, || report.render(), report.passed)
+}
+
+/// Before a lab that needs root runs: the interrupt handler, and the snapshot of this namespace's
+/// network state that the run is compared with afterwards.
+fn prepare_to_run() -> Result<String, ExitCode> {
+    if let Err(e) = handle_interrupts() {
+        eprintln!("killswitch-lab: cannot install the Ctrl-C handler: {e}");
+        return Err(ExitCode::FAILURE);
+    }
+    host::snapshot().map_err(|e| {
+        eprintln!("killswitch-lab: cannot snapshot this namespace's network state: {e:#}");
+        ExitCode::FAILURE
+    })
 }
 
 /// Ctrl-C or SIGTERM: end every process the lab started and remove its namespaces, then exit.

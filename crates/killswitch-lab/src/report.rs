@@ -1,6 +1,6 @@
 //! The lab report: a table a person can read, and the same data as JSON.
 
-use crate::scenarios::{ScenarioReport, Verdict};
+use crate::scenarios::{Check, ScenarioReport, Verdict};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -128,25 +128,13 @@ impl LabReport {
              into a tunnel that was down, or still in flight; longest gap: longest time without any arrival.\n"
         );
         for (i, s) in self.scenarios.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{}. {} [{}]: {}",
+            write_scenario(
+                &mut out,
                 i + 1,
-                s.name,
-                verdict(s.verdict),
-                s.guards
+                (s.name, s.verdict, s.guards),
+                &s.checks,
+                &s.notes,
             );
-            for check in &s.checks {
-                let _ = writeln!(
-                    out,
-                    "   {} {}",
-                    if check.passed { "ok  " } else { "FAIL" },
-                    check.what
-                );
-            }
-            for note in &s.notes {
-                let _ = writeln!(out, "   note: {note}");
-            }
             for leak in &s.measurement.leaks {
                 let _ = writeln!(out, "   LEAK: {leak}");
             }
@@ -158,11 +146,7 @@ impl LabReport {
         let _ = writeln!(
             out,
             "\nhost namespace: {}",
-            if self.host_unchanged {
-                "unchanged (ruleset, routes, rules, links and resolv.conf compared before and after)"
-            } else {
-                "CHANGED - the lab touched the namespace it was started from"
-            }
+            host_namespace(self.host_unchanged)
         );
         let _ = writeln!(
             out,
@@ -176,7 +160,39 @@ impl LabReport {
     }
 }
 
-fn verdict(v: Verdict) -> &'static str {
+/// A scenario's heading, its checks and its notes, as both labs' reports show them.
+pub(crate) fn write_scenario(
+    out: &mut String,
+    number: usize,
+    (name, v, guards): (&str, Verdict, &str),
+    checks: &[Check],
+    notes: &[String],
+) {
+    let _ = writeln!(out, "{number}. {name} [{}]: {guards}", verdict(v));
+    for check in checks {
+        let _ = writeln!(
+            out,
+            "   {} {}",
+            if check.passed { "ok  " } else { "FAIL" },
+            check.what
+        );
+    }
+    for note in notes {
+        let _ = writeln!(out, "   note: {note}");
+    }
+}
+
+/// What the report says about the namespace the lab was started from.
+pub(crate) fn host_namespace(unchanged: bool) -> &'static str {
+    if unchanged {
+        "unchanged (ruleset, routes, rules, links and resolv.conf compared before and after)"
+    } else {
+        "CHANGED - the lab touched the namespace it was started from"
+    }
+}
+
+/// A verdict as the reports print it.
+pub(crate) fn verdict(v: Verdict) -> &'static str {
     match v {
         Verdict::Pass => "PASS",
         Verdict::Fail => "FAIL",

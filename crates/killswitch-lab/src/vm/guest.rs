@@ -190,6 +190,8 @@ pub struct Ran {
 pub struct Qmp {
     stream: UnixStream,
     reader: BufReader<UnixStream>,
+    /// A line begun before a read timed out (see [`Qmp::wait_event`]).
+    partial: String,
 }
 
 impl std::fmt::Debug for Qmp {
@@ -203,18 +205,59 @@ impl Qmp {
         let stream = connect_when_there(path)?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let reader = BufReader::new(stream.try_clone()?);
-        let mut qmp = Qmp { stream, reader };
+        let mut qmp = Qmp {
+            stream,
+            reader,
+            partial: String::new(),
+        };
         qmp.read()?; // the greeting
         qmp.execute("qmp_capabilities", Value::Null)?;
         Ok(qmp)
     }
 
     fn read(&mut self) -> Result<Value> {
-        let mut line = String::new();
-        if self.reader.read_line(&mut line).context("reading QMP")? == 0 {
+        // What a timed-out read had begun stays in `partial`: QEMU's next bytes complete it.
+        if self
+            .reader
+            .read_line(&mut self.partial)
+            .context("reading QMP")?
+            == 0
+        {
             bail!("QMP closed");
         }
+        let line = std::mem::take(&mut self.partial);
         serde_json::from_str(&line).with_context(|| format!("QMP sent {line:?}"))
+    }
+
+    /// Waits for QEMU's event `name` (e.g. SUSPEND); false if it did not come within `timeout`.
+    /// Only for events after the last command: [`Qmp::execute`] skips the events it reads.
+    pub fn wait_event(&mut self, name: &str, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let result = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break Ok(false);
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.read() {
+                Ok(message) if message["event"] == name => break Ok(true),
+                Ok(_) => {}
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                        matches!(
+                            io.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        )
+                    }) =>
+                {
+                    break Ok(false);
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(30)))?;
+        result
     }
 
     /// Runs a QMP command and returns its `return` value; events on the way are skipped.

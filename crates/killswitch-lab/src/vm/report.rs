@@ -3,6 +3,7 @@
 
 use super::Judged;
 use super::scenarios::Expect;
+use crate::report::{host_namespace, verdict, write_scenario};
 use crate::scenarios::{Check, Verdict};
 use serde::Serialize;
 use std::fmt::Write;
@@ -128,25 +129,13 @@ impl VmReport {
              not judged).\n"
         );
         for (i, s) in self.scenarios.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{}. {} [{}]: {}",
+            write_scenario(
+                &mut out,
                 i + 1,
-                s.name,
-                verdict(s.verdict),
-                s.guards
+                (s.name, s.verdict, s.guards),
+                &s.checks,
+                &s.notes,
             );
-            for check in &s.checks {
-                let _ = writeln!(
-                    out,
-                    "   {} {}",
-                    if check.passed { "ok  " } else { "FAIL" },
-                    check.what
-                );
-            }
-            for note in &s.notes {
-                let _ = writeln!(out, "   note: {note}");
-            }
             // Unprotected windows leak by design; their frames are counted, not listed.
             let examples = match s.expect {
                 Expect::Unprotected => &[][..],
@@ -189,11 +178,7 @@ impl VmReport {
         let _ = writeln!(
             out,
             "host namespace: {}",
-            if self.host_unchanged {
-                "unchanged (ruleset, routes, rules, links and resolv.conf compared before and after)"
-            } else {
-                "CHANGED - the lab touched the namespace it was started from"
-            }
+            host_namespace(self.host_unchanged)
         );
         let leaked: usize = self
             .scenarios
@@ -210,14 +195,6 @@ impl VmReport {
             self.wall_ms as f64 / 1000.0
         );
         out
-    }
-}
-
-fn verdict(v: Verdict) -> &'static str {
-    match v {
-        Verdict::Pass => "PASS",
-        Verdict::Fail => "FAIL",
-        Verdict::Error => "ERROR",
     }
 }
 

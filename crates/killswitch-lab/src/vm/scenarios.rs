@@ -517,12 +517,7 @@ fn up_kernel_wireguard(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
             resolved.trim()
         ),
     );
-    let before = ctx.host.mark();
-    let through = ctx
-        .host
-        .wait_for_server_reply(before, Duration::from_secs(30))
-        .is_ok();
-    out.check(through, "the guest's traffic flows through the tunnel");
+    check_through_the_tunnel(ctx, out, "the guest's traffic flows through the tunnel");
 
     // Failover: the first server stops answering.
     ctx.server(0, Signal::SIGSTOP)?;
@@ -552,26 +547,18 @@ fn up_kernel_wireguard(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
     ctx.guest
         .qmp
         .execute("set_link", serde_json::json!({"name": "lan", "up": true}))?;
-    let start = Instant::now();
-    let back = ctx.wait_connected_with_dns();
-    out.check(
-        back.is_ok(),
-        format!(
-            "connected again after 5 s without carrier ({:.1} s after it came back)",
-            start.elapsed().as_secs_f64()
-        ),
+    check_back(
+        ctx,
+        out,
+        "connected again after 5 s without carrier (timed from its return)",
     );
 
     // The tunnel is deleted from under the daemon.
     ctx.ok(&format!("ip link del {UP_IFACE}"))?;
-    let start = Instant::now();
-    let back = ctx.wait_connected_with_dns();
-    out.check(
-        back.is_ok(),
-        format!(
-            "connected again after `ip link del {UP_IFACE}` ({:.1} s)",
-            start.elapsed().as_secs_f64()
-        ),
+    check_back(
+        ctx,
+        out,
+        &format!("connected again after `ip link del {UP_IFACE}`"),
     );
     Ok(())
 }
@@ -582,37 +569,21 @@ fn suspend_resume(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
     // management): whatever the lab needs from it comes first, and nothing after uses it.
     ctx.save_journal()?;
     suspend_and_resume(ctx, out)?;
-    let start = Instant::now();
-    let back = ctx.wait_connected_with_dns();
-    out.check(
-        back.is_ok(),
-        format!(
-            "connected again after resume, DNS on the tunnel ({:.1} s)",
-            start.elapsed().as_secs_f64()
-        ),
-    );
-    let mark = ctx.host.mark();
-    let through = ctx
-        .host
-        .wait_for_server_reply(mark, Duration::from_secs(30))
-        .is_ok();
-    out.check(through, "traffic flows through the tunnel after resume");
+    check_back(ctx, out, "connected again after resume, DNS on the tunnel");
+    check_through_the_tunnel(ctx, out, "traffic flows through the tunnel after resume");
     Ok(())
 }
 
 fn suspend_and_resume(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
     let from = ctx.guest.agent.len();
     ctx.guest.send("systemctl suspend")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut state = String::new();
-    while Instant::now() < deadline {
-        state = ctx.guest.qmp.status()?;
-        if state == "suspended" {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    if state == "suspended" {
+    // QEMU announces the guest's entry into S3 with its SUSPEND event.
+    let suspended = ctx
+        .guest
+        .qmp
+        .wait_event("SUSPEND", Duration::from_secs(60))?;
+    let state = ctx.guest.qmp.status()?;
+    if suspended && state == "suspended" {
         std::thread::sleep(Duration::from_secs(3));
         let woke = Instant::now();
         ctx.guest.qmp.execute("system_wakeup", Value::Null)?;
@@ -642,6 +613,27 @@ fn suspend_and_resume(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
         .run("true", Duration::from_secs(120))
         .context("the guest after resume")?;
     Ok(())
+}
+
+/// Waits until connected with the tunnel's DNS and checks it, with the time it took: `what`
+/// names the event, " (N.N s)" is added.
+fn check_back(ctx: &mut Ctx, out: &mut Out, what: &str) {
+    let start = Instant::now();
+    let back = ctx.wait_connected_with_dns();
+    out.check(
+        back.is_ok(),
+        format!("{what} ({:.1} s)", start.elapsed().as_secs_f64()),
+    );
+}
+
+/// Checks that a VPN server answers the guest within 30 s: its traffic goes through the tunnel.
+fn check_through_the_tunnel(ctx: &mut Ctx, out: &mut Out, what: &str) {
+    let mark = ctx.host.mark();
+    let through = ctx
+        .host
+        .wait_for_server_reply(mark, Duration::from_secs(30))
+        .is_ok();
+    out.check(through, what);
 }
 
 /// How long `systemctl stop UNIT` took: the command as a whole inside the guest, and from
@@ -851,13 +843,9 @@ fn reboot_guarded(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
     ));
     check_early_ordering(ctx, out)?;
     ctx.probe(3000)?;
-    let before = ctx.host.mark();
-    let through = ctx
-        .host
-        .wait_for_server_reply(before, Duration::from_secs(30))
-        .is_ok();
-    out.check(
-        through,
+    check_through_the_tunnel(
+        ctx,
+        out,
         "the guest's traffic flows through wg-quick's tunnel",
     );
     Ok(())
@@ -985,12 +973,7 @@ fn upgrade_under_traffic(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
             start.elapsed().as_secs_f64()
         ),
     );
-    let mark = ctx.host.mark();
-    let through = ctx
-        .host
-        .wait_for_server_reply(mark, Duration::from_secs(30))
-        .is_ok();
-    out.check(through, "traffic flows through the tunnel again");
+    check_through_the_tunnel(ctx, out, "traffic flows through the tunnel again");
     Ok(())
 }
 
@@ -1030,14 +1013,10 @@ fn networkmanager(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
     // NetworkManager takes the link down and up again: addresses, routes and DNS go and come.
     ctx.ok(&format!("nmcli --colors no connection down '{connection}'"))?;
     ctx.ok(&format!("nmcli --wait 60 connection up '{connection}'"))?;
-    let start = Instant::now();
-    let back = ctx.wait_connected_with_dns();
-    out.check(
-        back.is_ok(),
-        format!(
-            "connected again after NetworkManager reconnected, the tunnel's DNS re-asserted ({:.1} s)",
-            start.elapsed().as_secs_f64()
-        ),
+    check_back(
+        ctx,
+        out,
+        "connected again after NetworkManager reconnected, the tunnel's DNS re-asserted",
     );
     let links = ctx.ok(&format!(
         "resolvectl dns {UP_IFACE}; resolvectl domain {UP_IFACE}"
