@@ -472,6 +472,16 @@ fn encode_rule<'a>(
                 ));
                 rule.add_expr(&PayloadWrite::network_with_checksum(8, 2, 10));
             }
+            Statement::SetCtMarkBit(bit) => {
+                // nft's `ct mark set ct mark or BIT`: load the mark, set the bit ((mark & !bit) ^
+                // bit), store it back; the other bits stay as they are.
+                rule.add_expr(&Conntrack::Mark { set: false });
+                rule.add_expr(&Bitwise::new(
+                    (!*bit).to_ne_bytes().as_slice(),
+                    bit.to_ne_bytes().as_slice(),
+                ));
+                rule.add_expr(&Conntrack::Mark { set: true });
+            }
         }
     }
     add_verdict(&mut rule, &policy_rule.verdict)?;
@@ -626,6 +636,14 @@ fn encode_match(rule: &mut Rule<'_>, m: &Match) {
             rule.add_expr(&Meta::SkUid);
             rule.add_expr(&cmp_eq(&uid.to_ne_bytes()));
         }
+        Match::CtMarkBit(bit) => {
+            rule.add_expr(&Conntrack::Mark { set: false });
+            rule.add_expr(&Bitwise::new(
+                bit.to_ne_bytes().as_slice(),
+                [0u8; 4].as_slice(),
+            ));
+            rule.add_expr(&Cmp::new(CmpOp::Neq, [0u8; 4].as_slice()));
+        }
     }
 }
 
@@ -641,6 +659,9 @@ fn ifname(name: &str) -> Vec<u8> {
 
 fn ct_mask(states: CtStates) -> u32 {
     let mut mask = 0;
+    if states.new {
+        mask |= nftnl::expr::States::NEW.bits();
+    }
     if states.established {
         mask |= nftnl::expr::States::ESTABLISHED.bits();
     }

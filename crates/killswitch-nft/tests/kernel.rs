@@ -9,8 +9,9 @@ use killswitch_lab::traffic;
 use killswitch_nft::NftError;
 use killswitch_policy::{
     BaseChain, Chain, ChainPolicy, Hook, Packet, Peer, PolicyState, Ruleset, Settings, Transport,
-    Tunnel, compile,
+    Tunnel, compile, compile_for,
 };
+use killswitch_policy::{Exceptions, LocalLink};
 use killswitch_types::{Endpoint, Fwmark, InterfaceName};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,7 +94,42 @@ fn all_states() -> Vec<(&'static str, PolicyState, Settings)> {
             },
             s(true, true),
         ),
+        ("blocked+exceptions", PolicyState::Blocked, s(true, false)),
+        (
+            "connected+exceptions",
+            PolicyState::Connected {
+                peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+                tunnel: tunnel(),
+            },
+            s(false, true),
+        ),
     ]
+}
+
+/// The exceptions of a state named `...+exceptions`: a local bridge, an allowed interface, subnet
+/// and inbound service; none for the others.
+fn exceptions_of(name: &str) -> Exceptions {
+    if !name.ends_with("+exceptions") {
+        return Exceptions::default();
+    }
+    let name = |n: &str| InterfaceName::new(n).expect("literal");
+    Exceptions {
+        local_bridges: vec![LocalLink {
+            interface: name("docker0"),
+            networks: vec!["172.17.0.1/16".parse().expect("literal")],
+        }],
+        interfaces: vec![LocalLink::named(name("tailscale0"))],
+        subnets: vec!["10.99.0.0/16 on phys0".parse().expect("literal")],
+        inbound: vec![
+            "tcp/22 on phys0".parse().expect("literal"),
+            "udp/5353 on phys0".parse().expect("literal"),
+        ],
+        ..Exceptions::default()
+    }
+}
+
+fn compile_named(name: &str, state: &PolicyState, settings: &Settings) -> Ruleset {
+    compile_for(state, settings, &exceptions_of(name))
 }
 
 #[test]
@@ -107,8 +143,8 @@ fn every_state_applies_and_reads_back_as_meant() -> Result<()> {
     let states = all_states();
     for (from_name, from, from_settings) in &states {
         for (to_name, to, to_settings) in &states {
-            let before = compile(from, from_settings);
-            let after = compile(to, to_settings);
+            let before = compile_named(from_name, from, from_settings);
+            let after = compile_named(to_name, to, to_settings);
             ns.run(|| -> Result<()> {
                 killswitch_nft::apply(&before).with_context(|| format!("applying {from_name}"))?;
                 let report = killswitch_nft::apply(&after)
@@ -175,7 +211,7 @@ fn nft_compiles_our_rendering_into_the_same_expressions() -> Result<()> {
     let ns = Netns::new("nftsyntax")?;
     let dir = tempfile::tempdir()?;
     for (name, state, settings) in all_states() {
-        let ruleset = compile(&state, &settings);
+        let ruleset = compile_named(name, &state, &settings);
         let file = dir.path().join(format!("{name}.nft"));
         std::fs::write(&file, ruleset.nft_script())?;
         ns.exec(

@@ -28,6 +28,7 @@
 //! conntrack table after the tunnel drops, and an "established" accept would let its next packets out
 //! of the physical interface. Each output rule admits packets for what they are, not for their history.
 
+use crate::exceptions::{CT_MARK_INBOUND, Exceptions};
 use crate::ranges;
 use crate::ruleset::{
     ArpChain, ArpHook, ArpMatch, ArpOperation, ArpRule, ArpTable, BaseChain, Chain, ChainPolicy,
@@ -277,6 +278,12 @@ pub fn compile(state: &PolicyState, settings: &Settings) -> Ruleset {
 
 /// Compiles the rules for `state` under `settings`, `lan` being what allow-lan opens.
 pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Ruleset {
+    compile_for(state, settings, &Exceptions::from(lan.clone()))
+}
+
+/// Compiles the rules for `state` under `settings`, with `exceptions`: what allow-lan opens, the
+/// local bridges and the administrator's explicit allows.
+pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Exceptions) -> Ruleset {
     let Some(Parts {
         peer,
         tunnel,
@@ -290,7 +297,7 @@ pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Rule
     // other interfaces (the same one, or one that exists but is not up yet).
     let identity = tunnel.or(pending);
     let sets = if settings.allow_lan {
-        lan.sets()
+        exceptions.lan.sets()
     } else {
         Vec::new()
     };
@@ -300,14 +307,18 @@ pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Rule
         base_chain(
             "input",
             Hook::Input,
-            input_rules(peer, tunnel, identity, allow_lan),
+            input_rules(peer, tunnel, identity, allow_lan, exceptions),
         ),
         base_chain(
             "output",
             Hook::Output,
-            output_rules(peer, tunnel, identity, probe, allow_lan),
+            output_rules(peer, tunnel, identity, probe, allow_lan, exceptions),
         ),
-        base_chain("forward", Hook::Forward, forward_rules(tunnel, allow_lan)),
+        base_chain(
+            "forward",
+            Hook::Forward,
+            forward_rules(tunnel, allow_lan, exceptions),
+        ),
     ];
     if let Some(sets) = allow_lan {
         chains.push(Chain {
@@ -323,6 +334,67 @@ pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Rule
             arp: identity.and_then(arp_table),
         }),
     }
+}
+
+/// The output side of the exceptions: to local bridges and allowed interfaces, to allowed subnets
+/// by their interface, and the replies of allowed inbound flows (their conntrack entry carries
+/// [`CT_MARK_INBOUND`], set when their first packet arrived on that interface).
+fn exceptions_out(exceptions: &Exceptions) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for link in &exceptions.local_bridges {
+        rules.push(on().oif(&link.interface).accept("local bridge"));
+    }
+    for link in &exceptions.interfaces {
+        rules.push(on().oif(&link.interface).accept("allowed interface"));
+    }
+    for allow in &exceptions.subnets {
+        rules.push(
+            on().oif(&allow.interface)
+                .dst(allow.subnet)
+                .accept("allowed subnet"),
+        );
+    }
+    for allow in &exceptions.inbound {
+        rules.push(
+            on().oif(&allow.interface)
+                .proto(l4(allow.protocol))
+                .sport(allow.port)
+                .with(Match::CtMarkBit(CT_MARK_INBOUND))
+                .accept("replies of allowed inbound"),
+        );
+    }
+    rules
+}
+
+/// The input side: from local bridges and allowed interfaces, from allowed subnets by their
+/// interface, and the first packet of an allowed inbound flow (which marks the flow; its later
+/// packets are replies to an allowed flow).
+fn exceptions_in(exceptions: &Exceptions) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for link in &exceptions.local_bridges {
+        rules.push(on().iif(&link.interface).accept("local bridge"));
+    }
+    for link in &exceptions.interfaces {
+        rules.push(on().iif(&link.interface).accept("allowed interface"));
+    }
+    for allow in &exceptions.subnets {
+        rules.push(
+            on().iif(&allow.interface)
+                .src(allow.subnet)
+                .accept("allowed subnet"),
+        );
+    }
+    for allow in &exceptions.inbound {
+        rules.push(
+            on().iif(&allow.interface)
+                .proto(l4(allow.protocol))
+                .dport(allow.port)
+                .ct(CtStates::NEW)
+                .set(Statement::SetCtMarkBit(CT_MARK_INBOUND))
+                .accept("allowed inbound"),
+        );
+    }
+    rules
 }
 
 /// Table `arp killswitch` for a connected tunnel, or none when the tunnel has no IPv4 address.
@@ -398,6 +470,7 @@ fn output_rules(
     identity: Option<&Tunnel>,
     probe: Option<&Probe>,
     allow_lan: Option<&[Set]>,
+    exceptions: &Exceptions,
 ) -> Vec<Rule> {
     let mut rules = vec![on().oif(&InterfaceName::loopback()).accept("loopback")];
     if let Some(tunnel) = identity {
@@ -439,6 +512,7 @@ fn output_rules(
             "out through the tunnel",
         ));
     }
+    rules.extend(exceptions_out(exceptions));
     if let Some(sets) = allow_lan {
         rules.extend(lan_destinations(sets, "lan"));
     }
@@ -455,6 +529,7 @@ fn input_rules(
     tunnel: Option<&Tunnel>,
     identity: Option<&Tunnel>,
     allow_lan: Option<&[Set]>,
+    exceptions: &Exceptions,
 ) -> Vec<Rule> {
     let mut rules = vec![on().iif(&InterfaceName::loopback()).accept("loopback")];
     if let Some(tunnel) = identity {
@@ -497,6 +572,7 @@ fn input_rules(
             "in through the tunnel",
         ));
     }
+    rules.extend(exceptions_in(exceptions));
     if let Some(sets) = allow_lan {
         rules.extend(sets.iter().map(|set| {
             on().family(set.family)
@@ -507,7 +583,11 @@ fn input_rules(
     rules
 }
 
-fn forward_rules(tunnel: Option<&Tunnel>, allow_lan: Option<&[Set]>) -> Vec<Rule> {
+fn forward_rules(
+    tunnel: Option<&Tunnel>,
+    allow_lan: Option<&[Set]>,
+    exceptions: &Exceptions,
+) -> Vec<Rule> {
     let mut rules = dns_rules(tunnel);
     if let Some(tunnel) = tunnel {
         rules.extend(tunnel_rules(
@@ -525,6 +605,14 @@ fn forward_rules(tunnel: Option<&Tunnel>, allow_lan: Option<&[Set]>) -> Vec<Rule
                 .accept("forwarded replies from the tunnel")
         }));
     }
+    // Between the hosts of one local bridge (containers of one network, with br_netfilter, whose
+    // bridged packets pass this hook with the bridge as both interfaces). Not between bridges:
+    // Docker keeps its networks apart, and that is its decision to loosen, not ours.
+    rules.extend(exceptions.local_bridges.iter().map(|link| {
+        on().iif(&link.interface)
+            .oif(&link.interface)
+            .accept("within a local bridge")
+    }));
     if let Some(sets) = allow_lan {
         rules.extend(sets.iter().map(|set| {
             on().family(set.family)

@@ -38,6 +38,8 @@ pub struct Packet {
     pub uid: Option<u32>,
     /// Its conntrack state.
     pub conn: ConnState,
+    /// Its flow's conntrack mark (0 when unmarked).
+    pub ct_mark: u32,
 }
 
 impl Packet {
@@ -78,6 +80,7 @@ impl Packet {
             mark: 0,
             uid: None,
             conn: ConnState::New,
+            ct_mark: 0,
         }
     }
 
@@ -96,6 +99,12 @@ impl Packet {
     /// The same packet in conntrack state `conn`.
     pub fn with_conn(mut self, conn: ConnState) -> Self {
         self.conn = conn;
+        self
+    }
+
+    /// The same packet, its flow's conntrack mark being `ct_mark`.
+    pub fn with_ct_mark(mut self, ct_mark: u32) -> Self {
+        self.ct_mark = ct_mark;
         self
     }
 
@@ -305,6 +314,7 @@ impl Ruleset {
             for statement in &rule.statements {
                 match statement {
                     Statement::SetTtl(ttl) => packet.hop_limit = *ttl,
+                    Statement::SetCtMarkBit(bit) => packet.ct_mark |= *bit,
                 }
             }
             match &rule.verdict {
@@ -375,12 +385,14 @@ fn matches(m: &Match, p: &Packet) -> bool {
         }
         Match::HopLimit(h) => family(p.src) == IpFamily::V6 && p.hop_limit == *h,
         Match::ConnState(states) => match p.conn {
+            ConnState::New => states.new,
             ConnState::Established => states.established,
             ConnState::Related => states.related,
-            ConnState::New | ConnState::Invalid => false,
+            ConnState::Invalid => false,
         },
         Match::Mark(mark) => p.mark == *mark,
         Match::SocketUid(uid) => p.uid == Some(*uid),
+        Match::CtMarkBit(bit) => p.ct_mark & bit != 0,
     }
 }
 

@@ -21,13 +21,15 @@
 
 mod compile;
 mod evaluate;
+pub mod exceptions;
 pub mod ranges;
 pub mod routes;
 mod ruleset;
 mod set;
 
-pub use compile::{Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_with};
+pub use compile::{Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_for, compile_with};
 pub use evaluate::{ArpPacket, ConnState, Decision, Packet, Transport, Verdict as PacketVerdict};
+pub use exceptions::{CT_MARK_INBOUND, Exceptions, LocalLink, check_allows};
 pub use killswitch_types::Settings;
 pub use ruleset::{
     ArpChain, ArpHook, ArpMatch, ArpOperation, ArpRule, ArpTable, BaseChain, Chain, ChainPolicy,

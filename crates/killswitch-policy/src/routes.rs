@@ -36,6 +36,7 @@
 //! is consulted first, at priority 0), as is link-scoped multicast such as neighbour discovery.
 
 use crate::compile::{Peer, PolicyState};
+use crate::exceptions::Exceptions;
 use crate::ranges;
 use crate::ruleset::{IpFamily, L4Proto};
 use ipnet::IpNet;
@@ -100,6 +101,16 @@ pub enum Selector {
         /// The destination port.
         port: u16,
     },
+    /// Packets from this local port and protocol (`ipproto tcp sport 22`): the replies of an
+    /// allowed inbound service.
+    SourcePort {
+        /// The protocol.
+        protocol: L4Proto,
+        /// The source port.
+        port: u16,
+    },
+    /// Packets from this network (`from 10.64.0.2`).
+    From(IpNet),
 }
 
 /// A route in [`ROUTE_TABLE`].
@@ -111,6 +122,9 @@ pub enum TableRoute {
     Tunnel(IpFamily, InterfaceName),
     /// `<address> dev <interface>`: the daemon's probe into a tunnel that is not up yet.
     Host(IpAddr, InterfaceName),
+    /// `<network> dev <interface> scope link`: a local bridge's or an allowed interface's own
+    /// network, reached directly rather than through the tunnel.
+    Link(IpNet, InterfaceName),
 }
 
 /// The routing layer for `state`, or `None` where no table is installed either.
@@ -128,6 +142,26 @@ pub fn compile_routes_with(
     settings: &Settings,
     networks: &[IpNet],
 ) -> Option<RoutingLayer> {
+    compile_routes_for(state, settings, &Exceptions::default(), networks)
+}
+
+/// [`compile_routes_with`], with `exceptions`:
+///
+/// - the networks of local bridges and allowed interfaces are routes of our table, to those
+///   interfaces (a more specific route than the tunnel's default, and one the kernel removes by
+///   itself when the interface goes, leaving `unreachable`);
+/// - allowed subnets are looked up in `main` (at the LAN's priority), as allow-lan's ranges are;
+/// - an allowed inbound service's replies (`ipproto tcp sport 22`) too, so that they leave by the
+///   interface the connection came from; packets from the tunnel's own addresses stay in our table
+///   ahead of that (a reply from the tunnel's address belongs in the tunnel).
+///
+/// The firewall decides which interface each may really use; this layer only routes.
+pub fn compile_routes_for(
+    state: &PolicyState,
+    settings: &Settings,
+    exceptions: &Exceptions,
+    networks: &[IpNet],
+) -> Option<RoutingLayer> {
     let crate::compile::Parts {
         peer,
         tunnel,
@@ -136,7 +170,7 @@ pub fn compile_routes_with(
     } = state.parts(settings)?;
     let families = [IpFamily::V4, IpFamily::V6];
     let mut rules = Vec::new();
-    if settings.allow_lan {
+    if settings.allow_lan || !exceptions.subnets.is_empty() {
         // Ahead of the LAN: whatever belongs to the tunnel goes to our table, where it finds the
         // tunnel (connected), the probe's route (connecting) or `unreachable`.
         let resolvers = tunnel
@@ -162,18 +196,63 @@ pub fn compile_routes_with(
             invert: false,
             table: ROUTE_TABLE,
         }));
-        rules.extend(
-            ranges::LAN_UNICAST
-                .iter()
-                .chain(ranges::LAN_GROUP.iter())
-                .map(|net| RoutingRule {
-                    family: IpFamily::of(net),
-                    priority: PRIORITY_LAN,
-                    selector: Selector::To(*net),
-                    invert: false,
-                    table: MAIN_TABLE,
-                }),
-        );
+        if settings.allow_lan {
+            rules.extend(
+                ranges::LAN_UNICAST
+                    .iter()
+                    .chain(ranges::LAN_GROUP.iter())
+                    .map(|net| RoutingRule {
+                        family: IpFamily::of(net),
+                        priority: PRIORITY_LAN,
+                        selector: Selector::To(*net),
+                        invert: false,
+                        table: MAIN_TABLE,
+                    }),
+            );
+        }
+    }
+    let mut subnets: Vec<IpNet> = exceptions.subnets.iter().map(|s| s.subnet).collect();
+    subnets.sort();
+    subnets.dedup();
+    rules.extend(subnets.into_iter().map(|net| RoutingRule {
+        family: IpFamily::of(&net),
+        priority: PRIORITY_LAN,
+        selector: Selector::To(net),
+        invert: false,
+        table: MAIN_TABLE,
+    }));
+    if !exceptions.inbound.is_empty() {
+        if let Some(identity) = tunnel.or(pending) {
+            let mut own: Vec<IpAddr> = identity.addresses.clone();
+            own.sort();
+            own.dedup();
+            rules.extend(own.into_iter().map(|address| RoutingRule {
+                family: IpFamily::of(&IpNet::from(address)),
+                priority: PRIORITY_TUNNEL,
+                selector: Selector::From(IpNet::from(address)),
+                invert: false,
+                table: ROUTE_TABLE,
+            }));
+        }
+        let mut services: Vec<(L4Proto, u16)> = exceptions
+            .inbound
+            .iter()
+            .map(|i| (l4(i.protocol), i.port))
+            .collect();
+        services.sort_by_key(|(p, port)| (*p as u8, *port));
+        services.dedup();
+        for family in families {
+            rules.extend(services.iter().map(|(protocol, port)| RoutingRule {
+                family,
+                priority: PRIORITY_LAN,
+                selector: Selector::SourcePort {
+                    protocol: *protocol,
+                    port: *port,
+                },
+                invert: false,
+                table: MAIN_TABLE,
+            }));
+        }
     }
     rules.extend(families.map(|family| {
         let own = peer.and_then(|p| tunnel_packets(p, family));
@@ -189,6 +268,12 @@ pub fn compile_routes_with(
     if let Some(probe) = probe {
         routes.push(TableRoute::Host(probe.resolver, probe.interface.clone()));
     }
+    routes.extend(
+        exceptions
+            .routed_links()
+            .into_iter()
+            .map(|(net, interface)| TableRoute::Link(net, interface.clone())),
+    );
     if let Some(tunnel) = tunnel {
         routes.extend(
             tunnel
@@ -230,12 +315,16 @@ fn tunnel_packets(peer: &Peer, family: IpFamily) -> Option<Selector> {
     let address = peer.endpoint.address.ip();
     (IpFamily::of(&IpNet::from(address)) == family).then(|| Selector::Endpoint {
         address,
-        protocol: match peer.endpoint.protocol {
-            TransportProtocol::Udp => L4Proto::Udp,
-            TransportProtocol::Tcp => L4Proto::Tcp,
-        },
+        protocol: l4(peer.endpoint.protocol),
         port: peer.endpoint.address.port(),
     })
+}
+
+fn l4(protocol: TransportProtocol) -> L4Proto {
+    match protocol {
+        TransportProtocol::Udp => L4Proto::Udp,
+        TransportProtocol::Tcp => L4Proto::Tcp,
+    }
 }
 
 #[cfg(test)]

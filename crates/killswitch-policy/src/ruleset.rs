@@ -139,6 +139,8 @@ impl L4Proto {
 /// A set of conntrack states, as `ct state` matches them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CtStates {
+    /// The first packet of a flow.
+    pub new: bool,
     /// Part of a flow already seen in both directions (or one that we started).
     pub established: bool,
     /// Related to an existing flow (ICMP errors about it, FTP data, ...).
@@ -148,8 +150,16 @@ pub struct CtStates {
 impl CtStates {
     /// `ct state established,related`.
     pub const ESTABLISHED_RELATED: CtStates = CtStates {
+        new: false,
         established: true,
         related: true,
+    };
+
+    /// `ct state new`.
+    pub const NEW: CtStates = CtStates {
+        new: true,
+        established: false,
+        related: false,
     };
 }
 
@@ -195,6 +205,8 @@ pub enum Match {
     Mark(u32),
     /// `meta skuid N`: the sending socket's owner.
     SocketUid(u32),
+    /// `ct mark and BIT != 0`: the flow's conntrack mark has this bit set.
+    CtMarkBit(u32),
 }
 
 /// A change a rule makes to a packet it matches, before its verdict.
@@ -204,6 +216,9 @@ pub enum Statement {
     /// reaches a host on the link, and any router drops it instead of forwarding it (needs a
     /// preceding IPv4 [`Match::Family`]).
     SetTtl(u8),
+    /// `ct mark set ct mark or BIT`: marks the packet's flow, leaving the mark's other bits as they
+    /// are (other programs may use them).
+    SetCtMarkBit(u32),
 }
 
 /// What a rule does with a packet it matches.
@@ -495,7 +510,7 @@ impl Rule {
                 Statement::SetTtl(_) if family != Some(IpFamily::V4) => {
                     return Err("ttl rewrite without `meta nfproto ipv4` first".to_owned());
                 }
-                Statement::SetTtl(_) => {}
+                Statement::SetTtl(_) | Statement::SetCtMarkBit(_) => {}
             }
         }
         if self.verdict == Verdict::Reject(RejectWith::TcpReset) && proto != Some(L4Proto::Tcp) {
@@ -674,14 +689,19 @@ impl fmt::Display for Match {
             Match::NdTarget(target) => write!(f, "@th,64,128 {:#034x}", u128::from(*target)),
             Match::HopLimit(h) => write!(f, "ip6 hoplimit {h}"),
             Match::ConnState(s) => {
-                let names: Vec<&str> = [(s.established, "established"), (s.related, "related")]
-                    .into_iter()
-                    .filter_map(|(on, name)| on.then_some(name))
-                    .collect();
+                let names: Vec<&str> = [
+                    (s.new, "new"),
+                    (s.established, "established"),
+                    (s.related, "related"),
+                ]
+                .into_iter()
+                .filter_map(|(on, name)| on.then_some(name))
+                .collect();
                 write!(f, "ct state {}", names.join(","))
             }
             Match::Mark(m) => write!(f, "meta mark {m:#010x}"),
             Match::SocketUid(u) => write!(f, "meta skuid {u}"),
+            Match::CtMarkBit(bit) => write!(f, "ct mark and {bit:#010x} != 0"),
         }
     }
 }
@@ -715,6 +735,7 @@ impl fmt::Display for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Statement::SetTtl(ttl) => write!(f, "ip ttl set {ttl}"),
+            Statement::SetCtMarkBit(bit) => write!(f, "ct mark set ct mark or {bit:#010x}"),
         }
     }
 }

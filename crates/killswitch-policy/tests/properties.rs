@@ -7,11 +7,13 @@ use killswitch_policy::{
     ArpHook, ArpOperation, ArpPacket, ChainPolicy, ConnState, Hook, Packet, Peer, PolicyState,
     Ruleset, Settings, Transport, Tunnel, compile,
 };
+use killswitch_policy::{CT_MARK_INBOUND, Exceptions, LocalLink, check_allows, compile_for};
+use killswitch_types::{Allows, InboundAllow, SubnetAllow};
 use killswitch_types::{Endpoint, Fwmark, InterfaceName, TransportProtocol};
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-const IFACES: [&str; 4] = ["lo", "eth0", "wg0", "docker0"];
+const IFACES: [&str; 5] = ["lo", "eth0", "wg0", "docker0", "ts0"];
 
 /// Addresses that the rules mention, mixed with random ones, so that packets often hit the
 /// interesting cases (the endpoint, the tunnel's resolver, the LAN) and sometimes anything at all.
@@ -117,19 +119,23 @@ fn packet_with<T: Strategy<Value = Transport> + 'static>(
                 ConnState::Related,
                 ConnState::Invalid,
             ]),
+            prop_oneof![Just(0u32), Just(CT_MARK_INBOUND), any::<u32>()],
         )
             .prop_map(
-                |(hook, iif, oif, src, dst, hop_limit, transport, mark, uid, conn)| Packet {
-                    hook,
-                    iif: if hook == Hook::Output { None } else { iif },
-                    oif: if hook == Hook::Input { None } else { oif },
-                    src,
-                    dst,
-                    hop_limit,
-                    transport,
-                    mark,
-                    uid: if hook == Hook::Output { uid } else { None },
-                    conn,
+                |(hook, iif, oif, src, dst, hop_limit, transport, mark, uid, conn, ct_mark)| {
+                    Packet {
+                        hook,
+                        iif: if hook == Hook::Output { None } else { iif },
+                        oif: if hook == Hook::Input { None } else { oif },
+                        src,
+                        dst,
+                        hop_limit,
+                        transport,
+                        mark,
+                        uid: if hook == Hook::Output { uid } else { None },
+                        conn,
+                        ct_mark,
+                    }
                 },
             )
     })
@@ -621,5 +627,165 @@ proptest! {
         let verdict = ruleset.verdict(&Packet::output("eth0", src, dst, Transport::udp(40000, 9)));
         let listed = subnets.iter().any(|net| net.contains(&dst));
         prop_assert_eq!(verdict.is_accept(), listed, "dst {} subnets {:?}", dst, subnets);
+    }
+}
+
+/// Exceptions as the daemon would accept them: maybe the `docker0` bridge, maybe the allowed
+/// interface `ts0`, subnets (private, or public with the flag) and inbound services by `eth0` or
+/// `docker0`.
+fn exceptions() -> impl Strategy<Value = Exceptions> {
+    let name = |n: &str| InterfaceName::new(n).expect("literal");
+    let subnet = (
+        proptest::sample::select(vec!["eth0", "docker0"]),
+        prop_oneof![
+            Just("10.99.0.0/16"),
+            Just("192.168.1.0/24"),
+            Just("fd00::/64"),
+            Just("203.0.113.0/24 public"),
+            Just("2001:db8::/48 public"),
+        ],
+    )
+        .prop_map(|(iface, net)| {
+            let (net, flag) = net.split_once(' ').unwrap_or((net, ""));
+            format!("{net} on {iface} {flag}")
+                .trim()
+                .parse::<SubnetAllow>()
+                .expect("literal")
+        });
+    let inbound = (
+        any::<bool>(),
+        prop_oneof![
+            Just(22u16),
+            Just(53u16),
+            Just(51820u16),
+            any::<u16>().prop_map(|p| p.max(1))
+        ],
+        proptest::sample::select(vec!["eth0", "docker0", "wg0"]),
+    )
+        .prop_map(|(tcp, port, iface)| {
+            format!("{}/{port} on {iface}", if tcp { "tcp" } else { "udp" })
+                .parse::<InboundAllow>()
+                .expect("literal")
+        });
+    (
+        any::<bool>(),
+        any::<bool>(),
+        proptest::collection::vec(subnet, 0..3),
+        proptest::collection::vec(inbound, 0..3),
+    )
+        .prop_map(move |(bridge, ts, subnets, inbound)| {
+            let allows = Allows {
+                interfaces: if ts { vec![name("ts0")] } else { Vec::new() },
+                subnets,
+                inbound,
+            };
+            assert!(check_allows(&allows).is_ok(), "{allows:?}");
+            Exceptions {
+                local_bridges: if bridge {
+                    vec![LocalLink {
+                        interface: name("docker0"),
+                        networks: vec!["172.17.0.1/16".parse().expect("literal")],
+                    }]
+                } else {
+                    Vec::new()
+                },
+                ..Exceptions::default()
+            }
+            .with_allows(&allows, Vec::new())
+        })
+}
+
+fn is_local_or_allowed(exceptions: &Exceptions, iface: &InterfaceName) -> bool {
+    exceptions
+        .local_bridges
+        .iter()
+        .chain(&exceptions.interfaces)
+        .any(|l| &l.interface == iface)
+}
+
+fn ports(p: &Packet) -> Option<(bool, u16, u16)> {
+    match p.transport {
+        Transport::Tcp { sport, dport } => Some((true, sport, dport)),
+        Transport::Udp { sport, dport } => Some((false, sport, dport)),
+        _ => None,
+    }
+}
+
+fn is_tcp(protocol: TransportProtocol) -> bool {
+    protocol == TransportProtocol::Tcp
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, max_global_rejects: 200_000, ..ProptestConfig::default() })]
+
+    /// No exception opens DNS: a DNS query leaves through the tunnel to its resolver or not at
+    /// all, whatever bridges, interfaces, subnets and services are allowed.
+    #[test]
+    fn an_allow_never_opens_dns_outside_the_tunnel(state in table_state(), settings in settings(), exceptions in exceptions(), p in dns_packet()) {
+        prop_assume!(p.oif.as_ref().is_some_and(|o| o.as_str() != "lo"));
+        let verdict = compile_for(&state, &settings, &exceptions).verdict(&p);
+        if verdict.is_accept() {
+            let via_tunnel_resolver = p.oif.as_ref().is_some_and(|o| Some(o) == tunnel_iface(&state)) && tunnel_dns(&state).contains(&p.dst);
+            prop_assert!(via_tunnel_resolver || (p.hook == Hook::Output && endpoint_exact(&state, &p)), "{state:?} {exceptions:?} accepted {p:?}");
+        }
+    }
+
+    /// What leaves by a non-tunnel interface to an address outside the LAN is the tunnel's own,
+    /// or exactly what an exception names: a local bridge or allowed interface, an allowed subnet
+    /// by its interface, or a reply of a flow an allowed inbound service marked. Forwarded
+    /// packets only within one local bridge.
+    #[test]
+    fn nothing_leaves_outside_the_tunnel_but_what_is_allowed(state in table_state(), settings in settings(), exceptions in exceptions(), p in outbound_packet()) {
+        prop_assume!(leaves_outside_tunnel(&state, &p) && !is_lan(p.dst) && !to_endpoint(&state, &p));
+        let verdict = compile_for(&state, &settings, &exceptions).verdict(&p);
+        if verdict.is_accept() {
+            let oif = p.oif.clone().expect("leaves by an interface");
+            let allowed = match p.hook {
+                Hook::Forward => exceptions.local_bridges.iter().any(|l| l.interface == oif && p.iif.as_ref() == Some(&oif)),
+                _ => is_local_or_allowed(&exceptions, &oif)
+                    || exceptions.subnets.iter().any(|s| s.interface == oif && s.subnet.contains(&p.dst) && s.public)
+                    || exceptions.inbound.iter().any(|i| i.interface == oif
+                        && p.ct_mark & CT_MARK_INBOUND != 0
+                        && ports(&p).is_some_and(|(tcp, sport, _)| tcp == is_tcp(i.protocol) && sport == i.port)),
+            };
+            prop_assert!(allowed, "{state:?} {exceptions:?} accepted {p:?}");
+        }
+    }
+
+    /// An allowed inbound service changes nothing for a flow it did not mark (one that started in
+    /// the tunnel, or anywhere else): only the replies of flows that arrived by its interface use
+    /// it. On the way in, it admits only the first packet of a flow to its port on its interface,
+    /// and marks that flow.
+    #[test]
+    fn inbound_exceptions_admit_replies_only(state in table_state(), settings in settings(), exceptions in exceptions(), p in packet()) {
+        let without = Exceptions { inbound: Vec::new(), ..exceptions.clone() };
+        let with = compile_for(&state, &settings, &exceptions).decide(&p);
+        let before = compile_for(&state, &settings, &without).verdict(&p);
+        if p.hook != Hook::Input && p.ct_mark & CT_MARK_INBOUND == 0 {
+            prop_assert_eq!(with.verdict, before, "{:?}", p);
+        }
+        if p.hook == Hook::Input && with.verdict.is_accept() && !before.is_accept() {
+            prop_assert_eq!(p.conn, ConnState::New);
+            let (tcp, _, dport) = ports(&p).expect("a port");
+            prop_assert!(exceptions.inbound.iter().any(|i| Some(&i.interface) == p.iif.as_ref() && i.port == dport && tcp == is_tcp(i.protocol)), "{:?}", p);
+            prop_assert!(with.packet.ct_mark & CT_MARK_INBOUND != 0, "the flow is not marked: {:?}", p);
+        }
+    }
+
+    /// A subnet outside the private ranges is refused unless marked public, whatever its size.
+    #[test]
+    fn allow_subnets_never_admit_a_public_range_without_the_flag(a in any::<u32>(), prefix in 0u8..=32, v6 in any::<bool>(), b in any::<u128>(), prefix6 in 0u8..=128) {
+        let net: IpNet = if v6 {
+            ipnet::Ipv6Net::new(Ipv6Addr::from(b), prefix6).expect("valid").trunc().into()
+        } else {
+            ipnet::Ipv4Net::new(Ipv4Addr::from(a), prefix).expect("valid").trunc().into()
+        };
+        let allows = Allows {
+            subnets: vec![format!("{net} on eth0").parse().expect("valid")],
+            ..Allows::default()
+        };
+        if check_allows(&allows).is_ok() {
+            prop_assert!(is_lan(net.network()) && is_lan(net.broadcast()), "{net} admitted without the flag");
+        }
     }
 }

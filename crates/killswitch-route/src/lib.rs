@@ -55,6 +55,8 @@ const RT_TABLE_COMPAT: u8 = 252;
 /// `FRA_DPORT_MASK`: kernels with fib-rule port masks (6.18 here; not 6.1) report it, 0xffff, on
 /// every rule for a single port.
 const FRA_DPORT_MASK: u16 = 29;
+/// The source port mask (kernel 6.18), reported as [`FRA_DPORT_MASK`] is.
+const FRA_SPORT_MASK: u16 = 28;
 /// How many times [`Routing::apply`] changes the difference before it gives up: a second round
 /// covers a change that raced with someone else's.
 const ROUNDS: usize = 2;
@@ -144,6 +146,8 @@ pub enum InstalledRoute {
     Device(IpFamily, u32),
     /// `<address> dev <index>`.
     Host(IpAddr, u32),
+    /// `<network> dev <index>` (a network of more than one address).
+    Net(ipnet::IpNet, u32),
     /// Anything else (removed on apply when it is the kill switch's own).
     Other,
 }
@@ -394,13 +398,22 @@ impl Routing {
                 TableRoute::Host(address, name) => {
                     Some(InstalledRoute::Host(*address, nix_if_index(name.as_str())?))
                 }
+                // An interface that is gone has no route: the kernel removed it with the device.
+                TableRoute::Link(net, name) => {
+                    let index = nix_if_index(name.as_str())?;
+                    Some(if net.prefix_len() == net.max_prefix_len() {
+                        InstalledRoute::Host(net.addr(), index)
+                    } else {
+                        InstalledRoute::Net(net.trunc(), index)
+                    })
+                }
             })
             .collect()
     }
 
     /// Adds `route`; `replace`: in the place of the route with the same destination and metric.
     fn add_route(&mut self, route: &InstalledRoute, replace: bool) -> Result<(), RouteError> {
-        let (family, kind, oif, metric, host) = match route {
+        let (family, kind, oif, metric, destination) = match route {
             InstalledRoute::Unreachable(family) => (
                 *family,
                 RouteType::Unreachable,
@@ -416,7 +429,14 @@ impl Routing {
                 RouteType::Unicast,
                 Some(*index),
                 0,
-                Some(*address),
+                Some(ipnet::IpNet::from(*address)),
+            ),
+            InstalledRoute::Net(net, index) => (
+                family_of(net.addr()),
+                RouteType::Unicast,
+                Some(*index),
+                0,
+                Some(*net),
             ),
             InstalledRoute::Other => return Ok(()),
         };
@@ -433,11 +453,11 @@ impl Routing {
             kind,
             ..RouteHeader::default()
         };
-        if let Some(address) = host {
-            message.header.destination_prefix_length = if address.is_ipv4() { 32 } else { 128 };
+        if let Some(net) = destination {
+            message.header.destination_prefix_length = net.prefix_len();
             message
                 .attributes
-                .push(RouteAttribute::Destination(address.into()));
+                .push(RouteAttribute::Destination(net.network().into()));
         }
         message.attributes.push(RouteAttribute::Table(ROUTE_TABLE));
         message.attributes.push(RouteAttribute::Priority(metric));
@@ -570,11 +590,16 @@ fn is_legacy_rule(rule: &RoutingRule) -> bool {
 
 /// Where a route sits in the table: the kernel keeps one route per destination and metric (and
 /// type of route, for IPv6 per destination and metric), so a new route there replaces the old one.
-fn route_slot(route: &InstalledRoute) -> Option<(IpFamily, Option<IpAddr>, bool)> {
+fn route_slot(route: &InstalledRoute) -> Option<(IpFamily, Option<ipnet::IpNet>, bool)> {
     match route {
         InstalledRoute::Unreachable(family) => Some((*family, None, true)),
         InstalledRoute::Device(family, _) => Some((*family, None, false)),
-        InstalledRoute::Host(address, _) => Some((family_of(*address), Some(*address), false)),
+        InstalledRoute::Host(address, _) => Some((
+            family_of(*address),
+            Some(ipnet::IpNet::from(*address)),
+            false,
+        )),
+        InstalledRoute::Net(net, _) => Some((family_of(net.addr()), Some(*net), false)),
         InstalledRoute::Other => None,
     }
 }
@@ -619,6 +644,12 @@ fn describe_rule(rule: &RoutingRule) -> String {
                 protocol.number()
             );
         }
+        Selector::SourcePort { protocol, port } => {
+            let _ = write!(text, "ipproto {} sport {port}", protocol.number());
+        }
+        Selector::From(net) => {
+            let _ = write!(text, "from {net}");
+        }
     }
     let _ = write!(
         text,
@@ -643,6 +674,7 @@ fn describe_route(route: &InstalledRoute) -> String {
             format!("default dev #{index} ({})", family(f))
         }
         InstalledRoute::Host(address, index) => format!("{address} dev #{index}"),
+        InstalledRoute::Net(net, index) => format!("{net} dev #{index}"),
         InstalledRoute::Other => "of another shape".to_owned(),
     }
 }
@@ -806,6 +838,19 @@ fn rule_message(rule: &RoutingRule) -> RuleMessage {
                 end: *port,
             }));
         }
+        Selector::SourcePort { protocol, port } => {
+            a.push(RuleAttribute::IpProtocol(IpProtocol::from(
+                protocol.number(),
+            )));
+            a.push(RuleAttribute::SourcePortRange(RulePortRange {
+                start: *port,
+                end: *port,
+            }));
+        }
+        Selector::From(net) => {
+            message.header.src_len = net.prefix_len();
+            a.push(RuleAttribute::Source(net.network()));
+        }
     }
     message
 }
@@ -822,6 +867,7 @@ fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
     let (mut priority, mut table) = (None, u32::from(rule.header.table));
     let (mut mark, mut mask, mut uid, mut dst, mut proto, mut port) =
         (None, None, None, None, None, None);
+    let (mut src, mut sport) = (None, None);
     for attribute in &rule.attributes {
         match attribute {
             RuleAttribute::Priority(p) => priority = Some(*p),
@@ -832,13 +878,17 @@ fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
             RuleAttribute::Destination(ip) => dst = Some(*ip),
             RuleAttribute::IpProtocol(p) => proto = Some(u8::from(*p)),
             RuleAttribute::DestinationPortRange(r) if r.start == r.end => port = Some(r.start),
+            RuleAttribute::SourcePortRange(r) if r.start == r.end => sport = Some(r.start),
+            RuleAttribute::Source(ip) => src = Some(*ip),
             // Attributes the kernel reports on every rule (the protocol is judged by the caller).
             RuleAttribute::Protocol(_)
             | RuleAttribute::SuppressPrefixLen(_)
             | RuleAttribute::SuppressIfGroup(_) => {}
             // Kernels with port masks (6.18 here) also report the mask: all ones for a single
             // port, which is what we install. Any other mask matches other ports: not our rule.
-            RuleAttribute::Other(nla) if nla.kind() == FRA_DPORT_MASK => {
+            RuleAttribute::Other(nla)
+                if nla.kind() == FRA_DPORT_MASK || nla.kind() == FRA_SPORT_MASK =>
+            {
                 let mut value = [0u8; 2];
                 if nla.value_len() != 2 {
                     return None;
@@ -851,6 +901,38 @@ fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
             _ => return None,
         }
     }
+    let l4 = |p: u8| match p {
+        6 => Some(killswitch_policy::L4Proto::Tcp),
+        17 => Some(killswitch_policy::L4Proto::Udp),
+        _ => None,
+    };
+    if let Some(ip) = src {
+        if mark.is_some() || uid.is_some() || dst.is_some() || proto.is_some() || sport.is_some() {
+            return None;
+        }
+        return Some(RoutingRule {
+            family,
+            priority: priority?,
+            selector: Selector::From(ipnet::IpNet::new(ip, rule.header.src_len).ok()?),
+            invert,
+            table,
+        });
+    }
+    if let Some(sport) = sport {
+        if mark.is_some() || uid.is_some() || dst.is_some() || port.is_some() {
+            return None;
+        }
+        return Some(RoutingRule {
+            family,
+            priority: priority?,
+            selector: Selector::SourcePort {
+                protocol: l4(proto?)?,
+                port: sport,
+            },
+            invert,
+            table,
+        });
+    }
     let selector = match (mark, uid, dst, proto, port) {
         (None, None, None, None, None) => Selector::All,
         (Some(m), None, None, None, None) if mask == Some(u32::MAX) => Selector::FwMark(m),
@@ -860,11 +942,7 @@ fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
         }
         (None, None, Some(address), Some(p), Some(port)) => Selector::Endpoint {
             address,
-            protocol: match p {
-                6 => killswitch_policy::L4Proto::Tcp,
-                17 => killswitch_policy::L4Proto::Udp,
-                _ => return None,
-            },
+            protocol: l4(p)?,
             port,
         },
         _ => return None,
@@ -902,7 +980,13 @@ fn parse_route(route: &RouteMessage) -> InstalledRoute {
         };
     }
     if route.header.destination_prefix_length != 0 {
-        return InstalledRoute::Other;
+        return match (host, oif) {
+            (Some(address), Some(index)) if route.header.kind == RouteType::Unicast => {
+                ipnet::IpNet::new(address, route.header.destination_prefix_length)
+                    .map_or(InstalledRoute::Other, |net| InstalledRoute::Net(net, index))
+            }
+            _ => InstalledRoute::Other,
+        };
     }
     let has_destination = route.attributes.iter().any(|a| {
         matches!(

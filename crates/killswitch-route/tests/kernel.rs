@@ -2,7 +2,10 @@
 
 use anyhow::{Context, Result, ensure};
 use killswitch_lab::netns::{Netns, require_root};
-use killswitch_policy::routes::{RoutingLayer, compile_routes, compile_routes_with};
+use killswitch_policy::routes::{
+    RoutingLayer, compile_routes, compile_routes_for, compile_routes_with,
+};
+use killswitch_policy::{Exceptions, LocalLink};
 use killswitch_policy::{Peer, PolicyState, Settings, Tunnel};
 use killswitch_route::{RouteError, Routing, notifications_concern_us};
 use killswitch_types::Fwmark;
@@ -720,5 +723,90 @@ fn the_daemons_own_changes_are_not_news_and_others_are() -> Result<()> {
     let changed = ns.run(|| routing.apply(layer(&connected(), true).as_ref()))??;
     ensure!(changed.changed && changed.repaired.is_none(), "{changed:?}");
     drop(routing);
+    Ok(())
+}
+
+#[test]
+fn exceptions_are_routed_by_their_interface_and_the_rest_into_the_tunnel() -> Result<()> {
+    if !require_root("exceptions_are_routed_by_their_interface_and_the_rest_into_the_tunnel") {
+        return Ok(());
+    }
+    let ns = lab()?;
+    ns.ip(&["link", "add", "docker0", "type", "bridge"])?;
+    ns.ip(&["link", "set", "docker0", "up"])?;
+    ns.ip(&["addr", "add", "172.17.0.1/16", "dev", "docker0"])?;
+    let exceptions = Exceptions {
+        local_bridges: vec![LocalLink {
+            interface: "docker0".parse().expect("literal"),
+            networks: vec!["172.17.0.1/16".parse().expect("literal")],
+        }],
+        subnets: vec!["10.99.0.0/16 on phys0".parse().expect("literal")],
+        inbound: vec!["tcp/22 on phys0".parse().expect("literal")],
+        ..Exceptions::default()
+    };
+    let settings = Settings {
+        lockdown: true,
+        allow_lan: false,
+    };
+    for state in [PolicyState::Blocked, connected()] {
+        let layer = compile_routes_for(&state, &settings, &exceptions, &[]);
+        let applied = ns.run(|| -> Result<(bool, bool)> {
+            let mut routing = Routing::open()?;
+            let first = routing.apply(layer.as_ref())?;
+            // Applying it again finds everything in place: the new shapes read back as sent.
+            let second = routing.apply(layer.as_ref())?;
+            Ok((first.changed, second.changed))
+        })??;
+        ensure!(applied == (true, false), "{state:?}: changed {applied:?}");
+        let expect = |args: &[&str], want: &str| -> Result<()> {
+            let answer = route_get(&ns, args);
+            ensure!(
+                if want == "unreachable" {
+                    unreachable(&answer)
+                } else {
+                    answer.contains(want)
+                },
+                "{state:?}: {args:?} should be {want}: {answer}"
+            );
+            Ok(())
+        };
+        expect(&["172.17.0.2"], "dev docker0")?;
+        expect(&["10.99.1.1"], "dev phys0")?;
+        expect(
+            &["203.0.113.5", "ipproto", "tcp", "sport", "22"],
+            "dev phys0",
+        )?;
+        // A reply from the tunnel's address stays in the tunnel (blocked knows no tunnel
+        // address: there the firewall alone decides).
+        if !matches!(state, PolicyState::Blocked) {
+            expect(
+                &[
+                    "203.0.113.5",
+                    "from",
+                    "10.64.0.2",
+                    "ipproto",
+                    "tcp",
+                    "sport",
+                    "22",
+                ],
+                "dev wg0",
+            )?;
+        }
+        let other = if matches!(state, PolicyState::Blocked) {
+            "unreachable"
+        } else {
+            "dev wg0"
+        };
+        expect(&["203.0.113.5", "ipproto", "tcp", "sport", "23"], other)?;
+        expect(&["10.98.1.1"], other)?;
+    }
+    // The bridge goes: the kernel removes its route, and its network is unreachable, not routed
+    // by the main table's default.
+    ns.ip(&["link", "del", "docker0"])?;
+    ensure!(
+        !route_get(&ns, &["172.17.0.2"]).contains("phys0"),
+        "a removed bridge's network leaks to the LAN: {}",
+        route_get(&ns, &["172.17.0.2"])
+    );
     Ok(())
 }

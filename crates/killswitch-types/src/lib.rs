@@ -9,12 +9,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod allow;
 mod endpoint;
 mod iface;
 pub mod ipc;
 mod mark;
 mod state;
 
+pub use allow::{Allows, InboundAllow, SubnetAllow};
 pub use endpoint::{Endpoint, EndpointParseError, TransportProtocol};
 pub use iface::{InterfaceName, InterfaceNameError, MAX_INTERFACE_NAME_LEN};
 pub use mark::{Fwmark, FwmarkParseError};
