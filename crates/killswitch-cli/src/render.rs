@@ -61,6 +61,27 @@ pub(crate) fn status(status: &Status) -> String {
     let _ = writeln!(out, "state:     {} ({})", status.state, meaning(status));
     let _ = writeln!(out, "lockdown:  {}", on_off(status.lockdown));
     let _ = writeln!(out, "allow-lan: {}", on_off(status.allow_lan));
+    let exceptions = &status.exceptions;
+    if !exceptions.local_bridges.is_empty() {
+        let _ = writeln!(
+            out,
+            "bridges:   {} (local; what their hosts send further goes only into the tunnel)",
+            clean(&exceptions.local_bridges.join(", "))
+        );
+    }
+    let allowed: Vec<String> = (exceptions
+        .interfaces
+        .iter()
+        .map(|i| format!("interface {i}")))
+    .chain(exceptions.subnets.iter().map(|s| format!("subnet {s}")))
+    .chain(exceptions.inbound.iter().map(|i| format!("inbound {i}")))
+    .collect();
+    if !allowed.is_empty() {
+        let _ = writeln!(out, "allowed:   {}", clean(&allowed.join("; ")));
+    }
+    for refused in &exceptions.refused {
+        let _ = writeln!(out, "refused:   {}", clean(refused));
+    }
     match &status.tunnel {
         None => {
             let _ = writeln!(out, "tunnel:    none");
@@ -248,7 +269,30 @@ mod tests {
                 flush_protection: Some(FlushProtection::Kernel),
             },
             dns: None,
+            exceptions: Default::default(),
         }
+    }
+
+    #[test]
+    fn exceptions_are_reported_when_there_are_any() {
+        let mut s = sample();
+        s.exceptions.local_bridges = vec!["docker0".to_owned(), "virbr0".to_owned()];
+        s.exceptions.interfaces = vec!["tailscale0".to_owned()];
+        s.exceptions.inbound = vec!["tcp/22 on eth0".to_owned()];
+        s.exceptions.refused = vec!["eth0 is a physical interface".to_owned()];
+        let text = status(&s);
+        assert!(
+            text.contains("bridges:   docker0, virbr0 (local;"),
+            "{text}"
+        );
+        assert!(
+            text.contains("allowed:   interface tailscale0; inbound tcp/22 on eth0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("refused:   eth0 is a physical interface\n"),
+            "{text}"
+        );
     }
 
     #[test]

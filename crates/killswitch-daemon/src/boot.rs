@@ -9,8 +9,8 @@
 use crate::firewall::Firewall;
 use crate::store::{Loaded, Store};
 use crate::target::Target;
-use killswitch_policy::routes::compile_routes;
-use killswitch_policy::{PolicyState, compile_with};
+use killswitch_policy::routes::compile_routes_for;
+use killswitch_policy::{PolicyState, compile_for};
 use killswitch_types::Settings;
 
 /// What the early-boot step decided.
@@ -52,17 +52,21 @@ pub fn decide(loaded: &Loaded) -> (Decision, Settings) {
     }
 }
 
-/// Loads, decides and applies (with `lan` as what allow-lan opens, as the daemon would). Returns
-/// the decision, or why applying it failed.
+/// Loads, decides and applies (with `exceptions` as what passes besides the tunnel: what
+/// allow-lan opens and the configured allows, so that a headless server's `allow_inbound` SSH
+/// works from the first moment, as the daemon would). Returns the decision, or why applying it
+/// failed.
 pub fn run(
     store: &Store,
-    lan: &killswitch_policy::Lan,
+    exceptions: &killswitch_policy::Exceptions,
     firewall: &mut impl Firewall,
 ) -> Result<Decision, String> {
     let (decision, settings) = decide(&store.load());
     if let Decision::Block(_) = &decision {
-        firewall.apply(&compile_with(&PolicyState::Blocked, &settings, lan))?;
-        firewall.apply_routes(compile_routes(&PolicyState::Blocked, &settings).as_ref())?;
+        firewall.apply(&compile_for(&PolicyState::Blocked, &settings, exceptions))?;
+        firewall.apply_routes(
+            compile_routes_for(&PolicyState::Blocked, &settings, exceptions, &[]).as_ref(),
+        )?;
     }
     Ok(decision)
 }

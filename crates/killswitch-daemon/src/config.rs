@@ -29,6 +29,18 @@ pub struct Config {
     /// What `allow-lan` opens: these subnets only (each inside the private, link-local or ULA
     /// ranges). Empty: all of those ranges. However many, each packet costs one set lookup.
     pub lan_subnets: Vec<ipnet::IpNet>,
+    /// Interfaces whose traffic passes both ways outside the tunnel (`tailscale0`); never a
+    /// physical one.
+    pub allow_interfaces: Vec<killswitch_types::InterfaceName>,
+    /// Subnets reachable outside the tunnel, each by one interface: `"10.99.0.0/16 on eth0"`; a
+    /// range outside the private ones only with `public` after the interface.
+    pub allow_subnets: Vec<killswitch_types::SubnetAllow>,
+    /// Services of this machine reachable from outside the tunnel: `"tcp/22 on eth0"` admits new
+    /// connections to port 22 arriving on eth0, and their replies only.
+    pub allow_inbound: Vec<killswitch_types::InboundAllow>,
+    /// Whether this machine's own container and VM bridges (docker0, virbr0 ...) are recognised
+    /// and their local traffic allowed.
+    pub detect_local_bridges: bool,
 }
 
 impl Default for Config {
@@ -40,6 +52,10 @@ impl Default for Config {
             dns: crate::dns::DnsMode::Auto,
             resolv_conf: "/etc/resolv.conf".into(),
             lan_subnets: Vec::new(),
+            allow_interfaces: Vec::new(),
+            allow_subnets: Vec::new(),
+            allow_inbound: Vec::new(),
+            detect_local_bridges: true,
         }
     }
 }
@@ -75,6 +91,15 @@ impl Config {
         }
     }
 
+    /// The explicit allows.
+    pub fn allows(&self) -> killswitch_types::Allows {
+        killswitch_types::Allows {
+            interfaces: self.allow_interfaces.clone(),
+            subnets: self.allow_subnets.clone(),
+            inbound: self.allow_inbound.clone(),
+        }
+    }
+
     /// Loads the configuration from `path`; a missing file gives the defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = match read_bounded(path) {
@@ -106,6 +131,7 @@ impl Config {
             ));
         }
         config.lan().map_err(|e| format!("lan_subnets: {e}"))?;
+        killswitch_policy::check_allows(&config.allows())?;
         if !config.resolv_conf.is_absolute() {
             return Err(format!(
                 "resolv_conf = {:?} is not an absolute path",
@@ -147,6 +173,36 @@ fn read_bounded(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explicit_allows_parse_and_bad_ones_name_the_entry() {
+        let config = Config::parse(
+            "allow_interfaces = [\"tailscale0\"]\n\
+             allow_subnets = [\"10.99.0.0/16 on eth0\", \"198.51.100.0/24 on eth0 public\"]\n\
+             allow_inbound = [\"tcp/22 on eth0\"]\n\
+             detect_local_bridges = false\n",
+        )
+        .expect("valid");
+        let allows = config.allows();
+        assert_eq!(allows.interfaces.len(), 1);
+        assert_eq!(allows.subnets.len(), 2);
+        assert_eq!(allows.inbound[0].to_string(), "tcp/22 on eth0");
+        assert!(!config.detect_local_bridges);
+        assert!(Config::default().detect_local_bridges, "on by default");
+        for (bad, names) in [
+            ("allow_subnets = [\"8.8.8.0/24 on eth0\"]", "8.8.8.0/24"),
+            ("allow_inbound = [\"tcp/22\"]", "tcp/22"),
+            ("allow_inbound = [\"icmp/1 on eth0\"]", "icmp"),
+            ("allow_interfaces = [\"lo\"]", "lo"),
+            (
+                "allow_interfaces = [\"a-name-far-too-long\"]",
+                "a-name-far-too-long",
+            ),
+        ] {
+            let err = Config::parse(bad).expect_err(bad);
+            assert!(err.contains(names), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn a_fifo_or_an_endless_file_is_an_error_not_a_hang() {

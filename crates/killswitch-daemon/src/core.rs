@@ -45,9 +45,11 @@ use crate::links::Observed;
 use crate::manager::{Factory, Manager, Step, fwmark_of};
 use crate::store::{Loaded, Persisted, SettingsStore};
 use crate::target::{Target, UpSpec, resolve_up};
-use killswitch_policy::routes::compile_routes_with;
-use killswitch_policy::{Peer, PolicyState, Ruleset, Tunnel, compile_with};
-use killswitch_types::ipc::{DnsStatus, ErrorKind, FirewallStatus, IpcError, Request, Status};
+use killswitch_policy::routes::compile_routes_for;
+use killswitch_policy::{Exceptions, Peer, PolicyState, Ruleset, Tunnel, compile_for};
+use killswitch_types::ipc::{
+    DnsStatus, ErrorKind, ExceptionsStatus, FirewallStatus, IpcError, Request, Status,
+};
 use killswitch_types::{GuardSpec, InterfaceName, ManagedTunnel, Settings, State, TunnelStatus};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -66,10 +68,21 @@ pub struct CoreOptions {
     pub devices: Devices,
     /// What allow-lan opens.
     pub lan: killswitch_policy::Lan,
+    /// The administrator's explicit allows (`allow_interfaces`, `allow_subnets`, `allow_inbound`).
+    pub allows: killswitch_types::Allows,
+    /// Whether this machine's own container and VM bridges are recognised and let through.
+    pub detect_local_bridges: bool,
+    /// Looks at the interfaces the exceptions name or find: the kernel's answer in the daemon, a
+    /// simulated one in the model-based tester.
+    pub look_locals: LookLocals,
     /// What kind of device an interface is, if it exists: `guard` refuses one that is never a
     /// tunnel. The kernel's answer in the daemon, a simulated one in the model-based tester.
     pub identify: Identify,
 }
+
+/// Finds the local bridges and looks at the allowed interfaces (their names given), bridges
+/// recognised only when the flag says so.
+pub type LookLocals = Box<dyn Fn(&[InterfaceName], bool) -> crate::locals::LocalView>;
 
 /// Looks up what kind of device the interface of a name is (`None`: there is none).
 pub type Identify = Box<dyn Fn(&InterfaceName) -> Option<crate::links::LinkIdentity>>;
@@ -99,6 +112,9 @@ impl CoreOptions {
             ),
             devices,
             lan: killswitch_policy::Lan::default(),
+            allows: killswitch_types::Allows::default(),
+            detect_local_bridges: true,
+            look_locals: Box::new(crate::locals::look),
             identify: Box::new(crate::links::identify),
         }
     }
@@ -189,6 +205,8 @@ pub struct Core<F> {
     firewall_status: FirewallStatus,
     /// The tunnel the daemon runs itself (`up`).
     manager: Option<Manager>,
+    /// The local bridges and allowed interfaces as last looked at.
+    locals: crate::locals::LocalView,
     options: CoreOptions,
     dns_status: Option<DnsStatus>,
     /// The latest time an input brought: the core reads no clock. A tunnel that a command asks
@@ -397,6 +415,7 @@ impl<F: Firewall> Core<F> {
                 flush_protection: None,
             },
             manager: None,
+            locals: crate::locals::LocalView::default(),
             options,
             dns_status: None,
             now,
@@ -697,6 +716,51 @@ impl<F: Firewall> Core<F> {
             error,
             firewall: self.firewall_status.clone(),
             dns: self.dns_status.clone(),
+            exceptions: self.exceptions_status(),
+        }
+    }
+
+    /// The exceptions in force, as `status` shows them.
+    fn exceptions_status(&self) -> ExceptionsStatus {
+        let names = |links: &[killswitch_policy::LocalLink]| {
+            links.iter().map(|l| l.interface.to_string()).collect()
+        };
+        let allows = &self.options.allows;
+        ExceptionsStatus {
+            local_bridges: names(&self.locals.bridges),
+            interfaces: names(&self.locals.interfaces),
+            subnets: allows.subnets.iter().map(ToString::to_string).collect(),
+            inbound: allows.inbound.iter().map(ToString::to_string).collect(),
+            refused: self.locals.refused.clone(),
+        }
+    }
+
+    /// Everything besides the tunnel the rules let through, the interfaces looked at now.
+    fn exceptions(&mut self) -> Exceptions {
+        let allows = &self.options.allows;
+        let view =
+            (self.options.look_locals)(&allows.interfaces, self.options.detect_local_bridges);
+        if view != self.locals {
+            tracing::info!(
+                bridges = ?view.bridges.iter().map(|l| l.interface.as_str()).collect::<Vec<_>>(),
+                allowed = ?view.interfaces.iter().map(|l| l.interface.as_str()).collect::<Vec<_>>(),
+                "local bridges and allowed interfaces"
+            );
+            for refused in view
+                .refused
+                .iter()
+                .filter(|r| !self.locals.refused.contains(r))
+            {
+                tracing::warn!("allow_interfaces: {refused}");
+            }
+            self.locals = view;
+        }
+        Exceptions {
+            lan: self.options.lan.clone(),
+            local_bridges: self.locals.bridges.clone(),
+            interfaces: self.locals.interfaces.clone(),
+            subnets: allows.subnets.clone(),
+            inbound: allows.inbound.clone(),
         }
     }
 
@@ -958,7 +1022,8 @@ impl<F: Firewall> Core<F> {
     pub fn reconcile(&mut self) -> bool {
         let before = self.status();
         let (state, policy) = self.desired();
-        let ruleset = compile_with(&policy, &self.settings, &self.options.lan);
+        let exceptions = self.exceptions();
+        let ruleset = compile_for(&policy, &self.settings, &exceptions);
         let enforced = if self.apply_error.is_none() && self.applied.as_ref() == Some(&ruleset) {
             self.state = state;
             policy
@@ -981,14 +1046,19 @@ impl<F: Firewall> Core<F> {
                     policy
                 }
                 Err(error) => {
-                    self.fall_back_to_blocking(state, error.message);
+                    self.fall_back_to_blocking(state, error.message, &exceptions);
                     PolicyState::Blocked
                 }
             }
         };
         // The second layer follows the first: loosened after it, so a loosening is never ahead of
         // the firewall; tightened after it too, which the firewall already covers.
-        let layer = compile_routes_with(&enforced, &self.settings, &self.tunnel_networks());
+        let layer = compile_routes_for(
+            &enforced,
+            &self.settings,
+            &exceptions,
+            &self.tunnel_networks(),
+        );
         match self.firewall.apply_routes(layer.as_ref()) {
             Ok(repaired) => {
                 if let Some(what) = repaired {
@@ -1021,11 +1091,11 @@ impl<F: Firewall> Core<F> {
         config.addresses.clone()
     }
 
-    fn fall_back_to_blocking(&mut self, wanted: State, error: String) {
+    fn fall_back_to_blocking(&mut self, wanted: State, error: String, exceptions: &Exceptions) {
         tracing::error!(%wanted, "applying the firewall failed: {error}");
         let before = self.state;
         self.state = State::Blocked;
-        let blocking = compile_with(&PolicyState::Blocked, &self.settings, &self.options.lan);
+        let blocking = compile_for(&PolicyState::Blocked, &self.settings, exceptions);
         match self.firewall.apply(&blocking) {
             Ok(took) => {
                 self.record_applied(blocking, took);
@@ -1115,6 +1185,14 @@ fn peer(spec: &GuardSpec) -> Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The defaults, seeing none of this machine's interfaces.
+    fn test_options(dir: &std::path::Path) -> CoreOptions {
+        CoreOptions {
+            look_locals: crate::locals::nothing(),
+            ..CoreOptions::new(dir)
+        }
+    }
     use crate::firewall::FirewallError;
     use crate::store::Store;
     use killswitch_policy::compile;
@@ -1346,7 +1424,7 @@ mod tests {
                     "no /dev/net/tun".into(),
                 ))
             }),
-            ..CoreOptions::new(dir.path())
+            ..test_options(dir.path())
         };
         let mut core = Core::new(
             &mut fw,
@@ -1393,13 +1471,7 @@ mod tests {
     }
 
     fn unreconciled<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
-        Core::new(
-            fw,
-            Store::new(dir),
-            None,
-            CoreOptions::new(dir),
-            Instant::now(),
-        )
+        Core::new(fw, Store::new(dir), None, test_options(dir), Instant::now())
     }
 
     fn core<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
@@ -1776,7 +1848,7 @@ mod tests {
             &mut fw,
             Store::new(dir.path()),
             Some("bad config".to_owned()),
-            CoreOptions::new(dir.path()),
+            test_options(dir.path()),
             Instant::now(),
         );
         core.reconcile();

@@ -27,6 +27,7 @@ pub mod firewall;
 pub mod instance;
 pub mod ipc;
 pub mod links;
+pub mod locals;
 pub mod logging;
 pub mod manager;
 pub mod notify;

@@ -109,13 +109,17 @@ fn early_boot(args: &Args) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    // The LAN the administrator configured; with no usable configuration, the private ranges
-    // (the daemon then starts blocked anyway and says why).
-    let lan = killswitch_daemon::config::Config::load(config)
+    // The LAN and the allows the administrator configured; with no usable configuration, the
+    // private ranges and no allows (the daemon then starts blocked anyway and says why). Bridges
+    // do not exist yet this early: the daemon finds them when it takes over.
+    let exceptions = killswitch_daemon::config::Config::load(config)
         .ok()
-        .and_then(|c| c.lan().ok())
+        .and_then(|c| {
+            let lan = c.lan().ok()?;
+            Some(killswitch_policy::Exceptions::from(lan).with_allows(&c.allows(), Vec::new()))
+        })
         .unwrap_or_default();
-    match boot::run(&Store::open(state_dir), &lan, &mut firewall(args)) {
+    match boot::run(&Store::open(state_dir), &exceptions, &mut firewall(args)) {
         Ok(Decision::Block(why)) => {
             tracing::info!("early boot: blocking until killswitchd takes over, because {why}");
             ExitCode::SUCCESS

@@ -79,6 +79,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         health_bound: Duration::from_secs_f64(config.dead_after_seconds),
         // The configuration was validated when loaded (a bad one is the default plus a fault).
         lan: config.lan().unwrap_or_default(),
+        allows: config.allows(),
+        detect_local_bridges: config.detect_local_bridges,
         ..CoreOptions::new(&options.state_dir)
     };
     let mut core = Core::new(

@@ -369,6 +369,7 @@ impl Sim {
             health_bound: HEALTH_BOUND,
             factory,
             identify,
+            look_locals: crate::locals::nothing(),
             ..CoreOptions::new(self.dir.path())
         };
         let core = Core::new(

@@ -17,6 +17,9 @@ use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+#[path = "coexist.rs"]
+mod coexist;
+
 /// A scenario: a name for `--scenario`, what it guards, and its script.
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
@@ -28,7 +31,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 17] = [
+pub const ALL: [Scenario; 20] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -113,6 +116,21 @@ pub const ALL: [Scenario; 17] = [
         name: "second-daemon",
         guards: "a second killswitchd (same or other state directory) refuses before touching the running one's rules, DNS or tunnel",
         script: second_daemon,
+    },
+    Scenario {
+        name: "containers",
+        guards: "a Docker-style bridge works locally in every state; its containers reach the world only through the tunnel",
+        script: coexist::containers,
+    },
+    Scenario {
+        name: "tailscale-like",
+        guards: "an allowed interface (CGNAT overlay) works both ways, blocked or connected; nothing else leaves",
+        script: coexist::tailscale_like,
+    },
+    Scenario {
+        name: "ssh-inbound",
+        guards: "SSH from the LAN works while blocked, no other port does, and a flow started in the tunnel cannot use the exception",
+        script: coexist::ssh_inbound,
     },
 ];
 

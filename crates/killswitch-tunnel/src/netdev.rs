@@ -225,3 +225,85 @@ pub fn delete(index: u32) -> Result<(), TunnelError> {
         )
         .map_err(TunnelError::Netlink)
 }
+
+/// One interface as the kernel describes it: what the daemon needs to tell this machine's own
+/// container and VM bridges from the links to the world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkFacts {
+    /// Its index.
+    pub index: u32,
+    /// Its name.
+    pub name: String,
+    /// Its identity (rtnetlink kind and link type).
+    pub identity: LinkIdentity,
+    /// The bridge (or bond ...) it is a port of.
+    pub master: Option<u32>,
+    /// Its addresses, with their prefixes (`172.17.0.1/16`).
+    pub addresses: Vec<IpNet>,
+}
+
+/// Every interface of this network namespace, with its addresses: two dumps.
+pub fn all_links() -> Result<Vec<LinkFacts>, TunnelError> {
+    let mut rtnl = rtnl()?;
+    let links = rtnl
+        .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
+        .map_err(TunnelError::Netlink)?;
+    let mut all: Vec<LinkFacts> = links
+        .into_iter()
+        .filter_map(|message| match message {
+            RouteNetlinkMessage::NewLink(link) => Some(link),
+            _ => None,
+        })
+        .map(|link| {
+            let mut facts = LinkFacts {
+                index: link.header.index,
+                name: String::new(),
+                identity: LinkIdentity {
+                    kind: None,
+                    link_type: u16::from(link.header.link_layer_type),
+                },
+                master: None,
+                addresses: Vec::new(),
+            };
+            for attribute in &link.attributes {
+                match attribute {
+                    LinkAttribute::IfName(name) => facts.name.clone_from(name),
+                    LinkAttribute::Controller(master) => facts.master = Some(*master),
+                    LinkAttribute::LinkInfo(infos) => {
+                        facts.identity.kind = infos.iter().find_map(|info| match info {
+                            LinkInfo::Kind(kind) => Some(kind.to_string()),
+                            _ => None,
+                        });
+                    }
+                    _ => {}
+                }
+            }
+            facts
+        })
+        .collect();
+    let addresses = rtnl
+        .dump(RouteNetlinkMessage::GetAddress(AddressMessage::default()))
+        .map_err(TunnelError::Netlink)?;
+    for message in addresses {
+        let RouteNetlinkMessage::NewAddress(a) = message else {
+            continue;
+        };
+        let address = a.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Local(ip) => Some(*ip),
+            _ => None,
+        });
+        let address = address.or_else(|| {
+            a.attributes.iter().find_map(|attr| match attr {
+                AddressAttribute::Address(ip) => Some(*ip),
+                _ => None,
+            })
+        });
+        let Some(net) = address.and_then(|ip| IpNet::new(ip, a.header.prefix_len).ok()) else {
+            continue;
+        };
+        if let Some(link) = all.iter_mut().find(|l| l.index == a.header.index) {
+            link.addresses.push(net);
+        }
+    }
+    Ok(all)
+}

@@ -257,6 +257,40 @@ pub struct Status {
     /// Which resolvers the system was pointed at, while the daemon manages DNS (`up`).
     #[serde(default)]
     pub dns: Option<DnsStatus>,
+    /// What may pass outside the tunnel besides the LAN: local bridges found, explicit allows.
+    #[serde(default)]
+    pub exceptions: ExceptionsStatus,
+}
+
+/// The exceptions in force (each as `config.toml` writes it), and those refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExceptionsStatus {
+    /// This machine's own container and VM bridges, found by the daemon (`docker0`).
+    #[serde(default)]
+    pub local_bridges: Vec<String>,
+    /// Allowed interfaces (`tailscale0`).
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// Allowed subnets (`10.99.0.0/16 on eth0`).
+    #[serde(default)]
+    pub subnets: Vec<String>,
+    /// Allowed inbound services (`tcp/22 on eth0`).
+    #[serde(default)]
+    pub inbound: Vec<String>,
+    /// Allows that are configured but not honoured, and why.
+    #[serde(default)]
+    pub refused: Vec<String>,
+}
+
+impl ExceptionsStatus {
+    /// Whether nothing is allowed, found or refused.
+    pub fn is_empty(&self) -> bool {
+        self.local_bridges.is_empty()
+            && self.interfaces.is_empty()
+            && self.subnets.is_empty()
+            && self.inbound.is_empty()
+            && self.refused.is_empty()
+    }
 }
 
 fn protocol_before_the_field() -> u32 {

@@ -1,0 +1,195 @@
+//! Which interfaces are this machine's own container and VM bridges, and how the allowed
+//! interfaces look now.
+//!
+//! A **local bridge** is an interface of kind `bridge` whose every port is a veth or a tap (kind
+//! `veth` or `tun`), or that has no port at all, and whose addresses are all private (RFC 1918,
+//! link-local, ULA). That is docker0, Docker's `br-*` networks, podman0/cni-podman0, libvirt's
+//! virbr0 and LXD's lxdbr0 as they are made. A bridge that holds anything else (a physical NIC as
+//! `br0` on a server, a VLAN, a bond, a VXLAN, a WireGuard link) reaches a network beyond this
+//! machine and is not local. A veth alone is not local either: it is also how a container or a
+//! namespace (this project's lab among them) reaches its uplink.
+//!
+//! Everything the judgement uses is set by this machine's root (link kinds, ports, addresses): no
+//! packet, DHCP lease or router advertisement can make the physical link look like a bridge. A
+//! public address on a bridge (a routed container network) takes it out, so that nothing routes a
+//! public range around the tunnel by accident; such setups use `allow_interfaces`.
+//!
+//! An **allowed interface** (`allow_interfaces`) is honoured unless it is a physical Ethernet or
+//! Wi-Fi device: allowing one would switch the kill switch off for the very link it guards, and
+//! the administrator is told so in `status` instead (`allow_subnets` and `allow_inbound` are the
+//! narrow ways to open something there).
+
+use killswitch_policy::LocalLink;
+use killswitch_policy::exceptions::is_private;
+use killswitch_tunnel::netdev::LinkFacts;
+use killswitch_types::InterfaceName;
+
+/// What the daemon sees of the interfaces that matter to the exceptions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalView {
+    /// The local bridges, with their networks.
+    pub bridges: Vec<LocalLink>,
+    /// The allowed interfaces that exist and are honoured, with their networks.
+    pub interfaces: Vec<LocalLink>,
+    /// Allowed interfaces that are not honoured, and why.
+    pub refused: Vec<String>,
+}
+
+/// Port kinds that lead only to this machine's own containers and VMs.
+const LOCAL_PORT_KINDS: [&str; 2] = ["veth", "tun"];
+
+/// ARPHRD_ETHER and ARPHRD_IEEE80211.
+const PHYSICAL_LINK_TYPES: [u16; 2] = [1, 801];
+
+/// Judges `links` (the whole namespace's interfaces); `allowed` are the allowed interfaces' names,
+/// `detect_bridges` whether local bridges are recognised at all.
+pub fn judge(links: &[LinkFacts], allowed: &[InterfaceName], detect_bridges: bool) -> LocalView {
+    let mut view = LocalView::default();
+    let link_of = |facts: &LinkFacts| {
+        InterfaceName::new(&facts.name)
+            .ok()
+            .map(|interface| LocalLink {
+                interface,
+                networks: facts.addresses.clone(),
+            })
+    };
+    if detect_bridges {
+        for bridge in links
+            .iter()
+            .filter(|l| l.identity.kind.as_deref() == Some("bridge"))
+        {
+            let ports_local = links
+                .iter()
+                .filter(|port| port.master == Some(bridge.index))
+                .all(|port| {
+                    port.identity
+                        .kind
+                        .as_deref()
+                        .is_some_and(|kind| LOCAL_PORT_KINDS.contains(&kind))
+                });
+            let private = bridge.addresses.iter().all(is_private);
+            // A name that is also allowed explicitly counts once, as allowed.
+            let named = allowed.iter().any(|a| a.as_str() == bridge.name);
+            if ports_local && private && !named {
+                view.bridges.extend(link_of(bridge));
+            }
+        }
+    }
+    for name in allowed {
+        match links.iter().find(|l| l.name == name.as_str()) {
+            Some(facts)
+                if facts.identity.kind.is_none()
+                    && PHYSICAL_LINK_TYPES.contains(&facts.identity.link_type) =>
+            {
+                view.refused.push(format!(
+                    "{name} is a physical interface: allowing it would switch the kill switch off \
+                     for it (use allow_subnets or allow_inbound)"
+                ));
+            }
+            Some(facts) => view.interfaces.extend(link_of(facts)),
+            // Not there (yet): the rules name it all the same; it has no networks to route.
+            None => view.interfaces.push(LocalLink::named(name.clone())),
+        }
+    }
+    view
+}
+
+/// The view of this network namespace now; on a netlink failure, none (no bridge counts as local
+/// and the allowed interfaces are named only), which fails closed.
+pub fn look(allowed: &[InterfaceName], detect_bridges: bool) -> LocalView {
+    match killswitch_tunnel::netdev::all_links() {
+        Ok(links) => judge(&links, allowed, detect_bridges),
+        Err(e) => {
+            tracing::warn!("cannot list interfaces for the local bridges: {e}");
+            judge(&[], allowed, false)
+        }
+    }
+}
+
+/// A look that sees no interface at all (allowed ones by name only): for the simulation and
+/// tests, which must not depend on the machine they run on.
+pub fn nothing() -> crate::core::LookLocals {
+    Box::new(|allowed, _| judge(&[], allowed, false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use killswitch_tunnel::netdev::LinkIdentity;
+
+    fn link(
+        index: u32,
+        name: &str,
+        kind: Option<&str>,
+        master: Option<u32>,
+        addrs: &[&str],
+    ) -> LinkFacts {
+        LinkFacts {
+            index,
+            name: name.to_owned(),
+            identity: LinkIdentity {
+                kind: kind.map(str::to_owned),
+                link_type: 1,
+            },
+            master,
+            addresses: addrs.iter().map(|a| a.parse().expect("literal")).collect(),
+        }
+    }
+
+    fn name(n: &str) -> InterfaceName {
+        InterfaceName::new(n).expect("literal")
+    }
+
+    fn names(links: &[LocalLink]) -> Vec<&str> {
+        links.iter().map(|l| l.interface.as_str()).collect()
+    }
+
+    #[test]
+    fn container_and_vm_bridges_are_local_and_bridged_nics_are_not() {
+        let links = [
+            link(1, "eth0", None, None, &["192.168.1.10/24"]),
+            link(2, "docker0", Some("bridge"), None, &["172.17.0.1/16"]),
+            link(3, "vethab", Some("veth"), Some(2), &[]),
+            link(4, "virbr0", Some("bridge"), None, &["192.168.122.1/24"]),
+            link(5, "vnet0", Some("tun"), Some(4), &[]),
+            link(6, "br-empty", Some("bridge"), None, &[]),
+            link(7, "br0", Some("bridge"), None, &["192.168.2.1/24"]),
+            link(8, "eth1", None, Some(7), &[]),
+            link(9, "br-vlan", Some("bridge"), None, &["10.1.0.1/24"]),
+            link(10, "eth0.5", Some("vlan"), Some(9), &[]),
+            link(11, "br-public", Some("bridge"), None, &["203.0.113.1/24"]),
+            link(12, "veth-up", Some("veth"), None, &["10.9.0.2/24"]),
+        ];
+        let view = judge(&links, &[], true);
+        assert_eq!(names(&view.bridges), ["docker0", "virbr0", "br-empty"]);
+        assert_eq!(view.bridges[0].networks[0].to_string(), "172.17.0.1/16");
+        assert!(judge(&links, &[], false).bridges.is_empty());
+    }
+
+    #[test]
+    fn allowed_interfaces_are_honoured_unless_physical() {
+        let mut tailscale = link(3, "tailscale0", Some("tun"), None, &["100.101.102.103/32"]);
+        tailscale.identity.link_type = 65534;
+        let links = [
+            link(1, "eth0", None, None, &["192.168.1.10/24"]),
+            tailscale,
+            link(2, "docker0", Some("bridge"), None, &["172.17.0.1/16"]),
+        ];
+        let view = judge(
+            &links,
+            &[
+                name("tailscale0"),
+                name("eth0"),
+                name("zt0"),
+                name("docker0"),
+            ],
+            true,
+        );
+        assert_eq!(names(&view.interfaces), ["tailscale0", "zt0", "docker0"]);
+        assert_eq!(view.interfaces[0].networks.len(), 1);
+        assert!(view.interfaces[1].networks.is_empty());
+        assert!(view.bridges.is_empty(), "docker0 counts once, as allowed");
+        assert_eq!(view.refused.len(), 1);
+        assert!(view.refused[0].starts_with("eth0 is a physical interface"));
+    }
+}
