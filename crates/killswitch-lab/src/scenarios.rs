@@ -17,7 +17,6 @@ use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-#[path = "coexist.rs"]
 mod coexist;
 
 /// A scenario: a name for `--scenario`, what it guards, and its script.

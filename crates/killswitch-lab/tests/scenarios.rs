@@ -125,3 +125,18 @@ fn a_second_daemon_touches_nothing() {
 fn another_firewalls_flushes_leak_nothing_from_bound_sockets() {
     scenario_passes("flush-by-other-firewall");
 }
+
+#[test]
+fn container_bridges_work_locally_and_reach_out_only_through_the_tunnel() {
+    scenario_passes("containers");
+}
+
+#[test]
+fn an_allowed_interface_works_both_ways_and_nothing_else_leaves() {
+    scenario_passes("tailscale-like");
+}
+
+#[test]
+fn ssh_from_the_lan_works_while_blocked_and_only_for_its_own_flows() {
+    scenario_passes("ssh-inbound");
+}

@@ -151,7 +151,8 @@ fn leaks_except(lab: &Lab, from: usize, allowed: impl Fn(&Frame) -> bool) -> Res
             |c| matches!(&c.frame, Frame::Ip(p) if p.payload == id),
         )
         .context("draining the capture")?;
-    let endpoints = [lab.tunnel.endpoint()];
+    let mut endpoints = vec![lab.tunnel.endpoint()];
+    endpoints.extend(lab.up_servers.iter().map(|(server, _)| server.endpoint));
     let tunnel_addresses = lab.tunnel_addresses();
     let facts = Facts {
         endpoints: &endpoints,
@@ -283,14 +284,18 @@ pub(super) fn containers(lab: &mut Lab) -> Result<Outcome> {
     // Unprotected first: the container's traffic does leave by the physical link (the path a
     // leak would take exists, so its absence later means something).
     let (_, direct_unprotected) = container_egress(lab, &c, false)?;
-    lab.connect()?;
+    // The daemon as the WireGuard client (`up`), as most users of containers would run it.
+    lab.start_up_servers(1)?;
+    lab.up()?;
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
     let from = lab.capture.len();
     let window = lab.begin(&TUNNEL_KINDS)?;
     let connected = local_checks(&lab.topo.client, &c, 7001)?;
     let (tunnelled, direct_connected) = container_egress(lab, &c, true)?;
     let dns_in_tunnel = {
         let since = Instant::now();
-        let resolver = SocketAddr::new(wireguard::SERVER_TUNNEL_V4.into(), 53);
+        let resolver = SocketAddr::new(lab.up_servers[0].0.tunnel_ip.into(), 53);
         c.one
             .run(|| traffic::send_udp(resolver, b"killswitch-lab container dns", None))??;
         lab.servers
@@ -300,9 +305,12 @@ pub(super) fn containers(lab: &mut Lab) -> Result<Outcome> {
     };
     let status = lab.daemon()?.status()?;
 
-    lab.tunnel.kill_client()?;
+    // The server dies: `up` keeps trying it, connecting.
+    lab.up_servers[0].0.process().kill()?;
     lab.daemon()?
-        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+        .wait_for("the dead server noticed", EVENT_TIMEOUT, |s| {
+            s.state == State::Connecting
+        })?;
     let connecting = local_checks(&lab.topo.client, &c, 7002)?;
     let (_, direct_connecting) = container_egress(lab, &c, false)?;
 
