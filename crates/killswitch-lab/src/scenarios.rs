@@ -17,6 +17,8 @@ use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+mod coexist_firewalls;
+
 /// A scenario: a name for `--scenario`, what it guards, and its script.
 #[derive(Debug, Clone, Copy)]
 pub struct Scenario {
@@ -28,7 +30,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 17] = [
+pub const ALL: [Scenario; 19] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -114,6 +116,8 @@ pub const ALL: [Scenario; 17] = [
         guards: "a second killswitchd (same or other state directory) refuses before touching the running one's rules, DNS or tunnel",
         script: second_daemon,
     },
+    coexist_firewalls::FIREWALLD,
+    coexist_firewalls::UFW,
 ];
 
 /// Finds a scenario by name.

@@ -125,3 +125,13 @@ fn a_second_daemon_touches_nothing() {
 fn another_firewalls_flushes_leak_nothing_from_bound_sockets() {
     scenario_passes("flush-by-other-firewall");
 }
+
+#[test]
+fn firewalld_filters_and_its_reloads_leak_nothing() {
+    scenario_passes("firewalld");
+}
+
+#[test]
+fn ufw_filters_and_its_reloads_leak_nothing() {
+    scenario_passes("ufw");
+}
