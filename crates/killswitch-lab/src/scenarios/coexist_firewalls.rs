@@ -468,6 +468,9 @@ fn firewalld(lab: &mut Lab) -> Result<Outcome> {
         shared.owned.range("start"),
         shared.owned.range("--reload")
     ));
+    outcome.note(
+        "the blocked column counts firewalld's refusals too: during a reload its table inet firewalld_policy_drop drops new outgoing flows (the sender gets EPERM), as killswitch's reject does",
+    );
     Ok(outcome)
 }
 
@@ -629,5 +632,8 @@ fn ufw(lab: &mut Lab) -> Result<Outcome> {
         shared.owned.range("enable"),
         shared.owned.range("reload")
     ));
+    outcome.note(
+        "lost packets here are mostly ufw's: a reload rebuilds its chains, and replies arriving meanwhile (echo replies, TCP handshakes) are dropped by its input policy",
+    );
     Ok(outcome)
 }
