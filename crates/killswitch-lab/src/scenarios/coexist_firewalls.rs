@@ -633,7 +633,7 @@ fn ufw(lab: &mut Lab) -> Result<Outcome> {
         shared.owned.range("reload")
     ));
     outcome.note(
-        "lost packets here are mostly ufw's: a reload rebuilds its chains, and replies arriving meanwhile (echo replies, TCP handshakes) are dropped by its input policy",
+        "lost packets here are probably ufw's (not counted per kind): a reload rebuilds its chains, and replies arriving meanwhile (echo replies, TCP handshakes) are dropped by its input policy",
     );
     Ok(outcome)
 }
