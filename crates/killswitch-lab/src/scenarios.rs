@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 mod coexist;
+mod coexist_firewalls;
 
 /// A scenario: a name for `--scenario`, what it guards, and its script.
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +31,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 20] = [
+pub const ALL: [Scenario; 22] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -131,6 +132,8 @@ pub const ALL: [Scenario; 20] = [
         guards: "SSH from the LAN works while blocked, no other port does, and a flow started in the tunnel cannot use the exception",
         script: coexist::ssh_inbound,
     },
+    coexist_firewalls::FIREWALLD,
+    coexist_firewalls::UFW,
 ];
 
 /// Finds a scenario by name.

@@ -140,3 +140,13 @@ fn an_allowed_interface_works_both_ways_and_nothing_else_leaves() {
 fn ssh_from_the_lan_works_while_blocked_and_only_for_its_own_flows() {
     scenario_passes("ssh-inbound");
 }
+
+#[test]
+fn firewalld_filters_and_its_reloads_leak_nothing() {
+    scenario_passes("firewalld");
+}
+
+#[test]
+fn ufw_filters_and_its_reloads_leak_nothing() {
+    scenario_passes("ufw");
+}
