@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Checks the packaging on this machine (as root, no systemd needed):
-#  1. the Debian package builds and holds the binaries, units, config, sysusers file, Debian
-#     changelog (for the package's version) and DEP-5 copyright;
+#  1. the Debian package builds and holds the binaries, units, config, sysusers file, man pages
+#     (which man renders without a warning), bash/zsh/fish completions, Debian changelog (for the
+#     package's version) and DEP-5 copyright;
 #  2. lintian reports nothing but the tags packaging/lintian-expected lists (README.md says why);
 #  3. the units pass `systemd-analyze verify`, and the early-boot unit is ordered before sysinit
 #     and the network managers without a cycle (test-unit-ordering.sh);
-#  4. `make install DESTDIR=...` installs the same, with the unit paths rendered;
+#  4. `make install DESTDIR=...` installs the same, with the unit paths rendered, and `make
+#     uninstall` removes the man pages and completions again;
 #  5. the maintainer scripts do what installation, upgrade, removal and purge need, run against
 #     stubs in a private mount namespace (so that /run, /var/lib and the systemd directories the
 #     scripts see are scratch tmpfs, never this machine's): test-maintainer-scripts.sh.
@@ -14,10 +16,16 @@ cd "$(dirname "$0")/.."
 fail() { echo "packaging check FAILED: $*" >&2; exit 1; }
 
 command -v cargo-deb >/dev/null 2>&1 || cargo install cargo-deb --locked --quiet
-if ! command -v lintian >/dev/null 2>&1; then
+# man-db and groff-base: lintian checks the man pages with them, and so does this script.
+if ! command -v lintian >/dev/null 2>&1 || ! command -v man >/dev/null 2>&1 || ! command -v groff >/dev/null 2>&1; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends lintian man-db groff-base >/dev/null
 fi
+# The generated man pages and completions, as they are installed (relative to /usr/share).
+generated=(man/man1/killswitch.1.gz man/man8/killswitchd.8.gz
+           bash-completion/completions/killswitch bash-completion/completions/killswitchd
+           zsh/vendor-completions/_killswitch zsh/vendor-completions/_killswitchd
+           fish/vendor_completions.d/killswitch.fish fish/vendor_completions.d/killswitchd.fish)
 cargo build --release --workspace --bins --locked
 bash packaging/build-deb.sh >/dev/null
 deb=$(ls -t target/debian/killswitch_*.deb | head -1)
@@ -25,7 +33,8 @@ contents=$(dpkg-deb -c "$deb" | awk '{print $6}')
 for f in ./usr/sbin/killswitchd ./usr/bin/killswitch ./lib/systemd/system/killswitchd.service \
          ./lib/systemd/system/killswitch-early.service ./etc/killswitch/config.toml \
          ./usr/lib/sysusers.d/killswitch.conf ./usr/share/doc/killswitch/copyright \
-         ./usr/share/doc/killswitch/changelog.Debian.gz ./usr/share/lintian/overrides/killswitch; do
+         ./usr/share/doc/killswitch/changelog.Debian.gz ./usr/share/lintian/overrides/killswitch \
+         "${generated[@]/#/./usr/share/}"; do
     grep -qx "$f" <<<"$contents" || fail "$deb lacks $f"
 done
 depends=$(dpkg-deb -f "$deb" Depends)
@@ -42,7 +51,21 @@ changelog=$(gzip -dc "$root/deb/usr/share/doc/killswitch/changelog.Debian.gz" | 
 [[ $changelog == "killswitch ($version) "* ]] || fail "packaging/debian/changelog's top entry is not for $version: $changelog"
 [[ $(head -1 "$root/deb/usr/share/doc/killswitch/copyright") == 'Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/' ]] \
     || fail "the copyright file is not in DEP-5 format"
-echo "package: $deb ($(du -h "$deb" | cut -f1)), contents ok"
+# The man pages render without a warning from groff or man (lintian checks some of this too), and
+# name every command; the completions know every command.
+for page in killswitch.1 killswitchd.8; do
+    file=$(ls "$root"/deb/usr/share/man/man?/"$page.gz")
+    warnings=$(LC_ALL=C.UTF-8 MANWIDTH=80 man --warnings -E UTF-8 -l -Tutf8 "$file" 2>&1 >/dev/null) \
+        || fail "man cannot render $page"
+    [[ -z $warnings ]] || fail "man warns about $page:"$'\n'"$warnings"
+done
+rendered=$(LC_ALL=C.UTF-8 MANWIDTH=80 man -l "$root/deb/usr/share/man/man1/killswitch.1.gz" 2>/dev/null)
+for command in status guard up down lockdown allow-lan off events; do
+    grep -q "^   $command\$" <<<"$rendered" || fail "killswitch(1) has no section for $command"
+    grep -qw -- "$command" "$root/deb/usr/share/bash-completion/completions/killswitch" \
+        || fail "the bash completion does not know $command"
+done
+echo "package: $deb ($(du -h "$deb" | cut -f1)), contents ok, man pages render"
 
 # lintian's errors and warnings against the justified list (info tags are not checked: some, like
 # spelling-error-in-binary, come and go with unrelated code changes; README.md lists those too).
@@ -50,12 +73,12 @@ echo "package: $deb ($(du -h "$deb" | cut -f1)), contents ok"
 # failed to run fails below, as every listed tag is then missing.
 lintian --tag-display-limit 0 "$deb" > "$root/lintian" 2>&1 || true
 reported=$(grep -E '^[EW]: ' "$root/lintian" | sort -u || true)
-expected=$(grep -Ev '^(#|$)' packaging/lintian-expected | sort -u)
+expected=$( (grep -Ev '^(#|$)' packaging/lintian-expected || true) | sort -u)
 unexpected=$(comm -23 <(echo "$reported") <(echo "$expected") | sed '/^$/d')
 gone=$(comm -13 <(echo "$reported") <(echo "$expected") | sed '/^$/d')
 [[ -z $unexpected ]] || fail "lintian reports tags packaging/lintian-expected does not list (justify each in packaging/README.md, or fix it):"$'\n'"$unexpected"$'\n'"$(cat "$root/lintian")"
 [[ -z $gone ]] || fail "lintian no longer reports these; remove them from packaging/lintian-expected and README.md:"$'\n'"$gone"
-echo "lintian: only the justified tags ($(grep -c . <<<"$expected"))"
+echo "lintian: only the justified tags ($(grep -c . <<<"$expected" || true))"
 
 mkdir -p "$root/units"
 for unit in killswitchd.service killswitch-early.service; do
@@ -68,11 +91,17 @@ bash packaging/test-unit-ordering.sh "$root/units"
 
 make -s install DESTDIR="$root/make" PREFIX=/usr >/dev/null
 for f in usr/sbin/killswitchd usr/bin/killswitch etc/systemd/system/killswitchd.service \
-         etc/systemd/system/killswitch-early.service etc/killswitch/config.toml usr/lib/sysusers.d/killswitch.conf; do
+         etc/systemd/system/killswitch-early.service etc/killswitch/config.toml usr/lib/sysusers.d/killswitch.conf \
+         "${generated[@]/#/usr/share/}"; do
     [[ -e "$root/make/$f" ]] || fail "make install did not install $f"
 done
 grep -qx 'ExecStart=/usr/sbin/killswitchd' "$root/make/etc/systemd/system/killswitchd.service" || fail "make install unit path"
-echo "make install: ok"
+# With DESTDIR, uninstall only removes files (no units stopped, no --teardown on this machine).
+make -s uninstall DESTDIR="$root/make" PREFIX=/usr >/dev/null
+for f in "${generated[@]/#/usr/share/}"; do
+    [[ ! -e "$root/make/$f" ]] || fail "make uninstall left $f"
+done
+echo "make install: ok; make uninstall removes the man pages and completions"
 
 dpkg-deb -e "$deb" "$root/control"
 unshare --mount --propagation private bash packaging/test-maintainer-scripts.sh "$root/deb" "$root/control"

@@ -103,12 +103,22 @@ fn fill_missing(sent: &mut serde_json::Value, parsed: serde_json::Value) {
 #[derive(Debug)]
 pub(crate) struct Client {
     socket: PathBuf,
+    /// How long a reply may take.
+    timeout: Duration,
 }
 
 impl Client {
     /// A client for the daemon at `socket`.
     pub(crate) fn new(socket: PathBuf) -> Self {
-        Client { socket }
+        Client {
+            socket,
+            timeout: REPLY_TIMEOUT,
+        }
+    }
+
+    /// The same client, waiting at most `timeout` for each reply.
+    pub(crate) fn with_timeout(self, timeout: Duration) -> Self {
+        Client { timeout, ..self }
     }
 
     fn connect(&self, request: Request) -> Result<BufReader<UnixStream>, Failure> {
@@ -125,7 +135,7 @@ impl Client {
             let mut reader = BufReader::new(stream);
             if reader
                 .get_ref()
-                .set_read_timeout(Some(REPLY_TIMEOUT))
+                .set_read_timeout(Some(self.timeout))
                 .is_ok()
                 && let Ok((ServerMessage::Error { error }, _)) = read_message(&mut reader)
             {
@@ -141,7 +151,7 @@ impl Client {
         let mut reader = self.connect(request)?;
         reader
             .get_ref()
-            .set_read_timeout(Some(REPLY_TIMEOUT))
+            .set_read_timeout(Some(self.timeout))
             .map_err(|e| Failure::Protocol(e.to_string()))?;
         loop {
             let (message, sent) = read_message(&mut reader)?;
@@ -197,7 +207,13 @@ fn read_message(
             ) =>
         {
             Err(Failure::Protocol(format!(
-                "no answer within {REPLY_TIMEOUT:?}"
+                "no answer within {:?}",
+                reader
+                    .get_ref()
+                    .read_timeout()
+                    .ok()
+                    .flatten()
+                    .unwrap_or(REPLY_TIMEOUT)
             )))
         }
         Err(e) => Err(Failure::Protocol(e.to_string())),

@@ -1,139 +1,42 @@
 //! `killswitch`: the command-line client. Parses, asks the daemon, prints.
 //!
 //! It never touches the firewall itself (it links only `killswitch-types`): every change goes
-//! through the daemon, which checks who is asking.
+//! through the daemon, which checks who is asking. The command line itself is defined in the
+//! crate's library ([`killswitch_cli::args`]), which the man page and completions are made from.
 
 mod client;
 mod render;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser};
 use client::{Client, Failure, Received};
+use killswitch_cli::args::{Cli, Command};
+use killswitch_types::GuardSpec;
 use killswitch_types::ipc::{ConfigSource, Request};
-use killswitch_types::{Endpoint, Fwmark, GuardSpec, InterfaceName};
-use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Duration;
 
-const AFTER_HELP: &str = "\
-EXIT STATUS:
-    0  the request succeeded
-    1  the daemon refused or failed the request (the reason is printed)
-    2  the command line was invalid
-    3  the daemon could not be reached, or answered something unreadable
-
-EXAMPLES:
-    killswitch status
-    sudo killswitch up /etc/wireguard/se1.conf /etc/wireguard/se2.conf
-    sudo killswitch guard --interface wg0 --endpoint 198.51.100.1:51820 --dns 10.64.0.1 --mark 0xca6c
-    sudo killswitch lockdown on
-    killswitch --json status | jq .state";
-
-/// Control the killswitch daemon: a kernel-enforced VPN kill switch.
-///
-/// While a tunnel is guarded, nothing leaves this machine except through the tunnel and to the
-/// VPN server itself; when the tunnel drops, traffic stops instead of leaking. The rules live in the
-/// kernel (nftables), so they hold even if this command, the VPN client or the daemon dies.
-///
-/// Anyone may read the status. Changing anything needs root or membership in the daemon's admin
-/// group (`killswitch` by default).
-#[derive(Debug, Parser)]
-#[command(version, about, long_about, after_help = AFTER_HELP)]
-struct Cli {
-    /// The daemon's socket.
-    #[arg(long, global = true, value_name = "PATH", env = "KILLSWITCH_SOCKET", default_value = killswitch_types::ipc::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Print machine-readable JSON instead of text (one object; one per line for `events`).
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Show the state, the settings, the tunnel and the last error.
-    Status,
-    /// Protect a tunnel that another program manages (OpenVPN, wg-quick, ...).
-    ///
-    /// Blocks everything at once except the VPN server's exact address, port and protocol. When
-    /// the interface is up with an address, traffic may also leave through it. DNS is allowed only
-    /// to the given resolvers, through the tunnel. Replaces whatever was guarded before, atomically.
-    Guard {
-        /// The tunnel interface, e.g. wg0 or tun0.
-        #[arg(long, value_name = "IFACE")]
-        interface: InterfaceName,
-        /// The VPN server: IP:PORT[/udp|/tcp] ([v6]:PORT for IPv6). UDP if not given.
-        #[arg(long, value_name = "IP:PORT[/PROTO]")]
-        endpoint: Endpoint,
-        /// A DNS server inside the tunnel; repeat for more. Without it, DNS is blocked entirely.
-        #[arg(long, value_name = "IP")]
-        dns: Vec<IpAddr>,
-        /// Only packets with this fwmark (the tunnel's own socket) may reach the server outside the
-        /// tunnel. Decimal or 0x-hex. Defeats programs that try the server's address directly.
-        #[arg(long, value_name = "N")]
-        mark: Option<Fwmark>,
-        /// Only sockets owned by this uid may reach the server outside the tunnel.
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..i64::from(u32::MAX)))]
-        uid: Option<u32>,
-    },
-    /// Bring up WireGuard, protected: firewall first, then the tunnel; fail over between servers.
-    ///
-    /// Each CONFIG is a wg-quick style file (a path, read by this command with your permissions)
-    /// or a name that the daemon looks up in /etc/wireguard (NAME.conf). Several configurations
-    /// are servers to fail over between, in that order. Only the tunnel's own packets may reach the
-    /// current server outside the tunnel; when the tunnel dies (no sign of life for 3 s by default,
-    /// `dead_after_seconds` in config.toml), the next server is tried while everything stays
-    /// blocked. `down` removes the tunnel.
-    Up {
-        /// Configuration files or names.
-        #[arg(value_name = "CONFIG", required = true)]
-        configs: Vec<String>,
-        /// The interface name (default: the first configuration's file name, as wg-quick does).
-        #[arg(long, value_name = "IFACE")]
-        interface: Option<InterfaceName>,
-    },
-    /// Stop guarding: back to disconnected (everything stays blocked if lockdown is on).
-    Down,
-    /// Block everything while no tunnel is connected, even after `down` and across reboots.
-    ///
-    /// `lockdown on` after `off` arms the kill switch again: the machine is blocked at once.
-    Lockdown {
-        /// on or off.
-        value: OnOff,
-    },
-    /// Allow the local network (private, link-local and multicast ranges) outside the tunnel.
-    ///
-    /// The ranges are fixed (10/8, 172.16/12, 192.168/16, 169.254/16, fe80::/10, fc00::/7,
-    /// multicast and broadcast), never "whatever the network says is local"; `lan_subnets` in the
-    /// daemon's config.toml narrows them to the subnets it names. DNS to the LAN stays blocked.
-    AllowLan {
-        /// on or off.
-        value: OnOff,
-    },
-    /// Remove the kill switch entirely: no rules at all, and lockdown off.
-    ///
-    /// Nothing is blocked until the next `guard`, `up` or `lockdown on`. A tunnel that `up`
-    /// started is removed.
-    Off,
-    /// Print every state change as it happens, until interrupted.
-    Events,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum OnOff {
-    On,
-    Off,
-}
-
-impl OnOff {
-    fn enabled(self) -> bool {
-        self == OnOff::On
-    }
-}
+/// How long `--version` waits for the daemon: it answers a status request in milliseconds, and a
+/// version query must not hang a script on a wedged daemon.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let request = match cli.command {
+    if cli.version {
+        print_versions(&cli.socket, cli.json);
+        return ExitCode::SUCCESS;
+    }
+    let Some(command) = cli.command else {
+        // clap cannot require a command only when --version is absent; this is its own error
+        // (and exit status 2) for a missing one.
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingSubcommand,
+                "a command is required (see --help)",
+            )
+            .exit()
+    };
+    let request = match command {
         Command::Status => Request::Status,
         Command::Guard {
             interface,
@@ -194,6 +97,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints this program's version and the daemon's (`--version`). The daemon is asked for its
+/// status, which anyone may read; one that cannot be reached is no error here: the question was
+/// about versions, and this program's is known.
+fn print_versions(socket: &Path, json: bool) {
+    let name = "killswitch";
+    let version = killswitch_types::PRODUCT_VERSION;
+    let daemon = Client::new(socket.to_owned())
+        .with_timeout(VERSION_TIMEOUT)
+        .request(Request::Status);
+    if json {
+        let daemon = match &daemon {
+            Ok(received) => serde_json::json!({
+                "version": received.status.daemon_version,
+                "protocol": received.status.protocol,
+                "schema": received.status.schema,
+            }),
+            Err(failure) => serde_json::json!({ "error": failure.to_string() }),
+        };
+        emit(&format!(
+            "{}\n",
+            serde_json::json!({ "version": version, "daemon": daemon })
+        ));
+        return;
+    }
+    let daemon = match &daemon {
+        // A daemon's words are shown, not obeyed (control characters escaped).
+        Ok(received) => match &received.status.daemon_version {
+            Some(v) => format!("killswitchd {}", render::clean(v)),
+            None => format!(
+                "killswitchd: running, release unknown (older than the field that reports it; protocol {})",
+                received.status.protocol
+            ),
+        },
+        Err(failure) => format!("killswitchd: {}", render::clean(&failure.to_string())),
+    };
+    emit(&format!("{name} {version}\n{daemon}\n"));
+}
+
 /// Reads the configurations given as files (with this user's permissions), and passes names on
 /// for the daemon to look up. Warns about files other users can read: they hold a private key.
 fn read_configs(configs: &[String]) -> Result<Vec<ConfigSource>, String> {
@@ -201,7 +142,7 @@ fn read_configs(configs: &[String]) -> Result<Vec<ConfigSource>, String> {
     configs
         .iter()
         .map(|arg| {
-            let path = std::path::Path::new(arg);
+            let path = Path::new(arg);
             let is_file = arg.contains('/') || arg.ends_with(".conf") || path.is_file();
             if !is_file {
                 return Ok(ConfigSource { source: arg.clone(), text: None });

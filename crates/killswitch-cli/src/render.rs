@@ -244,6 +244,8 @@ mod tests {
     fn sample() -> Status {
         Status {
             protocol: killswitch_types::ipc::PROTOCOL_VERSION,
+            schema: killswitch_types::ipc::STATUS_SCHEMA_VERSION,
+            daemon_version: Some(killswitch_types::PRODUCT_VERSION.to_owned()),
             state: State::Connected,
             lockdown: true,
             allow_lan: false,

@@ -709,6 +709,8 @@ impl<F: Firewall> Core<F> {
         .map(str::to_owned);
         Status {
             protocol: killswitch_types::ipc::PROTOCOL_VERSION,
+            schema: killswitch_types::ipc::STATUS_SCHEMA_VERSION,
+            daemon_version: Some(killswitch_types::PRODUCT_VERSION.to_owned()),
             state: self.state,
             lockdown: self.settings.lockdown,
             allow_lan: self.settings.allow_lan,

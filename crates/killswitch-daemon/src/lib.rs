@@ -14,9 +14,11 @@
 //! - [`logging`]: the log's style (journal priorities, plain text, or colours on a terminal);
 //! - [`boot`]: `--early-boot`, blocking from the saved settings before the network comes up;
 //! - [`teardown`]: `--teardown`, switching the kill switch off for good (package removal);
-//! - [`run`]: the event loop that wires them together.
+//! - [`run`]: the event loop that wires them together;
+//! - [`args`]: the command line (here, not in `main.rs`, so that the man page is made from it).
 
 pub mod admission;
+pub mod args;
 pub mod authz;
 pub mod boot;
 pub mod config;

@@ -1,52 +1,14 @@
-//! `killswitchd`: parses arguments, sets up logging, runs the daemon.
+//! `killswitchd`: parses arguments (defined in [`killswitch_daemon::args`]), sets up logging, runs
+//! the daemon.
 
 use clap::Parser;
+use killswitch_daemon::args::Args;
 use killswitch_daemon::boot::{self, Decision};
-use killswitch_daemon::config::DEFAULT_PATH as DEFAULT_CONFIG;
 use killswitch_daemon::firewall::Nftables;
 use killswitch_daemon::run::{Options, run};
-use killswitch_daemon::store::DEFAULT_STATE_DIR;
 use killswitch_daemon::store::Store;
 use killswitch_daemon::teardown::Teardown;
-use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// The killswitch daemon: keeps a kernel-enforced VPN kill switch (nftables) in place.
-///
-/// It owns table `inet killswitch`, installs it in one atomic transaction on every change, and
-/// leaves it in place when it stops or crashes: protection never depends on this process being
-/// alive. Clients (`killswitch`) talk to it over a Unix socket; anyone may read the status, only
-/// root and members of the admin group may change anything.
-#[derive(Debug, Parser)]
-#[command(version, about, long_about)]
-struct Args {
-    /// Configuration file (TOML). A missing file means the defaults.
-    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
-    config: PathBuf,
-    /// The IPC socket to listen on.
-    #[arg(long, value_name = "PATH", env = "KILLSWITCH_SOCKET", default_value = killswitch_types::ipc::DEFAULT_SOCKET)]
-    socket: PathBuf,
-    /// Where the settings and the last requested state are kept.
-    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
-    /// Apply the blocking rules if the saved settings call for it (lockdown on, or a tunnel was
-    /// protected, or the settings cannot be read), then exit. For a unit that runs before the
-    /// network comes up; the daemon takes over when it starts.
-    #[arg(long, conflicts_with = "teardown")]
-    early_boot: bool,
-    /// Switch the kill switch off and exit. If a daemon runs, it is asked to switch off
-    /// through its socket (as `killswitch off` does); if it cannot be asked, nothing is changed
-    /// and the exit status is 1. With no daemon running, the resolver configuration the daemon
-    /// saved is restored, interfaces a crashed daemon left are removed, and both layers of rules
-    /// go. The saved settings stay as they are: a daemon started later resumes them. For package
-    /// removal and `make uninstall`.
-    #[arg(long)]
-    teardown: bool,
-    /// Never own the tables, as on a kernel without nf_tables' `persist` flag: for the tests of
-    /// that fallback. Not for use: it lets other programs flush the rules.
-    #[arg(long, hide = true)]
-    test_unowned_tables: bool,
-}
 
 /// The firewall backend `args` ask for.
 fn firewall(args: &Args) -> Nftables {

@@ -1145,6 +1145,57 @@ fn json_status_names_the_protocol_version() -> Result<()> {
 }
 
 #[test]
+fn version_names_the_product_and_the_running_daemon() -> Result<()> {
+    if !require_root("version_names_the_product_and_the_running_daemon") {
+        return Ok(());
+    }
+    let version = killswitch_types::PRODUCT_VERSION;
+    // Both binaries name the product, not their crates (`killswitch-cli 0.1.0`).
+    let daemon_only = std::process::Command::new(killswitch_lab::binaries::path("killswitchd")?)
+        .arg("--version")
+        .output()?;
+    ensure!(
+        daemon_only.status.success()
+            && String::from_utf8_lossy(&daemon_only.stdout) == format!("killswitchd {version}\n"),
+        "{daemon_only:?}"
+    );
+    // No daemon: the CLI's version, a line saying so, and still success.
+    let alone = std::process::Command::new(killswitch_lab::binaries::path("killswitch")?)
+        .args(["--socket", "/nonexistent/killswitch.sock", "--version"])
+        .output()?;
+    let stdout = String::from_utf8_lossy(&alone.stdout);
+    ensure!(
+        alone.status.success()
+            && stdout.starts_with(&format!("killswitch {version}\nkillswitchd: cannot reach"))
+            && stdout.lines().count() == 2,
+        "{alone:?}"
+    );
+    // A daemon: its version, from its status, which also carries the schema.
+    let topo = Topology::new("version")?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    let both = daemon.cli(&["--version"])?.ok()?.stdout;
+    ensure!(
+        both == format!("killswitch {version}\nkillswitchd {version}\n"),
+        "{both}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&daemon.cli(&["--version", "--json"])?.ok()?.stdout)?;
+    ensure!(
+        json["version"] == version && json["daemon"]["version"] == version,
+        "{json}"
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&daemon.cli(&["--json", "status"])?.ok()?.stdout)?;
+    ensure!(
+        status["schema"] == killswitch_types::ipc::STATUS_SCHEMA_VERSION
+            && status["daemon_version"] == version,
+        "{status}"
+    );
+    Ok(())
+}
+
+#[test]
 fn where_tables_cannot_be_owned_a_flush_is_restored_and_status_says_so() -> Result<()> {
     if !require_root("where_tables_cannot_be_owned_a_flush_is_restored_and_status_says_so") {
         return Ok(());

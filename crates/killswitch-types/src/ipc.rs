@@ -22,7 +22,8 @@
 //!   some, at any level), reads an unknown error kind as [`ErrorKind::Unknown`] and an unknown
 //!   message type as [`ServerMessage::Unknown`]. Fields added to replies get a default, so that a
 //!   newer CLI reads an older daemon too. [`Status::protocol`] says which protocol the daemon
-//!   speaks.
+//!   speaks, [`Status::schema`] which layout its status has, and [`Status::daemon_version`] which
+//!   release it is.
 
 use crate::{GuardSpec, State, TunnelStatus};
 use serde::{Deserialize, Serialize};
@@ -30,6 +31,12 @@ use std::fmt;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The layout of [`Status`] this build sends: what scripts reading `killswitch --json status`
+/// check. It changes only when a field is removed or renamed or changes its meaning; a new field
+/// does not change it (readers ignore fields they do not know). Status objects from before the
+/// field are this layout, version 1.
+pub const STATUS_SCHEMA_VERSION: u32 = 1;
 
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/killswitch/killswitch.sock";
@@ -242,6 +249,14 @@ pub struct Status {
     /// this field spoke version 1.
     #[serde(default = "protocol_before_the_field")]
     pub protocol: u32,
+    /// The layout of this object ([`STATUS_SCHEMA_VERSION`] of the daemon's build). Daemons from
+    /// before this field sent layout 1.
+    #[serde(default = "schema_before_the_field")]
+    pub schema: u32,
+    /// The daemon's release ([`crate::PRODUCT_VERSION`] of its build, e.g. `0.1.0`); `None` from
+    /// daemons older than this field.
+    #[serde(default)]
+    pub daemon_version: Option<String>,
     /// The current state.
     pub state: State,
     /// Whether lockdown is on.
@@ -294,6 +309,10 @@ impl ExceptionsStatus {
 }
 
 fn protocol_before_the_field() -> u32 {
+    1
+}
+
+fn schema_before_the_field() -> u32 {
     1
 }
 
@@ -614,6 +633,23 @@ mod tests {
         assert_eq!(status.protocol, 1);
         let json = serde_json::to_value(&status).expect("encodes");
         assert_eq!(json["protocol"], PROTOCOL_VERSION);
+    }
+
+    #[test]
+    fn a_status_without_schema_or_daemon_version_is_layout_1_of_an_unknown_release() {
+        // What a daemon from before the two fields sends.
+        let older = r#"{"protocol":1,"state":"off","lockdown":false,"allow_lan":false,"tunnel":null,"error":null,"firewall":{"installed":false,"blocking":false,"transitions":0,"last_apply_us":null}}"#;
+        let status: Status = serde_json::from_str(older).expect("an older daemon's status");
+        assert_eq!(status.schema, 1);
+        assert_eq!(status.daemon_version, None);
+        // And a newer one's, with a layout and a release this build does not know.
+        let newer = older.replace(
+            r#""protocol":1,"#,
+            r#""protocol":1,"schema":2,"daemon_version":"9.0.0","#,
+        );
+        let status: Status = serde_json::from_str(&newer).expect("a newer daemon's status");
+        assert_eq!(status.schema, 2);
+        assert_eq!(status.daemon_version.as_deref(), Some("9.0.0"));
     }
 
     #[test]

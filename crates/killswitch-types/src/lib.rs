@@ -10,6 +10,11 @@
 #![forbid(unsafe_code)]
 
 pub mod allow;
+/// The product's release, shared by every crate of the workspace (`version.workspace = true`):
+/// what `killswitch --version` and `killswitchd --version` print, and what the daemon reports in
+/// its status. One constant, so that no binary prints its crate's name or version instead.
+pub const PRODUCT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
 mod endpoint;
 mod iface;
 pub mod ipc;

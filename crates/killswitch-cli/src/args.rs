@@ -1,0 +1,266 @@
+//! What `killswitch` accepts: the global options, the commands and their arguments, and the exit
+//! statuses and examples that `--help` and the man page show.
+//!
+//! Every doc comment on the definitions is user-facing text: the first paragraph is the short
+//! help (`-h`, the command list, the man page's NAME line), the whole the long help (`--help`,
+//! the man page).
+
+use clap::{Parser, Subcommand, ValueEnum, ValueHint};
+use killswitch_types::{Endpoint, Fwmark, InterfaceName};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+/// The exit statuses of `killswitch` and what each means: `--help` and the man page list them,
+/// and the binary exits with these numbers.
+pub const EXIT_STATUS: &[(u8, &str)] = &[
+    (
+        0,
+        "the request succeeded (for --version: whether or not the daemon answered)",
+    ),
+    (
+        1,
+        "the daemon refused or failed the request (the reason is printed on one line)",
+    ),
+    (2, "the command line was invalid"),
+    (
+        3,
+        "the daemon could not be reached, or answered something unreadable",
+    ),
+];
+
+/// Examples for `--help` and the man page: a command line, and what it does.
+pub const EXAMPLES: &[(&str, &str)] = &[
+    ("killswitch status", "Show what the kill switch is doing."),
+    (
+        "sudo killswitch up /etc/wireguard/se1.conf /etc/wireguard/se2.conf",
+        "Bring up WireGuard with two servers to fail over between, protected from the start.",
+    ),
+    (
+        "sudo killswitch guard --interface wg0 --endpoint 198.51.100.1:51820 --dns 10.64.0.1 --mark 0xca6c",
+        "Protect a tunnel that wg-quick manages, after `wg set wg0 fwmark 0xca6c`.",
+    ),
+    (
+        "sudo killswitch lockdown on",
+        "Block everything whenever no tunnel is connected, across reboots too.",
+    ),
+    (
+        "killswitch --json status | jq .state",
+        "Read the state from a script.",
+    ),
+];
+
+/// The text after `--help`: the exit statuses and the examples, from the tables above.
+fn after_help() -> String {
+    let mut text = String::from("Exit status:\n");
+    for (code, meaning) in EXIT_STATUS {
+        text.push_str(&format!("  {code}  {meaning}\n"));
+    }
+    text.push_str("\nExamples:\n");
+    for (command, _) in EXAMPLES {
+        text.push_str(&format!("  {command}\n"));
+    }
+    text.pop();
+    text
+}
+
+/// Control the killswitch daemon: a kernel-enforced VPN kill switch.
+///
+/// While a tunnel is guarded, nothing leaves this machine except through the tunnel and to the
+/// VPN server itself; when the tunnel drops, traffic stops instead of leaking. The rules live in the
+/// kernel (nftables), so they hold even if this command, the VPN client or the daemon dies.
+///
+/// This command only asks killswitchd, over its socket; it never changes the firewall itself.
+/// Anyone may read the status. Changing anything needs root or membership in the daemon's admin
+/// group (`killswitch` by default).
+#[derive(Debug, Parser)]
+#[command(
+    name = "killswitch",
+    version = killswitch_types::PRODUCT_VERSION,
+    // `--version` is ours (below): it asks the daemon for its version too.
+    disable_version_flag = true,
+    // A command is needed, except with --version; clap can say only one of the two.
+    override_usage = "killswitch [OPTIONS] <COMMAND>\n       killswitch --version [--json] [--socket PATH]",
+    subcommand_value_name = "COMMAND",
+    after_help = after_help(),
+)]
+pub struct Cli {
+    /// The daemon's socket.
+    #[arg(long, global = true, value_name = "PATH", value_hint = ValueHint::FilePath, env = "KILLSWITCH_SOCKET", default_value = killswitch_types::ipc::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print machine-readable JSON instead of text (one object; one per line for `events`).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Print this program's version and the running daemon's, then exit.
+    ///
+    /// The daemon is asked through its socket, for at most two seconds; if it does not answer,
+    /// that is printed instead of its version, and the exit status is still 0.
+    #[arg(short = 'V', long)]
+    pub version: bool,
+    /// What to do; `None` only with `--version` (the binary refuses it otherwise).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show the state, the settings, the tunnel and the last error.
+    ///
+    /// Anyone may ask. With --json, the status object as the daemon sent it: `protocol` (the
+    /// socket protocol's version), `schema` (the layout of the object, which changes only when a
+    /// field is removed, renamed or changes its meaning: scripts should ignore fields they do not
+    /// know), `daemon_version` (the daemon's release), then the state, the settings, the tunnel,
+    /// the last error, the firewall and DNS.
+    Status,
+    /// Protect a tunnel that another program manages (OpenVPN, wg-quick, ...).
+    ///
+    /// Blocks everything at once except the VPN server's exact address, port and protocol. When
+    /// the interface is up with an address, traffic may also leave through it. DNS is allowed only
+    /// to the given resolvers, through the tunnel. Replaces whatever was guarded before, atomically.
+    Guard {
+        /// The tunnel interface, e.g. wg0 or tun0.
+        #[arg(long, value_name = "IFACE")]
+        interface: InterfaceName,
+        /// The VPN server: IP:PORT[/udp|/tcp] ([v6]:PORT for IPv6). UDP if not given.
+        #[arg(long, value_name = "IP:PORT[/PROTO]")]
+        endpoint: Endpoint,
+        /// A DNS server inside the tunnel; repeat for more. Without it, DNS is blocked entirely.
+        #[arg(long, value_name = "IP")]
+        dns: Vec<IpAddr>,
+        /// Only packets with this fwmark (the tunnel's own socket) may reach the server outside the
+        /// tunnel. Decimal or 0x-hex. Defeats programs that try the server's address directly.
+        ///
+        /// The mark is the one the tunnel program puts on its socket: `wg set wg0 fwmark N`,
+        /// OpenVPN's `--mark N`.
+        #[arg(long, value_name = "N")]
+        mark: Option<Fwmark>,
+        /// Only sockets owned by this uid may reach the server outside the tunnel.
+        ///
+        /// For a tunnel program that runs as a user of its own and sets no fwmark.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..i64::from(u32::MAX)))]
+        uid: Option<u32>,
+    },
+    /// Bring up WireGuard, protected: firewall first, then the tunnel; fail over between servers.
+    ///
+    /// Each CONFIG is a wg-quick style file (a path, read by this command with your permissions)
+    /// or a name that the daemon looks up in /etc/wireguard (NAME.conf). Several configurations
+    /// are servers to fail over between, in that order. Only the tunnel's own packets may reach the
+    /// current server outside the tunnel; when the tunnel dies (no sign of life for 3 s by default,
+    /// `dead_after_seconds` in config.toml), the next server is tried while everything stays
+    /// blocked. `down` removes the tunnel.
+    Up {
+        /// Configuration files or names, in failover order.
+        ///
+        /// An argument with a `/` in it, ending in `.conf` or naming an existing file is a file;
+        /// anything else is a name. Each configuration needs `DNS =`: the resolvers that
+        /// applications and the daemon's tunnel checks are sent to.
+        #[arg(value_name = "CONFIG", value_hint = ValueHint::FilePath, required = true)]
+        configs: Vec<String>,
+        /// The interface name (default: the first configuration's file name, as wg-quick does).
+        #[arg(long, value_name = "IFACE")]
+        interface: Option<InterfaceName>,
+    },
+    /// Stop guarding: back to disconnected (everything stays blocked if lockdown is on).
+    ///
+    /// A tunnel that `up` started is removed, after the blocking rules are in place; a tunnel
+    /// another program manages is left to it.
+    Down,
+    /// Block everything while no tunnel is connected, even after `down` and across reboots.
+    ///
+    /// `lockdown on` after `off` arms the kill switch again: the machine is blocked at once.
+    Lockdown {
+        /// `on` blocks whenever no tunnel is connected; `off` no longer does.
+        #[arg(hide_possible_values = true)]
+        value: OnOff,
+    },
+    /// Allow the local network (private, link-local and multicast ranges) outside the tunnel.
+    ///
+    /// The ranges are fixed (10/8, 172.16/12, 192.168/16, 169.254/16, fe80::/10, fc00::/7,
+    /// multicast and broadcast), never "whatever the network says is local"; `lan_subnets` in the
+    /// daemon's config.toml narrows them to the subnets it names. DNS to the LAN stays blocked.
+    AllowLan {
+        /// `on` lets the local network through outside the tunnel; `off` blocks it again.
+        #[arg(hide_possible_values = true)]
+        value: OnOff,
+    },
+    /// Remove the kill switch entirely: no rules at all, and lockdown off.
+    ///
+    /// Nothing is blocked until the next `guard`, `up` or `lockdown on`. A tunnel that `up`
+    /// started is removed.
+    Off,
+    /// Print every state change as it happens, until interrupted.
+    ///
+    /// The current status first, then one line per change (with --json, one status object per
+    /// line), until interrupted or until the daemon stops. Anyone may follow.
+    Events,
+}
+
+/// The value of `lockdown` and `allow-lan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// Switch it on.
+    On,
+    /// Switch it off.
+    Off,
+}
+
+impl OnOff {
+    /// Whether this is `on`.
+    pub fn enabled(self) -> bool {
+        self == OnOff::On
+    }
+}
+
+/// The whole command line as clap sees it, for the man page and the completions.
+pub fn command() -> clap::Command {
+    <Cli as clap::CommandFactory>::command()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn the_definitions_are_consistent() {
+        command().debug_assert();
+    }
+
+    #[test]
+    fn every_command_and_argument_has_help() {
+        let cmd = command();
+        for arg in cmd.get_arguments() {
+            assert!(arg.get_help().is_some(), "--{} has no help", arg.get_id());
+        }
+        for sub in cmd.get_subcommands() {
+            assert!(sub.get_about().is_some(), "{} has no help", sub.get_name());
+            for arg in sub.get_arguments() {
+                assert!(
+                    arg.get_help().is_some(),
+                    "{} {} has no help",
+                    sub.get_name(),
+                    arg.get_id()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn help_lists_every_exit_status_and_example() {
+        let help = after_help();
+        for (code, _) in EXIT_STATUS {
+            assert!(help.contains(&format!("  {code}  ")), "{help}");
+        }
+        for (example, _) in EXAMPLES {
+            assert!(help.contains(example), "{help}");
+        }
+    }
+
+    #[test]
+    fn a_command_is_needed_except_with_version() {
+        assert!(Cli::try_parse_from(["killswitch", "--version"]).is_ok());
+        assert!(Cli::try_parse_from(["killswitch", "-V", "--json"]).is_ok());
+        let cli = Cli::try_parse_from(["killswitch"]).expect("parses; main refuses it");
+        assert!(cli.command.is_none() && !cli.version);
+    }
+}
