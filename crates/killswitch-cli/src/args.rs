@@ -183,6 +183,18 @@ pub enum Command {
         #[arg(hide_possible_values = true)]
         value: OnOff,
     },
+    /// Exceptions besides the tunnel: allowed interfaces, subnets and inbound services.
+    ///
+    /// Each passes outside the tunnel in every state, blocked included; none ever opens DNS (a
+    /// query goes to the tunnel's resolvers through the tunnel, or nowhere). Entries added here
+    /// are kept across restarts; those in the daemon's config.toml (`allow_interfaces`,
+    /// `allow_subnets`, `allow_inbound`) are the file's. This machine's own container and VM
+    /// bridges (docker0, virbr0 ...) need no entry: the daemon finds them, and `list` shows them.
+    Allow {
+        /// What to do.
+        #[command(subcommand)]
+        action: AllowAction,
+    },
     /// Remove the kill switch entirely: no rules at all, and lockdown off.
     ///
     /// Nothing is blocked until the next `guard`, `up` or `lockdown on`. A tunnel that `up`
@@ -193,6 +205,62 @@ pub enum Command {
     /// The current status first, then one line per change (with --json, one status object per
     /// line), until interrupted or until the daemon stops. Anyone may follow.
     Events,
+}
+
+/// What `allow` does.
+#[derive(Debug, Subcommand)]
+pub enum AllowAction {
+    /// Show the local bridges found and every exception in force (anyone may ask).
+    List,
+    /// Add an exception (root or the admin group).
+    Add {
+        /// What to allow.
+        #[command(subcommand)]
+        what: AllowWhat,
+    },
+    /// Remove an exception added with `add` (root or the admin group).
+    Remove {
+        /// What to stop allowing.
+        #[command(subcommand)]
+        what: AllowWhat,
+    },
+}
+
+/// One exception.
+#[derive(Debug, Subcommand)]
+pub enum AllowWhat {
+    /// An interface whose traffic passes both ways (e.g. tailscale0); never a physical one.
+    ///
+    /// Its own networks are routed to it rather than into the tunnel. The daemon refuses to honour
+    /// a physical Ethernet or Wi-Fi interface (status says so): that would be the kill switch off.
+    Interface {
+        /// The interface.
+        name: InterfaceName,
+    },
+    /// A subnet reachable outside the tunnel, by one interface (e.g. a NAS on another subnet).
+    ///
+    /// Private ranges only, unless --public says that the internet is really meant.
+    Subnet {
+        /// The subnet, ADDRESS/PREFIX (e.g. 10.99.0.0/16).
+        subnet: String,
+        /// The only interface it may be reached by.
+        #[arg(long = "on", value_name = "IFACE")]
+        interface: InterfaceName,
+        /// Allow a range outside the private ones (10/8, 172.16/12, 192.168/16, link-local, ULA).
+        #[arg(long)]
+        public: bool,
+    },
+    /// A service of this machine reachable from outside the tunnel (e.g. tcp/22 for SSH).
+    ///
+    /// New connections to the port arriving on the interface are let in, and only their replies
+    /// out: a connection that started in the tunnel cannot use the exception after a drop.
+    Inbound {
+        /// PROTOCOL/PORT: tcp/22, udp/51820 ...
+        service: String,
+        /// The interface the connections arrive on.
+        #[arg(long = "on", value_name = "IFACE")]
+        interface: InterfaceName,
+    },
 }
 
 /// The value of `lockdown` and `allow-lan`.

@@ -9,9 +9,9 @@ mod render;
 
 use clap::{CommandFactory, Parser};
 use client::{Client, Failure, Received};
-use killswitch_cli::args::{Cli, Command};
-use killswitch_types::GuardSpec;
+use killswitch_cli::args::{AllowAction, AllowWhat, Cli, Command};
 use killswitch_types::ipc::{ConfigSource, Request};
+use killswitch_types::{AllowEntry, GuardSpec, InboundAllow, SubnetAllow};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -74,6 +74,14 @@ fn main() -> ExitCode {
         },
         Command::Off => Request::Off,
         Command::Events => Request::Subscribe,
+        Command::Allow { action } => match allow_request(action) {
+            Ok(Some(request)) => request,
+            Ok(None) => return list_allows(&cli.socket, cli.json),
+            Err(message) => {
+                eprintln!("killswitch: {message}");
+                return ExitCode::from(2);
+            }
+        },
     };
     let client = Client::new(cli.socket);
     let outcome = if request == Request::Subscribe {
@@ -133,6 +141,56 @@ fn print_versions(socket: &Path, json: bool) {
         Err(failure) => format!("killswitchd: {}", render::clean(&failure.to_string())),
     };
     emit(&format!("{name} {version}\n{daemon}\n"));
+}
+
+/// The request an `allow` command makes (`None` for `list`, which reads the status), or why
+/// the command line is not one.
+fn allow_request(action: AllowAction) -> Result<Option<Request>, String> {
+    let (add, what) = match action {
+        AllowAction::List => return Ok(None),
+        AllowAction::Add { what } => (true, what),
+        AllowAction::Remove { what } => (false, what),
+    };
+    let entry = match what {
+        AllowWhat::Interface { name } => AllowEntry::Interface(name),
+        AllowWhat::Subnet {
+            subnet,
+            interface,
+            public,
+        } => AllowEntry::Subnet(
+            format!(
+                "{subnet} on {interface}{}",
+                if public { " public" } else { "" }
+            )
+            .parse::<SubnetAllow>()?,
+        ),
+        AllowWhat::Inbound { service, interface } => {
+            AllowEntry::Inbound(format!("{service} on {interface}").parse::<InboundAllow>()?)
+        }
+    };
+    Ok(Some(Request::Allow { add, entry }))
+}
+
+/// `allow list`: the exceptions part of the status.
+fn list_allows(socket: &Path, json: bool) -> ExitCode {
+    match Client::new(socket.to_owned()).request(Request::Status) {
+        Ok(received) => {
+            let exceptions = &received.status.exceptions;
+            if json {
+                emit(&format!(
+                    "{}\n",
+                    serde_json::to_string(exceptions).unwrap_or_else(|_| "{}".to_owned())
+                ));
+            } else {
+                emit(&render::exceptions(exceptions));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("killswitch: {}", render::clean(&failure.to_string()));
+            ExitCode::from(failure.exit_code())
+        }
+    }
 }
 
 /// Reads the configurations given as files (with this user's permissions), and passes names on

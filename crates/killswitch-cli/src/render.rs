@@ -56,6 +56,31 @@ fn meaning(status: &Status) -> &'static str {
 }
 
 /// The `status` report.
+/// `allow list`: the local bridges and every exception, one per line (`none` when there are none).
+pub(crate) fn exceptions(exceptions: &killswitch_types::ipc::ExceptionsStatus) -> String {
+    let mut out = String::new();
+    let lines = exceptions
+        .local_bridges
+        .iter()
+        .map(|b| format!("bridge     {b} (found: this machine's own containers or VMs)"))
+        .chain(
+            exceptions
+                .interfaces
+                .iter()
+                .map(|i| format!("interface  {i}")),
+        )
+        .chain(exceptions.subnets.iter().map(|s| format!("subnet     {s}")))
+        .chain(exceptions.inbound.iter().map(|i| format!("inbound    {i}")))
+        .chain(exceptions.refused.iter().map(|r| format!("refused    {r}")));
+    for line in lines {
+        let _ = writeln!(out, "{}", clean(&line));
+    }
+    if out.is_empty() {
+        out.push_str("none: only the tunnel (and allow-lan, when on)\n");
+    }
+    out
+}
+
 pub(crate) fn status(status: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "state:     {} ({})", status.state, meaning(status));

@@ -61,11 +61,26 @@ pub fn run(
     exceptions: &killswitch_policy::Exceptions,
     firewall: &mut impl Firewall,
 ) -> Result<Decision, String> {
-    let (decision, settings) = decide(&store.load());
+    let loaded = store.load();
+    let (decision, settings) = decide(&loaded);
     if let Decision::Block(_) = &decision {
-        firewall.apply(&compile_for(&PolicyState::Blocked, &settings, exceptions))?;
+        // The exceptions the CLI added count too (config.toml's are in `exceptions`).
+        let mut exceptions = exceptions.clone();
+        if let Loaded::Found(persisted) = &loaded {
+            let from_config = killswitch_types::Allows {
+                interfaces: exceptions
+                    .interfaces
+                    .iter()
+                    .map(|l| l.interface.clone())
+                    .collect(),
+                subnets: exceptions.subnets.clone(),
+                inbound: exceptions.inbound.clone(),
+            };
+            exceptions = exceptions.with_allows(&from_config.merged(&persisted.allows), Vec::new());
+        }
+        firewall.apply(&compile_for(&PolicyState::Blocked, &settings, &exceptions))?;
         firewall.apply_routes(
-            compile_routes_for(&PolicyState::Blocked, &settings, exceptions, &[]).as_ref(),
+            compile_routes_for(&PolicyState::Blocked, &settings, &exceptions, &[]).as_ref(),
         )?;
     }
     Ok(decision)

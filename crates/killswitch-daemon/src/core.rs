@@ -148,6 +148,13 @@ pub enum Command {
     Lockdown(bool),
     /// `allow-lan on|off`.
     AllowLan(bool),
+    /// `allow add|remove`.
+    Allow {
+        /// Add (true) or remove.
+        add: bool,
+        /// What.
+        entry: killswitch_types::AllowEntry,
+    },
 }
 
 impl Command {
@@ -173,6 +180,10 @@ impl Command {
             Request::Off => Command::Off,
             Request::Lockdown { enabled } => Command::Lockdown(*enabled),
             Request::AllowLan { enabled } => Command::AllowLan(*enabled),
+            Request::Allow { add, entry } => Command::Allow {
+                add: *add,
+                entry: entry.clone(),
+            },
         })
     }
 }
@@ -207,6 +218,9 @@ pub struct Core<F> {
     manager: Option<Manager>,
     /// The local bridges and allowed interfaces as last looked at.
     locals: crate::locals::LocalView,
+    /// The exceptions added with `killswitch allow add` (persisted; config.toml's are in
+    /// `options.allows`).
+    allows: killswitch_types::Allows,
     options: CoreOptions,
     dns_status: Option<DnsStatus>,
     /// The latest time an input brought: the core reads no clock. A tunnel that a command asks
@@ -416,6 +430,7 @@ impl<F: Firewall> Core<F> {
             },
             manager: None,
             locals: crate::locals::LocalView::default(),
+            allows: persisted.allows.clone(),
             options,
             dns_status: None,
             now,
@@ -651,7 +666,8 @@ impl<F: Firewall> Core<F> {
             return;
         }
         let persisted = Persisted::new(self.settings, self.target.clone())
-            .with_guard_identity(self.pinned.clone());
+            .with_guard_identity(self.pinned.clone())
+            .with_allows(self.allows.clone());
         if let Err(e) = self.store.save(&persisted) {
             tracing::warn!(
                 "cannot remember what kind of device the tunnel is in {}: {e}",
@@ -722,12 +738,46 @@ impl<F: Firewall> Core<F> {
         }
     }
 
+    /// The CLI's exceptions with `entry` added or removed, or why not (nothing changes then):
+    /// config.toml's entries are the file's to remove, and the result must pass the same checks
+    /// as the file (no public subnet without `public`, the counts).
+    fn changed_allows(
+        &self,
+        add: bool,
+        entry: &killswitch_types::AllowEntry,
+    ) -> Result<killswitch_types::Allows, IpcError> {
+        let refuse = |why: String| {
+            Err(IpcError::new(
+                ErrorKind::BadRequest,
+                format!("{why}; nothing was changed"),
+            ))
+        };
+        if !add && self.options.allows.contains(entry) {
+            return refuse(format!(
+                "{entry} is allowed in config.toml; remove it there (and restart the daemon)"
+            ));
+        }
+        if !add && !self.allows.contains(entry) {
+            return refuse(format!("{entry} is not allowed"));
+        }
+        let next = self.allows.with(entry, add);
+        if let Err(why) = killswitch_policy::check_allows(&self.options.allows.merged(&next)) {
+            return refuse(why);
+        }
+        Ok(next)
+    }
+
+    /// The administrator's exceptions: config.toml's, then those added with the CLI.
+    fn all_allows(&self) -> killswitch_types::Allows {
+        self.options.allows.merged(&self.allows)
+    }
+
     /// The exceptions in force, as `status` shows them.
     fn exceptions_status(&self) -> ExceptionsStatus {
         let names = |links: &[killswitch_policy::LocalLink]| {
             links.iter().map(|l| l.interface.to_string()).collect()
         };
-        let allows = &self.options.allows;
+        let allows = &self.all_allows();
         ExceptionsStatus {
             local_bridges: names(&self.locals.bridges),
             interfaces: names(&self.locals.interfaces),
@@ -739,7 +789,7 @@ impl<F: Firewall> Core<F> {
 
     /// Everything besides the tunnel the rules let through, the interfaces looked at now.
     fn exceptions(&mut self) -> Exceptions {
-        let allows = &self.options.allows;
+        let allows = &self.all_allows();
         let view =
             (self.options.look_locals)(&allows.interfaces, self.options.detect_local_bridges);
         if view != self.locals {
@@ -829,6 +879,7 @@ impl<F: Firewall> Core<F> {
     pub fn handle(&mut self, command: &Command) -> Result<Status, IpcError> {
         let mut settings = self.settings;
         let mut target = self.target.clone();
+        let mut allows = self.allows.clone();
         match command {
             Command::Status => return Ok(self.status()),
             Command::Guard(spec) => {
@@ -875,6 +926,7 @@ impl<F: Firewall> Core<F> {
                 }
             }
             Command::AllowLan(enabled) => settings.allow_lan = *enabled,
+            Command::Allow { add, entry } => allows = self.changed_allows(*add, entry)?,
         }
         // The same tunnel to guard: what it was stays known, unless the user guards it again,
         // vouching for whatever now has its name (as the refusal told them to).
@@ -883,7 +935,9 @@ impl<F: Firewall> Core<F> {
             .pinned
             .clone()
             .filter(|_| self.target == target && !vouched);
-        let persisted = Persisted::new(settings, target.clone()).with_guard_identity(pinned);
+        let persisted = Persisted::new(settings, target.clone())
+            .with_guard_identity(pinned)
+            .with_allows(allows.clone());
         self.store.save(&persisted).map_err(|e| {
             IpcError::new(
                 ErrorKind::Storage,
@@ -907,6 +961,7 @@ impl<F: Firewall> Core<F> {
         }
         self.settings = settings;
         self.target = target;
+        self.allows = allows;
         self.settings_fault = None;
         // The firewall moves first; an old tunnel is removed only once it is blocked.
         self.reconcile();
@@ -1187,6 +1242,9 @@ fn peer(spec: &GuardSpec) -> Peer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use killswitch_policy::{Packet, Transport};
+    use killswitch_types::AllowEntry;
 
     /// The defaults, seeing none of this machine's interfaces.
     fn test_options(dir: &std::path::Path) -> CoreOptions {
@@ -1480,6 +1538,81 @@ mod tests {
         let mut core = unreconciled(fw, dir);
         core.reconcile();
         core
+    }
+
+    #[test]
+    fn allows_added_by_the_cli_apply_persist_and_refuse_what_they_must() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let options = CoreOptions {
+            allows: killswitch_types::Allows {
+                inbound: vec!["tcp/22 on eth0".parse().expect("literal")],
+                ..Default::default()
+            },
+            ..test_options(dir.path())
+        };
+        let mut core = Core::new(
+            &mut fw,
+            Store::new(dir.path()),
+            None,
+            options,
+            Instant::now(),
+        );
+        core.reconcile();
+        let allow = |add, entry: &str| {
+            let (kind, value) = entry.split_once(' ').expect("literal");
+            let entry = match kind {
+                "interface" => AllowEntry::Interface(value.parse().expect("literal")),
+                "subnet" => AllowEntry::Subnet(value.parse().expect("literal")),
+                _ => AllowEntry::Inbound(value.parse().expect("literal")),
+            };
+            Request::Allow { add, entry }
+        };
+        core.handle_request(&Request::Lockdown { enabled: true })
+            .expect("lockdown");
+        let status = core
+            .handle_request(&allow(true, "interface tailscale0"))
+            .expect("added");
+        assert_eq!(status.exceptions.interfaces, ["tailscale0"]);
+        assert_eq!(
+            status.exceptions.inbound,
+            ["tcp/22 on eth0"],
+            "config's too"
+        );
+        let installed = core.applied.clone().expect("blocked has rules");
+        let out = Packet::output(
+            "tailscale0",
+            "100.64.0.2".parse().expect("literal"),
+            "100.64.0.1".parse().expect("literal"),
+            Transport::udp(4000, 4000),
+        );
+        assert!(
+            installed.verdict(&out).is_accept(),
+            "the rules follow at once"
+        );
+        // Refusals change nothing and say why.
+        for (request, says) in [
+            (allow(true, "subnet 198.51.100.0/24 on eth0"), "public"),
+            (allow(false, "inbound tcp/22 on eth0"), "config.toml"),
+            (allow(false, "interface zt0"), "not allowed"),
+        ] {
+            let err = core.handle_request(&request).expect_err("refused");
+            assert!(
+                err.message.contains(says) && err.message.contains("nothing was changed"),
+                "{}",
+                err.message
+            );
+        }
+        assert_eq!(core.status().exceptions.subnets, Vec::<String>::new());
+        drop(core);
+        // A restart keeps what the CLI added.
+        let mut fw2 = Recorder::default();
+        let mut again = self::core(&mut fw2, dir.path());
+        assert_eq!(again.status().exceptions.interfaces, ["tailscale0"]);
+        let status = again
+            .handle_request(&allow(false, "interface tailscale0"))
+            .expect("removed");
+        assert!(status.exceptions.interfaces.is_empty());
     }
 
     #[test]

@@ -34,6 +34,9 @@ pub struct Persisted {
     /// daemon still refuses an interface of another kind renamed to the tunnel's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard_identity: Option<killswitch_tunnel::netdev::LinkIdentity>,
+    /// The exceptions added with `killswitch allow add` (config.toml's are not repeated here).
+    #[serde(default, skip_serializing_if = "killswitch_types::Allows::is_empty")]
+    pub allows: killswitch_types::Allows,
 }
 
 fn format_version() -> u32 {
@@ -48,7 +51,14 @@ impl Persisted {
             settings,
             target,
             guard_identity: None,
+            allows: killswitch_types::Allows::default(),
         }
+    }
+
+    /// The same, with the exceptions the CLI added.
+    pub fn with_allows(mut self, allows: killswitch_types::Allows) -> Self {
+        self.allows = allows;
+        self
     }
 
     /// The same, remembering what the guarded tunnel was (see [`Persisted::guard_identity`]).

@@ -80,6 +80,56 @@ impl Allows {
     }
 }
 
+/// One exception, as `killswitch allow add|remove` names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "kebab-case")]
+pub enum AllowEntry {
+    /// An interface (`tailscale0`).
+    Interface(InterfaceName),
+    /// A subnet by one interface (`10.99.0.0/16 on eth0`).
+    Subnet(SubnetAllow),
+    /// An inbound service (`tcp/22 on eth0`).
+    Inbound(InboundAllow),
+}
+
+impl fmt::Display for AllowEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllowEntry::Interface(name) => write!(f, "interface {name}"),
+            AllowEntry::Subnet(subnet) => write!(f, "subnet {subnet}"),
+            AllowEntry::Inbound(inbound) => write!(f, "inbound {inbound}"),
+        }
+    }
+}
+
+impl Allows {
+    /// Whether `entry` is among these.
+    pub fn contains(&self, entry: &AllowEntry) -> bool {
+        match entry {
+            AllowEntry::Interface(name) => self.interfaces.contains(name),
+            AllowEntry::Subnet(subnet) => self.subnets.contains(subnet),
+            AllowEntry::Inbound(inbound) => self.inbound.contains(inbound),
+        }
+    }
+
+    /// These with `entry` added (`add`) or removed.
+    pub fn with(&self, entry: &AllowEntry, add: bool) -> Allows {
+        fn change<T: Clone + PartialEq>(list: &mut Vec<T>, item: &T, add: bool) {
+            list.retain(|x| x != item);
+            if add {
+                list.push(item.clone());
+            }
+        }
+        let mut next = self.clone();
+        match entry {
+            AllowEntry::Interface(name) => change(&mut next.interfaces, name, add),
+            AllowEntry::Subnet(subnet) => change(&mut next.subnets, subnet, add),
+            AllowEntry::Inbound(inbound) => change(&mut next.inbound, inbound, add),
+        }
+        next
+    }
+}
+
 /// `NET on IFACE [public]`: a subnet reachable outside the tunnel, by one interface.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]

@@ -96,6 +96,13 @@ pub enum Request {
     },
     /// Remove the kill switch entirely. Privileged.
     Off,
+    /// Add or remove an exception (an allowed interface, subnet or inbound service). Privileged.
+    Allow {
+        /// Add (true) or remove (false).
+        add: bool,
+        /// What.
+        entry: crate::AllowEntry,
+    },
 }
 
 impl Request {
@@ -115,6 +122,7 @@ impl Request {
             Request::Lockdown { .. } => "lockdown",
             Request::AllowLan { .. } => "allow-lan",
             Request::Off => "off",
+            Request::Allow { .. } => "allow",
         }
     }
 }

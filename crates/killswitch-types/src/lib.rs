@@ -21,7 +21,7 @@ pub mod ipc;
 mod mark;
 mod state;
 
-pub use allow::{Allows, InboundAllow, SubnetAllow};
+pub use allow::{AllowEntry, Allows, InboundAllow, SubnetAllow};
 pub use endpoint::{Endpoint, EndpointParseError, TransportProtocol};
 pub use iface::{InterfaceName, InterfaceNameError, MAX_INTERFACE_NAME_LEN};
 pub use mark::{Fwmark, FwmarkParseError};

@@ -393,9 +393,14 @@ pub(super) fn tailscale_like(lab: &mut Lab) -> Result<Outcome> {
         .wait_for_state(State::Blocked, EVENT_TIMEOUT)?;
     let before = udp_reaches(&lab.topo.client, &peer, out(7101))?;
 
-    restart_with_config(lab, "allow_interfaces = [\"ts0\"]\n")?;
+    // Allowed with the CLI (ssh-inbound uses config.toml): not by just anyone.
+    let nobody = lab
+        .daemon()?
+        .cli_as_nobody(&["allow", "add", "interface", "ts0"])?;
     lab.daemon()?
-        .wait_for_state(State::Blocked, EVENT_TIMEOUT)?;
+        .cli(&["allow", "add", "interface", "ts0"])?
+        .ok()?;
+    let listed = lab.daemon()?.cli(&["allow", "list"])?.ok()?.stdout;
     let from = lab.capture.len();
     let window = lab.begin(&TUNNEL_KINDS)?;
     let blocked_out = udp_reaches(&lab.topo.client, &peer, out(7102))?;
@@ -430,10 +435,18 @@ pub(super) fn tailscale_like(lab: &mut Lab) -> Result<Outcome> {
         format!("the host's other traffic went through the tunnel ({through_tunnel})"),
     );
     outcome.check(
-        status.exceptions.interfaces == ["ts0"],
+        status.exceptions.interfaces == ["ts0"] && listed.contains("interface  ts0"),
         format!(
-            "status lists ts0 as allowed ({:?})",
+            "status and `allow list` show ts0 as allowed ({:?}; {listed:?})",
             status.exceptions.interfaces
+        ),
+    );
+    outcome.check(
+        nobody.code == Some(1),
+        format!(
+            "an unprivileged user cannot add an exception (exit {:?}: {})",
+            nobody.code,
+            nobody.stderr.trim()
         ),
     );
     Ok(outcome)
