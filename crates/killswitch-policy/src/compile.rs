@@ -6,15 +6,17 @@
 //! output: loopback; packets from the tunnel's address leaving by another interface dropped; the
 //! endpoint hole; neighbour advertisements for the tunnel's address by another interface dropped;
 //! DHCP and the NDP messages that bring a link up; DNS to the tunnel's resolvers through the tunnel;
-//! every other DNS packet rejected; the tunnel; the LAN (when allowed); then a reject, so
-//! applications fail fast instead of hanging.
+//! every other DNS packet rejected; the tunnel; the exceptions (local bridges, allowed interfaces,
+//! subnets, and the replies of allowed inbound flows: [`crate::exceptions`]); the LAN (when
+//! allowed); then a reject, so applications fail fast instead of hanging.
 //!
 //! input: loopback; packets for the tunnel's address arriving on another interface dropped
 //! (CVE-2019-14899), and neighbour solicitations for it; replies to allowed flows; replies from the
-//! endpoint; DHCP and NDP; the tunnel; the LAN (when allowed); then the drop policy.
+//! endpoint; DHCP and NDP; the tunnel; the exceptions (the first packet of an allowed inbound flow
+//! marks it); the LAN (when allowed); then the drop policy.
 //!
-//! forward: DNS as in output; out through the tunnel and replies back to private addresses; LAN to
-//! LAN (when allowed);
+//! forward: DNS as in output; out through the tunnel and replies back to private addresses;
+//! within one local bridge; LAN to LAN (when allowed);
 //! then the drop policy, so containers and VMs cannot route around the tunnel.
 //!
 //! While a tunnel is connected, table `arp killswitch` (policy accept) drops ARP requests for the

@@ -6,7 +6,10 @@
 //! | priority | rule | why |
 //! |---|---|---|
 //! | 5300 | `to <inside the tunnel> lookup 27507`, only with allow-lan | the tunnel's resolvers and networks, ahead of the LAN |
+//! | 5300 | `from <the tunnel's address> lookup 27507`, only with `allow_inbound` | a reply from the tunnel's address stays in the tunnel |
 //! | 5301 | `to <LAN range> lookup main`, only with allow-lan | the LAN, by the normal routes |
+//! | 5301 | `to <subnet> lookup main`, per `allow_subnets` entry | an allowed subnet, by the normal routes |
+//! | 5301 | `ipproto P sport N lookup main`, per `allow_inbound` service | its replies leave where the connection came from |
 //! | 5302 | `not <the tunnel's own packets> lookup 27507` | everything else: our table |
 //!
 //! The tunnel's own packets are recognised by the fwmark its socket sets, else by its socket's
@@ -16,7 +19,8 @@
 //! through to the next rule, ours, and the tunnel's own packets would be routed into the tunnel.
 //!
 //! Table 27507 (`0x6b73`, "ks") holds `default dev <tunnel>` while connected (for the families the
-//! tunnel carries) and, always, `unreachable default` behind it. So whatever the main table says
+//! tunnel carries), the networks of local bridges and allowed interfaces (`172.17.0.0/16 dev
+//! docker0`) and, always, `unreachable default` behind them. So whatever the main table says
 //! (a default route via the physical gateway, a route pushed by a hostile DHCP server), packets that
 //! are not the tunnel's own can only go into the tunnel or nowhere. If the nftables table is flushed
 //! or deleted, this layer still stops them while the daemon restores it; if the tunnel interface
