@@ -1486,14 +1486,7 @@ mod tests {
             }),
             ..test_options(dir.path())
         };
-        let mut core = Core::new(
-            &mut fw,
-            Store::new(dir.path()),
-            None,
-            options,
-            Instant::now(),
-        );
-        core.reconcile();
+        let mut core = core_with(&mut fw, dir.path(), options);
         let configs = vec![killswitch_types::ipc::ConfigSource {
             source: "/etc/wireguard/wg0.conf".to_owned(),
             text: Some(CONF.to_owned()),
@@ -1534,6 +1527,17 @@ mod tests {
         Core::new(fw, Store::new(dir), None, test_options(dir), Instant::now())
     }
 
+    /// A core with `options`, its rules applied.
+    fn core_with<'a>(
+        fw: &'a mut Recorder,
+        dir: &std::path::Path,
+        options: CoreOptions,
+    ) -> Core<&'a mut Recorder> {
+        let mut core = Core::new(fw, Store::new(dir), None, options, Instant::now());
+        core.reconcile();
+        core
+    }
+
     fn core<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
         let mut core = unreconciled(fw, dir);
         core.reconcile();
@@ -1551,14 +1555,7 @@ mod tests {
             },
             ..test_options(dir.path())
         };
-        let mut core = Core::new(
-            &mut fw,
-            Store::new(dir.path()),
-            None,
-            options,
-            Instant::now(),
-        );
-        core.reconcile();
+        let mut core = core_with(&mut fw, dir.path(), options);
         let allow = |add, entry: &str| {
             let (kind, value) = entry.split_once(' ').expect("literal");
             let entry = match kind {

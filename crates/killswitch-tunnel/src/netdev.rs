@@ -158,23 +158,26 @@ fn current_addresses(rtnl: &mut Rtnl, index: u32) -> Result<Vec<IpNet>, TunnelEr
     Ok(answer
         .into_iter()
         .filter_map(|message| match message {
-            RouteNetlinkMessage::NewAddress(a) if a.header.index == index => {
-                // Local is the interface's own address (Address is the peer's on point-to-point).
-                let addr = a.attributes.iter().find_map(|attr| match attr {
-                    AddressAttribute::Local(ip) => Some(*ip),
-                    _ => None,
-                });
-                let addr = addr.or_else(|| {
-                    a.attributes.iter().find_map(|attr| match attr {
-                        AddressAttribute::Address(ip) => Some(*ip),
-                        _ => None,
-                    })
-                })?;
-                IpNet::new(addr, a.header.prefix_len).ok()
-            }
+            RouteNetlinkMessage::NewAddress(a) if a.header.index == index => address_net(&a),
             _ => None,
         })
         .collect())
+}
+
+/// The address an address message is about, with its prefix. Local is the interface's own address
+/// (Address is the peer's on point-to-point links), so it wins when both are there.
+fn address_net(a: &AddressMessage) -> Option<IpNet> {
+    let local = a.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Local(ip) => Some(*ip),
+        _ => None,
+    });
+    let address = local.or_else(|| {
+        a.attributes.iter().find_map(|attr| match attr {
+            AddressAttribute::Address(ip) => Some(*ip),
+            _ => None,
+        })
+    })?;
+    IpNet::new(address, a.header.prefix_len).ok()
 }
 
 fn is_link_local(ip: IpAddr) -> bool {
@@ -288,17 +291,7 @@ pub fn all_links() -> Result<Vec<LinkFacts>, TunnelError> {
         let RouteNetlinkMessage::NewAddress(a) = message else {
             continue;
         };
-        let address = a.attributes.iter().find_map(|attr| match attr {
-            AddressAttribute::Local(ip) => Some(*ip),
-            _ => None,
-        });
-        let address = address.or_else(|| {
-            a.attributes.iter().find_map(|attr| match attr {
-                AddressAttribute::Address(ip) => Some(*ip),
-                _ => None,
-            })
-        });
-        let Some(net) = address.and_then(|ip| IpNet::new(ip, a.header.prefix_len).ok()) else {
+        let Some(net) = address_net(&a) else {
             continue;
         };
         if let Some(link) = all.iter_mut().find(|l| l.index == a.header.index) {
