@@ -64,19 +64,21 @@ pub fn run(
     let loaded = store.load();
     let (decision, settings) = decide(&loaded);
     if let Decision::Block(_) = &decision {
-        // The exceptions the CLI added count too (config.toml's are in `exceptions`).
+        // The subnets and inbound services the CLI added count too (config.toml's are in
+        // `exceptions`). Allowed interfaces do not, this early: whether one is physical (and so
+        // refused) can only be judged once it exists, which is the daemon's job when it takes
+        // over; an overlay's own daemon starts later anyway.
         let mut exceptions = exceptions.clone();
+        exceptions.interfaces.clear();
         if let Loaded::Found(persisted) = &loaded {
-            let from_config = killswitch_types::Allows {
-                interfaces: exceptions
-                    .interfaces
-                    .iter()
-                    .map(|l| l.interface.clone())
-                    .collect(),
+            let configured = killswitch_types::Allows {
+                interfaces: Vec::new(),
                 subnets: exceptions.subnets.clone(),
                 inbound: exceptions.inbound.clone(),
             };
-            exceptions = exceptions.with_allows(&from_config.merged(&persisted.allows), Vec::new());
+            let all = configured.merged(&persisted.allows);
+            exceptions.subnets = all.subnets;
+            exceptions.inbound = all.inbound;
         }
         firewall.apply(&compile_for(&PolicyState::Blocked, &settings, &exceptions))?;
         firewall.apply_routes(
@@ -142,5 +144,86 @@ mod tests {
     #[test]
     fn keeps_the_lan_setting() {
         assert!(decide(&found(true, Target::Disconnected)).1.allow_lan);
+    }
+}
+
+#[cfg(test)]
+mod exceptions_at_boot {
+    use super::*;
+    use crate::firewall::FirewallError;
+    use crate::store::Persisted;
+    use killswitch_policy::routes::RoutingLayer;
+    use killswitch_policy::{ConnState, Exceptions, Packet, Ruleset, Transport};
+    use std::time::Duration;
+
+    #[derive(Default)]
+    struct Kept(Option<Ruleset>);
+
+    impl Firewall for Kept {
+        fn apply(&mut self, ruleset: &Ruleset) -> Result<Duration, FirewallError> {
+            self.0 = Some(ruleset.clone());
+            Ok(Duration::ZERO)
+        }
+        fn verify(&mut self, _: &Ruleset) -> Result<(), FirewallError> {
+            Ok(())
+        }
+        fn apply_routes(
+            &mut self,
+            _: Option<&RoutingLayer>,
+        ) -> Result<Option<String>, FirewallError> {
+            Ok(None)
+        }
+    }
+
+    #[test]
+    fn configured_and_added_services_are_reachable_and_interfaces_wait_for_the_daemon() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        let added = killswitch_types::Allows {
+            interfaces: vec!["tailscale0".parse().expect("literal")],
+            inbound: vec!["tcp/2222 on eth0".parse().expect("literal")],
+            ..Default::default()
+        };
+        let settings = Settings {
+            lockdown: true,
+            allow_lan: false,
+        };
+        store
+            .save(&Persisted::new(settings, Target::Disconnected).with_allows(added))
+            .expect("save");
+        let configured = killswitch_types::Allows {
+            interfaces: vec!["eth0".parse().expect("literal")],
+            inbound: vec!["tcp/22 on eth0".parse().expect("literal")],
+            ..Default::default()
+        };
+        let exceptions = Exceptions::default().with_allows(&configured, Vec::new());
+        let mut firewall = Kept::default();
+        let decision = run(&store, &exceptions, &mut firewall).expect("applied");
+        assert!(matches!(decision, Decision::Block(_)));
+        let ruleset = firewall.0.expect("blocked");
+        let ssh = |port| {
+            Packet::input(
+                "eth0",
+                "192.168.1.5".parse().expect("literal"),
+                "192.168.1.10".parse().expect("literal"),
+                Transport::tcp(40000, port),
+            )
+            .with_conn(ConnState::New)
+        };
+        assert!(ruleset.verdict(&ssh(22)).is_accept(), "config.toml's");
+        assert!(ruleset.verdict(&ssh(2222)).is_accept(), "the CLI's");
+        assert!(!ruleset.verdict(&ssh(23)).is_accept());
+        for iface in ["eth0", "tailscale0"] {
+            let out = Packet::output(
+                iface,
+                "192.168.1.10".parse().expect("literal"),
+                "203.0.113.10".parse().expect("literal"),
+                Transport::udp(4000, 4000),
+            );
+            assert!(
+                !ruleset.verdict(&out).is_accept(),
+                "{iface} is not allowed before the daemon"
+            );
+        }
     }
 }
