@@ -15,11 +15,11 @@ use std::path::PathBuf;
 pub const EXIT_STATUS: &[(u8, &str)] = &[
     (
         0,
-        "the daemon stopped on SIGTERM or SIGINT (leaving its rules in place), or --early-boot or --teardown did their work",
+        "the daemon stopped on SIGTERM or SIGINT (leaving its rules in place), --early-boot or --teardown did their work, or --check-config found the file valid",
     ),
     (
         1,
-        "the daemon could not start (another one runs for this network namespace or state directory, the socket cannot be made), --early-boot could not block, or --teardown could not ask a running daemon",
+        "the daemon could not start (another one runs for this network namespace or state directory, the socket cannot be made), --early-boot could not block, --teardown could not ask a running daemon, or --check-config found the file invalid or missing",
     ),
     (2, "the command line was invalid"),
 ];
@@ -82,6 +82,20 @@ pub struct Args {
     /// removal and `make uninstall`.
     #[arg(long)]
     pub teardown: bool,
+    /// Check a configuration file (by default the one --config names) and exit.
+    ///
+    /// Prints `FILE: valid` and exits 0, or prints the problem on one line (`FILE: line L, column
+    /// C: what`) and exits 1: the same judgement the daemon makes at start, without starting it.
+    /// A file given here that does not exist is an error; the default file missing is not (the
+    /// defaults apply).
+    #[arg(
+        long,
+        value_name = "FILE",
+        num_args = 0..=1,
+        value_hint = ValueHint::FilePath,
+        conflicts_with_all = ["early_boot", "teardown"]
+    )]
+    pub check_config: Option<Option<PathBuf>>,
     /// Never own the tables, as on a kernel without nf_tables' `persist` flag: for the tests of
     /// that fallback. Not for use: it lets other programs flush the rules.
     #[arg(long, hide = true)]

@@ -100,6 +100,18 @@ impl Config {
         }
     }
 
+    /// Checks the file at `path` as [`Config::load`] would: `Ok(true)` valid, `Ok(false)` no such
+    /// file (the defaults), or the error as one line, `FILE: line L, column C: what`.
+    pub fn check(path: &Path) -> Result<bool, String> {
+        if !path.exists() {
+            return Ok(false);
+        }
+        Config::load(path).map(|_| true).map_err(|e| match e {
+            ConfigError::Parse { path, message } => format!("{path}: {message}"),
+            other => other.to_string(),
+        })
+    }
+
     /// Loads the configuration from `path`; a missing file gives the defaults.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = match read_bounded(path) {
@@ -119,8 +131,7 @@ impl Config {
     }
 
     fn parse(text: &str) -> Result<Self, String> {
-        let config: Config =
-            toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        let config: Config = toml::from_str(text).map_err(|e| located(text, &e))?;
         if config.admin_group.is_empty() {
             return Err("admin_group must not be empty".to_owned());
         }
@@ -139,6 +150,24 @@ impl Config {
             ));
         }
         Ok(config)
+    }
+}
+
+/// A parser's error as one line: `line L, column C: what` (where the parser knows the place).
+fn located(text: &str, error: &toml::de::Error) -> String {
+    let what = error.message().trim().replace('\n', " ");
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            // The line itself, so that the key is named even when the message does not name it
+            // (a wrong type names only the value).
+            let source = text.lines().nth(line - 1).unwrap_or("").trim();
+            let source: String = source.chars().take(80).collect();
+            format!("line {line}, column {column}: {what} (in `{source}`)")
+        }
+        None => what,
     }
 }
 
@@ -173,6 +202,27 @@ fn read_bounded(path: &Path) -> std::io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_says_valid_missing_or_where_the_problem_is_on_one_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("config.toml");
+        assert_eq!(Config::check(&file), Ok(false));
+        std::fs::write(&file, "admin_group = \"vpn\"\n").expect("write");
+        assert_eq!(Config::check(&file), Ok(true));
+        std::fs::write(
+            &file,
+            "admin_group = \"vpn\"\nallow_inbound = [\"tcp/22\"]\n",
+        )
+        .expect("write");
+        let err = Config::check(&file).expect_err("invalid");
+        assert!(
+            err.starts_with(&format!("{}: line 2, column 17: ", file.display()))
+                && err.contains("tcp/22 on eth0")
+                && !err.contains('\n'),
+            "{err}"
+        );
+    }
 
     #[test]
     fn explicit_allows_parse_and_bad_ones_name_the_entry() {

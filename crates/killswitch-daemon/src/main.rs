@@ -28,6 +28,9 @@ fn main() -> ExitCode {
     if args.teardown {
         return teardown(&args);
     }
+    if let Some(file) = &args.check_config {
+        return check_config(file.as_deref(), &args.config);
+    }
     // A parent may have left signals blocked (a blocked mask is inherited across exec); a daemon
     // that cannot see SIGTERM cannot stop cleanly.
     let mut stop_signals = nix::sys::signal::SigSet::empty();
@@ -56,6 +59,30 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check-config [FILE]`: the daemon's judgement of a configuration file, on one line.
+fn check_config(given: Option<&std::path::Path>, default: &std::path::Path) -> ExitCode {
+    use killswitch_daemon::config::Config;
+    let path = given.unwrap_or(default);
+    if given.is_some() && !path.exists() {
+        eprintln!("{}: no such file", path.display());
+        return ExitCode::FAILURE;
+    }
+    match Config::check(path) {
+        Ok(true) => {
+            println!("{}: valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Ok(false) => {
+            println!("{}: no such file; the defaults apply", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }
