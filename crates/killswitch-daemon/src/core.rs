@@ -80,6 +80,23 @@ pub struct CoreOptions {
     pub identify: Identify,
 }
 
+/// What a reloaded configuration changes in a running daemon: the rules' exceptions at once, and
+/// what the next `up` uses. (Keys that shape the daemon's set-up, such as the admin group and how
+/// DNS is managed, wait for a restart; the executor says so.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reconfigured {
+    /// What allow-lan opens.
+    pub lan: killswitch_policy::Lan,
+    /// The explicit allows.
+    pub allows: killswitch_types::Allows,
+    /// Whether local bridges are recognised.
+    pub detect_local_bridges: bool,
+    /// How long an `up` tunnel may be silent (from the next `up` or server change on).
+    pub health_bound: Duration,
+    /// Where `up NAME` looks.
+    pub wireguard_dir: PathBuf,
+}
+
 /// Finds the local bridges and looks at the allowed interfaces (their names given), bridges
 /// recognised only when the flag says so.
 pub type LookLocals = Box<dyn Fn(&[InterfaceName], bool) -> crate::locals::LocalView>;
@@ -194,8 +211,10 @@ pub struct Core<F> {
     store: Box<dyn SettingsStore>,
     settings: Settings,
     target: Target,
-    /// A broken configuration file: blocks until the daemon restarts with a good one.
+    /// A broken configuration file: blocks until the daemon restarts or reloads a good one.
     config_fault: Option<String>,
+    /// Why the last reload was refused (the running configuration stayed), until one succeeds.
+    reload_error: Option<String>,
     /// An unusable settings file: blocks until the user sets something (which rewrites it).
     settings_fault: Option<String>,
     observed: Option<Observed>,
@@ -271,6 +290,9 @@ pub enum Input {
     Timer,
     /// The answer to [`Effect::Look`]: the guarded interface as it is now.
     Looked(Option<Observed>),
+    /// The configuration file was read again (SIGHUP, `systemctl reload`): what it now says, or
+    /// why it cannot be used (then the running configuration stays).
+    Reloaded(Result<Box<Reconfigured>, String>),
     /// The answer to [`Effect::SyncDns`].
     DnsSynced {
         /// Whether DNS management changed anything (then `status` is its new status).
@@ -409,6 +431,7 @@ impl<F: Firewall> Core<F> {
             settings: persisted.settings,
             target: persisted.target,
             config_fault,
+            reload_error: None,
             settings_fault,
             observed: None,
             seen: None,
@@ -517,6 +540,35 @@ impl<F: Firewall> Core<F> {
                     None => {}
                 }
                 self.finish(&mut effects);
+            }
+            Input::Reloaded(result) => {
+                match result {
+                    Ok(new) => {
+                        let Reconfigured {
+                            lan,
+                            allows,
+                            detect_local_bridges,
+                            health_bound,
+                            wireguard_dir,
+                        } = *new;
+                        self.options.lan = lan;
+                        self.options.allows = allows;
+                        self.options.detect_local_bridges = detect_local_bridges;
+                        self.options.health_bound = health_bound;
+                        self.options.wireguard_dir = wireguard_dir;
+                        self.config_fault = None;
+                        self.reload_error = None;
+                        tracing::info!("configuration reloaded");
+                    }
+                    Err(why) => {
+                        tracing::error!("{why}; the running configuration stays");
+                        self.reload_error = Some(format!(
+                            "{why}; not reloaded, the running configuration stays"
+                        ));
+                    }
+                }
+                // One transaction from the old rules to the new: no window.
+                self.look_then(Then::Reconcile { retry: false }, &mut effects);
             }
             Input::DnsSynced { changed, status } => {
                 if changed {
@@ -718,6 +770,7 @@ impl<F: Firewall> Core<F> {
             self.link_fault.as_deref(),
             up_failure,
             self.routing_error.as_deref(),
+            self.reload_error.as_deref(),
         ]
         .into_iter()
         .flatten()
@@ -754,7 +807,7 @@ impl<F: Firewall> Core<F> {
         };
         if !add && self.options.allows.contains(entry) {
             return refuse(format!(
-                "{entry} is allowed in config.toml; remove it there (and restart the daemon)"
+                "{entry} is allowed in config.toml; remove it there and reload the daemon (systemctl reload killswitchd)"
             ));
         }
         if !add && !self.allows.contains(entry) {

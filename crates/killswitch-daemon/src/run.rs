@@ -45,14 +45,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // once it runs (and does, once READY=1 is sent), and a SIGTERM before them would kill it by the
     // default action, giving nothing back. A signal that comes during start-up waits in its
     // stream and ends the loop at its first pass.
-    // SIGHUP (a closed terminal, a habitual `kill -HUP`) stops cleanly, DNS given back, rather
-    // than by the default action, which gives nothing back; reloading is not supported (yet).
-    // SIGUSR1/SIGUSR2 would kill the daemon the same way: they are ignored, and say so.
+    // SIGHUP (`systemctl reload`, a habitual `kill -HUP`, a closed terminal) reloads the
+    // configuration file; one that comes during start-up waits in its stream for the loop.
+    // SIGUSR1/SIGUSR2 would kill the daemon by the default action: they are ignored, and say so.
     let mut stops = Stops {
         terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
         interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
-        hangup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
     };
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut user1 =
         signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?;
     let mut user2 =
@@ -64,11 +64,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // daemon before it has changed anything. Clients that connect now wait in the backlog until
     // the firewall is up and the loop below serves them.
     let server = Server::bind(&options.socket).await?;
-    let (config, config_fault) = match Config::load(&options.config) {
+    let (mut config, config_fault) = match Config::load(&options.config) {
         Ok(config) => (config, None),
         Err(e) => {
             tracing::error!(
-                "{e}; blocking until the configuration is fixed and the daemon restarted"
+                "{e}; blocking until the configuration is fixed and reloaded (systemctl reload killswitchd) or the daemon restarted"
             );
             (Config::default(), Some(e.to_string()))
         }
@@ -205,9 +205,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             }
             _ = stops.terminate.recv() => break,
             _ = stops.interrupt.recv() => break,
-            _ = stops.hangup.recv() => {
-                tracing::info!("SIGHUP: stopping cleanly (reloading the configuration is not supported; start the daemon again to read it)");
-                break;
+            _ = hangup.recv() => {
+                let _ = crate::notify::notify("RELOADING=1");
+                let reloaded = reload(&options.config, &mut config);
+                Some(Input::Reloaded(reloaded))
             }
             _ = user1.recv() => {
                 tracing::warn!("SIGUSR1 means nothing to killswitchd; ignored");
@@ -218,6 +219,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                 continue;
             }
         };
+        let reloading = matches!(input, Some(Input::Reloaded(_)));
         let effects = match input {
             Some(input) => core.on(input, Instant::now()),
             None => vec![Effect::SyncDns(core.dns_want())],
@@ -225,9 +227,53 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         if perform(&mut core, effects, &mut io, &mut stops).await == Flow::Stop {
             break;
         }
+        if reloading {
+            // The new rules are in place (or the refusal is in `status`): the reload is done.
+            let _ = crate::notify::notify("READY=1");
+        }
     }
     drop(io);
     stop(&mut core, &mut dns).await
+}
+
+/// Reads the configuration file again: what the running daemon can take from it, or why it
+/// cannot be used. Keys that shaped the daemon's set-up (the admin group, DNS management) keep
+/// their running values until a restart, and the log says so when they changed.
+fn reload(
+    path: &std::path::Path,
+    running: &mut Config,
+) -> Result<Box<crate::core::Reconfigured>, String> {
+    let new = Config::load(path).map_err(|e| e.to_string())?;
+    let waiting: Vec<&str> = [
+        ("admin_group", new.admin_group != running.admin_group),
+        ("dns", new.dns != running.dns),
+        ("resolv_conf", new.resolv_conf != running.resolv_conf),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect();
+    if !waiting.is_empty() {
+        tracing::warn!(
+            "{} changed in {}: that takes effect when the daemon restarts",
+            waiting.join(", "),
+            path.display()
+        );
+    }
+    let reconfigured = crate::core::Reconfigured {
+        lan: new.lan()?,
+        allows: new.allows(),
+        detect_local_bridges: new.detect_local_bridges,
+        health_bound: Duration::from_secs_f64(new.dead_after_seconds),
+        wireguard_dir: new.wireguard_dir.clone(),
+    };
+    running.wireguard_dir = new.wireguard_dir;
+    running.dead_after_seconds = new.dead_after_seconds;
+    running.lan_subnets = new.lan_subnets;
+    running.allow_interfaces = new.allow_interfaces;
+    running.allow_subnets = new.allow_subnets;
+    running.allow_inbound = new.allow_inbound;
+    running.detect_local_bridges = new.detect_local_bridges;
+    Ok(Box::new(reconfigured))
 }
 
 /// Stops: tells the service manager, gives the user's resolvers back (bounded), logs what stays.
@@ -339,7 +385,6 @@ enum Flow {
 struct Stops {
     terminate: tokio::signal::unix::Signal,
     interrupt: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
 }
 
 impl Stops {
@@ -347,7 +392,6 @@ impl Stops {
         tokio::select! {
             _ = self.terminate.recv() => {}
             _ = self.interrupt.recv() => {}
-            _ = self.hangup.recv() => {}
         }
     }
 }

@@ -9,6 +9,7 @@ use killswitch_lab::netns::require_root;
 use killswitch_lab::topology::{self, Topology};
 use killswitch_lab::traffic;
 use killswitch_types::State;
+use killswitch_types::ipc::Status;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -669,25 +670,54 @@ fn a_file_at_the_socket_path_is_never_removed() -> Result<()> {
 }
 
 #[test]
-fn sighup_stops_cleanly_and_gives_dns_back() -> Result<()> {
-    if !require_root("sighup_stops_cleanly_and_gives_dns_back") {
+fn sighup_reloads_the_configuration_and_refuses_a_bad_one() -> Result<()> {
+    if !require_root("sighup_reloads_the_configuration_and_refuses_a_bad_one") {
         return Ok(());
     }
-    let (mut lab, original) = up_with_dns("sighup")?;
-    let mut daemon = lab.daemon.take().context("no daemon")?;
-    daemon.process().signal(nix::sys::signal::Signal::SIGHUP)?;
-    let deadline = Instant::now() + Duration::from_secs(1);
-    let exit = loop {
-        if let Some(exit) = daemon.process().try_wait()? {
-            break exit;
-        }
-        ensure!(Instant::now() < deadline, "still running 1 s after SIGHUP");
-        std::thread::sleep(Duration::from_millis(10));
+    let topo = Topology::new("sighup")?;
+    let home = DaemonHome::new()?;
+    let mut daemon = Daemon::start(&topo.client, &home)?;
+    daemon.cli(&["lockdown", "on"])?.ok()?;
+    daemon.wait_for_state(State::Blocked, Duration::from_secs(5))?;
+    let table = |topo: &Topology| nft_table(&topo.client).map(|t| t.unwrap_or_default());
+    let before = table(&topo)?;
+    let reload = |daemon: &mut Daemon, config: &str, what: &str| -> Result<Status> {
+        std::fs::write(home.config(), config)?;
+        daemon.process().signal(nix::sys::signal::Signal::SIGHUP)?;
+        daemon.wait_for(what, Duration::from_secs(5), |s| match what {
+            "refused" => s
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("not reloaded")),
+            _ => s.error.is_none() && !s.exceptions.inbound.is_empty(),
+        })
     };
-    ensure!(exit.success(), "a clean stop: {exit}\n{}", daemon.log());
+    // A bad file: refused, said so, and nothing changes (the daemon keeps running).
+    let refused = reload(&mut daemon, "allow_inbound = [\"tcp/22\"]\n", "refused")?;
     ensure!(
-        lab.resolv_conf() == original,
-        "the user's resolv.conf is back"
+        refused
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("line 1, column 17")),
+        "the refusal names the place: {:?}",
+        refused.error
+    );
+    ensure!(daemon.process().try_wait()?.is_none(), "still running");
+    ensure!(table(&topo)? == before, "the rules did not change");
+    // A good one: applied at once, in one transaction, and the refusal is forgotten.
+    let applied = reload(
+        &mut daemon,
+        "allow_inbound = [\"tcp/22 on phys0\"]\n",
+        "applied",
+    )?;
+    ensure!(
+        applied.exceptions.inbound == ["tcp/22 on phys0"] && applied.state == State::Blocked,
+        "{applied:?}"
+    );
+    let after = table(&topo)?;
+    ensure!(
+        after != before && after.contains("allowed inbound"),
+        "the new rules are in place:\n{after}"
     );
     Ok(())
 }

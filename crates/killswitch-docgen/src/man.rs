@@ -82,7 +82,12 @@ pub fn killswitchd(date: &str) -> io::Result<Vec<u8>> {
     roff.text([roman(
         "SIGTERM and SIGINT stop the daemon within a second. It leaves its rules in place \
          (a stop is not a reason to leak) and gives DNS back: resolv.conf as it was, or \
-         systemd-resolved's own servers.",
+         systemd-resolved's own servers. SIGHUP (systemctl reload) reads the configuration \
+         file again: the LAN, the allowed interfaces, subnets and inbound services and the \
+         local-bridge setting apply at once, in one transaction; the WireGuard directory and \
+         dead_after_seconds from the next up; admin_group, dns and resolv_conf at the next \
+         start. A file that cannot be used is refused: the running configuration stays, and \
+         status says why. SIGUSR1 and SIGUSR2 are ignored.",
     )]);
     roff.control("SH", ["ENVIRONMENT"]);
     definitions(
