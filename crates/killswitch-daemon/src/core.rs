@@ -2026,6 +2026,54 @@ mod tests {
     }
 
     #[test]
+    fn a_good_reload_lifts_a_config_fault_and_a_bad_one_keeps_what_runs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = Core::new(
+            &mut fw,
+            Store::new(dir.path()),
+            Some("bad config".to_owned()),
+            test_options(dir.path()),
+            Instant::now(),
+        );
+        core.reconcile();
+        assert_eq!(core.status().state, State::Blocked);
+        let now = Instant::now();
+        core.on(Input::Reloaded(Err("line 1: nonsense".to_owned())), now);
+        let status = core.status();
+        assert_eq!(status.state, State::Blocked, "still the fault");
+        let good = Reconfigured {
+            lan: killswitch_policy::Lan::default(),
+            allows: killswitch_types::Allows {
+                inbound: vec!["tcp/22 on eth0".parse().expect("literal")],
+                ..Default::default()
+            },
+            detect_local_bridges: true,
+            health_bound: Duration::from_secs(5),
+            wireguard_dir: "/etc/wireguard".into(),
+        };
+        core.on(Input::Reloaded(Ok(Box::new(good))), now);
+        let status = core.status();
+        assert_eq!(status.state, State::Disconnected, "{status:?}");
+        assert_eq!(status.error, None, "the refusal is forgotten too");
+        assert_eq!(status.exceptions.inbound, ["tcp/22 on eth0"]);
+        core.handle_request(&Request::Lockdown { enabled: true })
+            .expect("lockdown");
+        // A bad reload now: refused, said so, the running allows stay in the rules.
+        core.on(Input::Reloaded(Err("line 2: nonsense".to_owned())), now);
+        let status = core.status();
+        assert!(
+            status
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("not reloaded")),
+            "{status:?}"
+        );
+        assert_eq!(status.exceptions.inbound, ["tcp/22 on eth0"]);
+        assert_eq!(status.state, State::Blocked);
+    }
+
+    #[test]
     fn a_config_fault_blocks_everything_but_off() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
