@@ -188,12 +188,11 @@ fn commands_section(cmd: &clap::Command, page: &mut Vec<u8>) -> io::Result<()> {
     page.extend(part(|w| {
         Roff::new().control("SH", ["COMMANDS"]).to_writer(w)
     })?);
-    // clap's own `help` command is not one of ours: `-h` and `--help` are in OPTIONS.
-    let commands = cmd
-        .get_subcommands()
-        .filter(|s| !s.is_hide_set() && s.get_name() != "help");
-    for sub in commands {
-        let sub = sub.clone().mut_args(|arg| {
+    for (path, sub) in commands(cmd, "") {
+        // clap takes a name as `&'static str` (owned names need its `string` feature, which
+        // would grow the CLI too): this build tool leaks the few it renders.
+        let name: &'static str = Box::leak(path.clone().into_boxed_str());
+        let sub = sub.name(name).mut_args(|arg| {
             if arg.is_global_set() || arg.get_id() == "help" {
                 arg.hide(true)
             } else {
@@ -203,7 +202,7 @@ fn commands_section(cmd: &clap::Command, page: &mut Vec<u8>) -> io::Result<()> {
         let has_options = sub.get_arguments().any(|a| !a.is_hide_set());
         let man = Man::new(sub.clone());
         page.extend(part(|w| {
-            Roff::new().control("SS", [sub.get_name()]).to_writer(w)
+            Roff::new().control("SS", [path.as_str()]).to_writer(w)
         })?);
         page.extend(body(|w| man.render_synopsis_section(w))?);
         page.extend(part(|w| Roff::new().control("PP", []).to_writer(w))?);
@@ -213,6 +212,22 @@ fn commands_section(cmd: &clap::Command, page: &mut Vec<u8>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Every command under `cmd`, depth first, each with its full name (`allow add subnet`): a
+/// command with commands of its own comes first, then each of those. clap's own `help` command
+/// is not one of ours (`-h` and `--help` are in OPTIONS).
+pub fn commands(cmd: &clap::Command, prefix: &str) -> Vec<(String, clap::Command)> {
+    let mut all = Vec::new();
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let path = format!("{prefix}{}", sub.get_name());
+        all.push((path.clone(), sub.clone()));
+        all.extend(commands(sub, &format!("{path} ")));
+    }
+    all
 }
 
 /// What the roff crate writes at the top of everything it renders: a string for apostrophes
@@ -344,18 +359,24 @@ mod tests {
     fn the_cli_page_documents_every_command_and_option() {
         let page = text(killswitch(DATE));
         let cmd = killswitch_cli::args::command();
-        for sub in cmd.get_subcommands() {
-            assert!(
-                page.contains(&format!(".SS {}\n", sub.get_name())),
-                "no subsection for {}",
-                sub.get_name()
-            );
+        let all = commands(&cmd, "");
+        assert!(
+            all.iter().any(|(path, _)| path == "allow add subnet"),
+            "nested commands"
+        );
+        for (path, sub) in all {
+            // roff quotes an argument with spaces.
+            let heading = if path.contains(' ') {
+                format!(".SS \"{path}\"\n")
+            } else {
+                format!(".SS {path}\n")
+            };
+            assert!(page.contains(&heading), "no subsection for {path}");
             for long in sub.get_arguments().filter_map(|a| a.get_long()) {
                 // roff escapes the dashes: \-\-interface.
                 assert!(
                     page.contains(&format!("\\-\\-{}", long.replace('-', "\\-"))),
-                    "{} --{long} missing",
-                    sub.get_name()
+                    "{path} --{long} missing"
                 );
             }
         }
