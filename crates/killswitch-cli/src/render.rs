@@ -71,7 +71,10 @@ pub(crate) fn exceptions(exceptions: &killswitch_types::ipc::ExceptionsStatus) -
         )
         .chain(exceptions.subnets.iter().map(|s| format!("subnet     {s}")))
         .chain(exceptions.inbound.iter().map(|i| format!("inbound    {i}")))
-        .chain(exceptions.refused.iter().map(|r| format!("refused    {r}")));
+        .chain(exceptions.refused.iter().map(|r| format!("refused    {r}")))
+        .chain(exceptions.absent.iter().map(|a| {
+            format!("absent     {a} (no such interface now: its exceptions match nothing)")
+        }));
     for line in lines {
         let _ = writeln!(out, "{}", clean(&line));
     }
@@ -106,6 +109,13 @@ pub(crate) fn status(status: &Status) -> String {
     }
     for refused in &exceptions.refused {
         let _ = writeln!(out, "refused:   {}", clean(refused));
+    }
+    if !exceptions.absent.is_empty() {
+        let _ = writeln!(
+            out,
+            "absent:    {} (named by an exception; no such interface now, so it matches nothing)",
+            clean(&exceptions.absent.join(", "))
+        );
     }
     match &status.tunnel {
         None => {

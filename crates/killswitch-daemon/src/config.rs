@@ -93,11 +93,12 @@ impl Config {
 
     /// The explicit allows.
     pub fn allows(&self) -> killswitch_types::Allows {
-        killswitch_types::Allows {
+        // Each once, however often the file lists it.
+        killswitch_types::Allows::default().merged(&killswitch_types::Allows {
             interfaces: self.allow_interfaces.clone(),
             subnets: self.allow_subnets.clone(),
             inbound: self.allow_inbound.clone(),
-        }
+        })
     }
 
     /// Checks the file at `path` as [`Config::load`] would: `Ok(true)` valid, `Ok(false)` no such

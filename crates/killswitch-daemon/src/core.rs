@@ -810,8 +810,26 @@ impl<F: Firewall> Core<F> {
                 "{entry} is allowed in config.toml; remove it there and reload the daemon (systemctl reload killswitchd)"
             ));
         }
+        if add && self.all_allows().contains(entry) {
+            // Already allowed (here or in config.toml): nothing to change, and no copy kept that
+            // would outlive the file's entry.
+            return Ok(self.allows.clone());
+        }
         if !add && !self.allows.contains(entry) {
-            return refuse(format!("{entry} is not allowed"));
+            // The same subnet with the other `public` flag is what was probably meant.
+            let hint = match entry {
+                killswitch_types::AllowEntry::Subnet(s) => self
+                    .all_allows()
+                    .subnets
+                    .iter()
+                    .find(|o| o.subnet == s.subnet && o.interface == s.interface)
+                    .map(|o| format!(" (`{o}` is: name it as it is allowed)")),
+                _ => None,
+            };
+            return refuse(format!(
+                "{entry} is not allowed{}",
+                hint.unwrap_or_default()
+            ));
         }
         let next = self.allows.with(entry, add);
         if let Err(why) = killswitch_policy::check_allows(&self.options.allows.merged(&next)) {
@@ -837,6 +855,18 @@ impl<F: Firewall> Core<F> {
             subnets: allows.subnets.iter().map(ToString::to_string).collect(),
             inbound: allows.inbound.iter().map(ToString::to_string).collect(),
             refused: self.locals.refused.clone(),
+            absent: {
+                let named = (allows.interfaces.iter())
+                    .chain(allows.subnets.iter().map(|s| &s.interface))
+                    .chain(allows.inbound.iter().map(|i| &i.interface));
+                let mut absent: Vec<String> = named
+                    .map(ToString::to_string)
+                    .filter(|n| !self.locals.present.contains(n))
+                    .collect();
+                absent.sort();
+                absent.dedup();
+                absent
+            },
         }
     }
 
@@ -1654,6 +1684,13 @@ mod tests {
             );
         }
         assert_eq!(core.status().exceptions.subnets, Vec::<String>::new());
+        // Adding what config.toml allows changes nothing, and keeps no copy that would outlive
+        // the file's entry.
+        let status = core
+            .handle_request(&allow(true, "inbound tcp/22 on eth0"))
+            .expect("already allowed");
+        assert_eq!(status.exceptions.inbound, ["tcp/22 on eth0"]);
+        assert!(core.allows.inbound.is_empty());
         drop(core);
         // A restart keeps what the CLI added.
         let mut fw2 = Recorder::default();

@@ -33,6 +33,8 @@ pub struct LocalView {
     pub interfaces: Vec<LocalLink>,
     /// Allowed interfaces that are not honoured, and why.
     pub refused: Vec<String>,
+    /// The names of every interface there is now.
+    pub present: Vec<String>,
 }
 
 /// Port kinds that lead only to this machine's own containers and VMs.
@@ -41,10 +43,41 @@ const LOCAL_PORT_KINDS: [&str; 2] = ["veth", "tun"];
 /// ARPHRD_ETHER and ARPHRD_IEEE80211.
 const PHYSICAL_LINK_TYPES: [u16; 2] = [1, 801];
 
+/// Why `facts` leads beyond this machine, if it does: it is a physical Ethernet or Wi-Fi device,
+/// a default route or a route through a gateway leaves by it, or it is stacked on (a VLAN, a
+/// macvlan) or bridges (a bridge, a bond) an interface that leads out.
+fn leads_out(links: &[LinkFacts], facts: &LinkFacts, depth: u8) -> Option<String> {
+    if facts.identity.kind.is_none() && PHYSICAL_LINK_TYPES.contains(&facts.identity.link_type) {
+        return Some(format!("{} is a physical interface", facts.name));
+    }
+    if facts.gateway_routes {
+        return Some(format!(
+            "{} carries a route through a gateway (it leads beyond this machine)",
+            facts.name
+        ));
+    }
+    // Stacks are shallow (a VLAN on a bond on a NIC); a loop in them would be the kernel's bug.
+    if depth >= 4 {
+        return None;
+    }
+    let below = links
+        .iter()
+        .filter(|l| Some(l.index) == facts.lower || l.master == Some(facts.index));
+    for under in below {
+        if let Some(why) = leads_out(links, under, depth + 1) {
+            return Some(format!("{} rests on {}: {why}", facts.name, under.name));
+        }
+    }
+    None
+}
+
 /// Judges `links` (the whole namespace's interfaces); `allowed` are the allowed interfaces' names,
 /// `detect_bridges` whether local bridges are recognised at all.
 pub fn judge(links: &[LinkFacts], allowed: &[InterfaceName], detect_bridges: bool) -> LocalView {
-    let mut view = LocalView::default();
+    let mut view = LocalView {
+        present: links.iter().map(|l| l.name.clone()).collect(),
+        ..LocalView::default()
+    };
     let link_of = |facts: &LinkFacts| {
         InterfaceName::new(&facts.name)
             .ok()
@@ -70,23 +103,20 @@ pub fn judge(links: &[LinkFacts], allowed: &[InterfaceName], detect_bridges: boo
             let private = bridge.addresses.iter().all(is_private);
             // A name that is also allowed explicitly counts once, as allowed.
             let named = allowed.iter().any(|a| a.as_str() == bridge.name);
-            if ports_local && private && !named {
+            if ports_local && private && !named && leads_out(links, bridge, 0).is_none() {
                 view.bridges.extend(link_of(bridge));
             }
         }
     }
     for name in allowed {
         match links.iter().find(|l| l.name == name.as_str()) {
-            Some(facts)
-                if facts.identity.kind.is_none()
-                    && PHYSICAL_LINK_TYPES.contains(&facts.identity.link_type) =>
-            {
-                view.refused.push(format!(
-                    "{name} is a physical interface: allowing it would switch the kill switch off \
-                     for it (use allow_subnets or allow_inbound)"
-                ));
-            }
-            Some(facts) => view.interfaces.extend(link_of(facts)),
+            Some(facts) => match leads_out(links, facts, 0) {
+                Some(why) => view.refused.push(format!(
+                    "allow_interfaces: {why}: allowing it would switch the kill switch off for it \
+                     (use allow_subnets or allow_inbound)"
+                )),
+                None => view.interfaces.extend(link_of(facts)),
+            },
             // Not there (yet): the rules name it all the same; it has no networks to route.
             None => view.interfaces.push(LocalLink::named(name.clone())),
         }
@@ -97,7 +127,7 @@ pub fn judge(links: &[LinkFacts], allowed: &[InterfaceName], detect_bridges: boo
 /// The view of this network namespace now; on a netlink failure, none (no bridge counts as local
 /// and the allowed interfaces are named only), which fails closed.
 pub fn look(allowed: &[InterfaceName], detect_bridges: bool) -> LocalView {
-    match killswitch_tunnel::netdev::all_links() {
+    match killswitch_tunnel::netdev::all_links(killswitch_policy::routes::ROUTE_TABLE) {
         Ok(links) => judge(&links, allowed, detect_bridges),
         Err(e) => {
             tracing::warn!("cannot list interfaces for the local bridges: {e}");
@@ -132,6 +162,8 @@ mod tests {
                 link_type: 1,
             },
             master,
+            lower: None,
+            gateway_routes: false,
             addresses: addrs.iter().map(|a| a.parse().expect("literal")).collect(),
         }
     }
@@ -160,10 +192,17 @@ mod tests {
             link(11, "br-public", Some("bridge"), None, &["203.0.113.1/24"]),
             link(12, "veth-up", Some("veth"), None, &["10.9.0.2/24"]),
         ];
+        let mut links = links.to_vec();
+        // A bridge that carries the uplink through a veth: its default route gives it away.
+        let mut uplink = link(13, "br-up", Some("bridge"), None, &["192.168.50.2/24"]);
+        uplink.gateway_routes = true;
+        links.push(uplink);
+        links.push(link(14, "veth-up2", Some("veth"), Some(13), &[]));
         let view = judge(&links, &[], true);
         assert_eq!(names(&view.bridges), ["docker0", "virbr0", "br-empty"]);
         assert_eq!(view.bridges[0].networks[0].to_string(), "172.17.0.1/16");
         assert!(judge(&links, &[], false).bridges.is_empty());
+        assert!(view.present.iter().any(|n| n == "eth0"));
     }
 
     #[test]
@@ -190,6 +229,34 @@ mod tests {
         assert!(view.interfaces[1].networks.is_empty());
         assert!(view.bridges.is_empty(), "docker0 counts once, as allowed");
         assert_eq!(view.refused.len(), 1);
-        assert!(view.refused[0].starts_with("eth0 is a physical interface"));
+        assert!(
+            view.refused[0].contains("eth0 is a physical interface"),
+            "{}",
+            view.refused[0]
+        );
+    }
+
+    #[test]
+    fn uplinks_of_every_shape_are_refused() {
+        let mut veth_uplink = link(2, "eth0", Some("veth"), None, &["10.0.3.5/24"]);
+        veth_uplink.gateway_routes = true;
+        let mut macvlan = link(4, "mv0", Some("macvlan"), None, &[]);
+        macvlan.lower = Some(1);
+        let mut overlay_exit = link(6, "tailscale0", Some("tun"), None, &["100.64.0.2/32"]);
+        overlay_exit.gateway_routes = true;
+        let links = [
+            link(1, "enp1s0", None, Some(3), &[]),
+            veth_uplink,
+            link(3, "br0", Some("bridge"), None, &["192.168.1.10/24"]),
+            macvlan,
+            link(5, "zt0", Some("tun"), None, &["10.147.17.5/24"]),
+            overlay_exit,
+        ];
+        let all = ["eth0", "br0", "mv0", "zt0", "tailscale0"].map(name);
+        let view = judge(&links, &all, true);
+        assert_eq!(names(&view.interfaces), ["zt0"]);
+        assert_eq!(view.refused.len(), 4, "{:?}", view.refused);
+        assert!(view.refused[1].contains("br0 rests on enp1s0: enp1s0 is a physical interface"));
+        assert!(view.refused[0].contains("eth0 carries a route through a gateway"));
     }
 }

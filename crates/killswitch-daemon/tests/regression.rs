@@ -950,3 +950,57 @@ fn sigterm_right_after_ready_stops_cleanly() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn a_bridge_that_carries_the_uplink_is_not_local_and_an_uplink_cannot_be_allowed() -> Result<()> {
+    if !require_root(
+        "a_bridge_that_carries_the_uplink_is_not_local_and_an_uplink_cannot_be_allowed",
+    ) {
+        return Ok(());
+    }
+    // The stranger's shape: the uplink (a veth to the router) enslaved to a bridge that holds the
+    // address and the default route; beside it a Docker-like bridge, a veth "container" port.
+    let topo = Topology::new("uplinkbr")?;
+    let c = &topo.client;
+    c.ip(&["addr", "flush", "dev", topology::PHYS])?;
+    c.ip(&["link", "add", "br-up", "type", "bridge"])?;
+    c.ip(&["link", "set", topology::PHYS, "master", "br-up"])?;
+    c.ip(&["addr", "add", "192.168.50.2/24", "dev", "br-up"])?;
+    c.ip(&["link", "set", "br-up", "up"])?;
+    c.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        "192.168.50.1",
+        "dev",
+        "br-up",
+    ])?;
+    c.ip(&["link", "add", "docker0", "type", "bridge"])?;
+    c.ip(&["addr", "add", "172.17.0.1/16", "dev", "docker0"])?;
+    c.ip(&[
+        "link", "add", "vethc", "type", "veth", "peer", "name", "vethc-p",
+    ])?;
+    c.ip(&["link", "set", "vethc", "master", "docker0"])?;
+    let allowed: Vec<killswitch_types::InterfaceName> = ["br-up", "docker0"]
+        .iter()
+        .map(|n| n.parse().expect("literal"))
+        .collect();
+    let view = c.run(|| killswitch_daemon::locals::look(&allowed[1..], true))?;
+    let bridges: Vec<&str> = view.bridges.iter().map(|l| l.interface.as_str()).collect();
+    ensure!(
+        bridges.is_empty(),
+        "docker0 is allowed by name, br-up is an uplink: {bridges:?}"
+    );
+    let view = c.run(|| killswitch_daemon::locals::look(&[], true))?;
+    let bridges: Vec<&str> = view.bridges.iter().map(|l| l.interface.as_str()).collect();
+    ensure!(bridges == ["docker0"], "only docker0 is local: {bridges:?}");
+    let view = c.run(|| killswitch_daemon::locals::look(&allowed[..1], true))?;
+    ensure!(
+        view.interfaces.is_empty()
+            && view.refused.len() == 1
+            && view.refused[0].contains("br-up carries a route through a gateway"),
+        "the uplink bridge cannot be allowed: {view:?}"
+    );
+    Ok(())
+}

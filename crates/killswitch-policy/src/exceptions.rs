@@ -127,6 +127,12 @@ fn is_link_local(net: &IpNet) -> bool {
         .any(|ll| ll.contains(&net.network()))
 }
 
+/// The widest public range an exception may name: a service's or a provider's range, not a
+/// continent's. Wider is the kill switch switched off by another name.
+pub const WIDEST_PUBLIC_V4: u8 = 8;
+/// The same for IPv6 (a /16 is far more than any one organisation holds).
+pub const WIDEST_PUBLIC_V6: u8 = 16;
+
 /// Checks explicit allows against what the policy permits: counts, and no public subnet without
 /// the administrator's `public`. The error names the entry.
 pub fn check_allows(allows: &Allows) -> Result<(), String> {
@@ -137,16 +143,24 @@ pub fn check_allows(allows: &Allows) -> Result<(), String> {
         .find(|s| !s.public && !is_private(&s.subnet))
     {
         return Err(format!(
-            "allow_subnets: {} is outside the private ranges; write \"{public} public\" if the \
-             internet is really meant",
+            "{} is outside the private ranges; mark it public if the internet is really meant \
+             (`public` after the interface in config.toml, --public on the command line)",
             public.subnet
         ));
     }
-    if let Some(default) = allows.subnets.iter().find(|s| s.subnet.prefix_len() == 0) {
+    if let Some(wide) = allows.subnets.iter().find(|s| {
+        let widest = if s.subnet.addr().is_ipv4() {
+            WIDEST_PUBLIC_V4
+        } else {
+            WIDEST_PUBLIC_V6
+        };
+        s.subnet.prefix_len() < widest && !is_private(&s.subnet)
+    }) {
         return Err(format!(
-            "allow_subnets: {default} would let everything out of {}; that is switching the \
-             kill switch off",
-            default.interface
+            "{} would let a large part of the internet out of {} in clear: a public exception \
+             may be at most a /{WIDEST_PUBLIC_V4} (IPv4) or a /{WIDEST_PUBLIC_V6} (IPv6); anything wider is \
+             switching the kill switch off",
+            wide.subnet, wide.interface
         ));
     }
     Ok(())
@@ -178,6 +192,13 @@ mod tests {
         // A range that only starts private is not private.
         assert!(check_allows(&allows(&["10.0.0.0/7 on eth0"])).is_err());
         assert!(check_allows(&allows(&["0.0.0.0/0 on eth0 public"])).is_err());
+        assert!(check_allows(&allows(&["0.0.0.0/1 on eth0 public"])).is_err());
+        assert!(check_allows(&allows(&["2000::/3 on eth0 public"])).is_err());
+        assert!(check_allows(&allows(&["203.0.0.0/8 on eth0 public"])).is_ok());
+        assert!(
+            check_allows(&allows(&["10.0.0.0/8 on eth0"])).is_ok(),
+            "private, any size"
+        );
     }
 
     #[test]

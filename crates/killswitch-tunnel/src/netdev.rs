@@ -7,6 +7,7 @@ use killswitch_route::{RouteError, Rtnl};
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
+use netlink_packet_route::route::{RouteAttribute, RouteMessage, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use std::net::IpAddr;
 
@@ -241,12 +242,18 @@ pub struct LinkFacts {
     pub identity: LinkIdentity,
     /// The bridge (or bond ...) it is a port of.
     pub master: Option<u32>,
+    /// The device it is stacked on (a VLAN's or macvlan's parent).
+    pub lower: Option<u32>,
+    /// Whether a default route or a route through a gateway leaves by it (in any table but the
+    /// kill switch's own and `local`): the mark of a link that leads beyond this machine.
+    pub gateway_routes: bool,
     /// Its addresses, with their prefixes (`172.17.0.1/16`).
     pub addresses: Vec<IpNet>,
 }
 
-/// Every interface of this network namespace, with its addresses: two dumps.
-pub fn all_links() -> Result<Vec<LinkFacts>, TunnelError> {
+/// Every interface of this network namespace, with its addresses and whether routes through a
+/// gateway leave by it (`own_table`, the kill switch's routing table, not counted).
+pub fn all_links(own_table: u32) -> Result<Vec<LinkFacts>, TunnelError> {
     let mut rtnl = rtnl()?;
     let links = rtnl
         .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
@@ -266,12 +273,15 @@ pub fn all_links() -> Result<Vec<LinkFacts>, TunnelError> {
                     link_type: u16::from(link.header.link_layer_type),
                 },
                 master: None,
+                lower: None,
+                gateway_routes: false,
                 addresses: Vec::new(),
             };
             for attribute in &link.attributes {
                 match attribute {
                     LinkAttribute::IfName(name) => facts.name.clone_from(name),
                     LinkAttribute::Controller(master) => facts.master = Some(*master),
+                    LinkAttribute::Link(lower) if *lower != 0 => facts.lower = Some(*lower),
                     LinkAttribute::LinkInfo(infos) => {
                         facts.identity.kind = infos.iter().find_map(|info| match info {
                             LinkInfo::Kind(kind) => Some(kind.to_string()),
@@ -298,5 +308,57 @@ pub fn all_links() -> Result<Vec<LinkFacts>, TunnelError> {
             link.addresses.push(net);
         }
     }
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        let mut request = RouteMessage::default();
+        request.header.address_family = family;
+        let routes = rtnl
+            .dump(RouteNetlinkMessage::GetRoute(request))
+            .map_err(TunnelError::Netlink)?;
+        for message in routes {
+            let RouteNetlinkMessage::NewRoute(route) = message else {
+                continue;
+            };
+            for index in gateway_route_devices(&route, own_table) {
+                if let Some(link) = all.iter_mut().find(|l| l.index == index) {
+                    link.gateway_routes = true;
+                }
+            }
+        }
+    }
     Ok(all)
+}
+
+/// The devices a route leads beyond this machine by: those of a default route or of a route
+/// through a gateway, in any table but `local` and the kill switch's own (`own_table`).
+fn gateway_route_devices(route: &RouteMessage, own_table: u32) -> Vec<u32> {
+    const LOCAL_TABLE: u32 = 255;
+    let table = route
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(route.header.table));
+    if table == LOCAL_TABLE || table == own_table || route.header.kind != RouteType::Unicast {
+        return Vec::new();
+    }
+    let default = route.header.destination_prefix_length == 0;
+    let mut devices = Vec::new();
+    let mut gateway = false;
+    let mut oif = None;
+    for attribute in &route.attributes {
+        match attribute {
+            RouteAttribute::Gateway(_) | RouteAttribute::Via(_) => gateway = true,
+            RouteAttribute::Oif(index) => oif = Some(*index),
+            RouteAttribute::MultiPath(hops) => {
+                devices.extend(hops.iter().map(|hop| hop.interface_index));
+            }
+            _ => {}
+        }
+    }
+    if let Some(index) = oif.filter(|_| gateway || default) {
+        devices.push(index);
+    }
+    devices
 }

@@ -45,8 +45,8 @@ impl Allows {
     /// Both sources together, without duplicates, `self` first.
     pub fn merged(&self, other: &Allows) -> Allows {
         fn union<T: Clone + PartialEq>(a: &[T], b: &[T]) -> Vec<T> {
-            let mut all = a.to_vec();
-            for item in b {
+            let mut all: Vec<T> = Vec::new();
+            for item in a.iter().chain(b) {
                 if !all.contains(item) {
                     all.push(item.clone());
                 }
@@ -71,10 +71,14 @@ impl Allows {
                 return Err(format!("{what}: {count} entries; at most {MAX_ALLOWS}"));
             }
         }
-        if let Some(lo) = self.interfaces.iter().find(|i| i.as_str() == "lo") {
-            return Err(format!(
-                "allow_interfaces: {lo} is always allowed (loopback); leave it out"
-            ));
+        let loopback = (self.interfaces.iter())
+            .chain(self.subnets.iter().map(|s| &s.interface))
+            .chain(self.inbound.iter().map(|i| &i.interface))
+            .any(|i| i.as_str() == "lo");
+        if loopback {
+            return Err(
+                "lo: loopback is always allowed; an exception on it would mean nothing".to_owned(),
+            );
         }
         Ok(())
     }
@@ -176,9 +180,17 @@ impl FromStr for SubnetAllow {
 
     fn from_str(text: &str) -> Result<Self, String> {
         let (net, interface, rest) = split_on(text, "10.99.0.0/16 on eth0 [public]")?;
-        let subnet: IpNet = net
-            .parse()
-            .map_err(|_| format!("{text:?}: {net:?} is not a subnet (ADDRESS/PREFIX)"))?;
+        let subnet: IpNet = net.parse().map_err(|_| {
+            let why = match net.split_once('/') {
+                Some((address, prefix)) if address.parse::<std::net::IpAddr>().is_ok() => {
+                    let max = if address.contains(':') { 128 } else { 32 };
+                    format!("the prefix {prefix:?} is not a number from 0 to {max}")
+                }
+                Some(_) => "the address is not an IPv4 or IPv6 address".to_owned(),
+                None => "it has no /PREFIX".to_owned(),
+            };
+            format!("{text:?}: {net:?} is not a subnet (ADDRESS/PREFIX): {why}")
+        })?;
         if subnet.trunc() != subnet {
             return Err(format!(
                 "{text:?}: {subnet} has host bits set; the subnet is {}",
@@ -243,11 +255,9 @@ impl FromStr for InboundAllow {
             "udp" => TransportProtocol::Udp,
             other => return Err(format!("{text:?}: protocol {other:?} is not tcp or udp")),
         };
-        let port: u16 = port
-            .parse()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{text:?}: port {port:?} is not 1 to 65535"))?;
+        let port: u16 = port.parse().ok().filter(|p| *p != 0).ok_or_else(|| {
+            format!("{text:?}: port {port:?} is not a port number from 1 to 65535")
+        })?;
         Ok(InboundAllow {
             protocol,
             port,

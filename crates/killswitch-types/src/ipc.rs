@@ -303,6 +303,10 @@ pub struct ExceptionsStatus {
     /// Allows that are configured but not honoured, and why.
     #[serde(default)]
     pub refused: Vec<String>,
+    /// Interfaces the exceptions name that do not exist now (a typo, or one not up yet): their
+    /// exceptions match nothing until they do.
+    #[serde(default)]
+    pub absent: Vec<String>,
 }
 
 impl ExceptionsStatus {
@@ -313,6 +317,7 @@ impl ExceptionsStatus {
             && self.subnets.is_empty()
             && self.inbound.is_empty()
             && self.refused.is_empty()
+            && self.absent.is_empty()
     }
 }
 
