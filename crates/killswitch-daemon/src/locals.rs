@@ -2,8 +2,9 @@
 //! interfaces look now.
 //!
 //! A **local bridge** is an interface of kind `bridge` whose every port is a veth or a tap (kind
-//! `veth` or `tun`), or that has no port at all, and whose addresses are all private (RFC 1918,
-//! link-local, ULA). That is docker0, Docker's `br-*` networks, podman0/cni-podman0, libvirt's
+//! `veth` or `tun`), or that has no port at all, whose addresses are all private (RFC 1918,
+//! link-local, ULA), and by which no default route and no route through a gateway leaves (an
+//! outside tester enslaved the uplink veth to a bridge: its default route gives it away). That is docker0, Docker's `br-*` networks, podman0/cni-podman0, libvirt's
 //! virbr0 and LXD's lxdbr0 as they are made. A bridge that holds anything else (a physical NIC as
 //! `br0` on a server, a VLAN, a bond, a VXLAN, a WireGuard link) reaches a network beyond this
 //! machine and is not local. A veth alone is not local either: it is also how a container or a
@@ -14,9 +15,10 @@
 //! public address on a bridge (a routed container network) takes it out, so that nothing routes a
 //! public range around the tunnel by accident; such setups use `allow_interfaces`.
 //!
-//! An **allowed interface** (`allow_interfaces`) is honoured unless it is a physical Ethernet or
-//! Wi-Fi device: allowing one would switch the kill switch off for the very link it guards, and
-//! the administrator is told so in `status` instead (`allow_subnets` and `allow_inbound` are the
+//! An **allowed interface** (`allow_interfaces`) is honoured unless it leads beyond this machine:
+//! a physical Ethernet or Wi-Fi device, one with a default or gateway route, or one stacked on or
+//! bridging such a device. Allowing one would switch the kill switch off for the very link it
+//! guards, and the administrator is told so in `status` instead (`allow_subnets` and `allow_inbound` are the
 //! narrow ways to open something there).
 
 use killswitch_policy::LocalLink;
