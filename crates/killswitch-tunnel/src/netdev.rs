@@ -242,7 +242,8 @@ pub struct LinkFacts {
     pub identity: LinkIdentity,
     /// The bridge (or bond ...) it is a port of.
     pub master: Option<u32>,
-    /// The device it is stacked on (a VLAN's or macvlan's parent).
+    /// The device it is stacked on (a VLAN's or macvlan's parent; a veth's peer when that is in
+    /// this namespace too), when it is in this namespace.
     pub lower: Option<u32>,
     /// Whether a default route or a route through a gateway leaves by it (in any table but the
     /// kill switch's own and `local`): the mark of a link that leads beyond this machine.
@@ -277,11 +278,20 @@ pub fn all_links(own_table: u32) -> Result<Vec<LinkFacts>, TunnelError> {
                 gateway_routes: false,
                 addresses: Vec::new(),
             };
+            // IFLA_LINK is an index in *another* namespace when IFLA_LINK_NETNSID comes with it
+            // (a veth whose peer is in a container): it names nothing here, and an interface of
+            // this namespace with the same index must not be taken for it.
+            let elsewhere = link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::LinkNetNsId(_)));
             for attribute in &link.attributes {
                 match attribute {
                     LinkAttribute::IfName(name) => facts.name.clone_from(name),
                     LinkAttribute::Controller(master) => facts.master = Some(*master),
-                    LinkAttribute::Link(lower) if *lower != 0 => facts.lower = Some(*lower),
+                    LinkAttribute::Link(lower) if *lower != 0 && !elsewhere => {
+                        facts.lower = Some(*lower);
+                    }
                     LinkAttribute::LinkInfo(infos) => {
                         facts.identity.kind = infos.iter().find_map(|info| match info {
                             LinkInfo::Kind(kind) => Some(kind.to_string()),
