@@ -159,7 +159,9 @@ fn located(text: &str, error: &toml::de::Error) -> String {
     let what = error.message().trim().replace('\n', " ");
     match error.span() {
         Some(span) => {
-            let before = &text[..span.start.min(text.len())];
+            // A span off a character boundary would be the parser's bug: count the whole text
+            // then rather than panic on a user's file.
+            let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
             // The line itself, so that the key is named even when the message does not name it
