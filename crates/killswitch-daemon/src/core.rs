@@ -463,6 +463,13 @@ impl<F: Firewall> Core<F> {
             published: None,
         }
         .with_manager(now)
+        .with_locals()
+    }
+
+    /// The same, the local bridges and allowed interfaces looked at.
+    fn with_locals(mut self) -> Self {
+        self.refresh_locals();
+        self
     }
 
     fn with_manager(mut self, now: Instant) -> Self {
@@ -493,13 +500,17 @@ impl<F: Firewall> Core<F> {
         self.now = self.now.max(now);
         let mut effects = Vec::new();
         match input {
-            Input::Started => self.look_then(Then::Reconcile { retry: false }, &mut effects),
+            Input::Started => {
+                self.refresh_locals();
+                self.look_then(Then::Reconcile { retry: false }, &mut effects);
+            }
             Input::Command(command) => {
                 let answer = self.handle(&command).map(|_| ());
                 // The guarded interface may have changed: look at the new one.
                 self.look_then(Then::Answer(answer), &mut effects);
             }
             Input::LinksChanged | Input::Woke => {
+                self.refresh_locals();
                 // A new network (or the tunnel's own link changing): look at the tunnel now, and
                 // let reconcile repair whatever is off (it changes nothing when all is well).
                 self.check_now();
@@ -567,6 +578,7 @@ impl<F: Firewall> Core<F> {
                         ));
                     }
                 }
+                self.refresh_locals();
                 // One transaction from the old rules to the new: no window.
                 self.look_then(Then::Reconcile { retry: false }, &mut effects);
             }
@@ -870,26 +882,35 @@ impl<F: Firewall> Core<F> {
         }
     }
 
-    /// Everything besides the tunnel the rules let through, the interfaces looked at now.
-    fn exceptions(&mut self) -> Exceptions {
-        let allows = &self.all_allows();
+    /// Looks at the local bridges and the allowed interfaces again. Only when they may have changed
+    /// (at start, on a link, address or route change, on a wake-up, when the allows change): the
+    /// rules are compiled from what was seen, so a tunnel's loss, which must block at once, never
+    /// waits for netlink dumps.
+    fn refresh_locals(&mut self) {
+        let allows = self.all_allows();
         let view =
             (self.options.look_locals)(&allows.interfaces, self.options.detect_local_bridges);
-        if view != self.locals {
-            tracing::info!(
-                bridges = ?view.bridges.iter().map(|l| l.interface.as_str()).collect::<Vec<_>>(),
-                allowed = ?view.interfaces.iter().map(|l| l.interface.as_str()).collect::<Vec<_>>(),
-                "local bridges and allowed interfaces"
-            );
-            for refused in view
-                .refused
-                .iter()
-                .filter(|r| !self.locals.refused.contains(r))
-            {
-                tracing::warn!("allow_interfaces: {refused}");
-            }
-            self.locals = view;
+        if view == self.locals {
+            return;
         }
+        tracing::info!(
+            bridges = ?view.bridges.iter().map(|l| l.interface.as_str()).collect::<Vec<_>>(),
+            allowed = ?view.interfaces.iter().map(|l| l.interface.as_str()).collect::<Vec<_>>(),
+            "local bridges and allowed interfaces"
+        );
+        for refused in view
+            .refused
+            .iter()
+            .filter(|r| !self.locals.refused.contains(r))
+        {
+            tracing::warn!("{refused}");
+        }
+        self.locals = view;
+    }
+
+    /// Everything besides the tunnel the rules let through, as last looked at.
+    fn exceptions(&self) -> Exceptions {
+        let allows = &self.all_allows();
         Exceptions {
             lan: self.options.lan.clone(),
             local_bridges: self.locals.bridges.clone(),
@@ -1044,7 +1065,11 @@ impl<F: Firewall> Core<F> {
         }
         self.settings = settings;
         self.target = target;
+        let allows_changed = self.allows != allows;
         self.allows = allows;
+        if allows_changed {
+            self.refresh_locals();
+        }
         self.settings_fault = None;
         // The firewall moves first; an old tunnel is removed only once it is blocked.
         self.reconcile();
@@ -1621,6 +1646,22 @@ mod tests {
         core
     }
 
+    /// A core started on a configuration file it could not use, its rules applied.
+    fn with_a_bad_config<'a>(
+        fw: &'a mut Recorder,
+        dir: &std::path::Path,
+    ) -> Core<&'a mut Recorder> {
+        let mut core = Core::new(
+            fw,
+            Store::new(dir),
+            Some("bad config".to_owned()),
+            test_options(dir),
+            Instant::now(),
+        );
+        core.reconcile();
+        core
+    }
+
     fn core<'a>(fw: &'a mut Recorder, dir: &std::path::Path) -> Core<&'a mut Recorder> {
         let mut core = unreconciled(fw, dir);
         core.reconcile();
@@ -2066,14 +2107,7 @@ mod tests {
     fn a_good_reload_lifts_a_config_fault_and_a_bad_one_keeps_what_runs() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
-        let mut core = Core::new(
-            &mut fw,
-            Store::new(dir.path()),
-            Some("bad config".to_owned()),
-            test_options(dir.path()),
-            Instant::now(),
-        );
-        core.reconcile();
+        let mut core = with_a_bad_config(&mut fw, dir.path());
         assert_eq!(core.status().state, State::Blocked);
         let now = Instant::now();
         core.on(Input::Reloaded(Err("line 1: nonsense".to_owned())), now);
@@ -2114,14 +2148,7 @@ mod tests {
     fn a_config_fault_blocks_everything_but_off() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
-        let mut core = Core::new(
-            &mut fw,
-            Store::new(dir.path()),
-            Some("bad config".to_owned()),
-            test_options(dir.path()),
-            Instant::now(),
-        );
-        core.reconcile();
+        let mut core = with_a_bad_config(&mut fw, dir.path());
         assert_eq!(core.status().state, State::Blocked);
         assert_eq!(
             core.handle_request(&Request::Guard(spec()))

@@ -127,13 +127,33 @@ pub fn judge(links: &[LinkFacts], allowed: &[InterfaceName], detect_bridges: boo
 }
 
 /// The view of this network namespace now; on a netlink failure, none (no bridge counts as local
-/// and the allowed interfaces are named only), which fails closed.
+/// and no allowed interface is honoured), which fails closed.
 pub fn look(allowed: &[InterfaceName], detect_bridges: bool) -> LocalView {
-    match killswitch_tunnel::netdev::all_links(killswitch_policy::routes::ROUTE_TABLE) {
+    use killswitch_tunnel::netdev;
+    let links = netdev::all_links().and_then(|mut links| {
+        // Routes matter only when there is something to judge by them: most machines have no
+        // bridge and allow no interface, and a router's tables can be large.
+        let judged = links.iter().any(|l| {
+            (detect_bridges && l.identity.kind.as_deref() == Some("bridge"))
+                || allowed.iter().any(|a| a.as_str() == l.name)
+        });
+        if judged {
+            netdev::mark_gateway_routes(&mut links, killswitch_policy::routes::ROUTE_TABLE)?;
+        }
+        Ok(links)
+    });
+    match links {
         Ok(links) => judge(&links, allowed, detect_bridges),
         Err(e) => {
+            // Nothing can be judged: no bridge is local and no allowed interface is honoured.
             tracing::warn!("cannot list interfaces for the local bridges: {e}");
-            judge(&[], allowed, false)
+            LocalView {
+                refused: allowed
+                    .iter()
+                    .map(|n| format!("{n} cannot be checked ({e}); not allowed until it can"))
+                    .collect(),
+                ..LocalView::default()
+            }
         }
     }
 }

@@ -325,27 +325,8 @@ impl Lab {
         let per_kind = window.generator.stop()?;
         let end = Instant::now();
 
-        // A DHCP-shaped frame is allowed in every state, so it always reaches the wire: once the
-        // capture has it, it has everything sent before it.
-        let id = SENTINELS.fetch_add(1, Ordering::Relaxed);
-        let payload = format!("killswitch-lab sentinel {}-{id}", std::process::id()).into_bytes();
-        self.topo.client.run(|| send_sentinel(&payload))??;
-        let sentinel_at = self
-            .capture
-            .wait_for(
-                window.capture_from,
-                Duration::from_secs(5),
-                |c| matches!(&c.frame, Frame::Ip(p) if p.payload == payload),
-            )
-            .context("draining the capture")?;
-        let drops = self.capture.kernel_drops()?;
-        anyhow::ensure!(
-            drops == 0,
-            "the capture dropped {drops} frames: no verdict possible"
-        );
-
-        let mut endpoints = vec![self.tunnel.endpoint()];
-        endpoints.extend(self.up_servers.iter().map(|(server, _)| server.endpoint));
+        let sentinel_at = self.drain_capture(window.capture_from)?;
+        let endpoints = self.endpoints();
         let tunnel_addresses = self.tunnel_addresses();
         let frames = self.capture.frames();
         let mut m = Measurement {
@@ -404,6 +385,38 @@ impl Lab {
             longest.as_millis() as u64
         });
         Ok(m)
+    }
+
+    /// Drains the capture: sends a sentinel and waits until the capture holds it (from frame
+    /// `from` on). Returns its index: every frame sent before it is in the capture before it. A
+    /// capture that dropped frames is an error (no verdict is possible).
+    pub fn drain_capture(&self, from: usize) -> Result<usize> {
+        // A DHCP-shaped frame is allowed in every state, so it always reaches the wire: once the
+        // capture has it, it has everything sent before it.
+        let id = SENTINELS.fetch_add(1, Ordering::Relaxed);
+        let payload = format!("killswitch-lab sentinel {}-{id}", std::process::id()).into_bytes();
+        self.topo.client.run(|| send_sentinel(&payload))??;
+        let sentinel_at = self
+            .capture
+            .wait_for(
+                from,
+                Duration::from_secs(5),
+                |c| matches!(&c.frame, Frame::Ip(p) if p.payload == payload),
+            )
+            .context("draining the capture")?;
+        let drops = self.capture.kernel_drops()?;
+        anyhow::ensure!(
+            drops == 0,
+            "the capture dropped {drops} frames: no verdict possible"
+        );
+        Ok(sentinel_at)
+    }
+
+    /// Where the tunnels' own packets go: the guarded tunnel's server and each `up` server.
+    pub fn endpoints(&self) -> Vec<SocketAddr> {
+        let mut endpoints = vec![self.tunnel.endpoint()];
+        endpoints.extend(self.up_servers.iter().map(|(server, _)| server.endpoint));
+        endpoints
     }
 
     /// The client's addresses inside the lab's tunnels: its own and each `up` server's.

@@ -193,49 +193,41 @@ pub fn compile_routes_for(
             })
         });
         let inside = inside_the_tunnel(resolvers.chain(networks.copied()), peer);
-        rules.extend(inside.into_iter().map(|net| RoutingRule {
-            family: IpFamily::of(&net),
-            priority: PRIORITY_TUNNEL,
-            selector: Selector::To(net),
-            invert: false,
-            table: ROUTE_TABLE,
-        }));
+        rules.extend(
+            inside
+                .into_iter()
+                .map(|net| to(net, PRIORITY_TUNNEL, ROUTE_TABLE)),
+        );
         if settings.allow_lan {
             rules.extend(
                 ranges::LAN_UNICAST
                     .iter()
                     .chain(ranges::LAN_GROUP.iter())
-                    .map(|net| RoutingRule {
-                        family: IpFamily::of(net),
-                        priority: PRIORITY_LAN,
-                        selector: Selector::To(*net),
-                        invert: false,
-                        table: MAIN_TABLE,
-                    }),
+                    .map(|net| to(*net, PRIORITY_LAN, MAIN_TABLE)),
             );
         }
     }
     let mut subnets: Vec<IpNet> = exceptions.subnets.iter().map(|s| s.subnet).collect();
     subnets.sort();
     subnets.dedup();
-    rules.extend(subnets.into_iter().map(|net| RoutingRule {
-        family: IpFamily::of(&net),
-        priority: PRIORITY_LAN,
-        selector: Selector::To(net),
-        invert: false,
-        table: MAIN_TABLE,
-    }));
+    rules.extend(
+        subnets
+            .into_iter()
+            .map(|net| to(net, PRIORITY_LAN, MAIN_TABLE)),
+    );
     if !exceptions.inbound.is_empty() {
         if let Some(identity) = tunnel.or(pending) {
             let mut own: Vec<IpAddr> = identity.addresses.clone();
             own.sort();
             own.dedup();
-            rules.extend(own.into_iter().map(|address| RoutingRule {
-                family: IpFamily::of(&IpNet::from(address)),
-                priority: PRIORITY_TUNNEL,
-                selector: Selector::From(IpNet::from(address)),
-                invert: false,
-                table: ROUTE_TABLE,
+            rules.extend(own.into_iter().map(|address| {
+                let net = IpNet::from(address);
+                lookup(
+                    IpFamily::of(&net),
+                    PRIORITY_TUNNEL,
+                    Selector::From(net),
+                    ROUTE_TABLE,
+                )
             }));
         }
         let mut services: Vec<(L4Proto, u16)> = exceptions
@@ -246,15 +238,12 @@ pub fn compile_routes_for(
         services.sort_by_key(|(p, port)| (*p as u8, *port));
         services.dedup();
         for family in families {
-            rules.extend(services.iter().map(|(protocol, port)| RoutingRule {
-                family,
-                priority: PRIORITY_LAN,
-                selector: Selector::SourcePort {
+            rules.extend(services.iter().map(|(protocol, port)| {
+                let selector = Selector::SourcePort {
                     protocol: *protocol,
                     port: *port,
-                },
-                invert: false,
-                table: MAIN_TABLE,
+                };
+                lookup(family, PRIORITY_LAN, selector, MAIN_TABLE)
             }));
         }
     }
@@ -287,6 +276,22 @@ pub fn compile_routes_for(
         );
     }
     Some(RoutingLayer { rules, routes })
+}
+
+/// `ip rule add priority PRIORITY SELECTOR lookup TABLE`, for one family.
+fn lookup(family: IpFamily, priority: u32, selector: Selector, table: u32) -> RoutingRule {
+    RoutingRule {
+        family,
+        priority,
+        selector,
+        invert: false,
+        table,
+    }
+}
+
+/// `ip rule add priority PRIORITY to NET lookup TABLE`.
+fn to(net: IpNet, priority: u32, table: u32) -> RoutingRule {
+    lookup(IpFamily::of(&net), priority, Selector::To(net), table)
 }
 
 /// The destinations routed into the tunnel ahead of the LAN: each network once, in its canonical

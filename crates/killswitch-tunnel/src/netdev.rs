@@ -252,9 +252,10 @@ pub struct LinkFacts {
     pub addresses: Vec<IpNet>,
 }
 
-/// Every interface of this network namespace, with its addresses and whether routes through a
-/// gateway leave by it (`own_table`, the kill switch's routing table, not counted).
-pub fn all_links(own_table: u32) -> Result<Vec<LinkFacts>, TunnelError> {
+/// Every interface of this network namespace, with its addresses (two dumps). Whether routes
+/// through a gateway leave by each is [`mark_gateway_routes`]'s to say: a dump of every route is
+/// worth it only when something is to be judged by it.
+pub fn all_links() -> Result<Vec<LinkFacts>, TunnelError> {
     let mut rtnl = rtnl()?;
     let links = rtnl
         .dump(RouteNetlinkMessage::GetLink(LinkMessage::default()))
@@ -318,6 +319,13 @@ pub fn all_links(own_table: u32) -> Result<Vec<LinkFacts>, TunnelError> {
             link.addresses.push(net);
         }
     }
+    Ok(all)
+}
+
+/// Sets [`LinkFacts::gateway_routes`] for `links` from a dump of every route (`own_table`, the
+/// kill switch's routing table, not counted).
+pub fn mark_gateway_routes(links: &mut [LinkFacts], own_table: u32) -> Result<(), TunnelError> {
+    let mut rtnl = rtnl()?;
     for family in [AddressFamily::Inet, AddressFamily::Inet6] {
         let mut request = RouteMessage::default();
         request.header.address_family = family;
@@ -329,13 +337,13 @@ pub fn all_links(own_table: u32) -> Result<Vec<LinkFacts>, TunnelError> {
                 continue;
             };
             for index in gateway_route_devices(&route, own_table) {
-                if let Some(link) = all.iter_mut().find(|l| l.index == index) {
+                if let Some(link) = links.iter_mut().find(|l| l.index == index) {
                     link.gateway_routes = true;
                 }
             }
         }
     }
-    Ok(all)
+    Ok(())
 }
 
 /// The devices a route leads beyond this machine by: those of a default route or of a route

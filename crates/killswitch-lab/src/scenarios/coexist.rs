@@ -141,18 +141,8 @@ fn echo_round(stream: &mut TcpStream) -> bool {
 /// The client's outgoing frames on the physical link since `from` that the oracle calls leaks,
 /// except those `allowed` says an exception admits; drained up to a sentinel first.
 fn leaks_except(lab: &Lab, from: usize, allowed: impl Fn(&Frame) -> bool) -> Result<Vec<String>> {
-    let id = format!("killswitch-lab coexist sentinel {}", std::process::id()).into_bytes();
-    lab.topo.client.run(|| crate::lab::send_sentinel(&id))??;
-    let end = lab
-        .capture
-        .wait_for(
-            from,
-            Duration::from_secs(5),
-            |c| matches!(&c.frame, Frame::Ip(p) if p.payload == id),
-        )
-        .context("draining the capture")?;
-    let mut endpoints = vec![lab.tunnel.endpoint()];
-    endpoints.extend(lab.up_servers.iter().map(|(server, _)| server.endpoint));
+    let end = lab.drain_capture(from)?;
+    let endpoints = lab.endpoints();
     let tunnel_addresses = lab.tunnel_addresses();
     let facts = Facts {
         endpoints: &endpoints,
