@@ -156,9 +156,18 @@ impl LabReport {
             t.leaked,
             self.wall_ms as f64 / 1000.0
         );
+        out.push_str(WHAT_NEXT);
         out
     }
 }
+
+/// The end of the text report: a newcomer who has just seen `verdict: PASS` learns how to protect
+/// their own machine, in the words of README's quickstarts.
+pub const WHAT_NEXT: &str = "\nwhat next: protect this machine. Install the package (README, \"Installing\"), then, for a tunnel\n\
+     that wg-quick brings up:\n  \
+     wg-quick up wg0; sudo killswitch guard wg0; sudo killswitch lockdown on\n\
+     or with killswitchd as the WireGuard client:  sudo killswitch up --wait /etc/wireguard/wg0.conf\n\
+     then check it:  killswitch verify   (README, \"Quickstarts\", for NetworkManager and OpenVPN)\n";
 
 /// A scenario's heading, its checks and its notes, as both labs' reports show them.
 pub(crate) fn write_scenario(

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 mod coexist;
 mod coexist_firewalls;
+mod quickstart;
 
 /// A scenario: a name for `--scenario`, what it guards, and its script.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +32,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 22] = [
+pub const ALL: [Scenario; 23] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -134,6 +135,11 @@ pub const ALL: [Scenario; 22] = [
     },
     coexist_firewalls::FIREWALLD,
     coexist_firewalls::UFW,
+    Scenario {
+        name: "quickstart-wg-quick",
+        guards: "README's wg-quick quickstart as typed (`wg-quick up`, `killswitch guard IFACE`, `lockdown on`) protects, and the VPN switched off with wg-quick leaks nothing",
+        script: quickstart::wg_quick,
+    },
 ];
 
 /// Finds a scenario by name.

@@ -150,3 +150,8 @@ fn firewalld_filters_and_its_reloads_leak_nothing() {
 fn ufw_filters_and_its_reloads_leak_nothing() {
     scenario_passes("ufw");
 }
+
+#[test]
+fn readmes_wg_quick_quickstart_protects_as_typed() {
+    scenario_passes("quickstart-wg-quick");
+}
