@@ -10,6 +10,7 @@ packages=(
   iptables                           # the benchmarks' iptables kill-switch baseline
   dbus-daemon                        # a private bus for the systemd-resolved and logind tests
   iperf3                             # the benchmarks' data-path throughput
+  openvpn                            # the lab's OpenVPN quickstart (a real OpenVPN tunnel)
   python3-firewall python3-nftables  # libraries of the lab's firewalld (the daemon itself: below)
 )
 

@@ -42,6 +42,9 @@ pub struct Lab {
     lan_allowed_since: Option<Instant>,
     /// Servers for `killswitch up`, with the configuration files written for them.
     pub up_servers: Vec<(wireguard::Server, std::path::PathBuf)>,
+    /// Other VPNs' servers and the client's addresses in their tunnels (an OpenVPN scenario's):
+    /// what the oracle takes for tunnel packets besides the lab's own.
+    pub other_tunnels: Vec<(SocketAddr, IpAddr)>,
 }
 
 /// An open measurement window.
@@ -105,6 +108,7 @@ impl Lab {
             rate,
             lan_allowed_since: None,
             up_servers: Vec::new(),
+            other_tunnels: Vec::new(),
         })
     }
 
@@ -416,6 +420,7 @@ impl Lab {
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         let mut endpoints = vec![self.tunnel.endpoint()];
         endpoints.extend(self.up_servers.iter().map(|(server, _)| server.endpoint));
+        endpoints.extend(self.other_tunnels.iter().map(|(endpoint, _)| *endpoint));
         endpoints
     }
 
@@ -427,6 +432,7 @@ impl Lab {
                 .iter()
                 .map(|(server, _)| IpAddr::V4(server.client_ip)),
         );
+        addresses.extend(self.other_tunnels.iter().map(|(_, address)| *address));
         addresses
     }
 

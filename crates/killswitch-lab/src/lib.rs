@@ -32,6 +32,7 @@ pub mod lab;
 pub mod leftovers;
 pub mod model;
 pub mod netns;
+pub mod openvpn;
 pub mod oracle;
 pub mod packet;
 pub mod process;

@@ -32,7 +32,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 23] = [
+pub const ALL: [Scenario; 24] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -139,6 +139,11 @@ pub const ALL: [Scenario; 23] = [
         name: "quickstart-wg-quick",
         guards: "README's wg-quick quickstart as typed (`wg-quick up`, `killswitch guard IFACE`, `lockdown on`) protects, and the VPN switched off with wg-quick leaks nothing",
         script: quickstart::wg_quick,
+    },
+    Scenario {
+        name: "quickstart-openvpn",
+        guards: "README's OpenVPN quickstart as typed (`openvpn --config`, `killswitch guard tun0 --ovpn`, `lockdown on`) covers every `remote` of the file, and OpenVPN killed leaks nothing",
+        script: quickstart::openvpn,
     },
 ];
 

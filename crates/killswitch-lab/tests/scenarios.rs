@@ -155,3 +155,8 @@ fn ufw_filters_and_its_reloads_leak_nothing() {
 fn readmes_wg_quick_quickstart_protects_as_typed() {
     scenario_passes("quickstart-wg-quick");
 }
+
+#[test]
+fn readmes_openvpn_quickstart_protects_as_typed() {
+    scenario_passes("quickstart-openvpn");
+}

@@ -6,13 +6,19 @@
 //! daemon's WireGuard directory, then `killswitch guard IFACE` with nothing else on the command line,
 //! then `killswitch lockdown on`. The user then switches the VPN off and on with wg-quick, as they
 //! would, and nothing may leak meanwhile.
+//!
+//! `quickstart-openvpn` is the OpenVPN path: the real `openvpn --config client.ovpn` (two `remote`
+//! lines, a `mark`), `killswitch guard tun0 --ovpn client.ovpn --dns IP`, `lockdown on`; then the
+//! OpenVPN process killed and started again.
 
 use super::{Outcome, RESUMED};
 use crate::daemon::Daemon;
 use crate::generator::Kind;
 use crate::lab::{EVENT_TIMEOUT, Lab, hold};
 use crate::netns::Netns;
+use crate::openvpn::{self, OpenVpn};
 use crate::sinks::dns_query;
+use crate::topology;
 use crate::traffic;
 use anyhow::{Context, Result};
 use killswitch_types::State;
@@ -150,19 +156,7 @@ pub(super) fn wg_quick(lab: &mut Lab) -> Result<Outcome> {
         .udp
         .wait_for(started, RESUMED, EVENT_TIMEOUT, from_tunnel)
         .context("traffic through the wg-quick tunnel")?;
-    let dns_asked = Instant::now();
-    let dns_sent = lab.topo.client.run(|| {
-        traffic::send_udp(
-            SocketAddr::new(resolver.into(), 53),
-            &dns_query(7, "quickstart.killswitch.test"),
-            None,
-        )
-    })?;
-    let dns_arrived = lab
-        .servers
-        .dns_tunnel
-        .wait_for(dns_asked, 1, Duration::from_secs(3), from_tunnel)
-        .is_ok();
+    let dns_through = resolves_through(lab, resolver.into(), IpAddr::V4(client_ip))?;
 
     // The VPN off, as its user switches it off: everything must stop, nothing may leak.
     wg.run("down")?;
@@ -186,7 +180,7 @@ pub(super) fn wg_quick(lab: &mut Lab) -> Result<Outcome> {
     outcome.check(
         tunnel.is_some_and(|t| {
             t.interface.as_str() == interface
-                && t.endpoint.to_string().starts_with(&server_endpoint.to_string())
+                && names_endpoint(t, server_endpoint)
                 && t.dns == [IpAddr::V4(resolver)]
                 && t.mark.is_some()
         }),
@@ -196,12 +190,14 @@ pub(super) fn wg_quick(lab: &mut Lab) -> Result<Outcome> {
         ),
     );
     outcome.check(
-        dns_sent.is_ok() && dns_arrived,
+        dns_through,
         format!("DNS to the tunnel's resolver {resolver} went through the tunnel"),
     );
     outcome.check(
         while_down == 0,
-        format!("nothing reached the target while wg-quick had the VPN down ({while_down} arrivals)"),
+        format!(
+            "nothing reached the target while wg-quick had the VPN down ({while_down} arrivals)"
+        ),
     );
     outcome.check(
         resumed,
@@ -209,6 +205,122 @@ pub(super) fn wg_quick(lab: &mut Lab) -> Result<Outcome> {
     );
     drop(wg);
     Ok(outcome)
+}
+
+/// Whether the status's tunnel covers `endpoint` (as `IP:PORT/udp`).
+fn names_endpoint(tunnel: &killswitch_types::TunnelStatus, endpoint: SocketAddr) -> bool {
+    serde_json::to_string(tunnel).is_ok_and(|json| json.contains(&format!("\"{endpoint}/udp\"")))
+}
+
+/// `openvpn --config client.ovpn` (with `mark`), `killswitch guard tun0 --ovpn client.ovpn --dns
+/// IP`, `lockdown on`; then the OpenVPN process killed and started again.
+pub(super) fn openvpn(lab: &mut Lab) -> Result<Outcome> {
+    let live = SocketAddr::new(topology::ENDPOINT4_V4.into(), 1194);
+    let second = SocketAddr::new(topology::ENDPOINT3_V4.into(), 1194);
+    let client_ip = IpAddr::V4(openvpn::CLIENT_TUNNEL_V4);
+    let mut vpn = OpenVpn::start(&lab.topo.net, &[live, second])?;
+    for remote in [live, second] {
+        lab.other_tunnels.push((remote, client_ip));
+    }
+    let queries = lab.servers.dns_tunnel.clone();
+    let resolver = IpAddr::V4(openvpn::SERVER_TUNNEL_V4);
+    lab.servers.add_resolver(&lab.topo.net, resolver, queries)?;
+
+    vpn.start_client(&lab.topo.client)?;
+    let ovpn = vpn.client_config().display().to_string();
+    let guard = lab
+        .daemon()?
+        .cli(&[
+            "guard",
+            "tun0",
+            "--ovpn",
+            &ovpn,
+            "--dns",
+            &resolver.to_string(),
+        ])?
+        .ok()?;
+    lab.daemon()?.cli(&["lockdown", "on"])?.ok()?;
+    let status = lab
+        .daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
+
+    let window = lab.begin(&KINDS)?;
+    let started = Instant::now();
+    let from_tunnel = |a: IpAddr| a == client_ip;
+    lab.servers
+        .udp
+        .wait_for(started, RESUMED, EVENT_TIMEOUT, from_tunnel)
+        .with_context(|| {
+            format!(
+                "traffic through the OpenVPN tunnel:\n{}\n{}",
+                vpn.logs(),
+                lab.diagnostics()
+            )
+        })?;
+    let dns_through = resolves_through(lab, resolver, client_ip)?;
+
+    vpn.kill_client()?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    let down_at = Instant::now();
+    hold(Duration::from_secs(2));
+    let while_down = lab.servers.udp.count_since(down_at, |_| true);
+    let restarted = Instant::now();
+    vpn.start_client(&lab.topo.client)?;
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
+    let resumed = lab
+        .servers
+        .udp
+        .wait_for(restarted, RESUMED, EVENT_TIMEOUT, from_tunnel)
+        .is_ok();
+    let mut outcome = Outcome::new(lab.end(window)?);
+
+    outcome.check(
+        status.tunnel.as_ref().is_some_and(|t| {
+            names_endpoint(t, live)
+                && names_endpoint(t, second)
+                && t.mark.is_some_and(|m| m.get() == openvpn::MARK)
+        }),
+        format!(
+            "`guard tun0 --ovpn` covered both `remote` lines ({live}, {second}) and the file's mark {:#x} ({})",
+            openvpn::MARK,
+            guard.stdout.trim().replace('\n', "; ")
+        ),
+    );
+    outcome.check(
+        dns_through,
+        format!("DNS to the tunnel's resolver {resolver} went through the tunnel"),
+    );
+    outcome.check(
+        while_down == 0,
+        format!("nothing reached the target while OpenVPN was dead ({while_down} arrivals)"),
+    );
+    outcome.check(
+        resumed,
+        "traffic resumed through the tunnel after OpenVPN restarted",
+    );
+    drop(vpn);
+    Ok(outcome)
+}
+
+/// Sends one DNS query to `resolver` and says whether it arrived from `client_ip` (through the
+/// tunnel) within 3 s.
+fn resolves_through(lab: &Lab, resolver: IpAddr, client_ip: IpAddr) -> Result<bool> {
+    let asked = Instant::now();
+    let sent = lab.topo.client.run(|| {
+        traffic::send_udp(
+            SocketAddr::new(resolver, 53),
+            &dns_query(7, "quickstart.killswitch.test"),
+            None,
+        )
+    })?;
+    Ok(sent.is_ok()
+        && lab
+            .servers
+            .dns_tunnel
+            .wait_for(asked, 1, Duration::from_secs(3), |a| a == client_ip)
+            .is_ok())
 }
 
 /// Restarts the daemon with `wireguard_dir` pointing at `dir`.
