@@ -46,8 +46,8 @@ enum Phase {
         deadline: Instant,
         last_probe: Instant,
         /// The device's byte counters when the attempt began (`None` if they could not be
-        /// read): what moved by the deadline tells a server that never answered from packets
-        /// that never left.
+        /// read, or if this backend does not count handshake packets): what moved by the
+        /// deadline tells a server that never answered from packets that never left.
         sent_before: Option<Counters>,
     },
     Up {
@@ -379,10 +379,15 @@ impl Manager {
             )
         })?;
         // Read after configuring: a device reconfigured for the same peer keeps its counters.
-        let sent_before = device.stats().ok().flatten().map(|s| Counters {
-            tx: s.tx_bytes,
-            rx: s.rx_bytes,
-        });
+        // Only the kernel's WireGuard counts handshake packets (boringtun counts data only, so
+        // before a handshake its counters say nothing).
+        let sent_before = (device.kind() == BackendKind::Kernel)
+            .then(|| device.stats().ok().flatten())
+            .flatten()
+            .map(|s| Counters {
+                tx: s.tx_bytes,
+                rx: s.rx_bytes,
+            });
         self.phase = Phase::Handshaking {
             started: now,
             deadline: now + HANDSHAKE_TIMEOUT,
@@ -439,15 +444,20 @@ impl Manager {
 }
 
 /// Why no handshake completed in time, told from what the device's byte counters did since the
-/// attempt began. WireGuard counts only what the socket accepted, so packets that could not be
-/// sent (no route to the server) leave `tx` where it was; a server that drops what it cannot
-/// accept (a wrong key on either side) or that is down leaves `rx` where it was.
+/// attempt began (`before` is `None` where they cannot tell). The kernel's WireGuard counts
+/// handshake packets, and only those the socket accepted, so packets that could not be sent (no
+/// route to the server) leave `tx` where it was; a server that drops what it cannot accept (a
+/// wrong key on either side: WireGuard never answers one) or that is down leaves `rx` where it
+/// was. Without counters that count handshakes, the three look the same, and the message says so.
 fn handshake_timeout(before: Option<Counters>, after: Option<Counters>) -> (FailureCause, String) {
     let within = format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs());
     let Some((before, after)) = before.zip(after) else {
         return (
             FailureCause::NoHandshake,
-            format!("{within}: wrong key or server down"),
+            format!(
+                "{within}: wrong key or server down (or the server unreachable: this \
+                 WireGuard backend cannot tell them apart)"
+            ),
         );
     };
     let sent = after.tx.saturating_sub(before.tx);
@@ -496,6 +506,8 @@ mod tests {
     /// What the fake device reports, shared with the test.
     #[derive(Debug, Default)]
     struct Script {
+        /// Kernel WireGuard counts handshake packets; userspace (the default here) does not.
+        kernel: bool,
         handshake: Option<SystemTime>,
         rx: u64,
         tx: u64,
@@ -507,7 +519,10 @@ mod tests {
 
     impl Backend for Fake {
         fn kind(&self) -> BackendKind {
-            BackendKind::Userspace
+            match self.0.lock() {
+                Ok(s) if s.kernel => BackendKind::Kernel,
+                _ => BackendKind::Userspace,
+            }
         }
         fn interface(&self) -> &str {
             "fake0"
@@ -705,6 +720,7 @@ mod tests {
     #[test]
     fn a_handshake_that_never_leaves_is_unreachable_and_one_unanswered_is_no_handshake() {
         let (mut m, mut f, script, t0) = setup();
+        script.lock().expect("lock").kernel = true;
         m.tick(t0, &mut f);
         // Nothing sent by the deadline: the socket refused every packet.
         assert_eq!(m.tick(t0 + HANDSHAKE_TIMEOUT, &mut f), Step::Lost);
@@ -746,6 +762,7 @@ mod tests {
     #[test]
     fn an_answer_without_a_handshake_is_told_apart() {
         let (mut m, mut f, script, t0) = setup();
+        script.lock().expect("lock").kernel = true;
         m.tick(t0, &mut f);
         {
             let mut s = script.lock().expect("lock");
@@ -756,6 +773,27 @@ mod tests {
         assert_eq!(
             m.failures().first().map(|f| f.cause),
             Some(FailureCause::AnsweredWithoutHandshake)
+        );
+    }
+
+    #[test]
+    fn where_the_counters_cannot_tell_the_message_says_so() {
+        // Userspace WireGuard: its counters stay at zero until a handshake, whatever was sent.
+        let (mut m, mut f, _script, t0) = setup();
+        m.tick(t0, &mut f);
+        assert_eq!(m.tick(t0 + HANDSHAKE_TIMEOUT, &mut f), Step::Lost);
+        let failure = m.failures().into_iter().next().expect("a failure");
+        assert_eq!(
+            failure.cause,
+            FailureCause::NoHandshake,
+            "never `unreachable` by guess"
+        );
+        assert!(
+            failure
+                .message
+                .contains("wrong key or server down (or the server unreachable"),
+            "{}",
+            failure.message
         );
     }
 

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 mod coexist;
 mod coexist_firewalls;
+mod reload;
 
 /// A scenario: a name for `--scenario`, what it guards, and its script.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +32,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 22] = [
+pub const ALL: [Scenario; 23] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -111,6 +112,11 @@ pub const ALL: [Scenario; 22] = [
         name: "stop-after-up",
         guards: "SIGTERM ends the daemon within 1 s after `up` (connected, reconnecting, after down), rules in place, resolv.conf given back",
         script: stop_after_up,
+    },
+    Scenario {
+        name: "reload",
+        guards: "SIGHUP under traffic: a bad config.toml is refused with the running rules kept and the refusal in status; a good one (a new allowed subnet) applies at once; nothing leaks during either",
+        script: reload::reload_under_traffic,
     },
     Scenario {
         name: "second-daemon",

@@ -150,3 +150,8 @@ fn firewalld_filters_and_its_reloads_leak_nothing() {
 fn ufw_filters_and_its_reloads_leak_nothing() {
     scenario_passes("ufw");
 }
+
+#[test]
+fn reloading_a_bad_config_keeps_the_running_one_and_a_good_one_applies_without_a_window() {
+    scenario_passes("reload");
+}

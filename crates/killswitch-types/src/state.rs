@@ -194,6 +194,8 @@ pub enum FailureCause {
     /// with a cookie first).
     AnsweredWithoutHandshake,
     /// Not one packet could be sent to the server (no route to it, or the network refused).
+    /// Told only where the backend counts handshake packets (kernel WireGuard); elsewhere an
+    /// unreachable server is [`FailureCause::NoHandshake`].
     Unreachable,
     /// The tunnel was up, then nothing came back through it for the health bound.
     Silent,
