@@ -118,6 +118,13 @@ pub enum Command {
     /// field is removed, renamed or changes its meaning: scripts should ignore fields they do not
     /// know), `daemon_version` (the daemon's release), then the state, the settings, the tunnel,
     /// the last error, the firewall and DNS.
+    ///
+    /// For a tunnel of `up`, each server's last failure is shown (`failed:`; in JSON
+    /// `tunnel.managed.failures`, with `server`, `cause` and `message`). Causes: `no_handshake`
+    /// (handshakes went unanswered: a wrong key or a server that is down, which WireGuard cannot
+    /// tell apart), `answered_without_handshake`, `unreachable` (not one packet could be sent;
+    /// told by kernel WireGuard only), `silent` (the tunnel was up, then nothing came back),
+    /// `device_lost`, `device_creation`, `config` and `device_error`.
     Status,
     /// Protect a tunnel that another program manages (OpenVPN, wg-quick, ...).
     ///

@@ -270,4 +270,40 @@ mod tests {
             "guard wg0 via 203.0.113.1:51820/udp mark 0xca6c dns [10.64.0.1]"
         );
     }
+
+    #[test]
+    fn failure_causes_read_leniently_and_older_daemons_send_none() {
+        // As a daemon before the field sent it.
+        let older: ManagedTunnel = serde_json::from_str(
+            r#"{"backend":"userspace","servers":["a"],"server":0,"attempt":2,"last_event":null}"#,
+        )
+        .expect("an older daemon's managed tunnel");
+        assert!(older.failures.is_empty());
+        let newer: ManagedTunnel = serde_json::from_str(
+            r#"{"backend":null,"servers":["a","b"],"server":1,"attempt":1,"last_event":null,
+                "failures":[{"server":0,"cause":"no_handshake","message":"m"},
+                            {"server":1,"cause":"quantum_noise","message":"n","hint":"x"}]}"#,
+        )
+        .expect("a newer daemon's causes");
+        assert_eq!(
+            newer.failures.iter().map(|f| f.cause).collect::<Vec<_>>(),
+            vec![FailureCause::NoHandshake, FailureCause::Unknown]
+        );
+        // What a daemon sends is what `as_str` says.
+        for cause in [
+            FailureCause::NoHandshake,
+            FailureCause::AnsweredWithoutHandshake,
+            FailureCause::Unreachable,
+            FailureCause::Silent,
+            FailureCause::DeviceLost,
+            FailureCause::DeviceCreation,
+            FailureCause::Config,
+            FailureCause::DeviceError,
+        ] {
+            assert_eq!(
+                serde_json::to_value(cause).expect("serialisable"),
+                serde_json::Value::from(cause.as_str())
+            );
+        }
+    }
 }
