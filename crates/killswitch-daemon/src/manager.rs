@@ -445,8 +445,9 @@ impl Manager {
 
 /// Why no handshake completed in time, told from what the device's byte counters did since the
 /// attempt began (`before` is `None` where they cannot tell). The kernel's WireGuard counts
-/// handshake packets, and only those the socket accepted, so packets that could not be sent (no
-/// route to the server) leave `tx` where it was; a server that drops what it cannot accept (a
+/// handshake packets, and only those the socket accepted (`wg_socket_send_skb_to_peer` adds to
+/// `tx_bytes` only when the send returned 0), so packets that could not be sent (no route to the
+/// server) leave `tx` where it was; a server that drops what it cannot accept (a
 /// wrong key on either side: WireGuard never answers one) or that is down leaves `rx` where it
 /// was. Without counters that count handshakes, the three look the same, and the message says so.
 fn handshake_timeout(before: Option<Counters>, after: Option<Counters>) -> (FailureCause, String) {

@@ -1247,6 +1247,20 @@ fn up_failover(lab: &mut Lab) -> Result<Outcome> {
             ms(detected)
         ),
     );
+    // `status` keeps why server 1 went (its own entry), now that server 2 is connected.
+    let failures = back
+        .tunnel
+        .as_ref()
+        .and_then(|t| t.managed.as_ref())
+        .map(|m| m.failures.clone())
+        .unwrap_or_default();
+    outcome.check(
+        failures
+            .iter()
+            .map(|f| (f.server, f.cause))
+            .eq([(0, killswitch_types::FailureCause::Silent)]),
+        format!("status names server 1's failure: silent ({failures:?})"),
+    );
     let event = back
         .tunnel
         .and_then(|t| t.managed)
