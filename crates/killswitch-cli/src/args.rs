@@ -182,7 +182,8 @@ pub enum Command {
         interface: Option<InterfaceName>,
         /// Return only once the tunnel is connected, or with the reason it is not.
         ///
-        /// Follows the daemon's changes as they happen (as `events` does); polls nothing.
+        /// Follows the daemon's changes as they happen (as `events` does); polls nothing. The
+        /// reason goes to standard error; with --json the last status is printed either way.
         #[arg(long)]
         wait: bool,
         /// How long --wait waits for the connection, in seconds (default 30).

@@ -121,7 +121,7 @@ fn main() -> ExitCode {
             print_status(&received, cli.json);
             // Taking the request is not connecting: say so, rather than leave a report that a
             // reader could take for "protected and online".
-            if is_up && !cli.json && received.status.state != State::Connected {
+            if is_up && !cli.json && received.status.state == State::Connecting {
                 emit(
                     "connecting... use `killswitch status` or `killswitch up --wait` to see when the tunnel is up\n",
                 );

@@ -176,6 +176,7 @@ fn up_wait_returns_when_connected_and_says_which_server_failed_and_why() -> Resu
         took >= Duration::from_secs(5),
         "it waited out server 1's handshake timeout first ({took:?})"
     );
+    eprintln!("up --wait, server 1 dead: connected to server 2 and returned after {took:?}");
     let status = lab.daemon()?.status()?;
     let managed = status
         .tunnel
@@ -219,6 +220,10 @@ fn up_wait_returns_when_connected_and_says_which_server_failed_and_why() -> Resu
     // ... and --wait gives up at its timeout, with one line naming each failed server's cause.
     let (gave_up, took) = up(&lab, &["--wait", "--timeout", "7"], Duration::from_secs(20))?;
     ensure!(gave_up.code == Some(1), "{gave_up:?}");
+    eprintln!(
+        "up --wait --timeout 7, both dead: gave up after {took:?}: {}",
+        gave_up.stderr.trim()
+    );
     let line = gave_up.stderr.trim_end();
     ensure!(
         line.lines().count() == 1
