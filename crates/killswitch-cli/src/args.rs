@@ -19,9 +19,12 @@ pub const EXIT_STATUS: &[(u8, &str)] = &[
     ),
     (
         1,
-        "the daemon refused or failed the request (the reason is printed on one line)",
+        "the daemon refused or failed the request, or `up --wait` ended without a connection (the reason is printed on one line)",
     ),
-    (2, "the command line was invalid"),
+    (
+        2,
+        "the command line was invalid, or names a file that does not exist or cannot be read (as for killswitchd)",
+    ),
     (
         3,
         "the daemon could not be reached, or answered something unreadable",
@@ -34,6 +37,10 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     (
         "sudo killswitch up /etc/wireguard/se1.conf /etc/wireguard/se2.conf",
         "Bring up WireGuard with two servers to fail over between, protected from the start.",
+    ),
+    (
+        "sudo killswitch up --wait --timeout 20 se1 se2 && ./backup.sh",
+        "Connect, and go on only once the tunnel is up (exit status 1, with each server's failure, if it is not within 20 s).",
     ),
     (
         "sudo killswitch guard --interface wg0 --endpoint 198.51.100.1:51820 --dns 10.64.0.1 --mark 0xca6c",
@@ -111,6 +118,13 @@ pub enum Command {
     /// field is removed, renamed or changes its meaning: scripts should ignore fields they do not
     /// know), `daemon_version` (the daemon's release), then the state, the settings, the tunnel,
     /// the last error, the firewall and DNS.
+    ///
+    /// For a tunnel of `up`, each server's last failure is shown (`failed:`; in JSON
+    /// `tunnel.managed.failures`, with `server`, `cause` and `message`). Causes: `no_handshake`
+    /// (handshakes went unanswered: a wrong key or a server that is down, which WireGuard cannot
+    /// tell apart), `answered_without_handshake`, `unreachable` (not one packet could be sent;
+    /// told by kernel WireGuard only), `silent` (the tunnel was up, then nothing came back),
+    /// `device_lost`, `device_creation`, `config` and `device_error`.
     Status,
     /// Protect a tunnel that another program manages (OpenVPN, wg-quick, ...).
     ///
@@ -148,6 +162,13 @@ pub enum Command {
     /// current server outside the tunnel; when the tunnel dies (no sign of life for 3 s by default,
     /// `dead_after_seconds` in config.toml), the next server is tried while everything stays
     /// blocked. `down` removes the tunnel.
+    ///
+    /// Without --wait, the command returns once the daemon has taken the request, usually while
+    /// still connecting (it says so); `status` and `events` show when the tunnel is up. With
+    /// --wait it returns when the tunnel is connected (exit status 0), or with exit status 1 and
+    /// one line saying why not (each failed server's last failure: no handshake, unreachable ...)
+    /// when the timeout passes, or at once if the daemon stops trying (a configuration fault,
+    /// or another command replaced the tunnel).
     Up {
         /// Configuration files or names, in failover order.
         ///
@@ -159,6 +180,17 @@ pub enum Command {
         /// The interface name (default: the first configuration's file name, as wg-quick does).
         #[arg(long, value_name = "IFACE")]
         interface: Option<InterfaceName>,
+        /// Return only once the tunnel is connected, or with the reason it is not.
+        ///
+        /// Follows the daemon's changes as they happen (as `events` does); polls nothing. The
+        /// reason goes to standard error; with --json the last status is printed either way.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits for the connection, in seconds (default 30).
+        ///
+        /// One server that never answers costs a 5 s handshake timeout before the next is tried.
+        #[arg(long, value_name = "SECONDS", requires = "wait", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        timeout: Option<u64>,
     },
     /// Stop guarding: back to disconnected (everything stays blocked if lockdown is on).
     ///
@@ -202,8 +234,16 @@ pub enum Command {
     Off,
     /// Print every state change as it happens, until interrupted.
     ///
-    /// The current status first, then one line per change (with --json, one status object per
-    /// line), until interrupted or until the daemon stops. Anyone may follow.
+    /// One line for the current status, then one per change, until interrupted or until the
+    /// daemon stops. Anyone may follow. Each text line starts with the time it was received
+    /// (RFC 3339, UTC: `2026-12-02T18:40:01Z`), then the state, the settings, the tunnel, what the
+    /// tunnel manager did last and the error; a line that would read as the one before is not
+    /// printed.
+    ///
+    /// With --json, one status object per line (as `status --json` prints it), with three fields
+    /// added: `type` (`status` for the first line, `change` after), `time` (as above) and, on
+    /// `change` lines, `changed` (the names of the top-level fields that differ from the line
+    /// before). A status identical to the one before is not printed.
     Events,
 }
 
@@ -322,6 +362,24 @@ mod tests {
         for (example, _) in EXAMPLES {
             assert!(help.contains(example), "{help}");
         }
+    }
+
+    #[test]
+    fn up_timeout_needs_wait_and_a_sane_number() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["killswitch", "up"].iter().chain(args));
+        let Ok(Cli {
+            command: Some(Command::Up { wait, timeout, .. }),
+            ..
+        }) = parse(&["--wait", "se1"])
+        else {
+            panic!("--wait parses");
+        };
+        assert!(wait);
+        assert_eq!(timeout, None, "the default is main's");
+        assert!(parse(&["--wait", "--timeout", "5", "se1"]).is_ok());
+        let alone = parse(&["--timeout", "5", "se1"]).expect_err("--timeout without --wait");
+        assert_eq!(alone.exit_code(), 2);
+        assert!(parse(&["--wait", "--timeout", "0", "se1"]).is_err());
     }
 
     #[test]

@@ -190,6 +190,60 @@ impl Client {
     }
 }
 
+/// How a bounded subscription ([`Client::watch_until`]) ended.
+#[derive(Debug)]
+pub(crate) enum Watched<T> {
+    /// The callback said it was done, with this.
+    Done(T),
+    /// The deadline passed first; the last status seen, if any.
+    TimedOut(Option<Box<Received>>),
+}
+
+impl Client {
+    /// Subscribes and calls `on_status` for the current status and every change until it
+    /// returns `Some` or `deadline` passes. The subscription is the daemon's own stream of
+    /// changes: nothing is polled.
+    pub(crate) fn watch_until<T>(
+        &self,
+        deadline: std::time::Instant,
+        mut on_status: impl FnMut(&Received) -> Option<T>,
+    ) -> Result<Watched<T>, Failure> {
+        let mut reader = self.connect(Request::Subscribe)?;
+        let mut last = None;
+        loop {
+            let Some(left) = deadline
+                .checked_duration_since(std::time::Instant::now())
+                .filter(|left| !left.is_zero())
+            else {
+                return Ok(Watched::TimedOut(last));
+            };
+            reader
+                .get_ref()
+                .set_read_timeout(Some(left))
+                .map_err(|e| Failure::Protocol(e.to_string()))?;
+            let (message, sent) = match read_message(&mut reader) {
+                Ok(read) => read,
+                // The read timed out because the deadline came: not the daemon's failure.
+                Err(_) if std::time::Instant::now() >= deadline => {
+                    return Ok(Watched::TimedOut(last));
+                }
+                Err(failure) => return Err(failure),
+            };
+            match message {
+                ServerMessage::Ok { status } | ServerMessage::Event { status } => {
+                    let received = Received::new(status, sent);
+                    if let Some(done) = on_status(&received) {
+                        return Ok(Watched::Done(done));
+                    }
+                    last = Some(Box::new(received));
+                }
+                ServerMessage::Error { error } => return Err(Failure::Refused(error)),
+                ServerMessage::Unknown => {}
+            }
+        }
+    }
+}
+
 /// Reads one line: the message as this build understands it, and the status in it as sent.
 fn read_message(
     reader: &mut BufReader<UnixStream>,

@@ -5,16 +5,21 @@
 //! crate's library ([`killswitch_cli::args`]), which the man page and completions are made from.
 
 mod client;
+mod events;
 mod render;
 
 use clap::{CommandFactory, Parser};
-use client::{Client, Failure, Received};
+use client::{Client, Failure, Received, Watched};
 use killswitch_cli::args::{AllowAction, AllowWhat, Cli, Command};
+use killswitch_types::State;
 use killswitch_types::ipc::{ConfigSource, Request};
 use killswitch_types::{AllowEntry, GuardSpec, InboundAllow, SubnetAllow};
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long `up --wait` waits by default: long enough for a few servers' handshake timeouts.
+const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 
 /// How long `--version` waits for the daemon: it answers a status request in milliseconds, and a
 /// version query must not hang a script on a wedged daemon.
@@ -36,6 +41,8 @@ fn main() -> ExitCode {
             )
             .exit()
     };
+    // `up --wait`: how long to wait for the connection after the daemon takes the request.
+    let mut wait_for = None;
     let request = match command {
         Command::Status => Request::Status,
         Command::Guard {
@@ -58,8 +65,18 @@ fn main() -> ExitCode {
             }
             Request::Guard(spec)
         }
-        Command::Up { configs, interface } => match read_configs(&configs) {
-            Ok(configs) => Request::Up { interface, configs },
+        Command::Up {
+            configs,
+            interface,
+            wait,
+            timeout,
+        } => match read_configs(&configs) {
+            Ok(configs) => {
+                if wait {
+                    wait_for = Some(timeout.map_or(DEFAULT_WAIT, Duration::from_secs));
+                }
+                Request::Up { interface, configs }
+            }
             Err(message) => {
                 eprintln!("killswitch: {message}");
                 return ExitCode::from(2);
@@ -84,13 +101,32 @@ fn main() -> ExitCode {
         },
     };
     let client = Client::new(cli.socket);
+    let is_up = matches!(request, Request::Up { .. });
     let outcome = if request == Request::Subscribe {
-        client.subscribe(|received, first| print_status(&received, cli.json, Some(first)))
+        let mut printer = events::EventPrinter::new(cli.json);
+        client.subscribe(|received, _| {
+            if let Some(line) = printer.next(&received, std::time::SystemTime::now()) {
+                emit(&line);
+            }
+        })
+    } else if let Some(timeout) = wait_for {
+        // The deadline counts from the command's start: the request itself is part of the wait.
+        let deadline = Instant::now() + timeout;
+        match client.request(request) {
+            Ok(_) => return wait_connected(&client, deadline, timeout, cli.json),
+            Err(failure) => Err(failure),
+        }
     } else {
-        let name = request.name();
-        client
-            .request(request)
-            .map(|received| print_status(&received, cli.json, (name != "status").then_some(true)))
+        client.request(request).map(|received| {
+            print_status(&received, cli.json);
+            // Taking the request is not connecting: say so, rather than leave a report that a
+            // reader could take for "protected and online".
+            if is_up && !cli.json && received.status.state == State::Connecting {
+                emit(
+                    "connecting... use `killswitch status` or `killswitch up --wait` to see when the tunnel is up\n",
+                );
+            }
+        })
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,21 +253,92 @@ fn read_configs(configs: &[String]) -> Result<Vec<ConfigSource>, String> {
         .collect()
 }
 
-/// Prints a status. `event` is `None` for `status`, `Some(true)` for the first line of a stream
-/// or the answer to a change, `Some(false)` for later events. JSON is the status as the daemon
-/// sent it, fields this build does not know included.
-fn print_status(received: &Received, json: bool, event: Option<bool>) {
-    let status = &received.status;
+/// Prints a status: JSON is the status as the daemon sent it, fields this build does not know
+/// included.
+fn print_status(received: &Received, json: bool) {
     if json {
         emit(&format!("{}\n", received.json));
-    } else if event == Some(false) {
-        emit(&format!(
-            "{}\n",
-            render::event_line(status, std::time::SystemTime::now())
-        ));
     } else {
-        emit(&render::status(status));
+        emit(&render::status(&received.status));
     }
+}
+
+/// Why `up --wait` must stop waiting without a connection, if it must: the daemon no longer
+/// tries (`None` while it still does).
+fn gave_up(status: &killswitch_types::ipc::Status) -> Option<String> {
+    let managed = status.tunnel.as_ref().and_then(|t| t.managed.as_ref());
+    match status.state {
+        State::Connected | State::Connecting if managed.is_some() => None,
+        // A fault the tunnel manager does not retry (a configuration file, the firewall).
+        State::Blocked if managed.is_some() => Some(format!(
+            "the daemon blocks and stopped trying: {}",
+            status.error.as_deref().unwrap_or("no reason given")
+        )),
+        state => Some(format!(
+            "the tunnel is no longer wanted (state {state}: `down`, `off` or `guard` replaced it)"
+        )),
+    }
+}
+
+/// The one line that says why a managed tunnel is not connected: each failed server's last
+/// failure, else the daemon's error, else what it is doing.
+fn not_connected_reason(status: &killswitch_types::ipc::Status) -> String {
+    let managed = status.tunnel.as_ref().and_then(|t| t.managed.as_ref());
+    if let Some(managed) = managed.filter(|m| !m.failures.is_empty()) {
+        return render::server_failures(managed).join("; ");
+    }
+    if let Some(error) = &status.error {
+        return render::clean(error).into_owned();
+    }
+    match managed.and_then(|m| m.last_event.as_deref()) {
+        Some(event) => format!("still connecting ({})", render::clean(event)),
+        None => format!("state {}", status.state),
+    }
+}
+
+/// `up --wait`, after the daemon took the request: follows its changes until the tunnel is
+/// connected (0), the deadline passes or the daemon stops trying (1, with the reason on one
+/// line).
+fn wait_connected(client: &Client, deadline: Instant, timeout: Duration, json: bool) -> ExitCode {
+    let watched = client.watch_until(deadline, |received| {
+        let status = &received.status;
+        if status.state == State::Connected {
+            return Some(Ok(Box::new(received.clone())));
+        }
+        gave_up(status).map(|why| {
+            Err((
+                Box::new(received.clone()),
+                format!("{why}; {}", not_connected_reason(status)),
+            ))
+        })
+    });
+    let (received, why) = match watched {
+        Ok(Watched::Done(Ok(received))) => {
+            print_status(&received, json);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Watched::Done(Err((received, why)))) => (Some(received), why),
+        Ok(Watched::TimedOut(last)) => {
+            let reason = last.as_ref().map_or_else(
+                || "the daemon sent no status".to_owned(),
+                |r| not_connected_reason(&r.status),
+            );
+            let why = format!("not connected after {} s: {reason}", timeout.as_secs());
+            (last, why)
+        }
+        Err(failure) => {
+            eprintln!(
+                "killswitch: while waiting for the connection: {}",
+                render::clean(&failure.to_string())
+            );
+            return ExitCode::from(failure.exit_code());
+        }
+    };
+    if json && let Some(received) = &received {
+        emit(&format!("{}\n", received.json));
+    }
+    eprintln!("killswitch: {why}");
+    ExitCode::FAILURE
 }
 
 /// Writes `text` to standard output. A reader that went away (`killswitch events | head -1`)

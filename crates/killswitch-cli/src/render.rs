@@ -156,6 +156,9 @@ pub(crate) fn status(status: &Status) -> String {
                 if let Some(event) = &m.last_event {
                     let _ = writeln!(out, "last:      {}", clean(event));
                 }
+                for line in server_failures(m) {
+                    let _ = writeln!(out, "failed:    {line}");
+                }
             }
         }
     }
@@ -239,15 +242,55 @@ pub(crate) fn status(status: &Status) -> String {
     out
 }
 
-/// One line for `events`: UTC time, state, settings.
-pub(crate) fn event_line(status: &Status, now: SystemTime) -> String {
+/// Each server's last failure, one line each: `server 2 (se2.conf): why [cause]`.
+pub(crate) fn server_failures(managed: &killswitch_types::ManagedTunnel) -> Vec<String> {
+    managed
+        .failures
+        .iter()
+        .map(|f| {
+            let name = managed.servers.get(f.server).map_or("?", String::as_str);
+            format!(
+                "server {} ({}): {} [{}]",
+                f.server + 1,
+                clean(name),
+                clean(&f.message),
+                f.cause
+            )
+        })
+        .collect()
+}
+
+/// A moment as RFC 3339 in UTC, to the second: `2026-12-02T18:40:01Z`. (The CLI carries no time
+/// zone database; UTC also sorts and compares as text.) A clock before 1970 reads as 1970.
+pub(crate) fn rfc3339(now: SystemTime) -> String {
     let secs = now
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    let (year, month, day) = civil_from_days(secs / 86_400);
+    format!("{year:04}-{month:02}-{day:02}T{}", utc_time(secs))
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// One line for `events`, without its time: state, settings, tunnel, what the manager did last,
+/// the error.
+pub(crate) fn event_line(status: &Status) -> String {
     let mut line = format!(
-        "{} {} lockdown={} allow-lan={}",
-        utc_time(secs),
+        "{} lockdown={} allow-lan={}",
         status.state,
         on_off(status.lockdown),
         on_off(status.allow_lan)
@@ -425,24 +468,70 @@ mod tests {
                 server: 1,
                 attempt: 1,
                 last_event: Some("lost server 1: no sign of life for 3.0 s".to_owned()),
+                failures: vec![],
             });
         }
-        let at = UNIX_EPOCH;
         assert!(
-            event_line(&s, at)
+            event_line(&s)
                 .ends_with(" tunnel=wg0(up) last=\"lost server 1: no sign of life for 3.0 s\""),
             "{}",
-            event_line(&s, at)
+            event_line(&s)
         );
     }
 
     #[test]
-    fn event_line_has_time_and_state() {
-        let at = UNIX_EPOCH + std::time::Duration::from_secs(3600 * 25 + 61);
-        assert_eq!(
-            event_line(&sample(), at),
-            "01:01:01Z connected lockdown=on allow-lan=off tunnel=wg0(up)"
+    fn status_names_each_failed_servers_cause() {
+        let mut s = sample();
+        s.state = State::Connecting;
+        if let Some(t) = s.tunnel.as_mut() {
+            t.up = false;
+            t.managed = Some(killswitch_types::ManagedTunnel {
+                backend: Some("userspace".to_owned()),
+                servers: vec!["se1.conf".to_owned(), "se2.conf".to_owned()],
+                server: 0,
+                attempt: 2,
+                last_event: None,
+                failures: vec![
+                    killswitch_types::ServerFailure {
+                        server: 0,
+                        cause: killswitch_types::FailureCause::NoHandshake,
+                        message: "no handshake within 5 s: wrong key or server down".to_owned(),
+                    },
+                    killswitch_types::ServerFailure {
+                        server: 1,
+                        cause: killswitch_types::FailureCause::Unreachable,
+                        message: "no route\nerror:     none".to_owned(),
+                    },
+                ],
+            });
+        }
+        let text = status(&s);
+        assert!(
+            text.contains(
+                "failed:    server 1 (se1.conf): no handshake within 5 s: wrong key or server down [no_handshake]\n\
+                 failed:    server 2 (se2.conf): no route\\nerror:     none [unreachable]\n"
+            ),
+            "{text}"
         );
+    }
+
+    #[test]
+    fn event_line_has_state_and_settings() {
+        assert_eq!(
+            event_line(&sample()),
+            "connected lockdown=on allow-lan=off tunnel=wg0(up)"
+        );
+    }
+
+    #[test]
+    fn rfc3339_dates_are_right_across_years_and_leap_days() {
+        let at = |secs| UNIX_EPOCH + std::time::Duration::from_secs(secs);
+        assert_eq!(rfc3339(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(at(3600 * 25 + 61)), "1970-01-02T01:01:01Z");
+        assert_eq!(rfc3339(at(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(at(1_796_236_801)), "2026-12-02T18:40:01Z");
+        assert_eq!(rfc3339(at(4_107_542_399)), "2100-02-28T23:59:59Z");
+        assert_eq!(rfc3339(at(4_107_542_400)), "2100-03-01T00:00:00Z");
     }
 
     #[test]

@@ -19,9 +19,12 @@ pub const EXIT_STATUS: &[(u8, &str)] = &[
     ),
     (
         1,
-        "the daemon could not start (another one runs for this network namespace or state directory, the socket cannot be made), --early-boot could not block, --teardown could not ask a running daemon, or --check-config found the file invalid or missing",
+        "the daemon could not start (another one runs for this network namespace or state directory, the socket cannot be made), --early-boot could not block, --teardown could not ask a running daemon, or --check-config found the file invalid (or, when it names none, the default file unreadable)",
     ),
-    (2, "the command line was invalid"),
+    (
+        2,
+        "the command line was invalid, or names a file that does not exist or cannot be read (--check-config FILE), as for `killswitch`",
+    ),
 ];
 
 /// The text after `--help`: the exit statuses, from the table above.
@@ -86,8 +89,8 @@ pub struct Args {
     ///
     /// Prints `FILE: valid` and exits 0, or prints the problem on one line (`FILE: line L, column
     /// C: what`) and exits 1: the same judgement the daemon makes at start, without starting it.
-    /// A file given here that does not exist is an error; the default file missing is not (the
-    /// defaults apply).
+    /// A file given here that does not exist or cannot be read exits 2, as a missing file does
+    /// everywhere in killswitch; the default file missing is no error (the defaults apply).
     #[arg(
         long,
         value_name = "FILE",

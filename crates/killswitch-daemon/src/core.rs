@@ -972,6 +972,7 @@ impl<F: Firewall> Core<F> {
                 server: index,
                 attempt: manager.map_or(0, Manager::attempt),
                 last_event: manager.and_then(Manager::last_event).map(str::to_owned),
+                failures: manager.map(Manager::failures).unwrap_or_default(),
             }),
         }
     }
@@ -1614,6 +1615,20 @@ mod tests {
                 .is_some_and(|e| e.contains("no /dev/net/tun")),
             "{:?}",
             status.error
+        );
+        // And the server's own entry says what kind of failure it was, for scripts.
+        let failures = status
+            .tunnel
+            .and_then(|t| t.managed)
+            .map(|m| m.failures)
+            .unwrap_or_default();
+        assert_eq!(
+            failures
+                .iter()
+                .map(|f| (f.server, f.cause))
+                .collect::<Vec<_>>(),
+            vec![(0, killswitch_types::FailureCause::DeviceCreation)],
+            "{failures:?}"
         );
     }
 

@@ -68,9 +68,18 @@ fn main() -> ExitCode {
 fn check_config(given: Option<&std::path::Path>, default: &std::path::Path) -> ExitCode {
     use killswitch_daemon::config::Config;
     let path = given.unwrap_or(default);
-    if given.is_some() && !path.exists() {
-        eprintln!("{}: no such file", path.display());
-        return ExitCode::FAILURE;
+    // A file named on the command line that cannot be read is a mistake in the command line
+    // (exit status 2), as it is for `killswitch up FILE`; a file that reads but is wrong is 1.
+    if given.is_some()
+        && let Err(e) = std::fs::File::open(path)
+    {
+        let why = if e.kind() == std::io::ErrorKind::NotFound {
+            "no such file".to_owned()
+        } else {
+            format!("cannot read it: {e}")
+        };
+        eprintln!("{}: {why}", path.display());
+        return ExitCode::from(2);
     }
     match Config::check(path) {
         Ok(true) => {

@@ -18,7 +18,7 @@ use killswitch_tunnel::backend::{Backend, BackendKind};
 use killswitch_tunnel::config::TunnelConfig;
 use killswitch_tunnel::health::{Health, Tracker};
 use killswitch_tunnel::netdev::Presence;
-use killswitch_types::Fwmark;
+use killswitch_types::{FailureCause, Fwmark, ServerFailure};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -45,10 +45,21 @@ enum Phase {
         started: Instant,
         deadline: Instant,
         last_probe: Instant,
+        /// The device's byte counters when the attempt began (`None` if they could not be
+        /// read, or if this backend does not count handshake packets): what moved by the
+        /// deadline tells a server that never answered from packets that never left.
+        sent_before: Option<Counters>,
     },
     Up {
         tracker: Tracker,
     },
+}
+
+/// A device's byte counters at one moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counters {
+    tx: u64,
+    rx: u64,
 }
 
 /// What a tick found.
@@ -86,6 +97,8 @@ pub struct Manager {
     /// Why the last attempt or tunnel failed, until one connects: what `status` shows as the
     /// error while the tunnel is not up.
     last_failure: Option<String>,
+    /// Why each server failed last, by server index; a server's entry goes when it connects.
+    failures: Vec<Option<ServerFailure>>,
 }
 
 impl std::fmt::Debug for Manager {
@@ -103,7 +116,6 @@ impl Manager {
     /// The first attempt is due at once.
     pub fn new(spec: UpSpec, bound: Duration, now: Instant) -> Self {
         Manager {
-            spec,
             active: 0,
             attempt: 0,
             device: None,
@@ -113,6 +125,8 @@ impl Manager {
             due: now,
             last_event: None,
             last_failure: None,
+            failures: vec![None; spec.servers().count()],
+            spec,
         }
     }
 
@@ -170,6 +184,12 @@ impl Manager {
         self.last_failure.as_deref()
     }
 
+    /// Why each server that failed last failed, in server order (the servers that connected
+    /// since, or were never tried, have no entry).
+    pub fn failures(&self) -> Vec<ServerFailure> {
+        self.failures.iter().flatten().cloned().collect()
+    }
+
     /// Look at the tunnel at once (a network change, a wake from sleep) instead of at the next
     /// probe interval.
     pub fn check_now(&mut self) {
@@ -200,28 +220,30 @@ impl Manager {
         if !matches!(self.phase, Phase::Waiting { .. })
             && let Some(why) = self.device_lost()
         {
-            return self.fail(&why, now);
+            return self.fail(FailureCause::DeviceLost, &why, now);
         }
         match &mut self.phase {
             Phase::Waiting { until } if now >= *until => match self.attempt_connect(now, factory) {
                 Ok(()) => Step::Attempted {
                     probe: self.probe().map(|p| p.resolver),
                 },
-                Err(reason) => self.fail(&reason, now),
+                Err((cause, reason)) => self.fail(cause, &reason, now),
             },
             Phase::Waiting { .. } => Step::Nothing,
             Phase::Handshaking {
                 started,
                 deadline,
                 last_probe,
+                sent_before,
             } => {
-                let (started, deadline) = (*started, *deadline);
+                let (started, deadline, sent_before) = (*started, *deadline, *sent_before);
                 let probe_due =
                     now.saturating_duration_since(*last_probe) >= HANDSHAKE_PROBE_INTERVAL;
                 if probe_due {
                     *last_probe = now;
                 }
-                match self.stats() {
+                let stats = self.stats();
+                match stats {
                     Ok(Some(stats)) if stats.last_handshake.is_some() => {
                         let mut tracker = Tracker::new(self.bound, now);
                         // The handshake just seen is the baseline, not a later sign of life.
@@ -229,6 +251,9 @@ impl Manager {
                         self.phase = Phase::Up { tracker };
                         self.attempt = 0;
                         self.last_failure = None;
+                        if let Some(entry) = self.failures.get_mut(self.active) {
+                            *entry = None;
+                        }
                         self.event(format!(
                             "connected to {} in {} ms",
                             self.describe_active(),
@@ -236,11 +261,19 @@ impl Manager {
                         ));
                         Step::Connected
                     }
-                    Err(e) => self.fail(&format!("the device failed: {e}"), now),
-                    _ if now >= deadline => self.fail(
-                        &format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs()),
+                    Err(e) => self.fail(
+                        FailureCause::DeviceError,
+                        &format!("the device failed: {e}"),
                         now,
                     ),
+                    Ok(stats) if now >= deadline => {
+                        let after = stats.map(|s| Counters {
+                            tx: s.tx_bytes,
+                            rx: s.rx_bytes,
+                        });
+                        let (cause, reason) = handshake_timeout(sent_before, after);
+                        self.fail(cause, &reason, now)
+                    }
                     // WireGuard retries its handshake by itself once started; probing again
                     // covers a first packet that was lost.
                     _ if probe_due => self
@@ -261,7 +294,12 @@ impl Manager {
                 let probe = self.spec.server(self.active).dns.first().copied();
                 match health {
                     Health::Dead { silent } => self.fail(
-                        &format!("no sign of life for {:.1} s", silent.as_secs_f64()),
+                        FailureCause::Silent,
+                        &format!(
+                            "no sign of life for {:.1} s (the server stopped answering, or the \
+                             network to it went)",
+                            silent.as_secs_f64()
+                        ),
                         now,
                     ),
                     Health::Probe | Health::Alive if urgent => {
@@ -300,7 +338,11 @@ impl Manager {
         }
     }
 
-    fn attempt_connect(&mut self, now: Instant, factory: &mut Factory) -> Result<(), String> {
+    fn attempt_connect(
+        &mut self,
+        now: Instant,
+        factory: &mut Factory,
+    ) -> Result<(), (FailureCause, String)> {
         // Counted before anything can fail: an attempt that fails at once (no /dev/net/tun, an
         // address the kernel refuses) must back off like any other, not spin.
         self.attempt += 1;
@@ -315,22 +357,42 @@ impl Manager {
         if fresh {
             self.device = None;
             let device = factory(self.spec.interface.as_str()).map_err(|e| {
-                format!(
-                    "creating {}: {}",
-                    self.spec.interface,
-                    crate::firewall::chain(&e)
+                (
+                    FailureCause::DeviceCreation,
+                    format!(
+                        "creating {}: {}",
+                        self.spec.interface,
+                        crate::firewall::chain(&e)
+                    ),
                 )
             })?;
             self.device = Some(device);
         }
-        let device = self.device.as_mut().ok_or_else(|| "no device".to_owned())?;
-        device
-            .configure(&config, fwmark)
-            .map_err(|e| format!("configuring: {}", crate::firewall::chain(&e)))?;
+        let device = self
+            .device
+            .as_mut()
+            .ok_or_else(|| (FailureCause::DeviceCreation, "no device".to_owned()))?;
+        device.configure(&config, fwmark).map_err(|e| {
+            (
+                FailureCause::Config,
+                format!("configuring: {}", crate::firewall::chain(&e)),
+            )
+        })?;
+        // Read after configuring: a device reconfigured for the same peer keeps its counters.
+        // Only the kernel's WireGuard counts handshake packets (boringtun counts data only, so
+        // before a handshake its counters say nothing).
+        let sent_before = (device.kind() == BackendKind::Kernel)
+            .then(|| device.stats().ok().flatten())
+            .flatten()
+            .map(|s| Counters {
+                tx: s.tx_bytes,
+                rx: s.rx_bytes,
+            });
         self.phase = Phase::Handshaking {
             started: now,
             deadline: now + HANDSHAKE_TIMEOUT,
             last_probe: now,
+            sent_before,
         };
         self.event(format!(
             "attempt {} to {}",
@@ -340,8 +402,15 @@ impl Manager {
         Ok(())
     }
 
-    fn fail(&mut self, reason: &str, now: Instant) -> Step {
+    fn fail(&mut self, cause: FailureCause, reason: &str, now: Instant) -> Step {
         let failed = self.describe_active();
+        if let Some(entry) = self.failures.get_mut(self.active) {
+            *entry = Some(ServerFailure {
+                server: self.active,
+                cause,
+                message: reason.to_owned(),
+            });
+        }
         self.active = self.spec.next(self.active);
         // The first retry is immediate (usually to another server); then 250 ms, doubling, capped.
         let delay = match self.attempt {
@@ -374,6 +443,47 @@ impl Manager {
     }
 }
 
+/// Why no handshake completed in time, told from what the device's byte counters did since the
+/// attempt began (`before` is `None` where they cannot tell). The kernel's WireGuard counts
+/// handshake packets, and only those the socket accepted (`wg_socket_send_skb_to_peer` adds to
+/// `tx_bytes` only when the send returned 0), so packets that could not be sent (no route to the
+/// server) leave `tx` where it was; a server that drops what it cannot accept (a
+/// wrong key on either side: WireGuard never answers one) or that is down leaves `rx` where it
+/// was. Without counters that count handshakes, the three look the same, and the message says so.
+fn handshake_timeout(before: Option<Counters>, after: Option<Counters>) -> (FailureCause, String) {
+    let within = format!("no handshake within {} s", HANDSHAKE_TIMEOUT.as_secs());
+    let Some((before, after)) = before.zip(after) else {
+        return (
+            FailureCause::NoHandshake,
+            format!(
+                "{within}: wrong key or server down (or the server unreachable: this \
+                 WireGuard backend cannot tell them apart)"
+            ),
+        );
+    };
+    let sent = after.tx.saturating_sub(before.tx);
+    let received = after.rx.saturating_sub(before.rx);
+    if sent == 0 {
+        (
+            FailureCause::Unreachable,
+            format!("{within}: not one packet could be sent to the server (no route to it?)"),
+        )
+    } else if received == 0 {
+        (
+            FailureCause::NoHandshake,
+            format!("{within}: {sent} bytes sent, nothing came back: wrong key or server down"),
+        )
+    } else {
+        (
+            FailureCause::AnsweredWithoutHandshake,
+            format!(
+                "{within}: the server answered ({received} bytes) but no handshake completed \
+                 (a server under load answers with a cookie first)"
+            ),
+        )
+    }
+}
+
 /// The mark a configuration's socket gets: its own `FwMark`, else wg-quick's default.
 pub fn fwmark_of(config: &TunnelConfig) -> Fwmark {
     const DEFAULT: Fwmark = match Fwmark::new(DEFAULT_FWMARK) {
@@ -397,8 +507,11 @@ mod tests {
     /// What the fake device reports, shared with the test.
     #[derive(Debug, Default)]
     struct Script {
+        /// Kernel WireGuard counts handshake packets; userspace (the default here) does not.
+        kernel: bool,
         handshake: Option<SystemTime>,
         rx: u64,
+        tx: u64,
         configured: Vec<(String, u32, Option<u16>)>,
     }
 
@@ -407,7 +520,10 @@ mod tests {
 
     impl Backend for Fake {
         fn kind(&self) -> BackendKind {
-            BackendKind::Userspace
+            match self.0.lock() {
+                Ok(s) if s.kernel => BackendKind::Kernel,
+                _ => BackendKind::Userspace,
+            }
         }
         fn interface(&self) -> &str {
             "fake0"
@@ -440,7 +556,7 @@ mod tests {
                     .map_err(|e| TunnelError::Backend(e.to_string()))?,
                 last_handshake: s.handshake,
                 rx_bytes: s.rx,
-                tx_bytes: 0,
+                tx_bytes: s.tx,
             }))
         }
     }
@@ -603,6 +719,114 @@ mod tests {
     }
 
     #[test]
+    fn a_handshake_that_never_leaves_is_unreachable_and_one_unanswered_is_no_handshake() {
+        let (mut m, mut f, script, t0) = setup();
+        script.lock().expect("lock").kernel = true;
+        m.tick(t0, &mut f);
+        // Nothing sent by the deadline: the socket refused every packet.
+        assert_eq!(m.tick(t0 + HANDSHAKE_TIMEOUT, &mut f), Step::Lost);
+        let failures = m.failures();
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert_eq!(failures[0].server, 0);
+        assert_eq!(failures[0].cause, FailureCause::Unreachable);
+        assert!(failures[0].message.contains("not one packet could be sent"));
+        // Server 2: packets go out, nothing comes back.
+        let t1 = t0 + HANDSHAKE_TIMEOUT;
+        m.tick(t1, &mut f);
+        script.lock().expect("lock").tx += 444;
+        assert_eq!(m.tick(t1 + HANDSHAKE_TIMEOUT, &mut f), Step::Lost);
+        let failures = m.failures();
+        assert_eq!(
+            failures
+                .iter()
+                .map(|f| (f.server, f.cause))
+                .collect::<Vec<_>>(),
+            vec![
+                (0, FailureCause::Unreachable),
+                (1, FailureCause::NoHandshake)
+            ],
+            "one cause per server, in server order"
+        );
+        assert!(
+            failures[1]
+                .message
+                .contains("444 bytes sent, nothing came back: wrong key or server down"),
+            "{}",
+            failures[1].message
+        );
+        assert!(
+            m.last_failure()
+                .is_some_and(|f| f.contains("wrong key or server down"))
+        );
+    }
+
+    #[test]
+    fn an_answer_without_a_handshake_is_told_apart() {
+        let (mut m, mut f, script, t0) = setup();
+        script.lock().expect("lock").kernel = true;
+        m.tick(t0, &mut f);
+        {
+            let mut s = script.lock().expect("lock");
+            s.tx += 148;
+            s.rx += 92;
+        }
+        assert_eq!(m.tick(t0 + HANDSHAKE_TIMEOUT, &mut f), Step::Lost);
+        assert_eq!(
+            m.failures().first().map(|f| f.cause),
+            Some(FailureCause::AnsweredWithoutHandshake)
+        );
+    }
+
+    #[test]
+    fn where_the_counters_cannot_tell_the_message_says_so() {
+        // Userspace WireGuard: its counters stay at zero until a handshake, whatever was sent.
+        let (mut m, mut f, _script, t0) = setup();
+        m.tick(t0, &mut f);
+        assert_eq!(m.tick(t0 + HANDSHAKE_TIMEOUT, &mut f), Step::Lost);
+        let failure = m.failures().into_iter().next().expect("a failure");
+        assert_eq!(
+            failure.cause,
+            FailureCause::NoHandshake,
+            "never `unreachable` by guess"
+        );
+        assert!(
+            failure
+                .message
+                .contains("wrong key or server down (or the server unreachable"),
+            "{}",
+            failure.message
+        );
+    }
+
+    #[test]
+    fn a_server_that_connects_loses_its_failure_and_a_silent_tunnel_says_so() {
+        let (mut m, mut f, script, t0) = setup();
+        m.tick(t0, &mut f);
+        assert_eq!(m.tick(t0 + HANDSHAKE_TIMEOUT, &mut f), Step::Lost);
+        let t1 = t0 + HANDSHAKE_TIMEOUT;
+        m.tick(t1, &mut f); // server 2
+        script.lock().expect("lock").handshake = Some(SystemTime::now());
+        assert_eq!(m.tick(t1, &mut f), Step::Connected);
+        assert_eq!(
+            m.failures().iter().map(|f| f.server).collect::<Vec<_>>(),
+            vec![0],
+            "server 2 connected: only server 1's failure is left"
+        );
+        // Server 2 goes silent.
+        let mut now = t1;
+        let step = loop {
+            now = m.next_tick(now);
+            let step = m.tick(now, &mut f);
+            if step == Step::Lost || now > t1 + Duration::from_secs(10) {
+                break step;
+            }
+        };
+        assert_eq!(step, Step::Lost);
+        let silent = m.failures().into_iter().find(|f| f.server == 1);
+        assert_eq!(silent.map(|f| f.cause), Some(FailureCause::Silent));
+    }
+
+    #[test]
     fn a_device_that_cannot_be_created_is_a_failed_attempt() {
         let mut f: Factory = Box::new(|_| Err(TunnelError::Backend("no tun".into())));
         let t0 = Instant::now();
@@ -610,6 +834,10 @@ mod tests {
         assert_eq!(m.tick(t0, &mut f), Step::Lost);
         assert!(m.last_event().is_some_and(|e| e.contains("no tun")));
         assert!(m.last_failure().is_some_and(|e| e.contains("no tun")));
+        assert_eq!(
+            m.failures().first().map(|f| f.cause),
+            Some(FailureCause::DeviceCreation)
+        );
         // Failing at once, again and again, still backs off.
         let mut now = t0;
         for _ in 0..10 {

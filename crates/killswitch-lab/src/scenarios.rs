@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 mod coexist;
 mod coexist_firewalls;
 mod quickstart;
+mod reload;
 
 /// A scenario: a name for `--scenario`, what it guards, and its script.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +33,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 24] = [
+pub const ALL: [Scenario; 25] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -112,6 +113,11 @@ pub const ALL: [Scenario; 24] = [
         name: "stop-after-up",
         guards: "SIGTERM ends the daemon within 1 s after `up` (connected, reconnecting, after down), rules in place, resolv.conf given back",
         script: stop_after_up,
+    },
+    Scenario {
+        name: "reload",
+        guards: "SIGHUP under traffic: a bad config.toml is refused with the running rules kept and the refusal in status; a good one (a new allowed subnet) applies at once; nothing leaks during either",
+        script: reload::reload_under_traffic,
     },
     Scenario {
         name: "second-daemon",
@@ -1251,6 +1257,20 @@ fn up_failover(lab: &mut Lab) -> Result<Outcome> {
             DEAD_AFTER.as_secs(),
             ms(detected)
         ),
+    );
+    // `status` keeps why server 1 went (its own entry), now that server 2 is connected.
+    let failures = back
+        .tunnel
+        .as_ref()
+        .and_then(|t| t.managed.as_ref())
+        .map(|m| m.failures.clone())
+        .unwrap_or_default();
+    outcome.check(
+        failures
+            .iter()
+            .map(|f| (f.server, f.cause))
+            .eq([(0, killswitch_types::FailureCause::Silent)]),
+        format!("status names server 1's failure: silent ({failures:?})"),
     );
     let event = back
         .tunnel

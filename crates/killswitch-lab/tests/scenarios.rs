@@ -160,3 +160,8 @@ fn readmes_wg_quick_quickstart_protects_as_typed() {
 fn readmes_openvpn_quickstart_protects_as_typed() {
     scenario_passes("quickstart-openvpn");
 }
+
+#[test]
+fn reloading_a_bad_config_keeps_the_running_one_and_a_good_one_applies_without_a_window() {
+    scenario_passes("reload");
+}

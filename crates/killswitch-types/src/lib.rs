@@ -26,5 +26,6 @@ pub use endpoint::{Endpoint, EndpointParseError, TransportProtocol};
 pub use iface::{InterfaceName, InterfaceNameError, MAX_INTERFACE_NAME_LEN};
 pub use mark::{Fwmark, FwmarkParseError};
 pub use state::{
-    GuardSpec, GuardSpecError, MAX_DNS_SERVERS, ManagedTunnel, Settings, State, TunnelStatus,
+    FailureCause, GuardSpec, GuardSpecError, MAX_DNS_SERVERS, ManagedTunnel, ServerFailure,
+    Settings, State, TunnelStatus,
 };

@@ -165,6 +165,74 @@ pub struct ManagedTunnel {
     pub attempt: u32,
     /// The last thing that happened to the tunnel, with its reason.
     pub last_event: Option<String>,
+    /// Why each server that failed last failed (at most one entry per server, in server order);
+    /// a server's entry goes when it connects. Absent in the replies of older daemons.
+    #[serde(default)]
+    pub failures: Vec<ServerFailure>,
+}
+
+/// Why one server's last attempt (or its tunnel) failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerFailure {
+    /// Which server, from 0 (an index into [`ManagedTunnel::servers`]).
+    pub server: usize,
+    /// What kind of failure, for scripts.
+    pub cause: FailureCause,
+    /// The failure in words, for people: what was seen, and what it may mean.
+    pub message: String,
+}
+
+/// The kind of a server's failure. WireGuard answers nothing to a handshake it cannot accept, so
+/// a wrong key looks exactly like a server that is down: both are [`FailureCause::NoHandshake`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureCause {
+    /// Handshake packets went out and nothing came back in time: a wrong key (either side's),
+    /// a server that is down, or a network that drops them on the way.
+    NoHandshake,
+    /// Something came back but no handshake completed in time (a server under load answers
+    /// with a cookie first).
+    AnsweredWithoutHandshake,
+    /// Not one packet could be sent to the server (no route to it, or the network refused).
+    /// Told only where the backend counts handshake packets (kernel WireGuard); elsewhere an
+    /// unreachable server is [`FailureCause::NoHandshake`].
+    Unreachable,
+    /// The tunnel was up, then nothing came back through it for the health bound.
+    Silent,
+    /// The interface was set down, deleted or replaced by someone else.
+    DeviceLost,
+    /// The interface could not be created (no /dev/net/tun, no WireGuard, no permission).
+    DeviceCreation,
+    /// The device refused the configuration (an address or route the kernel refuses ...).
+    Config,
+    /// The device stopped answering (its statistics could not be read).
+    DeviceError,
+    /// A cause this build does not know (a newer daemon's).
+    #[serde(other)]
+    Unknown,
+}
+
+impl FailureCause {
+    /// The cause as it appears in JSON (`no_handshake` ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureCause::NoHandshake => "no_handshake",
+            FailureCause::AnsweredWithoutHandshake => "answered_without_handshake",
+            FailureCause::Unreachable => "unreachable",
+            FailureCause::Silent => "silent",
+            FailureCause::DeviceLost => "device_lost",
+            FailureCause::DeviceCreation => "device_creation",
+            FailureCause::Config => "config",
+            FailureCause::DeviceError => "device_error",
+            FailureCause::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
@@ -201,5 +269,41 @@ mod tests {
             format!("{:?}", spec()),
             "guard wg0 via 203.0.113.1:51820/udp mark 0xca6c dns [10.64.0.1]"
         );
+    }
+
+    #[test]
+    fn failure_causes_read_leniently_and_older_daemons_send_none() {
+        // As a daemon before the field sent it.
+        let older: ManagedTunnel = serde_json::from_str(
+            r#"{"backend":"userspace","servers":["a"],"server":0,"attempt":2,"last_event":null}"#,
+        )
+        .expect("an older daemon's managed tunnel");
+        assert!(older.failures.is_empty());
+        let newer: ManagedTunnel = serde_json::from_str(
+            r#"{"backend":null,"servers":["a","b"],"server":1,"attempt":1,"last_event":null,
+                "failures":[{"server":0,"cause":"no_handshake","message":"m"},
+                            {"server":1,"cause":"quantum_noise","message":"n","hint":"x"}]}"#,
+        )
+        .expect("a newer daemon's causes");
+        assert_eq!(
+            newer.failures.iter().map(|f| f.cause).collect::<Vec<_>>(),
+            vec![FailureCause::NoHandshake, FailureCause::Unknown]
+        );
+        // What a daemon sends is what `as_str` says.
+        for cause in [
+            FailureCause::NoHandshake,
+            FailureCause::AnsweredWithoutHandshake,
+            FailureCause::Unreachable,
+            FailureCause::Silent,
+            FailureCause::DeviceLost,
+            FailureCause::DeviceCreation,
+            FailureCause::Config,
+            FailureCause::DeviceError,
+        ] {
+            assert_eq!(
+                serde_json::to_value(cause).expect("serialisable"),
+                serde_json::Value::from(cause.as_str())
+            );
+        }
     }
 }

@@ -39,7 +39,7 @@ fn restart_with_config(lab: &mut Lab, config: &str) -> Result<()> {
 }
 
 /// Whether a datagram sent from `from` to `dst` arrives at a socket bound to `dst` in `to`.
-fn udp_reaches(from: &Netns, to: &Netns, dst: SocketAddr) -> Result<bool> {
+pub(super) fn udp_reaches(from: &Netns, to: &Netns, dst: SocketAddr) -> Result<bool> {
     let socket = to
         .run(|| UdpSocket::bind(dst))?
         .with_context(|| format!("binding {dst}"))?;
