@@ -150,3 +150,8 @@ fn firewalld_filters_and_its_reloads_leak_nothing() {
 fn ufw_filters_and_its_reloads_leak_nothing() {
     scenario_passes("ufw");
 }
+
+#[test]
+fn verify_passes_when_protected_and_names_a_removed_table_an_ipv6_leak_and_lan_dns() {
+    scenario_passes("verify");
+}
