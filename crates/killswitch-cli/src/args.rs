@@ -209,7 +209,7 @@ pub enum Command {
     /// The current status first, then one line per change (with --json, one status object per
     /// line), until interrupted or until the daemon stops. Anyone may follow.
     Events,
-    /// Check that this machine is protected right now: the kernel's rules, and probes that must be refused.
+    /// Check that this machine is protected now: its rules read back, its probes refused.
     ///
     /// Prints one verdict line (`PROTECTED: 6 of 6 checks passed`, `LEAKING: IPv6 to
     /// 2001:db8::1 left through eth0`, `AT RISK: ...` or `NOT PROTECTING: state disconnected`),

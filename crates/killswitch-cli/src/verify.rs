@@ -17,9 +17,9 @@
 //! (192.0.2.1, 2001:db8::1, RFC 5737 and 3849) or to the LAN's default gateway; the discard port
 //! (9) with no payload, or DNS (53) with a bare 12-byte header that asks nothing.
 
-use crate::client::Client;
+use crate::client::{Client, Failure};
 use killswitch_types::State;
-use killswitch_types::ipc::{RulesCheck, Status};
+use killswitch_types::ipc::{ErrorKind, IpcError, RulesCheck, Status};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -98,6 +98,19 @@ impl Verdict {
 pub(crate) fn run(socket: &Path, json: bool) -> ExitCode {
     let (status, rules) = match Client::new(socket.to_owned()).verify() {
         Ok(answer) => answer,
+        Err(Failure::Refused(error))
+            if error.kind == ErrorKind::BadRequest && error.message.contains("verify") =>
+        {
+            // A daemon from before `verify` refuses it as an unknown command.
+            let older = IpcError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "the daemon does not know `verify`: it is older than this command (restart it after upgrading): {}",
+                    error.message
+                ),
+            );
+            return crate::fail(&Failure::Refused(older), json);
+        }
         Err(failure) => return crate::fail(&failure, json),
     };
     let routes = RouteTables::read();

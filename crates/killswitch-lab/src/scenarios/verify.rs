@@ -46,7 +46,9 @@ fn verify(lab: &mut Lab) -> Result<Outcome> {
     // Protected: as root and as nobody, with the generator's traffic judged meanwhile.
     let window = lab.begin(&TUNNEL_KINDS)?;
     hold(Duration::from_millis(300));
+    let asked = std::time::Instant::now();
     let as_root = verify_in_lab(lab, &["verify"], false)?;
+    let took = asked.elapsed();
     let as_json = verify_in_lab(lab, &["--json", "verify"], false)?;
     let as_nobody = verify_in_lab(lab, &["verify"], true)?;
     let mut outcome = Outcome::new(lab.end(window)?);
@@ -206,6 +208,10 @@ fn verify(lab: &mut Lab) -> Result<Outcome> {
         off.code == Some(1) && first_line(&off).starts_with("NOT PROTECTING: state off"),
         format!("off: verify exits {:?}: {:?}", off.code, first_line(&off)),
     );
+    outcome.note(format!(
+        "`killswitch verify` took {} ms, from starting the command to its exit (the daemon's reading, three probes)",
+        took.as_millis()
+    ));
     outcome.note("tampering with the daemon's restore switched off (--test-no-tamper-watch) and its tables unowned, so that what verify sees is not a race with the restore");
     Ok(outcome)
 }
