@@ -1,7 +1,9 @@
 //! The IPC server: newline-delimited JSON on a Unix socket.
 //!
 //! Each connection is a task. Reading requests (`status`, `subscribe`) is served from the latest
-//! published status; changing requests are checked against the peer's credentials and then sent to
+//! published status; `verify` asks the event loop to read the kernel, at most one reading per
+//! [`crate::verify::MIN_INTERVAL`] whoever asks (the wait is the asking connection's); changing
+//! requests are checked against the peer's credentials and then sent to
 //! the state machine, which answers through a oneshot channel. A bad line gets an error reply and
 //! the connection stays usable; a line over the size limit gets an error and the connection is
 //! closed (its remainder cannot be framed). Nothing a client sends can panic the daemon.

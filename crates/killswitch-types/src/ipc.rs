@@ -738,6 +738,10 @@ mod tests {
                 "now",
             ),
             (
+                r#"{"version":1,"request":{"command":"verify","probe":"8.8.8.8"}}"#,
+                "probe",
+            ),
+            (
                 r#"{"version":1,"request":{"command":"allow-lan","enabled":true,"ranges":[]}}"#,
                 "ranges",
             ),
