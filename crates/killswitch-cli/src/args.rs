@@ -19,7 +19,7 @@ pub const EXIT_STATUS: &[(u8, &str)] = &[
     ),
     (
         1,
-        "the daemon refused or failed the request, or `up --wait` ended without a connection (the reason is printed on one line)",
+        "the daemon refused or failed the request, or `up --wait` ended without a connection (the reason is printed on one line); for verify: a check failed, or nothing is protected",
     ),
     (
         2,
@@ -53,6 +53,10 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     (
         "killswitch --json status | jq .state",
         "Read the state from a script.",
+    ),
+    (
+        "killswitch verify",
+        "Check that the kernel holds the rules and that packets going around the tunnel are refused.",
     ),
 ];
 
@@ -245,6 +249,27 @@ pub enum Command {
     /// `change` lines, `changed` (the names of the top-level fields that differ from the line
     /// before). A status identical to the one before is not printed.
     Events,
+    /// Check that this machine is protected now: its rules read back, its probes refused.
+    ///
+    /// Prints one verdict line (`PROTECTED: 6 of 6 checks passed`, `LEAKING: IPv6 to
+    /// 2001:db8::1 left through eth0`, `AT RISK: ...` or `NOT PROTECTING: state disconnected`),
+    /// then one line per check; with --json, one object: `verdict`, `summary`, `checks` (each
+    /// `name`, `passed`, `detail`), the checks that could not run under `skipped`, and the rules'
+    /// comparison. Exits 0 only when the kill switch is protecting and every check passed, 1
+    /// otherwise. Anyone may run it, and should, as the user whose programs matter.
+    ///
+    /// The daemon reads the kernel's rules back and compares them with what it means them to be
+    /// (a digest of each, the first difference), and checks that the routing layer's rules are in
+    /// place. Then this command sends probes as you: one UDP datagram each to 192.0.2.1 port 9,
+    /// to the default gateway's DNS port (a bare 12-byte DNS header that asks nothing) and to
+    /// 2001:db8::1 port 9, each bound to the interface of the default route (as a program going
+    /// around the tunnel would), so that only the kill switch's firewall can stop it. Each must be
+    /// refused on this machine; one the kernel sends is a leak.
+    ///
+    /// The probes are safe on a production machine: three datagrams at most, to documentation
+    /// addresses or the LAN's gateway, with a TTL (hop limit) of 1 so that a leaked one dies at
+    /// the first router, and none at all while nothing is meant to be blocked.
+    Verify,
 }
 
 /// What `allow` does.

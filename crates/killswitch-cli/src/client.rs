@@ -5,7 +5,7 @@
 //! as the daemon sent it (with any field an older daemon left out filled in with its default).
 
 use killswitch_types::ipc::{
-    self, IpcError, Request, RequestEnvelope, ServerEnvelope, ServerMessage, Status,
+    self, IpcError, Request, RequestEnvelope, RulesCheck, ServerEnvelope, ServerMessage, Status,
 };
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
@@ -158,10 +158,35 @@ impl Client {
             match message {
                 ServerMessage::Ok { status } => return Ok(Received::new(status, sent)),
                 ServerMessage::Error { error } => return Err(Failure::Refused(error)),
-                ServerMessage::Event { .. } => {
-                    return Err(Failure::Protocol("an event instead of a reply".to_owned()));
+                ServerMessage::Event { .. } | ServerMessage::Verified { .. } => {
+                    return Err(Failure::Protocol(
+                        "an event or a verification instead of a reply".to_owned(),
+                    ));
                 }
                 // A message type of a newer daemon: not the reply; the reply follows.
+                ServerMessage::Unknown => {}
+            }
+        }
+    }
+
+    /// Asks the daemon to compare the kernel's rules with its intent (`verify`): the status and
+    /// the comparison. A daemon too old to know the request says so in its refusal.
+    pub(crate) fn verify(&self) -> Result<(Status, RulesCheck), Failure> {
+        let mut reader = self.connect(Request::Verify)?;
+        reader
+            .get_ref()
+            .set_read_timeout(Some(self.timeout))
+            .map_err(|e| Failure::Protocol(e.to_string()))?;
+        loop {
+            let (message, _) = read_message(&mut reader)?;
+            match message {
+                ServerMessage::Verified { status, rules } => return Ok((status, rules)),
+                ServerMessage::Error { error } => return Err(Failure::Refused(error)),
+                ServerMessage::Ok { .. } | ServerMessage::Event { .. } => {
+                    return Err(Failure::Protocol(
+                        "a status instead of a verification".to_owned(),
+                    ));
+                }
                 ServerMessage::Unknown => {}
             }
         }
@@ -182,6 +207,8 @@ impl Client {
                     on_status(Received::new(status, sent), first);
                     first = false;
                 }
+                // Never sent on a subscription.
+                ServerMessage::Verified { .. } => {}
                 ServerMessage::Error { error } => return Err(Failure::Refused(error)),
                 // A message type of a newer daemon: nothing this client can show.
                 ServerMessage::Unknown => {}

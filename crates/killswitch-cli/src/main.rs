@@ -7,6 +7,7 @@
 mod client;
 mod events;
 mod render;
+mod verify;
 
 use clap::{CommandFactory, Parser};
 use client::{Client, Failure, Received, Watched};
@@ -91,6 +92,7 @@ fn main() -> ExitCode {
         },
         Command::Off => Request::Off,
         Command::Events => Request::Subscribe,
+        Command::Verify => return verify::run(&cli.socket, cli.json),
         Command::Allow { action } => match allow_request(action) {
             Ok(Some(request)) => request,
             Ok(None) => return list_allows(&cli.socket, cli.json),
@@ -130,15 +132,19 @@ fn main() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(failure) => {
-            if let Some(json) = failure.to_json().filter(|_| cli.json) {
-                emit(&format!("{json}\n"));
-            }
-            // The daemon's words (and other programs' it quotes), shown, not obeyed.
-            eprintln!("killswitch: {}", render::clean(&failure.to_string()));
-            ExitCode::from(failure.exit_code())
-        }
+        Err(failure) => fail(&failure, cli.json),
     }
+}
+
+/// Reports a failed request (on standard error, and as JSON with --json) and returns its exit
+/// status.
+fn fail(failure: &Failure, json: bool) -> ExitCode {
+    if let Some(line) = failure.to_json().filter(|_| json) {
+        emit(&format!("{line}\n"));
+    }
+    // The daemon's words (and other programs' it quotes), shown, not obeyed.
+    eprintln!("killswitch: {}", render::clean(&failure.to_string()));
+    ExitCode::from(failure.exit_code())
 }
 
 /// Prints this program's version and the daemon's (`--version`). The daemon is asked for its

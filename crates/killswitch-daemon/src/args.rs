@@ -103,6 +103,11 @@ pub struct Args {
     /// that fallback. Not for use: it lets other programs flush the rules.
     #[arg(long, hide = true)]
     pub test_unowned_tables: bool,
+    /// Do not watch for other programs' nf_tables changes, so that a change to the rules stays
+    /// until the next apply: for the lab's `verify` scenario, which must see a tampered table
+    /// stay tampered. Not for use: it turns off the restore of tampered rules.
+    #[arg(long, hide = true)]
+    pub test_no_tamper_watch: bool,
 }
 
 /// The whole command line as clap sees it, for the man page and the completions.

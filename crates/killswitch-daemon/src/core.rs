@@ -184,7 +184,9 @@ impl Command {
         devices: &Devices,
     ) -> Result<Command, IpcError> {
         Ok(match request {
-            Request::Status | Request::Subscribe => Command::Status,
+            // `verify` is answered by the executor (it reads the kernel); here, as anywhere it
+            // might reach the state machine, it is a question that changes nothing.
+            Request::Status | Request::Subscribe | Request::Verify => Command::Status,
             Request::Guard(spec) => Command::Guard(spec.clone()),
             Request::Up { interface, configs } => {
                 let spec = resolve_up(interface.clone(), configs, wireguard_dir)?;
@@ -228,6 +230,8 @@ pub struct Core<F> {
     link_fault: Option<String>,
     /// The ruleset the kernel holds, as of the last successful, verified apply.
     applied: Option<Ruleset>,
+    /// The routing layer the last reconcile meant the kernel to hold (`None`: none).
+    routing_intent: Option<killswitch_policy::routes::RoutingLayer>,
     state: State,
     apply_error: Option<String>,
     /// Why the routing layer could not be put in place, if it could not.
@@ -438,6 +442,7 @@ impl<F: Firewall> Core<F> {
             pinned,
             link_fault: None,
             applied: None,
+            routing_intent: None,
             state: State::Blocked,
             apply_error: None,
             routing_error: None,
@@ -1225,6 +1230,7 @@ impl<F: Firewall> Core<F> {
             &exceptions,
             &self.tunnel_networks(),
         );
+        self.routing_intent.clone_from(&layer);
         match self.firewall.apply_routes(layer.as_ref()) {
             Ok(repaired) => {
                 if let Some(what) = repaired {
@@ -1326,6 +1332,18 @@ impl<F: Firewall> Core<F> {
         self.applied = None;
         self.reconcile();
         true
+    }
+
+    /// What the daemon means the kernel to hold, for `killswitch verify` to compare with it: the
+    /// ruleset of the last verified apply (`None` while no apply has been verified, e.g. after
+    /// one failed), and the routing layer (`None`: none is meant).
+    pub fn intent(
+        &self,
+    ) -> (
+        Option<&Ruleset>,
+        Option<&killswitch_policy::routes::RoutingLayer>,
+    ) {
+        (self.applied.as_ref(), self.routing_intent.as_ref())
     }
 
     fn record_applied(&mut self, ruleset: Ruleset, took: std::time::Duration) {

@@ -1,7 +1,9 @@
 //! The IPC server: newline-delimited JSON on a Unix socket.
 //!
 //! Each connection is a task. Reading requests (`status`, `subscribe`) is served from the latest
-//! published status; changing requests are checked against the peer's credentials and then sent to
+//! published status; `verify` asks the event loop to read the kernel, at most one reading per
+//! [`crate::verify::MIN_INTERVAL`] whoever asks (the wait is the asking connection's); changing
+//! requests are checked against the peer's credentials and then sent to
 //! the state machine, which answers through a oneshot channel. A bad line gets an error reply and
 //! the connection stays usable; a line over the size limit gets an error and the connection is
 //! closed (its remainder cannot be framed). Nothing a client sends can panic the daemon.
@@ -74,7 +76,16 @@ pub struct Shared {
     pub commands: mpsc::Sender<Command>,
     /// The group whose members may change things.
     pub admin_group: Arc<str>,
+    /// `verify` requests on their way to the event loop (which knows what the kernel should
+    /// hold), each with where to send the answer.
+    pub verifications: mpsc::Sender<oneshot::Sender<VerifyAnswer>>,
+    /// When the kernel was last read for `verify`: readings are spaced
+    /// [`crate::verify::MIN_INTERVAL`] apart, whoever asks.
+    pub verify_pace: Arc<tokio::sync::Mutex<Option<Instant>>>,
 }
+
+/// The answer to `verify`: the status, and the kernel compared with the daemon's intent.
+pub type VerifyAnswer = (Status, killswitch_types::ipc::RulesCheck);
 
 /// The bound socket; removes its file when dropped.
 #[derive(Debug)]
@@ -395,6 +406,10 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
             Ok(Request::Status) => ServerMessage::Ok {
                 status: shared.status.borrow().clone(),
             },
+            Ok(Request::Verify) => match verify(&shared).await {
+                Ok((status, rules)) => ServerMessage::Verified { status, rules },
+                Err(error) => ServerMessage::Error { error },
+            },
             Ok(request) => match change(request, peer.clone(), &shared, &reader).await {
                 Ok(status) => ServerMessage::Ok { status },
                 Err(error) => ServerMessage::Error { error },
@@ -456,6 +471,31 @@ async fn hang_up(reader: &BufReader<OwnedReadHalf>) {
             Err(_) => return,
         }
     }
+}
+
+/// Asks the event loop to read the kernel and compare it with what the daemon means it to hold.
+/// Anyone may ask, so the readings are paced: each waits its turn, at least
+/// [`crate::verify::MIN_INTERVAL`] after the previous one (the wait is this connection's, never
+/// the event loop's).
+async fn verify(shared: &Shared) -> Result<VerifyAnswer, IpcError> {
+    let gone = || {
+        IpcError::new(
+            ErrorKind::Firewall,
+            "the daemon is shutting down; nothing was read",
+        )
+    };
+    let mut last = shared.verify_pace.lock().await;
+    if let Some(at) = *last {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(
+            at + crate::verify::MIN_INTERVAL,
+        ))
+        .await;
+    }
+    let (reply, answer) = oneshot::channel();
+    shared.verifications.send(reply).await.map_err(|_| gone())?;
+    let answer = answer.await.map_err(|_| gone());
+    *last = Some(Instant::now());
+    answer
 }
 
 async fn change(

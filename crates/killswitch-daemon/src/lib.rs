@@ -14,6 +14,7 @@
 //! - [`logging`]: the log's style (journal priorities, plain text, or colours on a terminal);
 //! - [`boot`]: `--early-boot`, blocking from the saved settings before the network comes up;
 //! - [`teardown`]: `--teardown`, switching the kill switch off for good (package removal);
+//! - [`verify`]: `killswitch verify`'s reading of the kernel, compared with the daemon's intent;
 //! - [`run`]: the event loop that wires them together;
 //! - [`args`]: the command line (here, not in `main.rs`, so that the man page is made from it).
 
@@ -39,3 +40,4 @@ pub mod sleep;
 pub mod store;
 pub mod target;
 pub mod teardown;
+pub mod verify;

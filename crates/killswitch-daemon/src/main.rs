@@ -54,6 +54,7 @@ fn main() -> ExitCode {
         config: args.config,
         socket: args.socket,
         state_dir: args.state_dir,
+        watch_tampering: !args.test_no_tamper_watch,
     };
     match runtime.block_on(run(options)) {
         Ok(()) => ExitCode::SUCCESS,

@@ -33,6 +33,9 @@ pub struct Options {
     pub socket: PathBuf,
     /// The state directory.
     pub state_dir: PathBuf,
+    /// Whether other programs' nf_tables changes are watched for and reverted (always, but in
+    /// the lab's `verify` scenario, which must see a tampered table stay tampered).
+    pub watch_tampering: bool,
 }
 
 /// How long a stop may spend giving DNS back: a stop must take less than a second.
@@ -119,6 +122,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let (status_tx, status_rx) = watch::channel(first);
     let (events, _) = broadcast::channel::<Status>(64);
     let (commands_tx, mut commands) = mpsc::channel::<ipc::Command>(32);
+    let (verifications_tx, mut verifications) =
+        mpsc::channel::<tokio::sync::oneshot::Sender<ipc::VerifyAnswer>>(8);
     if crate::authz::group_gid(&config.admin_group).is_none() {
         tracing::warn!(
             "the admin group '{}' does not exist: only root can change the kill switch",
@@ -130,6 +135,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         events: events.clone(),
         commands: commands_tx,
         admin_group: Arc::from(config.admin_group.as_str()),
+        verifications: verifications_tx,
+        verify_pace: Arc::default(),
     };
     tracing::info!("listening on {}", options.socket.display());
     if let Err(e) = crate::notify::notify("READY=1") {
@@ -182,7 +189,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     }
                 }
             }
-            committer = nft_changes.foreign_change() => match committer {
+            Some(reply) = verifications.recv() => {
+                // Read-only: the kernel compared with what the core means it to hold. Nothing
+                // reaches the state machine.
+                let (rules, routes) = core.intent();
+                let status = core.status();
+                let check = crate::verify::check(rules, routes, status.firewall.flush_protection);
+                let _ = reply.send((status, check));
+                continue;
+            }
+            committer = nft_changes.foreign_change(), if options.watch_tampering => match committer {
                 Ok(committer) => Some(Input::NftChanged { committer }),
                 Err(e) => {
                     tracing::warn!("reading nftables changes failed: {e}");

@@ -1278,3 +1278,54 @@ fn a_veth_renamed_to_the_tunnels_name_is_not_trusted() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn verify_is_open_to_every_user_changes_nothing_and_is_paced() -> Result<()> {
+    if !require_root("verify_is_open_to_every_user_changes_nothing_and_is_paced") {
+        return Ok(());
+    }
+    let topo = Topology::new("verify")?;
+    let home = DaemonHome::new()?;
+    let daemon = Daemon::start(&topo.client, &home)?;
+    daemon.cli(&["lockdown", "on"])?.ok()?;
+    let before = daemon.status()?;
+    let table = nft_table(&topo.client)?;
+    // Five requests at once from an unprivileged user: each answered, in turn, at least
+    // verify::MIN_INTERVAL after the previous reading.
+    let mut stream = connect_as_nobody(&home.socket())?;
+    let started = std::time::Instant::now();
+    for _ in 0..5 {
+        stream.write_all(b"{\"version\":1,\"request\":{\"command\":\"verify\"}}\n")?;
+    }
+    let mut reader = BufReader::new(stream.try_clone()?);
+    stream.set_read_timeout(Some(EVENT_TIMEOUT))?;
+    for n in 0..5 {
+        let mut line = String::new();
+        reader.read_line(&mut line).context("reading a reply")?;
+        let reply: serde_json::Value = serde_json::from_str(&line)?;
+        ensure!(reply["type"] == "verified", "reply {n}: {line}");
+        let rules = &reply["rules"];
+        ensure!(
+            rules["matches"] == true
+                && rules["intent_digest"].is_string()
+                && rules["intent_digest"] == rules["kernel_digest"]
+                && rules["routing_wanted"] == true
+                && rules["routing_in_place"] == true,
+            "reply {n}: {line}"
+        );
+    }
+    let took = started.elapsed();
+    let paced = killswitch_daemon::verify::MIN_INTERVAL * 4;
+    ensure!(
+        took >= paced,
+        "five readings in {took:?}: not paced ({paced:?} at least)"
+    );
+    let after = daemon.status()?;
+    ensure!(
+        after.firewall.transitions == before.firewall.transitions
+            && after.firewall.tamper_events == 0
+            && nft_table(&topo.client)? == table,
+        "verify changed something: {before:?} -> {after:?}"
+    );
+    Ok(())
+}

@@ -71,6 +71,9 @@ pub struct Launch<'a> {
     pub open_file_limit: Option<u64>,
     /// `--test-unowned-tables`: never own the tables (the fallback for kernels before 6.9).
     pub unowned_tables: bool,
+    /// `--test-no-tamper-watch`: leave other programs' changes to the rules in place (scenario
+    /// `verify`, which must see a tampered table stay tampered).
+    pub no_tamper_watch: bool,
 }
 
 /// A running `killswitchd`.
@@ -167,6 +170,7 @@ impl Daemon {
             bus,
             open_file_limit,
             unowned_tables,
+            no_tamper_watch,
         } = *launch;
         // `ip netns exec` shows the daemon this file as /etc/resolv.conf; without it the daemon
         // would see, and on `up` rewrite, this machine's own.
@@ -194,6 +198,7 @@ impl Daemon {
             .arg("--state-dir")
             .arg(home.state_dir())
             .args(unowned_tables.then_some("--test-unowned-tables"))
+            .args(no_tamper_watch.then_some("--test-no-tamper-watch"))
             .env("NOTIFY_SOCKET", &notify_path)
             // The daemon's log filter; KILLSWITCH_LAB_DAEMON_LOG overrides it when debugging.
             .env(
@@ -332,7 +337,29 @@ impl Daemon {
             .context("running killswitch as nobody")
     }
 
+    /// Runs `killswitch --socket SOCKET ARGS...` inside `ns` (as root, or as uid/gid 65534 with
+    /// no supplementary groups): for `verify`, whose probes must be sent from the lab's client
+    /// namespace, never from this machine's own.
+    pub fn cli_in(&self, ns: &Netns, args: &[&str], as_nobody: bool) -> Result<CliResult> {
+        let mut command = Command::new(binaries::path("killswitch")?);
+        command.arg("--socket").arg(&self.socket).args(args);
+        if as_nobody {
+            // Dropping from root to another uid, std also clears the supplementary groups.
+            command.uid(65534).gid(65534);
+        }
+        // A child forked from a thread inside the namespace is born in it.
+        ns.run(|| command.output())?
+            .map(CliResult::from)
+            .context("running killswitch in the namespace")
+    }
+
     fn cli_command(&self, args: &[&str]) -> Result<Command> {
+        // `verify` sends probes out of the interface of the default route: from here, that would
+        // be this machine's own. It runs only inside a lab namespace (`cli_in`).
+        anyhow::ensure!(
+            !args.contains(&"verify"),
+            "`killswitch verify` must run inside the lab's namespace: use Daemon::cli_in"
+        );
         let mut command = Command::new(binaries::path("killswitch")?);
         command.arg("--socket").arg(&self.socket).args(args);
         Ok(command)

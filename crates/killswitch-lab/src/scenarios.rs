@@ -21,6 +21,7 @@ mod coexist;
 mod coexist_firewalls;
 mod quickstart;
 mod reload;
+mod verify;
 
 /// A scenario: a name for `--scenario`, what it guards, and its script.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +34,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 25] = [
+pub const ALL: [Scenario; 26] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -151,6 +152,7 @@ pub const ALL: [Scenario; 25] = [
         guards: "README's OpenVPN quickstart as typed (`openvpn --config`, `killswitch guard tun0 --ovpn`, `lockdown on`) covers every `remote` of the file, and OpenVPN killed leaks nothing",
         script: quickstart::openvpn,
     },
+    verify::VERIFY,
 ];
 
 /// Finds a scenario by name.

@@ -165,3 +165,8 @@ fn readmes_openvpn_quickstart_protects_as_typed() {
 fn reloading_a_bad_config_keeps_the_running_one_and_a_good_one_applies_without_a_window() {
     scenario_passes("reload");
 }
+
+#[test]
+fn verify_passes_when_protected_and_names_a_removed_table_an_ipv6_leak_and_lan_dns() {
+    scenario_passes("verify");
+}

@@ -148,6 +148,23 @@ impl Nftables {
     /// [`Nftables::verify`] for a connection that does not own the tables (a test's, or a
     /// tool's): whether they are owned by someone, or orphaned, is not compared; the rules are.
     pub fn verify_rules(&mut self, ruleset: &Ruleset) -> Result<(), NftError> {
+        let (expected, actual) = self.intended_and_installed(ruleset)?;
+        readback::compare(&expected, &actual).map_err(NftError::Mismatch)
+    }
+
+    /// Reads tables `inet killswitch` and `arp killswitch` as the kernel holds them.
+    pub fn installed(&mut self) -> Result<Installed, NftError> {
+        readback::read_installed(&self.socket)
+    }
+
+    /// What the kernel holds and what `ruleset` would have it hold, without changing anything,
+    /// both with the `owner` flag masked (as [`Nftables::verify_rules`] compares): for a report
+    /// (`killswitch verify`) that shows both and their first difference
+    /// ([`compare_installed`]).
+    pub fn intended_and_installed(
+        &mut self,
+        ruleset: &Ruleset,
+    ) -> Result<(Installed, Installed), NftError> {
         ruleset.check()?;
         let batch = encode::Batch::build(ruleset, self.ownership.flags())?;
         let mut expected = readback::expected_from_batch(&batch)?;
@@ -160,12 +177,7 @@ impl Nftables {
                 table.flags &= !encode::NFT_TABLE_F_OWNER;
             }
         }
-        readback::compare(&expected, &actual).map_err(NftError::Mismatch)
-    }
-
-    /// Reads tables `inet killswitch` and `arp killswitch` as the kernel holds them.
-    pub fn installed(&mut self) -> Result<Installed, NftError> {
-        readback::read_installed(&self.socket)
+        Ok((expected, actual))
     }
 
     fn verify_against(&mut self, batch: &encode::Batch) -> Result<(), NftError> {
@@ -200,6 +212,12 @@ pub fn apply(ruleset: &Ruleset) -> Result<ApplyReport, NftError> {
 /// tables, the rules are compared).
 pub fn verify(ruleset: &Ruleset) -> Result<(), NftError> {
     Nftables::open()?.verify_rules(ruleset)
+}
+
+/// The first difference between the tables `expected` and those `actual`, in words (`Ok` when
+/// they are the same): what [`Nftables::verify`] reports.
+pub fn compare_installed(expected: &Installed, actual: &Installed) -> Result<(), String> {
+    readback::compare(expected, actual)
 }
 
 /// [`Nftables::installed`] on a connection of its own.

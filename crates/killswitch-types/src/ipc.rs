@@ -103,12 +103,16 @@ pub enum Request {
         /// What.
         entry: crate::AllowEntry,
     },
+    /// Compare what the kernel holds now with what the daemon means it to hold: the nftables
+    /// tables (as digests, and the first difference) and the routing layer. Anyone may ask: it
+    /// changes nothing, and the daemon reads the kernel for it at most a few times a second.
+    Verify,
 }
 
 impl Request {
     /// Whether the request changes anything (and so needs root or the admin group).
     pub fn is_privileged(&self) -> bool {
-        !matches!(self, Request::Status | Request::Subscribe)
+        !matches!(self, Request::Status | Request::Subscribe | Request::Verify)
     }
 
     /// The command's name as the CLI and the log spell it.
@@ -123,6 +127,7 @@ impl Request {
             Request::AllowLan { .. } => "allow-lan",
             Request::Off => "off",
             Request::Allow { .. } => "allow",
+            Request::Verify => "verify",
         }
     }
 }
@@ -179,6 +184,14 @@ pub enum ServerMessage {
     Event {
         /// The new status.
         status: Status,
+    },
+    /// The answer to [`Request::Verify`]: the status, and what the kernel holds compared with
+    /// what the daemon means it to hold.
+    Verified {
+        /// The status when the kernel was read.
+        status: Status,
+        /// The comparison.
+        rules: RulesCheck,
     },
     /// A message type this build does not know, from a newer daemon. Never sent; a client skips
     /// it on a subscription and treats it as no answer to a request.
@@ -409,6 +422,35 @@ impl fmt::Display for FlushProtection {
     }
 }
 
+/// What the kernel holds compared with what the daemon means it to hold, read back when
+/// [`Request::Verify`] asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RulesCheck {
+    /// A stable digest of the nftables tables the daemon means the kernel to hold (the compiled
+    /// ruleset, as the kernel would list it); `None` when it means to hold none (`off`, unlocked
+    /// `disconnected`).
+    #[serde(default)]
+    pub intent_digest: Option<String>,
+    /// The same digest of what the kernel holds now; `None` when it holds no table of ours.
+    #[serde(default)]
+    pub kernel_digest: Option<String>,
+    /// Whether the kernel holds exactly what is meant (compared in full, not by digest).
+    #[serde(default)]
+    pub matches: bool,
+    /// The first difference, when they differ, or why the kernel could not be read.
+    #[serde(default)]
+    pub difference: Option<String>,
+    /// Whether the routing layer (policy rules into the tunnel or nowhere) is meant to be there.
+    #[serde(default)]
+    pub routing_wanted: bool,
+    /// Whether every rule of the routing layer the daemon means to hold is in the kernel.
+    #[serde(default)]
+    pub routing_in_place: bool,
+    /// What of the routing layer is missing, or was found in its way.
+    #[serde(default)]
+    pub routing_detail: Option<String>,
+}
+
 /// Why a request line could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecodeError {
@@ -508,6 +550,7 @@ mod tests {
             Request::Lockdown { enabled: true },
             Request::AllowLan { enabled: false },
             Request::Off,
+            Request::Verify,
             Request::Up {
                 interface: None,
                 configs: vec![
@@ -537,6 +580,22 @@ mod tests {
         assert_eq!(status.rewrites, 0);
         assert_eq!(status.last_rewrite, None);
         assert_eq!(status.watch_error, None);
+    }
+
+    #[test]
+    fn a_verified_reply_without_the_routing_fields_still_decodes() {
+        // What a daemon that knows only the table comparison would send, with a field it added.
+        let line = r#"{"version":1,"type":"verified","status":{"state":"off","lockdown":false,"allow_lan":false,"tunnel":null,"error":null,"firewall":{"installed":false,"blocking":false,"transitions":0,"last_apply_us":null}},"rules":{"intent_digest":null,"kernel_digest":null,"matches":true,"extra":1}}"#;
+        let envelope: ServerEnvelope = serde_json::from_str(line).expect("lenient");
+        let ServerMessage::Verified { rules, .. } = envelope.message else {
+            panic!("not verified: {envelope:?}");
+        };
+        assert!(rules.matches && !rules.routing_wanted && rules.routing_detail.is_none());
+        let line = encode_line(&RequestEnvelope::new(Request::Verify)).expect("encodes");
+        assert_eq!(
+            line,
+            "{\"version\":1,\"request\":{\"command\":\"verify\"}}\n"
+        );
     }
 
     #[test]
@@ -679,6 +738,10 @@ mod tests {
                 "now",
             ),
             (
+                r#"{"version":1,"request":{"command":"verify","probe":"8.8.8.8"}}"#,
+                "probe",
+            ),
+            (
                 r#"{"version":1,"request":{"command":"allow-lan","enabled":true,"ranges":[]}}"#,
                 "ranges",
             ),
@@ -726,6 +789,7 @@ mod tests {
     fn privilege_classification() {
         assert!(!Request::Status.is_privileged());
         assert!(!Request::Subscribe.is_privileged());
+        assert!(!Request::Verify.is_privileged());
         for r in [
             guard(),
             Request::Down,
