@@ -265,7 +265,8 @@ impl Client {
                     last = Some(Box::new(received));
                 }
                 ServerMessage::Error { error } => return Err(Failure::Refused(error)),
-                ServerMessage::Unknown => {}
+                // Not an answer to a subscription: skipped, like a message of a newer daemon.
+                ServerMessage::Verified { .. } | ServerMessage::Unknown => {}
             }
         }
     }
