@@ -5,13 +5,14 @@
 //! crate's library ([`killswitch_cli::args`]), which the man page and completions are made from.
 
 mod client;
+mod guard;
 mod render;
 
 use clap::{CommandFactory, Parser};
 use client::{Client, Failure, Received};
 use killswitch_cli::args::{AllowAction, AllowWhat, Cli, Command};
 use killswitch_types::ipc::{ConfigSource, Request};
-use killswitch_types::{AllowEntry, GuardSpec, InboundAllow, SubnetAllow};
+use killswitch_types::{AllowEntry, InboundAllow, SubnetAllow};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -36,27 +37,42 @@ fn main() -> ExitCode {
             )
             .exit()
     };
+    // What this command found itself (a `guard`'s resolved names and OpenVPN servers), shown
+    // with the daemon's notes.
+    let mut found: Vec<String> = Vec::new();
     let request = match command {
         Command::Status => Request::Status,
         Command::Guard {
+            iface,
             interface,
             endpoint,
+            ovpn,
             dns,
             mark,
             uid,
         } => {
-            let spec = GuardSpec {
+            let Some(interface) = iface.or(interface) else {
+                eprintln!("killswitch: guard needs the tunnel interface, e.g. `guard wg0`");
+                return ExitCode::from(2);
+            };
+            let args = guard::GuardArgs {
                 interface,
-                endpoint,
+                endpoints: &endpoint,
+                ovpn: ovpn.as_deref(),
                 dns,
                 mark,
                 uid,
             };
-            if let Err(e) = spec.validate() {
-                eprintln!("killswitch: {e}");
-                return ExitCode::from(2);
+            match guard::request(args) {
+                Ok((request, notes)) => {
+                    found = notes;
+                    request
+                }
+                Err(message) => {
+                    eprintln!("killswitch: {message}");
+                    return ExitCode::from(2);
+                }
             }
-            Request::Guard(spec)
         }
         Command::Up { configs, interface } => match read_configs(&configs) {
             Ok(configs) => Request::Up { interface, configs },
@@ -88,9 +104,13 @@ fn main() -> ExitCode {
         client.subscribe(|received, first| print_status(&received, cli.json, Some(first)))
     } else {
         let name = request.name();
-        client
-            .request(request)
-            .map(|received| print_status(&received, cli.json, (name != "status").then_some(true)))
+        client.request(request).map(|mut received| {
+            if !found.is_empty() {
+                found.append(&mut received.status.notes);
+                received.status.notes = found;
+            }
+            print_status(&received, cli.json, (name != "status").then_some(true))
+        })
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,10 +22,10 @@ const WG_PORT: u16 = 51820;
 
 fn peer(ip: impl Into<IpAddr>, mark: Option<u32>) -> Peer {
     Peer {
-        endpoint: Endpoint {
+        endpoints: killswitch_types::Endpoints::one(Endpoint {
             address: SocketAddr::new(ip.into(), WG_PORT),
             protocol: killswitch_types::TransportProtocol::Udp,
-        },
+        }),
         mark: mark.and_then(Fwmark::new),
         uid: None,
     }
