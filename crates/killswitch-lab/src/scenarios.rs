@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 mod coexist;
 mod coexist_firewalls;
+mod guard_discover;
 
 /// A scenario: a name for `--scenario`, what it guards, and its script.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +32,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 22] = [
+pub const ALL: [Scenario; 23] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -134,6 +135,11 @@ pub const ALL: [Scenario; 22] = [
     },
     coexist_firewalls::FIREWALLD,
     coexist_firewalls::UFW,
+    Scenario {
+        name: "guard-discover",
+        guards: "`guard IFACE` alone finds a WireGuard device's endpoint and fwmark (setting one it lacks) and protects as the explicit form; an .ovpn's two remotes are exactly the hole",
+        script: guard_discover::guard_discover,
+    },
 ];
 
 /// Finds a scenario by name.

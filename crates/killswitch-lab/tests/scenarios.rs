@@ -150,3 +150,8 @@ fn firewalld_filters_and_its_reloads_leak_nothing() {
 fn ufw_filters_and_its_reloads_leak_nothing() {
     scenario_passes("ufw");
 }
+
+#[test]
+fn guard_with_only_the_interface_finds_the_rest_and_an_ovpn_opens_exactly_its_remotes() {
+    scenario_passes("guard-discover");
+}
