@@ -393,6 +393,51 @@ mod tests {
         }
     }
 
+    #[test]
+    fn several_unmarked_endpoints_each_leave_by_main_and_the_catch_all_takes_the_rest() {
+        let mut p = peer(None, None);
+        p.endpoints = killswitch_types::Endpoints::new(vec![
+            "198.51.100.1:1194".parse().expect("literal"),
+            "203.0.113.1:443/tcp".parse().expect("literal"),
+        ])
+        .expect("distinct");
+        let state = PolicyState::Connecting {
+            peer: p.clone(),
+            probe: None,
+            pending: None,
+        };
+        let layer = compile_routes(&state, &settings(false, false)).expect("a layer");
+        let exits: Vec<&Selector> = layer
+            .rules
+            .iter()
+            .filter(|r| r.priority == PRIORITY_LAN && r.table == MAIN_TABLE)
+            .map(|r| &r.selector)
+            .collect();
+        assert_eq!(exits.len(), 2, "{layer:?}");
+        assert!(exits.iter().all(|s| matches!(s, Selector::Endpoint { .. })));
+        let catch_all: Vec<&RoutingRule> = layer
+            .rules
+            .iter()
+            .filter(|r| r.priority == PRIORITY_CATCH_ALL)
+            .collect();
+        // IPv4 has two servers: no inversion can list them; IPv6 has none: everything.
+        assert!(
+            catch_all
+                .iter()
+                .all(|r| !r.invert && r.selector == Selector::All),
+            "{catch_all:?}"
+        );
+        // With a mark, the mark alone recognises them again: no exits.
+        p.mark = Fwmark::new(0xca6c);
+        let marked = PolicyState::Connecting {
+            peer: p,
+            probe: None,
+            pending: None,
+        };
+        let layer = compile_routes(&marked, &settings(false, false)).expect("a layer");
+        assert!(!layer.rules.iter().any(|r| r.priority == PRIORITY_LAN));
+    }
+
     fn settings(lockdown: bool, allow_lan: bool) -> Settings {
         Settings {
             lockdown,
