@@ -325,8 +325,11 @@ pub fn look(query: &GuardQuery) -> Result<Findings, DiscoverError> {
             Err(e) => tracing::warn!("reading the policy rules' marks failed: {}", chain(&e)),
         }
     }
+    // resolved serves the namespace of PID 1: its files name that namespace's interface indexes,
+    // which in another namespace (a lab's, a container's) are other interfaces.
     if query.dns.is_none()
         && let Some(index) = index
+        && in_the_init_namespace()
     {
         let file = Path::new(RESOLVED_NETIF).join(index.to_string());
         found.resolved_dns = std::fs::read_to_string(file)
@@ -334,6 +337,17 @@ pub fn look(query: &GuardQuery) -> Result<Findings, DiscoverError> {
             .and_then(|text| resolved_servers(&text));
     }
     Ok(found)
+}
+
+/// Whether this process shares PID 1's network namespace (where systemd-resolved runs).
+fn in_the_init_namespace() -> bool {
+    match (
+        std::fs::read_link("/proc/self/ns/net"),
+        std::fs::read_link("/proc/1/ns/net"),
+    ) {
+        (Ok(own), Ok(init)) => own == init,
+        _ => false,
+    }
 }
 
 /// Looks, plans and sets the mark the plan wants: the spec to guard and the notes for the user.

@@ -67,6 +67,30 @@ fn all_states() -> Vec<(&'static str, PolicyState, Settings)> {
             s(false, false),
         ),
         (
+            // An OpenVPN file's two remotes, one over TCP, with its mark: one hole each.
+            "connecting+two-endpoints",
+            PolicyState::Connecting {
+                peer: Peer {
+                    endpoints: killswitch_types::Endpoints::new(vec![
+                        Endpoint {
+                            address: SocketAddr::new(topology::ENDPOINT_V4.into(), WG_PORT),
+                            protocol: killswitch_types::TransportProtocol::Udp,
+                        },
+                        Endpoint {
+                            address: SocketAddr::new(topology::ENDPOINT2_V4.into(), 443),
+                            protocol: killswitch_types::TransportProtocol::Tcp,
+                        },
+                    ])
+                    .expect("distinct"),
+                    mark: Fwmark::new(MARK),
+                    uid: None,
+                },
+                probe: None,
+                pending: None,
+            },
+            s(false, false),
+        ),
+        (
             "connecting+probe",
             PolicyState::Connecting {
                 peer: peer(topology::ENDPOINT_V4, Some(MARK)),
