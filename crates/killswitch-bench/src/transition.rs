@@ -24,7 +24,7 @@ const TUNNEL: &str = "wg0";
 
 fn states() -> Result<[Ruleset; 2]> {
     let peer = Peer {
-        endpoint: format!("{ENDPOINT}:{PORT}").parse()?,
+        endpoints: killswitch_types::Endpoints::one(format!("{ENDPOINT}:{PORT}").parse()?),
         mark: Fwmark::new(MARK),
         uid: None,
     };

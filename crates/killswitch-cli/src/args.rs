@@ -6,7 +6,7 @@
 //! the man page).
 
 use clap::{Parser, Subcommand, ValueEnum, ValueHint};
-use killswitch_types::{Endpoint, Fwmark, InterfaceName};
+use killswitch_types::{Fwmark, InterfaceName};
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -43,8 +43,16 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "Connect, and go on only once the tunnel is up (exit status 1, with each server's failure, if it is not within 20 s).",
     ),
     (
-        "sudo killswitch guard --interface wg0 --endpoint 198.51.100.1:51820 --dns 10.64.0.1 --mark 0xca6c",
-        "Protect a tunnel that wg-quick manages, after `wg set wg0 fwmark 0xca6c`.",
+        "sudo killswitch guard wg0",
+        "Protect a tunnel that wg-quick manages: its servers, fwmark and DNS are found.",
+    ),
+    (
+        "sudo killswitch guard tun0 --ovpn /etc/openvpn/client/work.conf",
+        "Protect an OpenVPN tunnel: every `remote` of its file is a server.",
+    ),
+    (
+        "sudo killswitch guard wg0 --endpoint 198.51.100.1:51820 --dns 10.64.0.1 --mark 0xca6c",
+        "Protect a tunnel with everything given, nothing discovered.",
     ),
     (
         "sudo killswitch lockdown on",
@@ -132,27 +140,61 @@ pub enum Command {
     Status,
     /// Protect a tunnel that another program manages (OpenVPN, wg-quick, ...).
     ///
-    /// Blocks everything at once except the VPN server's exact address, port and protocol. When
-    /// the interface is up with an address, traffic may also leave through it. DNS is allowed only
-    /// to the given resolvers, through the tunnel. Replaces whatever was guarded before, atomically.
+    /// Blocks everything at once except the VPN servers' exact addresses, ports and protocols.
+    /// When the interface is up with an address, traffic may also leave through it. DNS is allowed
+    /// only to the tunnel's resolvers, through the tunnel. Replaces whatever was guarded before,
+    /// atomically.
+    ///
+    /// `killswitch guard wg0` finds the rest itself. The daemon (which may read the device, where
+    /// you may not) asks a WireGuard interface for its peers' endpoints and its fwmark, over the
+    /// userspace implementation's UAPI socket (/var/run/wireguard/IFACE.sock: wireguard-go,
+    /// boringtun) or kernel WireGuard's generic netlink. A device without a fwmark gets 0xca6c
+    /// (wg-quick's 51820; the next of 0xca6d-0xca6f if a routing rule already uses it), and the
+    /// reply says so: only packets with the mark, the tunnel's own, may use the hole. DNS comes
+    /// from systemd-resolved's servers for the interface; with none, DNS is blocked and the reply
+    /// says to pass --dns. Peers without an endpoint are skipped.
+    ///
+    /// For OpenVPN (a tun device), pass --ovpn with its configuration file: every `remote` (with
+    /// the file's `proto` and `port`, and `<connection>` blocks) becomes a server, and its `mark` the
+    /// fwmark. Host names there and in --endpoint are resolved by this command when it runs,
+    /// every address covered and printed; the hole is on those addresses, not on the name.
+    ///
+    /// What is given always wins over what would be found.
     Guard {
         /// The tunnel interface, e.g. wg0 or tun0.
+        #[arg(
+            value_name = "IFACE",
+            required_unless_present = "interface",
+            conflicts_with = "interface"
+        )]
+        iface: Option<InterfaceName>,
+        /// The tunnel interface, as an option (as older releases took it).
         #[arg(long, value_name = "IFACE")]
-        interface: InterfaceName,
-        /// The VPN server: IP:PORT[/udp|/tcp] ([v6]:PORT for IPv6). UDP if not given.
-        #[arg(long, value_name = "IP:PORT[/PROTO]")]
-        endpoint: Endpoint,
-        /// A DNS server inside the tunnel; repeat for more. Without it, DNS is blocked entirely.
+        interface: Option<InterfaceName>,
+        /// A VPN server: IP:PORT[/udp|/tcp] ([v6]:PORT for IPv6), or HOST:PORT[/PROTO], resolved
+        /// now. UDP if not given. Repeat for several (at most 16 in all).
+        #[arg(long, value_name = "HOST:PORT[/PROTO]")]
+        endpoint: Vec<String>,
+        /// An OpenVPN configuration file: its `remote`s are the servers, its `mark` the fwmark.
+        ///
+        /// Read by this command, with your permissions. `remote HOST [PORT] [PROTO]` lines, the
+        /// global `proto` and `port`, `<connection>` blocks; udp, udp4, udp6, tcp, tcp-client
+        /// and tcp4/tcp6 forms. --endpoint and --mark, when given, win.
+        #[arg(long, value_name = "FILE", value_hint = ValueHint::FilePath)]
+        ovpn: Option<PathBuf>,
+        /// A DNS server inside the tunnel; repeat for more. Without it, systemd-resolved's servers
+        /// for the interface, if any; otherwise DNS is blocked entirely.
         #[arg(long, value_name = "IP")]
         dns: Vec<IpAddr>,
-        /// Only packets with this fwmark (the tunnel's own socket) may reach the server outside the
-        /// tunnel. Decimal or 0x-hex. Defeats programs that try the server's address directly.
+        /// Only packets with this fwmark (the tunnel's own socket) may reach the servers outside
+        /// the tunnel. Decimal or 0x-hex. Defeats programs that try a server's address directly.
         ///
         /// The mark is the one the tunnel program puts on its socket: `wg set wg0 fwmark N`,
-        /// OpenVPN's `--mark N`.
+        /// OpenVPN's `--mark N`. Without it, a WireGuard interface's own mark is used (and one is
+        /// set if it has none).
         #[arg(long, value_name = "N")]
         mark: Option<Fwmark>,
-        /// Only sockets owned by this uid may reach the server outside the tunnel.
+        /// Only sockets owned by this uid may reach the servers outside the tunnel.
         ///
         /// For a tunnel program that runs as a user of its own and sets no fwmark.
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..i64::from(u32::MAX)))]

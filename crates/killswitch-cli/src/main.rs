@@ -6,6 +6,7 @@
 
 mod client;
 mod events;
+mod guard;
 mod render;
 mod verify;
 
@@ -14,7 +15,7 @@ use client::{Client, Failure, Received, Watched};
 use killswitch_cli::args::{AllowAction, AllowWhat, Cli, Command};
 use killswitch_types::State;
 use killswitch_types::ipc::{ConfigSource, Request};
-use killswitch_types::{AllowEntry, GuardSpec, InboundAllow, SubnetAllow};
+use killswitch_types::{AllowEntry, InboundAllow, SubnetAllow};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -44,27 +45,42 @@ fn main() -> ExitCode {
     };
     // `up --wait`: how long to wait for the connection after the daemon takes the request.
     let mut wait_for = None;
+    // What this command found itself (a `guard`'s resolved names and OpenVPN servers), shown
+    // with the daemon's notes.
+    let mut found: Vec<String> = Vec::new();
     let request = match command {
         Command::Status => Request::Status,
         Command::Guard {
+            iface,
             interface,
             endpoint,
+            ovpn,
             dns,
             mark,
             uid,
         } => {
-            let spec = GuardSpec {
+            let Some(interface) = iface.or(interface) else {
+                eprintln!("killswitch: guard needs the tunnel interface, e.g. `guard wg0`");
+                return ExitCode::from(2);
+            };
+            let args = guard::GuardArgs {
                 interface,
-                endpoint,
+                endpoints: &endpoint,
+                ovpn: ovpn.as_deref(),
                 dns,
                 mark,
                 uid,
             };
-            if let Err(e) = spec.validate() {
-                eprintln!("killswitch: {e}");
-                return ExitCode::from(2);
+            match guard::request(args) {
+                Ok((request, notes)) => {
+                    found = notes;
+                    request
+                }
+                Err(message) => {
+                    eprintln!("killswitch: {message}");
+                    return ExitCode::from(2);
+                }
             }
-            Request::Guard(spec)
         }
         Command::Up {
             configs,
@@ -119,7 +135,11 @@ fn main() -> ExitCode {
             Err(failure) => Err(failure),
         }
     } else {
-        client.request(request).map(|received| {
+        client.request(request).map(|mut received| {
+            if !found.is_empty() {
+                found.append(&mut received.status.notes);
+                received.status.notes = found;
+            }
             print_status(&received, cli.json);
             // Taking the request is not connecting: say so, rather than leave a report that a
             // reader could take for "protected and online".

@@ -129,7 +129,13 @@ pub(crate) fn status(status: &Status) -> String {
             };
             let interface = t.interface.to_string();
             let _ = writeln!(out, "tunnel:    {} ({link})", clean(&interface));
-            let mut hole = format!("endpoint:  {}", clean(&t.endpoint.to_string()));
+            // Daemons before the list sent `endpoint` alone.
+            let servers = if t.endpoints.is_empty() {
+                t.endpoint.to_string()
+            } else {
+                list(&t.endpoints)
+            };
+            let mut hole = format!("endpoint:  {}", clean(&servers));
             if let Some(mark) = t.mark {
                 let _ = write!(hole, ", only with fwmark {mark}");
             }
@@ -239,6 +245,10 @@ pub(crate) fn status(status: &Status) -> String {
         "error:     {}",
         clean(status.error.as_deref().unwrap_or("none"))
     );
+    // What the request found or did besides (`guard wg0`: where its servers came from).
+    for note in &status.notes {
+        let _ = writeln!(out, "note:      {}", clean(note));
+    }
     out
 }
 
@@ -330,6 +340,7 @@ mod tests {
             tunnel: Some(TunnelStatus {
                 interface: "wg0".parse().expect("literal"),
                 endpoint: "198.51.100.1:51820".parse().expect("literal"),
+                endpoints: vec![],
                 dns: vec!["10.64.0.1".parse().expect("literal")],
                 mark: killswitch_types::Fwmark::new(0xca6c),
                 uid: None,
@@ -350,7 +361,30 @@ mod tests {
             },
             dns: None,
             exceptions: Default::default(),
+            notes: vec![],
         }
+    }
+
+    #[test]
+    fn several_endpoints_and_the_discovery_notes_are_shown() {
+        let mut s = sample();
+        if let Some(t) = s.tunnel.as_mut() {
+            t.endpoints = vec![
+                "198.51.100.1:1194".parse().expect("literal"),
+                "203.0.113.1:1194/tcp".parse().expect("literal"),
+            ];
+        }
+        s.notes = vec![
+            "wg0 had no fwmark; set 0xca6c so that only its own packets use the hole".to_owned(),
+        ];
+        let text = status(&s);
+        assert!(
+            text.contains(
+                "endpoint:  198.51.100.1:1194/udp, 203.0.113.1:1194/tcp, only with fwmark 0xca6c"
+            ),
+            "{text}"
+        );
+        assert!(text.ends_with("note:      wg0 had no fwmark; set 0xca6c so that only its own packets use the hole\n"), "{text}");
     }
 
     #[test]

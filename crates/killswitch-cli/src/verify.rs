@@ -554,6 +554,7 @@ mod tests {
             },
             dns: None,
             exceptions: Default::default(),
+            notes: Vec::new(),
         }
     }
 
@@ -663,6 +664,7 @@ mod tests {
         s.tunnel = Some(killswitch_types::TunnelStatus {
             interface: killswitch_types::InterfaceName::new("wg0").expect("valid"),
             endpoint: "198.51.100.1:51820".parse().expect("valid"),
+            endpoints: vec![],
             dns: vec![],
             mark: None,
             uid: None,

@@ -107,7 +107,9 @@ mod tests {
     fn guard() -> Target {
         Target::Guard(GuardSpec {
             interface: "wg0".parse().expect("literal"),
-            endpoint: "198.51.100.1:51820".parse().expect("literal"),
+            endpoints: killswitch_types::Endpoints::one(
+                "198.51.100.1:51820".parse().expect("literal"),
+            ),
             dns: vec![],
             mark: None,
             uid: None,

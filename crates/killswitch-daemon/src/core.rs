@@ -50,7 +50,9 @@ use killswitch_policy::{Exceptions, Peer, PolicyState, Ruleset, Tunnel, compile_
 use killswitch_types::ipc::{
     DnsStatus, ErrorKind, ExceptionsStatus, FirewallStatus, IpcError, Request, Status,
 };
-use killswitch_types::{GuardSpec, InterfaceName, ManagedTunnel, Settings, State, TunnelStatus};
+use killswitch_types::{
+    Endpoints, GuardSpec, InterfaceName, ManagedTunnel, Settings, State, TunnelStatus,
+};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -188,6 +190,17 @@ impl Command {
             // might reach the state machine, it is a question that changes nothing.
             Request::Status | Request::Subscribe | Request::Verify => Command::Status,
             Request::Guard(spec) => Command::Guard(spec.clone()),
+            // The IPC server completes these into `guard` (discovery is I/O, not the core's):
+            // one reaching here was not completed, and is refused rather than guessed at.
+            Request::GuardDiscover(query) => {
+                return Err(IpcError::new(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "guard {}: nothing was discovered for it; name its endpoint with --endpoint",
+                        query.interface
+                    ),
+                ));
+            }
             Request::Up { interface, configs } => {
                 let spec = resolve_up(interface.clone(), configs, wireguard_dir)?;
                 devices
@@ -756,7 +769,8 @@ impl<F: Firewall> Core<F> {
             Target::Up(spec) => Some(self.managed_status(spec)),
             Target::Guard(spec) => Some(TunnelStatus {
                 interface: spec.interface.clone(),
-                endpoint: spec.endpoint,
+                endpoint: spec.endpoints.first(),
+                endpoints: spec.endpoints.as_slice().to_vec(),
                 dns: spec.dns.clone(),
                 mark: spec.mark,
                 uid: spec.uid,
@@ -805,6 +819,7 @@ impl<F: Firewall> Core<F> {
             firewall: self.firewall_status.clone(),
             dns: self.dns_status.clone(),
             exceptions: self.exceptions_status(),
+            notes: Vec::new(),
         }
     }
 
@@ -966,6 +981,7 @@ impl<F: Firewall> Core<F> {
         TunnelStatus {
             interface: spec.interface.clone(),
             endpoint: config.endpoint(),
+            endpoints: vec![config.endpoint()],
             dns: config.dns.clone(),
             mark: Some(fwmark_of(config)),
             uid: None,
@@ -1116,8 +1132,9 @@ impl<F: Firewall> Core<F> {
             Target::Up(spec) => {
                 let manager = self.manager.as_ref().filter(|m| m.spec() == spec);
                 let (_, config) = manager.map_or((0, spec.server(0)), |m| m.active());
+                // The current server only: failover moves the hole, it never widens it.
                 let peer = Peer {
-                    endpoint: config.endpoint(),
+                    endpoints: Endpoints::one(config.endpoint()),
                     mark: Some(fwmark_of(config)),
                     uid: None,
                 };
@@ -1360,7 +1377,7 @@ impl<F: Firewall> Core<F> {
 
 fn peer(spec: &GuardSpec) -> Peer {
     Peer {
-        endpoint: spec.endpoint,
+        endpoints: spec.endpoints.clone(),
         mark: spec.mark,
         uid: spec.uid,
     }
@@ -1458,7 +1475,9 @@ mod tests {
     fn spec() -> GuardSpec {
         GuardSpec {
             interface: "wg0".parse().expect("literal"),
-            endpoint: "198.51.100.1:51820".parse().expect("literal"),
+            endpoints: killswitch_types::Endpoints::one(
+                "198.51.100.1:51820".parse().expect("literal"),
+            ),
             dns: vec!["10.64.0.1".parse().expect("literal")],
             mark: None,
             uid: None,

@@ -21,6 +21,7 @@
 
 use crate::admission::{Admission, Limits, PeerClass, Refusal, Slot};
 use crate::authz::{self, AdminGroup, Peer};
+use crate::discover;
 use killswitch_types::ipc::{
     self, ErrorKind, IpcError, MAX_REQUEST_BYTES, Request, ServerEnvelope, ServerMessage, Status,
 };
@@ -538,6 +539,36 @@ async fn change(
         );
         return Err(withdrawn(name));
     }
+    // `guard IFACE`: completed here, in the IPC task (it reads and may set the WireGuard
+    // device), so that the state machine only ever sees a whole spec and never waits on I/O.
+    let (request, notes) = match request {
+        Request::GuardDiscover(query) => {
+            let completed = tokio::task::spawn_blocking(move || discover::complete(&query))
+                .await
+                .map_err(|e| {
+                    IpcError::new(ErrorKind::BadRequest, format!("discovery failed: {e}"))
+                })?;
+            match completed {
+                Ok(plan) => {
+                    for note in &plan.notes {
+                        tracing::info!(uid = peer.uid, "guard: {note}");
+                    }
+                    (Request::Guard(plan.spec), plan.notes)
+                }
+                Err(e) => {
+                    return Err(IpcError::new(
+                        ErrorKind::BadRequest,
+                        format!("{e}; nothing was changed"),
+                    ));
+                }
+            }
+        }
+        other => (other, Vec::new()),
+    };
+    if let Request::Guard(spec) = &request {
+        spec.validate()
+            .map_err(|e| IpcError::new(ErrorKind::BadRequest, e.to_string()))?;
+    }
     let (reply, answer) = oneshot::channel();
     let gone = || {
         IpcError::new(
@@ -555,10 +586,14 @@ async fn change(
         .await
         .map_err(|_| gone())?;
     // Dropping `answer` when the client hangs up tells the state machine to skip the request.
-    tokio::select! {
+    let answer = tokio::select! {
         answer = answer => answer.map_err(|_| gone())?,
         () = hang_up(reader) => Err(withdrawn(name)),
-    }
+    };
+    answer.map(|mut status| {
+        status.notes = notes;
+        status
+    })
 }
 
 async fn subscribe(

@@ -4,6 +4,7 @@
 //! - [`firewall`]: the backend trait and its nftables implementation;
 //! - [`links`]: what the daemon sees of the tunnel interface, and link-change notifications;
 //! - [`devices`]: which interfaces the daemon created, the only ones it may remove or reuse;
+//! - [`discover`]: `guard IFACE` completed from the interface (WireGuard peers and fwmark, DNS);
 //! - [`manager`] and [`target`]: `killswitch up`'s WireGuard connection manager, and what the user
 //!   asked for;
 //! - [`ipc`], [`admission`] and [`authz`]: the Unix socket server, how many connections each peer
@@ -25,6 +26,7 @@ pub mod boot;
 pub mod config;
 pub mod core;
 pub mod devices;
+pub mod discover;
 pub mod dns;
 pub mod firewall;
 pub mod instance;

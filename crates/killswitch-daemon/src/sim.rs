@@ -476,7 +476,7 @@ impl Sim {
         let request = match step {
             UserStep::Guard => Request::Guard(GuardSpec {
                 interface: self.topology.guard_interface.clone(),
-                endpoint: udp(self.topology.guard.endpoint),
+                endpoints: killswitch_types::Endpoints::one(udp(self.topology.guard.endpoint)),
                 dns: vec![IpAddr::V4(self.topology.guard.dns)],
                 mark: Fwmark::new(self.topology.guard.mark),
                 uid: None,

@@ -372,7 +372,9 @@ mod tests {
     fn guard() -> Target {
         Target::Guard(GuardSpec {
             interface: "wg0".parse().expect("literal"),
-            endpoint: "198.51.100.1:51820".parse().expect("literal"),
+            endpoints: killswitch_types::Endpoints::one(
+                "198.51.100.1:51820".parse().expect("literal"),
+            ),
             dns: vec!["10.64.0.1".parse().expect("literal")],
             mark: None,
             uid: None,
@@ -494,6 +496,37 @@ mod tests {
             "{:?}",
             store.load()
         );
+    }
+
+    #[test]
+    fn the_previous_releases_single_endpoint_loads_and_several_round_trip() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        std::fs::write(
+            store.path(),
+            br#"{"version":1,"lockdown":true,"allow_lan":false,"target":{"mode":"guard","interface":"wg0","endpoint":"198.51.100.1:51820","dns":[],"mark":51820,"uid":null}}"#,
+        )
+        .expect("write");
+        let loaded = store.load();
+        let Loaded::Found(persisted) = loaded else {
+            panic!("the previous release's file must load: {loaded:?}");
+        };
+        let Target::Guard(spec) = &persisted.target else {
+            panic!("a guard: {persisted:?}");
+        };
+        assert_eq!(
+            spec.endpoints.as_slice(),
+            ["198.51.100.1:51820".parse().expect("literal")]
+        );
+        let mut two = spec.clone();
+        two.endpoints = killswitch_types::Endpoints::new(vec![
+            "198.51.100.1:1194".parse().expect("literal"),
+            "203.0.113.1:1194/tcp".parse().expect("literal"),
+        ])
+        .expect("distinct");
+        let persisted = Persisted::new(persisted.settings, Target::Guard(two));
+        store.save(&persisted).expect("save");
+        assert!(matches!(store.load(), Loaded::Found(p) if p == persisted));
     }
 
     #[test]

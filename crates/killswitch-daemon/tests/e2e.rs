@@ -262,15 +262,15 @@ fn cli_errors_are_one_line_with_distinct_exit_codes() -> Result<()> {
     let topo = Topology::new("clierr")?;
     let home = DaemonHome::new()?;
     let daemon = Daemon::start(&topo.client, &home)?;
-    let bad = daemon.cli(&[
-        "guard",
-        "--interface",
-        "wg0",
-        "--endpoint",
-        "vpn.example.com:51820",
-    ])?;
+    let bad = daemon.cli(&["guard", "--interface", "wg0", "--endpoint", "203.0.113.1"])?;
     ensure!(
         bad.code == Some(2) && bad.stderr.contains("expected IP:PORT"),
+        "{bad:?}"
+    );
+    // A host name is resolved (here from /etc/hosts, no DNS): to loopback, never a VPN server.
+    let bad = daemon.cli(&["guard", "wg0", "--endpoint", "localhost:51820"])?;
+    ensure!(
+        bad.code == Some(2) && bad.stderr.contains("loopback"),
         "{bad:?}"
     );
     let bad = daemon.cli(&[

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 mod coexist;
 mod coexist_firewalls;
+mod guard_discover;
 mod quickstart;
 mod reload;
 mod verify;
@@ -34,7 +35,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 26] = [
+pub const ALL: [Scenario; 27] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -153,6 +154,11 @@ pub const ALL: [Scenario; 26] = [
         script: quickstart::openvpn,
     },
     verify::VERIFY,
+    Scenario {
+        name: "guard-discover",
+        guards: "`guard IFACE` alone finds a WireGuard device's endpoint and fwmark (setting one it lacks) and protects as the explicit form; an .ovpn's two remotes are exactly the hole",
+        script: guard_discover::guard_discover,
+    },
 ];
 
 /// Finds a scenario by name.

@@ -170,3 +170,8 @@ fn reloading_a_bad_config_keeps_the_running_one_and_a_good_one_applies_without_a
 fn verify_passes_when_protected_and_names_a_removed_table_an_ipv6_leak_and_lan_dns() {
     scenario_passes("verify");
 }
+
+#[test]
+fn guard_with_only_the_interface_finds_the_rest_and_an_ovpn_opens_exactly_its_remotes() {
+    scenario_passes("guard-discover");
+}

@@ -433,10 +433,10 @@ mod tests {
 
     fn peer(end: &TunnelEnd) -> Peer {
         Peer {
-            endpoint: Endpoint {
+            endpoints: killswitch_types::Endpoints::one(Endpoint {
                 address: end.endpoint,
                 protocol: TransportProtocol::Udp,
-            },
+            }),
             mark: Fwmark::new(end.mark),
             uid: None,
         }

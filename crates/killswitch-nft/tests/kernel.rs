@@ -22,10 +22,10 @@ const WG_PORT: u16 = 51820;
 
 fn peer(ip: impl Into<IpAddr>, mark: Option<u32>) -> Peer {
     Peer {
-        endpoint: Endpoint {
+        endpoints: killswitch_types::Endpoints::one(Endpoint {
             address: SocketAddr::new(ip.into(), WG_PORT),
             protocol: killswitch_types::TransportProtocol::Udp,
-        },
+        }),
         mark: mark.and_then(Fwmark::new),
         uid: None,
     }
@@ -61,6 +61,30 @@ fn all_states() -> Vec<(&'static str, PolicyState, Settings)> {
             "connecting",
             PolicyState::Connecting {
                 peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+                probe: None,
+                pending: None,
+            },
+            s(false, false),
+        ),
+        (
+            // An OpenVPN file's two remotes, one over TCP, with its mark: one hole each.
+            "connecting+two-endpoints",
+            PolicyState::Connecting {
+                peer: Peer {
+                    endpoints: killswitch_types::Endpoints::new(vec![
+                        Endpoint {
+                            address: SocketAddr::new(topology::ENDPOINT_V4.into(), WG_PORT),
+                            protocol: killswitch_types::TransportProtocol::Udp,
+                        },
+                        Endpoint {
+                            address: SocketAddr::new(topology::ENDPOINT2_V4.into(), 443),
+                            protocol: killswitch_types::TransportProtocol::Tcp,
+                        },
+                    ])
+                    .expect("distinct"),
+                    mark: Fwmark::new(MARK),
+                    uid: None,
+                },
                 probe: None,
                 pending: None,
             },

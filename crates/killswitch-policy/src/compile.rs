@@ -38,7 +38,7 @@ use crate::ruleset::{
 };
 use crate::set::Set;
 use ipnet::IpNet;
-use killswitch_types::{Endpoint, Fwmark, InterfaceName, Settings, TransportProtocol};
+use killswitch_types::{Endpoints, Fwmark, InterfaceName, Settings, TransportProtocol};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The firewall-relevant part of the daemon's state: one variant per protection state, carrying what
@@ -118,11 +118,12 @@ impl PolicyState {
     }
 }
 
-/// The VPN server, and what a packet must carry to reach it outside the tunnel.
+/// The VPN servers, and what a packet must carry to reach them outside the tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
-    /// The server's address, port and protocol.
-    pub endpoint: Endpoint,
+    /// The servers' addresses, ports and protocols: one for a tunnel the daemon runs (its current
+    /// server), any number the user named for a guarded one (an OpenVPN file's `remote`s).
+    pub endpoints: Endpoints,
     /// Only packets with this fwmark may use the hole (the tunnel marks its own socket).
     pub mark: Option<Fwmark>,
     /// Only sockets owned by this uid may use the hole.
@@ -487,7 +488,7 @@ fn output_rules(
         }
     }
     if let Some(peer) = peer {
-        rules.push(endpoint_hole(peer));
+        rules.extend(endpoint_holes(peer));
     }
     if let Some(probe) = probe {
         rules.push(
@@ -558,13 +559,12 @@ fn input_rules(
             .accept("replies to allowed flows"),
     );
     if let Some(peer) = peer {
-        let e = peer.endpoint;
-        rules.push(
+        rules.extend(peer.endpoints.iter().map(|e| {
             on().src(host(e.address.ip()))
                 .proto(l4(e.protocol))
                 .sport(e.address.port())
-                .accept("endpoint replies"),
-        );
+                .accept("endpoint replies")
+        }));
     }
     rules.extend(link_bring_up_in());
     if let Some(tunnel) = tunnel {
@@ -625,11 +625,15 @@ fn forward_rules(
     rules
 }
 
-/// The only way out of the physical interface while blocked: to exactly the endpoint's address,
-/// port and protocol, and, when the tunnel says how to recognise its own socket, only for that
-/// socket's packets. Anything else to the same server falls through to the final reject.
-fn endpoint_hole(peer: &Peer) -> Rule {
-    let e = peer.endpoint;
+/// The only ways out of the physical interface while blocked: to exactly each endpoint's address,
+/// port and protocol (one rule each, so that a server's port never opens for another server's
+/// address), and, when the tunnel says how to recognise its own socket, only for that socket's
+/// packets. Anything else to the same servers falls through to the final reject.
+fn endpoint_holes(peer: &Peer) -> impl Iterator<Item = Rule> + '_ {
+    peer.endpoints.iter().map(|e| endpoint_hole(peer, e))
+}
+
+fn endpoint_hole(peer: &Peer, e: &killswitch_types::Endpoint) -> Rule {
     let mut b = on()
         .dst(host(e.address.ip()))
         .proto(l4(e.protocol))

@@ -10,6 +10,7 @@
 //! | 5301 | `to <LAN range> lookup main`, only with allow-lan | the LAN, by the normal routes |
 //! | 5301 | `to <subnet> lookup main`, per `allow_subnets` entry | an allowed subnet, by the normal routes |
 //! | 5301 | `ipproto P sport N lookup main`, per `allow_inbound` service | its replies leave where the connection came from |
+//! | 5301 | `to <endpoint> ipproto P dport N lookup main`, per endpoint, only for several endpoints of one family and neither fwmark nor uid | the tunnel's own packets, which one inverted rule cannot list |
 //! | 5302 | `not <the tunnel's own packets> lookup 27507` | everything else: our table |
 //!
 //! The tunnel's own packets are recognised by the fwmark its socket sets, else by its socket's
@@ -17,6 +18,9 @@
 //! takes every packet. The rule is inverted (as wg-quick's is) rather than preceded by an exemption
 //! that looks up `main`: when `main` has no route (the link is down), an exempted packet would fall
 //! through to the next rule, ours, and the tunnel's own packets would be routed into the tunnel.
+//! The exception is a guarded tunnel with several servers of one family and no fwmark or uid to
+//! recognise its packets by: one rule cannot say "none of these", so each server gets an exemption;
+//! with the link down its packets end in our table (a loop into the tunnel, not a leak).
 //!
 //! Table 27507 (`0x6b73`, "ks") holds `default dev <tunnel>` while connected (for the families the
 //! tunnel carries), the networks of local bridges and allowed interfaces (`172.17.0.0/16 dev
@@ -247,6 +251,11 @@ pub fn compile_routes_for(
             }));
         }
     }
+    if let Some(peer) = peer {
+        for family in families {
+            rules.extend(endpoint_exits(peer, family));
+        }
+    }
     rules.extend(families.map(|family| {
         let own = peer.and_then(|p| tunnel_packets(p, family));
         RoutingRule {
@@ -299,10 +308,12 @@ fn to(net: IpNet, priority: u32, table: u32) -> RoutingRule {
 /// that holds the VPN server's address (the tunnel's own packets to it would be routed into the
 /// tunnel: a loop). A network of a single address that is the tunnel's own is local anyway.
 fn inside_the_tunnel(nets: impl Iterator<Item = IpNet>, peer: Option<&Peer>) -> Vec<IpNet> {
-    let endpoint = peer.map(|p| p.endpoint.address.ip());
+    let endpoints: Vec<IpAddr> = peer
+        .map(|p| p.endpoints.iter().map(|e| e.address.ip()).collect())
+        .unwrap_or_default();
     let mut nets: Vec<IpNet> = nets
         .map(|n| n.trunc())
-        .filter(|n| !endpoint.is_some_and(|e| n.contains(&e)))
+        .filter(|n| !endpoints.iter().any(|e| n.contains(e)))
         .collect();
     nets.sort();
     nets.dedup();
@@ -313,7 +324,9 @@ fn inside_the_tunnel(nets: impl Iterator<Item = IpNet>, peer: Option<&Peer>) -> 
 
 /// How the tunnel's own packets of `family` are recognised: the fwmark its socket sets, else its
 /// socket's owner, else (less precisely) their destination, the endpoint. `None` when the tunnel
-/// sends none of that family (an endpoint of the other family).
+/// sends none of that family (an endpoint of the other family), or when several endpoints of it
+/// must be recognised: one inverted rule cannot say "none of these", so [`endpoint_exits`] sends
+/// each of them to the main table ahead of the catch-all instead.
 fn tunnel_packets(peer: &Peer, family: IpFamily) -> Option<Selector> {
     if let Some(mark) = peer.mark {
         return Some(Selector::FwMark(mark.get()));
@@ -321,12 +334,40 @@ fn tunnel_packets(peer: &Peer, family: IpFamily) -> Option<Selector> {
     if let Some(uid) = peer.uid {
         return Some(Selector::Uid(uid));
     }
-    let address = peer.endpoint.address.ip();
-    (IpFamily::of(&IpNet::from(address)) == family).then(|| Selector::Endpoint {
-        address,
-        protocol: l4(peer.endpoint.protocol),
-        port: peer.endpoint.address.port(),
-    })
+    match endpoint_selectors(peer, family).as_slice() {
+        [one] => Some(one.clone()),
+        _ => None,
+    }
+}
+
+/// The routing exits for a tunnel recognised only by its servers' addresses, when it has several
+/// of one family: each endpoint looked up in the main table, ahead of the catch-all. With one, a
+/// mark or a uid, the catch-all's inversion does it ([`tunnel_packets`]) and this is empty.
+fn endpoint_exits(peer: &Peer, family: IpFamily) -> Vec<RoutingRule> {
+    if peer.mark.is_some() || peer.uid.is_some() {
+        return Vec::new();
+    }
+    let selectors = endpoint_selectors(peer, family);
+    if selectors.len() < 2 {
+        return Vec::new();
+    }
+    selectors
+        .into_iter()
+        .map(|selector| lookup(family, PRIORITY_LAN, selector, MAIN_TABLE))
+        .collect()
+}
+
+/// Each endpoint of `family` as a routing selector.
+fn endpoint_selectors(peer: &Peer, family: IpFamily) -> Vec<Selector> {
+    peer.endpoints
+        .iter()
+        .filter(|e| IpFamily::of(&IpNet::from(e.address.ip())) == family)
+        .map(|e| Selector::Endpoint {
+            address: e.address.ip(),
+            protocol: l4(e.protocol),
+            port: e.address.port(),
+        })
+        .collect()
 }
 
 fn l4(protocol: TransportProtocol) -> L4Proto {
@@ -344,10 +385,57 @@ mod tests {
 
     fn peer(mark: Option<u32>, uid: Option<u32>) -> Peer {
         Peer {
-            endpoint: "198.51.100.1:51820".parse().expect("literal"),
+            endpoints: killswitch_types::Endpoints::one(
+                "198.51.100.1:51820".parse().expect("literal"),
+            ),
             mark: mark.and_then(Fwmark::new),
             uid,
         }
+    }
+
+    #[test]
+    fn several_unmarked_endpoints_each_leave_by_main_and_the_catch_all_takes_the_rest() {
+        let mut p = peer(None, None);
+        p.endpoints = killswitch_types::Endpoints::new(vec![
+            "198.51.100.1:1194".parse().expect("literal"),
+            "203.0.113.1:443/tcp".parse().expect("literal"),
+        ])
+        .expect("distinct");
+        let state = PolicyState::Connecting {
+            peer: p.clone(),
+            probe: None,
+            pending: None,
+        };
+        let layer = compile_routes(&state, &settings(false, false)).expect("a layer");
+        let exits: Vec<&Selector> = layer
+            .rules
+            .iter()
+            .filter(|r| r.priority == PRIORITY_LAN && r.table == MAIN_TABLE)
+            .map(|r| &r.selector)
+            .collect();
+        assert_eq!(exits.len(), 2, "{layer:?}");
+        assert!(exits.iter().all(|s| matches!(s, Selector::Endpoint { .. })));
+        let catch_all: Vec<&RoutingRule> = layer
+            .rules
+            .iter()
+            .filter(|r| r.priority == PRIORITY_CATCH_ALL)
+            .collect();
+        // IPv4 has two servers: no inversion can list them; IPv6 has none: everything.
+        assert!(
+            catch_all
+                .iter()
+                .all(|r| !r.invert && r.selector == Selector::All),
+            "{catch_all:?}"
+        );
+        // With a mark, the mark alone recognises them again: no exits.
+        p.mark = Fwmark::new(0xca6c);
+        let marked = PolicyState::Connecting {
+            peer: p,
+            probe: None,
+            pending: None,
+        };
+        let layer = compile_routes(&marked, &settings(false, false)).expect("a layer");
+        assert!(!layer.rules.iter().any(|r| r.priority == PRIORITY_LAN));
     }
 
     fn settings(lockdown: bool, allow_lan: bool) -> Settings {

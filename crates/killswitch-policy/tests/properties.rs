@@ -9,7 +9,7 @@ use killswitch_policy::{
 };
 use killswitch_policy::{CT_MARK_INBOUND, Exceptions, LocalLink, check_allows, compile_for};
 use killswitch_types::{Allows, InboundAllow, SubnetAllow};
-use killswitch_types::{Endpoint, Fwmark, InterfaceName, TransportProtocol};
+use killswitch_types::{Endpoint, Endpoints, Fwmark, InterfaceName, TransportProtocol};
 use proptest::prelude::*;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -172,25 +172,35 @@ fn dns_packet() -> impl Strategy<Value = Packet> {
     packet_with(vec![Hook::Output, Hook::Forward], dns_transport)
 }
 
+fn endpoint() -> impl Strategy<Value = Option<Endpoint>> {
+    (any::<bool>().prop_flat_map(address), port(), any::<bool>()).prop_map(|(ip, port, tcp)| {
+        let protocol = if tcp {
+            TransportProtocol::Tcp
+        } else {
+            TransportProtocol::Udp
+        };
+        format!("{}/{protocol}", SocketAddr::new(ip, port))
+            .parse()
+            .ok()
+    })
+}
+
+/// A peer with one to four servers (an OpenVPN file's `remote`s), usable ones only.
 fn peer() -> impl Strategy<Value = Peer> {
     (
-        any::<bool>().prop_flat_map(address),
-        port(),
-        any::<bool>(),
+        proptest::collection::vec(endpoint(), 1..=4),
         proptest::option::of(any::<u32>()),
         proptest::option::of(any::<u32>()),
     )
-        .prop_filter_map("not a usable endpoint", |(ip, port, tcp, mark, uid)| {
-            let protocol = if tcp {
-                TransportProtocol::Tcp
-            } else {
-                TransportProtocol::Udp
-            };
-            let endpoint: Endpoint = format!("{}/{protocol}", SocketAddr::new(ip, port))
-                .parse()
-                .ok()?;
+        .prop_filter_map("no usable endpoint", |(endpoints, mark, uid)| {
+            let mut list: Vec<Endpoint> = Vec::new();
+            for e in endpoints.into_iter().flatten() {
+                if !list.contains(&e) {
+                    list.push(e);
+                }
+            }
             Some(Peer {
-                endpoint,
+                endpoints: Endpoints::new(list).ok()?,
                 mark: mark.and_then(Fwmark::new),
                 uid,
             })
@@ -390,7 +400,7 @@ fn is_probe(state: &PolicyState, p: &Packet) -> bool {
 }
 
 fn to_endpoint(state: &PolicyState, p: &Packet) -> bool {
-    peer_of(state).is_some_and(|peer| peer.endpoint.address.ip() == p.dst)
+    peer_of(state).is_some_and(|peer| peer.endpoints.iter().any(|e| e.address.ip() == p.dst))
 }
 
 fn leaves_outside_tunnel(state: &PolicyState, p: &Packet) -> bool {
@@ -414,15 +424,22 @@ fn dns_dport(p: &Packet) -> bool {
 }
 
 fn endpoint_exact(state: &PolicyState, p: &Packet) -> bool {
-    peer_of(state).is_some_and(|peer| {
-        let e = peer.endpoint;
-        let (proto_ok, dport) = match (e.protocol, p.transport) {
-            (TransportProtocol::Udp, Transport::Udp { dport, .. })
-            | (TransportProtocol::Tcp, Transport::Tcp { dport, .. }) => (true, dport),
-            _ => (false, 0),
-        };
-        proto_ok && dport == e.address.port() && p.dst == e.address.ip()
-    })
+    peer_of(state).is_some_and(|peer| peer.endpoints.iter().any(|e| exactly_to(e, p)))
+}
+
+/// Whether `p` goes to exactly `e`'s address, port and protocol.
+fn exactly_to(e: &Endpoint, p: &Packet) -> bool {
+    let (proto_ok, dport) = match (e.protocol, p.transport) {
+        (TransportProtocol::Udp, Transport::Udp { dport, .. })
+        | (TransportProtocol::Tcp, Transport::Tcp { dport, .. }) => (true, dport),
+        _ => (false, 0),
+    };
+    proto_ok && dport == e.address.port() && p.dst == e.address.ip()
+}
+
+/// Whether `p` carries what the peer requires of the tunnel's own packets.
+fn carries_peer_identity(peer: &Peer, p: &Packet) -> bool {
+    peer.mark.is_none_or(|m| p.mark == m.get()) && peer.uid.is_none_or(|u| p.uid == Some(u))
 }
 
 proptest! {
@@ -437,6 +454,40 @@ proptest! {
         for hook in [Hook::Input, Hook::Output, Hook::Forward] {
             let policy = ruleset.base_chain(hook).and_then(|c| c.base).map(|b| b.policy);
             prop_assert_eq!(policy, Some(ChainPolicy::Drop));
+        }
+    }
+
+    /// Every endpoint of a connecting tunnel gets its hole, with the same mark and uid
+    /// restriction; nothing else leaves a non-tunnel interface for an address outside the LAN
+    /// (another port or protocol of a server, another address, a packet without the mark or uid).
+    #[test]
+    fn connecting_opens_exactly_each_endpoint_for_the_tunnels_own_packets(
+        peer in peer(),
+        settings in settings(),
+        pick in any::<proptest::sample::Index>(),
+        p in outbound_packet(),
+    ) {
+        let state = PolicyState::Connecting { peer: peer.clone(), probe: None, pending: None };
+        let ruleset = compile(&state, &settings);
+        // The tunnel's own packet to each server, by the physical interface: accepted.
+        let e = peer.endpoints.as_slice()[pick.index(peer.endpoints.len())];
+        let transport = match e.protocol {
+            TransportProtocol::Udp => Transport::udp(40000, e.address.port()),
+            TransportProtocol::Tcp => Transport::tcp(40000, e.address.port()),
+        };
+        let src = if e.address.is_ipv4() { "192.168.1.50" } else { "2001:db8:1::50" };
+        let mut own = Packet::output("eth0", src.parse().expect("literal"), e.address.ip(), transport);
+        own.mark = peer.mark.map_or(0, |m| m.get());
+        own.uid = peer.uid;
+        prop_assert!(ruleset.verdict(&own).is_accept(), "{peer:?}: {own:?} refused");
+        // Any other packet out of a non-tunnel interface to a non-LAN address: accepted only if it
+        // is the tunnel's own, to exactly one of the servers.
+        prop_assume!(p.hook == Hook::Output && leaves_outside_tunnel(&state, &p) && !is_lan(p.dst));
+        if ruleset.verdict(&p).is_accept() {
+            prop_assert!(
+                endpoint_exact(&state, &p) && carries_peer_identity(&peer, &p),
+                "{peer:?} accepted {p:?}"
+            );
         }
     }
 
@@ -492,7 +543,7 @@ proptest! {
     fn no_new_inbound_from_the_internet(state in table_state(), settings in settings(), p in inbound_packet()) {
         prop_assume!(p.hook == Hook::Input && p.conn == ConnState::New && !is_lan(p.src));
         prop_assume!(p.iif.as_ref().is_some_and(|i| i.as_str() != "lo" && Some(i) != tunnel_iface(&state)));
-        prop_assume!(peer_of(&state).is_none_or(|peer| peer.endpoint.address.ip() != p.src));
+        prop_assume!(peer_of(&state).is_none_or(|peer| peer.endpoints.iter().all(|e| e.address.ip() != p.src)));
         let verdict = compile(&state, &settings).verdict(&p);
         let link_bring_up = matches!(p.transport, Transport::Udp { sport: 67, dport: 68 } | Transport::Icmpv6 { .. });
         prop_assert!(!verdict.is_accept() || link_bring_up, "{state:?} accepted {p:?}");

@@ -312,6 +312,31 @@ impl Routing {
         Ok(())
     }
 
+    /// The fwmarks that other programs' policy rules select on (`ip rule ... fwmark N`), in both
+    /// families; the kill switch's own rules are left out. Used to pick a mark for a tunnel that
+    /// has none without taking one that already routes something (wg-quick's 51820, say).
+    pub fn marks_in_use(&mut self) -> Result<Vec<u32>, RouteError> {
+        let mut marks = Vec::new();
+        for message in self
+            .rtnl
+            .dump(RouteNetlinkMessage::GetRule(RuleMessage::default()))?
+        {
+            let RouteNetlinkMessage::NewRule(rule) = message else {
+                continue;
+            };
+            if PRIORITIES.contains(&rule_priority(&rule)) && rule_protocol(&rule) == PROTOCOL {
+                continue;
+            }
+            marks.extend(rule.attributes.iter().filter_map(|a| match a {
+                RuleAttribute::FwMark(m) if *m != 0 => Some(*m),
+                _ => None,
+            }));
+        }
+        marks.sort_unstable();
+        marks.dedup();
+        Ok(marks)
+    }
+
     /// Reads the kill switch's rules and routes from the kernel.
     pub fn installed(&mut self) -> Result<Installed, RouteError> {
         let mut installed = Installed::default();

@@ -32,7 +32,7 @@ fn lab() -> Result<Netns> {
 
 fn peer() -> Peer {
     Peer {
-        endpoint: "198.51.100.1:51820".parse().expect("literal"),
+        endpoints: killswitch_types::Endpoints::one("198.51.100.1:51820".parse().expect("literal")),
         mark: Fwmark::new(0xca6c),
         uid: None,
     }
@@ -290,7 +290,7 @@ fn apply_is_idempotent_and_repairs_what_others_removed() -> Result<()> {
 fn unmarked(endpoint: &str) -> PolicyState {
     PolicyState::Connecting {
         peer: Peer {
-            endpoint: endpoint.parse().expect("literal"),
+            endpoints: killswitch_types::Endpoints::one(endpoint.parse().expect("literal")),
             mark: None,
             uid: None,
         },

@@ -6,7 +6,7 @@
 use crate::backend::{Backend, BackendKind};
 use crate::config::TunnelConfig;
 use crate::key::PublicKey;
-use crate::uapi::PeerStats;
+use crate::uapi::{DeviceInfo, PeerStats};
 use crate::{TunnelError, netdev};
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -90,6 +90,73 @@ impl Drop for Kernel {
             let _ = netdev::delete(self.index);
         }
     }
+}
+
+/// Reads the fwmark and peer endpoints of kernel WireGuard interface `interface`; `Ok(None)`
+/// when this kernel has no WireGuard or the interface is not a kernel WireGuard device (a
+/// userspace one answers on its UAPI socket instead).
+pub fn device(interface: &str) -> Result<Option<DeviceInfo>, TunnelError> {
+    let Some(index) = netdev::index(interface) else {
+        return Ok(None);
+    };
+    let Ok(genl) = Genl::open() else {
+        return Ok(None);
+    };
+    let message = WireguardMessage {
+        cmd: WireguardCmd::GetDevice,
+        attributes: vec![WireguardAttribute::IfIndex(index)],
+    };
+    match genl.request(message, NLM_F_REQUEST | NLM_F_DUMP) {
+        Ok(replies) => Ok(Some(device_info(&replies))),
+        // ENODEV / EOPNOTSUPP: an interface, but not kernel WireGuard.
+        Err(_) => Ok(None),
+    }
+}
+
+/// Sets only the fwmark of kernel WireGuard interface `interface` (its key and peers stay).
+pub fn set_fwmark(interface: &str, fwmark: u32) -> Result<(), TunnelError> {
+    let index = netdev::index(interface).ok_or_else(|| TunnelError::Gone(interface.to_owned()))?;
+    let genl = Genl::open()?;
+    genl.request(set_fwmark_message(index, fwmark), NLM_F_REQUEST | NLM_F_ACK)?;
+    Ok(())
+}
+
+/// WG_CMD_SET_DEVICE carrying only the interface and the mark: nothing else changes.
+fn set_fwmark_message(index: u32, fwmark: u32) -> WireguardMessage {
+    WireguardMessage {
+        cmd: WireguardCmd::SetDevice,
+        attributes: vec![
+            WireguardAttribute::IfIndex(index),
+            WireguardAttribute::Fwmark(fwmark),
+        ],
+    }
+}
+
+/// The fwmark and the peers' endpoints from WG_CMD_GET_DEVICE replies (a device with many peers
+/// answers in several messages).
+fn device_info(replies: &[WireguardMessage]) -> DeviceInfo {
+    let mut info = DeviceInfo::default();
+    for reply in replies {
+        for attribute in &reply.attributes {
+            match attribute {
+                WireguardAttribute::Fwmark(mark) if *mark != 0 => info.fwmark = Some(*mark),
+                WireguardAttribute::Peers(peers) => {
+                    for WireguardPeer(attributes) in peers {
+                        info.peers += 1;
+                        info.endpoints
+                            .extend(attributes.iter().find_map(|a| match a {
+                                WireguardPeerAttribute::Endpoint(e) if !e.ip().is_unspecified() => {
+                                    Some(*e)
+                                }
+                                _ => None,
+                            }));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    info
 }
 
 /// WG_CMD_SET_DEVICE for `config`: key, port, mark, and exactly one peer (others replaced).
@@ -359,5 +426,59 @@ mod tests {
         );
         assert_eq!((stats.rx_bytes, stats.tx_bytes), (10, 20));
         assert_eq!(peer_stats(&[]), None);
+    }
+
+    #[test]
+    fn device_info_from_get_device_replies() {
+        let peer = |endpoint: Option<&str>| {
+            let mut attributes = vec![WireguardPeerAttribute::PersistentKeepalive(25)];
+            if let Some(e) = endpoint {
+                attributes.push(WireguardPeerAttribute::Endpoint(
+                    e.parse().expect("literal"),
+                ));
+            }
+            WireguardPeer(attributes)
+        };
+        // A big device answers in two messages; the mark comes in the first.
+        let replies = [
+            WireguardMessage {
+                cmd: WireguardCmd::GetDevice,
+                attributes: vec![
+                    WireguardAttribute::Fwmark(0xca6c),
+                    WireguardAttribute::Peers(vec![peer(Some("198.51.100.1:51820")), peer(None)]),
+                ],
+            },
+            WireguardMessage {
+                cmd: WireguardCmd::GetDevice,
+                attributes: vec![WireguardAttribute::Peers(vec![peer(Some(
+                    "[2001:db8::1]:51820",
+                ))])],
+            },
+        ];
+        let info = device_info(&replies);
+        assert_eq!(info.fwmark, Some(0xca6c));
+        assert_eq!(info.peers, 3);
+        assert_eq!(info.endpoints.len(), 2);
+        assert_eq!(
+            info.endpoints[1],
+            "[2001:db8::1]:51820".parse().expect("literal")
+        );
+        let unmarked = device_info(&[WireguardMessage {
+            cmd: WireguardCmd::GetDevice,
+            attributes: vec![WireguardAttribute::Fwmark(0)],
+        }]);
+        assert_eq!(unmarked.fwmark, None);
+    }
+
+    #[test]
+    fn setting_the_mark_touches_nothing_else() {
+        let message = set_fwmark_message(7, 0xca6c);
+        assert_eq!(
+            message.attributes,
+            [
+                WireguardAttribute::IfIndex(7),
+                WireguardAttribute::Fwmark(0xca6c)
+            ]
+        );
     }
 }

@@ -115,6 +115,78 @@ pub fn stats(path: &Path) -> Result<Vec<PeerStats>, UapiError> {
     exchange_get(&stream, path)
 }
 
+/// What a device tells about itself that a guard needs: its fwmark and its peers' endpoints.
+/// Keys are not kept (the private key is dropped as the answer is read).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// The mark the device puts on its own packets; `None` when it sets none.
+    pub fwmark: Option<u32>,
+    /// How many peers the device has.
+    pub peers: usize,
+    /// The endpoints of the peers that have one (a peer waiting to be contacted has none), in the
+    /// device's order.
+    pub endpoints: Vec<std::net::SocketAddr>,
+}
+
+/// Reads `fwmark` and the peers' endpoints from the device behind `path` (`get=1`).
+pub fn device(path: &Path) -> Result<DeviceInfo, UapiError> {
+    let mut stream = connect(path)?;
+    stream
+        .write_all(b"get=1\n\n")
+        .map_err(|source| UapiError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let answer = read_answer(path, &stream)?;
+    match answer.iter().find_map(|(k, v)| (k == "errno").then_some(v)) {
+        Some(v) if v != "0" => return Err(UapiError::Refused(v.parse().unwrap_or(-1))),
+        _ => {}
+    }
+    parse_device(&answer)
+}
+
+/// Sets only the device's fwmark (`set=1`, `fwmark=N`): its key and peers are left as they are.
+pub fn set_fwmark(path: &Path, fwmark: u32) -> Result<(), UapiError> {
+    let mut stream = connect(path)?;
+    stream
+        .write_all(format!("set=1\nfwmark={fwmark}\n\n").as_bytes())
+        .map_err(|source| UapiError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+    let answer = read_answer(path, &stream)?;
+    match answer.iter().find_map(|(k, v)| (k == "errno").then_some(v)) {
+        Some(v) if v == "0" => Ok(()),
+        Some(v) => Err(UapiError::Refused(v.parse().unwrap_or(-1))),
+        None => Err(UapiError::Protocol("no errno in the answer".to_owned())),
+    }
+}
+
+/// The device's fwmark and peer endpoints from a `get` answer. wireguard-go and boringtun leave
+/// `fwmark` out when it is 0; the kernel's `wg` writes `fwmark=0`: both mean none.
+fn parse_device(pairs: &[(String, String)]) -> Result<DeviceInfo, UapiError> {
+    let mut info = DeviceInfo::default();
+    for (key, value) in pairs {
+        match key.as_str() {
+            "fwmark" => {
+                let mark = value
+                    .parse::<u32>()
+                    .map_err(|_| UapiError::Protocol(format!("bad fwmark: {value:?}")))?;
+                info.fwmark = (mark != 0).then_some(mark);
+            }
+            "public_key" => info.peers += 1,
+            "endpoint" if info.peers > 0 => {
+                let endpoint = value
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|_| UapiError::Protocol(format!("bad endpoint: {value:?}")))?;
+                info.endpoints.push(endpoint);
+            }
+            _ => {}
+        }
+    }
+    Ok(info)
+}
+
 /// A private UAPI connection to one device: the daemon's end of a socket pair whose other end the
 /// device reads requests from. Requests and answers alternate on it; each answer ends with a
 /// blank line, so the stream stays usable for the next request.
@@ -347,5 +419,37 @@ mod tests {
             "wireguard-go: epoch"
         );
         assert_eq!(peers[2].last_handshake, None, "never");
+    }
+
+    #[test]
+    fn device_info_from_a_get_answer() {
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let key = "c4b20103".to_owned() + &"00".repeat(28);
+        let answer = vec![
+            pair("listen_port", "51000"),
+            pair("fwmark", "51820"),
+            pair("public_key", &key),
+            pair("endpoint", "198.51.100.1:51820"),
+            pair("allowed_ip", "0.0.0.0/0"),
+            pair("public_key", &key),
+            pair("allowed_ip", "10.0.0.0/8"),
+            pair("public_key", &key),
+            pair("endpoint", "[2001:db8::1]:443"),
+            pair("errno", "0"),
+        ];
+        let info = parse_device(&answer).expect("parses");
+        assert_eq!(info.fwmark, Some(0xca6c));
+        assert_eq!(info.peers, 3, "the peer without an endpoint is counted");
+        assert_eq!(
+            info.endpoints,
+            [
+                "198.51.100.1:51820".parse().expect("literal"),
+                "[2001:db8::1]:443".parse().expect("literal")
+            ]
+        );
+        let unmarked = parse_device(&[pair("fwmark", "0")]).expect("parses");
+        assert_eq!(unmarked.fwmark, None, "0 is no mark");
+        assert_eq!(parse_device(&[]).expect("parses").fwmark, None);
+        assert!(parse_device(&[pair("public_key", &key), pair("endpoint", "nowhere")]).is_err());
     }
 }

@@ -168,6 +168,114 @@ impl From<Endpoint> for String {
     }
 }
 
+/// The most endpoints one guarded tunnel may name: an OpenVPN file lists a handful of `remote`s,
+/// a WireGuard interface a handful of peers; more is a mistake, and every one is a hole.
+pub const MAX_ENDPOINTS: usize = 16;
+
+/// The VPN servers a hole is open for: one or more (at most [`MAX_ENDPOINTS`]), none twice.
+///
+/// Built only by [`Endpoints::new`] or [`Endpoints::one`], so that whoever holds one never checks
+/// for an empty list: a hole "for no server" cannot be asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "Vec<Endpoint>", into = "Vec<Endpoint>")]
+pub struct Endpoints(Vec<Endpoint>);
+
+/// Why a list of endpoints cannot be a hole.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointsError {
+    /// The list is empty.
+    #[error("no endpoint: at least one VPN server is needed")]
+    Empty,
+    /// More than [`MAX_ENDPOINTS`].
+    #[error("too many endpoints ({0}); at most {MAX_ENDPOINTS}")]
+    TooMany(usize),
+    /// The same endpoint twice.
+    #[error("endpoint {0} is listed twice")]
+    Duplicate(Endpoint),
+}
+
+impl Endpoints {
+    /// Checks the list: not empty, not too long, no endpoint twice. The order is kept.
+    pub fn new(list: Vec<Endpoint>) -> Result<Self, EndpointsError> {
+        if list.is_empty() {
+            return Err(EndpointsError::Empty);
+        }
+        if list.len() > MAX_ENDPOINTS {
+            return Err(EndpointsError::TooMany(list.len()));
+        }
+        for (i, e) in list.iter().enumerate() {
+            if list[..i].contains(e) {
+                return Err(EndpointsError::Duplicate(*e));
+            }
+        }
+        Ok(Self(list))
+    }
+
+    /// Exactly one endpoint.
+    pub fn one(endpoint: Endpoint) -> Self {
+        Self(vec![endpoint])
+    }
+
+    /// The first endpoint (there always is one): what an old client shows as "the" endpoint.
+    pub fn first(&self) -> Endpoint {
+        // Invariant: `new` refuses an empty list and `one` makes one of one.
+        self.0[0]
+    }
+
+    /// The endpoints, in the order given.
+    pub fn as_slice(&self) -> &[Endpoint] {
+        &self.0
+    }
+
+    /// The endpoints, in the order given.
+    pub fn iter(&self) -> std::slice::Iter<'_, Endpoint> {
+        self.0.iter()
+    }
+
+    /// How many there are (at least one).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Always false; here because clippy expects it beside `len`.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl<'a> IntoIterator for &'a Endpoints {
+    type Item = &'a Endpoint;
+    type IntoIter = std::slice::Iter<'a, Endpoint>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl TryFrom<Vec<Endpoint>> for Endpoints {
+    type Error = EndpointsError;
+    fn try_from(list: Vec<Endpoint>) -> Result<Self, Self::Error> {
+        Self::new(list)
+    }
+}
+
+impl From<Endpoints> for Vec<Endpoint> {
+    fn from(e: Endpoints) -> Self {
+        e.0
+    }
+}
+
+impl fmt::Display for Endpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,6 +332,34 @@ mod tests {
         ] {
             assert!(ok.parse::<Endpoint>().is_ok(), "{ok}");
         }
+    }
+
+    #[test]
+    fn endpoints_are_one_to_sixteen_distinct() {
+        let e = |s: &str| s.parse::<Endpoint>().expect("valid");
+        assert_eq!(Endpoints::new(vec![]), Err(EndpointsError::Empty));
+        let twice = vec![e("198.51.100.1:1194"), e("198.51.100.1:1194/udp")];
+        assert_eq!(
+            Endpoints::new(twice),
+            Err(EndpointsError::Duplicate(e("198.51.100.1:1194")))
+        );
+        // Same address, other protocol: two holes, both fine.
+        let both = Endpoints::new(vec![e("198.51.100.1:1194"), e("198.51.100.1:1194/tcp")])
+            .expect("distinct");
+        assert_eq!(
+            both.to_string(),
+            "198.51.100.1:1194/udp, 198.51.100.1:1194/tcp"
+        );
+        let many: Vec<Endpoint> = (1..=17)
+            .map(|n| e(&format!("203.0.113.{n}:51820")))
+            .collect();
+        assert_eq!(
+            Endpoints::new(many.clone()),
+            Err(EndpointsError::TooMany(17))
+        );
+        assert_eq!(Endpoints::new(many[..16].to_vec()).map(|l| l.len()), Ok(16));
+        let json: Result<Endpoints, _> = serde_json::from_str("[]");
+        assert!(json.expect_err("empty").to_string().contains("no endpoint"));
     }
 
     proptest! {

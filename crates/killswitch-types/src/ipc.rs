@@ -25,7 +25,7 @@
 //!   speaks, [`Status::schema`] which layout its status has, and [`Status::daemon_version`] which
 //!   release it is.
 
-use crate::{GuardSpec, State, TunnelStatus};
+use crate::{GuardQuery, GuardSpec, State, TunnelStatus};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -74,6 +74,10 @@ pub enum Request {
     Subscribe,
     /// Protect a tunnel managed by another program. Privileged.
     Guard(GuardSpec),
+    /// Protect a tunnel managed by another program, discovering what the query leaves out (its
+    /// servers, fwmark and DNS) from the interface. Privileged. Daemons before it refuse it as an
+    /// unknown command; a spec with everything given is sent as [`Request::Guard`].
+    GuardDiscover(GuardQuery),
     /// Bring up WireGuard from these configurations (failover in this order), protected. Privileged.
     Up {
         /// The interface name; by default the first configuration's file name.
@@ -120,7 +124,7 @@ impl Request {
         match self {
             Request::Status => "status",
             Request::Subscribe => "subscribe",
-            Request::Guard(_) => "guard",
+            Request::Guard(_) | Request::GuardDiscover(_) => "guard",
             Request::Up { .. } => "up",
             Request::Down => "down",
             Request::Lockdown { .. } => "lockdown",
@@ -296,6 +300,11 @@ pub struct Status {
     /// What may pass outside the tunnel besides the LAN: local bridges found, explicit allows.
     #[serde(default)]
     pub exceptions: ExceptionsStatus,
+    /// What the request this status answers found or changed besides the state, one sentence
+    /// each (`guard wg0`: where its servers came from, a fwmark it set). Empty in events and
+    /// `status`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The exceptions in force (each as `config.toml` writes it), and those refused.
@@ -504,7 +513,17 @@ pub fn decode_request(line: &str) -> Result<Request, DecodeError> {
     // deny_unknown_fields or not. Every field sent must be one the decoded request would send.
     let known = serde_json::to_value(&envelope.request)
         .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    if let Some(unknown) = sent_fields.iter().find(|f| known.get(f.as_str()).is_none()) {
+    // A guard's spec refuses unknown fields itself, and spells its servers either way
+    // (`endpoint`, `endpoints`) while writing one of them: comparing with what it writes would
+    // refuse the other spelling.
+    let checks_itself = matches!(
+        envelope.request,
+        Request::Guard(_) | Request::GuardDiscover(_)
+    );
+    if let Some(unknown) = sent_fields
+        .iter()
+        .find(|f| !checks_itself && known.get(f.as_str()).is_none())
+    {
         return Err(DecodeError::Malformed(format!(
             "unknown field `{unknown}` for command `{}`",
             envelope.request.name()
@@ -533,11 +552,33 @@ mod tests {
     fn guard() -> Request {
         Request::Guard(GuardSpec {
             interface: InterfaceName::new("tun0").expect("valid"),
-            endpoint: "198.51.100.7:1194/tcp".parse::<Endpoint>().expect("valid"),
+            endpoints: crate::Endpoints::one(
+                "198.51.100.7:1194/tcp".parse::<Endpoint>().expect("valid"),
+            ),
             dns: vec![],
             mark: None,
             uid: Some(0),
         })
+    }
+
+    #[test]
+    fn guard_decodes_in_both_spellings_and_refuses_strays() {
+        let old = r#"{"version":1,"request":{"command":"guard","interface":"tun0","endpoint":"198.51.100.7:1194/tcp","dns":[],"mark":null,"uid":0}}"#;
+        assert_eq!(decode_request(old).expect("old clients' form"), guard());
+        let new = r#"{"version":1,"request":{"command":"guard","interface":"tun0","endpoints":["198.51.100.7:1194/tcp"],"uid":0}}"#;
+        assert_eq!(decode_request(new).expect("the list form"), guard());
+        let stray = r#"{"version":1,"request":{"command":"guard","interface":"tun0","endpoints":["198.51.100.7:1194/tcp"],"color":1}}"#;
+        let err = decode_request(stray)
+            .expect_err("unknown field")
+            .to_string();
+        assert!(err.contains("unknown field `color`"), "{err}");
+        let discover = r#"{"version":1,"request":{"command":"guard-discover","interface":"wg0"}}"#;
+        assert!(matches!(
+            decode_request(discover),
+            Ok(Request::GuardDiscover(q)) if q.endpoints.is_empty() && q.dns.is_none()
+        ));
+        let stray = r#"{"version":1,"request":{"command":"guard-discover","interface":"wg0","endpoint":"198.51.100.7:1"}}"#;
+        assert!(decode_request(stray).is_err());
     }
 
     #[test]
@@ -546,6 +587,13 @@ mod tests {
             Request::Status,
             Request::Subscribe,
             guard(),
+            Request::GuardDiscover(crate::GuardQuery {
+                interface: InterfaceName::new("wg0").expect("valid"),
+                endpoints: vec![],
+                dns: None,
+                mark: None,
+                uid: None,
+            }),
             Request::Down,
             Request::Lockdown { enabled: true },
             Request::AllowLan { enabled: false },

@@ -22,10 +22,12 @@ mod mark;
 mod state;
 
 pub use allow::{AllowEntry, Allows, InboundAllow, SubnetAllow};
-pub use endpoint::{Endpoint, EndpointParseError, TransportProtocol};
+pub use endpoint::{
+    Endpoint, EndpointParseError, Endpoints, EndpointsError, MAX_ENDPOINTS, TransportProtocol,
+};
 pub use iface::{InterfaceName, InterfaceNameError, MAX_INTERFACE_NAME_LEN};
 pub use mark::{Fwmark, FwmarkParseError};
 pub use state::{
-    FailureCause, GuardSpec, GuardSpecError, MAX_DNS_SERVERS, ManagedTunnel, ServerFailure,
-    Settings, State, TunnelStatus,
+    FailureCause, GuardQuery, GuardSpec, GuardSpecError, MAX_DNS_SERVERS, ManagedTunnel,
+    ServerFailure, Settings, State, TunnelStatus,
 };

@@ -1,6 +1,6 @@
 //! The protection states, the user's settings and the target the user asked for.
 
-use crate::{Endpoint, Fwmark, InterfaceName};
+use crate::{Endpoint, Endpoints, Fwmark, InterfaceName};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::net::IpAddr;
@@ -58,27 +58,112 @@ pub struct Settings {
 }
 
 /// A tunnel managed by some other program (OpenVPN, wg-quick, ...) that the daemon protects.
+///
+/// On the wire (and in the daemon's settings file) the servers are `endpoints`, a list; the single
+/// `endpoint` of releases before it is still read, and one server is still written that way, so
+/// that an older daemon understands a newer client and reads back a newer settings file.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "GuardSpecWire", into = "GuardSpecWire")]
 pub struct GuardSpec {
     /// The tunnel interface; traffic may leave through it once it is up.
     pub interface: InterfaceName,
-    /// The VPN server; the only destination reachable outside the tunnel.
-    pub endpoint: Endpoint,
+    /// The VPN servers; the only destinations reachable outside the tunnel.
+    pub endpoints: Endpoints,
     /// DNS servers reachable through the tunnel; every other DNS packet is rejected.
-    #[serde(default)]
     pub dns: Vec<IpAddr>,
     /// When set, only packets carrying this fwmark may use the endpoint hole.
-    #[serde(default)]
     pub mark: Option<Fwmark>,
     /// When set, only sockets owned by this uid may use the endpoint hole.
+    pub uid: Option<u32>,
+}
+
+/// [`GuardSpec`] as JSON spells it: either the old `endpoint` or the new `endpoints`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GuardSpecWire {
+    interface: InterfaceName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint: Option<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoints: Option<Vec<Endpoint>>,
+    #[serde(default)]
+    dns: Vec<IpAddr>,
+    #[serde(default)]
+    mark: Option<Fwmark>,
+    #[serde(default)]
+    uid: Option<u32>,
+}
+
+impl TryFrom<GuardSpecWire> for GuardSpec {
+    type Error = String;
+    fn try_from(wire: GuardSpecWire) -> Result<Self, Self::Error> {
+        let endpoints = match (wire.endpoint, wire.endpoints) {
+            (Some(one), None) => Endpoints::one(one),
+            (None, Some(list)) => Endpoints::new(list).map_err(|e| e.to_string())?,
+            (Some(_), Some(_)) => {
+                return Err(
+                    "both `endpoint` and `endpoints` given; send the list as `endpoints` only"
+                        .to_owned(),
+                );
+            }
+            (None, None) => return Err("missing field `endpoints`".to_owned()),
+        };
+        Ok(GuardSpec {
+            interface: wire.interface,
+            endpoints,
+            dns: wire.dns,
+            mark: wire.mark,
+            uid: wire.uid,
+        })
+    }
+}
+
+impl From<GuardSpec> for GuardSpecWire {
+    fn from(spec: GuardSpec) -> Self {
+        // One server is written as the old field: a daemon of the previous release reads it.
+        let (endpoint, endpoints) = match spec.endpoints.as_slice() {
+            [one] => (Some(*one), None),
+            _ => (None, Some(spec.endpoints.into())),
+        };
+        GuardSpecWire {
+            interface: spec.interface,
+            endpoint,
+            endpoints,
+            dns: spec.dns,
+            mark: spec.mark,
+            uid: spec.uid,
+        }
+    }
+}
+
+/// A guard request that leaves some of the tunnel to be discovered: what `killswitch guard IFACE`
+/// sends. The daemon fills in what is missing from the interface itself (a WireGuard device's
+/// peers and fwmark, systemd-resolved's DNS servers for the link) before the request reaches its
+/// state machine, which only ever sees a complete [`GuardSpec`]. What is given here is used as
+/// given, never second-guessed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardQuery {
+    /// The tunnel interface.
+    pub interface: InterfaceName,
+    /// The VPN servers, if the user named them (or an OpenVPN file did); empty: the WireGuard
+    /// device's peers.
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
+    /// The DNS servers, if given (an empty list given means "none"); `None`: ask resolved.
+    #[serde(default)]
+    pub dns: Option<Vec<IpAddr>>,
+    /// The fwmark, if given; `None`: the WireGuard device's own (set when it has none).
+    #[serde(default)]
+    pub mark: Option<Fwmark>,
+    /// The socket owner the hole requires, if given (never discovered).
     #[serde(default)]
     pub uid: Option<u32>,
 }
 
 impl fmt::Debug for GuardSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "guard {} via {}", self.interface, self.endpoint)?;
+        write!(f, "guard {} via {}", self.interface, self.endpoints)?;
         if let Some(mark) = self.mark {
             write!(f, " mark {mark}")?;
         }
@@ -135,8 +220,12 @@ fn is_broadcast(ip: &IpAddr) -> bool {
 pub struct TunnelStatus {
     /// The tunnel interface.
     pub interface: InterfaceName,
-    /// The VPN server the hole is open for.
+    /// The (first) VPN server the hole is open for; kept for clients that know only one.
     pub endpoint: Endpoint,
+    /// Every VPN server the hole is open for (empty from daemons before the field: then it is
+    /// `endpoint` alone).
+    #[serde(default)]
+    pub endpoints: Vec<Endpoint>,
     /// The DNS servers reachable through the tunnel.
     pub dns: Vec<IpAddr>,
     /// The fwmark the hole requires, if any.
@@ -242,7 +331,7 @@ mod tests {
     fn spec() -> GuardSpec {
         GuardSpec {
             interface: InterfaceName::new("wg0").expect("valid"),
-            endpoint: "203.0.113.1:51820".parse().expect("valid"),
+            endpoints: Endpoints::one("203.0.113.1:51820".parse().expect("valid")),
             dns: vec!["10.64.0.1".parse().expect("valid")],
             mark: Some(Fwmark::new(0xca6c).expect("non-zero")),
             uid: None,
@@ -261,6 +350,54 @@ mod tests {
         let mut s = spec();
         s.dns = vec!["10.0.0.1".parse().expect("valid"); MAX_DNS_SERVERS + 1];
         assert!(matches!(s.validate(), Err(GuardSpecError::TooManyDns(_))));
+    }
+
+    #[test]
+    fn old_single_endpoint_still_decodes_and_one_is_written_the_old_way() {
+        let old = r#"{"interface":"wg0","endpoint":"203.0.113.1:51820","dns":["10.64.0.1"],"mark":51820,"uid":null}"#;
+        let decoded: GuardSpec = serde_json::from_str(old).expect("the previous release's form");
+        assert_eq!(decoded.endpoints.as_slice(), spec().endpoints.as_slice());
+        let written = serde_json::to_value(spec()).expect("serializable");
+        assert_eq!(written["endpoint"], "203.0.113.1:51820/udp");
+        assert!(written.get("endpoints").is_none());
+    }
+
+    #[test]
+    fn several_endpoints_round_trip_and_bad_lists_are_refused_by_name() {
+        let mut s = spec();
+        s.endpoints = Endpoints::new(vec![
+            "203.0.113.1:1194".parse().expect("valid"),
+            "198.51.100.2:443/tcp".parse().expect("valid"),
+        ])
+        .expect("distinct");
+        let json = serde_json::to_string(&s).expect("serializable");
+        assert!(json.contains(r#""endpoints":["203.0.113.1:1194/udp","198.51.100.2:443/tcp"]"#));
+        assert_eq!(
+            serde_json::from_str::<GuardSpec>(&json).expect("round trip"),
+            s
+        );
+        let cases = [
+            (r#"{"interface":"wg0"}"#, "missing field `endpoints`"),
+            (
+                r#"{"interface":"wg0","endpoint":"203.0.113.1:1","endpoints":["203.0.113.2:1"]}"#,
+                "both `endpoint` and `endpoints`",
+            ),
+            (r#"{"interface":"wg0","endpoints":[]}"#, "no endpoint"),
+            (
+                r#"{"interface":"wg0","endpoints":["203.0.113.2:1","203.0.113.2:1/udp"]}"#,
+                "listed twice",
+            ),
+            (
+                r#"{"interface":"wg0","endpoint":"203.0.113.1:1","extra":1}"#,
+                "unknown field `extra`",
+            ),
+        ];
+        for (json, expected) in cases {
+            let err = serde_json::from_str::<GuardSpec>(json)
+                .expect_err(json)
+                .to_string();
+            assert!(err.contains(expected), "{json}: {err}");
+        }
     }
 
     #[test]
