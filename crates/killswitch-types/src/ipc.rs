@@ -283,6 +283,10 @@ pub struct Status {
     /// What may pass outside the tunnel besides the LAN: local bridges found, explicit allows.
     #[serde(default)]
     pub exceptions: ExceptionsStatus,
+    /// What the firewall refused: counts per reason and the last refused destinations. Empty
+    /// from daemons older than this field.
+    #[serde(default)]
+    pub blocked: crate::BlockedStatus,
 }
 
 /// The exceptions in force (each as `config.toml` writes it), and those refused.
