@@ -35,6 +35,6 @@ pub use ruleset::{
     ArpChain, ArpHook, ArpMatch, ArpOperation, ArpRule, ArpTable, BaseChain, Chain, ChainPolicy,
     CtStates, Hook, IpFamily, L4Proto, LOG_BURST, LOG_RATE_PER_SECOND, LOG_SNAPLEN, MalformedRule,
     Match, NFLOG_GROUP, RejectWith, Rule, Ruleset, Statement, TABLE_NAME, Table, Verdict,
-    log_prefix,
+    counter_name, log_prefix, reason_of_counter,
 };
 pub use set::Set;

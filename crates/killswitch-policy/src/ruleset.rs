@@ -33,6 +33,22 @@ pub const LOG_BURST: u32 = 20;
 /// bytes of the transport header (ports). Never the payload.
 pub const LOG_SNAPLEN: u32 = 48;
 
+/// The name of the table's counter object for `reason`: `killswitch-REASON`.
+///
+/// The prefix is not only for whoever reads `nft list counters`: libnftnl (1.2) puts a counter
+/// reference's name into a rule without its terminating NUL and reads it back with `strdup`, so a
+/// name whose length is a multiple of 4 (no padding after it, `ipv6`) reads back with whatever
+/// follows it, and the read-back of our own batch would disagree with the kernel's. Every name
+/// here is 11 characters longer than its reason, none a multiple of 4 (a test checks).
+pub fn counter_name(reason: BlockReason) -> String {
+    format!("killswitch-{}", reason.name())
+}
+
+/// The reason whose counter object is named `name`.
+pub fn reason_of_counter(name: &str) -> Option<BlockReason> {
+    BlockReason::from_name(name.strip_prefix("killswitch-")?)
+}
+
 /// The prefix of the log lines of packets refused for `reason`: what the daemon reads the
 /// reason back from.
 pub fn log_prefix(reason: BlockReason) -> String {
@@ -589,7 +605,7 @@ impl fmt::Display for Ruleset {
                 writeln!(f, "table inet {TABLE_NAME} {{")?;
                 let counters = table.counters();
                 for reason in &counters {
-                    writeln!(f, "\tcounter {reason} {{\n\t}}")?;
+                    writeln!(f, "\tcounter {} {{\n\t}}", counter_name(*reason))?;
                 }
                 if !counters.is_empty() {
                     writeln!(f)?;
@@ -806,7 +822,7 @@ impl fmt::Display for Statement {
         match self {
             Statement::SetTtl(ttl) => write!(f, "ip ttl set {ttl}"),
             Statement::SetCtMarkBit(bit) => write!(f, "ct mark set ct mark or {bit:#010x}"),
-            Statement::Count(reason) => write!(f, "counter name \"{reason}\""),
+            Statement::Count(reason) => write!(f, "counter name \"{}\"", counter_name(*reason)),
             Statement::Log(reason) => write!(
                 f,
                 "log prefix \"{}\" group {NFLOG_GROUP} snaplen {LOG_SNAPLEN}",
@@ -828,5 +844,21 @@ impl fmt::Display for Verdict {
             Verdict::Jump(chain) => write!(f, "jump {chain}"),
             Verdict::Continue => f.write_str("continue"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_names_read_back_whole_and_name_their_reason() {
+        for reason in BlockReason::ALL {
+            let name = counter_name(reason);
+            // See `counter_name`: a multiple of 4 would read back with trailing bytes.
+            assert_ne!(name.len() % 4, 0, "{name}");
+            assert_eq!(reason_of_counter(&name), Some(reason));
+        }
+        assert_eq!(reason_of_counter("dns"), None);
     }
 }
