@@ -205,6 +205,21 @@ pub enum Command {
     /// The current status first, then one line per change (with --json, one status object per
     /// line), until interrupted or until the daemon stops. Anyone may follow.
     Events,
+    /// Show what is being blocked right now, refreshed every second.
+    ///
+    /// The state, the tunnel (and its interface's received and sent bytes), the packets and bytes
+    /// refused per reason since the kill switch first blocked (`non-tunnel`: leaving outside the
+    /// tunnel; `dns`: DNS to anything but the tunnel's resolvers; `ipv6`: IPv6 outside the
+    /// tunnel; `inbound`: arriving unasked), and the last refused destinations with the interface
+    /// and the user that sent them. The kernel logs at most 10 refused packets a second, so the
+    /// list is a sample under a flood; the counts are exact. Payloads are never logged. Anyone may
+    /// watch. With --json, one status object per refresh, its `blocked` field holding the counts
+    /// and the destinations.
+    Blocked {
+        /// Print one snapshot and exit.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 /// What `allow` does.

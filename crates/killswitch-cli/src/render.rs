@@ -1,7 +1,7 @@
 //! Human-readable output.
 
-use killswitch_types::State;
 use killswitch_types::ipc::{FlushProtection, Status};
+use killswitch_types::{BlockReason, BlockedStatus, State};
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -223,6 +223,9 @@ pub(crate) fn status(status: &Status) -> String {
             let _ = writeln!(out, "flushes:   {flushes}");
         }
     }
+    if fw.installed {
+        let _ = writeln!(out, "blocked:   {}", blocked_counts(&status.blocked));
+    }
     if fw.tamper_events > 0 {
         let last = clean(fw.last_tamper.as_deref().unwrap_or("unknown"));
         let _ = writeln!(
@@ -236,6 +239,88 @@ pub(crate) fn status(status: &Status) -> String {
         "error:     {}",
         clean(status.error.as_deref().unwrap_or("none"))
     );
+    out
+}
+
+/// The counts per reason on one line: `12 packets (non-tunnel 9, dns 3, ipv6 0, inbound 0)`.
+pub(crate) fn blocked_counts(blocked: &BlockedStatus) -> String {
+    let per_reason: Vec<String> = BlockReason::ALL
+        .iter()
+        .map(|r| format!("{r} {}", blocked.count(*r).packets))
+        .collect();
+    let total = blocked.total_packets();
+    format!(
+        "{total} packet{} ({})",
+        if total == 1 { "" } else { "s" },
+        per_reason.join(", ")
+    )
+}
+
+/// A byte count for people: `1.5 MiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The tunnel interface's byte counters (`rx`, `tx`), as anyone may read them from sysfs.
+pub(crate) type Traffic = Option<(u64, u64)>;
+
+/// `killswitch blocked`: the state, the tunnel, the counts per reason and the last refused
+/// packets, newest first.
+pub(crate) fn blocked_view(status: &Status, traffic: Traffic, now: SystemTime) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "state:    {} ({})", status.state, meaning(status));
+    match &status.tunnel {
+        None => {
+            let _ = writeln!(out, "tunnel:   none");
+        }
+        Some(t) => {
+            let interface = t.interface.to_string();
+            let link = if t.up { "up" } else { "down or absent" };
+            let mut line = format!("tunnel:   {} ({link})", clean(&interface));
+            if let Some((rx, tx)) = traffic {
+                let _ = write!(line, ", rx {}, tx {}", bytes(rx), bytes(tx));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let blocked = &status.blocked;
+    let _ = writeln!(out, "blocked:  {}", blocked_counts(blocked));
+    for reason in BlockReason::ALL {
+        let count = blocked.count(reason);
+        let _ = writeln!(
+            out,
+            "  {:<11} {:>10} packets {:>10}",
+            reason.name(),
+            count.packets,
+            bytes(count.bytes)
+        );
+    }
+    if blocked.recent.is_empty() {
+        let _ = writeln!(out, "last refused: none logged");
+    } else {
+        let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let _ = writeln!(out, "last refused (newest first):");
+        for packet in blocked.recent.iter().rev() {
+            let age = now.saturating_sub(packet.at_unix);
+            let _ = writeln!(
+                out,
+                "  {} ({age}s ago) {}",
+                utc_time(packet.at_unix),
+                clean(&packet.to_string())
+            );
+        }
+    }
     out
 }
 
@@ -307,6 +392,7 @@ mod tests {
             },
             dns: None,
             exceptions: Default::default(),
+            blocked: Default::default(),
         }
     }
 

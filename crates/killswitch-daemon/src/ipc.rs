@@ -74,6 +74,8 @@ pub struct Shared {
     pub commands: mpsc::Sender<Command>,
     /// The group whose members may change things.
     pub admin_group: Arc<str>,
+    /// What the firewall refuses: filled into each `status` answer.
+    pub blocked: Arc<crate::blocked::Blocked>,
 }
 
 /// The bound socket; removes its file when dropped.
@@ -392,9 +394,16 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
                 subscribe(&mut reader, &mut write, &shared, deadlines).await;
                 return;
             }
-            Ok(Request::Status) => ServerMessage::Ok {
-                status: shared.status.borrow().clone(),
-            },
+            Ok(Request::Status) => {
+                let mut status = shared.status.borrow().clone();
+                // A netlink dump: quick, but a blocking call, so off the runtime's threads.
+                let blocked = Arc::clone(&shared.blocked);
+                if let Ok(snapshot) = tokio::task::spawn_blocking(move || blocked.snapshot()).await
+                {
+                    status.blocked = snapshot;
+                }
+                ServerMessage::Ok { status }
+            }
             Ok(request) => match change(request, peer.clone(), &shared, &reader).await {
                 Ok(status) => ServerMessage::Ok { status },
                 Err(error) => ServerMessage::Error { error },

@@ -130,6 +130,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         events: events.clone(),
         commands: commands_tx,
         admin_group: Arc::from(config.admin_group.as_str()),
+        blocked: crate::blocked::Blocked::start(),
     };
     tracing::info!("listening on {}", options.socket.display());
     if let Err(e) = crate::notify::notify("READY=1") {
