@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 mod coexist;
 mod coexist_firewalls;
+mod counters;
 
 /// A scenario: a name for `--scenario`, what it guards, and its script.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +32,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 22] = [
+pub const ALL: [Scenario; 23] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -134,6 +135,11 @@ pub const ALL: [Scenario; 22] = [
     },
     coexist_firewalls::FIREWALLD,
     coexist_firewalls::UFW,
+    Scenario {
+        name: "counters",
+        guards: "each refusal is counted under its reason (non-tunnel, dns, ipv6, inbound), and `killswitch blocked` names the last refused destination and its sender's uid",
+        script: counters::counters,
+    },
 ];
 
 /// Finds a scenario by name.

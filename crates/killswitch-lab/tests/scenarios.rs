@@ -150,3 +150,8 @@ fn firewalld_filters_and_its_reloads_leak_nothing() {
 fn ufw_filters_and_its_reloads_leak_nothing() {
     scenario_passes("ufw");
 }
+
+#[test]
+fn refusals_are_counted_per_reason_and_named_with_their_sender() {
+    scenario_passes("counters");
+}

@@ -312,6 +312,7 @@ fn parse_headers(packet: &[u8]) -> Option<(&'static str, String, String, Option<
         _ => None,
     };
     let protocol = match protocol {
+        0 => "hop-by-hop".to_owned(),
         1 => "icmp".to_owned(),
         6 => "tcp".to_owned(),
         17 => "udp".to_owned(),
