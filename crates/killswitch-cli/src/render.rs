@@ -431,7 +431,62 @@ mod tests {
              dns:       10.64.0.1\n\
              firewall:  rules installed (3 changes, last change took 812 us); routing layer in place\n\
              flushes:   refused by the kernel (the tables are the daemon's own)\n\
+             blocked:   0 packets (non-tunnel 0, dns 0, ipv6 0, inbound 0)\n\
              error:     none\n"
+        );
+    }
+
+    #[test]
+    fn the_blocked_view_lists_counts_and_the_newest_refusal_first() {
+        let mut s = sample();
+        s.blocked.counts.insert(
+            "dns".to_owned(),
+            killswitch_types::Count {
+                packets: 3,
+                bytes: 180,
+            },
+        );
+        s.blocked.counts.insert(
+            "non-tunnel".to_owned(),
+            killswitch_types::Count {
+                packets: 1,
+                bytes: 3 << 20,
+            },
+        );
+        let refused = |port, uid| killswitch_types::BlockedPacket {
+            at_unix: 3600,
+            reason: "dns".to_owned(),
+            family: "ipv4".to_owned(),
+            protocol: "udp".to_owned(),
+            destination: "192.0.2.53".to_owned(),
+            port: Some(port),
+            interface: Some("eth0\u{1b}[2J".to_owned()),
+            uid,
+        };
+        s.blocked.recent = vec![refused(53, Some(1000)), refused(853, None)];
+        assert!(
+            status(&s).contains("blocked:   4 packets (non-tunnel 1, dns 3, ipv6 0, inbound 0)\n")
+        );
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(3605);
+        let text = blocked_view(&s, Some((2048, 10)), now);
+        assert!(
+            text.contains("tunnel:   wg0 (up), rx 2.0 KiB, tx 10 B\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  dns                  3 packets      180 B\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  non-tunnel           1 packets    3.0 MiB\n"),
+            "{text}"
+        );
+        let newest = text.find(":853").expect("listed");
+        let older = text.find(":53 ").expect("listed");
+        assert!(newest < older, "newest first:\n{text}");
+        assert!(
+            text.contains("01:00:00Z (5s ago) dns udp 192.0.2.53:53 via eth0\\u{1b}[2J uid 1000\n"),
+            "{text}"
         );
     }
 

@@ -160,6 +160,17 @@ pub(super) fn counters(lab: &mut Lab) -> Result<Outcome> {
             "`killswitch --json blocked --once` (run as nobody) lists {target} refused as non-tunnel, sent by uid {SENDER_UID}"
         ),
     );
+    // The counts change under the daemon's read-back of its table: that is no tampering.
+    let tamper = after.firewall.tamper_events;
+    outcome.check(
+        tamper == 0,
+        format!("growing counters were never taken for tampering ({tamper} tamper events)"),
+    );
+    if let Some(us) = after.firewall.last_apply_us {
+        outcome.note(format!(
+            "last change of the rules (counters read and carried, batch, read-back): {us} us"
+        ));
+    }
     let recent: Vec<String> = after
         .blocked
         .recent
