@@ -223,8 +223,8 @@ pub(crate) fn status(status: &Status) -> String {
             let _ = writeln!(out, "flushes:   {flushes}");
         }
     }
-    if fw.installed {
-        let _ = writeln!(out, "blocked:   {}", blocked_counts(&status.blocked));
+    if let Some(blocked) = status.blocked.as_ref().filter(|_| fw.installed) {
+        let _ = writeln!(out, "blocked:   {}", blocked_counts(blocked));
     }
     if fw.tamper_events > 0 {
         let last = clean(fw.last_tamper.as_deref().unwrap_or("unknown"));
@@ -294,7 +294,13 @@ pub(crate) fn blocked_view(status: &Status, traffic: Traffic, now: SystemTime) -
             let _ = writeln!(out, "{line}");
         }
     }
-    let blocked = &status.blocked;
+    let Some(blocked) = &status.blocked else {
+        let _ = writeln!(
+            out,
+            "blocked:  unknown (the daemon is older than the counts)"
+        );
+        return out;
+    };
     let _ = writeln!(out, "blocked:  {}", blocked_counts(blocked));
     for reason in BlockReason::ALL {
         let count = blocked.count(reason);
@@ -392,7 +398,7 @@ mod tests {
             },
             dns: None,
             exceptions: Default::default(),
-            blocked: Default::default(),
+            blocked: Some(Default::default()),
         }
     }
 
@@ -439,14 +445,15 @@ mod tests {
     #[test]
     fn the_blocked_view_lists_counts_and_the_newest_refusal_first() {
         let mut s = sample();
-        s.blocked.counts.insert(
+        let blocked = s.blocked.get_or_insert_default();
+        blocked.counts.insert(
             "dns".to_owned(),
             killswitch_types::Count {
                 packets: 3,
                 bytes: 180,
             },
         );
-        s.blocked.counts.insert(
+        blocked.counts.insert(
             "non-tunnel".to_owned(),
             killswitch_types::Count {
                 packets: 1,
@@ -463,7 +470,7 @@ mod tests {
             interface: Some("eth0\u{1b}[2J".to_owned()),
             uid,
         };
-        s.blocked.recent = vec![refused(53, Some(1000)), refused(853, None)];
+        blocked.recent = vec![refused(53, Some(1000)), refused(853, None)];
         assert!(
             status(&s).contains("blocked:   4 packets (non-tunnel 1, dns 3, ipv6 0, inbound 0)\n")
         );

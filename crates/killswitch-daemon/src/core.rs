@@ -800,9 +800,9 @@ impl<F: Firewall> Core<F> {
             firewall: self.firewall_status.clone(),
             dns: self.dns_status.clone(),
             exceptions: self.exceptions_status(),
-            // Filled by the IPC server when it answers (`blocked.rs`): the counts change with
-            // every refused packet, which is no change of state to publish.
-            blocked: Default::default(),
+            // Filled by the IPC server when it answers `status` (`blocked.rs`): the counts change
+            // with every refused packet, which is no change of state to publish.
+            blocked: None,
         }
     }
 

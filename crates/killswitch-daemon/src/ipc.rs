@@ -400,7 +400,7 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
                 let blocked = Arc::clone(&shared.blocked);
                 if let Ok(snapshot) = tokio::task::spawn_blocking(move || blocked.snapshot()).await
                 {
-                    status.blocked = snapshot;
+                    status.blocked = Some(snapshot);
                 }
                 ServerMessage::Ok { status }
             }

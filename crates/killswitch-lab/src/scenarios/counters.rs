@@ -9,8 +9,8 @@ use crate::lab::{EVENT_TIMEOUT, Lab, hold};
 use crate::topology::{self, PHYS};
 use crate::traffic;
 use anyhow::{Context, Result};
-use killswitch_types::BlockReason;
 use killswitch_types::ipc::Status;
+use killswitch_types::{BlockReason, BlockedStatus};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -20,14 +20,20 @@ const SENDER_UID: u32 = 65534;
 /// Packets sent for each reason (below the log's burst, so each is logged).
 const SENT: usize = 5;
 
-/// `killswitch --json blocked --once` as `nobody`: anyone may read what is refused.
-fn blocked(lab: &Lab) -> Result<Status> {
+/// `killswitch --json blocked --once` as `nobody`: anyone may read what is refused. The
+/// status, with its `blocked` part, which a status answer always carries.
+fn blocked(lab: &Lab) -> Result<(Status, BlockedStatus)> {
     let result = lab
         .daemon()?
         .cli_as_nobody(&["--json", "blocked", "--once"])?
         .ok()?;
-    serde_json::from_str(&result.stdout)
-        .with_context(|| format!("parsing `blocked --once` {:?}", result.stdout))
+    let status: Status = serde_json::from_str(&result.stdout)
+        .with_context(|| format!("parsing `blocked --once` {:?}", result.stdout))?;
+    let blocked = status
+        .blocked
+        .clone()
+        .context("a status answer without its `blocked` part")?;
+    Ok((status, blocked))
 }
 
 /// Runs `f` with the calling thread's filesystem uid set to `uid`: sockets it opens belong to
@@ -79,14 +85,14 @@ pub(super) fn counters(lab: &mut Lab) -> Result<Outcome> {
             .filter(|_| refused(traffic::send_udp_via(PHYS, v6_target, b"counted", None)))
             .count()
     })?;
-    let counted_before_routed = blocked(lab)?.blocked.count(BlockReason::Ipv6).packets;
+    let counted_before_routed = blocked(lab)?.1.count(BlockReason::Ipv6).packets;
     let routed_v6 = lab.topo.client.run(|| {
         (0..SENT)
             .filter(|_| refused(traffic::send_udp(v6_target, b"routed", None)))
             .count()
     })?;
     let counted_routed = blocked(lab)?
-        .blocked
+        .1
         .count(BlockReason::Ipv6)
         .packets
         .saturating_sub(counted_before_routed);
@@ -104,19 +110,20 @@ pub(super) fn counters(lab: &mut Lab) -> Result<Outcome> {
     // The counts are read when asked; the log reaches the daemon a moment after the packet:
     // ask again until the sender's packet is listed, for a bounded time.
     let deadline = Instant::now() + EVENT_TIMEOUT;
-    let listed = |status: &Status| {
-        status.blocked.recent.iter().any(|p| {
+    let listed = |blocked: &BlockedStatus| {
+        blocked.recent.iter().any(|p| {
             p.reason == BlockReason::NonTunnel.name()
                 && p.destination == topology::TARGET_V4.to_string()
                 && p.port == Some(9)
                 && p.uid == Some(SENDER_UID)
         })
     };
-    let mut after = blocked(lab)?;
+    let (mut status, mut after) = blocked(lab)?;
     while !listed(&after) && Instant::now() < deadline {
         hold(Duration::from_millis(100));
-        after = blocked(lab)?;
+        (status, after) = blocked(lab)?;
     }
+    let before = before.1;
     let mut outcome = Outcome::new(lab.end(window)?);
 
     for (what, count) in [
@@ -145,10 +152,9 @@ pub(super) fn counters(lab: &mut Lab) -> Result<Outcome> {
     );
     for reason in BlockReason::ALL {
         let grew = after
-            .blocked
             .count(reason)
             .packets
-            .saturating_sub(before.blocked.count(reason).packets);
+            .saturating_sub(before.count(reason).packets);
         outcome.check(
             grew >= SENT as u64,
             format!("counter {reason} grew by at least {SENT} ({grew})"),
@@ -161,18 +167,17 @@ pub(super) fn counters(lab: &mut Lab) -> Result<Outcome> {
         ),
     );
     // The counts change under the daemon's read-back of its table: that is no tampering.
-    let tamper = after.firewall.tamper_events;
+    let tamper = status.firewall.tamper_events;
     outcome.check(
         tamper == 0,
         format!("growing counters were never taken for tampering ({tamper} tamper events)"),
     );
-    if let Some(us) = after.firewall.last_apply_us {
+    if let Some(us) = status.firewall.last_apply_us {
         outcome.note(format!(
             "last change of the rules (counters read and carried, batch, read-back): {us} us"
         ));
     }
     let recent: Vec<String> = after
-        .blocked
         .recent
         .iter()
         .rev()
@@ -183,7 +188,7 @@ pub(super) fn counters(lab: &mut Lab) -> Result<Outcome> {
         "counts after: {}; newest refused: {}",
         BlockReason::ALL
             .iter()
-            .map(|r| format!("{r} {}", after.blocked.count(*r).packets))
+            .map(|r| format!("{r} {}", after.count(*r).packets))
             .collect::<Vec<_>>()
             .join(", "),
         recent.join("; ")
