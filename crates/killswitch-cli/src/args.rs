@@ -47,6 +47,10 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "killswitch --json status | jq .state",
         "Read the state from a script.",
     ),
+    (
+        "killswitch blocked",
+        "Watch what is refused: counts per reason, the last destinations and who sent them.",
+    ),
 ];
 
 /// The text after `--help`: the exit statuses and the examples, from the tables above.
