@@ -66,6 +66,10 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "killswitch verify",
         "Check that the kernel holds the rules and that packets going around the tunnel are refused.",
     ),
+    (
+        "killswitch blocked",
+        "Watch what is refused: counts per reason, the last destinations and who sent them.",
+    ),
 ];
 
 /// The text after `--help`: the exit statuses and the examples, from the tables above.
@@ -312,6 +316,21 @@ pub enum Command {
     /// addresses or the LAN's gateway, with a TTL (hop limit) of 1 so that a leaked one dies at
     /// the first router, and none at all while nothing is meant to be blocked.
     Verify,
+    /// Show what is being blocked right now, refreshed every second.
+    ///
+    /// The state, the tunnel (and its interface's received and sent bytes), the packets and bytes
+    /// refused per reason since the kill switch first blocked (`non-tunnel`: leaving outside the
+    /// tunnel; `dns`: DNS to anything but the tunnel's resolvers; `ipv6`: IPv6 outside the
+    /// tunnel; `inbound`: arriving unasked), and the last refused destinations with the interface
+    /// and the user that sent them. The kernel logs at most 10 refused packets a second, so the
+    /// list is a sample under a flood; the counts are exact. Payloads are never logged. Anyone may
+    /// watch. With --json, one status object per refresh, its `blocked` field holding the counts
+    /// and the destinations.
+    Blocked {
+        /// Print one snapshot and exit.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 /// What `allow` does.

@@ -109,6 +109,7 @@ fn main() -> ExitCode {
         Command::Off => Request::Off,
         Command::Events => Request::Subscribe,
         Command::Verify => return verify::run(&cli.socket, cli.json),
+        Command::Blocked { once } => return watch_blocked(&cli.socket, cli.json, once),
         Command::Allow { action } => match allow_request(action) {
             Ok(Some(request)) => request,
             Ok(None) => return list_allows(&cli.socket, cli.json),
@@ -253,6 +254,68 @@ fn list_allows(socket: &Path, json: bool) -> ExitCode {
             ExitCode::from(failure.exit_code())
         }
     }
+}
+
+/// How often `blocked` asks the daemon again.
+const BLOCKED_REFRESH: Duration = Duration::from_secs(1);
+
+/// `blocked`: asks for the status (which carries the counts and the last refused packets) once,
+/// or every [`BLOCKED_REFRESH`] until interrupted. On a terminal each refresh replaces the last;
+/// otherwise snapshots follow each other, separated by a blank line (JSON: one object a line).
+fn watch_blocked(socket: &Path, json: bool, once: bool) -> ExitCode {
+    use std::io::IsTerminal;
+    let client = Client::new(socket.to_owned());
+    let redraw = !json && !once && std::io::stdout().is_terminal();
+    let mut first = true;
+    loop {
+        match client.request(Request::Status) {
+            Ok(received) => {
+                if json {
+                    emit(&format!("{}\n", received.json));
+                } else {
+                    let traffic = received
+                        .status
+                        .tunnel
+                        .as_ref()
+                        .and_then(|t| interface_traffic(t.interface.as_str()));
+                    let view = render::blocked_view(
+                        &received.status,
+                        traffic,
+                        std::time::SystemTime::now(),
+                    );
+                    let separator = match (redraw, first) {
+                        // Home, clear the screen.
+                        (true, _) => "\x1b[H\x1b[2J",
+                        (false, true) => "",
+                        (false, false) => "\n",
+                    };
+                    emit(&format!("{separator}{view}"));
+                }
+            }
+            Err(failure) => {
+                eprintln!("killswitch: {}", render::clean(&failure.to_string()));
+                return ExitCode::from(failure.exit_code());
+            }
+        }
+        if once {
+            return ExitCode::SUCCESS;
+        }
+        first = false;
+        std::thread::sleep(BLOCKED_REFRESH);
+    }
+}
+
+/// The interface's received and sent bytes, from sysfs (readable by anyone): `None` when the
+/// interface is not here.
+fn interface_traffic(interface: &str) -> Option<(u64, u64)> {
+    let read = |what: &str| {
+        std::fs::read_to_string(format!("/sys/class/net/{interface}/statistics/{what}"))
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()
+    };
+    Some((read("rx_bytes")?, read("tx_bytes")?))
 }
 
 /// Reads the configurations given as files (with this user's permissions), and passes names on

@@ -1,7 +1,7 @@
 //! Human-readable output.
 
-use killswitch_types::State;
 use killswitch_types::ipc::{FlushProtection, Status};
+use killswitch_types::{BlockReason, BlockedStatus, State};
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -232,6 +232,9 @@ pub(crate) fn status(status: &Status) -> String {
             let _ = writeln!(out, "flushes:   {flushes}");
         }
     }
+    if let Some(blocked) = status.blocked.as_ref().filter(|_| fw.installed) {
+        let _ = writeln!(out, "blocked:   {}", blocked_counts(blocked));
+    }
     if fw.tamper_events > 0 {
         let last = clean(fw.last_tamper.as_deref().unwrap_or("unknown"));
         let _ = writeln!(
@@ -248,6 +251,94 @@ pub(crate) fn status(status: &Status) -> String {
     // What the request found or did besides (`guard wg0`: where its servers came from).
     for note in &status.notes {
         let _ = writeln!(out, "note:      {}", clean(note));
+    }
+    out
+}
+
+/// The counts per reason on one line: `12 packets (non-tunnel 9, dns 3, ipv6 0, inbound 0)`.
+pub(crate) fn blocked_counts(blocked: &BlockedStatus) -> String {
+    let per_reason: Vec<String> = BlockReason::ALL
+        .iter()
+        .map(|r| format!("{r} {}", blocked.count(*r).packets))
+        .collect();
+    let total = blocked.total_packets();
+    format!(
+        "{total} packet{} ({})",
+        if total == 1 { "" } else { "s" },
+        per_reason.join(", ")
+    )
+}
+
+/// A byte count for people: `1.5 MiB`.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// The tunnel interface's byte counters (`rx`, `tx`), as anyone may read them from sysfs.
+pub(crate) type Traffic = Option<(u64, u64)>;
+
+/// `killswitch blocked`: the state, the tunnel, the counts per reason and the last refused
+/// packets, newest first.
+pub(crate) fn blocked_view(status: &Status, traffic: Traffic, now: SystemTime) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "state:    {} ({})", status.state, meaning(status));
+    match &status.tunnel {
+        None => {
+            let _ = writeln!(out, "tunnel:   none");
+        }
+        Some(t) => {
+            let interface = t.interface.to_string();
+            let link = if t.up { "up" } else { "down or absent" };
+            let mut line = format!("tunnel:   {} ({link})", clean(&interface));
+            if let Some((rx, tx)) = traffic {
+                let _ = write!(line, ", rx {}, tx {}", bytes(rx), bytes(tx));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    let Some(blocked) = &status.blocked else {
+        let _ = writeln!(
+            out,
+            "blocked:  unknown (the daemon is older than the counts)"
+        );
+        return out;
+    };
+    let _ = writeln!(out, "blocked:  {}", blocked_counts(blocked));
+    for reason in BlockReason::ALL {
+        let count = blocked.count(reason);
+        let _ = writeln!(
+            out,
+            "  {:<11} {:>10} packets {:>10}",
+            reason.name(),
+            count.packets,
+            bytes(count.bytes)
+        );
+    }
+    if blocked.recent.is_empty() {
+        let _ = writeln!(out, "last refused: none logged");
+    } else {
+        let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let _ = writeln!(out, "last refused (newest first):");
+        for packet in blocked.recent.iter().rev() {
+            let age = now.saturating_sub(packet.at_unix);
+            let _ = writeln!(
+                out,
+                "  {} ({age}s ago) {}",
+                utc_time(packet.at_unix),
+                clean(&packet.to_string())
+            );
+        }
     }
     out
 }
@@ -362,6 +453,7 @@ mod tests {
             dns: None,
             exceptions: Default::default(),
             notes: vec![],
+            blocked: Some(Default::default()),
         }
     }
 
@@ -422,7 +514,63 @@ mod tests {
              dns:       10.64.0.1\n\
              firewall:  rules installed (3 changes, last change took 812 us); routing layer in place\n\
              flushes:   refused by the kernel (the tables are the daemon's own)\n\
+             blocked:   0 packets (non-tunnel 0, dns 0, ipv6 0, inbound 0)\n\
              error:     none\n"
+        );
+    }
+
+    #[test]
+    fn the_blocked_view_lists_counts_and_the_newest_refusal_first() {
+        let mut s = sample();
+        let blocked = s.blocked.get_or_insert_default();
+        blocked.counts.insert(
+            "dns".to_owned(),
+            killswitch_types::Count {
+                packets: 3,
+                bytes: 180,
+            },
+        );
+        blocked.counts.insert(
+            "non-tunnel".to_owned(),
+            killswitch_types::Count {
+                packets: 1,
+                bytes: 3 << 20,
+            },
+        );
+        let refused = |port, uid| killswitch_types::BlockedPacket {
+            at_unix: 3600,
+            reason: "dns".to_owned(),
+            family: "ipv4".to_owned(),
+            protocol: "udp".to_owned(),
+            destination: "192.0.2.53".to_owned(),
+            port: Some(port),
+            interface: Some("eth0\u{1b}[2J".to_owned()),
+            uid,
+        };
+        blocked.recent = vec![refused(53, Some(1000)), refused(853, None)];
+        assert!(
+            status(&s).contains("blocked:   4 packets (non-tunnel 1, dns 3, ipv6 0, inbound 0)\n")
+        );
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(3605);
+        let text = blocked_view(&s, Some((2048, 10)), now);
+        assert!(
+            text.contains("tunnel:   wg0 (up), rx 2.0 KiB, tx 10 B\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  dns                  3 packets      180 B\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  non-tunnel           1 packets    3.0 MiB\n"),
+            "{text}"
+        );
+        let newest = text.find(":853").expect("listed");
+        let older = text.find(":53 ").expect("listed");
+        assert!(newest < older, "newest first:\n{text}");
+        assert!(
+            text.contains("01:00:00Z (5s ago) dns udp 192.0.2.53:53 via eth0\\u{1b}[2J uid 1000\n"),
+            "{text}"
         );
     }
 

@@ -555,6 +555,7 @@ mod tests {
             dns: None,
             exceptions: Default::default(),
             notes: Vec::new(),
+            blocked: None,
         }
     }
 

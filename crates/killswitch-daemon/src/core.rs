@@ -820,6 +820,9 @@ impl<F: Firewall> Core<F> {
             dns: self.dns_status.clone(),
             exceptions: self.exceptions_status(),
             notes: Vec::new(),
+            // Filled by the IPC server when it answers `status` (`blocked.rs`): the counts change
+            // with every refused packet, which is no change of state to publish.
+            blocked: None,
         }
     }
 

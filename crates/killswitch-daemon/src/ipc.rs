@@ -83,6 +83,8 @@ pub struct Shared {
     /// When the kernel was last read for `verify`: readings are spaced
     /// [`crate::verify::MIN_INTERVAL`] apart, whoever asks.
     pub verify_pace: Arc<tokio::sync::Mutex<Option<Instant>>>,
+    /// What the firewall refuses: filled into each `status` answer.
+    pub blocked: Arc<crate::blocked::Blocked>,
 }
 
 /// The answer to `verify`: the status, and the kernel compared with the daemon's intent.
@@ -404,9 +406,16 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
                 subscribe(&mut reader, &mut write, &shared, deadlines).await;
                 return;
             }
-            Ok(Request::Status) => ServerMessage::Ok {
-                status: shared.status.borrow().clone(),
-            },
+            Ok(Request::Status) => {
+                let mut status = shared.status.borrow().clone();
+                // A netlink dump: quick, but a blocking call, so off the runtime's threads.
+                let blocked = Arc::clone(&shared.blocked);
+                if let Ok(snapshot) = tokio::task::spawn_blocking(move || blocked.snapshot()).await
+                {
+                    status.blocked = Some(snapshot);
+                }
+                ServerMessage::Ok { status }
+            }
             Ok(Request::Verify) => match verify(&shared).await {
                 Ok((status, rules)) => ServerMessage::Verified { status, rules },
                 Err(error) => ServerMessage::Error { error },

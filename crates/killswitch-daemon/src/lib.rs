@@ -22,6 +22,7 @@
 pub mod admission;
 pub mod args;
 pub mod authz;
+pub mod blocked;
 pub mod boot;
 pub mod config;
 pub mod core;

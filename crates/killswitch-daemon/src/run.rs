@@ -137,6 +137,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         admin_group: Arc::from(config.admin_group.as_str()),
         verifications: verifications_tx,
         verify_pace: Arc::default(),
+        blocked: crate::blocked::Blocked::start(),
     };
     tracing::info!("listening on {}", options.socket.display());
     if let Err(e) = crate::notify::notify("READY=1") {

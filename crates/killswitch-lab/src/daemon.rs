@@ -476,16 +476,20 @@ pub fn teardown(ns: &Netns, home: &DaemonHome) -> Result<CliResult> {
 /// What says who owns the table is left out: the `flags` line (`owner` while a daemon holds it,
 /// not after it died; nft 1.0.6 cannot name `persist`) and the `# progname` comment nft adds to
 /// an owned table's first line. That is not what the rules are; `killswitch_nft::installed` reads
-/// the flags as numbers.
+/// the flags as numbers. So are the counters' values (listed statelessly): what the table refused
+/// so far, not what it is.
 pub fn nft_table(ns: &Netns) -> Result<Option<String>> {
     let tables = run_checked(ns.command("nft").args(["list", "tables"]))?;
     if !tables.lines().any(|l| l.trim() == "table inet killswitch") {
         return Ok(None);
     }
-    let listed = run_checked(
-        ns.command("nft")
-            .args(["list", "table", "inet", "killswitch"]),
-    )?;
+    // Stateless (`-s`): the counters' values change with every refused packet (a neighbour
+    // discovery message the table refuses, say), which is no change of the table.
+    let listed =
+        run_checked(
+            ns.command("nft")
+                .args(["-s", "list", "table", "inet", "killswitch"]),
+        )?;
     Ok(Some(
         listed
             .lines()

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 mod coexist;
 mod coexist_firewalls;
+mod counters;
 mod guard_discover;
 mod quickstart;
 mod reload;
@@ -35,7 +36,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 27] = [
+pub const ALL: [Scenario; 28] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -158,6 +159,11 @@ pub const ALL: [Scenario; 27] = [
         name: "guard-discover",
         guards: "`guard IFACE` alone finds a WireGuard device's endpoint and fwmark (setting one it lacks) and protects as the explicit form; an .ovpn's two remotes are exactly the hole",
         script: guard_discover::guard_discover,
+    },
+    Scenario {
+        name: "counters",
+        guards: "each refusal is counted under its reason (non-tunnel, dns, ipv6, inbound), and `killswitch blocked` names the last refused destination and its sender's uid",
+        script: counters::counters,
     },
 ];
 

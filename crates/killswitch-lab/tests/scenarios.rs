@@ -175,3 +175,8 @@ fn verify_passes_when_protected_and_names_a_removed_table_an_ipv6_leak_and_lan_d
 fn guard_with_only_the_interface_finds_the_rest_and_an_ovpn_opens_exactly_its_remotes() {
     scenario_passes("guard-discover");
 }
+
+#[test]
+fn refusals_are_counted_per_reason_and_named_with_their_sender() {
+    scenario_passes("counters");
+}

@@ -5,6 +5,7 @@
 //! The same goes for the `arp` table's matches and for statements (`ip ttl set`).
 
 use crate::NftError;
+use crate::counters::{CounterObject, CounterRef, Limit, Log};
 use ipnet::IpNet;
 use killswitch_policy::{
     ArpHook, ArpMatch, ArpRule, ArpTable, CtStates, IpFamily, Match, RejectWith,
@@ -160,7 +161,12 @@ fn family_name(family: ProtoFamily) -> &'static str {
 
 impl Batch {
     /// The batch that replaces our tables with `ruleset`, the tables carrying `flags`.
-    pub(crate) fn build(ruleset: &Ruleset, flags: u32) -> Result<Self, NftError> {
+    /// Counter objects start at `carried` (see [`crate::counters`]), zero for a reason absent.
+    pub(crate) fn build(
+        ruleset: &Ruleset,
+        flags: u32,
+        carried: &crate::counters::Counters,
+    ) -> Result<Self, NftError> {
         let table = killswitch_table(ProtoFamily::Inet)?;
         let arp_table = killswitch_table(ProtoFamily::Arp)?;
         let inet_message = TableMessage::new(ProtoFamily::Inet, flags)?;
@@ -193,6 +199,20 @@ impl Batch {
         if let Some(policy_table) = &ruleset.table {
             batch.add(&inet_message, MsgType::Add);
             labels.push(format!("add table inet {TABLE_NAME}"));
+
+            // Counter objects before the rules that add to them.
+            let counters = policy_table
+                .counters()
+                .into_iter()
+                .map(|reason| {
+                    let start = carried.get(&reason).copied().unwrap_or_default();
+                    Ok((reason, CounterObject::new(reason, start)?))
+                })
+                .collect::<Result<Vec<_>, NftError>>()?;
+            for (reason, counter) in &counters {
+                batch.add(counter, MsgType::Add);
+                labels.push(format!("add counter {reason}"));
+            }
 
             // Sets before the rules that look them up (which name them, and their batch id).
             for (index, policy_set) in policy_table.sets.iter().enumerate() {
@@ -228,7 +248,7 @@ impl Batch {
             for (chain, policy_chain) in chains.iter().zip(&policy_table.chains) {
                 for (index, policy_rule) in policy_chain.rules.iter().enumerate() {
                     let rule = encode_rule(chain, policy_rule, &policy_table.sets)?;
-                    batch.add(&rule, MsgType::Add);
+                    batch.add(&ZeroPadded(&rule), MsgType::Add);
                     labels.push(format!(
                         "rule {index} of chain {}: {policy_rule}",
                         policy_chain.name
@@ -261,6 +281,32 @@ impl Batch {
     /// How many messages the batch holds.
     pub(crate) fn messages(&self) -> usize {
         self.labels.len()
+    }
+}
+
+/// A rule message written over zeroed bytes. libnftnl puts a counter reference's name without
+/// its terminating NUL (the kernel does not need it), and the batch buffer is not zeroed: the
+/// read-back, which parses our own batch with libnftnl's `strdup`, would read the name with
+/// whatever bytes follow it. Writing the rule once to learn its length, zeroing that much and
+/// writing it again leaves its padding zero, so the name ends where it should.
+struct ZeroPadded<'a, 'b>(&'a Rule<'b>);
+
+// SAFETY: `write` writes one rule message into `buf` (which the batch sized for the largest
+// message), and zeroes only bytes of that message.
+unsafe impl nftnl::NlMsg for ZeroPadded<'_, '_> {
+    unsafe fn write(&self, buf: *mut std::ffi::c_void, seq: u32, msg_type: MsgType) {
+        // SAFETY: the caller's contract: `buf` has room for the largest message, so for this
+        // one; its first bytes are the nlmsghdr the first write leaves there.
+        unsafe {
+            self.0.write(buf, seq, msg_type);
+            let len = (*buf.cast::<libc::nlmsghdr>()).nlmsg_len as usize;
+            std::ptr::write_bytes(
+                buf.cast::<u8>(),
+                0,
+                len.min(nftnl::nft_nlmsg_maxsize() as usize),
+            );
+            self.0.write(buf, seq, msg_type);
+        }
     }
 }
 
@@ -482,6 +528,12 @@ fn encode_rule<'a>(
                 ));
                 rule.add_expr(&Conntrack::Mark { set: true });
             }
+            Statement::Count(reason) => {
+                let name = killswitch_policy::counter_name(*reason);
+                let name = CString::new(name.as_str()).map_err(|_| NftError::Comment(name))?;
+                rule.add_expr(&CounterRef(name));
+            }
+            Statement::Log(reason) => rule.add_expr(&Log::new(*reason)?),
         }
     }
     add_verdict(&mut rule, &policy_rule.verdict)?;
@@ -559,6 +611,8 @@ fn add_verdict(rule: &mut Rule<'_>, verdict: &PolicyVerdict) -> Result<(), NftEr
                 CString::new(target.as_str()).map_err(|_| NftError::Comment(target.clone()))?;
             rule.add_expr(&NftVerdict::Jump { chain })
         }
+        // A rule without a verdict: evaluation goes on with the next one.
+        PolicyVerdict::Continue => {}
     }
     Ok(())
 }
@@ -644,6 +698,10 @@ fn encode_match(rule: &mut Rule<'_>, m: &Match) {
             ));
             rule.add_expr(&Cmp::new(CmpOp::Neq, [0u8; 4].as_slice()));
         }
+        Match::Limit { per_second, burst } => rule.add_expr(&Limit {
+            per_second: *per_second,
+            burst: *burst,
+        }),
     }
 }
 

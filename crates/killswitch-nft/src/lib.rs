@@ -19,10 +19,12 @@
 //! What this crate does not own: what the rules are (`killswitch-policy`) and when to change them
 //! (the daemon).
 
+pub mod counters;
 mod encode;
 mod error;
 pub mod monitor;
 mod netlink;
+pub mod nflog;
 mod readback;
 
 pub use error::NftError;
@@ -124,7 +126,10 @@ impl Nftables {
     pub fn apply(&mut self, ruleset: &Ruleset) -> Result<ApplyReport, NftError> {
         ruleset.check()?;
         let start = Instant::now();
-        let batch = encode::Batch::build(ruleset, self.ownership.flags())?;
+        // The counts so far, carried into the new table's counters (see `counters`). A table
+        // that cannot be read is no reason not to apply the rules: its counts start again.
+        let carried = counters::read(&self.socket).unwrap_or_default();
+        let batch = encode::Batch::build(ruleset, self.ownership.flags(), &carried)?;
         netlink::commit(&self.socket, &batch)?;
         let commit = start.elapsed();
         let verified = Instant::now();
@@ -142,7 +147,11 @@ impl Nftables {
     /// connection that applied them can expect them owned.
     pub fn verify(&mut self, ruleset: &Ruleset) -> Result<(), NftError> {
         ruleset.check()?;
-        self.verify_against(&encode::Batch::build(ruleset, self.ownership.flags())?)
+        self.verify_against(&encode::Batch::build(
+            ruleset,
+            self.ownership.flags(),
+            &counters::Counters::new(),
+        )?)
     }
 
     /// [`Nftables::verify`] for a connection that does not own the tables (a test's, or a
@@ -166,7 +175,8 @@ impl Nftables {
         ruleset: &Ruleset,
     ) -> Result<(Installed, Installed), NftError> {
         ruleset.check()?;
-        let batch = encode::Batch::build(ruleset, self.ownership.flags())?;
+        let batch =
+            encode::Batch::build(ruleset, self.ownership.flags(), &counters::Counters::new())?;
         let mut expected = readback::expected_from_batch(&batch)?;
         let mut actual = readback::read_installed(&self.socket)?;
         for installed in [&mut expected, &mut actual] {
@@ -178,6 +188,12 @@ impl Nftables {
             }
         }
         Ok((expected, actual))
+    }
+
+    /// The refused packets and bytes per reason, from the table's counter objects (one dump);
+    /// empty when the table is not installed.
+    pub fn counters(&mut self) -> Result<counters::Counters, NftError> {
+        counters::read(&self.socket)
     }
 
     fn verify_against(&mut self, batch: &encode::Batch) -> Result<(), NftError> {
@@ -223,6 +239,11 @@ pub fn compare_installed(expected: &Installed, actual: &Installed) -> Result<(),
 /// [`Nftables::installed`] on a connection of its own.
 pub fn installed() -> Result<Installed, NftError> {
     Nftables::open()?.installed()
+}
+
+/// [`Nftables::counters`] on a connection of its own.
+pub fn counters() -> Result<counters::Counters, NftError> {
+    Nftables::open_with(Ownership::Shared)?.counters()
 }
 
 /// How long an operation waits for the kernel before giving up.

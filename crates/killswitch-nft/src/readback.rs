@@ -881,7 +881,7 @@ mod tests {
                 allow_lan: true,
             },
         );
-        let batch = Batch::build(&ruleset, 0).expect("batch");
+        let batch = Batch::build(&ruleset, 0, &Default::default()).expect("batch");
         let installed = expected_from_batch(&batch).expect("parses");
         assert!(installed.arp.is_none(), "no tunnel, no arp table");
         let table = installed.inet.expect("a table");

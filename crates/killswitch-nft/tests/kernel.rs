@@ -1451,3 +1451,109 @@ fn an_unowned_table_of_an_older_version_is_replaced_by_an_owned_one() -> Result<
     })??;
     Ok(())
 }
+
+/// Sends `count` UDP datagrams from the calling thread's namespace to `to`; a local refusal of
+/// each (`EPERM`, the reject) is what is expected, so send errors are not failures here.
+fn send_udp(to: SocketAddr, count: usize) -> Result<()> {
+    let socket = std::net::UdpSocket::bind(match to {
+        SocketAddr::V4(_) => "0.0.0.0:0",
+        SocketAddr::V6(_) => "[::]:0",
+    })?;
+    for _ in 0..count {
+        let _ = socket.send_to(b"counted", to);
+    }
+    Ok(())
+}
+
+#[test]
+fn refusals_are_counted_per_reason_logged_and_carried_across_transitions() -> Result<()> {
+    if !require_root("refusals_are_counted_per_reason_logged_and_carried_across_transitions") {
+        return Ok(());
+    }
+    use killswitch_types::BlockReason;
+    let topo = Topology::new("counters")?;
+    let blocked = compile(&PolicyState::Blocked, &Settings::default());
+    topo.client.run(|| killswitch_nft::apply(&blocked))??;
+    let mut log = topo
+        .client
+        .run(killswitch_nft::nflog::NflogSocket::bind)?
+        .context("binding the nflog group in the client namespace")?;
+    log.set_receive_timeout(Some(Duration::from_secs(5)))?;
+
+    let before = topo.client.run(killswitch_nft::counters)??;
+    topo.client.run(|| -> Result<()> {
+        send_udp(SocketAddr::new(topology::TARGET_V4.into(), 9), 3)?;
+        send_udp(SocketAddr::new(topology::PUBLIC_DNS_V4.into(), 53), 2)?;
+        send_udp(SocketAddr::new(topology::TARGET_V6.into(), 9), 4)
+    })??;
+    let after = topo.client.run(killswitch_nft::counters)??;
+    let grew = |reason: BlockReason| {
+        let count = |c: &killswitch_nft::counters::Counters| {
+            c.get(&reason).map_or(0, |count| count.packets)
+        };
+        count(&after) - count(&before)
+    };
+    ensure!(
+        grew(BlockReason::NonTunnel) >= 3,
+        "non-tunnel: {after:?} after {before:?}"
+    );
+    ensure!(grew(BlockReason::Dns) >= 2, "dns: {after:?}");
+    ensure!(grew(BlockReason::Ipv6) >= 4, "ipv6: {after:?}");
+    ensure!(
+        after
+            .get(&BlockReason::Dns)
+            .is_some_and(|c| c.bytes >= 2 * 28),
+        "dns bytes: {after:?}"
+    );
+
+    // The log names the DNS packet's destination and its sender (this test runs as root).
+    let mut seen = Vec::new();
+    let found = loop {
+        // In the namespace, so that the interface index is named there.
+        let packets = topo
+            .client
+            .run(|| log.receive())?
+            .context("no log message within 5 s")?;
+        if let Some(dns) = packets
+            .iter()
+            .find(|p| p.reason == "dns" && p.destination == topology::PUBLIC_DNS_V4.to_string())
+        {
+            break dns.clone();
+        }
+        seen.extend(packets);
+        ensure!(seen.len() < 100, "no dns refusal among {seen:?}");
+    };
+    ensure!(
+        found.port == Some(53) && found.protocol == "udp" && found.uid == Some(0),
+        "logged as {found:?}"
+    );
+    ensure!(
+        found.interface.as_deref() == Some(topology::PHYS),
+        "logged as {found:?}"
+    );
+
+    // Another state replaces the table: its counters start where the old ones were.
+    let connecting = compile(
+        &PolicyState::Connecting {
+            peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+            probe: None,
+            pending: None,
+        },
+        &Settings::default(),
+    );
+    topo.client.run(|| killswitch_nft::apply(&connecting))??;
+    let carried = topo.client.run(killswitch_nft::counters)??;
+    for reason in BlockReason::ALL {
+        let (was, is) = (
+            after.get(&reason).copied().unwrap_or_default(),
+            carried.get(&reason).copied().unwrap_or_default(),
+        );
+        ensure!(
+            is.packets >= was.packets && is.bytes >= was.bytes,
+            "{reason}: {is:?} after the transition, {was:?} before"
+        );
+    }
+    // And the read-back still verifies: counter values are no difference.
+    topo.client.run(|| killswitch_nft::verify(&connecting))??;
+    Ok(())
+}

@@ -34,11 +34,14 @@ use crate::exceptions::{CT_MARK_INBOUND, Exceptions};
 use crate::ranges;
 use crate::ruleset::{
     ArpChain, ArpHook, ArpMatch, ArpOperation, ArpRule, ArpTable, BaseChain, Chain, ChainPolicy,
-    CtStates, Hook, IpFamily, L4Proto, Match, RejectWith, Rule, Ruleset, Statement, Table, Verdict,
+    CtStates, Hook, IpFamily, L4Proto, LOG_BURST, LOG_RATE_PER_SECOND, Match, RejectWith, Rule,
+    Ruleset, Statement, Table, Verdict,
 };
 use crate::set::Set;
 use ipnet::IpNet;
-use killswitch_types::{Endpoints, Fwmark, InterfaceName, Settings, TransportProtocol};
+use killswitch_types::{
+    BlockReason, Endpoints, Fwmark, InterfaceName, Settings, TransportProtocol,
+};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The firewall-relevant part of the daemon's state: one variant per protection state, carrying what
@@ -330,6 +333,7 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
             rules: lan_destinations(sets, "lan to lan"),
         });
     }
+    chains.extend(BlockReason::ALL.into_iter().map(refuse_chain));
     Ruleset {
         table: Some(Table {
             sets,
@@ -483,6 +487,7 @@ fn output_rules(
             rules.push(
                 on().not_oif(&tunnel.interface)
                     .src(host(address))
+                    .set(Statement::Count(BlockReason::NonTunnel))
                     .verdict(Verdict::Drop, "tunnel address only via the tunnel"),
             );
         }
@@ -520,10 +525,10 @@ fn output_rules(
         rules.extend(lan_destinations(sets, "lan"));
     }
     rules.push(
-        on().proto(L4Proto::Tcp)
-            .verdict(Verdict::Reject(RejectWith::TcpReset), "fail fast"),
+        on().family(IpFamily::V6)
+            .verdict(refuse(BlockReason::Ipv6), "ipv6 outside the tunnel"),
     );
-    rules.push(on().verdict(Verdict::Reject(RejectWith::AdminProhibited), "fail fast"));
+    rules.push(on().verdict(refuse(BlockReason::NonTunnel), "outside the tunnel"));
     rules
 }
 
@@ -543,6 +548,7 @@ fn input_rules(
             rules.push(
                 on().not_iif(&tunnel.interface)
                     .dst(host(address))
+                    .set(Statement::Count(BlockReason::Inbound))
                     .verdict(Verdict::Drop, "tunnel address only via the tunnel"),
             );
         }
@@ -582,6 +588,8 @@ fn input_rules(
                 .accept("lan")
         }));
     }
+    // What the chain's policy would drop anyway, counted and sampled on its way.
+    rules.push(on().verdict(refuse(BlockReason::Inbound), "nothing allows it"));
     rules
 }
 
@@ -622,6 +630,17 @@ fn forward_rules(
                 .verdict(Verdict::Jump(LAN_FORWARD_CHAIN.to_owned()), "lan to lan")
         }));
     }
+    // What the chain's policy would drop anyway, counted (not logged: forwarded packets have
+    // no local sender to name).
+    rules.push(
+        on().family(IpFamily::V6)
+            .set(Statement::Count(BlockReason::Ipv6))
+            .verdict(Verdict::Drop, "forwarded ipv6 outside the tunnel"),
+    );
+    rules.push(
+        on().set(Statement::Count(BlockReason::NonTunnel))
+            .verdict(Verdict::Drop, "forwarded outside the tunnel"),
+    );
     rules
 }
 
@@ -668,19 +687,63 @@ fn dns_rules(tunnel: Option<&Tunnel>) -> Vec<Rule> {
         }
     }
     for proto in DNS_PROTOS {
-        let reject = match proto {
-            L4Proto::Tcp => RejectWith::TcpReset,
-            _ => RejectWith::AdminProhibited,
-        };
         for port in DNS_PORTS {
             rules.push(
                 on().proto(proto)
                     .dport(port)
-                    .verdict(Verdict::Reject(reject), "dns outside the tunnel"),
+                    .verdict(refuse(BlockReason::Dns), "dns outside the tunnel"),
             );
         }
     }
     rules
+}
+
+/// The name of the regular chain that refuses packets for `reason` ([`refuse_chain`]).
+fn refuse_chain_name(reason: BlockReason) -> String {
+    format!("refuse-{reason}")
+}
+
+/// The verdict that refuses a packet for `reason`: a jump to its [`refuse_chain`], which always
+/// decides, so the jump is as final as the reject or drop it stands for.
+fn refuse(reason: BlockReason) -> Verdict {
+    Verdict::Jump(refuse_chain_name(reason))
+}
+
+/// The regular chain every packet refused for `reason` goes through: a rule that logs a few of
+/// them a second to the daemon (headers only), then the reject (a TCP reset for TCP, ICMP
+/// "administratively prohibited" otherwise, so that applications fail fast), or for inbound
+/// packets the silent drop the input chain's policy would give, each counted in the reason's
+/// named counter. One chain per reason keeps the rules that pick the packets as cheap as a plain
+/// reject, and puts the log's rate limit where it cannot let a packet through: a limit that is
+/// exceeded only skips the logging rule, which has no verdict.
+fn refuse_chain(reason: BlockReason) -> Chain {
+    let mut rules = vec![
+        on().with(Match::Limit {
+            per_second: LOG_RATE_PER_SECOND,
+            burst: LOG_BURST,
+        })
+        .set(Statement::Log(reason))
+        .verdict(Verdict::Continue, "a sample for the daemon"),
+    ];
+    let count = Statement::Count(reason);
+    if reason == BlockReason::Inbound {
+        rules.push(on().set(count).verdict(Verdict::Drop, "refused"));
+    } else {
+        rules.push(
+            on().proto(L4Proto::Tcp)
+                .set(count)
+                .verdict(Verdict::Reject(RejectWith::TcpReset), "fail fast"),
+        );
+        rules.push(
+            on().set(count)
+                .verdict(Verdict::Reject(RejectWith::AdminProhibited), "fail fast"),
+        );
+    }
+    Chain {
+        name: refuse_chain_name(reason),
+        base: None,
+        rules,
+    }
 }
 
 /// Everything through the tunnel, for the address families the tunnel carries. A tunnel without an

@@ -298,7 +298,7 @@ impl Ruleset {
                 RuleVerdict::Accept => Verdict::Accept,
                 RuleVerdict::Reject(with) => Verdict::Reject(with),
                 // `Ruleset::check` refuses a jump in the arp table; the kernel would too.
-                RuleVerdict::Drop | RuleVerdict::Jump(_) => Verdict::Drop,
+                RuleVerdict::Drop | RuleVerdict::Jump(_) | RuleVerdict::Continue => Verdict::Drop,
             });
         decided.unwrap_or(match chain.policy {
             ChainPolicy::Drop => Verdict::Drop,
@@ -315,9 +315,12 @@ impl Ruleset {
                 match statement {
                     Statement::SetTtl(ttl) => packet.hop_limit = *ttl,
                     Statement::SetCtMarkBit(bit) => packet.ct_mark |= *bit,
+                    // Counting and logging do not change the packet or its fate.
+                    Statement::Count(_) | Statement::Log(_) => {}
                 }
             }
             match &rule.verdict {
+                RuleVerdict::Continue => {}
                 RuleVerdict::Accept => return Some(Verdict::Accept),
                 RuleVerdict::Drop => return Some(Verdict::Drop),
                 RuleVerdict::Reject(with) => return Some(Verdict::Reject(*with)),
@@ -393,6 +396,8 @@ fn matches(m: &Match, p: &Packet) -> bool {
         Match::Mark(mark) => p.mark == *mark,
         Match::SocketUid(uid) => p.uid == Some(*uid),
         Match::CtMarkBit(bit) => p.ct_mark & bit != 0,
+        // Under the rate: the only rules with a limit log and decide nothing.
+        Match::Limit { .. } => true,
     }
 }
 

@@ -33,7 +33,8 @@ pub use exceptions::{CT_MARK_INBOUND, Exceptions, LocalLink, check_allows};
 pub use killswitch_types::Settings;
 pub use ruleset::{
     ArpChain, ArpHook, ArpMatch, ArpOperation, ArpRule, ArpTable, BaseChain, Chain, ChainPolicy,
-    CtStates, Hook, IpFamily, L4Proto, MalformedRule, Match, RejectWith, Rule, Ruleset, Statement,
-    TABLE_NAME, Table, Verdict,
+    CtStates, Hook, IpFamily, L4Proto, LOG_BURST, LOG_RATE_PER_SECOND, LOG_SNAPLEN, MalformedRule,
+    Match, NFLOG_GROUP, RejectWith, Rule, Ruleset, Statement, TABLE_NAME, Table, Verdict,
+    counter_name, log_prefix, reason_of_counter,
 };
 pub use set::Set;

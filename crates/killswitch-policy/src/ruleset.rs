@@ -10,12 +10,50 @@
 
 use crate::set::Set;
 use ipnet::IpNet;
-use killswitch_types::InterfaceName;
+use killswitch_types::{BlockReason, InterfaceName};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// The name of killswitch's tables: `inet killswitch`, and `arp killswitch` beside it.
 pub const TABLE_NAME: &str = "killswitch";
+
+/// The nfnetlink_log group the refusing rules log to ([`Statement::Log`]), and the daemon
+/// listens on. Each network namespace has its own groups, and one listener per group: a
+/// number no common tool uses by default (ulogd and `nft log group` examples use 0 to 2).
+pub const NFLOG_GROUP: u16 = 0x6b73;
+
+/// How many refused packets per second the kernel logs at most, after a burst of
+/// [`LOG_BURST`]: enough to show what is being refused, never a flood for the daemon.
+pub const LOG_RATE_PER_SECOND: u32 = 10;
+
+/// The burst [`LOG_RATE_PER_SECOND`] allows.
+pub const LOG_BURST: u32 = 20;
+
+/// How many bytes of a refused packet the log carries: the IPv6 header (40) and the first
+/// bytes of the transport header (ports). Never the payload.
+pub const LOG_SNAPLEN: u32 = 48;
+
+/// The name of the table's counter object for `reason`: `killswitch-REASON`.
+///
+/// The prefix is not only for whoever reads `nft list counters`: libnftnl (1.2) puts a counter
+/// reference's name into a rule without its terminating NUL and reads it back with `strdup`, so a
+/// name whose length is a multiple of 4 (no padding after it, `ipv6`) reads back with whatever
+/// follows it, and the read-back of our own batch would disagree with the kernel's. Every name
+/// here is 11 characters longer than its reason, none a multiple of 4 (a test checks).
+pub fn counter_name(reason: BlockReason) -> String {
+    format!("killswitch-{}", reason.name())
+}
+
+/// The reason whose counter object is named `name`.
+pub fn reason_of_counter(name: &str) -> Option<BlockReason> {
+    BlockReason::from_name(name.strip_prefix("killswitch-")?)
+}
+
+/// The prefix of the log lines of packets refused for `reason`: what the daemon reads the
+/// reason back from.
+pub fn log_prefix(reason: BlockReason) -> String {
+    format!("killswitch {}", reason.name())
+}
 
 /// A complete firewall configuration: the table to install, or none.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,6 +245,15 @@ pub enum Match {
     SocketUid(u32),
     /// `ct mark and BIT != 0`: the flow's conntrack mark has this bit set.
     CtMarkBit(u32),
+    /// `limit rate N/second burst B packets`: holds for at most `per_second` packets a second
+    /// after a burst of `burst` (shared by every packet this rule sees). The evaluator takes it
+    /// to hold: it only ever guards a [`Verdict::Continue`] rule that logs.
+    Limit {
+        /// Packets per second.
+        per_second: u32,
+        /// Packets allowed above the rate at once.
+        burst: u32,
+    },
 }
 
 /// A change a rule makes to a packet it matches, before its verdict.
@@ -219,6 +266,11 @@ pub enum Statement {
     /// `ct mark set ct mark or BIT`: marks the packet's flow, leaving the mark's other bits as they
     /// are (other programs may use them).
     SetCtMarkBit(u32),
+    /// `counter name "REASON"`: adds the packet to the table's named counter for `reason`.
+    Count(BlockReason),
+    /// `log prefix "killswitch REASON" group NFLOG_GROUP snaplen LOG_SNAPLEN`: sends the
+    /// packet's headers to the daemon over nfnetlink_log ([`NFLOG_GROUP`]).
+    Log(BlockReason),
 }
 
 /// What a rule does with a packet it matches.
@@ -232,6 +284,8 @@ pub enum Verdict {
     Reject(RejectWith),
     /// Continue in the named regular chain; come back if nothing there decides.
     Jump(String),
+    /// No verdict: the statements apply and evaluation goes on with the next rule.
+    Continue,
 }
 
 /// How a rejection is signalled.
@@ -349,6 +403,24 @@ impl fmt::Display for MalformedRule {
 }
 
 impl std::error::Error for MalformedRule {}
+
+impl Table {
+    /// The named counters the rules add to, each once, in [`BlockReason::ALL`]'s order: the
+    /// counter objects the table holds (`counter non-tunnel { }`).
+    pub fn counters(&self) -> Vec<BlockReason> {
+        BlockReason::ALL
+            .into_iter()
+            .filter(|reason| {
+                self.chains.iter().any(|chain| {
+                    chain
+                        .rules
+                        .iter()
+                        .any(|rule| rule.statements.contains(&Statement::Count(*reason)))
+                })
+            })
+            .collect()
+    }
+}
 
 impl Ruleset {
     /// The base chain for `hook`, if the table has one.
@@ -510,7 +582,10 @@ impl Rule {
                 Statement::SetTtl(_) if family != Some(IpFamily::V4) => {
                     return Err("ttl rewrite without `meta nfproto ipv4` first".to_owned());
                 }
-                Statement::SetTtl(_) | Statement::SetCtMarkBit(_) => {}
+                Statement::SetTtl(_)
+                | Statement::SetCtMarkBit(_)
+                | Statement::Count(_)
+                | Statement::Log(_) => {}
             }
         }
         if self.verdict == Verdict::Reject(RejectWith::TcpReset) && proto != Some(L4Proto::Tcp) {
@@ -528,6 +603,13 @@ impl fmt::Display for Ruleset {
             None => writeln!(f, "# no table inet {TABLE_NAME}"),
             Some(table) => {
                 writeln!(f, "table inet {TABLE_NAME} {{")?;
+                let counters = table.counters();
+                for reason in &counters {
+                    writeln!(f, "\tcounter {} {{\n\t}}", counter_name(*reason))?;
+                }
+                if !counters.is_empty() {
+                    writeln!(f)?;
+                }
                 for (i, set) in table.sets.iter().enumerate() {
                     if i > 0 {
                         writeln!(f)?;
@@ -644,10 +726,11 @@ impl fmt::Display for Rule {
         for m in &self.matches {
             write!(f, "{m} ")?;
         }
-        for statement in &self.statements {
-            write!(f, "{statement} ")?;
+        let mut words: Vec<String> = self.statements.iter().map(ToString::to_string).collect();
+        if self.verdict != Verdict::Continue {
+            words.push(self.verdict.to_string());
         }
-        write!(f, "{}", self.verdict)?;
+        write!(f, "{}", words.join(" "))?;
         if !self.comment.is_empty() {
             write!(f, " comment \"{}\"", self.comment)?;
         }
@@ -702,6 +785,9 @@ impl fmt::Display for Match {
             Match::Mark(m) => write!(f, "meta mark {m:#010x}"),
             Match::SocketUid(u) => write!(f, "meta skuid {u}"),
             Match::CtMarkBit(bit) => write!(f, "ct mark and {bit:#010x} != 0"),
+            Match::Limit { per_second, burst } => {
+                write!(f, "limit rate {per_second}/second burst {burst} packets")
+            }
         }
     }
 }
@@ -736,6 +822,12 @@ impl fmt::Display for Statement {
         match self {
             Statement::SetTtl(ttl) => write!(f, "ip ttl set {ttl}"),
             Statement::SetCtMarkBit(bit) => write!(f, "ct mark set ct mark or {bit:#010x}"),
+            Statement::Count(reason) => write!(f, "counter name \"{}\"", counter_name(*reason)),
+            Statement::Log(reason) => write!(
+                f,
+                "log prefix \"{}\" group {NFLOG_GROUP} snaplen {LOG_SNAPLEN}",
+                log_prefix(*reason)
+            ),
         }
     }
 }
@@ -750,6 +842,23 @@ impl fmt::Display for Verdict {
                 f.write_str("reject with icmpx admin-prohibited")
             }
             Verdict::Jump(chain) => write!(f, "jump {chain}"),
+            Verdict::Continue => f.write_str("continue"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_names_read_back_whole_and_name_their_reason() {
+        for reason in BlockReason::ALL {
+            let name = counter_name(reason);
+            // See `counter_name`: a multiple of 4 would read back with trailing bytes.
+            assert_ne!(name.len() % 4, 0, "{name}");
+            assert_eq!(reason_of_counter(&name), Some(reason));
+        }
+        assert_eq!(reason_of_counter("dns"), None);
     }
 }

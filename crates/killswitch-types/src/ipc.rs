@@ -305,6 +305,11 @@ pub struct Status {
     /// `status`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// What the firewall refused: counts per reason and the last refused destinations. In
+    /// answers to `status` only: `None` in events (a refused packet is no change of state, and
+    /// an event's counts would be stale at once) and from daemons older than this field.
+    #[serde(default)]
+    pub blocked: Option<crate::BlockedStatus>,
 }
 
 /// The exceptions in force (each as `config.toml` writes it), and those refused.
@@ -770,6 +775,28 @@ mod tests {
         let status: Status = serde_json::from_str(&newer).expect("a newer daemon's status");
         assert_eq!(status.schema, 2);
         assert_eq!(status.daemon_version.as_deref(), Some("9.0.0"));
+    }
+
+    #[test]
+    fn the_blocked_field_is_additive_and_read_leniently() {
+        // An older daemon's status has no `blocked`: nothing counted.
+        let older = r#"{"protocol":1,"state":"off","lockdown":false,"allow_lan":false,"tunnel":null,"error":null,"firewall":{"installed":false,"blocking":false,"transitions":0,"last_apply_us":null}}"#;
+        let status: Status = serde_json::from_str(older).expect("an older daemon's status");
+        assert_eq!(status.blocked, None);
+        assert_eq!(status.schema, STATUS_SCHEMA_VERSION);
+        // A newer one's, with a reason and a field this build does not know.
+        let newer = older.replace(
+            r#""protocol":1,"#,
+            r#""protocol":1,"blocked":{"counts":{"dns":{"packets":3,"bytes":180},"quic":{"packets":1,"bytes":9}},"recent":[{"at_unix":5,"reason":"quic","family":"ipv4","protocol":"udp","destination":"192.0.2.1","port":443,"interface":"eth0","uid":1000,"pid":7}],"sampled":true},"#,
+        );
+        let status: Status = serde_json::from_str(&newer).expect("a newer daemon's status");
+        let blocked = status.blocked.clone().expect("carried");
+        assert_eq!(blocked.count(crate::BlockReason::Dns).packets, 3);
+        assert_eq!(blocked.total_packets(), 4);
+        assert_eq!(blocked.recent[0].uid, Some(1000));
+        // And what this build sends: the counts by reason name.
+        let json = serde_json::to_value(&status).expect("encodes");
+        assert_eq!(json["blocked"]["counts"]["dns"]["bytes"], 180);
     }
 
     #[test]

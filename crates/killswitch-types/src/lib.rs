@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod allow;
+pub mod blocked;
 /// The product's release, shared by every crate of the workspace (`version.workspace = true`):
 /// what `killswitch --version` and `killswitchd --version` print, and what the daemon reports in
 /// its status. One constant, so that no binary prints its crate's name or version instead.
@@ -22,6 +23,7 @@ mod mark;
 mod state;
 
 pub use allow::{AllowEntry, Allows, InboundAllow, SubnetAllow};
+pub use blocked::{BlockReason, BlockedPacket, BlockedStatus, Count};
 pub use endpoint::{
     Endpoint, EndpointParseError, Endpoints, EndpointsError, MAX_ENDPOINTS, TransportProtocol,
 };
