@@ -154,9 +154,20 @@ pub(crate) fn parse_ovpn(text: &str) -> Result<Ovpn, String> {
             ["proto", value] => defaults.protocol = Some(proto_of(value)?),
             ["port" | "rport", value] => defaults.port = Some(port_of(value)?),
             ["mark", value] => {
-                let value = value
+                // OpenVPN reads the mark with atoi(): `mark 0x6f76` is mark 0 to it, no mark at
+                // all. Taking it as 0x6f76 here would open a hole its packets never use.
+                if let Some(hex) = value
                     .strip_prefix("0x")
-                    .map_or_else(|| value.parse::<u32>(), |hex| u32::from_str_radix(hex, 16))
+                    .or_else(|| value.strip_prefix("0X"))
+                {
+                    let decimal = u32::from_str_radix(hex, 16)
+                        .map_or_else(|_| "a decimal number".to_owned(), |m| m.to_string());
+                    return Err(bad(&format!(
+                        "OpenVPN reads a mark as a decimal number, so `mark {value}` sets no mark at all; write `mark {decimal}`"
+                    )));
+                }
+                let value = value
+                    .parse::<u32>()
                     .ok()
                     .filter(|m| *m != 0)
                     .ok_or_else(|| bad("not a mark (1-4294967295)"))?;
@@ -379,7 +390,7 @@ mod tests {
 
     #[test]
     fn every_remote_with_its_files_defaults() {
-        let text = "client\ndev tun\n# a comment\nremote 198.51.100.1\nremote 203.0.113.7 443 tcp-client ; trailing\nremote vpn.example.net 1195 udp6\nproto tcp\nport 8443\nmark 0xca6c\n<ca>\n-----BEGIN CERTIFICATE-----\nremote 192.0.2.99 1\n</ca>\n";
+        let text = "client\ndev tun\n# a comment\nremote 198.51.100.1\nremote 203.0.113.7 443 tcp-client ; trailing\nremote vpn.example.net 1195 udp6\nproto tcp\nport 8443\nmark 51820\n<ca>\n-----BEGIN CERTIFICATE-----\nremote 192.0.2.99 1\n</ca>\n";
         let ovpn = parse_ovpn(text).expect("valid");
         let remote = |host: &str, port, protocol, family| Remote {
             host: host.to_owned(),
@@ -401,7 +412,7 @@ mod tests {
                 ),
             ]
         );
-        assert_eq!(ovpn.mark, Some(0xca6c));
+        assert_eq!(ovpn.mark, Some(51820));
     }
 
     #[test]
@@ -429,6 +440,7 @@ mod tests {
             ),
             ("proto quic\n", "not a protocol"),
             ("mark 0\n", "not a mark"),
+            ("mark 0x6f76\n", "sets no mark at all; write `mark 28534`"),
             ("remote\n", "remote without a host"),
         ] {
             let err = parse_ovpn(text).expect_err(text);

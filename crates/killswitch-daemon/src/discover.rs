@@ -47,6 +47,9 @@ pub struct Findings {
     /// systemd-resolved's DNS servers for the link; `None`: resolved has none for it (or does
     /// not run).
     pub resolved_dns: Option<Vec<IpAddr>>,
+    /// The `DNS =` addresses of the interface's wg-quick file in the daemon's WireGuard directory
+    /// (`/etc/wireguard/wg0.conf`) and that file's path; `None`: no such file, or no address in it.
+    pub wg_quick_dns: Option<(Vec<IpAddr>, std::path::PathBuf)>,
 }
 
 /// How the daemon talks to a WireGuard device.
@@ -173,29 +176,41 @@ pub fn plan(query: &GuardQuery, found: &Findings) -> Result<Plan, DiscoverError>
             None
         }
     };
-    let dns = match &query.dns {
-        Some(given) => given.clone(),
-        None => match &found.resolved_dns {
-            Some(servers) if !servers.is_empty() => {
-                let usable: Vec<IpAddr> = servers
-                    .iter()
-                    .copied()
-                    .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
-                    .take(MAX_DNS_SERVERS)
-                    .collect();
-                notes.push(format!(
-                    "DNS: {} (systemd-resolved's servers for {name})",
-                    join(&usable)
-                ));
-                usable
-            }
-            _ => {
-                notes.push(format!(
-                    "no DNS server known for {name} (systemd-resolved has none for it): DNS is blocked; pass --dns IP for the tunnel's resolver"
-                ));
-                Vec::new()
-            }
-        },
+    let usable = |servers: &[IpAddr]| -> Vec<IpAddr> {
+        servers
+            .iter()
+            .copied()
+            .filter(|ip| !ip.is_unspecified() && !ip.is_multicast())
+            .take(MAX_DNS_SERVERS)
+            .collect()
+    };
+    // systemd-resolved's servers for the link first: they are what the system uses now. A
+    // wg-quick file's `DNS =` is what wg-quick handed to resolvconf(8) where resolved does not run.
+    let dns = match (&query.dns, &found.resolved_dns, &found.wg_quick_dns) {
+        (Some(given), _, _) => given.clone(),
+        (None, Some(servers), _) if !usable(servers).is_empty() => {
+            let servers = usable(servers);
+            notes.push(format!(
+                "DNS: {} (systemd-resolved's servers for {name})",
+                join(&servers)
+            ));
+            servers
+        }
+        (None, _, Some((servers, file))) if !usable(servers).is_empty() => {
+            let servers = usable(servers);
+            notes.push(format!(
+                "DNS: {} (the `DNS =` of {}, as wg-quick sets it)",
+                join(&servers),
+                file.display()
+            ));
+            servers
+        }
+        _ => {
+            notes.push(format!(
+                "no DNS server known for {name} (neither systemd-resolved nor a wg-quick file names one): DNS is blocked; pass --dns IP for the tunnel's resolver"
+            ));
+            Vec::new()
+        }
     };
     Ok(Plan {
         spec: GuardSpec {
@@ -285,9 +300,34 @@ pub fn resolved_servers(file: &str) -> Option<Vec<IpAddr>> {
     (!servers.is_empty()).then_some(servers)
 }
 
+/// The addresses of the `DNS =` lines in a wg-quick file's `[Interface]` section (search domains,
+/// which the same key may list, are skipped). `None` when it names no address.
+pub fn wg_quick_dns(file: &str) -> Option<Vec<IpAddr>> {
+    let mut in_interface = false;
+    let mut servers = Vec::new();
+    for line in file.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.starts_with('[') {
+            in_interface = line.eq_ignore_ascii_case("[interface]");
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if in_interface && key.trim().eq_ignore_ascii_case("dns") {
+            servers.extend(
+                value
+                    .split(',')
+                    .filter_map(|v| v.trim().parse::<IpAddr>().ok()),
+            );
+        }
+    }
+    (!servers.is_empty()).then_some(servers)
+}
+
 /// Reads what the system says about `query`'s interface. Each look that fails counts as "nothing
 /// found" except the WireGuard device's, whose failure is the answer (a socket that refuses).
-pub fn look(query: &GuardQuery) -> Result<Findings, DiscoverError> {
+pub fn look(query: &GuardQuery, wireguard_dir: &Path) -> Result<Findings, DiscoverError> {
     let name = query.interface.as_str();
     let index = killswitch_tunnel::netdev::index(name);
     let mut found = Findings {
@@ -336,6 +376,13 @@ pub fn look(query: &GuardQuery) -> Result<Findings, DiscoverError> {
             .ok()
             .and_then(|text| resolved_servers(&text));
     }
+    if query.dns.is_none() {
+        let file = wireguard_dir.join(format!("{name}.conf"));
+        found.wg_quick_dns = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| wg_quick_dns(&text))
+            .map(|servers| (servers, file));
+    }
     Ok(found)
 }
 
@@ -351,8 +398,8 @@ fn in_the_init_namespace() -> bool {
 }
 
 /// Looks, plans and sets the mark the plan wants: the spec to guard and the notes for the user.
-pub fn complete(query: &GuardQuery) -> Result<Plan, DiscoverError> {
-    let found = look(query)?;
+pub fn complete(query: &GuardQuery, wireguard_dir: &Path) -> Result<Plan, DiscoverError> {
+    let found = look(query, wireguard_dir)?;
     let plan = plan(query, &found)?;
     let name = query.interface.as_str();
     match plan.set_mark {
@@ -415,6 +462,7 @@ mod tests {
             )),
             marks_in_rules: vec![],
             resolved_dns: None,
+            wg_quick_dns: None,
         }
     }
 
@@ -506,6 +554,32 @@ mod tests {
                 .iter()
                 .any(|n| n.contains("systemd-resolved's servers for wg0"))
         );
+    }
+
+    #[test]
+    fn dns_comes_from_the_wg_quick_file_where_resolved_has_none() {
+        let mut found = wireguard(Some(1), &["198.51.100.1:51820"], 1);
+        let file = "[Interface]\nPrivateKey = x\nDNS = 10.64.0.1, corp.example, fd00::53 # both\n[Peer]\nDNS = 192.0.2.9\n";
+        found.wg_quick_dns = wg_quick_dns(file).map(|s| (s, "/etc/wireguard/wg0.conf".into()));
+        let from_file = plan(&query(), &found).expect("complete");
+        assert_eq!(
+            from_file.spec.dns,
+            ["10.64.0.1", "fd00::53"].map(|a| a.parse::<IpAddr>().expect("literal"))
+        );
+        assert!(
+            from_file
+                .notes
+                .iter()
+                .any(|n| n.contains("/etc/wireguard/wg0.conf"))
+        );
+        // resolved, when it has servers for the link, is what the system uses now: it wins.
+        found.resolved_dns = Some(vec!["10.9.9.9".parse().expect("literal")]);
+        let from_resolved = plan(&query(), &found).expect("complete");
+        assert_eq!(
+            from_resolved.spec.dns,
+            ["10.9.9.9".parse::<IpAddr>().expect("literal")]
+        );
+        assert_eq!(wg_quick_dns("[Interface]\nDNS = corp.example\n"), None);
     }
 
     #[test]

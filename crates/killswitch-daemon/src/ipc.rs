@@ -85,6 +85,8 @@ pub struct Shared {
     pub verify_pace: Arc<tokio::sync::Mutex<Option<Instant>>>,
     /// What the firewall refuses: filled into each `status` answer.
     pub blocked: Arc<crate::blocked::Blocked>,
+    /// Where wg-quick files are (`wireguard_dir`): `guard IFACE` reads IFACE.conf's `DNS =`.
+    pub wireguard_dir: Arc<Path>,
 }
 
 /// The answer to `verify`: the status, and the kernel compared with the daemon's intent.
@@ -552,7 +554,8 @@ async fn change(
     // device), so that the state machine only ever sees a whole spec and never waits on I/O.
     let (request, notes) = match request {
         Request::GuardDiscover(query) => {
-            let completed = tokio::task::spawn_blocking(move || discover::complete(&query))
+            let dir = Arc::clone(&shared.wireguard_dir);
+            let completed = tokio::task::spawn_blocking(move || discover::complete(&query, &dir))
                 .await
                 .map_err(|e| {
                     IpcError::new(ErrorKind::BadRequest, format!("discovery failed: {e}"))

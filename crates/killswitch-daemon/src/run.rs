@@ -138,6 +138,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         verifications: verifications_tx,
         verify_pace: Arc::default(),
         blocked: crate::blocked::Blocked::start(),
+        wireguard_dir: Arc::from(config.wireguard_dir.as_path()),
     };
     tracing::info!("listening on {}", options.socket.display());
     if let Err(e) = crate::notify::notify("READY=1") {
