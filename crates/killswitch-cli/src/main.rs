@@ -10,7 +10,7 @@ mod render;
 
 use clap::{CommandFactory, Parser};
 use client::{Client, Failure, Received, Watched};
-use killswitch_cli::args::{AllowAction, AllowWhat, Cli, Command};
+use killswitch_cli::args::{AllowAction, AllowWhat, Cli, Command, UsersAction};
 use killswitch_types::State;
 use killswitch_types::ipc::{ConfigSource, Request};
 use killswitch_types::{AllowEntry, GuardSpec, InboundAllow, SubnetAllow};
@@ -90,6 +90,11 @@ fn main() -> ExitCode {
             enabled: value.enabled(),
         },
         Command::Off => Request::Off,
+        Command::Users { action } => match action {
+            UsersAction::List => return list_users(&cli.socket, cli.json),
+            UsersAction::Add { user } => Request::Users { add: true, user },
+            UsersAction::Remove { user } => Request::Users { add: false, user },
+        },
         Command::Events => Request::Subscribe,
         Command::Allow { action } => match allow_request(action) {
             Ok(Some(request)) => request,
@@ -219,6 +224,31 @@ fn list_allows(socket: &Path, json: bool) -> ExitCode {
                 ));
             } else {
                 emit(&render::exceptions(exceptions));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("killswitch: {}", render::clean(&failure.to_string()));
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+/// `users list`: the tunnel-only users part of the status.
+fn list_users(socket: &Path, json: bool) -> ExitCode {
+    match Client::new(socket.to_owned()).request(Request::Status) {
+        Ok(received) => {
+            let users = &received.status.tunnel_only_users;
+            if json {
+                emit(&format!(
+                    "{}\n",
+                    serde_json::to_string(users).unwrap_or_else(|_| "[]".to_owned())
+                ));
+            } else {
+                emit(&render::tunnel_only_users(
+                    users,
+                    &received.status.exceptions.refused,
+                ));
             }
             ExitCode::SUCCESS
         }

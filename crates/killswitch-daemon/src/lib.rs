@@ -39,3 +39,4 @@ pub mod sleep;
 pub mod store;
 pub mod target;
 pub mod teardown;
+pub mod users;

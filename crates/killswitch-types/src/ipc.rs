@@ -103,6 +103,14 @@ pub enum Request {
         /// What.
         entry: crate::AllowEntry,
     },
+    /// Add or remove a tunnel-only user: one whose processes may send only through the tunnel,
+    /// in every state. Privileged.
+    Users {
+        /// Add (true) or remove (false).
+        add: bool,
+        /// A user name or a numeric uid, resolved by the daemon.
+        user: String,
+    },
 }
 
 impl Request {
@@ -123,6 +131,7 @@ impl Request {
             Request::AllowLan { .. } => "allow-lan",
             Request::Off => "off",
             Request::Allow { .. } => "allow",
+            Request::Users { .. } => "users",
         }
     }
 }
@@ -283,6 +292,40 @@ pub struct Status {
     /// What may pass outside the tunnel besides the LAN: local bridges found, explicit allows.
     #[serde(default)]
     pub exceptions: ExceptionsStatus,
+    /// The tunnel-only users in force (config.toml's, then those added with `killswitch users
+    /// add`); empty from daemons older than this field.
+    #[serde(default)]
+    pub tunnel_only_users: Vec<TunnelOnlyUserStatus>,
+}
+
+/// A tunnel-only user in force, as `status` and `users list` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelOnlyUserStatus {
+    /// The user as configured: a name (`debian-transmission`) or a number (`1001`).
+    pub user: String,
+    /// The uid it resolved to.
+    pub uid: u32,
+    /// Where the entry comes from: `config` (config.toml) or `cli` (`killswitch users add`).
+    pub source: UserSource,
+}
+
+/// Where a tunnel-only user entry comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserSource {
+    /// `tunnel_only_users` in config.toml.
+    Config,
+    /// `killswitch users add`, kept in the settings file.
+    Cli,
+}
+
+impl std::fmt::Display for UserSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UserSource::Config => "config",
+            UserSource::Cli => "cli",
+        })
+    }
 }
 
 /// The exceptions in force (each as `config.toml` writes it), and those refused.
@@ -508,6 +551,10 @@ mod tests {
             Request::Lockdown { enabled: true },
             Request::AllowLan { enabled: false },
             Request::Off,
+            Request::Users {
+                add: true,
+                user: "debian-transmission".to_owned(),
+            },
             Request::Up {
                 interface: None,
                 configs: vec![
@@ -663,6 +710,43 @@ mod tests {
         let status: Status = serde_json::from_str(&newer).expect("a newer daemon's status");
         assert_eq!(status.schema, 2);
         assert_eq!(status.daemon_version.as_deref(), Some("9.0.0"));
+    }
+
+    #[test]
+    fn tunnel_only_users_in_status_are_additive() {
+        // A daemon from before the field sends none: no users.
+        let older = r#"{"state":"off","lockdown":false,"allow_lan":false,"tunnel":null,"error":null,"firewall":{"installed":false,"blocking":false,"transitions":0,"last_apply_us":null}}"#;
+        let status: Status = serde_json::from_str(older).expect("an older daemon's status");
+        assert!(status.tunnel_only_users.is_empty());
+        let newer = older.replace(
+            r#""error":null,"#,
+            r#""error":null,"tunnel_only_users":[{"user":"debian-transmission","uid":117,"source":"config"},{"user":"1001","uid":1001,"source":"cli"}],"#,
+        );
+        let status: Status = serde_json::from_str(&newer).expect("a newer daemon's status");
+        assert_eq!(
+            status.tunnel_only_users,
+            vec![
+                TunnelOnlyUserStatus {
+                    user: "debian-transmission".to_owned(),
+                    uid: 117,
+                    source: UserSource::Config
+                },
+                TunnelOnlyUserStatus {
+                    user: "1001".to_owned(),
+                    uid: 1001,
+                    source: UserSource::Cli
+                },
+            ]
+        );
+        // The request, as the CLI sends it.
+        let line = r#"{"version":1,"request":{"command":"users","add":false,"user":"nobody"}}"#;
+        assert_eq!(
+            decode_request(line).expect("a users request"),
+            Request::Users {
+                add: false,
+                user: "nobody".to_owned()
+            }
+        );
     }
 
     #[test]
