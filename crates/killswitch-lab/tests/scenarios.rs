@@ -165,3 +165,8 @@ fn readmes_openvpn_quickstart_protects_as_typed() {
 fn reloading_a_bad_config_keeps_the_running_one_and_a_good_one_applies_without_a_window() {
     scenario_passes("reload");
 }
+
+#[test]
+fn a_tunnel_only_user_never_leaks_even_while_the_machine_is_disconnected() {
+    scenario_passes("tunnel-only-user");
+}
