@@ -390,6 +390,43 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_only_users_are_listed_with_uid_and_source() {
+        use killswitch_types::ipc::{TunnelOnlyUserStatus, UserSource};
+        let users = vec![
+            TunnelOnlyUserStatus {
+                user: "debian-transmission".to_owned(),
+                uid: 117,
+                source: UserSource::Config,
+            },
+            TunnelOnlyUserStatus {
+                user: "1001".to_owned(),
+                uid: 1001,
+                source: UserSource::Cli,
+            },
+        ];
+        let refused = vec![
+            "tunnel-only user \"ghost\": no such user".to_owned(),
+            "zt0 is physical".to_owned(),
+        ];
+        assert_eq!(
+            tunnel_only_users(&users, &refused),
+            "debian-transmission      uid 117        config\n\
+             1001                     uid 1001       cli\n\
+             refused: tunnel-only user \"ghost\": no such user\n"
+        );
+        assert_eq!(
+            tunnel_only_users(&[], &[]),
+            "none: no user is confined to the tunnel\n"
+        );
+        let mut s = sample();
+        s.tunnel_only_users = users;
+        assert!(status(&s).contains(
+            "tunnel-only users: debian-transmission (uid 117), 1001 (uid 1001) (through the tunnel or not at all, in every state)\n"
+        ));
+        assert!(!status(&sample()).contains("tunnel-only"));
+    }
+
+    #[test]
     fn exceptions_are_reported_when_there_are_any() {
         let mut s = sample();
         s.exceptions.local_bridges = vec!["docker0".to_owned(), "virbr0".to_owned()];
