@@ -1983,6 +1983,56 @@ mod tests {
     }
 
     #[test]
+    fn a_reload_confines_and_releases_config_tunnel_only_users_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = self::core(&mut fw, dir.path());
+        core.handle_request(&Request::Down).expect("down");
+        assert!(core.applied.as_ref().is_none_or(|r| r.table.is_none()));
+        let reconfigured = |users: &[&str]| Reconfigured {
+            lan: killswitch_policy::Lan::default(),
+            allows: killswitch_types::Allows::default(),
+            detect_local_bridges: true,
+            health_bound: Duration::from_secs(3),
+            wireguard_dir: "/etc/wireguard".into(),
+            tunnel_only_users: crate::users::resolve_all(
+                &users.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>(),
+            ),
+        };
+        let now = Instant::now();
+        core.on(
+            Input::Reloaded(Ok(Box::new(reconfigured(&["1001", "ghost-ks15"])))),
+            now,
+        );
+        let status = core.status();
+        assert_eq!(status.tunnel_only_users.len(), 1);
+        assert!(
+            status
+                .exceptions
+                .refused
+                .iter()
+                .any(|r| r.contains("ghost-ks15"))
+        );
+        let out = Packet {
+            uid: Some(1001),
+            ..Packet::output(
+                "eth0",
+                "192.0.2.2".parse().expect("literal"),
+                "198.51.100.1".parse().expect("literal"),
+                Transport::tcp(40000, 443),
+            )
+        };
+        let installed = core.applied.clone().expect("the users' table");
+        assert!(!installed.verdict(&out).is_accept());
+        core.on(Input::Reloaded(Ok(Box::new(reconfigured(&[])))), now);
+        assert!(core.status().tunnel_only_users.is_empty());
+        assert!(
+            core.applied.as_ref().is_none_or(|r| r.table.is_none()),
+            "released"
+        );
+    }
+
+    #[test]
     fn fresh_start_is_disconnected_without_rules() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();

@@ -22,6 +22,7 @@ use crate::packet::{Frame, L4};
 use crate::topology::{self, PHYS};
 use anyhow::{Context, Result};
 use killswitch_types::State;
+use killswitch_types::ipc::{TunnelOnlyUserStatus, UserSource};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -141,8 +142,12 @@ pub(super) fn tunnel_only_user(lab: &mut Lab) -> Result<Outcome> {
     let before = send_as_nobody(lab)?;
 
     // `users add nobody`, the machine still `disconnected`, root sending meanwhile.
-    let added = lab.daemon()?.cli(&["users", "add", "nobody"])?.ok()?;
+    lab.daemon()?.cli(&["users", "add", "nobody"])?.ok()?;
     let status = lab.daemon()?.status()?;
+    let listed = lab.daemon()?.cli(&["--json", "users", "list"])?.ok()?;
+    let listed: Vec<TunnelOnlyUserStatus> = serde_json::from_str(&listed.stdout)
+        .with_context(|| format!("parsing `users list --json`: {:?}", listed.stdout))?;
+    let listed_text = lab.daemon()?.cli(&["users", "list"])?.ok()?.stdout;
     let window = lab.begin(&[Kind::Udp4, Kind::Tcp4])?;
     let disconnected = send_as_nobody(lab)?;
     let root = lab.end(window)?;
@@ -173,11 +178,25 @@ pub(super) fn tunnel_only_user(lab: &mut Lab) -> Result<Outcome> {
             describe(&before)
         ),
     );
+    let expected = TunnelOnlyUserStatus {
+        user: "nobody".to_owned(),
+        uid: UID,
+        source: UserSource::Cli,
+    };
     outcome.check(
-        added.stdout.contains("nobody") || status.tunnel_only_users.iter().any(|u| u.uid == UID),
+        status.tunnel_only_users == [expected.clone()] && listed == [expected],
         format!(
-            "status shows the tunnel-only user ({:?})",
+            "status and `users list --json` show the tunnel-only user ({:?})",
             status.tunnel_only_users
+        ),
+    );
+    outcome.check(
+        listed_text.starts_with("nobody")
+            && listed_text.contains("uid 65534")
+            && listed_text.contains("cli"),
+        format!(
+            "`users list` names it, its uid and its source ({:?})",
+            listed_text.trim()
         ),
     );
     outcome.check(
