@@ -377,8 +377,10 @@ fn tunnel_only_jumps(uids: &[u32]) -> Vec<Rule> {
 /// hole: the tunnel's own program does not run as a tunnel-only user (if it did, its handshake
 /// would be rejected too: that case is not supported).
 fn tunnel_only_chain(tunnel: Option<&Tunnel>) -> Chain {
-    let mut rules = dns_rules(tunnel);
+    let mut rules = Vec::new();
     if let Some(tunnel) = tunnel {
+        // (Without a tunnel, the final rejects take DNS with everything else.)
+        rules.extend(dns_rules(Some(tunnel)));
         rules.extend(tunnel_rules(
             tunnel,
             |b| b.oif(&tunnel.interface),
