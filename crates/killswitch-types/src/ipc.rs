@@ -597,6 +597,15 @@ mod tests {
         let line = encode_line(&RequestEnvelope::new(Request::AllowLan { enabled: false }))
             .expect("encodes");
         assert!(line.contains("\"command\":\"allow-lan\""), "{line}");
+        let line = encode_line(&RequestEnvelope::new(Request::Users {
+            add: true,
+            user: "debian-transmission".to_owned(),
+        }))
+        .expect("encodes");
+        assert_eq!(
+            line,
+            "{\"version\":1,\"request\":{\"command\":\"users\",\"add\":true,\"user\":\"debian-transmission\"}}\n"
+        );
     }
 
     #[test]
