@@ -277,10 +277,27 @@ pub enum Command {
         #[command(subcommand)]
         action: AllowAction,
     },
+    /// Users whose programs may reach the network only through the tunnel, in every state.
+    ///
+    /// Everything a tunnel-only user's processes send leaves through the tunnel the daemon
+    /// protects (while it is connected) or not at all: never the physical link, not with a socket
+    /// bound to it (SO_BINDTODEVICE), not with a ping socket, not over IPv6 the tunnel does not
+    /// carry; DNS only to the tunnel's resolvers. This holds in every state, `disconnected` and
+    /// `off` included, where the rest of the machine is unprotected; with no tunnel connected they
+    /// reach only this machine itself (loopback). The headless case: `killswitch users add
+    /// debian-transmission`, and the torrent client never leaks, whatever else happens. Entries
+    /// added here are kept across restarts; those in the daemon's config.toml
+    /// (`tunnel_only_users`) are the file's. Root cannot be one.
+    Users {
+        /// What to do.
+        #[command(subcommand)]
+        action: UsersAction,
+    },
     /// Remove the kill switch entirely: no rules at all, and lockdown off.
     ///
     /// Nothing is blocked until the next `guard`, `up` or `lockdown on`. A tunnel that `up`
-    /// started is removed.
+    /// started is removed. Tunnel-only users (`killswitch users`) stay confined: `off` is about
+    /// the machine, and they are removed only with `users remove`.
     Off,
     /// Print every state change as it happens, until interrupted.
     ///
@@ -330,6 +347,26 @@ pub enum Command {
         /// Print one snapshot and exit.
         #[arg(long)]
         once: bool,
+    },
+}
+
+/// What `users` does.
+#[derive(Debug, Subcommand)]
+pub enum UsersAction {
+    /// Show each tunnel-only user, its uid, and whether config.toml or `add` made it one (anyone
+    /// may ask).
+    List,
+    /// Make a user tunnel-only, at once and across restarts (root or the admin group).
+    ///
+    /// Connections its processes have open outside the tunnel fail with their next packet.
+    Add {
+        /// A user name (e.g. debian-transmission) or a numeric uid (e.g. 1001).
+        user: String,
+    },
+    /// Stop confining a user added with `add` (root or the admin group).
+    Remove {
+        /// The user name or uid, as added.
+        user: String,
     },
 }
 

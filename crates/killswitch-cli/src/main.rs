@@ -12,7 +12,7 @@ mod verify;
 
 use clap::{CommandFactory, Parser};
 use client::{Client, Failure, Received, Watched};
-use killswitch_cli::args::{AllowAction, AllowWhat, Cli, Command};
+use killswitch_cli::args::{AllowAction, AllowWhat, Cli, Command, UsersAction};
 use killswitch_types::State;
 use killswitch_types::ipc::{ConfigSource, Request};
 use killswitch_types::{AllowEntry, InboundAllow, SubnetAllow};
@@ -107,6 +107,11 @@ fn main() -> ExitCode {
             enabled: value.enabled(),
         },
         Command::Off => Request::Off,
+        Command::Users { action } => match action {
+            UsersAction::List => return list_users(&cli.socket, cli.json),
+            UsersAction::Add { user } => Request::Users { add: true, user },
+            UsersAction::Remove { user } => Request::Users { add: false, user },
+        },
         Command::Events => Request::Subscribe,
         Command::Verify => return verify::run(&cli.socket, cli.json),
         Command::Blocked { once } => return watch_blocked(&cli.socket, cli.json, once),
@@ -316,6 +321,31 @@ fn interface_traffic(interface: &str) -> Option<(u64, u64)> {
             .ok()
     };
     Some((read("rx_bytes")?, read("tx_bytes")?))
+}
+
+/// `users list`: the tunnel-only users part of the status.
+fn list_users(socket: &Path, json: bool) -> ExitCode {
+    match Client::new(socket.to_owned()).request(Request::Status) {
+        Ok(received) => {
+            let users = &received.status.tunnel_only_users;
+            if json {
+                emit(&format!(
+                    "{}\n",
+                    serde_json::to_string(users).unwrap_or_else(|_| "[]".to_owned())
+                ));
+            } else {
+                emit(&render::tunnel_only_users(
+                    users,
+                    &received.status.exceptions.refused,
+                ));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("killswitch: {}", render::clean(&failure.to_string()));
+            ExitCode::from(failure.exit_code())
+        }
+    }
 }
 
 /// Reads the configurations given as files (with this user's permissions), and passes names on

@@ -84,6 +84,31 @@ pub(crate) fn exceptions(exceptions: &killswitch_types::ipc::ExceptionsStatus) -
     out
 }
 
+/// `users list`: one tunnel-only user a line (name, uid, where it comes from), then the refused
+/// entries of config.toml; `none` when there are none.
+pub(crate) fn tunnel_only_users(
+    users: &[killswitch_types::ipc::TunnelOnlyUserStatus],
+    refused: &[String],
+) -> String {
+    let mut out = String::new();
+    for user in users {
+        let _ = writeln!(
+            out,
+            "{:<24} uid {:<10} {}",
+            clean(&user.user),
+            user.uid,
+            user.source
+        );
+    }
+    for why in refused.iter().filter(|r| r.starts_with("tunnel-only user")) {
+        let _ = writeln!(out, "refused: {}", clean(why));
+    }
+    if out.is_empty() {
+        out.push_str("none: no user is confined to the tunnel\n");
+    }
+    out
+}
+
 pub(crate) fn status(status: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "state:     {} ({})", status.state, meaning(status));
@@ -106,6 +131,16 @@ pub(crate) fn status(status: &Status) -> String {
     .collect();
     if !allowed.is_empty() {
         let _ = writeln!(out, "allowed:   {}", clean(&allowed.join("; ")));
+    }
+    if !status.tunnel_only_users.is_empty() {
+        let users: Vec<String> = (status.tunnel_only_users.iter())
+            .map(|u| format!("{} (uid {})", u.user, u.uid))
+            .collect();
+        let _ = writeln!(
+            out,
+            "tunnel-only users: {} (through the tunnel or not at all, in every state)",
+            clean(&users.join(", "))
+        );
     }
     for refused in &exceptions.refused {
         let _ = writeln!(out, "refused:   {}", clean(refused));
@@ -454,6 +489,7 @@ mod tests {
             exceptions: Default::default(),
             notes: vec![],
             blocked: Some(Default::default()),
+            tunnel_only_users: Vec::new(),
         }
     }
 
@@ -477,6 +513,43 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("note:      wg0 had no fwmark; set 0xca6c so that only its own packets use the hole\n"), "{text}");
+    }
+
+    #[test]
+    fn tunnel_only_users_are_listed_with_uid_and_source() {
+        use killswitch_types::ipc::{TunnelOnlyUserStatus, UserSource};
+        let users = vec![
+            TunnelOnlyUserStatus {
+                user: "debian-transmission".to_owned(),
+                uid: 117,
+                source: UserSource::Config,
+            },
+            TunnelOnlyUserStatus {
+                user: "1001".to_owned(),
+                uid: 1001,
+                source: UserSource::Cli,
+            },
+        ];
+        let refused = vec![
+            "tunnel-only user \"ghost\": no such user".to_owned(),
+            "zt0 is physical".to_owned(),
+        ];
+        assert_eq!(
+            tunnel_only_users(&users, &refused),
+            "debian-transmission      uid 117        config\n\
+             1001                     uid 1001       cli\n\
+             refused: tunnel-only user \"ghost\": no such user\n"
+        );
+        assert_eq!(
+            tunnel_only_users(&[], &[]),
+            "none: no user is confined to the tunnel\n"
+        );
+        let mut s = sample();
+        s.tunnel_only_users = users;
+        assert!(status(&s).contains(
+            "tunnel-only users: debian-transmission (uid 117), 1001 (uid 1001) (through the tunnel or not at all, in every state)\n"
+        ));
+        assert!(!status(&sample()).contains("tunnel-only"));
     }
 
     #[test]

@@ -556,6 +556,7 @@ mod tests {
             exceptions: Default::default(),
             notes: Vec::new(),
             blocked: None,
+            tunnel_only_users: Vec::new(),
         }
     }
 

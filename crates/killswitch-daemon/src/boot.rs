@@ -4,7 +4,9 @@
 //! user had lockdown on, or was protecting a tunnel, the machine must not get a moment of network
 //! without the kill switch: this installs the blocking rules (both layers) and exits. The daemon,
 //! when it starts, replaces them in one transaction with whatever the state calls for. When in
-//! doubt (the settings cannot be read), it blocks and says why.
+//! doubt (the settings cannot be read), it blocks and says why. When it blocks nothing, tunnel-only
+//! users (config.toml's and the CLI's) are still confined: their table and routing rules go in,
+//! so that a service running as one has no moment of network before the daemon starts.
 
 use crate::firewall::Firewall;
 use crate::store::{Loaded, Store};
@@ -63,12 +65,43 @@ pub fn run(
 ) -> Result<Decision, String> {
     let loaded = store.load();
     let (decision, settings) = decide(&loaded);
+    let mut exceptions = exceptions.clone();
+    if let Loaded::Found(persisted) = &loaded {
+        exceptions
+            .tunnel_only_uids
+            .extend(persisted.tunnel_only_users.iter().map(|u| u.uid));
+    }
+    if let Decision::Leave(why) = &decision {
+        if exceptions.tunnel_only_uids.is_empty() {
+            return Ok(decision);
+        }
+        // Nothing for the machine: `disconnected` without lockdown compiles to the users' own
+        // table and routing rules only, whatever the target was (`off` keeps them too).
+        let users_only = killswitch_policy::Exceptions {
+            tunnel_only_uids: exceptions.tunnel_only_uids.clone(),
+            ..killswitch_policy::Exceptions::default()
+        };
+        let unlocked = Settings {
+            lockdown: false,
+            ..settings
+        };
+        firewall.apply(&compile_for(
+            &PolicyState::Disconnected,
+            &unlocked,
+            &users_only,
+        ))?;
+        firewall.apply_routes(
+            compile_routes_for(&PolicyState::Disconnected, &unlocked, &users_only, &[]).as_ref(),
+        )?;
+        return Ok(Decision::Leave(format!(
+            "{why}; only the tunnel-only users are confined"
+        )));
+    }
     if let Decision::Block(_) = &decision {
         // The subnets and inbound services the CLI added count too (config.toml's are in
         // `exceptions`). Allowed interfaces do not, this early: whether one is physical (and so
         // refused) can only be judged once it exists, which is the daemon's job when it takes
         // over; an overlay's own daemon starts later anyway.
-        let mut exceptions = exceptions.clone();
         exceptions.interfaces.clear();
         if let Loaded::Found(persisted) = &loaded {
             let configured = killswitch_types::Allows {
@@ -175,6 +208,52 @@ mod exceptions_at_boot {
         ) -> Result<Option<String>, FirewallError> {
             Ok(None)
         }
+    }
+
+    #[test]
+    fn tunnel_only_users_are_confined_from_early_boot_when_nothing_else_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        let out = |uid| Packet {
+            uid: Some(uid),
+            ..Packet::output(
+                "eth0",
+                "192.168.1.10".parse().expect("literal"),
+                "203.0.113.10".parse().expect("literal"),
+                Transport::udp(4000, 4000),
+            )
+        };
+        // Nobody confined, nothing wanted: nothing installed.
+        let mut firewall = Kept::default();
+        let decision = run(&store, &Exceptions::default(), &mut firewall).expect("left");
+        assert!(matches!(decision, Decision::Leave(_)) && firewall.0.is_none());
+        // config.toml's user (resolved by the caller) and the CLI's, with the kill switch off.
+        let cli = crate::users::TunnelOnlyUser {
+            user: "nobody".to_owned(),
+            uid: 65534,
+        };
+        store
+            .save(
+                &Persisted::new(Settings::default(), Target::Off).with_tunnel_only_users(vec![cli]),
+            )
+            .expect("save");
+        let configured = Exceptions {
+            tunnel_only_uids: vec![1001],
+            ..Exceptions::default()
+        };
+        let mut firewall = Kept::default();
+        let decision = run(&store, &configured, &mut firewall).expect("applied");
+        assert!(
+            matches!(&decision, Decision::Leave(why) if why.contains("tunnel-only")),
+            "{decision:?}"
+        );
+        let ruleset = firewall.0.expect("the users' table");
+        assert!(!ruleset.verdict(&out(65534)).is_accept(), "the CLI's");
+        assert!(!ruleset.verdict(&out(1001)).is_accept(), "config.toml's");
+        assert!(
+            ruleset.verdict(&out(1000)).is_accept(),
+            "everyone else is free"
+        );
     }
 
     #[test]

@@ -41,6 +41,11 @@ pub struct Config {
     /// Whether this machine's own container and VM bridges (docker0, virbr0 ...) are recognised
     /// and their local traffic allowed.
     pub detect_local_bridges: bool,
+    /// Users whose processes may send only through the tunnel, in every state (even `off` and
+    /// `disconnected`): user names (`debian-transmission`) or uids (`1001`), resolved by the
+    /// daemon at start and on reload. One that names no user is refused (shown in `status`), the
+    /// others apply.
+    pub tunnel_only_users: Vec<String>,
 }
 
 impl Default for Config {
@@ -56,6 +61,7 @@ impl Default for Config {
             allow_subnets: Vec::new(),
             allow_inbound: Vec::new(),
             detect_local_bridges: true,
+            tunnel_only_users: Vec::new(),
         }
     }
 }

@@ -80,6 +80,8 @@ pub struct CoreOptions {
     /// What kind of device an interface is, if it exists: `guard` refuses one that is never a
     /// tunnel. The kernel's answer in the daemon, a simulated one in the model-based tester.
     pub identify: Identify,
+    /// config.toml's tunnel-only users, resolved by the daemon (or why each was refused).
+    pub tunnel_only_users: Vec<Result<crate::users::TunnelOnlyUser, String>>,
 }
 
 /// What a reloaded configuration changes in a running daemon: the rules' exceptions at once, and
@@ -97,6 +99,8 @@ pub struct Reconfigured {
     pub health_bound: Duration,
     /// Where `up NAME` looks.
     pub wireguard_dir: PathBuf,
+    /// config.toml's tunnel-only users, resolved again (or why each was refused).
+    pub tunnel_only_users: Vec<Result<crate::users::TunnelOnlyUser, String>>,
 }
 
 /// Finds the local bridges and looks at the allowed interfaces (their names given), bridges
@@ -132,6 +136,7 @@ impl CoreOptions {
             devices,
             lan: killswitch_policy::Lan::default(),
             allows: killswitch_types::Allows::default(),
+            tunnel_only_users: Vec::new(),
             detect_local_bridges: true,
             look_locals: Box::new(crate::locals::look),
             identify: Box::new(crate::links::identify),
@@ -173,6 +178,16 @@ pub enum Command {
         add: bool,
         /// What.
         entry: killswitch_types::AllowEntry,
+    },
+    /// `users add|remove`.
+    Users {
+        /// Add (true) or remove.
+        add: bool,
+        /// The user as given.
+        user: String,
+        /// The uid it resolved to; `None` for a name that no longer exists, which can still be
+        /// removed by the name it was added with.
+        uid: Option<u32>,
     },
 }
 
@@ -216,6 +231,25 @@ impl Command {
                 add: *add,
                 entry: entry.clone(),
             },
+            // Names are looked up here, where the daemon does I/O, not in the state machine.
+            Request::Users { add, user } => match crate::users::resolve(user) {
+                Ok(found) => Command::Users {
+                    add: *add,
+                    user: found.user,
+                    uid: Some(found.uid),
+                },
+                Err(_) if !*add => Command::Users {
+                    add: false,
+                    user: user.trim().to_owned(),
+                    uid: None,
+                },
+                Err(why) => {
+                    return Err(IpcError::new(
+                        ErrorKind::BadRequest,
+                        format!("{why}; nothing was changed"),
+                    ));
+                }
+            },
         })
     }
 }
@@ -257,6 +291,9 @@ pub struct Core<F> {
     /// The exceptions added with `killswitch allow add` (persisted; config.toml's are in
     /// `options.allows`).
     allows: killswitch_types::Allows,
+    /// The tunnel-only users added with `killswitch users add` (persisted; config.toml's are in
+    /// `options.tunnel_only_users`).
+    users: Vec<crate::users::TunnelOnlyUser>,
     options: CoreOptions,
     dns_status: Option<DnsStatus>,
     /// The latest time an input brought: the core reads no clock. A tunnel that a command asks
@@ -472,6 +509,7 @@ impl<F: Firewall> Core<F> {
             manager: None,
             locals: crate::locals::LocalView::default(),
             allows: persisted.allows.clone(),
+            users: persisted.tunnel_only_users.clone(),
             options,
             dns_status: None,
             now,
@@ -579,7 +617,9 @@ impl<F: Firewall> Core<F> {
                             detect_local_bridges,
                             health_bound,
                             wireguard_dir,
+                            tunnel_only_users,
                         } = *new;
+                        self.options.tunnel_only_users = tunnel_only_users;
                         self.options.lan = lan;
                         self.options.allows = allows;
                         self.options.detect_local_bridges = detect_local_bridges;
@@ -749,7 +789,8 @@ impl<F: Firewall> Core<F> {
         }
         let persisted = Persisted::new(self.settings, self.target.clone())
             .with_guard_identity(self.pinned.clone())
-            .with_allows(self.allows.clone());
+            .with_allows(self.allows.clone())
+            .with_tunnel_only_users(self.users.clone());
         if let Err(e) = self.store.save(&persisted) {
             tracing::warn!(
                 "cannot remember what kind of device the tunnel is in {}: {e}",
@@ -823,6 +864,7 @@ impl<F: Firewall> Core<F> {
             // Filled by the IPC server when it answers `status` (`blocked.rs`): the counts change
             // with every refused packet, which is no change of state to publish.
             blocked: None,
+            tunnel_only_users: self.tunnel_only_users(),
         }
     }
 
@@ -889,7 +931,14 @@ impl<F: Firewall> Core<F> {
             interfaces: names(&self.locals.interfaces),
             subnets: allows.subnets.iter().map(ToString::to_string).collect(),
             inbound: allows.inbound.iter().map(ToString::to_string).collect(),
-            refused: self.locals.refused.clone(),
+            refused: (self.locals.refused.iter().cloned())
+                .chain(
+                    self.options
+                        .tunnel_only_users
+                        .iter()
+                        .filter_map(|u| u.clone().err()),
+                )
+                .collect(),
             absent: {
                 let named = (allows.interfaces.iter())
                     .chain(allows.subnets.iter().map(|s| &s.interface))
@@ -940,7 +989,72 @@ impl<F: Firewall> Core<F> {
             interfaces: self.locals.interfaces.clone(),
             subnets: allows.subnets.clone(),
             inbound: allows.inbound.clone(),
+            tunnel_only_uids: self.tunnel_only_users().iter().map(|u| u.uid).collect(),
         }
+    }
+
+    /// The tunnel-only users in force: config.toml's that resolved, then the CLI's, each uid once.
+    fn tunnel_only_users(&self) -> Vec<killswitch_types::ipc::TunnelOnlyUserStatus> {
+        use killswitch_types::ipc::{TunnelOnlyUserStatus, UserSource};
+        let config = (self.options.tunnel_only_users.iter())
+            .flatten()
+            .map(|u| (u, UserSource::Config));
+        let cli = self.users.iter().map(|u| (u, UserSource::Cli));
+        let mut seen = Vec::new();
+        config
+            .chain(cli)
+            .filter(|(u, _)| {
+                let new = !seen.contains(&u.uid);
+                seen.push(u.uid);
+                new
+            })
+            .map(|(u, source)| TunnelOnlyUserStatus {
+                user: u.user.clone(),
+                uid: u.uid,
+                source,
+            })
+            .collect()
+    }
+
+    /// The CLI's tunnel-only users after `users add|remove USER` (the uid it resolved to, if it
+    /// did), or why not. Adding one already in force changes nothing; removing one that
+    /// config.toml lists is refused (the file is the administrator's, edit it there).
+    fn changed_users(
+        &self,
+        add: bool,
+        user: &str,
+        uid: Option<u32>,
+    ) -> Result<Vec<crate::users::TunnelOnlyUser>, IpcError> {
+        let refuse = |message: String| Err(IpcError::new(ErrorKind::BadRequest, message));
+        let is = |u: &crate::users::TunnelOnlyUser| u.user == user || Some(u.uid) == uid;
+        let in_config = self.options.tunnel_only_users.iter().flatten().any(is);
+        let mut users = self.users.clone();
+        if add {
+            let Some(uid) = uid else {
+                return refuse(format!(
+                    "tunnel-only user {user:?}: no such user; nothing was changed"
+                ));
+            };
+            if !in_config && !users.iter().any(is) {
+                users.push(crate::users::TunnelOnlyUser {
+                    user: user.to_owned(),
+                    uid,
+                });
+            }
+            return Ok(users);
+        }
+        if !users.iter().any(is) {
+            return refuse(if in_config {
+                format!(
+                    "{user} is a tunnel-only user because config.toml lists it (tunnel_only_users): \
+                     remove it there and reload; nothing was changed"
+                )
+            } else {
+                format!("{user} is not a tunnel-only user; nothing was changed")
+            });
+        }
+        users.retain(|u| !is(u));
+        Ok(users)
     }
 
     /// What the system's resolver configuration should be: the active server's resolvers while
@@ -1009,6 +1123,7 @@ impl<F: Firewall> Core<F> {
         let mut settings = self.settings;
         let mut target = self.target.clone();
         let mut allows = self.allows.clone();
+        let mut users = self.users.clone();
         match command {
             Command::Status => return Ok(self.status()),
             Command::Guard(spec) => {
@@ -1056,6 +1171,7 @@ impl<F: Firewall> Core<F> {
             }
             Command::AllowLan(enabled) => settings.allow_lan = *enabled,
             Command::Allow { add, entry } => allows = self.changed_allows(*add, entry)?,
+            Command::Users { add, user, uid } => users = self.changed_users(*add, user, *uid)?,
         }
         // The same tunnel to guard: what it was stays known, unless the user guards it again,
         // vouching for whatever now has its name (as the refusal told them to).
@@ -1066,7 +1182,8 @@ impl<F: Firewall> Core<F> {
             .filter(|_| self.target == target && !vouched);
         let persisted = Persisted::new(settings, target.clone())
             .with_guard_identity(pinned)
-            .with_allows(allows.clone());
+            .with_allows(allows.clone())
+            .with_tunnel_only_users(users.clone());
         self.store.save(&persisted).map_err(|e| {
             IpcError::new(
                 ErrorKind::Storage,
@@ -1090,6 +1207,7 @@ impl<F: Firewall> Core<F> {
         }
         self.settings = settings;
         self.target = target;
+        self.users = users;
         let allows_changed = self.allows != allows;
         self.allows = allows;
         if allows_changed {
@@ -1370,7 +1488,12 @@ impl<F: Firewall> Core<F> {
         self.firewall_status.flush_protection = self.firewall.flush_protection();
         let installed = ruleset.table.is_some();
         self.firewall_status.installed = installed;
-        self.firewall_status.blocking = installed;
+        // A table with an output chain that accepts by default holds only the tunnel-only users'
+        // rules (`off`, unlocked `disconnected`): installed, but not blocking the machine.
+        self.firewall_status.blocking = ruleset
+            .base_chain(killswitch_policy::Hook::Output)
+            .and_then(|c| c.base)
+            .is_some_and(|b| b.policy == killswitch_policy::ChainPolicy::Drop);
         self.firewall_status.transitions += 1;
         self.firewall_status.last_apply_us =
             Some(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
@@ -1799,6 +1922,157 @@ mod tests {
     }
 
     #[test]
+    fn tunnel_only_users_are_confined_in_every_state_persisted_and_refused_clearly() {
+        use killswitch_types::ipc::UserSource;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let options = CoreOptions {
+            tunnel_only_users: crate::users::resolve_all(&[
+                "1001".to_owned(),
+                "no-such-user-ks15".to_owned(),
+            ]),
+            ..test_options(dir.path())
+        };
+        let mut core = core_with(&mut fw, dir.path(), options);
+        let users = |add, user: &str| Request::Users {
+            add,
+            user: user.to_owned(),
+        };
+        // Disconnected, no lockdown: the machine is free, config.toml's user is not, and the
+        // entry that names nobody is refused in status while the other applies.
+        let status = core.handle_request(&Request::Down).expect("down");
+        assert_eq!(status.state, State::Disconnected);
+        assert_eq!(status.tunnel_only_users.len(), 1);
+        assert_eq!(status.tunnel_only_users[0].uid, 1001);
+        assert_eq!(status.tunnel_only_users[0].source, UserSource::Config);
+        assert!(
+            status
+                .exceptions
+                .refused
+                .iter()
+                .any(|r| r.contains("no-such-user-ks15")),
+            "{:?}",
+            status.exceptions.refused
+        );
+        assert!(status.firewall.installed && !status.firewall.blocking);
+        let out = |uid| Packet {
+            uid: Some(uid),
+            ..Packet::output(
+                "eth0",
+                "192.0.2.2".parse().expect("literal"),
+                "198.51.100.1".parse().expect("literal"),
+                Transport::udp(4000, 4000),
+            )
+        };
+        let installed = core.applied.clone().expect("a table for the users");
+        assert!(!installed.verdict(&out(1001)).is_accept());
+        assert!(installed.verdict(&out(1000)).is_accept(), "others are free");
+        // Added with the CLI: at once, and across a restart.
+        let status = core.handle_request(&users(true, "nobody")).expect("added");
+        let nobody = crate::users::resolve("nobody").expect("nobody").uid;
+        assert!(
+            status
+                .tunnel_only_users
+                .iter()
+                .any(|u| u.uid == nobody && u.source == UserSource::Cli)
+        );
+        let installed = core.applied.clone().expect("a table");
+        assert!(!installed.verdict(&out(nobody)).is_accept());
+        // `off` keeps them confined.
+        let status = core.handle_request(&Request::Off).expect("off");
+        assert_eq!(status.state, State::Off);
+        let installed = core.applied.clone().expect("still a table for the users");
+        assert!(!installed.verdict(&out(nobody)).is_accept());
+        assert!(installed.verdict(&out(1000)).is_accept());
+        // Refusals change nothing and say why.
+        for (request, says) in [
+            (users(true, "no-such-user-ks15"), "no such user"),
+            (users(true, "root"), "root cannot"),
+            (users(false, "1001"), "config.toml"),
+            (users(false, "daemon"), "not a tunnel-only user"),
+        ] {
+            let err = core.handle_request(&request).expect_err("refused");
+            assert!(
+                err.message.contains(says) && err.message.contains("nothing was changed"),
+                "{}",
+                err.message
+            );
+        }
+        assert_eq!(core.status().tunnel_only_users.len(), 2);
+        drop(core);
+        let mut fw2 = Recorder::default();
+        let mut again = self::core(&mut fw2, dir.path());
+        assert!(
+            again
+                .status()
+                .tunnel_only_users
+                .iter()
+                .any(|u| u.uid == nobody)
+        );
+        let status = again
+            .handle_request(&users(false, "nobody"))
+            .expect("removed");
+        assert!(
+            status.tunnel_only_users.is_empty(),
+            "this core has no config.toml users"
+        );
+        assert!(
+            again.applied.as_ref().is_none_or(|r| r.table.is_none()),
+            "off without users: no table"
+        );
+    }
+
+    #[test]
+    fn a_reload_confines_and_releases_config_tunnel_only_users_at_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = self::core(&mut fw, dir.path());
+        core.handle_request(&Request::Down).expect("down");
+        assert!(core.applied.as_ref().is_none_or(|r| r.table.is_none()));
+        let reconfigured = |users: &[&str]| Reconfigured {
+            lan: killswitch_policy::Lan::default(),
+            allows: killswitch_types::Allows::default(),
+            detect_local_bridges: true,
+            health_bound: Duration::from_secs(3),
+            wireguard_dir: "/etc/wireguard".into(),
+            tunnel_only_users: crate::users::resolve_all(
+                &users.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>(),
+            ),
+        };
+        let now = Instant::now();
+        core.on(
+            Input::Reloaded(Ok(Box::new(reconfigured(&["1001", "ghost-ks15"])))),
+            now,
+        );
+        let status = core.status();
+        assert_eq!(status.tunnel_only_users.len(), 1);
+        assert!(
+            status
+                .exceptions
+                .refused
+                .iter()
+                .any(|r| r.contains("ghost-ks15"))
+        );
+        let out = Packet {
+            uid: Some(1001),
+            ..Packet::output(
+                "eth0",
+                "192.0.2.2".parse().expect("literal"),
+                "198.51.100.1".parse().expect("literal"),
+                Transport::tcp(40000, 443),
+            )
+        };
+        let installed = core.applied.clone().expect("the users' table");
+        assert!(!installed.verdict(&out).is_accept());
+        core.on(Input::Reloaded(Ok(Box::new(reconfigured(&[])))), now);
+        assert!(core.status().tunnel_only_users.is_empty());
+        assert!(
+            core.applied.as_ref().is_none_or(|r| r.table.is_none()),
+            "released"
+        );
+    }
+
+    #[test]
     fn fresh_start_is_disconnected_without_rules() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
@@ -2177,6 +2451,7 @@ mod tests {
             detect_local_bridges: true,
             health_bound: Duration::from_secs(5),
             wireguard_dir: "/etc/wireguard".into(),
+            tunnel_only_users: Vec::new(),
         };
         core.on(Input::Reloaded(Ok(Box::new(good))), now);
         let status = core.status();

@@ -43,4 +43,5 @@ pub mod sleep;
 pub mod store;
 pub mod target;
 pub mod teardown;
+pub mod users;
 pub mod verify;

@@ -115,7 +115,17 @@ fn early_boot(args: &Args) -> ExitCode {
         .ok()
         .and_then(|c| {
             let lan = c.lan().ok()?;
-            Some(killswitch_policy::Exceptions::from(lan).with_allows(&c.allows(), Vec::new()))
+            let mut exceptions =
+                killswitch_policy::Exceptions::from(lan).with_allows(&c.allows(), Vec::new());
+            // Names that resolve this early (local users do; a directory service may not be up
+            // yet, and its users are confined once the daemon starts).
+            exceptions.tunnel_only_uids =
+                killswitch_daemon::users::resolve_all(&c.tunnel_only_users)
+                    .into_iter()
+                    .flatten()
+                    .map(|u| u.uid)
+                    .collect();
+            Some(exceptions)
         })
         .unwrap_or_default();
     match boot::run(&Store::open(state_dir), &exceptions, &mut firewall(args)) {

@@ -84,6 +84,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         lan: config.lan().unwrap_or_default(),
         allows: config.allows(),
         detect_local_bridges: config.detect_local_bridges,
+        tunnel_only_users: crate::users::resolve_all(&config.tunnel_only_users),
         ..CoreOptions::new(&options.state_dir)
     };
     let mut core = Core::new(
@@ -283,6 +284,8 @@ fn reload(
         detect_local_bridges: new.detect_local_bridges,
         health_bound: Duration::from_secs_f64(new.dead_after_seconds),
         wireguard_dir: new.wireguard_dir.clone(),
+        // Looked up again: a user created since the last load counts now.
+        tunnel_only_users: crate::users::resolve_all(&new.tunnel_only_users),
     };
     running.wireguard_dir = new.wireguard_dir;
     running.dead_after_seconds = new.dead_after_seconds;
@@ -291,6 +294,7 @@ fn reload(
     running.allow_subnets = new.allow_subnets;
     running.allow_inbound = new.allow_inbound;
     running.detect_local_bridges = new.detect_local_bridges;
+    running.tunnel_only_users = new.tunnel_only_users;
     Ok(Box::new(reconfigured))
 }
 

@@ -37,6 +37,10 @@ pub struct Persisted {
     /// The exceptions added with `killswitch allow add` (config.toml's are not repeated here).
     #[serde(default, skip_serializing_if = "killswitch_types::Allows::is_empty")]
     pub allows: killswitch_types::Allows,
+    /// The tunnel-only users added with `killswitch users add`, with the uids they resolved to
+    /// (config.toml's are not repeated here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tunnel_only_users: Vec<crate::users::TunnelOnlyUser>,
 }
 
 fn format_version() -> u32 {
@@ -52,7 +56,14 @@ impl Persisted {
             target,
             guard_identity: None,
             allows: killswitch_types::Allows::default(),
+            tunnel_only_users: Vec::new(),
         }
+    }
+
+    /// The same, with the tunnel-only users the CLI added.
+    pub fn with_tunnel_only_users(mut self, users: Vec<crate::users::TunnelOnlyUser>) -> Self {
+        self.tunnel_only_users = users;
+        self
     }
 
     /// The same, with the exceptions the CLI added.

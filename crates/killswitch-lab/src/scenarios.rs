@@ -23,6 +23,7 @@ mod counters;
 mod guard_discover;
 mod quickstart;
 mod reload;
+mod tunnel_only_user;
 mod verify;
 
 /// A scenario: a name for `--scenario`, what it guards, and its script.
@@ -36,7 +37,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 28] = [
+pub const ALL: [Scenario; 29] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -121,6 +122,11 @@ pub const ALL: [Scenario; 28] = [
         name: "reload",
         guards: "SIGHUP under traffic: a bad config.toml is refused with the running rules kept and the refusal in status; a good one (a new allowed subnet) applies at once; nothing leaks during either",
         script: reload::reload_under_traffic,
+    },
+    Scenario {
+        name: "tunnel-only-user",
+        guards: "a tunnel-only user's packets leave only through the tunnel, bound or ping sockets included, even while the machine is disconnected or off",
+        script: tunnel_only_user::tunnel_only_user,
     },
     Scenario {
         name: "second-daemon",

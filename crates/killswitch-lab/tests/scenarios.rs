@@ -180,3 +180,8 @@ fn guard_with_only_the_interface_finds_the_rest_and_an_ovpn_opens_exactly_its_re
 fn refusals_are_counted_per_reason_and_named_with_their_sender() {
     scenario_passes("counters");
 }
+
+#[test]
+fn a_tunnel_only_user_never_leaks_even_while_the_machine_is_disconnected() {
+    scenario_passes("tunnel-only-user");
+}

@@ -26,6 +26,13 @@
 //! These guards cover the tunnel's routable addresses; its link-local ones (169.254.0.0/16,
 //! fe80::/10) identify nothing and may be the LAN's own as well.
 //!
+//! Tunnel-only users (issue 15): right after loopback, `output` sends every packet of their uids
+//! (`meta skuid`) to chain `tunnel-only`, which lets out DNS to the tunnel's resolvers and anything
+//! else through a connected tunnel, and rejects the rest. In states with no table of their own
+//! (`off`, unlocked `disconnected`) they still get one: an `output` chain with policy accept that
+//! holds only their jump, so they reach loopback and nothing else while everyone else is as free as
+//! the administrator chose.
+//!
 //! Output deliberately has no "established" rule: a flow that went through the tunnel stays in the
 //! conntrack table after the tunnel drops, and an "established" accept would let its next packets out
 //! of the physical interface. Each output rule admits packets for what they are, not for their history.
@@ -297,7 +304,7 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
         probe,
     }) = state.parts(settings)
     else {
-        return Ruleset { table: None };
+        return tunnel_only_table(&exceptions.tunnel_only_uids);
     };
     // `tunnel`: the tunnel traffic may use; `identity`: the tunnel whose addresses are kept off
     // other interfaces (the same one, or one that exists but is not up yet).
@@ -334,11 +341,96 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
         });
     }
     chains.extend(BlockReason::ALL.into_iter().map(refuse_chain));
+    if !exceptions.tunnel_only_uids.is_empty() {
+        chains.push(tunnel_only_chain(tunnel));
+    }
     Ruleset {
         table: Some(Table {
             sets,
             chains,
             arp: identity.and_then(arp_table),
+        }),
+    }
+}
+
+/// The regular chain every packet of a tunnel-only user jumps to, from the top of `output`.
+pub(crate) const TUNNEL_ONLY_CHAIN: &str = "tunnel-only";
+
+/// `meta skuid N jump tunnel-only`, one per tunnel-only uid. The output hook sees the sending
+/// socket whatever the socket did: bound to the physical interface (`SO_BINDTODEVICE`), an ICMP
+/// ping socket, raw or not, so none of those is a way around it. Packets without a socket (the
+/// kernel's own: TCP resets, ICMP errors) carry no uid and are not matched.
+fn tunnel_only_jumps(uids: &[u32]) -> Vec<Rule> {
+    let mut uids = uids.to_vec();
+    uids.sort_unstable();
+    uids.dedup();
+    uids.into_iter()
+        .map(|uid| {
+            on().with(Match::SocketUid(uid)).verdict(
+                Verdict::Jump(TUNNEL_ONLY_CHAIN.to_owned()),
+                "tunnel-only user",
+            )
+        })
+        .collect()
+}
+
+/// What a tunnel-only user may send (loopback having been accepted before the jump): DNS only to
+/// the tunnel's resolvers through the tunnel, then anything through the tunnel for the families it
+/// carries (so IPv6 only when tunnelled), then a reject (a TCP reset, or ICMP "administratively
+/// prohibited"), so that their programs fail at once rather than hang. With no tunnel carrying
+/// traffic (`connecting`, `blocked`, `disconnected`, `off`) only the rejects remain. No endpoint
+/// hole: the tunnel's own program does not run as a tunnel-only user (if it did, its handshake
+/// would be rejected too: that case is not supported).
+fn tunnel_only_chain(tunnel: Option<&Tunnel>) -> Chain {
+    let mut rules = Vec::new();
+    if let Some(tunnel) = tunnel {
+        // (Without a tunnel, the final rejects take DNS with everything else.)
+        rules.extend(dns_rules(Some(tunnel)));
+        rules.extend(tunnel_rules(
+            tunnel,
+            |b| b.oif(&tunnel.interface),
+            "tunnel-only user through the tunnel",
+        ));
+    }
+    // Refused as any packet leaving outside the tunnel is: counted, a sample logged with its uid
+    // (`killswitch blocked` shows which confined user tried), and rejected so that it fails fast.
+    rules.push(on().verdict(refuse(BlockReason::NonTunnel), "tunnel-only user"));
+    Chain {
+        name: TUNNEL_ONLY_CHAIN.to_owned(),
+        base: None,
+        rules,
+    }
+}
+
+/// The table of a state that otherwise has none (`off`, unlocked `disconnected`) when there are
+/// tunnel-only users: one `output` chain that sends their packets to [`tunnel_only_chain`] (with no
+/// tunnel known, they may use loopback only) and accepts everyone else's, because in these states
+/// the administrator chose to leave the machine unprotected. Its policy is accept for that reason:
+/// this table is a scope, not a kill switch, and takes away only what belongs to those users.
+fn tunnel_only_table(uids: &[u32]) -> Ruleset {
+    if uids.is_empty() {
+        return Ruleset { table: None };
+    }
+    let mut rules = vec![on().oif(&InterfaceName::loopback()).accept("loopback")];
+    rules.extend(tunnel_only_jumps(uids));
+    let output = Chain {
+        name: "output".to_owned(),
+        base: Some(BaseChain {
+            hook: Hook::Output,
+            priority: PRIORITY_FILTER,
+            policy: ChainPolicy::Accept,
+        }),
+        rules,
+    };
+    Ruleset {
+        table: Some(Table {
+            sets: Vec::new(),
+            chains: vec![
+                output,
+                tunnel_only_chain(None),
+                refuse_chain(BlockReason::NonTunnel),
+            ],
+            arp: None,
         }),
     }
 }
@@ -480,6 +572,9 @@ fn output_rules(
     exceptions: &Exceptions,
 ) -> Vec<Rule> {
     let mut rules = vec![on().oif(&InterfaceName::loopback()).accept("loopback")];
+    // Ahead of every hole and exception: a tunnel-only user's packets leave by the tunnel or not
+    // at all, so none of them may reach the endpoint hole, DHCP or an allowed interface.
+    rules.extend(tunnel_only_jumps(&exceptions.tunnel_only_uids));
     if let Some(tunnel) = identity {
         // Nothing from the tunnel's address leaves by another interface: such a packet would tell
         // the local network the address, and so that this machine is on the VPN.

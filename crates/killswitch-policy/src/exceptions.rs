@@ -65,6 +65,11 @@ pub struct Exceptions {
     pub subnets: Vec<SubnetAllow>,
     /// Inbound services the administrator allowed.
     pub inbound: Vec<InboundAllow>,
+    /// The uids of tunnel-only users: the opposite of an exception, a scope that fails closed on
+    /// its own. Their packets leave through the tunnel or not at all, in every state, even where
+    /// the machine as a whole has no rules (see [`crate::compile`]). Carried here because this is
+    /// the one seam through which everything the administrator configured reaches the compiler.
+    pub tunnel_only_uids: Vec<u32>,
 }
 
 impl From<Lan> for Exceptions {

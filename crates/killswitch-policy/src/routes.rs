@@ -1,10 +1,12 @@
 //! The second layer: policy routing that needs no nftables.
 //!
 //! Whenever the kill switch installs a table, it also installs policy rules and one routing table
-//! of its own, for IPv4 and IPv6:
+//! of its own, for IPv4 and IPv6 (with tunnel-only users, in `off` and unlocked `disconnected`
+//! too, then only their rules and `unreachable`):
 //!
 //! | priority | rule | why |
 //! |---|---|---|
+//! | 5299 | `uidrange N-N lookup 27507`, per tunnel-only user, in every state | their packets: into the tunnel or nowhere |
 //! | 5300 | `to <inside the tunnel> lookup 27507`, only with allow-lan | the tunnel's resolvers and networks, ahead of the LAN |
 //! | 5300 | `from <the tunnel's address> lookup 27507`, only with `allow_inbound` | a reply from the tunnel's address stays in the tunnel |
 //! | 5301 | `to <LAN range> lookup main`, only with allow-lan | the LAN, by the normal routes |
@@ -63,7 +65,16 @@ pub const PRIORITY_LAN: u32 = 5301;
 pub const PRIORITY_CATCH_ALL: u32 = 5302;
 /// Every priority the kill switch uses. Other programs may have rules there too: the backend tells
 /// its own apart by the protocol value it marks them with, and touches no other.
-pub const PRIORITIES: [u32; 3] = [PRIORITY_TUNNEL, PRIORITY_LAN, PRIORITY_CATCH_ALL];
+pub const PRIORITIES: [u32; 4] = [
+    PRIORITY_TUNNEL_ONLY_USERS,
+    PRIORITY_TUNNEL,
+    PRIORITY_LAN,
+    PRIORITY_CATCH_ALL,
+];
+/// Priority of the tunnel-only users' rules (`uidrange N-N lookup 27507`), ahead of every
+/// exemption to `main`: a LAN range, an allowed subnet or an inbound service's port never routes
+/// their packets out of the physical interface.
+pub const PRIORITY_TUNNEL_ONLY_USERS: u32 = 5299;
 
 /// The routing layer for one state: rules and the routes of [`ROUTE_TABLE`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,14 +181,17 @@ pub fn compile_routes_for(
     exceptions: &Exceptions,
     networks: &[IpNet],
 ) -> Option<RoutingLayer> {
-    let crate::compile::Parts {
+    let families = [IpFamily::V4, IpFamily::V6];
+    let Some(crate::compile::Parts {
         peer,
         tunnel,
         pending,
         probe,
-    } = state.parts(settings)?;
-    let families = [IpFamily::V4, IpFamily::V6];
-    let mut rules = Vec::new();
+    }) = state.parts(settings)
+    else {
+        return tunnel_only_layer(&exceptions.tunnel_only_uids);
+    };
+    let mut rules = tunnel_only_rules(&exceptions.tunnel_only_uids);
     if settings.allow_lan || !exceptions.subnets.is_empty() {
         // Ahead of the LAN: whatever belongs to the tunnel goes to our table, where it finds the
         // tunnel (connected), the probe's route (connecting) or `unreachable`.
@@ -285,6 +299,46 @@ pub fn compile_routes_for(
         );
     }
     Some(RoutingLayer { rules, routes })
+}
+
+/// `uidrange N-N lookup 27507` for each tunnel-only uid and both families, at
+/// [`PRIORITY_TUNNEL_ONLY_USERS`]: their packets find the tunnel's default route (connected) or
+/// `unreachable`, whatever `main` says and even while the nftables table is gone for a moment.
+/// The tunnel's own packets are not exempted here: the tunnel's program must not run as a
+/// tunnel-only user.
+fn tunnel_only_rules(uids: &[u32]) -> Vec<RoutingRule> {
+    let mut uids = uids.to_vec();
+    uids.sort_unstable();
+    uids.dedup();
+    [IpFamily::V4, IpFamily::V6]
+        .into_iter()
+        .flat_map(|family| {
+            uids.iter().map(move |uid| {
+                lookup(
+                    family,
+                    PRIORITY_TUNNEL_ONLY_USERS,
+                    Selector::Uid(*uid),
+                    ROUTE_TABLE,
+                )
+            })
+        })
+        .collect()
+}
+
+/// The layer of a state that otherwise has none (`off`, unlocked `disconnected`): only the
+/// tunnel-only users' rules, and a table of nothing but `unreachable` (no tunnel is known in
+/// these states, so they reach nothing beyond this machine). `None` without such users.
+fn tunnel_only_layer(uids: &[u32]) -> Option<RoutingLayer> {
+    if uids.is_empty() {
+        return None;
+    }
+    Some(RoutingLayer {
+        rules: tunnel_only_rules(uids),
+        routes: [IpFamily::V4, IpFamily::V6]
+            .into_iter()
+            .map(TableRoute::Unreachable)
+            .collect(),
+    })
 }
 
 /// `ip rule add priority PRIORITY SELECTOR lookup TABLE`, for one family.

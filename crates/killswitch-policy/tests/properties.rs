@@ -840,3 +840,120 @@ proptest! {
         }
     }
 }
+
+/// Every state, including those without a table of their own.
+fn any_state() -> impl Strategy<Value = PolicyState> {
+    prop_oneof![
+        Just(PolicyState::Off),
+        Just(PolicyState::Disconnected),
+        table_state(),
+    ]
+}
+
+/// Tunnel-only uids (1 to 3 of them; 0 is root, 65534 nobody), and one of them to send from.
+fn tunnel_only_uids() -> impl Strategy<Value = (Vec<u32>, usize)> {
+    proptest::collection::vec(
+        prop_oneof![Just(0u32), Just(1000u32), Just(65534u32), any::<u32>()],
+        1..4,
+    )
+    .prop_flat_map(|uids| {
+        let n = uids.len();
+        (Just(uids), 0..n)
+    })
+}
+
+/// The tunnel traffic may use: only a connected one (a pending or probed tunnel carries nothing).
+fn carrying_tunnel(state: &PolicyState) -> Option<&Tunnel> {
+    match state {
+        PolicyState::Connected { tunnel, .. } => Some(tunnel),
+        _ => None,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, max_global_rejects: 100_000, ..ProptestConfig::default() })]
+
+    /// Issue 15, tunnel-only users: whatever the state (`off` and `disconnected` included), the
+    /// settings and the exceptions, a packet from a tunnel-only uid is accepted out of no
+    /// interface but loopback and a connected tunnel; there only for a family the tunnel carries,
+    /// and DNS only to the tunnel's resolvers.
+    #[test]
+    fn a_tunnel_only_user_never_leaves_outside_the_tunnel(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (uids, sender) in tunnel_only_uids(),
+        p in outbound_packet(),
+    ) {
+        prop_assume!(p.hook == Hook::Output);
+        let p = Packet { uid: Some(uids[sender]), ..p };
+        let exceptions = Exceptions { tunnel_only_uids: uids.clone(), ..exceptions };
+        let ruleset = compile_for(&state, &settings, &exceptions);
+        prop_assert!(ruleset.check().is_ok(), "{:?}", ruleset.check());
+        if !ruleset.verdict(&p).is_accept() {
+            return Ok(());
+        }
+        let oif = p.oif.as_ref().map(|o| o.as_str());
+        if oif == Some("lo") {
+            return Ok(());
+        }
+        let tunnel = carrying_tunnel(&state);
+        prop_assert!(
+            tunnel.is_some_and(|t| Some(t.interface.as_str()) == oif),
+            "{state:?} let uid {} out of {oif:?}: {p:?}", uids[sender]
+        );
+        let tunnel = tunnel.expect("checked above");
+        let family_carried = tunnel.addresses.iter().any(|a| a.is_ipv6() == p.dst.is_ipv6() && !is_link_local_v6(a));
+        prop_assert!(family_carried, "{state:?} let {p:?} into a tunnel that does not carry its family");
+        if dns_dport(&p) {
+            prop_assert!(tunnel.usable_dns().contains(&p.dst), "{state:?} let DNS {p:?} out");
+        }
+    }
+
+    /// Tunnel-only users change nothing for anyone else: a packet from another uid (or from no
+    /// socket) gets the verdict it gets without them.
+    #[test]
+    fn tunnel_only_users_leave_other_users_alone(
+        state in any_state(),
+        settings in settings(),
+        (uids, _) in tunnel_only_uids(),
+        p in packet(),
+    ) {
+        prop_assume!(p.uid.is_none_or(|u| !uids.contains(&u)));
+        let with = Exceptions { tunnel_only_uids: uids, ..Exceptions::default() };
+        prop_assert_eq!(
+            compile_for(&state, &settings, &with).verdict(&p),
+            compile_for(&state, &settings, &Exceptions::default()).verdict(&p),
+            "{:?} {:?}", state, p
+        );
+    }
+
+    /// The routing layer sends a tunnel-only uid's packets, of both families and in every state, to
+    /// the kill switch's table ahead of every rule that looks up `main`; that table has a route into
+    /// no interface but the connected tunnel, local bridges and allowed interfaces (which the
+    /// firewall then refuses them), and `unreachable` behind.
+    #[test]
+    fn tunnel_only_users_are_routed_into_the_tunnel_or_nowhere(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (uids, sender) in tunnel_only_uids(),
+    ) {
+        use killswitch_policy::routes::{self, Selector, TableRoute};
+        let uid = uids[sender];
+        let exceptions = Exceptions { tunnel_only_uids: uids, ..exceptions };
+        let layer = routes::compile_routes_for(&state, &settings, &exceptions, &[]).expect("a layer with tunnel-only users");
+        for family in [killswitch_policy::IpFamily::V4, killswitch_policy::IpFamily::V6] {
+            let ours = layer.rules.iter().find(|r| r.family == family && !r.invert && r.selector == Selector::Uid(uid));
+            let ours = ours.expect("a rule for the uid");
+            prop_assert_eq!(ours.table, routes::ROUTE_TABLE);
+            prop_assert!(layer.rules.iter().filter(|r| r.family == family && r.table == routes::MAIN_TABLE).all(|r| r.priority > ours.priority));
+            prop_assert!(layer.routes.contains(&TableRoute::Unreachable(family)));
+        }
+        for route in &layer.routes {
+            if let TableRoute::Tunnel(_, iface) = route {
+                prop_assert_eq!(Some(iface), carrying_tunnel(&state).map(|t| &t.interface));
+            }
+        }
+    }
+}

@@ -49,3 +49,23 @@ fn connected_dual_stack_allow_lan() {
 fn connecting_with_probe() {
     insta::assert_snapshot!(render(&fixtures::connecting_with_probe(), false, false));
 }
+
+/// Tunnel-only users (uids 1001 and 65534) in a state without a table of its own, and while
+/// connected: their jump, their chain.
+fn render_with_users(state: &PolicyState, lockdown: bool, allow_lan: bool) -> String {
+    let exceptions = killswitch_policy::Exceptions {
+        tunnel_only_uids: vec![65534, 1001],
+        ..killswitch_policy::Exceptions::default()
+    };
+    killswitch_policy::compile_for(state, &settings(lockdown, allow_lan), &exceptions).to_string()
+}
+
+#[test]
+fn off_with_tunnel_only_users() {
+    insta::assert_snapshot!(render_with_users(&PolicyState::Off, false, false));
+}
+
+#[test]
+fn connected_dual_stack_with_tunnel_only_users() {
+    insta::assert_snapshot!(render_with_users(&fixtures::connected(true), false, true));
+}

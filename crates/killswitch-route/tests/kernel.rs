@@ -810,3 +810,61 @@ fn exceptions_are_routed_by_their_interface_and_the_rest_into_the_tunnel() -> Re
     );
     Ok(())
 }
+
+#[test]
+fn tunnel_only_users_are_routed_into_the_tunnel_or_nowhere_in_every_state() -> Result<()> {
+    if !require_root("tunnel_only_users_are_routed_into_the_tunnel_or_nowhere_in_every_state") {
+        return Ok(());
+    }
+    let ns = lab()?;
+    let users = Exceptions {
+        tunnel_only_uids: vec![65534],
+        ..Exceptions::default()
+    };
+    let apply = |state: &PolicyState, allow_lan: bool, exceptions: &Exceptions| {
+        let settings = Settings {
+            lockdown: false,
+            allow_lan,
+        };
+        let layer = compile_routes_for(state, &settings, exceptions, &[]);
+        ns.run(|| -> Result<()> {
+            Routing::open()?.apply(layer.as_ref())?;
+            Ok(())
+        })?
+    };
+    // Disconnected, no lockdown: no layer for the machine, one for the user.
+    apply(&PolicyState::Disconnected, false, &users)?;
+    for target in ["203.0.113.10", "2001:db8::10", "192.168.50.1"] {
+        let theirs = route_get(&ns, &[target, "uid", "65534"]);
+        ensure!(
+            unreachable(&theirs),
+            "disconnected, uid 65534 to {target}: {theirs}"
+        );
+    }
+    let others = route_get(&ns, &["203.0.113.10", "uid", "1000"]);
+    ensure!(
+        others.contains("dev phys0"),
+        "disconnected, another user goes its way: {others}"
+    );
+    // Connected with allow-lan: the LAN exemption to `main` is not theirs.
+    apply(&connected(), true, &users)?;
+    for target in ["203.0.113.10", "192.168.50.1"] {
+        let theirs = route_get(&ns, &[target, "uid", "65534"]);
+        ensure!(
+            theirs.contains("dev wg0"),
+            "connected, uid 65534 to {target}: {theirs}"
+        );
+    }
+    let lan = route_get(&ns, &["192.168.50.1", "uid", "1000"]);
+    ensure!(
+        lan.contains("dev phys0"),
+        "connected, another user's LAN: {lan}"
+    );
+    // No users left, disconnected: nothing of ours remains.
+    apply(&PolicyState::Disconnected, false, &Exceptions::default())?;
+    let rules = ns.ip(&["rule", "show"])?;
+    ensure!(!rules.contains("5299"), "rules left behind: {rules}");
+    let freed = route_get(&ns, &["203.0.113.10", "uid", "65534"]);
+    ensure!(freed.contains("dev phys0"), "released: {freed}");
+    Ok(())
+}

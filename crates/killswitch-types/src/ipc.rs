@@ -111,6 +111,14 @@ pub enum Request {
     /// tables (as digests, and the first difference) and the routing layer. Anyone may ask: it
     /// changes nothing, and the daemon reads the kernel for it at most a few times a second.
     Verify,
+    /// Add or remove a tunnel-only user: one whose processes may send only through the tunnel,
+    /// in every state. Privileged.
+    Users {
+        /// Add (true) or remove (false).
+        add: bool,
+        /// A user name or a numeric uid, resolved by the daemon.
+        user: String,
+    },
 }
 
 impl Request {
@@ -132,6 +140,7 @@ impl Request {
             Request::Off => "off",
             Request::Allow { .. } => "allow",
             Request::Verify => "verify",
+            Request::Users { .. } => "users",
         }
     }
 }
@@ -310,6 +319,40 @@ pub struct Status {
     /// an event's counts would be stale at once) and from daemons older than this field.
     #[serde(default)]
     pub blocked: Option<crate::BlockedStatus>,
+    /// The tunnel-only users in force (config.toml's, then those added with `killswitch users
+    /// add`); empty from daemons older than this field.
+    #[serde(default)]
+    pub tunnel_only_users: Vec<TunnelOnlyUserStatus>,
+}
+
+/// A tunnel-only user in force, as `status` and `users list` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TunnelOnlyUserStatus {
+    /// The user as configured: a name (`debian-transmission`) or a number (`1001`).
+    pub user: String,
+    /// The uid it resolved to.
+    pub uid: u32,
+    /// Where the entry comes from: `config` (config.toml) or `cli` (`killswitch users add`).
+    pub source: UserSource,
+}
+
+/// Where a tunnel-only user entry comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserSource {
+    /// `tunnel_only_users` in config.toml.
+    Config,
+    /// `killswitch users add`, kept in the settings file.
+    Cli,
+}
+
+impl std::fmt::Display for UserSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UserSource::Config => "config",
+            UserSource::Cli => "cli",
+        })
+    }
 }
 
 /// The exceptions in force (each as `config.toml` writes it), and those refused.
@@ -604,6 +647,10 @@ mod tests {
             Request::AllowLan { enabled: false },
             Request::Off,
             Request::Verify,
+            Request::Users {
+                add: true,
+                user: "debian-transmission".to_owned(),
+            },
             Request::Up {
                 interface: None,
                 configs: vec![
@@ -662,6 +709,15 @@ mod tests {
         let line = encode_line(&RequestEnvelope::new(Request::AllowLan { enabled: false }))
             .expect("encodes");
         assert!(line.contains("\"command\":\"allow-lan\""), "{line}");
+        let line = encode_line(&RequestEnvelope::new(Request::Users {
+            add: true,
+            user: "debian-transmission".to_owned(),
+        }))
+        .expect("encodes");
+        assert_eq!(
+            line,
+            "{\"version\":1,\"request\":{\"command\":\"users\",\"add\":true,\"user\":\"debian-transmission\"}}\n"
+        );
     }
 
     #[test]
@@ -797,6 +853,43 @@ mod tests {
         // And what this build sends: the counts by reason name.
         let json = serde_json::to_value(&status).expect("encodes");
         assert_eq!(json["blocked"]["counts"]["dns"]["bytes"], 180);
+    }
+
+    #[test]
+    fn tunnel_only_users_in_status_are_additive() {
+        // A daemon from before the field sends none: no users.
+        let older = r#"{"state":"off","lockdown":false,"allow_lan":false,"tunnel":null,"error":null,"firewall":{"installed":false,"blocking":false,"transitions":0,"last_apply_us":null}}"#;
+        let status: Status = serde_json::from_str(older).expect("an older daemon's status");
+        assert!(status.tunnel_only_users.is_empty());
+        let newer = older.replace(
+            r#""error":null,"#,
+            r#""error":null,"tunnel_only_users":[{"user":"debian-transmission","uid":117,"source":"config"},{"user":"1001","uid":1001,"source":"cli"}],"#,
+        );
+        let status: Status = serde_json::from_str(&newer).expect("a newer daemon's status");
+        assert_eq!(
+            status.tunnel_only_users,
+            vec![
+                TunnelOnlyUserStatus {
+                    user: "debian-transmission".to_owned(),
+                    uid: 117,
+                    source: UserSource::Config
+                },
+                TunnelOnlyUserStatus {
+                    user: "1001".to_owned(),
+                    uid: 1001,
+                    source: UserSource::Cli
+                },
+            ]
+        );
+        // The request, as the CLI sends it.
+        let line = r#"{"version":1,"request":{"command":"users","add":false,"user":"nobody"}}"#;
+        assert_eq!(
+            decode_request(line).expect("a users request"),
+            Request::Users {
+                add: false,
+                user: "nobody".to_owned()
+            }
+        );
     }
 
     #[test]

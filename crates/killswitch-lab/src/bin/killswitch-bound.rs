@@ -8,6 +8,11 @@
 //! `net.ipv4.ping_group_range` admits the uid) bound to the interface — at a fixed rate for a
 //! fixed time. It prints one summary line (`sent N refused M`; refused: the send failed at once)
 //! and exits. Run it inside the lab's client namespace (`ip netns exec`).
+//!
+//! With `--plain` (scenario `tunnel-only-user`), two ordinary sockets join the round: unbound UDP
+//! to the same target, routed as any program's, and a TCP connection attempt to `--tcp-port`.
+//! Every UDP and ICMP packet carries [`PAYLOAD`], so that a capture can tell this user's packets
+//! from anyone else's; the TCP port does the same for the connection attempts.
 
 use clap::Parser;
 use nix::unistd::{Gid, Uid, setgroups, setresgid, setresuid};
@@ -35,7 +40,20 @@ struct Args {
     /// The uid (and gid) to drop to before opening any socket.
     #[arg(long, default_value_t = 65534)]
     uid: u32,
+    /// Also send through an unbound UDP socket and make TCP connection attempts.
+    #[arg(long)]
+    plain: bool,
+    /// The target port of the TCP connection attempts (with --plain).
+    #[arg(long, default_value_t = 9101)]
+    tcp_port: u16,
 }
+
+/// What every UDP datagram and echo request of this program carries.
+const PAYLOAD: &[u8] = b"killswitch-lab: a socket fixed to the physical interface";
+/// How long a TCP connection attempt may take: a rejection (a reset, ICMP "administratively
+/// prohibited", an unreachable route) comes at once; a drop would hang, and must not stall the
+/// round.
+const TCP_ATTEMPT: Duration = Duration::from_millis(50);
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -77,17 +95,32 @@ fn run(args: &Args) -> Result<(u64, u64), String> {
             .map_err(|e| format!("non-blocking: {e}"))?;
     }
 
+    let plain = UdpSocket::bind("0.0.0.0:0").map_err(|e| format!("udp socket: {e}"))?;
+    plain
+        .set_nonblocking(true)
+        .map_err(|e| format!("non-blocking: {e}"))?;
+    let tcp_target =
+        std::net::SocketAddr::from(SocketAddrV4::new(*args.target.ip(), args.tcp_port));
+    let kinds = if args.plain { 5 } else { 3 };
+
     let interval = Duration::from_secs(1) / args.rate.max(1);
     let end = Instant::now() + Duration::from_millis(args.duration_ms);
     let mut next = Instant::now();
     let (mut sent, mut refused) = (0u64, 0u64);
-    let payload = b"killswitch-lab: a socket fixed to the physical interface";
+    let payload = PAYLOAD;
     let echo = echo_request(payload);
     let ping_target = SocketAddrV4::new(*args.target.ip(), 0);
     while Instant::now() < end {
-        let result = match sent % 3 {
+        let result = match sent % kinds {
             0 => bound.send_to(payload, args.target).map(drop),
             1 => unicast_if.send_to(payload, args.target).map(drop),
+            3 => plain.send_to(payload, args.target).map(drop),
+            4 => match std::net::TcpStream::connect_timeout(&tcp_target, TCP_ATTEMPT) {
+                // A reset, from the target (no one listens there) or from a kill switch's
+                // reject, looks the same here: counted as sent; the capture tells which it was.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+                other => other.map(drop),
+            },
             _ => match &ping {
                 Some(ping) => send_to_raw(ping.as_raw_fd(), &echo, ping_target),
                 None => bound.send_to(payload, args.target).map(drop),
