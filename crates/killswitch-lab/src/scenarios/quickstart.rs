@@ -189,21 +189,13 @@ pub(super) fn wg_quick(lab: &mut Lab) -> Result<Outcome> {
             guard.stdout.trim().replace('\n', "; ")
         ),
     );
-    outcome.check(
-        dns_through,
-        format!("DNS to the tunnel's resolver {resolver} went through the tunnel"),
-    );
-    outcome.check(
-        while_down == 0,
-        format!(
-            "nothing reached the target while wg-quick had the VPN down ({while_down} arrivals)"
-        ),
-    );
-    outcome.check(
-        resumed,
-        "traffic resumed through the tunnel after `wg-quick up` again",
-    );
     drop(wg);
+    check_cycle(
+        &mut outcome,
+        IpAddr::V4(resolver),
+        (dns_through, while_down, resumed),
+        ("wg-quick had the VPN down", "`wg-quick up` again"),
+    );
     Ok(outcome)
 }
 
@@ -288,20 +280,36 @@ pub(super) fn openvpn(lab: &mut Lab) -> Result<Outcome> {
             guard.stdout.trim().replace('\n', "; ")
         ),
     );
+    drop(vpn);
+    check_cycle(
+        &mut outcome,
+        resolver,
+        (dns_through, while_down, resumed),
+        ("OpenVPN was dead", "OpenVPN restarted"),
+    );
+    Ok(outcome)
+}
+
+/// The checks both quickstarts share: DNS went through the tunnel; nothing arrived while the VPN
+/// was down (`(while, after)` say how the user took it down and brought it back); traffic resumed.
+fn check_cycle(
+    outcome: &mut Outcome,
+    resolver: IpAddr,
+    (dns_through, while_down, resumed): (bool, usize, bool),
+    (while_, after): (&str, &str),
+) {
     outcome.check(
         dns_through,
         format!("DNS to the tunnel's resolver {resolver} went through the tunnel"),
     );
     outcome.check(
         while_down == 0,
-        format!("nothing reached the target while OpenVPN was dead ({while_down} arrivals)"),
+        format!("nothing reached the target while {while_} ({while_down} arrivals)"),
     );
     outcome.check(
         resumed,
-        "traffic resumed through the tunnel after OpenVPN restarted",
+        format!("traffic resumed through the tunnel after {after}"),
     );
-    drop(vpn);
-    Ok(outcome)
 }
 
 /// Sends one DNS query to `resolver` and says whether it arrived from `client_ip` (through the
