@@ -421,7 +421,10 @@ fn not_connected_reason(status: &killswitch_types::ipc::Status) -> String {
 fn wait_connected(client: &Client, deadline: Instant, timeout: Duration, json: bool) -> ExitCode {
     let watched = client.watch_until(deadline, |received| {
         let status = &received.status;
-        if status.state == State::Connected {
+        // Connected through a tunnel the daemon runs: a `guard` that replaced ours is connected
+        // too, but not what this command asked for (`gave_up` says so).
+        let managed = status.tunnel.as_ref().is_some_and(|t| t.managed.is_some());
+        if status.state == State::Connected && managed {
             return Some(Ok(Box::new(received.clone())));
         }
         gave_up(status).map(|why| {

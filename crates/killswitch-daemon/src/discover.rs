@@ -338,7 +338,26 @@ pub fn look(query: &GuardQuery, wireguard_dir: &Path) -> Result<Findings, Discov
     // and a socket of that name may belong to another one's device.
     if index.is_some() && (query.endpoints.is_empty() || query.mark.is_none()) {
         let socket = killswitch_tunnel::uapi::socket_path(name);
-        found.wireguard = if socket.exists() {
+        // A socket of that name served from another namespace is another device: never asked.
+        let ours = socket.exists()
+            && match killswitch_tunnel::uapi::serves_this_namespace(&socket) {
+                Ok(ours) => {
+                    if !ours {
+                        tracing::warn!(
+                            "{} serves a WireGuard device in another network namespace: not {name} of this one",
+                            socket.display()
+                        );
+                    }
+                    ours
+                }
+                Err(e) => {
+                    return Err(DiscoverError::Device(format!(
+                        "reading {name}'s WireGuard device: {}",
+                        chain(&e)
+                    )));
+                }
+            };
+        found.wireguard = if ours {
             let info = killswitch_tunnel::uapi::device(&socket).map_err(|e| {
                 DiscoverError::Device(format!("reading {name}'s WireGuard device: {}", chain(&e)))
             })?;

@@ -128,6 +128,41 @@ pub struct DeviceInfo {
     pub endpoints: Vec<std::net::SocketAddr>,
 }
 
+/// Whether the process that serves the socket at `path` (the userspace WireGuard behind it) runs
+/// in this process's network namespace. The sockets' directory is shared by every namespace, so a
+/// socket named after an interface of ours may serve another namespace's device of the same name:
+/// asking it, or setting its mark, would read or change a device that is not ours.
+pub fn serves_this_namespace(path: &Path) -> Result<bool, UapiError> {
+    let io = |source| UapiError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let stream = connect(path)?;
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the descriptor is open
+    // for the duration of the call (the stream lives until the end of this function).
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    let theirs = std::fs::read_link(format!("/proc/{}/ns/net", cred.pid)).map_err(io)?;
+    let ours = std::fs::read_link("/proc/self/ns/net").map_err(io)?;
+    Ok(theirs == ours)
+}
+
 /// Reads `fwmark` and the peers' endpoints from the device behind `path` (`get=1`).
 pub fn device(path: &Path) -> Result<DeviceInfo, UapiError> {
     let mut stream = connect(path)?;
