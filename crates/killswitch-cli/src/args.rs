@@ -335,7 +335,8 @@ pub enum Command {
     Verify,
     /// Show what is being blocked right now, refreshed every second.
     ///
-    /// The state, the tunnel (and its interface's received and sent bytes), the packets and bytes
+    /// The state, the tunnel (its interface's received and sent bytes, and how long ago its last
+    /// WireGuard handshake completed), the packets and bytes
     /// refused per reason since the kill switch first blocked (`non-tunnel`: leaving outside the
     /// tunnel; `dns`: DNS to anything but the tunnel's resolvers; `ipv6`: IPv6 outside the
     /// tunnel; `inbound`: arriving unasked), and the last refused destinations with the interface

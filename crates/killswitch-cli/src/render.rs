@@ -1,7 +1,7 @@
 //! Human-readable output.
 
 use killswitch_types::ipc::{FlushProtection, Status};
-use killswitch_types::{BlockReason, BlockedStatus, State};
+use killswitch_types::{BlockReason, BlockedStatus, Handshake, State};
 use std::fmt::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -110,6 +110,11 @@ pub(crate) fn tunnel_only_users(
 }
 
 pub(crate) fn status(status: &Status) -> String {
+    status_at(status, SystemTime::now())
+}
+
+/// `status` as text, with ages (the handshake's) counted to `now`.
+fn status_at(status: &Status, now: SystemTime) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "state:     {} ({})", status.state, meaning(status));
     let _ = writeln!(out, "lockdown:  {}", on_off(status.lockdown));
@@ -164,6 +169,9 @@ pub(crate) fn status(status: &Status) -> String {
             };
             let interface = t.interface.to_string();
             let _ = writeln!(out, "tunnel:    {} ({link})", clean(&interface));
+            if let Some(handshake) = handshake(t.handshake.as_ref(), now) {
+                let _ = writeln!(out, "handshake: {handshake}");
+            }
             // Daemons before the list sent `endpoint` alone.
             let servers = if t.endpoints.is_empty() {
                 t.endpoint.to_string()
@@ -320,6 +328,48 @@ fn bytes(n: u64) -> String {
     }
 }
 
+/// The tunnel's last handshake in words, counted to `now`: `12 s ago`, `none yet`, `not
+/// WireGuard`; nothing when the daemon sent none (an older daemon, a tunnel that is down or whose
+/// device could not be read).
+fn handshake(handshake: Option<&Handshake>, now: SystemTime) -> Option<String> {
+    let handshake = handshake?;
+    if !handshake.wireguard {
+        return Some("not WireGuard".to_owned());
+    }
+    let Some(at) = handshake.last_unix else {
+        return Some("none yet".to_owned());
+    };
+    let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    Some(format!("{} ago", age(now.saturating_sub(at))))
+}
+
+/// The handshake as `killswitch blocked` shows it after the traffic: `handshake 12 s ago`, `no
+/// handshake yet`, `handshake: not WireGuard`.
+fn handshake_phrase(shake: Option<&Handshake>, now: SystemTime) -> Option<String> {
+    let words = handshake(shake, now)?;
+    Some(match shake {
+        Some(Handshake {
+            wireguard: true,
+            last_unix: Some(_),
+        }) => format!("handshake {words}"),
+        Some(Handshake {
+            wireguard: true,
+            last_unix: None,
+        }) => "no handshake yet".to_owned(),
+        _ => format!("handshake: {words}"),
+    })
+}
+
+/// An age for people: seconds up to two minutes (WireGuard renews its handshake every two
+/// minutes while traffic flows), then minutes, then hours.
+fn age(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s} s"),
+        s if s < 2 * 3600 => format!("{} min", s / 60),
+        s => format!("{} h", s / 3600),
+    }
+}
+
 /// The tunnel interface's byte counters (`rx`, `tx`), as anyone may read them from sysfs.
 pub(crate) type Traffic = Option<(u64, u64)>;
 
@@ -338,6 +388,9 @@ pub(crate) fn blocked_view(status: &Status, traffic: Traffic, now: SystemTime) -
             let mut line = format!("tunnel:   {} ({link})", clean(&interface));
             if let Some((rx, tx)) = traffic {
                 let _ = write!(line, ", rx {}, tx {}", bytes(rx), bytes(tx));
+            }
+            if let Some(h) = handshake_phrase(t.handshake.as_ref(), now) {
+                let _ = write!(line, ", {h}");
             }
             let _ = writeln!(out, "{line}");
         }
@@ -473,6 +526,7 @@ mod tests {
                 up: true,
                 addresses: vec!["10.64.0.2".parse().expect("literal")],
                 managed: None,
+                handshake: None,
             }),
             error: None,
             firewall: FirewallStatus {
@@ -571,6 +625,68 @@ mod tests {
         assert!(
             text.contains("refused:   eth0 is a physical interface\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_handshake_age_is_shown_next_to_the_traffic() {
+        let mut s = sample();
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let with = |s: &mut Status, h: Option<Handshake>| {
+            if let Some(t) = s.tunnel.as_mut() {
+                t.handshake = h;
+            }
+        };
+        with(
+            &mut s,
+            Some(Handshake {
+                wireguard: true,
+                last_unix: Some(1_799_999_988),
+            }),
+        );
+        let text = blocked_view(&s, Some((2048, 10)), now);
+        assert!(
+            text.contains("tunnel:   wg0 (up), rx 2.0 KiB, tx 10 B, handshake 12 s ago\n"),
+            "{text}"
+        );
+        assert!(
+            status_at(&s, now).contains("tunnel:    wg0 (up, 10.64.0.2)\nhandshake: 12 s ago\n")
+        );
+        with(
+            &mut s,
+            Some(Handshake {
+                wireguard: true,
+                last_unix: None,
+            }),
+        );
+        assert!(blocked_view(&s, None, now).contains("tunnel:   wg0 (up), no handshake yet\n"));
+        assert!(status_at(&s, now).contains("handshake: none yet\n"));
+        with(
+            &mut s,
+            Some(Handshake {
+                wireguard: false,
+                last_unix: None,
+            }),
+        );
+        assert!(
+            blocked_view(&s, None, now).contains("tunnel:   wg0 (up), handshake: not WireGuard\n")
+        );
+        assert!(status_at(&s, now).contains("handshake: not WireGuard\n"));
+        // An older daemon's answer, or a handshake from a clock ahead of ours.
+        with(&mut s, None);
+        assert!(!status_at(&s, now).contains("handshake"));
+        assert!(blocked_view(&s, None, now).contains("tunnel:   wg0 (up)\n"));
+        with(
+            &mut s,
+            Some(Handshake {
+                wireguard: true,
+                last_unix: Some(1_800_000_005),
+            }),
+        );
+        assert!(status_at(&s, now).contains("handshake: 0 s ago\n"));
+        assert_eq!(
+            [age(119), age(120), age(7199), age(7200)],
+            ["119 s", "2 min", "119 min", "2 h"]
         );
     }
 

@@ -673,6 +673,7 @@ mod tests {
             up: true,
             addresses: vec![],
             managed: None,
+            handshake: None,
         });
         let routes = RouteTables {
             v4: vec![("wg0".to_owned(), None)],

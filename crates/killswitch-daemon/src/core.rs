@@ -825,6 +825,7 @@ impl<F: Firewall> Core<F> {
                     .map(|o| o.addresses.clone())
                     .unwrap_or_default(),
                 managed: None,
+                handshake: None,
             }),
             _ => None,
         };
@@ -1112,6 +1113,7 @@ impl<F: Firewall> Core<F> {
                 last_event: manager.and_then(Manager::last_event).map(str::to_owned),
                 failures: manager.map(Manager::failures).unwrap_or_default(),
             }),
+            handshake: None,
         }
     }
 

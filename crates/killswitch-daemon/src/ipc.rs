@@ -85,6 +85,9 @@ pub struct Shared {
     pub verify_pace: Arc<tokio::sync::Mutex<Option<Instant>>>,
     /// What the firewall refuses: filled into each `status` answer.
     pub blocked: Arc<crate::blocked::Blocked>,
+    /// What the tunnel manager last read from the device the daemon runs: each `status` answer
+    /// carries the tunnel's last handshake ([`crate::handshake`]).
+    pub handshakes: crate::handshake::Tap,
     /// Where wg-quick files are (`wireguard_dir`): `guard IFACE` reads IFACE.conf's `DNS =`.
     pub wireguard_dir: Arc<Path>,
 }
@@ -415,6 +418,17 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
                 if let Ok(snapshot) = tokio::task::spawn_blocking(move || blocked.snapshot()).await
                 {
                     status.blocked = Some(snapshot);
+                }
+                // A UAPI or netlink exchange with the tunnel's device: blocking too.
+                if let Some(tunnel) = status.tunnel.clone() {
+                    let tap = shared.handshakes.clone();
+                    if let Ok(handshake) =
+                        tokio::task::spawn_blocking(move || crate::handshake::look(&tunnel, &tap))
+                            .await
+                        && let Some(t) = status.tunnel.as_mut()
+                    {
+                        t.handshake = handshake;
+                    }
                 }
                 ServerMessage::Ok { status }
             }

@@ -30,6 +30,7 @@ pub mod devices;
 pub mod discover;
 pub mod dns;
 pub mod firewall;
+pub mod handshake;
 pub mod instance;
 pub mod ipc;
 pub mod links;

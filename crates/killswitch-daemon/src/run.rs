@@ -77,6 +77,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         }
     };
     let devices = Devices::new(&options.state_dir);
+    let handshakes = crate::handshake::Tap::default();
+    let defaults = CoreOptions::new(&options.state_dir);
     let core_options = CoreOptions {
         wireguard_dir: config.wireguard_dir.clone(),
         health_bound: Duration::from_secs_f64(config.dead_after_seconds),
@@ -85,7 +87,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         allows: config.allows(),
         detect_local_bridges: config.detect_local_bridges,
         tunnel_only_users: crate::users::resolve_all(&config.tunnel_only_users),
-        ..CoreOptions::new(&options.state_dir)
+        // The manager's readings of its device also give `status` the tunnel's handshake.
+        factory: crate::handshake::tapped(defaults.factory, handshakes.clone()),
+        ..defaults
     };
     let mut core = Core::new(
         options.firewall,
@@ -139,6 +143,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         verifications: verifications_tx,
         verify_pace: Arc::default(),
         blocked: crate::blocked::Blocked::start(),
+        handshakes,
         wireguard_dir: Arc::from(config.wireguard_dir.as_path()),
     };
     tracing::info!("listening on {}", options.socket.display());

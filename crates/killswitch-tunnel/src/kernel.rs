@@ -204,47 +204,69 @@ fn set_device(index: u32, config: &TunnelConfig, fwmark: u32) -> WireguardMessag
 
 /// The first peer's statistics from WG_CMD_GET_DEVICE replies.
 fn peer_stats(replies: &[WireguardMessage]) -> Option<PeerStats> {
+    all_peer_stats(replies).into_iter().next()
+}
+
+/// Every peer's statistics from WG_CMD_GET_DEVICE replies (a device with many peers answers in
+/// several messages), in the device's order; a peer without a readable key is left out.
+fn all_peer_stats(replies: &[WireguardMessage]) -> Vec<PeerStats> {
+    let mut all = Vec::new();
     for reply in replies {
         for attribute in &reply.attributes {
             let WireguardAttribute::Peers(peers) = attribute else {
                 continue;
             };
-            let Some(WireguardPeer(attributes)) = peers.first() else {
-                continue;
-            };
-            let mut stats = None::<PeerStats>;
-            let (mut key, mut handshake, mut rx, mut tx) = (None, None, 0, 0);
-            for a in attributes {
-                match a {
-                    WireguardPeerAttribute::PublicKey(k) => key = Some(*k),
-                    WireguardPeerAttribute::LastHandshake(t) if t.seconds > 0 => {
-                        handshake = Some(
-                            SystemTime::UNIX_EPOCH
-                                + Duration::new(
-                                    t.seconds as u64,
-                                    t.nano_seconds.clamp(0, 999_999_999) as u32,
-                                ),
-                        );
+            for WireguardPeer(attributes) in peers {
+                let (mut key, mut handshake, mut rx, mut tx) = (None, None, 0, 0);
+                for a in attributes {
+                    match a {
+                        WireguardPeerAttribute::PublicKey(k) => key = Some(*k),
+                        WireguardPeerAttribute::LastHandshake(t) if t.seconds > 0 => {
+                            handshake = Some(
+                                SystemTime::UNIX_EPOCH
+                                    + Duration::new(
+                                        t.seconds as u64,
+                                        t.nano_seconds.clamp(0, 999_999_999) as u32,
+                                    ),
+                            );
+                        }
+                        WireguardPeerAttribute::RxBytes(b) => rx = *b,
+                        WireguardPeerAttribute::TxBytes(b) => tx = *b,
+                        _ => {}
                     }
-                    WireguardPeerAttribute::RxBytes(b) => rx = *b,
-                    WireguardPeerAttribute::TxBytes(b) => tx = *b,
-                    _ => {}
                 }
-            }
-            if let Some(k) = key.and_then(|k| PublicKey::parse(&base64_of(&k)).ok()) {
-                stats = Some(PeerStats {
-                    public_key: k,
-                    last_handshake: handshake,
-                    rx_bytes: rx,
-                    tx_bytes: tx,
-                });
-            }
-            if stats.is_some() {
-                return stats;
+                if let Some(k) = key.and_then(|k| PublicKey::parse(&base64_of(&k)).ok()) {
+                    all.push(PeerStats {
+                        public_key: k,
+                        last_handshake: handshake,
+                        rx_bytes: rx,
+                        tx_bytes: tx,
+                    });
+                }
             }
         }
     }
-    None
+    all
+}
+
+/// Every peer's statistics of kernel WireGuard interface `interface`; `Ok(None)` when this
+/// kernel has no WireGuard or the interface is not a kernel WireGuard device.
+pub fn peers(interface: &str) -> Result<Option<Vec<PeerStats>>, TunnelError> {
+    let Some(index) = netdev::index(interface) else {
+        return Ok(None);
+    };
+    let Ok(genl) = Genl::open() else {
+        return Ok(None);
+    };
+    let message = WireguardMessage {
+        cmd: WireguardCmd::GetDevice,
+        attributes: vec![WireguardAttribute::IfIndex(index)],
+    };
+    match genl.request(message, NLM_F_REQUEST | NLM_F_DUMP) {
+        Ok(replies) => Ok(Some(all_peer_stats(&replies))),
+        // ENODEV / EOPNOTSUPP: an interface, but not kernel WireGuard.
+        Err(_) => Ok(None),
+    }
 }
 
 fn base64_of(bytes: &[u8; 32]) -> String {
@@ -426,6 +448,39 @@ mod tests {
         );
         assert_eq!((stats.rx_bytes, stats.tx_bytes), (10, 20));
         assert_eq!(peer_stats(&[]), None);
+    }
+
+    #[test]
+    fn every_peers_stats_across_reply_messages() {
+        let key = PublicKey::parse("xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=").expect("valid");
+        let peer = |seconds: i64| {
+            WireguardPeer(vec![
+                WireguardPeerAttribute::PublicKey(*key.bytes()),
+                WireguardPeerAttribute::LastHandshake(WireguardTimeSpec {
+                    seconds,
+                    nano_seconds: 0,
+                }),
+            ])
+        };
+        let message = |peers| WireguardMessage {
+            cmd: WireguardCmd::GetDevice,
+            attributes: vec![WireguardAttribute::Peers(peers)],
+        };
+        // A device with many peers answers in several messages; 0 s is "never".
+        let all = all_peer_stats(&[
+            message(vec![peer(1_800_000_000), peer(0)]),
+            message(vec![peer(1_800_000_100)]),
+        ]);
+        let times: Vec<_> = all.iter().map(|p| p.last_handshake).collect();
+        assert_eq!(
+            times,
+            [
+                Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+                None,
+                Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_100)),
+            ]
+        );
+        assert!(all_peer_stats(&[]).is_empty());
     }
 
     #[test]

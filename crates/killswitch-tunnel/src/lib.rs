@@ -3,12 +3,14 @@
 //! - [`config`]: wg-quick style files, parsed strictly, errors naming file, line and key;
 //! - [`key`]: keys, secrets zeroed and redacted;
 //! - [`uapi`]: the userspace configuration protocol (set the device, read its peer's statistics);
+//! - [`handshake`]: the last handshake of a WireGuard interface found by name;
 //! - [`health`]: a pure tracker deciding when a tunnel is dead;
 //! - [`backend`]: kernel ([`kernel`]) or userspace ([`userspace`], embedded boringtun) WireGuard
 //!   behind one trait, chosen at run time; [`netdev`] gives the interface its addresses.
 
 pub mod backend;
 pub mod config;
+pub mod handshake;
 pub mod health;
 pub mod kernel;
 pub mod key;

@@ -457,6 +457,49 @@ mod tests {
     }
 
     #[test]
+    fn a_wireguard_go_answer_with_nanoseconds_and_a_peer_never_met() {
+        // As wireguard-go answers `get=1` (keys in hex, the private key already dropped).
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let key = "c4b20103".to_owned() + &"00".repeat(28);
+        let answer = vec![
+            pair("listen_port", "51000"),
+            pair("fwmark", "51820"),
+            pair("public_key", &key),
+            pair("endpoint", "198.51.100.1:51820"),
+            pair("last_handshake_time_sec", "1799999988"),
+            pair("last_handshake_time_nsec", "250000000"),
+            pair("tx_bytes", "92"),
+            pair("rx_bytes", "148"),
+            pair("persistent_keepalive_interval", "0"),
+            pair("allowed_ip", "0.0.0.0/0"),
+            pair("public_key", &key),
+            pair("last_handshake_time_sec", "0"),
+            pair("last_handshake_time_nsec", "0"),
+            pair("protocol_version", "1"),
+            pair("errno", "0"),
+        ];
+        let peers = parse_stats(&answer, now).expect("parses");
+        assert_eq!(
+            peers[0].last_handshake,
+            Some(SystemTime::UNIX_EPOCH + Duration::new(1_799_999_988, 250_000_000))
+        );
+        assert_eq!((peers[0].rx_bytes, peers[0].tx_bytes), (148, 92));
+        assert_eq!(peers[1].last_handshake, None, "never met");
+        let bad = vec![
+            pair("public_key", &key),
+            pair("last_handshake_time_sec", "soon"),
+        ];
+        assert!(parse_stats(&bad, now).is_err(), "a bad number is an error");
+        let bad_nanos = vec![
+            pair("public_key", &key),
+            pair("last_handshake_time_sec", "1799999988"),
+            pair("last_handshake_time_nsec", "1000000000"),
+        ];
+        assert!(parse_stats(&bad_nanos, now).is_err());
+    }
+
+    #[test]
     fn device_info_from_a_get_answer() {
         let pair = |k: &str, v: &str| (k.to_owned(), v.to_owned());
         let key = "c4b20103".to_owned() + &"00".repeat(28);

@@ -834,6 +834,41 @@ mod tests {
     }
 
     #[test]
+    fn the_handshake_field_is_additive_and_read_leniently() {
+        // An older daemon's tunnel (and every event's): no handshake, and none is written back.
+        let older = r#"{"interface":"wg0","endpoint":"198.51.100.1:51820/udp","dns":[],"mark":null,"uid":null,"up":true,"addresses":[]}"#;
+        let tunnel: crate::TunnelStatus = serde_json::from_str(older).expect("older tunnel");
+        assert_eq!(tunnel.handshake, None);
+        let json = serde_json::to_value(&tunnel).expect("encodes");
+        assert!(json.get("handshake").is_none(), "{json}");
+        // A status answer's, with a field this build does not know.
+        let newer = older.replace(
+            r#""up":true,"#,
+            r#""up":true,"handshake":{"wireguard":true,"last_unix":1800000000,"peers":2},"#,
+        );
+        let tunnel: crate::TunnelStatus = serde_json::from_str(&newer).expect("newer tunnel");
+        assert_eq!(
+            tunnel.handshake,
+            Some(crate::Handshake {
+                wireguard: true,
+                last_unix: Some(1_800_000_000)
+            })
+        );
+        let json = serde_json::to_value(&tunnel).expect("encodes");
+        assert_eq!(json["handshake"]["last_unix"], 1_800_000_000);
+        // Not WireGuard: no time, and the flag says why.
+        let tun = older.replace(
+            r#""up":true,"#,
+            r#""up":true,"handshake":{"wireguard":false},"#,
+        );
+        let tunnel: crate::TunnelStatus = serde_json::from_str(&tun).expect("tun");
+        assert_eq!(
+            tunnel.handshake.map(|h| (h.wireguard, h.last_unix)),
+            Some((false, None))
+        );
+    }
+
+    #[test]
     fn the_blocked_field_is_additive_and_read_leniently() {
         // An older daemon's status has no `blocked`: nothing counted.
         let older = r#"{"protocol":1,"state":"off","lockdown":false,"allow_lan":false,"tunnel":null,"error":null,"firewall":{"installed":false,"blocking":false,"transitions":0,"last_apply_us":null}}"#;

@@ -30,6 +30,6 @@ pub use endpoint::{
 pub use iface::{InterfaceName, InterfaceNameError, MAX_INTERFACE_NAME_LEN};
 pub use mark::{Fwmark, FwmarkParseError};
 pub use state::{
-    FailureCause, GuardQuery, GuardSpec, GuardSpecError, MAX_DNS_SERVERS, ManagedTunnel,
+    FailureCause, GuardQuery, GuardSpec, GuardSpecError, Handshake, MAX_DNS_SERVERS, ManagedTunnel,
     ServerFailure, Settings, State, TunnelStatus,
 };

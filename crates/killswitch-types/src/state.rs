@@ -239,6 +239,22 @@ pub struct TunnelStatus {
     /// For a tunnel the daemon runs itself (`killswitch up`): which server, how, and what happened.
     #[serde(default)]
     pub managed: Option<ManagedTunnel>,
+    /// The tunnel's last WireGuard handshake, read when `status` is asked (absent from events,
+    /// from older daemons, and when the interface is down or could not be read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake: Option<Handshake>,
+}
+
+/// What the tunnel's WireGuard device says about its handshakes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handshake {
+    /// Whether the interface is a WireGuard device (false: a tun device of OpenVPN or another
+    /// program, which has no handshakes to show).
+    pub wireguard: bool,
+    /// When the newest handshake with any of its peers completed, in seconds since the Unix
+    /// epoch; none while no handshake has completed.
+    #[serde(default)]
+    pub last_unix: Option<u64>,
 }
 
 /// A tunnel the daemon brought up itself.

@@ -2,7 +2,8 @@
 //! packet out of the physical interface, DNS to a public resolver, IPv6 around an IPv4-only
 //! tunnel, a TCP SYN arriving from the LAN), and `killswitch --json blocked --once`, run as an
 //! unprivileged user, must show each reason's counter grown by at least the packets sent, and the
-//! last refused destinations must name the non-root user that sent the first kind.
+//! last refused destinations must name the non-root user that sent the first kind. The same
+//! answer must carry the guarded wireguard-go tunnel's last handshake, a recent one.
 
 use super::{Outcome, TUNNEL_KINDS};
 use crate::lab::{EVENT_TIMEOUT, Lab, hold};
@@ -19,6 +20,9 @@ use std::time::{Duration, Instant};
 const SENDER_UID: u32 = 65534;
 /// Packets sent for each reason (below the log's burst, so each is logged).
 const SENT: usize = 5;
+/// The oldest handshake a connected tunnel may show: WireGuard renews it every 2 minutes while
+/// traffic flows.
+const HANDSHAKE_MAX_AGE_S: u64 = 180;
 
 /// `killswitch --json blocked --once` as `nobody`: anyone may read what is refused. The
 /// status, with its `blocked` part, which a status answer always carries.
@@ -167,6 +171,38 @@ pub(super) fn counters(lab: &mut Lab) -> Result<Outcome> {
         ),
     );
     // The counts change under the daemon's read-back of its table: that is no tampering.
+    // The tunnel is wireguard-go's, which the daemon guards: `status` reads its handshake over
+    // the UAPI socket. Connected means one completed within WireGuard's renewal (2 min) and
+    // some slack.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let handshake = status.tunnel.as_ref().and_then(|t| t.handshake);
+    let age = handshake
+        .and_then(|h| h.last_unix)
+        .map(|at| now.saturating_sub(at));
+    outcome.check(
+        handshake.is_some_and(|h| h.wireguard) && age.is_some_and(|a| a <= HANDSHAKE_MAX_AGE_S),
+        format!(
+            "`blocked --once` shows the guarded WireGuard tunnel's handshake within {HANDSHAKE_MAX_AGE_S} s ({handshake:?}, {age:?} s ago)"
+        ),
+    );
+    // And the live view's text, as a person reads it: the age on the tunnel line (after rx/tx,
+    // which are read from sysfs and absent where, as here, sysfs is not the namespace's own).
+    let view = lab
+        .daemon()?
+        .cli_as_nobody(&["blocked", "--once"])?
+        .ok()?
+        .stdout;
+    let tunnel_line = view
+        .lines()
+        .find(|l| l.starts_with("tunnel:"))
+        .unwrap_or_default()
+        .to_owned();
+    outcome.check(
+        tunnel_line.contains(", handshake ") && tunnel_line.contains(" s ago"),
+        format!("`blocked --once` shows the handshake's age on the tunnel line: {tunnel_line:?}"),
+    );
     let tamper = status.firewall.tamper_events;
     outcome.check(
         tamper == 0,
