@@ -23,7 +23,7 @@ pub const EXIT_STATUS: &[(u8, &str)] = &[
     ),
     (
         2,
-        "the command line was invalid, or names a file that does not exist or cannot be read (as for killswitchd)",
+        "the command line was invalid, or names a file path that does not exist or cannot be read (as for killswitchd); a configuration name for `up` that the daemon cannot find is 1",
     ),
     (
         3,
@@ -302,7 +302,7 @@ pub enum Command {
     /// Print every state change as it happens, until interrupted.
     ///
     /// One line for the current status, then one per change, until interrupted or until the
-    /// daemon stops. Anyone may follow. Each text line starts with the time it was received
+    /// daemon stops (then it says so and exits with status 3, as when the daemon cannot be reached). Anyone may follow. Each text line starts with the time it was received
     /// (RFC 3339, UTC: `2026-12-02T18:40:01Z`), then the state, the settings, the tunnel, what the
     /// tunnel manager did last and the error; a line that would read as the one before is not
     /// printed.

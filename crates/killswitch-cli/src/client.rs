@@ -201,7 +201,21 @@ impl Client {
         let mut reader = self.connect(Request::Subscribe)?;
         let mut first = true;
         loop {
-            let (message, sent) = read_message(&mut reader)?;
+            let (message, sent) = match read_message(&mut reader) {
+                Ok(read) => read,
+                // The end `events` is documented to have: the daemon stopped (or restarts). Said
+                // as such, with the exit status of an unreachable daemon, not as a garbled answer.
+                Err(Failure::Protocol(why)) if !first && why == CLOSED => {
+                    return Err(Failure::Unreachable {
+                        socket: self.socket.clone(),
+                        error: std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "the daemon stopped and closed the connection",
+                        ),
+                    });
+                }
+                Err(failure) => return Err(failure),
+            };
             match message {
                 ServerMessage::Ok { status } | ServerMessage::Event { status } => {
                     on_status(Received::new(status, sent), first);
@@ -272,15 +286,16 @@ impl Client {
     }
 }
 
+/// Why a read found nothing: the daemon hung up.
+const CLOSED: &str = "the daemon closed the connection";
+
 /// Reads one line: the message as this build understands it, and the status in it as sent.
 fn read_message(
     reader: &mut BufReader<UnixStream>,
 ) -> Result<(ServerMessage, Option<serde_json::Value>), Failure> {
     let mut line = String::new();
     match reader.read_line(&mut line) {
-        Ok(0) => Err(Failure::Protocol(
-            "the daemon closed the connection".to_owned(),
-        )),
+        Ok(0) => Err(Failure::Protocol(CLOSED.to_owned())),
         Ok(_) => parse_message(&line).map_err(|e| Failure::Protocol(e.to_string())),
         Err(e)
             if matches!(

@@ -51,7 +51,7 @@ fn meaning(status: &Status) -> &'static str {
         State::Connecting => "waiting for the tunnel: only the VPN server is reachable",
         State::Connected => "traffic leaves only through the tunnel",
         State::Blocked if status.error.is_some() => "everything is blocked because of an error",
-        State::Blocked => "everything is blocked (lockdown)",
+        State::Blocked => "everything is blocked: lockdown",
     }
 }
 

@@ -71,16 +71,26 @@ fn check_config(given: Option<&std::path::Path>, default: &std::path::Path) -> E
     let path = given.unwrap_or(default);
     // A file named on the command line that cannot be read is a mistake in the command line
     // (exit status 2), as it is for `killswitch up FILE`; a file that reads but is wrong is 1.
-    if given.is_some()
-        && let Err(e) = std::fs::File::open(path)
-    {
-        let why = if e.kind() == std::io::ErrorKind::NotFound {
-            "no such file".to_owned()
-        } else {
-            format!("cannot read it: {e}")
-        };
-        eprintln!("{}: {why}", path.display());
-        return ExitCode::from(2);
+    if given.is_some() {
+        // A directory opens like a file; it cannot be read as one.
+        let readable = std::fs::File::open(path)
+            .and_then(|f| f.metadata())
+            .and_then(|m| {
+                if m.is_file() {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::other("not a regular file"))
+                }
+            });
+        if let Err(e) = readable {
+            let why = if e.kind() == std::io::ErrorKind::NotFound {
+                "no such file".to_owned()
+            } else {
+                format!("cannot read it: {e}")
+            };
+            eprintln!("{}: {why}", path.display());
+            return ExitCode::from(2);
+        }
     }
     match Config::check(path) {
         Ok(true) => {

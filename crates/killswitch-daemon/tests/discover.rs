@@ -54,7 +54,11 @@ fn another_namespaces_wireguard_of_the_same_name_is_never_asked_or_changed() -> 
         "the refusal says what to pass instead: {message}"
     );
     let their_mark = theirs.exec("wg", &["show", &name, "fwmark"])?;
-    assert_eq!(their_mark.trim(), "off", "their device's fwmark was changed");
+    assert_eq!(
+        their_mark.trim(),
+        "off",
+        "their device's fwmark was changed"
+    );
 
     // `status`'s handshake: ours is no WireGuard device, whatever their socket says.
     let status = TunnelStatus {

@@ -23,6 +23,10 @@ fn check_config_of_a_missing_file_exits_2_like_the_cli() {
     let (code, stderr) = check_config(&missing);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("no such file"), "{stderr}");
+    // A directory opens, but cannot be read as a file: the same mistake in the command line.
+    let (code, stderr) = check_config(dir.path());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
 }
 
 #[test]
