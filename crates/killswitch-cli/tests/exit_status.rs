@@ -48,7 +48,10 @@ fn help_documents_every_exit_status() {
     for (code, _) in killswitch_cli::args::EXIT_STATUS {
         assert!(help.contains(&format!("  {code}  ")), "{help}");
     }
-    assert!(help.contains("names a file path that does not exist"), "{help}");
+    assert!(
+        help.contains("names a file path that does not exist"),
+        "{help}"
+    );
     let up = killswitch(&["up", "--help"]);
     let up = String::from_utf8_lossy(&up.stdout);
     assert!(up.contains("--wait") && up.contains("--timeout"), "{up}");

@@ -10,10 +10,25 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
+    const USAGE: &str =
+        "usage: killswitch-docgen DIR  (writes the man pages and completions under DIR)";
     let (Some(dir), None) = (args.next(), args.next()) else {
-        eprintln!("usage: killswitch-docgen DIR  (writes the man pages and completions under DIR)");
+        eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
+    // An option is no directory: `--help` must not become ./--help/ full of man pages.
+    if dir.to_string_lossy().starts_with('-') {
+        let help = dir == "--help" || dir == "-h";
+        if help {
+            println!("{USAGE}");
+        } else {
+            eprintln!(
+                "killswitch-docgen: unknown option {}\n{USAGE}",
+                dir.to_string_lossy()
+            );
+        }
+        return ExitCode::from(if help { 0 } else { 2 });
+    }
     let seconds = match std::env::var("SOURCE_DATE_EPOCH") {
         Ok(value) => match value.trim().parse::<u64>() {
             Ok(seconds) => seconds,
