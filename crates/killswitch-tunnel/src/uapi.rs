@@ -128,39 +128,35 @@ pub struct DeviceInfo {
     pub endpoints: Vec<std::net::SocketAddr>,
 }
 
-/// Whether the process that serves the socket at `path` (the userspace WireGuard behind it) runs
-/// in this process's network namespace. The sockets' directory is shared by every namespace, so a
-/// socket named after an interface of ours may serve another namespace's device of the same name:
-/// asking it, or setting its mark, would read or change a device that is not ours.
+/// Whether the socket at `path` (the control socket of the userspace WireGuard behind it) was
+/// made in this process's network namespace. The sockets' directory is shared by every namespace,
+/// so a socket named after an interface of ours may serve another namespace's device of the same
+/// name: asking it, or setting its mark, would read or change a device that is not ours.
+///
+/// A Unix socket belongs to the namespace it was made in, and `/proc/self/net/unix` lists only
+/// those of this one, with the path each is bound to. (The peer's credentials would not do: a
+/// daemonising wireguard-go binds the socket before it forks, and the binding process is gone.)
 pub fn serves_this_namespace(path: &Path) -> Result<bool, UapiError> {
     let io = |source| UapiError::Io {
         path: path.to_owned(),
         source,
     };
-    let stream = connect(path)?;
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid for writes of the sizes given; the descriptor is open
-    // for the duration of the call (the stream lives until the end of this function).
-    let rc = unsafe {
-        libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(&stream),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io(std::io::Error::last_os_error()));
-    }
-    let theirs = std::fs::read_link(format!("/proc/{}/ns/net", cred.pid)).map_err(io)?;
-    let ours = std::fs::read_link("/proc/self/ns/net").map_err(io)?;
-    Ok(theirs == ours)
+    let wanted = std::fs::canonicalize(path).map_err(io)?;
+    let table = std::fs::read_to_string("/proc/self/net/unix").map_err(io)?;
+    Ok(bound_paths(&table)
+        .filter(|listed| listed.file_name() == wanted.file_name())
+        .any(|listed| std::fs::canonicalize(listed).is_ok_and(|l| l == wanted)))
+}
+
+/// The paths of the sockets in a `/proc/net/unix` table that are bound to one (abstract ones,
+/// `@name`, and unbound ones have none).
+fn bound_paths(table: &str) -> impl Iterator<Item = &Path> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().nth(7))
+        .filter(|path| path.starts_with('/'))
+        .map(Path::new)
 }
 
 /// Reads `fwmark` and the peers' endpoints from the device behind `path` (`get=1`).
@@ -529,5 +525,15 @@ mod tests {
         assert_eq!(unmarked.fwmark, None, "0 is no mark");
         assert_eq!(parse_device(&[]).expect("parses").fwmark, None);
         assert!(parse_device(&[pair("public_key", &key), pair("endpoint", "nowhere")]).is_err());
+    }
+
+    #[test]
+    fn bound_paths_are_read_from_the_namespaces_unix_table() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 12345 /var/run/wireguard/wg0.sock\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 12346 @/tmp/.X11-unix/X0\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 12347\n";
+        let paths: Vec<&Path> = bound_paths(table).collect();
+        assert_eq!(paths, [Path::new("/var/run/wireguard/wg0.sock")]);
     }
 }
