@@ -1532,11 +1532,16 @@ struct Flood {
 /// Unbound traffic from the generator and an unprivileged sender bound to the physical interface
 /// (1,000 packets/s), while another program flushes the whole ruleset [`FLUSHES`] times, as a
 /// firewall service does on every start or reload.
-fn flood_and_flush(lab: &Lab) -> Result<Flood> {
-    let table = nft_table(&lab.topo.client)?;
-    let window = lab.begin(&PROBE_KINDS)?;
-    let target = SocketAddr::new(topology::TARGET_V4.into(), crate::sinks::UDP_PORT);
-    let sending = Duration::from_millis(100 * FLUSHES as u64 + 600);
+/// `killswitch-bound` in the client namespace: datagrams to `target` at `rate` a second for
+/// `sending`, bound to the physical interface (so that only the firewall can stop them), with
+/// `extra` arguments.
+fn bound_sender(
+    lab: &Lab,
+    target: SocketAddr,
+    rate: u32,
+    sending: Duration,
+    extra: &[&str],
+) -> Result<std::process::Command> {
     let mut sender = lab.topo.client.command(
         crate::binaries::path("killswitch-bound")?
             .to_str()
@@ -1548,10 +1553,20 @@ fn flood_and_flush(lab: &Lab) -> Result<Flood> {
         "--target",
         &target.to_string(),
         "--rate",
-        "1200",
+        &rate.to_string(),
         "--duration-ms",
         &sending.as_millis().to_string(),
     ]);
+    sender.args(extra);
+    Ok(sender)
+}
+
+fn flood_and_flush(lab: &Lab) -> Result<Flood> {
+    let table = nft_table(&lab.topo.client)?;
+    let window = lab.begin(&PROBE_KINDS)?;
+    let target = SocketAddr::new(topology::TARGET_V4.into(), crate::sinks::UDP_PORT);
+    let sending = Duration::from_millis(100 * FLUSHES as u64 + 600);
+    let sender = bound_sender(lab, target, 1200, sending, &[])?;
     let mut sender = crate::process::Process::spawn("killswitch-bound", sender)?;
     hold(Duration::from_millis(300));
     let (mut flushes_ran, mut unchanged) = (0, 0);

@@ -96,21 +96,20 @@ impl Drop for Kernel {
 /// when this kernel has no WireGuard or the interface is not a kernel WireGuard device (a
 /// userspace one answers on its UAPI socket instead).
 pub fn device(interface: &str) -> Result<Option<DeviceInfo>, TunnelError> {
-    let Some(index) = netdev::index(interface) else {
-        return Ok(None);
-    };
-    let Ok(genl) = Genl::open() else {
-        return Ok(None);
-    };
+    Ok(get_device(interface).map(|replies| device_info(&replies)))
+}
+
+/// The `GET_DEVICE` replies of kernel WireGuard interface `interface`; `None` when this kernel
+/// has no WireGuard or the interface is not a kernel WireGuard device.
+fn get_device(interface: &str) -> Option<Vec<WireguardMessage>> {
+    let index = netdev::index(interface)?;
+    let genl = Genl::open().ok()?;
     let message = WireguardMessage {
         cmd: WireguardCmd::GetDevice,
         attributes: vec![WireguardAttribute::IfIndex(index)],
     };
-    match genl.request(message, NLM_F_REQUEST | NLM_F_DUMP) {
-        Ok(replies) => Ok(Some(device_info(&replies))),
-        // ENODEV / EOPNOTSUPP: an interface, but not kernel WireGuard.
-        Err(_) => Ok(None),
-    }
+    // An error (ENODEV / EOPNOTSUPP): an interface, but not kernel WireGuard.
+    genl.request(message, NLM_F_REQUEST | NLM_F_DUMP).ok()
 }
 
 /// Sets only the fwmark of kernel WireGuard interface `interface` (its key and peers stay).
@@ -252,21 +251,7 @@ fn all_peer_stats(replies: &[WireguardMessage]) -> Vec<PeerStats> {
 /// Every peer's statistics of kernel WireGuard interface `interface`; `Ok(None)` when this
 /// kernel has no WireGuard or the interface is not a kernel WireGuard device.
 pub fn peers(interface: &str) -> Result<Option<Vec<PeerStats>>, TunnelError> {
-    let Some(index) = netdev::index(interface) else {
-        return Ok(None);
-    };
-    let Ok(genl) = Genl::open() else {
-        return Ok(None);
-    };
-    let message = WireguardMessage {
-        cmd: WireguardCmd::GetDevice,
-        attributes: vec![WireguardAttribute::IfIndex(index)],
-    };
-    match genl.request(message, NLM_F_REQUEST | NLM_F_DUMP) {
-        Ok(replies) => Ok(Some(all_peer_stats(&replies))),
-        // ENODEV / EOPNOTSUPP: an interface, but not kernel WireGuard.
-        Err(_) => Ok(None),
-    }
+    Ok(get_device(interface).map(|replies| all_peer_stats(&replies)))
 }
 
 fn base64_of(bytes: &[u8; 32]) -> String {

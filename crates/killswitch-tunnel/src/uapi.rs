@@ -161,36 +161,15 @@ fn bound_paths(table: &str) -> impl Iterator<Item = &Path> {
 
 /// Reads `fwmark` and the peers' endpoints from the device behind `path` (`get=1`).
 pub fn device(path: &Path) -> Result<DeviceInfo, UapiError> {
-    let mut stream = connect(path)?;
-    stream
-        .write_all(b"get=1\n\n")
-        .map_err(|source| UapiError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    let answer = read_answer(path, &stream)?;
-    match answer.iter().find_map(|(k, v)| (k == "errno").then_some(v)) {
-        Some(v) if v != "0" => return Err(UapiError::Refused(v.parse().unwrap_or(-1))),
-        _ => {}
-    }
-    parse_device(&answer)
+    let stream = connect(path)?;
+    parse_device(&exchange(&stream, path, GET, false)?)
 }
 
 /// Sets only the device's fwmark (`set=1`, `fwmark=N`): its key and peers are left as they are.
 pub fn set_fwmark(path: &Path, fwmark: u32) -> Result<(), UapiError> {
-    let mut stream = connect(path)?;
-    stream
-        .write_all(format!("set=1\nfwmark={fwmark}\n\n").as_bytes())
-        .map_err(|source| UapiError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-    let answer = read_answer(path, &stream)?;
-    match answer.iter().find_map(|(k, v)| (k == "errno").then_some(v)) {
-        Some(v) if v == "0" => Ok(()),
-        Some(v) => Err(UapiError::Refused(v.parse().unwrap_or(-1))),
-        None => Err(UapiError::Protocol("no errno in the answer".to_owned())),
-    }
+    let stream = connect(path)?;
+    let request = format!("set=1\nfwmark={fwmark}\n\n");
+    exchange(&stream, path, request.as_bytes(), true).map(drop)
 }
 
 /// The device's fwmark and peer endpoints from a `get` answer. wireguard-go and boringtun leave
@@ -256,42 +235,42 @@ impl Channel {
 }
 
 fn exchange_set(
-    mut stream: &UnixStream,
+    stream: &UnixStream,
     label: &Path,
     config: &TunnelConfig,
     fwmark: u32,
 ) -> Result<(), UapiError> {
     let request = set_request(config, fwmark);
-    // One write: a device that reads the request with a buffered reader must find all of it.
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|source| UapiError::Io {
-            path: label.to_owned(),
-            source,
-        })?;
-    let answer = read_answer(label, stream)?;
-    match answer.iter().find_map(|(k, v)| (k == "errno").then_some(v)) {
-        Some(v) if v == "0" => Ok(()),
-        Some(v) => Err(UapiError::Refused(v.parse().unwrap_or(-1))),
-        None => Err(UapiError::Protocol("no errno in the answer".to_owned())),
-    }
+    exchange(stream, label, request.as_bytes(), true).map(drop)
 }
 
-fn exchange_get(mut stream: &UnixStream, label: &Path) -> Result<Vec<PeerStats>, UapiError> {
-    // One write, for the same reason: boringtun reads `get=1` and ignores the blank line, which
-    // must not be left behind to be read as a next (empty, refused) request.
-    stream
-        .write_all(b"get=1\n\n")
-        .map_err(|source| UapiError::Io {
-            path: label.to_owned(),
-            source,
-        })?;
+fn exchange_get(stream: &UnixStream, label: &Path) -> Result<Vec<PeerStats>, UapiError> {
+    parse_stats(&exchange(stream, label, GET, false)?, SystemTime::now())
+}
+
+/// The `get` request. One write, as for every request: boringtun reads `get=1` and ignores the
+/// blank line, which must not be left behind to be read as a next (empty, refused) request.
+const GET: &[u8] = b"get=1\n\n";
+
+/// Sends `request` in one write (a device that reads it with a buffered reader must find all of
+/// it) and reads the answer. An `errno` other than 0 is the device's refusal; a `set` must answer
+/// one (`errno_required`), a `get` may leave it out.
+fn exchange(
+    mut stream: &UnixStream,
+    label: &Path,
+    request: &[u8],
+    errno_required: bool,
+) -> Result<Vec<(String, String)>, UapiError> {
+    stream.write_all(request).map_err(|source| UapiError::Io {
+        path: label.to_owned(),
+        source,
+    })?;
     let answer = read_answer(label, stream)?;
     match answer.iter().find_map(|(k, v)| (k == "errno").then_some(v)) {
-        Some(v) if v != "0" => return Err(UapiError::Refused(v.parse().unwrap_or(-1))),
-        _ => {}
+        Some(v) if v != "0" => Err(UapiError::Refused(v.parse().unwrap_or(-1))),
+        None if errno_required => Err(UapiError::Protocol("no errno in the answer".to_owned())),
+        _ => Ok(answer),
     }
-    parse_stats(&answer, SystemTime::now())
 }
 
 /// Reads one answer: `key=value` lines up to the blank line that ends it (or the end of the

@@ -159,21 +159,9 @@ pub(super) fn wg_quick(lab: &mut Lab) -> Result<Outcome> {
     let dns_through = resolves_through(lab, resolver.into(), IpAddr::V4(client_ip))?;
 
     // The VPN off, as its user switches it off: everything must stop, nothing may leak.
-    wg.run("down")?;
-    lab.daemon()?
-        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
-    let down_at = Instant::now();
-    hold(Duration::from_secs(2));
-    let while_down = lab.servers.udp.count_since(down_at, |_| true);
-    let restarted = Instant::now();
-    wg.run("up")?;
-    lab.daemon()?
-        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
-    let resumed = lab
-        .servers
-        .udp
-        .wait_for(restarted, RESUMED, EVENT_TIMEOUT, from_tunnel)
-        .is_ok();
+    let (while_down, resumed) = down_and_back(lab, IpAddr::V4(client_ip), |up| {
+        wg.run(if up { "up" } else { "down" })
+    })?;
     let mut outcome = Outcome::new(lab.end(window)?);
 
     let tunnel = status.tunnel.as_ref();
@@ -251,21 +239,13 @@ pub(super) fn openvpn(lab: &mut Lab) -> Result<Outcome> {
         })?;
     let dns_through = resolves_through(lab, resolver, client_ip)?;
 
-    vpn.kill_client()?;
-    lab.daemon()?
-        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
-    let down_at = Instant::now();
-    hold(Duration::from_secs(2));
-    let while_down = lab.servers.udp.count_since(down_at, |_| true);
-    let restarted = Instant::now();
-    vpn.start_client(&lab.topo.client)?;
-    lab.daemon()?
-        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
-    let resumed = lab
-        .servers
-        .udp
-        .wait_for(restarted, RESUMED, EVENT_TIMEOUT, from_tunnel)
-        .is_ok();
+    let (while_down, resumed) = down_and_back(lab, client_ip, |up| {
+        if up {
+            vpn.start_client(&lab.topo.client)
+        } else {
+            vpn.kill_client()
+        }
+    })?;
     let mut outcome = Outcome::new(lab.end(window)?);
 
     outcome.check(
@@ -288,6 +268,32 @@ pub(super) fn openvpn(lab: &mut Lab) -> Result<Outcome> {
         ("OpenVPN was dead", "OpenVPN restarted"),
     );
     Ok(outcome)
+}
+
+/// The VPN taken down as its user does (`switch(false)`), then brought back (`switch(true)`): how many packets reached the target
+/// while it was down (for 2 s after the daemon saw it go), and whether traffic from the tunnel's
+/// `client_ip` resumed once it was back.
+fn down_and_back(
+    lab: &Lab,
+    client_ip: IpAddr,
+    mut switch: impl FnMut(bool) -> Result<()>,
+) -> Result<(usize, bool)> {
+    switch(false)?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    let down_at = Instant::now();
+    hold(Duration::from_secs(2));
+    let while_down = lab.servers.udp.count_since(down_at, |_| true);
+    let restarted = Instant::now();
+    switch(true)?;
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
+    let resumed = lab
+        .servers
+        .udp
+        .wait_for(restarted, RESUMED, EVENT_TIMEOUT, |a| a == client_ip)
+        .is_ok();
+    Ok((while_down, resumed))
 }
 
 /// The checks both quickstarts share: DNS went through the tunnel; nothing arrived while the VPN

@@ -56,26 +56,14 @@ fn send_as_nobody(lab: &Lab) -> Result<Run> {
     let from = lab.capture.len();
     let start = Instant::now();
     let target = SocketAddr::new(topology::TARGET_V4.into(), crate::sinks::UDP_PORT);
-    let mut sender = lab.topo.client.command(
-        crate::binaries::path("killswitch-bound")?
-            .to_str()
-            .context("binary path is not UTF-8")?,
-    );
-    sender.args([
-        "--interface",
-        PHYS,
-        "--target",
-        &target.to_string(),
-        "--rate",
-        &RATE.to_string(),
-        "--duration-ms",
-        &SENDING.as_millis().to_string(),
-        "--uid",
-        &UID.to_string(),
-        "--tcp-port",
-        &TCP_PORT.to_string(),
-        "--plain",
-    ]);
+    let (uid, tcp_port) = (UID.to_string(), TCP_PORT.to_string());
+    let sender = super::bound_sender(
+        lab,
+        target,
+        RATE,
+        SENDING,
+        &["--uid", &uid, "--tcp-port", &tcp_port, "--plain"],
+    )?;
     let mut sender = crate::process::Process::spawn("killswitch-bound", sender)?;
     let line = sender.wait_for_line(0, "sent ", SENDING + EVENT_TIMEOUT)?;
     let summary = sender.output();
