@@ -24,6 +24,7 @@ pub mod args;
 pub mod authz;
 pub mod blocked;
 pub mod boot;
+pub mod cgroup;
 pub mod config;
 pub mod core;
 pub mod devices;
