@@ -234,7 +234,11 @@ impl Batch {
                 let mut chain = Chain::new(&chain_name, &table);
                 if let Some(base) = policy_chain.base {
                     chain.set_hook(hook(base.hook), base.priority);
-                    chain.set_type(ChainType::Filter);
+                    // Postrouting is only ever source NAT (the exec namespaces' masquerade).
+                    chain.set_type(match base.hook {
+                        killswitch_policy::Hook::Postrouting => ChainType::Nat,
+                        _ => ChainType::Filter,
+                    });
                     chain.set_policy(match base.policy {
                         killswitch_policy::ChainPolicy::Accept => Policy::Accept,
                         killswitch_policy::ChainPolicy::Drop => Policy::Drop,
@@ -364,6 +368,7 @@ fn hook(hook: killswitch_policy::Hook) -> Hook {
         killswitch_policy::Hook::Input => Hook::In,
         killswitch_policy::Hook::Output => Hook::Out,
         killswitch_policy::Hook::Forward => Hook::Forward,
+        killswitch_policy::Hook::Postrouting => Hook::PostRouting,
     }
 }
 
@@ -534,6 +539,8 @@ fn encode_rule<'a>(
                 rule.add_expr(&CounterRef(name));
             }
             Statement::Log(reason) => rule.add_expr(&Log::new(*reason)?),
+            // Its own verdict (accept): nothing follows it.
+            Statement::Masquerade => rule.add_expr(&nftnl::expr::Masquerade),
         }
     }
     add_verdict(&mut rule, &policy_rule.verdict)?;
@@ -640,6 +647,15 @@ fn encode_match(rule: &mut Rule<'_>, m: &Match) {
         Match::NotInInterface(name) => {
             rule.add_expr(&Meta::IifName);
             rule.add_expr(&Cmp::new(CmpOp::Neq, ifname(name.as_str()).as_slice()));
+        }
+        // As nft compiles `iifname "ksx*"`: only the prefix's bytes compared, without the NUL.
+        Match::InInterfacePrefix(prefix) => {
+            rule.add_expr(&Meta::IifName);
+            rule.add_expr(&cmp_eq(prefix.as_bytes()));
+        }
+        Match::OutInterfacePrefix(prefix) => {
+            rule.add_expr(&Meta::OifName);
+            rule.add_expr(&cmp_eq(prefix.as_bytes()));
         }
         Match::OutInterface(name) => {
             rule.add_expr(&Meta::OifName);

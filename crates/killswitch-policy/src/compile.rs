@@ -227,10 +227,10 @@ fn is_link_local_v4(ip: &IpAddr) -> bool {
 
 /// The priority of our base chains: `filter`. A packet must be accepted by every base chain on its
 /// hook, so another table's accept cannot override our drop, whatever its priority.
-const PRIORITY_FILTER: i32 = 0;
+pub(crate) const PRIORITY_FILTER: i32 = 0;
 
-const DNS_PORTS: [u16; 2] = [53, 853];
-const DNS_PROTOS: [L4Proto; 2] = [L4Proto::Udp, L4Proto::Tcp];
+pub(crate) const DNS_PORTS: [u16; 2] = [53, 853];
+pub(crate) const DNS_PROTOS: [L4Proto; 2] = [L4Proto::Udp, L4Proto::Tcp];
 const LAN_FORWARD_CHAIN: &str = "lan-forward";
 
 /// The networks `allow-lan` opens. By default every private, link-local and ULA range; an
@@ -304,7 +304,7 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
         probe,
     }) = state.parts(settings)
     else {
-        return tunnel_only_table(&exceptions.tunnel_only_uids);
+        return scopes_table(exceptions, None);
     };
     // `tunnel`: the tunnel traffic may use; `identity`: the tunnel whose addresses are kept off
     // other interfaces (the same one, or one that exists but is not up yet).
@@ -316,23 +316,41 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
     };
     let allow_lan = settings.allow_lan.then_some(sets.as_slice());
 
+    // The exec namespaces' rules go first in each chain: they decide everything that comes from
+    // or goes to `ksx*`, whatever else the state allows ([`crate::exec`]).
+    let exec = !exceptions.exec_scopes.is_empty();
+    let with_exec = |first: Vec<Rule>, rest: Vec<Rule>| {
+        if exec { first.into_iter().chain(rest).collect() } else { rest }
+    };
     let mut chains = vec![
         base_chain(
             "input",
             Hook::Input,
-            input_rules(peer, tunnel, identity, allow_lan, exceptions),
+            with_exec(
+                crate::exec::input_rules(),
+                input_rules(peer, tunnel, identity, allow_lan, exceptions),
+            ),
         ),
         base_chain(
             "output",
             Hook::Output,
-            output_rules(peer, tunnel, identity, probe, allow_lan, exceptions),
+            with_exec(
+                crate::exec::output_rules(),
+                output_rules(peer, tunnel, identity, probe, allow_lan, exceptions),
+            ),
         ),
         base_chain(
             "forward",
             Hook::Forward,
-            forward_rules(tunnel, allow_lan, exceptions),
+            with_exec(
+                crate::exec::forward_rules(tunnel),
+                forward_rules(tunnel, allow_lan, exceptions),
+            ),
         ),
     ];
+    if exec {
+        chains.push(crate::exec::nat_chain(&exceptions.exec_scopes, tunnel));
+    }
     if let Some(sets) = allow_lan {
         chains.push(Chain {
             name: LAN_FORWARD_CHAIN.to_owned(),
@@ -403,15 +421,22 @@ fn tunnel_only_chain(tunnel: Option<&Tunnel>) -> Chain {
 }
 
 /// The table of a state that otherwise has none (`off`, unlocked `disconnected`) when there are
-/// tunnel-only users: one `output` chain that sends their packets to [`tunnel_only_chain`] (with no
-/// tunnel known, they may use loopback only) and accepts everyone else's, because in these states
-/// the administrator chose to leave the machine unprotected. Its policy is accept for that reason:
-/// this table is a scope, not a kill switch, and takes away only what belongs to those users.
-fn tunnel_only_table(uids: &[u32]) -> Ruleset {
-    if uids.is_empty() {
+/// tunnel-only users or exec namespaces: one `output` chain that sends the users' packets to
+/// [`tunnel_only_chain`] (with no tunnel known, they may use loopback only) and accepts everyone
+/// else's, because in these states the administrator chose to leave the machine unprotected; and
+/// for exec namespaces, their input, forward and `nat` chains ([`crate::exec`]). Every policy is
+/// accept for that reason: this table is a scope, not a kill switch, and takes away only what
+/// belongs to those users and namespaces. `tunnel` is the tunnel they may use, if any.
+fn scopes_table(exceptions: &Exceptions, tunnel: Option<&Tunnel>) -> Ruleset {
+    let uids = &exceptions.tunnel_only_uids;
+    let exec = !exceptions.exec_scopes.is_empty();
+    if uids.is_empty() && !exec {
         return Ruleset { table: None };
     }
     let mut rules = vec![on().oif(&InterfaceName::loopback()).accept("loopback")];
+    if exec {
+        rules.extend(crate::exec::output_rules());
+    }
     rules.extend(tunnel_only_jumps(uids));
     let output = Chain {
         name: "output".to_owned(),
@@ -422,14 +447,25 @@ fn tunnel_only_table(uids: &[u32]) -> Ruleset {
         }),
         rules,
     };
+    let mut chains = vec![output];
+    if exec {
+        chains.extend(crate::exec::scopes_only_chains(
+            &exceptions.exec_scopes,
+            tunnel,
+        ));
+    }
+    if !uids.is_empty() {
+        chains.push(tunnel_only_chain(tunnel));
+    }
+    if exec {
+        chains.extend(crate::exec::refuse_chains());
+    } else {
+        chains.push(refuse_chain(BlockReason::NonTunnel));
+    }
     Ruleset {
         table: Some(Table {
             sets: Vec::new(),
-            chains: vec![
-                output,
-                tunnel_only_chain(None),
-                refuse_chain(BlockReason::NonTunnel),
-            ],
+            chains,
             arp: None,
         }),
     }
@@ -800,7 +836,7 @@ fn refuse_chain_name(reason: BlockReason) -> String {
 
 /// The verdict that refuses a packet for `reason`: a jump to its [`refuse_chain`], which always
 /// decides, so the jump is as final as the reject or drop it stands for.
-fn refuse(reason: BlockReason) -> Verdict {
+pub(crate) fn refuse(reason: BlockReason) -> Verdict {
     Verdict::Jump(refuse_chain_name(reason))
 }
 
@@ -811,7 +847,7 @@ fn refuse(reason: BlockReason) -> Verdict {
 /// named counter. One chain per reason keeps the rules that pick the packets as cheap as a plain
 /// reject, and puts the log's rate limit where it cannot let a packet through: a limit that is
 /// exceeded only skips the logging rule, which has no verdict.
-fn refuse_chain(reason: BlockReason) -> Chain {
+pub(crate) fn refuse_chain(reason: BlockReason) -> Chain {
     let mut rules = vec![
         on().with(Match::Limit {
             per_second: LOG_RATE_PER_SECOND,
@@ -974,29 +1010,29 @@ fn family_of(ip: IpAddr) -> IpFamily {
     }
 }
 
-fn host(ip: IpAddr) -> IpNet {
+pub(crate) fn host(ip: IpAddr) -> IpNet {
     IpNet::from(ip)
 }
 
 /// Builds a rule's matches in kernel order, adding the `meta nfproto` / `meta l4proto` match that a
 /// payload match needs when the caller has not already given it.
 #[derive(Debug, Default)]
-struct RuleBuilder {
+pub(crate) struct RuleBuilder {
     matches: Vec<Match>,
     statements: Vec<Statement>,
 }
 
-fn on() -> RuleBuilder {
+pub(crate) fn on() -> RuleBuilder {
     RuleBuilder::default()
 }
 
 impl RuleBuilder {
-    fn with(mut self, m: Match) -> Self {
+    pub(crate) fn with(mut self, m: Match) -> Self {
         self.matches.push(m);
         self
     }
 
-    fn family(self, family: IpFamily) -> Self {
+    pub(crate) fn family(self, family: IpFamily) -> Self {
         if self.matches.contains(&Match::Family(family)) {
             self
         } else {
@@ -1004,57 +1040,57 @@ impl RuleBuilder {
         }
     }
 
-    fn iif(self, name: &InterfaceName) -> Self {
+    pub(crate) fn iif(self, name: &InterfaceName) -> Self {
         self.with(Match::InInterface(name.clone()))
     }
 
-    fn not_iif(self, name: &InterfaceName) -> Self {
+    pub(crate) fn not_iif(self, name: &InterfaceName) -> Self {
         self.with(Match::NotInInterface(name.clone()))
     }
 
-    fn oif(self, name: &InterfaceName) -> Self {
+    pub(crate) fn oif(self, name: &InterfaceName) -> Self {
         self.with(Match::OutInterface(name.clone()))
     }
 
-    fn not_oif(self, name: &InterfaceName) -> Self {
+    pub(crate) fn not_oif(self, name: &InterfaceName) -> Self {
         self.with(Match::NotOutInterface(name.clone()))
     }
 
-    fn set(mut self, statement: Statement) -> Self {
+    pub(crate) fn set(mut self, statement: Statement) -> Self {
         self.statements.push(statement);
         self
     }
 
-    fn src(self, net: IpNet) -> Self {
+    pub(crate) fn src(self, net: IpNet) -> Self {
         self.family(IpFamily::of(&net)).with(Match::Source(net))
     }
 
-    fn dst(self, net: IpNet) -> Self {
+    pub(crate) fn dst(self, net: IpNet) -> Self {
         self.family(IpFamily::of(&net))
             .with(Match::Destination(net))
     }
 
-    fn proto(self, proto: L4Proto) -> Self {
+    pub(crate) fn proto(self, proto: L4Proto) -> Self {
         self.with(Match::Protocol(proto))
     }
 
-    fn sport(self, port: u16) -> Self {
+    pub(crate) fn sport(self, port: u16) -> Self {
         self.with(Match::SourcePort(port))
     }
 
-    fn dport(self, port: u16) -> Self {
+    pub(crate) fn dport(self, port: u16) -> Self {
         self.with(Match::DestinationPort(port))
     }
 
-    fn ct(self, states: CtStates) -> Self {
+    pub(crate) fn ct(self, states: CtStates) -> Self {
         self.with(Match::ConnState(states))
     }
 
-    fn accept(self, comment: &'static str) -> Rule {
+    pub(crate) fn accept(self, comment: &'static str) -> Rule {
         self.verdict(Verdict::Accept, comment)
     }
 
-    fn verdict(self, verdict: Verdict, comment: &'static str) -> Rule {
+    pub(crate) fn verdict(self, verdict: Verdict, comment: &'static str) -> Rule {
         Rule {
             matches: self.matches,
             statements: self.statements,

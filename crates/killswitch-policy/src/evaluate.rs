@@ -317,6 +317,8 @@ impl Ruleset {
                     Statement::SetCtMarkBit(bit) => packet.ct_mark |= *bit,
                     // Counting and logging do not change the packet or its fate.
                     Statement::Count(_) | Statement::Log(_) => {}
+                    // Masquerading rewrites the source and accepts (postrouting only).
+                    Statement::Masquerade => return Some(Verdict::Accept),
                 }
             }
             match &rule.verdict {
@@ -366,6 +368,14 @@ fn matches(m: &Match, p: &Packet) -> bool {
         Match::OutInterface(name) => p.oif.as_ref() == Some(name),
         // As for the input interface: none (input hook) compares as an empty name.
         Match::NotOutInterface(name) => p.oif.as_ref() != Some(name),
+        Match::InInterfacePrefix(prefix) => p
+            .iif
+            .as_ref()
+            .is_some_and(|n| n.as_str().starts_with(prefix.as_str())),
+        Match::OutInterfacePrefix(prefix) => p
+            .oif
+            .as_ref()
+            .is_some_and(|n| n.as_str().starts_with(prefix.as_str())),
         Match::Source(net) => net.contains(&p.src),
         Match::Destination(net) => net.contains(&p.dst),
         Match::Protocol(proto) => matches!(

@@ -70,6 +70,9 @@ pub struct Exceptions {
     /// the machine as a whole has no rules (see [`crate::compile`]). Carried here because this is
     /// the one seam through which everything the administrator configured reaches the compiler.
     pub tunnel_only_uids: Vec<u32>,
+    /// The live `killswitch exec` namespaces: scopes too, whose forwarded packets leave through
+    /// the tunnel or not at all, in every state ([`crate::exec`]).
+    pub exec_scopes: Vec<crate::exec::ExecScope>,
 }
 
 impl From<Lan> for Exceptions {

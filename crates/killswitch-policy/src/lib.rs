@@ -22,6 +22,7 @@
 mod compile;
 mod evaluate;
 pub mod exceptions;
+pub mod exec;
 pub mod ranges;
 pub mod routes;
 mod ruleset;
@@ -29,6 +30,7 @@ mod set;
 
 pub use compile::{Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_for, compile_with};
 pub use evaluate::{ArpPacket, ConnState, Decision, Packet, Transport, Verdict as PacketVerdict};
+pub use exec::{EXEC_INTERFACE_PREFIX, ExecScope};
 pub use exceptions::{CT_MARK_INBOUND, Exceptions, LocalLink, check_allows};
 pub use killswitch_types::Settings;
 pub use ruleset::{

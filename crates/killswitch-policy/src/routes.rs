@@ -65,7 +65,8 @@ pub const PRIORITY_LAN: u32 = 5301;
 pub const PRIORITY_CATCH_ALL: u32 = 5302;
 /// Every priority the kill switch uses. Other programs may have rules there too: the backend tells
 /// its own apart by the protocol value it marks them with, and touches no other.
-pub const PRIORITIES: [u32; 4] = [
+pub const PRIORITIES: [u32; 5] = [
+    PRIORITY_EXEC,
     PRIORITY_TUNNEL_ONLY_USERS,
     PRIORITY_TUNNEL,
     PRIORITY_LAN,
@@ -75,6 +76,10 @@ pub const PRIORITIES: [u32; 4] = [
 /// exemption to `main`: a LAN range, an allowed subnet or an inbound service's port never routes
 /// their packets out of the physical interface.
 pub const PRIORITY_TUNNEL_ONLY_USERS: u32 = 5299;
+
+/// Priority of the `killswitch exec` namespaces' rules (`iif ksxN lookup 27507`), ahead of every
+/// other: their packets find the tunnel or `unreachable`, in every state.
+pub const PRIORITY_EXEC: u32 = 5298;
 
 /// The routing layer for one state: rules and the routes of [`ROUTE_TABLE`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +135,8 @@ pub enum Selector {
     },
     /// Packets from this network (`from 10.64.0.2`).
     From(IpNet),
+    /// Packets arriving on this interface (`iif ksx0`): an exec namespace's.
+    InInterface(InterfaceName),
 }
 
 /// A route in [`ROUTE_TABLE`].
@@ -189,9 +196,10 @@ pub fn compile_routes_for(
         probe,
     }) = state.parts(settings)
     else {
-        return tunnel_only_layer(&exceptions.tunnel_only_uids);
+        return scopes_layer(exceptions);
     };
-    let mut rules = tunnel_only_rules(&exceptions.tunnel_only_uids);
+    let mut rules = exec_rules(exceptions);
+    rules.extend(tunnel_only_rules(&exceptions.tunnel_only_uids));
     if settings.allow_lan || !exceptions.subnets.is_empty() {
         // Ahead of the LAN: whatever belongs to the tunnel goes to our table, where it finds the
         // tunnel (connected), the probe's route (connecting) or `unreachable`.
@@ -290,6 +298,7 @@ pub fn compile_routes_for(
             .into_iter()
             .map(|(net, interface)| TableRoute::Link(net, interface.clone())),
     );
+    routes.extend(exec_routes(exceptions));
     if let Some(tunnel) = tunnel {
         routes.extend(
             tunnel
@@ -325,20 +334,57 @@ fn tunnel_only_rules(uids: &[u32]) -> Vec<RoutingRule> {
         .collect()
 }
 
+/// `iif ksxN lookup 27507` for each exec namespace and both families, at [`PRIORITY_EXEC`]: its
+/// forwarded packets find the tunnel's default route (connected) or `unreachable`, whatever
+/// `main` says. (IPv6 too, though the namespace has none: a rule costs nothing and leaves no gap.)
+fn exec_rules(exceptions: &Exceptions) -> Vec<RoutingRule> {
+    let mut interfaces: Vec<&InterfaceName> =
+        exceptions.exec_scopes.iter().map(|s| &s.interface).collect();
+    interfaces.sort();
+    interfaces.dedup();
+    [IpFamily::V4, IpFamily::V6]
+        .into_iter()
+        .flat_map(|family| {
+            interfaces.iter().map(move |name| {
+                lookup(
+                    family,
+                    PRIORITY_EXEC,
+                    Selector::InInterface((*name).clone()),
+                    ROUTE_TABLE,
+                )
+            })
+        })
+        .collect()
+}
+
+/// Each exec namespace's subnet, routed to its veth in our table: the tunnel's replies (their
+/// destination restored by the masquerade's conntrack entry) look up our table too, and must find
+/// the namespace rather than the tunnel's default route.
+fn exec_routes(exceptions: &Exceptions) -> Vec<TableRoute> {
+    exceptions
+        .exec_scopes
+        .iter()
+        .map(|s| TableRoute::Link(IpNet::V4(s.subnet.trunc()), s.interface.clone()))
+        .collect()
+}
+
 /// The layer of a state that otherwise has none (`off`, unlocked `disconnected`): only the
-/// tunnel-only users' rules, and a table of nothing but `unreachable` (no tunnel is known in
-/// these states, so they reach nothing beyond this machine). `None` without such users.
-fn tunnel_only_layer(uids: &[u32]) -> Option<RoutingLayer> {
-    if uids.is_empty() {
+/// tunnel-only users' and exec namespaces' rules, and a table of nothing but `unreachable` and the
+/// namespaces' own subnets (no tunnel is known in these states, so they reach nothing beyond this
+/// machine). `None` without such scopes.
+fn scopes_layer(exceptions: &Exceptions) -> Option<RoutingLayer> {
+    let uids = &exceptions.tunnel_only_uids;
+    if uids.is_empty() && exceptions.exec_scopes.is_empty() {
         return None;
     }
-    Some(RoutingLayer {
-        rules: tunnel_only_rules(uids),
-        routes: [IpFamily::V4, IpFamily::V6]
-            .into_iter()
-            .map(TableRoute::Unreachable)
-            .collect(),
-    })
+    let mut rules = exec_rules(exceptions);
+    rules.extend(tunnel_only_rules(uids));
+    let mut routes: Vec<TableRoute> = [IpFamily::V4, IpFamily::V6]
+        .into_iter()
+        .map(TableRoute::Unreachable)
+        .collect();
+    routes.extend(exec_routes(exceptions));
+    Some(RoutingLayer { rules, routes })
 }
 
 /// `ip rule add priority PRIORITY SELECTOR lookup TABLE`, for one family.

@@ -105,6 +105,10 @@ pub enum Hook {
     Output,
     /// Packets this host routes (containers, VMs, a shared connection).
     Forward,
+    /// Packets about to leave, routed or local: only for source NAT, in a chain of type `nat`
+    /// (priority 100, `srcnat`). It never filters: the `exec` namespaces' addresses are rewritten
+    /// to the tunnel's here ([`Statement::Masquerade`]).
+    Postrouting,
 }
 
 /// A base chain's default verdict.
@@ -214,6 +218,11 @@ pub enum Match {
     OutInterface(InterfaceName),
     /// `oifname != NAME`.
     NotOutInterface(InterfaceName),
+    /// `iifname "PREFIX*"`: the input interface's name starts with `PREFIX` (a family of
+    /// interfaces the daemon creates, such as the `exec` namespaces' `ksx0`, `ksx1`, ...).
+    InInterfacePrefix(String),
+    /// `oifname "PREFIX*"`.
+    OutInterfacePrefix(String),
     /// `ip[6] saddr NET` (needs a preceding [`Match::Family`] of the same family).
     Source(IpNet),
     /// `ip[6] daddr NET` (needs a preceding [`Match::Family`] of the same family).
@@ -271,6 +280,10 @@ pub enum Statement {
     /// `log prefix "killswitch REASON" group NFLOG_GROUP snaplen LOG_SNAPLEN`: sends the
     /// packet's headers to the daemon over nfnetlink_log ([`NFLOG_GROUP`]).
     Log(BlockReason),
+    /// `masquerade`: rewrites the source address to the outgoing interface's (only in a
+    /// [`Hook::Postrouting`] chain). Its verdict is its own (accept): the rule carries
+    /// [`Verdict::Continue`].
+    Masquerade,
 }
 
 /// What a rule does with a packet it matches.
@@ -585,7 +598,8 @@ impl Rule {
                 Statement::SetTtl(_)
                 | Statement::SetCtMarkBit(_)
                 | Statement::Count(_)
-                | Statement::Log(_) => {}
+                | Statement::Log(_)
+                | Statement::Masquerade => {}
             }
         }
         if self.verdict == Verdict::Reject(RejectWith::TcpReset) && proto != Some(L4Proto::Tcp) {
@@ -702,14 +716,15 @@ impl fmt::Display for Chain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "\tchain {} {{", self.name)?;
         if let Some(base) = &self.base {
-            let hook = match base.hook {
-                Hook::Input => "input",
-                Hook::Output => "output",
-                Hook::Forward => "forward",
+            let (kind, hook) = match base.hook {
+                Hook::Input => ("filter", "input"),
+                Hook::Output => ("filter", "output"),
+                Hook::Forward => ("filter", "forward"),
+                Hook::Postrouting => ("nat", "postrouting"),
             };
             writeln!(
                 f,
-                "\t\ttype filter hook {hook} priority {}; policy {};",
+                "\t\ttype {kind} hook {hook} priority {}; policy {};",
                 base.priority,
                 policy_name(base.policy)
             )?;
@@ -751,6 +766,8 @@ impl fmt::Display for Match {
             Match::NotInInterface(name) => write!(f, "iifname != \"{name}\""),
             Match::OutInterface(name) => write!(f, "oifname \"{name}\""),
             Match::NotOutInterface(name) => write!(f, "oifname != \"{name}\""),
+            Match::InInterfacePrefix(prefix) => write!(f, "iifname \"{prefix}*\""),
+            Match::OutInterfacePrefix(prefix) => write!(f, "oifname \"{prefix}*\""),
             Match::Source(net) => write!(f, "{} saddr {}", ip(net), display_net(net)),
             Match::Destination(net) => write!(f, "{} daddr {}", ip(net), display_net(net)),
             Match::SourceIn(name, family) => write!(f, "{} saddr @{name}", ip_of(*family)),
@@ -828,6 +845,7 @@ impl fmt::Display for Statement {
                 "log prefix \"{}\" group {NFLOG_GROUP} snaplen {LOG_SNAPLEN}",
                 log_prefix(*reason)
             ),
+            Statement::Masquerade => write!(f, "masquerade"),
         }
     }
 }

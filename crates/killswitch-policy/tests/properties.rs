@@ -530,6 +530,7 @@ proptest! {
             Hook::Output => !is_lan(p.dst),
             Hook::Input => !is_lan(p.src),
             Hook::Forward => !is_lan(p.src) || !is_lan(p.dst),
+            Hook::Postrouting => false,
         };
         prop_assume!(public_far_end);
         let closed = compile(&state, &Settings { lockdown, allow_lan: false }).verdict(&p);
@@ -956,4 +957,130 @@ proptest! {
             }
         }
     }
+}
+
+/// One to three exec namespaces (`ksx0`..`ksx7`, subnets in 10.201.0.0/16), and the interface a
+/// packet comes from: one of theirs, or a `ksx` interface no scope names (a leftover of a crash).
+fn exec_scopes() -> impl Strategy<Value = (Vec<killswitch_policy::ExecScope>, InterfaceName)> {
+    (proptest::collection::btree_set(0u8..8, 1..4), 0u8..10).prop_map(|(ns, from)| {
+        let scopes: Vec<killswitch_policy::ExecScope> = ns
+            .iter()
+            .map(|n| killswitch_policy::ExecScope {
+                interface: InterfaceName::new(format!("ksx{n}")).expect("literal"),
+                subnet: format!("10.201.{n}.0/30").parse().expect("literal"),
+            })
+            .collect();
+        let from = InterfaceName::new(format!("ksx{from}")).expect("literal");
+        (scopes, from)
+    })
+}
+
+/// A packet forwarded from an exec namespace (arriving on `ksx*`) to any interface.
+fn exec_packet() -> impl Strategy<Value = Packet> {
+    packet_with(vec![Hook::Forward], transport)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, max_global_rejects: 100_000, ..ProptestConfig::default() })]
+
+    /// Issue 15, `killswitch exec`: whatever the state (`off` and `disconnected` included), the
+    /// settings and the exceptions, a packet from an exec namespace (any `ksx*` interface, a
+    /// registered one or not) is forwarded out of no interface but a connected tunnel, only as
+    /// IPv4, and DNS only to the tunnel's resolvers; it never reaches this host's own services.
+    #[test]
+    fn an_exec_namespace_never_leaves_outside_the_tunnel(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (scopes, from) in exec_scopes(),
+        p in exec_packet(),
+        to_host in any::<bool>(),
+    ) {
+        let exceptions = Exceptions { exec_scopes: scopes, ..exceptions };
+        let rules = compile_for(&state, &settings, &exceptions);
+        prop_assert!(rules.check().is_ok(), "{:?}", rules.check());
+        let mut p = Packet { iif: Some(from), ..p };
+        if to_host {
+            p = Packet { hook: Hook::Input, oif: None, ..p };
+        }
+        let verdict = rules.verdict(&p);
+        if verdict.is_accept() {
+            prop_assert!(!to_host, "{state:?} let an exec namespace reach this host: {p:?}");
+            let tunnel = carrying_tunnel(&state).expect("accepted only with a connected tunnel");
+            prop_assert_eq!(p.oif.as_ref(), Some(&tunnel.interface), "{:?} accepted {:?}", state, p);
+            prop_assert!(p.src.is_ipv4() && p.dst.is_ipv4(), "{:?}", p);
+            if dns_dport(&p) {
+                prop_assert!(tunnel.dns.contains(&p.dst), "{:?}", p);
+            }
+        }
+    }
+
+    /// Nothing enters an exec namespace but the replies of its flows through the connected
+    /// tunnel, whatever the state.
+    #[test]
+    fn nothing_enters_an_exec_namespace_but_the_tunnels_replies(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (scopes, to) in exec_scopes(),
+        p in exec_packet(),
+    ) {
+        let exceptions = Exceptions { exec_scopes: scopes, ..exceptions };
+        prop_assume!(p.iif.as_ref().is_some_and(|i| !i.as_str().starts_with("ksx")));
+        let p = Packet { oif: Some(to), ..p };
+        if compile_for(&state, &settings, &exceptions).verdict(&p).is_accept() {
+            let tunnel = carrying_tunnel(&state).expect("accepted only with a connected tunnel");
+            prop_assert_eq!(p.iif.as_ref(), Some(&tunnel.interface));
+            prop_assert!(matches!(p.conn, ConnState::Established | ConnState::Related), "{:?}", p);
+        }
+    }
+
+    /// The routing layer sends each exec namespace's packets, in every state, to the kill
+    /// switch's table ahead of every other rule, and that table routes its subnet back to it.
+    #[test]
+    fn exec_namespaces_are_routed_into_the_tunnel_or_nowhere(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (scopes, _) in exec_scopes(),
+    ) {
+        use killswitch_policy::routes::{self, Selector, TableRoute};
+        let exceptions = Exceptions { exec_scopes: scopes.clone(), ..exceptions };
+        let layer = routes::compile_routes_for(&state, &settings, &exceptions, &[]).expect("a layer with exec namespaces");
+        for scope in &scopes {
+            for family in [killswitch_policy::IpFamily::V4, killswitch_policy::IpFamily::V6] {
+                let ours = layer.rules.iter().find(|r| r.family == family && !r.invert && r.selector == Selector::InInterface(scope.interface.clone()));
+                let ours = ours.expect("a rule for the namespace");
+                prop_assert_eq!(ours.table, routes::ROUTE_TABLE);
+                prop_assert!(layer.rules.iter().filter(|r| r.family == family && !matches!(r.selector, Selector::InInterface(_))).all(|r| r.priority > ours.priority));
+                prop_assert!(layer.routes.contains(&TableRoute::Unreachable(family)));
+            }
+            prop_assert!(layer.routes.contains(&TableRoute::Link(IpNet::V4(scope.subnet), scope.interface.clone())));
+        }
+    }
+}
+
+/// Without exec namespaces, nothing of them is compiled: every earlier state's rules (and their
+/// snapshots) stay as they were.
+#[test]
+fn no_exec_namespace_no_exec_rules() {
+    let rules = compile(&PolicyState::Off, &Settings::default());
+    assert!(rules.table.is_none());
+    let scope = killswitch_policy::ExecScope {
+        interface: InterfaceName::new("ksx0").expect("literal"),
+        subnet: "10.201.0.0/30".parse().expect("literal"),
+    };
+    let exceptions = Exceptions { exec_scopes: vec![scope], ..Exceptions::default() };
+    let off = compile_for(&PolicyState::Off, &Settings::default(), &exceptions);
+    let text = off.to_string();
+    assert!(text.contains("type nat hook postrouting priority 100"), "{text}");
+    assert!(text.contains("iifname \"ksx*\" jump refuse-non-tunnel"), "{text}");
+    // The scopes-only table takes nothing from anyone else.
+    for chain in &off.table.as_ref().expect("a table").chains {
+        if let Some(base) = chain.base {
+            assert_eq!(base.policy, ChainPolicy::Accept, "{}", chain.name);
+        }
+    }
+    let other = Packet::forward("eth1", "eth0", "192.0.2.1".parse().expect("literal"), "198.51.100.1".parse().expect("literal"), Transport::tcp(1000, 443));
+    assert!(off.verdict(&other).is_accept());
 }

@@ -675,6 +675,9 @@ fn describe_rule(rule: &RoutingRule) -> String {
         Selector::From(net) => {
             let _ = write!(text, "from {net}");
         }
+        Selector::InInterface(name) => {
+            let _ = write!(text, "iif {name}");
+        }
     }
     let _ = write!(
         text,
@@ -876,6 +879,9 @@ fn rule_message(rule: &RoutingRule) -> RuleMessage {
             message.header.src_len = net.prefix_len();
             a.push(RuleAttribute::Source(net.network()));
         }
+        // By name: the kernel keeps the rule while the interface does not exist (yet, or any
+        // more), and it applies again as soon as one of that name appears.
+        Selector::InInterface(name) => a.push(RuleAttribute::Iifname(name.as_str().to_owned())),
     }
     message
 }
@@ -892,7 +898,7 @@ fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
     let (mut priority, mut table) = (None, u32::from(rule.header.table));
     let (mut mark, mut mask, mut uid, mut dst, mut proto, mut port) =
         (None, None, None, None, None, None);
-    let (mut src, mut sport) = (None, None);
+    let (mut src, mut sport, mut iif) = (None, None, None);
     for attribute in &rule.attributes {
         match attribute {
             RuleAttribute::Priority(p) => priority = Some(*p),
@@ -905,6 +911,7 @@ fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
             RuleAttribute::DestinationPortRange(r) if r.start == r.end => port = Some(r.start),
             RuleAttribute::SourcePortRange(r) if r.start == r.end => sport = Some(r.start),
             RuleAttribute::Source(ip) => src = Some(*ip),
+            RuleAttribute::Iifname(name) => iif = Some(name.clone()),
             // Attributes the kernel reports on every rule (the protocol is judged by the caller).
             RuleAttribute::Protocol(_)
             | RuleAttribute::SuppressPrefixLen(_)
@@ -931,6 +938,24 @@ fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
         17 => Some(killswitch_policy::L4Proto::Udp),
         _ => None,
     };
+    if let Some(name) = iif {
+        if mark.is_some()
+            || uid.is_some()
+            || dst.is_some()
+            || proto.is_some()
+            || sport.is_some()
+            || src.is_some()
+        {
+            return None;
+        }
+        return Some(RoutingRule {
+            family,
+            priority: priority?,
+            selector: Selector::InInterface(killswitch_types::InterfaceName::new(name).ok()?),
+            invert,
+            table,
+        });
+    }
     if let Some(ip) = src {
         if mark.is_some() || uid.is_some() || dst.is_some() || proto.is_some() || sport.is_some() {
             return None;
