@@ -127,12 +127,34 @@ fn all_states() -> Vec<(&'static str, PolicyState, Settings)> {
             },
             s(false, true),
         ),
+        ("off+exec", PolicyState::Off, s(false, false)),
+        ("blocked+exec", PolicyState::Blocked, s(true, false)),
+        (
+            "connected+exec",
+            PolicyState::Connected {
+                peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+                tunnel: tunnel(),
+            },
+            s(false, false),
+        ),
     ]
 }
 
 /// The exceptions of a state named `...+exceptions`: a local bridge, an allowed interface, subnet
 /// and inbound service; none for the others.
 fn exceptions_of(name: &str) -> Exceptions {
+    if name.ends_with("+exec") {
+        // Two `killswitch exec` namespaces: prefix interface matches, a nat chain, masquerade.
+        return Exceptions {
+            exec_scopes: (0..2)
+                .map(|n| killswitch_policy::ExecScope {
+                    interface: InterfaceName::new(format!("ksx{n}")).expect("literal"),
+                    subnet: format!("10.201.{n}.0/30").parse().expect("literal"),
+                })
+                .collect(),
+            ..Exceptions::default()
+        };
+    }
     if !name.ends_with("+exceptions") {
         return Exceptions::default();
     }

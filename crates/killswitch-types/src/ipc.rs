@@ -119,12 +119,28 @@ pub enum Request {
         /// A user name or a numeric uid, resolved by the daemon.
         user: String,
     },
+    /// Run a program in a network namespace whose only way out is the tunnel, as the caller (any
+    /// user: it only adds protection). The connection then carries the program's life
+    /// ([`crate::exec`]).
+    Exec(crate::exec::ExecRequest),
+    /// Forward a signal to the program this connection runs (only after [`Request::Exec`]).
+    ExecSignal {
+        /// The signal's number (one of [`crate::exec::FORWARDED_SIGNALS`]).
+        signal: i32,
+    },
 }
 
 impl Request {
     /// Whether the request changes anything (and so needs root or the admin group).
     pub fn is_privileged(&self) -> bool {
-        !matches!(self, Request::Status | Request::Subscribe | Request::Verify)
+        !matches!(
+            self,
+            Request::Status
+                | Request::Subscribe
+                | Request::Verify
+                | Request::Exec(_)
+                | Request::ExecSignal { .. }
+        )
     }
 
     /// The command's name as the CLI and the log spell it.
@@ -141,6 +157,8 @@ impl Request {
             Request::Allow { .. } => "allow",
             Request::Verify => "verify",
             Request::Users { .. } => "users",
+            Request::Exec(_) => "exec",
+            Request::ExecSignal { .. } => "exec-signal",
         }
     }
 }
@@ -206,6 +224,19 @@ pub enum ServerMessage {
         /// The comparison.
         rules: RulesCheck,
     },
+    /// `exec`: send the terminal now (stdin, stdout, stderr as `SCM_RIGHTS` with one byte,
+    /// [`crate::exec::FDS_BYTE`]).
+    ExecSendFds,
+    /// `exec`: the program runs, in this namespace.
+    ExecStarted {
+        /// The namespace.
+        scope: crate::exec::ExecScopeStatus,
+    },
+    /// `exec`: the program ended (the connection closes after this).
+    ExecExited {
+        /// How.
+        exit: crate::exec::ExecExit,
+    },
     /// A message type this build does not know, from a newer daemon. Never sent; a client skips
     /// it on a subscription and treats it as no answer to a request.
     #[serde(other)]
@@ -270,6 +301,14 @@ pub enum ErrorKind {
     TooManyConnections,
     /// The caller sent no complete request line in time; the connection was closed.
     TimedOut,
+    /// `exec`: the program was not found (a shell's status 127).
+    ProgramNotFound,
+    /// `exec`: the program (or the working directory) could not be used: permission, format (a
+    /// shell's status 126).
+    ProgramNotExecutable,
+    /// `exec`: the caller has as many live exec namespaces as allowed; the message names the
+    /// limit and how many are live.
+    TooManyPrograms,
     /// A kind this build does not know, from a newer daemon (the message still explains it).
     /// Never sent.
     #[serde(other)]
@@ -323,6 +362,9 @@ pub struct Status {
     /// add`); empty from daemons older than this field.
     #[serde(default)]
     pub tunnel_only_users: Vec<TunnelOnlyUserStatus>,
+    /// The live `killswitch exec` namespaces; empty from daemons older than this field.
+    #[serde(default)]
+    pub exec: Vec<crate::exec::ExecScopeStatus>,
 }
 
 /// A tunnel-only user in force, as `status` and `users list` show it.

@@ -11,6 +11,7 @@
 
 pub mod allow;
 pub mod blocked;
+pub mod exec;
 /// The product's release, shared by every crate of the workspace (`version.workspace = true`):
 /// what `killswitch --version` and `killswitchd --version` print, and what the daemon reports in
 /// its status. One constant, so that no binary prints its crate's name or version instead.
@@ -31,5 +32,5 @@ pub use iface::{InterfaceName, InterfaceNameError, MAX_INTERFACE_NAME_LEN};
 pub use mark::{Fwmark, FwmarkParseError};
 pub use state::{
     FailureCause, GuardQuery, GuardSpec, GuardSpecError, Handshake, MAX_DNS_SERVERS, ManagedTunnel,
-    ServerFailure, Settings, State, TunnelStatus,
+    OnDrop, ServerFailure, Settings, State, TunnelStatus,
 };

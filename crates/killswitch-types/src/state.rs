@@ -57,6 +57,16 @@ pub struct Settings {
     pub allow_lan: bool,
 }
 
+/// What happens to a program's cgroup when the tunnel is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDrop {
+    /// Frozen (cgroup v2 `cgroup.freeze`) until the tunnel is back.
+    Freeze,
+    /// Killed (`cgroup.kill`).
+    Kill,
+}
+
 /// A tunnel managed by some other program (OpenVPN, wg-quick, ...) that the daemon protects.
 ///
 /// On the wire (and in the daemon's settings file) the servers are `endpoints`, a list; the single
