@@ -46,6 +46,11 @@ pub struct Config {
     /// daemon at start and on reload. One that names no user is refused (shown in `status`), the
     /// others apply.
     pub tunnel_only_users: Vec<String>,
+    /// Where `killswitch exec` namespaces get their subnets (a /30 each); IPv4, and better one
+    /// that nothing the programs want to reach uses.
+    pub exec_subnet: ipnet::Ipv4Net,
+    /// How many `killswitch exec` programs one user may have running at once.
+    pub exec_limit_per_user: usize,
 }
 
 impl Default for Config {
@@ -62,6 +67,10 @@ impl Default for Config {
             allow_inbound: Vec::new(),
             detect_local_bridges: true,
             tunnel_only_users: Vec::new(),
+            exec_subnet: crate::exec::DEFAULT_SUBNET
+                .parse()
+                .unwrap_or_else(|_| ipnet::Ipv4Net::default()),
+            exec_limit_per_user: crate::exec::registry::DEFAULT_LIMIT_PER_USER,
         }
     }
 }
@@ -149,6 +158,12 @@ impl Config {
             ));
         }
         config.lan().map_err(|e| format!("lan_subnets: {e}"))?;
+        crate::exec::registry::check_block(config.exec_subnet)?;
+        if config.exec_limit_per_user == 0 {
+            return Err("exec_limit_per_user = 0 would refuse every `killswitch exec`; \
+                        give at least 1"
+                .to_owned());
+        }
         killswitch_policy::check_allows(&config.allows())?;
         if !config.resolv_conf.is_absolute() {
             return Err(format!(

@@ -189,6 +189,15 @@ pub enum Command {
         /// removed by the name it was added with.
         uid: Option<u32>,
     },
+    /// The live `killswitch exec` namespaces changed (never from a request line: the IPC task
+    /// that runs a program sends it, [`crate::exec`]). Only a later `generation` than the last
+    /// one counts, so that two programs starting at once cannot undo each other's lists.
+    ExecScopes {
+        /// The registry's generation when the list was taken.
+        generation: u64,
+        /// Every live namespace.
+        scopes: Vec<killswitch_types::exec::ExecScopeStatus>,
+    },
 }
 
 impl Command {
@@ -250,6 +259,13 @@ impl Command {
                     ));
                 }
             },
+            // The IPC task carries these out itself; one reaching here is refused.
+            Request::Exec(_) | Request::ExecSignal { .. } => {
+                return Err(IpcError::new(
+                    ErrorKind::BadRequest,
+                    format!("`{}` is served by the IPC server, not the state machine", request.name()),
+                ));
+            }
         })
     }
 }
@@ -308,6 +324,10 @@ pub struct Core<F> {
     answer: Option<Result<(), IpcError>>,
     /// The status subscribers were last given.
     published: Option<Status>,
+    /// The live `killswitch exec` namespaces (not persisted here: the exec registry keeps them).
+    exec_scopes: Vec<killswitch_types::exec::ExecScopeStatus>,
+    /// The generation of `exec_scopes` ([`Command::ExecScopes`]).
+    exec_generation: u64,
 }
 
 /// What the core was doing when it asked to look at the guarded interface.
@@ -517,6 +537,8 @@ impl<F: Firewall> Core<F> {
             then: None,
             answer: None,
             published: None,
+            exec_scopes: Vec::new(),
+            exec_generation: 0,
         }
         .with_manager(now)
         .with_locals()
@@ -866,7 +888,19 @@ impl<F: Firewall> Core<F> {
             // with every refused packet, which is no change of state to publish.
             blocked: None,
             tunnel_only_users: self.tunnel_only_users(),
+            exec: self.exec_scopes.clone(),
         }
+    }
+
+    /// The exec namespaces a previous daemon left running, re-adopted before the first
+    /// reconcile: their rules stay in force across the restart.
+    pub fn adopt_exec_scopes(
+        &mut self,
+        generation: u64,
+        scopes: Vec<killswitch_types::exec::ExecScopeStatus>,
+    ) {
+        self.exec_generation = generation;
+        self.exec_scopes = scopes;
     }
 
     /// The CLI's exceptions with `entry` added or removed, or why not (nothing changes then):
@@ -991,6 +1025,14 @@ impl<F: Firewall> Core<F> {
             subnets: allows.subnets.clone(),
             inbound: allows.inbound.clone(),
             tunnel_only_uids: self.tunnel_only_users().iter().map(|u| u.uid).collect(),
+            exec_scopes: self
+                .exec_scopes
+                .iter()
+                .map(|s| killswitch_policy::ExecScope {
+                    interface: s.interface.clone(),
+                    subnet: s.subnet,
+                })
+                .collect(),
         }
     }
 
@@ -1128,6 +1170,21 @@ impl<F: Firewall> Core<F> {
         let mut users = self.users.clone();
         match command {
             Command::Status => return Ok(self.status()),
+            Command::ExecScopes { generation, scopes } => {
+                // Nothing to persist: only the rules follow.
+                if *generation > self.exec_generation {
+                    self.exec_generation = *generation;
+                    self.exec_scopes = scopes.clone();
+                    self.reconcile();
+                }
+                return match &self.apply_error {
+                    None => Ok(self.status()),
+                    Some(error) => Err(IpcError::new(
+                        ErrorKind::Firewall,
+                        format!("the firewall could not be changed ({error})"),
+                    )),
+                };
+            }
             Command::Guard(spec) => {
                 // (uid_t)-1 is "no uid" to the kernel, which refuses it in a routing rule: the
                 // routing layer would be missing while the firewall held.

@@ -90,6 +90,8 @@ pub struct Shared {
     pub handshakes: crate::handshake::Tap,
     /// Where wg-quick files are (`wireguard_dir`): `guard IFACE` reads IFACE.conf's `DNS =`.
     pub wireguard_dir: Arc<Path>,
+    /// The `killswitch exec` service ([`crate::exec`]); `None` in daemons built without it (tests).
+    pub exec: Option<Arc<crate::exec::Exec>>,
 }
 
 /// The answer to `verify`: the status, and the kernel compared with the daemon's intent.
@@ -324,7 +326,7 @@ fn refusal_line(refusal: &Refusal) -> Option<String> {
 /// The deadlines a connection's peer must keep: none for root and the admin group, whose
 /// connections come out of an allowance nobody else can use.
 #[derive(Debug, Clone, Copy)]
-struct Deadlines {
+pub(crate) struct Deadlines {
     request: Option<Duration>,
     write: Option<Duration>,
 }
@@ -432,6 +434,26 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
                 }
                 ServerMessage::Ok { status }
             }
+            Ok(Request::Exec(request)) => {
+                // The connection now carries the program's life, and ends with it.
+                crate::exec::serve(
+                    shared.exec.clone(),
+                    request,
+                    peer.clone(),
+                    &mut reader,
+                    &mut write,
+                    deadlines,
+                    shared.status.clone(),
+                )
+                .await;
+                return;
+            }
+            Ok(Request::ExecSignal { .. }) => ServerMessage::Error {
+                error: IpcError::new(
+                    ErrorKind::BadRequest,
+                    "exec-signal: no program runs on this connection",
+                ),
+            },
             Ok(Request::Verify) => match verify(&shared).await {
                 Ok((status, rules)) => ServerMessage::Verified { status, rules },
                 Err(error) => ServerMessage::Error { error },
@@ -663,7 +685,7 @@ async fn subscribe(
 }
 
 /// Writes one line, within the peer's write deadline if it has one.
-async fn send(
+pub(crate) async fn send(
     write: &mut OwnedWriteHalf,
     message: ServerMessage,
     deadlines: Deadlines,

@@ -30,6 +30,7 @@ pub mod core;
 pub mod devices;
 pub mod discover;
 pub mod dns;
+pub mod exec;
 pub mod firewall;
 pub mod handshake;
 pub mod instance;

@@ -98,6 +98,19 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         core_options,
         Instant::now(),
     );
+    // `killswitch exec`: the namespaces a previous daemon left running stay confined (their rules
+    // are in the first ruleset), the rest is swept.
+    let (exec_changes_tx, mut exec_changes) = mpsc::channel::<crate::exec::ScopesChanged>(64);
+    let exec = Arc::new(crate::exec::Exec::new(
+        &options.state_dir,
+        crate::exec::ExecConfig {
+            block: config.exec_subnet,
+            limit: config.exec_limit_per_user,
+        },
+        exec_changes_tx,
+    ));
+    let (generation, adopted) = exec.recover();
+    core.adopt_exec_scopes(generation, adopted);
     if let Some(error) = core.status().error {
         tracing::error!("{error}");
     }
@@ -145,7 +158,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         blocked: crate::blocked::Blocked::start(),
         handshakes,
         wireguard_dir: Arc::from(config.wireguard_dir.as_path()),
+        exec: Some(Arc::clone(&exec)),
     };
+    exec.watch_adopted();
+    tokio::spawn(Arc::clone(&exec).follow_tunnel(shared.status.clone()));
     tracing::info!("listening on {}", options.socket.display());
     if let Err(e) = crate::notify::notify("READY=1") {
         tracing::warn!("telling the service manager we are ready failed: {e}");
@@ -196,6 +212,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                         continue;
                     }
                 }
+            }
+            Some(change) = exec_changes.recv() => {
+                let command = Command::ExecScopes { generation: change.generation, scopes: change.scopes };
+                io.reply = Some(change.reply);
+                Some(Input::Command(command))
             }
             Some(reply) = verifications.recv() => {
                 // Read-only: the kernel compared with what the core means it to hold. Nothing

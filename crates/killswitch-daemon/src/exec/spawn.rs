@@ -1,0 +1,270 @@
+//! Starting the program of a `killswitch exec`: forked from the daemon, it joins its cgroup and
+//! the exec namespace, gets a mount namespace of its own (for the resolv.conf naming the tunnel's
+//! resolvers, and a /sys that shows the namespace's interfaces), becomes the caller (groups, gid,
+//! uid), and only then enters the caller's working directory, so that a directory the caller may
+//! not enter is refused as it would be in their shell.
+//!
+//! Everything the child needs is prepared before the fork (paths as C strings, the groups, open
+//! file descriptors): between fork and exec only async-signal-safe system calls run. When a step
+//! fails, the child writes the step's number to a pipe before failing; the daemon reads it to say
+//! which step it was (std's `spawn` passes the errno on).
+
+use std::ffi::{CString, OsStr};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+
+/// Who the program runs as.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The caller's uid (from `SO_PEERCRED`).
+    pub uid: u32,
+    /// The caller's gid (from `SO_PEERCRED`).
+    pub gid: u32,
+    /// Their supplementary groups (from the user database).
+    pub groups: Vec<u32>,
+}
+
+/// What the child needs.
+#[derive(Debug)]
+pub struct Launch {
+    /// `argv`, `argv[0]` being the program (looked up in the environment's `PATH`).
+    pub argv: Vec<Vec<u8>>,
+    /// The environment, `NAME=value` each.
+    pub env: Vec<Vec<u8>>,
+    /// The working directory.
+    pub cwd: Vec<u8>,
+    /// The caller's stdin, stdout and stderr.
+    pub stdio: [OwnedFd; 3],
+    /// The exec namespace.
+    pub namespace: OwnedFd,
+    /// The cgroup's `cgroup.procs`, open for writing.
+    pub cgroup_procs: OwnedFd,
+    /// The resolv.conf to bind over /etc/resolv.conf.
+    pub resolv: std::path::PathBuf,
+    /// Who.
+    pub identity: Identity,
+}
+
+/// Why the program did not start.
+#[derive(Debug)]
+pub struct SpawnError {
+    /// The step that failed, when it was one of ours; `None`: execve itself.
+    pub step: Option<Step>,
+    /// The error.
+    pub error: std::io::Error,
+}
+
+/// The steps between fork and exec, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Joining the cgroup.
+    Cgroup = 1,
+    /// A session of its own (no controlling terminal of the daemon's).
+    Session,
+    /// Entering the exec network namespace.
+    Netns,
+    /// A mount namespace of its own.
+    MountNamespace,
+    /// Making / a slave mount (nothing of ours propagates back).
+    Propagation,
+    /// Binding the resolv.conf.
+    ResolvConf,
+    /// Supplementary groups.
+    Groups,
+    /// The gid.
+    Gid,
+    /// The uid.
+    Uid,
+    /// The working directory.
+    Cwd,
+}
+
+impl Step {
+    const ALL: [Step; 10] = [
+        Step::Cgroup,
+        Step::Session,
+        Step::Netns,
+        Step::MountNamespace,
+        Step::Propagation,
+        Step::ResolvConf,
+        Step::Groups,
+        Step::Gid,
+        Step::Uid,
+        Step::Cwd,
+    ];
+
+    fn from_byte(byte: u8) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| *s as u8 == byte)
+    }
+
+    /// What the step does, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Step::Cgroup => "joining the program's cgroup",
+            Step::Session => "starting a session",
+            Step::Netns => "entering the exec network namespace",
+            Step::MountNamespace => "creating a mount namespace",
+            Step::Propagation => "making / a slave mount",
+            Step::ResolvConf => "binding the tunnel's resolv.conf over /etc/resolv.conf",
+            Step::Groups => "setting the supplementary groups",
+            Step::Gid => "setting the group id",
+            Step::Uid => "setting the user id",
+            Step::Cwd => "entering the working directory as the calling user",
+        }
+    }
+}
+
+/// Starts the program. The child is in the cgroup and the namespace before its first
+/// instruction of the program runs.
+pub fn spawn(launch: Launch) -> Result<Child, SpawnError> {
+    let setup = |error: std::io::Error| SpawnError { step: None, error };
+    let Some(program) = launch.argv.first() else {
+        return Err(setup(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no program given",
+        )));
+    };
+    let mut command = Command::new(OsStr::from_bytes(program));
+    command.args(launch.argv[1..].iter().map(|a| OsStr::from_bytes(a)));
+    command.env_clear();
+    for entry in &launch.env {
+        // An entry without '=' is not an environment variable; execve would pass it on, but std
+        // cannot: skipped (the CLI never sends one).
+        if let Some(split) = entry.iter().position(|b| *b == b'=') {
+            command.env(
+                OsStr::from_bytes(&entry[..split]),
+                OsStr::from_bytes(&entry[split + 1..]),
+            );
+        }
+    }
+    let [stdin, stdout, stderr] = launch.stdio;
+    command.stdin(Stdio::from(stdin));
+    command.stdout(Stdio::from(stdout));
+    command.stderr(Stdio::from(stderr));
+
+    let cstring = |bytes: &[u8]| {
+        CString::new(bytes).map_err(|_| {
+            setup(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a path contains a NUL byte",
+            ))
+        })
+    };
+    let cwd = cstring(&launch.cwd)?;
+    let resolv = cstring(launch.resolv.as_os_str().as_bytes())?;
+    let etc_resolv = cstring(b"/etc/resolv.conf")?;
+    let root = cstring(b"/")?;
+    let sys = cstring(b"/sys")?;
+    let sysfs = cstring(b"sysfs")?;
+    let groups: Vec<libc::gid_t> = launch.identity.groups.clone();
+    let (uid, gid) = (launch.identity.uid, launch.identity.gid);
+    let netns = launch.namespace.as_raw_fd();
+    let procs = launch.cgroup_procs.as_raw_fd();
+    let (report_read, report_write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| setup(e.into()))?;
+    let report = report_write.as_raw_fd();
+
+    // SAFETY: the closure runs in the forked child before exec. It only makes system calls
+    // (async-signal-safe) on values prepared above, allocates nothing, and touches no lock.
+    unsafe {
+        command.pre_exec(move || {
+            let fail = |step: Step| {
+                let error = std::io::Error::last_os_error();
+                let byte = step as u8;
+                libc::write(report, (&byte as *const u8).cast(), 1);
+                Err(error)
+            };
+            if libc::write(procs, b"0".as_ptr().cast(), 1) != 1 {
+                return fail(Step::Cgroup);
+            }
+            if libc::setsid() < 0 {
+                return fail(Step::Session);
+            }
+            if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
+                return fail(Step::Netns);
+            }
+            if libc::unshare(libc::CLONE_NEWNS) != 0 {
+                return fail(Step::MountNamespace);
+            }
+            if libc::mount(
+                std::ptr::null(),
+                root.as_ptr(),
+                std::ptr::null(),
+                libc::MS_SLAVE | libc::MS_REC,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail(Step::Propagation);
+            }
+            if libc::mount(
+                resolv.as_ptr(),
+                etc_resolv.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ) != 0
+            {
+                return fail(Step::ResolvConf);
+            }
+            // A /sys of this namespace, so that /sys/class/net lists its interfaces (as `ip
+            // netns exec` does). Best effort: a program rarely needs it, and a failure leaves the
+            // daemon's /sys, which reveals only interface names.
+            if libc::umount2(sys.as_ptr(), libc::MNT_DETACH) == 0 {
+                libc::mount(
+                    sysfs.as_ptr(),
+                    sys.as_ptr(),
+                    sysfs.as_ptr(),
+                    0,
+                    std::ptr::null(),
+                );
+            }
+            if libc::setgroups(groups.len(), groups.as_ptr()) != 0 {
+                return fail(Step::Groups);
+            }
+            if libc::setresgid(gid, gid, gid) != 0 {
+                return fail(Step::Gid);
+            }
+            if libc::setresuid(uid, uid, uid) != 0 {
+                return fail(Step::Uid);
+            }
+            if libc::chdir(cwd.as_ptr()) != 0 {
+                return fail(Step::Cwd);
+            }
+            // Signal dispositions back to their defaults (the mask std resets itself): a caught
+            // signal is reset by exec anyway, an ignored one would stay ignored.
+            for signal in 1..32 {
+                if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                    libc::signal(signal, libc::SIG_DFL);
+                }
+            }
+            Ok(())
+        });
+    }
+    let spawned = command.spawn();
+    drop(report_write);
+    // The descriptors the child needed are closed in the daemon when `command` and `launch` go.
+    drop(command);
+    match spawned {
+        Ok(child) => Ok(child),
+        Err(error) => {
+            let mut byte = [0u8; 1];
+            let step = match std::fs::File::from(report_read).read(&mut byte) {
+                Ok(1) => Step::from_byte(byte[0]),
+                _ => None,
+            };
+            Err(SpawnError { step, error })
+        }
+    }
+}
+
+/// The shell's exit status for a program that could not be started: 127 when it was not found,
+/// 126 when it could not be run (permission, format, a directory).
+pub fn status_for(error: &SpawnError) -> i32 {
+    match (error.step, error.error.raw_os_error()) {
+        (None, Some(libc::ENOENT)) => 127,
+        _ => 126,
+    }
+}
