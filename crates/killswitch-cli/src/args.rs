@@ -70,6 +70,10 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "killswitch blocked",
         "Watch what is refused: counts per reason, the last destinations and who sent them.",
     ),
+    (
+        "killswitch exec -- transmission-cli file.torrent",
+        "Run one program through the tunnel only, whatever the rest of the machine does.",
+    ),
 ];
 
 /// The text after `--help`: the exit statuses and the examples, from the tables above.
@@ -292,6 +296,46 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         action: UsersAction,
+    },
+    /// Run a program that can reach the network only through the tunnel.
+    ///
+    /// The program runs as you, with your environment, working directory and terminal, in a
+    /// network namespace of its own whose only way out is the tunnel the daemon protects: when
+    /// the tunnel is down (connecting, blocked, disconnected, off), its connections fail at once
+    /// and nothing of it reaches the physical link; when the tunnel is back, its traffic flows
+    /// again without a restart. This holds whatever the rest of the machine does, `disconnected`
+    /// and `off` included: it is the per-app kill switch. DNS goes to the tunnel's resolvers
+    /// only (its /etc/resolv.conf names them). IPv4 only: the namespace has no IPv6, so programs
+    /// fall back to IPv4. The program cannot reach this machine's own services either.
+    ///
+    /// Any user may use it (it only adds protection); each user may have a limited number running
+    /// at once (`exec_limit_per_user` in the daemon's config.toml, 64 by default). The namespace
+    /// is removed when the program and every child it started have exited.
+    ///
+    /// The exit status is the program's (128 + N when signal N killed it), 127 when the program
+    /// was not found, 126 when it could not be run (or the working directory cannot be entered
+    /// as you); otherwise 1 when the daemon refused (the reason is printed) and 3 when it could not
+    /// be reached. Ctrl-C, SIGTERM, SIGHUP and SIGQUIT are forwarded to the program; if this
+    /// command is killed, the program gets SIGHUP, as from a closed terminal. The program is not
+    /// in the terminal's foreground process group (it runs in a session of its own, started by
+    /// the daemon): Ctrl-C works because it is forwarded, but job control of the program itself
+    /// (Ctrl-Z, `fg`) does not, and it has no controlling terminal (/dev/tty).
+    ///
+    /// Example: `killswitch exec -- transmission-cli file.torrent` (a torrent client that never
+    /// leaks); `killswitch exec -- firefox --private-window`.
+    Exec {
+        /// Go around the tunnel through the physical link (administrators only).
+        #[arg(long)]
+        bypass: bool,
+        /// Freeze the program (and its children) while the tunnel is lost; thaw when it is back.
+        #[arg(long, conflicts_with_all = ["kill_on_drop", "bypass"])]
+        freeze_on_drop: bool,
+        /// Kill the program (and its children) when the tunnel is lost.
+        #[arg(long, conflicts_with = "bypass")]
+        kill_on_drop: bool,
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+        command: Vec<std::ffi::OsString>,
     },
     /// Remove the kill switch entirely: no rules at all, and lockdown off.
     ///

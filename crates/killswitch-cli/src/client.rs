@@ -164,7 +164,10 @@ impl Client {
                     ));
                 }
                 // A message type of a newer daemon: not the reply; the reply follows.
-                ServerMessage::Unknown => {}
+                ServerMessage::Unknown
+                | ServerMessage::ExecSendFds
+                | ServerMessage::ExecStarted { .. }
+                | ServerMessage::ExecExited { .. } => {}
             }
         }
     }
@@ -187,7 +190,10 @@ impl Client {
                         "a status instead of a verification".to_owned(),
                     ));
                 }
-                ServerMessage::Unknown => {}
+                ServerMessage::Unknown
+                | ServerMessage::ExecSendFds
+                | ServerMessage::ExecStarted { .. }
+                | ServerMessage::ExecExited { .. } => {}
             }
         }
     }
@@ -225,7 +231,10 @@ impl Client {
                 ServerMessage::Verified { .. } => {}
                 ServerMessage::Error { error } => return Err(Failure::Refused(error)),
                 // A message type of a newer daemon: nothing this client can show.
-                ServerMessage::Unknown => {}
+                ServerMessage::Unknown
+                | ServerMessage::ExecSendFds
+                | ServerMessage::ExecStarted { .. }
+                | ServerMessage::ExecExited { .. } => {}
             }
         }
     }
@@ -280,7 +289,11 @@ impl Client {
                 }
                 ServerMessage::Error { error } => return Err(Failure::Refused(error)),
                 // Not an answer to a subscription: skipped, like a message of a newer daemon.
-                ServerMessage::Verified { .. } | ServerMessage::Unknown => {}
+                ServerMessage::Verified { .. }
+                | ServerMessage::Unknown
+                | ServerMessage::ExecSendFds
+                | ServerMessage::ExecStarted { .. }
+                | ServerMessage::ExecExited { .. } => {}
             }
         }
     }

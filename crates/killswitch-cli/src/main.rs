@@ -6,6 +6,7 @@
 
 mod client;
 mod events;
+mod exec;
 mod guard;
 mod render;
 mod verify;
@@ -112,6 +113,21 @@ fn main() -> ExitCode {
             UsersAction::Add { user } => Request::Users { add: true, user },
             UsersAction::Remove { user } => Request::Users { add: false, user },
         },
+        Command::Exec {
+            bypass,
+            freeze_on_drop,
+            kill_on_drop,
+            command,
+        } => {
+            let on_drop = if freeze_on_drop {
+                Some(killswitch_types::OnDrop::Freeze)
+            } else if kill_on_drop {
+                Some(killswitch_types::OnDrop::Kill)
+            } else {
+                None
+            };
+            return exec::run(&cli.socket, bypass, on_drop, command);
+        }
         Command::Events => Request::Subscribe,
         Command::Verify => return verify::run(&cli.socket, cli.json),
         Command::Blocked { once } => return watch_blocked(&cli.socket, cli.json, once),
