@@ -23,6 +23,7 @@ mod counters;
 mod guard_discover;
 mod quickstart;
 mod reload;
+mod exec;
 mod tunnel_only_user;
 mod verify;
 
@@ -37,7 +38,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 29] = [
+pub const ALL: [Scenario; 31] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -127,6 +128,16 @@ pub const ALL: [Scenario; 29] = [
         name: "tunnel-only-user",
         guards: "a tunnel-only user's packets leave only through the tunnel, bound or ping sockets included, even while the machine is disconnected or off",
         script: tunnel_only_user::tunnel_only_user,
+    },
+    Scenario {
+        name: "exec-fail-closed",
+        guards: "a program under `killswitch exec` reaches the target only through the tunnel: 0 packets on the link and errors while it is down, its traffic back without a restart; nothing but the tunnel even while the machine is disconnected, when everything else reaches the target directly",
+        script: exec::exec_fail_closed,
+    },
+    Scenario {
+        name: "exec-unprivileged",
+        guards: "uid 65534 runs `killswitch exec`: its output and exit status come back (127 for a missing program), nothing of the namespace remains after exit, 200 at once meet the per-user limit with a clear error",
+        script: exec::exec_unprivileged,
     },
     Scenario {
         name: "second-daemon",

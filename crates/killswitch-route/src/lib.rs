@@ -890,8 +890,10 @@ fn rule_message(rule: &RoutingRule) -> RuleMessage {
 fn parse_rule(rule: &RuleMessage) -> Option<RoutingRule> {
     let family = ip_family(rule.header.family)?;
     let invert = rule.header.flags.contains(RuleFlags::Invert);
+    // An `iif` rule whose interface does not exist (an exec namespace's, before its veth is
+    // made or after it is gone) carries the kernel's "detached" flag: still our rule.
     if rule.header.action != RuleAction::ToTable
-        || !(rule.header.flags - RuleFlags::Invert).is_empty()
+        || !(rule.header.flags - RuleFlags::Invert - RuleFlags::IifDetached).is_empty()
     {
         return None;
     }

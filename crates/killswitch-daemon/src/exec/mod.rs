@@ -95,7 +95,7 @@ impl Exec {
         Exec {
             config,
             dir: state_dir.join("exec"),
-            subtree: Subtree::find().map_err(|e| e.to_string()),
+            subtree: find_subtree(&state_dir.join("exec")),
             registry: Mutex::new(Registry::default()),
             changes,
         }
@@ -303,11 +303,13 @@ impl Exec {
 
     /// Removes a scope: its kernel objects, its entry, its rules.
     async fn retire(&self, entry: &Entry) {
-        self.sweep(entry);
+        // The rules go first (nothing runs in the namespace any more), then the objects they
+        // name, so that the routing layer never names an interface that is gone.
         self.lock().remove(entry.status.id);
         if let Err(e) = self.publish().await {
             tracing::warn!("exec: removing the rules of {}: {e}", entry.status.interface);
         }
+        self.sweep(entry);
         tracing::info!(
             id = entry.status.id,
             uid = entry.status.uid,
@@ -328,6 +330,44 @@ impl Exec {
             tracing::warn!("exec: removing cgroup {}: {e}", cgroup.path().display());
         }
     }
+}
+
+/// The daemon's cgroup subtree. A daemon started by `ip netns exec` (the lab; a hand-run test)
+/// lives in a mount namespace of its own whose fresh /sys has no cgroup mount at all: there, and
+/// only where no cgroup hierarchy (v1 or v2) is mounted anywhere, cgroup2 is mounted again under
+/// the state directory. On a machine whose init mounted cgroups (every systemd machine), nothing
+/// is mounted.
+fn find_subtree(dir: &Path) -> Result<Subtree, String> {
+    match Subtree::find() {
+        Ok(subtree) => Ok(subtree),
+        Err(crate::cgroup::CgroupError::NoCgroup2) if no_cgroup_mounted() => {
+            let point = dir.join("cgroup2");
+            std::fs::create_dir_all(&point).map_err(|e| format!("{}: {e}", point.display()))?;
+            nix::mount::mount(
+                Some("cgroup2"),
+                &point,
+                Some("cgroup2"),
+                nix::mount::MsFlags::MS_NOSUID
+                    | nix::mount::MsFlags::MS_NODEV
+                    | nix::mount::MsFlags::MS_NOEXEC,
+                None::<&str>,
+            )
+            .map_err(|e| format!("mounting cgroup2 at {}: {e}", point.display()))?;
+            Subtree::find().map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether this mount namespace has no cgroup file system (v1 or v2) mounted at all.
+fn no_cgroup_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| {
+        !text.lines().any(|line| {
+            line.split_once(" - ")
+                .and_then(|(_, fs)| fs.split_whitespace().next())
+                .is_some_and(|fs| fs == "cgroup" || fs == "cgroup2")
+        })
+    })
 }
 
 fn tunnel_of(status: &Status) -> (Option<String>, Vec<std::net::IpAddr>) {
@@ -539,7 +579,7 @@ async fn run_scope(
     let child = tokio::task::spawn_blocking(move || spawn::spawn(launch))
         .await
         .map_err(|e| failed(format!("exec: {e}")))?
-        .map_err(|error| spawn_error(&program, &cwd, &error))?;
+        .map_err(|error| spawn_error(&program, &cwd, &error, &request.env))?;
     let pid = child.id();
     exec.lock().started(entry.status.id, pid);
     exec.publish().await?;
@@ -597,15 +637,30 @@ async fn run_scope(
 }
 
 /// The error for a program that did not start, naming the step or the program.
-fn spawn_error(program: &str, cwd: &str, error: &spawn::SpawnError) -> IpcError {
-    let code = spawn::status_for(error);
+fn spawn_error(
+    program: &str,
+    cwd: &str,
+    error: &spawn::SpawnError,
+    env: &[killswitch_types::exec::Bytes],
+) -> IpcError {
+    let mut code = spawn::status_for(error);
+    // execvp reports EACCES when a directory of PATH could not be searched (the caller's PATH may
+    // name one of root's), even when the program is nowhere: a shell says "not found" then.
+    if code == 126
+        && error.step.is_none()
+        && error.error.raw_os_error() == Some(libc::EACCES)
+        && !program.contains('/')
+        && !in_path(program, env)
+    {
+        code = 127;
+    }
     let kind = if code == 127 {
         ErrorKind::ProgramNotFound
     } else {
         ErrorKind::ProgramNotExecutable
     };
     let message = match error.step {
-        None if code == 127 => format!("{program}: command not found (exec: {})", error.error),
+        None if code == 127 => format!("{program}: command not found"),
         None => format!("{program}: cannot run it: {}", error.error),
         Some(spawn::Step::Cwd) => format!(
             "cannot enter the working directory {cwd} as you: {} (run `killswitch exec` from a directory you may enter)",
@@ -614,6 +669,19 @@ fn spawn_error(program: &str, cwd: &str, error: &spawn::SpawnError) -> IpcError 
         Some(step) => format!("{program}: {} failed: {}", step.describe(), error.error),
     };
     IpcError::new(kind, message)
+}
+
+/// Whether a file named `program` is in a directory of `PATH` (the caller's environment's).
+fn in_path(program: &str, env: &[killswitch_types::exec::Bytes]) -> bool {
+    let path = env
+        .iter()
+        .find_map(|e| e.as_bytes().strip_prefix(b"PATH=").map(<[u8]>::to_vec))
+        .unwrap_or_else(|| b"/usr/local/bin:/usr/bin:/bin".to_vec());
+    path.split(|b| *b == b':').any(|dir| {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = if dir.is_empty() { b"." as &[u8] } else { dir };
+        Path::new(std::ffi::OsStr::from_bytes(dir)).join(program).exists()
+    })
 }
 
 /// Receives the CLI's stdin, stdout and stderr (`SCM_RIGHTS` with [`FDS_BYTE`]), close-on-exec.

@@ -1,0 +1,488 @@
+//! Scenarios `exec-fail-closed` and `exec-unprivileged` (issue 15, item 1): `killswitch exec`
+//! runs a program in a network namespace whose only way out is the tunnel.
+//!
+//! `exec-fail-closed`: a sender (`killswitch-bound --plain`, every UDP and ICMP packet carrying
+//! its marker, TCP attempts to a port of its own) runs under `killswitch exec` across the whole
+//! protected window: tunnel up (its traffic arrives through the tunnel), tunnel killed (none of it
+//! on the physical link; a TCP connection from another exec'd program fails at once), tunnel back
+//! (the same process's traffic arrives again, without a restart). Then the machine goes
+//! `disconnected` (no machine-wide rules): an exec'd program still reaches nothing outside the
+//! tunnel (0 of its packets on the link, its connection refused) while root's traffic outside exec
+//! reaches the target directly: the scope is the program, not the machine. (With apps-only, the
+//! tunnel would still carry the program meanwhile: an addition at merge.)
+//!
+//! `exec-unprivileged`: uid 65534 runs `killswitch exec`; its output, exit status (0, 3, 127 for a
+//! missing program) come back; nothing of the namespace (veth, cgroup, pin) remains after exit;
+//! 200 concurrent `exec`s of one user meet the limit with a clear error in bounded time.
+
+use super::{EVENT_TIMEOUT, Outcome};
+use crate::capture::Direction;
+use crate::daemon::CliResult;
+use crate::generator::Kind;
+use crate::lab::{Lab, is_tunnel};
+use crate::packet::{Frame, L4};
+use crate::process::Process;
+use crate::topology::{self, PHYS};
+use anyhow::{Context, Result};
+use killswitch_types::State;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// What every UDP and ICMP packet of `killswitch-bound` carries (its start is enough).
+const MARKER: &[u8] = b"killswitch-lab: a socket fixed";
+/// The port of the exec'd sender's TCP attempts: nothing else in the lab sends to it.
+const TCP_PORT: u16 = 9102;
+/// The host side of every exec namespace's veth is `ksx<N>` (`killswitch_policy::exec`).
+const EXEC_INTERFACE_PREFIX: &str = "ksx";
+/// How fast the exec'd sender sends (all kinds together).
+const RATE: u32 = 200;
+
+/// `killswitch --socket S exec -- ARGS...`, as root or as uid/gid 65534 (no groups), from `/`.
+fn exec_command(lab: &Lab, args: &[&str], as_nobody: bool) -> Result<Command> {
+    let mut command = Command::new(crate::binaries::path("killswitch")?);
+    command
+        .arg("--socket")
+        .arg(lab.home.socket())
+        .args(["exec", "--"])
+        .args(args)
+        .current_dir("/")
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    if as_nobody {
+        use std::os::unix::process::CommandExt;
+        command.uid(65534).gid(65534);
+    }
+    Ok(command)
+}
+
+fn exec_output(lab: &Lab, args: &[&str], as_nobody: bool) -> Result<CliResult> {
+    let output = exec_command(lab, args, as_nobody)?
+        .output()
+        .context("running killswitch exec")?;
+    Ok(CliResult {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    })
+}
+
+/// A TCP connection from an exec'd program to the target's sink: whether it connected, and how
+/// long the attempt took (a refusal comes at once; a drop would hang until the timeout).
+fn exec_connect(lab: &Lab) -> Result<(bool, Duration, String)> {
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{}",
+        topology::TARGET_V4,
+        crate::sinks::TCP_PORT
+    );
+    let start = Instant::now();
+    let result = exec_output(lab, &["timeout", "5", "bash", "-c", &script], false)?;
+    Ok((
+        result.code == Some(0),
+        start.elapsed(),
+        result.stderr.trim().to_owned(),
+    ))
+}
+
+/// The exec'd sender's frames on the physical link since capture position `from`.
+fn on_phys(lab: &Lab, from: usize) -> Result<Vec<String>> {
+    let until = lab.drain_capture(from)?;
+    let frames = lab.capture.frames();
+    Ok(frames[from..until]
+        .iter()
+        .filter(|c| c.direction == Direction::Outgoing)
+        .filter_map(|c| match &c.frame {
+            Frame::Ip(p) if is_theirs(&p.transport, &p.payload) => {
+                Some(format!("{} -> {} {:?}", p.src, p.dst, p.transport))
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+fn is_theirs(transport: &L4, payload: &[u8]) -> bool {
+    matches!(transport, L4::Tcp { dport, .. } if *dport == TCP_PORT)
+        || payload.windows(MARKER.len()).any(|w| w == MARKER)
+}
+
+/// Starts `killswitch exec -- killswitch-bound ...` sending for `duration`.
+fn start_sender(lab: &Lab, duration: Duration) -> Result<Process> {
+    let bound = crate::binaries::path("killswitch-bound")?;
+    let bound = bound.to_str().context("binary path is not UTF-8")?;
+    let target = SocketAddr::new(topology::TARGET_V4.into(), crate::sinks::UDP_PORT).to_string();
+    let (rate, ms, port) = (
+        RATE.to_string(),
+        duration.as_millis().to_string(),
+        TCP_PORT.to_string(),
+    );
+    let command = exec_command(
+        lab,
+        &[
+            bound,
+            "--interface",
+            killswitch_daemon::exec::netns::INSIDE_INTERFACE,
+            "--target",
+            &target,
+            "--rate",
+            &rate,
+            "--duration-ms",
+            &ms,
+            "--plain",
+            "--tcp-port",
+            &port,
+        ],
+        false,
+    )?;
+    Process::spawn("killswitch exec", command)
+}
+
+fn hold(duration: Duration) {
+    std::thread::sleep(duration);
+}
+
+pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
+    lab.daemon()?
+        .wait_for_state(State::Disconnected, EVENT_TIMEOUT)?;
+    lab.connect()?;
+    let tunnel_dns = lab
+        .daemon()?
+        .status()?
+        .tunnel
+        .map(|t| t.dns)
+        .unwrap_or_default();
+    let resolv = exec_output(lab, &["cat", "/etc/resolv.conf"], false)?;
+
+    // One sender across the whole window: up, killed, back.
+    let window_from = lab.capture.len();
+    let window = lab.begin(&[])?;
+    let mut sender = start_sender(lab, Duration::from_secs(30))?;
+    let started = Instant::now();
+    hold(Duration::from_millis(1500));
+    let up_arrivals = lab.servers.udp.count_since(started, is_tunnel);
+    let (up_connects, _, up_why) = exec_connect(lab)?;
+
+    let killed_from = lab.capture.len();
+    let killed_at = Instant::now();
+    lab.tunnel.kill_client()?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    hold(Duration::from_millis(1000));
+    let (killed_connects, killed_took, killed_why) = exec_connect(lab)?;
+    let killed_leaks = on_phys(lab, killed_from)?;
+    lab.start_vpn()?;
+    let back_at = Instant::now();
+    let killed_arrivals = lab
+        .servers
+        .udp
+        .all()
+        .iter()
+        .filter(|a| a.at > killed_at && a.at < back_at && is_tunnel(a.from))
+        .count();
+    lab.wait_for_tunnel_traffic(back_at, 1)?;
+    let measured = Instant::now();
+    hold(Duration::from_millis(1500));
+    let back_arrivals = lab.servers.udp.count_since(measured, is_tunnel);
+    let still_running = sender.try_wait()?.is_none();
+    let window_leaks = on_phys(lab, window_from)?;
+    let mut outcome = Outcome::new(lab.end(window)?);
+    let _ = sender.terminate(EVENT_TIMEOUT);
+
+    // The machine unprotected (`down`): the exec'd program still reaches nothing but the tunnel;
+    // root's traffic outside exec reaches the target directly.
+    lab.daemon()?.cli(&["down"])?.ok()?;
+    lab.daemon()?
+        .wait_for_state(State::Disconnected, EVENT_TIMEOUT)?;
+    let down_from = lab.capture.len();
+    let root_window = lab.begin(&[Kind::Udp4])?;
+    let down_start = Instant::now();
+    let mut down_sender = start_sender(lab, Duration::from_millis(1200))?;
+    let down_result = down_sender
+        .wait_for_line(0, "sent ", Duration::from_millis(1200) + EVENT_TIMEOUT)
+        .map(|_| down_sender.output());
+    let (down_connects, down_took, down_why) = exec_connect(lab)?;
+    let down_leaks = on_phys(lab, down_from)?;
+    let root = lab.end(root_window)?;
+    let down_tunnel = lab.servers.udp.count_since(down_start, is_tunnel);
+    let status = lab.daemon()?.status()?;
+
+    outcome.check(
+        !tunnel_dns.is_empty()
+            && tunnel_dns
+                .iter()
+                .filter(|d| d.is_ipv4())
+                .all(|d| resolv.stdout.contains(&format!("nameserver {d}")))
+            && resolv.code == Some(0),
+        format!(
+            "the exec'd program's /etc/resolv.conf names the tunnel's resolvers {tunnel_dns:?}: {:?}",
+            resolv.stdout.trim()
+        ),
+    );
+    outcome.check(
+        up_arrivals > 0 && up_connects,
+        format!(
+            "tunnel up: the exec'd sender's traffic arrives through the tunnel ({up_arrivals} datagrams), and an exec'd TCP connection succeeds ({up_why})"
+        ),
+    );
+    outcome.check(
+        killed_leaks.is_empty() && killed_arrivals == 0,
+        format!(
+            "tunnel killed: 0 packets of the exec'd sender on {PHYS} ({} seen{}), none through the tunnel ({killed_arrivals})",
+            killed_leaks.len(),
+            examples(&killed_leaks)
+        ),
+    );
+    outcome.check(
+        !killed_connects && killed_took < Duration::from_secs(2),
+        format!(
+            "tunnel killed: an exec'd TCP connection fails at once ({killed_took:?}: {killed_why})"
+        ),
+    );
+    outcome.check(
+        still_running && back_arrivals > 0,
+        format!(
+            "tunnel back: the same exec'd sender (still running: {still_running}) reaches the target through the tunnel again ({back_arrivals} datagrams), without a restart"
+        ),
+    );
+    outcome.check(
+        window_leaks.is_empty(),
+        format!(
+            "the whole window: 0 packets of the exec'd sender on {PHYS} ({} seen{})",
+            window_leaks.len(),
+            examples(&window_leaks)
+        ),
+    );
+    outcome.check(
+        down_result.is_ok() && down_leaks.is_empty() && down_tunnel == 0,
+        format!(
+            "machine disconnected: 0 packets of an exec'd sender on {PHYS} ({} seen{}; it ran: {:?})",
+            down_leaks.len(),
+            examples(&down_leaks),
+            down_result.as_ref().map(|s| s.trim().to_owned())
+        ),
+    );
+    outcome.check(
+        !down_connects && down_took < Duration::from_secs(2),
+        format!(
+            "machine disconnected: an exec'd TCP connection fails at once ({down_took:?}: {down_why})"
+        ),
+    );
+    outcome.check(
+        root.direct > 0 && status.state == State::Disconnected,
+        format!(
+            "machine disconnected: root's traffic outside exec reaches the target directly ({} arrivals): the scope is the program",
+            root.direct
+        ),
+    );
+    outcome.check(
+        status.exec.is_empty(),
+        format!(
+            "every exec scope is gone once its program ended ({:?})",
+            status.exec
+        ),
+    );
+    outcome.note(format!(
+        "root's window while disconnected: {} packets left by {PHYS} by the machine's choice, not counted as leaks",
+        root.leaked
+    ));
+    outcome.unprotected = Some(root);
+    Ok(outcome)
+}
+
+fn examples(frames: &[String]) -> String {
+    if frames.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ", e.g. {}",
+            frames.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+        )
+    }
+}
+
+/// What is left of exec scopes: `ksx` interfaces in the daemon's namespace, `exec-` cgroups, pins.
+fn leftovers(lab: &Lab) -> Result<Vec<String>> {
+    let mut found = Vec::new();
+    let links = lab.topo.client.ip(&["-br", "link"])?;
+    found.extend(
+        links
+            .lines()
+            .filter(|l| l.starts_with(EXEC_INTERFACE_PREFIX))
+            .map(|l| format!("interface {}", l.split_whitespace().next().unwrap_or(""))),
+    );
+    let dir = lab.home.state_dir().join("exec");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        found.extend(
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("ns-") || n.starts_with("resolv-"))
+                .map(|n| format!("file {n}")),
+        );
+    }
+    // The daemon's cgroup subtree, through its own cgroup2 mount (under the state directory)
+    // or the machine's.
+    let inode = {
+        use std::os::linux::fs::MetadataExt;
+        std::fs::metadata(lab.topo.client.path())?.st_ino()
+    };
+    for mount in [
+        dir.join("cgroup2"),
+        "/sys/fs/cgroup/unified".into(),
+        "/sys/fs/cgroup".into(),
+    ] {
+        let subtree = mount.join("killswitch").join(format!("net-{inode}"));
+        if let Ok(entries) = std::fs::read_dir(&subtree) {
+            found.extend(
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with("exec-"))
+                    .map(|n| format!("cgroup {n}")),
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// Waits (bounded) until nothing of an exec scope remains; returns what is left at the end.
+fn wait_gone(lab: &Lab, limit: Duration) -> Result<Vec<String>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = leftovers(lab)?;
+        if left.is_empty() || Instant::now() >= deadline {
+            return Ok(left);
+        }
+        hold(Duration::from_millis(50));
+    }
+}
+
+pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
+    lab.daemon()?
+        .wait_for_state(State::Disconnected, EVENT_TIMEOUT)?;
+    let window = lab.begin(&[])?;
+    let id = exec_output(lab, &["sh", "-c", "id -u; id -g; pwd; echo to-stderr >&2"], true)?;
+    let failing = exec_output(lab, &["sh", "-c", "exit 3"], true)?;
+    let missing = exec_output(lab, &["no-such-program-killswitch-lab"], true)?;
+    let signalled = exec_output(lab, &["sh", "-c", "kill -TERM $$"], true)?;
+    let left = wait_gone(lab, EVENT_TIMEOUT)?;
+
+    // The limit: a daemon allows exec_limit_per_user (64) per user, and each `exec` holds one of
+    // the user's connections meanwhile (32): 200 at once must meet one limit or the other, with
+    // a message naming it, and none may hang.
+    let start = Instant::now();
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        let mut command = exec_command(lab, &["sleep", "20"], true)?;
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        held.push(command.spawn().context("starting killswitch exec")?);
+    }
+    // Every refused one ends by itself; the admitted ones sleep.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refusals = Vec::new();
+    let mut running = Vec::new();
+    for mut child in held {
+        let mut ended = None;
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait()? {
+                ended = Some(status);
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(8) {
+                break;
+            }
+            hold(Duration::from_millis(20));
+        }
+        match ended {
+            Some(status) => {
+                let output = child.wait_with_output()?;
+                refusals.push((status.code(), String::from_utf8_lossy(&output.stderr).into_owned()));
+            }
+            None => running.push(child),
+        }
+    }
+    let took = start.elapsed();
+    let live = lab.daemon()?.status()?.exec.len();
+    for child in &mut running {
+        // SIGTERM to the CLI is forwarded to its program, which ends; the CLI exits with it.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    let mut forwarded = Vec::new();
+    for mut child in running {
+        forwarded.push(child.wait()?.code());
+    }
+    let after = wait_gone(lab, Duration::from_secs(20))?;
+    let outcome_window = lab.end(window)?;
+    let mut outcome = Outcome::new(outcome_window);
+
+    outcome.check(
+        id.code == Some(0)
+            && id.stdout.lines().collect::<Vec<_>>() == ["65534", "65534", "/"]
+            && id.stderr.contains("to-stderr"),
+        format!(
+            "uid 65534's program runs as uid/gid 65534 in its working directory, its output comes back ({:?}, {:?}, {:?})",
+            id.code, id.stdout, id.stderr
+        ),
+    );
+    outcome.check(
+        failing.code == Some(3),
+        format!("a program's exit status comes back (3: {:?})", failing.code),
+    );
+    outcome.check(
+        missing.code == Some(127) && missing.stderr.contains("not found"),
+        format!(
+            "a missing program: status 127 and a clear message ({:?}: {:?})",
+            missing.code,
+            missing.stderr.trim()
+        ),
+    );
+    outcome.check(
+        signalled.code == Some(128 + 15),
+        format!(
+            "a program killed by SIGTERM: status 143, as a shell says ({:?})",
+            signalled.code
+        ),
+    );
+    outcome.check(
+        left.is_empty(),
+        format!("nothing of the namespaces remains after they exit ({left:?})"),
+    );
+    let limit_messages = refusals
+        .iter()
+        .filter(|(code, message)| {
+            *code == Some(1)
+                && (message.contains("the limit is 64 per user")
+                    || message.contains("connections"))
+        })
+        .count();
+    outcome.check(
+        !refusals.is_empty() && limit_messages == refusals.len() && took < Duration::from_secs(20),
+        format!(
+            "200 concurrent exec of one user: {} admitted ({live} live scopes), {} refused, each with a message naming the limit, within {took:?} (e.g. {:?})",
+            200 - refusals.len(),
+            refusals.len(),
+            refusals.first().map(|(_, m)| m.trim())
+        ),
+    );
+    outcome.check(
+        live <= 64,
+        format!("at most 64 live scopes for the user ({live})"),
+    );
+    outcome.check(
+        forwarded.iter().all(|c| *c == Some(128 + 15)),
+        format!(
+            "SIGTERM to the CLI is forwarded: each admitted program ended by it ({} of {})",
+            forwarded.iter().filter(|c| **c == Some(128 + 15)).count(),
+            forwarded.len()
+        ),
+    );
+    outcome.check(
+        after.is_empty(),
+        format!("nothing remains after they all ended ({after:?})"),
+    );
+    Ok(outcome)
+}
