@@ -98,11 +98,18 @@ fn converse(socket: &Path, request: ExecRequest) -> Result<i32, Failure> {
     let protocol = |e: std::io::Error| Failure::Protocol(e.to_string());
     let line = ipc::encode_line(&RequestEnvelope::new(Request::Exec(request)))
         .map_err(|e| Failure::Protocol(e.to_string()))?;
-    stream.write_all(line.as_bytes()).map_err(protocol)?;
     stream
         .set_read_timeout(Some(START_TIMEOUT))
         .map_err(protocol)?;
     let mut reader = BufReader::new(stream.try_clone().map_err(protocol)?);
+    if let Err(error) = stream.write_all(line.as_bytes()) {
+        // The daemon may have refused the connection before reading anything (too many
+        // connections) and said why before closing it: that reason beats "broken pipe".
+        if let Ok(ServerMessage::Error { error }) = read(&mut reader) {
+            return Err(Failure::Refused(error));
+        }
+        return Err(protocol(error));
+    }
     match read(&mut reader)? {
         ServerMessage::ExecSendFds => {}
         ServerMessage::Error { error } => return Err(Failure::Refused(error)),
@@ -204,6 +211,16 @@ extern "C" fn on_signal(signal: libc::c_int) {
 fn forward_signals(mut stream: UnixStream) -> Option<OwnedFd> {
     let (read_end, write_end) = pipe()?;
     SIGNAL_PIPE.store(write_end.as_raw_fd(), Ordering::Relaxed);
+    // A parent that blocked these (and a blocked mask survives exec) would keep them from us.
+    // SAFETY: a signal set filled and passed by pointer.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in FORWARDED {
+            libc::sigaddset(&mut set, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
     for signal in FORWARDED {
         // SAFETY: installs a handler that only writes one byte to a pipe.
         unsafe {

@@ -603,11 +603,13 @@ async fn run_scope(
             read = reader.read_until(b'\n', &mut line), if !hung_up => {
                 match read {
                     Ok(0) | Err(_) => {
+                        tracing::info!(pid, "exec: the client hung up; SIGHUP to the program");
                         hung_up = true;
                         signal(pidfd.as_ref(), libc::SIGHUP);
                     }
                     Ok(_) => match std::str::from_utf8(&line).ok().map(|l| killswitch_types::ipc::decode_request(l.trim_end())) {
                         Some(Ok(Request::ExecSignal { signal: number })) if FORWARDED_SIGNALS.contains(&number) => {
+                            tracing::info!(pid, "exec: forwarding signal {number} from the client");
                             signal(pidfd.as_ref(), number);
                         }
                         _ => {

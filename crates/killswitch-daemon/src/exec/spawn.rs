@@ -233,8 +233,12 @@ pub fn spawn(launch: Launch) -> Result<Child, SpawnError> {
             if libc::chdir(cwd.as_ptr()) != 0 {
                 return fail(Step::Cwd);
             }
-            // Signal dispositions back to their defaults (the mask std resets itself): a caught
-            // signal is reset by exec anyway, an ignored one would stay ignored.
+            // An empty signal mask (std leaves the parent's, which exec keeps) and every
+            // disposition back to its default: a caught signal is reset by exec anyway, an
+            // ignored one would stay ignored.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
             for signal in 1..32 {
                 if signal != libc::SIGKILL && signal != libc::SIGSTOP {
                     libc::signal(signal, libc::SIG_DFL);

@@ -48,9 +48,19 @@ fn exec_command(lab: &Lab, args: &[&str], as_nobody: bool) -> Result<Command> {
         .args(args)
         .current_dir("/")
         .env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    use std::os::unix::process::CommandExt;
     if as_nobody {
-        use std::os::unix::process::CommandExt;
         command.uid(65534).gid(65534);
+    }
+    // The lab blocks SIGINT/SIGTERM in its threads and a blocked mask survives exec: the CLI
+    // must see the signals it forwards.
+    // SAFETY: pthread_sigmask is async-signal-safe; only the child's mask changes.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::signal::SigSet::empty()
+                .thread_set_mask()
+                .map_err(std::io::Error::from)
+        });
     }
     Ok(command)
 }
@@ -287,6 +297,18 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
     Ok(outcome)
 }
 
+/// The different refusals, each once (the uid's numbers aside).
+fn distinct(refusals: &[(Option<i32>, String)]) -> Vec<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for (code, message) in refusals {
+        let line = format!("{code:?}: {}", message.trim());
+        if !seen.contains(&line) {
+            seen.push(line);
+        }
+    }
+    seen
+}
+
 fn examples(frames: &[String]) -> String {
     if frames.is_empty() {
         String::new()
@@ -355,7 +377,26 @@ fn wait_gone(lab: &Lab, limit: Duration) -> Result<Vec<String>> {
     }
 }
 
+/// The per-user limit the scenario configures: below the 32 connections a user may hold, so that
+/// it is the exec limit that 200 concurrent `exec`s meet.
+const LIMIT: usize = 8;
+
+/// Writes config.toml with the exec limit and (re)starts the daemon on it.
+fn restart_daemon(lab: &mut Lab) -> Result<()> {
+    std::fs::write(
+        lab.home.config(),
+        format!("exec_limit_per_user = {LIMIT}\n"),
+    )
+    .context("writing config.toml")?;
+    if let Some(mut daemon) = lab.daemon.take() {
+        daemon.process().terminate(EVENT_TIMEOUT)?;
+    }
+    lab.daemon = Some(crate::daemon::Daemon::start(&lab.topo.client, &lab.home)?);
+    Ok(())
+}
+
 pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
+    restart_daemon(lab)?;
     lab.daemon()?
         .wait_for_state(State::Disconnected, EVENT_TIMEOUT)?;
     let window = lab.begin(&[])?;
@@ -365,9 +406,41 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
     let signalled = exec_output(lab, &["sh", "-c", "kill -TERM $$"], true)?;
     let left = wait_gone(lab, EVENT_TIMEOUT)?;
 
-    // The limit: a daemon allows exec_limit_per_user (64) per user, and each `exec` holds one of
-    // the user's connections meanwhile (32): 200 at once must meet one limit or the other, with
-    // a message naming it, and none may hang.
+    // A daemon restart while a program runs: the scope is re-adopted, its rules stay, and it is
+    // swept once the program ends.
+    let mut long = Process::spawn("killswitch exec", exec_command(lab, &["sleep", "60"], true)?)?;
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let mut before = Vec::new();
+    // Once the program runs (a scope being set up has no pid yet).
+    while !before.first().is_some_and(|s| s.pid != 0) && Instant::now() < deadline {
+        before = lab.daemon()?.status()?.exec;
+        hold(Duration::from_millis(50));
+    }
+    restart_daemon(lab)?;
+    let adopted = lab.daemon()?.status()?.exec;
+    let table = lab
+        .topo
+        .client
+        .exec("nft", &["list", "table", "inet", "killswitch"])
+        .unwrap_or_default();
+    let rules = lab.topo.client.ip(&["rule"]).unwrap_or_default();
+    let confined = table.contains("iifname \"ksx*\"")
+        && before
+            .first()
+            .is_some_and(|s| rules.contains(&format!("iif {}", s.interface)));
+    if let Some(scope) = adopted.first() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(scope.pid).unwrap_or(i32::MAX)),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let swept = wait_gone(lab, EVENT_TIMEOUT)?;
+    let after_restart = lab.daemon()?.status()?.exec;
+    let _ = long.kill();
+
+    // The limit: the daemon allows exec_limit_per_user (8 here) per user, and each `exec` holds
+    // one of the user's connections meanwhile (32 at most): 200 at once must meet one limit or
+    // the other, with a message naming it, and none may hang.
     let start = Instant::now();
     let mut held = Vec::new();
     for _ in 0..200 {
@@ -416,6 +489,15 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
         forwarded.push(child.wait()?.code());
     }
     let after = wait_gone(lab, Duration::from_secs(20))?;
+    let log: Vec<String> = lab
+        .daemon()?
+        .log()
+        .lines()
+        .filter(|l| l.contains("exec"))
+        .rev()
+        .take(12)
+        .map(str::to_owned)
+        .collect();
     let outcome_window = lab.end(window)?;
     let mut outcome = Outcome::new(outcome_window);
 
@@ -451,31 +533,48 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
         left.is_empty(),
         format!("nothing of the namespaces remains after they exit ({left:?})"),
     );
+    outcome.check(
+        !before.is_empty() && adopted == before && confined,
+        format!(
+            "a daemon restart re-adopts a running program's scope with its rules in force (before {before:?}, after {adopted:?}, ksx rules in nft and ip rule: {confined})"
+        ),
+    );
+    outcome.check(
+        swept.is_empty() && after_restart.is_empty(),
+        format!(
+            "the re-adopted scope is swept once its program ends ({swept:?}, {after_restart:?})"
+        ),
+    );
     let limit_messages = refusals
         .iter()
         .filter(|(code, message)| {
             *code == Some(1)
-                && (message.contains("the limit is 64 per user")
+                && (message.contains(&format!("the limit is {LIMIT} per user"))
                     || message.contains("connections"))
         })
         .count();
     outcome.check(
-        !refusals.is_empty() && limit_messages == refusals.len() && took < Duration::from_secs(20),
+        !refusals.is_empty()
+            && limit_messages == refusals.len()
+            && refusals
+                .iter()
+                .any(|(_, m)| m.contains(&format!("the limit is {LIMIT} per user")))
+            && took < Duration::from_secs(20),
         format!(
-            "200 concurrent exec of one user: {} admitted ({live} live scopes), {} refused, each with a message naming the limit, within {took:?} (e.g. {:?})",
+            "200 concurrent exec of one user: {} admitted ({live} live scopes), {} refused, each with a message naming the limit, within {took:?} (messages: {:?})",
             200 - refusals.len(),
             refusals.len(),
-            refusals.first().map(|(_, m)| m.trim())
+            distinct(&refusals)
         ),
     );
     outcome.check(
-        live <= 64,
-        format!("at most 64 live scopes for the user ({live})"),
+        live <= LIMIT,
+        format!("at most {LIMIT} live scopes for the user ({live})"),
     );
     outcome.check(
         forwarded.iter().all(|c| *c == Some(128 + 15)),
         format!(
-            "SIGTERM to the CLI is forwarded: each admitted program ended by it ({} of {})",
+            "SIGTERM to the CLI is forwarded: each admitted program ended by it ({} of {}: {forwarded:?}; daemon: {log:#?})",
             forwarded.iter().filter(|c| **c == Some(128 + 15)).count(),
             forwarded.len()
         ),
