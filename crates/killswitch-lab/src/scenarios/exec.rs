@@ -410,7 +410,7 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
     // swept once the program ends.
     let mut long = Process::spawn("killswitch exec", exec_command(lab, &["sleep", "60"], true)?)?;
     let deadline = Instant::now() + EVENT_TIMEOUT;
-    let mut before = Vec::new();
+    let mut before: Vec<killswitch_types::exec::ExecScopeStatus> = Vec::new();
     // Once the program runs (a scope being set up has no pid yet).
     while !before.first().is_some_and(|s| s.pid != 0) && Instant::now() < deadline {
         before = lab.daemon()?.status()?.exec;
