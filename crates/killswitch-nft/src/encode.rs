@@ -369,6 +369,7 @@ fn hook(hook: killswitch_policy::Hook) -> Hook {
         killswitch_policy::Hook::Output => Hook::Out,
         killswitch_policy::Hook::Forward => Hook::Forward,
         killswitch_policy::Hook::Postrouting => Hook::PostRouting,
+        killswitch_policy::Hook::Prerouting => Hook::PreRouting,
     }
 }
 

@@ -349,6 +349,7 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
         ),
     ];
     if exec {
+        chains.push(crate::exec::prerouting_chain(tunnel));
         chains.push(crate::exec::nat_chain(&exceptions.exec_scopes, tunnel));
     }
     if let Some(sets) = allow_lan {

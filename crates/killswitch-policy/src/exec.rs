@@ -15,6 +15,8 @@
 //! - input: nothing from `ksx*` reaches this host's own services.
 //! - output: this host may send to `ksx*` (the ICMP errors and TCP resets the rejects above
 //!   produce, and which must reach the program for it to fail fast).
+//! - prerouting: without a tunnel, every packet from `ksx*` refused as it arrives (before the
+//!   routing layer's `unreachable`, whose ICMP answers the kernel rate-limits).
 //! - postrouting (`nat`): the namespace's subnet masqueraded out of the tunnel, whose server
 //!   accepts only the tunnel's own address.
 //!
@@ -120,6 +122,46 @@ pub(crate) fn forward_rules(tunnel: Option<&Tunnel>) -> Vec<crate::ruleset::Rule
     rules
 }
 
+/// The name of the prerouting chain that refuses the namespaces' packets while no tunnel
+/// carries them.
+pub const EXEC_PREROUTING_CHAIN: &str = "exec-prerouting";
+
+/// The prerouting chain: without a tunnel carrying IPv4, every packet from `ksx*` is refused as
+/// it arrives. Its route would be `unreachable` (the routing layer), which also stops it, but
+/// the kernel's ICMP answer to that is rate-limited (one a second per address): a program would
+/// wait for its connection to time out instead of failing at once. With the tunnel, the chain is
+/// empty and the forward rules decide.
+pub(crate) fn prerouting_chain(tunnel: Option<&Tunnel>) -> Chain {
+    let carries_v4 = tunnel.is_some_and(|t| t.carried_families().contains(&IpFamily::V4));
+    let from_exec = || on().with(Match::InInterfacePrefix(EXEC_INTERFACE_PREFIX.to_owned()));
+    let mut rules = Vec::new();
+    if !carries_v4 {
+        for proto in DNS_PROTOS {
+            for port in DNS_PORTS {
+                rules.push(
+                    from_exec()
+                        .proto(proto)
+                        .dport(port)
+                        .verdict(refuse(BlockReason::Dns), "exec: dns with no tunnel"),
+                );
+            }
+        }
+        rules.push(from_exec().verdict(
+            refuse(BlockReason::NonTunnel),
+            "exec: no tunnel to leave by",
+        ));
+    }
+    Chain {
+        name: EXEC_PREROUTING_CHAIN.to_owned(),
+        base: Some(BaseChain {
+            hook: Hook::Prerouting,
+            priority: PRIORITY_FILTER,
+            policy: ChainPolicy::Accept,
+        }),
+        rules,
+    }
+}
+
 /// The input rule: nothing from an exec namespace reaches this host's own services (rejected, so
 /// that a program trying fails at once).
 pub(crate) fn input_rules() -> Vec<crate::ruleset::Rule> {
@@ -186,6 +228,7 @@ pub(crate) fn scopes_only_chains(scopes: &[ExecScope], tunnel: Option<&Tunnel>) 
     vec![
         base("input", Hook::Input, input_rules()),
         base("forward", Hook::Forward, forward_rules(tunnel)),
+        prerouting_chain(tunnel),
         nat_chain(scopes, tunnel),
     ]
 }

@@ -105,6 +105,10 @@ pub enum Hook {
     Output,
     /// Packets this host routes (containers, VMs, a shared connection).
     Forward,
+    /// Packets as they arrive, before routing: only for the `exec` namespaces' refusals while no
+    /// tunnel carries their traffic (their route is `unreachable` then, and the kernel's ICMP
+    /// answer to that is rate-limited; a refusal here is a TCP reset or ICMP at once).
+    Prerouting,
     /// Packets about to leave, routed or local: only for source NAT, in a chain of type `nat`
     /// (priority 100, `srcnat`). It never filters: the `exec` namespaces' addresses are rewritten
     /// to the tunnel's here ([`Statement::Masquerade`]).
@@ -720,6 +724,7 @@ impl fmt::Display for Chain {
                 Hook::Input => ("filter", "input"),
                 Hook::Output => ("filter", "output"),
                 Hook::Forward => ("filter", "forward"),
+                Hook::Prerouting => ("filter", "prerouting"),
                 Hook::Postrouting => ("nat", "postrouting"),
             };
             writeln!(

@@ -128,13 +128,19 @@ pub fn write_resolv_conf(path: &Path, resolvers: &[IpAddr]) -> Result<(), String
     for resolver in v4 {
         text.push_str(&format!("nameserver {resolver}\n"));
     }
+    if std::fs::read(path).is_ok_and(|now| now == text.as_bytes()) {
+        return Ok(());
+    }
+    // Written over what is there, then cut to length: a program reading meanwhile sees the old
+    // text or the new, or a mix for an instant, never an empty file.
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
-        .truncate(true)
+        .truncate(false)
         .open(path)
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     file.write_all(text.as_bytes())
+        .and_then(|()| file.set_len(text.len() as u64))
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     // Readable by the program's user: the file itself is not secret.
     use std::os::unix::fs::PermissionsExt;
