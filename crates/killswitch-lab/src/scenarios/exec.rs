@@ -155,6 +155,21 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
 
     // The machine unprotected (`disconnected`, no machine-wide rules): an exec'd program reaches
     // nothing (no tunnel is connected), root's traffic outside exec reaches the target directly.
+    // Check of the capture: the same sender outside exec puts its packets on the link.
+    let control_from = lab.capture.len();
+    let target = SocketAddr::new(topology::TARGET_V4.into(), crate::sinks::UDP_PORT);
+    let port = TCP_PORT.to_string();
+    let control = super::bound_sender(
+        lab,
+        target,
+        RATE,
+        Duration::from_millis(600),
+        &["--plain", "--tcp-port", &port],
+    )?;
+    let mut control = Process::spawn("killswitch-bound", control)?;
+    control.wait_for_line(0, "sent ", Duration::from_millis(600) + EVENT_TIMEOUT)?;
+    let control_seen = on_phys(lab, control_from)?.len();
+
     let down_from = lab.capture.len();
     let root_window = lab.begin(&[Kind::Udp4])?;
     let mut down_sender = start_sender(lab, Duration::from_millis(1200))?;
@@ -211,6 +226,12 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
     let _ = sender.terminate(EVENT_TIMEOUT);
     let status = lab.daemon()?.status()?;
 
+    outcome.check(
+        control_seen > 0,
+        format!(
+            "check of the capture: the sender outside exec puts its packets on {PHYS} ({control_seen} seen)"
+        ),
+    );
     outcome.check(
         !tunnel_dns.is_empty()
             && tunnel_dns
