@@ -334,7 +334,12 @@ pub enum Command {
         #[arg(long, conflicts_with = "bypass")]
         kill_on_drop: bool,
         /// The program and its arguments.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
         command: Vec<std::ffi::OsString>,
     },
     /// Remove the kill switch entirely: no rules at all, and lockdown off.

@@ -24,6 +24,8 @@ pub(crate) struct EventPrinter {
     last_line: Option<String>,
     /// The last status object printed (as sent, without the added fields).
     last_status: Option<serde_json::Value>,
+    /// The running `killswitch exec` programs last seen (text lines say when one starts or ends).
+    last_exec: Option<Vec<killswitch_types::exec::ExecScopeStatus>>,
 }
 
 impl EventPrinter {
@@ -33,6 +35,7 @@ impl EventPrinter {
             json,
             last_line: None,
             last_status: None,
+            last_exec: None,
         }
     }
 
@@ -63,14 +66,41 @@ impl EventPrinter {
             self.last_status = Some(status.clone());
             Some(format!("{}\n", serde_json::Value::Object(line)))
         } else {
-            let line = render::event_line(&received.status);
-            if self.last_line.as_ref() == Some(&line) {
-                return None;
+            let mut text = String::new();
+            for change in self.exec_changes(&received.status.exec) {
+                text.push_str(&format!("{time} {change}\n"));
             }
-            let text = format!("{time} {line}\n");
-            self.last_line = Some(line);
-            Some(text)
+            let line = render::event_line(&received.status);
+            if self.last_line.as_ref() != Some(&line) {
+                text.push_str(&format!("{time} {line}\n"));
+                self.last_line = Some(line);
+            }
+            (!text.is_empty()).then_some(text)
         }
+    }
+}
+
+impl EventPrinter {
+    /// `exec started: ...` for each program running now that was not before, `exec ended: ...`
+    /// for each that was and is gone (nothing for the first status: it is the starting point).
+    fn exec_changes(&mut self, now: &[killswitch_types::exec::ExecScopeStatus]) -> Vec<String> {
+        let running: Vec<_> = now.iter().filter(|s| s.pid != 0).cloned().collect();
+        let Some(before) = self.last_exec.replace(running.clone()) else {
+            return Vec::new();
+        };
+        let same = |a: &killswitch_types::exec::ExecScopeStatus,
+                    b: &killswitch_types::exec::ExecScopeStatus| {
+            a.id == b.id && a.pid == b.pid
+        };
+        let started = running
+            .iter()
+            .filter(|s| !before.iter().any(|b| same(b, s)))
+            .map(|s| format!("exec started: {}", render::exec_scope(s)));
+        let ended = before
+            .iter()
+            .filter(|b| !running.iter().any(|s| same(b, s)))
+            .map(|s| format!("exec ended: {}", render::exec_scope(s)));
+        started.chain(ended).collect()
     }
 }
 

@@ -152,7 +152,9 @@ fn read(reader: &mut BufReader<UnixStream>) -> Result<ServerMessage, Failure> {
         Ok(_) => serde_json::from_str::<ServerEnvelope>(&line)
             .map(|envelope| envelope.message)
             .map_err(|e| Failure::Protocol(e.to_string())),
-        Err(e) => Err(Failure::Protocol(format!("reading the daemon's answer: {e}"))),
+        Err(e) => Err(Failure::Protocol(format!(
+            "reading the daemon's answer: {e}"
+        ))),
     }
 }
 

@@ -84,6 +84,24 @@ pub(crate) fn exceptions(exceptions: &killswitch_types::ipc::ExceptionsStatus) -
     out
 }
 
+/// One `killswitch exec` program: `#0 curl (pid 1234, alice, ksx0): through the tunnel only`.
+pub(crate) fn exec_scope(scope: &killswitch_types::exec::ExecScopeStatus) -> String {
+    let user = scope
+        .user
+        .clone()
+        .unwrap_or_else(|| format!("uid {}", scope.uid));
+    let pid = if scope.pid == 0 {
+        "starting".to_owned()
+    } else {
+        format!("pid {}", scope.pid)
+    };
+    clean(&format!(
+        "#{} {} ({pid}, {user}, {}): through the tunnel only",
+        scope.id, scope.program, scope.interface
+    ))
+    .into_owned()
+}
+
 /// `users list`: one tunnel-only user a line (name, uid, where it comes from), then the refused
 /// entries of config.toml; `none` when there are none.
 pub(crate) fn tunnel_only_users(
@@ -146,6 +164,9 @@ fn status_at(status: &Status, now: SystemTime) -> String {
             "tunnel-only users: {} (through the tunnel or not at all, in every state)",
             clean(&users.join(", "))
         );
+    }
+    for scope in &status.exec {
+        let _ = writeln!(out, "exec:      {}", exec_scope(scope));
     }
     for refused in &exceptions.refused {
         let _ = writeln!(out, "refused:   {}", clean(refused));

@@ -160,9 +160,11 @@ impl Config {
         config.lan().map_err(|e| format!("lan_subnets: {e}"))?;
         crate::exec::registry::check_block(config.exec_subnet)?;
         if config.exec_limit_per_user == 0 {
-            return Err("exec_limit_per_user = 0 would refuse every `killswitch exec`; \
+            return Err(
+                "exec_limit_per_user = 0 would refuse every `killswitch exec`; \
                         give at least 1"
-                .to_owned());
+                    .to_owned(),
+            );
         }
         killswitch_policy::check_allows(&config.allows())?;
         if !config.resolv_conf.is_absolute() {

@@ -263,7 +263,10 @@ impl Command {
             Request::Exec(_) | Request::ExecSignal { .. } => {
                 return Err(IpcError::new(
                     ErrorKind::BadRequest,
-                    format!("`{}` is served by the IPC server, not the state machine", request.name()),
+                    format!(
+                        "`{}` is served by the IPC server, not the state machine",
+                        request.name()
+                    ),
                 ));
             }
         })

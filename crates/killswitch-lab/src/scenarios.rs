@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 mod coexist;
 mod coexist_firewalls;
 mod counters;
+mod exec;
 mod guard_discover;
 mod quickstart;
 mod reload;
-mod exec;
 mod tunnel_only_user;
 mod verify;
 

@@ -320,7 +320,11 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
     // or goes to `ksx*`, whatever else the state allows ([`crate::exec`]).
     let exec = !exceptions.exec_scopes.is_empty();
     let with_exec = |first: Vec<Rule>, rest: Vec<Rule>| {
-        if exec { first.into_iter().chain(rest).collect() } else { rest }
+        if exec {
+            first.into_iter().chain(rest).collect()
+        } else {
+            rest
+        }
     };
     let mut chains = vec![
         base_chain(

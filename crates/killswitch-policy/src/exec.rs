@@ -38,7 +38,9 @@
 use crate::compile::{
     DNS_PORTS, DNS_PROTOS, PRIORITY_FILTER, Tunnel, host, on, refuse, refuse_chain,
 };
-use crate::ruleset::{BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, Match, Statement, Verdict};
+use crate::ruleset::{
+    BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, Match, Statement, Verdict,
+};
 use ipnet::{IpNet, Ipv4Net};
 use killswitch_types::{BlockReason, InterfaceName};
 use std::net::IpAddr;
@@ -235,8 +237,12 @@ pub(crate) fn scopes_only_chains(scopes: &[ExecScope], tunnel: Option<&Tunnel>) 
 
 /// The refuse chains the exec rules jump to.
 pub(crate) fn refuse_chains() -> Vec<Chain> {
-    [BlockReason::Dns, BlockReason::NonTunnel, BlockReason::Inbound]
-        .into_iter()
-        .map(refuse_chain)
-        .collect()
+    [
+        BlockReason::Dns,
+        BlockReason::NonTunnel,
+        BlockReason::Inbound,
+    ]
+    .into_iter()
+    .map(refuse_chain)
+    .collect()
 }

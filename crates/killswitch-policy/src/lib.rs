@@ -30,8 +30,8 @@ mod set;
 
 pub use compile::{Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_for, compile_with};
 pub use evaluate::{ArpPacket, ConnState, Decision, Packet, Transport, Verdict as PacketVerdict};
-pub use exec::{EXEC_INTERFACE_PREFIX, ExecScope};
 pub use exceptions::{CT_MARK_INBOUND, Exceptions, LocalLink, check_allows};
+pub use exec::{EXEC_INTERFACE_PREFIX, ExecScope};
 pub use killswitch_types::Settings;
 pub use ruleset::{
     ArpChain, ArpHook, ArpMatch, ArpOperation, ArpRule, ArpTable, BaseChain, Chain, ChainPolicy,

@@ -338,8 +338,11 @@ fn tunnel_only_rules(uids: &[u32]) -> Vec<RoutingRule> {
 /// forwarded packets find the tunnel's default route (connected) or `unreachable`, whatever
 /// `main` says. (IPv6 too, though the namespace has none: a rule costs nothing and leaves no gap.)
 fn exec_rules(exceptions: &Exceptions) -> Vec<RoutingRule> {
-    let mut interfaces: Vec<&InterfaceName> =
-        exceptions.exec_scopes.iter().map(|s| &s.interface).collect();
+    let mut interfaces: Vec<&InterfaceName> = exceptions
+        .exec_scopes
+        .iter()
+        .map(|s| &s.interface)
+        .collect();
     interfaces.sort();
     interfaces.dedup();
     [IpFamily::V4, IpFamily::V6]

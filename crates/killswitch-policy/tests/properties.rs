@@ -1070,17 +1070,32 @@ fn no_exec_namespace_no_exec_rules() {
         interface: InterfaceName::new("ksx0").expect("literal"),
         subnet: "10.201.0.0/30".parse().expect("literal"),
     };
-    let exceptions = Exceptions { exec_scopes: vec![scope], ..Exceptions::default() };
+    let exceptions = Exceptions {
+        exec_scopes: vec![scope],
+        ..Exceptions::default()
+    };
     let off = compile_for(&PolicyState::Off, &Settings::default(), &exceptions);
     let text = off.to_string();
-    assert!(text.contains("type nat hook postrouting priority 100"), "{text}");
-    assert!(text.contains("iifname \"ksx*\" jump refuse-non-tunnel"), "{text}");
+    assert!(
+        text.contains("type nat hook postrouting priority 100"),
+        "{text}"
+    );
+    assert!(
+        text.contains("iifname \"ksx*\" jump refuse-non-tunnel"),
+        "{text}"
+    );
     // The scopes-only table takes nothing from anyone else.
     for chain in &off.table.as_ref().expect("a table").chains {
         if let Some(base) = chain.base {
             assert_eq!(base.policy, ChainPolicy::Accept, "{}", chain.name);
         }
     }
-    let other = Packet::forward("eth1", "eth0", "192.0.2.1".parse().expect("literal"), "198.51.100.1".parse().expect("literal"), Transport::tcp(1000, 443));
+    let other = Packet::forward(
+        "eth1",
+        "eth0",
+        "192.0.2.1".parse().expect("literal"),
+        "198.51.100.1".parse().expect("literal"),
+        Transport::tcp(1000, 443),
+    );
     assert!(off.verdict(&other).is_accept());
 }

@@ -30,17 +30,15 @@ pub mod spawn;
 use crate::authz::Peer;
 use crate::cgroup::{Cgroup, Subtree};
 use ipnet::Ipv4Net;
-use killswitch_types::exec::{
-    ExecExit, ExecRequest, ExecScopeStatus, FDS_BYTE, FORWARDED_SIGNALS,
-};
+use killswitch_types::exec::{ExecExit, ExecRequest, ExecScopeStatus, FDS_BYTE, FORWARDED_SIGNALS};
 use killswitch_types::ipc::{ErrorKind, IpcError, Request, ServerMessage, Status};
 use registry::{Entry, Registry};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// The default block the namespaces' subnets come from (config.toml `exec_subnet`): half of
@@ -87,11 +85,7 @@ pub struct Exec {
 
 impl Exec {
     /// The exec service for a daemon keeping its state in `state_dir`.
-    pub fn new(
-        state_dir: &Path,
-        config: ExecConfig,
-        changes: mpsc::Sender<ScopesChanged>,
-    ) -> Self {
+    pub fn new(state_dir: &Path, config: ExecConfig, changes: mpsc::Sender<ScopesChanged>) -> Self {
         Exec {
             config,
             dir: state_dir.join("exec"),
@@ -114,16 +108,17 @@ impl Exec {
 
     fn save(&self, registry: &Registry) {
         let result = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| {
-                serde_json::to_vec_pretty(registry).map_err(std::io::Error::other)
-            })
+            .and_then(|()| serde_json::to_vec_pretty(registry).map_err(std::io::Error::other))
             .and_then(|bytes| {
                 let temporary = self.dir.join("scopes.json.new");
                 std::fs::write(&temporary, bytes)?;
                 std::fs::rename(&temporary, self.file())
             });
         if let Err(e) = result {
-            tracing::warn!("cannot save the exec registry to {}: {e}", self.file().display());
+            tracing::warn!(
+                "cannot save the exec registry to {}: {e}",
+                self.file().display()
+            );
         }
     }
 
@@ -168,7 +163,10 @@ impl Exec {
                 let name = file.file_name().to_string_lossy().into_owned();
                 let id = name
                     .strip_prefix("ns-")
-                    .or_else(|| name.strip_prefix("resolv-").and_then(|n| n.strip_suffix(".conf")))
+                    .or_else(|| {
+                        name.strip_prefix("resolv-")
+                            .and_then(|n| n.strip_suffix(".conf"))
+                    })
                     .and_then(|n| n.parse::<u32>().ok());
                 if let Some(id) = id
                     && !kept.entries.contains_key(&id)
@@ -307,7 +305,10 @@ impl Exec {
         // name, so that the routing layer never names an interface that is gone.
         self.lock().remove(entry.status.id);
         if let Err(e) = self.publish().await {
-            tracing::warn!("exec: removing the rules of {}: {e}", entry.status.interface);
+            tracing::warn!(
+                "exec: removing the rules of {}: {e}",
+                entry.status.interface
+            );
         }
         self.sweep(entry);
         tracing::info!(
@@ -372,10 +373,9 @@ fn no_cgroup_mounted() -> bool {
 
 fn tunnel_of(status: &Status) -> (Option<String>, Vec<std::net::IpAddr>) {
     match &status.tunnel {
-        Some(tunnel) if status.state == killswitch_types::State::Connected => (
-            Some(tunnel.interface.to_string()),
-            tunnel.dns.clone(),
-        ),
+        Some(tunnel) if status.state == killswitch_types::State::Connected => {
+            (Some(tunnel.interface.to_string()), tunnel.dns.clone())
+        }
         _ => (None, Vec::new()),
     }
 }
@@ -446,17 +446,25 @@ async fn run(
     status: &watch::Receiver<Status>,
 ) -> Result<ExecExit, IpcError> {
     let subtree = exec.subtree.as_ref().map_err(|why| {
-        bad(format!("`exec` needs the daemon's cgroup v2 subtree, which it does not have: {why}"))
+        bad(format!(
+            "`exec` needs the daemon's cgroup v2 subtree, which it does not have: {why}"
+        ))
     })?;
     let program = request
         .argv
         .first()
         .ok_or_else(|| bad("exec: no program given"))?
         .lossy();
-    if request.argv.iter().chain(&request.env).any(|b| b.as_bytes().contains(&0))
+    if request
+        .argv
+        .iter()
+        .chain(&request.env)
+        .any(|b| b.as_bytes().contains(&0))
         || request.cwd.as_bytes().contains(&0)
     {
-        return Err(bad("exec: an argument, environment entry or the directory contains a NUL byte"));
+        return Err(bad(
+            "exec: an argument, environment entry or the directory contains a NUL byte",
+        ));
     }
     if !request.cwd.as_bytes().starts_with(b"/") {
         return Err(bad(format!(
@@ -471,7 +479,9 @@ async fn run(
     let groups = match &user {
         Some(user) => std::ffi::CString::new(user.name.as_str())
             .ok()
-            .and_then(|name| nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(peer.gid)).ok())
+            .and_then(|name| {
+                nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(peer.gid)).ok()
+            })
             .map(|groups| groups.into_iter().map(|g| g.as_raw()).collect())
             .unwrap_or_else(|| vec![peer.gid]),
         None => vec![peer.gid],
@@ -496,8 +506,15 @@ async fn run(
         exec.save(&registry);
         entry
     };
-    let result = run_scope(exec, subtree, &entry, request, identity, reader, write, deadlines, status).await;
-    if result.is_err() || exec.cgroup(&entry).is_none_or(|c| !c.populated().unwrap_or(false)) {
+    let result = run_scope(
+        exec, subtree, &entry, request, identity, reader, write, deadlines, status,
+    )
+    .await;
+    if result.is_err()
+        || exec
+            .cgroup(&entry)
+            .is_none_or(|c| !c.populated().unwrap_or(false))
+    {
         // Nothing of it runs any more (or it never did): removed before the answer, so that
         // when the CLI returns, nothing of the scope remains.
         exec.retire(&entry).await;
@@ -512,7 +529,10 @@ async fn run(
     result
 }
 
-#[expect(clippy::too_many_arguments, reason = "one conversation's parts, used once")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one conversation's parts, used once"
+)]
 async fn run_scope(
     exec: &Arc<Exec>,
     subtree: &Subtree,
@@ -564,6 +584,7 @@ async fn run_scope(
     // 4. Its rules, before anything runs in it.
     exec.publish().await?;
     // 5. The program.
+    let on_drop = request.on_drop;
     let launch = spawn::Launch {
         argv: request.argv.iter().map(|a| a.as_bytes().to_vec()).collect(),
         env: request.env.iter().map(|e| e.as_bytes().to_vec()).collect(),
@@ -581,13 +602,43 @@ async fn run_scope(
         .map_err(|e| failed(format!("exec: {e}")))?
         .map_err(|error| spawn_error(&program, &cwd, &error, &request.env))?;
     let pid = child.id();
+    if let Some(on_drop) = on_drop {
+        // `--freeze-on-drop` / `--kill-on-drop`: the freeze registry watches this cgroup
+        // (`freeze::Registry::watch(cgroup, on_drop, label)`, and `forget` in `retire`), wired at
+        // merge with the freeze helper's branch. Until then the namespace alone applies: the
+        // program's traffic is refused while the tunnel is lost.
+        tracing::warn!(
+            pid,
+            "exec: --{}-on-drop is not built on this branch; the program is confined, not {}",
+            match on_drop {
+                killswitch_types::OnDrop::Freeze => "freeze",
+                killswitch_types::OnDrop::Kill => "kill",
+            },
+            match on_drop {
+                killswitch_types::OnDrop::Freeze => "frozen",
+                killswitch_types::OnDrop::Kill => "killed",
+            }
+        );
+    }
     exec.lock().started(entry.status.id, pid);
     exec.publish().await?;
     let mut started = entry.status.clone();
     started.pid = pid;
-    tracing::info!(id = started.id, uid = started.uid, pid, "exec started: {} ({})", started.program, started.interface);
+    tracing::info!(
+        id = started.id,
+        uid = started.uid,
+        pid,
+        "exec started: {} ({})",
+        started.program,
+        started.interface
+    );
     // The CLI may be gone already: the program then gets its SIGHUP below.
-    let _ = crate::ipc::send(write, ServerMessage::ExecStarted { scope: started }, deadlines).await;
+    let _ = crate::ipc::send(
+        write,
+        ServerMessage::ExecStarted { scope: started },
+        deadlines,
+    )
+    .await;
     // 6. Its life: signals from the CLI, SIGHUP when the CLI goes, its exit status.
     let pidfd = pidfd_open(pid);
     let mut waiting = tokio::task::spawn_blocking(move || {
@@ -682,7 +733,9 @@ fn in_path(program: &str, env: &[killswitch_types::exec::Bytes]) -> bool {
     path.split(|b| *b == b':').any(|dir| {
         use std::os::unix::ffi::OsStrExt;
         let dir = if dir.is_empty() { b"." as &[u8] } else { dir };
-        Path::new(std::ffi::OsStr::from_bytes(dir)).join(program).exists()
+        Path::new(std::ffi::OsStr::from_bytes(dir))
+            .join(program)
+            .exists()
     })
 }
 
@@ -690,7 +743,9 @@ fn in_path(program: &str, env: &[killswitch_types::exec::Bytes]) -> bool {
 async fn receive_fds(reader: &mut BufReader<OwnedReadHalf>) -> Result<[OwnedFd; 3], IpcError> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     if !reader.buffer().is_empty() {
-        return Err(bad("exec: data came before the file descriptors were asked for"));
+        return Err(bad(
+            "exec: data came before the file descriptors were asked for",
+        ));
     }
     let stream: &tokio::net::UnixStream = reader.get_ref().as_ref();
     loop {
@@ -714,7 +769,10 @@ async fn receive_fds(reader: &mut BufReader<OwnedReadHalf>) -> Result<[OwnedFd; 
                 if let ControlMessageOwned::ScmRights(raw) = cmsg {
                     // SAFETY: the kernel just installed these descriptors in this process for
                     // us; nothing else owns them.
-                    fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                    fds.extend(
+                        raw.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
                 }
             }
             Ok((message.bytes, byte[0], fds))
@@ -722,11 +780,18 @@ async fn receive_fds(reader: &mut BufReader<OwnedReadHalf>) -> Result<[OwnedFd; 
         match received {
             Ok((1, FDS_BYTE, fds)) => {
                 return <[OwnedFd; 3]>::try_from(fds).map_err(|fds| {
-                    bad(format!("exec: expected 3 file descriptors (stdin, stdout, stderr), got {}", fds.len()))
+                    bad(format!(
+                        "exec: expected 3 file descriptors (stdin, stdout, stderr), got {}",
+                        fds.len()
+                    ))
                 });
             }
             Ok((0, _, _)) => return Err(bad("exec: the client went away")),
-            Ok(_) => return Err(bad("exec: expected the file descriptors, got something else")),
+            Ok(_) => {
+                return Err(bad(
+                    "exec: expected the file descriptors, got something else",
+                ));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(bad(format!("exec: receiving the file descriptors: {e}"))),
         }

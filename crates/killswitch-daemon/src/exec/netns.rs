@@ -15,11 +15,15 @@ use ipnet::{IpNet, Ipv4Net};
 use killswitch_route::Rtnl;
 use killswitch_types::InterfaceName;
 use netlink_packet_core::{NLM_F_CREATE, NLM_F_EXCL};
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType};
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
+};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
+};
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -65,7 +69,11 @@ pub fn create(
     let mut rtnl = Rtnl::open().map_err(|e| format!("rtnetlink: {e}"))?;
     // No IPv6 on our side either: nothing to answer the namespace's router solicitations.
     write_sysctl(&format!("net/ipv6/conf/{veth}/disable_ipv6"), "1")?;
-    add_address(&mut rtnl, veth_index, IpNet::V4(Ipv4Net::new(host, subnet.prefix_len()).map_err(|e| e.to_string())?))?;
+    add_address(
+        &mut rtnl,
+        veth_index,
+        IpNet::V4(Ipv4Net::new(host, subnet.prefix_len()).map_err(|e| e.to_string())?),
+    )?;
     set_up(&mut rtnl, veth_index, &veth.to_string())?;
     write_sysctl(&format!("net/ipv4/conf/{veth}/forwarding"), "1")?;
     let prefix = subnet.prefix_len();
@@ -78,7 +86,11 @@ pub fn create(
         let lo = index("lo").ok_or("the namespace has no loopback")?;
         set_up(&mut rtnl, lo, "lo")?;
         let eth = index(INSIDE_INTERFACE).ok_or("the namespace's veth is missing")?;
-        add_address(&mut rtnl, eth, IpNet::V4(Ipv4Net::new(inside, prefix).map_err(|e| e.to_string())?))?;
+        add_address(
+            &mut rtnl,
+            eth,
+            IpNet::V4(Ipv4Net::new(inside, prefix).map_err(|e| e.to_string())?),
+        )?;
         set_up(&mut rtnl, eth, INSIDE_INTERFACE)?;
         add_default_route(&mut rtnl, eth, host)
     })?;
@@ -94,7 +106,11 @@ pub fn remove(files: &Files, veth: &InterfaceName) -> Vec<String> {
         let mut link = LinkMessage::default();
         link.header.index = index;
         if let Err(e) = Rtnl::open().and_then(|mut rtnl| {
-            rtnl.change(RouteNetlinkMessage::DelLink(link), 0, "delete the exec veth")
+            rtnl.change(
+                RouteNetlinkMessage::DelLink(link),
+                0,
+                "delete the exec veth",
+            )
         }) {
             problems.push(format!("deleting {veth}: {e}"));
         }
@@ -224,7 +240,8 @@ fn create_veth(veth: &InterfaceName, namespace: &OwnedFd) -> Result<(), String> 
     peer.attributes
         .push(LinkAttribute::NetNsFd(namespace.as_raw_fd()));
     let mut link = LinkMessage::default();
-    link.attributes.push(LinkAttribute::IfName(veth.to_string()));
+    link.attributes
+        .push(LinkAttribute::IfName(veth.to_string()));
     link.attributes.push(LinkAttribute::LinkInfo(vec![
         LinkInfo::Kind(InfoKind::Veth),
         LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),
@@ -246,7 +263,9 @@ fn add_address(rtnl: &mut Rtnl, index: u32, net: IpNet) -> Result<(), String> {
     message.header.prefix_len = net.prefix_len();
     message.header.index = index;
     message.attributes.push(AddressAttribute::Local(net.addr()));
-    message.attributes.push(AddressAttribute::Address(net.addr()));
+    message
+        .attributes
+        .push(AddressAttribute::Address(net.addr()));
     rtnl.change(
         RouteNetlinkMessage::NewAddress(message),
         NLM_F_CREATE | NLM_F_EXCL,
@@ -260,8 +279,12 @@ fn set_up(rtnl: &mut Rtnl, index: u32, name: &str) -> Result<(), String> {
     link.header.index = index;
     link.header.flags = LinkFlags::Up;
     link.header.change_mask = LinkFlags::Up;
-    rtnl.change(RouteNetlinkMessage::SetLink(link), 0, &format!("bring {name} up"))
-        .map_err(|e| e.to_string())
+    rtnl.change(
+        RouteNetlinkMessage::SetLink(link),
+        0,
+        &format!("bring {name} up"),
+    )
+    .map_err(|e| e.to_string())
 }
 
 fn add_default_route(rtnl: &mut Rtnl, index: u32, gateway: Ipv4Addr) -> Result<(), String> {

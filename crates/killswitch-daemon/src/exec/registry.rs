@@ -71,7 +71,11 @@ impl Registry {
         user: Option<String>,
         program: String,
     ) -> Result<Entry, Refused> {
-        let live = self.entries.values().filter(|e| e.status.uid == uid).count();
+        let live = self
+            .entries
+            .values()
+            .filter(|e| e.status.uid == uid)
+            .count();
         if live >= limit {
             return Err(Refused::Limit { uid, live, limit });
         }
@@ -208,8 +212,15 @@ mod tests {
             .allocate(block(), 3, 65534, None, "sh".into())
             .expect_err("over the limit");
         let text = refused.to_string();
-        assert!(text.contains("limit is 3") && text.contains("runs 3"), "{text}");
-        assert!(registry.allocate(block(), 3, 1000, None, "sh".into()).is_ok());
+        assert!(
+            text.contains("limit is 3") && text.contains("runs 3"),
+            "{text}"
+        );
+        assert!(
+            registry
+                .allocate(block(), 3, 1000, None, "sh".into())
+                .is_ok()
+        );
     }
 
     #[test]

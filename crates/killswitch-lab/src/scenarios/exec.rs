@@ -333,7 +333,12 @@ fn examples(frames: &[String]) -> String {
     } else {
         format!(
             ", e.g. {}",
-            frames.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            frames
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
         )
     }
 }
@@ -418,7 +423,11 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
     lab.daemon()?
         .wait_for_state(State::Disconnected, EVENT_TIMEOUT)?;
     let window = lab.begin(&[])?;
-    let id = exec_output(lab, &["sh", "-c", "id -u; id -g; pwd; echo to-stderr >&2"], true)?;
+    let id = exec_output(
+        lab,
+        &["sh", "-c", "id -u; id -g; pwd; echo to-stderr >&2"],
+        true,
+    )?;
     let failing = exec_output(lab, &["sh", "-c", "exit 3"], true)?;
     let missing = exec_output(lab, &["no-such-program-killswitch-lab"], true)?;
     let signalled = exec_output(lab, &["sh", "-c", "kill -TERM $$"], true)?;
@@ -426,7 +435,10 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
 
     // A daemon restart while a program runs: the scope is re-adopted, its rules stay, and it is
     // swept once the program ends.
-    let mut long = Process::spawn("killswitch exec", exec_command(lab, &["sleep", "60"], true)?)?;
+    let mut long = Process::spawn(
+        "killswitch exec",
+        exec_command(lab, &["sleep", "60"], true)?,
+    )?;
     let deadline = Instant::now() + EVENT_TIMEOUT;
     let mut before: Vec<killswitch_types::exec::ExecScopeStatus> = Vec::new();
     // Once the program runs (a scope being set up has no pid yet).
@@ -488,7 +500,10 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
         match ended {
             Some(status) => {
                 let output = child.wait_with_output()?;
-                refusals.push((status.code(), String::from_utf8_lossy(&output.stderr).into_owned()));
+                refusals.push((
+                    status.code(),
+                    String::from_utf8_lossy(&output.stderr).into_owned(),
+                ));
             }
             None => running.push(child),
         }
