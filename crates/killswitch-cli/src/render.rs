@@ -565,6 +565,7 @@ mod tests {
             notes: vec![],
             blocked: Some(Default::default()),
             tunnel_only_users: Vec::new(),
+            exec: Vec::new(),
         }
     }
 

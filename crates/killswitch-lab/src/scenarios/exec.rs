@@ -442,7 +442,7 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
     let deadline = Instant::now() + EVENT_TIMEOUT;
     let mut before: Vec<killswitch_types::exec::ExecScopeStatus> = Vec::new();
     // Once the program runs (a scope being set up has no pid yet).
-    while !before.first().is_some_and(|s| s.pid != 0) && Instant::now() < deadline {
+    while before.first().is_none_or(|s| s.pid == 0) && Instant::now() < deadline {
         before = lab.daemon()?.status()?.exec;
         hold(Duration::from_millis(50));
     }
