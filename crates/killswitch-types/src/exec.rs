@@ -100,3 +100,32 @@ pub struct ExecExit {
     #[serde(default)]
     pub signal: Option<i32>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipc::{Request, RequestEnvelope, decode_request, encode_line};
+
+    #[test]
+    fn an_exec_request_round_trips_with_bytes_that_are_not_utf8() {
+        let request = Request::Exec(ExecRequest {
+            argv: vec![Bytes::new(b"cat".to_vec()), Bytes::new(vec![0x66, 0xff])],
+            env: vec![Bytes::new(b"PATH=/usr/bin".to_vec())],
+            cwd: Bytes::new(b"/home/alice".to_vec()),
+            on_drop: Some(OnDrop::Freeze),
+        });
+        let line = encode_line(&RequestEnvelope::new(request.clone())).expect("encodes");
+        // Text stays text on the wire; other bytes are numbers.
+        assert!(line.contains(r#""command":"exec""#), "{line}");
+        assert!(line.contains(r#""cat""#) && line.contains("[102,255]"), "{line}");
+        assert!(line.contains(r#""on_drop":"freeze""#), "{line}");
+        assert_eq!(decode_request(line.trim_end()).expect("decodes"), request);
+        assert!(!request.is_privileged());
+        let signal = decode_request(
+            &encode_line(&RequestEnvelope::new(Request::ExecSignal { signal: 2 }))
+                .expect("encodes"),
+        )
+        .expect("decodes");
+        assert_eq!(signal, Request::ExecSignal { signal: 2 });
+    }
+}
