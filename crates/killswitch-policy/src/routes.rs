@@ -1,11 +1,12 @@
 //! The second layer: policy routing that needs no nftables.
 //!
 //! Whenever the kill switch installs a table, it also installs policy rules and one routing table
-//! of its own, for IPv4 and IPv6 (with tunnel-only users, in `off` and unlocked `disconnected`
-//! too, then only their rules and `unreachable`):
+//! of its own, for IPv4 and IPv6 (with tunnel-only users or exec namespaces, in `off` and
+//! unlocked `disconnected` too, then only their rules, `unreachable` and the namespaces' subnets):
 //!
 //! | priority | rule | why |
 //! |---|---|---|
+//! | 5298 | `iif ksxN lookup 27507`, per `killswitch exec` namespace, in every state | its forwarded packets: into the tunnel or nowhere |
 //! | 5299 | `uidrange N-N lookup 27507`, per tunnel-only user, in every state | their packets: into the tunnel or nowhere |
 //! | 5300 | `to <inside the tunnel> lookup 27507`, only with allow-lan | the tunnel's resolvers and networks, ahead of the LAN |
 //! | 5300 | `from <the tunnel's address> lookup 27507`, only with `allow_inbound` | a reply from the tunnel's address stays in the tunnel |
