@@ -38,7 +38,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 31] = [
+pub const ALL: [Scenario; 32] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -133,6 +133,11 @@ pub const ALL: [Scenario; 31] = [
         name: "exec-fail-closed",
         guards: "a program under `killswitch exec` reaches the target only through the tunnel: 0 packets on the link and errors while it is down, its traffic back without a restart; nothing but the tunnel even while the machine is disconnected, when everything else reaches the target directly",
         script: exec::exec_fail_closed,
+    },
+    Scenario {
+        name: "exec-openvpn",
+        guards: "`killswitch exec` with `guard` over OpenVPN's tun: the program's traffic through the tunnel, none on the link while OpenVPN is dead, back without a restart",
+        script: exec::exec_openvpn,
     },
     Scenario {
         name: "exec-unprivileged",

@@ -892,33 +892,45 @@ fn exec_namespaces_are_routed_into_the_tunnel_or_nowhere_in_every_state() -> Res
     // Before its veth exists: the `iif` rule is installed (detached) and reads back as ours.
     apply(&PolicyState::Disconnected, &scopes)?;
     apply(&PolicyState::Disconnected, &scopes)?;
-    ns.ip(&["link", "add", "ksx0", "type", "veth", "peer", "name", "ksx0p"])?;
+    ns.ip(&[
+        "link", "add", "ksx0", "type", "veth", "peer", "name", "ksx0p",
+    ])?;
     ns.ip(&["link", "set", "ksx0", "up"])?;
     ns.ip(&["link", "set", "ksx0p", "up"])?;
     ns.ip(&["addr", "add", "198.18.0.1/30", "dev", "ksx0"])?;
     ns.exec("sysctl", &["-qw", "net.ipv4.conf.ksx0.forwarding=1"])?;
-    let from_exec = |target: &str| {
-        route_get(&ns, &[target, "from", "198.18.0.2", "iif", "ksx0"])
-    };
+    let from_exec = |target: &str| route_get(&ns, &[target, "from", "198.18.0.2", "iif", "ksx0"]);
     // Disconnected (no machine-wide layer): the namespace reaches nothing; the machine's own
     // traffic goes its way.
     apply(&PolicyState::Disconnected, &scopes)?;
     for target in ["203.0.113.10", "192.168.50.1"] {
         let theirs = from_exec(target);
-        ensure!(unreachable(&theirs), "disconnected, exec to {target}: {theirs}");
+        ensure!(
+            unreachable(&theirs),
+            "disconnected, exec to {target}: {theirs}"
+        );
     }
     let own = route_get(&ns, &["203.0.113.10"]);
-    ensure!(own.contains("dev phys0"), "disconnected, the machine: {own}");
+    ensure!(
+        own.contains("dev phys0"),
+        "disconnected, the machine: {own}"
+    );
     // Connected: into the tunnel, LAN included; replies find the namespace.
     apply(&connected(), &scopes)?;
     for target in ["203.0.113.10", "192.168.50.1"] {
         let theirs = from_exec(target);
-        ensure!(theirs.contains("dev wg0"), "connected, exec to {target}: {theirs}");
+        ensure!(
+            theirs.contains("dev wg0"),
+            "connected, exec to {target}: {theirs}"
+        );
     }
     // The daemon switches forwarding on for the tunnel (for these replies), as here.
     ns.exec("sysctl", &["-qw", "net.ipv4.conf.wg0.forwarding=1"])?;
     let reply = route_get(&ns, &["198.18.0.2", "from", "203.0.113.10", "iif", "wg0"]);
-    ensure!(reply.contains("dev ksx0"), "a reply from the tunnel: {reply}");
+    ensure!(
+        reply.contains("dev ksx0"),
+        "a reply from the tunnel: {reply}"
+    );
     // The scope gone: nothing of it remains.
     apply(&PolicyState::Disconnected, &Exceptions::default())?;
     let rules = ns.ip(&["rule", "show"])?;

@@ -117,7 +117,10 @@ mod tests {
         let line = encode_line(&RequestEnvelope::new(request.clone())).expect("encodes");
         // Text stays text on the wire; other bytes are numbers.
         assert!(line.contains(r#""command":"exec""#), "{line}");
-        assert!(line.contains(r#""cat""#) && line.contains("[102,255]"), "{line}");
+        assert!(
+            line.contains(r#""cat""#) && line.contains("[102,255]"),
+            "{line}"
+        );
         assert!(line.contains(r#""on_drop":"freeze""#), "{line}");
         assert_eq!(decode_request(line.trim_end()).expect("decodes"), request);
         assert!(!request.is_privileged());

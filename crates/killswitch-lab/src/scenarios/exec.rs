@@ -618,3 +618,89 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
     );
     Ok(outcome)
 }
+
+/// `exec-openvpn`: the same promise with `guard` over OpenVPN's tun device (the real `openvpn`):
+/// an exec'd sender's traffic arrives through the tunnel, none of it is on the physical link
+/// while OpenVPN is dead, and the same process's traffic resumes once it is back.
+pub(super) fn exec_openvpn(lab: &mut Lab) -> Result<Outcome> {
+    use crate::openvpn::{self, OpenVpn};
+    use std::net::IpAddr;
+    let live = SocketAddr::new(topology::ENDPOINT4_V4.into(), 1194);
+    let client_ip = IpAddr::V4(openvpn::CLIENT_TUNNEL_V4);
+    let mut vpn = OpenVpn::start(&lab.topo.net, &[live])?;
+    lab.other_tunnels.push((live, client_ip));
+    let resolver = IpAddr::V4(openvpn::SERVER_TUNNEL_V4);
+    vpn.start_client(&lab.topo.client)?;
+    let ovpn = vpn.client_config().display().to_string();
+    lab.daemon()?
+        .cli(&[
+            "guard",
+            "tun0",
+            "--ovpn",
+            &ovpn,
+            "--dns",
+            &resolver.to_string(),
+        ])?
+        .ok()?;
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
+    let from_tunnel = move |a: IpAddr| a == client_ip;
+
+    let window_from = lab.capture.len();
+    let window = lab.begin(&[])?;
+    let mut sender = start_sender(lab, Duration::from_secs(30))?;
+    let started = Instant::now();
+    hold(Duration::from_millis(1500));
+    let up_arrivals = lab.servers.udp.count_since(started, from_tunnel);
+
+    let killed_from = lab.capture.len();
+    vpn.kill_client()?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    let killed_at = Instant::now();
+    hold(Duration::from_millis(1500));
+    let killed_arrivals = lab.servers.udp.count_since(killed_at, |_| true);
+    let killed_leaks = on_phys(lab, killed_from)?;
+    vpn.start_client(&lab.topo.client)?;
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
+    let back_at = Instant::now();
+    let resumed = lab
+        .servers
+        .udp
+        .wait_for(back_at, 20, EVENT_TIMEOUT, from_tunnel)
+        .is_ok();
+    let still_running = sender.try_wait()?.is_none();
+    let window_leaks = on_phys(lab, window_from)?;
+    let mut outcome = Outcome::new(lab.end(window)?);
+    let _ = sender.terminate(EVENT_TIMEOUT);
+    drop(vpn);
+
+    outcome.check(
+        up_arrivals > 0,
+        format!("OpenVPN up: the exec'd sender's traffic arrives through tun0 ({up_arrivals} datagrams from {client_ip})"),
+    );
+    outcome.check(
+        killed_leaks.is_empty() && killed_arrivals == 0,
+        format!(
+            "OpenVPN dead: 0 packets of the exec'd sender on {PHYS} ({} seen{}), none arrived ({killed_arrivals})",
+            killed_leaks.len(),
+            examples(&killed_leaks)
+        ),
+    );
+    outcome.check(
+        still_running && resumed,
+        format!(
+            "OpenVPN back: the same exec'd sender (still running: {still_running}) reaches the target through tun0 again ({resumed})"
+        ),
+    );
+    outcome.check(
+        window_leaks.is_empty(),
+        format!(
+            "the whole window: 0 packets of the exec'd sender on {PHYS} ({} seen{})",
+            window_leaks.len(),
+            examples(&window_leaks)
+        ),
+    );
+    Ok(outcome)
+}
