@@ -185,3 +185,18 @@ fn refusals_are_counted_per_reason_and_named_with_their_sender() {
 fn a_tunnel_only_user_never_leaks_even_while_the_machine_is_disconnected() {
     scenario_passes("tunnel-only-user");
 }
+
+#[test]
+fn an_exec_program_reaches_only_the_tunnel_and_fails_at_once_without_it() {
+    scenario_passes("exec-fail-closed");
+}
+
+#[test]
+fn an_exec_program_is_confined_under_guard_over_openvpn() {
+    scenario_passes("exec-openvpn");
+}
+
+#[test]
+fn any_user_may_exec_within_a_limit_and_nothing_of_it_remains() {
+    scenario_passes("exec-unprivileged");
+}
