@@ -195,4 +195,39 @@ mod tests {
         // A change JSON shows but text does not (the firewall's counter) is a JSON line.
         assert!(printer.next(&status(State::Connected, 3), at(3)).is_some());
     }
+
+    #[test]
+    fn text_events_say_when_an_exec_program_starts_and_ends() {
+        let with_exec = |pid: u32| {
+            let mut received = status(State::Disconnected, 1);
+            received.status.exec = vec![killswitch_types::exec::ExecScopeStatus {
+                id: 0,
+                uid: 1000,
+                user: Some("alice".to_owned()),
+                program: "curl".to_owned(),
+                pid,
+                interface: killswitch_types::InterfaceName::new("ksx0").expect("literal"),
+                subnet: "198.18.0.0/30".parse().expect("literal"),
+            }];
+            received
+        };
+        let mut printer = EventPrinter::new(false);
+        assert!(printer.next(&status(State::Disconnected, 1), at(0)).is_some());
+        // Being set up (no pid yet): nothing to say.
+        assert_eq!(printer.next(&with_exec(0), at(1)), None);
+        assert_eq!(
+            printer.next(&with_exec(42), at(2)).as_deref(),
+            Some(
+                "2026-12-02T18:40:03Z exec started: #0 curl (pid 42, alice, ksx0): through the tunnel only\n"
+            )
+        );
+        assert_eq!(
+            printer
+                .next(&status(State::Disconnected, 1), at(3))
+                .as_deref(),
+            Some(
+                "2026-12-02T18:40:04Z exec ended: #0 curl (pid 42, alice, ksx0): through the tunnel only\n"
+            )
+        );
+    }
 }
