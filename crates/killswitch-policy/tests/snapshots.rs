@@ -69,3 +69,26 @@ fn off_with_tunnel_only_users() {
 fn connected_dual_stack_with_tunnel_only_users() {
     insta::assert_snapshot!(render_with_users(&fixtures::connected(true), false, true));
 }
+
+/// One `killswitch exec` namespace (ksx0, 198.18.0.0/30) in a state without a table of its own,
+/// and while connected: its rules first in each chain, the prerouting refusal, the masquerade.
+fn render_with_exec(state: &PolicyState) -> String {
+    let exceptions = killswitch_policy::Exceptions {
+        exec_scopes: vec![killswitch_policy::ExecScope {
+            interface: killswitch_types::InterfaceName::new("ksx0").expect("literal"),
+            subnet: "198.18.0.0/30".parse().expect("literal"),
+        }],
+        ..killswitch_policy::Exceptions::default()
+    };
+    killswitch_policy::compile_for(state, &settings(false, false), &exceptions).to_string()
+}
+
+#[test]
+fn off_with_an_exec_namespace() {
+    insta::assert_snapshot!(render_with_exec(&PolicyState::Off));
+}
+
+#[test]
+fn connected_v4_only_with_an_exec_namespace() {
+    insta::assert_snapshot!(render_with_exec(&fixtures::connected(false)));
+}
