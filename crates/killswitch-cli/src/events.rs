@@ -212,7 +212,11 @@ mod tests {
             received
         };
         let mut printer = EventPrinter::new(false);
-        assert!(printer.next(&status(State::Disconnected, 1), at(0)).is_some());
+        assert!(
+            printer
+                .next(&status(State::Disconnected, 1), at(0))
+                .is_some()
+        );
         // Being set up (no pid yet): nothing to say.
         assert_eq!(printer.next(&with_exec(0), at(1)), None);
         assert_eq!(

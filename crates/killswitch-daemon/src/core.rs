@@ -1984,6 +1984,69 @@ mod tests {
     }
 
     #[test]
+    fn exec_scopes_are_confined_in_every_state_and_an_older_list_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        let scope = killswitch_types::exec::ExecScopeStatus {
+            id: 0,
+            uid: 1000,
+            user: None,
+            program: "curl".to_owned(),
+            pid: 42,
+            interface: "ksx0".parse().expect("literal"),
+            subnet: "198.18.0.0/30".parse().expect("literal"),
+        };
+        let forwarded = Packet::forward(
+            "ksx0",
+            "eth0",
+            "198.18.0.2".parse().expect("literal"),
+            "198.51.100.1".parse().expect("literal"),
+            Transport::udp(4000, 4000),
+        );
+        let other = Packet::forward(
+            "eth1",
+            "eth0",
+            "192.0.2.7".parse().expect("literal"),
+            "198.51.100.1".parse().expect("literal"),
+            Transport::udp(4000, 4000),
+        );
+        for request in [Request::Off, Request::Down] {
+            core.handle_request(&request).expect("state");
+            let status = core
+                .handle(&Command::ExecScopes {
+                    generation: 1,
+                    scopes: vec![scope.clone()],
+                })
+                .expect("in force");
+            assert_eq!(status.exec, [scope.clone()]);
+            let installed = core.applied.clone().expect("a table for the namespace");
+            assert!(!installed.verdict(&forwarded).is_accept(), "{request:?}");
+            assert!(
+                installed.verdict(&other).is_accept(),
+                "the machine stays free"
+            );
+            // A list taken before (a slower task's) does not undo a newer one.
+            let status = core
+                .handle(&Command::ExecScopes {
+                    generation: 0,
+                    scopes: Vec::new(),
+                })
+                .expect("ignored");
+            assert_eq!(status.exec.len(), 1);
+            let status = core
+                .handle(&Command::ExecScopes {
+                    generation: 2,
+                    scopes: Vec::new(),
+                })
+                .expect("removed");
+            assert!(status.exec.is_empty());
+            assert!(core.applied.as_ref().is_none_or(|r| r.table.is_none()));
+            core.exec_generation = 0;
+        }
+    }
+
+    #[test]
     fn tunnel_only_users_are_confined_in_every_state_persisted_and_refused_clearly() {
         use killswitch_types::ipc::UserSource;
         let dir = tempfile::tempdir().expect("tempdir");
