@@ -298,6 +298,20 @@ mod tests {
     }
 
     #[test]
+    fn exec_keys_are_checked() {
+        let config = Config::parse("exec_subnet = \"10.77.0.0/24\"\nexec_limit_per_user = 4\n")
+            .expect("valid");
+        assert_eq!(config.exec_subnet.to_string(), "10.77.0.0/24");
+        assert_eq!(config.exec_limit_per_user, 4);
+        let small = Config::parse("exec_subnet = \"10.77.0.0/31\"\n").expect_err("too small");
+        assert!(small.contains("/30"), "{small}");
+        let v6 = Config::parse("exec_subnet = \"fd00::/64\"\n").expect_err("IPv4 only");
+        assert!(v6.contains("exec_subnet"), "{v6}");
+        let none = Config::parse("exec_limit_per_user = 0\n").expect_err("zero");
+        assert!(none.contains("exec_limit_per_user"), "{none}");
+    }
+
+    #[test]
     fn missing_file_is_the_default() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(
