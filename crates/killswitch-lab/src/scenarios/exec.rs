@@ -9,7 +9,10 @@
 //! `disconnected` (no machine-wide rules): an exec'd program still reaches nothing outside the
 //! tunnel (0 of its packets on the link, its connection refused) while root's traffic outside exec
 //! reaches the target directly: the scope is the program, not the machine. (With apps-only, the
-//! tunnel would still carry the program meanwhile: an addition at merge.)
+//! tunnel would still carry the program meanwhile: an addition at merge.) Last, with `up` (the
+//! daemon's own tunnel), the exec'd sender's traffic arrives through it.
+//!
+//! `exec-openvpn`: the up/killed/back cycle with `guard` over OpenVPN's tun device.
 //!
 //! `exec-unprivileged`: uid 65534 runs `killswitch exec`; its output, exit status (0, 3, 127 for a
 //! missing program) come back; nothing of the namespace (veth, cgroup, pin) remains after exit;
@@ -224,6 +227,28 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
     let window_leaks = on_phys(lab, window_from)?;
     let mut outcome = Outcome::new(lab.end(window)?);
     let _ = sender.terminate(EVENT_TIMEOUT);
+
+    // The daemon's own tunnel (`up`): the exec'd program goes through it as well.
+    lab.daemon()?.cli(&["down"])?.ok()?;
+    lab.tunnel.kill_client()?;
+    lab.start_up_servers(1)?;
+    lab.up()?;
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
+    let up_server = lab
+        .up_servers
+        .first()
+        .map(|(server, _)| std::net::IpAddr::V4(server.client_ip))
+        .context("an up server")?;
+    let managed_from = lab.capture.len();
+    let managed_start = Instant::now();
+    let mut managed_sender = start_sender(lab, Duration::from_millis(1200))?;
+    managed_sender.wait_for_line(0, "sent ", Duration::from_millis(1200) + EVENT_TIMEOUT)?;
+    let managed_arrivals = lab
+        .servers
+        .udp
+        .count_since(managed_start, |a| a == up_server);
+    let managed_leaks = on_phys(lab, managed_from)?;
     let status = lab.daemon()?.status()?;
 
     outcome.check(
@@ -298,6 +323,14 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
         format!(
             "machine disconnected: root's traffic outside exec reaches the target directly ({} arrivals): the scope is the program",
             root.direct
+        ),
+    );
+    outcome.check(
+        managed_arrivals > 0 && managed_leaks.is_empty(),
+        format!(
+            "`up` (the daemon's own tunnel): the exec'd sender's traffic arrives through it ({managed_arrivals} datagrams from {up_server}), none on {PHYS} ({} seen{})",
+            managed_leaks.len(),
+            examples(&managed_leaks)
         ),
     );
     outcome.check(
