@@ -233,6 +233,20 @@ pub fn spawn(launch: Launch) -> Result<Child, SpawnError> {
             if libc::chdir(cwd.as_ptr()) != 0 {
                 return fail(Step::Cwd);
             }
+            // Nothing of the daemon's reaches the program but its three descriptors: every other
+            // one is closed at exec (close_range with CLOSE_RANGE_CLOEXEC, Linux 5.11; before it,
+            // one by one). Marking rather than closing keeps std's own error pipe working.
+            if libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) != 0
+            {
+                for fd in 3..4096 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
             // An empty signal mask (std leaves the parent's, which exec keeps) and every
             // disposition back to its default: a caught signal is reset by exec anyway, an
             // ignored one would stay ignored.
