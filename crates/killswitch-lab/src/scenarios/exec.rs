@@ -461,6 +461,7 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
         &["sh", "-c", "id -u; id -g; pwd; echo to-stderr >&2"],
         true,
     )?;
+    let descriptors = exec_output(lab, &["ls", "/proc/self/fd"], true)?;
     let failing = exec_output(lab, &["sh", "-c", "exit 3"], true)?;
     let missing = exec_output(lab, &["no-such-program-killswitch-lab"], true)?;
     let signalled = exec_output(lab, &["sh", "-c", "kill -TERM $$"], true)?;
@@ -574,6 +575,13 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
         format!(
             "uid 65534's program runs as uid/gid 65534 in its working directory, its output comes back ({:?}, {:?}, {:?})",
             id.code, id.stdout, id.stderr
+        ),
+    );
+    outcome.check(
+        descriptors.stdout.split_whitespace().collect::<Vec<_>>() == ["0", "1", "2", "3"],
+        format!(
+            "the program holds only its stdin, stdout and stderr (and `ls` its directory): {:?}",
+            descriptors.stdout.trim()
         ),
     );
     outcome.check(
