@@ -68,7 +68,7 @@ pub fn create(
         index(veth.as_str()).ok_or_else(|| format!("{veth} vanished after creation"))?;
     let mut rtnl = Rtnl::open().map_err(|e| format!("rtnetlink: {e}"))?;
     // No IPv6 on our side either: nothing to answer the namespace's router solicitations.
-    write_sysctl(&format!("net/ipv6/conf/{veth}/disable_ipv6"), "1")?;
+    write_ipv6_sysctl(&format!("net/ipv6/conf/{veth}/disable_ipv6"))?;
     add_address(
         &mut rtnl,
         veth_index,
@@ -80,8 +80,8 @@ pub fn create(
     in_namespace(&namespace, move || {
         // Inside: no IPv6 at all (no address, no route: applications fall back to IPv4, and the
         // firewall refuses any IPv6 packet from here anyway).
-        write_sysctl("net/ipv6/conf/all/disable_ipv6", "1")?;
-        write_sysctl("net/ipv6/conf/default/disable_ipv6", "1")?;
+        write_ipv6_sysctl("net/ipv6/conf/all/disable_ipv6")?;
+        write_ipv6_sysctl("net/ipv6/conf/default/disable_ipv6")?;
         let mut rtnl = Rtnl::open().map_err(|e| format!("rtnetlink in the namespace: {e}"))?;
         let lo = index("lo").ok_or("the namespace has no loopback")?;
         set_up(&mut rtnl, lo, "lo")?;
@@ -307,6 +307,14 @@ fn add_default_route(rtnl: &mut Rtnl, index: u32, gateway: Ipv4Addr) -> Result<(
         "add the namespace's default route",
     )
     .map_err(|e| e.to_string())
+}
+
+/// Switches IPv6 off (`<key>` = 1); a kernel without IPv6 has no such key, and nothing to switch.
+fn write_ipv6_sysctl(key: &str) -> Result<(), String> {
+    if !Path::new("/proc/sys/net/ipv6").exists() {
+        return Ok(());
+    }
+    write_sysctl(key, "1")
 }
 
 /// Writes `/proc/sys/<key>` in the calling thread's network namespace.
