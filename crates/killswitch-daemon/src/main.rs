@@ -56,7 +56,12 @@ fn main() -> ExitCode {
         state_dir: args.state_dir,
         watch_tampering: !args.test_no_tamper_watch,
     };
-    match runtime.block_on(run(options)) {
+    let result = runtime.block_on(run(options));
+    // Blocking tasks still running (the wait for an exec'd program's exit, or for its cgroup to
+    // empty) must not hold up the stop: those programs run on, confined, and the next daemon
+    // adopts them. Dropping the runtime would wait for them.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
