@@ -77,8 +77,10 @@ pub struct Exec {
     config: ExecConfig,
     /// `<state>/exec`.
     dir: PathBuf,
-    /// The daemon's cgroup subtree, or why there is none (then `exec` is refused with it).
-    subtree: Result<Subtree, String>,
+    /// The daemon's cgroup subtree, or why there is none (then `exec` is refused with it):
+    /// found (and created) on first use, so that a daemon that never runs a program leaves no
+    /// directory in the cgroup hierarchy.
+    subtree: std::sync::OnceLock<Result<Subtree, String>>,
     registry: Mutex<Registry>,
     changes: mpsc::Sender<ScopesChanged>,
 }
@@ -89,7 +91,7 @@ impl Exec {
         Exec {
             config,
             dir: state_dir.join("exec"),
-            subtree: find_subtree(&state_dir.join("exec")),
+            subtree: std::sync::OnceLock::new(),
             registry: Mutex::new(Registry::default()),
             changes,
         }
@@ -122,8 +124,14 @@ impl Exec {
         }
     }
 
+    fn subtree(&self) -> Result<&Subtree, &String> {
+        self.subtree
+            .get_or_init(|| find_subtree(&self.dir))
+            .as_ref()
+    }
+
     fn cgroup(&self, entry: &Entry) -> Option<Cgroup> {
-        self.subtree.as_ref().ok().map(|s| s.cgroup(&entry.cgroup))
+        self.subtree().ok().map(|s| s.cgroup(&entry.cgroup))
     }
 
     /// At start, before the first ruleset: re-adopts the scopes a previous daemon left whose
@@ -140,6 +148,9 @@ impl Exec {
             generation: previous.generation + 1,
             ..Registry::default()
         };
+        // Only a registry with entries can have left cgroups (each is recorded before its cgroup
+        // is made): without one, the cgroup hierarchy is not even looked at.
+        let had_entries = !previous.entries.is_empty();
         for (id, entry) in previous.entries {
             let alive = entry.running
                 && self
@@ -195,7 +206,8 @@ impl Exec {
                 }
             }
         }
-        if let Ok(subtree) = &self.subtree
+        if had_entries
+            && let Ok(subtree) = self.subtree()
             && let Ok(cgroups) = subtree.list()
         {
             let held: Vec<&String> = kept.entries.values().map(|e| &e.cgroup).collect();
@@ -445,7 +457,7 @@ async fn run(
     deadlines: crate::ipc::Deadlines,
     status: &watch::Receiver<Status>,
 ) -> Result<ExecExit, IpcError> {
-    let subtree = exec.subtree.as_ref().map_err(|why| {
+    let subtree = exec.subtree().map_err(|why| {
         bad(format!(
             "`exec` needs the daemon's cgroup v2 subtree, which it does not have: {why}"
         ))
