@@ -249,7 +249,15 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
         .udp
         .count_since(managed_start, |a| a == up_server);
     let managed_leaks = on_phys(lab, managed_from)?;
-    let status = lab.daemon()?.status()?;
+    let _ = managed_sender.try_wait();
+    // The programs have ended (or been ended by a forwarded SIGTERM); their scopes go once their
+    // cgroups are empty: bounded.
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let mut status = lab.daemon()?.status()?;
+    while !status.exec.is_empty() && Instant::now() < deadline {
+        hold(Duration::from_millis(50));
+        status = lab.daemon()?.status()?;
+    }
 
     outcome.check(
         control_seen > 0,
