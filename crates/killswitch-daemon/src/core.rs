@@ -2019,7 +2019,7 @@ mod tests {
                     scopes: vec![scope.clone()],
                 })
                 .expect("in force");
-            assert_eq!(status.exec, [scope.clone()]);
+            assert_eq!(status.exec, std::slice::from_ref(&scope));
             let installed = core.applied.clone().expect("a table for the namespace");
             assert!(!installed.verdict(&forwarded).is_accept(), "{request:?}");
             assert!(
