@@ -475,6 +475,19 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
     let signalled = exec_output(lab, &["sh", "-c", "kill -TERM $$"], true)?;
     let left = wait_gone(lab, EVENT_TIMEOUT)?;
 
+    // The CLI killed (its connection drops): the program gets SIGHUP, as from a closed terminal,
+    // and its scope goes.
+    let mut orphaned = Process::spawn(
+        "killswitch exec",
+        exec_command(lab, &["sleep", "60"], true)?,
+    )?;
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while lab.daemon()?.status()?.exec.iter().all(|s| s.pid == 0) && Instant::now() < deadline {
+        hold(Duration::from_millis(50));
+    }
+    let _ = orphaned.kill();
+    let hung_up = wait_gone(lab, EVENT_TIMEOUT)?;
+
     // A daemon restart while a program runs: the scope is re-adopted, its rules stay, and it is
     // swept once the program ends.
     let mut long = Process::spawn(
@@ -614,6 +627,10 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
     outcome.check(
         left.is_empty(),
         format!("nothing of the namespaces remains after they exit ({left:?})"),
+    );
+    outcome.check(
+        hung_up.is_empty(),
+        format!("the CLI killed: its program got SIGHUP and its namespace is gone ({hung_up:?})"),
     );
     outcome.check(
         !before.is_empty() && adopted == before && confined,
