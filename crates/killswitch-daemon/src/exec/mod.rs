@@ -522,16 +522,16 @@ async fn run(
         exec, subtree, &entry, request, identity, reader, write, deadlines, status,
     )
     .await;
-    if result.is_err()
-        || exec
-            .cgroup(&entry)
-            .is_none_or(|c| !c.populated().unwrap_or(false))
+    if exec
+        .cgroup(&entry)
+        .is_none_or(|c| !c.populated().unwrap_or(false))
     {
         // Nothing of it runs any more (or it never did): removed before the answer, so that
         // when the CLI returns, nothing of the scope remains.
         exec.retire(&entry).await;
     } else {
-        // Children of the program live on in the namespace: it is removed when they are gone.
+        // The program or its children live on in the namespace (whatever went wrong with the
+        // conversation): its rules stay, and it is removed when they are gone.
         let exec = Arc::clone(exec);
         tokio::spawn(async move {
             exec.wait_empty(&entry).await;
@@ -633,7 +633,11 @@ async fn run_scope(
         );
     }
     exec.lock().started(entry.status.id, pid);
-    exec.publish().await?;
+    // Only the status changes here (the rules are those already in force): a failure to show
+    // the pid must not end the program's conversation, whose end would remove its rules.
+    if let Err(e) = exec.publish().await {
+        tracing::warn!(pid, "exec: {e}");
+    }
     let mut started = entry.status.clone();
     started.pid = pid;
     tracing::info!(
