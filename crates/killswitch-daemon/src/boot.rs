@@ -132,6 +132,7 @@ mod tests {
             Settings {
                 lockdown,
                 allow_lan: true,
+                apps_only: false,
             },
             target,
         ))
@@ -268,6 +269,7 @@ mod exceptions_at_boot {
         let settings = Settings {
             lockdown: true,
             allow_lan: false,
+            apps_only: false,
         };
         store
             .save(&Persisted::new(settings, Target::Disconnected).with_allows(added))

@@ -1552,6 +1552,7 @@ mod tests {
                         &Settings {
                             lockdown: false,
                             allow_lan: true,
+                            apps_only: false,
                         },
                     );
             if self.transient > 0 {

@@ -98,6 +98,12 @@ pub enum Request {
         /// The new value.
         enabled: bool,
     },
+    /// Switch apps-only on or off: protect only `killswitch exec` programs and tunnel-only users,
+    /// not the machine itself. Privileged.
+    AppsOnly {
+        /// The new value.
+        enabled: bool,
+    },
     /// Remove the kill switch entirely. Privileged.
     Off,
     /// Add or remove an exception (an allowed interface, subnet or inbound service). Privileged.
@@ -137,6 +143,7 @@ impl Request {
             Request::Down => "down",
             Request::Lockdown { .. } => "lockdown",
             Request::AllowLan { .. } => "allow-lan",
+            Request::AppsOnly { .. } => "apps-only",
             Request::Off => "off",
             Request::Allow { .. } => "allow",
             Request::Verify => "verify",
@@ -297,6 +304,10 @@ pub struct Status {
     pub lockdown: bool,
     /// Whether LAN access is allowed.
     pub allow_lan: bool,
+    /// Whether apps-only is on: this machine's own traffic is not protected, only `killswitch
+    /// exec` programs and tunnel-only users are. `false` from daemons older than this field.
+    #[serde(default)]
+    pub apps_only: bool,
     /// The protected tunnel, when one is wanted.
     pub tunnel: Option<TunnelStatus>,
     /// The last error, while it still explains the state.
@@ -645,6 +656,7 @@ mod tests {
             Request::Down,
             Request::Lockdown { enabled: true },
             Request::AllowLan { enabled: false },
+            Request::AppsOnly { enabled: true },
             Request::Off,
             Request::Verify,
             Request::Users {
@@ -709,6 +721,12 @@ mod tests {
         let line = encode_line(&RequestEnvelope::new(Request::AllowLan { enabled: false }))
             .expect("encodes");
         assert!(line.contains("\"command\":\"allow-lan\""), "{line}");
+        let line = encode_line(&RequestEnvelope::new(Request::AppsOnly { enabled: true }))
+            .expect("encodes");
+        assert_eq!(
+            line,
+            "{\"version\":1,\"request\":{\"command\":\"apps-only\",\"enabled\":true}}\n"
+        );
         let line = encode_line(&RequestEnvelope::new(Request::Users {
             add: true,
             user: "debian-transmission".to_owned(),
@@ -998,6 +1016,7 @@ mod tests {
             Request::Down,
             Request::Lockdown { enabled: true },
             Request::AllowLan { enabled: true },
+            Request::AppsOnly { enabled: false },
             Request::Off,
         ] {
             assert!(r.is_privileged(), "{}", r.name());

@@ -55,6 +55,17 @@ pub struct Settings {
     pub lockdown: bool,
     /// Allow the fixed private ranges (RFC 1918, link-local, ULA, multicast) outside the tunnel.
     pub allow_lan: bool,
+    /// Protect only the scopes (`killswitch exec` programs, tunnel-only users), never the machine
+    /// itself: no machine-wide table and, for `up`, no machine-wide routing into the tunnel, in
+    /// every state. Lockdown and allow-lan mean nothing while it is on. Absent (off) in files
+    /// and requests from before it, and not written while off, so that an older daemon still
+    /// reads a newer settings file.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub apps_only: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// A tunnel managed by some other program (OpenVPN, wg-quick, ...) that the daemon protects.
@@ -352,6 +363,26 @@ mod tests {
             mark: Some(Fwmark::new(0xca6c).expect("non-zero")),
             uid: None,
         }
+    }
+
+    #[test]
+    fn apps_only_is_written_only_when_on_and_read_when_absent() {
+        let off = Settings::default();
+        let json = serde_json::to_string(&off).expect("serializable");
+        assert_eq!(json, r#"{"lockdown":false,"allow_lan":false}"#);
+        let on = Settings {
+            apps_only: true,
+            ..Settings::default()
+        };
+        let json = serde_json::to_string(&on).expect("serializable");
+        assert_eq!(
+            json,
+            r#"{"lockdown":false,"allow_lan":false,"apps_only":true}"#
+        );
+        assert_eq!(serde_json::from_str::<Settings>(&json).expect("reads"), on);
+        let older: Settings =
+            serde_json::from_str(r#"{"lockdown":true,"allow_lan":false}"#).expect("older file");
+        assert!(!older.apps_only);
     }
 
     #[test]
