@@ -45,6 +45,19 @@ fn utc_time(secs: u64) -> String {
 
 /// A one-sentence explanation of what the state means for the user's traffic.
 fn meaning(status: &Status) -> &'static str {
+    if status.apps_only && !status.firewall.blocking {
+        return match status.state {
+            State::Connected => {
+                "apps only: exec programs and tunnel-only users leave through the tunnel; this machine's own traffic is not protected"
+            }
+            State::Connecting => {
+                "apps only: waiting for the tunnel; exec programs and tunnel-only users reach nothing meanwhile, this machine's own traffic is not protected"
+            }
+            _ => {
+                "apps only: exec programs and tunnel-only users reach nothing; this machine's own traffic is not protected"
+            }
+        };
+    }
     match status.state {
         State::Off => "no protection: the kill switch is switched off",
         State::Disconnected => "no tunnel wanted and lockdown off: traffic flows normally",
@@ -117,8 +130,29 @@ pub(crate) fn status(status: &Status) -> String {
 fn status_at(status: &Status, now: SystemTime) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "state:     {} ({})", status.state, meaning(status));
-    let _ = writeln!(out, "lockdown:  {}", on_off(status.lockdown));
-    let _ = writeln!(out, "allow-lan: {}", on_off(status.allow_lan));
+    if status.apps_only {
+        let _ = writeln!(
+            out,
+            "apps only: on (this machine's own traffic is NOT protected; only `killswitch exec` programs and tunnel-only users are)"
+        );
+    }
+    let not_in_force = if status.apps_only && !status.firewall.blocking {
+        " (not in force: apps only)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "lockdown:  {}{}",
+        on_off(status.lockdown),
+        if status.lockdown { not_in_force } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "allow-lan: {}{}",
+        on_off(status.allow_lan),
+        if status.allow_lan { not_in_force } else { "" }
+    );
     let exceptions = &status.exceptions;
     if !exceptions.local_bridges.is_empty() {
         let _ = writeln!(
@@ -484,6 +518,9 @@ pub(crate) fn event_line(status: &Status) -> String {
         on_off(status.lockdown),
         on_off(status.allow_lan)
     );
+    if status.apps_only {
+        line.push_str(" apps-only=on");
+    }
     if let Some(t) = &status.tunnel {
         let _ = write!(
             line,
@@ -516,6 +553,7 @@ mod tests {
             state: State::Connected,
             lockdown: true,
             allow_lan: false,
+            apps_only: false,
             tunnel: Some(TunnelStatus {
                 interface: "wg0".parse().expect("literal"),
                 endpoint: "198.51.100.1:51820".parse().expect("literal"),
@@ -545,6 +583,26 @@ mod tests {
             blocked: Some(Default::default()),
             tunnel_only_users: Vec::new(),
         }
+    }
+
+    #[test]
+    fn apps_only_says_plainly_that_the_machine_is_not_protected() {
+        let mut s = sample();
+        s.apps_only = true;
+        s.firewall.blocking = false;
+        let text = status_at(&s, SystemTime::UNIX_EPOCH);
+        assert!(
+            text.contains("apps only: on (this machine's own traffic is NOT protected"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockdown:  on (not in force: apps only)"),
+            "{text}"
+        );
+        assert!(text.contains("state:     connected (apps only:"), "{text}");
+        assert!(event_line(&s).contains("apps-only=on"));
+        assert!(!event_line(&sample()).contains("apps-only"));
+        assert!(!status_at(&sample(), SystemTime::UNIX_EPOCH).contains("apps only"));
     }
 
     #[test]

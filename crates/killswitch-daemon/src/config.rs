@@ -46,6 +46,11 @@ pub struct Config {
     /// daemon at start and on reload. One that names no user is refused (shown in `status`), the
     /// others apply.
     pub tunnel_only_users: Vec<String>,
+    /// Protect only `killswitch exec` programs and tunnel-only users, never this machine's own
+    /// traffic (no machine-wide rules, no machine-wide routing into the tunnel, resolv.conf left
+    /// alone). `killswitch apps-only on` does the same from the command line; while this is
+    /// true, `apps-only off` is refused.
+    pub apps_only: bool,
 }
 
 impl Default for Config {
@@ -62,6 +67,7 @@ impl Default for Config {
             allow_inbound: Vec::new(),
             detect_local_bridges: true,
             tunnel_only_users: Vec::new(),
+            apps_only: false,
         }
     }
 }

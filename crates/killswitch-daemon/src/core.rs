@@ -82,6 +82,8 @@ pub struct CoreOptions {
     pub identify: Identify,
     /// config.toml's tunnel-only users, resolved by the daemon (or why each was refused).
     pub tunnel_only_users: Vec<Result<crate::users::TunnelOnlyUser, String>>,
+    /// config.toml's `apps_only` ([`crate::apps_only`]).
+    pub apps_only: bool,
 }
 
 /// What a reloaded configuration changes in a running daemon: the rules' exceptions at once, and
@@ -101,6 +103,8 @@ pub struct Reconfigured {
     pub wireguard_dir: PathBuf,
     /// config.toml's tunnel-only users, resolved again (or why each was refused).
     pub tunnel_only_users: Vec<Result<crate::users::TunnelOnlyUser, String>>,
+    /// config.toml's `apps_only`.
+    pub apps_only: bool,
 }
 
 /// Finds the local bridges and looks at the allowed interfaces (their names given), bridges
@@ -137,6 +141,7 @@ impl CoreOptions {
             lan: killswitch_policy::Lan::default(),
             allows: killswitch_types::Allows::default(),
             tunnel_only_users: Vec::new(),
+            apps_only: false,
             detect_local_bridges: true,
             look_locals: Box::new(crate::locals::look),
             identify: Box::new(crate::links::identify),
@@ -172,6 +177,8 @@ pub enum Command {
     Lockdown(bool),
     /// `allow-lan on|off`.
     AllowLan(bool),
+    /// `apps-only on|off`.
+    AppsOnly(bool),
     /// `allow add|remove`.
     Allow {
         /// Add (true) or remove.
@@ -227,6 +234,7 @@ impl Command {
             Request::Off => Command::Off,
             Request::Lockdown { enabled } => Command::Lockdown(*enabled),
             Request::AllowLan { enabled } => Command::AllowLan(*enabled),
+            Request::AppsOnly { enabled } => Command::AppsOnly(*enabled),
             Request::Allow { add, entry } => Command::Allow {
                 add: *add,
                 entry: entry.clone(),
@@ -618,8 +626,10 @@ impl<F: Firewall> Core<F> {
                             health_bound,
                             wireguard_dir,
                             tunnel_only_users,
+                            apps_only,
                         } = *new;
                         self.options.tunnel_only_users = tunnel_only_users;
+                        self.options.apps_only = apps_only;
                         self.options.lan = lan;
                         self.options.allows = allows;
                         self.options.detect_local_bridges = detect_local_bridges;
@@ -856,6 +866,7 @@ impl<F: Firewall> Core<F> {
             state: self.state,
             lockdown: self.settings.lockdown,
             allow_lan: self.settings.allow_lan,
+            apps_only: self.apps_only(),
             tunnel,
             error,
             firewall: self.firewall_status.clone(),
@@ -1063,6 +1074,11 @@ impl<F: Firewall> Core<F> {
     /// unreachable as any other until it is back, and flapping the file helps nobody); the
     /// user's own otherwise.
     pub fn dns_want(&self) -> DnsWant {
+        if self.apps_only() {
+            // The machine is not in the tunnel: its resolvers are its own (an exec namespace
+            // gets the tunnel's in a resolv.conf of its own).
+            return DnsWant::Restore;
+        }
         match (&self.target, &self.manager) {
             (Target::Up(spec), Some(manager)) if manager.is_up() => {
                 let config = manager.active().1;
@@ -1164,6 +1180,7 @@ impl<F: Firewall> Core<F> {
                 settings.lockdown = false;
             }
             Command::Lockdown(enabled) => {
+                crate::apps_only::check_lockdown(*enabled, &settings, self.options.apps_only)?;
                 settings.lockdown = *enabled;
                 // Lockdown blocks whenever no tunnel is connected. After `off` that means leaving
                 // `off`: otherwise `off` would keep winning and lockdown would arm nothing.
@@ -1172,6 +1189,10 @@ impl<F: Firewall> Core<F> {
                 }
             }
             Command::AllowLan(enabled) => settings.allow_lan = *enabled,
+            Command::AppsOnly(enabled) => {
+                crate::apps_only::check_switch(*enabled, &settings, self.options.apps_only)?;
+                settings.apps_only = *enabled;
+            }
             Command::Allow { add, entry } => allows = self.changed_allows(*add, entry)?,
             Command::Users { add, user, uid } => users = self.changed_users(*add, user, *uid)?,
         }
@@ -1237,6 +1258,18 @@ impl<F: Firewall> Core<F> {
         }
     }
 
+    /// Whether apps-only is in force (config.toml's or the CLI's): `status` says so.
+    fn apps_only(&self) -> bool {
+        crate::apps_only::in_force(&self.settings, self.options.apps_only)
+    }
+
+    /// The settings the policy compiles: apps-only as in force, except while a fault blocks
+    /// everything ([`crate::apps_only::policy_settings`]).
+    fn policy_settings(&self) -> Settings {
+        let faulty = self.config_fault.is_some() || self.settings_fault.is_some();
+        crate::apps_only::policy_settings(self.settings, self.options.apps_only, faulty)
+    }
+
     /// The state the inputs call for, and the policy state to compile.
     fn desired(&self) -> (State, PolicyState) {
         if self.target == Target::Off {
@@ -1248,7 +1281,7 @@ impl<F: Firewall> Core<F> {
         }
         match &self.target {
             Target::Off => (State::Off, PolicyState::Off),
-            Target::Disconnected if self.settings.lockdown => {
+            Target::Disconnected if self.policy_settings().lockdown => {
                 (State::Blocked, PolicyState::Disconnected)
             }
             Target::Disconnected => (State::Disconnected, PolicyState::Disconnected),
@@ -1334,7 +1367,8 @@ impl<F: Firewall> Core<F> {
         let before = self.status();
         let (state, policy) = self.desired();
         let exceptions = self.exceptions();
-        let ruleset = compile_for(&policy, &self.settings, &exceptions);
+        let settings = self.policy_settings();
+        let ruleset = compile_for(&policy, &settings, &exceptions);
         let enforced = if self.apply_error.is_none() && self.applied.as_ref() == Some(&ruleset) {
             self.state = state;
             policy
@@ -1364,12 +1398,7 @@ impl<F: Firewall> Core<F> {
         };
         // The second layer follows the first: loosened after it, so a loosening is never ahead of
         // the firewall; tightened after it too, which the firewall already covers.
-        let layer = compile_routes_for(
-            &enforced,
-            &self.settings,
-            &exceptions,
-            &self.tunnel_networks(),
-        );
+        let layer = compile_routes_for(&enforced, &settings, &exceptions, &self.tunnel_networks());
         self.routing_intent.clone_from(&layer);
         match self.firewall.apply_routes(layer.as_ref()) {
             Ok(repaired) => {
@@ -1407,7 +1436,7 @@ impl<F: Firewall> Core<F> {
         tracing::error!(%wanted, "applying the firewall failed: {error}");
         let before = self.state;
         self.state = State::Blocked;
-        let blocking = compile_for(&PolicyState::Blocked, &self.settings, exceptions);
+        let blocking = compile_for(&PolicyState::Blocked, &self.policy_settings(), exceptions);
         match self.firewall.apply(&blocking) {
             Ok(took) => {
                 self.record_applied(blocking, took);
@@ -2041,6 +2070,8 @@ mod tests {
             tunnel_only_users: crate::users::resolve_all(
                 &users.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>(),
             ),
+
+            apps_only: false,
         };
         let now = Instant::now();
         core.on(
@@ -2455,6 +2486,7 @@ mod tests {
             health_bound: Duration::from_secs(5),
             wireguard_dir: "/etc/wireguard".into(),
             tunnel_only_users: Vec::new(),
+            apps_only: false,
         };
         core.on(Input::Reloaded(Ok(Box::new(good))), now);
         let status = core.status();
@@ -2662,5 +2694,199 @@ mod tests {
         );
         retry.follow(false, now);
         assert_eq!(retry, RetryTimer::default());
+    }
+
+    /// A packet this machine sends by `oif` to a public address, from `uid`.
+    fn sent(oif: &str, uid: Option<u32>) -> Packet {
+        Packet {
+            uid,
+            ..Packet::output(
+                oif,
+                "192.0.2.2".parse().expect("literal"),
+                "203.0.113.10".parse().expect("literal"),
+                Transport::tcp(40000, 443),
+            )
+        }
+    }
+
+    /// Whether the kernel (as recorded) accepts `p`: with no table installed, everything.
+    fn kernel_accepts(core: &Core<&mut Recorder>, p: &Packet) -> bool {
+        core.applied
+            .as_ref()
+            .is_none_or(|r| r.verdict(p).is_accept())
+    }
+
+    #[test]
+    fn apps_only_confines_only_the_scopes_in_every_state_and_is_persisted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let options = CoreOptions {
+            tunnel_only_users: crate::users::resolve_all(&["1001".to_owned()]),
+            ..test_options(dir.path())
+        };
+        let mut core = core_with(&mut fw, dir.path(), options);
+        let status = core
+            .handle_request(&Request::AppsOnly { enabled: true })
+            .expect("apps-only on");
+        assert!(status.apps_only);
+        assert_eq!(status.state, State::Disconnected);
+        assert!(status.firewall.installed && !status.firewall.blocking);
+        // Guarding a tunnel: connecting, then connected; the machine is free in both, the user
+        // leaves by the tunnel only, and only once it carries traffic.
+        core.handle_request(&Request::Guard(spec())).expect("guard");
+        assert_eq!(core.status().state, State::Connecting);
+        assert!(kernel_accepts(&core, &sent("eth0", Some(1000))));
+        assert!(kernel_accepts(&core, &sent("eth0", None)));
+        assert!(!kernel_accepts(&core, &sent("eth0", Some(1001))));
+        assert!(!kernel_accepts(&core, &sent("wg0", Some(1001))));
+        core.observe(up());
+        core.reconcile();
+        let status = core.status();
+        assert_eq!(status.state, State::Connected);
+        assert!(status.firewall.installed && !status.firewall.blocking);
+        assert!(kernel_accepts(&core, &sent("eth0", Some(1000))));
+        assert!(!kernel_accepts(&core, &sent("eth0", Some(1001))));
+        assert!(kernel_accepts(&core, &sent("wg0", Some(1001))));
+        // The routing layer takes the user (and the tunnel's resolver) into the tunnel, nothing
+        // else: no catch-all.
+        let routes = core.routing_intent.clone().expect("a routing layer");
+        assert!(
+            routes
+                .rules
+                .iter()
+                .all(|r| r.priority < killswitch_policy::routes::PRIORITY_CATCH_ALL && !r.invert),
+            "{routes:?}"
+        );
+        // A restart keeps it, as the settings file says.
+        drop(core);
+        let mut fw2 = Recorder::default();
+        let again = self::core(&mut fw2, dir.path());
+        assert!(again.status().apps_only);
+        assert_eq!(again.status().lockdown, false);
+        drop(again);
+        // Off again: the machine-wide kill switch is back at once.
+        let mut fw3 = Recorder::default();
+        let mut again = self::core(&mut fw3, dir.path());
+        again.observe(up());
+        again.reconcile();
+        let status = again
+            .handle_request(&Request::AppsOnly { enabled: false })
+            .expect("apps-only off");
+        assert!(!status.apps_only && status.firewall.blocking);
+        assert!(!kernel_accepts(&again, &sent("eth0", Some(1000))));
+    }
+
+    #[test]
+    fn apps_only_and_lockdown_refuse_each_other_and_change_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = self::core(&mut fw, dir.path());
+        core.handle_request(&Request::Lockdown { enabled: true })
+            .expect("lockdown");
+        let before = core.status();
+        assert_eq!(before.state, State::Blocked);
+        let err = core
+            .handle_request(&Request::AppsOnly { enabled: true })
+            .expect_err("refused while lockdown is on");
+        assert!(
+            err.message.contains("lockdown off") && err.message.contains("nothing was changed"),
+            "{}",
+            err.message
+        );
+        assert_eq!(core.status(), before);
+        core.handle_request(&Request::Lockdown { enabled: false })
+            .expect("lockdown off");
+        core.handle_request(&Request::AppsOnly { enabled: true })
+            .expect("apps-only on");
+        let before = core.status();
+        let err = core
+            .handle_request(&Request::Lockdown { enabled: true })
+            .expect_err("refused while apps-only is on");
+        assert!(err.message.contains("apps-only off"), "{}", err.message);
+        assert_eq!(core.status(), before);
+        // allow-lan is taken (it applies once apps-only is off) and changes nothing now.
+        let applied = core.applied.clone();
+        let status = core
+            .handle_request(&Request::AllowLan { enabled: true })
+            .expect("allow-lan");
+        assert!(status.allow_lan && status.apps_only);
+        assert_eq!(core.applied, applied);
+        // `off` leaves apps-only as it is: it is about the machine-wide kill switch.
+        let status = core.handle_request(&Request::Off).expect("off");
+        assert!(status.apps_only && status.state == State::Off);
+    }
+
+    #[test]
+    fn apps_only_from_config_toml_applies_on_reload_and_cannot_be_switched_off_by_the_cli() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = self::core(&mut fw, dir.path());
+        core.handle_request(&Request::Guard(spec())).expect("guard");
+        core.observe(up());
+        core.reconcile();
+        assert!(core.status().firewall.blocking);
+        let reconfigured = |apps_only| Reconfigured {
+            lan: killswitch_policy::Lan::default(),
+            allows: killswitch_types::Allows::default(),
+            detect_local_bridges: true,
+            health_bound: Duration::from_secs(3),
+            wireguard_dir: "/etc/wireguard".into(),
+            tunnel_only_users: Vec::new(),
+            apps_only,
+        };
+        let now = Instant::now();
+        core.on(Input::Reloaded(Ok(Box::new(reconfigured(true)))), now);
+        core.on(Input::Looked(up()), now);
+        let status = core.status();
+        assert!(status.apps_only, "{status:?}");
+        assert_eq!(status.state, State::Connected);
+        assert!(!status.firewall.blocking);
+        assert!(kernel_accepts(&core, &sent("eth0", Some(1000))));
+        // No scopes, and the tunnel's resolver routed into it for the daemon's probes: nothing
+        // else of the machine.
+        let routes = core.routing_intent.clone().expect("the resolver's rule");
+        assert!(routes.rules.iter().all(|r| matches!(
+            r.selector,
+            killswitch_policy::routes::Selector::To(net) if net.addr().to_string() == "10.64.0.1"
+        )));
+        let err = core
+            .handle_request(&Request::AppsOnly { enabled: false })
+            .expect_err("config.toml's");
+        assert!(err.message.contains("config.toml"), "{}", err.message);
+        let err = core
+            .handle_request(&Request::Lockdown { enabled: true })
+            .expect_err("config.toml's apps-only");
+        assert!(err.message.contains("config.toml"), "{}", err.message);
+        // A reload without it: the machine-wide kill switch is back in the same step.
+        core.on(Input::Reloaded(Ok(Box::new(reconfigured(false)))), now);
+        core.on(Input::Looked(up()), now);
+        let status = core.status();
+        assert!(!status.apps_only && status.firewall.blocking);
+        assert!(!kernel_accepts(&core, &sent("eth0", Some(1000))));
+    }
+
+    #[test]
+    fn a_fault_blocks_the_whole_machine_even_with_apps_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut fw = Recorder::default();
+            let mut core = self::core(&mut fw, dir.path());
+            core.handle_request(&Request::AppsOnly { enabled: true })
+                .expect("apps-only on");
+        }
+        let mut fw = Recorder::default();
+        let core = Core::new(
+            &mut fw,
+            Store::new(dir.path()),
+            Some("bad config".to_owned()),
+            test_options(dir.path()),
+            Instant::now(),
+        );
+        let mut core = core;
+        core.reconcile();
+        let status = core.status();
+        assert_eq!(status.state, State::Blocked);
+        assert!(status.firewall.blocking, "{status:?}");
+        assert!(!kernel_accepts(&core, &sent("eth0", Some(1000))));
     }
 }

@@ -20,6 +20,7 @@
 //! - [`args`]: the command line (here, not in `main.rs`, so that the man page is made from it).
 
 pub mod admission;
+pub mod apps_only;
 pub mod args;
 pub mod authz;
 pub mod blocked;

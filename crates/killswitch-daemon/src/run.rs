@@ -87,6 +87,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         allows: config.allows(),
         detect_local_bridges: config.detect_local_bridges,
         tunnel_only_users: crate::users::resolve_all(&config.tunnel_only_users),
+        apps_only: config.apps_only,
         // The manager's readings of its device also give `status` the tunnel's handshake.
         factory: crate::handshake::tapped(defaults.factory, handshakes.clone()),
         ..defaults
@@ -291,6 +292,7 @@ fn reload(
         wireguard_dir: new.wireguard_dir.clone(),
         // Looked up again: a user created since the last load counts now.
         tunnel_only_users: crate::users::resolve_all(&new.tunnel_only_users),
+        apps_only: new.apps_only,
     };
     running.wireguard_dir = new.wireguard_dir;
     running.dead_after_seconds = new.dead_after_seconds;
@@ -300,6 +302,7 @@ fn reload(
     running.allow_inbound = new.allow_inbound;
     running.detect_local_bridges = new.detect_local_bridges;
     running.tunnel_only_users = new.tunnel_only_users;
+    running.apps_only = new.apps_only;
     Ok(Box::new(reconfigured))
 }
 
