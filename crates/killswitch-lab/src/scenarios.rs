@@ -17,6 +17,7 @@ use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+mod apps_only;
 mod coexist;
 mod coexist_firewalls;
 mod counters;
@@ -37,7 +38,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 29] = [
+pub const ALL: [Scenario; 30] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -127,6 +128,11 @@ pub const ALL: [Scenario; 29] = [
         name: "tunnel-only-user",
         guards: "a tunnel-only user's packets leave only through the tunnel, bound or ping sockets included, even while the machine is disconnected or off",
         script: tunnel_only_user::tunnel_only_user,
+    },
+    Scenario {
+        name: "apps-only",
+        guards: "with apps-only on and a real `up` tunnel, the machine's own sender goes directly (by choice) while a tunnel-only user's packets leave only through the tunnel, and none reach the physical link after the tunnel is killed",
+        script: apps_only::apps_only,
     },
     Scenario {
         name: "second-daemon",
