@@ -71,12 +71,10 @@ pub fn run(
 ) -> Result<Decision, String> {
     let loaded = store.load();
     let (mut decision, settings) = decide(&loaded);
-    if apps_only && matches!(loaded, Loaded::Found(_)) {
-        if let Decision::Block(_) = &decision {
-            decision = Decision::Leave(
-                "apps_only = true in config.toml: this machine is not protected".to_owned(),
-            );
-        }
+    if apps_only && matches!(loaded, Loaded::Found(_)) && matches!(decision, Decision::Block(_)) {
+        decision = Decision::Leave(
+            "apps_only = true in config.toml: this machine is not protected".to_owned(),
+        );
     }
     let mut exceptions = exceptions.clone();
     if let Loaded::Found(persisted) = &loaded {

@@ -2762,7 +2762,7 @@ mod tests {
         let mut fw2 = Recorder::default();
         let again = self::core(&mut fw2, dir.path());
         assert!(again.status().apps_only);
-        assert_eq!(again.status().lockdown, false);
+        assert!(!again.status().lockdown);
         drop(again);
         // Off again: the machine-wide kill switch is back at once.
         let mut fw3 = Recorder::default();

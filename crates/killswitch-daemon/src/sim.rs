@@ -666,14 +666,15 @@ impl Sim {
         if expectation.apps_only {
             // Apps-only: a layer only for the tunnel's resolvers (the model has no scopes), and
             // never a rule that takes the machine into our table.
-            if let Some(layer) = &kernel.routes {
-                if let Some(rule) = layer.rules.iter().find(|r| {
+            let machine = kernel.routes.as_ref().and_then(|layer| {
+                layer.rules.iter().find(|r| {
                     r.invert || !matches!(r.selector, killswitch_policy::routes::Selector::To(_))
-                }) {
-                    wrong.push(format!(
-                        "apps-only, yet the routing layer takes the machine: {rule:?}"
-                    ));
-                }
+                })
+            });
+            if let Some(rule) = machine {
+                wrong.push(format!(
+                    "apps-only, yet the routing layer takes the machine: {rule:?}"
+                ));
             }
         } else if kernel.routes.is_some() != has_rules {
             wrong.push(format!(
