@@ -2889,4 +2889,104 @@ mod tests {
         assert!(status.firewall.blocking, "{status:?}");
         assert!(!kernel_accepts(&core, &sent("eth0", Some(1000))));
     }
+
+    /// Invariant 9 with apps-only in the mix: after every command (carried out or refused) in
+    /// every state, `status` says what the (recorded) kernel holds: with apps-only, no blocking
+    /// table and the machine's own packets accepted; without it, a table exactly when the state
+    /// protects; lockdown never shown in force while nothing enforces it; a refused command changes
+    /// nothing; and a restart and the early-boot step resume the same.
+    #[test]
+    fn every_command_with_apps_only_enforces_what_status_says() {
+        let on = Request::AppsOnly { enabled: true };
+        let states: [(&str, &[Request]); 5] = [
+            ("fresh", &[]),
+            ("apps-only", std::slice::from_ref(&on)),
+            ("apps-only, guarding", &[on.clone(), Request::Guard(spec())]),
+            ("lockdown", &[Request::Lockdown { enabled: true }]),
+            ("apps-only, off", &[on.clone(), Request::Off]),
+        ];
+        let commands = [
+            on.clone(),
+            Request::AppsOnly { enabled: false },
+            Request::Guard(spec()),
+            Request::Down,
+            Request::Off,
+            Request::Lockdown { enabled: true },
+            Request::Lockdown { enabled: false },
+            Request::AllowLan { enabled: true },
+        ];
+        for (name, setup) in states {
+            for tunnel_up in [false, true] {
+                for command in &commands {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let mut fw = Recorder::default();
+                    let mut daemon = core(&mut fw, dir.path());
+                    for request in setup {
+                        daemon.handle_request(request).expect("setup");
+                    }
+                    daemon.observe(if tunnel_up { up() } else { None });
+                    daemon.reconcile();
+                    let before = daemon.status();
+                    let answer = daemon.handle_request(command);
+                    daemon.observe(if tunnel_up { up() } else { None });
+                    daemon.reconcile();
+                    let status = daemon.status();
+                    let case = format!(
+                        "{name}, tunnel {}, then {command:?}: {status:?}",
+                        if tunnel_up { "up" } else { "down" }
+                    );
+                    if let Err(refused) = &answer {
+                        assert!(refused.message.contains("nothing was changed"), "{case}");
+                        assert_eq!(status, before, "a refusal changed something: {case}");
+                    }
+                    let table = daemon
+                        .firewall
+                        .applied
+                        .last()
+                        .is_some_and(|r| r.table.is_some());
+                    assert_eq!(status.firewall.installed, table, "{case}");
+                    let machine_free = kernel_accepts(&daemon, &sent("eth0", Some(1000)));
+                    if status.apps_only {
+                        assert!(!status.firewall.blocking && machine_free, "{case}");
+                        assert!(!table, "no scopes here, so no table: {case}");
+                        assert!(!status.lockdown, "lockdown cannot be on: {case}");
+                    } else {
+                        let protected = matches!(
+                            status.state,
+                            State::Blocked | State::Connecting | State::Connected
+                        );
+                        assert_eq!(protected, table, "{case}");
+                        assert_eq!(protected, !machine_free, "{case}");
+                    }
+                    let boot = crate::boot::decide(&Store::new(dir.path()).load()).0;
+                    assert_eq!(
+                        matches!(boot, crate::boot::Decision::Block(_)),
+                        status.firewall.blocking,
+                        "early boot disagrees: {case}"
+                    );
+                    drop(daemon);
+                    let mut fw = Recorder::default();
+                    let mut restarted = core(&mut fw, dir.path());
+                    restarted.observe(if tunnel_up { up() } else { None });
+                    restarted.reconcile();
+                    let again = restarted.status();
+                    assert_eq!(
+                        (
+                            again.state,
+                            again.apps_only,
+                            again.lockdown,
+                            again.firewall.blocking
+                        ),
+                        (
+                            status.state,
+                            status.apps_only,
+                            status.lockdown,
+                            status.firewall.blocking
+                        ),
+                        "restart: {case}"
+                    );
+                }
+            }
+        }
+    }
 }
