@@ -195,7 +195,9 @@ pub fn compile_routes_for(
         probe,
     }) = state.parts(settings)
     else {
-        return tunnel_only_layer(&exceptions.tunnel_only_uids);
+        // `off` and unlocked `disconnected`: the scopes alone, as with apps-only (no tunnel is
+        // known in these states, so their table holds only `unreachable`).
+        return scopes_layer(state, exceptions);
     };
     let mut rules = tunnel_only_rules(&exceptions.tunnel_only_uids);
     if settings.allow_lan || !exceptions.subnets.is_empty() {
@@ -331,23 +333,8 @@ fn tunnel_only_rules(uids: &[u32]) -> Vec<RoutingRule> {
         .collect()
 }
 
-/// The layer of a state that otherwise has none (`off`, unlocked `disconnected`): only the
-/// tunnel-only users' rules, and a table of nothing but `unreachable` (no tunnel is known in
-/// these states, so they reach nothing beyond this machine). `None` without such users.
-fn tunnel_only_layer(uids: &[u32]) -> Option<RoutingLayer> {
-    if uids.is_empty() {
-        return None;
-    }
-    Some(RoutingLayer {
-        rules: tunnel_only_rules(uids),
-        routes: [IpFamily::V4, IpFamily::V6]
-            .into_iter()
-            .map(TableRoute::Unreachable)
-            .collect(),
-    })
-}
-
-/// The layer with apps-only on, in every state: nothing routes the machine into the tunnel. Only
+/// The layer of the scopes alone: with apps-only on, in every state, and in `off` and unlocked
+/// `disconnected` (where the machine has no layer). Nothing routes the machine into the tunnel. Only
 /// the scopes lead to [`ROUTE_TABLE`] (the tunnel-only users' `uidrange` rules at
 /// [`PRIORITY_TUNNEL_ONLY_USERS`]; `killswitch exec`'s namespaces add their `iif` rules beside
 /// them), where they find the tunnel's default route while it is connected and `unreachable`
