@@ -123,7 +123,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     core.set_dns_status(dns.status());
     let mut sleep = SleepSignals::subscribe(bus.as_ref()).await;
     let first = core.status();
-    tracing::info!(state = %first.state, lockdown = first.lockdown, allow_lan = first.allow_lan, "started");
+    tracing::info!(state = %first.state, lockdown = first.lockdown, allow_lan = first.allow_lan, apps_only = first.apps_only, "started");
 
     let (status_tx, status_rx) = watch::channel(first);
     let (events, _) = broadcast::channel::<Status>(64);
