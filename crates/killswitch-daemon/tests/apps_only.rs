@@ -178,3 +178,39 @@ fn apps_only_up_leaves_the_machines_routing_alone_and_routes_only_the_scopes() -
     );
     Ok(())
 }
+
+#[test]
+fn apps_only_on_gives_the_machines_resolvers_back_and_off_takes_them_again() -> Result<()> {
+    if !require_root("apps_only_on_gives_the_machines_resolvers_back_and_off_takes_them_again") {
+        return Ok(());
+    }
+    let mut lab = Lab::new("appdns", RATE)?;
+    lab.start_up_servers(1)?;
+    let original = lab.resolv_conf();
+    lab.up_with_dns().with_context(|| lab.diagnostics())?;
+    ensure!(
+        lab.resolv_conf() != original,
+        "up did not point resolv.conf at the tunnel"
+    );
+    let daemon = lab.daemon()?;
+    daemon.cli(&["apps-only", "on"])?.ok()?;
+    let status = daemon.wait_for("DNS given back", EVENT_TIMEOUT, |s| {
+        s.apps_only && s.state == State::Connected && s.dns.is_none()
+    })?;
+    ensure!(
+        lab.resolv_conf() == original,
+        "apps-only on: resolv.conf is not the machine's own again: {:?} ({status:?})",
+        lab.resolv_conf()
+    );
+    daemon.cli(&["apps-only", "off"])?.ok()?;
+    daemon
+        .wait_for("DNS pointed at the tunnel again", EVENT_TIMEOUT, |s| {
+            !s.apps_only && killswitch_lab::lab::dns_managed(s)
+        })
+        .with_context(|| lab.diagnostics())?;
+    ensure!(
+        lab.resolv_conf() != original,
+        "apps-only off: resolv.conf does not name the tunnel's resolver"
+    );
+    Ok(())
+}
