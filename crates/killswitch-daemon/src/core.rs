@@ -28,6 +28,11 @@
 //! | up         | any      | waiting, or handshaking with server n | no  | connecting   | server n's hole (+ the probe into it) |
 //! | up         | any      | handshake done, alive               | no    | connected    | the tunnel + server n's hole          |
 //!
+//! With apps-only on (`crate::apps_only`), the state is derived the same way (lockdown cannot be
+//! on with it, and where config.toml holds both, apps-only wins), but the rules of every row are
+//! the scopes' alone: the machine's own traffic gets none, and the scopes get the tunnel while it
+//! is connected. A fault still blocks everything.
+//!
 //! `off` switches lockdown off; `lockdown on` after `off` leaves `off` (to `down`). A fault is a
 //! broken configuration file or an unusable settings file. `up` moves to the next server (the
 //! hole first, then the device) when a handshake does not come within 5 s, when the tunnel is
