@@ -287,6 +287,18 @@ mod tests {
     }
 
     #[test]
+    fn apps_only_is_read_and_a_misspelling_or_a_string_is_refused() {
+        assert_eq!(
+            Config::parse("apps_only = true\n").map(|c| c.apps_only),
+            Ok(true)
+        );
+        let err = Config::parse("apps-only = true\n").expect_err("misspelt");
+        assert!(err.contains("apps-only"), "{err}");
+        let err = Config::parse("apps_only = \"yes\"\n").expect_err("a string");
+        assert!(err.contains("apps_only") || err.contains("line 1"), "{err}");
+    }
+
+    #[test]
     fn missing_file_is_the_default() {
         let dir = tempfile::tempdir().expect("tempdir");
         assert_eq!(
