@@ -544,6 +544,7 @@ mod tests {
             notes: vec![],
             blocked: Some(Default::default()),
             tunnel_only_users: Vec::new(),
+            on_drop: Default::default(),
         }
     }
 

@@ -417,6 +417,8 @@ impl Sim {
                 }
                 // The simulated devices see their servers' answers without probes.
                 Effect::Probe(_) | Effect::Publish(_) => continue,
+                // The simulation watches no programs, so the core never asks.
+                Effect::Freeze { .. } | Effect::Thaw => continue,
             };
             let more = self.core()?.on(answer, now);
             for effect in more.into_iter().rev() {
