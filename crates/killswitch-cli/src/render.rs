@@ -286,6 +286,7 @@ fn status_at(status: &Status, now: SystemTime) -> String {
             fw.tamper_events
         );
     }
+    on_drop(&mut out, &status.on_drop);
     let _ = writeln!(
         out,
         "error:     {}",
@@ -296,6 +297,36 @@ fn status_at(status: &Status, now: SystemTime) -> String {
         let _ = writeln!(out, "note:      {}", clean(note));
     }
     out
+}
+
+/// Freeze on drop: each watched program (what happens to it, whether it is frozen, how many
+/// processes), what was last done, what config.toml had refused, and why it cannot work.
+fn on_drop(out: &mut String, on_drop: &killswitch_types::ipc::OnDropStatus) {
+    for program in &on_drop.programs {
+        let now = match (program.on_drop, program.frozen) {
+            (_, true) => "frozen",
+            (killswitch_types::OnDrop::Freeze, false) => "running",
+            (killswitch_types::OnDrop::Kill, false) => "running, killed if the tunnel is lost",
+        };
+        let _ = writeln!(
+            out,
+            "on-drop:   {} {}: {now}, {} process{} ({})",
+            program.on_drop,
+            clean(&program.label),
+            program.processes,
+            if program.processes == 1 { "" } else { "es" },
+            clean(&program.cgroup)
+        );
+    }
+    if let Some(event) = &on_drop.last_event {
+        let _ = writeln!(out, "on-drop:   last: {}", clean(event));
+    }
+    for refused in &on_drop.refused {
+        let _ = writeln!(out, "refused:   {}", clean(refused));
+    }
+    if let Some(error) = &on_drop.error {
+        let _ = writeln!(out, "on-drop:   NOT working: {}", clean(error));
+    }
 }
 
 /// The counts per reason on one line: `12 packets (non-tunnel 9, dns 3, ipv6 0, inbound 0)`.
@@ -495,6 +526,9 @@ pub(crate) fn event_line(status: &Status) -> String {
         if let Some(event) = t.managed.as_ref().and_then(|m| m.last_event.as_ref()) {
             let _ = write!(line, " last={event:?}");
         }
+    }
+    if let Some(event) = &status.on_drop.last_event {
+        let _ = write!(line, " on-drop={event:?}");
     }
     if let Some(error) = &status.error {
         let _ = write!(line, " error={error:?}");
@@ -885,6 +919,61 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn watched_programs_show_in_status_and_what_was_done_in_events() {
+        let mut s = sample();
+        s.state = State::Connecting;
+        s.on_drop = killswitch_types::ipc::OnDropStatus {
+            programs: vec![
+                killswitch_types::ipc::WatchedProgram {
+                    label: "/usr/bin/transmission-daemon".to_owned(),
+                    on_drop: killswitch_types::OnDrop::Freeze,
+                    cgroup: "/sys/fs/cgroup/killswitch/net-1/drop-0".to_owned(),
+                    frozen: true,
+                    processes: 3,
+                },
+                killswitch_types::ipc::WatchedProgram {
+                    label: "/usr/bin/qbittorrent-nox".to_owned(),
+                    on_drop: killswitch_types::OnDrop::Kill,
+                    cgroup: "/sys/fs/cgroup/killswitch/net-1/drop-1".to_owned(),
+                    frozen: false,
+                    processes: 0,
+                },
+            ],
+            held: true,
+            last_event: Some("frozen 1 program, killed 1 program (tunnel lost)".to_owned()),
+            refused: vec!["freeze_on_drop /opt/none: no such file".to_owned()],
+            error: None,
+        };
+        let report = status(&s);
+        assert!(
+            report.contains(
+                "on-drop:   freeze /usr/bin/transmission-daemon: frozen, 3 processes \
+                 (/sys/fs/cgroup/killswitch/net-1/drop-0)\n"
+            ),
+            "{report}"
+        );
+        assert!(
+            report.contains("on-drop:   kill /usr/bin/qbittorrent-nox: running, killed if the tunnel is lost, 0 processes"),
+            "{report}"
+        );
+        assert!(report.contains("on-drop:   last: frozen 1 program, killed 1 program (tunnel lost)\n"));
+        assert!(report.contains("refused:   freeze_on_drop /opt/none: no such file\n"));
+        assert!(
+            event_line(&s).ends_with(" on-drop=\"frozen 1 program, killed 1 program (tunnel lost)\""),
+            "{}",
+            event_line(&s)
+        );
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(json["on_drop"]["programs"][0]["on_drop"], "freeze");
+        assert_eq!(json["on_drop"]["programs"][1]["on_drop"], "kill");
+        assert_eq!(json["on_drop"]["held"], true);
+        // Nothing watched: nothing shown, and no field in the JSON.
+        let quiet = sample();
+        assert!(!status(&quiet).contains("on-drop"));
+        assert!(serde_json::to_value(&quiet).expect("json").get("on_drop").is_none());
     }
 
     #[test]
