@@ -959,10 +959,13 @@ mod tests {
             report.contains("on-drop:   kill /usr/bin/qbittorrent-nox: running, killed if the tunnel is lost, 0 processes"),
             "{report}"
         );
-        assert!(report.contains("on-drop:   last: frozen 1 program, killed 1 program (tunnel lost)\n"));
+        assert!(
+            report.contains("on-drop:   last: frozen 1 program, killed 1 program (tunnel lost)\n")
+        );
         assert!(report.contains("refused:   freeze_on_drop /opt/none: no such file\n"));
         assert!(
-            event_line(&s).ends_with(" on-drop=\"frozen 1 program, killed 1 program (tunnel lost)\""),
+            event_line(&s)
+                .ends_with(" on-drop=\"frozen 1 program, killed 1 program (tunnel lost)\""),
             "{}",
             event_line(&s)
         );
@@ -973,7 +976,12 @@ mod tests {
         // Nothing watched: nothing shown, and no field in the JSON.
         let quiet = sample();
         assert!(!status(&quiet).contains("on-drop"));
-        assert!(serde_json::to_value(&quiet).expect("json").get("on_drop").is_none());
+        assert!(
+            serde_json::to_value(&quiet)
+                .expect("json")
+                .get("on_drop")
+                .is_none()
+        );
     }
 
     #[test]

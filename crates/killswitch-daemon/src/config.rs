@@ -172,10 +172,7 @@ impl Config {
 /// `freeze_on_drop` and `kill_on_drop`: absolute paths, each named once across both lists (a
 /// program cannot be both frozen and killed). Whether each exists is looked at when it is used,
 /// as for tunnel-only users: a program not installed yet is refused in `status`, not a broken file.
-fn check_on_drop(
-    freeze: &[std::path::PathBuf],
-    kill: &[std::path::PathBuf],
-) -> Result<(), String> {
+fn check_on_drop(freeze: &[std::path::PathBuf], kill: &[std::path::PathBuf]) -> Result<(), String> {
     let all = (freeze.iter().map(|p| ("freeze_on_drop", p)))
         .chain(kill.iter().map(|p| ("kill_on_drop", p)));
     let mut seen: Vec<(&str, &std::path::PathBuf)> = Vec::new();

@@ -385,7 +385,8 @@ pub enum Effect {
     WakeAt(Option<Instant>),
     /// The tunnel is lost (a tunnel is wanted and the state is not `connected`): freeze every
     /// watched program's cgroup, kill the `kill_on_drop` ones; answer with [`Input::OnDrop`].
-    /// It comes first among an input's effects, right after the firewall has moved.
+    /// It is the last effect of its input, right after the firewall has moved; the status,
+    /// timer and DNS follow the answer.
     Freeze {
         /// Why, for the event: `tunnel lost`, `tunnel not connected`, `blocked`.
         reason: String,
@@ -694,13 +695,18 @@ impl<F: Firewall> Core<F> {
     /// (unblocked, then pointed at the tunnel; blocked, then given back), and the next wake-up.
     fn finish(&mut self, effects: &mut Vec<Effect>) {
         // First: the firewall has moved, and nothing after this (the status, DNS over D-Bus)
-        // may delay the freeze.
+        // may delay the freeze. The rest comes with its answer, so that the status published
+        // says what was done.
         let tunnel_wanted = matches!(self.target, Target::Up(_) | Target::Guard(_));
         match self.on_drop.decide(self.state, tunnel_wanted) {
             Some(crate::freeze::decide::Action::Freeze { reason }) => {
                 effects.push(Effect::Freeze { reason });
+                return;
             }
-            Some(crate::freeze::decide::Action::Thaw) => effects.push(Effect::Thaw),
+            Some(crate::freeze::decide::Action::Thaw) => {
+                effects.push(Effect::Thaw);
+                return;
+            }
             None => {}
         }
         self.publish(effects);
@@ -2702,20 +2708,36 @@ mod tests {
         assert_eq!(retry, RetryTimer::default());
     }
 
-    /// Gives the core `input` and answers its looks with `seen`, as the daemon's loop does;
-    /// returns the other effects in order.
+    /// Gives the core `input`, answers its looks with `seen` and its freezes and thaws as the
+    /// registry would (with the programs last reported), as the daemon's loop does; returns the
+    /// other effects in order, freezes and thaws included.
     fn drive(core: &mut Core<&mut Recorder>, input: Input, seen: &Option<Observed>) -> Vec<Effect> {
         let now = Instant::now();
         let mut queue: std::collections::VecDeque<Effect> = core.on(input, now).into();
         let mut effects = Vec::new();
         while let Some(effect) = queue.pop_front() {
-            match effect {
-                Effect::Look(_) => {
-                    for more in core.on(Input::Looked(seen.clone()), now).into_iter().rev() {
-                        queue.push_front(more);
-                    }
+            let answer = match &effect {
+                Effect::Look(_) => Input::Looked(seen.clone()),
+                Effect::Freeze { reason } => Input::OnDrop(crate::freeze::decide::Report {
+                    programs: core.status().on_drop.programs,
+                    event: Some(format!("frozen ({reason})")),
+                    ..Default::default()
+                }),
+                Effect::Thaw => Input::OnDrop(crate::freeze::decide::Report {
+                    programs: core.status().on_drop.programs,
+                    event: Some("thawed".to_owned()),
+                    ..Default::default()
+                }),
+                _ => {
+                    effects.push(effect);
+                    continue;
                 }
-                other => effects.push(other),
+            };
+            if !matches!(effect, Effect::Look(_)) {
+                effects.push(effect);
+            }
+            for more in core.on(answer, now).into_iter().rev() {
+                queue.push_front(more);
             }
         }
         effects
@@ -2754,7 +2776,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut fw = Recorder::default();
         let mut core = core(&mut fw, dir.path());
-        assert!(!freezes(&drive(&mut core, watching(2), &None)), "disconnected");
+        assert!(
+            !freezes(&drive(&mut core, watching(2), &None)),
+            "disconnected"
+        );
         let guard = Input::Command(Command::Guard(spec()));
         let effects = drive(&mut core, guard, &up());
         assert_eq!(core.status().state, State::Connected);
@@ -2767,23 +2792,28 @@ mod tests {
         assert!(core.status().on_drop.held);
         // Still lost: frozen once, not again.
         assert!(!freezes(&drive(&mut core, Input::LinksChanged, &None)));
-        // The executor's answer (the event) shows in the status it publishes.
-        let answer = Input::OnDrop(crate::freeze::decide::Report {
-            event: Some("frozen 2 programs (tunnel lost)".to_owned()),
-            ..match watching(2) {
-                Input::OnDrop(report) => report,
-                _ => unreachable!(),
-            }
-        });
-        let published = drive(&mut core, answer, &None);
-        assert!(published.iter().any(|e| matches!(e, Effect::Publish(s)
-            if s.on_drop.last_event.as_deref() == Some("frozen 2 programs (tunnel lost)"))));
+        // The status published after the freeze says what the executor did, and no status
+        // from before it comes after.
+        let published: Vec<&Status> = lost
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            published.last().is_some_and(|s| s.on_drop.held
+                && s.on_drop.last_event.as_deref() == Some("frozen (tunnel lost)")),
+            "{published:?}"
+        );
 
         // Back: thawed first.
         let back = drive(&mut core, Input::LinksChanged, &up());
         assert_eq!(core.status().state, State::Connected);
         assert!(matches!(back.first(), Some(Effect::Thaw)), "{back:?}");
         assert!(!core.status().on_drop.held);
+        assert!(back.iter().any(|e| matches!(e, Effect::Publish(s)
+            if s.on_drop.last_event.as_deref() == Some("thawed"))));
     }
 
     #[test]
@@ -2821,6 +2851,9 @@ mod tests {
         // A program registered while the tunnel is lost (an `exec --freeze-on-drop` started now)
         // is frozen at once.
         let registered = drive(&mut core, watching(1), &None);
-        assert!(freezes_first(&registered, "tunnel not connected"), "{registered:?}");
+        assert!(
+            freezes_first(&registered, "tunnel not connected"),
+            "{registered:?}"
+        );
     }
 }

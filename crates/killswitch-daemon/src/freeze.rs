@@ -87,6 +87,8 @@ struct Inner {
 pub struct Registry {
     inner: Arc<Mutex<Inner>>,
     changed: Arc<tokio::sync::Notify>,
+    /// Wakes the periodic scan at once (the tunnel was lost: look now, and then more often).
+    rescan: Arc<tokio::sync::Notify>,
     proc: Arc<Path>,
 }
 
@@ -110,13 +112,16 @@ impl Registry {
                 configured: None,
             })),
             changed: Arc::new(tokio::sync::Notify::new()),
+            rescan: Arc::new(tokio::sync::Notify::new()),
             proc: Arc::from(proc),
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock would be a bug; the data (a list) stays usable.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Watches `cgroup` (an exec'd program's): frozen or killed, per `on_drop`, whenever the
@@ -228,9 +233,9 @@ impl Registry {
                 }
             }
             for (path, id, on_drop) in wanted {
-                let exists = kept.iter().any(|e| {
-                    matches!(&e.source, Source::Config { path: p, .. } if *p == path)
-                });
+                let exists = kept
+                    .iter()
+                    .any(|e| matches!(&e.source, Source::Config { path: p, .. } if *p == path));
                 if exists {
                     continue;
                 }
@@ -317,6 +322,9 @@ impl Registry {
             done.push(format!("killed {}", programs(killed)));
         }
         let event = format!("{} ({reason})", done.join(", "));
+        // Programs not in their cgroup yet are looked for now, off the caller's thread, and then
+        // every SCAN_WHILE_HELD.
+        self.rescan.notify_one();
         report(&inner, Some(event))
     }
 
@@ -386,7 +394,9 @@ impl Registry {
         };
         let found = exe::find(&self.proc, &targets, own, std::process::id());
         let mut inner = self.lock();
-        inner.stale.retain(|cgroup| cgroup.remove().is_err() && cgroup.exists());
+        inner
+            .stale
+            .retain(|cgroup| cgroup.remove().is_err() && cgroup.exists());
         let mut moved = 0;
         let held = inner.held.clone();
         let config: Vec<usize> = (0..inner.entries.len())
@@ -415,9 +425,10 @@ impl Registry {
                 Ok(()) => {
                     moved += 1;
                     if let Some(origin) = current {
-                        entry.origins.insert(candidate.pid, mount.join(
-                            origin.strip_prefix("/").unwrap_or(&origin),
-                        ));
+                        entry.origins.insert(
+                            candidate.pid,
+                            mount.join(origin.strip_prefix("/").unwrap_or(&origin)),
+                        );
                     }
                     tracing::info!(
                         pid = candidate.pid,
@@ -456,8 +467,11 @@ impl Registry {
                 SCAN_EVERY
             };
             // A periodic poll, not a synchronisation: there is no event to wait for (see the
-            // module's doc).
-            tokio::time::sleep(pause).await;
+            // module's doc). A freeze wakes it at once.
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = self.rescan.notified() => {}
+            }
             if !self.has_configured_entries() {
                 continue;
             }
@@ -474,13 +488,26 @@ impl Registry {
     }
 
     /// The daemon stops: every frozen cgroup is thawed (its firewall stays, so a thawed program
-    /// still cannot get out; a frozen one would stay frozen with nothing left to thaw it).
+    /// still cannot get out; a frozen one would stay frozen with nothing left to thaw it). The
+    /// configured entries' cgroups that are empty are removed, and the subtree with them when
+    /// nothing else is in it; processes still in one stay there, and the next daemon's scan
+    /// takes them over.
     pub fn thaw_for_stop(&self) {
         let inner = self.lock();
         for entry in &inner.entries {
             if entry.cgroup.exists() {
                 let _ = entry.cgroup.set_frozen(false);
             }
+            if matches!(entry.source, Source::Config { .. }) {
+                let _ = entry.cgroup.remove();
+            }
+        }
+        for cgroup in &inner.stale {
+            let _ = cgroup.remove();
+        }
+        if let Ok(subtree) = &inner.subtree {
+            // Fails while anything (an exec'd program's cgroup) is still in it, as it should.
+            let _ = std::fs::remove_dir(subtree.root());
         }
     }
 }
@@ -539,7 +566,12 @@ fn report(inner: &Inner, event: Option<String>) -> Report {
     Report {
         programs: programs_now(inner),
         refused: inner.refused.clone(),
-        error: inner.subtree.as_ref().err().cloned().or(inner.error.clone()),
+        error: inner
+            .subtree
+            .as_ref()
+            .err()
+            .cloned()
+            .or(inner.error.clone()),
         event,
     }
 }
@@ -572,7 +604,9 @@ fn count_processes(path: &Path) -> u32 {
                 .sum()
         })
         .unwrap_or(0);
-    u32::try_from(here).unwrap_or(u32::MAX).saturating_add(below)
+    u32::try_from(here)
+        .unwrap_or(u32::MAX)
+        .saturating_add(below)
 }
 
 #[cfg(test)]

@@ -503,9 +503,6 @@ async fn perform<P: Fn(Status)>(
                     took.as_micros(),
                     io.input_at.elapsed().as_micros()
                 );
-                // Programs that are not in their cgroup yet: found now, off the loop.
-                let registry = io.on_drop.clone();
-                tokio::task::spawn_blocking(move || registry.scan());
                 core.on(Input::OnDrop(report), Instant::now())
             }
             Effect::Thaw => {

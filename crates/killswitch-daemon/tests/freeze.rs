@@ -95,7 +95,8 @@ fn copy_of_sleep(dir: &Path, name: &str) -> Result<PathBuf> {
 
 #[test]
 fn only_the_executables_processes_in_the_daemons_namespace_are_frozen_or_killed() -> Result<()> {
-    if !require_root("only_the_executables_processes_in_the_daemons_namespace_are_frozen_or_killed") {
+    if !require_root("only_the_executables_processes_in_the_daemons_namespace_are_frozen_or_killed")
+    {
         return Ok(());
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
@@ -133,7 +134,11 @@ fn only_the_executables_processes_in_the_daemons_namespace_are_frozen_or_killed(
         "only the process inside the namespace was moved"
     );
     assert_eq!(cgroup_of(outside), outside_cgroup, "outside: not moved");
-    assert_eq!(cgroup_of(copy_inside), copy_cgroup, "another file: not moved");
+    assert_eq!(
+        cgroup_of(copy_inside),
+        copy_cgroup,
+        "another file: not moved"
+    );
     assert_eq!(registry.programs()[0].processes, 1);
 
     // The tunnel is lost: frozen within 100 ms.
@@ -154,10 +159,7 @@ fn only_the_executables_processes_in_the_daemons_namespace_are_frozen_or_killed(
     assert_eq!(cgroup_of(outside), outside_cgroup);
 
     // Back: thawed.
-    assert_eq!(
-        registry.thaw().event.as_deref(),
-        Some("thawed 1 program")
-    );
+    assert_eq!(registry.thaw().event.as_deref(), Some("thawed 1 program"));
     cgroup.wait_frozen(false, Duration::from_millis(100))?;
 
     // Reconfigured to kill instead: the freeze entry goes (its processes go back where they

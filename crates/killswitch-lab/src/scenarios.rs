@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 mod coexist;
 mod coexist_firewalls;
 mod counters;
+mod freeze_on_drop;
 mod guard_discover;
 mod quickstart;
 mod reload;
@@ -37,7 +38,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 29] = [
+pub const ALL: [Scenario; 30] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -170,6 +171,11 @@ pub const ALL: [Scenario; 29] = [
         name: "counters",
         guards: "each refusal is counted under its reason (non-tunnel, dns, ipv6, inbound), and `killswitch blocked` names the last refused destination and its sender's uid",
         script: counters::counters,
+    },
+    Scenario {
+        name: "freeze-on-drop",
+        guards: "programs in freeze_on_drop are frozen within 100 ms of the up tunnel's loss and send nothing until it is back, then are thawed; kill_on_drop's die; a program started meanwhile is frozen too",
+        script: freeze_on_drop::freeze_on_drop,
     },
 ];
 

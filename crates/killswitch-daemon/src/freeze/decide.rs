@@ -132,7 +132,10 @@ mod tests {
         let mut on_drop = OnDropState::default();
         on_drop.record(watching(2));
         assert_eq!(on_drop.decide(State::Connected, true), None);
-        assert_eq!(on_drop.decide(State::Connecting, true), freeze("tunnel lost"));
+        assert_eq!(
+            on_drop.decide(State::Connecting, true),
+            freeze("tunnel lost")
+        );
         assert!(on_drop.held());
         assert_eq!(on_drop.decide(State::Connecting, true), None, "once");
         assert_eq!(on_drop.decide(State::Blocked, true), None, "still held");
@@ -152,7 +155,10 @@ mod tests {
         // Lost, then `down`: released.
         on_drop.decide(State::Connected, true);
         assert!(on_drop.decide(State::Connecting, true).is_some());
-        assert_eq!(on_drop.decide(State::Disconnected, false), Some(Action::Thaw));
+        assert_eq!(
+            on_drop.decide(State::Disconnected, false),
+            Some(Action::Thaw)
+        );
     }
 
     #[test]

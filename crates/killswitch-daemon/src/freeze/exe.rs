@@ -111,7 +111,11 @@ pub fn find(proc: &Path, targets: &[FileId], netns: FileId, skip: u32) -> Vec<Ca
         return found;
     };
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == skip {
@@ -203,11 +207,17 @@ mod tests {
         let netns = own_netns().expect("own namespace");
         let me = std::process::id();
         let found = find(proc, &[exe], netns, 0);
-        assert!(found.iter().any(|c| c.pid == me && c.target == 0), "{found:?}");
+        assert!(
+            found.iter().any(|c| c.pid == me && c.target == 0),
+            "{found:?}"
+        );
         assert!(found.iter().all(|c| c.still_the_same(proc)));
         assert!(!find(proc, &[exe], netns, me).iter().any(|c| c.pid == me));
         // Another namespace's identity matches nothing here.
-        let other = FileId { dev: netns.dev, ino: netns.ino.wrapping_add(1) };
+        let other = FileId {
+            dev: netns.dev,
+            ino: netns.ino.wrapping_add(1),
+        };
         assert!(!find(proc, &[exe], other, 0).iter().any(|c| c.pid == me));
         assert!(find(proc, &[], netns, 0).is_empty());
     }
