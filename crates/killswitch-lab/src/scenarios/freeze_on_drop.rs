@@ -431,6 +431,18 @@ pub(super) fn freeze_on_drop(lab: &mut Lab) -> Result<Outcome> {
         (outage.thawed_at - outage.restored_at).as_millis(),
         outage.held.firewall.last_apply_us.unwrap_or(0)
     ));
+    // The senders end, then the daemon (SIGTERM): it removes the cgroups it made.
+    drop((through_tunnel, to_lan, killed, late));
+    let subtree = cgroup.parent().context("the cgroup's subtree")?.to_owned();
+    let mut daemon = lab.daemon.take().context("no daemon")?;
+    daemon.process().terminate(EVENT_TIMEOUT)?;
+    outcome.check(
+        !subtree.exists(),
+        format!(
+            "after the daemon stopped, nothing of its cgroups remains ({})",
+            subtree.display()
+        ),
+    );
     for line in log
         .lines()
         .filter(|l| l.contains("after the input that showed it") || l.contains("thawed"))
