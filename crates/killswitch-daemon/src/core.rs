@@ -3,9 +3,10 @@
 //! It is deterministic: [`Core::on`] takes an [`Input`] (a parsed command, a link change, another
 //! program's nf_tables change, a timer, a wake from sleep, or the answer to one of its own
 //! effects) with the time it happened, and returns [`Effect`]s (look at an interface, send a
-//! probe, publish the status, make DNS follow, reply, wake me at T). Its backends (the firewall
-//! and routing layer, the settings store, the tunnel devices of `up`, and a look-up of what kind
-//! of device an interface is) are traits, whose results decide what comes next; the daemon
+//! probe, publish the status, make DNS follow, reply, wake me at T, freeze or thaw the programs
+//! watched by [`crate::freeze`]). Its backends (the firewall and routing layer, the settings
+//! store, the tunnel devices of `up`, and a look-up of what kind of device an interface is) are
+//! traits, whose results decide what comes next; the daemon
 //! ([`crate::run`]) passes the real ones and performs the effects, the model-based tester
 //! ([`crate::sim`]) simulated ones. It reads no clock and does no I/O of its own.
 //!
