@@ -77,7 +77,23 @@ fn start_sender(lab: &Lab, program: &Path, target: SocketAddr, tcp_port: u16) ->
         "--tcp-port",
         &tcp_port.to_string(),
     ]);
-    Process::spawn("killswitch-bound (copy)", command)
+    let sender = Process::spawn("killswitch-bound (copy)", command)?;
+    // `ip netns exec` becomes the program by exec: until then /proc/PID/exe is `ip`, which no
+    // scan would match.
+    let wanted = std::fs::metadata(program)?;
+    let start = Instant::now();
+    loop {
+        use std::os::linux::fs::MetadataExt;
+        if let Ok(exe) = std::fs::metadata(format!("/proc/{}/exe", sender.pid()))
+            && (exe.st_dev(), exe.st_ino()) == (wanted.st_dev(), wanted.st_ino())
+        {
+            return Ok(sender);
+        }
+        if start.elapsed() > EVENT_TIMEOUT {
+            bail!("{} never started", program.display());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// The cgroup directory of the watched program labelled `label`, as `status` shows it.
@@ -159,11 +175,12 @@ struct Outage {
 
 /// Cuts the `up` servers off (in the `net` namespace, so that the outage lasts), deletes the
 /// tunnel's interface, and times the freeze of `cgroup` from that moment; `meanwhile` runs while
-/// the tunnel stays lost; then lets the servers answer again and waits for the thaw.
+/// the tunnel stays lost (given the moment of the loss); then lets the servers answer again and
+/// waits for the thaw.
 fn lose_and_restore(
     lab: &mut Lab,
     cgroup: &Path,
-    meanwhile: &mut dyn FnMut(&mut Lab) -> Result<()>,
+    meanwhile: &mut dyn FnMut(&mut Lab, Instant) -> Result<()>,
 ) -> Result<Outage> {
     let net = &lab.topo.net;
     net.exec("nft", &["add", "table", "inet", "ks_outage"])?;
@@ -207,7 +224,7 @@ fn lose_and_restore(
                     .as_deref()
                     .is_some_and(|e| e.starts_with("frozen"))
         })?;
-    meanwhile(lab)?;
+    meanwhile(lab, lost)?;
     let restored_at = Instant::now();
     lab.topo
         .net
@@ -274,12 +291,11 @@ pub(super) fn freeze_on_drop(lab: &mut Lab) -> Result<Outcome> {
     let mut late: Option<(Process, Duration, Instant)> = None;
     let mut killed_in = None;
     let outage = {
-        let lost_at = Instant::now();
         let killed = &mut killed;
         let late = &mut late;
         let killed_in = &mut killed_in;
         let late_program = &frozen_program;
-        lose_and_restore(lab, &cgroup, &mut |lab| {
+        lose_and_restore(lab, &cgroup, &mut |lab, lost_at| {
             // The killed sender: dead.
             let start = Instant::now();
             while killed.try_wait()?.is_none() {
