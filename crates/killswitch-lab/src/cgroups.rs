@@ -53,3 +53,29 @@ pub fn command(ns: &Netns, program: &str) -> Command {
         None => ns.command(program),
     }
 }
+
+/// Removes the cgroup subtree a daemon in `ns` made (`<cgroup2>/killswitch/net-<inode of ns>`)
+/// and the empty cgroups in it, once the namespace's processes are gone: a daemon the lab ends
+/// with SIGKILL cannot. Only directories are removed (the kernel refuses a cgroup that still
+/// holds a process, and that refusal is left as it is); no process is touched.
+pub fn remove_daemon_subtree(ns: &Netns) {
+    use std::os::linux::fs::MetadataExt;
+    let (Some(mount), Ok(netns)) = (host_mount(), std::fs::metadata(ns.path())) else {
+        return;
+    };
+    let root = mount
+        .join("killswitch")
+        .join(format!("net-{}", netns.st_ino()));
+    remove_empty_cgroups(&root);
+}
+
+fn remove_empty_cgroups(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_cgroups(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
