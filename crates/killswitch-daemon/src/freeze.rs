@@ -208,15 +208,23 @@ impl Registry {
             let Ok(subtree) = subtree else {
                 return;
             };
-            // Entries that stay (same path, same file, same action) keep their cgroup.
+            // Entries that stay (same path, same action) keep their cgroup and what is in it; the
+            // file may be a new one (a package upgrade), which is what is matched from now on.
             let (mut kept, gone): (Vec<Entry>, Vec<Entry>) = std::mem::take(&mut inner.entries)
                 .into_iter()
                 .partition(|e| match &e.source {
                     Source::Exec => true,
-                    Source::Config { path, exe } => wanted
+                    Source::Config { path, .. } => wanted
                         .iter()
-                        .any(|(p, id, on_drop)| p == path && id == exe && *on_drop == e.on_drop),
+                        .any(|(p, _, on_drop)| p == path && *on_drop == e.on_drop),
                 });
+            for entry in &mut kept {
+                if let Source::Config { path, exe } = &mut entry.source
+                    && let Some((_, id, _)) = wanted.iter().find(|(p, _, _)| p == path)
+                {
+                    *exe = *id;
+                }
+            }
             for entry in gone {
                 release(&entry, &subtree);
                 inner.stale.push(entry.cgroup);
@@ -368,21 +376,38 @@ impl Registry {
     /// tunnel is lost; a frozen cgroup freezes what joins it). Removes stale cgroups that have
     /// emptied. Returns how many processes were moved.
     pub fn scan(&self) -> usize {
-        let (targets, mount) = {
+        let (configured, mount, root) = {
             let inner = self.lock();
             let Ok(subtree) = &inner.subtree else {
                 return 0;
             };
-            let targets: Vec<FileId> = inner
+            let configured: Vec<(PathBuf, FileId, Cgroup)> = inner
                 .entries
                 .iter()
                 .filter_map(|e| match &e.source {
-                    Source::Config { exe, .. } => Some(*exe),
+                    Source::Config { path, exe } => Some((path.clone(), *exe, e.cgroup.clone())),
                     Source::Exec => None,
                 })
                 .collect();
-            (targets, subtree.mount().to_owned())
+            (
+                configured,
+                subtree.mount().to_owned(),
+                subtree.root().to_owned(),
+            )
         };
+        // Each entry's file as resolved when configured, and as the path names it now: a
+        // package upgrade replaces the file (a new inode), and the programs started after it
+        // run the new one while those started before still run the old.
+        let mut targets: Vec<(FileId, Cgroup)> = Vec::new();
+        for (path, exe, cgroup) in configured {
+            if let Ok(now) = exe::resolve_executable(&path)
+                && now != exe
+            {
+                targets.push((now, cgroup.clone()));
+            }
+            targets.push((exe, cgroup));
+        }
+        let ids: Vec<FileId> = targets.iter().map(|(id, _)| *id).collect();
         let own = match exe::own_netns() {
             Ok(own) => own,
             Err(e) => {
@@ -392,18 +417,19 @@ impl Registry {
                 return 0;
             }
         };
-        let found = exe::find(&self.proc, &targets, own, std::process::id());
+        let found = exe::find(&self.proc, &ids, own, std::process::id());
         let mut inner = self.lock();
         inner
             .stale
             .retain(|cgroup| cgroup.remove().is_err() && cgroup.exists());
         let mut moved = 0;
         let held = inner.held.clone();
-        let config: Vec<usize> = (0..inner.entries.len())
-            .filter(|i| matches!(inner.entries[*i].source, Source::Config { .. }))
-            .collect();
         for candidate in found {
-            let Some(&index) = config.get(candidate.target) else {
+            // The entry may have gone (a reload) since the targets were read.
+            let Some(index) = targets
+                .get(candidate.target)
+                .and_then(|(_, cgroup)| inner.entries.iter().position(|e| e.cgroup == *cgroup))
+            else {
                 continue;
             };
             let within = inner.entries[index]
@@ -414,6 +440,20 @@ impl Registry {
                 .ok();
             let current = exe::cgroup_of(&self.proc, candidate.pid);
             if current.is_some() && current == within {
+                continue;
+            }
+            // A process in another cgroup of the daemon's (an exec'd or bypassed program's) is
+            // that feature's: it stays. Only `drop-*` cgroups a previous daemon left are taken
+            // over.
+            let absolute = current
+                .as_ref()
+                .map(|c| mount.join(c.strip_prefix("/").unwrap_or(c)));
+            if let Some(below) = absolute.as_ref().and_then(|a| a.strip_prefix(&root).ok())
+                && !below
+                    .components()
+                    .next()
+                    .is_some_and(|c| c.as_os_str().to_string_lossy().starts_with(DROP_PREFIX))
+            {
                 continue;
             }
             // The pid must still be the process that was matched, up to the write.

@@ -221,5 +221,27 @@ fn only_the_executables_processes_in_the_daemons_namespace_are_frozen_or_killed(
     registry.forget(&exec);
     exec.wait_frozen(false, Duration::from_millis(100))?;
     assert!(!registry.programs().iter().any(|p| p.label == "sleep 60"));
+
+    // A package upgrade replaces the file (a new inode) under the configured path: programs
+    // started before it (the old file) and after it (the new one) are both matched.
+    let freeze = vec![program.clone()];
+    ns.run(|| registry.configure(&freeze, &[]))?;
+    let before_upgrade = start(&mut cleanup, &program, Some(&ns))?;
+    let upgraded = copy_of_sleep(dir.path(), "ks-freeze-upgrade")?;
+    std::fs::rename(&upgraded, &program)?;
+    let after_upgrade = start(&mut cleanup, &program, Some(&ns))?;
+    assert_eq!(ns.run(|| registry.scan())?, 2);
+    let drop_cgroup = subtree.cgroup("drop-0");
+    let moved = drop_cgroup.pids()?;
+    assert!(
+        moved.contains(&before_upgrade) && moved.contains(&after_upgrade),
+        "{moved:?}"
+    );
+    // The exec'd program runs the same executable in this namespace, but its cgroup is the
+    // exec code's: it stays there.
+    assert_eq!(exec.pids()?, [execd]);
+    // A reload after the upgrade keeps the entry, its cgroup and what is in it.
+    ns.run(|| registry.configure(&freeze, &[]))?;
+    assert_eq!(drop_cgroup.pids()?.len(), 2);
     Ok(())
 }
