@@ -303,18 +303,23 @@ fn status_at(status: &Status, now: SystemTime) -> String {
 /// processes), what was last done, what config.toml had refused, and why it cannot work.
 fn on_drop(out: &mut String, on_drop: &killswitch_types::ipc::OnDropStatus) {
     for program in &on_drop.programs {
+        let processes = format!(
+            "{} process{}",
+            program.processes,
+            if program.processes == 1 { "" } else { "es" }
+        );
         let now = match (program.on_drop, program.frozen) {
-            (_, true) => "frozen",
-            (killswitch_types::OnDrop::Freeze, false) => "running",
-            (killswitch_types::OnDrop::Kill, false) => "running, killed if the tunnel is lost",
+            (_, true) => format!("frozen, {processes}"),
+            (killswitch_types::OnDrop::Freeze, false) => format!("running, {processes}"),
+            (killswitch_types::OnDrop::Kill, false) => {
+                format!("{processes}, killed when the tunnel is lost")
+            }
         };
         let _ = writeln!(
             out,
-            "on-drop:   {} {}: {now}, {} process{} ({})",
+            "on-drop:   {} {}: {now} ({})",
             program.on_drop,
             clean(&program.label),
-            program.processes,
-            if program.processes == 1 { "" } else { "es" },
             clean(&program.cgroup)
         );
     }
@@ -956,7 +961,7 @@ mod tests {
             "{report}"
         );
         assert!(
-            report.contains("on-drop:   kill /usr/bin/qbittorrent-nox: running, killed if the tunnel is lost, 0 processes"),
+            report.contains("on-drop:   kill /usr/bin/qbittorrent-nox: 0 processes, killed when the tunnel is lost"),
             "{report}"
         );
         assert!(

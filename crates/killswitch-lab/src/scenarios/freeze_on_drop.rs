@@ -283,6 +283,13 @@ pub(super) fn freeze_on_drop(lab: &mut Lab) -> Result<Outcome> {
     let moved = pids(&cgroup);
     let moved_killed = pids(&kill_cgroup);
 
+    // `killswitch events`, as a user would watch it.
+    let mut events = {
+        let mut command = std::process::Command::new(crate::binaries::path("killswitch")?);
+        command.arg("--socket").arg(lab.home.socket()).arg("events");
+        Process::spawn("killswitch events", command)?
+    };
+    events.wait_for_line(0, "connected", EVENT_TIMEOUT)?;
     let window = lab.begin(&[])?;
     let sending_since = Instant::now();
     hold(Duration::from_millis(700));
@@ -290,7 +297,9 @@ pub(super) fn freeze_on_drop(lab: &mut Lab) -> Result<Outcome> {
     // The sender started during the outage, how long the daemon took to catch it, and when.
     let mut late: Option<(Process, Duration, Instant)> = None;
     let mut killed_in = None;
+    let mut status_text = String::new();
     let outage = {
+        let status_text = &mut status_text;
         let killed = &mut killed;
         let late = &mut late;
         let killed_in = &mut killed_in;
@@ -305,6 +314,7 @@ pub(super) fn freeze_on_drop(lab: &mut Lab) -> Result<Outcome> {
                 hold(Duration::from_millis(1));
             }
             *killed_in = Some(lost_at.elapsed());
+            *status_text = lab.daemon()?.cli(&["status"])?.ok()?.stdout;
             // A program started while the tunnel is lost: frozen by the daemon's scan.
             let sender = start_sender(lab, late_program, lan(LATE_PORT), 9214)?;
             let started = Instant::now();
@@ -430,6 +440,33 @@ pub(super) fn freeze_on_drop(lab: &mut Lab) -> Result<Outcome> {
         program.is_some_and(|p| p.on_drop == OnDrop::Freeze && p.processes >= 2),
         format!("status lists the frozen program with its processes ({program:?})"),
     );
+    let shown: Vec<&str> = status_text
+        .lines()
+        .filter(|l| l.starts_with("on-drop:") || l.contains("ks-freeze-missing"))
+        .collect();
+    outcome.check(
+        status_text.contains(&format!("on-drop:   freeze {freeze_label}: frozen, "))
+            && status_text.contains(&format!(
+                "on-drop:   kill {kill_label}: 0 processes, killed when the tunnel is lost"
+            ))
+            && status_text.contains("refused:   freeze_on_drop /nonexistent/ks-freeze-missing"),
+        format!("`killswitch status` shows them while the tunnel is lost: {shown:?}"),
+    );
+    let thawed_event = events.wait_for_line(0, "on-drop=\"thawed 1 program\"", EVENT_TIMEOUT);
+    let lines = events.output();
+    outcome.check(
+        thawed_event.is_ok()
+            && lines.contains("on-drop=\"frozen 1 program, killed 1 program (tunnel lost)\""),
+        format!(
+            "`killswitch events` says frozen, then thawed: {:?}",
+            lines
+                .lines()
+                .filter_map(|l| l.split_once(" on-drop=").map(|(_, rest)| rest))
+                .map(|rest| rest.split(" error=").next().unwrap_or(rest))
+                .collect::<std::collections::BTreeSet<_>>()
+        ),
+    );
+    drop(events);
     let thawed = outage.back.on_drop.last_event.clone().unwrap_or_default();
     let now = lab.daemon()?.status()?;
     outcome.check(
