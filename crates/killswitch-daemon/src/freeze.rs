@@ -552,6 +552,38 @@ impl Registry {
     }
 }
 
+/// Thaws what a daemon of this network namespace that did not stop cleanly (a crash) left frozen
+/// in its `drop-*` cgroups, and removes those that are empty (`killswitchd --teardown` with no
+/// daemon running: no daemon will come to thaw them). Creates nothing. Returns how many it thawed.
+pub fn thaw_left_behind() -> usize {
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
+    let (Some(mount), Ok(netns)) = (crate::cgroup::cgroup2_mount(&mountinfo), exe::own_netns())
+    else {
+        return 0;
+    };
+    let root = mount.join("killswitch").join(format!("net-{}", netns.ino));
+    if !root.is_dir() {
+        return 0;
+    }
+    let Ok(subtree) = Subtree::at(mount, root) else {
+        return 0;
+    };
+    let mut thawed = 0;
+    for cgroup in subtree.list().unwrap_or_default() {
+        if cgroup.name().starts_with(DROP_PREFIX) {
+            if cgroup.frozen().unwrap_or(false) && cgroup.set_frozen(false).is_ok() {
+                thawed += 1;
+            }
+            let _ = cgroup.remove();
+        }
+    }
+    // Fails while anything else (another feature's cgroup) is in it.
+    let _ = std::fs::remove_dir(subtree.root());
+    thawed
+}
+
 /// "1 program", "2 programs".
 fn programs(n: usize) -> String {
     if n == 1 {

@@ -245,3 +245,49 @@ fn only_the_executables_processes_in_the_daemons_namespace_are_frozen_or_killed(
     assert_eq!(drop_cgroup.pids()?.len(), 2);
     Ok(())
 }
+
+#[test]
+fn teardown_thaws_what_a_crashed_daemon_left_frozen() -> Result<()> {
+    if !require_root("teardown_thaws_what_a_crashed_daemon_left_frozen") {
+        return Ok(());
+    }
+    use std::os::linux::fs::MetadataExt;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mount = cgroup2_mount(&mountinfo).context("no cgroup2 mount on this machine")?;
+    let ns = Netns::new("freeze-left")?;
+    // The subtree a daemon in that namespace would have had.
+    let root = mount
+        .join("killswitch")
+        .join(format!("net-{}", std::fs::metadata(ns.path())?.st_ino()));
+    let mut cleanup = Cleanup {
+        root: root.clone(),
+        children: Vec::new(),
+    };
+    let dir = tempfile::tempdir()?;
+    let program = copy_of_sleep(dir.path(), "ks-freeze-left")?;
+    let subtree = Subtree::at(mount, root.clone())?;
+    let left = subtree.create("drop-0")?;
+    let sleeper = start(&mut cleanup, &program, Some(&ns))?;
+    left.add_process(sleeper)?;
+    left.set_frozen(true)?;
+    left.wait_frozen(true, Duration::from_millis(100))?;
+
+    // (Never called from the test's own namespace: that is this machine's, whose subtree is
+    // not the test's to touch.) From the namespace whose subtree it is: thawed; the cgroup stays
+    // while the process is in it.
+    assert_eq!(ns.run(killswitch_daemon::freeze::thaw_left_behind)?, 1);
+    left.wait_frozen(false, Duration::from_millis(100))?;
+    assert!(left.exists());
+    // Once it is empty, the next teardown removes it and the subtree.
+    left.kill()?;
+    for child in &mut cleanup.children {
+        child.wait()?;
+    }
+    let start = Instant::now();
+    while left.populated()? && start.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(ns.run(killswitch_daemon::freeze::thaw_left_behind)?, 0);
+    assert!(!root.exists());
+    Ok(())
+}
