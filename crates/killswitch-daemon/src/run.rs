@@ -293,6 +293,9 @@ fn reload(
     // Looked up again, as users are: a program installed since counts now. The registry tells
     // the loop, which tells the state machine.
     on_drop.configure(&new.freeze_on_drop, &new.kill_on_drop);
+    for refused in on_drop.report().refused {
+        tracing::warn!("{refused}");
+    }
     let waiting: Vec<&str> = [
         ("admin_group", new.admin_group != running.admin_group),
         ("dns", new.dns != running.dns),
