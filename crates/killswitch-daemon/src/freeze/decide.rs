@@ -185,6 +185,39 @@ mod tests {
         assert_eq!(on_drop.decide(State::Blocked, true), freeze("blocked"));
     }
 
+    /// Every sequence of four steps (a state, whether a tunnel is wanted, how many programs are
+    /// watched): after each, the programs are held exactly when the rule says, and the actions
+    /// alternate (never frozen twice, never thawed when not frozen, nothing when nothing changes).
+    #[test]
+    fn every_short_sequence_holds_exactly_when_the_rule_says() {
+        let steps: Vec<(State, bool, usize)> = State::ALL
+            .iter()
+            .flat_map(|s| [(*s, false), (*s, true)])
+            .flat_map(|(s, w)| [(s, w, 0), (s, w, 1)])
+            .collect();
+        let n = steps.len();
+        for mut index in 0..n.pow(4) {
+            let mut on_drop = OnDropState::default();
+            let mut trace = Vec::new();
+            for _ in 0..4 {
+                let (state, wanted, watched) = steps[index % n];
+                index /= n;
+                trace.push((state, wanted, watched));
+                on_drop.record(watching(watched));
+                let before = on_drop.held();
+                let action = on_drop.decide(state, wanted);
+                let rule =
+                    wanted && watched > 0 && matches!(state, State::Connecting | State::Blocked);
+                assert_eq!(on_drop.held(), rule, "{trace:?}");
+                match action {
+                    Some(Action::Freeze { .. }) => assert!(!before && rule, "{trace:?}"),
+                    Some(Action::Thaw) => assert!(before && !rule, "{trace:?}"),
+                    None => assert_eq!(before, rule, "{trace:?}"),
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_last_event_stays_in_status() {
         let mut on_drop = OnDropState::default();
