@@ -496,11 +496,23 @@ pub(super) fn freeze_on_drop(lab: &mut Lab) -> Result<Outcome> {
             subtree.display()
         ),
     );
-    for line in log
-        .lines()
-        .filter(|l| l.contains("after the input that showed it") || l.contains("thawed"))
+    // The daemon's own account: the firewall's change for the loss, then the freeze after it.
+    let lines: Vec<&str> = log.lines().collect();
+    if let Some(at) = lines
+        .iter()
+        .position(|l| l.contains("after the input that showed it"))
     {
-        outcome.note(format!("daemon: {}", line.trim()));
+        if let Some(apply) = lines[..at]
+            .iter()
+            .rev()
+            .find(|l| l.contains("firewall applied"))
+        {
+            outcome.note(format!("daemon: {}", apply.trim()));
+        }
+        outcome.note(format!("daemon: {}", lines[at].trim()));
+    }
+    if let Some(thawed) = lines.iter().find(|l| l.contains("thawed")) {
+        outcome.note(format!("daemon: {}", thawed.trim()));
     }
     Ok(outcome)
 }
