@@ -560,6 +560,7 @@ mod tests {
             notes: Vec::new(),
             blocked: None,
             tunnel_only_users: Vec::new(),
+            on_drop: Default::default(),
         }
     }
 

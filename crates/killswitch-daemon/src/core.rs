@@ -3,9 +3,10 @@
 //! It is deterministic: [`Core::on`] takes an [`Input`] (a parsed command, a link change, another
 //! program's nf_tables change, a timer, a wake from sleep, or the answer to one of its own
 //! effects) with the time it happened, and returns [`Effect`]s (look at an interface, send a
-//! probe, publish the status, make DNS follow, reply, wake me at T). Its backends (the firewall
-//! and routing layer, the settings store, the tunnel devices of `up`, and a look-up of what kind
-//! of device an interface is) are traits, whose results decide what comes next; the daemon
+//! probe, publish the status, make DNS follow, reply, wake me at T, freeze or thaw the programs
+//! watched by [`crate::freeze`]). Its backends (the firewall and routing layer, the settings
+//! store, the tunnel devices of `up`, and a look-up of what kind of device an interface is) are
+//! traits, whose results decide what comes next; the daemon
 //! ([`crate::run`]) passes the real ones and performs the effects, the model-based tester
 //! ([`crate::sim`]) simulated ones. It reads no clock and does no I/O of its own.
 //!
@@ -321,6 +322,9 @@ pub struct Core<F> {
     answer: Option<Result<(), IpcError>>,
     /// The status subscribers were last given.
     published: Option<Status>,
+    /// Freeze on drop: the watched programs as the executor last reported them, and whether
+    /// they are held.
+    on_drop: crate::freeze::decide::OnDropState,
 }
 
 /// What the core was doing when it asked to look at the guarded interface.
@@ -360,6 +364,10 @@ pub enum Input {
     /// The configuration file was read again (SIGHUP, `systemctl reload`): what it now says, or
     /// why it cannot be used (then the running configuration stays).
     Reloaded(Result<Box<Reconfigured>, String>),
+    /// The watched programs of freeze on drop ([`crate::freeze`]) as the executor sees them:
+    /// after one was watched or forgotten, after a reload, and as the answer to
+    /// [`Effect::Freeze`] and [`Effect::Thaw`].
+    OnDrop(crate::freeze::decide::Report),
     /// The answer to [`Effect::SyncDns`].
     DnsSynced {
         /// Whether DNS management changed anything (then `status` is its new status).
@@ -389,6 +397,17 @@ pub enum Effect {
     /// Send [`Input::Timer`] at this instant (`None`: no timer is needed). Replaces any earlier
     /// wake-up.
     WakeAt(Option<Instant>),
+    /// The tunnel is lost (a tunnel is wanted and the state is not `connected`): freeze every
+    /// watched program's cgroup, kill the `kill_on_drop` ones; answer with [`Input::OnDrop`].
+    /// It is the last effect of its input, right after the firewall has moved; the status,
+    /// timer and DNS follow the answer.
+    Freeze {
+        /// Why, for the event: `tunnel lost`, `tunnel not connected`, `blocked`.
+        reason: String,
+    },
+    /// The tunnel is back (or no tunnel is wanted any more): thaw them; answer with
+    /// [`Input::OnDrop`].
+    Thaw,
 }
 
 /// The first retry after a failed apply, doubled up to [`RETRY_MAX`]. Only while failing: a
@@ -530,6 +549,7 @@ impl<F: Firewall> Core<F> {
             then: None,
             answer: None,
             published: None,
+            on_drop: crate::freeze::decide::OnDropState::default(),
         }
         .with_manager(now)
         .with_locals()
@@ -655,6 +675,10 @@ impl<F: Firewall> Core<F> {
                 // One transaction from the old rules to the new: no window.
                 self.look_then(Then::Reconcile { retry: false }, &mut effects);
             }
+            Input::OnDrop(report) => {
+                self.on_drop.record(report);
+                self.finish(&mut effects);
+            }
             Input::DnsSynced { changed, status } => {
                 if changed {
                     self.dns_status = status;
@@ -686,6 +710,21 @@ impl<F: Firewall> Core<F> {
     /// The end of every input: the status to subscribers if it changed, DNS after the firewall
     /// (unblocked, then pointed at the tunnel; blocked, then given back), and the next wake-up.
     fn finish(&mut self, effects: &mut Vec<Effect>) {
+        // First: the firewall has moved, and nothing after this (the status, DNS over D-Bus)
+        // may delay the freeze. The rest comes with its answer, so that the status published
+        // says what was done.
+        let tunnel_wanted = matches!(self.target, Target::Up(_) | Target::Guard(_));
+        match self.on_drop.decide(self.state, tunnel_wanted) {
+            Some(crate::freeze::decide::Action::Freeze { reason }) => {
+                effects.push(Effect::Freeze { reason });
+                return;
+            }
+            Some(crate::freeze::decide::Action::Thaw) => {
+                effects.push(Effect::Thaw);
+                return;
+            }
+            None => {}
+        }
         self.publish(effects);
         self.retry.follow(self.needs_retry(), self.now);
         let wake = [self.retry.due(), self.next_tick(self.now)]
@@ -882,6 +921,7 @@ impl<F: Firewall> Core<F> {
             // with every refused packet, which is no change of state to publish.
             blocked: None,
             tunnel_only_users: self.tunnel_only_users(),
+            on_drop: self.on_drop.status(),
         }
     }
 
@@ -1107,6 +1147,12 @@ impl<F: Firewall> Core<F> {
             (Target::Up(_), _) => DnsWant::Keep,
             _ => DnsWant::Restore,
         }
+    }
+
+    /// Records the watched programs of freeze on drop before the first input (at start), without
+    /// deciding anything yet: [`Input::Started`] decides with them.
+    pub fn set_on_drop(&mut self, report: crate::freeze::decide::Report) {
+        self.on_drop.record(report);
     }
 
     /// Records what DNS management did, for `status`.
@@ -2993,5 +3039,154 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Gives the core `input`, answers its looks with `seen` and its freezes and thaws as the
+    /// registry would (with the programs last reported), as the daemon's loop does; returns the
+    /// other effects in order, freezes and thaws included.
+    fn drive(core: &mut Core<&mut Recorder>, input: Input, seen: &Option<Observed>) -> Vec<Effect> {
+        let now = Instant::now();
+        let mut queue: std::collections::VecDeque<Effect> = core.on(input, now).into();
+        let mut effects = Vec::new();
+        while let Some(effect) = queue.pop_front() {
+            let answer = match &effect {
+                Effect::Look(_) => Input::Looked(seen.clone()),
+                Effect::Freeze { reason } => Input::OnDrop(crate::freeze::decide::Report {
+                    programs: core.status().on_drop.programs,
+                    event: Some(format!("frozen ({reason})")),
+                    ..Default::default()
+                }),
+                Effect::Thaw => Input::OnDrop(crate::freeze::decide::Report {
+                    programs: core.status().on_drop.programs,
+                    event: Some("thawed".to_owned()),
+                    ..Default::default()
+                }),
+                _ => {
+                    effects.push(effect);
+                    continue;
+                }
+            };
+            if !matches!(effect, Effect::Look(_)) {
+                effects.push(effect);
+            }
+            for more in core.on(answer, now).into_iter().rev() {
+                queue.push_front(more);
+            }
+        }
+        effects
+    }
+
+    fn watching(n: usize) -> Input {
+        Input::OnDrop(crate::freeze::decide::Report {
+            programs: (0..n)
+                .map(|i| killswitch_types::ipc::WatchedProgram {
+                    label: format!("/usr/bin/p{i}"),
+                    on_drop: killswitch_types::OnDrop::Freeze,
+                    cgroup: format!("drop-{i}"),
+                    frozen: false,
+                    processes: 1,
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    /// Whether the first effect (before the status and DNS) is a freeze for `reason`.
+    fn freezes_first(effects: &[Effect], reason: &str) -> bool {
+        matches!(effects.first(), Some(Effect::Freeze { reason: r }) if r == reason)
+    }
+
+    fn thaws(effects: &[Effect]) -> bool {
+        effects.iter().any(|e| matches!(e, Effect::Thaw))
+    }
+
+    fn freezes(effects: &[Effect]) -> bool {
+        effects.iter().any(|e| matches!(e, Effect::Freeze { .. }))
+    }
+
+    #[test]
+    fn losing_the_tunnel_freezes_first_and_getting_it_back_thaws() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        assert!(
+            !freezes(&drive(&mut core, watching(2), &None)),
+            "disconnected"
+        );
+        let guard = Input::Command(Command::Guard(spec()));
+        let effects = drive(&mut core, guard, &up());
+        assert_eq!(core.status().state, State::Connected);
+        assert!(!freezes(&effects) && !thaws(&effects));
+
+        // The interface goes: blocked by the firewall, then frozen before anything else.
+        let lost = drive(&mut core, Input::LinksChanged, &None);
+        assert_eq!(core.status().state, State::Connecting);
+        assert!(freezes_first(&lost, "tunnel lost"), "{lost:?}");
+        assert!(core.status().on_drop.held);
+        // Still lost: frozen once, not again.
+        assert!(!freezes(&drive(&mut core, Input::LinksChanged, &None)));
+        // The status published after the freeze says what the executor did, and no status
+        // from before it comes after.
+        let published: Vec<&Status> = lost
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            published.last().is_some_and(|s| s.on_drop.held
+                && s.on_drop.last_event.as_deref() == Some("frozen (tunnel lost)")),
+            "{published:?}"
+        );
+
+        // Back: thawed first.
+        let back = drive(&mut core, Input::LinksChanged, &up());
+        assert_eq!(core.status().state, State::Connected);
+        assert!(matches!(back.first(), Some(Effect::Thaw)), "{back:?}");
+        assert!(!core.status().on_drop.held);
+        assert!(back.iter().any(|e| matches!(e, Effect::Publish(s)
+            if s.on_drop.last_event.as_deref() == Some("thawed"))));
+    }
+
+    #[test]
+    fn a_deliberate_down_or_off_is_no_loss_and_releases_what_a_loss_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        drive(&mut core, watching(1), &None);
+        drive(&mut core, Input::Command(Command::Guard(spec())), &up());
+        // `down` from connected: nothing frozen, under lockdown (blocked) neither.
+        let down = drive(&mut core, Input::Command(Command::Down), &None);
+        assert!(!freezes(&down) && !thaws(&down), "{down:?}");
+        let lockdown = drive(&mut core, Input::Command(Command::Lockdown(true)), &None);
+        assert_eq!(core.status().state, State::Blocked);
+        assert!(!freezes(&lockdown));
+        // Guarded and lost, then `down`: thawed; lost again, then `off`: thawed.
+        for release in [Command::Down, Command::Off] {
+            drive(&mut core, Input::Command(Command::Guard(spec())), &up());
+            assert!(freezes(&drive(&mut core, Input::LinksChanged, &None)));
+            let released = drive(&mut core, Input::Command(release.clone()), &None);
+            assert!(thaws(&released), "{release:?}: {released:?}");
+            assert!(!core.status().on_drop.held);
+        }
+    }
+
+    #[test]
+    fn no_freeze_without_watched_programs_and_one_as_soon_as_there_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        drive(&mut core, Input::Command(Command::Guard(spec())), &up());
+        let lost = drive(&mut core, Input::LinksChanged, &None);
+        assert!(!freezes(&lost) && !thaws(&lost), "{lost:?}");
+        assert!(core.status().on_drop.is_empty());
+        // A program registered while the tunnel is lost (an `exec --freeze-on-drop` started now)
+        // is frozen at once.
+        let registered = drive(&mut core, watching(1), &None);
+        assert!(
+            freezes_first(&registered, "tunnel not connected"),
+            "{registered:?}"
+        );
     }
 }

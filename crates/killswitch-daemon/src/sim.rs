@@ -417,6 +417,9 @@ impl Sim {
                 }
                 // The simulated devices see their servers' answers without probes.
                 Effect::Probe(_) | Effect::Publish(_) => continue,
+                // The simulation watches no programs, so the core never asks; were it to, the
+                // answer is that nothing is watched.
+                Effect::Freeze { .. } | Effect::Thaw => Input::OnDrop(Default::default()),
             };
             let more = self.core()?.on(answer, now);
             for effect in more.into_iter().rev() {

@@ -21,6 +21,7 @@ mod apps_only;
 mod coexist;
 mod coexist_firewalls;
 mod counters;
+mod freeze_on_drop;
 mod guard_discover;
 mod quickstart;
 mod reload;
@@ -38,7 +39,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 30] = [
+pub const ALL: [Scenario; 31] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -176,6 +177,11 @@ pub const ALL: [Scenario; 30] = [
         name: "counters",
         guards: "each refusal is counted under its reason (non-tunnel, dns, ipv6, inbound), and `killswitch blocked` names the last refused destination and its sender's uid",
         script: counters::counters,
+    },
+    Scenario {
+        name: "freeze-on-drop",
+        guards: "programs in freeze_on_drop are frozen within 100 ms of the up tunnel's loss and send nothing until it is back, then are thawed; kill_on_drop's die; a program started meanwhile is frozen too",
+        script: freeze_on_drop::freeze_on_drop,
     },
 ];
 

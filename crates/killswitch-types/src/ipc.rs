@@ -334,6 +334,56 @@ pub struct Status {
     /// add`); empty from daemons older than this field.
     #[serde(default)]
     pub tunnel_only_users: Vec<TunnelOnlyUserStatus>,
+    /// The programs frozen or killed when the tunnel is lost (`freeze_on_drop`, `kill_on_drop`,
+    /// `exec --freeze-on-drop`); empty from daemons older than this field.
+    #[serde(default, skip_serializing_if = "OnDropStatus::is_empty")]
+    pub on_drop: OnDropStatus,
+}
+
+/// The programs the daemon freezes or kills when the tunnel is lost, and what it last did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnDropStatus {
+    /// Each watched program (a configured executable's cgroup, or an `exec`'d program's).
+    #[serde(default)]
+    pub programs: Vec<WatchedProgram>,
+    /// Whether they are held now (frozen or killed: a tunnel is wanted and not connected).
+    #[serde(default)]
+    pub held: bool,
+    /// What was last done to them (`frozen 2 programs (tunnel lost)`, `thawed 2 programs`).
+    #[serde(default)]
+    pub last_event: Option<String>,
+    /// config.toml entries that are not honoured, and why (no such file, not absolute ...).
+    #[serde(default)]
+    pub refused: Vec<String>,
+    /// Why freezing cannot work or last failed (no cgroup v2, a write refused); the daemon
+    /// runs on without it.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl OnDropStatus {
+    /// Whether there is nothing to show: nothing watched, refused or wrong.
+    pub fn is_empty(&self) -> bool {
+        self.programs.is_empty()
+            && self.refused.is_empty()
+            && self.error.is_none()
+            && self.last_event.is_none()
+    }
+}
+
+/// One watched program: a cgroup the daemon freezes or kills when the tunnel is lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchedProgram {
+    /// What it is: the configured executable's path, or the `exec`'d command.
+    pub label: String,
+    /// What happens to it when the tunnel is lost.
+    pub on_drop: crate::OnDrop,
+    /// Its cgroup (a directory of the daemon's cgroup v2 subtree).
+    pub cgroup: String,
+    /// Whether the kernel reports it frozen (`frozen 1` in `cgroup.events`).
+    pub frozen: bool,
+    /// How many processes it holds now.
+    pub processes: u32,
 }
 
 /// A tunnel-only user in force, as `status` and `users list` show it.

@@ -47,6 +47,25 @@ impl fmt::Display for State {
     }
 }
 
+/// What happens to a program's cgroup when the tunnel is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDrop {
+    /// Frozen (cgroup v2 `cgroup.freeze`) while the tunnel is lost, thawed when it is back.
+    Freeze,
+    /// Killed (`cgroup.kill`) when the tunnel is lost.
+    Kill,
+}
+
+impl fmt::Display for OnDrop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnDrop::Freeze => "freeze",
+            OnDrop::Kill => "kill",
+        })
+    }
+}
+
 /// The user's persistent preferences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
