@@ -92,6 +92,9 @@ pub struct Shared {
     pub wireguard_dir: Arc<Path>,
     /// The `killswitch exec` service ([`crate::exec`]); `None` in daemons built without it (tests).
     pub exec: Option<Arc<crate::exec::Exec>>,
+    /// Freeze on drop's watched cgroups: each `status` answer reads whether they are frozen and
+    /// how many processes they hold now.
+    pub on_drop: crate::freeze::Registry,
 }
 
 /// The answer to `verify`: the status, and the kernel compared with the daemon's intent.
@@ -430,6 +433,14 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
                         && let Some(t) = status.tunnel.as_mut()
                     {
                         t.handshake = handshake;
+                    }
+                }
+                if !status.on_drop.programs.is_empty() {
+                    let registry = shared.on_drop.clone();
+                    if let Ok(programs) =
+                        tokio::task::spawn_blocking(move || registry.programs()).await
+                    {
+                        status.on_drop.programs = programs;
                     }
                 }
                 ServerMessage::Ok { status }

@@ -15,11 +15,13 @@
 //! - [`logging`]: the log's style (journal priorities, plain text, or colours on a terminal);
 //! - [`boot`]: `--early-boot`, blocking from the saved settings before the network comes up;
 //! - [`teardown`]: `--teardown`, switching the kill switch off for good (package removal);
+//! - [`freeze`]: freeze on drop, the programs frozen (or killed) while the tunnel is lost;
 //! - [`verify`]: `killswitch verify`'s reading of the kernel, compared with the daemon's intent;
 //! - [`run`]: the event loop that wires them together;
 //! - [`args`]: the command line (here, not in `main.rs`, so that the man page is made from it).
 
 pub mod admission;
+pub mod apps_only;
 pub mod args;
 pub mod authz;
 pub mod blocked;
@@ -32,6 +34,7 @@ pub mod discover;
 pub mod dns;
 pub mod exec;
 pub mod firewall;
+pub mod freeze;
 pub mod handshake;
 pub mod instance;
 pub mod ipc;

@@ -200,3 +200,8 @@ fn an_exec_program_is_confined_under_guard_over_openvpn() {
 fn any_user_may_exec_within_a_limit_and_nothing_of_it_remains() {
     scenario_passes("exec-unprivileged");
 }
+
+#[test]
+fn apps_only_leaves_the_machine_direct_and_the_tunnel_only_user_in_the_tunnel_or_nowhere() {
+    scenario_passes("apps-only");
+}

@@ -879,6 +879,7 @@ mod tests {
             &Settings {
                 lockdown: true,
                 allow_lan: true,
+                apps_only: false,
             },
         );
         let batch = Batch::build(&ruleset, 0, &Default::default()).expect("batch");

@@ -33,6 +33,12 @@
 //! holds only their jump, so they reach loopback and nothing else while everyone else is as free as
 //! the administrator chose.
 //!
+//! Apps-only (`Settings::apps_only`): in every state the machine-wide table is replaced by that
+//! scopes-only table ([`scopes_table`]), which receives the tunnel while it is connected: the
+//! machine's own traffic is left alone, the scopes leave through the tunnel or not at all. The
+//! endpoint hole needs no rule there (nothing but the scopes is refused, and the tunnel's own
+//! program is not a scope).
+//!
 //! Output deliberately has no "established" rule: a flow that went through the tunnel stays in the
 //! conntrack table after the tunnel drops, and an "established" accept would let its next packets out
 //! of the physical interface. Each output rule admits packets for what they are, not for their history.
@@ -96,6 +102,15 @@ pub(crate) struct Parts<'a> {
 }
 
 impl PolicyState {
+    /// The tunnel carrying traffic in this state: only a connected one (a pending tunnel, or one
+    /// being probed, carries nothing yet).
+    pub fn carrying_tunnel(&self) -> Option<&Tunnel> {
+        match self {
+            PolicyState::Connected { tunnel, .. } => Some(tunnel),
+            _ => None,
+        }
+    }
+
     /// What this state's rules are made of; `None` when it has none at all (`off`, and
     /// `disconnected` without lockdown).
     pub(crate) fn parts(&self, settings: &Settings) -> Option<Parts<'_>> {
@@ -297,6 +312,11 @@ pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Rule
 /// Compiles the rules for `state` under `settings`, with `exceptions`: what allow-lan opens, the
 /// local bridges and the administrator's explicit allows.
 pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Exceptions) -> Ruleset {
+    if settings.apps_only {
+        // The machine's own traffic is the administrator's to leave alone: only the scopes get
+        // rules, and they get the tunnel while it carries traffic.
+        return scopes_table(exceptions, state.carrying_tunnel());
+    }
     let Some(Parts {
         peer,
         tunnel,
@@ -425,19 +445,29 @@ fn tunnel_only_chain(tunnel: Option<&Tunnel>) -> Chain {
     }
 }
 
-/// The table of a state that otherwise has none (`off`, unlocked `disconnected`) when there are
-/// tunnel-only users or exec namespaces: one `output` chain that sends the users' packets to
-/// [`tunnel_only_chain`] (with no tunnel known, they may use loopback only) and accepts everyone
-/// else's, because in these states the administrator chose to leave the machine unprotected; and
-/// for exec namespaces, their input, forward and `nat` chains ([`crate::exec`]). Every policy is
-/// accept for that reason: this table is a scope, not a kill switch, and takes away only what
-/// belongs to those users and namespaces. `tunnel` is the tunnel they may use, if any.
-fn scopes_table(exceptions: &Exceptions, tunnel: Option<&Tunnel>) -> Ruleset {
-    let uids = &exceptions.tunnel_only_uids;
-    let exec = !exceptions.exec_scopes.is_empty();
-    if uids.is_empty() && !exec {
+/// Whether anything is confined on its own (a scope), whatever the machine-wide state: the
+/// tunnel-only users and `killswitch exec`'s namespaces.
+fn has_scopes(exceptions: &Exceptions) -> bool {
+    !exceptions.tunnel_only_uids.is_empty() || !exceptions.exec_scopes.is_empty()
+}
+
+/// The scopes-only table: what is installed when the machine itself gets no kill switch, that is
+/// in `off` and unlocked `disconnected`, and in every state with apps-only on. One `output` chain
+/// sends the tunnel-only users' packets to their own chain and accepts everyone else's, because
+/// here the administrator chose to leave the machine unprotected; the exec namespaces get their
+/// input, forward, prerouting and `nat` chains ([`crate::exec`], the same rules as in the
+/// machine-wide table). Every policy is accept for that reason: this table is a scope, not a kill
+/// switch, and takes away only what belongs to the scopes.
+///
+/// `tunnel` is the tunnel carrying traffic, if any (only apps-only passes one: `connected`,
+/// whether `up` runs the tunnel or `guard` watches it); the scopes may use it and its resolvers.
+/// Without one they may use loopback only. `None` (no table at all) when there is no scope.
+pub fn scopes_table(exceptions: &Exceptions, tunnel: Option<&Tunnel>) -> Ruleset {
+    if !has_scopes(exceptions) {
         return Ruleset { table: None };
     }
+    let uids = &exceptions.tunnel_only_uids;
+    let exec = !exceptions.exec_scopes.is_empty();
     let mut rules = vec![on().oif(&InterfaceName::loopback()).accept("loopback")];
     if exec {
         rules.extend(crate::exec::output_rules());
@@ -462,9 +492,15 @@ fn scopes_table(exceptions: &Exceptions, tunnel: Option<&Tunnel>) -> Ruleset {
     if !uids.is_empty() {
         chains.push(tunnel_only_chain(tunnel));
     }
+    // The refusals the scopes' chains jump to: DNS outside the tunnel (named by the users' chain
+    // only while a tunnel carries traffic, by the exec rules always), everything else, and for
+    // exec the inbound drop.
     if exec {
         chains.extend(crate::exec::refuse_chains());
     } else {
+        if tunnel.is_some() {
+            chains.push(refuse_chain(BlockReason::Dns));
+        }
         chains.push(refuse_chain(BlockReason::NonTunnel));
     }
     Ruleset {

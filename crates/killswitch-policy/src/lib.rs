@@ -28,7 +28,9 @@ pub mod routes;
 mod ruleset;
 mod set;
 
-pub use compile::{Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_for, compile_with};
+pub use compile::{
+    Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_for, compile_with, scopes_table,
+};
 pub use evaluate::{ArpPacket, ConnState, Decision, Packet, Transport, Verdict as PacketVerdict};
 pub use exceptions::{CT_MARK_INBOUND, Exceptions, LocalLink, check_allows};
 pub use exec::{EXEC_INTERFACE_PREFIX, ExecScope};

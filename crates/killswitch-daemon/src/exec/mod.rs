@@ -83,17 +83,25 @@ pub struct Exec {
     subtree: std::sync::OnceLock<Result<Subtree, String>>,
     registry: Mutex<Registry>,
     changes: mpsc::Sender<ScopesChanged>,
+    /// Freeze on drop: `exec --freeze-on-drop|--kill-on-drop` programs' cgroups are watched there.
+    on_drop: crate::freeze::Registry,
 }
 
 impl Exec {
     /// The exec service for a daemon keeping its state in `state_dir`.
-    pub fn new(state_dir: &Path, config: ExecConfig, changes: mpsc::Sender<ScopesChanged>) -> Self {
+    pub fn new(
+        state_dir: &Path,
+        config: ExecConfig,
+        changes: mpsc::Sender<ScopesChanged>,
+        on_drop: crate::freeze::Registry,
+    ) -> Self {
         Exec {
             config,
             dir: state_dir.join("exec"),
             subtree: std::sync::OnceLock::new(),
             registry: Mutex::new(Registry::default()),
             changes,
+            on_drop,
         }
     }
 
@@ -316,6 +324,9 @@ impl Exec {
         // The rules go first (nothing runs in the namespace any more), then the objects they
         // name, so that the routing layer never names an interface that is gone.
         self.lock().remove(entry.status.id);
+        if let Some(cgroup) = self.cgroup(entry) {
+            self.on_drop.forget(&cgroup);
+        }
         if let Err(e) = self.publish().await {
             tracing::warn!(
                 "exec: removing the rules of {}: {e}",
@@ -615,21 +626,12 @@ async fn run_scope(
         .map_err(|error| spawn_error(&program, &cwd, &error, &request.env))?;
     let pid = child.id();
     if let Some(on_drop) = on_drop {
-        // `--freeze-on-drop` / `--kill-on-drop`: the freeze registry watches this cgroup
-        // (`freeze::Registry::watch(cgroup, on_drop, label)`, and `forget` in `retire`), wired at
-        // merge with the freeze helper's branch. Until then the namespace alone applies: the
-        // program's traffic is refused while the tunnel is lost.
-        tracing::warn!(
-            pid,
-            "exec: --{}-on-drop is not built on this branch; the program is confined, not {}",
-            match on_drop {
-                killswitch_types::OnDrop::Freeze => "freeze",
-                killswitch_types::OnDrop::Kill => "kill",
-            },
-            match on_drop {
-                killswitch_types::OnDrop::Freeze => "frozen",
-                killswitch_types::OnDrop::Kill => "killed",
-            }
+        // `--freeze-on-drop` / `--kill-on-drop`: frozen or killed with its children whenever the
+        // tunnel is lost ([`crate::freeze`]); forgotten when the scope is retired.
+        exec.on_drop.watch(
+            cgroup.clone(),
+            on_drop,
+            format!("exec {}", entry.status.program),
         );
     }
     exec.lock().started(entry.status.id, pid);
