@@ -10,7 +10,9 @@
 //! tunnel (0 of its packets on the link, its connection refused) while root's traffic outside exec
 //! reaches the target directly: the scope is the program, not the machine. (With apps-only, the
 //! tunnel would still carry the program meanwhile: an addition at merge.) Last, with `up` (the
-//! daemon's own tunnel), the exec'd sender's traffic arrives through it.
+//! daemon's own tunnel), the exec'd sender's traffic arrives through it; and with apps-only on
+//! (the machine unprotected, the tunnel up), through the tunnel while root's traffic goes
+//! directly, and nowhere once the tunnel's server is killed.
 //!
 //! `exec-openvpn`: the up/killed/back cycle with `guard` over OpenVPN's tun device.
 //!
@@ -250,6 +252,39 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
         .count_since(managed_start, |a| a == up_server);
     let managed_leaks = on_phys(lab, managed_from)?;
     let _ = managed_sender.try_wait();
+
+    // Apps-only (the case: the machine itself unprotected, the tunnel up): the exec'd
+    // sender through the tunnel while root's traffic goes directly; the tunnel's server killed,
+    // none of the sender's packets on the link.
+    lab.daemon()?.cli(&["apps-only", "on"])?.ok()?;
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
+    let apps_from = lab.capture.len();
+    let apps_window = lab.begin(&[Kind::Udp4])?;
+    let apps_start = Instant::now();
+    let mut apps_sender = start_sender(lab, Duration::from_secs(20))?;
+    hold(Duration::from_millis(1200));
+    let apps_arrivals = lab.servers.udp.count_since(apps_start, |a| a == up_server);
+    let apps_root = lab.end(apps_window)?;
+    let apps_killed_from = lab.capture.len();
+    lab.up_servers
+        .first_mut()
+        .context("an up server")?
+        .0
+        .process()
+        .kill()?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    let apps_killed_at = Instant::now();
+    hold(Duration::from_millis(1200));
+    let apps_killed_arrivals = lab
+        .servers
+        .udp
+        .count_since(apps_killed_at, |a| a == up_server);
+    let apps_killed_leaks = on_phys(lab, apps_killed_from)?;
+    let apps_leaks = on_phys(lab, apps_from)?;
+    let _ = apps_sender.terminate(EVENT_TIMEOUT);
+    lab.daemon()?.cli(&["apps-only", "off"])?.ok()?;
     // The programs have ended (or been ended by a forwarded SIGTERM); their scopes go once their
     // cgroups are empty: bounded.
     let deadline = Instant::now() + EVENT_TIMEOUT;
@@ -339,6 +374,21 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
             "`up` (the daemon's own tunnel): the exec'd sender's traffic arrives through it ({managed_arrivals} datagrams from {up_server}), none on {PHYS} ({} seen{})",
             managed_leaks.len(),
             examples(&managed_leaks)
+        ),
+    );
+    outcome.check(
+        apps_arrivals > 0 && apps_root.direct > 0,
+        format!(
+            "apps-only, tunnel up: the exec'd sender's traffic arrives through the tunnel ({apps_arrivals} datagrams) while root's goes directly ({} arrivals)",
+            apps_root.direct
+        ),
+    );
+    outcome.check(
+        apps_killed_leaks.is_empty() && apps_leaks.is_empty() && apps_killed_arrivals == 0,
+        format!(
+            "apps-only, the tunnel's server killed: 0 packets of the exec'd sender on {PHYS} ({} seen{}), none arrived ({apps_killed_arrivals})",
+            apps_leaks.len(),
+            examples(&apps_leaks)
         ),
     );
     outcome.check(
