@@ -45,11 +45,23 @@ const RATE: u32 = 200;
 
 /// `killswitch --socket S exec -- ARGS...`, as root or as uid/gid 65534 (no groups), from `/`.
 fn exec_command(lab: &Lab, args: &[&str], as_nobody: bool) -> Result<Command> {
+    exec_command_with(lab, &[], args, as_nobody)
+}
+
+/// [`exec_command`] with `exec`'s own options (`--freeze-on-drop`).
+fn exec_command_with(
+    lab: &Lab,
+    options: &[&str],
+    args: &[&str],
+    as_nobody: bool,
+) -> Result<Command> {
     let mut command = Command::new(crate::binaries::path("killswitch")?);
     command
         .arg("--socket")
         .arg(lab.home.socket())
-        .args(["exec", "--"])
+        .arg("exec")
+        .args(options)
+        .arg("--")
         .args(args)
         .current_dir("/")
         .env("PATH", "/usr/local/bin:/usr/bin:/bin");
@@ -203,6 +215,27 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
     hold(Duration::from_millis(1500));
     let up_arrivals = lab.servers.udp.count_since(started, is_tunnel);
     let (up_connects, _, up_why) = exec_connect(lab)?;
+    // `exec --freeze-on-drop`: the program's cgroup is handed to freeze on drop.
+    let mut frozen_one = Process::spawn(
+        "killswitch exec --freeze-on-drop",
+        exec_command_with(lab, &["--freeze-on-drop"], &["sleep", "30"], false)?,
+    )?;
+    let watched = |lab: &Lab, frozen: bool| -> Result<bool> {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let status = lab.daemon()?.status()?;
+            let found = status
+                .on_drop
+                .programs
+                .iter()
+                .any(|p| p.label.contains("sleep") && p.frozen == frozen);
+            if found || Instant::now() >= deadline {
+                return Ok(found);
+            }
+            hold(Duration::from_millis(50));
+        }
+    };
+    let watched_running = watched(lab, false)?;
 
     let killed_from = lab.capture.len();
     let killed_at = Instant::now();
@@ -211,6 +244,7 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
         .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
     hold(Duration::from_millis(1000));
     let (killed_connects, killed_took, killed_why) = exec_connect(lab)?;
+    let watched_frozen = watched(lab, true)?;
     let killed_leaks = on_phys(lab, killed_from)?;
     lab.start_vpn()?;
     let back_at = Instant::now();
@@ -225,6 +259,8 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
     let measured = Instant::now();
     hold(Duration::from_millis(1500));
     let back_arrivals = lab.servers.udp.count_since(measured, is_tunnel);
+    let watched_thawed = watched(lab, false)?;
+    let _ = frozen_one.terminate(EVENT_TIMEOUT);
     let still_running = sender.try_wait()?.is_none();
     let window_leaks = on_phys(lab, window_from)?;
     let mut outcome = Outcome::new(lab.end(window)?);
@@ -324,6 +360,12 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
             "tunnel killed: 0 packets of the exec'd sender on {PHYS} ({} seen{}), none through the tunnel ({killed_arrivals})",
             killed_leaks.len(),
             examples(&killed_leaks)
+        ),
+    );
+    outcome.check(
+        watched_running && watched_frozen && watched_thawed,
+        format!(
+            "`exec --freeze-on-drop`: the program is watched (running {watched_running}), frozen while the tunnel is lost ({watched_frozen}), thawed when it is back ({watched_thawed})"
         ),
     );
     outcome.check(
