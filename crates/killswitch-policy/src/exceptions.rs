@@ -70,6 +70,9 @@ pub struct Exceptions {
     /// the machine as a whole has no rules (see [`crate::compile`]). Carried here because this is
     /// the one seam through which everything the administrator configured reaches the compiler.
     pub tunnel_only_uids: Vec<u32>,
+    /// The bypass cgroup, while a program runs under `killswitch exec --bypass`: its sockets
+    /// may leave by any interface ([`crate::bypass`]).
+    pub bypass: Option<crate::bypass::BypassScope>,
 }
 
 impl From<Lan> for Exceptions {

@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bypass;
 mod compile;
 mod evaluate;
 pub mod exceptions;
@@ -27,6 +28,7 @@ pub mod routes;
 mod ruleset;
 mod set;
 
+pub use bypass::{BYPASS_MARK, BypassScope};
 pub use compile::{Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_for, compile_with};
 pub use evaluate::{ArpPacket, ConnState, Decision, Packet, Transport, Verdict as PacketVerdict};
 pub use exceptions::{CT_MARK_INBOUND, Exceptions, LocalLink, check_allows};

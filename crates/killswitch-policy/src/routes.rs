@@ -65,7 +65,8 @@ pub const PRIORITY_LAN: u32 = 5301;
 pub const PRIORITY_CATCH_ALL: u32 = 5302;
 /// Every priority the kill switch uses. Other programs may have rules there too: the backend tells
 /// its own apart by the protocol value it marks them with, and touches no other.
-pub const PRIORITIES: [u32; 4] = [
+pub const PRIORITIES: [u32; 5] = [
+    crate::bypass::PRIORITY_BYPASS,
     PRIORITY_TUNNEL_ONLY_USERS,
     PRIORITY_TUNNEL,
     PRIORITY_LAN,
@@ -189,9 +190,10 @@ pub fn compile_routes_for(
         probe,
     }) = state.parts(settings)
     else {
-        return tunnel_only_layer(&exceptions.tunnel_only_uids);
+        return scopes_layer(exceptions);
     };
-    let mut rules = tunnel_only_rules(&exceptions.tunnel_only_uids);
+    let mut rules = bypass_rules(exceptions);
+    rules.extend(tunnel_only_rules(&exceptions.tunnel_only_uids));
     if settings.allow_lan || !exceptions.subnets.is_empty() {
         // Ahead of the LAN: whatever belongs to the tunnel goes to our table, where it finds the
         // tunnel (connected), the probe's route (connecting) or `unreachable`.
@@ -328,17 +330,33 @@ fn tunnel_only_rules(uids: &[u32]) -> Vec<RoutingRule> {
 /// The layer of a state that otherwise has none (`off`, unlocked `disconnected`): only the
 /// tunnel-only users' rules, and a table of nothing but `unreachable` (no tunnel is known in
 /// these states, so they reach nothing beyond this machine). `None` without such users.
-fn tunnel_only_layer(uids: &[u32]) -> Option<RoutingLayer> {
-    if uids.is_empty() {
+///
+/// The bypass rule comes with it when a program is bypassed: in these states the main table is
+/// what everyone uses anyway, but a tunnel routed by rules of its own (wg-quick's) would take the
+/// bypassed program's packets too.
+fn scopes_layer(exceptions: &Exceptions) -> Option<RoutingLayer> {
+    let uids = &exceptions.tunnel_only_uids;
+    if uids.is_empty() && exceptions.bypass.is_none() {
         return None;
     }
+    let mut rules = bypass_rules(exceptions);
+    rules.extend(tunnel_only_rules(uids));
     Some(RoutingLayer {
-        rules: tunnel_only_rules(uids),
+        rules,
         routes: [IpFamily::V4, IpFamily::V6]
             .into_iter()
             .map(TableRoute::Unreachable)
             .collect(),
     })
+}
+
+/// The bypass rules ([`crate::bypass`]) while a program is bypassed.
+fn bypass_rules(exceptions: &Exceptions) -> Vec<RoutingRule> {
+    if exceptions.bypass.is_some() {
+        crate::bypass::bypass_routing_rules()
+    } else {
+        Vec::new()
+    }
 }
 
 /// `ip rule add priority PRIORITY SELECTOR lookup TABLE`, for one family.
