@@ -991,6 +991,7 @@ impl<F: Firewall> Core<F> {
             subnets: allows.subnets.clone(),
             inbound: allows.inbound.clone(),
             tunnel_only_uids: self.tunnel_only_users().iter().map(|u| u.uid).collect(),
+            bypass: None,
         }
     }
 
