@@ -179,6 +179,9 @@ pub enum Command {
         /// What.
         entry: killswitch_types::AllowEntry,
     },
+    /// `exec --bypass`: the executor moved the requesting process into the bypass cgroup, which
+    /// is now this; the rules must follow before the answer lets the program start.
+    Bypass(crate::bypass::BypassView),
     /// `users add|remove`.
     Users {
         /// Add (true) or remove.
@@ -222,6 +225,14 @@ impl Command {
                     .check(spec.interface.as_str())
                     .map_err(|message| IpcError::new(ErrorKind::BadRequest, message))?;
                 Command::Up(spec)
+            }
+            // The executor moves the process (I/O, and only it knows the connection's process)
+            // and hands the core a `Command::Bypass`: one reaching here was not carried out.
+            Request::Bypass => {
+                return Err(IpcError::new(
+                    ErrorKind::BadRequest,
+                    "exec --bypass: the requesting process was not moved; nothing was changed",
+                ));
             }
             Request::Down => Command::Down,
             Request::Off => Command::Off,
@@ -294,6 +305,9 @@ pub struct Core<F> {
     /// The tunnel-only users added with `killswitch users add` (persisted; config.toml's are in
     /// `options.tunnel_only_users`).
     users: Vec<crate::users::TunnelOnlyUser>,
+    /// The bypass cgroup while programs run in it (`killswitch exec --bypass`), as the executor
+    /// last looked at it. Not persisted: a restarted daemon looks again.
+    bypass: Option<crate::bypass::BypassView>,
     options: CoreOptions,
     dns_status: Option<DnsStatus>,
     /// The latest time an input brought: the core reads no clock. A tunnel that a command asks
@@ -347,6 +361,9 @@ pub enum Input {
     /// The configuration file was read again (SIGHUP, `systemctl reload`): what it now says, or
     /// why it cannot be used (then the running configuration stays).
     Reloaded(Result<Box<Reconfigured>, String>),
+    /// The bypass cgroup may have changed (created, re-created with a new id, populated,
+    /// emptied and removed): what the executor sees now.
+    Bypass(Option<crate::bypass::BypassView>),
     /// The answer to [`Effect::SyncDns`].
     DnsSynced {
         /// Whether DNS management changed anything (then `status` is its new status).
@@ -510,6 +527,7 @@ impl<F: Firewall> Core<F> {
             locals: crate::locals::LocalView::default(),
             allows: persisted.allows.clone(),
             users: persisted.tunnel_only_users.clone(),
+            bypass: None,
             options,
             dns_status: None,
             now,
@@ -571,6 +589,25 @@ impl<F: Firewall> Core<F> {
                 // let reconcile repair whatever is off (it changes nothing when all is well).
                 self.check_now();
                 self.look_then(Then::Reconcile { retry: false }, &mut effects);
+            }
+            Input::Bypass(view) => {
+                // Level-triggered: the rules follow the cgroup's current id. A change of the
+                // process count alone changes no rule, only what `status` shows.
+                let scope_changed =
+                    self.bypass.as_ref().map(|b| b.scope) != view.as_ref().map(|b| b.scope);
+                match (&self.bypass, &view) {
+                    (None, Some(v)) => tracing::info!(id = v.scope.id, "bypass started"),
+                    (Some(_), None) => tracing::info!("bypass ended"),
+                    (Some(old), Some(new)) if old.scope != new.scope => {
+                        tracing::info!(old = old.scope.id, new = new.scope.id, "bypass cgroup re-created")
+                    }
+                    _ => {}
+                }
+                self.bypass = view;
+                if scope_changed {
+                    self.reconcile();
+                }
+                self.finish(&mut effects);
             }
             Input::NftChanged { committer } => {
                 self.check_installed(&committer);
@@ -866,6 +903,12 @@ impl<F: Firewall> Core<F> {
             // with every refused packet, which is no change of state to publish.
             blocked: None,
             tunnel_only_users: self.tunnel_only_users(),
+            bypass: self.bypass.as_ref().map(|b| killswitch_types::ipc::BypassStatus {
+                cgroup: b.path.display().to_string(),
+                id: b.scope.id,
+                level: b.scope.level,
+                processes: b.processes,
+            }),
         }
     }
 
@@ -991,7 +1034,7 @@ impl<F: Firewall> Core<F> {
             subnets: allows.subnets.clone(),
             inbound: allows.inbound.clone(),
             tunnel_only_uids: self.tunnel_only_users().iter().map(|u| u.uid).collect(),
-            bypass: None,
+            bypass: self.bypass.as_ref().map(|b| b.scope),
         }
     }
 
@@ -1129,6 +1172,18 @@ impl<F: Firewall> Core<F> {
         let mut users = self.users.clone();
         match command {
             Command::Status => return Ok(self.status()),
+            Command::Bypass(view) => {
+                // Nothing to persist: the cgroup is the state, and a restart looks at it again.
+                self.bypass = Some(view.clone());
+                self.reconcile();
+                return match &self.apply_error {
+                    None => Ok(self.status()),
+                    Some(error) => Err(IpcError::new(
+                        ErrorKind::Firewall,
+                        format!("the bypass rules could not be put in place ({error}); the program was not started"),
+                    )),
+                };
+            }
             Command::Guard(spec) => {
                 // (uid_t)-1 is "no uid" to the kernel, which refuses it in a routing rule: the
                 // routing layer would be missing while the firewall held.

@@ -107,7 +107,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let link_events = LinkEvents::subscribe().context("subscribing to link changes")?;
     let nft_changes = NftChanges::subscribe().context("subscribing to nftables changes")?;
     let mut wake = None;
-    let started = core.on(Input::Started, Instant::now());
+    let mut started = core.on(Input::Started, Instant::now());
+    // Programs a previous daemon bypassed may still run: their cgroup's rules come back at once
+    // (and an empty cgroup it left is removed).
+    let mut bypass = crate::bypass::Bypass::new();
+    let bypass_watch = bypass.root().and_then(|root| {
+        crate::bypass::BypassWatch::new(root)
+            .map_err(|e| tracing::warn!("bypass: watching {}: {e}", root.display()))
+            .ok()
+    });
+    started.extend(core.on(Input::Bypass(bypass.observe()), Instant::now()));
     // Only the looks now: the rest (DNS above all) once the bus is there.
     let started = look_at_once(&mut core, started);
 
@@ -185,6 +194,27 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     continue;
                 }
                 tracing::info!(uid = command.peer.uid, pid = command.peer.pid, "request `{}`", command.request.name());
+                if command.request == killswitch_types::ipc::Request::Bypass {
+                    // The connection's own process, moved here where the cgroup is looked
+                    // after, so that no look at the cgroup runs between the move and the rules.
+                    match bypass.join(&command.peer) {
+                        Ok(view) => {
+                            if let Some(watch) = &bypass_watch {
+                                watch.rewatch();
+                            }
+                            io.reply = Some(command.reply);
+                            Some(Input::Command(Command::Bypass(view)))
+                        }
+                        Err(error) => {
+                            tracing::warn!(uid = command.peer.uid, pid = command.peer.pid, "exec --bypass refused: {error}");
+                            let _ = command.reply.send(Err(IpcError::new(
+                                killswitch_types::ipc::ErrorKind::BadRequest,
+                                format!("exec --bypass: {error}; nothing was changed"),
+                            )));
+                            continue;
+                        }
+                    }
+                } else {
                 match Command::parse(&command.request, &config.wireguard_dir, &devices) {
                     Ok(parsed) => {
                         io.reply = Some(command.reply);
@@ -196,6 +226,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                         continue;
                     }
                 }
+                }
+            }
+            changed = bypass_changed(bypass_watch.as_ref()) => {
+                if let Err(e) = changed {
+                    tracing::warn!("bypass: reading the cgroup watch failed: {e}");
+                }
+                if let Some(watch) = &bypass_watch {
+                    watch.rewatch();
+                }
+                Some(Input::Bypass(bypass.observe()))
             }
             Some(reply) = verifications.recv() => {
                 // Read-only: the kernel compared with what the core means it to hold. Nothing
@@ -382,6 +422,14 @@ impl NftChanges {
                 return Ok(foreign.join(", "));
             }
         }
+    }
+}
+
+/// Resolves when the bypass cgroup may have changed; never without a watch.
+async fn bypass_changed(watch: Option<&crate::bypass::BypassWatch>) -> std::io::Result<()> {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -119,6 +119,11 @@ pub enum Request {
         /// A user name or a numeric uid, resolved by the daemon.
         user: String,
     },
+    /// `killswitch exec --bypass`: move the requesting process (the one that connected, as the
+    /// kernel names it: never a pid from the request) into the daemon's bypass cgroup, whose
+    /// sockets go around the tunnel, and answer once the rules are in force. The client then
+    /// runs the program itself. Privileged: it loosens protection.
+    Bypass,
 }
 
 impl Request {
@@ -141,6 +146,7 @@ impl Request {
             Request::Allow { .. } => "allow",
             Request::Verify => "verify",
             Request::Users { .. } => "users",
+            Request::Bypass => "exec --bypass",
         }
     }
 }
@@ -323,6 +329,23 @@ pub struct Status {
     /// add`); empty from daemons older than this field.
     #[serde(default)]
     pub tunnel_only_users: Vec<TunnelOnlyUserStatus>,
+    /// The bypass cgroup, while programs run under `killswitch exec --bypass`; `None` when none
+    /// does (and from daemons older than this field).
+    #[serde(default)]
+    pub bypass: Option<BypassStatus>,
+}
+
+/// Programs going around the tunnel (`killswitch exec --bypass`), as `status` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BypassStatus {
+    /// The cgroup's directory.
+    pub cgroup: String,
+    /// Its id (the inode of its directory), which the firewall rule matches.
+    pub id: u64,
+    /// Its depth below the cgroup2 root.
+    pub level: u32,
+    /// How many processes are in it (read when the status was asked for).
+    pub processes: u32,
 }
 
 /// A tunnel-only user in force, as `status` and `users list` show it.
@@ -651,6 +674,7 @@ mod tests {
                 add: true,
                 user: "debian-transmission".to_owned(),
             },
+            Request::Bypass,
             Request::Up {
                 interface: None,
                 configs: vec![
@@ -925,6 +949,21 @@ mod tests {
                 user: "nobody".to_owned()
             }
         );
+    }
+
+    #[test]
+    fn the_bypass_request_carries_no_pid_and_its_status_is_additive() {
+        // Pinned: the daemon takes the process from the connection, so nothing else is sent.
+        let line = encode_line(&RequestEnvelope::new(Request::Bypass)).expect("encodes");
+        assert_eq!(
+            line,
+            "{\"version\":1,\"request\":{\"command\":\"bypass\"}}\n"
+        );
+        // A pid in the request is an unknown field, refused.
+        assert!(decode_request(r#"{"version":1,"request":{"command":"bypass","pid":1}}"#).is_err());
+        let old = r#"{"state":"off","lockdown":false,"allow_lan":false,"tunnel":null,"error":null,"firewall":{"installed":false,"blocking":false,"transitions":0,"last_apply_us":null}}"#;
+        let status: Status = serde_json::from_str(old).expect("decodes");
+        assert_eq!(status.bypass, None);
     }
 
     #[test]
