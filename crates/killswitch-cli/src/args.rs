@@ -293,6 +293,39 @@ pub enum Command {
         #[command(subcommand)]
         action: UsersAction,
     },
+    /// Run a program with its own network scope (`--bypass`: around the tunnel).
+    ///
+    /// `killswitch exec --bypass -- CMD [ARGS...]` runs CMD, and every child it forks, around
+    /// the tunnel through the physical link, in every state, while nothing else does: split
+    /// tunnelling. This LOOSENS the protection (whatever the program sends is seen by the local
+    /// network and the internet provider), so it is for root and members of the admin group only.
+    /// The program runs here, as you, with your environment, working directory and terminal; its
+    /// exit status is this command's. Its DNS goes wherever it sends it: to the system's stub
+    /// resolver (127.0.0.53) it is answered through the tunnel like everyone's; to a resolver of
+    /// its own, around the tunnel. When it and its children have exited, nothing of the bypass
+    /// remains. Needs cgroup v2 and cgroup BPF.
+    Exec {
+        /// Go around the tunnel through the physical link (administrators only).
+        ///
+        /// Loosens protection: the program's traffic (and its children's) leaves outside the
+        /// tunnel, in clear to the local network.
+        #[arg(long)]
+        bypass: bool,
+        /// Freeze the program (and its children) while the tunnel is lost; thaw when it is back.
+        #[arg(long, conflicts_with_all = ["kill_on_drop", "bypass"])]
+        freeze_on_drop: bool,
+        /// Kill the program (and its children) when the tunnel is lost.
+        #[arg(long, conflicts_with = "bypass")]
+        kill_on_drop: bool,
+        /// The program and its arguments.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "COMMAND"
+        )]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Remove the kill switch entirely: no rules at all, and lockdown off.
     ///
     /// Nothing is blocked until the next `guard`, `up` or `lockdown on`. A tunnel that `up`

@@ -4,6 +4,7 @@
 //! through the daemon, which checks who is asking. The command line itself is defined in the
 //! crate's library ([`killswitch_cli::args`]), which the man page and completions are made from.
 
+mod bypass;
 mod client;
 mod events;
 mod guard;
@@ -107,6 +108,17 @@ fn main() -> ExitCode {
             enabled: value.enabled(),
         },
         Command::Off => Request::Off,
+        Command::Exec {
+            bypass: true,
+            command,
+            ..
+        } => return bypass::run(&cli.socket, cli.json, &command),
+        Command::Exec { .. } => {
+            eprintln!(
+                "killswitch: exec without --bypass is not built on this branch; nothing was run"
+            );
+            return ExitCode::from(1);
+        }
         Command::Users { action } => match action {
             UsersAction::List => return list_users(&cli.socket, cli.json),
             UsersAction::Add { user } => Request::Users { add: true, user },
@@ -164,7 +176,7 @@ fn main() -> ExitCode {
 
 /// Reports a failed request (on standard error, and as JSON with --json) and returns its exit
 /// status.
-fn fail(failure: &Failure, json: bool) -> ExitCode {
+pub(crate) fn fail(failure: &Failure, json: bool) -> ExitCode {
     if let Some(line) = failure.to_json().filter(|_| json) {
         emit(&format!("{line}\n"));
     }

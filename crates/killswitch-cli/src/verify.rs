@@ -557,6 +557,7 @@ mod tests {
             notes: Vec::new(),
             blocked: None,
             tunnel_only_users: Vec::new(),
+            bypass: None,
         }
     }
 
