@@ -595,7 +595,8 @@ mod tests {
         assert!(!super::status(&status).contains("bypass"));
         assert!(!event_line(&status).contains("bypass"));
         status.bypass = Some(killswitch_types::ipc::BypassStatus {
-            cgroup: "/sys/fs/cgroup/unified/killswitch/net-4026531840/bypass".to_owned(),
+            cgroup: "/killswitch/net-4026531840/bypass".to_owned(),
+            directory: None,
             id: 4242,
             level: 4,
             processes: 2,

@@ -40,8 +40,11 @@ pub const CGROUP_NAME: &str = "bypass";
 pub struct BypassView {
     /// What the rules match.
     pub scope: BypassScope,
-    /// The cgroup's directory (for status).
+    /// The cgroup's directory, as the daemon reaches it.
     pub path: PathBuf,
+    /// The cgroup as the kernel names it (`/killswitch/net-N/bypass`, as in /proc/PID/cgroup),
+    /// whatever the mount point: what `status` shows.
+    pub name: String,
     /// How many processes were in it when it was looked at.
     pub processes: u32,
 }
@@ -61,8 +64,8 @@ pub struct Bypass {
 impl Bypass {
     /// Finds the daemon's subtree (creating it if needed). Without cgroup v2 the daemon runs as
     /// before and refuses `exec --bypass`, naming what is missing.
-    pub fn new() -> Self {
-        let mut bypass = Bypass::with_subtree(Subtree::find().map_err(|e| e.to_string()));
+    pub fn new(state_dir: &Path) -> Self {
+        let mut bypass = Bypass::with_subtree(find_or_mount(state_dir));
         // An empty bypass cgroup found at start is what a daemon that stopped before its last
         // bypassed process exited left: the first look removes it.
         bypass.was_populated = true;
@@ -137,6 +140,7 @@ impl Bypass {
     /// absent or never populated, `None`.
     pub fn observe(&mut self) -> Option<BypassView> {
         let (subtree, cgroup) = self.cgroup()?;
+        let mount = subtree.mount().to_owned();
         if !cgroup.exists() {
             self.was_populated = false;
             self.attached_to = None;
@@ -182,18 +186,70 @@ impl Bypass {
             }
         }
         let processes = cgroup.pids().map_or(0, |p| p.len() as u32);
+        let name = cgroup
+            .path()
+            .strip_prefix(&mount)
+            .map_or_else(|_| cgroup.path().display().to_string(), |below| {
+                format!("/{}", below.display())
+            });
         Some(BypassView {
             scope: BypassScope { level, id },
             path: cgroup.path().to_owned(),
+            name,
             processes,
         })
     }
 }
 
-impl Default for Bypass {
-    fn default() -> Self {
-        Bypass::new()
+/// The daemon's subtree: under the cgroup2 mount this mount namespace shows, or, where it shows
+/// none, under a cgroup2 mount of the daemon's own at `<state_dir>/cgroup2`.
+///
+/// Why the fallback: `ip netns exec` (how a daemon is started in a named network namespace, the
+/// lab's included) gives the program a mount namespace with a fresh sysfs on /sys, which hides
+/// the cgroup mounts below /sys/fs/cgroup although the kernel's cgroup2 hierarchy is there. A
+/// cgroup2 mount is a view of that one hierarchy (from the root of the daemon's cgroup
+/// namespace), so the ids, depths and processes seen through it are the same. Mounting needs
+/// CAP_SYS_ADMIN; a kernel without cgroup2 refuses, and the error says so.
+fn find_or_mount(state_dir: &Path) -> Result<Subtree, String> {
+    match Subtree::find() {
+        Ok(subtree) => Ok(subtree),
+        Err(crate::cgroup::CgroupError::NoCgroup2) => {
+            let mount = state_dir.join("cgroup2");
+            mount_cgroup2(&mount).map_err(|e| {
+                format!(
+                    "no cgroup v2 hierarchy is mounted here, and mounting one at {} failed ({e});                      bypass needs a kernel with cgroup v2",
+                    mount.display()
+                )
+            })?;
+            let netns = std::fs::metadata("/proc/self/ns/net")
+                .map_err(|e| format!("reading this daemon's network namespace: {e}"))?
+                .st_ino();
+            let root = mount.join("killswitch").join(format!("net-{netns}"));
+            Subtree::at(mount, root).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
     }
+}
+
+/// Mounts cgroup2 at `dir` unless it is mounted there already (a restarted daemon's).
+fn mount_cgroup2(dir: &Path) -> std::io::Result<()> {
+    /// `CGROUP2_SUPER_MAGIC` (linux/magic.h).
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    std::fs::create_dir_all(dir)?;
+    if nix::sys::statfs::statfs(dir)
+        .is_ok_and(|fs| fs.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+    {
+        return Ok(());
+    }
+    use nix::mount::MsFlags;
+    nix::mount::mount(
+        Some("cgroup2"),
+        dir,
+        Some("cgroup2"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(std::io::Error::from)
 }
 
 /// How many processes are in the cgroup at `path` now (0 when it is gone).

@@ -904,7 +904,8 @@ impl<F: Firewall> Core<F> {
             blocked: None,
             tunnel_only_users: self.tunnel_only_users(),
             bypass: self.bypass.as_ref().map(|b| killswitch_types::ipc::BypassStatus {
-                cgroup: b.path.display().to_string(),
+                cgroup: b.name.clone(),
+                directory: Some(b.path.display().to_string()),
                 id: b.scope.id,
                 level: b.scope.level,
                 processes: b.processes,

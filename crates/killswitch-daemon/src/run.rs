@@ -110,7 +110,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut started = core.on(Input::Started, Instant::now());
     // Programs a previous daemon bypassed may still run: their cgroup's rules come back at once
     // (and an empty cgroup it left is removed).
-    let mut bypass = crate::bypass::Bypass::new();
+    let mut bypass = crate::bypass::Bypass::new(&options.state_dir);
     let bypass_watch = bypass.root().and_then(|root| {
         crate::bypass::BypassWatch::new(root)
             .map_err(|e| tracing::warn!("bypass: watching {}: {e}", root.display()))

@@ -338,8 +338,13 @@ pub struct Status {
 /// Programs going around the tunnel (`killswitch exec --bypass`), as `status` shows them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BypassStatus {
-    /// The cgroup's directory.
+    /// The cgroup as the kernel names it (below the cgroup2 root, as in /proc/PID/cgroup:
+    /// `/killswitch/net-4026531840/bypass`).
     pub cgroup: String,
+    /// Where the daemon reaches the cgroup's directory; only for the daemon's own use (the
+    /// IPC server counts the processes there), never sent.
+    #[serde(skip)]
+    pub directory: Option<String>,
     /// Its id (the inode of its directory), which the firewall rule matches.
     pub id: u64,
     /// Its depth below the cgroup2 root.
