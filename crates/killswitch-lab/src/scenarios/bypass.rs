@@ -313,6 +313,17 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
             && blocked.window.refused > 0,
         format!("blocked: everything else is refused ({})", describe(&blocked)),
     );
+    // The control: the same program without `--bypass` is refused (each send fails, nothing of
+    // it on the link), so the frames counted above are the bypass's doing.
+    let control = plain_run(lab, dir.path())?;
+    outcome.check(
+        control.parent == 0 && control.child == 0 && control.output.contains("refused"),
+        format!(
+            "control: the same program without --bypass is refused ({}; {:?})",
+            describe(&control),
+            control.output.lines().next()
+        ),
+    );
     let new_id = blocked
         .during
         .as_ref()
@@ -331,7 +342,7 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
     outcome.check(
         recreated.followed,
         format!(
-            "the cgroup re-created by another program (id {}): the daemon follows its new id ({:?})",
+            "the cgroup re-created by another program (id {}): the daemon follows its new id, and finds it again after a restart ({:?})",
             recreated.id, recreated.seen
         ),
     );
@@ -402,6 +413,27 @@ fn cgroup2_mount() -> Result<PathBuf> {
         .context("no cgroup2 mount for the lab")
 }
 
+/// The script run as root in the client namespace without `exec --bypass`.
+fn plain_run(lab: &Lab, dir: &Path) -> Result<Run> {
+    let release = release_fifo(dir, "control")?;
+    let script = script(&release);
+    let window = lab.begin(&[])?;
+    let since = Instant::now();
+    let from = lab.capture.len();
+    let mut command = lab.topo.client.command("bash");
+    command.args(["-c", &script]);
+    let mut process = crate::process::Process::spawn("plain bash", command)?;
+    process.wait_for_line(0, "sent", Duration::from_secs(10))?;
+    release_program(&release, Instant::now() + EVENT_TIMEOUT)?;
+    let mut run = Run {
+        output: process.output(),
+        ..Run::default()
+    };
+    count_frames(lab, from, since, &mut run)?;
+    run.window = lab.end(window)?;
+    Ok(run)
+}
+
 /// Step 3's findings.
 struct Recreated {
     id: u64,
@@ -413,7 +445,7 @@ struct Recreated {
 /// Creates the bypass cgroup again itself, moves a bash of its own into it (waiting on a FIFO,
 /// so that it opens no socket before the move), waits until the daemon shows the new id, then
 /// lets it send.
-fn recreated_cgroup(lab: &Lab, cgroup: &Path, dir: &Path) -> Result<Recreated> {
+fn recreated_cgroup(lab: &mut Lab, cgroup: &Path, dir: &Path) -> Result<Recreated> {
     std::fs::create_dir(cgroup).with_context(|| format!("mkdir {}", cgroup.display()))?;
     let id = std::fs::metadata(cgroup)?.st_ino();
     let start = release_fifo(dir, "recreated-start")?;
@@ -431,10 +463,18 @@ fn recreated_cgroup(lab: &Lab, cgroup: &Path, dir: &Path) -> Result<Recreated> {
     let mut process = crate::process::Process::spawn("bypassed bash", command)?;
     std::fs::write(cgroup.join("cgroup.procs"), format!("{}\n", process.pid()))
         .with_context(|| format!("moving the test's bash into {}", cgroup.display()))?;
-    let daemon = lab.daemon()?;
-    let seen = daemon.wait_for("the re-created cgroup", EVENT_TIMEOUT, |s| {
+    let seen = lab.daemon()?.wait_for("the re-created cgroup", EVENT_TIMEOUT, |s| {
         s.bypass.as_ref().is_some_and(|b| b.id == id)
     });
+    // A daemon restart meanwhile: the new daemon finds the cgroup, its id and its processes,
+    // and attaches the marking program again (replacing, not doubling, the one in place).
+    let mut old = lab.daemon.take().context("no daemon")?;
+    old.process().terminate(EVENT_TIMEOUT)?;
+    lab.daemon = Some(crate::daemon::Daemon::start(&lab.topo.client, &lab.home)?);
+    let after_restart = lab.daemon()?.wait_for("the bypass found after a restart", EVENT_TIMEOUT, |s| {
+        s.bypass.as_ref().is_some_and(|b| b.id == id)
+    });
+    let daemon = lab.daemon()?;
     release_program(&start, Instant::now() + EVENT_TIMEOUT)?;
     process.wait_for_line(0, "sent", Duration::from_secs(10))?;
     release_program(&release, Instant::now() + EVENT_TIMEOUT)?;
@@ -460,7 +500,7 @@ fn recreated_cgroup(lab: &Lab, cgroup: &Path, dir: &Path) -> Result<Recreated> {
     let seen_id = seen.as_ref().ok().and_then(|s| s.bypass.as_ref()).map(|b| b.id);
     Ok(Recreated {
         id,
-        followed: seen.is_ok(),
+        followed: seen.is_ok() && after_restart.is_ok(),
         seen: seen_id,
         run,
     })
