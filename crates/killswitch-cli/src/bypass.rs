@@ -23,7 +23,9 @@ pub(crate) fn run(socket: &Path, json: bool, command: &[OsString]) -> ExitCode {
     };
     // The connection is closed when the answer is read (and would be at exec anyway: std opens
     // sockets close-on-exec), so CMD inherits nothing of it.
-    if let Err(failure) = Client::new(socket.to_owned()).request(killswitch_types::ipc::Request::Bypass) {
+    if let Err(failure) =
+        Client::new(socket.to_owned()).request(killswitch_types::ipc::Request::Bypass)
+    {
         return crate::fail(&failure, json);
     }
     let error = std::process::Command::new(program).args(args).exec();

@@ -95,9 +95,10 @@ impl Bypass {
     /// returns the cgroup as it is now. The error names what is wrong; on error the process is
     /// where it was (unless only the final look failed).
     pub fn join(&mut self, peer: &Peer) -> Result<BypassView, String> {
-        let subtree = self.subtree.as_ref().map_err(|e| {
-            format!("bypass needs cgroup v2: {e}")
-        })?;
+        let subtree = self
+            .subtree
+            .as_ref()
+            .map_err(|e| format!("bypass needs cgroup v2: {e}"))?;
         let pid = peer.pid.ok_or_else(|| {
             "the daemon cannot name the requesting process (it runs in another pid namespace); \
              run killswitch exec --bypass in the daemon's pid namespace"
@@ -123,12 +124,9 @@ impl Bypass {
         crate::bpf::attach_mark(cgroup.path(), killswitch_policy::BYPASS_MARK)
             .map_err(|e| e.to_string())?;
         self.attached_to = Some(id);
-        cgroup.add_process(pid).map_err(|e| {
-            format!(
-                "moving process {pid} into {}: {e}",
-                cgroup.path().display()
-            )
-        })?;
+        cgroup
+            .add_process(pid)
+            .map_err(|e| format!("moving process {pid} into {}: {e}", cgroup.path().display()))?;
         self.was_populated = true;
         tracing::info!(pid, uid = peer.uid, cgroup = %cgroup.path().display(), id, "bypass: process joined");
         self.observe()
@@ -158,7 +156,9 @@ impl Bypass {
             if self.was_populated {
                 // The last bypassed process exited: nothing of the bypass may remain.
                 match cgroup.remove() {
-                    Ok(()) => tracing::info!(cgroup = %cgroup.path().display(), "bypass ended: cgroup removed"),
+                    Ok(()) => {
+                        tracing::info!(cgroup = %cgroup.path().display(), "bypass ended: cgroup removed")
+                    }
                     Err(e) => tracing::warn!("bypass: removing {}: {e}", cgroup.path().display()),
                 }
                 self.was_populated = false;
@@ -186,12 +186,10 @@ impl Bypass {
             }
         }
         let processes = cgroup.pids().map_or(0, |p| p.len() as u32);
-        let name = cgroup
-            .path()
-            .strip_prefix(&mount)
-            .map_or_else(|_| cgroup.path().display().to_string(), |below| {
-                format!("/{}", below.display())
-            });
+        let name = cgroup.path().strip_prefix(&mount).map_or_else(
+            |_| cgroup.path().display().to_string(),
+            |below| format!("/{}", below.display()),
+        );
         Some(BypassView {
             scope: BypassScope { level, id },
             path: cgroup.path().to_owned(),
@@ -233,11 +231,9 @@ fn find_or_mount(state_dir: &Path) -> Result<Subtree, String> {
 
 /// Mounts cgroup2 at `dir` unless it is mounted there already (a restarted daemon's).
 fn mount_cgroup2(dir: &Path) -> std::io::Result<()> {
-    /// `CGROUP2_SUPER_MAGIC` (linux/magic.h).
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     std::fs::create_dir_all(dir)?;
     if nix::sys::statfs::statfs(dir)
-        .is_ok_and(|fs| fs.filesystem_type().0 as i64 == CGROUP2_SUPER_MAGIC)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
     {
         return Ok(());
     }
@@ -254,8 +250,9 @@ fn mount_cgroup2(dir: &Path) -> std::io::Result<()> {
 
 /// How many processes are in the cgroup at `path` now (0 when it is gone).
 pub fn count_processes(path: &Path) -> u32 {
-    std::fs::read_to_string(path.join("cgroup.procs"))
-        .map_or(0, |text| text.lines().filter(|l| !l.trim().is_empty()).count() as u32)
+    std::fs::read_to_string(path.join("cgroup.procs")).map_or(0, |text| {
+        text.lines().filter(|l| !l.trim().is_empty()).count() as u32
+    })
 }
 
 /// Checks that process `pid` runs as `uid` (its real or effective uid: the connection's owner,
@@ -339,7 +336,11 @@ impl BypassWatch {
     pub fn rewatch(&self) {
         let events = self.root.join(CGROUP_NAME).join("cgroup.events");
         if events.exists()
-            && let Err(e) = self.fd.get_ref().0.add_watch(&events, AddWatchFlags::IN_MODIFY)
+            && let Err(e) = self
+                .fd
+                .get_ref()
+                .0
+                .add_watch(&events, AddWatchFlags::IN_MODIFY)
         {
             tracing::debug!("bypass: watching {}: {e}", events.display());
         }
@@ -366,7 +367,8 @@ mod tests {
 
     #[test]
     fn the_process_must_run_as_the_connecting_user() {
-        let status = "Name:\tkillswitch\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n";
+        let status =
+            "Name:\tkillswitch\nUid:\t1000\t1000\t1000\t1000\nGid:\t1000\t1000\t1000\t1000\n";
         assert!(process_runs_as(status, 1000));
         assert!(!process_runs_as(status, 0));
         let setuid = "Uid:\t1000\t0\t0\t0\n";

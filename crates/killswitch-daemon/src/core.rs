@@ -599,7 +599,11 @@ impl<F: Firewall> Core<F> {
                     (None, Some(v)) => tracing::info!(id = v.scope.id, "bypass started"),
                     (Some(_), None) => tracing::info!("bypass ended"),
                     (Some(old), Some(new)) if old.scope != new.scope => {
-                        tracing::info!(old = old.scope.id, new = new.scope.id, "bypass cgroup re-created")
+                        tracing::info!(
+                            old = old.scope.id,
+                            new = new.scope.id,
+                            "bypass cgroup re-created"
+                        )
                     }
                     _ => {}
                 }
@@ -903,13 +907,16 @@ impl<F: Firewall> Core<F> {
             // with every refused packet, which is no change of state to publish.
             blocked: None,
             tunnel_only_users: self.tunnel_only_users(),
-            bypass: self.bypass.as_ref().map(|b| killswitch_types::ipc::BypassStatus {
-                cgroup: b.name.clone(),
-                directory: Some(b.path.display().to_string()),
-                id: b.scope.id,
-                level: b.scope.level,
-                processes: b.processes,
-            }),
+            bypass: self
+                .bypass
+                .as_ref()
+                .map(|b| killswitch_types::ipc::BypassStatus {
+                    cgroup: b.name.clone(),
+                    directory: Some(b.path.display().to_string()),
+                    id: b.scope.id,
+                    level: b.scope.level,
+                    processes: b.processes,
+                }),
         }
     }
 
@@ -1181,7 +1188,9 @@ impl<F: Firewall> Core<F> {
                     None => Ok(self.status()),
                     Some(error) => Err(IpcError::new(
                         ErrorKind::Firewall,
-                        format!("the bypass rules could not be put in place ({error}); the program was not started"),
+                        format!(
+                            "the bypass rules could not be put in place ({error}); the program was not started"
+                        ),
                     )),
                 };
             }

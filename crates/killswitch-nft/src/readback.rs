@@ -971,27 +971,45 @@ mod tests {
             allow_lan: false,
         };
         let describe = |exceptions: &killswitch_policy::Exceptions| {
-            let ruleset = killswitch_policy::compile_for(&PolicyState::Blocked, &settings, exceptions);
+            let ruleset =
+                killswitch_policy::compile_for(&PolicyState::Blocked, &settings, exceptions);
             let batch = Batch::build(&ruleset, 0, &Default::default()).expect("batch");
             let installed = expected_from_batch(&batch).expect("parses");
             let table = installed.inet.expect("a table");
-            let output = table.chains.into_iter().find(|c| c.name == "output").expect("output");
-            output.rules.into_iter().filter(|r| r.contains("socket")).collect::<Vec<_>>()
+            let output = table
+                .chains
+                .into_iter()
+                .find(|c| c.name == "output")
+                .expect("output");
+            output
+                .rules
+                .into_iter()
+                .filter(|r| r.contains("socket"))
+                .collect::<Vec<_>>()
         };
         let rules = describe(&exceptions);
         assert_eq!(rules.len(), 1, "{rules:?}");
         let rule = &rules[0];
-        assert!(rule.contains("[ socket load cgroupv2 => reg 1 level 3 ]"), "{rule}");
+        assert!(
+            rule.contains("[ socket load cgroupv2 => reg 1 level 3 ]"),
+            "{rule}"
+        );
         let bytes = id.to_ne_bytes();
         let words: Vec<String> = bytes
             .chunks(4)
             .map(|w| format!("0x{:08x}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
             .collect();
-        assert!(rule.contains(&format!("[ cmp eq reg 1 {} {} ]", words[0], words[1])), "{rule}");
+        assert!(
+            rule.contains(&format!("[ cmp eq reg 1 {} {} ]", words[0], words[1])),
+            "{rule}"
+        );
         assert!(rule.contains("accept"), "{rule}");
         // Another level or id is another description.
         let other = killswitch_policy::Exceptions {
-            bypass: Some(killswitch_policy::BypassScope { level: 2, id: id + 1 }),
+            bypass: Some(killswitch_policy::BypassScope {
+                level: 2,
+                id: id + 1,
+            }),
             ..Default::default()
         };
         assert_ne!(describe(&other), rules);

@@ -1589,13 +1589,22 @@ fn the_bypass_rule_is_accepted_and_read_back() -> Result<()> {
             .context("the bypass rule reads back as sent")?;
         // The same rules with another level, or another id, are not what the kernel holds.
         for other in [
-            killswitch_policy::BypassScope { level: 2, id: 0x0001_0000_0000_2a2a },
-            killswitch_policy::BypassScope { level: 3, id: 0x0001_0000_0000_2a2b },
+            killswitch_policy::BypassScope {
+                level: 2,
+                id: 0x0001_0000_0000_2a2a,
+            },
+            killswitch_policy::BypassScope {
+                level: 3,
+                id: 0x0001_0000_0000_2a2b,
+            },
         ] {
             let other = compile_for(
                 &state,
                 &Settings::default(),
-                &Exceptions { bypass: Some(other), ..Exceptions::default() },
+                &Exceptions {
+                    bypass: Some(other),
+                    ..Exceptions::default()
+                },
             );
             let result = ns.run(|| killswitch_nft::verify(&other))?;
             ensure!(

@@ -891,7 +891,10 @@ fn bypassed_sockets_are_routed_by_the_main_table_in_every_state() -> Result<()> 
             Ok(())
         })?
     };
-    for (name, state) in [("connected", connected()), ("blocked", PolicyState::Blocked)] {
+    for (name, state) in [
+        ("connected", connected()),
+        ("blocked", PolicyState::Blocked),
+    ] {
         apply(&state, &bypass)?;
         let marked = route_get(&ns, &["203.0.113.10", "mark", &mark]);
         ensure!(
@@ -910,8 +913,8 @@ fn bypassed_sockets_are_routed_by_the_main_table_in_every_state() -> Result<()> 
         );
         // And the read-back understands it as the rule that was meant.
         let installed = ns.run(|| Routing::open()?.installed())??;
-        let wanted = compile_routes_for(&state, &Settings::default(), &bypass, &[])
-            .context("a layer")?;
+        let wanted =
+            compile_routes_for(&state, &Settings::default(), &bypass, &[]).context("a layer")?;
         for rule in wanted.rules.iter().filter(|r| r.priority == 5298) {
             ensure!(
                 installed.rules.contains(rule),

@@ -168,7 +168,10 @@ fn bypassed_run(lab: &Lab, kinds: &[Kind], dir: &Path, name: &str) -> Result<Run
             )
         });
         let during = daemon.wait_for("a bypass", EVENT_TIMEOUT, |s| s.bypass.is_some());
-        let text = daemon.cli(&["status"]).map(|r| r.stdout).unwrap_or_default();
+        let text = daemon
+            .cli(&["status"])
+            .map(|r| r.stdout)
+            .unwrap_or_default();
         // Released whatever the wait said, so that the program never outlives the scenario.
         let released = release_program(&release, Instant::now() + EVENT_TIMEOUT);
         let result = cli
@@ -200,7 +203,9 @@ fn describe(run: &Run) -> String {
             format!(", from another address: {:?}", run.wrong_source)
         },
         run.window.through_tunnel,
-        run.window.direct.saturating_sub(run.arrived_directly as u64),
+        run.window
+            .direct
+            .saturating_sub(run.arrived_directly as u64),
         run.window.leaked
     )
 }
@@ -235,7 +240,10 @@ fn check_run(outcome: &mut Outcome, phase: &str, run: &Run) {
     );
     outcome.check(
         run.arrived_directly > 0,
-        format!("{phase}: the bypassed datagrams reach the target directly ({})", describe(run)),
+        format!(
+            "{phase}: the bypassed datagrams reach the target directly ({})",
+            describe(run)
+        ),
     );
     outcome.check(
         run.window.leaked == 0,
@@ -245,7 +253,9 @@ fn check_run(outcome: &mut Outcome, phase: &str, run: &Run) {
         ),
     );
     outcome.check(
-        run.code == Some(EXIT_STATUS) && run.output.contains("sent") && !run.output.contains("refused"),
+        run.code == Some(EXIT_STATUS)
+            && run.output.contains("sent")
+            && !run.output.contains("refused"),
         format!(
             "{phase}: the program ran and its exit status came back ({:?}, {:?})",
             run.code,
@@ -260,7 +270,10 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
 
     // 1. Connected.
     let connected = bypassed_run(lab, &[Kind::Udp4, Kind::Tcp4], dir.path(), "connected")?;
-    let during = connected.during.clone().context("no status during the bypass")?;
+    let during = connected
+        .during
+        .clone()
+        .context("no status during the bypass")?;
     let bypass = during.bypass.clone().context("no bypass in status")?;
     // The status names the cgroup below the cgroup2 root; here it is below the lab's mount.
     let cgroup = cgroup2_mount()?.join(bypass.cgroup.trim_start_matches('/'));
@@ -277,7 +290,10 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
     );
     outcome.check(
         during.state == State::Connected && bypass.processes >= 1 && bypass.level >= 1,
-        format!("status shows the bypass while it runs ({bypass:?}, {})", during.state),
+        format!(
+            "status shows the bypass while it runs ({bypass:?}, {})",
+            during.state
+        ),
     );
     outcome.check(
         connected.during_text.contains("around the tunnel")
@@ -311,7 +327,10 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
         blocked.window.through_tunnel == 0
             && blocked.window.direct == blocked.arrived_directly as u64
             && blocked.window.refused > 0,
-        format!("blocked: everything else is refused ({})", describe(&blocked)),
+        format!(
+            "blocked: everything else is refused ({})",
+            describe(&blocked)
+        ),
     );
     // The control: the same program without `--bypass` is refused (each send fails, nothing of
     // it on the link), so the frames counted above are the bypass's doing.
@@ -360,11 +379,9 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
     );
 
     // 4. Refusals change nothing.
-    let nobody = lab.daemon()?.cli_in(
-        &lab.topo.client,
-        &["exec", "--bypass", "--", "true"],
-        true,
-    )?;
+    let nobody =
+        lab.daemon()?
+            .cli_in(&lab.topo.client, &["exec", "--bypass", "--", "true"], true)?;
     outcome.check(
         nobody.code == Some(1) && nobody.stderr.contains("permission denied"),
         format!(
@@ -463,17 +480,21 @@ fn recreated_cgroup(lab: &mut Lab, cgroup: &Path, dir: &Path) -> Result<Recreate
     let mut process = crate::process::Process::spawn("bypassed bash", command)?;
     std::fs::write(cgroup.join("cgroup.procs"), format!("{}\n", process.pid()))
         .with_context(|| format!("moving the test's bash into {}", cgroup.display()))?;
-    let seen = lab.daemon()?.wait_for("the re-created cgroup", EVENT_TIMEOUT, |s| {
-        s.bypass.as_ref().is_some_and(|b| b.id == id)
-    });
+    let seen = lab
+        .daemon()?
+        .wait_for("the re-created cgroup", EVENT_TIMEOUT, |s| {
+            s.bypass.as_ref().is_some_and(|b| b.id == id)
+        });
     // A daemon restart meanwhile: the new daemon finds the cgroup, its id and its processes,
     // and attaches the marking program again (replacing, not doubling, the one in place).
     let mut old = lab.daemon.take().context("no daemon")?;
     old.process().terminate(EVENT_TIMEOUT)?;
     lab.daemon = Some(crate::daemon::Daemon::start(&lab.topo.client, &lab.home)?);
-    let after_restart = lab.daemon()?.wait_for("the bypass found after a restart", EVENT_TIMEOUT, |s| {
-        s.bypass.as_ref().is_some_and(|b| b.id == id)
-    });
+    let after_restart =
+        lab.daemon()?
+            .wait_for("the bypass found after a restart", EVENT_TIMEOUT, |s| {
+                s.bypass.as_ref().is_some_and(|b| b.id == id)
+            });
     let daemon = lab.daemon()?;
     release_program(&start, Instant::now() + EVENT_TIMEOUT)?;
     process.wait_for_line(0, "sent", Duration::from_secs(10))?;
@@ -497,7 +518,11 @@ fn recreated_cgroup(lab: &mut Lab, cgroup: &Path, dir: &Path) -> Result<Recreate
     };
     count_frames(lab, from, since, &mut run)?;
     run.window = lab.end_excusing(window, &is_bypassed)?;
-    let seen_id = seen.as_ref().ok().and_then(|s| s.bypass.as_ref()).map(|b| b.id);
+    let seen_id = seen
+        .as_ref()
+        .ok()
+        .and_then(|s| s.bypass.as_ref())
+        .map(|b| b.id);
     Ok(Recreated {
         id,
         followed: seen.is_ok() && after_restart.is_ok(),
