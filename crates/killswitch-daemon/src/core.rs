@@ -2140,6 +2140,70 @@ mod tests {
         );
     }
 
+    /// `exec --bypass`: the rules follow the bypass cgroup's id (joined, re-created with a new
+    /// id, ended), in `blocked`; the request itself cannot reach the core without the executor.
+    #[test]
+    fn the_rules_follow_the_bypass_cgroup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = self::core(&mut fw, dir.path());
+        core.handle_request(&Request::Lockdown { enabled: true })
+            .expect("lockdown");
+        let view = |id| crate::bypass::BypassView {
+            scope: killswitch_policy::BypassScope { level: 3, id },
+            path: "/sys/fs/cgroup/killswitch/net-1/bypass".into(),
+            name: "/killswitch/net-1/bypass".to_owned(),
+            processes: 1,
+        };
+        let bypassed = |id| {
+            Packet::output(
+                "eth0",
+                "192.0.2.2".parse().expect("literal"),
+                "198.51.100.9".parse().expect("literal"),
+                Transport::udp(40000, 9),
+            )
+            .with_cgroups(vec![5, 6, id])
+        };
+        let accepted = |core: &Core<&mut Recorder>, id| {
+            core.applied
+                .as_ref()
+                .is_some_and(|r| r.verdict(&bypassed(id)).is_accept())
+        };
+        let routed = |core: &Core<&mut Recorder>| {
+            core.routing_intent.as_ref().is_some_and(|l| {
+                l.rules.iter().any(|r| {
+                    r.selector
+                        == killswitch_policy::routes::Selector::FwMark(
+                            killswitch_policy::BYPASS_MARK,
+                        )
+                })
+            })
+        };
+        assert!(!accepted(&core, 40) && !routed(&core));
+        assert!(
+            Command::parse(
+                &Request::Bypass,
+                std::path::Path::new("/etc/wireguard"),
+                &core.options.devices
+            )
+            .is_err(),
+            "only the executor makes a bypass command"
+        );
+        let status = core.handle(&Command::Bypass(view(40))).expect("joined");
+        assert_eq!(status.state, State::Blocked);
+        assert_eq!(status.bypass.as_ref().map(|b| b.id), Some(40));
+        assert!(accepted(&core, 40) && routed(&core));
+        let now = Instant::now();
+        // Re-created: the new id only.
+        core.on(Input::Bypass(Some(view(41))), now);
+        assert!(accepted(&core, 41) && !accepted(&core, 40));
+        // Ended: nothing of it.
+        core.on(Input::Bypass(None), now);
+        assert!(!accepted(&core, 41) && !routed(&core));
+        assert_eq!(core.status().bypass, None);
+        assert_eq!(core.status().state, State::Blocked);
+    }
+
     #[test]
     fn fresh_start_is_disconnected_without_rules() {
         let dir = tempfile::tempdir().expect("tempdir");
