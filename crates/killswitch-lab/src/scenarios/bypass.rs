@@ -24,7 +24,7 @@ use super::{EVENT_TIMEOUT, Outcome};
 use crate::capture::{Captured, Direction};
 use crate::generator::Kind;
 use crate::lab::{Lab, Measurement};
-use crate::packet::Frame;
+use crate::packet::{Frame, L4};
 use crate::topology::{self, PHYS};
 use anyhow::{Context, Result};
 use killswitch_types::State;
@@ -44,12 +44,14 @@ const DATAGRAMS: u32 = 25;
 /// The exit status the script ends with, which the CLI must pass back.
 const EXIT_STATUS: i32 = 7;
 
-/// The bypassed program: a child forked to send, the parent sending, then waiting for the test
+/// The bypassed program: a child forked to send, the parent sending, then a TCP connection to
+/// the target (which needs the replies to come back), then waiting for the test
 /// to release it (a line through the FIFO `release`, opened first thing, read with a bound)
 /// before it exits with status 7.
 fn script(release: &Path) -> String {
     let target = topology::TARGET_V4;
     let port = crate::sinks::UDP_PORT;
+    let tcp = crate::sinks::TCP_PORT;
     format!(
         "exec 3<> {release}\n\
          send() {{ for i in $(seq 1 {DATAGRAMS}); do printf 'killswitch-lab bypass %s' \"$1\" \
@@ -57,6 +59,7 @@ fn script(release: &Path) -> String {
          ( send child ) &\n\
          send parent\n\
          wait\n\
+         if ( exec 5<>/dev/tcp/{target}/{tcp} ); then echo 'tcp connected'; else echo 'tcp refused'; fi\n\
          echo sent\n\
          read -r -t 30 _ <&3\n\
          exit {EXIT_STATUS}\n",
@@ -64,8 +67,19 @@ fn script(release: &Path) -> String {
     )
 }
 
+/// Whether a frame is the bypassed program's: a datagram with its marker, or its TCP
+/// connection to the target's TCP sink (the windows' generator sends no TCP, so no other frame
+/// is excused by that).
 fn is_bypassed(captured: &Captured) -> bool {
-    matches!(&captured.frame, Frame::Ip(p) if p.payload.starts_with(MARKER))
+    match &captured.frame {
+        Frame::Ip(p) if p.payload.starts_with(MARKER) => true,
+        Frame::Ip(p) => {
+            p.src == IpAddr::V4(topology::CLIENT_V4)
+                && p.dst == IpAddr::V4(topology::TARGET_V4)
+                && matches!(p.transport, L4::Tcp { dport, .. } if dport == crate::sinks::TCP_PORT)
+        }
+        _ => false,
+    }
 }
 
 /// What one bypassed run showed.
@@ -112,10 +126,9 @@ fn count_frames(lab: &Lab, from: usize, since: Instant, run: &mut Run) -> Result
             run.parent += 1;
         }
     }
-    run.arrived_directly = lab
-        .servers
-        .udp
-        .count_since(since, |a| a == IpAddr::V4(topology::CLIENT_V4));
+    let direct = |a: IpAddr| a == IpAddr::V4(topology::CLIENT_V4);
+    run.arrived_directly =
+        lab.servers.udp.count_since(since, direct) + lab.servers.tcp.count_since(since, direct);
     Ok(())
 }
 
@@ -255,9 +268,10 @@ fn check_run(outcome: &mut Outcome, phase: &str, run: &Run) {
     outcome.check(
         run.code == Some(EXIT_STATUS)
             && run.output.contains("sent")
+            && run.output.contains("tcp connected")
             && !run.output.contains("refused"),
         format!(
-            "{phase}: the program ran and its exit status came back ({:?}, {:?})",
+            "{phase}: the program ran, its TCP connection was answered, and its exit status came back ({:?}, {:?})",
             run.code,
             run.output.trim()
         ),
@@ -269,7 +283,9 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
     super::connect_up(lab)?;
 
     // 1. Connected.
-    let connected = bypassed_run(lab, &[Kind::Udp4, Kind::Tcp4], dir.path(), "connected")?;
+    // The generator sends no TCP here (the bypassed program's connection is told apart by its
+    // port) and no ICMP (the lab counts echo replies as direct as soon as anything is).
+    let connected = bypassed_run(lab, &[Kind::Udp4], dir.path(), "connected")?;
     let during = connected
         .during
         .clone()
@@ -318,7 +334,7 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
         .wait_for_state(State::Blocked, EVENT_TIMEOUT)?;
     let blocked = bypassed_run(
         lab,
-        &[Kind::Udp4, Kind::Tcp4, Kind::Icmp4],
+        &[Kind::Udp4, Kind::Icmp4],
         dir.path(),
         "blocked",
     )?;
@@ -336,7 +352,10 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
     // it on the link), so the frames counted above are the bypass's doing.
     let control = plain_run(lab, dir.path())?;
     outcome.check(
-        control.parent == 0 && control.child == 0 && control.output.contains("refused"),
+        control.parent == 0
+            && control.child == 0
+            && control.output.contains("refused child")
+            && control.output.contains("tcp refused"),
         format!(
             "control: the same program without --bypass is refused ({}; {:?})",
             describe(&control),
