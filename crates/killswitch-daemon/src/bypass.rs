@@ -52,8 +52,9 @@ pub struct BypassView {
 /// The bypass cgroup and what the daemon did to it.
 #[derive(Debug)]
 pub struct Bypass {
-    /// The daemon's subtree, or why there is none (no cgroup v2).
-    subtree: Result<Subtree, String>,
+    /// Where the daemon's subtree is (cgroup2 mount, subtree directory), whether or not it
+    /// exists yet, or why there is none (no cgroup v2). It is created at the first join.
+    location: Result<(PathBuf, PathBuf), String>,
     /// The cgroup id the BPF program was last attached to by this daemon.
     attached_to: Option<u64>,
     /// Whether the cgroup was seen populated since it was last created: only then does its
@@ -62,41 +63,45 @@ pub struct Bypass {
 }
 
 impl Bypass {
-    /// Finds the daemon's subtree (creating it if needed). Without cgroup v2 the daemon runs as
-    /// before and refuses `exec --bypass`, naming what is missing.
+    /// Finds where the daemon's subtree is (creating nothing). Without cgroup v2 the daemon runs
+    /// as before and refuses `exec --bypass`, naming what is missing.
     pub fn new(state_dir: &Path) -> Self {
-        let mut bypass = Bypass::with_subtree(find_or_mount(state_dir));
+        let mut bypass = Bypass::at(locate(state_dir));
         // An empty bypass cgroup found at start is what a daemon that stopped before its last
         // bypassed process exited left: the first look removes it.
         bypass.was_populated = true;
         bypass
     }
 
-    /// The bypass cgroup in `subtree` (tests use a subtree of their own).
-    pub fn with_subtree(subtree: Result<Subtree, String>) -> Self {
+    /// The bypass cgroup of the subtree at `location` (cgroup2 mount, subtree directory; tests
+    /// use one of their own).
+    pub fn at(location: Result<(PathBuf, PathBuf), String>) -> Self {
         Bypass {
-            subtree,
+            location,
             attached_to: None,
             was_populated: false,
         }
     }
 
-    fn cgroup(&self) -> Option<(&Subtree, Cgroup)> {
-        let subtree = self.subtree.as_ref().ok()?;
-        Some((subtree, subtree.cgroup(CGROUP_NAME)))
+    fn cgroup(&self) -> Option<(Subtree, Cgroup)> {
+        let (mount, root) = self.location.as_ref().ok()?;
+        let subtree = Subtree::existing(mount.clone(), root.clone())?;
+        let cgroup = subtree.cgroup(CGROUP_NAME);
+        Some((subtree, cgroup))
     }
 
-    /// The subtree's directory, for the watch.
+    /// The subtree's directory, for the watch, once it exists.
     pub fn root(&self) -> Option<&Path> {
-        self.subtree.as_ref().ok().map(Subtree::root)
+        let (_, root) = self.location.as_ref().ok()?;
+        root.is_dir().then_some(root.as_path())
     }
 
     /// Moves `peer`'s process into the bypass cgroup, with the BPF program attached first, and
     /// returns the cgroup as it is now. The error names what is wrong; on error the process is
     /// where it was (unless only the final look failed).
     pub fn join(&mut self, peer: &Peer) -> Result<BypassView, String> {
-        let subtree = self
-            .subtree
+        let (mount, root) = self
+            .location
             .as_ref()
             .map_err(|e| format!("bypass needs cgroup v2: {e}"))?;
         let pid = peer.pid.ok_or_else(|| {
@@ -106,6 +111,8 @@ impl Bypass {
         })?;
         let pid = u32::try_from(pid).map_err(|_| format!("bad process id {pid}"))?;
         check_process(pid, peer.uid)?;
+        let subtree = Subtree::at(mount.clone(), root.clone()).map_err(|e| e.to_string())?;
+        let subtree = &subtree;
         let level_of = |cgroup: &Cgroup| {
             subtree.level(cgroup).ok_or_else(|| {
                 format!(
@@ -208,25 +215,29 @@ impl Bypass {
 /// cgroup2 mount is a view of that one hierarchy (from the root of the daemon's cgroup
 /// namespace), so the ids, depths and processes seen through it are the same. Mounting needs
 /// CAP_SYS_ADMIN; a kernel without cgroup2 refuses, and the error says so.
-fn find_or_mount(state_dir: &Path) -> Result<Subtree, String> {
-    match Subtree::find() {
-        Ok(subtree) => Ok(subtree),
-        Err(crate::cgroup::CgroupError::NoCgroup2) => {
+fn locate(state_dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+    let mount = match crate::cgroup::cgroup2_mount(&mountinfo) {
+        Some(mount) => mount,
+        None => {
             let mount = state_dir.join("cgroup2");
             mount_cgroup2(&mount).map_err(|e| {
                 format!(
-                    "no cgroup v2 hierarchy is mounted here, and mounting one at {} failed ({e});                      bypass needs a kernel with cgroup v2",
+                    "no cgroup v2 hierarchy is mounted here, and mounting one at {} failed \
+                     ({e}); bypass needs a kernel with cgroup v2",
                     mount.display()
                 )
             })?;
-            let netns = std::fs::metadata("/proc/self/ns/net")
-                .map_err(|e| format!("reading this daemon's network namespace: {e}"))?
-                .st_ino();
-            let root = mount.join("killswitch").join(format!("net-{netns}"));
-            Subtree::at(mount, root).map_err(|e| e.to_string())
+            mount
         }
-        Err(e) => Err(e.to_string()),
-    }
+    };
+    let netns = std::fs::metadata("/proc/self/ns/net")
+        .map_err(|e| format!("reading this daemon's network namespace: {e}"))?
+        .st_ino();
+    // The same place `cgroup::Subtree::find` uses.
+    let root = mount.join("killswitch").join(format!("net-{netns}"));
+    Ok((mount, root))
 }
 
 /// Mounts cgroup2 at `dir` unless it is mounted there already (a restarted daemon's).
@@ -379,7 +390,7 @@ mod tests {
 
     #[test]
     fn without_cgroup_v2_joining_names_what_is_missing() {
-        let mut bypass = Bypass::with_subtree(Err("no cgroup v2 hierarchy is mounted".to_owned()));
+        let mut bypass = Bypass::at(Err("no cgroup v2 hierarchy is mounted".to_owned()));
         let peer = Peer {
             uid: 0,
             gid: 0,

@@ -111,11 +111,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     // Programs a previous daemon bypassed may still run: their cgroup's rules come back at once
     // (and an empty cgroup it left is removed).
     let mut bypass = crate::bypass::Bypass::new(&options.state_dir);
-    let bypass_watch = bypass.root().and_then(|root| {
-        crate::bypass::BypassWatch::new(root)
-            .map_err(|e| tracing::warn!("bypass: watching {}: {e}", root.display()))
-            .ok()
-    });
+    let mut bypass_watch = watch_bypass(&bypass);
     started.extend(core.on(Input::Bypass(bypass.observe()), Instant::now()));
     // Only the looks now: the rest (DNS above all) once the bus is there.
     let started = look_at_once(&mut core, started);
@@ -199,6 +195,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     // after, so that no look at the cgroup runs between the move and the rules.
                     match bypass.join(&command.peer) {
                         Ok(view) => {
+                            // The subtree exists now, if it did not at start.
+                            if bypass_watch.is_none() {
+                                bypass_watch = watch_bypass(&bypass);
+                            }
                             if let Some(watch) = &bypass_watch {
                                 watch.rewatch();
                             }
@@ -423,6 +423,14 @@ impl NftChanges {
             }
         }
     }
+}
+
+/// The watch on the daemon's cgroup subtree, once it exists (a warning if it cannot be set).
+fn watch_bypass(bypass: &crate::bypass::Bypass) -> Option<crate::bypass::BypassWatch> {
+    let root = bypass.root()?;
+    crate::bypass::BypassWatch::new(root)
+        .map_err(|e| tracing::warn!("bypass: watching {}: {e}", root.display()))
+        .ok()
 }
 
 /// Resolves when the bypass cgroup may have changed; never without a watch.

@@ -332,12 +332,7 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
     lab.daemon()?.cli(&["down"])?.ok()?;
     lab.daemon()?
         .wait_for_state(State::Blocked, EVENT_TIMEOUT)?;
-    let blocked = bypassed_run(
-        lab,
-        &[Kind::Udp4, Kind::Icmp4],
-        dir.path(),
-        "blocked",
-    )?;
+    let blocked = bypassed_run(lab, &[Kind::Udp4, Kind::Icmp4], dir.path(), "blocked")?;
     check_run(&mut outcome, "blocked", &blocked);
     outcome.check(
         blocked.window.through_tunnel == 0
