@@ -1032,6 +1032,12 @@ impl<F: Firewall> Core<F> {
         self.locals = view;
     }
 
+    /// The bypass cgroup as found before [`Input::Started`] (a previous daemon's bypassed
+    /// programs still running): the first apply includes its rules.
+    pub fn set_bypass(&mut self, view: Option<crate::bypass::BypassView>) {
+        self.bypass = view;
+    }
+
     /// Everything besides the tunnel the rules let through, as last looked at.
     fn exceptions(&self) -> Exceptions {
         let allows = &self.all_allows();

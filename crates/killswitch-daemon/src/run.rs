@@ -107,12 +107,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let link_events = LinkEvents::subscribe().context("subscribing to link changes")?;
     let nft_changes = NftChanges::subscribe().context("subscribing to nftables changes")?;
     let mut wake = None;
-    let mut started = core.on(Input::Started, Instant::now());
-    // Programs a previous daemon bypassed may still run: their cgroup's rules come back at once
-    // (and an empty cgroup it left is removed).
+    // Programs a previous daemon bypassed may still run: their cgroup's rules are part of the
+    // first apply (and an empty cgroup it left is removed).
     let mut bypass = crate::bypass::Bypass::new(&options.state_dir);
     let mut bypass_watch = watch_bypass(&bypass);
-    started.extend(core.on(Input::Bypass(bypass.observe()), Instant::now()));
+    core.set_bypass(bypass.observe());
+    let started = core.on(Input::Started, Instant::now());
     // Only the looks now: the rest (DNS above all) once the bus is there.
     let started = look_at_once(&mut core, started);
 
