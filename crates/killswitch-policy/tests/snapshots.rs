@@ -69,3 +69,22 @@ fn off_with_tunnel_only_users() {
 fn connected_dual_stack_with_tunnel_only_users() {
     insta::assert_snapshot!(render_with_users(&fixtures::connected(true), false, true));
 }
+
+/// A bypassed program (its cgroup at depth 3, id 4242) while connected, with a tunnel-only user:
+/// the user's jump first, the tunnel's address guards, then the bypass accept, ahead of DNS.
+#[test]
+fn connected_with_a_bypassed_program() {
+    let exceptions = killswitch_policy::Exceptions {
+        tunnel_only_uids: vec![65534],
+        bypass: Some(killswitch_policy::BypassScope { level: 3, id: 4242 }),
+        ..killswitch_policy::Exceptions::default()
+    };
+    insta::assert_snapshot!(
+        killswitch_policy::compile_for(
+            &fixtures::connected(false),
+            &settings(false, false),
+            &exceptions
+        )
+        .to_string()
+    );
+}
