@@ -62,6 +62,7 @@ pub(crate) fn section(quick: bool) -> Result<String> {
             &Settings {
                 lockdown: true,
                 allow_lan: true,
+                apps_only: false,
             },
             &Lan::subnets(subnets.clone()).map_err(anyhow::Error::msg)?,
         );

@@ -265,6 +265,20 @@ pub enum Command {
         #[arg(hide_possible_values = true)]
         value: OnOff,
     },
+    /// Protect only `killswitch exec` programs and tunnel-only users, not this machine itself.
+    ///
+    /// With apps-only on, this machine's own traffic is NOT protected: no machine-wide rules,
+    /// and `up` does not route the machine into the tunnel or change its DNS. `up` and `guard`
+    /// still run and watch the tunnel, and the scopes (programs under `killswitch exec`,
+    /// tunnel-only users) leave through it or not at all, as in every state. Lockdown contradicts
+    /// it: each is refused while the other is on. allow-lan changes nothing while it is on.
+    /// `apps_only = true` in the daemon's config.toml does the same (then only the file can
+    /// switch it off).
+    AppsOnly {
+        /// `on` protects only the scopes; `off` protects the whole machine again.
+        #[arg(hide_possible_values = true)]
+        value: OnOff,
+    },
     /// Exceptions besides the tunnel: allowed interfaces, subnets and inbound services.
     ///
     /// Each passes outside the tunnel in every state, blocked included; none ever opens DNS (a

@@ -107,6 +107,9 @@ fn main() -> ExitCode {
         Command::AllowLan { value } => Request::AllowLan {
             enabled: value.enabled(),
         },
+        Command::AppsOnly { value } => Request::AppsOnly {
+            enabled: value.enabled(),
+        },
         Command::Off => Request::Off,
         Command::Exec {
             bypass: true,
@@ -138,6 +141,7 @@ fn main() -> ExitCode {
     };
     let client = Client::new(cli.socket);
     let is_up = matches!(request, Request::Up { .. });
+    let is_allow_lan = matches!(request, Request::AllowLan { .. });
     let outcome = if request == Request::Subscribe {
         let mut printer = events::EventPrinter::new(cli.json);
         client.subscribe(|received, _| {
@@ -159,6 +163,11 @@ fn main() -> ExitCode {
                 received.status.notes = found;
             }
             print_status(&received, cli.json);
+            if is_allow_lan && !cli.json && received.status.apps_only {
+                emit(
+                    "apps-only is on: this machine's own traffic is not filtered, so allow-lan changes nothing until `killswitch apps-only off`\n",
+                );
+            }
             // Taking the request is not connecting: say so, rather than leave a report that a
             // reader could take for "protected and online".
             if is_up && !cli.json && received.status.state == State::Connecting {

@@ -45,6 +45,19 @@ fn utc_time(secs: u64) -> String {
 
 /// A one-sentence explanation of what the state means for the user's traffic.
 fn meaning(status: &Status) -> &'static str {
+    if status.apps_only && !status.firewall.blocking {
+        return match status.state {
+            State::Connected => {
+                "apps only: exec programs and tunnel-only users leave through the tunnel; this machine's own traffic is not protected"
+            }
+            State::Connecting => {
+                "apps only: waiting for the tunnel; exec programs and tunnel-only users reach nothing meanwhile, this machine's own traffic is not protected"
+            }
+            _ => {
+                "apps only: exec programs and tunnel-only users reach nothing; this machine's own traffic is not protected"
+            }
+        };
+    }
     match status.state {
         State::Off => "no protection: the kill switch is switched off",
         State::Disconnected => "no tunnel wanted and lockdown off: traffic flows normally",
@@ -117,8 +130,29 @@ pub(crate) fn status(status: &Status) -> String {
 fn status_at(status: &Status, now: SystemTime) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "state:     {} ({})", status.state, meaning(status));
-    let _ = writeln!(out, "lockdown:  {}", on_off(status.lockdown));
-    let _ = writeln!(out, "allow-lan: {}", on_off(status.allow_lan));
+    if status.apps_only {
+        let _ = writeln!(
+            out,
+            "apps only: on (this machine's own traffic is NOT protected; only `killswitch exec` programs and tunnel-only users are)"
+        );
+    }
+    let not_in_force = if status.apps_only && !status.firewall.blocking {
+        " (not in force: apps only)"
+    } else {
+        ""
+    };
+    let _ = writeln!(
+        out,
+        "lockdown:  {}{}",
+        on_off(status.lockdown),
+        if status.lockdown { not_in_force } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "allow-lan: {}{}",
+        on_off(status.allow_lan),
+        if status.allow_lan { not_in_force } else { "" }
+    );
     let exceptions = &status.exceptions;
     if !exceptions.local_bridges.is_empty() {
         let _ = writeln!(
@@ -289,6 +323,7 @@ fn status_at(status: &Status, now: SystemTime) -> String {
             fw.tamper_events
         );
     }
+    on_drop(&mut out, &status.on_drop);
     let _ = writeln!(
         out,
         "error:     {}",
@@ -299,6 +334,41 @@ fn status_at(status: &Status, now: SystemTime) -> String {
         let _ = writeln!(out, "note:      {}", clean(note));
     }
     out
+}
+
+/// Freeze on drop: each watched program (what happens to it, whether it is frozen, how many
+/// processes), what was last done, what config.toml had refused, and why it cannot work.
+fn on_drop(out: &mut String, on_drop: &killswitch_types::ipc::OnDropStatus) {
+    for program in &on_drop.programs {
+        let processes = format!(
+            "{} process{}",
+            program.processes,
+            if program.processes == 1 { "" } else { "es" }
+        );
+        let now = match (program.on_drop, program.frozen) {
+            (_, true) => format!("frozen, {processes}"),
+            (killswitch_types::OnDrop::Freeze, false) => format!("running, {processes}"),
+            (killswitch_types::OnDrop::Kill, false) => {
+                format!("{processes}, killed when the tunnel is lost")
+            }
+        };
+        let _ = writeln!(
+            out,
+            "on-drop:   {} {}: {now} ({})",
+            program.on_drop,
+            clean(&program.label),
+            clean(&program.cgroup)
+        );
+    }
+    if let Some(event) = &on_drop.last_event {
+        let _ = writeln!(out, "on-drop:   last: {}", clean(event));
+    }
+    for refused in &on_drop.refused {
+        let _ = writeln!(out, "refused:   {}", clean(refused));
+    }
+    if let Some(error) = &on_drop.error {
+        let _ = writeln!(out, "on-drop:   NOT working: {}", clean(error));
+    }
 }
 
 /// The counts per reason on one line: `12 packets (non-tunnel 9, dns 3, ipv6 0, inbound 0)`.
@@ -487,6 +557,9 @@ pub(crate) fn event_line(status: &Status) -> String {
         on_off(status.lockdown),
         on_off(status.allow_lan)
     );
+    if status.apps_only {
+        line.push_str(" apps-only=on");
+    }
     if let Some(t) = &status.tunnel {
         let _ = write!(
             line,
@@ -498,6 +571,9 @@ pub(crate) fn event_line(status: &Status) -> String {
         if let Some(event) = t.managed.as_ref().and_then(|m| m.last_event.as_ref()) {
             let _ = write!(line, " last={event:?}");
         }
+    }
+    if let Some(event) = &status.on_drop.last_event {
+        let _ = write!(line, " on-drop={event:?}");
     }
     if let Some(bypass) = &status.bypass {
         // The cgroup's id, not its process count: a bypass starting, ending or its cgroup
@@ -535,6 +611,7 @@ mod tests {
             state: State::Connected,
             lockdown: true,
             allow_lan: false,
+            apps_only: false,
             tunnel: Some(TunnelStatus {
                 interface: "wg0".parse().expect("literal"),
                 endpoint: "198.51.100.1:51820".parse().expect("literal"),
@@ -564,7 +641,28 @@ mod tests {
             blocked: Some(Default::default()),
             tunnel_only_users: Vec::new(),
             bypass: None,
+            on_drop: Default::default(),
         }
+    }
+
+    #[test]
+    fn apps_only_says_plainly_that_the_machine_is_not_protected() {
+        let mut s = sample();
+        s.apps_only = true;
+        s.firewall.blocking = false;
+        let text = status_at(&s, SystemTime::UNIX_EPOCH);
+        assert!(
+            text.contains("apps only: on (this machine's own traffic is NOT protected"),
+            "{text}"
+        );
+        assert!(
+            text.contains("lockdown:  on (not in force: apps only)"),
+            "{text}"
+        );
+        assert!(text.contains("state:     connected (apps only:"), "{text}");
+        assert!(event_line(&s).contains("apps-only=on"));
+        assert!(!event_line(&sample()).contains("apps-only"));
+        assert!(!status_at(&sample(), SystemTime::UNIX_EPOCH).contains("apps only"));
     }
 
     #[test]
@@ -930,6 +1028,69 @@ mod tests {
                  failed:    server 2 (se2.conf): no route\\nerror:     none [unreachable]\n"
             ),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn watched_programs_show_in_status_and_what_was_done_in_events() {
+        let mut s = sample();
+        s.state = State::Connecting;
+        s.on_drop = killswitch_types::ipc::OnDropStatus {
+            programs: vec![
+                killswitch_types::ipc::WatchedProgram {
+                    label: "/usr/bin/transmission-daemon".to_owned(),
+                    on_drop: killswitch_types::OnDrop::Freeze,
+                    cgroup: "/sys/fs/cgroup/killswitch/net-1/drop-0".to_owned(),
+                    frozen: true,
+                    processes: 3,
+                },
+                killswitch_types::ipc::WatchedProgram {
+                    label: "/usr/bin/qbittorrent-nox".to_owned(),
+                    on_drop: killswitch_types::OnDrop::Kill,
+                    cgroup: "/sys/fs/cgroup/killswitch/net-1/drop-1".to_owned(),
+                    frozen: false,
+                    processes: 0,
+                },
+            ],
+            held: true,
+            last_event: Some("frozen 1 program, killed 1 program (tunnel lost)".to_owned()),
+            refused: vec!["freeze_on_drop /opt/none: no such file".to_owned()],
+            error: None,
+        };
+        let report = status(&s);
+        assert!(
+            report.contains(
+                "on-drop:   freeze /usr/bin/transmission-daemon: frozen, 3 processes \
+                 (/sys/fs/cgroup/killswitch/net-1/drop-0)\n"
+            ),
+            "{report}"
+        );
+        assert!(
+            report.contains("on-drop:   kill /usr/bin/qbittorrent-nox: 0 processes, killed when the tunnel is lost"),
+            "{report}"
+        );
+        assert!(
+            report.contains("on-drop:   last: frozen 1 program, killed 1 program (tunnel lost)\n")
+        );
+        assert!(report.contains("refused:   freeze_on_drop /opt/none: no such file\n"));
+        assert!(
+            event_line(&s)
+                .ends_with(" on-drop=\"frozen 1 program, killed 1 program (tunnel lost)\""),
+            "{}",
+            event_line(&s)
+        );
+        let json = serde_json::to_value(&s).expect("json");
+        assert_eq!(json["on_drop"]["programs"][0]["on_drop"], "freeze");
+        assert_eq!(json["on_drop"]["programs"][1]["on_drop"], "kill");
+        assert_eq!(json["on_drop"]["held"], true);
+        // Nothing watched: nothing shown, and no field in the JSON.
+        let quiet = sample();
+        assert!(!status(&quiet).contains("on-drop"));
+        assert!(
+            serde_json::to_value(&quiet)
+                .expect("json")
+                .get("on_drop")
+                .is_none()
         );
     }
 

@@ -176,7 +176,9 @@ pub(crate) fn verdict(status: &Status, checks: &[Check]) -> (Verdict, String) {
             format!(
                 "NOT PROTECTING: state {}{}",
                 status.state,
-                if status.state == State::Disconnected {
+                if status.apps_only {
+                    " (apps-only: only exec programs and tunnel-only users are protected)"
+                } else if status.state == State::Disconnected {
                     " (lockdown off: nothing is blocked)"
                 } else {
                     ""
@@ -540,6 +542,7 @@ mod tests {
             state,
             lockdown: false,
             allow_lan: false,
+            apps_only: false,
             tunnel: None,
             error: None,
             firewall: FirewallStatus {
@@ -558,6 +561,7 @@ mod tests {
             blocked: None,
             tunnel_only_users: Vec::new(),
             bypass: None,
+            on_drop: Default::default(),
         }
     }
 

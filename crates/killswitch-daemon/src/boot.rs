@@ -38,6 +38,10 @@ pub fn decide(loaded: &Loaded) -> (Decision, Settings) {
         Loaded::Found(p) => {
             let decision = match (&p.target, p.settings.lockdown) {
                 (Target::Off, _) => Decision::Leave("the kill switch was switched off".to_owned()),
+                // The machine is deliberately unprotected; only the scopes are confined (below).
+                _ if p.settings.apps_only => {
+                    Decision::Leave("apps-only is on: this machine is not protected".to_owned())
+                }
                 (_, true) => Decision::Block("lockdown is on".to_owned()),
                 (Target::Guard(spec), false) => {
                     Decision::Block(format!("a tunnel ({}) was being protected", spec.interface))
@@ -56,15 +60,22 @@ pub fn decide(loaded: &Loaded) -> (Decision, Settings) {
 
 /// Loads, decides and applies (with `exceptions` as what passes besides the tunnel: what
 /// allow-lan opens and the configured allows, so that a headless server's `allow_inbound` SSH
-/// works from the first moment, as the daemon would). Returns the decision, or why applying it
-/// failed.
+/// works from the first moment, as the daemon would; `apps_only` being config.toml's, which
+/// leaves the machine alone as the settings file's does). Returns the decision, or why applying
+/// it failed.
 pub fn run(
     store: &Store,
     exceptions: &killswitch_policy::Exceptions,
+    apps_only: bool,
     firewall: &mut impl Firewall,
 ) -> Result<Decision, String> {
     let loaded = store.load();
-    let (decision, settings) = decide(&loaded);
+    let (mut decision, settings) = decide(&loaded);
+    if apps_only && matches!(loaded, Loaded::Found(_)) && matches!(decision, Decision::Block(_)) {
+        decision = Decision::Leave(
+            "apps_only = true in config.toml: this machine is not protected".to_owned(),
+        );
+    }
     let mut exceptions = exceptions.clone();
     if let Loaded::Found(persisted) = &loaded {
         exceptions
@@ -132,6 +143,7 @@ mod tests {
             Settings {
                 lockdown,
                 allow_lan: true,
+                apps_only: false,
             },
             target,
         ))
@@ -177,6 +189,16 @@ mod tests {
     }
 
     #[test]
+    fn apps_only_leaves_the_machine_alone_at_boot_even_with_a_tunnel() {
+        let mut persisted = Persisted::new(Settings::default(), guard());
+        persisted.settings.apps_only = true;
+        assert!(matches!(
+            decide(&Loaded::Found(persisted)).0,
+            Decision::Leave(why) if why.contains("apps-only")
+        ));
+    }
+
+    #[test]
     fn keeps_the_lan_setting() {
         assert!(decide(&found(true, Target::Disconnected)).1.allow_lan);
     }
@@ -190,6 +212,34 @@ mod exceptions_at_boot {
     use killswitch_policy::routes::RoutingLayer;
     use killswitch_policy::{ConnState, Exceptions, Packet, Ruleset, Transport};
     use std::time::Duration;
+
+    #[test]
+    fn config_toml_apps_only_leaves_the_machine_alone_at_boot() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        let guard = Target::Guard(killswitch_types::GuardSpec {
+            interface: "wg0".parse().expect("literal"),
+            endpoints: killswitch_types::Endpoints::one(
+                "198.51.100.1:51820".parse().expect("literal"),
+            ),
+            dns: vec![],
+            mark: None,
+            uid: None,
+        });
+        store
+            .save(&Persisted::new(Settings::default(), guard))
+            .expect("saved");
+        let mut firewall = Kept::default();
+        let decision = run(&store, &Exceptions::default(), true, &mut firewall).expect("left");
+        assert!(
+            matches!(&decision, Decision::Leave(why) if why.contains("config.toml")),
+            "{decision:?}"
+        );
+        assert!(firewall.0.is_none(), "no scopes: nothing installed");
+        // Without it, the same file blocks.
+        let decision = run(&store, &Exceptions::default(), false, &mut firewall).expect("blocked");
+        assert!(matches!(decision, Decision::Block(_)), "{decision:?}");
+    }
 
     #[derive(Default)]
     struct Kept(Option<Ruleset>);
@@ -225,7 +275,7 @@ mod exceptions_at_boot {
         };
         // Nobody confined, nothing wanted: nothing installed.
         let mut firewall = Kept::default();
-        let decision = run(&store, &Exceptions::default(), &mut firewall).expect("left");
+        let decision = run(&store, &Exceptions::default(), false, &mut firewall).expect("left");
         assert!(matches!(decision, Decision::Leave(_)) && firewall.0.is_none());
         // config.toml's user (resolved by the caller) and the CLI's, with the kill switch off.
         let cli = crate::users::TunnelOnlyUser {
@@ -242,7 +292,7 @@ mod exceptions_at_boot {
             ..Exceptions::default()
         };
         let mut firewall = Kept::default();
-        let decision = run(&store, &configured, &mut firewall).expect("applied");
+        let decision = run(&store, &configured, false, &mut firewall).expect("applied");
         assert!(
             matches!(&decision, Decision::Leave(why) if why.contains("tunnel-only")),
             "{decision:?}"
@@ -268,6 +318,7 @@ mod exceptions_at_boot {
         let settings = Settings {
             lockdown: true,
             allow_lan: false,
+            apps_only: false,
         };
         store
             .save(&Persisted::new(settings, Target::Disconnected).with_allows(added))
@@ -279,7 +330,7 @@ mod exceptions_at_boot {
         };
         let exceptions = Exceptions::default().with_allows(&configured, Vec::new());
         let mut firewall = Kept::default();
-        let decision = run(&store, &exceptions, &mut firewall).expect("applied");
+        let decision = run(&store, &exceptions, false, &mut firewall).expect("applied");
         assert!(matches!(decision, Decision::Block(_)));
         let ruleset = firewall.0.expect("blocked");
         let ssh = |port| {

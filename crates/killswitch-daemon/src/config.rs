@@ -46,6 +46,17 @@ pub struct Config {
     /// daemon at start and on reload. One that names no user is refused (shown in `status`), the
     /// others apply.
     pub tunnel_only_users: Vec<String>,
+    /// Protect only `killswitch exec` programs and tunnel-only users, never this machine's own
+    /// traffic (no machine-wide rules, no machine-wide routing into the tunnel, resolv.conf left
+    /// alone). `killswitch apps-only on` does the same from the command line; while this is
+    /// true, `apps-only off` is refused.
+    pub apps_only: bool,
+    /// Executables whose processes (in this network namespace) are frozen while the tunnel is
+    /// lost and thawed when it is back ([`crate::freeze`]): absolute paths, matched by the file
+    /// the kernel runs. One that does not exist is refused (shown in `status`), the others apply.
+    pub freeze_on_drop: Vec<std::path::PathBuf>,
+    /// The same, killed instead of frozen.
+    pub kill_on_drop: Vec<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -62,6 +73,9 @@ impl Default for Config {
             allow_inbound: Vec::new(),
             detect_local_bridges: true,
             tunnel_only_users: Vec::new(),
+            apps_only: false,
+            freeze_on_drop: Vec::new(),
+            kill_on_drop: Vec::new(),
         }
     }
 }
@@ -150,6 +164,7 @@ impl Config {
         }
         config.lan().map_err(|e| format!("lan_subnets: {e}"))?;
         killswitch_policy::check_allows(&config.allows())?;
+        check_on_drop(&config.freeze_on_drop, &config.kill_on_drop)?;
         if !config.resolv_conf.is_absolute() {
             return Err(format!(
                 "resolv_conf = {:?} is not an absolute path",
@@ -158,6 +173,31 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// `freeze_on_drop` and `kill_on_drop`: absolute paths, each named once across both lists (a
+/// program cannot be both frozen and killed). Whether each exists is looked at when it is used,
+/// as for tunnel-only users: a program not installed yet is refused in `status`, not a broken file.
+fn check_on_drop(freeze: &[std::path::PathBuf], kill: &[std::path::PathBuf]) -> Result<(), String> {
+    let all = (freeze.iter().map(|p| ("freeze_on_drop", p)))
+        .chain(kill.iter().map(|p| ("kill_on_drop", p)));
+    let mut seen: Vec<(&str, &std::path::PathBuf)> = Vec::new();
+    for (key, path) in all {
+        if !path.is_absolute() {
+            return Err(format!(
+                "{key}: {path:?} is not an absolute path (name the executable as /usr/bin/NAME)"
+            ));
+        }
+        if let Some((other, _)) = seen.iter().find(|(_, p)| *p == path) {
+            return Err(if *other == key {
+                format!("{key}: {path:?} is listed twice")
+            } else {
+                format!("{path:?} is in both freeze_on_drop and kill_on_drop: choose one")
+            });
+        }
+        seen.push((key, path));
+    }
+    Ok(())
 }
 
 /// A parser's error as one line: `line L, column C: what` (where the parser knows the place).
@@ -264,6 +304,44 @@ mod tests {
     }
 
     #[test]
+    fn freeze_and_kill_on_drop_take_absolute_paths_each_once() {
+        let config = Config::parse(
+            "freeze_on_drop = [\"/usr/bin/transmission-daemon\", \"/opt/b/browser\"]\n\
+             kill_on_drop = [\"/usr/bin/qbittorrent-nox\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(config.freeze_on_drop.len(), 2);
+        assert_eq!(
+            config.kill_on_drop,
+            [std::path::PathBuf::from("/usr/bin/qbittorrent-nox")]
+        );
+        // A path that does not exist is not the file's error: it is refused when used.
+        assert!(Config::parse("freeze_on_drop = [\"/no/such/program\"]").is_ok());
+        for (bad, says) in [
+            (
+                "freeze_on_drop = [\"transmission-daemon\"]",
+                "freeze_on_drop: \"transmission-daemon\" is not an absolute path",
+            ),
+            (
+                "kill_on_drop = [\"bin/x\"]",
+                "kill_on_drop: \"bin/x\" is not an absolute path",
+            ),
+            (
+                "freeze_on_drop = [\"/usr/bin/a\", \"/usr/bin/a\"]",
+                "freeze_on_drop: \"/usr/bin/a\" is listed twice",
+            ),
+            (
+                "freeze_on_drop = [\"/usr/bin/a\"]\nkill_on_drop = [\"/usr/bin/a\"]",
+                "\"/usr/bin/a\" is in both freeze_on_drop and kill_on_drop",
+            ),
+            ("freeze_on_drop = \"/usr/bin/a\"", "freeze_on_drop"),
+        ] {
+            let err = Config::parse(bad).expect_err(bad);
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn a_fifo_or_an_endless_file_is_an_error_not_a_hang() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fifo = dir.path().join("config.toml");
@@ -278,6 +356,18 @@ mod tests {
     fn the_shipped_file_shows_exactly_the_defaults() {
         let shipped = include_str!("../../../packaging/config.toml");
         assert_eq!(Config::parse(shipped), Ok(Config::default()));
+    }
+
+    #[test]
+    fn apps_only_is_read_and_a_misspelling_or_a_string_is_refused() {
+        assert_eq!(
+            Config::parse("apps_only = true\n").map(|c| c.apps_only),
+            Ok(true)
+        );
+        let err = Config::parse("apps-only = true\n").expect_err("misspelt");
+        assert!(err.contains("apps-only"), "{err}");
+        let err = Config::parse("apps_only = \"yes\"\n").expect_err("a string");
+        assert!(err.contains("apps_only") || err.contains("line 1"), "{err}");
     }
 
     #[test]

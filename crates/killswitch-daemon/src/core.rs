@@ -3,9 +3,10 @@
 //! It is deterministic: [`Core::on`] takes an [`Input`] (a parsed command, a link change, another
 //! program's nf_tables change, a timer, a wake from sleep, or the answer to one of its own
 //! effects) with the time it happened, and returns [`Effect`]s (look at an interface, send a
-//! probe, publish the status, make DNS follow, reply, wake me at T). Its backends (the firewall
-//! and routing layer, the settings store, the tunnel devices of `up`, and a look-up of what kind
-//! of device an interface is) are traits, whose results decide what comes next; the daemon
+//! probe, publish the status, make DNS follow, reply, wake me at T, freeze or thaw the programs
+//! watched by [`crate::freeze`]). Its backends (the firewall and routing layer, the settings
+//! store, the tunnel devices of `up`, and a look-up of what kind of device an interface is) are
+//! traits, whose results decide what comes next; the daemon
 //! ([`crate::run`]) passes the real ones and performs the effects, the model-based tester
 //! ([`crate::sim`]) simulated ones. It reads no clock and does no I/O of its own.
 //!
@@ -27,6 +28,11 @@
 //! | guard      | any      | up with an address, trusted         | no    | connected    | the tunnel + the hole                 |
 //! | up         | any      | waiting, or handshaking with server n | no  | connecting   | server n's hole (+ the probe into it) |
 //! | up         | any      | handshake done, alive               | no    | connected    | the tunnel + server n's hole          |
+//!
+//! With apps-only on (`crate::apps_only`), the state is derived the same way (lockdown cannot be
+//! on with it, and where config.toml holds both, apps-only wins), but the rules of every row are
+//! the scopes' alone: the machine's own traffic gets none, and the scopes get the tunnel while it
+//! is connected. A fault still blocks everything.
 //!
 //! `off` switches lockdown off; `lockdown on` after `off` leaves `off` (to `down`). A fault is a
 //! broken configuration file or an unusable settings file. `up` moves to the next server (the
@@ -82,6 +88,8 @@ pub struct CoreOptions {
     pub identify: Identify,
     /// config.toml's tunnel-only users, resolved by the daemon (or why each was refused).
     pub tunnel_only_users: Vec<Result<crate::users::TunnelOnlyUser, String>>,
+    /// config.toml's `apps_only` ([`crate::apps_only`]).
+    pub apps_only: bool,
 }
 
 /// What a reloaded configuration changes in a running daemon: the rules' exceptions at once, and
@@ -101,6 +109,8 @@ pub struct Reconfigured {
     pub wireguard_dir: PathBuf,
     /// config.toml's tunnel-only users, resolved again (or why each was refused).
     pub tunnel_only_users: Vec<Result<crate::users::TunnelOnlyUser, String>>,
+    /// config.toml's `apps_only`.
+    pub apps_only: bool,
 }
 
 /// Finds the local bridges and looks at the allowed interfaces (their names given), bridges
@@ -137,6 +147,7 @@ impl CoreOptions {
             lan: killswitch_policy::Lan::default(),
             allows: killswitch_types::Allows::default(),
             tunnel_only_users: Vec::new(),
+            apps_only: false,
             detect_local_bridges: true,
             look_locals: Box::new(crate::locals::look),
             identify: Box::new(crate::links::identify),
@@ -172,6 +183,8 @@ pub enum Command {
     Lockdown(bool),
     /// `allow-lan on|off`.
     AllowLan(bool),
+    /// `apps-only on|off`.
+    AppsOnly(bool),
     /// `allow add|remove`.
     Allow {
         /// Add (true) or remove.
@@ -238,6 +251,7 @@ impl Command {
             Request::Off => Command::Off,
             Request::Lockdown { enabled } => Command::Lockdown(*enabled),
             Request::AllowLan { enabled } => Command::AllowLan(*enabled),
+            Request::AppsOnly { enabled } => Command::AppsOnly(*enabled),
             Request::Allow { add, entry } => Command::Allow {
                 add: *add,
                 entry: entry.clone(),
@@ -322,6 +336,9 @@ pub struct Core<F> {
     answer: Option<Result<(), IpcError>>,
     /// The status subscribers were last given.
     published: Option<Status>,
+    /// Freeze on drop: the watched programs as the executor last reported them, and whether
+    /// they are held.
+    on_drop: crate::freeze::decide::OnDropState,
 }
 
 /// What the core was doing when it asked to look at the guarded interface.
@@ -364,6 +381,10 @@ pub enum Input {
     /// The bypass cgroup may have changed (created, re-created with a new id, populated,
     /// emptied and removed): what the executor sees now.
     Bypass(Option<crate::bypass::BypassView>),
+    /// The watched programs of freeze on drop ([`crate::freeze`]) as the executor sees them:
+    /// after one was watched or forgotten, after a reload, and as the answer to
+    /// [`Effect::Freeze`] and [`Effect::Thaw`].
+    OnDrop(crate::freeze::decide::Report),
     /// The answer to [`Effect::SyncDns`].
     DnsSynced {
         /// Whether DNS management changed anything (then `status` is its new status).
@@ -393,6 +414,17 @@ pub enum Effect {
     /// Send [`Input::Timer`] at this instant (`None`: no timer is needed). Replaces any earlier
     /// wake-up.
     WakeAt(Option<Instant>),
+    /// The tunnel is lost (a tunnel is wanted and the state is not `connected`): freeze every
+    /// watched program's cgroup, kill the `kill_on_drop` ones; answer with [`Input::OnDrop`].
+    /// It is the last effect of its input, right after the firewall has moved; the status,
+    /// timer and DNS follow the answer.
+    Freeze {
+        /// Why, for the event: `tunnel lost`, `tunnel not connected`, `blocked`.
+        reason: String,
+    },
+    /// The tunnel is back (or no tunnel is wanted any more): thaw them; answer with
+    /// [`Input::OnDrop`].
+    Thaw,
 }
 
 /// The first retry after a failed apply, doubled up to [`RETRY_MAX`]. Only while failing: a
@@ -535,6 +567,7 @@ impl<F: Firewall> Core<F> {
             then: None,
             answer: None,
             published: None,
+            on_drop: crate::freeze::decide::OnDropState::default(),
         }
         .with_manager(now)
         .with_locals()
@@ -659,8 +692,10 @@ impl<F: Firewall> Core<F> {
                             health_bound,
                             wireguard_dir,
                             tunnel_only_users,
+                            apps_only,
                         } = *new;
                         self.options.tunnel_only_users = tunnel_only_users;
+                        self.options.apps_only = apps_only;
                         self.options.lan = lan;
                         self.options.allows = allows;
                         self.options.detect_local_bridges = detect_local_bridges;
@@ -680,6 +715,10 @@ impl<F: Firewall> Core<F> {
                 self.refresh_locals();
                 // One transaction from the old rules to the new: no window.
                 self.look_then(Then::Reconcile { retry: false }, &mut effects);
+            }
+            Input::OnDrop(report) => {
+                self.on_drop.record(report);
+                self.finish(&mut effects);
             }
             Input::DnsSynced { changed, status } => {
                 if changed {
@@ -712,6 +751,21 @@ impl<F: Firewall> Core<F> {
     /// The end of every input: the status to subscribers if it changed, DNS after the firewall
     /// (unblocked, then pointed at the tunnel; blocked, then given back), and the next wake-up.
     fn finish(&mut self, effects: &mut Vec<Effect>) {
+        // First: the firewall has moved, and nothing after this (the status, DNS over D-Bus)
+        // may delay the freeze. The rest comes with its answer, so that the status published
+        // says what was done.
+        let tunnel_wanted = matches!(self.target, Target::Up(_) | Target::Guard(_));
+        match self.on_drop.decide(self.state, tunnel_wanted) {
+            Some(crate::freeze::decide::Action::Freeze { reason }) => {
+                effects.push(Effect::Freeze { reason });
+                return;
+            }
+            Some(crate::freeze::decide::Action::Thaw) => {
+                effects.push(Effect::Thaw);
+                return;
+            }
+            None => {}
+        }
         self.publish(effects);
         self.retry.follow(self.needs_retry(), self.now);
         let wake = [self.retry.due(), self.next_tick(self.now)]
@@ -897,6 +951,7 @@ impl<F: Firewall> Core<F> {
             state: self.state,
             lockdown: self.settings.lockdown,
             allow_lan: self.settings.allow_lan,
+            apps_only: self.apps_only(),
             tunnel,
             error,
             firewall: self.firewall_status.clone(),
@@ -917,6 +972,7 @@ impl<F: Firewall> Core<F> {
                     level: b.scope.level,
                     processes: b.processes,
                 }),
+            on_drop: self.on_drop.status(),
         }
     }
 
@@ -1121,6 +1177,11 @@ impl<F: Firewall> Core<F> {
     /// unreachable as any other until it is back, and flapping the file helps nobody); the
     /// user's own otherwise.
     pub fn dns_want(&self) -> DnsWant {
+        if self.apps_only() {
+            // The machine is not in the tunnel: its resolvers are its own (an exec namespace
+            // gets the tunnel's in a resolv.conf of its own).
+            return DnsWant::Restore;
+        }
         match (&self.target, &self.manager) {
             (Target::Up(spec), Some(manager)) if manager.is_up() => {
                 let config = manager.active().1;
@@ -1144,6 +1205,12 @@ impl<F: Firewall> Core<F> {
             (Target::Up(_), _) => DnsWant::Keep,
             _ => DnsWant::Restore,
         }
+    }
+
+    /// Records the watched programs of freeze on drop before the first input (at start), without
+    /// deciding anything yet: [`Input::Started`] decides with them.
+    pub fn set_on_drop(&mut self, report: crate::freeze::decide::Report) {
+        self.on_drop.record(report);
     }
 
     /// Records what DNS management did, for `status`.
@@ -1236,6 +1303,7 @@ impl<F: Firewall> Core<F> {
                 settings.lockdown = false;
             }
             Command::Lockdown(enabled) => {
+                crate::apps_only::check_lockdown(*enabled, &settings, self.options.apps_only)?;
                 settings.lockdown = *enabled;
                 // Lockdown blocks whenever no tunnel is connected. After `off` that means leaving
                 // `off`: otherwise `off` would keep winning and lockdown would arm nothing.
@@ -1244,6 +1312,10 @@ impl<F: Firewall> Core<F> {
                 }
             }
             Command::AllowLan(enabled) => settings.allow_lan = *enabled,
+            Command::AppsOnly(enabled) => {
+                crate::apps_only::check_switch(*enabled, &settings, self.options.apps_only)?;
+                settings.apps_only = *enabled;
+            }
             Command::Allow { add, entry } => allows = self.changed_allows(*add, entry)?,
             Command::Users { add, user, uid } => users = self.changed_users(*add, user, *uid)?,
         }
@@ -1309,6 +1381,18 @@ impl<F: Firewall> Core<F> {
         }
     }
 
+    /// Whether apps-only is in force (config.toml's or the CLI's): `status` says so.
+    fn apps_only(&self) -> bool {
+        crate::apps_only::in_force(&self.settings, self.options.apps_only)
+    }
+
+    /// The settings the policy compiles: apps-only as in force, except while a fault blocks
+    /// everything ([`crate::apps_only::policy_settings`]).
+    fn policy_settings(&self) -> Settings {
+        let faulty = self.config_fault.is_some() || self.settings_fault.is_some();
+        crate::apps_only::policy_settings(self.settings, self.options.apps_only, faulty)
+    }
+
     /// The state the inputs call for, and the policy state to compile.
     fn desired(&self) -> (State, PolicyState) {
         if self.target == Target::Off {
@@ -1320,7 +1404,7 @@ impl<F: Firewall> Core<F> {
         }
         match &self.target {
             Target::Off => (State::Off, PolicyState::Off),
-            Target::Disconnected if self.settings.lockdown => {
+            Target::Disconnected if self.policy_settings().lockdown => {
                 (State::Blocked, PolicyState::Disconnected)
             }
             Target::Disconnected => (State::Disconnected, PolicyState::Disconnected),
@@ -1406,7 +1490,8 @@ impl<F: Firewall> Core<F> {
         let before = self.status();
         let (state, policy) = self.desired();
         let exceptions = self.exceptions();
-        let ruleset = compile_for(&policy, &self.settings, &exceptions);
+        let settings = self.policy_settings();
+        let ruleset = compile_for(&policy, &settings, &exceptions);
         let enforced = if self.apply_error.is_none() && self.applied.as_ref() == Some(&ruleset) {
             self.state = state;
             policy
@@ -1436,12 +1521,7 @@ impl<F: Firewall> Core<F> {
         };
         // The second layer follows the first: loosened after it, so a loosening is never ahead of
         // the firewall; tightened after it too, which the firewall already covers.
-        let layer = compile_routes_for(
-            &enforced,
-            &self.settings,
-            &exceptions,
-            &self.tunnel_networks(),
-        );
+        let layer = compile_routes_for(&enforced, &settings, &exceptions, &self.tunnel_networks());
         self.routing_intent.clone_from(&layer);
         match self.firewall.apply_routes(layer.as_ref()) {
             Ok(repaired) => {
@@ -1479,7 +1559,7 @@ impl<F: Firewall> Core<F> {
         tracing::error!(%wanted, "applying the firewall failed: {error}");
         let before = self.state;
         self.state = State::Blocked;
-        let blocking = compile_for(&PolicyState::Blocked, &self.settings, exceptions);
+        let blocking = compile_for(&PolicyState::Blocked, &self.policy_settings(), exceptions);
         match self.firewall.apply(&blocking) {
             Ok(took) => {
                 self.record_applied(blocking, took);
@@ -1624,6 +1704,7 @@ mod tests {
                         &Settings {
                             lockdown: false,
                             allow_lan: true,
+                            apps_only: false,
                         },
                     );
             if self.transient > 0 {
@@ -2112,6 +2193,8 @@ mod tests {
             tunnel_only_users: crate::users::resolve_all(
                 &users.iter().map(|u| (*u).to_owned()).collect::<Vec<_>>(),
             ),
+
+            apps_only: false,
         };
         let now = Instant::now();
         core.on(
@@ -2590,6 +2673,7 @@ mod tests {
             health_bound: Duration::from_secs(5),
             wireguard_dir: "/etc/wireguard".into(),
             tunnel_only_users: Vec::new(),
+            apps_only: false,
         };
         core.on(Input::Reloaded(Ok(Box::new(good))), now);
         let status = core.status();
@@ -2797,5 +2881,448 @@ mod tests {
         );
         retry.follow(false, now);
         assert_eq!(retry, RetryTimer::default());
+    }
+
+    /// A packet this machine sends by `oif` to a public address, from `uid`.
+    fn sent(oif: &str, uid: Option<u32>) -> Packet {
+        Packet {
+            uid,
+            ..Packet::output(
+                oif,
+                "192.0.2.2".parse().expect("literal"),
+                "203.0.113.10".parse().expect("literal"),
+                Transport::tcp(40000, 443),
+            )
+        }
+    }
+
+    /// Whether the kernel (as recorded) accepts `p`: with no table installed, everything.
+    fn kernel_accepts(core: &Core<&mut Recorder>, p: &Packet) -> bool {
+        core.applied
+            .as_ref()
+            .is_none_or(|r| r.verdict(p).is_accept())
+    }
+
+    #[test]
+    fn apps_only_confines_only_the_scopes_in_every_state_and_is_persisted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let options = CoreOptions {
+            tunnel_only_users: crate::users::resolve_all(&["1001".to_owned()]),
+            ..test_options(dir.path())
+        };
+        let mut core = core_with(&mut fw, dir.path(), options);
+        let status = core
+            .handle_request(&Request::AppsOnly { enabled: true })
+            .expect("apps-only on");
+        assert!(status.apps_only);
+        assert_eq!(status.state, State::Disconnected);
+        assert!(status.firewall.installed && !status.firewall.blocking);
+        // Guarding a tunnel: connecting, then connected; the machine is free in both, the user
+        // leaves by the tunnel only, and only once it carries traffic.
+        core.handle_request(&Request::Guard(spec())).expect("guard");
+        assert_eq!(core.status().state, State::Connecting);
+        assert!(kernel_accepts(&core, &sent("eth0", Some(1000))));
+        assert!(kernel_accepts(&core, &sent("eth0", None)));
+        assert!(!kernel_accepts(&core, &sent("eth0", Some(1001))));
+        assert!(!kernel_accepts(&core, &sent("wg0", Some(1001))));
+        core.observe(up());
+        core.reconcile();
+        let status = core.status();
+        assert_eq!(status.state, State::Connected);
+        assert!(status.firewall.installed && !status.firewall.blocking);
+        assert!(kernel_accepts(&core, &sent("eth0", Some(1000))));
+        assert!(!kernel_accepts(&core, &sent("eth0", Some(1001))));
+        assert!(kernel_accepts(&core, &sent("wg0", Some(1001))));
+        // The routing layer takes the user (and the tunnel's resolver) into the tunnel, nothing
+        // else: no catch-all.
+        let routes = core.routing_intent.clone().expect("a routing layer");
+        assert!(
+            routes
+                .rules
+                .iter()
+                .all(|r| r.priority < killswitch_policy::routes::PRIORITY_CATCH_ALL && !r.invert),
+            "{routes:?}"
+        );
+        // A restart keeps it, as the settings file says.
+        drop(core);
+        let mut fw2 = Recorder::default();
+        let again = self::core(&mut fw2, dir.path());
+        assert!(again.status().apps_only);
+        assert!(!again.status().lockdown);
+        drop(again);
+        // Off again: the machine-wide kill switch is back at once.
+        let mut fw3 = Recorder::default();
+        let mut again = self::core(&mut fw3, dir.path());
+        again.observe(up());
+        again.reconcile();
+        let status = again
+            .handle_request(&Request::AppsOnly { enabled: false })
+            .expect("apps-only off");
+        assert!(!status.apps_only && status.firewall.blocking);
+        assert!(!kernel_accepts(&again, &sent("eth0", Some(1000))));
+    }
+
+    #[test]
+    fn apps_only_and_lockdown_refuse_each_other_and_change_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = self::core(&mut fw, dir.path());
+        core.handle_request(&Request::Lockdown { enabled: true })
+            .expect("lockdown");
+        let before = core.status();
+        assert_eq!(before.state, State::Blocked);
+        let err = core
+            .handle_request(&Request::AppsOnly { enabled: true })
+            .expect_err("refused while lockdown is on");
+        assert!(
+            err.message.contains("lockdown off") && err.message.contains("nothing was changed"),
+            "{}",
+            err.message
+        );
+        assert_eq!(core.status(), before);
+        core.handle_request(&Request::Lockdown { enabled: false })
+            .expect("lockdown off");
+        core.handle_request(&Request::AppsOnly { enabled: true })
+            .expect("apps-only on");
+        let before = core.status();
+        let err = core
+            .handle_request(&Request::Lockdown { enabled: true })
+            .expect_err("refused while apps-only is on");
+        assert!(err.message.contains("apps-only off"), "{}", err.message);
+        assert_eq!(core.status(), before);
+        // allow-lan is taken (it applies once apps-only is off) and changes nothing now.
+        let applied = core.applied.clone();
+        let status = core
+            .handle_request(&Request::AllowLan { enabled: true })
+            .expect("allow-lan");
+        assert!(status.allow_lan && status.apps_only);
+        assert_eq!(core.applied, applied);
+        // `off` leaves apps-only as it is: it is about the machine-wide kill switch.
+        let status = core.handle_request(&Request::Off).expect("off");
+        assert!(status.apps_only && status.state == State::Off);
+    }
+
+    #[test]
+    fn apps_only_from_config_toml_applies_on_reload_and_cannot_be_switched_off_by_the_cli() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = self::core(&mut fw, dir.path());
+        core.handle_request(&Request::Guard(spec())).expect("guard");
+        core.observe(up());
+        core.reconcile();
+        assert!(core.status().firewall.blocking);
+        let reconfigured = |apps_only| Reconfigured {
+            lan: killswitch_policy::Lan::default(),
+            allows: killswitch_types::Allows::default(),
+            detect_local_bridges: true,
+            health_bound: Duration::from_secs(3),
+            wireguard_dir: "/etc/wireguard".into(),
+            tunnel_only_users: Vec::new(),
+            apps_only,
+        };
+        let now = Instant::now();
+        core.on(Input::Reloaded(Ok(Box::new(reconfigured(true)))), now);
+        core.on(Input::Looked(up()), now);
+        let status = core.status();
+        assert!(status.apps_only, "{status:?}");
+        assert_eq!(status.state, State::Connected);
+        assert!(!status.firewall.blocking);
+        assert!(kernel_accepts(&core, &sent("eth0", Some(1000))));
+        // No scopes, and the tunnel's resolver routed into it for the daemon's probes: nothing
+        // else of the machine.
+        let routes = core.routing_intent.clone().expect("the resolver's rule");
+        assert!(routes.rules.iter().all(|r| matches!(
+            r.selector,
+            killswitch_policy::routes::Selector::To(net) if net.addr().to_string() == "10.64.0.1"
+        )));
+        let err = core
+            .handle_request(&Request::AppsOnly { enabled: false })
+            .expect_err("config.toml's");
+        assert!(err.message.contains("config.toml"), "{}", err.message);
+        let err = core
+            .handle_request(&Request::Lockdown { enabled: true })
+            .expect_err("config.toml's apps-only");
+        assert!(err.message.contains("config.toml"), "{}", err.message);
+        // A reload without it: the machine-wide kill switch is back in the same step.
+        core.on(Input::Reloaded(Ok(Box::new(reconfigured(false)))), now);
+        core.on(Input::Looked(up()), now);
+        let status = core.status();
+        assert!(!status.apps_only && status.firewall.blocking);
+        assert!(!kernel_accepts(&core, &sent("eth0", Some(1000))));
+    }
+
+    #[test]
+    fn a_fault_blocks_the_whole_machine_even_with_apps_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let mut fw = Recorder::default();
+            let mut core = self::core(&mut fw, dir.path());
+            core.handle_request(&Request::AppsOnly { enabled: true })
+                .expect("apps-only on");
+        }
+        let mut fw = Recorder::default();
+        let core = Core::new(
+            &mut fw,
+            Store::new(dir.path()),
+            Some("bad config".to_owned()),
+            test_options(dir.path()),
+            Instant::now(),
+        );
+        let mut core = core;
+        core.reconcile();
+        let status = core.status();
+        assert_eq!(status.state, State::Blocked);
+        assert!(status.firewall.blocking, "{status:?}");
+        assert!(!kernel_accepts(&core, &sent("eth0", Some(1000))));
+    }
+
+    /// Invariant 9 with apps-only in the mix: after every command (carried out or refused) in
+    /// every state, `status` says what the (recorded) kernel holds: with apps-only, no blocking
+    /// table and the machine's own packets accepted; without it, a table exactly when the state
+    /// protects; lockdown never shown in force while nothing enforces it; a refused command changes
+    /// nothing; and a restart and the early-boot step resume the same.
+    #[test]
+    fn every_command_with_apps_only_enforces_what_status_says() {
+        let on = Request::AppsOnly { enabled: true };
+        let states: [(&str, &[Request]); 5] = [
+            ("fresh", &[]),
+            ("apps-only", std::slice::from_ref(&on)),
+            ("apps-only, guarding", &[on.clone(), Request::Guard(spec())]),
+            ("lockdown", &[Request::Lockdown { enabled: true }]),
+            ("apps-only, off", &[on.clone(), Request::Off]),
+        ];
+        let commands = [
+            on.clone(),
+            Request::AppsOnly { enabled: false },
+            Request::Guard(spec()),
+            Request::Down,
+            Request::Off,
+            Request::Lockdown { enabled: true },
+            Request::Lockdown { enabled: false },
+            Request::AllowLan { enabled: true },
+        ];
+        for (name, setup) in states {
+            for tunnel_up in [false, true] {
+                for command in &commands {
+                    let dir = tempfile::tempdir().expect("tempdir");
+                    let mut fw = Recorder::default();
+                    let mut daemon = core(&mut fw, dir.path());
+                    for request in setup {
+                        daemon.handle_request(request).expect("setup");
+                    }
+                    daemon.observe(if tunnel_up { up() } else { None });
+                    daemon.reconcile();
+                    let before = daemon.status();
+                    let answer = daemon.handle_request(command);
+                    daemon.observe(if tunnel_up { up() } else { None });
+                    daemon.reconcile();
+                    let status = daemon.status();
+                    let case = format!(
+                        "{name}, tunnel {}, then {command:?}: {status:?}",
+                        if tunnel_up { "up" } else { "down" }
+                    );
+                    if let Err(refused) = &answer {
+                        assert!(refused.message.contains("nothing was changed"), "{case}");
+                        assert_eq!(status, before, "a refusal changed something: {case}");
+                    }
+                    let table = daemon
+                        .firewall
+                        .applied
+                        .last()
+                        .is_some_and(|r| r.table.is_some());
+                    assert_eq!(status.firewall.installed, table, "{case}");
+                    let machine_free = kernel_accepts(&daemon, &sent("eth0", Some(1000)));
+                    if status.apps_only {
+                        assert!(!status.firewall.blocking && machine_free, "{case}");
+                        assert!(!table, "no scopes here, so no table: {case}");
+                        assert!(!status.lockdown, "lockdown cannot be on: {case}");
+                    } else {
+                        let protected = matches!(
+                            status.state,
+                            State::Blocked | State::Connecting | State::Connected
+                        );
+                        assert_eq!(protected, table, "{case}");
+                        assert_eq!(protected, !machine_free, "{case}");
+                    }
+                    let boot = crate::boot::decide(&Store::new(dir.path()).load()).0;
+                    assert_eq!(
+                        matches!(boot, crate::boot::Decision::Block(_)),
+                        status.firewall.blocking,
+                        "early boot disagrees: {case}"
+                    );
+                    drop(daemon);
+                    let mut fw = Recorder::default();
+                    let mut restarted = core(&mut fw, dir.path());
+                    restarted.observe(if tunnel_up { up() } else { None });
+                    restarted.reconcile();
+                    let again = restarted.status();
+                    assert_eq!(
+                        (
+                            again.state,
+                            again.apps_only,
+                            again.lockdown,
+                            again.firewall.blocking
+                        ),
+                        (
+                            status.state,
+                            status.apps_only,
+                            status.lockdown,
+                            status.firewall.blocking
+                        ),
+                        "restart: {case}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Gives the core `input`, answers its looks with `seen` and its freezes and thaws as the
+    /// registry would (with the programs last reported), as the daemon's loop does; returns the
+    /// other effects in order, freezes and thaws included.
+    fn drive(core: &mut Core<&mut Recorder>, input: Input, seen: &Option<Observed>) -> Vec<Effect> {
+        let now = Instant::now();
+        let mut queue: std::collections::VecDeque<Effect> = core.on(input, now).into();
+        let mut effects = Vec::new();
+        while let Some(effect) = queue.pop_front() {
+            let answer = match &effect {
+                Effect::Look(_) => Input::Looked(seen.clone()),
+                Effect::Freeze { reason } => Input::OnDrop(crate::freeze::decide::Report {
+                    programs: core.status().on_drop.programs,
+                    event: Some(format!("frozen ({reason})")),
+                    ..Default::default()
+                }),
+                Effect::Thaw => Input::OnDrop(crate::freeze::decide::Report {
+                    programs: core.status().on_drop.programs,
+                    event: Some("thawed".to_owned()),
+                    ..Default::default()
+                }),
+                _ => {
+                    effects.push(effect);
+                    continue;
+                }
+            };
+            if !matches!(effect, Effect::Look(_)) {
+                effects.push(effect);
+            }
+            for more in core.on(answer, now).into_iter().rev() {
+                queue.push_front(more);
+            }
+        }
+        effects
+    }
+
+    fn watching(n: usize) -> Input {
+        Input::OnDrop(crate::freeze::decide::Report {
+            programs: (0..n)
+                .map(|i| killswitch_types::ipc::WatchedProgram {
+                    label: format!("/usr/bin/p{i}"),
+                    on_drop: killswitch_types::OnDrop::Freeze,
+                    cgroup: format!("drop-{i}"),
+                    frozen: false,
+                    processes: 1,
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    /// Whether the first effect (before the status and DNS) is a freeze for `reason`.
+    fn freezes_first(effects: &[Effect], reason: &str) -> bool {
+        matches!(effects.first(), Some(Effect::Freeze { reason: r }) if r == reason)
+    }
+
+    fn thaws(effects: &[Effect]) -> bool {
+        effects.iter().any(|e| matches!(e, Effect::Thaw))
+    }
+
+    fn freezes(effects: &[Effect]) -> bool {
+        effects.iter().any(|e| matches!(e, Effect::Freeze { .. }))
+    }
+
+    #[test]
+    fn losing_the_tunnel_freezes_first_and_getting_it_back_thaws() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        assert!(
+            !freezes(&drive(&mut core, watching(2), &None)),
+            "disconnected"
+        );
+        let guard = Input::Command(Command::Guard(spec()));
+        let effects = drive(&mut core, guard, &up());
+        assert_eq!(core.status().state, State::Connected);
+        assert!(!freezes(&effects) && !thaws(&effects));
+
+        // The interface goes: blocked by the firewall, then frozen before anything else.
+        let lost = drive(&mut core, Input::LinksChanged, &None);
+        assert_eq!(core.status().state, State::Connecting);
+        assert!(freezes_first(&lost, "tunnel lost"), "{lost:?}");
+        assert!(core.status().on_drop.held);
+        // Still lost: frozen once, not again.
+        assert!(!freezes(&drive(&mut core, Input::LinksChanged, &None)));
+        // The status published after the freeze says what the executor did, and no status
+        // from before it comes after.
+        let published: Vec<&Status> = lost
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Publish(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            published.last().is_some_and(|s| s.on_drop.held
+                && s.on_drop.last_event.as_deref() == Some("frozen (tunnel lost)")),
+            "{published:?}"
+        );
+
+        // Back: thawed first.
+        let back = drive(&mut core, Input::LinksChanged, &up());
+        assert_eq!(core.status().state, State::Connected);
+        assert!(matches!(back.first(), Some(Effect::Thaw)), "{back:?}");
+        assert!(!core.status().on_drop.held);
+        assert!(back.iter().any(|e| matches!(e, Effect::Publish(s)
+            if s.on_drop.last_event.as_deref() == Some("thawed"))));
+    }
+
+    #[test]
+    fn a_deliberate_down_or_off_is_no_loss_and_releases_what_a_loss_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        drive(&mut core, watching(1), &None);
+        drive(&mut core, Input::Command(Command::Guard(spec())), &up());
+        // `down` from connected: nothing frozen, under lockdown (blocked) neither.
+        let down = drive(&mut core, Input::Command(Command::Down), &None);
+        assert!(!freezes(&down) && !thaws(&down), "{down:?}");
+        let lockdown = drive(&mut core, Input::Command(Command::Lockdown(true)), &None);
+        assert_eq!(core.status().state, State::Blocked);
+        assert!(!freezes(&lockdown));
+        // Guarded and lost, then `down`: thawed; lost again, then `off`: thawed.
+        for release in [Command::Down, Command::Off] {
+            drive(&mut core, Input::Command(Command::Guard(spec())), &up());
+            assert!(freezes(&drive(&mut core, Input::LinksChanged, &None)));
+            let released = drive(&mut core, Input::Command(release.clone()), &None);
+            assert!(thaws(&released), "{release:?}: {released:?}");
+            assert!(!core.status().on_drop.held);
+        }
+    }
+
+    #[test]
+    fn no_freeze_without_watched_programs_and_one_as_soon_as_there_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = core(&mut fw, dir.path());
+        drive(&mut core, Input::Command(Command::Guard(spec())), &up());
+        let lost = drive(&mut core, Input::LinksChanged, &None);
+        assert!(!freezes(&lost) && !thaws(&lost), "{lost:?}");
+        assert!(core.status().on_drop.is_empty());
+        // A program registered while the tunnel is lost (an `exec --freeze-on-drop` started now)
+        // is frozen at once.
+        let registered = drive(&mut core, watching(1), &None);
+        assert!(
+            freezes_first(&registered, "tunnel not connected"),
+            "{registered:?}"
+        );
     }
 }

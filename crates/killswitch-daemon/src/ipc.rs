@@ -90,6 +90,9 @@ pub struct Shared {
     pub handshakes: crate::handshake::Tap,
     /// Where wg-quick files are (`wireguard_dir`): `guard IFACE` reads IFACE.conf's `DNS =`.
     pub wireguard_dir: Arc<Path>,
+    /// Freeze on drop's watched cgroups: each `status` answer reads whether they are frozen and
+    /// how many processes they hold now.
+    pub on_drop: crate::freeze::Registry,
 }
 
 /// The answer to `verify`: the status, and the kernel compared with the daemon's intent.
@@ -435,6 +438,14 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
                         && let Some(t) = status.tunnel.as_mut()
                     {
                         t.handshake = handshake;
+                    }
+                }
+                if !status.on_drop.programs.is_empty() {
+                    let registry = shared.on_drop.clone();
+                    if let Ok(programs) =
+                        tokio::task::spawn_blocking(move || registry.programs()).await
+                    {
+                        status.on_drop.programs = programs;
                     }
                 }
                 ServerMessage::Ok { status }

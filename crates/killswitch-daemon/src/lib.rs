@@ -17,11 +17,13 @@
 //! - [`teardown`]: `--teardown`, switching the kill switch off for good (package removal);
 //! - [`bypass`] and [`bpf`]: `killswitch exec --bypass`: the bypass cgroup, its socket-marking BPF
 //!   program, and the watch that keeps the rules on the cgroup's current id;
+//! - [`freeze`]: freeze on drop, the programs frozen (or killed) while the tunnel is lost;
 //! - [`verify`]: `killswitch verify`'s reading of the kernel, compared with the daemon's intent;
 //! - [`run`]: the event loop that wires them together;
 //! - [`args`]: the command line (here, not in `main.rs`, so that the man page is made from it).
 
 pub mod admission;
+pub mod apps_only;
 pub mod args;
 pub mod authz;
 pub mod blocked;
@@ -35,6 +37,7 @@ pub mod devices;
 pub mod discover;
 pub mod dns;
 pub mod firewall;
+pub mod freeze;
 pub mod handshake;
 pub mod instance;
 pub mod ipc;

@@ -121,8 +121,9 @@ fn early_boot(args: &Args) -> ExitCode {
     // The LAN and the allows the administrator configured; with no usable configuration, the
     // private ranges and no allows (the daemon then starts blocked anyway and says why). Bridges
     // do not exist yet this early: the daemon finds them when it takes over.
-    let exceptions = killswitch_daemon::config::Config::load(config)
-        .ok()
+    let loaded = killswitch_daemon::config::Config::load(config).ok();
+    let apps_only = loaded.as_ref().is_some_and(|c| c.apps_only);
+    let exceptions = loaded
         .and_then(|c| {
             let lan = c.lan().ok()?;
             let mut exceptions =
@@ -138,7 +139,12 @@ fn early_boot(args: &Args) -> ExitCode {
             Some(exceptions)
         })
         .unwrap_or_default();
-    match boot::run(&Store::open(state_dir), &exceptions, &mut firewall(args)) {
+    match boot::run(
+        &Store::open(state_dir),
+        &exceptions,
+        apps_only,
+        &mut firewall(args),
+    ) {
         Ok(Decision::Block(why)) => {
             tracing::info!("early boot: blocking until killswitchd takes over, because {why}");
             ExitCode::SUCCESS

@@ -77,6 +77,10 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         }
     };
     let devices = Devices::new(&options.state_dir);
+    // Freeze on drop: the daemon's cgroup subtree (or why there is none, which `status` shows and
+    // which stops nothing else), config.toml's executables found and moved into it.
+    let on_drop = crate::freeze::Registry::new(crate::cgroup::Subtree::find());
+    on_drop.configure(&config.freeze_on_drop, &config.kill_on_drop);
     let handshakes = crate::handshake::Tap::default();
     let defaults = CoreOptions::new(&options.state_dir);
     let core_options = CoreOptions {
@@ -87,6 +91,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         allows: config.allows(),
         detect_local_bridges: config.detect_local_bridges,
         tunnel_only_users: crate::users::resolve_all(&config.tunnel_only_users),
+        apps_only: config.apps_only,
         // The manager's readings of its device also give `status` the tunnel's handshake.
         factory: crate::handshake::tapped(defaults.factory, handshakes.clone()),
         ..defaults
@@ -101,6 +106,15 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     if let Some(error) = core.status().error {
         tracing::error!("{error}");
     }
+    let watched = on_drop.report();
+    for refused in &watched.refused {
+        tracing::warn!("{refused}");
+    }
+    if let (Some(error), false) = (&watched.error, watched.refused.is_empty()) {
+        tracing::warn!("freeze on drop cannot work: {error}");
+    }
+    core.set_on_drop(watched);
+    tokio::spawn(on_drop.clone().scan_forever());
 
     // The firewall goes up before anything is served: nobody's request is read before it, and a
     // restart replaces the previous daemon's table in one transaction.
@@ -127,7 +141,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     core.set_dns_status(dns.status());
     let mut sleep = SleepSignals::subscribe(bus.as_ref()).await;
     let first = core.status();
-    tracing::info!(state = %first.state, lockdown = first.lockdown, allow_lan = first.allow_lan, "started");
+    tracing::info!(state = %first.state, lockdown = first.lockdown, allow_lan = first.allow_lan, apps_only = first.apps_only, "started");
 
     let (status_tx, status_rx) = watch::channel(first);
     let (events, _) = broadcast::channel::<Status>(64);
@@ -150,6 +164,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         blocked: crate::blocked::Blocked::start(),
         handshakes,
         wireguard_dir: Arc::from(config.wireguard_dir.as_path()),
+        on_drop: on_drop.clone(),
     };
     tracing::info!("listening on {}", options.socket.display());
     if let Err(e) = crate::notify::notify("READY=1") {
@@ -165,9 +180,12 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         publish: &publish,
         wake: &mut wake,
         reply: None,
+        on_drop: &on_drop,
+        input_at: Instant::now(),
     };
     if perform(&mut core, started, &mut io, &mut stops).await == Flow::Stop {
         drop(io);
+        on_drop.thaw_for_stop();
         return stop(&mut core, &mut dns).await;
     }
 
@@ -263,6 +281,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             // Someone may have rewritten the resolv.conf the daemon manages: DNS follows again
             // (never fires while the daemon manages none).
             () = io.dns.resolv_conf_touched() => None,
+            // A program was watched or forgotten (`exec`), or the configuration changed.
+            () = on_drop.changed() => Some(Input::OnDrop(on_drop.report())),
             () = sleep.woke() => {
                 tracing::info!("the machine woke up: looking at the tunnel now");
                 Some(Input::Woke)
@@ -271,7 +291,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             _ = stops.interrupt.recv() => break,
             _ = hangup.recv() => {
                 let _ = crate::notify::notify("RELOADING=1");
-                let reloaded = reload(&options.config, &mut config);
+                let reloaded = reload(&options.config, &mut config, &on_drop);
                 Some(Input::Reloaded(reloaded))
             }
             _ = user1.recv() => {
@@ -284,6 +304,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             }
         };
         let reloading = matches!(input, Some(Input::Reloaded(_)));
+        io.input_at = Instant::now();
         let effects = match input {
             Some(input) => core.on(input, Instant::now()),
             None => vec![Effect::SyncDns(core.dns_want())],
@@ -297,6 +318,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         }
     }
     drop(io);
+    on_drop.thaw_for_stop();
     stop(&mut core, &mut dns).await
 }
 
@@ -306,8 +328,15 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 fn reload(
     path: &std::path::Path,
     running: &mut Config,
+    on_drop: &crate::freeze::Registry,
 ) -> Result<Box<crate::core::Reconfigured>, String> {
     let new = Config::load(path).map_err(|e| e.to_string())?;
+    // Looked up again, as users are: a program installed since counts now. The registry tells
+    // the loop, which tells the state machine.
+    on_drop.configure(&new.freeze_on_drop, &new.kill_on_drop);
+    for refused in on_drop.report().refused {
+        tracing::warn!("{refused}");
+    }
     let waiting: Vec<&str> = [
         ("admin_group", new.admin_group != running.admin_group),
         ("dns", new.dns != running.dns),
@@ -331,6 +360,7 @@ fn reload(
         wireguard_dir: new.wireguard_dir.clone(),
         // Looked up again: a user created since the last load counts now.
         tunnel_only_users: crate::users::resolve_all(&new.tunnel_only_users),
+        apps_only: new.apps_only,
     };
     running.wireguard_dir = new.wireguard_dir;
     running.dead_after_seconds = new.dead_after_seconds;
@@ -340,6 +370,9 @@ fn reload(
     running.allow_inbound = new.allow_inbound;
     running.detect_local_bridges = new.detect_local_bridges;
     running.tunnel_only_users = new.tunnel_only_users;
+    running.apps_only = new.apps_only;
+    running.freeze_on_drop = new.freeze_on_drop;
+    running.kill_on_drop = new.kill_on_drop;
     Ok(Box::new(reconfigured))
 }
 
@@ -486,6 +519,10 @@ struct Io<'a, P: Fn(Status)> {
     publish: &'a P,
     wake: &'a mut Option<Instant>,
     reply: Option<tokio::sync::oneshot::Sender<Result<Status, IpcError>>>,
+    /// Freeze on drop's watched cgroups.
+    on_drop: &'a crate::freeze::Registry,
+    /// When the input being carried out reached the loop (the freeze's delay is logged from it).
+    input_at: Instant,
 }
 
 /// Carries out the core's effects in order. An effect that asks for an answer gets it at once,
@@ -517,6 +554,23 @@ async fn perform<P: Fn(Status)>(
                     let _ = reply.send(answer);
                 }
                 continue;
+            }
+            Effect::Freeze { reason } => {
+                let start = Instant::now();
+                let report = io.on_drop.freeze(&reason);
+                let took = start.elapsed();
+                tracing::info!(
+                    "{} in {} us, {} us after the input that showed it",
+                    report.event.as_deref().unwrap_or("frozen"),
+                    took.as_micros(),
+                    io.input_at.elapsed().as_micros()
+                );
+                core.on(Input::OnDrop(report), Instant::now())
+            }
+            Effect::Thaw => {
+                let report = io.on_drop.thaw();
+                tracing::info!("{}", report.event.as_deref().unwrap_or("thawed"));
+                core.on(Input::OnDrop(report), Instant::now())
             }
             Effect::SyncDns(want) => {
                 // It can hold the loop up only as long as a D-Bus call's timeout, and never a

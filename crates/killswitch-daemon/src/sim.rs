@@ -417,6 +417,9 @@ impl Sim {
                 }
                 // The simulated devices see their servers' answers without probes.
                 Effect::Probe(_) | Effect::Publish(_) => continue,
+                // The simulation watches no programs, so the core never asks; were it to, the
+                // answer is that nothing is watched.
+                Effect::Freeze { .. } | Effect::Thaw => Input::OnDrop(Default::default()),
             };
             let more = self.core()?.on(answer, now);
             for effect in more.into_iter().rev() {
@@ -488,6 +491,7 @@ impl Sim {
             UserStep::Down => Request::Down,
             UserStep::Lockdown(enabled) => Request::Lockdown { enabled: *enabled },
             UserStep::AllowLan(enabled) => Request::AllowLan { enabled: *enabled },
+            UserStep::AppsOnly(enabled) => Request::AppsOnly { enabled: *enabled },
             // A running daemon is switched off through its socket by `--teardown`.
             UserStep::Off | UserStep::Teardown => Request::Off,
             // `up` with no configuration: the daemon must refuse it and change nothing.
@@ -647,6 +651,9 @@ impl Sim {
         if status.allow_lan != expectation.allow_lan {
             wrong.push(format!("status says allow-lan {}", on(status.allow_lan)));
         }
+        if status.apps_only != expectation.apps_only {
+            wrong.push(format!("status says apps-only {}", on(status.apps_only)));
+        }
         let has_rules = expectation.protection.has_rules();
         if status.firewall.installed != has_rules {
             wrong.push(format!(
@@ -659,7 +666,20 @@ impl Sim {
             ));
         }
         let kernel = self.kernel.borrow();
-        if kernel.routes.is_some() != has_rules {
+        if expectation.apps_only {
+            // Apps-only: a layer only for the tunnel's resolvers (the model has no scopes), and
+            // never a rule that takes the machine into our table.
+            let machine = kernel.routes.as_ref().and_then(|layer| {
+                layer.rules.iter().find(|r| {
+                    r.invert || !matches!(r.selector, killswitch_policy::routes::Selector::To(_))
+                })
+            });
+            if let Some(rule) = machine {
+                wrong.push(format!(
+                    "apps-only, yet the routing layer takes the machine: {rule:?}"
+                ));
+            }
+        } else if kernel.routes.is_some() != has_rules {
             wrong.push(format!(
                 "the routing layer is {}",
                 if kernel.routes.is_some() {

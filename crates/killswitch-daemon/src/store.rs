@@ -90,6 +90,7 @@ impl Persisted {
             Settings {
                 lockdown: true,
                 allow_lan: false,
+                apps_only: false,
             },
             Target::Disconnected,
         )
@@ -439,6 +440,7 @@ mod tests {
             Settings {
                 lockdown: true,
                 allow_lan: false,
+                apps_only: false,
             },
             guard(),
         );

@@ -93,6 +93,11 @@ impl Teardown {
             }
         };
         let interfaces = Devices::new(&self.state_dir).remove_all();
+        // Programs a crashed daemon froze (freeze on drop): no daemon will thaw them now.
+        let thawed = crate::freeze::thaw_left_behind();
+        if thawed > 0 {
+            tracing::info!("thawed {thawed} cgroup(s) a crashed daemon left frozen");
+        }
         let firewall = &mut self.firewall;
         if let Err(e) = firewall
             .apply(&killswitch_policy::Ruleset { table: None })

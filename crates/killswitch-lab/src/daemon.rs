@@ -185,7 +185,9 @@ impl Daemon {
         let _ = std::fs::remove_file(&notify_path);
         let notify = UnixDatagram::bind(&notify_path).context("binding the readiness socket")?;
         notify.set_read_timeout(Some(Duration::from_millis(100)))?;
-        let mut command = ns.command(
+        // With cgroup v2 mounted in its mount namespace, as on a real system.
+        let mut command = crate::cgroups::command(
+            ns,
             binaries::path("killswitchd")?
                 .to_str()
                 .context("binary path is not UTF-8")?,

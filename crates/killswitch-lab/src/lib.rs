@@ -7,6 +7,7 @@
 //! - [`netns`]: named network namespaces, commands and closures run inside them, and the
 //!   root/CI checks shared by every test that needs the kernel.
 //! - [`binaries`], [`daemon`], [`process`]: the project's binaries, run and awaited in a namespace.
+//! - [`cgroups`]: cgroup v2 mounted for daemons run in a namespace.
 //! - [`capture`]: an AF_PACKET capture on one interface, with in-order draining.
 //! - [`oracle`]: which frames on the physical link are the tunnel, link bring-up, or a leak.
 //! - [`packet`]: parsing captured frames into addresses, ports and payloads.
@@ -25,6 +26,7 @@
 pub mod binaries;
 pub mod bus;
 pub mod capture;
+pub mod cgroups;
 pub mod daemon;
 pub mod generator;
 pub mod host;

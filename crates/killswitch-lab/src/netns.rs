@@ -125,6 +125,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        crate::cgroups::remove_daemon_subtree(self);
         let _ = std::fs::remove_dir_all(PathBuf::from("/etc/netns").join(&self.name));
         let _ = Command::new("ip")
             .args(["netns", "del", &self.name])

@@ -17,10 +17,12 @@ use serde::Serialize;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+mod apps_only;
 mod bypass;
 mod coexist;
 mod coexist_firewalls;
 mod counters;
+mod freeze_on_drop;
 mod guard_discover;
 mod quickstart;
 mod reload;
@@ -38,7 +40,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 30] = [
+pub const ALL: [Scenario; 32] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -135,6 +137,11 @@ pub const ALL: [Scenario; 30] = [
         script: tunnel_only_user::tunnel_only_user,
     },
     Scenario {
+        name: "apps-only",
+        guards: "with apps-only on and a real `up` tunnel, the machine's own sender goes directly (by choice) while a tunnel-only user's packets leave only through the tunnel, and none reach the physical link after the tunnel is killed",
+        script: apps_only::apps_only,
+    },
+    Scenario {
         name: "second-daemon",
         guards: "a second killswitchd (same or other state directory) refuses before touching the running one's rules, DNS or tunnel",
         script: second_daemon,
@@ -176,6 +183,11 @@ pub const ALL: [Scenario; 30] = [
         name: "counters",
         guards: "each refusal is counted under its reason (non-tunnel, dns, ipv6, inbound), and `killswitch blocked` names the last refused destination and its sender's uid",
         script: counters::counters,
+    },
+    Scenario {
+        name: "freeze-on-drop",
+        guards: "programs in freeze_on_drop are frozen within 100 ms of the up tunnel's loss and send nothing until it is back, then are thawed; kill_on_drop's die; a program started meanwhile is frozen too",
+        script: freeze_on_drop::freeze_on_drop,
     },
 ];
 

@@ -190,3 +190,8 @@ fn a_bypassed_program_goes_around_the_tunnel_and_nothing_else_does() {
 fn a_tunnel_only_user_never_leaks_even_while_the_machine_is_disconnected() {
     scenario_passes("tunnel-only-user");
 }
+
+#[test]
+fn apps_only_leaves_the_machine_direct_and_the_tunnel_only_user_in_the_tunnel_or_nowhere() {
+    scenario_passes("apps-only");
+}

@@ -10,6 +10,11 @@
 //! | up (n)     | any      | one of the n servers answers      | connected    | tunnel + one hole   |
 //! | up (n)     | any      | none answers                      | connecting   | one hole of the n   |
 //!
+//! With apps-only on, every row keeps its state but the protection is none (the machine's own
+//! traffic is left alone; the model has no scopes) and DNS is the user's own; `apps-only on` is
+//! refused while lockdown is on, and `lockdown on` while apps-only is (nothing changes). `off`
+//! leaves apps-only as it is.
+//!
 //! `off` switches lockdown off; `lockdown on` after `off` leaves `off` (lockdown must block).
 //! Restarts and crashes change nothing the user asked for; nor does a second daemon, a bad
 //! request, or anything the world does. `--teardown` while the daemon runs is `off`. `allow-lan`
@@ -55,6 +60,8 @@ pub struct Model {
     pub lockdown: bool,
     /// `allow-lan`.
     pub allow_lan: bool,
+    /// `apps-only`.
+    pub apps_only: bool,
     /// The world.
     pub world: World,
 }
@@ -94,6 +101,8 @@ pub struct Expectation {
     pub lockdown: bool,
     /// `status`'s allow-lan.
     pub allow_lan: bool,
+    /// `status`'s apps-only.
+    pub apps_only: bool,
     /// What the kernel enforces.
     pub protection: Protection,
     /// Whether resolv.conf must name the tunnel's resolver (`up`, connected); otherwise it must
@@ -136,6 +145,7 @@ impl Model {
             wanted: Wanted::Down,
             lockdown: false,
             allow_lan: false,
+            apps_only: false,
             world: World {
                 tunnel: true,
                 impostor: false,
@@ -174,6 +184,10 @@ impl Model {
             UserStep::Guard => self.wanted = Wanted::Guard,
             UserStep::Up { servers } => self.wanted = Wanted::Up((*servers).clamp(1, MAX_SERVERS)),
             UserStep::Down => self.wanted = Wanted::Down,
+            // Lockdown and apps-only contradict each other: each is refused while the other is on.
+            UserStep::Lockdown(true) if self.apps_only => return Answer::Refused,
+            UserStep::AppsOnly(true) if self.lockdown => return Answer::Refused,
+            UserStep::AppsOnly(on) => self.apps_only = *on,
             UserStep::Lockdown(on) => {
                 self.lockdown = *on;
                 if *on && self.wanted == Wanted::Off {
@@ -240,10 +254,17 @@ impl Model {
                 }
             }
         };
+        let (protection, dns) = match protection {
+            // No machine-wide rules, and the machine's resolvers stay its own.
+            Protection::Off => (Protection::Off, dns),
+            _ if self.apps_only => (Protection::Open, Dns::User),
+            protection => (protection, dns),
+        };
         Expectation {
             state,
             lockdown: self.lockdown,
             allow_lan: self.allow_lan,
+            apps_only: self.apps_only,
             protection,
             dns,
         }
@@ -253,6 +274,9 @@ impl Model {
     /// nothing but its own servers' holes and the tunnel itself; while lockdown blocks, nothing.
     /// `None` when the user asked for no protection.
     pub fn floor(&self) -> Option<Protection> {
+        if self.apps_only {
+            return None;
+        }
         match self.wanted {
             Wanted::Off => None,
             Wanted::Down if self.lockdown => Some(Protection::Blocked),
@@ -286,6 +310,34 @@ mod tests {
         }
         assert_eq!(model.expect().state, State::Blocked);
         assert_eq!(model.floor(), Some(Protection::Blocked));
+    }
+
+    #[test]
+    fn apps_only_keeps_the_state_protects_nothing_and_refuses_lockdown() {
+        let mut model = Model::new();
+        assert_eq!(
+            model.step(&Step::User(UserStep::AppsOnly(true))),
+            Answer::Done
+        );
+        model.step(&Step::User(UserStep::Up { servers: 2 }));
+        let expected = model.expect();
+        assert_eq!(
+            (expected.state, expected.protection, expected.dns),
+            (State::Connected, Protection::Open, Dns::User)
+        );
+        assert_eq!(model.floor(), None);
+        assert_eq!(
+            model.step(&Step::User(UserStep::Lockdown(true))),
+            Answer::Refused
+        );
+        assert!(!model.lockdown);
+        model.step(&Step::User(UserStep::AppsOnly(false)));
+        model.step(&Step::User(UserStep::Lockdown(true)));
+        assert_eq!(
+            model.step(&Step::User(UserStep::AppsOnly(true))),
+            Answer::Refused
+        );
+        assert!(model.floor().is_some());
     }
 
     #[test]

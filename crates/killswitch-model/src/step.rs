@@ -34,6 +34,8 @@ pub enum UserStep {
     Lockdown(bool),
     /// `killswitch allow-lan on|off`.
     AllowLan(bool),
+    /// `killswitch apps-only on|off`.
+    AppsOnly(bool),
     /// `killswitch off`.
     Off,
     /// The daemon is stopped with SIGTERM and started again.
@@ -98,6 +100,7 @@ impl fmt::Display for UserStep {
             UserStep::Down => write!(f, "down"),
             UserStep::Lockdown(b) => write!(f, "lockdown {}", on(b)),
             UserStep::AllowLan(b) => write!(f, "allow-lan {}", on(b)),
+            UserStep::AppsOnly(b) => write!(f, "apps-only {}", on(b)),
             UserStep::Off => write!(f, "off"),
             UserStep::Restart => write!(f, "daemon: SIGTERM and start"),
             UserStep::Crash => write!(f, "daemon: kill -9 and start"),
@@ -146,6 +149,7 @@ pub fn user_step() -> impl Strategy<Value = UserStep> {
         3 => Just(UserStep::Down),
         4 => any::<bool>().prop_map(UserStep::Lockdown),
         3 => any::<bool>().prop_map(UserStep::AllowLan),
+        2 => any::<bool>().prop_map(UserStep::AppsOnly),
         3 => Just(UserStep::Off),
         2 => Just(UserStep::Restart),
         2 => Just(UserStep::Crash),

@@ -941,6 +941,7 @@ mod tests {
             &Settings {
                 lockdown: true,
                 allow_lan: true,
+                apps_only: false,
             },
         );
         let batch = Batch::build(&ruleset, 0, &Default::default()).expect("batch");
@@ -969,6 +970,7 @@ mod tests {
         let settings = Settings {
             lockdown: true,
             allow_lan: false,
+            ..Settings::default()
         };
         let describe = |exceptions: &killswitch_policy::Exceptions| {
             let ruleset =

@@ -46,6 +46,7 @@ fn all_states() -> Vec<(&'static str, PolicyState, Settings)> {
     let s = |lockdown, allow_lan| Settings {
         lockdown,
         allow_lan,
+        apps_only: false,
     };
     vec![
         ("off", PolicyState::Off, s(true, true)),
@@ -635,6 +636,7 @@ fn real_packets_agree_with_the_evaluator() -> Result<()> {
             &Settings {
                 lockdown: false,
                 allow_lan,
+                apps_only: false,
             },
         );
         topo.client.run(|| killswitch_nft::apply(&ruleset))??;
@@ -724,6 +726,7 @@ fn switching_states_under_traffic_never_opens_a_gap() -> Result<()> {
         &Settings {
             lockdown: false,
             allow_lan: false,
+            apps_only: false,
         },
     );
     let b = compile(
@@ -735,6 +738,7 @@ fn switching_states_under_traffic_never_opens_a_gap() -> Result<()> {
         &Settings {
             lockdown: false,
             allow_lan: true,
+            apps_only: false,
         },
     );
     let destinations: Vec<SocketAddr> = vec![
@@ -855,6 +859,7 @@ fn ten_thousand_lan_subnets_apply_as_one_set_and_changes_to_it_are_seen() -> Res
     let settings = Settings {
         lockdown: true,
         allow_lan: true,
+        apps_only: false,
     };
     let ruleset = killswitch_policy::compile_with(&PolicyState::Blocked, &settings, &lan);
     let report = ns.run(|| killswitch_nft::apply(&ruleset))??;

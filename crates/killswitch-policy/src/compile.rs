@@ -33,6 +33,12 @@
 //! holds only their jump, so they reach loopback and nothing else while everyone else is as free as
 //! the administrator chose.
 //!
+//! Apps-only (`Settings::apps_only`): in every state the machine-wide table is replaced by that
+//! scopes-only table ([`scopes_table`]), which receives the tunnel while it is connected: the
+//! machine's own traffic is left alone, the scopes leave through the tunnel or not at all. The
+//! endpoint hole needs no rule there (nothing but the scopes is refused, and the tunnel's own
+//! program is not a scope).
+//!
 //! Output deliberately has no "established" rule: a flow that went through the tunnel stays in the
 //! conntrack table after the tunnel drops, and an "established" accept would let its next packets out
 //! of the physical interface. Each output rule admits packets for what they are, not for their history.
@@ -96,6 +102,15 @@ pub(crate) struct Parts<'a> {
 }
 
 impl PolicyState {
+    /// The tunnel carrying traffic in this state: only a connected one (a pending tunnel, or one
+    /// being probed, carries nothing yet).
+    pub fn carrying_tunnel(&self) -> Option<&Tunnel> {
+        match self {
+            PolicyState::Connected { tunnel, .. } => Some(tunnel),
+            _ => None,
+        }
+    }
+
     /// What this state's rules are made of; `None` when it has none at all (`off`, and
     /// `disconnected` without lockdown).
     pub(crate) fn parts(&self, settings: &Settings) -> Option<Parts<'_>> {
@@ -297,6 +312,11 @@ pub fn compile_with(state: &PolicyState, settings: &Settings, lan: &Lan) -> Rule
 /// Compiles the rules for `state` under `settings`, with `exceptions`: what allow-lan opens, the
 /// local bridges and the administrator's explicit allows.
 pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Exceptions) -> Ruleset {
+    if settings.apps_only {
+        // The machine's own traffic is the administrator's to leave alone: only the scopes get
+        // rules, and they get the tunnel while it carries traffic.
+        return scopes_table(exceptions, state.carrying_tunnel());
+    }
     let Some(Parts {
         peer,
         tunnel,
@@ -304,7 +324,7 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
         probe,
     }) = state.parts(settings)
     else {
-        return tunnel_only_table(&exceptions.tunnel_only_uids);
+        return scopes_table(exceptions, None);
     };
     // `tunnel`: the tunnel traffic may use; `identity`: the tunnel whose addresses are kept off
     // other interfaces (the same one, or one that exists but is not up yet).
@@ -402,17 +422,31 @@ fn tunnel_only_chain(tunnel: Option<&Tunnel>) -> Chain {
     }
 }
 
-/// The table of a state that otherwise has none (`off`, unlocked `disconnected`) when there are
-/// tunnel-only users: one `output` chain that sends their packets to [`tunnel_only_chain`] (with no
-/// tunnel known, they may use loopback only) and accepts everyone else's, because in these states
-/// the administrator chose to leave the machine unprotected. Its policy is accept for that reason:
-/// this table is a scope, not a kill switch, and takes away only what belongs to those users.
-fn tunnel_only_table(uids: &[u32]) -> Ruleset {
-    if uids.is_empty() {
+/// Whether anything is confined on its own (a scope), whatever the machine-wide state: today the
+/// tunnel-only users; `killswitch exec`'s namespaces join them here.
+fn has_scopes(exceptions: &Exceptions) -> bool {
+    !exceptions.tunnel_only_uids.is_empty()
+}
+
+/// The scopes-only table: what is installed when the machine itself gets no kill switch, that is
+/// in `off` and unlocked `disconnected`, and in every state with apps-only on. One `output` chain
+/// sends the scopes' packets to their own chains and accepts everyone else's, because here the
+/// administrator chose to leave the machine unprotected. Its policy is accept for that reason:
+/// this table is a scope, not a kill switch, and takes away only what belongs to the scopes.
+///
+/// `tunnel` is the tunnel carrying traffic, if any (only apps-only passes one: `connected`,
+/// whether `up` runs the tunnel or `guard` watches it); the scopes may use it and its resolvers.
+/// Without one they may use loopback only. `None` (no table at all) when there is no scope.
+///
+/// The exec namespaces' rules belong here as well (`exec_rules(exceptions, tunnel)` in the
+/// same output chain, ahead of the final accept-by-policy), built by the function that writes
+/// them for the machine-wide table too.
+pub fn scopes_table(exceptions: &Exceptions, tunnel: Option<&Tunnel>) -> Ruleset {
+    if !has_scopes(exceptions) {
         return Ruleset { table: None };
     }
     let mut rules = vec![on().oif(&InterfaceName::loopback()).accept("loopback")];
-    rules.extend(tunnel_only_jumps(uids));
+    rules.extend(tunnel_only_jumps(&exceptions.tunnel_only_uids));
     let output = Chain {
         name: "output".to_owned(),
         base: Some(BaseChain {
@@ -422,14 +456,17 @@ fn tunnel_only_table(uids: &[u32]) -> Ruleset {
         }),
         rules,
     };
+    let mut chains = vec![output, tunnel_only_chain(tunnel)];
+    // The refusals the scopes' chains jump to: DNS outside the tunnel (only named while a tunnel
+    // carries traffic; without one the final reject takes DNS too) and everything else.
+    if tunnel.is_some() {
+        chains.push(refuse_chain(BlockReason::Dns));
+    }
+    chains.push(refuse_chain(BlockReason::NonTunnel));
     Ruleset {
         table: Some(Table {
             sets: Vec::new(),
-            chains: vec![
-                output,
-                tunnel_only_chain(None),
-                refuse_chain(BlockReason::NonTunnel),
-            ],
+            chains,
             arp: None,
         }),
     }

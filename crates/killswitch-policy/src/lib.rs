@@ -29,7 +29,9 @@ mod ruleset;
 mod set;
 
 pub use bypass::{BYPASS_MARK, BypassScope};
-pub use compile::{Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_for, compile_with};
+pub use compile::{
+    Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_for, compile_with, scopes_table,
+};
 pub use evaluate::{ArpPacket, ConnState, Decision, Packet, Transport, Verdict as PacketVerdict};
 pub use exceptions::{CT_MARK_INBOUND, Exceptions, LocalLink, check_allows};
 pub use killswitch_types::Settings;

@@ -15,6 +15,9 @@
 //! | 5301 | `to <endpoint> ipproto P dport N lookup main`, per endpoint, only for several endpoints of one family and neither fwmark nor uid | the tunnel's own packets, which one inverted rule cannot list |
 //! | 5302 | `not <the tunnel's own packets> lookup 27507` | everything else: our table |
 //!
+//! With apps-only on, none of that applies to the machine: only the scopes' rules (5299), the
+//! tunnel's resolvers (5300, for the daemon's probes) and the table (see `scopes_layer`).
+//!
 //! The tunnel's own packets are recognised by the fwmark its socket sets, else by its socket's
 //! owner, else (less precisely) by their destination, the endpoint; with no tunnel wanted, the rule
 //! takes every packet. The rule is inverted (as wg-quick's is) rather than preceded by an exemption
@@ -183,6 +186,9 @@ pub fn compile_routes_for(
     networks: &[IpNet],
 ) -> Option<RoutingLayer> {
     let families = [IpFamily::V4, IpFamily::V6];
+    if settings.apps_only {
+        return scopes_layer(state, exceptions);
+    }
     let Some(crate::compile::Parts {
         peer,
         tunnel,
@@ -190,7 +196,9 @@ pub fn compile_routes_for(
         probe,
     }) = state.parts(settings)
     else {
-        return scopes_layer(exceptions);
+        // `off` and unlocked `disconnected`: the scopes alone, as with apps-only (no tunnel is
+        // known in these states, so their table holds only `unreachable`).
+        return scopes_layer(state, exceptions);
     };
     let mut rules = bypass_rules(exceptions);
     rules.extend(tunnel_only_rules(&exceptions.tunnel_only_uids));
@@ -327,27 +335,64 @@ fn tunnel_only_rules(uids: &[u32]) -> Vec<RoutingRule> {
         .collect()
 }
 
-/// The layer of a state that otherwise has none (`off`, unlocked `disconnected`): only the
-/// tunnel-only users' rules, and a table of nothing but `unreachable` (no tunnel is known in
-/// these states, so they reach nothing beyond this machine). `None` without such users.
-///
-/// The bypass rule comes with it when a program is bypassed: in these states the main table is
-/// what everyone uses anyway, but a tunnel routed by rules of its own (wg-quick's) would take the
-/// bypassed program's packets too.
-fn scopes_layer(exceptions: &Exceptions) -> Option<RoutingLayer> {
-    let uids = &exceptions.tunnel_only_uids;
-    if uids.is_empty() && exceptions.bypass.is_none() {
+/// The layer of the scopes alone: with apps-only on, in every state, and in `off` and unlocked
+/// `disconnected` (where the machine has no layer). Nothing routes the machine into the tunnel. Only
+/// the scopes lead to [`ROUTE_TABLE`] (the tunnel-only users' `uidrange` rules at
+/// [`PRIORITY_TUNNEL_ONLY_USERS`]; `killswitch exec`'s namespaces add their `iif` rules beside
+/// them), where they find the tunnel's default route while it is connected and `unreachable`
+/// behind it. The one other rule: the tunnel's resolvers (and the resolver the daemon probes
+/// while connecting) are looked up in our table at [`PRIORITY_TUNNEL`]. They lie inside the
+/// tunnel, and the daemon's own probes and health checks of an `up` tunnel go there unbound:
+/// through `main` they would leave by the physical link in clear, reach nothing, and the tunnel
+/// would be declared dead. The machine's own DNS does not go there (its resolv.conf is left
+/// alone in apps-only). A layer even without scopes while a tunnel is wanted (its resolvers need
+/// the route); `None` when there is neither.
+fn scopes_layer(state: &PolicyState, exceptions: &Exceptions) -> Option<RoutingLayer> {
+    let (peer, tunnel, identity, probe) = match state {
+        PolicyState::Connected { peer, tunnel } => (Some(peer), Some(tunnel), Some(tunnel), None),
+        PolicyState::Connecting {
+            peer,
+            probe,
+            pending,
+        } => (Some(peer), None, pending.as_ref(), probe.as_ref()),
+        PolicyState::Off | PolicyState::Disconnected | PolicyState::Blocked => {
+            (None, None, None, None)
+        }
+    };
+    // A bypassed program's rule too: wg-quick's own rules would otherwise take its packets
+    // into the tunnel, and apps-only routes the machine by `main` anyway.
+    let mut rules = bypass_rules(exceptions);
+    rules.extend(tunnel_only_rules(&exceptions.tunnel_only_uids));
+    let resolvers = identity
+        .map(|t| t.usable_dns())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(probe.map(|p| p.resolver))
+        .map(IpNet::from);
+    rules.extend(
+        inside_the_tunnel(resolvers, peer)
+            .into_iter()
+            .map(|net| to(net, PRIORITY_TUNNEL, ROUTE_TABLE)),
+    );
+    if rules.is_empty() {
         return None;
     }
-    let mut rules = bypass_rules(exceptions);
-    rules.extend(tunnel_only_rules(uids));
-    Some(RoutingLayer {
-        rules,
-        routes: [IpFamily::V4, IpFamily::V6]
-            .into_iter()
-            .map(TableRoute::Unreachable)
-            .collect(),
-    })
+    let mut routes: Vec<TableRoute> = [IpFamily::V4, IpFamily::V6]
+        .into_iter()
+        .map(TableRoute::Unreachable)
+        .collect();
+    if let Some(probe) = probe {
+        routes.push(TableRoute::Host(probe.resolver, probe.interface.clone()));
+    }
+    if let Some(tunnel) = tunnel {
+        routes.extend(
+            tunnel
+                .carried_families()
+                .into_iter()
+                .map(|f| TableRoute::Tunnel(f, tunnel.interface.clone())),
+        );
+    }
+    Some(RoutingLayer { rules, routes })
 }
 
 /// The bypass rules ([`crate::bypass`]) while a program is bypassed.
@@ -514,6 +559,7 @@ mod tests {
         Settings {
             lockdown,
             allow_lan,
+            apps_only: false,
         }
     }
 

@@ -250,10 +250,19 @@ fn table_state() -> impl Strategy<Value = PolicyState> {
     ]
 }
 
+/// Settings with apps-only on or off: for the promises that hold either way (the scopes').
+fn settings_any() -> impl Strategy<Value = Settings> {
+    (settings(), any::<bool>()).prop_map(|(settings, apps_only)| Settings {
+        apps_only,
+        ..settings
+    })
+}
+
 fn settings() -> impl Strategy<Value = Settings> {
     (any::<bool>(), any::<bool>()).prop_map(|(lockdown, allow_lan)| Settings {
         lockdown,
         allow_lan,
+        apps_only: false,
     })
 }
 
@@ -533,8 +542,8 @@ proptest! {
             Hook::Forward => !is_lan(p.src) || !is_lan(p.dst),
         };
         prop_assume!(public_far_end);
-        let closed = compile(&state, &Settings { lockdown, allow_lan: false }).verdict(&p);
-        let open = compile(&state, &Settings { lockdown, allow_lan: true }).verdict(&p);
+        let closed = compile(&state, &Settings { lockdown, allow_lan: false, apps_only: false }).verdict(&p);
+        let open = compile(&state, &Settings { lockdown, allow_lan: true, apps_only: false }).verdict(&p);
         prop_assert_eq!(closed, open, "{:?}", p);
     }
 
@@ -556,7 +565,7 @@ proptest! {
     #[test]
     fn link_bring_up_never_crosses_a_router(state in table_state(), lockdown in any::<bool>(), p in outbound_packet()) {
         prop_assume!(p.hook == Hook::Output && leaves_outside_tunnel(&state, &p) && !to_endpoint(&state, &p));
-        let decision = compile(&state, &Settings { lockdown, allow_lan: false }).decide(&p);
+        let decision = compile(&state, &Settings { lockdown, allow_lan: false, apps_only: false }).decide(&p);
         if decision.verdict.is_accept() {
             prop_assert!(
                 is_link_scoped(p.dst) || (p.dst.is_ipv4() && decision.packet.hop_limit <= 1),
@@ -612,7 +621,7 @@ proptest! {
     /// `off` and unlocked `disconnected` install nothing and so decide nothing.
     #[test]
     fn no_table_accepts_everything(lockdown in any::<bool>(), allow_lan in any::<bool>(), p in packet()) {
-        let off: Ruleset = compile(&PolicyState::Off, &Settings { lockdown, allow_lan });
+        let off: Ruleset = compile(&PolicyState::Off, &Settings { lockdown, allow_lan, apps_only: false });
         prop_assert!(off.table.is_none() && off.verdict(&p).is_accept());
     }
 }
@@ -671,7 +680,7 @@ proptest! {
         let lan = killswitch_policy::Lan::subnets(subnets.clone()).expect("private");
         let ruleset = killswitch_policy::compile_with(
             &PolicyState::Blocked,
-            &Settings { lockdown: true, allow_lan: true },
+            &Settings { lockdown: true, allow_lan: true, apps_only: false },
             &lan,
         );
         prop_assert!(ruleset.check().is_ok());
@@ -881,7 +890,7 @@ proptest! {
     #[test]
     fn a_tunnel_only_user_never_leaves_outside_the_tunnel(
         state in any_state(),
-        settings in settings(),
+        settings in settings_any(),
         exceptions in exceptions(),
         (uids, sender) in tunnel_only_uids(),
         p in outbound_packet(),
@@ -916,7 +925,7 @@ proptest! {
     #[test]
     fn tunnel_only_users_leave_other_users_alone(
         state in any_state(),
-        settings in settings(),
+        settings in settings_any(),
         (uids, _) in tunnel_only_uids(),
         p in packet(),
     ) {
@@ -936,7 +945,7 @@ proptest! {
     #[test]
     fn tunnel_only_users_are_routed_into_the_tunnel_or_nowhere(
         state in any_state(),
-        settings in settings(),
+        settings in settings_any(),
         exceptions in exceptions(),
         (uids, sender) in tunnel_only_uids(),
     ) {
@@ -985,6 +994,11 @@ fn bypass_and_path() -> impl Strategy<Value = (killswitch_policy::BypassScope, V
 
 fn in_bypass(scope: &killswitch_policy::BypassScope, path: &[u64]) -> bool {
     path.get(scope.level as usize - 1) == Some(&scope.id)
+}
+
+/// The tunnel-only uids among `uids` that `p` is not sent by, or whether it is sent by none.
+fn from_no_scope(p: &Packet, uids: &[u32]) -> bool {
+    p.uid.is_none_or(|u| !uids.contains(&u))
 }
 
 proptest! {
@@ -1064,6 +1078,79 @@ proptest! {
         }
         if let Some(layer) = routes::compile_routes_for(&state, &settings, &exceptions, &[]) {
             prop_assert!(!layer.rules.iter().any(|r| r.selector == Selector::FwMark(BYPASS_MARK)));
+        }
+    }
+
+    /// Apps-only: whatever the state (a connecting or connected tunnel, blocked, off), lockdown,
+    /// allow-lan and the exceptions, the machine's own packets (any hook, any interface, any uid
+    /// that is not a tunnel-only user's, or no socket at all) are accepted: there is no
+    /// machine-wide kill switch, as the administrator asked. That includes the tunnel's own
+    /// packets to its servers: the endpoint hole is as open as before.
+    #[test]
+    fn apps_only_leaves_the_machines_own_traffic_alone(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (uids, _) in tunnel_only_uids(),
+        with_users in any::<bool>(),
+        p in packet(),
+    ) {
+        let settings = Settings { apps_only: true, ..settings };
+        let uids = if with_users { uids } else { Vec::new() };
+        prop_assume!(from_no_scope(&p, &uids));
+        let exceptions = Exceptions { tunnel_only_uids: uids, ..exceptions };
+        let ruleset = compile_for(&state, &settings, &exceptions);
+        prop_assert!(ruleset.check().is_ok(), "{:?}", ruleset.check());
+        prop_assert!(ruleset.verdict(&p).is_accept(), "{state:?} refused the machine's own {p:?}");
+        if let Some(table) = &ruleset.table {
+            prop_assert!(table.chains.iter().filter_map(|c| c.base).all(|b| b.policy == ChainPolicy::Accept));
+        }
+    }
+
+    /// Apps-only, the endpoint hole: the tunnel's own packets to each of its servers (marked as
+    /// the tunnel marks them, from the uid the hole names) pass the firewall in every state with
+    /// a tunnel, and the routing layer never sends them into the tunnel: no rule of ours takes
+    /// them (only the scopes' uids, and the tunnel's resolvers, which never hold a server).
+    #[test]
+    fn apps_only_keeps_the_endpoint_hole_and_never_routes_the_tunnel_into_itself(
+        state in table_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (uids, _) in tunnel_only_uids(),
+        server in any::<prop::sample::Index>(),
+        oif in proptest::sample::select(vec!["eth0", "wlan0"]),
+    ) {
+        use killswitch_policy::routes::{self, Selector};
+        let settings = Settings { apps_only: true, ..settings };
+        let peer = match &state {
+            PolicyState::Connecting { peer, .. } | PolicyState::Connected { peer, .. } => peer.clone(),
+            _ => return Ok(()),
+        };
+        prop_assume!(peer.uid.is_none_or(|u| !uids.contains(&u)));
+        let endpoint = *server.get(peer.endpoints.as_slice());
+        let transport = match endpoint.protocol {
+            TransportProtocol::Udp => Transport::udp(40000, endpoint.address.port()),
+            TransportProtocol::Tcp => Transport::tcp(40000, endpoint.address.port()),
+        };
+        let src: IpAddr = if endpoint.address.is_ipv4() { "192.168.1.50".parse().expect("literal") } else { "2001:db8:1::50".parse().expect("literal") };
+        let mut p = Packet::output(oif, src, endpoint.address.ip(), transport);
+        p.mark = peer.mark.map_or(0, |m| m.get());
+        p.uid = peer.uid;
+        let exceptions = Exceptions { tunnel_only_uids: uids.clone(), ..exceptions };
+        prop_assert!(compile_for(&state, &settings, &exceptions).verdict(&p).is_accept(), "{state:?}: {p:?}");
+        if let Some(layer) = routes::compile_routes_for(&state, &settings, &exceptions, &[]) {
+            for rule in &layer.rules {
+                prop_assert_eq!(rule.table, routes::ROUTE_TABLE, "apps-only looks nothing up in main: {:?}", rule);
+                prop_assert!(!rule.invert, "no catch-all: {:?}", rule);
+                match &rule.selector {
+                    Selector::Uid(uid) => prop_assert!(uids.contains(uid)),
+                    Selector::To(net) => prop_assert!(
+                        peer.endpoints.iter().all(|e| !net.contains(&e.address.ip())),
+                        "{net} holds a server"
+                    ),
+                    other => prop_assert!(false, "apps-only routes {:?} into the tunnel", other),
+                }
+            }
         }
     }
 }

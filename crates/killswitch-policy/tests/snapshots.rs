@@ -88,3 +88,21 @@ fn connected_with_a_bypassed_program() {
         .to_string()
     );
 }
+
+/// Apps-only: the scopes-only table in place of the machine-wide one, receiving the connected
+/// tunnel (its DNS, then the tunnel, then the refusals), lockdown and allow-lan on and ignored.
+#[test]
+fn apps_only_connected_dual_stack_with_tunnel_only_users() {
+    let exceptions = killswitch_policy::Exceptions {
+        tunnel_only_uids: vec![65534, 1001],
+        ..killswitch_policy::Exceptions::default()
+    };
+    let settings = killswitch_policy::Settings {
+        apps_only: true,
+        ..settings(true, true)
+    };
+    insta::assert_snapshot!(
+        killswitch_policy::compile_for(&fixtures::connected(true), &settings, &exceptions)
+            .to_string()
+    );
+}

@@ -55,6 +55,7 @@ fn layer(state: &PolicyState, allow_lan: bool) -> Option<RoutingLayer> {
         &Settings {
             lockdown: true,
             allow_lan,
+            apps_only: false,
         },
     )
 }
@@ -600,6 +601,7 @@ fn with_allow_lan_what_belongs_to_the_tunnel_is_routed_into_it() -> Result<()> {
     let settings = Settings {
         lockdown: true,
         allow_lan: true,
+        apps_only: false,
     };
     let tunnel = Tunnel {
         interface: "wg0".parse().expect("literal"),
@@ -747,6 +749,7 @@ fn exceptions_are_routed_by_their_interface_and_the_rest_into_the_tunnel() -> Re
     let settings = Settings {
         lockdown: true,
         allow_lan: false,
+        apps_only: false,
     };
     for state in [PolicyState::Blocked, connected()] {
         let layer = compile_routes_for(&state, &settings, &exceptions, &[]);
@@ -825,6 +828,7 @@ fn tunnel_only_users_are_routed_into_the_tunnel_or_nowhere_in_every_state() -> R
         let settings = Settings {
             lockdown: false,
             allow_lan,
+            apps_only: false,
         };
         let layer = compile_routes_for(state, &settings, exceptions, &[]);
         ns.run(|| -> Result<()> {

@@ -98,6 +98,12 @@ pub enum Request {
         /// The new value.
         enabled: bool,
     },
+    /// Switch apps-only on or off: protect only `killswitch exec` programs and tunnel-only users,
+    /// not the machine itself. Privileged.
+    AppsOnly {
+        /// The new value.
+        enabled: bool,
+    },
     /// Remove the kill switch entirely. Privileged.
     Off,
     /// Add or remove an exception (an allowed interface, subnet or inbound service). Privileged.
@@ -142,6 +148,7 @@ impl Request {
             Request::Down => "down",
             Request::Lockdown { .. } => "lockdown",
             Request::AllowLan { .. } => "allow-lan",
+            Request::AppsOnly { .. } => "apps-only",
             Request::Off => "off",
             Request::Allow { .. } => "allow",
             Request::Verify => "verify",
@@ -303,6 +310,10 @@ pub struct Status {
     pub lockdown: bool,
     /// Whether LAN access is allowed.
     pub allow_lan: bool,
+    /// Whether apps-only is on: this machine's own traffic is not protected, only `killswitch
+    /// exec` programs and tunnel-only users are. `false` from daemons older than this field.
+    #[serde(default)]
+    pub apps_only: bool,
     /// The protected tunnel, when one is wanted.
     pub tunnel: Option<TunnelStatus>,
     /// The last error, while it still explains the state.
@@ -329,10 +340,60 @@ pub struct Status {
     /// add`); empty from daemons older than this field.
     #[serde(default)]
     pub tunnel_only_users: Vec<TunnelOnlyUserStatus>,
+    /// The programs frozen or killed when the tunnel is lost (`freeze_on_drop`, `kill_on_drop`,
+    /// `exec --freeze-on-drop`); empty from daemons older than this field.
+    #[serde(default, skip_serializing_if = "OnDropStatus::is_empty")]
+    pub on_drop: OnDropStatus,
     /// The bypass cgroup, while programs run under `killswitch exec --bypass`; `None` when none
     /// does (and from daemons older than this field).
     #[serde(default)]
     pub bypass: Option<BypassStatus>,
+}
+
+/// The programs the daemon freezes or kills when the tunnel is lost, and what it last did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OnDropStatus {
+    /// Each watched program (a configured executable's cgroup, or an `exec`'d program's).
+    #[serde(default)]
+    pub programs: Vec<WatchedProgram>,
+    /// Whether they are held now (frozen or killed: a tunnel is wanted and not connected).
+    #[serde(default)]
+    pub held: bool,
+    /// What was last done to them (`frozen 2 programs (tunnel lost)`, `thawed 2 programs`).
+    #[serde(default)]
+    pub last_event: Option<String>,
+    /// config.toml entries that are not honoured, and why (no such file, not absolute ...).
+    #[serde(default)]
+    pub refused: Vec<String>,
+    /// Why freezing cannot work or last failed (no cgroup v2, a write refused); the daemon
+    /// runs on without it.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+impl OnDropStatus {
+    /// Whether there is nothing to show: nothing watched, refused or wrong.
+    pub fn is_empty(&self) -> bool {
+        self.programs.is_empty()
+            && self.refused.is_empty()
+            && self.error.is_none()
+            && self.last_event.is_none()
+    }
+}
+
+/// One watched program: a cgroup the daemon freezes or kills when the tunnel is lost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WatchedProgram {
+    /// What it is: the configured executable's path, or the `exec`'d command.
+    pub label: String,
+    /// What happens to it when the tunnel is lost.
+    pub on_drop: crate::OnDrop,
+    /// Its cgroup (a directory of the daemon's cgroup v2 subtree).
+    pub cgroup: String,
+    /// Whether the kernel reports it frozen (`frozen 1` in `cgroup.events`).
+    pub frozen: bool,
+    /// How many processes it holds now.
+    pub processes: u32,
 }
 
 /// Programs going around the tunnel (`killswitch exec --bypass`), as `status` shows them.
@@ -673,6 +734,7 @@ mod tests {
             Request::Down,
             Request::Lockdown { enabled: true },
             Request::AllowLan { enabled: false },
+            Request::AppsOnly { enabled: true },
             Request::Off,
             Request::Verify,
             Request::Users {
@@ -738,6 +800,12 @@ mod tests {
         let line = encode_line(&RequestEnvelope::new(Request::AllowLan { enabled: false }))
             .expect("encodes");
         assert!(line.contains("\"command\":\"allow-lan\""), "{line}");
+        let line = encode_line(&RequestEnvelope::new(Request::AppsOnly { enabled: true }))
+            .expect("encodes");
+        assert_eq!(
+            line,
+            "{\"version\":1,\"request\":{\"command\":\"apps-only\",\"enabled\":true}}\n"
+        );
         let line = encode_line(&RequestEnvelope::new(Request::Users {
             add: true,
             user: "debian-transmission".to_owned(),
@@ -1042,6 +1110,7 @@ mod tests {
             Request::Down,
             Request::Lockdown { enabled: true },
             Request::AllowLan { enabled: true },
+            Request::AppsOnly { enabled: false },
             Request::Off,
         ] {
             assert!(r.is_privileged(), "{}", r.name());

@@ -31,5 +31,5 @@ pub use iface::{InterfaceName, InterfaceNameError, MAX_INTERFACE_NAME_LEN};
 pub use mark::{Fwmark, FwmarkParseError};
 pub use state::{
     FailureCause, GuardQuery, GuardSpec, GuardSpecError, Handshake, MAX_DNS_SERVERS, ManagedTunnel,
-    ServerFailure, Settings, State, TunnelStatus,
+    OnDrop, ServerFailure, Settings, State, TunnelStatus,
 };

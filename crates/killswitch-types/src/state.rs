@@ -47,6 +47,25 @@ impl fmt::Display for State {
     }
 }
 
+/// What happens to a program's cgroup when the tunnel is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnDrop {
+    /// Frozen (cgroup v2 `cgroup.freeze`) while the tunnel is lost, thawed when it is back.
+    Freeze,
+    /// Killed (`cgroup.kill`) when the tunnel is lost.
+    Kill,
+}
+
+impl fmt::Display for OnDrop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnDrop::Freeze => "freeze",
+            OnDrop::Kill => "kill",
+        })
+    }
+}
+
 /// The user's persistent preferences.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +74,17 @@ pub struct Settings {
     pub lockdown: bool,
     /// Allow the fixed private ranges (RFC 1918, link-local, ULA, multicast) outside the tunnel.
     pub allow_lan: bool,
+    /// Protect only the scopes (`killswitch exec` programs, tunnel-only users), never the machine
+    /// itself: no machine-wide table and, for `up`, no machine-wide routing into the tunnel, in
+    /// every state. Lockdown and allow-lan mean nothing while it is on. Absent (off) in files
+    /// and requests from before it, and not written while off, so that an older daemon still
+    /// reads a newer settings file.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub apps_only: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// A tunnel managed by some other program (OpenVPN, wg-quick, ...) that the daemon protects.
@@ -352,6 +382,26 @@ mod tests {
             mark: Some(Fwmark::new(0xca6c).expect("non-zero")),
             uid: None,
         }
+    }
+
+    #[test]
+    fn apps_only_is_written_only_when_on_and_read_when_absent() {
+        let off = Settings::default();
+        let json = serde_json::to_string(&off).expect("serializable");
+        assert_eq!(json, r#"{"lockdown":false,"allow_lan":false}"#);
+        let on = Settings {
+            apps_only: true,
+            ..Settings::default()
+        };
+        let json = serde_json::to_string(&on).expect("serializable");
+        assert_eq!(
+            json,
+            r#"{"lockdown":false,"allow_lan":false,"apps_only":true}"#
+        );
+        assert_eq!(serde_json::from_str::<Settings>(&json).expect("reads"), on);
+        let older: Settings =
+            serde_json::from_str(r#"{"lockdown":true,"allow_lan":false}"#).expect("older file");
+        assert!(!older.apps_only);
     }
 
     #[test]

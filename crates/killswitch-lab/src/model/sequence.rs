@@ -298,6 +298,7 @@ fn user_step(world: &mut World, step: &UserStep, answer: Answer) -> StepResult {
         UserStep::Down => cli(world, &["down"])?,
         UserStep::Lockdown(b) => cli(world, &["lockdown", on(*b)])?,
         UserStep::AllowLan(b) => cli(world, &["allow-lan", on(*b)])?,
+        UserStep::AppsOnly(b) => cli(world, &["apps-only", on(*b)])?,
         UserStep::Off => cli(world, &["off"])?,
         UserStep::Teardown => teardown(world.client(), &world.home)?,
         UserStep::Restart => {
@@ -486,6 +487,9 @@ fn mismatch(status: &Status, expected: &Expectation, topo: &Topology) -> Option<
     if status.allow_lan != expected.allow_lan {
         wrong.push(format!("allow-lan {}", on(status.allow_lan)));
     }
+    if status.apps_only != expected.apps_only {
+        wrong.push(format!("apps-only {}", on(status.apps_only)));
+    }
     if status.firewall.installed != expected.protection.has_rules() {
         wrong.push(format!(
             "firewall {}",
@@ -600,10 +604,11 @@ fn name(index: usize) -> String {
 
 fn describe_expectation(e: &Expectation) -> String {
     format!(
-        "state {}, lockdown {}, allow-lan {}, protection {:?}, DNS {:?}",
+        "state {}, lockdown {}, allow-lan {}, apps-only {}, protection {:?}, DNS {:?}",
         e.state,
         on(e.lockdown),
         on(e.allow_lan),
+        on(e.apps_only),
         e.protection,
         e.dns
     )

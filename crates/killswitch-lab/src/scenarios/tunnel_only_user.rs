@@ -27,7 +27,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// The uid made tunnel-only: `nobody`, which the lab machine always has.
-const UID: u32 = 65534;
+pub(super) const UID: u32 = 65534;
 /// What every UDP and ICMP packet of the sender carries (its start is enough to recognise it).
 const MARKER: &[u8] = b"killswitch-lab: a socket fixed";
 /// The port of the sender's TCP attempts: nothing else in the lab sends to it.
@@ -38,21 +38,21 @@ const RATE: u32 = 250;
 
 /// What one run of uid 65534's sender showed.
 #[derive(Debug)]
-struct Run {
+pub(super) struct Run {
     /// Packets and connection attempts made.
-    sent: u64,
+    pub(super) sent: u64,
     /// Of those, failed at once.
-    refused: u64,
+    pub(super) refused: u64,
     /// The sender's frames seen leaving by the physical link (outside the tunnel).
-    on_phys: usize,
+    pub(super) on_phys: usize,
     /// The first of them, described.
-    examples: Vec<String>,
+    pub(super) examples: Vec<String>,
     /// Arrivals at the target's UDP sink through the tunnel while it ran.
-    through_tunnel: usize,
+    pub(super) through_tunnel: usize,
 }
 
 /// Runs the sender as uid 65534 inside the client namespace and counts what it put on the wire.
-fn send_as_nobody(lab: &Lab) -> Result<Run> {
+pub(super) fn send_as_nobody(lab: &Lab) -> Result<Run> {
     let from = lab.capture.len();
     let start = Instant::now();
     let target = SocketAddr::new(topology::TARGET_V4.into(), crate::sinks::UDP_PORT);
@@ -103,7 +103,7 @@ fn is_theirs(transport: &L4, payload: &[u8]) -> bool {
         || payload.windows(MARKER.len()).any(|w| w == MARKER)
 }
 
-fn describe(run: &Run) -> String {
+pub(super) fn describe(run: &Run) -> String {
     format!(
         "{} sent, {} refused at once, {} on {PHYS}{}, {} through the tunnel",
         run.sent,
