@@ -65,8 +65,8 @@ pub struct Bypass {
 impl Bypass {
     /// Finds where the daemon's subtree is (creating nothing). Without cgroup v2 the daemon runs
     /// as before and refuses `exec --bypass`, naming what is missing.
-    pub fn new(state_dir: &Path) -> Self {
-        let mut bypass = Bypass::at(locate(state_dir));
+    pub fn find() -> Self {
+        let mut bypass = Bypass::at(locate());
         // An empty bypass cgroup found at start is what a daemon that stopped before its last
         // bypassed process exited left: the first look removes it.
         bypass.was_populated = true;
@@ -206,57 +206,19 @@ impl Bypass {
     }
 }
 
-/// The daemon's subtree: under the cgroup2 mount this mount namespace shows, or, where it shows
-/// none, under a cgroup2 mount of the daemon's own at `<state_dir>/cgroup2`.
-///
-/// Why the fallback: `ip netns exec` (how a daemon is started in a named network namespace, the
-/// lab's included) gives the program a mount namespace with a fresh sysfs on /sys, which hides
-/// the cgroup mounts below /sys/fs/cgroup although the kernel's cgroup2 hierarchy is there. A
-/// cgroup2 mount is a view of that one hierarchy (from the root of the daemon's cgroup
-/// namespace), so the ids, depths and processes seen through it are the same. Mounting needs
-/// CAP_SYS_ADMIN; a kernel without cgroup2 refuses, and the error says so.
-fn locate(state_dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+/// Where the daemon's subtree is: `<cgroup2 mount>/killswitch/net-<inode of its network
+/// namespace>`, as [`crate::cgroup::Subtree::find`] puts it, but without creating it. Without a
+/// cgroup2 mount in the daemon's mount namespace, bypass is refused, naming what is missing.
+fn locate() -> Result<(PathBuf, PathBuf), String> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
-    let mount = match crate::cgroup::cgroup2_mount(&mountinfo) {
-        Some(mount) => mount,
-        None => {
-            let mount = state_dir.join("cgroup2");
-            mount_cgroup2(&mount).map_err(|e| {
-                format!(
-                    "no cgroup v2 hierarchy is mounted here, and mounting one at {} failed \
-                     ({e}); bypass needs a kernel with cgroup v2",
-                    mount.display()
-                )
-            })?;
-            mount
-        }
-    };
+    let mount = crate::cgroup::cgroup2_mount(&mountinfo)
+        .ok_or_else(|| crate::cgroup::CgroupError::NoCgroup2.to_string())?;
     let netns = std::fs::metadata("/proc/self/ns/net")
         .map_err(|e| format!("reading this daemon's network namespace: {e}"))?
         .st_ino();
-    // The same place `cgroup::Subtree::find` uses.
     let root = mount.join("killswitch").join(format!("net-{netns}"));
     Ok((mount, root))
-}
-
-/// Mounts cgroup2 at `dir` unless it is mounted there already (a restarted daemon's).
-fn mount_cgroup2(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    if nix::sys::statfs::statfs(dir)
-        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
-    {
-        return Ok(());
-    }
-    use nix::mount::MsFlags;
-    nix::mount::mount(
-        Some("cgroup2"),
-        dir,
-        Some("cgroup2"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(std::io::Error::from)
 }
 
 /// How many processes are in the cgroup at `path` now (0 when it is gone).

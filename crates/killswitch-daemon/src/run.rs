@@ -123,7 +123,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut wake = None;
     // Programs a previous daemon bypassed may still run: their cgroup's rules are part of the
     // first apply (and an empty cgroup it left is removed).
-    let mut bypass = crate::bypass::Bypass::new(&options.state_dir);
+    let mut bypass = crate::bypass::Bypass::find();
     let mut bypass_watch = watch_bypass(&bypass);
     core.set_bypass(bypass.observe());
     let started = core.on(Input::Started, Instant::now());

@@ -292,7 +292,9 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
         .context("no status during the bypass")?;
     let bypass = during.bypass.clone().context("no bypass in status")?;
     // The status names the cgroup below the cgroup2 root; here it is below the lab's mount.
-    let cgroup = cgroup2_mount()?.join(bypass.cgroup.trim_start_matches('/'));
+    let cgroup = crate::cgroups::host_mount()
+        .context("no cgroup2 mount for the lab")?
+        .join(bypass.cgroup.trim_start_matches('/'));
     let after_connected = leftovers(lab, &cgroup)?;
     let mut outcome = Outcome::new(connected.window.clone());
     check_run(&mut outcome, "connected", &connected);
@@ -426,22 +428,6 @@ pub(super) fn bypass(lab: &mut Lab) -> Result<Outcome> {
         describe(&blocked)
     ));
     Ok(outcome)
-}
-
-/// Where cgroup2 is mounted for the lab (from its mountinfo: the mount point of the first
-/// `cgroup2` file system), written here rather than taken from the daemon's code.
-fn cgroup2_mount() -> Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (mount, fs) = line.split_once(" - ")?;
-            if fs.split_whitespace().next()? != "cgroup2" {
-                return None;
-            }
-            Some(PathBuf::from(mount.split_whitespace().nth(4)?))
-        })
-        .context("no cgroup2 mount for the lab")
 }
 
 /// The script run as root in the client namespace without `exec --bypass`.
