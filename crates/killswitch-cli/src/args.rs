@@ -311,16 +311,17 @@ pub enum Command {
         #[command(subcommand)]
         action: UsersAction,
     },
-    /// Run a program that can reach the network only through the tunnel.
+    /// Run a program with a network scope of its own: the tunnel only, or (`--bypass`) around it.
     ///
-    /// The program runs as you, with your environment, working directory and terminal, in a
-    /// network namespace of its own whose only way out is the tunnel the daemon protects: when
-    /// the tunnel is down (connecting, blocked, disconnected, off), its connections fail at once
-    /// and nothing of it reaches the physical link; when the tunnel is back, its traffic flows
-    /// again without a restart. This holds whatever the rest of the machine does, `disconnected`
-    /// and `off` included: it is the per-app kill switch. DNS goes to the tunnel's resolvers
-    /// only (its /etc/resolv.conf names them). IPv4 only: the namespace has no IPv6, so programs
-    /// fall back to IPv4. The program cannot reach this machine's own services either.
+    /// `killswitch exec -- CMD [ARGS...]` runs CMD as you, with your environment, working
+    /// directory and terminal, in a network namespace of its own whose only way out is the tunnel
+    /// the daemon protects: when the tunnel is down (connecting, blocked, disconnected, off), its
+    /// connections fail at once and nothing of it reaches the physical link; when the tunnel is
+    /// back, its traffic flows again without a restart. This holds whatever the rest of the
+    /// machine does, `disconnected` and `off` included: it is the per-app kill switch. DNS goes to
+    /// the tunnel's resolvers only (its /etc/resolv.conf names them). IPv4 only: the namespace has
+    /// no IPv6, so programs fall back to IPv4. The program cannot reach this machine's own
+    /// services either.
     ///
     /// Any user may use it (it only adds protection); each user may have a limited number running
     /// at once (`exec_limit_per_user` in the daemon's config.toml, 64 by default). The namespace
@@ -335,10 +336,23 @@ pub enum Command {
     /// the daemon): Ctrl-C works because it is forwarded, but job control of the program itself
     /// (Ctrl-Z, `fg`) does not, and it has no controlling terminal (/dev/tty).
     ///
+    /// `killswitch exec --bypass -- CMD [ARGS...]` runs CMD, and every child it forks, around
+    /// the tunnel through the physical link, in every state, while nothing else does: split
+    /// tunnelling. This LOOSENS the protection (whatever the program sends is seen by the local
+    /// network and the internet provider), so it is for root and members of the admin group only.
+    /// The program runs here, as you, with your environment, working directory and terminal; its
+    /// exit status is this command's. Its DNS goes wherever it sends it: to the system's stub
+    /// resolver (127.0.0.53) it is answered through the tunnel like everyone's; to a resolver of
+    /// its own, around the tunnel. When it and its children have exited, nothing of the bypass
+    /// remains. Needs cgroup v2 and cgroup BPF.
+    ///
     /// Example: `killswitch exec -- transmission-cli file.torrent` (a torrent client that never
     /// leaks); `killswitch exec -- firefox --private-window`.
     Exec {
         /// Go around the tunnel through the physical link (administrators only).
+        ///
+        /// Loosens protection: the program's traffic (and its children's) leaves outside the
+        /// tunnel, in clear to the local network.
         #[arg(long)]
         bypass: bool,
         /// Freeze the program (and its children) while the tunnel is lost; thaw when it is back.

@@ -31,16 +31,7 @@ const FORWARDED: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, 
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
 /// Runs `command` through the daemon at `socket`; the exit status is the program's.
-pub(crate) fn run(
-    socket: &Path,
-    bypass: bool,
-    on_drop: Option<OnDrop>,
-    command: Vec<OsString>,
-) -> ExitCode {
-    if bypass {
-        eprintln!("killswitch: exec --bypass is not built on this branch");
-        return ExitCode::from(2);
-    }
+pub(crate) fn run(socket: &Path, on_drop: Option<OnDrop>, command: Vec<OsString>) -> ExitCode {
     let cwd = match std::env::current_dir() {
         Ok(cwd) => cwd,
         Err(e) => {

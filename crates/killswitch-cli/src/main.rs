@@ -4,6 +4,7 @@
 //! through the daemon, which checks who is asking. The command line itself is defined in the
 //! crate's library ([`killswitch_cli::args`]), which the man page and completions are made from.
 
+mod bypass;
 mod client;
 mod events;
 mod exec;
@@ -111,13 +112,18 @@ fn main() -> ExitCode {
             enabled: value.enabled(),
         },
         Command::Off => Request::Off,
+        Command::Exec {
+            bypass: true,
+            command,
+            ..
+        } => return bypass::run(&cli.socket, cli.json, &command),
         Command::Users { action } => match action {
             UsersAction::List => return list_users(&cli.socket, cli.json),
             UsersAction::Add { user } => Request::Users { add: true, user },
             UsersAction::Remove { user } => Request::Users { add: false, user },
         },
         Command::Exec {
-            bypass,
+            bypass: false,
             freeze_on_drop,
             kill_on_drop,
             command,
@@ -129,7 +135,7 @@ fn main() -> ExitCode {
             } else {
                 None
             };
-            return exec::run(&cli.socket, bypass, on_drop, command);
+            return exec::run(&cli.socket, on_drop, command);
         }
         Command::Events => Request::Subscribe,
         Command::Verify => return verify::run(&cli.socket, cli.json),
@@ -189,7 +195,7 @@ fn main() -> ExitCode {
 
 /// Reports a failed request (on standard error, and as JSON with --json) and returns its exit
 /// status.
-fn fail(failure: &Failure, json: bool) -> ExitCode {
+pub(crate) fn fail(failure: &Failure, json: bool) -> ExitCode {
     if let Some(line) = failure.to_json().filter(|_| json) {
         emit(&format!("{line}\n"));
     }

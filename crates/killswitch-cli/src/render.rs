@@ -202,6 +202,9 @@ fn status_at(status: &Status, now: SystemTime) -> String {
     for scope in &status.exec {
         let _ = writeln!(out, "exec:      {}", exec_scope(scope));
     }
+    if let Some(bypass) = &status.bypass {
+        let _ = writeln!(out, "{}", bypass_line(bypass));
+    }
     for refused in &exceptions.refused {
         let _ = writeln!(out, "refused:   {}", clean(refused));
     }
@@ -593,10 +596,26 @@ pub(crate) fn event_line(status: &Status) -> String {
     if let Some(event) = &status.on_drop.last_event {
         let _ = write!(line, " on-drop={event:?}");
     }
+    if let Some(bypass) = &status.bypass {
+        // The cgroup's id, not its process count: a bypass starting, ending or its cgroup
+        // re-created is a change; a child forked inside it is not.
+        let _ = write!(line, " bypass=cgroup:{}", bypass.id);
+    }
     if let Some(error) = &status.error {
         let _ = write!(line, " error={error:?}");
     }
     line
+}
+
+/// `status`' line for programs running under `exec --bypass`.
+fn bypass_line(bypass: &killswitch_types::ipc::BypassStatus) -> String {
+    format!(
+        "bypass:    {} process{} around the tunnel (killswitch exec --bypass; cgroup id {}, {})",
+        bypass.processes,
+        if bypass.processes == 1 { "" } else { "es" },
+        bypass.id,
+        clean(&bypass.cgroup)
+    )
 }
 
 #[cfg(test)]
@@ -643,6 +662,7 @@ mod tests {
             blocked: Some(Default::default()),
             tunnel_only_users: Vec::new(),
             exec: Vec::new(),
+            bypass: None,
             on_drop: Default::default(),
         }
     }
@@ -687,6 +707,33 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("note:      wg0 had no fwmark; set 0xca6c so that only its own packets use the hole\n"), "{text}");
+    }
+
+    #[test]
+    fn a_bypass_shows_in_status_and_events() {
+        let mut status = sample();
+        assert!(!super::status(&status).contains("bypass"));
+        assert!(!event_line(&status).contains("bypass"));
+        status.bypass = Some(killswitch_types::ipc::BypassStatus {
+            cgroup: "/killswitch/net-4026531840/bypass".to_owned(),
+            directory: None,
+            id: 4242,
+            level: 4,
+            processes: 2,
+        });
+        let text = super::status(&status);
+        assert!(
+            text.contains("bypass:    2 processes around the tunnel")
+                && text.contains("cgroup id 4242"),
+            "{text}"
+        );
+        assert!(event_line(&status).contains("bypass=cgroup:4242"));
+        // A child forked inside is no event.
+        let before = event_line(&status);
+        if let Some(b) = status.bypass.as_mut() {
+            b.processes = 3;
+        }
+        assert_eq!(event_line(&status), before);
     }
 
     #[test]

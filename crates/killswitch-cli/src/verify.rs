@@ -561,6 +561,7 @@ mod tests {
             blocked: None,
             tunnel_only_users: Vec::new(),
             exec: Vec::new(),
+            bypass: None,
             on_drop: Default::default(),
         }
     }

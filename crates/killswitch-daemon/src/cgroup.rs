@@ -119,6 +119,12 @@ impl Subtree {
         Ok(Subtree { mount, root })
     }
 
+    /// The subtree at `root` below the cgroup2 mount `mount` if it exists already (nothing is
+    /// created: a daemon that never needed its subtree leaves no directory behind).
+    pub fn existing(mount: PathBuf, root: PathBuf) -> Option<Subtree> {
+        root.is_dir().then_some(Subtree { mount, root })
+    }
+
     /// The cgroup2 mount point.
     pub fn mount(&self) -> &Path {
         &self.mount

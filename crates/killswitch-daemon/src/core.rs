@@ -192,6 +192,9 @@ pub enum Command {
         /// What.
         entry: killswitch_types::AllowEntry,
     },
+    /// `exec --bypass`: the executor moved the requesting process into the bypass cgroup, which
+    /// is now this; the rules must follow before the answer lets the program start.
+    Bypass(crate::bypass::BypassView),
     /// `users add|remove`.
     Users {
         /// Add (true) or remove.
@@ -244,6 +247,14 @@ impl Command {
                     .check(spec.interface.as_str())
                     .map_err(|message| IpcError::new(ErrorKind::BadRequest, message))?;
                 Command::Up(spec)
+            }
+            // The executor moves the process (I/O, and only it knows the connection's process)
+            // and hands the core a `Command::Bypass`: one reaching here was not carried out.
+            Request::Bypass => {
+                return Err(IpcError::new(
+                    ErrorKind::BadRequest,
+                    "exec --bypass: the requesting process was not moved; nothing was changed",
+                ));
             }
             Request::Down => Command::Down,
             Request::Off => Command::Off,
@@ -327,6 +338,9 @@ pub struct Core<F> {
     /// The tunnel-only users added with `killswitch users add` (persisted; config.toml's are in
     /// `options.tunnel_only_users`).
     users: Vec<crate::users::TunnelOnlyUser>,
+    /// The bypass cgroup while programs run in it (`killswitch exec --bypass`), as the executor
+    /// last looked at it. Not persisted: a restarted daemon looks again.
+    bypass: Option<crate::bypass::BypassView>,
     options: CoreOptions,
     dns_status: Option<DnsStatus>,
     /// The latest time an input brought: the core reads no clock. A tunnel that a command asks
@@ -387,6 +401,9 @@ pub enum Input {
     /// The configuration file was read again (SIGHUP, `systemctl reload`): what it now says, or
     /// why it cannot be used (then the running configuration stays).
     Reloaded(Result<Box<Reconfigured>, String>),
+    /// The bypass cgroup may have changed (created, re-created with a new id, populated,
+    /// emptied and removed): what the executor sees now.
+    Bypass(Option<crate::bypass::BypassView>),
     /// The watched programs of freeze on drop ([`crate::freeze`]) as the executor sees them:
     /// after one was watched or forgotten, after a reload, and as the answer to
     /// [`Effect::Freeze`] and [`Effect::Thaw`].
@@ -565,6 +582,7 @@ impl<F: Firewall> Core<F> {
             locals: crate::locals::LocalView::default(),
             allows: persisted.allows.clone(),
             users: persisted.tunnel_only_users.clone(),
+            bypass: None,
             options,
             dns_status: None,
             now,
@@ -629,6 +647,29 @@ impl<F: Firewall> Core<F> {
                 // let reconcile repair whatever is off (it changes nothing when all is well).
                 self.check_now();
                 self.look_then(Then::Reconcile { retry: false }, &mut effects);
+            }
+            Input::Bypass(view) => {
+                // Level-triggered: the rules follow the cgroup's current id. A change of the
+                // process count alone changes no rule, only what `status` shows.
+                let scope_changed =
+                    self.bypass.as_ref().map(|b| b.scope) != view.as_ref().map(|b| b.scope);
+                match (&self.bypass, &view) {
+                    (None, Some(v)) => tracing::info!(id = v.scope.id, "bypass started"),
+                    (Some(_), None) => tracing::info!("bypass ended"),
+                    (Some(old), Some(new)) if old.scope != new.scope => {
+                        tracing::info!(
+                            old = old.scope.id,
+                            new = new.scope.id,
+                            "bypass cgroup re-created"
+                        )
+                    }
+                    _ => {}
+                }
+                self.bypass = view;
+                if scope_changed {
+                    self.reconcile();
+                }
+                self.finish(&mut effects);
             }
             Input::NftChanged { committer } => {
                 self.check_installed(&committer);
@@ -947,6 +988,16 @@ impl<F: Firewall> Core<F> {
             blocked: None,
             tunnel_only_users: self.tunnel_only_users(),
             exec: self.exec_scopes.clone(),
+            bypass: self
+                .bypass
+                .as_ref()
+                .map(|b| killswitch_types::ipc::BypassStatus {
+                    cgroup: b.name.clone(),
+                    directory: Some(b.path.display().to_string()),
+                    id: b.scope.id,
+                    level: b.scope.level,
+                    processes: b.processes,
+                }),
             on_drop: self.on_drop.status(),
         }
     }
@@ -1074,6 +1125,12 @@ impl<F: Firewall> Core<F> {
         self.locals = view;
     }
 
+    /// The bypass cgroup as found before [`Input::Started`] (a previous daemon's bypassed
+    /// programs still running): the first apply includes its rules.
+    pub fn set_bypass(&mut self, view: Option<crate::bypass::BypassView>) {
+        self.bypass = view;
+    }
+
     /// Everything besides the tunnel the rules let through, as last looked at.
     fn exceptions(&self) -> Exceptions {
         let allows = &self.all_allows();
@@ -1092,6 +1149,7 @@ impl<F: Firewall> Core<F> {
                     subnet: s.subnet,
                 })
                 .collect(),
+            bypass: self.bypass.as_ref().map(|b| b.scope),
         }
     }
 
@@ -1252,6 +1310,20 @@ impl<F: Firewall> Core<F> {
                     Some(error) => Err(IpcError::new(
                         ErrorKind::Firewall,
                         format!("the firewall could not be changed ({error})"),
+                    )),
+                };
+            }
+            Command::Bypass(view) => {
+                // Nothing to persist: the cgroup is the state, and a restart looks at it again.
+                self.bypass = Some(view.clone());
+                self.reconcile();
+                return match &self.apply_error {
+                    None => Ok(self.status()),
+                    Some(error) => Err(IpcError::new(
+                        ErrorKind::Firewall,
+                        format!(
+                            "the bypass rules could not be put in place ({error}); the program was not started"
+                        ),
                     )),
                 };
             }
@@ -2278,6 +2350,70 @@ mod tests {
             core.applied.as_ref().is_none_or(|r| r.table.is_none()),
             "released"
         );
+    }
+
+    /// `exec --bypass`: the rules follow the bypass cgroup's id (joined, re-created with a new
+    /// id, ended), in `blocked`; the request itself cannot reach the core without the executor.
+    #[test]
+    fn the_rules_follow_the_bypass_cgroup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = self::core(&mut fw, dir.path());
+        core.handle_request(&Request::Lockdown { enabled: true })
+            .expect("lockdown");
+        let view = |id| crate::bypass::BypassView {
+            scope: killswitch_policy::BypassScope { level: 3, id },
+            path: "/sys/fs/cgroup/killswitch/net-1/bypass".into(),
+            name: "/killswitch/net-1/bypass".to_owned(),
+            processes: 1,
+        };
+        let bypassed = |id| {
+            Packet::output(
+                "eth0",
+                "192.0.2.2".parse().expect("literal"),
+                "198.51.100.9".parse().expect("literal"),
+                Transport::udp(40000, 9),
+            )
+            .with_cgroups(vec![5, 6, id])
+        };
+        let accepted = |core: &Core<&mut Recorder>, id| {
+            core.applied
+                .as_ref()
+                .is_some_and(|r| r.verdict(&bypassed(id)).is_accept())
+        };
+        let routed = |core: &Core<&mut Recorder>| {
+            core.routing_intent.as_ref().is_some_and(|l| {
+                l.rules.iter().any(|r| {
+                    r.selector
+                        == killswitch_policy::routes::Selector::FwMark(
+                            killswitch_policy::BYPASS_MARK,
+                        )
+                })
+            })
+        };
+        assert!(!accepted(&core, 40) && !routed(&core));
+        assert!(
+            Command::parse(
+                &Request::Bypass,
+                std::path::Path::new("/etc/wireguard"),
+                &core.options.devices
+            )
+            .is_err(),
+            "only the executor makes a bypass command"
+        );
+        let status = core.handle(&Command::Bypass(view(40))).expect("joined");
+        assert_eq!(status.state, State::Blocked);
+        assert_eq!(status.bypass.as_ref().map(|b| b.id), Some(40));
+        assert!(accepted(&core, 40) && routed(&core));
+        let now = Instant::now();
+        // Re-created: the new id only.
+        core.on(Input::Bypass(Some(view(41))), now);
+        assert!(accepted(&core, 41) && !accepted(&core, 40));
+        // Ended: nothing of it.
+        core.on(Input::Bypass(None), now);
+        assert!(!accepted(&core, 41) && !routed(&core));
+        assert_eq!(core.status().bypass, None);
+        assert_eq!(core.status().state, State::Blocked);
     }
 
     #[test]

@@ -418,6 +418,13 @@ async fn serve_connection(stream: UnixStream, peer: Peer, slot: Slot, shared: Sh
             }
             Ok(Request::Status) => {
                 let mut status = shared.status.borrow().clone();
+                // The processes in the bypass cgroup now, not when it last changed.
+                if let Some(bypass) = status.bypass.as_mut()
+                    && let Some(directory) = &bypass.directory
+                {
+                    bypass.processes =
+                        crate::bypass::count_processes(std::path::Path::new(directory));
+                }
                 // A netlink dump: quick, but a blocking call, so off the runtime's threads.
                 let blocked = Arc::clone(&shared.blocked);
                 if let Ok(snapshot) = tokio::task::spawn_blocking(move || blocked.snapshot()).await

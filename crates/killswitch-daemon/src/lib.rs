@@ -15,6 +15,8 @@
 //! - [`logging`]: the log's style (journal priorities, plain text, or colours on a terminal);
 //! - [`boot`]: `--early-boot`, blocking from the saved settings before the network comes up;
 //! - [`teardown`]: `--teardown`, switching the kill switch off for good (package removal);
+//! - [`bypass`] and [`bpf`]: `killswitch exec --bypass`: the bypass cgroup, its socket-marking BPF
+//!   program, and the watch that keeps the rules on the cgroup's current id;
 //! - [`freeze`]: freeze on drop, the programs frozen (or killed) while the tunnel is lost;
 //! - [`verify`]: `killswitch verify`'s reading of the kernel, compared with the daemon's intent;
 //! - [`run`]: the event loop that wires them together;
@@ -26,6 +28,8 @@ pub mod args;
 pub mod authz;
 pub mod blocked;
 pub mod boot;
+pub mod bpf;
+pub mod bypass;
 pub mod cgroup;
 pub mod config;
 pub mod core;

@@ -135,6 +135,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let link_events = LinkEvents::subscribe().context("subscribing to link changes")?;
     let nft_changes = NftChanges::subscribe().context("subscribing to nftables changes")?;
     let mut wake = None;
+    // Programs a previous daemon bypassed may still run: their cgroup's rules are part of the
+    // first apply (and an empty cgroup it left is removed).
+    let mut bypass = crate::bypass::Bypass::find();
+    let mut bypass_watch = watch_bypass(&bypass);
+    core.set_bypass(bypass.observe());
     let started = core.on(Input::Started, Instant::now());
     // Only the looks now: the rest (DNS above all) once the bus is there.
     let started = look_at_once(&mut core, started);
@@ -220,6 +225,31 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                     continue;
                 }
                 tracing::info!(uid = command.peer.uid, pid = command.peer.pid, "request `{}`", command.request.name());
+                if command.request == killswitch_types::ipc::Request::Bypass {
+                    // The connection's own process, moved here where the cgroup is looked
+                    // after, so that no look at the cgroup runs between the move and the rules.
+                    match bypass.join(&command.peer) {
+                        Ok(view) => {
+                            // The subtree exists now, if it did not at start.
+                            if bypass_watch.is_none() {
+                                bypass_watch = watch_bypass(&bypass);
+                            }
+                            if let Some(watch) = &bypass_watch {
+                                watch.rewatch();
+                            }
+                            io.reply = Some(command.reply);
+                            Some(Input::Command(Command::Bypass(view)))
+                        }
+                        Err(error) => {
+                            tracing::warn!(uid = command.peer.uid, pid = command.peer.pid, "exec --bypass refused: {error}");
+                            let _ = command.reply.send(Err(IpcError::new(
+                                killswitch_types::ipc::ErrorKind::BadRequest,
+                                format!("exec --bypass: {error}; nothing was changed"),
+                            )));
+                            continue;
+                        }
+                    }
+                } else {
                 match Command::parse(&command.request, &config.wireguard_dir, &devices) {
                     Ok(parsed) => {
                         io.reply = Some(command.reply);
@@ -231,6 +261,16 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
                         continue;
                     }
                 }
+                }
+            }
+            changed = bypass_changed(bypass_watch.as_ref()) => {
+                if let Err(e) = changed {
+                    tracing::warn!("bypass: reading the cgroup watch failed: {e}");
+                }
+                if let Some(watch) = &bypass_watch {
+                    watch.rewatch();
+                }
+                Some(Input::Bypass(bypass.observe()))
             }
             Some(change) = exec_changes.recv() => {
                 let command = Command::ExecScopes { generation: change.generation, scopes: change.scopes };
@@ -437,6 +477,22 @@ impl NftChanges {
                 return Ok(foreign.join(", "));
             }
         }
+    }
+}
+
+/// The watch on the daemon's cgroup subtree, once it exists (a warning if it cannot be set).
+fn watch_bypass(bypass: &crate::bypass::Bypass) -> Option<crate::bypass::BypassWatch> {
+    let root = bypass.root()?;
+    crate::bypass::BypassWatch::new(root)
+        .map_err(|e| tracing::warn!("bypass: watching {}: {e}", root.display()))
+        .ok()
+}
+
+/// Resolves when the bypass cgroup may have changed; never without a watch.
+async fn bypass_changed(watch: Option<&crate::bypass::BypassWatch>) -> std::io::Result<()> {
+    match watch {
+        Some(watch) => watch.changed().await,
+        None => std::future::pending().await,
     }
 }
 

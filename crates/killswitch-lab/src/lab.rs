@@ -78,6 +78,9 @@ pub struct Measurement {
     pub per_kind: BTreeMap<Kind, KindCounts>,
     /// How long the window was open.
     pub duration_ms: u64,
+    /// Outgoing frames a scenario expected outside the tunnel and told apart by their content
+    /// (a bypassed program's, scenario `bypass`), not judged; 0 elsewhere.
+    pub excused: u64,
 }
 
 static SENTINELS: AtomicU32 = AtomicU32::new(0);
@@ -325,6 +328,17 @@ impl Lab {
 
     /// Closes a window: stops the generator, drains the capture up to a sentinel, and judges.
     pub fn end(&self, window: Window) -> Result<Measurement> {
+        self.end_excusing(window, &|_| false)
+    }
+
+    /// [`Lab::end`], where the frames `excused` picks are counted apart instead of judged: what
+    /// a scenario sends outside the tunnel on purpose and recognises by its content. Every other
+    /// frame is judged by the oracle as always.
+    pub fn end_excusing(
+        &self,
+        window: Window,
+        excused: &dyn Fn(&crate::capture::Captured) -> bool,
+    ) -> Result<Measurement> {
         let icmp = window.generator.icmp_replies.clone();
         let per_kind = window.generator.stop()?;
         let end = Instant::now();
@@ -339,6 +353,10 @@ impl Lab {
             ..Measurement::default()
         };
         for captured in &frames[window.capture_from..sentinel_at] {
+            if captured.direction == crate::capture::Direction::Outgoing && excused(captured) {
+                m.excused += 1;
+                continue;
+            }
             let lan_allowed = self
                 .lan_allowed_since
                 .is_some_and(|since| captured.at >= since);

@@ -18,6 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 mod apps_only;
+mod bypass;
 mod coexist;
 mod coexist_firewalls;
 mod counters;
@@ -40,7 +41,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 34] = [
+pub const ALL: [Scenario; 35] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -125,6 +126,11 @@ pub const ALL: [Scenario; 34] = [
         name: "reload",
         guards: "SIGHUP under traffic: a bad config.toml is refused with the running rules kept and the refusal in status; a good one (a new allowed subnet) applies at once; nothing leaks during either",
         script: reload::reload_under_traffic,
+    },
+    Scenario {
+        name: "bypass",
+        guards: "killswitch exec --bypass: the program and its children go around the tunnel (connected and blocked), nothing else does; a re-created cgroup is followed; nothing remains after it",
+        script: bypass::bypass,
     },
     Scenario {
         name: "tunnel-only-user",

@@ -182,6 +182,11 @@ fn refusals_are_counted_per_reason_and_named_with_their_sender() {
 }
 
 #[test]
+fn a_bypassed_program_goes_around_the_tunnel_and_nothing_else_does() {
+    scenario_passes("bypass");
+}
+
+#[test]
 fn a_tunnel_only_user_never_leaks_even_while_the_machine_is_disconnected() {
     scenario_passes("tunnel-only-user");
 }

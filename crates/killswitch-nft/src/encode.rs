@@ -715,6 +715,12 @@ fn encode_match(rule: &mut Rule<'_>, m: &Match) {
             ));
             rule.add_expr(&Cmp::new(CmpOp::Neq, [0u8; 4].as_slice()));
         }
+        Match::SocketCgroup { level, id } => {
+            // nft's `socket cgroupv2 level L ID`: the socket's ancestor cgroup at depth L, its
+            // 8-byte id loaded into register 1, compared in host byte order (as nft does).
+            rule.add_expr(&SocketCgroupLoad { level: *level });
+            rule.add_expr(&cmp_eq(&id.to_ne_bytes()));
+        }
         Match::Limit { per_second, burst } => rule.add_expr(&Limit {
             per_second: *per_second,
             burst: *burst,
@@ -784,6 +790,41 @@ fn encode_prefix(rule: &mut Rule<'_>, net: &IpNet, direction: Direction) {
 
 /// `payload load LEN bytes @ BASE header + OFFSET => reg 1`, with offsets in bytes.
 ///
+/// `socket cgroupv2 level L`: loads the id of the packet's socket's cgroup v2 ancestor at depth L
+/// (8 bytes) into register 1. nftnl (the crate) has no socket expression; libnftnl 1.2 knows its
+/// three attributes (key, destination register, level), so its parser reads it back like the
+/// kernel's.
+struct SocketCgroupLoad {
+    level: u32,
+}
+
+/// libnftnl's `NFTNL_EXPR_SOCKET_*` attributes (`NFTNL_EXPR_BASE` is 1), named here because the
+/// bindings of the nftnl-sys version in use may predate `LEVEL`.
+const NFTNL_EXPR_SOCKET_KEY: u16 = 1;
+const NFTNL_EXPR_SOCKET_DREG: u16 = 2;
+const NFTNL_EXPR_SOCKET_LEVEL: u16 = 3;
+/// `enum nft_socket_keys`' `NFT_SOCKET_CGROUPV2` (linux/netfilter/nf_tables.h, Linux 5.13).
+const NFT_SOCKET_CGROUPV2: u32 = 3;
+/// `NFT_REG_1`, where every other load here puts its value.
+const NFT_REG_1: u32 = 1;
+
+impl Expression for SocketCgroupLoad {
+    fn to_expr(&self, _rule: &Rule<'_>) -> NonNull<sys::nftnl_expr> {
+        // SAFETY: as for PayloadLoad: a fresh expression (NULL checked), integers copied in,
+        // ownership passed to the rule that adds it.
+        unsafe {
+            let expr = sys::nftnl_expr_alloc(c"socket".as_ptr());
+            let Some(expr) = NonNull::new(expr) else {
+                std::process::abort();
+            };
+            sys::nftnl_expr_set_u32(expr.as_ptr(), NFTNL_EXPR_SOCKET_KEY, NFT_SOCKET_CGROUPV2);
+            sys::nftnl_expr_set_u32(expr.as_ptr(), NFTNL_EXPR_SOCKET_DREG, NFT_REG_1);
+            sys::nftnl_expr_set_u32(expr.as_ptr(), NFTNL_EXPR_SOCKET_LEVEL, self.level);
+            expr
+        }
+    }
+}
+
 /// nftnl's own payload type names its raw offsets in bits but passes them through as bytes; this
 /// one says what it means.
 struct PayloadLoad {

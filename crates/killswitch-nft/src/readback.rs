@@ -750,8 +750,70 @@ fn describe_rule(message: &Message) -> Result<(String, String), NftError> {
             .map_or("", |(_, rest)| rest)
             .trim_end()
             .to_owned();
+        let body = with_socket_levels(body, &socket_levels(rule.ptr));
         Ok((chain, body))
     }
+}
+
+/// The `level` attribute of each `socket` expression of `rule`, in order (`None` where unset).
+/// libnftnl 1.2 parses it but its listing leaves it out, and a kernel holding another level
+/// matches another cgroup: the bypass rule must be compared with it.
+///
+/// # Safety
+/// `rule` must be a valid, parsed libnftnl rule.
+unsafe fn socket_levels(rule: *const sys::nftnl_rule) -> Vec<Option<u32>> {
+    /// libnftnl's `NFTNL_EXPR_SOCKET_LEVEL` (`NFTNL_EXPR_BASE` + 2).
+    const NFTNL_EXPR_SOCKET_LEVEL: u16 = 3;
+    let mut levels = Vec::new();
+    // SAFETY: the iterator walks the rule's own list of expressions, which outlive it; each
+    // expression's name is a NUL-terminated string libnftnl owns.
+    unsafe {
+        let iter = sys::nftnl_expr_iter_create(rule);
+        if iter.is_null() {
+            return levels;
+        }
+        loop {
+            let expr = sys::nftnl_expr_iter_next(iter);
+            if expr.is_null() {
+                break;
+            }
+            let name = c_string(sys::nftnl_expr_get_str(expr, sys::NFTNL_EXPR_NAME as u16));
+            if name == "socket" {
+                levels.push(
+                    sys::nftnl_expr_is_set(expr, NFTNL_EXPR_SOCKET_LEVEL)
+                        .then(|| sys::nftnl_expr_get_u32(expr, NFTNL_EXPR_SOCKET_LEVEL)),
+                );
+            }
+        }
+        sys::nftnl_expr_iter_destroy(iter);
+    }
+    levels
+}
+
+/// Puts each socket expression's level into its line of `body` (`[ socket load cgroupv2 => reg
+/// 1 level 3 ]`), in order.
+fn with_socket_levels(body: String, levels: &[Option<u32>]) -> String {
+    if levels.is_empty() {
+        return body;
+    }
+    let mut levels = levels.iter();
+    body.lines()
+        .map(|line| {
+            if line.trim_start().starts_with("[ socket ") {
+                let level = match levels.next() {
+                    Some(Some(level)) => format!("level {level}"),
+                    _ => "level none".to_owned(),
+                };
+                match line.strip_suffix(" ]") {
+                    Some(head) => format!("{head} {level} ]"),
+                    None => format!("{line} {level}"),
+                }
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Copies a C string; a NULL pointer (attribute unset) becomes the empty string.
@@ -892,5 +954,67 @@ mod tests {
         assert_eq!(lan4.elements.len(), 9, "{:?}", lan4.elements);
         assert!(lan4.elements.contains(&"0a000000 flags 0".to_owned()));
         assert!(lan4.elements.contains(&"0b000000 flags 1".to_owned()));
+    }
+
+    /// The bypass rule's `socket cgroupv2 level L ID` is encoded as nft encodes it (a socket
+    /// load of key 3, cgroupv2, at the level, into register 1; an 8-byte comparison in host
+    /// order) and libnftnl's parser, which the read-back uses on both sides, lists all of it: a
+    /// kernel holding another level or id would differ.
+    #[test]
+    fn the_bypass_rule_reads_back_with_its_level_and_id() {
+        let id: u64 = 0x0000_1234_5678_9abc;
+        let exceptions = killswitch_policy::Exceptions {
+            bypass: Some(killswitch_policy::BypassScope { level: 3, id }),
+            ..Default::default()
+        };
+        let settings = Settings {
+            lockdown: true,
+            allow_lan: false,
+            ..Settings::default()
+        };
+        let describe = |exceptions: &killswitch_policy::Exceptions| {
+            let ruleset =
+                killswitch_policy::compile_for(&PolicyState::Blocked, &settings, exceptions);
+            let batch = Batch::build(&ruleset, 0, &Default::default()).expect("batch");
+            let installed = expected_from_batch(&batch).expect("parses");
+            let table = installed.inet.expect("a table");
+            let output = table
+                .chains
+                .into_iter()
+                .find(|c| c.name == "output")
+                .expect("output");
+            output
+                .rules
+                .into_iter()
+                .filter(|r| r.contains("socket"))
+                .collect::<Vec<_>>()
+        };
+        let rules = describe(&exceptions);
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        let rule = &rules[0];
+        assert!(
+            rule.contains("[ socket load cgroupv2 => reg 1 level 3 ]"),
+            "{rule}"
+        );
+        let bytes = id.to_ne_bytes();
+        let words: Vec<String> = bytes
+            .chunks(4)
+            .map(|w| format!("0x{:08x}", u32::from_ne_bytes([w[0], w[1], w[2], w[3]])))
+            .collect();
+        assert!(
+            rule.contains(&format!("[ cmp eq reg 1 {} {} ]", words[0], words[1])),
+            "{rule}"
+        );
+        assert!(rule.contains("accept"), "{rule}");
+        // Another level or id is another description.
+        let other = killswitch_policy::Exceptions {
+            bypass: Some(killswitch_policy::BypassScope {
+                level: 2,
+                id: id + 1,
+            }),
+            ..Default::default()
+        };
+        assert_ne!(describe(&other), rules);
+        assert!(describe(&killswitch_policy::Exceptions::default()).is_empty());
     }
 }

@@ -1584,3 +1584,66 @@ fn refusals_are_counted_per_reason_logged_and_carried_across_transitions() -> Re
     topo.client.run(|| killswitch_nft::verify(&connecting))??;
     Ok(())
 }
+
+/// Issue 15, bypass: the kernel accepts `socket cgroupv2 level L ID` in the output chain (an
+/// older kernel refuses the socket expression at that hook), in a blocked and a connected table,
+/// and the read-back finds exactly the level and id that were sent; `nft` itself lists the rule
+/// as a cgroupv2 match at that level.
+#[test]
+fn the_bypass_rule_is_accepted_and_read_back() -> Result<()> {
+    if !require_root("the_bypass_rule_is_accepted_and_read_back") {
+        return Ok(());
+    }
+    let ns = Netns::new("bypassrule")?;
+    let exceptions = Exceptions {
+        bypass: Some(killswitch_policy::BypassScope {
+            level: 3,
+            id: 0x0001_0000_0000_2a2a,
+        }),
+        ..Exceptions::default()
+    };
+    for state in [
+        PolicyState::Blocked,
+        PolicyState::Connected {
+            peer: peer(topology::ENDPOINT_V4, Some(MARK)),
+            tunnel: tunnel(),
+        },
+    ] {
+        let ruleset = compile_for(&state, &Settings::default(), &exceptions);
+        ns.run(|| killswitch_nft::apply(&ruleset))?
+            .with_context(|| format!("applying {state:?} with a bypass cgroup"))?;
+        ns.run(|| killswitch_nft::verify(&ruleset))?
+            .context("the bypass rule reads back as sent")?;
+        // The same rules with another level, or another id, are not what the kernel holds.
+        for other in [
+            killswitch_policy::BypassScope {
+                level: 2,
+                id: 0x0001_0000_0000_2a2a,
+            },
+            killswitch_policy::BypassScope {
+                level: 3,
+                id: 0x0001_0000_0000_2a2b,
+            },
+        ] {
+            let other = compile_for(
+                &state,
+                &Settings::default(),
+                &Exceptions {
+                    bypass: Some(other),
+                    ..Exceptions::default()
+                },
+            );
+            let result = ns.run(|| killswitch_nft::verify(&other))?;
+            ensure!(
+                matches!(result, Err(NftError::Mismatch(_))),
+                "another bypass scope verified against the kernel: {result:?}"
+            );
+        }
+    }
+    let listed = ns.exec("nft", &["list", "chain", "inet", "killswitch", "output"])?;
+    ensure!(
+        listed.contains("socket cgroupv2 level 3") && listed.contains("bypass: around the tunnel"),
+        "the bypass rule is not listed as meant:\n{listed}"
+    );
+    Ok(())
+}

@@ -683,6 +683,9 @@ fn output_rules(
             b.not_oif(&tunnel.interface)
         }));
     }
+    // Bypassed programs: after the tunnel-only users (who stay confined) and the guards of the
+    // tunnel's address, before DNS (a bypassed program's DNS goes where it sends it).
+    rules.extend(exceptions.bypass.as_ref().map(crate::bypass::bypass_accept));
     rules.extend(link_bring_up_out());
     rules.extend(dns_rules(tunnel));
     if let Some(tunnel) = tunnel {

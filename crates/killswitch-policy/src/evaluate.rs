@@ -40,6 +40,9 @@ pub struct Packet {
     pub conn: ConnState,
     /// Its flow's conntrack mark (0 when unmarked).
     pub ct_mark: u32,
+    /// The sending socket's cgroup v2, as the ids of its ancestors from depth 1 down to the
+    /// socket's own cgroup (empty: no socket, or a socket in the root cgroup).
+    pub cgroups: Vec<u64>,
 }
 
 impl Packet {
@@ -81,7 +84,15 @@ impl Packet {
             uid: None,
             conn: ConnState::New,
             ct_mark: 0,
+            cgroups: Vec::new(),
         }
+    }
+
+    /// The same packet sent by a socket in the cgroup whose path of ids from depth 1 is
+    /// `cgroups` (the last being the socket's own cgroup).
+    pub fn with_cgroups(mut self, cgroups: Vec<u64>) -> Self {
+        self.cgroups = cgroups;
+        self
     }
 
     /// The same packet with a fwmark.
@@ -406,6 +417,12 @@ fn matches(m: &Match, p: &Packet) -> bool {
         Match::Mark(mark) => p.mark == *mark,
         Match::SocketUid(uid) => p.uid == Some(*uid),
         Match::CtMarkBit(bit) => p.ct_mark & bit != 0,
+        // The kernel takes the socket cgroup's ancestor at `level` (level 0 being the root) and
+        // compares its id; a socket less deep than `level` has no such ancestor and never matches.
+        Match::SocketCgroup { level, id } => match level.checked_sub(1) {
+            None => false,
+            Some(index) => p.cgroups.get(index as usize) == Some(id),
+        },
         // Under the rate: the only rules with a limit log and decide nothing.
         Match::Limit { .. } => true,
     }

@@ -73,6 +73,9 @@ pub struct Exceptions {
     /// The live `killswitch exec` namespaces: scopes too, whose forwarded packets leave through
     /// the tunnel or not at all, in every state ([`crate::exec`]).
     pub exec_scopes: Vec<crate::exec::ExecScope>,
+    /// The bypass cgroup, while a program runs under `killswitch exec --bypass`: its sockets
+    /// may leave by any interface ([`crate::bypass`]).
+    pub bypass: Option<crate::bypass::BypassScope>,
 }
 
 impl From<Lan> for Exceptions {

@@ -19,6 +19,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bypass;
 mod compile;
 mod evaluate;
 pub mod exceptions;
@@ -28,6 +29,7 @@ pub mod routes;
 mod ruleset;
 mod set;
 
+pub use bypass::{BYPASS_MARK, BypassScope};
 pub use compile::{
     Lan, Peer, PolicyState, Probe, Tunnel, compile, compile_for, compile_with, scopes_table,
 };

@@ -6,7 +6,7 @@
 //!
 //! | priority | rule | why |
 //! |---|---|---|
-//! | 5298 | `iif ksxN lookup 27507`, per `killswitch exec` namespace, in every state | its forwarded packets: into the tunnel or nowhere |
+//! | 5297 | `iif ksxN lookup 27507`, per `killswitch exec` namespace, in every state | its forwarded packets: into the tunnel or nowhere |
 //! | 5299 | `uidrange N-N lookup 27507`, per tunnel-only user, in every state | their packets: into the tunnel or nowhere |
 //! | 5300 | `to <inside the tunnel> lookup 27507`, only with allow-lan | the tunnel's resolvers and networks, ahead of the LAN |
 //! | 5300 | `from <the tunnel's address> lookup 27507`, only with `allow_inbound` | a reply from the tunnel's address stays in the tunnel |
@@ -69,8 +69,9 @@ pub const PRIORITY_LAN: u32 = 5301;
 pub const PRIORITY_CATCH_ALL: u32 = 5302;
 /// Every priority the kill switch uses. Other programs may have rules there too: the backend tells
 /// its own apart by the protocol value it marks them with, and touches no other.
-pub const PRIORITIES: [u32; 5] = [
+pub const PRIORITIES: [u32; 6] = [
     PRIORITY_EXEC,
+    crate::bypass::PRIORITY_BYPASS,
     PRIORITY_TUNNEL_ONLY_USERS,
     PRIORITY_TUNNEL,
     PRIORITY_LAN,
@@ -83,7 +84,7 @@ pub const PRIORITY_TUNNEL_ONLY_USERS: u32 = 5299;
 
 /// Priority of the `killswitch exec` namespaces' rules (`iif ksxN lookup 27507`), ahead of every
 /// other: their packets find the tunnel or `unreachable`, in every state.
-pub const PRIORITY_EXEC: u32 = 5298;
+pub const PRIORITY_EXEC: u32 = 5297;
 
 /// The routing layer for one state: rules and the routes of [`ROUTE_TABLE`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +209,7 @@ pub fn compile_routes_for(
         return scopes_layer(state, exceptions);
     };
     let mut rules = exec_rules(exceptions);
+    rules.extend(bypass_rules(exceptions));
     rules.extend(tunnel_only_rules(&exceptions.tunnel_only_uids));
     if settings.allow_lan || !exceptions.subnets.is_empty() {
         // Ahead of the LAN: whatever belongs to the tunnel goes to our table, where it finds the
@@ -404,7 +406,10 @@ fn scopes_layer(state: &PolicyState, exceptions: &Exceptions) -> Option<RoutingL
             (None, None, None, None)
         }
     };
+    // A bypassed program's rule too: wg-quick's own rules would otherwise take its packets
+    // into the tunnel, and apps-only routes the machine by `main` anyway.
     let mut rules = exec_rules(exceptions);
+    rules.extend(bypass_rules(exceptions));
     rules.extend(tunnel_only_rules(&exceptions.tunnel_only_uids));
     let resolvers = identity
         .map(|t| t.usable_dns())
@@ -437,6 +442,15 @@ fn scopes_layer(state: &PolicyState, exceptions: &Exceptions) -> Option<RoutingL
         );
     }
     Some(RoutingLayer { rules, routes })
+}
+
+/// The bypass rules ([`crate::bypass`]) while a program is bypassed.
+fn bypass_rules(exceptions: &Exceptions) -> Vec<RoutingRule> {
+    if exceptions.bypass.is_some() {
+        crate::bypass::bypass_routing_rules()
+    } else {
+        Vec::new()
+    }
 }
 
 /// `ip rule add priority PRIORITY SELECTOR lookup TABLE`, for one family.

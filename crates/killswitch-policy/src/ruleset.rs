@@ -258,6 +258,16 @@ pub enum Match {
     SocketUid(u32),
     /// `ct mark and BIT != 0`: the flow's conntrack mark has this bit set.
     CtMarkBit(u32),
+    /// `socket cgroupv2 level L ID`: the packet's socket belongs to the cgroup v2 whose id (the
+    /// inode of its directory) is `id`, or to a cgroup below it; `level` is that cgroup's depth
+    /// below the cgroup2 root (the kernel compares the socket cgroup's ancestor at that depth).
+    /// By id, not by path: a path is `nft`'s userspace work, and fails on a hybrid hierarchy.
+    SocketCgroup {
+        /// The depth below the cgroup2 root (1 for a cgroup directly under it).
+        level: u32,
+        /// The cgroup's id.
+        id: u64,
+    },
     /// `limit rate N/second burst B packets`: holds for at most `per_second` packets a second
     /// after a burst of `burst` (shared by every packet this rule sees). The evaluator takes it
     /// to hold: it only ever guards a [`Verdict::Continue`] rule that logs.
@@ -807,6 +817,7 @@ impl fmt::Display for Match {
             Match::Mark(m) => write!(f, "meta mark {m:#010x}"),
             Match::SocketUid(u) => write!(f, "meta skuid {u}"),
             Match::CtMarkBit(bit) => write!(f, "ct mark and {bit:#010x} != 0"),
+            Match::SocketCgroup { level, id } => write!(f, "socket cgroupv2 level {level} {id}"),
             Match::Limit { per_second, burst } => {
                 write!(f, "limit rate {per_second}/second burst {burst} packets")
             }

@@ -135,6 +135,7 @@ fn packet_with<T: Strategy<Value = Transport> + 'static>(
                         uid: if hook == Hook::Output { uid } else { None },
                         conn,
                         ct_mark,
+                        cgroups: Vec::new(),
                     }
                 },
             )
@@ -968,6 +969,193 @@ proptest! {
     }
 }
 
+/// A bypass cgroup (at depth 1 to 4, with an id from a small pool so that other packets' paths
+/// often share ids with it at other depths) and the path of cgroup ids of a packet's socket:
+/// random, often holding the bypass id at some depth, sometimes inside the bypass cgroup.
+fn bypass_and_path() -> impl Strategy<Value = (killswitch_policy::BypassScope, Vec<u64>)> {
+    let id = || prop_oneof![1u64..6, any::<u64>()];
+    (
+        1u32..5,
+        id(),
+        proptest::collection::vec(id(), 0..6),
+        any::<bool>(),
+    )
+        .prop_map(|(level, id, mut path, inside)| {
+            if inside {
+                // Inside: the bypass cgroup's id at its depth, with whatever ancestors and
+                // children around it.
+                while path.len() < level as usize {
+                    path.push(7);
+                }
+                path[level as usize - 1] = id;
+            }
+            (killswitch_policy::BypassScope { level, id }, path)
+        })
+}
+
+fn in_bypass(scope: &killswitch_policy::BypassScope, path: &[u64]) -> bool {
+    path.get(scope.level as usize - 1) == Some(&scope.id)
+}
+
+/// The tunnel-only uids among `uids` that `p` is not sent by, or whether it is sent by none.
+fn from_no_scope(p: &Packet, uids: &[u32]) -> bool {
+    p.uid.is_none_or(|u| !uids.contains(&u))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, max_global_rejects: 100_000, ..ProptestConfig::default() })]
+
+    /// Issue 15, bypass: whatever the state, the settings and the exceptions, a packet whose
+    /// socket is not in the bypass cgroup (not at the cgroup's depth with the cgroup's id: the
+    /// same id at another depth, a parent, a sibling, no socket) gets exactly the verdict it gets
+    /// with no bypass at all, in every hook.
+    #[test]
+    fn bypass_never_applies_outside_its_cgroup(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (scope, path) in bypass_and_path(),
+        uids in proptest::collection::vec(prop_oneof![Just(1000u32), any::<u32>()], 0..2),
+        p in packet(),
+    ) {
+        prop_assume!(!in_bypass(&scope, &path));
+        let p = p.with_cgroups(path);
+        let without = Exceptions { tunnel_only_uids: uids, ..exceptions };
+        let with = Exceptions { bypass: Some(scope), ..without.clone() };
+        let ruleset = compile_for(&state, &settings, &with);
+        prop_assert!(ruleset.check().is_ok(), "{:?}", ruleset.check());
+        prop_assert_eq!(
+            ruleset.verdict(&p),
+            compile_for(&state, &settings, &without).verdict(&p),
+            "{:?} {:?} {:?}", state, scope, p
+        );
+    }
+
+    /// And inside it: an outgoing packet of a bypassed socket leaves by any interface, in every
+    /// state, unless its sender is a tunnel-only user (who stays confined) or it carries the
+    /// tunnel's own address out of another interface (which would give the tunnel away).
+    #[test]
+    fn a_bypassed_socket_leaves_by_any_interface(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (scope, path) in bypass_and_path(),
+        p in outbound_packet(),
+    ) {
+        prop_assume!(p.hook == Hook::Output && in_bypass(&scope, &path));
+        prop_assume!(!guarded_addresses(&state).contains(&p.src));
+        let p = Packet { uid: None, ..p }.with_cgroups(path);
+        let with = Exceptions { bypass: Some(scope), ..exceptions };
+        prop_assert!(compile_for(&state, &settings, &with).verdict(&p).is_accept(), "{:?} {:?}", state, p);
+        // A tunnel-only user's packet is judged as without bypass.
+        let confined = Packet { uid: Some(4242), ..p };
+        let users = Exceptions { tunnel_only_uids: vec![4242], ..with.clone() };
+        let plain = Exceptions { bypass: None, ..users.clone() };
+        prop_assert_eq!(
+            compile_for(&state, &settings, &users).verdict(&confined),
+            compile_for(&state, &settings, &plain).verdict(&confined)
+        );
+    }
+
+    /// The routing layer: with a program bypassed, every state's layer has
+    /// `fwmark BYPASS_MARK lookup main` for both families, ahead of every rule of its own; with
+    /// none, no rule names the mark.
+    #[test]
+    fn bypassed_sockets_are_routed_by_main_ahead_of_the_layer(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (scope, _) in bypass_and_path(),
+    ) {
+        use killswitch_policy::routes::{self, Selector};
+        use killswitch_policy::bypass::{BYPASS_MARK, PRIORITY_BYPASS};
+        let with = Exceptions { bypass: Some(scope), ..exceptions.clone() };
+        let layer = routes::compile_routes_for(&state, &settings, &with, &[]).expect("a layer while bypassed");
+        for family in [killswitch_policy::IpFamily::V4, killswitch_policy::IpFamily::V6] {
+            let bypass = layer.rules.iter().find(|r| r.family == family && r.selector == Selector::FwMark(BYPASS_MARK) && !r.invert);
+            let bypass = bypass.expect("a bypass rule");
+            prop_assert_eq!((bypass.priority, bypass.table), (PRIORITY_BYPASS, routes::MAIN_TABLE));
+            prop_assert!(layer.rules.iter().filter(|r| r.family == family && r != &bypass).all(|r| r.priority > bypass.priority));
+        }
+        if let Some(layer) = routes::compile_routes_for(&state, &settings, &exceptions, &[]) {
+            prop_assert!(!layer.rules.iter().any(|r| r.selector == Selector::FwMark(BYPASS_MARK)));
+        }
+    }
+
+    /// Apps-only: whatever the state (a connecting or connected tunnel, blocked, off), lockdown,
+    /// allow-lan and the exceptions, the machine's own packets (any hook, any interface, any uid
+    /// that is not a tunnel-only user's, or no socket at all) are accepted: there is no
+    /// machine-wide kill switch, as the administrator asked. That includes the tunnel's own
+    /// packets to its servers: the endpoint hole is as open as before.
+    #[test]
+    fn apps_only_leaves_the_machines_own_traffic_alone(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (uids, _) in tunnel_only_uids(),
+        with_users in any::<bool>(),
+        p in packet(),
+    ) {
+        let settings = Settings { apps_only: true, ..settings };
+        let uids = if with_users { uids } else { Vec::new() };
+        prop_assume!(from_no_scope(&p, &uids));
+        let exceptions = Exceptions { tunnel_only_uids: uids, ..exceptions };
+        let ruleset = compile_for(&state, &settings, &exceptions);
+        prop_assert!(ruleset.check().is_ok(), "{:?}", ruleset.check());
+        prop_assert!(ruleset.verdict(&p).is_accept(), "{state:?} refused the machine's own {p:?}");
+        if let Some(table) = &ruleset.table {
+            prop_assert!(table.chains.iter().filter_map(|c| c.base).all(|b| b.policy == ChainPolicy::Accept));
+        }
+    }
+
+    /// Apps-only, the endpoint hole: the tunnel's own packets to each of its servers (marked as
+    /// the tunnel marks them, from the uid the hole names) pass the firewall in every state with
+    /// a tunnel, and the routing layer never sends them into the tunnel: no rule of ours takes
+    /// them (only the scopes' uids, and the tunnel's resolvers, which never hold a server).
+    #[test]
+    fn apps_only_keeps_the_endpoint_hole_and_never_routes_the_tunnel_into_itself(
+        state in table_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        (uids, _) in tunnel_only_uids(),
+        server in any::<prop::sample::Index>(),
+        oif in proptest::sample::select(vec!["eth0", "wlan0"]),
+    ) {
+        use killswitch_policy::routes::{self, Selector};
+        let settings = Settings { apps_only: true, ..settings };
+        let peer = match &state {
+            PolicyState::Connecting { peer, .. } | PolicyState::Connected { peer, .. } => peer.clone(),
+            _ => return Ok(()),
+        };
+        prop_assume!(peer.uid.is_none_or(|u| !uids.contains(&u)));
+        let endpoint = *server.get(peer.endpoints.as_slice());
+        let transport = match endpoint.protocol {
+            TransportProtocol::Udp => Transport::udp(40000, endpoint.address.port()),
+            TransportProtocol::Tcp => Transport::tcp(40000, endpoint.address.port()),
+        };
+        let src: IpAddr = if endpoint.address.is_ipv4() { "192.168.1.50".parse().expect("literal") } else { "2001:db8:1::50".parse().expect("literal") };
+        let mut p = Packet::output(oif, src, endpoint.address.ip(), transport);
+        p.mark = peer.mark.map_or(0, |m| m.get());
+        p.uid = peer.uid;
+        let exceptions = Exceptions { tunnel_only_uids: uids.clone(), ..exceptions };
+        prop_assert!(compile_for(&state, &settings, &exceptions).verdict(&p).is_accept(), "{state:?}: {p:?}");
+        if let Some(layer) = routes::compile_routes_for(&state, &settings, &exceptions, &[]) {
+            for rule in &layer.rules {
+                prop_assert_eq!(rule.table, routes::ROUTE_TABLE, "apps-only looks nothing up in main: {:?}", rule);
+                prop_assert!(!rule.invert, "no catch-all: {:?}", rule);
+                match &rule.selector {
+                    Selector::Uid(uid) => prop_assert!(uids.contains(uid)),
+                    Selector::To(net) => prop_assert!(
+                        peer.endpoints.iter().all(|e| !net.contains(&e.address.ip())),
+                        "{net} holds a server"
+                    ),
+                    other => prop_assert!(false, "apps-only routes {:?} into the tunnel", other),
+                }
+            }
+        }
+    }
+}
+
 /// One to three exec namespaces (`ksx0`..`ksx7`, subnets in 10.201.0.0/16), and the interface a
 /// packet comes from: one of theirs, or a `ksx` interface no scope names (a leftover of a crash).
 fn exec_scopes() -> impl Strategy<Value = (Vec<killswitch_policy::ExecScope>, InterfaceName)> {
@@ -987,11 +1175,6 @@ fn exec_scopes() -> impl Strategy<Value = (Vec<killswitch_policy::ExecScope>, In
 /// A packet forwarded from an exec namespace (arriving on `ksx*`) to any interface.
 fn exec_packet() -> impl Strategy<Value = Packet> {
     packet_with(vec![Hook::Forward], transport)
-}
-
-/// The tunnel-only uids among `uids` that `p` is not sent by, or whether it is sent by none.
-fn from_no_scope(p: &Packet, uids: &[u32]) -> bool {
-    p.uid.is_none_or(|u| !uids.contains(&u))
 }
 
 proptest! {
@@ -1112,81 +1295,4 @@ fn no_exec_namespace_no_exec_rules() {
         Transport::tcp(1000, 443),
     );
     assert!(off.verdict(&other).is_accept());
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 4096, max_global_rejects: 100_000, ..ProptestConfig::default() })]
-
-    /// Apps-only: whatever the state (a connecting or connected tunnel, blocked, off), lockdown,
-    /// allow-lan and the exceptions, the machine's own packets (any hook, any interface, any uid
-    /// that is not a tunnel-only user's, or no socket at all) are accepted: there is no
-    /// machine-wide kill switch, as the administrator asked. That includes the tunnel's own
-    /// packets to its servers: the endpoint hole is as open as before.
-    #[test]
-    fn apps_only_leaves_the_machines_own_traffic_alone(
-        state in any_state(),
-        settings in settings(),
-        exceptions in exceptions(),
-        (uids, _) in tunnel_only_uids(),
-        with_users in any::<bool>(),
-        p in packet(),
-    ) {
-        let settings = Settings { apps_only: true, ..settings };
-        let uids = if with_users { uids } else { Vec::new() };
-        prop_assume!(from_no_scope(&p, &uids));
-        let exceptions = Exceptions { tunnel_only_uids: uids, ..exceptions };
-        let ruleset = compile_for(&state, &settings, &exceptions);
-        prop_assert!(ruleset.check().is_ok(), "{:?}", ruleset.check());
-        prop_assert!(ruleset.verdict(&p).is_accept(), "{state:?} refused the machine's own {p:?}");
-        if let Some(table) = &ruleset.table {
-            prop_assert!(table.chains.iter().filter_map(|c| c.base).all(|b| b.policy == ChainPolicy::Accept));
-        }
-    }
-
-    /// Apps-only, the endpoint hole: the tunnel's own packets to each of its servers (marked as
-    /// the tunnel marks them, from the uid the hole names) pass the firewall in every state with
-    /// a tunnel, and the routing layer never sends them into the tunnel: no rule of ours takes
-    /// them (only the scopes' uids, and the tunnel's resolvers, which never hold a server).
-    #[test]
-    fn apps_only_keeps_the_endpoint_hole_and_never_routes_the_tunnel_into_itself(
-        state in table_state(),
-        settings in settings(),
-        exceptions in exceptions(),
-        (uids, _) in tunnel_only_uids(),
-        server in any::<prop::sample::Index>(),
-        oif in proptest::sample::select(vec!["eth0", "wlan0"]),
-    ) {
-        use killswitch_policy::routes::{self, Selector};
-        let settings = Settings { apps_only: true, ..settings };
-        let peer = match &state {
-            PolicyState::Connecting { peer, .. } | PolicyState::Connected { peer, .. } => peer.clone(),
-            _ => return Ok(()),
-        };
-        prop_assume!(peer.uid.is_none_or(|u| !uids.contains(&u)));
-        let endpoint = *server.get(peer.endpoints.as_slice());
-        let transport = match endpoint.protocol {
-            TransportProtocol::Udp => Transport::udp(40000, endpoint.address.port()),
-            TransportProtocol::Tcp => Transport::tcp(40000, endpoint.address.port()),
-        };
-        let src: IpAddr = if endpoint.address.is_ipv4() { "192.168.1.50".parse().expect("literal") } else { "2001:db8:1::50".parse().expect("literal") };
-        let mut p = Packet::output(oif, src, endpoint.address.ip(), transport);
-        p.mark = peer.mark.map_or(0, |m| m.get());
-        p.uid = peer.uid;
-        let exceptions = Exceptions { tunnel_only_uids: uids.clone(), ..exceptions };
-        prop_assert!(compile_for(&state, &settings, &exceptions).verdict(&p).is_accept(), "{state:?}: {p:?}");
-        if let Some(layer) = routes::compile_routes_for(&state, &settings, &exceptions, &[]) {
-            for rule in &layer.rules {
-                prop_assert_eq!(rule.table, routes::ROUTE_TABLE, "apps-only looks nothing up in main: {:?}", rule);
-                prop_assert!(!rule.invert, "no catch-all: {:?}", rule);
-                match &rule.selector {
-                    Selector::Uid(uid) => prop_assert!(uids.contains(uid)),
-                    Selector::To(net) => prop_assert!(
-                        peer.endpoints.iter().all(|e| !net.contains(&e.address.ip())),
-                        "{net} holds a server"
-                    ),
-                    other => prop_assert!(false, "apps-only routes {:?} into the tunnel", other),
-                }
-            }
-        }
-    }
 }

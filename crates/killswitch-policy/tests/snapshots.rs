@@ -93,6 +93,25 @@ fn connected_v4_only_with_an_exec_namespace() {
     insta::assert_snapshot!(render_with_exec(&fixtures::connected(false)));
 }
 
+/// A bypassed program (its cgroup at depth 3, id 4242) while connected, with a tunnel-only user:
+/// the user's jump first, the tunnel's address guards, then the bypass accept, ahead of DNS.
+#[test]
+fn connected_with_a_bypassed_program() {
+    let exceptions = killswitch_policy::Exceptions {
+        tunnel_only_uids: vec![65534],
+        bypass: Some(killswitch_policy::BypassScope { level: 3, id: 4242 }),
+        ..killswitch_policy::Exceptions::default()
+    };
+    insta::assert_snapshot!(
+        killswitch_policy::compile_for(
+            &fixtures::connected(false),
+            &settings(false, false),
+            &exceptions
+        )
+        .to_string()
+    );
+}
+
 /// Apps-only: the scopes-only table in place of the machine-wide one, receiving the connected
 /// tunnel (its DNS, then the tunnel, then the refusals), lockdown and allow-lan on and ignored.
 #[test]

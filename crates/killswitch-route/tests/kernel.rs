@@ -873,6 +873,71 @@ fn tunnel_only_users_are_routed_into_the_tunnel_or_nowhere_in_every_state() -> R
     Ok(())
 }
 
+/// Issue 15, bypass: while a program is bypassed, a packet with the bypass mark is routed by the
+/// main table (the physical link) ahead of the catch-all into the tunnel, in `connected` and in
+/// `blocked`; an unmarked one still goes into the tunnel or nowhere; and the rule goes with the
+/// bypass.
+#[test]
+fn bypassed_sockets_are_routed_by_the_main_table_in_every_state() -> Result<()> {
+    if !require_root("bypassed_sockets_are_routed_by_the_main_table_in_every_state") {
+        return Ok(());
+    }
+    let ns = lab()?;
+    let bypass = Exceptions {
+        bypass: Some(killswitch_policy::BypassScope { level: 3, id: 77 }),
+        ..Exceptions::default()
+    };
+    let mark = format!("{:#x}", killswitch_policy::BYPASS_MARK);
+    let apply = |state: &PolicyState, exceptions: &Exceptions| {
+        let layer = compile_routes_for(state, &Settings::default(), exceptions, &[]);
+        ns.run(|| -> Result<()> {
+            Routing::open()?.apply(layer.as_ref())?;
+            Ok(())
+        })?
+    };
+    for (name, state) in [
+        ("connected", connected()),
+        ("blocked", PolicyState::Blocked),
+    ] {
+        apply(&state, &bypass)?;
+        let marked = route_get(&ns, &["203.0.113.10", "mark", &mark]);
+        ensure!(
+            marked.contains("dev phys0"),
+            "{name}: a bypassed packet is not routed by the physical link: {marked}"
+        );
+        let other = route_get(&ns, &["203.0.113.10"]);
+        ensure!(
+            !other.contains("phys0"),
+            "{name}: an unmarked packet leaves by the physical link: {other}"
+        );
+        let rules = ns.ip(&["rule", "show"])?;
+        ensure!(
+            rules.contains(&format!("5298:\tfrom all fwmark {mark} lookup main")),
+            "{name}: the bypass rule is not as meant: {rules}"
+        );
+        // And the read-back understands it as the rule that was meant.
+        let installed = ns.run(|| Routing::open()?.installed())??;
+        let wanted =
+            compile_routes_for(&state, &Settings::default(), &bypass, &[]).context("a layer")?;
+        for rule in wanted.rules.iter().filter(|r| r.priority == 5298) {
+            ensure!(
+                installed.rules.contains(rule),
+                "{name}: {rule:?} not read back ({:?})",
+                installed.rules
+            );
+        }
+    }
+    apply(&PolicyState::Blocked, &Exceptions::default())?;
+    let rules = ns.ip(&["rule", "show"])?;
+    ensure!(!rules.contains("5298"), "the bypass rule stayed: {rules}");
+    let marked = route_get(&ns, &["203.0.113.10", "mark", &mark]);
+    ensure!(
+        !marked.contains("phys0"),
+        "after the bypass, a marked packet still leaves by the physical link: {marked}"
+    );
+    Ok(())
+}
+
 #[test]
 fn exec_namespaces_are_routed_into_the_tunnel_or_nowhere_in_every_state() -> Result<()> {
     if !require_root("exec_namespaces_are_routed_into_the_tunnel_or_nowhere_in_every_state") {
@@ -938,6 +1003,6 @@ fn exec_namespaces_are_routed_into_the_tunnel_or_nowhere_in_every_state() -> Res
     // The scope gone: nothing of it remains.
     apply(&PolicyState::Disconnected, &Exceptions::default())?;
     let rules = ns.ip(&["rule", "show"])?;
-    ensure!(!rules.contains("5298"), "rules left behind: {rules}");
+    ensure!(!rules.contains("5297"), "rules left behind: {rules}");
     Ok(())
 }

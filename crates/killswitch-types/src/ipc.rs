@@ -134,6 +134,11 @@ pub enum Request {
         /// The signal's number (one of [`crate::exec::FORWARDED_SIGNALS`]).
         signal: i32,
     },
+    /// `killswitch exec --bypass`: move the requesting process (the one that connected, as the
+    /// kernel names it: never a pid from the request) into the daemon's bypass cgroup, whose
+    /// sockets go around the tunnel, and answer once the rules are in force. The client then
+    /// runs the program itself. Privileged: it loosens protection.
+    Bypass,
 }
 
 impl Request {
@@ -166,6 +171,7 @@ impl Request {
             Request::Users { .. } => "users",
             Request::Exec(_) => "exec",
             Request::ExecSignal { .. } => "exec-signal",
+            Request::Bypass => "exec --bypass",
         }
     }
 }
@@ -380,6 +386,10 @@ pub struct Status {
     /// `exec --freeze-on-drop`); empty from daemons older than this field.
     #[serde(default, skip_serializing_if = "OnDropStatus::is_empty")]
     pub on_drop: OnDropStatus,
+    /// The bypass cgroup, while programs run under `killswitch exec --bypass`; `None` when none
+    /// does (and from daemons older than this field).
+    #[serde(default)]
+    pub bypass: Option<BypassStatus>,
 }
 
 /// The programs the daemon freezes or kills when the tunnel is lost, and what it last did.
@@ -425,6 +435,24 @@ pub struct WatchedProgram {
     /// Whether the kernel reports it frozen (`frozen 1` in `cgroup.events`).
     pub frozen: bool,
     /// How many processes it holds now.
+    pub processes: u32,
+}
+
+/// Programs going around the tunnel (`killswitch exec --bypass`), as `status` shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BypassStatus {
+    /// The cgroup as the kernel names it (below the cgroup2 root, as in /proc/PID/cgroup:
+    /// `/killswitch/net-4026531840/bypass`).
+    pub cgroup: String,
+    /// Where the daemon reaches the cgroup's directory; only for the daemon's own use (the
+    /// IPC server counts the processes there), never sent.
+    #[serde(skip)]
+    pub directory: Option<String>,
+    /// Its id (the inode of its directory), which the firewall rule matches.
+    pub id: u64,
+    /// Its depth below the cgroup2 root.
+    pub level: u32,
+    /// How many processes are in it (read when the status was asked for).
     pub processes: u32,
 }
 
@@ -755,6 +783,7 @@ mod tests {
                 add: true,
                 user: "debian-transmission".to_owned(),
             },
+            Request::Bypass,
             Request::Up {
                 interface: None,
                 configs: vec![
@@ -1035,6 +1064,21 @@ mod tests {
                 user: "nobody".to_owned()
             }
         );
+    }
+
+    #[test]
+    fn the_bypass_request_carries_no_pid_and_its_status_is_additive() {
+        // Pinned: the daemon takes the process from the connection, so nothing else is sent.
+        let line = encode_line(&RequestEnvelope::new(Request::Bypass)).expect("encodes");
+        assert_eq!(
+            line,
+            "{\"version\":1,\"request\":{\"command\":\"bypass\"}}\n"
+        );
+        // A pid in the request is an unknown field, refused.
+        assert!(decode_request(r#"{"version":1,"request":{"command":"bypass","pid":1}}"#).is_err());
+        let old = r#"{"state":"off","lockdown":false,"allow_lan":false,"tunnel":null,"error":null,"firewall":{"installed":false,"blocking":false,"transitions":0,"last_apply_us":null}}"#;
+        let status: Status = serde_json::from_str(old).expect("decodes");
+        assert_eq!(status.bypass, None);
     }
 
     #[test]
