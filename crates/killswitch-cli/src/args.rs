@@ -324,7 +324,7 @@ pub enum Command {
     /// services either.
     ///
     /// Any user may use it (it only adds protection); each user may have a limited number running
-    /// at once (`exec_limit_per_user` in the daemon's config.toml, 64 by default). The namespace
+    /// at once (`exec_limit_per_user` in the daemon's config.toml, 16 by default). The namespace
     /// is removed when the program and every child it started have exited.
     ///
     /// The exit status is the program's (128 + N when signal N killed it), 127 when the program

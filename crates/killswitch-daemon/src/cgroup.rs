@@ -52,6 +52,37 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
     }
 }
 
+/// Mounts cgroup2 under `state_dir` (at `state_dir/cgroup2`) when this mount namespace has no
+/// cgroup file system (v1 or v2) mounted at all. A daemon started by `ip netns exec` (the lab, a
+/// hand-run test) lives in a mount namespace of its own whose fresh /sys has no cgroup mount:
+/// without this, exec, bypass and freeze on drop would all find no cgroup v2. It is the machine's
+/// one cgroup2 hierarchy, mounted again; on a machine whose init mounted cgroups (every systemd
+/// machine) nothing is mounted. Called once at start, before anything looks for the subtree.
+pub fn mount_if_missing(state_dir: &Path) -> Result<(), String> {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").map(|text| {
+        text.lines().any(|line| {
+            line.split_once(" - ")
+                .and_then(|(_, fs)| fs.split_whitespace().next())
+                .is_some_and(|fs| fs == "cgroup" || fs == "cgroup2")
+        })
+    });
+    if mounted.unwrap_or(true) {
+        return Ok(());
+    }
+    let point = state_dir.join("cgroup2");
+    std::fs::create_dir_all(&point).map_err(|e| format!("{}: {e}", point.display()))?;
+    nix::mount::mount(
+        Some("cgroup2"),
+        &point,
+        Some("cgroup2"),
+        nix::mount::MsFlags::MS_NOSUID
+            | nix::mount::MsFlags::MS_NODEV
+            | nix::mount::MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(|e| format!("mounting cgroup2 at {}: {e}", point.display()))
+}
+
 /// The cgroup2 mount point, from a mountinfo text (the fifth field of the first `cgroup2` line).
 pub fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {

@@ -79,6 +79,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let devices = Devices::new(&options.state_dir);
     // Freeze on drop: the daemon's cgroup subtree (or why there is none, which `status` shows and
     // which stops nothing else), config.toml's executables found and moved into it.
+    if let Err(e) = crate::cgroup::mount_if_missing(&options.state_dir) {
+        tracing::warn!("cgroup v2: {e}");
+    }
     let on_drop = crate::freeze::Registry::new(crate::cgroup::Subtree::find());
     on_drop.configure(&config.freeze_on_drop, &config.kill_on_drop);
     let handshakes = crate::handshake::Tap::default();

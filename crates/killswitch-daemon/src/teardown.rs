@@ -92,7 +92,11 @@ impl Teardown {
                 false
             }
         };
-        let interfaces = Devices::new(&self.state_dir).remove_all();
+        let mut interfaces = Devices::new(&self.state_dir).remove_all();
+        // `killswitch exec` namespaces: their veths go with the rules that confined them.
+        let (veths, exec_problems) = crate::exec::teardown(&self.state_dir);
+        interfaces.extend(veths);
+        problems.extend(exec_problems);
         // Programs a crashed daemon froze (freeze on drop): no daemon will thaw them now.
         let thawed = crate::freeze::thaw_left_behind();
         if thawed > 0 {

@@ -106,7 +106,7 @@ impl Exec {
     }
 
     fn file(&self) -> PathBuf {
-        self.dir.join("scopes.json")
+        self.dir.join(REGISTRY_FILE)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
@@ -171,6 +171,12 @@ impl Exec {
                     "exec: {} still runs; its namespace stays confined",
                     entry.status.program
                 );
+                if let (Some(on_drop), Some(cgroup)) = (entry.on_drop, self.cgroup(&entry)) {
+                    // Watched again: a restart must not unfreeze what the tunnel's loss froze,
+                    // nor forget what to do at the next one.
+                    self.on_drop
+                        .watch(cgroup, on_drop, format!("exec {}", entry.status.program));
+                }
                 kept.entries.insert(id, entry);
             } else {
                 self.sweep(&entry);
@@ -356,42 +362,69 @@ impl Exec {
     }
 }
 
-/// The daemon's cgroup subtree. A daemon started by `ip netns exec` (the lab; a hand-run test)
-/// lives in a mount namespace of its own whose fresh /sys has no cgroup mount at all: there, and
-/// only where no cgroup hierarchy (v1 or v2) is mounted anywhere, cgroup2 is mounted again under
-/// the state directory. On a machine whose init mounted cgroups (every systemd machine), nothing
-/// is mounted.
-fn find_subtree(dir: &Path) -> Result<Subtree, String> {
-    match Subtree::find() {
-        Ok(subtree) => Ok(subtree),
-        Err(crate::cgroup::CgroupError::NoCgroup2) if no_cgroup_mounted() => {
-            let point = dir.join("cgroup2");
-            std::fs::create_dir_all(&point).map_err(|e| format!("{}: {e}", point.display()))?;
-            nix::mount::mount(
-                Some("cgroup2"),
-                &point,
-                Some("cgroup2"),
-                nix::mount::MsFlags::MS_NOSUID
-                    | nix::mount::MsFlags::MS_NODEV
-                    | nix::mount::MsFlags::MS_NOEXEC,
-                None::<&str>,
-            )
-            .map_err(|e| format!("mounting cgroup2 at {}: {e}", point.display()))?;
-            Subtree::find().map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e.to_string()),
-    }
+/// Why this daemon may not start programs, from its /proc/self/status: a program it forks inherits
+/// its seccomp filter and no-new-privileges, for good. Under the packaged systemd unit (which sets
+/// SystemCallFilter, MemoryDenyWriteExecute, NoNewPrivileges...) a browser's JIT would die, its
+/// sandbox fail, sudo refuse: rather than start programs that break in odd ways, exec refuses
+/// and names the drop-in that lifts those options (docs/security.md, "`killswitch exec`").
+fn inherited_sandbox(proc_status: &str) -> Option<String> {
+    let field = |name: &str| {
+        proc_status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+    };
+    let seccomp = field("Seccomp:").is_some_and(|v| v != "0");
+    let no_new_privs = field("NoNewPrivs:").is_some_and(|v| v != "0");
+    let what = match (seccomp, no_new_privs) {
+        (false, false) => return None,
+        (true, false) => "a seccomp filter",
+        (false, true) => "no-new-privileges",
+        (true, true) => "a seccomp filter and no-new-privileges",
+    };
+    Some(format!(
+        "`killswitch exec` is not enabled: killswitchd runs under {what} (its systemd unit's \
+         sandbox), which every program it starts would inherit. An administrator enables exec \
+         with the drop-in that lifts it: sudo install -D -m 644 \
+         /usr/share/doc/killswitch/examples/exec.conf \
+         /etc/systemd/system/killswitchd.service.d/exec.conf; sudo systemctl daemon-reload; \
+         sudo systemctl restart killswitchd (the file is packaging/systemd/exec.conf in the \
+         source; docs/security.md, \"killswitch exec\", says what it costs)"
+    ))
 }
 
-/// Whether this mount namespace has no cgroup file system (v1 or v2) mounted at all.
-fn no_cgroup_mounted() -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|text| {
-        !text.lines().any(|line| {
-            line.split_once(" - ")
-                .and_then(|(_, fs)| fs.split_whitespace().next())
-                .is_some_and(|fs| fs == "cgroup" || fs == "cgroup2")
-        })
-    })
+/// The registry's file in `<state>/exec`.
+const REGISTRY_FILE: &str = "scopes.json";
+
+/// `killswitchd --teardown` with no daemon running: every exec namespace the registry in
+/// `state_dir` names loses its veth (and its pin and resolv.conf). Without the rules teardown
+/// removes, a namespace whose host side still forwarded would reach the physical link through the
+/// main routing table; without its veth it reaches nothing. Its programs keep running, offline;
+/// the registry is left for the next daemon, which sweeps the rest.
+/// Returns the interfaces removed and the problems met.
+pub fn teardown(state_dir: &Path) -> (Vec<String>, Vec<String>) {
+    let dir = state_dir.join("exec");
+    let registry: Registry = std::fs::read(dir.join(REGISTRY_FILE))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    let mut removed = Vec::new();
+    let mut problems = Vec::new();
+    for entry in registry.entries.values() {
+        let files = netns::Files::new(&dir, entry.status.id);
+        problems.extend(netns::remove(&files, &entry.status.interface));
+        removed.push(entry.status.interface.to_string());
+    }
+    // The registry stays: the next daemon sweeps these scopes' cgroups once their programs end
+    // (or adopts one still running, offline as it is now).
+    (removed, problems)
+}
+
+/// The daemon's cgroup subtree ([`crate::cgroup::mount_if_missing`] having mounted cgroup2 at
+/// start where no cgroup hierarchy was mounted at all).
+fn find_subtree(dir: &Path) -> Result<Subtree, String> {
+    crate::cgroup::mount_if_missing(dir)?;
+    Subtree::find().map_err(|e| e.to_string())
 }
 
 fn tunnel_of(status: &Status) -> (Option<String>, Vec<std::net::IpAddr>) {
@@ -468,6 +501,11 @@ async fn run(
     deadlines: crate::ipc::Deadlines,
     status: &watch::Receiver<Status>,
 ) -> Result<ExecExit, IpcError> {
+    if let Some(why) =
+        inherited_sandbox(&std::fs::read_to_string("/proc/self/status").unwrap_or_default())
+    {
+        return Err(IpcError::new(ErrorKind::PermissionDenied, why));
+    }
     let subtree = exec.subtree().map_err(|why| {
         bad(format!(
             "`exec` needs the daemon's cgroup v2 subtree, which it does not have: {why}"
@@ -513,6 +551,7 @@ async fn run(
         uid: peer.uid,
         gid: peer.gid,
         groups,
+        pid: peer.pid,
     };
     // 1. A number, within the caller's limit.
     let entry = {
@@ -526,6 +565,11 @@ async fn run(
                 program.clone(),
             )
             .map_err(|refused| IpcError::new(ErrorKind::TooManyPrograms, refused.to_string()))?;
+        let mut entry = entry;
+        entry.on_drop = request.on_drop;
+        if let Some(kept) = registry.entries.get_mut(&entry.status.id) {
+            kept.on_drop = request.on_drop;
+        }
         exec.save(&registry);
         entry
     };
@@ -838,5 +882,34 @@ fn signal(pidfd: Option<&OwnedFd>, number: i32) {
                 0,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inherited_sandbox;
+
+    #[test]
+    fn a_filtered_daemon_refuses_exec_and_names_the_drop_in() {
+        let free = "Name:\tkillswitchd\nNoNewPrivs:\t0\nSeccomp:\t0\nSeccomp_filters:\t0\n";
+        assert_eq!(inherited_sandbox(free), None);
+        // An old kernel without the fields: nothing known to be inherited.
+        assert_eq!(inherited_sandbox("Name:\tkillswitchd\n"), None);
+        let unit = "NoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t3\n";
+        let why = inherited_sandbox(unit).expect("refused");
+        assert!(
+            why.contains("a seccomp filter and no-new-privileges") && why.contains("exec.conf"),
+            "{why}"
+        );
+        assert!(
+            inherited_sandbox("NoNewPrivs:\t0\nSeccomp:\t2\n")
+                .expect("refused")
+                .contains("runs under a seccomp filter (")
+        );
+        assert!(
+            inherited_sandbox("NoNewPrivs:\t1\nSeccomp:\t0\n")
+                .expect("refused")
+                .contains("runs under no-new-privileges (")
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 /// The default per-user limit on live exec namespaces (config.toml `exec_limit_per_user`).
-pub const DEFAULT_LIMIT_PER_USER: usize = 64;
+pub const DEFAULT_LIMIT_PER_USER: usize = 16;
 
 /// Each namespace's subnet: a /30 holds the host side's address, the namespace's, and nothing
 /// else (network and broadcast).
@@ -29,6 +29,10 @@ pub struct Entry {
     pub cgroup: String,
     /// Whether the program is running yet (a scope being set up has no pid).
     pub running: bool,
+    /// `--freeze-on-drop` / `--kill-on-drop`: kept so that a restarted daemon watches the
+    /// program's cgroup again.
+    #[serde(default)]
+    pub on_drop: Option<killswitch_types::OnDrop>,
 }
 
 /// Why a scope could not be allocated.
@@ -97,6 +101,7 @@ impl Registry {
             },
             cgroup: format!("exec-{uid}-{id}"),
             running: false,
+            on_drop: None,
         };
         self.entries.insert(id, entry.clone());
         self.generation += 1;

@@ -25,6 +25,9 @@ pub struct Identity {
     pub gid: u32,
     /// Their supplementary groups (from the user database).
     pub groups: Vec<u32>,
+    /// The caller's pid (from `SO_PEERCRED`): the program runs in the caller's mount namespace,
+    /// not the daemon's (which a service manager may have narrowed: a read-only /, no /home).
+    pub pid: Option<i32>,
 }
 
 /// What the child needs.
@@ -62,6 +65,8 @@ pub struct SpawnError {
 pub enum Step {
     /// Joining the cgroup.
     Cgroup = 1,
+    /// Entering the caller's mount namespace.
+    CallerMounts,
     /// A session of its own (no controlling terminal of the daemon's).
     Session,
     /// Entering the exec network namespace.
@@ -83,8 +88,9 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 10] = [
+    const ALL: [Step; 11] = [
         Step::Cgroup,
+        Step::CallerMounts,
         Step::Session,
         Step::Netns,
         Step::MountNamespace,
@@ -104,6 +110,7 @@ impl Step {
     pub fn describe(self) -> &'static str {
         match self {
             Step::Cgroup => "joining the program's cgroup",
+            Step::CallerMounts => "entering the calling process's mount namespace",
             Step::Session => "starting a session",
             Step::Netns => "entering the exec network namespace",
             Step::MountNamespace => "creating a mount namespace",
@@ -113,6 +120,25 @@ impl Step {
             Step::Gid => "setting the group id",
             Step::Uid => "setting the user id",
             Step::Cwd => "entering the working directory as the calling user",
+        }
+    }
+}
+
+/// The mount namespace of process `pid` when it is not the daemon's own, open; `None` when it is
+/// the same one or cannot be opened (the daemon's own is used then, as before).
+fn caller_mounts(pid: i32) -> Option<OwnedFd> {
+    use std::os::linux::fs::MetadataExt;
+    let path = format!("/proc/{pid}/ns/mnt");
+    let theirs = std::fs::metadata(&path).ok()?;
+    let ours = std::fs::metadata("/proc/self/ns/mnt").ok()?;
+    if (theirs.st_dev(), theirs.st_ino()) == (ours.st_dev(), ours.st_ino()) {
+        return None;
+    }
+    match std::fs::File::open(&path) {
+        Ok(file) => Some(OwnedFd::from(file)),
+        Err(e) => {
+            tracing::warn!("exec: cannot open {path} ({e}); the program sees the daemon's mounts");
+            None
         }
     }
 }
@@ -155,6 +181,12 @@ pub fn spawn(launch: Launch) -> Result<Child, SpawnError> {
     };
     let cwd = cstring(&launch.cwd)?;
     let resolv = cstring(launch.resolv.as_os_str().as_bytes())?;
+    // The resolv.conf is bound from an open descriptor: its path is the daemon's, which the
+    // caller's mount namespace may not show.
+    let resolv_file = std::fs::File::open(&launch.resolv).map_err(setup)?;
+    let resolv_fd = cstring(format!("/proc/self/fd/{}", resolv_file.as_raw_fd()).as_bytes())?;
+    let mounts = launch.identity.pid.and_then(caller_mounts);
+    let mounts_fd = mounts.as_ref().map(|fd| fd.as_raw_fd());
     let etc_resolv = cstring(b"/etc/resolv.conf")?;
     let root = cstring(b"/")?;
     let sys = cstring(b"/sys")?;
@@ -183,6 +215,11 @@ pub fn spawn(launch: Launch) -> Result<Child, SpawnError> {
             if libc::setsid() < 0 {
                 return fail(Step::Session);
             }
+            if let Some(fd) = mounts_fd
+                && libc::setns(fd, libc::CLONE_NEWNS) != 0
+            {
+                return fail(Step::CallerMounts);
+            }
             if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
                 return fail(Step::Netns);
             }
@@ -200,12 +237,19 @@ pub fn spawn(launch: Launch) -> Result<Child, SpawnError> {
                 return fail(Step::Propagation);
             }
             if libc::mount(
-                resolv.as_ptr(),
+                resolv_fd.as_ptr(),
                 etc_resolv.as_ptr(),
                 std::ptr::null(),
                 libc::MS_BIND,
                 std::ptr::null(),
             ) != 0
+                && libc::mount(
+                    resolv.as_ptr(),
+                    etc_resolv.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                ) != 0
             {
                 return fail(Step::ResolvConf);
             }

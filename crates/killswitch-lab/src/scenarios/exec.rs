@@ -774,6 +774,49 @@ pub(super) fn exec_unprivileged(lab: &mut Lab) -> Result<Outcome> {
         after.is_empty(),
         format!("nothing remains after they all ended ({after:?})"),
     );
+
+    // `killswitchd --teardown` after the daemon died (SIGKILL) with a program running: the rules
+    // go, and so must the program's veth, or its namespace would reach the physical link through
+    // the main routing table (forwarding stays on for the veth).
+    let mut orphan = Process::spawn(
+        "killswitch exec",
+        exec_command(lab, &["sleep", "60"], true)?,
+    )?;
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    let mut running: Vec<killswitch_types::exec::ExecScopeStatus> = Vec::new();
+    while running.first().is_none_or(|s| s.pid == 0) && Instant::now() < deadline {
+        running = lab.daemon()?.status()?.exec;
+        hold(Duration::from_millis(50));
+    }
+    if let Some(mut daemon) = lab.daemon.take() {
+        daemon.process().kill()?;
+    }
+    let torn = crate::daemon::teardown(&lab.topo.client, &lab.home)?;
+    let torn_text = format!("{} {}", torn.stdout.trim(), torn.stderr.trim());
+    let torn_ok = torn.ok().is_ok();
+    let interfaces_left: Vec<String> = leftovers(lab)?
+        .into_iter()
+        .filter(|l| l.starts_with("interface"))
+        .collect();
+    if let Some(scope) = running.first() {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(scope.pid).unwrap_or(i32::MAX)),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = orphan.kill();
+    lab.daemon = Some(crate::daemon::Daemon::start(&lab.topo.client, &lab.home)?);
+    let swept = wait_gone(lab, EVENT_TIMEOUT)?;
+    outcome.check(
+        !running.is_empty() && torn_ok && interfaces_left.is_empty(),
+        format!(
+            "killswitchd --teardown after the daemon was killed removes the running program's veth with the rules ({torn_text:?}; left: {interfaces_left:?}; scope was {running:?})"
+        ),
+    );
+    outcome.check(
+        swept.is_empty(),
+        format!("the next daemon sweeps what teardown left of it ({swept:?})"),
+    );
     Ok(outcome)
 }
 
