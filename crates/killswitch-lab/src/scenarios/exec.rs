@@ -236,24 +236,61 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
         }
     };
     let watched_running = watched(lab, false)?;
+    // `exec --kill-on-drop`: the program is killed when the tunnel is lost (its CLI then exits
+    // with 137, 128 + SIGKILL, as a shell reports it).
+    let mut killed_one = Process::spawn(
+        "killswitch exec --kill-on-drop",
+        exec_command_with(lab, &["--kill-on-drop"], &["sleep", "31"], false)?,
+    )?;
+    let kill_watched = {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let status = lab.daemon()?.status()?;
+            let found =
+                status.on_drop.programs.iter().any(|p| {
+                    p.label.contains("sleep") && p.on_drop == killswitch_types::OnDrop::Kill
+                });
+            if found || Instant::now() >= deadline {
+                break found;
+            }
+            hold(Duration::from_millis(50));
+        }
+    };
 
     let killed_from = lab.capture.len();
-    let killed_at = Instant::now();
     lab.tunnel.kill_client()?;
     lab.daemon()?
         .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    // Arrivals are counted from here: a datagram already inside the tunnel when it was killed
+    // may still arrive a moment later on a loaded machine.
+    let down_seen = Instant::now();
     hold(Duration::from_millis(1000));
     let (killed_connects, killed_took, killed_why) = exec_connect(lab)?;
     let watched_frozen = watched(lab, true)?;
+    let kill_ended = {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            if let Some(status) = killed_one.try_wait()? {
+                break status.code();
+            }
+            if Instant::now() >= deadline {
+                let _ = killed_one.kill();
+                break None;
+            }
+            hold(Duration::from_millis(20));
+        }
+    };
     let killed_leaks = on_phys(lab, killed_from)?;
-    lab.start_vpn()?;
+    // The window ends when the tunnel is asked back, not when it is back: what arrives once it is
+    // up again belongs to "back".
     let back_at = Instant::now();
+    lab.start_vpn()?;
     let killed_arrivals = lab
         .servers
         .udp
         .all()
         .iter()
-        .filter(|a| a.at > killed_at && a.at < back_at && is_tunnel(a.from))
+        .filter(|a| a.at > down_seen && a.at < back_at && is_tunnel(a.from))
         .count();
     lab.wait_for_tunnel_traffic(back_at, 1)?;
     let measured = Instant::now();
@@ -366,6 +403,12 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
         watched_running && watched_frozen && watched_thawed,
         format!(
             "`exec --freeze-on-drop`: the program is watched (running {watched_running}), frozen while the tunnel is lost ({watched_frozen}), thawed when it is back ({watched_thawed})"
+        ),
+    );
+    outcome.check(
+        kill_watched && kill_ended == Some(128 + 9),
+        format!(
+            "`exec --kill-on-drop`: the program is watched ({kill_watched}) and killed when the tunnel is lost (its CLI's exit status {kill_ended:?}, 137 expected)"
         ),
     );
     outcome.check(
