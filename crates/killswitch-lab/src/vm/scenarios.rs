@@ -481,6 +481,60 @@ fn install(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
         status["state"] == "disconnected",
         format!("status says disconnected ({})", status["state"]),
     );
+    per_app_under_the_unit(ctx, out)
+}
+
+/// The per-app features under the packaged unit and a real systemd: `exec` refuses (its programs
+/// would inherit the unit's seccomp filter) and names the drop-in; `exec --bypass` works (its
+/// cgroup BPF program loads under the unit's filter and capabilities); with the drop-in, `exec`
+/// runs the program in the caller's mount namespace (it sees the caller's /tmp, not the unit's
+/// private one). The drop-in is removed again: the rest of the chain runs the unit as shipped.
+fn per_app_under_the_unit(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
+    let refused = ctx.guest.run("killswitch exec -- true", COMMAND)?;
+    out.check(
+        refused.status == 1 && refused.output.contains("exec.conf"),
+        format!(
+            "under the unit, exec refuses and names the drop-in (exit {}: {})",
+            refused.status,
+            last_line(&refused.output)
+        ),
+    );
+    let bypass = ctx
+        .guest
+        .run("killswitch exec --bypass -- sh -c 'exit 7'", COMMAND)?;
+    out.check(
+        bypass.status == 7,
+        format!(
+            "under the unit, exec --bypass runs the program (exit {}, 7 expected: {})",
+            bypass.status,
+            last_line(&bypass.output)
+        ),
+    );
+    ctx.ok(
+        "install -D -m 644 /usr/share/doc/killswitch/examples/exec.conf \
+         /etc/systemd/system/killswitchd.service.d/exec.conf && systemctl daemon-reload && \
+         systemctl restart killswitchd && echo seen-by-the-caller > /tmp/ks-exec-mark",
+    )?;
+    let ran = ctx
+        .guest
+        .run("killswitch exec -- cat /tmp/ks-exec-mark", COMMAND)?;
+    out.check(
+        ran.status == 0 && ran.output.contains("seen-by-the-caller"),
+        format!(
+            "with the drop-in, exec runs the program in the caller's mount namespace (exit {}: {})",
+            ran.status,
+            last_line(&ran.output)
+        ),
+    );
+    ctx.ok(
+        "rm -f /etc/systemd/system/killswitchd.service.d/exec.conf /tmp/ks-exec-mark && \
+         systemctl daemon-reload && systemctl restart killswitchd",
+    )?;
+    let active = ctx.property("killswitchd.service", "ActiveState")?;
+    out.check(
+        active == "active",
+        format!("killswitchd active again as shipped ({active})"),
+    );
     Ok(())
 }
 
