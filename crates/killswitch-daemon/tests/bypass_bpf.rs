@@ -4,32 +4,15 @@
 //! cgroup subtree of its own (`killswitch/test-bypass-<pid>`), never a daemon's, removes it even
 //! on failure, and runs its processes in a network namespace it creates.
 
+mod common;
+
 use anyhow::{Context, Result, ensure};
 use killswitch_daemon::bpf;
-use killswitch_daemon::cgroup::{Subtree, cgroup2_mount};
+use killswitch_daemon::cgroup::Subtree;
 use killswitch_lab::netns::{Netns, require_root};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Removed(PathBuf);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-                let _ = std::fs::write(entry.path().join("cgroup.kill"), "1\n");
-                let start = Instant::now();
-                while std::fs::remove_dir(entry.path()).is_err()
-                    && start.elapsed() < Duration::from_secs(2)
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 /// Prints the mark of a new UDP socket (SO_MARK is 36) once a line arrives on stdin: the test
 /// moves the process first.
@@ -68,13 +51,9 @@ fn sockets_created_in_the_bypass_cgroup_carry_the_bypass_mark() -> Result<()> {
         eprintln!("skipping: no python3 to read a socket's mark with");
         return Ok(());
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mount = cgroup2_mount(&mountinfo).context("no cgroup2 mount on this machine")?;
-    let root = mount
-        .join("killswitch")
-        .join(format!("test-bypass-{}", std::process::id()));
-    let _cleanup = Removed(root.clone());
-    let subtree = Subtree::at(mount, root)?;
+    let mount = common::mount()?;
+    let scratch = common::Scratch::under(&mount, &format!("test-bypass-{}", std::process::id()));
+    let subtree = Subtree::at(mount, scratch.0.clone())?;
     let cgroup = subtree.create("bypass")?;
     let ns = Netns::new("bpfmark")?;
 

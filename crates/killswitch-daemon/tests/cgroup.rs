@@ -2,44 +2,22 @@
 //! frozen within 100 ms, thawed, killed with its children, and the cgroup removed. The test uses a
 //! subtree of its own (`killswitch/test-<pid>`), never a daemon's, and removes it even on failure.
 
+mod common;
+
 use anyhow::{Context, Result};
-use killswitch_daemon::cgroup::{Subtree, cgroup2_mount};
+use killswitch_daemon::cgroup::Subtree;
 use killswitch_lab::netns::require_root;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-struct Removed(PathBuf);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        if let Ok(entries) = std::fs::read_dir(&self.0) {
-            for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-                let _ = std::fs::write(entry.path().join("cgroup.kill"), "1\n");
-                let start = Instant::now();
-                while std::fs::remove_dir(entry.path()).is_err()
-                    && start.elapsed() < Duration::from_secs(2)
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
 
 #[test]
 fn freeze_thaw_kill_and_remove_a_real_cgroup() -> Result<()> {
     if !require_root("freeze_thaw_kill_and_remove_a_real_cgroup") {
         return Ok(());
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mount = cgroup2_mount(&mountinfo).context("no cgroup2 mount on this machine")?;
-    let root = mount
-        .join("killswitch")
-        .join(format!("test-{}", std::process::id()));
-    let _cleanup = Removed(root.clone());
-    let subtree = Subtree::at(mount.clone(), root)?;
+    let mount = common::mount()?;
+    let scratch = common::Scratch::under(&mount, &format!("test-{}", std::process::id()));
+    let subtree = Subtree::at(mount.clone(), scratch.0.clone())?;
     let cgroup = subtree.create("app")?;
     assert!(cgroup.exists());
     assert_eq!(subtree.level(&cgroup), Some(3));

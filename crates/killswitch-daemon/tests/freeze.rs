@@ -8,8 +8,10 @@
 //! own; the cgroups are a subtree of the test's own (`killswitch/test-freeze-<pid>`), removed
 //! (processes killed) even on failure.
 
+mod common;
+
 use anyhow::{Context, Result, bail};
-use killswitch_daemon::cgroup::{Subtree, cgroup2_mount};
+use killswitch_daemon::cgroup::Subtree;
 use killswitch_daemon::freeze::Registry;
 use killswitch_lab::netns::{Netns, require_root};
 use killswitch_types::OnDrop;
@@ -19,8 +21,9 @@ use std::time::{Duration, Instant};
 
 /// Kills the test's processes and removes its cgroups, whatever happened.
 struct Cleanup {
-    root: PathBuf,
     children: Vec<Child>,
+    // Dropped after the children are: their cgroups are empty by then.
+    _cgroups: common::Scratch,
 }
 
 impl Drop for Cleanup {
@@ -29,19 +32,6 @@ impl Drop for Cleanup {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if let Ok(entries) = std::fs::read_dir(&self.root) {
-            for entry in entries.flatten().filter(|e| e.path().is_dir()) {
-                let _ = std::fs::write(entry.path().join("cgroup.freeze"), "0\n");
-                let _ = std::fs::write(entry.path().join("cgroup.kill"), "1\n");
-                let start = Instant::now();
-                while std::fs::remove_dir(entry.path()).is_err()
-                    && start.elapsed() < Duration::from_secs(2)
-                {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        }
-        let _ = std::fs::remove_dir(&self.root);
     }
 }
 
@@ -99,13 +89,12 @@ fn only_the_executables_processes_in_the_daemons_namespace_are_frozen_or_killed(
     {
         return Ok(());
     }
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mount = cgroup2_mount(&mountinfo).context("no cgroup2 mount on this machine")?;
+    let mount = common::mount()?;
     let root = mount
         .join("killswitch")
         .join(format!("test-freeze-{}", std::process::id()));
     let mut cleanup = Cleanup {
-        root: root.clone(),
+        _cgroups: common::Scratch(root.clone()),
         children: Vec::new(),
     };
     let ns = Netns::new("freeze")?;
@@ -252,15 +241,14 @@ fn teardown_thaws_what_a_crashed_daemon_left_frozen() -> Result<()> {
         return Ok(());
     }
     use std::os::linux::fs::MetadataExt;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let mount = cgroup2_mount(&mountinfo).context("no cgroup2 mount on this machine")?;
+    let mount = common::mount()?;
     let ns = Netns::new("freeze-left")?;
     // The subtree a daemon in that namespace would have had.
     let root = mount
         .join("killswitch")
         .join(format!("net-{}", std::fs::metadata(ns.path())?.st_ino()));
     let mut cleanup = Cleanup {
-        root: root.clone(),
+        _cgroups: common::Scratch(root.clone()),
         children: Vec::new(),
     };
     let dir = tempfile::tempdir()?;
