@@ -388,6 +388,14 @@ pub(crate) fn checks(
             rules.routing_in_place,
             match (&rules.routing_detail, rules.routing_in_place) {
                 (Some(detail), _) => detail.clone(),
+                // Under apps-only the routing layer takes only the scopes (exec namespaces,
+                // tunnel-only users) into the tunnel: the machine is not routed there.
+                (None, true) if status.apps_only => {
+                    "the policy rules that take the scopes (exec, tunnel-only users) into the \
+                     tunnel or nowhere are in place; the machine itself is not routed into it \
+                     (apps-only)"
+                        .to_owned()
+                }
                 (None, true) => {
                     "the policy rules into the tunnel or nowhere are in place".to_owned()
                 }

@@ -339,7 +339,7 @@ impl Registry {
     /// Thaws every watched cgroup (the tunnel is back, or no tunnel is wanted any more).
     pub fn thaw(&self) -> Report {
         let mut inner = self.lock();
-        inner.held = None;
+        let was_held = inner.held.take().is_some();
         inner.error = None;
         let mut thawed = 0usize;
         let mut failures = Vec::new();
@@ -358,7 +358,9 @@ impl Registry {
             tracing::error!("{error}");
             inner.error = Some(error);
         }
-        report(&inner, Some(format!("thawed {}", programs(thawed))))
+        // No event for a thaw that follows no freeze and thaws nothing (every daemon start).
+        let event = (was_held || thawed > 0).then(|| format!("thawed {}", programs(thawed)));
+        report(&inner, event)
     }
 
     /// The watched set as it is now, without an event.
@@ -546,6 +548,11 @@ impl Registry {
             let _ = cgroup.remove();
         }
         if let Ok(subtree) = &inner.subtree {
+            // Every cgroup of the subtree, watched or not (an exec'd program's whose watch a
+            // failed request never registered): nothing this daemon froze outlives it frozen.
+            for cgroup in subtree.list().unwrap_or_default() {
+                let _ = cgroup.set_frozen(false);
+            }
             // Fails while anything (an exec'd program's cgroup) is still in it, as it should.
             let _ = std::fs::remove_dir(subtree.root());
         }
@@ -553,7 +560,7 @@ impl Registry {
 }
 
 /// Thaws what a daemon of this network namespace that did not stop cleanly (a crash) left frozen
-/// in its `drop-*` cgroups, and removes those that are empty (`killswitchd --teardown` with no
+/// in its cgroups, and removes its `drop-*` cgroups that are empty (`killswitchd --teardown` with no
 /// daemon running: no daemon will come to thaw them). Creates nothing. Returns how many it thawed.
 pub fn thaw_left_behind() -> usize {
     let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
@@ -572,10 +579,11 @@ pub fn thaw_left_behind() -> usize {
     };
     let mut thawed = 0;
     for cgroup in subtree.list().unwrap_or_default() {
+        // Every cgroup: `exec --freeze-on-drop` programs (`exec-*`) too, whose daemon is gone.
+        if cgroup.frozen().unwrap_or(false) && cgroup.set_frozen(false).is_ok() {
+            thawed += 1;
+        }
         if cgroup.name().starts_with(DROP_PREFIX) {
-            if cgroup.frozen().unwrap_or(false) && cgroup.set_frozen(false).is_ok() {
-                thawed += 1;
-            }
             let _ = cgroup.remove();
         }
     }

@@ -88,7 +88,7 @@ impl Instance {
     pub fn acquire(state_dir: &Path) -> Result<Self, InstanceError> {
         let io = |what: String| move |source| InstanceError::Io { what, source };
         // The namespace first: it needs no file system, and it is what protects the kernel's state.
-        let netns = bind_netns().map_err(|source| match source.kind() {
+        let netns = bind_netns_patiently().map_err(|source| match source.kind() {
             std::io::ErrorKind::AddrInUse => InstanceError::NamespaceTaken { pid: running() },
             _ => InstanceError::Io {
                 what: "taking the network namespace's lock (@killswitchd)".to_owned(),
@@ -169,6 +169,27 @@ pub fn check_state_dir(dir: &Path) -> Result<(), InstanceError> {
         )));
     }
     Ok(())
+}
+
+/// How long a name in use is tried again: a daemon killed a moment ago (`kill -9`, then a start
+/// at once, or a service manager's restart) holds it until the kernel has finished ending it,
+/// which takes a few milliseconds, more for a process with many threads on a loaded machine.
+/// A daemon that really runs is refused after this, as before; only that refusal waits.
+const NAME_IN_USE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn bind_netns_patiently() -> std::io::Result<UnixListener> {
+    let start = std::time::Instant::now();
+    loop {
+        match bind_netns() {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && start.elapsed() < NAME_IN_USE_PATIENCE =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
 }
 
 fn bind_netns() -> std::io::Result<UnixListener> {

@@ -213,6 +213,28 @@ fn stop_within_a_second(lab: &mut Lab, when: &str) -> Result<()> {
     Ok(())
 }
 
+/// Found by the stranger test: `kill -9` of the daemon and a new one started at once refused
+/// ("another killswitchd (pid of the dead one) already runs"): the killed daemon held its
+/// namespace lock until the kernel had finished ending it. The next one now waits for that (a
+/// bounded second) and takes over.
+#[test]
+fn a_daemon_started_right_after_sigkill_takes_over() -> Result<()> {
+    if !require_root("a_daemon_started_right_after_sigkill_takes_over") {
+        return Ok(());
+    }
+    let (mut lab, _) = up_with_dns("killed")?;
+    let mut killed = lab.daemon.take().context("a daemon")?;
+    // The signal alone, not a wait for the process to be gone: the next start follows at once.
+    killed.process().signal(nix::sys::signal::Signal::SIGKILL)?;
+    let next = Daemon::start(&lab.topo.client, &lab.home);
+    let _ = killed.process().kill();
+    let next = next.context("the next daemon refused to start")?;
+    lab.daemon = Some(next);
+    lab.daemon()?
+        .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
+    Ok(())
+}
+
 #[test]
 fn a_second_daemon_refuses_before_touching_anything() -> Result<()> {
     if !require_root("a_second_daemon_refuses_before_touching_anything") {

@@ -210,3 +210,8 @@ fn any_user_may_exec_within_a_limit_and_nothing_of_it_remains() {
 fn apps_only_leaves_the_machine_direct_and_the_tunnel_only_user_in_the_tunnel_or_nowhere() {
     scenario_passes("apps-only");
 }
+
+#[test]
+fn programs_listed_for_freeze_on_drop_stop_within_100_ms_of_the_tunnels_loss() {
+    scenario_passes("freeze-on-drop");
+}

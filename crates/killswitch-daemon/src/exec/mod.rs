@@ -171,6 +171,12 @@ impl Exec {
                     "exec: {} still runs; its namespace stays confined",
                     entry.status.program
                 );
+                // Thawed first: a daemon that died while the tunnel was lost leaves it frozen,
+                // and the tunnel's state now is this daemon's to find out (watched again below,
+                // it is frozen again at once if the tunnel is still lost).
+                if let Some(cgroup) = self.cgroup(&entry) {
+                    let _ = cgroup.set_frozen(false);
+                }
                 if let (Some(on_drop), Some(cgroup)) = (entry.on_drop, self.cgroup(&entry)) {
                     // Watched again: a restart must not unfreeze what the tunnel's loss froze,
                     // nor forget what to do at the next one.
@@ -322,6 +328,17 @@ impl Exec {
         let Some(cgroup) = self.cgroup(entry) else {
             return;
         };
+        // The program itself has ended; while children of it run on, `status` shows one of
+        // them rather than the pid of a process that is gone.
+        if let Ok(pids) = cgroup.pids()
+            && !pids.contains(&entry.status.pid)
+            && let Some(&pid) = pids.first()
+        {
+            self.lock().started(entry.status.id, pid);
+            if let Err(e) = self.publish().await {
+                tracing::warn!(pid, "exec: {e}");
+            }
+        }
         let _ = tokio::task::spawn_blocking(move || wait_unpopulated(&cgroup)).await;
     }
 

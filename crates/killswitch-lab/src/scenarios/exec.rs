@@ -357,6 +357,65 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
     let apps_killed_leaks = on_phys(lab, apps_killed_from)?;
     let apps_leaks = on_phys(lab, apps_from)?;
     let _ = apps_sender.terminate(EVENT_TIMEOUT);
+    // `exec --freeze-on-drop` across a daemon killed (-9) and started again while the tunnel is
+    // lost: the new daemon re-adopts the scope and watches it again (the flag is kept with it), so
+    // the program is frozen, not forgotten, and a deliberate `down` thaws it (found by the
+    // stranger test: it stayed frozen for good).
+    let tail_frozen = |lab: &Lab, frozen: bool| -> Result<bool> {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let found = lab
+                .daemon()?
+                .status()?
+                .on_drop
+                .programs
+                .iter()
+                .any(|p| p.label.contains("tail") && p.frozen == frozen);
+            if found || Instant::now() >= deadline {
+                return Ok(found);
+            }
+            hold(Duration::from_millis(50));
+        }
+    };
+    let mut tail = Process::spawn(
+        "killswitch exec --freeze-on-drop tail",
+        exec_command_with(
+            lab,
+            &["--freeze-on-drop"],
+            &["tail", "-f", "/dev/null"],
+            false,
+        )?,
+    )?;
+    let tail_frozen_before = tail_frozen(lab, true)?;
+    if let Some(mut daemon) = lab.daemon.take() {
+        daemon.process().kill()?;
+    }
+    lab.daemon = Some(crate::daemon::Daemon::start(&lab.topo.client, &lab.home)?);
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    let tail_frozen_after = tail_frozen(lab, true)?;
+    lab.daemon()?.cli(&["down"])?.ok()?;
+    let tail_thawed = tail_frozen(lab, false)?;
+    let tail_pid = lab
+        .daemon()?
+        .status()?
+        .exec
+        .iter()
+        .find(|s| s.program == "tail")
+        .map(|s| s.pid);
+    if let Some(pid) = tail_pid {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap_or(i32::MAX)),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    let _ = tail.kill();
+    outcome.check(
+        tail_frozen_before && tail_frozen_after && tail_thawed,
+        format!(
+            "`exec --freeze-on-drop` across `kill -9` of the daemon: frozen before ({tail_frozen_before}), re-adopted and still frozen after ({tail_frozen_after}), thawed by `down` ({tail_thawed})"
+        ),
+    );
     lab.daemon()?.cli(&["apps-only", "off"])?.ok()?;
     // The programs have ended (or been ended by a forwarded SIGTERM); their scopes go once their
     // cgroups are empty: bounded.
