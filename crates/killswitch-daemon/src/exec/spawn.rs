@@ -134,13 +134,47 @@ fn caller_mounts(pid: i32) -> Option<OwnedFd> {
     if (theirs.st_dev(), theirs.st_ino()) == (ours.st_dev(), ours.st_ino()) {
         return None;
     }
-    match std::fs::File::open(&path) {
-        Ok(file) => Some(OwnedFd::from(file)),
+    let file = match std::fs::File::open(&path) {
+        Ok(file) => file,
         Err(e) => {
             tracing::warn!("exec: cannot open {path} ({e}); the program sees the daemon's mounts");
-            None
+            return None;
         }
+    };
+    // Only a mount namespace owned by the daemon's own user namespace (made by root: the host's,
+    // a service's, a container's). One a user made in a user namespace of their own holds
+    // whatever they mounted there; the child enters it with the daemon's credentials and the
+    // program keeps real uids of this user namespace, so a setuid program would trust files the
+    // user placed (a sudoers, a passwd): never entered.
+    if !owned_by_our_user_namespace(&file) {
+        tracing::warn!(
+            pid,
+            "exec: the caller's mount namespace belongs to another user namespace; the program \
+             sees the daemon's mounts"
+        );
+        return None;
     }
+    Some(OwnedFd::from(file))
+}
+
+/// Whether namespace `ns` (an open /proc/PID/ns/* file) is owned by this process's user
+/// namespace (`NS_GET_USERNS`, Linux 4.9).
+fn owned_by_our_user_namespace(ns: &std::fs::File) -> bool {
+    use std::os::fd::FromRawFd;
+    use std::os::linux::fs::MetadataExt;
+    /// `_IO(0xb7, 0x1)`.
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: an ioctl on a descriptor this function borrows; it returns a new descriptor or -1.
+    let owner = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as _) };
+    if owner < 0 {
+        return false;
+    }
+    // SAFETY: `owner` is a descriptor the kernel just opened for this process, owned here only.
+    let owner = unsafe { std::fs::File::from_raw_fd(owner) };
+    let (Ok(theirs), Ok(ours)) = (owner.metadata(), std::fs::metadata("/proc/self/ns/user")) else {
+        return false;
+    };
+    (theirs.st_dev(), theirs.st_ino()) == (ours.st_dev(), ours.st_ino())
 }
 
 /// Starts the program. The child is in the cgroup and the namespace before its first
@@ -328,5 +362,59 @@ pub fn status_for(error: &SpawnError) -> i32 {
     match (error.step, error.error.raw_os_error()) {
         (None, Some(libc::ENOENT)) => 127,
         _ => 126,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{caller_mounts, owned_by_our_user_namespace};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_mount_namespace_made_in_a_user_namespace_is_never_entered() {
+        let ours = std::fs::File::open("/proc/self/ns/mnt").expect("our mount namespace");
+        assert!(owned_by_our_user_namespace(&ours));
+        // Our own mount namespace is not "the caller's other one": nothing to enter.
+        assert!(caller_mounts(i32::try_from(std::process::id()).expect("pid")).is_none());
+        // A process in a user namespace of its own with a mount namespace it owns (what any
+        // user can make where unprivileged user namespaces are allowed).
+        let Ok(mut child) = std::process::Command::new("unshare")
+            .args(["--user", "--mount", "sleep", "20"])
+            .spawn()
+        else {
+            eprintln!("skipped: no unshare(1)");
+            return;
+        };
+        let pid = i32::try_from(child.id()).expect("pid");
+        let ours_ino = std::fs::metadata("/proc/self/ns/user").map(|m| {
+            use std::os::linux::fs::MetadataExt;
+            m.st_ino()
+        });
+        // Bounded wait until unshare has made the namespaces and exec'd sleep.
+        let start = Instant::now();
+        let theirs = loop {
+            let theirs = std::fs::metadata(format!("/proc/{pid}/ns/user")).map(|m| {
+                use std::os::linux::fs::MetadataExt;
+                m.st_ino()
+            });
+            if theirs.is_ok() && theirs.as_ref().ok() != ours_ino.as_ref().ok()
+                || start.elapsed() > Duration::from_secs(5)
+            {
+                break theirs;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let entered = caller_mounts(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        if theirs.ok() == ours_ino.ok() {
+            // User namespaces cannot be made here (a kernel or policy without them).
+            eprintln!("skipped: unshare --user did not make a user namespace");
+            return;
+        }
+        assert!(
+            entered.is_none(),
+            "a mount namespace owned by another user namespace must not be entered"
+        );
     }
 }
