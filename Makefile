@@ -40,7 +40,7 @@ install: build
 		chmod 644 $(DESTDIR)$(UNITDIR)/$$unit; \
 	done
 	install -Dm644 packaging/sysusers.d/killswitch.conf $(DESTDIR)$(SYSUSERSDIR)/killswitch.conf
-	install -Dm644 packaging/systemd/exec.conf $(DESTDIR)$(PREFIX)/share/doc/killswitch/examples/exec.conf
+	install -Dm644 packaging/systemd/exec.conf $(DESTDIR)$(PREFIX)/share/killswitch/exec.conf
 	test -e $(DESTDIR)$(CONFDIR)/config.toml || install -Dm644 packaging/config.toml $(DESTDIR)$(CONFDIR)/config.toml
 	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man8
 	gzip -9n -c $(GENERATED)/man/man1/killswitch.1 > $(DESTDIR)$(MANDIR)/man1/killswitch.1.gz
@@ -67,7 +67,7 @@ uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/killswitchd $(DESTDIR)$(BINDIR)/killswitch
 	rm -f $(DESTDIR)$(UNITDIR)/killswitchd.service $(DESTDIR)$(UNITDIR)/killswitch-early.service
 	rm -f $(DESTDIR)$(SYSUSERSDIR)/killswitch.conf
-	rm -f $(DESTDIR)$(PREFIX)/share/doc/killswitch/examples/exec.conf
+	rm -f $(DESTDIR)$(PREFIX)/share/killswitch/exec.conf
 	rm -f $(DESTDIR)$(MANDIR)/man1/killswitch.1.gz $(DESTDIR)$(MANDIR)/man8/killswitchd.8.gz
 	for p in killswitch killswitchd; do \
 		rm -f $(DESTDIR)$(BASHCOMPDIR)/$$p $(DESTDIR)$(ZSHCOMPDIR)/_$$p $(DESTDIR)$(FISHCOMPDIR)/$$p.fish; \

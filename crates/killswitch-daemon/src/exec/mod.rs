@@ -403,7 +403,7 @@ fn inherited_sandbox(proc_status: &str) -> Option<String> {
         "`killswitch exec` is not enabled: killswitchd runs under {what} (its systemd unit's \
          sandbox), which every program it starts would inherit. An administrator enables exec \
          with the drop-in that lifts it: sudo install -D -m 644 \
-         /usr/share/doc/killswitch/examples/exec.conf \
+         /usr/share/killswitch/exec.conf \
          /etc/systemd/system/killswitchd.service.d/exec.conf; sudo systemctl daemon-reload; \
          sudo systemctl restart killswitchd (the file is packaging/systemd/exec.conf in the \
          source; docs/security.md, \"killswitch exec\", says what it costs)"

@@ -511,7 +511,7 @@ fn per_app_under_the_unit(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
         ),
     );
     ctx.ok(
-        "install -D -m 644 /usr/share/doc/killswitch/examples/exec.conf \
+        "install -D -m 644 /usr/share/killswitch/exec.conf \
          /etc/systemd/system/killswitchd.service.d/exec.conf && systemctl daemon-reload && \
          systemctl restart killswitchd && echo seen-by-the-caller > /tmp/ks-exec-mark",
     )?;
