@@ -510,11 +510,9 @@ fn per_app_under_the_unit(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
             last_line(&bypass.output)
         ),
     );
-    ctx.ok(
-        "install -D -m 644 /usr/share/killswitch/exec.conf \
+    ctx.ok("install -D -m 644 /usr/share/killswitch/exec.conf \
          /etc/systemd/system/killswitchd.service.d/exec.conf && systemctl daemon-reload && \
-         systemctl restart killswitchd && echo seen-by-the-caller > /tmp/ks-exec-mark",
-    )?;
+         systemctl restart killswitchd && echo seen-by-the-caller > /tmp/ks-exec-mark")?;
     let ran = ctx
         .guest
         .run("killswitch exec -- cat /tmp/ks-exec-mark", COMMAND)?;
