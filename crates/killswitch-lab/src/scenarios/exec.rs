@@ -166,6 +166,22 @@ fn hold(duration: Duration) {
     std::thread::sleep(duration);
 }
 
+/// Waits (bounded) until freeze on drop's status lists a program `wanted` accepts; whether one
+/// came.
+fn watched_program(
+    lab: &Lab,
+    wanted: impl Fn(&killswitch_types::ipc::WatchedProgram) -> bool,
+) -> Result<bool> {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let found = lab.daemon()?.status()?.on_drop.programs.iter().any(&wanted);
+        if found || Instant::now() >= deadline {
+            return Ok(found);
+        }
+        hold(Duration::from_millis(50));
+    }
+}
+
 pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
     lab.daemon()?
         .wait_for_state(State::Disconnected, EVENT_TIMEOUT)?;
@@ -220,20 +236,8 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
         "killswitch exec --freeze-on-drop",
         exec_command_with(lab, &["--freeze-on-drop"], &["sleep", "30"], false)?,
     )?;
-    let watched = |lab: &Lab, frozen: bool| -> Result<bool> {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
-        loop {
-            let status = lab.daemon()?.status()?;
-            let found = status
-                .on_drop
-                .programs
-                .iter()
-                .any(|p| p.label.contains("sleep") && p.frozen == frozen);
-            if found || Instant::now() >= deadline {
-                return Ok(found);
-            }
-            hold(Duration::from_millis(50));
-        }
+    let watched = |lab: &Lab, frozen: bool| {
+        watched_program(lab, |p| p.label.contains("sleep") && p.frozen == frozen)
     };
     let watched_running = watched(lab, false)?;
     // `exec --kill-on-drop`: the program is killed when the tunnel is lost (its CLI then exits
@@ -242,20 +246,9 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
         "killswitch exec --kill-on-drop",
         exec_command_with(lab, &["--kill-on-drop"], &["sleep", "31"], false)?,
     )?;
-    let kill_watched = {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
-        loop {
-            let status = lab.daemon()?.status()?;
-            let found =
-                status.on_drop.programs.iter().any(|p| {
-                    p.label.contains("sleep") && p.on_drop == killswitch_types::OnDrop::Kill
-                });
-            if found || Instant::now() >= deadline {
-                break found;
-            }
-            hold(Duration::from_millis(50));
-        }
-    };
+    let kill_watched = watched_program(lab, |p| {
+        p.label.contains("sleep") && p.on_drop == killswitch_types::OnDrop::Kill
+    })?;
 
     let killed_from = lab.capture.len();
     lab.tunnel.kill_client()?;
@@ -361,21 +354,8 @@ pub(super) fn exec_fail_closed(lab: &mut Lab) -> Result<Outcome> {
     // lost: the new daemon re-adopts the scope and watches it again (the flag is kept with it), so
     // the program is frozen, not forgotten, and a deliberate `down` thaws it (found by the
     // stranger test: it stayed frozen for good).
-    let tail_frozen = |lab: &Lab, frozen: bool| -> Result<bool> {
-        let deadline = Instant::now() + EVENT_TIMEOUT;
-        loop {
-            let found = lab
-                .daemon()?
-                .status()?
-                .on_drop
-                .programs
-                .iter()
-                .any(|p| p.label.contains("tail") && p.frozen == frozen);
-            if found || Instant::now() >= deadline {
-                return Ok(found);
-            }
-            hold(Duration::from_millis(50));
-        }
+    let tail_frozen = |lab: &Lab, frozen: bool| {
+        watched_program(lab, |p| p.label.contains("tail") && p.frozen == frozen)
     };
     let mut tail = Process::spawn(
         "killswitch exec --freeze-on-drop tail",
