@@ -48,6 +48,11 @@ fn sockets_created_in_the_bypass_cgroup_carry_the_bypass_mark() -> Result<()> {
         return Ok(());
     }
     if Command::new("python3").arg("-V").output().is_err() {
+        // Under CI a skip would hide the check: there it is a failure.
+        ensure!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "no python3 to read a socket's mark with"
+        );
         eprintln!("skipping: no python3 to read a socket's mark with");
         return Ok(());
     }
