@@ -76,6 +76,11 @@ pub struct Exceptions {
     /// The bypass cgroup, while a program runs under `killswitch exec --bypass`: its sockets
     /// may leave by any interface ([`crate::bypass`]).
     pub bypass: Option<crate::bypass::BypassScope>,
+    /// Router mode (issue 17): the LAN interfaces whose clients this machine protects as their
+    /// gateway, with the networks of their addresses (the clients' subnets). Scopes too: their
+    /// forwarded packets leave through the tunnel or not at all, in every state
+    /// ([`crate::router`]).
+    pub router_lans: Vec<LocalLink>,
 }
 
 impl From<Lan> for Exceptions {

@@ -25,6 +25,7 @@ mod evaluate;
 pub mod exceptions;
 pub mod exec;
 pub mod ranges;
+pub mod router;
 pub mod routes;
 mod ruleset;
 mod set;
@@ -36,6 +37,7 @@ pub use compile::{
 pub use evaluate::{ArpPacket, ConnState, Decision, Packet, Transport, Verdict as PacketVerdict};
 pub use exceptions::{CT_MARK_INBOUND, Exceptions, LocalLink, check_allows};
 pub use exec::{EXEC_INTERFACE_PREFIX, ExecScope};
+pub use router::CT_MARK_ROUTER;
 pub use killswitch_types::Settings;
 pub use ruleset::{
     ArpChain, ArpHook, ArpMatch, ArpOperation, ArpRule, ArpTable, BaseChain, Chain, ChainPolicy,
