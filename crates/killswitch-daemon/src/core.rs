@@ -1150,6 +1150,7 @@ impl<F: Firewall> Core<F> {
                 })
                 .collect(),
             bypass: self.bypass.as_ref().map(|b| b.scope),
+            router_lans: Vec::new(),
         }
     }
 
