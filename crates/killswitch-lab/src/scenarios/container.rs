@@ -318,6 +318,16 @@ fn app_connects(lab: &Lab) -> Result<(bool, Duration)> {
     Ok((status.success(), start.elapsed()))
 }
 
+/// The wireguard-go process of `up` server `n` (0-based).
+fn server(lab: &mut Lab, n: usize) -> Result<&mut Process> {
+    Ok(lab
+        .up_servers
+        .get_mut(n)
+        .with_context(|| format!("no up server {}", n + 1))?
+        .0
+        .process())
+}
+
 pub(super) fn container_shared(lab: &mut Lab) -> Result<Outcome> {
     // This scenario's daemon is the container's: the lab's goes, and its rules with it, so that
     // the baseline runs with no kill switch at all.
@@ -415,8 +425,8 @@ pub(super) fn container_shared(lab: &mut Lab) -> Result<Outcome> {
     // The tunnel dies: server 1 killed, server 2 stopped (answering nothing).
     let dead_from = lab.capture.len();
     let killed = Instant::now();
-    lab.up_servers[0].0.process().kill()?;
-    lab.up_servers[1].0.process().signal(Signal::SIGSTOP)?;
+    server(lab, 0)?.kill()?;
+    server(lab, 1)?.signal(Signal::SIGSTOP)?;
     line = wait_event(&mut events, &container, line, r#""state":"connecting""#)?;
     let detected_in = killed.elapsed();
     let detected_at = Instant::now();
@@ -424,7 +434,7 @@ pub(super) fn container_shared(lab: &mut Lab) -> Result<Outcome> {
     let (connects_dead, refused_in) = app_connects(lab)?;
     let healthy_dead = container.healthy(lab)?;
     let resumed_at = Instant::now();
-    lab.up_servers[1].0.process().signal(Signal::SIGCONT)?;
+    server(lab, 1)?.signal(Signal::SIGCONT)?;
     let dead_on_wan = apps_on_wan(lab, dead_from)?;
     // From the moment the daemon called the tunnel lost until server 2 resumed.
     let arrived_dead: usize = sinks
