@@ -150,8 +150,63 @@ fn in_own_container(ns: &Netns, program: &str) -> Command {
     command
 }
 
+/// A program started by [`in_own_container`]: `unshare`, and as its only child the program, PID
+/// 1 of its pid namespace. Dropping it kills the program, and with it (PID 1) every process of
+/// that pid namespace, then `unshare`: `--kill-child` alone is not enough, since the kernel clears
+/// the parent-death signal it relies on when the program changes its uid (`killswitch-bound`
+/// drops to 65534).
+struct Contained {
+    process: Process,
+}
+
+impl Contained {
+    fn spawn(name: &str, command: Command) -> Result<Self> {
+        Ok(Contained {
+            process: Process::spawn(name, command)?,
+        })
+    }
+
+    /// The program's pid (in this machine's pid namespace): `unshare`'s only child, waited for
+    /// (bounded) while `unshare` has not forked yet.
+    fn inner_pid(&self) -> Result<i32> {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            if let Some(child) = self.child() {
+                return Ok(child);
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "unshare (pid {}) has no child after {EVENT_TIMEOUT:?}",
+                self.process.pid()
+            );
+            hold(Duration::from_millis(20));
+        }
+    }
+
+    fn child(&self) -> Option<i32> {
+        let pid = self.process.pid();
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        // Only while `unshare` is alive and unreaped is its child list this program's.
+        if let Ok(None) = self.process.try_wait()
+            && let Some(child) = self.child()
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child), Signal::SIGKILL);
+        }
+    }
+}
+
 /// Starts application `n` (0 or 1): `killswitch-bound --plain` to its own port, for `sending`.
-fn start_app(lab: &Lab, n: usize, sending: Duration) -> Result<Process> {
+fn start_app(lab: &Lab, n: usize, sending: Duration) -> Result<Contained> {
     let (udp, tcp) = APPS[n];
     let bound = crate::binaries::path("killswitch-bound")?;
     let mut command = in_own_container(
@@ -171,7 +226,7 @@ fn start_app(lab: &Lab, n: usize, sending: Duration) -> Result<Process> {
         "--tcp-port",
         &tcp.to_string(),
     ]);
-    Process::spawn(&format!("application {}", n + 1), command)
+    Contained::spawn(&format!("application {}", n + 1), command)
 }
 
 /// Whether a captured packet is one of the applications': their marker, or their ports.
@@ -202,10 +257,10 @@ fn apps_on_wan(lab: &Lab, from: usize) -> Result<Vec<String>> {
 }
 
 /// The "container": the entrypoint as PID 1 of its own pid and mount namespace, in the client's
-/// network namespace. Dropping it kills `unshare`, whose `--kill-child` kills the entrypoint, and
-/// with PID 1 the kernel kills every process of that pid namespace, the daemon included.
+/// network namespace. Dropping it kills the entrypoint, and with PID 1 the kernel kills every
+/// process of that pid namespace, the daemon included.
 struct Container {
-    process: Process,
+    entrypoint: Contained,
     dir: PathBuf,
 }
 
@@ -232,27 +287,9 @@ impl Container {
             )
             .env("RUST_LOG", "info");
         Ok(Container {
-            process: Process::spawn("container", command)?,
+            entrypoint: Contained::spawn("container", command)?,
             dir: dir.to_owned(),
         })
-    }
-
-    /// The entrypoint's pid (in this machine's pid namespace): `unshare`'s only child.
-    fn entrypoint_pid(&self) -> Result<i32> {
-        let pid = self.process.pid();
-        let children = format!("/proc/{pid}/task/{pid}/children");
-        let deadline = Instant::now() + EVENT_TIMEOUT;
-        loop {
-            let listed = std::fs::read_to_string(&children).unwrap_or_default();
-            if let Some(child) = listed.split_whitespace().next() {
-                return child.parse().context("parsing a pid");
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "unshare (pid {pid}) has no child after {EVENT_TIMEOUT:?}"
-            );
-            hold(Duration::from_millis(20));
-        }
     }
 
     /// `killswitch --socket SOCKET ARGS...` from outside, as root.
@@ -268,7 +305,7 @@ impl Container {
     /// `killswitch-entrypoint health`, run in the container (its mount and network namespace),
     /// as the image's HEALTHCHECK runs it: whether it said healthy.
     fn healthy(&self, lab: &Lab) -> Result<bool> {
-        let pid = self.entrypoint_pid()?.to_string();
+        let pid = self.entrypoint.inner_pid()?.to_string();
         let bin = crate::binaries::path("killswitch")?;
         let bin = bin.parent().context("the binaries' directory")?;
         let status = Command::new("nsenter")
@@ -300,7 +337,12 @@ fn wait_event(
 ) -> Result<usize> {
     events
         .wait_for_line(from, needle, EVENT_TIMEOUT)
-        .with_context(|| format!("the container's output:\n{}", container.process.output()))
+        .with_context(|| {
+            format!(
+                "the container's output:\n{}",
+                container.entrypoint.process.output()
+            )
+        })
 }
 
 /// A TCP connection from a third application to the lab's acceptor: whether it connected, and
@@ -356,7 +398,9 @@ pub(super) fn container_shared(lab: &mut Lab) -> Result<Outcome> {
     let baseline_from = lab.capture.len();
     let baseline_start = Instant::now();
     for n in 0..2 {
-        start_app(lab, n, Duration::from_millis(600))?.wait_for_line(0, "sent ", EVENT_TIMEOUT)?;
+        start_app(lab, n, Duration::from_millis(600))?
+            .process
+            .wait_for_line(0, "sent ", EVENT_TIMEOUT)?;
     }
     let baseline_on_wan = apps_on_wan(lab, baseline_from)?.len();
     let baseline_direct: Vec<usize> = sinks
@@ -368,25 +412,31 @@ pub(super) fn container_shared(lab: &mut Lab) -> Result<Outcome> {
     let without_from = lab.capture.len();
     let mut without = Container::start(lab, &empty)?;
     without
+        .entrypoint
         .process
         .wait_for_line(0, "not connecting", EVENT_TIMEOUT)?;
-    start_app(lab, 0, Duration::from_millis(600))?.wait_for_line(0, "sent ", EVENT_TIMEOUT)?;
+    start_app(lab, 0, Duration::from_millis(600))?
+        .process
+        .wait_for_line(0, "sent ", EVENT_TIMEOUT)?;
     let without_on_wan = apps_on_wan(lab, without_from)?.len();
     let without_status = without.cli(&["status", "--json"])?.output()?;
     let without_blocked =
         String::from_utf8_lossy(&without_status.stdout).contains(r#""state":"blocked""#);
     let without_healthy = without.healthy(lab)?;
-    let without_pid = without.entrypoint_pid()?;
+    let without_pid = without.entrypoint.inner_pid()?;
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(without_pid), Signal::SIGTERM)?;
-    without
-        .process
-        .wait_for_line(0, "killswitchd exited with status 0", EVENT_TIMEOUT)?;
+    without.entrypoint.process.wait_for_line(
+        0,
+        "killswitchd exited with status 0",
+        EVENT_TIMEOUT,
+    )?;
     drop(without);
 
     // The container starts; the entrypoint brings the tunnel up with se1, se2.
     let started = Instant::now();
     let mut container = Container::start(lab, &dir)?;
     let up_line = container
+        .entrypoint
         .process
         .wait_for_line(0, "killswitch up", EVENT_TIMEOUT)?;
     let mut events = Process::spawn("killswitch events", container.cli(&["events", "--json"])?)?;
@@ -458,23 +508,24 @@ pub(super) fn container_shared(lab: &mut Lab) -> Result<Outcome> {
         .collect();
     let apps_alive = apps
         .iter_mut()
-        .map(|a| a.try_wait().map(|s| s.is_none()))
+        .map(|a| a.process.try_wait().map(|s| s.is_none()))
         .collect::<Result<Vec<bool>>>()?;
 
     // `docker stop`: SIGTERM to the entrypoint (PID 1), which forwards it to the daemon.
     let table_before_stop = nft_table(&lab.topo.client)?;
-    let entrypoint_pid = container.entrypoint_pid()?;
+    let entrypoint_pid = container.entrypoint.inner_pid()?;
     let stop_from = lab.capture.len();
     let asked = Instant::now();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(entrypoint_pid), Signal::SIGTERM)?;
     let exit = container
+        .entrypoint
         .process
         .wait_for_line(up_line, "killswitchd exited with status", EVENT_TIMEOUT)
         .map(|_| ());
     let stop_status = {
         let deadline = Instant::now() + EVENT_TIMEOUT;
         loop {
-            if let Some(status) = container.process.try_wait()? {
+            if let Some(status) = container.entrypoint.process.try_wait()? {
                 break Some(status);
             }
             if Instant::now() >= deadline {
