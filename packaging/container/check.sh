@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the container image's definition without a container engine (none runs on the machines
 # that test this project; lab scenario `container-shared` runs the entrypoint itself):
-#  1. the entrypoint is POSIX sh (`sh -n`; shellcheck -s sh when installed);
+#  1. the entrypoint is POSIX sh (`sh -n`; shellcheck -s sh when installed), and its own logic
+#     holds against stub binaries (test-entrypoint.sh: files and order, no file, SIGTERM, exit
+#     status, the bounded wait);
 #  2. every path the Containerfile COPYs from the build context exists, the binaries it builds
 #     (`--bin`) are copied into the image, and ENTRYPOINT and HEALTHCHECK name the file the
 #     entrypoint is copied to;
@@ -23,6 +25,7 @@ else
     echo "shellcheck not installed: skipped (apt-get install shellcheck)"
 fi
 [ -x "$entrypoint" ] || fail "$entrypoint is not executable (the image runs it as it is copied)"
+bash packaging/container/test-entrypoint.sh || fail "the entrypoint's own tests"
 if command -v hadolint >/dev/null 2>&1; then
     hadolint "$file" || fail "hadolint finds problems in $file"
 fi
