@@ -53,7 +53,11 @@ const RATE: u32 = 200;
 const DEAD_FOR: Duration = Duration::from_secs(2);
 /// Prepares the "container" (PID 1 of its pid namespace, in a mount namespace of its own) and
 /// execs the entrypoint: `$1` the lab's directory for it. The mounts are made in that mount
-/// namespace only (`unshare` makes it private); /etc/wireguard and /var/lib exist on any Debian.
+/// namespace only (`unshare` makes it private), over directories that exist on this machine:
+/// /var/lib always, /etc/wireguard with wireguard-tools (without it the entrypoint is told the
+/// directory instead). The socket is not under /run (a tmpfs there could hide the file
+/// `ip netns exec` shows as /etc/resolv.conf, when the host's is a link into /run): the lab
+/// passes KILLSWITCH_SOCKET, as the image's ENV does.
 const CONTAINER_INIT: &str = r#"set -e
 dir=$1
 mount -t tmpfs -o mode=755 killswitch-lab-varlib /var/lib
