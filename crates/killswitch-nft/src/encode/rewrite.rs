@@ -30,7 +30,6 @@ const NFTNL_EXPR_BYTEORDER_SIZE: u16 = 5;
 const NFTNL_EXPR_EXTHDR_TYPE: u16 = 2;
 const NFTNL_EXPR_EXTHDR_OFFSET: u16 = 3;
 const NFTNL_EXPR_EXTHDR_LEN: u16 = 4;
-const NFTNL_EXPR_EXTHDR_FLAGS: u16 = 5;
 const NFTNL_EXPR_EXTHDR_OP: u16 = 6;
 const NFTNL_EXPR_EXTHDR_SREG: u16 = 7;
 
@@ -169,8 +168,7 @@ impl Expression for TcpMssWrite {
                 (NFTNL_EXPR_EXTHDR_OFFSET, 2),
                 (NFTNL_EXPR_EXTHDR_LEN, 2),
                 (NFTNL_EXPR_EXTHDR_OP, NFT_EXTHDR_OP_TCPOPT),
-                // Reported by the kernel even when unset.
-                (NFTNL_EXPR_EXTHDR_FLAGS, 0),
+                // No flags: the kernel refuses them on a write (EINVAL).
             ],
         );
         expr
