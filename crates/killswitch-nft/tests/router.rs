@@ -415,3 +415,46 @@ fn the_lan_never_reaches_the_wan_and_fails_fast() -> Result<()> {
     ensure!(wan.kernel_drops()? == 0, "the capture dropped frames");
     Ok(())
 }
+
+#[test]
+fn without_a_tunnel_the_lan_fails_fast_and_still_reaches_the_router() -> Result<()> {
+    if !require_root("without_a_tunnel_the_lan_fails_fast_and_still_reaches_the_router") {
+        return Ok(());
+    }
+    let lab = RouterLab::new("rt-fast", true)?;
+    // The routing layer without a tunnel: `unreachable`, whose ICMP answers the kernel
+    // rate-limits (one a second), so a second connection in a row would hang without the rules.
+    lab.router.ip(&[
+        "route", "replace", "unreachable", "default", "table", "27507",
+    ])?;
+    let ssh = lab
+        .router
+        .run(|| TcpListener::bind(SocketAddr::new(ROUTER_LAN.into(), 22)))??;
+    for (label, state, settings) in [
+        ("off", PolicyState::Off, Settings::default()),
+        ("blocked", PolicyState::Blocked, Settings::default()),
+    ] {
+        lab.apply(&compile_for(&state, &settings, &lan()))?;
+        let to = SocketAddr::new(RESOLVER.into(), 443);
+        let started = Instant::now();
+        for attempt in 0..5 {
+            match lab.client.run(|| TcpStream::connect_timeout(&to, WAIT))? {
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+                other => anyhow::bail!("{label}: attempt {attempt} gave {other:?}, not a reset"),
+            }
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(1),
+            "{label}: five refusals took {:?}",
+            started.elapsed()
+        );
+        // This host's own services stay reachable from its LAN.
+        let to_router = SocketAddr::new(ROUTER_LAN.into(), 22);
+        let _client = lab
+            .client
+            .run(|| TcpStream::connect_timeout(&to_router, WAIT))?
+            .with_context(|| format!("{label}: the LAN could not reach the router"))?;
+        ssh.accept()?;
+    }
+    Ok(())
+}

@@ -9,7 +9,7 @@
 //! can classify a captured packet as "allowed by the old or the new state".
 
 use crate::ruleset::{
-    ArpHook, ArpMatch, ArpOperation, Chain, ChainPolicy, Hook, IpFamily, L4Proto, Match,
+    AddressType, ArpHook, ArpMatch, ArpOperation, Chain, ChainPolicy, Hook, IpFamily, L4Proto, Match,
     RejectWith, Ruleset, Statement, Verdict as RuleVerdict,
 };
 use killswitch_types::InterfaceName;
@@ -28,6 +28,9 @@ pub struct Packet {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
+    /// Whether the destination is one of this host's own addresses (`fib daddr type local`):
+    /// so at the input hook, never at forward; in prerouting, what routing will find.
+    pub dst_local: bool,
     /// IPv4 TTL or IPv6 hop limit.
     pub hop_limit: u8,
     /// The transport header.
@@ -83,6 +86,7 @@ impl Packet {
             oif: name(oif),
             src,
             dst,
+            dst_local: hook == Hook::Input,
             hop_limit: 64,
             transport,
             mark: 0,
@@ -97,6 +101,12 @@ impl Packet {
     /// `cgroups` (the last being the socket's own cgroup).
     pub fn with_cgroups(mut self, cgroups: Vec<u64>) -> Self {
         self.cgroups = cgroups;
+        self
+    }
+
+    /// The same packet, addressed to one of this host's own addresses (or not).
+    pub fn with_local_destination(mut self, local: bool) -> Self {
+        self.dst_local = local;
         self
     }
 
@@ -499,6 +509,13 @@ fn matches(m: &Match, p: &Packet) -> bool {
         },
         // Under the rate: the only rules with a limit log and decide nothing.
         Match::Limit { .. } => true,
+        // Broadcast modelled as the limited broadcast only (a subnet's broadcast address needs
+        // the interface's prefix, which the packet does not carry).
+        Match::DestinationType(kind) => match kind {
+            AddressType::Local => p.dst_local,
+            AddressType::Broadcast => p.dst == IpAddr::V4(Ipv4Addr::BROADCAST),
+            AddressType::Multicast => p.dst.is_multicast(),
+        },
     }
 }
 

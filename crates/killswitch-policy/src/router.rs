@@ -20,7 +20,10 @@
 //!   did not ask. Every packet that passes marks its flow with [`CT_MARK_ROUTER`], so that the
 //!   daemon can delete the LAN's conntrack entries (and NAT bindings) when the tunnel or its
 //!   endpoint changes; and DNS of a family with no resolver to send it to is refused there and
-//!   then (a TCP reset or ICMP at once, never a timeout).
+//!   then (a TCP reset or ICMP at once, never a timeout), and so is any packet of a family no
+//!   connected tunnel carries unless it is for this host (`fib daddr type local`, broadcast or
+//!   multicast): the routing layer's `unreachable` would stop it too, but the kernel
+//!   rate-limits its ICMP answers, and clients would wait for timeouts.
 //! - **`dstnat`** (`router-dnat`, nat, priority -100): every DNS packet from `L` (53 and 853, UDP
 //!   and TCP, to ANY address, this machine's own included) goes to the connected tunnel's first
 //!   resolver of its family, same port. No forwarder process: the kernel does it, so it keeps
@@ -67,8 +70,8 @@
 use crate::compile::{DNS_PORTS, DNS_PROTOS, Tunnel, host, on, refuse};
 use crate::exceptions::LocalLink;
 use crate::ruleset::{
-    BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, L4Proto, Rule, Statement,
-    Verdict,
+    AddressType, BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, L4Proto, Match, Rule,
+    Statement, Verdict,
 };
 use ipnet::IpNet;
 use killswitch_types::{BlockReason, InterfaceName};
@@ -199,8 +202,9 @@ pub(crate) fn prerouting_chain(lans: &[LocalLink]) -> Chain {
 }
 
 /// The regular chain a LAN's packet with a genuine source goes through: its flow marked, its DNS
-/// refused when there is no resolver to translate it to, then accepted (by this chain only: the
-/// other base chains still decide).
+/// refused when there is no resolver to translate it to, a packet to be forwarded refused when
+/// no tunnel carries its family, then accepted (by this chain only: the other base chains still
+/// decide).
 pub(crate) fn accepted_chain(tunnel: Option<&Tunnel>) -> Chain {
     let targets = DnsTargets::of(tunnel);
     let mut rules = vec![
@@ -221,6 +225,41 @@ pub(crate) fn accepted_chain(tunnel: Option<&Tunnel>) -> Chain {
                 );
             }
         }
+    }
+    // Without a tunnel carrying a family, its packets that would be forwarded are refused here,
+    // at once: their route is `unreachable` (the routing layer), which stops them too, but the
+    // kernel rate-limits its ICMP answer to that, and the LAN's clients would wait for timeouts
+    // instead of failing fast. What is for this host (DHCP, NDP, SSH) passes: `fib daddr type`
+    // tells it apart before the routing decision.
+    let carried = tunnel.map(Tunnel::carried_families).unwrap_or_default();
+    for family in FAMILIES {
+        if carried.contains(&family) {
+            continue;
+        }
+        // (IPv6 has no broadcast.)
+        let kinds: &[AddressType] = match family {
+            IpFamily::V4 => &[
+                AddressType::Local,
+                AddressType::Broadcast,
+                AddressType::Multicast,
+            ],
+            IpFamily::V6 => &[AddressType::Local, AddressType::Multicast],
+        };
+        for kind in kinds.iter().copied() {
+            rules.push(
+                on().family(family)
+                    .with(Match::DestinationType(kind))
+                    .accept("router: to this host"),
+            );
+        }
+        let reason = match family {
+            IpFamily::V4 => BlockReason::NonTunnel,
+            IpFamily::V6 => BlockReason::Ipv6,
+        };
+        rules.push(
+            on().family(family)
+                .verdict(refuse(reason), "router: no tunnel to forward by"),
+        );
     }
     rules.push(on().accept("router: a genuine lan source"));
     Chain {

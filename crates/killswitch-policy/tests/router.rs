@@ -411,6 +411,42 @@ proptest! {
         }
     }
 
+    /// The LAN's own talk with this host (anything but DNS, addressed to this host) passes the
+    /// LAN's prerouting rules in every state, and this host's input in every table of its own;
+    /// while no tunnel carries a family, a packet of it to be forwarded is refused as it
+    /// arrives, with an answer (never silence).
+    #[test]
+    fn the_lan_talks_to_this_host_and_fails_fast_without_a_tunnel(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        p in packet(),
+        local in any::<bool>(),
+    ) {
+        let p = Packet { hook: Hook::Prerouting, iif: Some(name("lan0")), oif: None, ..p }
+            .with_local_destination(local);
+        prop_assume!(genuine_source(&exceptions, &p) && !is_dns(&p));
+        let rules = compile_for(&state, &settings, &exceptions);
+        let verdict = rules.verdict(&p);
+        let carried = state.carrying_tunnel().is_some_and(|t| t.carried_families().contains(&family(p.dst)));
+        let group = p.dst.is_multicast() || p.dst == ip("255.255.255.255");
+        if local || group || carried {
+            prop_assert_eq!(verdict, PacketVerdict::Accept, "{:?} in {:?}", p, state);
+        } else {
+            prop_assert!(matches!(verdict, PacketVerdict::Reject(_)), "{:?}: {:?}", p, verdict);
+        }
+        // (Except to the tunnel's own addresses, which arrive by the tunnel only: CVE-2019-14899.)
+        let tunnel_address = match &state {
+            PolicyState::Connected { tunnel, .. } => tunnel.addresses.contains(&p.dst),
+            PolicyState::Connecting { pending: Some(t), .. } => t.addresses.contains(&p.dst),
+            _ => false,
+        };
+        if local && !tunnel_address {
+            let input = Packet { hook: Hook::Input, ..p };
+            prop_assert!(rules.verdict(&input).is_accept(), "{:?} in {:?}", input, state);
+        }
+    }
+
     /// Nothing is forwarded into a LAN but the connected tunnel's replies.
     #[test]
     fn nothing_enters_a_lan_but_the_tunnels_replies(
