@@ -69,13 +69,24 @@ impl RouterLab {
         // The spoofing test must see a spoofed packet cross without the rules: no reverse path
         // filter doing the rules' work.
         for conf in ["all", "default", "lan0"] {
-            router.exec("sysctl", &["-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")])?;
+            router.exec(
+                "sysctl",
+                &["-qw", &format!("net.ipv4.conf.{conf}.rp_filter=0")],
+            )?;
         }
         if routing_layer {
-            router.ip(&["rule", "add", "pref", "5297", "iif", "lan0", "lookup", "27507"])?;
+            router.ip(&[
+                "rule", "add", "pref", "5297", "iif", "lan0", "lookup", "27507",
+            ])?;
             router.ip(&["route", "add", "default", "dev", "wg0", "table", "27507"])?;
             router.ip(&[
-                "route", "add", "192.168.77.0/24", "dev", "lan0", "table", "27507",
+                "route",
+                "add",
+                "192.168.77.0/24",
+                "dev",
+                "lan0",
+                "table",
+                "27507",
             ])?;
         }
         far.ip(&["addr", "add", &format!("{RESOLVER}/24"), "dev", "tun"])?;
@@ -138,7 +149,9 @@ fn connected() -> PolicyState {
 fn states() -> Vec<(&'static str, PolicyState, Settings, Exceptions)> {
     let mut dual = connected();
     if let PolicyState::Connected { tunnel, .. } = &mut dual {
-        tunnel.addresses.push("fc00:bbbb::2".parse().expect("literal"));
+        tunnel
+            .addresses
+            .push("fc00:bbbb::2".parse().expect("literal"));
         tunnel.dns.push("fc00:bbbb::1".parse().expect("literal"));
     }
     let with_exec = Exceptions {
@@ -166,7 +179,12 @@ fn states() -> Vec<(&'static str, PolicyState, Settings, Exceptions)> {
         ("off", PolicyState::Off, Settings::default(), lan()),
         ("blocked", PolicyState::Blocked, Settings::default(), lan()),
         ("connected", connected(), Settings::default(), lan()),
-        ("connected+v6+exec", dual.clone(), Settings::default(), with_exec.clone()),
+        (
+            "connected+v6+exec",
+            dual.clone(),
+            Settings::default(),
+            with_exec.clone(),
+        ),
         ("apps-only+v6+exec", dual, apps_only, with_exec),
     ]
 }
@@ -195,11 +213,12 @@ fn router_rules_load_and_read_back_as_meant() -> Result<()> {
         nft_ns
             .exec("nft", &["-f", file.to_str().context("path not UTF-8")?])
             .with_context(|| format!("nft rejected the rendering of {label}"))?;
-        nft_ns.run(|| {
-            killswitch_nft::Nftables::open_with(killswitch_nft::Ownership::Shared)?
-                .verify_rules(&ruleset)
-        })?
-        .with_context(|| format!("{label}: nft compiled it differently"))?;
+        nft_ns
+            .run(|| {
+                killswitch_nft::Nftables::open_with(killswitch_nft::Ownership::Shared)?
+                    .verify_rules(&ruleset)
+            })?
+            .with_context(|| format!("{label}: nft compiled it differently"))?;
     }
     Ok(())
 }
@@ -274,9 +293,9 @@ fn far_end_mss(lab: &RouterLab, port: u16) -> Result<u32> {
     let listener = lab
         .far
         .run(|| TcpListener::bind(SocketAddr::new(RESOLVER.into(), port)))??;
-    let client = lab.client.run(|| {
-        TcpStream::connect_timeout(&SocketAddr::new(RESOLVER.into(), port), WAIT)
-    })??;
+    let client = lab
+        .client
+        .run(|| TcpStream::connect_timeout(&SocketAddr::new(RESOLVER.into(), port), WAIT))??;
     let (accepted, _) = listener.accept()?;
     let mss = nix::sys::socket::getsockopt(&accepted, nix::sys::socket::sockopt::TcpMaxSeg)?;
     drop(client);
@@ -293,10 +312,15 @@ fn tcp_from_the_lan_is_clamped_to_the_tunnels_mtu() -> Result<()> {
     // Without the rules, the client announces its own link's MSS (1460), and the far end, on a
     // 1500-byte link itself, would send segments the tunnel cannot carry.
     let open = far_end_mss(&lab, 8443)?;
-    ensure!(open > clamp, "without the clamp the far end uses {open}: the test sees nothing");
+    ensure!(
+        open > clamp,
+        "without the clamp the far end uses {open}: the test sees nothing"
+    );
     lab.apply(&compile_for(&connected(), &Settings::default(), &lan()))?;
     let clamped = far_end_mss(&lab, 8444)?;
-    eprintln!("far end's MSS: {open} without the rules, {clamped} with them (tunnel MTU {TUNNEL_MTU})");
+    eprintln!(
+        "far end's MSS: {open} without the rules, {clamped} with them (tunnel MTU {TUNNEL_MTU})"
+    );
     ensure!(
         clamped <= clamp,
         "the far end uses an MSS of {clamped}, more than the tunnel's {clamp}"
@@ -321,7 +345,9 @@ fn up_to_marker(lab: &RouterLab, from: Ipv4Addr, port: u16) -> Result<Vec<Vec<u8
     let mut received = Vec::new();
     let mut buffer = [0u8; 64];
     loop {
-        let (n, _) = far.recv_from(&mut buffer).context("the marker did not arrive")?;
+        let (n, _) = far
+            .recv_from(&mut buffer)
+            .context("the marker did not arrive")?;
         if &buffer[..n] == b"marker" {
             return Ok(received);
         }
@@ -425,7 +451,12 @@ fn without_a_tunnel_the_lan_fails_fast_and_still_reaches_the_router() -> Result<
     // The routing layer without a tunnel: `unreachable`, whose ICMP answers the kernel
     // rate-limits (one a second), so a second connection in a row would hang without the rules.
     lab.router.ip(&[
-        "route", "replace", "unreachable", "default", "table", "27507",
+        "route",
+        "replace",
+        "unreachable",
+        "default",
+        "table",
+        "27507",
     ])?;
     let ssh = lab
         .router

@@ -1,16 +1,19 @@
 //! A small evaluator: the verdict the kernel would give a packet under a ruleset.
 //!
-//! It implements the semantics of the subset of nftables the policy uses: base chain per hook, rules
-//! in order, first terminal verdict wins, a jump returns when the called chain does not decide, and
-//! the chain policy applies when nothing matched. A matching rule's statements change the packet
-//! before its verdict ([`Ruleset::decide`] returns the packet as it leaves). ARP messages go
+//! It implements the semantics of the subset of nftables the policy uses: every base chain of a
+//! hook by priority (an accept ends only its own chain), rules in order, first terminal verdict
+//! wins, a jump returns when the called chain does not decide, and the chain policy applies when
+//! nothing matched. A matching rule's statements change the packet before its verdict
+//! ([`Ruleset::decide`] returns the packet as it leaves; `dnat` rewrites its destination).
+//! [`Ruleset::forward_path`] takes a routed packet through prerouting, a routing decision,
+//! forward and postrouting, which is how router mode's DNS translation is checked. ARP messages go
 //! through the `arp` table the same way ([`Ruleset::arp_verdict`]). It exists so that tests can
 //! state properties over random packets ("no DNS leaves outside the tunnel"), and so that the lab
 //! can classify a captured packet as "allowed by the old or the new state".
 
 use crate::ruleset::{
-    AddressType, ArpHook, ArpMatch, ArpOperation, Chain, ChainPolicy, Hook, IpFamily, L4Proto, Match,
-    RejectWith, Ruleset, Statement, Verdict as RuleVerdict,
+    AddressType, ArpHook, ArpMatch, ArpOperation, Chain, ChainPolicy, Hook, IpFamily, L4Proto,
+    Match, RejectWith, Ruleset, Statement, Verdict as RuleVerdict,
 };
 use killswitch_types::InterfaceName;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -217,12 +217,10 @@ pub(crate) fn accepted_chain(tunnel: Option<&Tunnel>) -> Chain {
         }
         for proto in DNS_PROTOS {
             for port in DNS_PORTS {
-                rules.push(
-                    on().family(family)
-                        .proto(proto)
-                        .dport(port)
-                        .verdict(refuse(BlockReason::Dns), "router: no resolver to send dns to"),
-                );
+                rules.push(on().family(family).proto(proto).dport(port).verdict(
+                    refuse(BlockReason::Dns),
+                    "router: no resolver to send dns to",
+                ));
             }
         }
     }

@@ -5,8 +5,8 @@
 //! kernel dumps is set here explicitly, so that the read-back of our own batch and the kernel's
 //! listing of the installed rule agree (tamper detection compares them).
 
-use nftnl::Rule;
 use killswitch_policy::AddressType;
+use nftnl::Rule;
 use nftnl::expr::{Cmp, CmpOp, Expression, Immediate, Register};
 use nftnl::nftnl_sys as sys;
 use std::net::IpAddr;
