@@ -495,3 +495,90 @@ pub(crate) fn routed_networks(lans: &[LocalLink]) -> Vec<(IpNet, &InterfaceName)
     }
     routes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str) -> InterfaceName {
+        InterfaceName::new(n).expect("literal")
+    }
+
+    fn tunnel(addresses: &[&str], dns: &[&str]) -> Tunnel {
+        Tunnel {
+            interface: name("wg0"),
+            addresses: addresses
+                .iter()
+                .map(|a| a.parse().expect("literal"))
+                .collect(),
+            dns: dns.iter().map(|a| a.parse().expect("literal")).collect(),
+        }
+    }
+
+    #[test]
+    fn dns_goes_to_the_first_usable_resolver_of_each_family() {
+        let v4_only = tunnel(&["10.64.0.2"], &["fc00::1", "10.64.0.9", "10.64.0.1"]);
+        let targets = DnsTargets::of(Some(&v4_only));
+        assert_eq!(targets.v4, Some(Ipv4Addr::new(10, 64, 0, 9)));
+        assert_eq!(
+            targets.v6, None,
+            "a v6 resolver behind a v4-only tunnel is no target"
+        );
+        let dual = tunnel(&["10.64.0.2", "fc00::2"], &["fc00::1", "10.64.0.1"]);
+        let targets = DnsTargets::of(Some(&dual));
+        assert_eq!(targets.v6, Some("fc00::1".parse().expect("literal")));
+        assert_eq!(DnsTargets::of(None), DnsTargets::default());
+    }
+
+    #[test]
+    fn a_lan_known_by_name_only_passes_only_dhcp_and_link_local() {
+        let chain = prerouting_chain(&[LocalLink::named(name("lan0"))]);
+        let comments: Vec<&str> = chain.rules.iter().map(|r| r.comment).collect();
+        assert_eq!(
+            comments,
+            [
+                "router: dhcp from a client without an address",
+                "router: ipv6 link-local",
+                "router: icmpv6 from a host without an address",
+                "router: spoofed source",
+            ]
+        );
+        assert_eq!(chain.rules.last().map(|r| &r.verdict), Some(&Verdict::Drop));
+    }
+
+    #[test]
+    fn lans_are_named_once_in_order_and_link_local_networks_are_not_routed() {
+        let lan = |n: &str, nets: &[&str]| LocalLink {
+            interface: name(n),
+            networks: nets.iter().map(|a| a.parse().expect("literal")).collect(),
+        };
+        let lans = [
+            lan("lan1", &["192.168.51.1/24"]),
+            lan("lan0", &["192.168.50.1/24", "fe80::1/64", "169.254.1.1/16"]),
+            lan("lan1", &["192.168.51.1/24"]),
+        ];
+        let names: Vec<&str> = interface_names(&lans).iter().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["lan0", "lan1"]);
+        let routed: Vec<String> = routed_networks(&lans)
+            .iter()
+            .map(|(net, dev)| format!("{net} dev {dev}"))
+            .collect();
+        assert_eq!(
+            routed,
+            ["192.168.50.0/24 dev lan0", "192.168.51.0/24 dev lan1"]
+        );
+    }
+
+    #[test]
+    fn without_a_tunnel_nothing_is_translated_or_masqueraded() {
+        let lans = [LocalLink::named(name("lan0"))];
+        assert!(dnat_chain(&lans, None).rules.is_empty());
+        assert!(nat_chain(&lans, None).rules.is_empty());
+        let forward = forward_rules(&lans, None, &[]);
+        assert!(forward.iter().all(|r| r.verdict != Verdict::Accept));
+        // A tunnel with only a link-local address carries nothing either.
+        let idle = tunnel(&["fe80::2"], &["10.64.0.1"]);
+        let forward = forward_rules(&lans, Some(&idle), &[]);
+        assert!(forward.iter().all(|r| r.verdict != Verdict::Accept));
+    }
+}
