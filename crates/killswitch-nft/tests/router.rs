@@ -283,6 +283,21 @@ fn a_lans_dns_to_any_address_is_answered_by_the_tunnels_resolver() -> Result<()>
             if p.src == IpAddr::from(CLIENT) || p.dst == IpAddr::from(PUBLIC_RESOLVER))),
         "the client's DNS appeared on the WAN"
     );
+    // Each of those flows carries the router bit in its conntrack mark (what the daemon's flush
+    // selects), and its translation: asked of 192.0.2.53, answered by the tunnel's resolver.
+    let flows = lab.router.exec("cat", &["/proc/net/nf_conntrack"])?;
+    let translated = flows.lines().find(|line| {
+        line.contains(&format!("src={CLIENT} dst={PUBLIC_RESOLVER} "))
+            && line.contains(&format!("src={RESOLVER} dst={ROUTER_TUNNEL} "))
+    });
+    let translated = translated.with_context(|| format!("no translated DNS flow in\n{flows}"))?;
+    let mark = killswitch_policy::CT_MARK_ROUTER;
+    let marked = translated
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("mark="))
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|m| m & mark != 0);
+    ensure!(marked, "the LAN's flow lacks the router mark: {translated}");
     ensure!(wan.kernel_drops()? == 0, "the capture dropped frames");
     Ok(())
 }
@@ -439,6 +454,57 @@ fn the_lan_never_reaches_the_wan_and_fails_fast() -> Result<()> {
         "the client's packets appeared on the WAN"
     );
     ensure!(wan.kernel_drops()? == 0, "the capture dropped frames");
+    Ok(())
+}
+
+#[test]
+fn a_lan_client_cannot_reach_the_vpn_server_port_shadowing() -> Result<()> {
+    if !require_root("a_lan_client_cannot_reach_the_vpn_server_port_shadowing") {
+        return Ok(());
+    }
+    // CVE-2021-3773: a LAN client sending from the router's WireGuard port to the VPN server.
+    // Here the server is the host by the WAN, and the LAN is routed into the tunnel.
+    let lab = RouterLab::new("rt-shadow", true)?;
+    lab.wan.ip(&[
+        "route",
+        "add",
+        "10.64.0.0/24",
+        "via",
+        &ROUTER_WAN.to_string(),
+    ])?;
+    let server = SocketAddr::new(BY_THE_WAN.into(), 51820);
+    let mut state = connected();
+    if let PolicyState::Connected { peer, .. } = &mut state {
+        peer.endpoints = killswitch_types::Endpoints::one(Endpoint {
+            address: server,
+            protocol: killswitch_types::TransportProtocol::Udp,
+        });
+    }
+    lab.apply(&compile_for(&state, &Settings::default(), &lan()))?;
+    let wan = Capture::start(&lab.router, "wan0")?;
+    let tunnel = Capture::start(&lab.router, "wg0")?;
+    let client = lab
+        .client
+        .run(|| UdpSocket::bind(SocketAddr::new(CLIENT.into(), 51820)))??;
+    client.set_read_timeout(Some(WAIT))?;
+    client.connect(server)?;
+    client.send(b"shadow")?;
+    // Refused with ICMP: the socket reports it on its next receive.
+    let mut buffer = [0u8; 16];
+    match client.recv(&mut buffer) {
+        Err(e) if e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::TimedOut => {}
+        other => anyhow::bail!("the datagram to the VPN server was not refused: {other:?}"),
+    }
+    for (link, capture) in [("WAN", &wan), ("tunnel", &tunnel)] {
+        ensure!(
+            !capture
+                .frames()
+                .iter()
+                .any(|c| matches!(&c.frame, Frame::Ip(p)
+                if p.dst == IpAddr::from(BY_THE_WAN))),
+            "the datagram to the VPN server appeared on the {link}"
+        );
+    }
     Ok(())
 }
 
