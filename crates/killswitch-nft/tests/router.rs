@@ -555,3 +555,73 @@ fn without_a_tunnel_the_lan_fails_fast_and_still_reaches_the_router() -> Result<
     }
     Ok(())
 }
+
+#[test]
+fn forwarded_ipv6_never_leaves_by_the_wan_behind_a_v4_only_tunnel() -> Result<()> {
+    if !require_root("forwarded_ipv6_never_leaves_by_the_wan_behind_a_v4_only_tunnel") {
+        return Ok(());
+    }
+    let lab = RouterLab::new("rt-v6", true)?;
+    // IPv6 everywhere but in the tunnel: the LAN fd77::/64, the WAN 2001:db8:ff::/64 with a
+    // host 2001:db8::80 behind it, the router's default IPv6 route by the WAN.
+    lab.router
+        .exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    lab.client
+        .ip(&["addr", "add", "fd77::2/64", "dev", "eth0", "nodad"])?;
+    lab.client
+        .ip(&["-6", "route", "add", "default", "via", "fd77::1"])?;
+    lab.router
+        .ip(&["addr", "add", "fd77::1/64", "dev", "lan0", "nodad"])?;
+    lab.router
+        .ip(&["addr", "add", "2001:db8:ff::2/64", "dev", "wan0", "nodad"])?;
+    lab.router
+        .ip(&["-6", "route", "add", "default", "via", "2001:db8:ff::1"])?;
+    lab.wan
+        .ip(&["addr", "add", "2001:db8:ff::1/64", "dev", "eth0", "nodad"])?;
+    lab.wan
+        .ip(&["addr", "add", "2001:db8::80/128", "dev", "lo"])?;
+    lab.wan
+        .ip(&["-6", "route", "add", "fd77::/64", "via", "2001:db8:ff::2"])?;
+    let server = lab
+        .wan
+        .run(|| TcpListener::bind("[2001:db8::80]:80".parse::<SocketAddr>().expect("literal")))??;
+    let to: SocketAddr = "[2001:db8::80]:80".parse()?;
+    // Without the rules (and the routing layer's IPv6 rule, which only the real layer adds),
+    // the client's IPv6 reaches the host by the WAN: the test can see the leak.
+    let open = lab.client.run(|| TcpStream::connect_timeout(&to, WAIT))??;
+    server.accept()?;
+    drop(open);
+    let wan = Capture::start(&lab.router, "wan0")?;
+    let mut exceptions = lan();
+    exceptions.router_lans[0]
+        .networks
+        .push("fd77::1/64".parse().expect("literal"));
+    for (label, settings) in [
+        ("connected", Settings::default()),
+        (
+            "connected+apps-only",
+            Settings {
+                apps_only: true,
+                ..Settings::default()
+            },
+        ),
+    ] {
+        lab.apply(&compile_for(&connected(), &settings, &exceptions))?;
+        let started = Instant::now();
+        match lab.client.run(|| TcpStream::connect_timeout(&to, WAIT))? {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+            other => anyhow::bail!("{label}: IPv6 by the WAN gave {other:?}, not a reset"),
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(1),
+            "{label}: the refusal took {:?}",
+            started.elapsed()
+        );
+    }
+    ensure!(
+        !wan.frames().iter().any(|c| matches!(&c.frame, Frame::Ip(p)
+            if p.dst == "2001:db8::80".parse::<IpAddr>().expect("literal"))),
+        "the client's IPv6 appeared on the WAN"
+    );
+    Ok(())
+}
