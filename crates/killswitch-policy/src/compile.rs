@@ -33,6 +33,11 @@
 //! holds only their jump, so they reach loopback and nothing else while everyone else is as free as
 //! the administrator chose.
 //!
+//! Router LANs (issue 17, [`crate::router`]): scopes as well, first in forward (ahead of exec's),
+//! with their own prerouting, `dstnat` and `srcnat` chains, an input accept and an output
+//! allowance to the LAN's own networks; in states with no machine-wide table, the scopes-only
+//! table carries them.
+//!
 //! Apps-only (`Settings::apps_only`): in every state the machine-wide table is replaced by that
 //! scopes-only table ([`scopes_table`]), which receives the tunnel while it is connected: the
 //! machine's own traffic is left alone, the scopes leave through the tunnel or not at all. The
@@ -315,7 +320,13 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
     if settings.apps_only {
         // The machine's own traffic is the administrator's to leave alone: only the scopes get
         // rules, and they get the tunnel while it carries traffic.
-        return scopes_table(exceptions, state.carrying_tunnel());
+        let endpoints: Vec<IpAddr> = match state {
+            PolicyState::Connected { peer, .. } | PolicyState::Connecting { peer, .. } => {
+                peer.endpoints.iter().map(|e| e.address.ip()).collect()
+            }
+            _ => Vec::new(),
+        };
+        return scopes_table_for(exceptions, state.carrying_tunnel(), &endpoints);
     }
     let Some(Parts {
         peer,
@@ -346,6 +357,17 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
             rest
         }
     };
+    // The router LANs' forward rules go before even exec's: they decide everything that comes
+    // from or goes to a LAN interface ([`crate::router`]).
+    let lans = &exceptions.router_lans;
+    let endpoints: Vec<IpAddr> = peer
+        .map(|p| p.endpoints.iter().map(|e| e.address.ip()).collect())
+        .unwrap_or_default();
+    let mut forward = crate::router::forward_rules(lans, tunnel, &endpoints);
+    forward.extend(with_exec(
+        crate::exec::forward_rules(tunnel),
+        forward_rules(tunnel, allow_lan, exceptions),
+    ));
     let mut chains = vec![
         base_chain(
             "input",
@@ -363,18 +385,14 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
                 output_rules(peer, tunnel, identity, probe, allow_lan, exceptions),
             ),
         ),
-        base_chain(
-            "forward",
-            Hook::Forward,
-            with_exec(
-                crate::exec::forward_rules(tunnel),
-                forward_rules(tunnel, allow_lan, exceptions),
-            ),
-        ),
+        base_chain("forward", Hook::Forward, forward),
     ];
     if exec {
         chains.push(crate::exec::prerouting_chain(tunnel));
         chains.push(crate::exec::nat_chain(&exceptions.exec_scopes, tunnel));
+    }
+    if !lans.is_empty() {
+        chains.extend(crate::router::chains(lans, tunnel));
     }
     if let Some(sets) = allow_lan {
         chains.push(Chain {
@@ -446,9 +464,11 @@ fn tunnel_only_chain(tunnel: Option<&Tunnel>) -> Chain {
 }
 
 /// Whether anything is confined on its own (a scope), whatever the machine-wide state: the
-/// tunnel-only users and `killswitch exec`'s namespaces.
+/// tunnel-only users, `killswitch exec`'s namespaces and the router LANs.
 fn has_scopes(exceptions: &Exceptions) -> bool {
-    !exceptions.tunnel_only_uids.is_empty() || !exceptions.exec_scopes.is_empty()
+    !exceptions.tunnel_only_uids.is_empty()
+        || !exceptions.exec_scopes.is_empty()
+        || !exceptions.router_lans.is_empty()
 }
 
 /// The scopes-only table: what is installed when the machine itself gets no kill switch, that is
@@ -463,6 +483,17 @@ fn has_scopes(exceptions: &Exceptions) -> bool {
 /// whether `up` runs the tunnel or `guard` watches it); the scopes may use it and its resolvers.
 /// Without one they may use loopback only. `None` (no table at all) when there is no scope.
 pub fn scopes_table(exceptions: &Exceptions, tunnel: Option<&Tunnel>) -> Ruleset {
+    scopes_table_for(exceptions, tunnel, &[])
+}
+
+/// [`scopes_table`], `endpoints` being the VPN server's addresses where the state knows them
+/// (apps-only while connecting or connected): the router LANs may not reach them
+/// ([`crate::router`], port shadowing).
+fn scopes_table_for(
+    exceptions: &Exceptions,
+    tunnel: Option<&Tunnel>,
+    endpoints: &[IpAddr],
+) -> Ruleset {
     if !has_scopes(exceptions) {
         return Ruleset { table: None };
     }
@@ -489,20 +520,55 @@ pub fn scopes_table(exceptions: &Exceptions, tunnel: Option<&Tunnel>) -> Ruleset
             tunnel,
         ));
     }
+    let lans = &exceptions.router_lans;
+    if !lans.is_empty() {
+        // The router LANs' forward rules ahead of exec's, in the one forward chain (policy
+        // accept: only what comes from or goes to a LAN interface is taken away).
+        let router_forward = crate::router::forward_rules(lans, tunnel, endpoints);
+        match chains
+            .iter_mut()
+            .find(|c| c.base.is_some_and(|b| b.hook == Hook::Forward))
+        {
+            Some(forward) => {
+                let exec_rules = std::mem::take(&mut forward.rules);
+                forward.rules = router_forward.into_iter().chain(exec_rules).collect();
+            }
+            None => chains.push(Chain {
+                name: "forward".to_owned(),
+                base: Some(BaseChain {
+                    hook: Hook::Forward,
+                    priority: PRIORITY_FILTER,
+                    policy: ChainPolicy::Accept,
+                }),
+                rules: router_forward,
+            }),
+        }
+        chains.extend(crate::router::chains(lans, tunnel));
+    }
     if !uids.is_empty() {
         chains.push(tunnel_only_chain(tunnel));
     }
     // The refusals the scopes' chains jump to: DNS outside the tunnel (named by the users' chain
     // only while a tunnel carries traffic, by the exec rules always), everything else, and for
-    // exec the inbound drop.
+    // exec the inbound drop; the router LANs' need all four.
+    let mut refusals = Vec::new();
     if exec {
-        chains.extend(crate::exec::refuse_chains());
+        refusals.extend(crate::exec::refuse_chains());
     } else {
-        if tunnel.is_some() {
-            chains.push(refuse_chain(BlockReason::Dns));
+        if tunnel.is_some() || !lans.is_empty() {
+            refusals.push(refuse_chain(BlockReason::Dns));
         }
-        chains.push(refuse_chain(BlockReason::NonTunnel));
+        refusals.push(refuse_chain(BlockReason::NonTunnel));
     }
+    if !lans.is_empty() {
+        for reason in crate::router::REFUSE_REASONS {
+            let chain = refuse_chain(reason);
+            if !refusals.iter().any(|c: &Chain| c.name == chain.name) {
+                refusals.push(chain);
+            }
+        }
+    }
+    chains.extend(refusals);
     Ruleset {
         table: Some(Table {
             sets: Vec::new(),
@@ -695,6 +761,7 @@ fn output_rules(
             "out through the tunnel",
         ));
     }
+    rules.extend(crate::router::output_rules(&exceptions.router_lans));
     rules.extend(exceptions_out(exceptions));
     if let Some(sets) = allow_lan {
         rules.extend(lan_destinations(sets, "lan"));
@@ -755,6 +822,7 @@ fn input_rules(
             "in through the tunnel",
         ));
     }
+    rules.extend(crate::router::input_rules(&exceptions.router_lans));
     rules.extend(exceptions_in(exceptions));
     if let Some(sets) = allow_lan {
         rules.extend(sets.iter().map(|set| {

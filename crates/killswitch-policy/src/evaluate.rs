@@ -1,16 +1,19 @@
 //! A small evaluator: the verdict the kernel would give a packet under a ruleset.
 //!
-//! It implements the semantics of the subset of nftables the policy uses: base chain per hook, rules
-//! in order, first terminal verdict wins, a jump returns when the called chain does not decide, and
-//! the chain policy applies when nothing matched. A matching rule's statements change the packet
-//! before its verdict ([`Ruleset::decide`] returns the packet as it leaves). ARP messages go
+//! It implements the semantics of the subset of nftables the policy uses: every base chain of a
+//! hook by priority (an accept ends only its own chain), rules in order, first terminal verdict
+//! wins, a jump returns when the called chain does not decide, and the chain policy applies when
+//! nothing matched. A matching rule's statements change the packet before its verdict
+//! ([`Ruleset::decide`] returns the packet as it leaves; `dnat` rewrites its destination).
+//! [`Ruleset::forward_path`] takes a routed packet through prerouting, a routing decision,
+//! forward and postrouting, which is how router mode's DNS translation is checked. ARP messages go
 //! through the `arp` table the same way ([`Ruleset::arp_verdict`]). It exists so that tests can
 //! state properties over random packets ("no DNS leaves outside the tunnel"), and so that the lab
 //! can classify a captured packet as "allowed by the old or the new state".
 
 use crate::ruleset::{
-    ArpHook, ArpMatch, ArpOperation, Chain, ChainPolicy, Hook, IpFamily, L4Proto, Match,
-    RejectWith, Ruleset, Statement, Verdict as RuleVerdict,
+    AddressType, ArpHook, ArpMatch, ArpOperation, Chain, ChainPolicy, Hook, IpFamily, L4Proto,
+    Match, RejectWith, Ruleset, Statement, Verdict as RuleVerdict,
 };
 use killswitch_types::InterfaceName;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -28,6 +31,9 @@ pub struct Packet {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
+    /// Whether the destination is one of this host's own addresses (`fib daddr type local`):
+    /// so at the input hook, never at forward; in prerouting, what routing will find.
+    pub dst_local: bool,
     /// IPv4 TTL or IPv6 hop limit.
     pub hop_limit: u8,
     /// The transport header.
@@ -56,6 +62,11 @@ impl Packet {
         Self::new(Hook::Input, Some(iif), None, src, dst, transport)
     }
 
+    /// A new packet arriving on `iif`, before the routing decision (prerouting).
+    pub fn prerouting(iif: &str, src: IpAddr, dst: IpAddr, transport: Transport) -> Self {
+        Self::new(Hook::Prerouting, Some(iif), None, src, dst, transport)
+    }
+
     /// A new packet routed from `iif` to `oif`.
     pub fn forward(iif: &str, oif: &str, src: IpAddr, dst: IpAddr, transport: Transport) -> Self {
         Self::new(Hook::Forward, Some(iif), Some(oif), src, dst, transport)
@@ -78,6 +89,7 @@ impl Packet {
             oif: name(oif),
             src,
             dst,
+            dst_local: hook == Hook::Input,
             hop_limit: 64,
             transport,
             mark: 0,
@@ -92,6 +104,12 @@ impl Packet {
     /// `cgroups` (the last being the socket's own cgroup).
     pub fn with_cgroups(mut self, cgroups: Vec<u64>) -> Self {
         self.cgroups = cgroups;
+        self
+    }
+
+    /// The same packet, addressed to one of this host's own addresses (or not).
+    pub fn with_local_destination(mut self, local: bool) -> Self {
+        self.dst_local = local;
         self
     }
 
@@ -276,23 +294,85 @@ impl Ruleset {
         self.decide(packet).verdict
     }
 
-    /// The verdict for `packet`, and the packet as the rules leave it.
+    /// The verdict for `packet`, and the packet as the rules leave it. Every base chain on the
+    /// packet's hook sees it, by priority (a packet at [`Hook::Prerouting`] also meets the
+    /// [`Hook::PreroutingNat`] chains, at their place among the prerouting priorities), and, as
+    /// in the kernel, an accept only ends its own chain: the packet passes if every chain lets it,
+    /// and the first chain that drops or rejects it decides.
     pub fn decide(&self, packet: &Packet) -> Decision {
         let mut packet = packet.clone();
-        let Some(chain) = self.base_chain(packet.hook) else {
+        let mut chains: Vec<(&Chain, i32, ChainPolicy)> = self
+            .table
+            .iter()
+            .flat_map(|table| &table.chains)
+            .filter_map(|chain| {
+                let base = chain.base?;
+                let sees = base.hook == packet.hook
+                    || (packet.hook == Hook::Prerouting && base.hook == Hook::PreroutingNat);
+                sees.then_some((chain, base.priority, base.policy))
+            })
+            .collect();
+        // Stable: chains of one priority keep the table's order, as the kernel keeps the order
+        // in which they were registered.
+        chains.sort_by_key(|(_, priority, _)| *priority);
+        for (chain, _, policy) in chains {
+            let verdict = match self.run_chain(chain, &mut packet, 0) {
+                Some(verdict) => verdict,
+                None => match policy {
+                    ChainPolicy::Drop => Verdict::Drop,
+                    ChainPolicy::Accept => Verdict::Accept,
+                },
+            };
+            if verdict != Verdict::Accept {
+                return Decision { verdict, packet };
+            }
+        }
+        Decision {
+            verdict: Verdict::Accept,
+            packet,
+        }
+    }
+
+    /// A packet arriving on its `iif` that this host routes, through every hook it meets:
+    /// prerouting (filter and `dstnat`, which may rewrite its destination), the routing
+    /// decision `route` makes for the packet as prerouting left it (the outgoing interface;
+    /// `None`, no route, ends it as the kernel's `unreachable` would: dropped here), forward,
+    /// then postrouting. The decision of the first hook that does not accept it, or the accept
+    /// of the last, with the packet as it would leave.
+    pub fn forward_path(
+        &self,
+        arriving: &Packet,
+        route: impl Fn(&Packet) -> Option<InterfaceName>,
+    ) -> Decision {
+        let mut packet = Packet {
+            hook: Hook::Prerouting,
+            oif: None,
+            ..arriving.clone()
+        };
+        let decided = self.decide(&packet);
+        if decided.verdict != Verdict::Accept {
+            return decided;
+        }
+        packet = decided.packet;
+        let Some(oif) = route(&packet) else {
             return Decision {
-                verdict: Verdict::Accept,
+                verdict: Verdict::Drop,
                 packet,
             };
         };
-        let verdict = match self.run_chain(chain, &mut packet, 0) {
-            Some(verdict) => verdict,
-            None => match chain.base.map(|b| b.policy) {
-                Some(ChainPolicy::Drop) => Verdict::Drop,
-                _ => Verdict::Accept,
-            },
-        };
-        Decision { verdict, packet }
+        packet.oif = Some(oif);
+        for hook in [Hook::Forward, Hook::Postrouting] {
+            packet.hook = hook;
+            let decided = self.decide(&packet);
+            if decided.verdict != Verdict::Accept {
+                return decided;
+            }
+            packet = decided.packet;
+        }
+        Decision {
+            verdict: Verdict::Accept,
+            packet,
+        }
     }
 
     /// The verdict of the `arp` table for an ARP message: accept when there is no such table or
@@ -330,6 +410,13 @@ impl Ruleset {
                     Statement::Count(_) | Statement::Log(_) => {}
                     // Masquerading rewrites the source and accepts (postrouting only).
                     Statement::Masquerade => return Some(Verdict::Accept),
+                    // Destination NAT rewrites the destination (same port) and accepts.
+                    Statement::Dnat(to) => {
+                        packet.dst = *to;
+                        return Some(Verdict::Accept);
+                    }
+                    // The MSS option is not modelled: the clamp never changes a verdict.
+                    Statement::ClampMssToRoute => {}
                 }
             }
             match &rule.verdict {
@@ -425,6 +512,13 @@ fn matches(m: &Match, p: &Packet) -> bool {
         },
         // Under the rate: the only rules with a limit log and decide nothing.
         Match::Limit { .. } => true,
+        // Broadcast modelled as the limited broadcast only (a subnet's broadcast address needs
+        // the interface's prefix, which the packet does not carry).
+        Match::DestinationType(kind) => match kind {
+            AddressType::Local => p.dst_local,
+            AddressType::Broadcast => p.dst == IpAddr::V4(Ipv4Addr::BROADCAST),
+            AddressType::Multicast => p.dst.is_multicast(),
+        },
     }
 }
 

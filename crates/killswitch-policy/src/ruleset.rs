@@ -12,7 +12,7 @@ use crate::set::Set;
 use ipnet::IpNet;
 use killswitch_types::{BlockReason, InterfaceName};
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The name of killswitch's tables: `inet killswitch`, and `arp killswitch` beside it.
 pub const TABLE_NAME: &str = "killswitch";
@@ -105,14 +105,20 @@ pub enum Hook {
     Output,
     /// Packets this host routes (containers, VMs, a shared connection).
     Forward,
-    /// Packets as they arrive, before routing: only for the `exec` namespaces' refusals while no
-    /// tunnel carries their traffic (their route is `unreachable` then, and the kernel's ICMP
+    /// Packets as they arrive, before routing: the router LANs' spoofing guard
+    /// ([`crate::router`]), and the `exec` namespaces' refusals while no tunnel carries their
+    /// traffic (their route is `unreachable` then, and the kernel's ICMP
     /// answer to that is rate-limited; a refusal here is a TCP reset or ICMP at once).
     Prerouting,
     /// Packets about to leave, routed or local: only for source NAT, in a chain of type `nat`
     /// (priority 100, `srcnat`). It never filters: the `exec` namespaces' addresses are rewritten
     /// to the tunnel's here ([`Statement::Masquerade`]).
     Postrouting,
+    /// Packets as they arrive, in a chain of type `nat` (priority -100, `dstnat`): only for
+    /// destination NAT, the router LANs' DNS sent to the tunnel's resolver
+    /// ([`Statement::Dnat`]). It never filters. The kernel runs it for the first packet of a
+    /// flow only; the flow's later packets get the same translation from conntrack.
+    PreroutingNat,
 }
 
 /// A base chain's default verdict.
@@ -268,6 +274,11 @@ pub enum Match {
         /// The cgroup's id.
         id: u64,
     },
+    /// `fib daddr type TYPE`: what the routing table says the destination address is to this
+    /// host (needs no preceding match: the kernel looks up the packet's own family). In
+    /// prerouting, before the routing decision, it tells a packet for this host (or a
+    /// broadcast or multicast group) from one that will be forwarded.
+    DestinationType(AddressType),
     /// `limit rate N/second burst B packets`: holds for at most `per_second` packets a second
     /// after a burst of `burst` (shared by every packet this rule sees). The evaluator takes it
     /// to hold: it only ever guards a [`Verdict::Continue`] rule that logs.
@@ -277,6 +288,29 @@ pub enum Match {
         /// Packets allowed above the rate at once.
         burst: u32,
     },
+}
+
+/// What a destination address is to this host, as `fib daddr type` says (the routing table's
+/// route type for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressType {
+    /// One of this host's own addresses (`RTN_LOCAL`).
+    Local,
+    /// A broadcast address: the limited broadcast, or a subnet's (`RTN_BROADCAST`).
+    Broadcast,
+    /// A multicast group (`RTN_MULTICAST`).
+    Multicast,
+}
+
+impl AddressType {
+    /// The kernel's route type number (`RTN_*`).
+    pub fn number(self) -> u32 {
+        match self {
+            AddressType::Local => 2,
+            AddressType::Broadcast => 3,
+            AddressType::Multicast => 5,
+        }
+    }
 }
 
 /// A change a rule makes to a packet it matches, before its verdict.
@@ -298,6 +332,17 @@ pub enum Statement {
     /// [`Hook::Postrouting`] chain). Its verdict is its own (accept): the rule carries
     /// [`Verdict::Continue`].
     Masquerade,
+    /// `dnat ip[6] to ADDR`: rewrites the destination address to `ADDR`, same port (only in a
+    /// [`Hook::PreroutingNat`] chain; needs a preceding [`Match::Family`] of the address's
+    /// family). Its verdict is its own (accept): the rule carries [`Verdict::Continue`].
+    Dnat(IpAddr),
+    /// `tcp option maxseg size set rt mtu`: lowers the MSS option of a TCP segment to what the
+    /// route the packet takes can carry (its MTU less the IP and TCP headers), so that hosts
+    /// behind a tunnel with a smaller MTU never send segments the tunnel must drop (path MTU
+    /// discovery's ICMP is often filtered). Only SYN and SYN/ACK carry the option; on any other
+    /// segment it changes nothing. Needs a preceding TCP [`Match::Protocol`]; only on the
+    /// forward hook (the kernel accepts `rt mtu` on forward, output and postrouting).
+    ClampMssToRoute,
 }
 
 /// What a rule does with a packet it matches.
@@ -609,7 +654,17 @@ impl Rule {
                 Statement::SetTtl(_) if family != Some(IpFamily::V4) => {
                     return Err("ttl rewrite without `meta nfproto ipv4` first".to_owned());
                 }
+                Statement::Dnat(to) if family != Some(family_of_addr(*to)) => {
+                    return Err(format!(
+                        "dnat to {to} without `meta nfproto` of its family first"
+                    ));
+                }
+                Statement::ClampMssToRoute if proto != Some(L4Proto::Tcp) => {
+                    return Err("mss clamp without `meta l4proto tcp` first".to_owned());
+                }
                 Statement::SetTtl(_)
+                | Statement::Dnat(_)
+                | Statement::ClampMssToRoute
                 | Statement::SetCtMarkBit(_)
                 | Statement::Count(_)
                 | Statement::Log(_)
@@ -736,6 +791,7 @@ impl fmt::Display for Chain {
                 Hook::Forward => ("filter", "forward"),
                 Hook::Prerouting => ("filter", "prerouting"),
                 Hook::Postrouting => ("nat", "postrouting"),
+                Hook::PreroutingNat => ("nat", "prerouting"),
             };
             writeln!(
                 f,
@@ -821,7 +877,23 @@ impl fmt::Display for Match {
             Match::Limit { per_second, burst } => {
                 write!(f, "limit rate {per_second}/second burst {burst} packets")
             }
+            Match::DestinationType(kind) => write!(
+                f,
+                "fib daddr type {}",
+                match kind {
+                    AddressType::Local => "local",
+                    AddressType::Broadcast => "broadcast",
+                    AddressType::Multicast => "multicast",
+                }
+            ),
         }
+    }
+}
+
+fn family_of_addr(ip: IpAddr) -> IpFamily {
+    match ip {
+        IpAddr::V4(_) => IpFamily::V4,
+        IpAddr::V6(_) => IpFamily::V6,
     }
 }
 
@@ -862,6 +934,9 @@ impl fmt::Display for Statement {
                 log_prefix(*reason)
             ),
             Statement::Masquerade => write!(f, "masquerade"),
+            Statement::Dnat(IpAddr::V4(to)) => write!(f, "dnat ip to {to}"),
+            Statement::Dnat(IpAddr::V6(to)) => write!(f, "dnat ip6 to {to}"),
+            Statement::ClampMssToRoute => write!(f, "tcp option maxseg size set rt mtu"),
         }
     }
 }

@@ -129,6 +129,7 @@ fn packet_with<T: Strategy<Value = Transport> + 'static>(
                         oif: if hook == Hook::Input { None } else { oif },
                         src,
                         dst,
+                        dst_local: hook == Hook::Input,
                         hop_limit,
                         transport,
                         mark,
@@ -540,7 +541,7 @@ proptest! {
             Hook::Output => !is_lan(p.dst),
             Hook::Input => !is_lan(p.src),
             Hook::Forward => !is_lan(p.src) || !is_lan(p.dst),
-            Hook::Postrouting | Hook::Prerouting => false,
+            Hook::Postrouting | Hook::Prerouting | Hook::PreroutingNat => false,
         };
         prop_assume!(public_far_end);
         let closed = compile(&state, &Settings { lockdown, allow_lan: false, apps_only: false }).verdict(&p);
@@ -1044,6 +1045,8 @@ proptest! {
     ) {
         prop_assume!(p.hook == Hook::Output && in_bypass(&scope, &path));
         prop_assume!(!guarded_addresses(&state).contains(&p.src));
+        // Nor a neighbour advertisement naming it (the guard ahead of the bypass accept).
+        prop_assume!(!matches!(p.transport, Transport::Icmpv6 { target: Some(t), .. } if guarded_addresses(&state).contains(&IpAddr::V6(t))));
         let p = Packet { uid: None, ..p }.with_cgroups(path);
         let with = Exceptions { bypass: Some(scope), ..exceptions };
         prop_assert!(compile_for(&state, &settings, &with).verdict(&p).is_accept(), "{:?} {:?}", state, p);
