@@ -661,6 +661,8 @@ mod tests {
             notes: vec![],
             blocked: Some(Default::default()),
             tunnel_only_users: Vec::new(),
+            router_lans: Vec::new(),
+            ip_forward: None,
             exec: Vec::new(),
             bypass: None,
             on_drop: Default::default(),
