@@ -636,7 +636,8 @@ mod tests {
 
     #[test]
     fn router_commands_parse_and_bad_names_are_usage_errors() {
-        let parse = |args: &[&str]| Cli::try_parse_from(["killswitch", "router"].iter().chain(args));
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(["killswitch", "router"].iter().chain(args));
         let Ok(Cli {
             command:
                 Some(Command::Router {

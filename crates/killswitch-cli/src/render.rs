@@ -143,7 +143,8 @@ pub(crate) fn tunnel_only_users(
 /// What a router LAN's clients get now: the tunnel, or refusals (and why).
 fn router_clients(status: &Status, lan: &killswitch_types::ipc::RouterLanStatus) -> String {
     if !lan.present {
-        return "absent (confined by name: nothing is forwarded from it until it appears)".to_owned();
+        return "absent (confined by name: nothing is forwarded from it until it appears)"
+            .to_owned();
     }
     if lan.networks.is_empty() {
         return "no address (no client source is accepted until it has one)".to_owned();
@@ -155,10 +156,7 @@ fn router_clients(status: &Status, lan: &killswitch_types::ipc::RouterLanStatus)
         (State::Connected, Some(tunnel)) => {
             format!("clients through the tunnel ({})", tunnel.interface)
         }
-        _ => format!(
-            "clients refused: no tunnel connected ({})",
-            status.state
-        ),
+        _ => format!("clients refused: no tunnel connected ({})", status.state),
     }
 }
 
@@ -861,12 +859,19 @@ mod tests {
         };
         let mut s = sample();
         s.router_lans = vec![
-            lan("lan0", &["192.168.50.0/24", "fd00:50::/64"], true, true, UserSource::Config),
+            lan(
+                "lan0",
+                &["192.168.50.0/24", "fd00:50::/64"],
+                true,
+                true,
+                UserSource::Config,
+            ),
             lan("lan1", &[], false, false, UserSource::Cli),
         ];
         s.ip_forward = Some(true);
-        s.exceptions.refused =
-            vec!["router LAN eth0 (config): eth0 holds the default route: it is the WAN".to_owned()];
+        s.exceptions.refused = vec![
+            "router LAN eth0 (config): eth0 holds the default route: it is the WAN".to_owned(),
+        ];
         let text = status(&s);
         assert!(
             text.contains(
@@ -881,7 +886,10 @@ mod tests {
             list.starts_with("lan0             192.168.50.0/24,fd00:50::/64"),
             "{list}"
         );
-        assert!(list.contains(" config clients through the tunnel (wg0)\n"), "{list}");
+        assert!(
+            list.contains(" config clients through the tunnel (wg0)\n"),
+            "{list}"
+        );
         assert!(list.contains("\nlan1             -"), "{list}");
         assert!(list.contains("refused: router LAN eth0 (config)"), "{list}");
         // Not connected: refused; ip_forward off: warned, in both.
@@ -892,7 +900,10 @@ mod tests {
             text.contains("lan0 (192.168.50.0/24, fd00:50::/64): clients refused: no tunnel connected (connecting)"),
             "{text}"
         );
-        assert!(text.contains("warning:   net.ipv4.ip_forward is 0"), "{text}");
+        assert!(
+            text.contains("warning:   net.ipv4.ip_forward is 0"),
+            "{text}"
+        );
         assert!(router_lans(&s).contains("warning: net.ipv4.ip_forward is 0"));
         // None: said plainly, and nothing in status.
         assert_eq!(

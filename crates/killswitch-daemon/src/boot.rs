@@ -406,8 +406,7 @@ mod exceptions_at_boot {
         };
         store
             .save(
-                &Persisted::new(locked, Target::Disconnected)
-                    .with_router_lans(vec![lan("br-lan")]),
+                &Persisted::new(locked, Target::Disconnected).with_router_lans(vec![lan("br-lan")]),
             )
             .expect("save");
         let mut firewall = Kept::default();

@@ -188,7 +188,8 @@ impl Config {
         killswitch_policy::check_allows(&config.allows())?;
         check_on_drop(&config.freeze_on_drop, &config.kill_on_drop)?;
         for lan in &config.router_lan_interfaces {
-            crate::router::check_name(lan).map_err(|why| format!("router_lan_interfaces: {why}"))?;
+            crate::router::check_name(lan)
+                .map_err(|why| format!("router_lan_interfaces: {why}"))?;
         }
         if !config.resolv_conf.is_absolute() {
             return Err(format!(
@@ -385,8 +386,8 @@ mod tests {
 
     #[test]
     fn router_lan_interfaces_are_read_and_impossible_ones_refused_by_name() {
-        let config = Config::parse("router_lan_interfaces = [\"lan0\", \"br-lan\"]\n")
-            .expect("valid");
+        let config =
+            Config::parse("router_lan_interfaces = [\"lan0\", \"br-lan\"]\n").expect("valid");
         assert_eq!(
             config
                 .router_lan_interfaces
@@ -398,9 +399,15 @@ mod tests {
         for (text, says) in [
             ("router_lan_interfaces = [\"lo\"]\n", "loopback"),
             ("router_lan_interfaces = [\"ksx0\"]\n", "killswitch exec"),
-            ("router_lan_interfaces = [\"a/b\"]\n", "router_lan_interfaces"),
+            (
+                "router_lan_interfaces = [\"a/b\"]\n",
+                "router_lan_interfaces",
+            ),
             ("router_lan_interfaces = [\"\"]\n", "router_lan_interfaces"),
-            ("router_lan_interfaces = \"lan0\"\n", "router_lan_interfaces"),
+            (
+                "router_lan_interfaces = \"lan0\"\n",
+                "router_lan_interfaces",
+            ),
             ("router_lans = [\"lan0\"]\n", "router_lans"),
         ] {
             let err = Config::parse(text).expect_err(text);

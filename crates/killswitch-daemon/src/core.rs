@@ -814,8 +814,11 @@ impl<F: Firewall> Core<F> {
                 for (interface, result) in results {
                     match result {
                         Ok(()) => {
-                            if let Some(lan) =
-                                self.router.lans.iter_mut().find(|l| l.interface == interface)
+                            if let Some(lan) = self
+                                .router
+                                .lans
+                                .iter_mut()
+                                .find(|l| l.interface == interface)
                             {
                                 lan.forwarding = true;
                             }
@@ -3623,11 +3626,13 @@ mod tests {
                     if lans.contains(&name.as_str()) {
                         seen.present = true;
                         seen.forwarding = name.as_str() == "lan0";
-                        seen.networks = vec![format!("192.168.{}.0/24", 50 + i).parse().expect("net")];
+                        seen.networks =
+                            vec![format!("192.168.{}.0/24", 50 + i).parse().expect("net")];
                     }
                     if name.as_str() == wan {
                         seen.present = true;
-                        seen.refused = Some(format!("{wan} holds the default route: it is the WAN"));
+                        seen.refused =
+                            Some(format!("{wan} holds the default route: it is the WAN"));
                     }
                     seen
                 })
@@ -3663,12 +3668,18 @@ mod tests {
         assert!(lan0.forwarding, "switched on once its rules were in");
         assert_eq!(status.ip_forward, Some(false));
         assert!(
-            status.exceptions.refused.iter().any(|r| r.contains("eth0") && r.contains("WAN")),
+            status
+                .exceptions
+                .refused
+                .iter()
+                .any(|r| r.contains("eth0") && r.contains("WAN")),
             "{:?}",
             status.exceptions.refused
         );
         assert!(
-            effects.iter().any(|e| matches!(e, Effect::DeleteRouterFlows)),
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::DeleteRouterFlows)),
             "a first start without a tunnel: leftover LAN flows are stale"
         );
         // The rules get exactly the LANs in force, with their networks.
@@ -3711,7 +3722,10 @@ mod tests {
                 .iter()
                 .map(|l| (l.interface.as_str(), l.source, l.forwarding))
                 .collect::<Vec<_>>(),
-            [("lan0", UserSource::Config, true), ("lan1", UserSource::Cli, true)]
+            [
+                ("lan0", UserSource::Config, true),
+                ("lan1", UserSource::Cli, true)
+            ]
         );
         assert_eq!(core.exceptions().router_lans.len(), 2);
         // Adding again changes nothing; so does adding config.toml's.
@@ -3719,7 +3733,8 @@ mod tests {
         core.handle_request(&add("lan0")).expect("config.toml's");
         assert_eq!(core.router_lans, vec![lan("lan1")]);
         // Refusals name the problem and change nothing.
-        core.handle_request(&Request::Guard(spec())).expect("guard wg0");
+        core.handle_request(&Request::Guard(spec()))
+            .expect("guard wg0");
         let before = core.status();
         let applied = core.applied.clone();
         for (request, says) in [

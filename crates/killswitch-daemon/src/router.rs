@@ -98,7 +98,10 @@ pub fn check_name(name: &InterfaceName) -> Result<(), String> {
 }
 
 /// Why `name` cannot be a router LAN while `tunnel` is the tunnel interface.
-pub fn check_not_tunnel(name: &InterfaceName, tunnel: Option<&InterfaceName>) -> Result<(), String> {
+pub fn check_not_tunnel(
+    name: &InterfaceName,
+    tunnel: Option<&InterfaceName>,
+) -> Result<(), String> {
     if tunnel == Some(name) {
         return Err(format!(
             "{name} is the tunnel interface; a router LAN is the interface its clients are on"
@@ -127,26 +130,30 @@ pub fn judge(
 ) -> RouterView {
     let lans = wanted
         .iter()
-        .map(|name| match links.iter().find(|l| l.name == name.as_str()) {
-            None => SeenLan::absent(name.clone()),
-            Some(facts) => {
-                let mut networks: Vec<IpNet> = facts
-                    .addresses
-                    .iter()
-                    .map(IpNet::trunc)
-                    .filter(|n| !is_ipv6_link_local(n))
-                    .collect();
-                networks.sort();
-                networks.dedup();
-                SeenLan {
-                    interface: name.clone(),
-                    networks,
-                    present: true,
-                    forwarding: forwarding(name.as_str()),
-                    refused: wan.contains(&facts.index).then(|| wan_refusal(name.as_str())),
+        .map(
+            |name| match links.iter().find(|l| l.name == name.as_str()) {
+                None => SeenLan::absent(name.clone()),
+                Some(facts) => {
+                    let mut networks: Vec<IpNet> = facts
+                        .addresses
+                        .iter()
+                        .map(IpNet::trunc)
+                        .filter(|n| !is_ipv6_link_local(n))
+                        .collect();
+                    networks.sort();
+                    networks.dedup();
+                    SeenLan {
+                        interface: name.clone(),
+                        networks,
+                        present: true,
+                        forwarding: forwarding(name.as_str()),
+                        refused: wan
+                            .contains(&facts.index)
+                            .then(|| wan_refusal(name.as_str())),
+                    }
                 }
-            }
-        })
+            },
+        )
         .collect();
     RouterView { lans, ip_forward }
 }

@@ -620,7 +620,9 @@ async fn perform<P: Fn(Status)>(
                         "router LANs: their conntrack entries deleted in {} us",
                         start.elapsed().as_micros()
                     ),
-                    Err(e) => tracing::warn!("router LANs: deleting their conntrack entries failed: {e}"),
+                    Err(e) => {
+                        tracing::warn!("router LANs: deleting their conntrack entries failed: {e}")
+                    }
                 }
                 continue;
             }

@@ -14,11 +14,7 @@ use killswitch_types::{InterfaceName, Settings};
 /// Whether the kernel in `ns` holds exactly `exceptions`' ruleset for an unlocked, disconnected
 /// daemon (how `router add` leaves a fresh one).
 fn holds(ns: &Netns, exceptions: &Exceptions) -> Result<bool> {
-    let ruleset = compile_for(
-        &PolicyState::Disconnected,
-        &Settings::default(),
-        exceptions,
-    );
+    let ruleset = compile_for(&PolicyState::Disconnected, &Settings::default(), exceptions);
     ns.run(move || -> Result<bool> {
         let mut nft = killswitch_nft::Nftables::open()?;
         Ok(nft.verify(&ruleset).is_ok())
@@ -52,7 +48,9 @@ fn router_add_confines_the_lan_follows_its_addresses_and_survives_a_restart() ->
     let home = DaemonHome::new()?;
     let mut daemon = Daemon::start(ns, &home)?;
     ensure!(
-        ns.exec("cat", &["/proc/sys/net/ipv4/conf/lan0/forwarding"])?.trim() == "0",
+        ns.exec("cat", &["/proc/sys/net/ipv4/conf/lan0/forwarding"])?
+            .trim()
+            == "0",
         "forwarding starts off"
     );
 
@@ -72,7 +70,10 @@ fn router_add_confines_the_lan_follows_its_addresses_and_survives_a_restart() ->
     }
     let status = daemon.status()?;
     ensure!(status.router_lans.is_empty(), "{:?}", status.router_lans);
-    ensure!(status.ip_forward.is_none(), "no LAN, nothing said of ip_forward");
+    ensure!(
+        status.ip_forward.is_none(),
+        "no LAN, nothing said of ip_forward"
+    );
 
     daemon.cli(&["router", "add", "lan0"])?.ok()?;
     let status = daemon.status()?;
@@ -87,7 +88,11 @@ fn router_add_confines_the_lan_follows_its_addresses_and_survives_a_restart() ->
             && listed.present
             && listed.forwarding
             && listed.source == UserSource::Cli
-            && listed.networks.iter().map(ToString::to_string).collect::<Vec<_>>()
+            && listed
+                .networks
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
                 == ["192.168.50.0/24"],
         "{listed:?}"
     );
@@ -97,7 +102,9 @@ fn router_add_confines_the_lan_follows_its_addresses_and_survives_a_restart() ->
         status.ip_forward
     );
     ensure!(
-        ns.exec("cat", &["/proc/sys/net/ipv4/conf/lan0/forwarding"])?.trim() == "1",
+        ns.exec("cat", &["/proc/sys/net/ipv4/conf/lan0/forwarding"])?
+            .trim()
+            == "1",
         "the daemon switched forwarding on for lan0"
     );
     ensure!(
@@ -133,9 +140,7 @@ fn router_add_confines_the_lan_follows_its_addresses_and_survives_a_restart() ->
     // An address added later: the link watcher brings it into status and the rules.
     ns.ip(&["addr", "add", "192.168.60.1/24", "dev", "lan0"])?;
     daemon.wait_for("lan0's second network", EVENT_TIMEOUT, |s| {
-        s.router_lans
-            .first()
-            .is_some_and(|l| l.networks.len() == 2)
+        s.router_lans.first().is_some_and(|l| l.networks.len() == 2)
     })?;
     let both = lan(&["192.168.50.0/24", "192.168.60.0/24"]);
     ensure!(holds(ns, &both)?, "the rules follow the new address");
@@ -153,7 +158,11 @@ fn router_add_confines_the_lan_follows_its_addresses_and_survives_a_restart() ->
     daemon.cli(&["router", "remove", "lan0"])?.ok()?;
     ensure!(daemon.status()?.router_lans.is_empty());
     ensure!(
-        daemon.cli(&["router", "list"])?.ok()?.stdout.starts_with("none"),
+        daemon
+            .cli(&["router", "list"])?
+            .ok()?
+            .stdout
+            .starts_with("none"),
         "none listed"
     );
     Ok(())
@@ -163,7 +172,11 @@ fn router_add_confines_the_lan_follows_its_addresses_and_survives_a_restart() ->
 fn flows(ns: &Netns, to: &'static str, ports: &'static [u16]) -> Result<()> {
     ns.run(move || -> Result<()> {
         for port in ports {
-            let any = if to.contains(':') { "[::]:0" } else { "0.0.0.0:0" };
+            let any = if to.contains(':') {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
+            };
             let socket = std::net::UdpSocket::bind(any)?;
             let target: std::net::IpAddr = to.parse()?;
             socket.send_to(b"flow", (target, *port))?;
@@ -188,12 +201,10 @@ fn delete_marked_removes_exactly_the_marked_flows_of_both_families() -> Result<(
     // bit on 5002, none on 5000. A ct expression makes the kernel track this namespace.
     a.exec(
         "nft",
-        &[
-            "add table inet t; \
+        &["add table inet t; \
              add chain inet t out { type filter hook output priority 0; }; \
              add rule inet t out udp dport 5001 ct mark set ct mark or 0x04000000; \
-             add rule inet t out udp dport 5002 ct mark set ct mark or 0x00000001",
-        ],
+             add rule inet t out udp dport 5002 ct mark set ct mark or 0x00000001"],
     )?;
     flows(&a, "192.0.2.2", &[5000, 5001, 5002])?;
     flows(&a, "2001:db8::2", &[5000, 5001, 5002])?;

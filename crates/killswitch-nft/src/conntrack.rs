@@ -155,7 +155,10 @@ mod tests {
         // CTA_MARK then CTA_MARK_MASK, both the bit, big-endian.
         assert_eq!(u16::from_ne_bytes([request[22], request[23]]), CTA_MARK);
         assert_eq!(request[24..28], [0x04, 0, 0, 0]);
-        assert_eq!(u16::from_ne_bytes([request[30], request[31]]), CTA_MARK_MASK);
+        assert_eq!(
+            u16::from_ne_bytes([request[30], request[31]]),
+            CTA_MARK_MASK
+        );
         assert_eq!(request[32..36], [0x04, 0, 0, 0]);
         // Never an unfiltered flush: a dump (mark 0) carries no filter, a delete always does.
         let dump = ct_request(IPCTNL_MSG_CT_GET, libc::NLM_F_DUMP as u16, 0);
