@@ -21,6 +21,7 @@ mod apps_only;
 mod bypass;
 mod coexist;
 mod coexist_firewalls;
+mod container;
 mod counters;
 mod exec;
 mod freeze_on_drop;
@@ -41,7 +42,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 35] = [
+pub const ALL: [Scenario; 36] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -204,6 +205,11 @@ pub const ALL: [Scenario; 35] = [
         name: "freeze-on-drop",
         guards: "programs in freeze_on_drop are frozen within 100 ms of the up tunnel's loss and send nothing until it is back, then are thawed; kill_on_drop's die; a program started meanwhile is frozen too",
         script: freeze_on_drop::freeze_on_drop,
+    },
+    Scenario {
+        name: "container-shared",
+        guards: "the container image's entrypoint protects two application containers sharing its network namespace: their traffic only through the tunnel, 0 of their packets on the WAN while it is dead (without the entrypoint the capture sees them), back without a restart, still blocked after SIGTERM",
+        script: container::container_shared,
     },
 ];
 

@@ -215,3 +215,8 @@ fn apps_only_leaves_the_machine_direct_and_the_tunnel_only_user_in_the_tunnel_or
 fn programs_listed_for_freeze_on_drop_stop_within_100_ms_of_the_tunnels_loss() {
     scenario_passes("freeze-on-drop");
 }
+
+#[test]
+fn applications_sharing_the_containers_network_reach_the_world_only_through_its_tunnel() {
+    scenario_passes("container-shared");
+}
