@@ -215,3 +215,18 @@ fn apps_only_leaves_the_machine_direct_and_the_tunnel_only_user_in_the_tunnel_or
 fn programs_listed_for_freeze_on_drop_stop_within_100_ms_of_the_tunnels_loss() {
     scenario_passes("freeze-on-drop");
 }
+
+#[test]
+fn router_mode_protects_the_lan_clients() {
+    scenario_passes("router");
+}
+
+#[test]
+fn router_port_shadowing_cve_2021_3773_is_blocked() {
+    scenario_passes("router-shadowing");
+}
+
+#[test]
+fn router_spoofed_lan_sources_go_nowhere() {
+    scenario_passes("router-spoof");
+}
