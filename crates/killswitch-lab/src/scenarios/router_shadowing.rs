@@ -97,6 +97,17 @@ impl Drop for Attacker {
     }
 }
 
+/// Starts the router's VPN process on listen port `port`.
+fn start_tunnel_on(lab: &mut Lab, port: u16) -> Result<()> {
+    lab.tunnel.start_client(&lab.topo)?;
+    let interface = lab.tunnel.client_interface().to_owned();
+    lab.topo.client.exec(
+        "wg",
+        &["set", &interface, "listen-port", &port.to_string()],
+    )?;
+    Ok(())
+}
+
 /// Kills the router's VPN process and starts it again on listen port `port`, waiting until the
 /// daemon saw it go and come back. Returns when it is connected again.
 fn restart_tunnel_on(lab: &mut Lab, port: u16) -> Result<()> {
@@ -104,12 +115,7 @@ fn restart_tunnel_on(lab: &mut Lab, port: u16) -> Result<()> {
     lab.daemon()?
         .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
     hold(Duration::from_millis(500));
-    lab.tunnel.start_client(&lab.topo)?;
-    let interface = lab.tunnel.client_interface().to_owned();
-    lab.topo.client.exec(
-        "wg",
-        &["set", &interface, "listen-port", &port.to_string()],
-    )?;
+    start_tunnel_on(lab, port)?;
     lab.daemon()?
         .wait_for_state(State::Connected, EVENT_TIMEOUT)?;
     Ok(())
@@ -127,12 +133,23 @@ pub(super) fn router_shadowing(lab: &mut Lab) -> Result<Outcome> {
         .map(|p| SocketAddr::new(endpoint.ip(), p))
         .collect();
 
-    // Baseline: the plain router masquerades the attacker's datagrams onto the WAN.
+    // Baseline: the plain router, its tunnel restarting on its port while the attacker sends.
+    // With the tunnel down the attacker's datagrams are masqueraded onto the WAN.
     let from = lab.capture.len();
+    lab.tunnel.kill_client()?;
     let attacker = Attacker::start(&lan.client, port, destinations.clone(), endpoint.ip())?;
     hold(Duration::from_secs(1));
+    start_tunnel_on(lab, port)?;
+    let baseline_handshake = lab.tunnel.handshake(&lab.topo, EVENT_TIMEOUT);
+    hold(Duration::from_millis(500));
     let (baseline_sent, baseline_received) = attacker.stop()?;
     let baseline_on_wan = marked_on_wan(lab, from, MARKER)?;
+    if baseline_handshake.is_err() {
+        // The attack won on the plain router: start clean for the protected part.
+        lab.tunnel.kill_client()?;
+        start_tunnel_on(lab, port)?;
+        lab.tunnel.handshake(&lab.topo, EVENT_TIMEOUT)?;
+    }
 
     // Protected: guard, router mode, the LAN's traffic through the tunnel.
     super::router::guard_again(lab)?;
@@ -206,7 +223,8 @@ pub(super) fn router_shadowing(lab: &mut Lab) -> Result<Outcome> {
         ),
     );
     outcome.note(format!(
-        "baseline: the attacker received {baseline_received} datagrams from the server"
+        "baseline: the attacker received {baseline_received} datagrams from the server; the router's tunnel {} on the attacked port",
+        if baseline_handshake.is_ok() { "handshook" } else { "failed to handshake" }
     ));
     if let Some(first) = on_wan.first() {
         outcome.note(format!("first attacker datagram on the WAN: {first}"));

@@ -104,7 +104,20 @@ pub(super) fn router_spoof(lab: &mut Lab) -> Result<Outcome> {
     let (by_wan, _) = round(lab, &lan, &sinks, false)?;
     lab.tunnel.start_client(&lab.topo)?;
     lab.tunnel.handshake(&lab.topo, EVENT_TIMEOUT)?;
+    // A VPN router's usual NAT: masquerade into the tunnel too, so that the server takes the
+    // LAN's packets for the router's (router mode does this itself; the baseline's is removed
+    // before it starts).
+    let tunnel_nat = format!(
+        "add table ip labtunnelnat; \
+         add chain ip labtunnelnat post {{ type nat hook postrouting priority 100 ; }} ; \
+         add rule ip labtunnelnat post oifname \"{}\" masquerade",
+        lab.tunnel.client_interface()
+    );
+    lab.topo.client.exec("nft", &[&tunnel_nat])?;
     let (by_tunnel, _) = round(lab, &lan, &sinks, false)?;
+    lab.topo
+        .client
+        .exec("nft", &["delete", "table", "ip", "labtunnelnat"])?;
 
     // Protected.
     super::router::guard_again(lab)?;
