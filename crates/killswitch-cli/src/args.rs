@@ -311,6 +311,30 @@ pub enum Command {
         #[command(subcommand)]
         action: UsersAction,
     },
+    /// Router mode: protect the clients of a LAN this machine is the gateway of.
+    ///
+    /// On a Linux gateway, `killswitch router add lan0` makes lan0 a router LAN: its clients'
+    /// forwarded traffic leaves through the tunnel the daemon protects (masqueraded, TCP MSS
+    /// clamped to the tunnel's MTU) or not at all, never through the WAN, in every state,
+    /// `disconnected` and `off` included; while no tunnel is connected they get an error at once
+    /// (ICMP unreachable, TCP reset), not silence. Their DNS (ports 53 and 853, to any resolver)
+    /// is answered through the tunnel's resolver, and fails fast without a tunnel. Forwarded IPv6
+    /// leaves only through a tunnel that carries IPv6. Only sources inside the networks of the
+    /// interface's own addresses are accepted from the LAN (spoofed ones are dropped). When the
+    /// tunnel, its addresses or its server change, the LAN's existing connections are dropped
+    /// from the connection table, so that none sticks to a path it can no longer take.
+    ///
+    /// The daemon switches IPv4 forwarding on for each LAN interface only
+    /// (net.ipv4.conf.IFACE.forwarding); net.ipv4.ip_forward stays the administrator's, and
+    /// `status` warns when it is off (the tunnel's replies are then not forwarded to the LAN).
+    /// Entries added here are kept across restarts; those in the daemon's config.toml
+    /// (`router_lan_interfaces`) are the file's. Never lo, the tunnel, or the WAN (the interface
+    /// holding the default route).
+    Router {
+        /// What to do.
+        #[command(subcommand)]
+        action: RouterAction,
+    },
     /// Run a program with a network scope of its own: the tunnel only, or (`--bypass`) around it.
     ///
     /// `killswitch exec -- CMD [ARGS...]` runs CMD as you, with your environment, working
@@ -425,6 +449,33 @@ pub enum Command {
         /// Print one snapshot and exit.
         #[arg(long)]
         once: bool,
+    },
+}
+
+/// What `router` does.
+#[derive(Debug, Subcommand)]
+pub enum RouterAction {
+    /// Show each router LAN: its networks, whether it exists, whether forwarding is on for it,
+    /// and whether config.toml or `add` made it one (anyone may ask). With --json, the
+    /// `router_lans` list of `status --json`.
+    List,
+    /// Make an interface a router LAN, at once and across restarts (root or the admin group).
+    ///
+    /// The interface need not exist yet: its rules are in place by name, and follow its
+    /// addresses when it appears. Refused: lo, the tunnel, killswitch exec's ksx interfaces, and
+    /// the interface holding the default route (the WAN).
+    Add {
+        /// The LAN interface (e.g. lan0, br-lan, eth1).
+        interface: InterfaceName,
+    },
+    /// Stop treating an interface added with `add` as a router LAN (root or the admin group).
+    ///
+    /// Its clients are no longer confined to the tunnel, nor forwarded by this rule set: what
+    /// happens to them is the rest of your firewall's business. Entries of config.toml are
+    /// removed there (then `systemctl reload killswitchd`).
+    Remove {
+        /// The LAN interface, as added.
+        interface: InterfaceName,
     },
 }
 
@@ -581,6 +632,45 @@ mod tests {
         let alone = parse(&["--timeout", "5", "se1"]).expect_err("--timeout without --wait");
         assert_eq!(alone.exit_code(), 2);
         assert!(parse(&["--wait", "--timeout", "0", "se1"]).is_err());
+    }
+
+    #[test]
+    fn router_commands_parse_and_bad_names_are_usage_errors() {
+        let parse =
+            |args: &[&str]| Cli::try_parse_from(["killswitch", "router"].iter().chain(args));
+        let Ok(Cli {
+            command:
+                Some(Command::Router {
+                    action: RouterAction::Add { interface },
+                }),
+            ..
+        }) = parse(&["add", "lan0"])
+        else {
+            panic!("router add lan0 parses");
+        };
+        assert_eq!(interface.as_str(), "lan0");
+        assert!(matches!(
+            parse(&["remove", "br-lan"]),
+            Ok(Cli {
+                command: Some(Command::Router {
+                    action: RouterAction::Remove { .. }
+                }),
+                ..
+            })
+        ));
+        let list = parse(&["list", "--json"]).expect("list --json");
+        assert!(list.json);
+        for bad in [
+            &["add"][..],
+            &["add", "a/b"],
+            &["add", "sixteen-chars-xx"],
+            &["add", ""],
+            &["add", "lan0", "lan1"],
+            &["flush"],
+        ] {
+            let err = parse(bad).expect_err("refused");
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod verify;
 
 use clap::{CommandFactory, Parser};
 use client::{Client, Failure, Received, Watched};
-use killswitch_cli::args::{AllowAction, AllowWhat, Cli, Command, UsersAction};
+use killswitch_cli::args::{AllowAction, AllowWhat, Cli, Command, RouterAction, UsersAction};
 use killswitch_types::State;
 use killswitch_types::ipc::{ConfigSource, Request};
 use killswitch_types::{AllowEntry, InboundAllow, SubnetAllow};
@@ -121,6 +121,17 @@ fn main() -> ExitCode {
             UsersAction::List => return list_users(&cli.socket, cli.json),
             UsersAction::Add { user } => Request::Users { add: true, user },
             UsersAction::Remove { user } => Request::Users { add: false, user },
+        },
+        Command::Router { action } => match action {
+            RouterAction::List => return list_router_lans(&cli.socket, cli.json),
+            RouterAction::Add { interface } => Request::Router {
+                add: true,
+                interface,
+            },
+            RouterAction::Remove { interface } => Request::Router {
+                add: false,
+                interface,
+            },
         },
         Command::Exec {
             bypass: false,
@@ -369,6 +380,28 @@ fn list_users(socket: &Path, json: bool) -> ExitCode {
                     users,
                     &received.status.exceptions.refused,
                 ));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("killswitch: {}", render::clean(&failure.to_string()));
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+/// `router list`: the router LANs part of the status.
+fn list_router_lans(socket: &Path, json: bool) -> ExitCode {
+    match Client::new(socket.to_owned()).request(Request::Status) {
+        Ok(received) => {
+            let status = &received.status;
+            if json {
+                emit(&format!(
+                    "{}\n",
+                    serde_json::to_string(&status.router_lans).unwrap_or_else(|_| "[]".to_owned())
+                ));
+            } else {
+                emit(&render::router_lans(status));
             }
             ExitCode::SUCCESS
         }

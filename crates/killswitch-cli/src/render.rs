@@ -140,6 +140,61 @@ pub(crate) fn tunnel_only_users(
     out
 }
 
+/// What a router LAN's clients get now: the tunnel, or refusals (and why).
+fn router_clients(status: &Status, lan: &killswitch_types::ipc::RouterLanStatus) -> String {
+    if !lan.present {
+        return "absent (confined by name: nothing is forwarded from it until it appears)"
+            .to_owned();
+    }
+    if lan.networks.is_empty() {
+        return "no address (no client source is accepted until it has one)".to_owned();
+    }
+    if !lan.forwarding {
+        return "forwarding off for it (its clients are not routed)".to_owned();
+    }
+    match (status.state, status.tunnel.as_ref()) {
+        (State::Connected, Some(tunnel)) => {
+            format!("clients through the tunnel ({})", tunnel.interface)
+        }
+        _ => format!("clients refused: no tunnel connected ({})", status.state),
+    }
+}
+
+/// The warning when the router LANs' replies cannot be forwarded.
+const IP_FORWARD_OFF: &str = "net.ipv4.ip_forward is 0: the tunnel's replies are not forwarded to the router LANs (sysctl -w net.ipv4.ip_forward=1)";
+
+/// `router list`: one LAN a line (interface, networks, where it comes from, what its clients
+/// get), then refused entries and the ip_forward warning; `none` when there are none.
+pub(crate) fn router_lans(status: &Status) -> String {
+    let mut out = String::new();
+    for lan in &status.router_lans {
+        let networks: Vec<String> = lan.networks.iter().map(ToString::to_string).collect();
+        let networks = if networks.is_empty() {
+            "-".to_owned()
+        } else {
+            networks.join(",")
+        };
+        let _ = writeln!(
+            out,
+            "{:<16} {:<36} {:<6} {}",
+            clean(lan.interface.as_str()),
+            networks,
+            lan.source,
+            router_clients(status, lan)
+        );
+    }
+    for why in (status.exceptions.refused.iter()).filter(|r| r.starts_with("router LAN")) {
+        let _ = writeln!(out, "refused: {}", clean(why));
+    }
+    if status.ip_forward == Some(false) && !status.router_lans.is_empty() {
+        let _ = writeln!(out, "warning: {IP_FORWARD_OFF}");
+    }
+    if out.is_empty() {
+        out.push_str("none: this machine is no LAN's protected gateway\n");
+    }
+    out
+}
+
 pub(crate) fn status(status: &Status) -> String {
     status_at(status, SystemTime::now())
 }
@@ -198,6 +253,23 @@ fn status_at(status: &Status, now: SystemTime) -> String {
             "tunnel-only users: {} (through the tunnel or not at all, in every state)",
             clean(&users.join(", "))
         );
+    }
+    for lan in &status.router_lans {
+        let networks: Vec<String> = lan.networks.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "router:    {}{}: {}",
+            clean(lan.interface.as_str()),
+            if networks.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", networks.join(", "))
+            },
+            router_clients(status, lan)
+        );
+    }
+    if status.ip_forward == Some(false) && !status.router_lans.is_empty() {
+        let _ = writeln!(out, "warning:   {IP_FORWARD_OFF}");
     }
     for scope in &status.exec {
         let _ = writeln!(out, "exec:      {}", exec_scope(scope));
@@ -661,6 +733,8 @@ mod tests {
             notes: vec![],
             blocked: Some(Default::default()),
             tunnel_only_users: Vec::new(),
+            router_lans: Vec::new(),
+            ip_forward: None,
             exec: Vec::new(),
             bypass: None,
             on_drop: Default::default(),
@@ -771,6 +845,72 @@ mod tests {
             "tunnel-only users: debian-transmission (uid 117), 1001 (uid 1001) (through the tunnel or not at all, in every state)\n"
         ));
         assert!(!status(&sample()).contains("tunnel-only"));
+    }
+
+    #[test]
+    fn router_lans_say_what_their_clients_get_and_warn_when_ip_forward_is_off() {
+        use killswitch_types::ipc::{RouterLanStatus, UserSource};
+        let lan = |name: &str, nets: &[&str], present, forwarding, source| RouterLanStatus {
+            interface: name.parse().expect("literal"),
+            networks: nets.iter().map(|n| n.parse().expect("literal")).collect(),
+            source,
+            present,
+            forwarding,
+        };
+        let mut s = sample();
+        s.router_lans = vec![
+            lan(
+                "lan0",
+                &["192.168.50.0/24", "fd00:50::/64"],
+                true,
+                true,
+                UserSource::Config,
+            ),
+            lan("lan1", &[], false, false, UserSource::Cli),
+        ];
+        s.ip_forward = Some(true);
+        s.exceptions.refused = vec![
+            "router LAN eth0 (config): eth0 holds the default route: it is the WAN".to_owned(),
+        ];
+        let text = status(&s);
+        assert!(
+            text.contains(
+                "router:    lan0 (192.168.50.0/24, fd00:50::/64): clients through the tunnel (wg0)\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("router:    lan1: absent"), "{text}");
+        assert!(!text.contains("ip_forward"), "{text}");
+        let list = router_lans(&s);
+        assert!(
+            list.starts_with("lan0             192.168.50.0/24,fd00:50::/64"),
+            "{list}"
+        );
+        assert!(
+            list.contains(" config clients through the tunnel (wg0)\n"),
+            "{list}"
+        );
+        assert!(list.contains("\nlan1             -"), "{list}");
+        assert!(list.contains("refused: router LAN eth0 (config)"), "{list}");
+        // Not connected: refused; ip_forward off: warned, in both.
+        s.state = State::Connecting;
+        s.ip_forward = Some(false);
+        let text = status(&s);
+        assert!(
+            text.contains("lan0 (192.168.50.0/24, fd00:50::/64): clients refused: no tunnel connected (connecting)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("warning:   net.ipv4.ip_forward is 0"),
+            "{text}"
+        );
+        assert!(router_lans(&s).contains("warning: net.ipv4.ip_forward is 0"));
+        // None: said plainly, and nothing in status.
+        assert_eq!(
+            router_lans(&sample()),
+            "none: this machine is no LAN's protected gateway\n"
+        );
+        assert!(!status(&sample()).contains("router"));
     }
 
     #[test]

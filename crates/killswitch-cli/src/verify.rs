@@ -568,6 +568,8 @@ mod tests {
             notes: Vec::new(),
             blocked: None,
             tunnel_only_users: Vec::new(),
+            router_lans: Vec::new(),
+            ip_forward: None,
             exec: Vec::new(),
             bypass: None,
             on_drop: Default::default(),

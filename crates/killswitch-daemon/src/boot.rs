@@ -5,8 +5,12 @@
 //! without the kill switch: this installs the blocking rules (both layers) and exits. The daemon,
 //! when it starts, replaces them in one transaction with whatever the state calls for. When in
 //! doubt (the settings cannot be read), it blocks and says why. When it blocks nothing, tunnel-only
-//! users (config.toml's and the CLI's) are still confined: their table and routing rules go in,
-//! so that a service running as one has no moment of network before the daemon starts.
+//! users and router LANs (config.toml's and the CLI's) are still confined: their table and routing
+//! rules go in, so that a service running as one has no moment of network before the daemon
+//! starts, and a LAN's clients are not forwarded to the WAN before the daemon starts (the forward
+//! chain is part of that table, in place before anything can switch `ip_forward` on). The LANs
+//! are known by name only this early (their addresses may not be configured yet): no source from
+//! them is accepted but DHCP's until the daemon looks at their networks.
 
 use crate::firewall::Firewall;
 use crate::store::{Loaded, Store};
@@ -76,22 +80,15 @@ pub fn run(
             "apps_only = true in config.toml: this machine is not protected".to_owned(),
         );
     }
-    let mut exceptions = exceptions.clone();
-    if let Loaded::Found(persisted) = &loaded {
-        exceptions
-            .tunnel_only_uids
-            .extend(persisted.tunnel_only_users.iter().map(|u| u.uid));
-    }
+    let mut exceptions = confined(&loaded, exceptions);
     if let Decision::Leave(why) = &decision {
-        if exceptions.tunnel_only_uids.is_empty() {
+        if exceptions.tunnel_only_uids.is_empty() && exceptions.router_lans.is_empty() {
             return Ok(decision);
         }
-        // Nothing for the machine: `disconnected` without lockdown compiles to the users' own
-        // table and routing rules only, whatever the target was (`off` keeps them too).
-        let users_only = killswitch_policy::Exceptions {
-            tunnel_only_uids: exceptions.tunnel_only_uids.clone(),
-            ..killswitch_policy::Exceptions::default()
-        };
+        // Nothing for the machine: `disconnected` without lockdown compiles to the scopes' own
+        // table and routing rules only (the users', the router LANs'), whatever the target was
+        // (`off` keeps them too).
+        let users_only = scopes_only(&exceptions);
         let unlocked = Settings {
             lockdown: false,
             ..settings
@@ -104,9 +101,15 @@ pub fn run(
         firewall.apply_routes(
             compile_routes_for(&PolicyState::Disconnected, &unlocked, &users_only, &[]).as_ref(),
         )?;
-        return Ok(Decision::Leave(format!(
-            "{why}; only the tunnel-only users are confined"
-        )));
+        let which = match (
+            exceptions.tunnel_only_uids.is_empty(),
+            exceptions.router_lans.is_empty(),
+        ) {
+            (false, true) => "the tunnel-only users are",
+            (true, false) => "the router LANs are",
+            _ => "the tunnel-only users and the router LANs are",
+        };
+        return Ok(Decision::Leave(format!("{why}; only {which} confined")));
     }
     if let Decision::Block(_) = &decision {
         // The subnets and inbound services the CLI added count too (config.toml's are in
@@ -130,6 +133,37 @@ pub fn run(
         )?;
     }
     Ok(decision)
+}
+
+/// `exceptions` (config.toml's) with what the settings file adds to the scopes: the CLI's
+/// tunnel-only users and router LANs (each LAN once, by name).
+pub fn confined(
+    loaded: &Loaded,
+    exceptions: &killswitch_policy::Exceptions,
+) -> killswitch_policy::Exceptions {
+    let mut exceptions = exceptions.clone();
+    if let Loaded::Found(persisted) = loaded {
+        exceptions
+            .tunnel_only_uids
+            .extend(persisted.tunnel_only_users.iter().map(|u| u.uid));
+        for lan in &persisted.router_lans {
+            if !exceptions.router_lans.iter().any(|l| l.interface == *lan) {
+                exceptions
+                    .router_lans
+                    .push(killswitch_policy::LocalLink::named(lan.clone()));
+            }
+        }
+    }
+    exceptions
+}
+
+/// Only the scopes of `exceptions`: what is compiled when the machine itself is left alone.
+pub fn scopes_only(exceptions: &killswitch_policy::Exceptions) -> killswitch_policy::Exceptions {
+    killswitch_policy::Exceptions {
+        tunnel_only_uids: exceptions.tunnel_only_uids.clone(),
+        router_lans: exceptions.router_lans.clone(),
+        ..killswitch_policy::Exceptions::default()
+    }
 }
 
 #[cfg(test)]
@@ -303,6 +337,92 @@ mod exceptions_at_boot {
         assert!(
             ruleset.verdict(&out(1000)).is_accept(),
             "everyone else is free"
+        );
+    }
+
+    fn lan(name: &str) -> killswitch_types::InterfaceName {
+        name.parse().expect("literal")
+    }
+
+    #[test]
+    fn router_lans_are_confined_from_early_boot_when_nothing_else_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        // config.toml's lan0 (by name, as main passes it) and the CLI's lan1 and lan0 again.
+        store
+            .save(
+                &Persisted::new(Settings::default(), Target::Off)
+                    .with_router_lans(vec![lan("lan1"), lan("lan0")]),
+            )
+            .expect("save");
+        let configured = Exceptions {
+            router_lans: vec![killswitch_policy::LocalLink::named(lan("lan0"))],
+            ..Exceptions::default()
+        };
+        let merged = confined(&store.load(), &configured);
+        assert_eq!(
+            merged.router_lans,
+            vec![
+                killswitch_policy::LocalLink::named(lan("lan0")),
+                killswitch_policy::LocalLink::named(lan("lan1")),
+            ],
+            "each once, by name only"
+        );
+        let mut firewall = Kept::default();
+        let decision = run(&store, &configured, false, &mut firewall).expect("applied");
+        assert!(
+            matches!(&decision, Decision::Leave(why) if why.contains("router LANs")),
+            "{decision:?}"
+        );
+        // What went in is the scopes-only compilation with both LANs: nothing of the machine.
+        let unlocked = Settings::default();
+        assert_eq!(
+            firewall.0,
+            Some(killswitch_policy::compile_for(
+                &PolicyState::Disconnected,
+                &unlocked,
+                &scopes_only(&merged)
+            ))
+        );
+        assert!(scopes_only(&merged).tunnel_only_uids.is_empty());
+        // Without router LANs or users, `off` installs nothing.
+        let empty = tempfile::tempdir().expect("tempdir");
+        let plain = Store::new(empty.path());
+        plain
+            .save(&Persisted::new(Settings::default(), Target::Off))
+            .expect("save");
+        let mut firewall = Kept(None);
+        let decision = run(&plain, &Exceptions::default(), false, &mut firewall).expect("left");
+        assert!(matches!(decision, Decision::Leave(_)) && firewall.0.is_none());
+    }
+
+    #[test]
+    fn router_lans_stay_confined_when_boot_blocks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(dir.path());
+        let locked = Settings {
+            lockdown: true,
+            ..Settings::default()
+        };
+        store
+            .save(
+                &Persisted::new(locked, Target::Disconnected).with_router_lans(vec![lan("br-lan")]),
+            )
+            .expect("save");
+        let mut firewall = Kept::default();
+        let decision = run(&store, &Exceptions::default(), false, &mut firewall).expect("applied");
+        assert!(matches!(decision, Decision::Block(_)), "{decision:?}");
+        let blocking = Exceptions {
+            router_lans: vec![killswitch_policy::LocalLink::named(lan("br-lan"))],
+            ..Exceptions::default()
+        };
+        assert_eq!(
+            firewall.0,
+            Some(killswitch_policy::compile_for(
+                &PolicyState::Blocked,
+                &locked,
+                &blocking
+            ))
         );
     }
 

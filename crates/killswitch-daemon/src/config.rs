@@ -46,6 +46,10 @@ pub struct Config {
     /// daemon at start and on reload. One that names no user is refused (shown in `status`), the
     /// others apply.
     pub tunnel_only_users: Vec<String>,
+    /// Router mode ([`crate::router`]): the LAN interfaces this machine is the gateway of; their
+    /// clients' forwarded traffic leaves through the tunnel or not at all, in every state. Never
+    /// `lo` or an exec veth (refused here), the tunnel or the WAN (refused in `status`).
+    pub router_lan_interfaces: Vec<killswitch_types::InterfaceName>,
     /// Where `killswitch exec` namespaces get their subnets (a /30 each); IPv4, and better one
     /// that nothing the programs want to reach uses.
     pub exec_subnet: ipnet::Ipv4Net,
@@ -78,6 +82,7 @@ impl Default for Config {
             allow_inbound: Vec::new(),
             detect_local_bridges: true,
             tunnel_only_users: Vec::new(),
+            router_lan_interfaces: Vec::new(),
             exec_subnet: crate::exec::DEFAULT_SUBNET
                 .parse()
                 .unwrap_or_else(|_| ipnet::Ipv4Net::default()),
@@ -182,6 +187,10 @@ impl Config {
         }
         killswitch_policy::check_allows(&config.allows())?;
         check_on_drop(&config.freeze_on_drop, &config.kill_on_drop)?;
+        for lan in &config.router_lan_interfaces {
+            crate::router::check_name(lan)
+                .map_err(|why| format!("router_lan_interfaces: {why}"))?;
+        }
         if !config.resolv_conf.is_absolute() {
             return Err(format!(
                 "resolv_conf = {:?} is not an absolute path",
@@ -373,6 +382,37 @@ mod tests {
     fn the_shipped_file_shows_exactly_the_defaults() {
         let shipped = include_str!("../../../packaging/config.toml");
         assert_eq!(Config::parse(shipped), Ok(Config::default()));
+    }
+
+    #[test]
+    fn router_lan_interfaces_are_read_and_impossible_ones_refused_by_name() {
+        let config =
+            Config::parse("router_lan_interfaces = [\"lan0\", \"br-lan\"]\n").expect("valid");
+        assert_eq!(
+            config
+                .router_lan_interfaces
+                .iter()
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>(),
+            ["lan0", "br-lan"]
+        );
+        for (text, says) in [
+            ("router_lan_interfaces = [\"lo\"]\n", "loopback"),
+            ("router_lan_interfaces = [\"ksx0\"]\n", "killswitch exec"),
+            (
+                "router_lan_interfaces = [\"a/b\"]\n",
+                "router_lan_interfaces",
+            ),
+            ("router_lan_interfaces = [\"\"]\n", "router_lan_interfaces"),
+            (
+                "router_lan_interfaces = \"lan0\"\n",
+                "router_lan_interfaces",
+            ),
+            ("router_lans = [\"lan0\"]\n", "router_lans"),
+        ] {
+            let err = Config::parse(text).expect_err(text);
+            assert!(err.contains(says), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -90,6 +90,11 @@ pub struct CoreOptions {
     pub tunnel_only_users: Vec<Result<crate::users::TunnelOnlyUser, String>>,
     /// config.toml's `apps_only` ([`crate::apps_only`]).
     pub apps_only: bool,
+    /// config.toml's router LAN interfaces ([`crate::router`]).
+    pub router_lans: Vec<InterfaceName>,
+    /// Looks at the router LANs: the kernel's answer in the daemon, a simulated one in the
+    /// model-based tester.
+    pub look_router: crate::router::LookRouter,
 }
 
 /// What a reloaded configuration changes in a running daemon: the rules' exceptions at once, and
@@ -111,6 +116,8 @@ pub struct Reconfigured {
     pub tunnel_only_users: Vec<Result<crate::users::TunnelOnlyUser, String>>,
     /// config.toml's `apps_only`.
     pub apps_only: bool,
+    /// config.toml's router LAN interfaces.
+    pub router_lans: Vec<InterfaceName>,
 }
 
 /// Finds the local bridges and looks at the allowed interfaces (their names given), bridges
@@ -151,6 +158,8 @@ impl CoreOptions {
             detect_local_bridges: true,
             look_locals: Box::new(crate::locals::look),
             identify: Box::new(crate::links::identify),
+            router_lans: Vec::new(),
+            look_router: Box::new(crate::router::look),
         }
     }
 }
@@ -204,6 +213,13 @@ pub enum Command {
         /// The uid it resolved to; `None` for a name that no longer exists, which can still be
         /// removed by the name it was added with.
         uid: Option<u32>,
+    },
+    /// `router add|remove`.
+    Router {
+        /// Add (true) or remove.
+        add: bool,
+        /// The LAN interface.
+        interface: InterfaceName,
     },
     /// The live `killswitch exec` namespaces changed (never from a request line: the IPC task
     /// that runs a program sends it, [`crate::exec`]). Only a later `generation` than the last
@@ -284,6 +300,24 @@ impl Command {
                     ));
                 }
             },
+            // Whether the interface holds the default route is looked at here, where the daemon
+            // does I/O; what the core can judge (the tunnel's name, config.toml's) it judges.
+            Request::Router { add, interface } => {
+                if *add {
+                    crate::router::check_name(interface)
+                        .and_then(|()| crate::router::check_not_wan(interface))
+                        .map_err(|why| {
+                            IpcError::new(
+                                ErrorKind::BadRequest,
+                                format!("router add {interface}: {why}; nothing was changed"),
+                            )
+                        })?;
+                }
+                Command::Router {
+                    add: *add,
+                    interface: interface.clone(),
+                }
+            }
             // The IPC task carries these out itself; one reaching here is refused.
             Request::Exec(_) | Request::ExecSignal { .. } => {
                 return Err(IpcError::new(
@@ -338,6 +372,19 @@ pub struct Core<F> {
     /// The tunnel-only users added with `killswitch users add` (persisted; config.toml's are in
     /// `options.tunnel_only_users`).
     users: Vec<crate::users::TunnelOnlyUser>,
+    /// The router LAN interfaces added with `killswitch router add` (persisted; config.toml's
+    /// are in `options.router_lans`).
+    router_lans: Vec<InterfaceName>,
+    /// The router LANs as last looked at (with the link watcher's changes).
+    router: crate::router::RouterView,
+    /// Router LANs whose forwarding switch could not be set, and why, until the next look.
+    forwarding_failed: Vec<(InterfaceName, String)>,
+    /// What carried the router LANs' flows at the last reconcile: the connected tunnel and its
+    /// peer (`None`: no tunnel connected, or no router LAN). When it changes, their conntrack
+    /// entries are stale ([`Effect::DeleteRouterFlows`]). `None` before the first reconcile.
+    router_carrier: Option<Option<(Tunnel, Peer)>>,
+    /// The router LANs' flows must be deleted at the end of this input.
+    router_flows_stale: bool,
     /// The bypass cgroup while programs run in it (`killswitch exec --bypass`), as the executor
     /// last looked at it. Not persisted: a restarted daemon looks again.
     bypass: Option<crate::bypass::BypassView>,
@@ -408,6 +455,9 @@ pub enum Input {
     /// after one was watched or forgotten, after a reload, and as the answer to
     /// [`Effect::Freeze`] and [`Effect::Thaw`].
     OnDrop(crate::freeze::decide::Report),
+    /// The answer to [`Effect::Forward`]: each interface, and whether its forwarding switch
+    /// could be set (or why not).
+    Forwarded(Vec<(InterfaceName, Result<(), String>)>),
     /// The answer to [`Effect::SyncDns`].
     DnsSynced {
         /// Whether DNS management changed anything (then `status` is its new status).
@@ -448,6 +498,14 @@ pub enum Effect {
     /// The tunnel is back (or no tunnel is wanted any more): thaw them; answer with
     /// [`Input::OnDrop`].
     Thaw,
+    /// Switch IPv4 forwarding on for these router LAN interfaces (their rules are in force);
+    /// answer with [`Input::Forwarded`].
+    Forward(Vec<InterfaceName>),
+    /// The path the router LANs' flows took changed (another tunnel, server, addresses, or no
+    /// tunnel connected any more) and the new rules are in force: delete every conntrack entry
+    /// marked [`killswitch_policy::CT_MARK_ROUTER`], so that each flow's next packet is judged
+    /// and NATed afresh. No answer.
+    DeleteRouterFlows,
 }
 
 /// The first retry after a failed apply, doubled up to [`RETRY_MAX`]. Only while failing: a
@@ -582,6 +640,11 @@ impl<F: Firewall> Core<F> {
             locals: crate::locals::LocalView::default(),
             allows: persisted.allows.clone(),
             users: persisted.tunnel_only_users.clone(),
+            router_lans: persisted.router_lans.clone(),
+            router: crate::router::RouterView::default(),
+            forwarding_failed: Vec::new(),
+            router_carrier: None,
+            router_flows_stale: false,
             bypass: None,
             options,
             dns_status: None,
@@ -718,7 +781,9 @@ impl<F: Firewall> Core<F> {
                             wireguard_dir,
                             tunnel_only_users,
                             apps_only,
+                            router_lans,
                         } = *new;
+                        self.options.router_lans = router_lans;
                         self.options.tunnel_only_users = tunnel_only_users;
                         self.options.apps_only = apps_only;
                         self.options.lan = lan;
@@ -743,6 +808,28 @@ impl<F: Firewall> Core<F> {
             }
             Input::OnDrop(report) => {
                 self.on_drop.record(report);
+                self.finish(&mut effects);
+            }
+            Input::Forwarded(results) => {
+                for (interface, result) in results {
+                    match result {
+                        Ok(()) => {
+                            if let Some(lan) = self
+                                .router
+                                .lans
+                                .iter_mut()
+                                .find(|l| l.interface == interface)
+                            {
+                                lan.forwarding = true;
+                            }
+                            tracing::info!("router LAN {interface}: forwarding on");
+                        }
+                        Err(why) => {
+                            tracing::warn!("router LAN {interface}: {why}");
+                            self.forwarding_failed.push((interface, why));
+                        }
+                    }
+                }
                 self.finish(&mut effects);
             }
             Input::DnsSynced { changed, status } => {
@@ -790,6 +877,17 @@ impl<F: Firewall> Core<F> {
                 return;
             }
             None => {}
+        }
+        // The new rules are in force: now the router LANs' stale flows can go (their next
+        // packets meet the new rules), and forwarding can be switched on for LANs whose rules
+        // are there.
+        if std::mem::take(&mut self.router_flows_stale) {
+            effects.push(Effect::DeleteRouterFlows);
+        }
+        let forward = self.lans_to_forward();
+        if !forward.is_empty() {
+            effects.push(Effect::Forward(forward));
+            return;
         }
         self.publish(effects);
         self.retry.follow(self.needs_retry(), self.now);
@@ -910,7 +1008,8 @@ impl<F: Firewall> Core<F> {
         let persisted = Persisted::new(self.settings, self.target.clone())
             .with_guard_identity(self.pinned.clone())
             .with_allows(self.allows.clone())
-            .with_tunnel_only_users(self.users.clone());
+            .with_tunnel_only_users(self.users.clone())
+            .with_router_lans(self.router_lans.clone());
         if let Err(e) = self.store.save(&persisted) {
             tracing::warn!(
                 "cannot remember what kind of device the tunnel is in {}: {e}",
@@ -987,6 +1086,11 @@ impl<F: Firewall> Core<F> {
             // with every refused packet, which is no change of state to publish.
             blocked: None,
             tunnel_only_users: self.tunnel_only_users(),
+            router_lans: self.router_lans_status(),
+            ip_forward: self
+                .router
+                .ip_forward
+                .filter(|_| !self.router_lans_status().is_empty()),
             exec: self.exec_scopes.clone(),
             bypass: self
                 .bypass
@@ -1083,6 +1187,12 @@ impl<F: Firewall> Core<F> {
                         .iter()
                         .filter_map(|u| u.clone().err()),
                 )
+                .chain(self.router_refusals())
+                .chain(
+                    self.forwarding_failed
+                        .iter()
+                        .map(|(lan, why)| format!("router LAN {lan}: forwarding: {why}")),
+                )
                 .collect(),
             absent: {
                 let named = (allows.interfaces.iter())
@@ -1104,6 +1214,7 @@ impl<F: Firewall> Core<F> {
     /// rules are compiled from what was seen, so a tunnel's loss, which must block at once, never
     /// waits for netlink dumps.
     fn refresh_locals(&mut self) {
+        self.refresh_router();
         let allows = self.all_allows();
         let view =
             (self.options.look_locals)(&allows.interfaces, self.options.detect_local_bridges);
@@ -1150,7 +1261,190 @@ impl<F: Firewall> Core<F> {
                 })
                 .collect(),
             bypass: self.bypass.as_ref().map(|b| b.scope),
+            router_lans: self
+                .router_lans_in_force()
+                .into_iter()
+                .map(|(lan, _)| lan.link())
+                .collect(),
         }
+    }
+
+    /// The router LANs wanted: config.toml's, then the CLI's, each once.
+    fn router_lans_wanted(&self) -> Vec<(InterfaceName, killswitch_types::ipc::UserSource)> {
+        use killswitch_types::ipc::UserSource;
+        let mut wanted: Vec<(InterfaceName, UserSource)> = Vec::new();
+        let config = (self.options.router_lans.iter()).map(|l| (l, UserSource::Config));
+        let cli = self.router_lans.iter().map(|l| (l, UserSource::Cli));
+        for (lan, source) in config.chain(cli) {
+            if !wanted.iter().any(|(w, _)| w == lan) {
+                wanted.push((lan.clone(), source));
+            }
+        }
+        wanted
+    }
+
+    /// Looks at the router LANs again (when the links may have changed, or the list did).
+    fn refresh_router(&mut self) {
+        let names: Vec<InterfaceName> = (self.router_lans_wanted().into_iter())
+            .map(|(lan, _)| lan)
+            .collect();
+        let view = (self.options.look_router)(&names);
+        self.forwarding_failed.clear();
+        if view != self.router {
+            tracing::info!(
+                lans = ?view
+                    .lans
+                    .iter()
+                    .map(|l| format!("{} {:?}", l.interface, l.networks))
+                    .collect::<Vec<_>>(),
+                "router LANs"
+            );
+            for refused in view.lans.iter().filter_map(|l| l.refused.as_ref()) {
+                tracing::warn!("router LAN refused: {refused}");
+            }
+        }
+        self.router = view;
+    }
+
+    /// The tunnel interface the target names, if any: never a router LAN.
+    fn tunnel_interface(&self) -> Option<&InterfaceName> {
+        match &self.target {
+            Target::Guard(spec) => Some(&spec.interface),
+            Target::Up(spec) => Some(&spec.interface),
+            _ => None,
+        }
+    }
+
+    /// Why a wanted router LAN is not one now (it holds the default route, it is the tunnel).
+    fn router_refusal(&self, lan: &InterfaceName) -> Option<String> {
+        if let Err(why) = crate::router::check_not_tunnel(lan, self.tunnel_interface()) {
+            return Some(why);
+        }
+        self.router.get(lan).and_then(|seen| seen.refused.clone())
+    }
+
+    /// The router LANs in force (wanted and not refused), as last looked at, with their source.
+    fn router_lans_in_force(
+        &self,
+    ) -> Vec<(crate::router::SeenLan, killswitch_types::ipc::UserSource)> {
+        self.router_lans_wanted()
+            .into_iter()
+            .filter(|(lan, _)| self.router_refusal(lan).is_none())
+            .map(|(lan, source)| {
+                let seen = self
+                    .router
+                    .get(&lan)
+                    .cloned()
+                    .unwrap_or_else(|| crate::router::SeenLan::absent(lan));
+                (seen, source)
+            })
+            .collect()
+    }
+
+    /// The wanted router LANs that are refused, and why, for `status`.
+    fn router_refusals(&self) -> Vec<String> {
+        self.router_lans_wanted()
+            .into_iter()
+            .filter_map(|(lan, source)| {
+                self.router_refusal(&lan)
+                    .map(|why| format!("router LAN {lan} ({source}): {why}; not confined as a LAN"))
+            })
+            .collect()
+    }
+
+    /// The router LANs in force, as `status` shows them.
+    fn router_lans_status(&self) -> Vec<killswitch_types::ipc::RouterLanStatus> {
+        self.router_lans_in_force()
+            .into_iter()
+            .map(|(seen, source)| killswitch_types::ipc::RouterLanStatus {
+                interface: seen.interface,
+                networks: seen.networks,
+                source,
+                present: seen.present,
+                forwarding: seen.forwarding,
+            })
+            .collect()
+    }
+
+    /// The router LANs whose forwarding switch should go on now: present, in force, off, not
+    /// failed since the last look, and only once the rules that confine them are in force (the
+    /// last apply worked). Never while a fault blocks everything: nothing is to be forwarded then.
+    fn lans_to_forward(&self) -> Vec<InterfaceName> {
+        if self.apply_error.is_some() || self.applied.is_none() {
+            return Vec::new();
+        }
+        self.router_lans_in_force()
+            .into_iter()
+            .filter(|(seen, _)| seen.present && !seen.forwarding)
+            .map(|(seen, _)| seen.interface)
+            .filter(|lan| !self.forwarding_failed.iter().any(|(f, _)| f == lan))
+            .collect()
+    }
+
+    /// The CLI's router LANs after `router add|remove IFACE`, or why not. Adding one already in
+    /// force changes nothing; removing config.toml's is refused (the file is the administrator's).
+    fn changed_router_lans(
+        &self,
+        add: bool,
+        interface: &InterfaceName,
+    ) -> Result<Vec<InterfaceName>, IpcError> {
+        let refuse = |why: String| {
+            Err(IpcError::new(
+                ErrorKind::BadRequest,
+                format!(
+                    "router {} {interface}: {why}; nothing was changed",
+                    if add { "add" } else { "remove" }
+                ),
+            ))
+        };
+        let in_config = self.options.router_lans.contains(interface);
+        let mut lans = self.router_lans.clone();
+        if add {
+            if let Err(why) = crate::router::check_name(interface)
+                .and_then(|()| crate::router::check_not_tunnel(interface, self.tunnel_interface()))
+            {
+                return refuse(why);
+            }
+            if !in_config && !lans.contains(interface) {
+                lans.push(interface.clone());
+            }
+            return Ok(lans);
+        }
+        if !lans.contains(interface) {
+            return refuse(if in_config {
+                "it is a router LAN because config.toml lists it (router_lan_interfaces): \
+                 remove it there and reload (systemctl reload killswitchd)"
+                    .to_owned()
+            } else {
+                "it is not a router LAN".to_owned()
+            });
+        }
+        lans.retain(|l| l != interface);
+        Ok(lans)
+    }
+
+    /// Follows what carries the router LANs' flows (the connected tunnel and its peer) after an
+    /// apply: when it changed, their conntrack entries are stale and go at the end of this input.
+    /// A daemon's first reconcile knows nothing of what carried them before it: entries left
+    /// while no tunnel is connected are stale, those of a connected tunnel are kept.
+    fn follow_router_carrier(&mut self, enforced: &PolicyState, exceptions: &Exceptions) {
+        let carrier = match enforced {
+            PolicyState::Connected { peer, tunnel } if !exceptions.router_lans.is_empty() => {
+                Some((tunnel.clone(), peer.clone()))
+            }
+            _ => None,
+        };
+        let stale = match &self.router_carrier {
+            Some(previous) => *previous != carrier,
+            None => carrier.is_none() && !exceptions.router_lans.is_empty(),
+        };
+        if stale {
+            tracing::info!(
+                "what carries the router LANs' flows changed: deleting their conntrack entries"
+            );
+            self.router_flows_stale = true;
+        }
+        self.router_carrier = Some(carrier);
     }
 
     /// The tunnel-only users in force: config.toml's that resolved, then the CLI's, each uid once.
@@ -1296,6 +1590,7 @@ impl<F: Firewall> Core<F> {
         let mut target = self.target.clone();
         let mut allows = self.allows.clone();
         let mut users = self.users.clone();
+        let mut router_lans = self.router_lans.clone();
         match command {
             Command::Status => return Ok(self.status()),
             Command::ExecScopes { generation, scopes } => {
@@ -1378,6 +1673,9 @@ impl<F: Firewall> Core<F> {
             }
             Command::Allow { add, entry } => allows = self.changed_allows(*add, entry)?,
             Command::Users { add, user, uid } => users = self.changed_users(*add, user, *uid)?,
+            Command::Router { add, interface } => {
+                router_lans = self.changed_router_lans(*add, interface)?;
+            }
         }
         // The same tunnel to guard: what it was stays known, unless the user guards it again,
         // vouching for whatever now has its name (as the refusal told them to).
@@ -1389,7 +1687,8 @@ impl<F: Firewall> Core<F> {
         let persisted = Persisted::new(settings, target.clone())
             .with_guard_identity(pinned)
             .with_allows(allows.clone())
-            .with_tunnel_only_users(users.clone());
+            .with_tunnel_only_users(users.clone())
+            .with_router_lans(router_lans.clone());
         self.store.save(&persisted).map_err(|e| {
             IpcError::new(
                 ErrorKind::Storage,
@@ -1414,6 +1713,10 @@ impl<F: Firewall> Core<F> {
         self.settings = settings;
         self.target = target;
         self.users = users;
+        if self.router_lans != router_lans {
+            self.router_lans = router_lans;
+            self.refresh_router();
+        }
         let allows_changed = self.allows != allows;
         self.allows = allows;
         if allows_changed {
@@ -1579,6 +1882,7 @@ impl<F: Firewall> Core<F> {
                 }
             }
         };
+        self.follow_router_carrier(&enforced, &exceptions);
         // The second layer follows the first: loosened after it, so a loosening is never ahead of
         // the firewall; tightened after it too, which the firewall already covers.
         let layer = compile_routes_for(&enforced, &settings, &exceptions, &self.tunnel_networks());
@@ -1734,6 +2038,7 @@ mod tests {
     fn test_options(dir: &std::path::Path) -> CoreOptions {
         CoreOptions {
             look_locals: crate::locals::nothing(),
+            look_router: crate::router::nothing(),
             ..CoreOptions::new(dir)
         }
     }
@@ -2318,6 +2623,8 @@ mod tests {
             ),
 
             apps_only: false,
+
+            router_lans: Vec::new(),
         };
         let now = Instant::now();
         core.on(
@@ -2797,6 +3104,7 @@ mod tests {
             wireguard_dir: "/etc/wireguard".into(),
             tunnel_only_users: Vec::new(),
             apps_only: false,
+            router_lans: Vec::new(),
         };
         core.on(Input::Reloaded(Ok(Box::new(good))), now);
         let status = core.status();
@@ -3143,6 +3451,7 @@ mod tests {
             wireguard_dir: "/etc/wireguard".into(),
             tunnel_only_users: Vec::new(),
             apps_only,
+            router_lans: Vec::new(),
         };
         let now = Instant::now();
         core.on(Input::Reloaded(Ok(Box::new(reconfigured(true)))), now);
@@ -3300,6 +3609,243 @@ mod tests {
         }
     }
 
+    /// A router LAN look that sees `lans` present with their networks (192.168.50+i.0/24 for
+    /// the i-th name asked), `wan` holding the default route, ip_forward as given; forwarding is
+    /// on already for lan0 only (the real look reads the switch the executor set).
+    fn router_look(
+        lans: &'static [&'static str],
+        wan: &'static str,
+        ip_forward: bool,
+    ) -> crate::router::LookRouter {
+        Box::new(move |wanted| crate::router::RouterView {
+            lans: wanted
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    let mut seen = crate::router::SeenLan::absent(name.clone());
+                    if lans.contains(&name.as_str()) {
+                        seen.present = true;
+                        seen.forwarding = name.as_str() == "lan0";
+                        seen.networks =
+                            vec![format!("192.168.{}.0/24", 50 + i).parse().expect("net")];
+                    }
+                    if name.as_str() == wan {
+                        seen.present = true;
+                        seen.refused =
+                            Some(format!("{wan} holds the default route: it is the WAN"));
+                    }
+                    seen
+                })
+                .collect(),
+            ip_forward: Some(ip_forward),
+        })
+    }
+
+    fn lan(name: &str) -> InterfaceName {
+        name.parse().expect("literal")
+    }
+
+    #[test]
+    fn router_lans_are_confined_persisted_listed_and_refused_clearly() {
+        use killswitch_types::ipc::UserSource;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = || CoreOptions {
+            router_lans: vec![lan("lan0"), lan("eth0")],
+            look_router: router_look(&["lan0", "lan1"], "eth0", false),
+            ..test_options(dir.path())
+        };
+        let mut fw = Recorder::default();
+        let mut core = core_with(&mut fw, dir.path(), options());
+        let effects = drive(&mut core, Input::Started, &None);
+        // config.toml's lan0 is in force with its network; eth0 is the WAN: refused, said so.
+        let status = core.status();
+        assert_eq!(status.router_lans.len(), 1, "{:?}", status.router_lans);
+        let lan0 = &status.router_lans[0];
+        assert_eq!(lan0.interface, lan("lan0"));
+        assert_eq!(lan0.source, UserSource::Config);
+        assert!(lan0.present);
+        assert_eq!(lan0.networks[0].to_string(), "192.168.50.0/24");
+        assert!(lan0.forwarding, "switched on once its rules were in");
+        assert_eq!(status.ip_forward, Some(false));
+        assert!(
+            status
+                .exceptions
+                .refused
+                .iter()
+                .any(|r| r.contains("eth0") && r.contains("WAN")),
+            "{:?}",
+            status.exceptions.refused
+        );
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::DeleteRouterFlows)),
+            "a first start without a tunnel: leftover LAN flows are stale"
+        );
+        // The rules get exactly the LANs in force, with their networks.
+        let exceptions = core.exceptions();
+        assert_eq!(
+            exceptions.router_lans,
+            vec![killswitch_policy::LocalLink {
+                interface: lan("lan0"),
+                networks: vec!["192.168.50.0/24".parse().expect("net")],
+            }]
+        );
+        let (state, policy) = core.desired();
+        assert_eq!(state, State::Disconnected);
+        assert_eq!(
+            core.applied,
+            Some(compile_for(&policy, &core.policy_settings(), &exceptions)),
+            "the ruleset applied is the one compiled with the router LANs"
+        );
+        // `router add lan1`: at once (its forwarding too), persisted, listed as the CLI's.
+        let add = |name: &str| Request::Router {
+            add: true,
+            interface: lan(name),
+        };
+        let remove = |name: &str| Request::Router {
+            add: false,
+            interface: lan(name),
+        };
+        let command = Command::parse(&add("lan1"), dir.path(), core.devices()).expect("parsed");
+        let effects = drive(&mut core, Input::Command(command), &None);
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::Forward(lans) if *lans == [lan("lan1")])),
+            "only the LAN whose switch is off: {effects:?}"
+        );
+        let status = core.status();
+        assert_eq!(
+            status
+                .router_lans
+                .iter()
+                .map(|l| (l.interface.as_str(), l.source, l.forwarding))
+                .collect::<Vec<_>>(),
+            [
+                ("lan0", UserSource::Config, true),
+                ("lan1", UserSource::Cli, true)
+            ]
+        );
+        assert_eq!(core.exceptions().router_lans.len(), 2);
+        // Adding again changes nothing; so does adding config.toml's.
+        core.handle_request(&add("lan1")).expect("again");
+        core.handle_request(&add("lan0")).expect("config.toml's");
+        assert_eq!(core.router_lans, vec![lan("lan1")]);
+        // Refusals name the problem and change nothing.
+        core.handle_request(&Request::Guard(spec()))
+            .expect("guard wg0");
+        let before = core.status();
+        let applied = core.applied.clone();
+        for (request, says) in [
+            (add("lo"), "loopback"),
+            (add("ksx0"), "killswitch exec"),
+            (add("wg0"), "tunnel interface"),
+            (remove("lan0"), "config.toml"),
+            (remove("lan7"), "not a router LAN"),
+        ] {
+            let err = core.handle_request(&request).expect_err("refused");
+            assert!(
+                err.message.contains(says) && err.message.contains("nothing was changed"),
+                "{says}: {}",
+                err.message
+            );
+        }
+        assert_eq!(core.status(), before);
+        assert_eq!(core.applied, applied);
+        // Across a restart: the CLI's LAN is still there.
+        drop(core);
+        let mut fw2 = Recorder::default();
+        let mut again = core_with(&mut fw2, dir.path(), options());
+        assert_eq!(again.router_lans, vec![lan("lan1")]);
+        assert_eq!(again.status().router_lans.len(), 2);
+        let status = again.handle_request(&remove("lan1")).expect("removed");
+        assert_eq!(status.router_lans.len(), 1);
+        assert_eq!(again.exceptions().router_lans.len(), 1);
+        // No router LAN at all: status says nothing of ip_forward.
+        let none = tempfile::tempdir().expect("tempdir");
+        let mut fw3 = Recorder::default();
+        let plain = core_with(&mut fw3, none.path(), test_options(none.path()));
+        assert!(plain.status().router_lans.is_empty());
+        assert_eq!(plain.status().ip_forward, None);
+    }
+
+    #[test]
+    fn router_flows_are_deleted_when_what_carries_them_changes_and_only_then() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = CoreOptions {
+            router_lans: vec![lan("lan0")],
+            look_router: router_look(&["lan0"], "eth0", true),
+            ..test_options(dir.path())
+        };
+        let mut fw = Recorder::default();
+        let mut core = core_with(&mut fw, dir.path(), options);
+        let deletes = |effects: &[Effect]| {
+            effects
+                .iter()
+                .filter(|e| matches!(e, Effect::DeleteRouterFlows))
+                .count()
+        };
+        drive(&mut core, Input::Started, &None);
+        core.handle_request(&Request::Guard(spec())).expect("guard");
+        // Connecting -> connected: a new carrier.
+        let effects = drive(&mut core, Input::LinksChanged, &up());
+        assert_eq!(core.state, State::Connected);
+        assert_eq!(deletes(&effects), 1, "{effects:?}");
+        // Nothing changed: nothing deleted (a link event that changes nothing is common).
+        let effects = drive(&mut core, Input::LinksChanged, &up());
+        assert_eq!(deletes(&effects), 0, "{effects:?}");
+        // The tunnel's address changed: its NAT bindings are stale.
+        let mut moved = up();
+        if let Some(o) = moved.as_mut() {
+            o.addresses = vec!["10.64.0.9".parse().expect("literal")];
+        }
+        let effects = drive(&mut core, Input::LinksChanged, &moved);
+        assert_eq!(deletes(&effects), 1, "{effects:?}");
+        // Another endpoint (guard again with a new server).
+        let mut other = spec();
+        other.endpoints =
+            killswitch_types::Endpoints::one("198.51.100.2:51820".parse().expect("literal"));
+        let command = Command::Guard(other);
+        let effects = drive(&mut core, Input::Command(command), &moved);
+        assert_eq!(deletes(&effects), 1, "{effects:?}");
+        // Connected -> not connected (the tunnel went down).
+        let effects = drive(&mut core, Input::LinksChanged, &None);
+        assert_ne!(core.state, State::Connected);
+        assert_eq!(deletes(&effects), 1, "{effects:?}");
+        // Still down: nothing more.
+        let effects = drive(&mut core, Input::LinksChanged, &None);
+        assert_eq!(deletes(&effects), 0, "{effects:?}");
+        // The deletion comes after the new rules, before the reply and the status.
+        let effects = drive(&mut core, Input::LinksChanged, &moved);
+        let delete = effects
+            .iter()
+            .position(|e| matches!(e, Effect::DeleteRouterFlows))
+            .expect("deleted");
+        assert!(
+            effects[..delete]
+                .iter()
+                .all(|e| !matches!(e, Effect::Publish(_) | Effect::SyncDns(_))),
+            "{effects:?}"
+        );
+    }
+
+    #[test]
+    fn without_router_lans_no_flow_is_ever_deleted_and_nothing_forwarded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut fw = Recorder::default();
+        let mut core = self::core(&mut fw, dir.path());
+        let mut all = drive(&mut core, Input::Started, &None);
+        core.handle_request(&Request::Guard(spec())).expect("guard");
+        all.extend(drive(&mut core, Input::LinksChanged, &up()));
+        all.extend(drive(&mut core, Input::LinksChanged, &None));
+        assert!(
+            !all.iter()
+                .any(|e| matches!(e, Effect::DeleteRouterFlows | Effect::Forward(_))),
+            "{all:?}"
+        );
+    }
+
     /// Gives the core `input`, answers its looks with `seen` and its freezes and thaws as the
     /// registry would (with the programs last reported), as the daemon's loop does; returns the
     /// other effects in order, freezes and thaws included.
@@ -3320,6 +3866,9 @@ mod tests {
                     event: Some("thawed".to_owned()),
                     ..Default::default()
                 }),
+                Effect::Forward(lans) => {
+                    Input::Forwarded(lans.iter().map(|l| (l.clone(), Ok(()))).collect())
+                }
                 _ => {
                     effects.push(effect);
                     continue;

@@ -47,6 +47,7 @@ pub mod locals;
 pub mod logging;
 pub mod manager;
 pub mod notify;
+pub mod router;
 pub mod run;
 pub mod sim;
 pub mod sleep;

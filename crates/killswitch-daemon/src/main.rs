@@ -141,6 +141,10 @@ fn early_boot(args: &Args) -> ExitCode {
                     .flatten()
                     .map(|u| u.uid)
                     .collect();
+            // By name: their addresses may not be there yet (the daemon looks at them).
+            exceptions.router_lans = (c.router_lan_interfaces.iter().cloned())
+                .map(killswitch_policy::LocalLink::named)
+                .collect();
             Some(exceptions)
         })
         .unwrap_or_default();

@@ -95,6 +95,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         detect_local_bridges: config.detect_local_bridges,
         tunnel_only_users: crate::users::resolve_all(&config.tunnel_only_users),
         apps_only: config.apps_only,
+        router_lans: config.router_lan_interfaces.clone(),
         // The manager's readings of its device also give `status` the tunnel's handshake.
         factory: crate::handshake::tapped(defaults.factory, handshakes.clone()),
         ..defaults
@@ -386,6 +387,7 @@ fn reload(
         // Looked up again: a user created since the last load counts now.
         tunnel_only_users: crate::users::resolve_all(&new.tunnel_only_users),
         apps_only: new.apps_only,
+        router_lans: new.router_lan_interfaces.clone(),
     };
     running.wireguard_dir = new.wireguard_dir;
     running.dead_after_seconds = new.dead_after_seconds;
@@ -396,6 +398,7 @@ fn reload(
     running.detect_local_bridges = new.detect_local_bridges;
     running.tunnel_only_users = new.tunnel_only_users;
     running.apps_only = new.apps_only;
+    running.router_lan_interfaces = new.router_lan_interfaces;
     running.freeze_on_drop = new.freeze_on_drop;
     running.kill_on_drop = new.kill_on_drop;
     Ok(Box::new(reconfigured))
@@ -596,6 +599,32 @@ async fn perform<P: Fn(Status)>(
                 let report = io.on_drop.thaw();
                 tracing::info!("{}", report.event.as_deref().unwrap_or("thawed"));
                 core.on(Input::OnDrop(report), Instant::now())
+            }
+            Effect::Forward(lans) => {
+                let results = lans
+                    .into_iter()
+                    .map(|lan| {
+                        let result = crate::router::forward_on(&lan);
+                        (lan, result)
+                    })
+                    .collect();
+                core.on(Input::Forwarded(results), Instant::now())
+            }
+            Effect::DeleteRouterFlows => {
+                // After the new ruleset is in (the core asks only then): the flows' next packets
+                // meet the new rules. A failure leaves the old entries to time out, which the
+                // rules make harmless (the forward chain judges every packet); logged.
+                let start = Instant::now();
+                match killswitch_nft::conntrack::delete_marked(killswitch_policy::CT_MARK_ROUTER) {
+                    Ok(()) => tracing::info!(
+                        "router LANs: their conntrack entries deleted in {} us",
+                        start.elapsed().as_micros()
+                    ),
+                    Err(e) => {
+                        tracing::warn!("router LANs: deleting their conntrack entries failed: {e}")
+                    }
+                }
+                continue;
             }
             Effect::SyncDns(want) => {
                 // It can hold the loop up only as long as a D-Bus call's timeout, and never a

@@ -370,6 +370,7 @@ impl Sim {
             factory,
             identify,
             look_locals: crate::locals::nothing(),
+            look_router: crate::router::nothing(),
             ..CoreOptions::new(self.dir.path())
         };
         let core = Core::new(
@@ -420,6 +421,12 @@ impl Sim {
                 // The simulation watches no programs, so the core never asks; were it to, the
                 // answer is that nothing is watched.
                 Effect::Freeze { .. } | Effect::Thaw => Input::OnDrop(Default::default()),
+                // The simulation has no router LANs (its look sees none); were it to, forwarding
+                // is switched on and there are no flows to delete.
+                Effect::Forward(lans) => {
+                    Input::Forwarded(lans.into_iter().map(|lan| (lan, Ok(()))).collect())
+                }
+                Effect::DeleteRouterFlows => continue,
             };
             let more = self.core()?.on(answer, now);
             for effect in more.into_iter().rev() {

@@ -41,6 +41,10 @@ pub struct Persisted {
     /// (config.toml's are not repeated here).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tunnel_only_users: Vec<crate::users::TunnelOnlyUser>,
+    /// The router LAN interfaces added with `killswitch router add` (config.toml's are not
+    /// repeated here).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub router_lans: Vec<killswitch_types::InterfaceName>,
 }
 
 fn format_version() -> u32 {
@@ -57,7 +61,14 @@ impl Persisted {
             guard_identity: None,
             allows: killswitch_types::Allows::default(),
             tunnel_only_users: Vec::new(),
+            router_lans: Vec::new(),
         }
+    }
+
+    /// The same, with the router LAN interfaces the CLI added.
+    pub fn with_router_lans(mut self, lans: Vec<killswitch_types::InterfaceName>) -> Self {
+        self.router_lans = lans;
+        self
     }
 
     /// The same, with the tunnel-only users the CLI added.
@@ -443,9 +454,18 @@ mod tests {
                 apps_only: false,
             },
             guard(),
-        );
+        )
+        .with_router_lans(vec![
+            killswitch_types::InterfaceName::new("lan0").expect("valid"),
+        ]);
         store.save(&persisted).expect("save");
         assert!(matches!(store.load(), Loaded::Found(p) if p == persisted));
+        // A file without router LANs (every older one) loads with none.
+        let plain = Persisted::new(Settings::default(), guard());
+        store.save(&plain).expect("save");
+        let text = std::fs::read_to_string(store.path()).expect("read");
+        assert!(!text.contains("router_lans"), "{text}");
+        assert!(matches!(store.load(), Loaded::Found(p) if p.router_lans.is_empty()));
         // No temporary file is left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path().join("state"))
             .expect("dir")

@@ -4,6 +4,8 @@
 //! then a comparison), so that `nft list table inet killswitch` prints the rules in familiar syntax.
 //! The same goes for the `arp` table's matches and for statements (`ip ttl set`).
 
+mod rewrite;
+
 use crate::NftError;
 use crate::counters::{CounterObject, CounterRef, Limit, Log};
 use ipnet::IpNet;
@@ -234,9 +236,11 @@ impl Batch {
                 let mut chain = Chain::new(&chain_name, &table);
                 if let Some(base) = policy_chain.base {
                     chain.set_hook(hook(base.hook), base.priority);
-                    // Postrouting is only ever source NAT (the exec namespaces' masquerade).
+                    // Postrouting is only ever source NAT (the exec namespaces' and the router
+                    // LANs' masquerade), prerouting `nat` only destination NAT (the LANs' DNS).
                     chain.set_type(match base.hook {
-                        killswitch_policy::Hook::Postrouting => ChainType::Nat,
+                        killswitch_policy::Hook::Postrouting
+                        | killswitch_policy::Hook::PreroutingNat => ChainType::Nat,
                         _ => ChainType::Filter,
                     });
                     chain.set_policy(match base.policy {
@@ -369,7 +373,9 @@ fn hook(hook: killswitch_policy::Hook) -> Hook {
         killswitch_policy::Hook::Output => Hook::Out,
         killswitch_policy::Hook::Forward => Hook::Forward,
         killswitch_policy::Hook::Postrouting => Hook::PostRouting,
-        killswitch_policy::Hook::Prerouting => Hook::PreRouting,
+        killswitch_policy::Hook::Prerouting | killswitch_policy::Hook::PreroutingNat => {
+            Hook::PreRouting
+        }
     }
 }
 
@@ -542,6 +548,9 @@ fn encode_rule<'a>(
             Statement::Log(reason) => rule.add_expr(&Log::new(*reason)?),
             // Its own verdict (accept): nothing follows it.
             Statement::Masquerade => rule.add_expr(&nftnl::expr::Masquerade),
+            // Its own verdict (accept) too.
+            Statement::Dnat(to) => rewrite::add_dnat(&mut rule, *to),
+            Statement::ClampMssToRoute => rewrite::add_mss_clamp(&mut rule),
         }
     }
     add_verdict(&mut rule, &policy_rule.verdict)?;

@@ -19,6 +19,7 @@
 //! What this crate does not own: what the rules are (`killswitch-policy`) and when to change them
 //! (the daemon).
 
+pub mod conntrack;
 pub mod counters;
 mod encode;
 mod error;

@@ -346,6 +346,17 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
             rest
         }
     };
+    // The router LANs' forward rules go before even exec's: they decide everything that comes
+    // from or goes to a LAN interface ([`crate::router`]).
+    let lans = &exceptions.router_lans;
+    let endpoints: Vec<IpAddr> = peer
+        .map(|p| p.endpoints.iter().map(|e| e.address.ip()).collect())
+        .unwrap_or_default();
+    let mut forward = crate::router::forward_rules(lans, tunnel, &endpoints);
+    forward.extend(with_exec(
+        crate::exec::forward_rules(tunnel),
+        forward_rules(tunnel, allow_lan, exceptions),
+    ));
     let mut chains = vec![
         base_chain(
             "input",
@@ -363,18 +374,14 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
                 output_rules(peer, tunnel, identity, probe, allow_lan, exceptions),
             ),
         ),
-        base_chain(
-            "forward",
-            Hook::Forward,
-            with_exec(
-                crate::exec::forward_rules(tunnel),
-                forward_rules(tunnel, allow_lan, exceptions),
-            ),
-        ),
+        base_chain("forward", Hook::Forward, forward),
     ];
     if exec {
         chains.push(crate::exec::prerouting_chain(tunnel));
         chains.push(crate::exec::nat_chain(&exceptions.exec_scopes, tunnel));
+    }
+    if !lans.is_empty() {
+        chains.extend(crate::router::chains(lans, tunnel));
     }
     if let Some(sets) = allow_lan {
         chains.push(Chain {
@@ -446,9 +453,11 @@ fn tunnel_only_chain(tunnel: Option<&Tunnel>) -> Chain {
 }
 
 /// Whether anything is confined on its own (a scope), whatever the machine-wide state: the
-/// tunnel-only users and `killswitch exec`'s namespaces.
+/// tunnel-only users, `killswitch exec`'s namespaces and the router LANs.
 fn has_scopes(exceptions: &Exceptions) -> bool {
-    !exceptions.tunnel_only_uids.is_empty() || !exceptions.exec_scopes.is_empty()
+    !exceptions.tunnel_only_uids.is_empty()
+        || !exceptions.exec_scopes.is_empty()
+        || !exceptions.router_lans.is_empty()
 }
 
 /// The scopes-only table: what is installed when the machine itself gets no kill switch, that is
@@ -489,20 +498,56 @@ pub fn scopes_table(exceptions: &Exceptions, tunnel: Option<&Tunnel>) -> Ruleset
             tunnel,
         ));
     }
+    let lans = &exceptions.router_lans;
+    if !lans.is_empty() {
+        // The router LANs' forward rules ahead of exec's, in the one forward chain (policy
+        // accept: only what comes from or goes to a LAN interface is taken away). No endpoint is
+        // known here; the forward rules' "only into the tunnel" keeps the LANs off the WAN.
+        let router_forward = crate::router::forward_rules(lans, tunnel, &[]);
+        match chains
+            .iter_mut()
+            .find(|c| c.base.is_some_and(|b| b.hook == Hook::Forward))
+        {
+            Some(forward) => {
+                let exec_rules = std::mem::take(&mut forward.rules);
+                forward.rules = router_forward.into_iter().chain(exec_rules).collect();
+            }
+            None => chains.push(Chain {
+                name: "forward".to_owned(),
+                base: Some(BaseChain {
+                    hook: Hook::Forward,
+                    priority: PRIORITY_FILTER,
+                    policy: ChainPolicy::Accept,
+                }),
+                rules: router_forward,
+            }),
+        }
+        chains.extend(crate::router::chains(lans, tunnel));
+    }
     if !uids.is_empty() {
         chains.push(tunnel_only_chain(tunnel));
     }
     // The refusals the scopes' chains jump to: DNS outside the tunnel (named by the users' chain
     // only while a tunnel carries traffic, by the exec rules always), everything else, and for
-    // exec the inbound drop.
+    // exec the inbound drop; the router LANs' need all four.
+    let mut refusals = Vec::new();
     if exec {
-        chains.extend(crate::exec::refuse_chains());
+        refusals.extend(crate::exec::refuse_chains());
     } else {
-        if tunnel.is_some() {
-            chains.push(refuse_chain(BlockReason::Dns));
+        if tunnel.is_some() || !lans.is_empty() {
+            refusals.push(refuse_chain(BlockReason::Dns));
         }
-        chains.push(refuse_chain(BlockReason::NonTunnel));
+        refusals.push(refuse_chain(BlockReason::NonTunnel));
     }
+    if !lans.is_empty() {
+        for reason in crate::router::REFUSE_REASONS {
+            let chain = refuse_chain(reason);
+            if !refusals.iter().any(|c: &Chain| c.name == chain.name) {
+                refusals.push(chain);
+            }
+        }
+    }
+    chains.extend(refusals);
     Ruleset {
         table: Some(Table {
             sets: Vec::new(),
@@ -695,6 +740,7 @@ fn output_rules(
             "out through the tunnel",
         ));
     }
+    rules.extend(crate::router::output_rules(&exceptions.router_lans));
     rules.extend(exceptions_out(exceptions));
     if let Some(sets) = allow_lan {
         rules.extend(lan_destinations(sets, "lan"));
@@ -755,6 +801,7 @@ fn input_rules(
             "in through the tunnel",
         ));
     }
+    rules.extend(crate::router::input_rules(&exceptions.router_lans));
     rules.extend(exceptions_in(exceptions));
     if let Some(sets) = allow_lan {
         rules.extend(sets.iter().map(|set| {

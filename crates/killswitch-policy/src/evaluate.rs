@@ -56,6 +56,11 @@ impl Packet {
         Self::new(Hook::Input, Some(iif), None, src, dst, transport)
     }
 
+    /// A new packet arriving on `iif`, before the routing decision (prerouting).
+    pub fn prerouting(iif: &str, src: IpAddr, dst: IpAddr, transport: Transport) -> Self {
+        Self::new(Hook::Prerouting, Some(iif), None, src, dst, transport)
+    }
+
     /// A new packet routed from `iif` to `oif`.
     pub fn forward(iif: &str, oif: &str, src: IpAddr, dst: IpAddr, transport: Transport) -> Self {
         Self::new(Hook::Forward, Some(iif), Some(oif), src, dst, transport)
@@ -276,23 +281,85 @@ impl Ruleset {
         self.decide(packet).verdict
     }
 
-    /// The verdict for `packet`, and the packet as the rules leave it.
+    /// The verdict for `packet`, and the packet as the rules leave it. Every base chain on the
+    /// packet's hook sees it, by priority (a packet at [`Hook::Prerouting`] also meets the
+    /// [`Hook::PreroutingNat`] chains, at their place among the prerouting priorities), and, as
+    /// in the kernel, an accept only ends its own chain: the packet passes if every chain lets it,
+    /// and the first chain that drops or rejects it decides.
     pub fn decide(&self, packet: &Packet) -> Decision {
         let mut packet = packet.clone();
-        let Some(chain) = self.base_chain(packet.hook) else {
+        let mut chains: Vec<(&Chain, i32, ChainPolicy)> = self
+            .table
+            .iter()
+            .flat_map(|table| &table.chains)
+            .filter_map(|chain| {
+                let base = chain.base?;
+                let sees = base.hook == packet.hook
+                    || (packet.hook == Hook::Prerouting && base.hook == Hook::PreroutingNat);
+                sees.then_some((chain, base.priority, base.policy))
+            })
+            .collect();
+        // Stable: chains of one priority keep the table's order, as the kernel keeps the order
+        // in which they were registered.
+        chains.sort_by_key(|(_, priority, _)| *priority);
+        for (chain, _, policy) in chains {
+            let verdict = match self.run_chain(chain, &mut packet, 0) {
+                Some(verdict) => verdict,
+                None => match policy {
+                    ChainPolicy::Drop => Verdict::Drop,
+                    ChainPolicy::Accept => Verdict::Accept,
+                },
+            };
+            if verdict != Verdict::Accept {
+                return Decision { verdict, packet };
+            }
+        }
+        Decision {
+            verdict: Verdict::Accept,
+            packet,
+        }
+    }
+
+    /// A packet arriving on its `iif` that this host routes, through every hook it meets:
+    /// prerouting (filter and `dstnat`, which may rewrite its destination), the routing
+    /// decision `route` makes for the packet as prerouting left it (the outgoing interface;
+    /// `None`, no route, ends it as the kernel's `unreachable` would: dropped here), forward,
+    /// then postrouting. The decision of the first hook that does not accept it, or the accept
+    /// of the last, with the packet as it would leave.
+    pub fn forward_path(
+        &self,
+        arriving: &Packet,
+        route: impl Fn(&Packet) -> Option<InterfaceName>,
+    ) -> Decision {
+        let mut packet = Packet {
+            hook: Hook::Prerouting,
+            oif: None,
+            ..arriving.clone()
+        };
+        let decided = self.decide(&packet);
+        if decided.verdict != Verdict::Accept {
+            return decided;
+        }
+        packet = decided.packet;
+        let Some(oif) = route(&packet) else {
             return Decision {
-                verdict: Verdict::Accept,
+                verdict: Verdict::Drop,
                 packet,
             };
         };
-        let verdict = match self.run_chain(chain, &mut packet, 0) {
-            Some(verdict) => verdict,
-            None => match chain.base.map(|b| b.policy) {
-                Some(ChainPolicy::Drop) => Verdict::Drop,
-                _ => Verdict::Accept,
-            },
-        };
-        Decision { verdict, packet }
+        packet.oif = Some(oif);
+        for hook in [Hook::Forward, Hook::Postrouting] {
+            packet.hook = hook;
+            let decided = self.decide(&packet);
+            if decided.verdict != Verdict::Accept {
+                return decided;
+            }
+            packet = decided.packet;
+        }
+        Decision {
+            verdict: Verdict::Accept,
+            packet,
+        }
     }
 
     /// The verdict of the `arp` table for an ARP message: accept when there is no such table or
@@ -330,6 +397,13 @@ impl Ruleset {
                     Statement::Count(_) | Statement::Log(_) => {}
                     // Masquerading rewrites the source and accepts (postrouting only).
                     Statement::Masquerade => return Some(Verdict::Accept),
+                    // Destination NAT rewrites the destination (same port) and accepts.
+                    Statement::Dnat(to) => {
+                        packet.dst = *to;
+                        return Some(Verdict::Accept);
+                    }
+                    // The MSS option is not modelled: the clamp never changes a verdict.
+                    Statement::ClampMssToRoute => {}
                 }
             }
             match &rule.verdict {

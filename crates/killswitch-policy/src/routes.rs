@@ -7,6 +7,7 @@
 //! | priority | rule | why |
 //! |---|---|---|
 //! | 5297 | `iif ksxN lookup 27507`, per `killswitch exec` namespace, in every state | its forwarded packets: into the tunnel or nowhere |
+//! | 5297 | `iif L lookup 27507`, per router LAN interface, in every state | its clients' packets: into the tunnel or nowhere |
 //! | 5299 | `uidrange N-N lookup 27507`, per tunnel-only user, in every state | their packets: into the tunnel or nowhere |
 //! | 5300 | `to <inside the tunnel> lookup 27507`, only with allow-lan | the tunnel's resolvers and networks, ahead of the LAN |
 //! | 5300 | `from <the tunnel's address> lookup 27507`, only with `allow_inbound` | a reply from the tunnel's address stays in the tunnel |
@@ -309,7 +310,8 @@ pub fn compile_routes_for(
             .into_iter()
             .map(|(net, interface)| TableRoute::Link(net, interface.clone())),
     );
-    routes.extend(exec_routes(exceptions));
+    let extra = exec_routes(exceptions, &routes);
+    routes.extend(extra);
     if let Some(tunnel) = tunnel {
         routes.extend(
             tunnel
@@ -348,11 +350,16 @@ fn tunnel_only_rules(uids: &[u32]) -> Vec<RoutingRule> {
 /// `iif ksxN lookup 27507` for each exec namespace and both families, at [`PRIORITY_EXEC`]: its
 /// forwarded packets find the tunnel's default route (connected) or `unreachable`, whatever
 /// `main` says. (IPv6 too, though the namespace has none: a rule costs nothing and leaves no gap.)
+///
+/// The router LANs get the same rule (`iif lan0 lookup 27507`), beside exec's: their clients'
+/// packets find the tunnel or `unreachable`, never `main`'s default route via the WAN or a route a
+/// hostile DHCP server pushed there (TunnelVision).
 fn exec_rules(exceptions: &Exceptions) -> Vec<RoutingRule> {
     let mut interfaces: Vec<&InterfaceName> = exceptions
         .exec_scopes
         .iter()
         .map(|s| &s.interface)
+        .chain(crate::router::interface_names(&exceptions.router_lans))
         .collect();
     interfaces.sort();
     interfaces.dedup();
@@ -374,12 +381,27 @@ fn exec_rules(exceptions: &Exceptions) -> Vec<RoutingRule> {
 /// Each exec namespace's subnet, routed to its veth in our table: the tunnel's replies (their
 /// destination restored by the masquerade's conntrack entry) look up our table too, and must find
 /// the namespace rather than the tunnel's default route.
-fn exec_routes(exceptions: &Exceptions) -> Vec<TableRoute> {
-    exceptions
+///
+/// Likewise each router LAN's networks to the LAN (`192.168.50.0/24 dev lan0`): replies from the
+/// tunnel to the LAN's clients, and this host's own packets to its LAN, look up our table too.
+/// A network another route of the table already has (`taken`: a local bridge's, an allowed
+/// interface's) is not added twice: the kernel refuses a second route to the same prefix.
+fn exec_routes(exceptions: &Exceptions, taken: &[TableRoute]) -> Vec<TableRoute> {
+    let mut routes: Vec<TableRoute> = exceptions
         .exec_scopes
         .iter()
         .map(|s| TableRoute::Link(IpNet::V4(s.subnet.trunc()), s.interface.clone()))
-        .collect()
+        .collect();
+    for (net, interface) in crate::router::routed_networks(&exceptions.router_lans) {
+        let present = taken
+            .iter()
+            .chain(&routes)
+            .any(|r| matches!(r, TableRoute::Link(n, _) if *n == net));
+        if !present {
+            routes.push(TableRoute::Link(net, interface.clone()));
+        }
+    }
+    routes
 }
 
 /// The layer of the scopes alone: with apps-only on, in every state, and in `off` and unlocked
@@ -429,7 +451,8 @@ fn scopes_layer(state: &PolicyState, exceptions: &Exceptions) -> Option<RoutingL
         .into_iter()
         .map(TableRoute::Unreachable)
         .collect();
-    routes.extend(exec_routes(exceptions));
+    let extra = exec_routes(exceptions, &routes);
+    routes.extend(extra);
     if let Some(probe) = probe {
         routes.push(TableRoute::Host(probe.resolver, probe.interface.clone()));
     }

@@ -12,7 +12,7 @@ use crate::set::Set;
 use ipnet::IpNet;
 use killswitch_types::{BlockReason, InterfaceName};
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The name of killswitch's tables: `inet killswitch`, and `arp killswitch` beside it.
 pub const TABLE_NAME: &str = "killswitch";
@@ -105,14 +105,20 @@ pub enum Hook {
     Output,
     /// Packets this host routes (containers, VMs, a shared connection).
     Forward,
-    /// Packets as they arrive, before routing: only for the `exec` namespaces' refusals while no
-    /// tunnel carries their traffic (their route is `unreachable` then, and the kernel's ICMP
+    /// Packets as they arrive, before routing: the router LANs' spoofing guard
+    /// ([`crate::router`]), and the `exec` namespaces' refusals while no tunnel carries their
+    /// traffic (their route is `unreachable` then, and the kernel's ICMP
     /// answer to that is rate-limited; a refusal here is a TCP reset or ICMP at once).
     Prerouting,
     /// Packets about to leave, routed or local: only for source NAT, in a chain of type `nat`
     /// (priority 100, `srcnat`). It never filters: the `exec` namespaces' addresses are rewritten
     /// to the tunnel's here ([`Statement::Masquerade`]).
     Postrouting,
+    /// Packets as they arrive, in a chain of type `nat` (priority -100, `dstnat`): only for
+    /// destination NAT, the router LANs' DNS sent to the tunnel's resolver
+    /// ([`Statement::Dnat`]). It never filters. The kernel runs it for the first packet of a
+    /// flow only; the flow's later packets get the same translation from conntrack.
+    PreroutingNat,
 }
 
 /// A base chain's default verdict.
@@ -298,6 +304,17 @@ pub enum Statement {
     /// [`Hook::Postrouting`] chain). Its verdict is its own (accept): the rule carries
     /// [`Verdict::Continue`].
     Masquerade,
+    /// `dnat ip[6] to ADDR`: rewrites the destination address to `ADDR`, same port (only in a
+    /// [`Hook::PreroutingNat`] chain; needs a preceding [`Match::Family`] of the address's
+    /// family). Its verdict is its own (accept): the rule carries [`Verdict::Continue`].
+    Dnat(IpAddr),
+    /// `tcp option maxseg size set rt mtu`: lowers the MSS option of a TCP segment to what the
+    /// route the packet takes can carry (its MTU less the IP and TCP headers), so that hosts
+    /// behind a tunnel with a smaller MTU never send segments the tunnel must drop (path MTU
+    /// discovery's ICMP is often filtered). Only SYN and SYN/ACK carry the option; on any other
+    /// segment it changes nothing. Needs a preceding TCP [`Match::Protocol`]; only on the
+    /// forward hook (the kernel accepts `rt mtu` on forward, output and postrouting).
+    ClampMssToRoute,
 }
 
 /// What a rule does with a packet it matches.
@@ -609,7 +626,17 @@ impl Rule {
                 Statement::SetTtl(_) if family != Some(IpFamily::V4) => {
                     return Err("ttl rewrite without `meta nfproto ipv4` first".to_owned());
                 }
+                Statement::Dnat(to) if family != Some(family_of_addr(*to)) => {
+                    return Err(format!(
+                        "dnat to {to} without `meta nfproto` of its family first"
+                    ));
+                }
+                Statement::ClampMssToRoute if proto != Some(L4Proto::Tcp) => {
+                    return Err("mss clamp without `meta l4proto tcp` first".to_owned());
+                }
                 Statement::SetTtl(_)
+                | Statement::Dnat(_)
+                | Statement::ClampMssToRoute
                 | Statement::SetCtMarkBit(_)
                 | Statement::Count(_)
                 | Statement::Log(_)
@@ -736,6 +763,7 @@ impl fmt::Display for Chain {
                 Hook::Forward => ("filter", "forward"),
                 Hook::Prerouting => ("filter", "prerouting"),
                 Hook::Postrouting => ("nat", "postrouting"),
+                Hook::PreroutingNat => ("nat", "prerouting"),
             };
             writeln!(
                 f,
@@ -825,6 +853,13 @@ impl fmt::Display for Match {
     }
 }
 
+fn family_of_addr(ip: IpAddr) -> IpFamily {
+    match ip {
+        IpAddr::V4(_) => IpFamily::V4,
+        IpAddr::V6(_) => IpFamily::V6,
+    }
+}
+
 fn ip_of(family: IpFamily) -> &'static str {
     match family {
         IpFamily::V4 => "ip",
@@ -862,6 +897,9 @@ impl fmt::Display for Statement {
                 log_prefix(*reason)
             ),
             Statement::Masquerade => write!(f, "masquerade"),
+            Statement::Dnat(IpAddr::V4(to)) => write!(f, "dnat ip to {to}"),
+            Statement::Dnat(IpAddr::V6(to)) => write!(f, "dnat ip6 to {to}"),
+            Statement::ClampMssToRoute => write!(f, "tcp option maxseg size set rt mtu"),
         }
     }
 }

@@ -540,7 +540,7 @@ proptest! {
             Hook::Output => !is_lan(p.dst),
             Hook::Input => !is_lan(p.src),
             Hook::Forward => !is_lan(p.src) || !is_lan(p.dst),
-            Hook::Postrouting | Hook::Prerouting => false,
+            Hook::Postrouting | Hook::Prerouting | Hook::PreroutingNat => false,
         };
         prop_assume!(public_far_end);
         let closed = compile(&state, &Settings { lockdown, allow_lan: false, apps_only: false }).verdict(&p);

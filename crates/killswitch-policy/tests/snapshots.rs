@@ -129,3 +129,43 @@ fn apps_only_connected_dual_stack_with_tunnel_only_users() {
             .to_string()
     );
 }
+
+/// One router LAN (lan0: 192.168.50.0/24 and fd50::/64) beside one exec namespace: the LAN's
+/// forward rules ahead of exec's, the spoof guard, the DNS translation, the masquerade and the
+/// MSS clamp (connected), or the refusals alone (no table of the machine's own).
+fn render_with_router(state: &PolicyState, apps_only: bool) -> String {
+    let exceptions = killswitch_policy::Exceptions {
+        exec_scopes: vec![killswitch_policy::ExecScope {
+            interface: killswitch_types::InterfaceName::new("ksx0").expect("literal"),
+            subnet: "198.18.0.0/30".parse().expect("literal"),
+        }],
+        router_lans: vec![killswitch_policy::LocalLink {
+            interface: killswitch_types::InterfaceName::new("lan0").expect("literal"),
+            networks: vec![
+                "192.168.50.1/24".parse().expect("literal"),
+                "fd50::1/64".parse().expect("literal"),
+            ],
+        }],
+        ..killswitch_policy::Exceptions::default()
+    };
+    let settings = killswitch_policy::Settings {
+        apps_only,
+        ..settings(false, false)
+    };
+    killswitch_policy::compile_for(state, &settings, &exceptions).to_string()
+}
+
+#[test]
+fn off_with_a_router_lan() {
+    insta::assert_snapshot!(render_with_router(&PolicyState::Off, false));
+}
+
+#[test]
+fn connected_dual_stack_with_a_router_lan() {
+    insta::assert_snapshot!(render_with_router(&fixtures::connected(true), false));
+}
+
+#[test]
+fn apps_only_connected_v4_only_with_a_router_lan() {
+    insta::assert_snapshot!(render_with_router(&fixtures::connected(false), true));
+}

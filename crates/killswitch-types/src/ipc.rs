@@ -125,6 +125,15 @@ pub enum Request {
         /// A user name or a numeric uid, resolved by the daemon.
         user: String,
     },
+    /// Add or remove a router LAN interface: this machine is that LAN's gateway, and its
+    /// clients' forwarded traffic leaves through the tunnel or not at all, in every state.
+    /// Privileged.
+    Router {
+        /// Add (true) or remove (false).
+        add: bool,
+        /// The LAN interface (`lan0`, `br-lan`).
+        interface: crate::InterfaceName,
+    },
     /// Run a program in a network namespace whose only way out is the tunnel, as the caller (any
     /// user: it only adds protection). The connection then carries the program's life
     /// ([`crate::exec`]).
@@ -169,6 +178,7 @@ impl Request {
             Request::Allow { .. } => "allow",
             Request::Verify => "verify",
             Request::Users { .. } => "users",
+            Request::Router { .. } => "router",
             Request::Exec(_) => "exec",
             Request::ExecSignal { .. } => "exec-signal",
             Request::Bypass => "exec --bypass",
@@ -379,6 +389,16 @@ pub struct Status {
     /// add`); empty from daemons older than this field.
     #[serde(default)]
     pub tunnel_only_users: Vec<TunnelOnlyUserStatus>,
+    /// The router LAN interfaces in force (config.toml's, then those added with `killswitch
+    /// router add`); empty from daemons older than this field.
+    #[serde(default)]
+    pub router_lans: Vec<RouterLanStatus>,
+    /// `net.ipv4.ip_forward` as the daemon last read it, while router LANs are configured
+    /// (`None` otherwise, and from daemons older than this field). The daemon switches forwarding
+    /// on for each LAN interface only; the global switch stays the administrator's, and while it
+    /// is off the tunnel's replies are not forwarded back to the LAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_forward: Option<bool>,
     /// The live `killswitch exec` namespaces; empty from daemons older than this field.
     #[serde(default)]
     pub exec: Vec<crate::exec::ExecScopeStatus>,
@@ -467,7 +487,28 @@ pub struct TunnelOnlyUserStatus {
     pub source: UserSource,
 }
 
-/// Where a tunnel-only user entry comes from.
+/// A router LAN interface in force, as `status` and `router list` show it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterLanStatus {
+    /// The interface.
+    pub interface: crate::InterfaceName,
+    /// The networks of its addresses (its clients' subnets, `192.168.50.0/24`): the sources it
+    /// accepts from the LAN. Empty while it is absent or has no address.
+    #[serde(default)]
+    pub networks: Vec<ipnet::IpNet>,
+    /// Where the entry comes from: `config` (`router_lan_interfaces` in config.toml) or `cli`
+    /// (`killswitch router add`).
+    pub source: UserSource,
+    /// Whether the interface exists now.
+    #[serde(default)]
+    pub present: bool,
+    /// Whether `net.ipv4.conf.IFACE.forwarding` is on (the daemon switches it on for every
+    /// present LAN interface).
+    #[serde(default)]
+    pub forwarding: bool,
+}
+
+/// Where a tunnel-only user (or a router LAN) entry comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UserSource {
@@ -783,6 +824,10 @@ mod tests {
                 add: true,
                 user: "debian-transmission".to_owned(),
             },
+            Request::Router {
+                add: true,
+                interface: InterfaceName::new("lan0").expect("valid"),
+            },
             Request::Bypass,
             Request::Up {
                 interface: None,
@@ -1063,6 +1108,59 @@ mod tests {
                 add: false,
                 user: "nobody".to_owned()
             }
+        );
+    }
+
+    #[test]
+    fn router_requests_and_status_are_pinned_and_additive() {
+        // The request as the CLI sends it, and as interfaces.md pins it.
+        let line = encode_line(&RequestEnvelope::new(Request::Router {
+            add: true,
+            interface: InterfaceName::new("lan0").expect("valid"),
+        }))
+        .expect("encodes");
+        assert_eq!(
+            line,
+            "{\"version\":1,\"request\":{\"command\":\"router\",\"add\":true,\"interface\":\"lan0\"}}\n"
+        );
+        let request = decode_request(line.trim_end()).expect("decodes");
+        assert!(request.is_privileged());
+        assert_eq!(request.name(), "router");
+        // A bad interface name or a stray field is refused when decoded, before the daemon.
+        for bad in [
+            r#"{"version":1,"request":{"command":"router","add":true,"interface":"a/b"}}"#,
+            r#"{"version":1,"request":{"command":"router","add":true,"interface":""}}"#,
+            r#"{"version":1,"request":{"command":"router","add":true}}"#,
+            r#"{"version":1,"request":{"command":"router","add":true,"interface":"lan0","x":1}}"#,
+        ] {
+            assert!(decode_request(bad).is_err(), "{bad}");
+        }
+        // A daemon from before the fields sends none: no LANs, ip_forward unknown.
+        let older = r#"{"state":"off","lockdown":false,"allow_lan":false,"tunnel":null,"error":null,"firewall":{"installed":false,"blocking":false,"transitions":0,"last_apply_us":null}}"#;
+        let status: Status = serde_json::from_str(older).expect("an older daemon's status");
+        assert!(status.router_lans.is_empty());
+        assert_eq!(status.ip_forward, None);
+        let newer = older.replace(
+            r#""error":null,"#,
+            r#""error":null,"ip_forward":false,"router_lans":[{"interface":"lan0","networks":["192.168.50.0/24"],"source":"config","present":true,"forwarding":true}],"#,
+        );
+        let status: Status = serde_json::from_str(&newer).expect("a newer daemon's status");
+        assert_eq!(status.ip_forward, Some(false));
+        assert_eq!(
+            status.router_lans,
+            vec![RouterLanStatus {
+                interface: InterfaceName::new("lan0").expect("valid"),
+                networks: vec!["192.168.50.0/24".parse().expect("literal")],
+                source: UserSource::Config,
+                present: true,
+                forwarding: true,
+            }]
+        );
+        // And what this build sends: the shape interfaces.md pins.
+        let json = serde_json::to_value(&status).expect("encodes");
+        assert_eq!(
+            json["router_lans"][0],
+            serde_json::json!({"interface":"lan0","networks":["192.168.50.0/24"],"source":"config","present":true,"forwarding":true})
         );
     }
 
