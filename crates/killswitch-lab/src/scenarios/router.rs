@@ -35,7 +35,7 @@ use anyhow::{Context, Result};
 use killswitch_types::State;
 use nix::sys::signal::Signal;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -48,6 +48,10 @@ const CLIENT_IFACE: &str = "eth0";
 pub(super) const LAN_ROUTER_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 /// The LAN client's address.
 pub(super) const LAN_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
+/// A second address of the LAN client's, a quiet host beside the busy one: the kernel limits
+/// the ICMP errors it sends to each host (about one a second after a burst of six, as every
+/// Linux router does), so a host flooding the router gets few; a quiet one must get its own.
+const QUIET_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 3);
 const LAN_ROUTER_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 1);
 const LAN_CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 2);
 
@@ -101,7 +105,17 @@ impl RouterLan {
             CLIENT_IFACE,
             "nodad",
         ])?;
-        client.ip(&["route", "add", "default", "via", &LAN_ROUTER_V4.to_string()])?;
+        client.ip(&["addr", "add", &format!("{QUIET_V4}/24"), "dev", CLIENT_IFACE])?;
+        // The busy client's traffic leaves from its first address unless bound elsewhere.
+        client.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &LAN_ROUTER_V4.to_string(),
+            "src",
+            &LAN_CLIENT_V4.to_string(),
+        ])?;
         client.ip(&[
             "-6",
             "route",
@@ -248,11 +262,11 @@ impl Answer {
 impl std::fmt::Display for Answer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Answer::Answered(after) => write!(f, "answered in {} ms", after.as_millis()),
+            Answer::Answered(after) => write!(f, "answered in {:.1} ms", millis(*after)),
             Answer::Refused(after, errno) => write!(
                 f,
-                "refused in {} ms ({})",
-                after.as_millis(),
+                "refused in {:.1} ms ({})",
+                millis(*after),
                 io::Error::from_raw_os_error(*errno)
             ),
             Answer::Silence => write!(f, "silence for {} ms", PROBE_BOUND.as_millis()),
@@ -260,11 +274,15 @@ impl std::fmt::Display for Answer {
     }
 }
 
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
 /// A DNS query from `ns` to `resolver`:53 on a connected socket, so that an ICMP error comes
 /// back as the receive's error.
-pub(super) fn dns_probe(ns: &Netns, resolver: IpAddr) -> Result<Answer> {
+pub(super) fn dns_probe(ns: &Netns, source: Ipv4Addr, resolver: IpAddr) -> Result<Answer> {
     ns.run(move || -> io::Result<Answer> {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let socket = UdpSocket::bind((source, 0))?;
         socket.connect(SocketAddr::new(resolver, 53))?;
         socket.set_read_timeout(Some(PROBE_BOUND))?;
         let start = Instant::now();
@@ -282,9 +300,9 @@ pub(super) fn dns_probe(ns: &Netns, resolver: IpAddr) -> Result<Answer> {
 
 /// A datagram from `ns` to `dst` on a connected socket; the target's sink never answers, so
 /// the outcome is an ICMP error or silence.
-fn udp_probe(ns: &Netns, dst: SocketAddr) -> Result<Answer> {
+fn udp_probe(ns: &Netns, source: Ipv4Addr, dst: SocketAddr) -> Result<Answer> {
     ns.run(move || -> io::Result<Answer> {
-        let socket = UdpSocket::bind("0.0.0.0:0")?;
+        let socket = UdpSocket::bind((source, 0))?;
         socket.connect(dst)?;
         socket.set_read_timeout(Some(PROBE_BOUND))?;
         let start = Instant::now();
@@ -300,15 +318,36 @@ fn udp_probe(ns: &Netns, dst: SocketAddr) -> Result<Answer> {
     .context("a UDP probe")
 }
 
-/// A TCP connection from `ns` to `dst`.
-fn tcp_probe(ns: &Netns, dst: SocketAddr) -> Result<Answer> {
+/// A TCP connection from `source` in `ns` to `dst`.
+fn tcp_probe(ns: &Netns, source: Ipv4Addr, dst: SocketAddrV4) -> Result<Answer> {
     ns.run(move || {
         let start = Instant::now();
-        match traffic::tcp_connect(dst, PROBE_BOUND) {
-            Ok(_) => Answer::Answered(start.elapsed()),
+        match tcp_connect_from(source, dst, PROBE_BOUND) {
+            Ok(()) => Answer::Answered(start.elapsed()),
             Err(e) => Answer::from_error(&e, start.elapsed()),
         }
     })
+}
+
+/// A blocking TCP connect from `source` to `dst`, bounded by `timeout` (on Linux SO_SNDTIMEO
+/// bounds connect; it then fails with EINPROGRESS, which counts as silence).
+fn tcp_connect_from(source: Ipv4Addr, dst: SocketAddrV4, timeout: Duration) -> io::Result<()> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, sockopt};
+    use std::os::fd::AsRawFd;
+    let fd = socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(source, 0)))?;
+    let timeout = nix::sys::time::TimeVal::new(
+        timeout.as_secs() as _,
+        timeout.subsec_micros() as _,
+    );
+    socket::setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
+    socket::connect(fd.as_raw_fd(), &SockaddrIn::from(dst))?;
+    Ok(())
 }
 
 /// The client's packets the oracle calls leaks on the WAN, by what they were.
@@ -588,7 +627,7 @@ pub(super) fn router(lab: &mut Lab) -> Result<Outcome> {
     let dns_since = Instant::now();
     let mut dns_up = Vec::new();
     for (name, resolver) in resolvers {
-        dns_up.push((name, dns_probe(&lan.client, resolver)?));
+        dns_up.push((name, dns_probe(&lan.client, LAN_CLIENT_V4, resolver)?));
     }
     let dns_through_tunnel = lab.servers.dns_tunnel.count_since(dns_since, is_tunnel);
 
@@ -604,15 +643,20 @@ pub(super) fn router(lab: &mut Lab) -> Result<Outcome> {
     lab.tunnel.kill_client()?;
     lab.daemon()?
         .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
-    let target_tcp = SocketAddr::new(topology::TARGET_V4.into(), sinks::TCP_PORT);
+    let target_tcp = SocketAddrV4::new(topology::TARGET_V4, sinks::TCP_PORT);
     let target_udp = SocketAddr::new(topology::TARGET_V4.into(), sinks::UDP_PORT);
-    let mut down = vec![
-        ("TCP to the target", tcp_probe(&lan.client, target_tcp)?),
-        ("UDP to the target", udp_probe(&lan.client, target_udp)?),
-    ];
-    for (name, resolver) in resolvers {
-        down.push((name, dns_probe(&lan.client, resolver)?));
+    let mut down = Vec::new();
+    for source in [QUIET_V4, LAN_CLIENT_V4] {
+        let mut probes = vec![
+            ("TCP to the target", tcp_probe(&lan.client, source, target_tcp)?),
+            ("UDP to the target", udp_probe(&lan.client, source, target_udp)?),
+        ];
+        for (name, resolver) in resolvers {
+            probes.push((name, dns_probe(&lan.client, source, resolver)?));
+        }
+        down.push(probes);
     }
+    let (down_quiet, down_busy) = (&down[0], &down[1]);
     hold(Duration::from_secs(1));
     let restarted = Instant::now();
     lab.start_vpn()?;
@@ -632,7 +676,7 @@ pub(super) fn router(lab: &mut Lab) -> Result<Outcome> {
     let tv_direct = lab.servers.udp.count_since(pushed, |ip| !is_tunnel(ip))
         + lab.servers.dns_public.count_since(pushed, |_| true);
     let tv_tunnelled = lab.servers.udp.count_since(pushed, is_tunnel);
-    let tv_dns = dns_probe(&lan.client, IpAddr::V4(topology::PUBLIC_DNS_V4))?;
+    let tv_dns = dns_probe(&lan.client, LAN_CLIENT_V4, IpAddr::V4(topology::PUBLIC_DNS_V4))?;
     push_tunnelvision(lab, false)?;
 
     // 5. A long-lived flow across a tunnel restart: it must neither stick to the WAN nor die.
@@ -710,11 +754,22 @@ pub(super) fn router(lab: &mut Lab) -> Result<Outcome> {
         ),
     );
     outcome.check(
-        down.iter().all(|(_, a)| a.failed_fast()),
+        down_quiet.iter().all(|(_, a)| a.failed_fast()),
         format!(
-            "tunnel down: errors within {} ms, not silence ({})",
+            "tunnel down: a LAN host gets errors within {} ms, not silence ({})",
             FAIL_FAST.as_millis(),
-            describe(&down)
+            describe(down_quiet)
+        ),
+    );
+    // TCP resets are not rate-limited as ICMP errors are: even a host flooding the router must
+    // get them.
+    outcome.check(
+        down_busy[0].1.failed_fast(),
+        format!(
+            "tunnel down: the host flooding the router (1,500 packets/s) gets a TCP reset within {} ms ({}; its other probes, whose ICMP errors the kernel rate-limits: {})",
+            FAIL_FAST.as_millis(),
+            down_busy[0].1,
+            describe(&down_busy[1..])
         ),
     );
     let tcp6 = outcome
