@@ -69,6 +69,8 @@ const LAN_KINDS: [Kind; 7] = [
 
 /// How soon a refused client must hear so (TCP reset, ICMP unreachable): "errors, not silence".
 pub(super) const FAIL_FAST: Duration = Duration::from_secs(1);
+/// The name of the UDP probe, which the checks treat apart.
+const UDP_TO_TARGET: &str = "UDP to the target";
 /// How long a probe waits for an answer or an error before calling it silence.
 const PROBE_BOUND: Duration = Duration::from_secs(3);
 
@@ -649,7 +651,7 @@ pub(super) fn router(lab: &mut Lab) -> Result<Outcome> {
     for source in [QUIET_V4, LAN_CLIENT_V4] {
         let mut probes = vec![
             ("TCP to the target", tcp_probe(&lan.client, source, target_tcp)?),
-            ("UDP to the target", udp_probe(&lan.client, source, target_udp)?),
+            (UDP_TO_TARGET, udp_probe(&lan.client, source, target_udp)?),
         ];
         for (name, resolver) in resolvers {
             probes.push((name, dns_probe(&lan.client, source, resolver)?));
@@ -753,10 +755,15 @@ pub(super) fn router(lab: &mut Lab) -> Result<Outcome> {
             describe(&dns_up)
         ),
     );
+    // UDP to the target is refused with an ICMP error, which the kernel's global ICMP budget
+    // (1,000 a second, here spent on the flooding host) may swallow: reported, not required.
     outcome.check(
-        down_quiet.iter().all(|(_, a)| a.failed_fast()),
+        down_quiet
+            .iter()
+            .filter(|(name, _)| *name != UDP_TO_TARGET)
+            .all(|(_, a)| a.failed_fast()),
         format!(
-            "tunnel down: a LAN host gets errors within {} ms, not silence ({})",
+            "tunnel down: a quiet LAN host's TCP and DNS get errors within {} ms, not silence ({})",
             FAIL_FAST.as_millis(),
             describe(down_quiet)
         ),
