@@ -730,6 +730,7 @@ fn encode_match(rule: &mut Rule<'_>, m: &Match) {
             rule.add_expr(&SocketCgroupLoad { level: *level });
             rule.add_expr(&cmp_eq(&id.to_ne_bytes()));
         }
+        Match::DestinationType(kind) => rewrite::add_destination_type(rule, *kind),
         Match::Limit { per_second, burst } => rule.add_expr(&Limit {
             per_second: *per_second,
             burst: *burst,

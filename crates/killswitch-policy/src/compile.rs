@@ -33,6 +33,11 @@
 //! holds only their jump, so they reach loopback and nothing else while everyone else is as free as
 //! the administrator chose.
 //!
+//! Router LANs (issue 17, [`crate::router`]): scopes as well, first in forward (ahead of exec's),
+//! with their own prerouting, `dstnat` and `srcnat` chains, an input accept and an output
+//! allowance to the LAN's own networks; in states with no machine-wide table, the scopes-only
+//! table carries them.
+//!
 //! Apps-only (`Settings::apps_only`): in every state the machine-wide table is replaced by that
 //! scopes-only table ([`scopes_table`]), which receives the tunnel while it is connected: the
 //! machine's own traffic is left alone, the scopes leave through the tunnel or not at all. The
@@ -315,7 +320,13 @@ pub fn compile_for(state: &PolicyState, settings: &Settings, exceptions: &Except
     if settings.apps_only {
         // The machine's own traffic is the administrator's to leave alone: only the scopes get
         // rules, and they get the tunnel while it carries traffic.
-        return scopes_table(exceptions, state.carrying_tunnel());
+        let endpoints: Vec<IpAddr> = match state {
+            PolicyState::Connected { peer, .. } | PolicyState::Connecting { peer, .. } => {
+                peer.endpoints.iter().map(|e| e.address.ip()).collect()
+            }
+            _ => Vec::new(),
+        };
+        return scopes_table_for(exceptions, state.carrying_tunnel(), &endpoints);
     }
     let Some(Parts {
         peer,
@@ -472,6 +483,17 @@ fn has_scopes(exceptions: &Exceptions) -> bool {
 /// whether `up` runs the tunnel or `guard` watches it); the scopes may use it and its resolvers.
 /// Without one they may use loopback only. `None` (no table at all) when there is no scope.
 pub fn scopes_table(exceptions: &Exceptions, tunnel: Option<&Tunnel>) -> Ruleset {
+    scopes_table_for(exceptions, tunnel, &[])
+}
+
+/// [`scopes_table`], `endpoints` being the VPN server's addresses where the state knows them
+/// (apps-only while connecting or connected): the router LANs may not reach them
+/// ([`crate::router`], port shadowing).
+fn scopes_table_for(
+    exceptions: &Exceptions,
+    tunnel: Option<&Tunnel>,
+    endpoints: &[IpAddr],
+) -> Ruleset {
     if !has_scopes(exceptions) {
         return Ruleset { table: None };
     }
@@ -501,9 +523,8 @@ pub fn scopes_table(exceptions: &Exceptions, tunnel: Option<&Tunnel>) -> Ruleset
     let lans = &exceptions.router_lans;
     if !lans.is_empty() {
         // The router LANs' forward rules ahead of exec's, in the one forward chain (policy
-        // accept: only what comes from or goes to a LAN interface is taken away). No endpoint is
-        // known here; the forward rules' "only into the tunnel" keeps the LANs off the WAN.
-        let router_forward = crate::router::forward_rules(lans, tunnel, &[]);
+        // accept: only what comes from or goes to a LAN interface is taken away).
+        let router_forward = crate::router::forward_rules(lans, tunnel, endpoints);
         match chains
             .iter_mut()
             .find(|c| c.base.is_some_and(|b| b.hook == Hook::Forward))

@@ -1,16 +1,19 @@
 //! A small evaluator: the verdict the kernel would give a packet under a ruleset.
 //!
-//! It implements the semantics of the subset of nftables the policy uses: base chain per hook, rules
-//! in order, first terminal verdict wins, a jump returns when the called chain does not decide, and
-//! the chain policy applies when nothing matched. A matching rule's statements change the packet
-//! before its verdict ([`Ruleset::decide`] returns the packet as it leaves). ARP messages go
+//! It implements the semantics of the subset of nftables the policy uses: every base chain of a
+//! hook by priority (an accept ends only its own chain), rules in order, first terminal verdict
+//! wins, a jump returns when the called chain does not decide, and the chain policy applies when
+//! nothing matched. A matching rule's statements change the packet before its verdict
+//! ([`Ruleset::decide`] returns the packet as it leaves; `dnat` rewrites its destination).
+//! [`Ruleset::forward_path`] takes a routed packet through prerouting, a routing decision,
+//! forward and postrouting, which is how router mode's DNS translation is checked. ARP messages go
 //! through the `arp` table the same way ([`Ruleset::arp_verdict`]). It exists so that tests can
 //! state properties over random packets ("no DNS leaves outside the tunnel"), and so that the lab
 //! can classify a captured packet as "allowed by the old or the new state".
 
 use crate::ruleset::{
-    ArpHook, ArpMatch, ArpOperation, Chain, ChainPolicy, Hook, IpFamily, L4Proto, Match,
-    RejectWith, Ruleset, Statement, Verdict as RuleVerdict,
+    AddressType, ArpHook, ArpMatch, ArpOperation, Chain, ChainPolicy, Hook, IpFamily, L4Proto,
+    Match, RejectWith, Ruleset, Statement, Verdict as RuleVerdict,
 };
 use killswitch_types::InterfaceName;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -28,6 +31,9 @@ pub struct Packet {
     pub src: IpAddr,
     /// Destination address.
     pub dst: IpAddr,
+    /// Whether the destination is one of this host's own addresses (`fib daddr type local`):
+    /// so at the input hook, never at forward; in prerouting, what routing will find.
+    pub dst_local: bool,
     /// IPv4 TTL or IPv6 hop limit.
     pub hop_limit: u8,
     /// The transport header.
@@ -83,6 +89,7 @@ impl Packet {
             oif: name(oif),
             src,
             dst,
+            dst_local: hook == Hook::Input,
             hop_limit: 64,
             transport,
             mark: 0,
@@ -97,6 +104,12 @@ impl Packet {
     /// `cgroups` (the last being the socket's own cgroup).
     pub fn with_cgroups(mut self, cgroups: Vec<u64>) -> Self {
         self.cgroups = cgroups;
+        self
+    }
+
+    /// The same packet, addressed to one of this host's own addresses (or not).
+    pub fn with_local_destination(mut self, local: bool) -> Self {
+        self.dst_local = local;
         self
     }
 
@@ -499,6 +512,13 @@ fn matches(m: &Match, p: &Packet) -> bool {
         },
         // Under the rate: the only rules with a limit log and decide nothing.
         Match::Limit { .. } => true,
+        // Broadcast modelled as the limited broadcast only (a subnet's broadcast address needs
+        // the interface's prefix, which the packet does not carry).
+        Match::DestinationType(kind) => match kind {
+            AddressType::Local => p.dst_local,
+            AddressType::Broadcast => p.dst == IpAddr::V4(Ipv4Addr::BROADCAST),
+            AddressType::Multicast => p.dst.is_multicast(),
+        },
     }
 }
 

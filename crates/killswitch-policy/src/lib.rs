@@ -37,12 +37,12 @@ pub use compile::{
 pub use evaluate::{ArpPacket, ConnState, Decision, Packet, Transport, Verdict as PacketVerdict};
 pub use exceptions::{CT_MARK_INBOUND, Exceptions, LocalLink, check_allows};
 pub use exec::{EXEC_INTERFACE_PREFIX, ExecScope};
-pub use router::CT_MARK_ROUTER;
 pub use killswitch_types::Settings;
+pub use router::CT_MARK_ROUTER;
 pub use ruleset::{
-    ArpChain, ArpHook, ArpMatch, ArpOperation, ArpRule, ArpTable, BaseChain, Chain, ChainPolicy,
-    CtStates, Hook, IpFamily, L4Proto, LOG_BURST, LOG_RATE_PER_SECOND, LOG_SNAPLEN, MalformedRule,
-    Match, NFLOG_GROUP, RejectWith, Rule, Ruleset, Statement, TABLE_NAME, Table, Verdict,
-    counter_name, log_prefix, reason_of_counter,
+    AddressType, ArpChain, ArpHook, ArpMatch, ArpOperation, ArpRule, ArpTable, BaseChain, Chain,
+    ChainPolicy, CtStates, Hook, IpFamily, L4Proto, LOG_BURST, LOG_RATE_PER_SECOND, LOG_SNAPLEN,
+    MalformedRule, Match, NFLOG_GROUP, RejectWith, Rule, Ruleset, Statement, TABLE_NAME, Table,
+    Verdict, counter_name, log_prefix, reason_of_counter,
 };
 pub use set::Set;

@@ -20,7 +20,10 @@
 //!   did not ask. Every packet that passes marks its flow with [`CT_MARK_ROUTER`], so that the
 //!   daemon can delete the LAN's conntrack entries (and NAT bindings) when the tunnel or its
 //!   endpoint changes; and DNS of a family with no resolver to send it to is refused there and
-//!   then (a TCP reset or ICMP at once, never a timeout).
+//!   then (a TCP reset or ICMP at once, never a timeout), and so is any packet of a family no
+//!   connected tunnel carries unless it is for this host (`fib daddr type local`, broadcast or
+//!   multicast): the routing layer's `unreachable` would stop it too, but the kernel
+//!   rate-limits its ICMP answers, and clients would wait for timeouts.
 //! - **`dstnat`** (`router-dnat`, nat, priority -100): every DNS packet from `L` (53 and 853, UDP
 //!   and TCP, to ANY address, this machine's own included) goes to the connected tunnel's first
 //!   resolver of its family, same port. No forwarder process: the kernel does it, so it keeps
@@ -67,8 +70,8 @@
 use crate::compile::{DNS_PORTS, DNS_PROTOS, Tunnel, host, on, refuse};
 use crate::exceptions::LocalLink;
 use crate::ruleset::{
-    BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, L4Proto, Rule, Statement,
-    Verdict,
+    AddressType, BaseChain, Chain, ChainPolicy, CtStates, Hook, IpFamily, L4Proto, Match, Rule,
+    Statement, Verdict,
 };
 use ipnet::IpNet;
 use killswitch_types::{BlockReason, InterfaceName};
@@ -199,8 +202,9 @@ pub(crate) fn prerouting_chain(lans: &[LocalLink]) -> Chain {
 }
 
 /// The regular chain a LAN's packet with a genuine source goes through: its flow marked, its DNS
-/// refused when there is no resolver to translate it to, then accepted (by this chain only: the
-/// other base chains still decide).
+/// refused when there is no resolver to translate it to, a packet to be forwarded refused when
+/// no tunnel carries its family, then accepted (by this chain only: the other base chains still
+/// decide).
 pub(crate) fn accepted_chain(tunnel: Option<&Tunnel>) -> Chain {
     let targets = DnsTargets::of(tunnel);
     let mut rules = vec![
@@ -213,14 +217,47 @@ pub(crate) fn accepted_chain(tunnel: Option<&Tunnel>) -> Chain {
         }
         for proto in DNS_PROTOS {
             for port in DNS_PORTS {
-                rules.push(
-                    on().family(family)
-                        .proto(proto)
-                        .dport(port)
-                        .verdict(refuse(BlockReason::Dns), "router: no resolver to send dns to"),
-                );
+                rules.push(on().family(family).proto(proto).dport(port).verdict(
+                    refuse(BlockReason::Dns),
+                    "router: no resolver to send dns to",
+                ));
             }
         }
+    }
+    // Without a tunnel carrying a family, its packets that would be forwarded are refused here,
+    // at once: their route is `unreachable` (the routing layer), which stops them too, but the
+    // kernel rate-limits its ICMP answer to that, and the LAN's clients would wait for timeouts
+    // instead of failing fast. What is for this host (DHCP, NDP, SSH) passes: `fib daddr type`
+    // tells it apart before the routing decision.
+    let carried = tunnel.map(Tunnel::carried_families).unwrap_or_default();
+    for family in FAMILIES {
+        if carried.contains(&family) {
+            continue;
+        }
+        // (IPv6 has no broadcast.)
+        let kinds: &[AddressType] = match family {
+            IpFamily::V4 => &[
+                AddressType::Local,
+                AddressType::Broadcast,
+                AddressType::Multicast,
+            ],
+            IpFamily::V6 => &[AddressType::Local, AddressType::Multicast],
+        };
+        for kind in kinds.iter().copied() {
+            rules.push(
+                on().family(family)
+                    .with(Match::DestinationType(kind))
+                    .accept("router: to this host"),
+            );
+        }
+        let reason = match family {
+            IpFamily::V4 => BlockReason::NonTunnel,
+            IpFamily::V6 => BlockReason::Ipv6,
+        };
+        rules.push(
+            on().family(family)
+                .verdict(refuse(reason), "router: no tunnel to forward by"),
+        );
     }
     rules.push(on().accept("router: a genuine lan source"));
     Chain {
@@ -457,4 +494,91 @@ pub(crate) fn routed_networks(lans: &[LocalLink]) -> Vec<(IpNet, &InterfaceName)
         }
     }
     routes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(n: &str) -> InterfaceName {
+        InterfaceName::new(n).expect("literal")
+    }
+
+    fn tunnel(addresses: &[&str], dns: &[&str]) -> Tunnel {
+        Tunnel {
+            interface: name("wg0"),
+            addresses: addresses
+                .iter()
+                .map(|a| a.parse().expect("literal"))
+                .collect(),
+            dns: dns.iter().map(|a| a.parse().expect("literal")).collect(),
+        }
+    }
+
+    #[test]
+    fn dns_goes_to_the_first_usable_resolver_of_each_family() {
+        let v4_only = tunnel(&["10.64.0.2"], &["fc00::1", "10.64.0.9", "10.64.0.1"]);
+        let targets = DnsTargets::of(Some(&v4_only));
+        assert_eq!(targets.v4, Some(Ipv4Addr::new(10, 64, 0, 9)));
+        assert_eq!(
+            targets.v6, None,
+            "a v6 resolver behind a v4-only tunnel is no target"
+        );
+        let dual = tunnel(&["10.64.0.2", "fc00::2"], &["fc00::1", "10.64.0.1"]);
+        let targets = DnsTargets::of(Some(&dual));
+        assert_eq!(targets.v6, Some("fc00::1".parse().expect("literal")));
+        assert_eq!(DnsTargets::of(None), DnsTargets::default());
+    }
+
+    #[test]
+    fn a_lan_known_by_name_only_passes_only_dhcp_and_link_local() {
+        let chain = prerouting_chain(&[LocalLink::named(name("lan0"))]);
+        let comments: Vec<&str> = chain.rules.iter().map(|r| r.comment).collect();
+        assert_eq!(
+            comments,
+            [
+                "router: dhcp from a client without an address",
+                "router: ipv6 link-local",
+                "router: icmpv6 from a host without an address",
+                "router: spoofed source",
+            ]
+        );
+        assert_eq!(chain.rules.last().map(|r| &r.verdict), Some(&Verdict::Drop));
+    }
+
+    #[test]
+    fn lans_are_named_once_in_order_and_link_local_networks_are_not_routed() {
+        let lan = |n: &str, nets: &[&str]| LocalLink {
+            interface: name(n),
+            networks: nets.iter().map(|a| a.parse().expect("literal")).collect(),
+        };
+        let lans = [
+            lan("lan1", &["192.168.51.1/24"]),
+            lan("lan0", &["192.168.50.1/24", "fe80::1/64", "169.254.1.1/16"]),
+            lan("lan1", &["192.168.51.1/24"]),
+        ];
+        let names: Vec<&str> = interface_names(&lans).iter().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["lan0", "lan1"]);
+        let routed: Vec<String> = routed_networks(&lans)
+            .iter()
+            .map(|(net, dev)| format!("{net} dev {dev}"))
+            .collect();
+        assert_eq!(
+            routed,
+            ["192.168.50.0/24 dev lan0", "192.168.51.0/24 dev lan1"]
+        );
+    }
+
+    #[test]
+    fn without_a_tunnel_nothing_is_translated_or_masqueraded() {
+        let lans = [LocalLink::named(name("lan0"))];
+        assert!(dnat_chain(&lans, None).rules.is_empty());
+        assert!(nat_chain(&lans, None).rules.is_empty());
+        let forward = forward_rules(&lans, None, &[]);
+        assert!(forward.iter().all(|r| r.verdict != Verdict::Accept));
+        // A tunnel with only a link-local address carries nothing either.
+        let idle = tunnel(&["fe80::2"], &["10.64.0.1"]);
+        let forward = forward_rules(&lans, Some(&idle), &[]);
+        assert!(forward.iter().all(|r| r.verdict != Verdict::Accept));
+    }
 }

@@ -274,6 +274,11 @@ pub enum Match {
         /// The cgroup's id.
         id: u64,
     },
+    /// `fib daddr type TYPE`: what the routing table says the destination address is to this
+    /// host (needs no preceding match: the kernel looks up the packet's own family). In
+    /// prerouting, before the routing decision, it tells a packet for this host (or a
+    /// broadcast or multicast group) from one that will be forwarded.
+    DestinationType(AddressType),
     /// `limit rate N/second burst B packets`: holds for at most `per_second` packets a second
     /// after a burst of `burst` (shared by every packet this rule sees). The evaluator takes it
     /// to hold: it only ever guards a [`Verdict::Continue`] rule that logs.
@@ -283,6 +288,29 @@ pub enum Match {
         /// Packets allowed above the rate at once.
         burst: u32,
     },
+}
+
+/// What a destination address is to this host, as `fib daddr type` says (the routing table's
+/// route type for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AddressType {
+    /// One of this host's own addresses (`RTN_LOCAL`).
+    Local,
+    /// A broadcast address: the limited broadcast, or a subnet's (`RTN_BROADCAST`).
+    Broadcast,
+    /// A multicast group (`RTN_MULTICAST`).
+    Multicast,
+}
+
+impl AddressType {
+    /// The kernel's route type number (`RTN_*`).
+    pub fn number(self) -> u32 {
+        match self {
+            AddressType::Local => 2,
+            AddressType::Broadcast => 3,
+            AddressType::Multicast => 5,
+        }
+    }
 }
 
 /// A change a rule makes to a packet it matches, before its verdict.
@@ -849,6 +877,15 @@ impl fmt::Display for Match {
             Match::Limit { per_second, burst } => {
                 write!(f, "limit rate {per_second}/second burst {burst} packets")
             }
+            Match::DestinationType(kind) => write!(
+                f,
+                "fib daddr type {}",
+                match kind {
+                    AddressType::Local => "local",
+                    AddressType::Broadcast => "broadcast",
+                    AddressType::Multicast => "multicast",
+                }
+            ),
         }
     }
 }

@@ -129,6 +129,7 @@ fn packet_with<T: Strategy<Value = Transport> + 'static>(
                         oif: if hook == Hook::Input { None } else { oif },
                         src,
                         dst,
+                        dst_local: hook == Hook::Input,
                         hop_limit,
                         transport,
                         mark,

@@ -17,7 +17,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Every interface a packet may come from or go to: the LANs, the tunnels, the WAN, a bridge,
 /// an allowed interface, an exec namespace.
-const IFACES: [&str; 8] = ["lan0", "lan1", "wg0", "tun0", "eth0", "docker0", "ts0", "ksx0"];
+const IFACES: [&str; 8] = [
+    "lan0", "lan1", "wg0", "tun0", "eth0", "docker0", "ts0", "ksx0",
+];
 
 fn name(n: &str) -> InterfaceName {
     InterfaceName::new(n).expect("literal")
@@ -91,7 +93,13 @@ fn packet() -> impl Strategy<Value = Packet> {
         .prop_flat_map(|v6| (iface(), iface(), address(v6), address(v6), transport()))
         .prop_flat_map(|(iif, oif, src, dst, transport)| {
             (
-                Just(Packet::forward(iif.as_str(), oif.as_str(), src, dst, transport)),
+                Just(Packet::forward(
+                    iif.as_str(),
+                    oif.as_str(),
+                    src,
+                    dst,
+                    transport,
+                )),
                 proptest::sample::select(vec![
                     ConnState::New,
                     ConnState::Established,
@@ -118,13 +126,16 @@ fn tunnel() -> impl Strategy<Value = Tunnel> {
         Just(vec![ip("fc00:bbbb::1")]),
         Just(Vec::new()),
     ];
-    (proptest::sample::select(vec!["wg0", "tun0"]), addresses, dns).prop_map(
-        |(n, addresses, dns)| Tunnel {
+    (
+        proptest::sample::select(vec!["wg0", "tun0"]),
+        addresses,
+        dns,
+    )
+        .prop_map(|(n, addresses, dns)| Tunnel {
             interface: name(n),
             addresses,
             dns,
-        },
-    )
+        })
 }
 
 fn peer() -> impl Strategy<Value = Peer> {
@@ -267,8 +278,7 @@ fn genuine_source(exceptions: &Exceptions, p: &Packet) -> bool {
     let in_networks = lan.networks.iter().any(|n| n.trunc().contains(&p.src));
     let link_local = IpNet::V6("fe80::/10".parse().expect("literal")).contains(&p.src);
     let dhcp = p.src == ip("0.0.0.0") && p.transport == Transport::udp(68, 67);
-    let unspecified_icmpv6 =
-        p.src == ip("::") && matches!(p.transport, Transport::Icmpv6 { .. });
+    let unspecified_icmpv6 = p.src == ip("::") && matches!(p.transport, Transport::Icmpv6 { .. });
     in_networks || link_local || dhcp || unspecified_icmpv6
 }
 
@@ -411,6 +421,42 @@ proptest! {
         }
     }
 
+    /// The LAN's own talk with this host (anything but DNS, addressed to this host) passes the
+    /// LAN's prerouting rules in every state, and this host's input in every table of its own;
+    /// while no tunnel carries a family, a packet of it to be forwarded is refused as it
+    /// arrives, with an answer (never silence).
+    #[test]
+    fn the_lan_talks_to_this_host_and_fails_fast_without_a_tunnel(
+        state in any_state(),
+        settings in settings(),
+        exceptions in exceptions(),
+        p in packet(),
+        local in any::<bool>(),
+    ) {
+        let p = Packet { hook: Hook::Prerouting, iif: Some(name("lan0")), oif: None, ..p }
+            .with_local_destination(local);
+        prop_assume!(genuine_source(&exceptions, &p) && !is_dns(&p));
+        let rules = compile_for(&state, &settings, &exceptions);
+        let verdict = rules.verdict(&p);
+        let carried = state.carrying_tunnel().is_some_and(|t| t.carried_families().contains(&family(p.dst)));
+        let group = p.dst.is_multicast() || p.dst == ip("255.255.255.255");
+        if local || group || carried {
+            prop_assert_eq!(verdict, PacketVerdict::Accept, "{:?} in {:?}", p, state);
+        } else {
+            prop_assert!(matches!(verdict, PacketVerdict::Reject(_)), "{:?}: {:?}", p, verdict);
+        }
+        // (Except to the tunnel's own addresses, which arrive by the tunnel only: CVE-2019-14899.)
+        let tunnel_address = match &state {
+            PolicyState::Connected { tunnel, .. } => tunnel.addresses.contains(&p.dst),
+            PolicyState::Connecting { pending: Some(t), .. } => t.addresses.contains(&p.dst),
+            _ => false,
+        };
+        if local && !tunnel_address {
+            let input = Packet { hook: Hook::Input, ..p };
+            prop_assert!(rules.verdict(&input).is_accept(), "{:?} in {:?}", input, state);
+        }
+    }
+
     /// Nothing is forwarded into a LAN but the connected tunnel's replies.
     #[test]
     fn nothing_enters_a_lan_but_the_tunnels_replies(
@@ -498,14 +544,20 @@ fn a_lan_connection_is_clamped_and_masqueraded_into_the_tunnel() {
     let clamp = forward
         .rules
         .iter()
-        .position(|r| r.statements.contains(&killswitch_policy::Statement::ClampMssToRoute))
+        .position(|r| {
+            r.statements
+                .contains(&killswitch_policy::Statement::ClampMssToRoute)
+        })
         .expect("a clamp rule");
     let first_accept = forward
         .rules
         .iter()
         .position(|r| r.verdict == killswitch_policy::Verdict::Accept)
         .expect("an accept");
-    assert!(clamp < first_accept, "the clamp must come before any accept");
+    assert!(
+        clamp < first_accept,
+        "the clamp must come before any accept"
+    );
     // Out of the WAN instead: refused with a reset, whatever routed it there.
     let wan = rules.forward_path(&syn, |_| Some(name("eth0")));
     assert_eq!(
@@ -582,8 +634,12 @@ fn no_router_lan_no_router_rules() {
     assert!(!text.contains("router:"), "{text}");
     assert!(!text.contains("chain router-"), "{text}");
     assert!(
-        compile_for(&PolicyState::Off, &Settings::default(), &Exceptions::default())
-            .table
-            .is_none()
+        compile_for(
+            &PolicyState::Off,
+            &Settings::default(),
+            &Exceptions::default()
+        )
+        .table
+        .is_none()
     );
 }

@@ -1,12 +1,13 @@
-//! The expressions of the statements that rewrite packets for router mode: destination NAT to one
-//! address (`dnat ip to ADDR`) and the TCP MSS clamp (`tcp option maxseg size set rt mtu`), as
-//! `nft` 1.0 emits them. The nftnl crate has a `nat` expression but not every attribute the
+//! The expressions router mode adds: the statements that rewrite packets, destination NAT to one
+//! address (`dnat ip to ADDR`) and the TCP MSS clamp (`tcp option maxseg size set rt mtu`), and
+//! the route-type match (`fib daddr type local`), as `nft` 1.0 emits them. The nftnl crate has a `nat` expression but not every attribute the
 //! kernel reports back, and no `rt`, `byteorder` or `exthdr` write at all; each attribute the
 //! kernel dumps is set here explicitly, so that the read-back of our own batch and the kernel's
 //! listing of the installed rule agree (tamper detection compares them).
 
+use killswitch_policy::AddressType;
 use nftnl::Rule;
-use nftnl::expr::{Expression, Immediate, Register};
+use nftnl::expr::{Cmp, CmpOp, Expression, Immediate, Register};
 use nftnl::nftnl_sys as sys;
 use std::net::IpAddr;
 use std::ptr::NonNull;
@@ -30,9 +31,17 @@ const NFTNL_EXPR_BYTEORDER_SIZE: u16 = 5;
 const NFTNL_EXPR_EXTHDR_TYPE: u16 = 2;
 const NFTNL_EXPR_EXTHDR_OFFSET: u16 = 3;
 const NFTNL_EXPR_EXTHDR_LEN: u16 = 4;
-const NFTNL_EXPR_EXTHDR_FLAGS: u16 = 5;
 const NFTNL_EXPR_EXTHDR_OP: u16 = 6;
 const NFTNL_EXPR_EXTHDR_SREG: u16 = 7;
+
+/// libnftnl's `NFTNL_EXPR_FIB_*`.
+const NFTNL_EXPR_FIB_DREG: u16 = 1;
+const NFTNL_EXPR_FIB_RESULT: u16 = 2;
+const NFTNL_EXPR_FIB_FLAGS: u16 = 3;
+/// `enum nft_fib_result`'s `NFT_FIB_RESULT_ADDRTYPE`.
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+/// `enum nft_fib_flags`' `NFTA_FIB_F_DADDR`: look up the destination address.
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 
 /// `enum nft_nat_types`' `NFT_NAT_DNAT`.
 const NFT_NAT_DNAT: u32 = 1;
@@ -92,6 +101,31 @@ pub(crate) fn add_mss_clamp(rule: &mut Rule<'_>) {
     rule.add_expr(&RtTcpMss);
     rule.add_expr(&HostToNetwork16);
     rule.add_expr(&TcpMssWrite);
+}
+
+/// Adds `fib daddr type TYPE` to `rule`: the route type of the destination into register 1
+/// (host byte order, 4 bytes), compared.
+pub(crate) fn add_destination_type(rule: &mut Rule<'_>, kind: AddressType) {
+    rule.add_expr(&FibDaddrType);
+    rule.add_expr(&Cmp::new(CmpOp::Eq, kind.number().to_ne_bytes().as_slice()));
+}
+
+/// `fib daddr type => reg 1`.
+struct FibDaddrType;
+
+impl Expression for FibDaddrType {
+    fn to_expr(&self, _rule: &Rule<'_>) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc(c"fib");
+        set_u32(
+            expr,
+            &[
+                (NFTNL_EXPR_FIB_DREG, NFT_REG_1),
+                (NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE),
+                (NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR),
+            ],
+        );
+        expr
+    }
 }
 
 /// `nat dnat FAMILY addr_min reg 1 addr_max reg 1 flags 0x1`.
@@ -169,8 +203,7 @@ impl Expression for TcpMssWrite {
                 (NFTNL_EXPR_EXTHDR_OFFSET, 2),
                 (NFTNL_EXPR_EXTHDR_LEN, 2),
                 (NFTNL_EXPR_EXTHDR_OP, NFT_EXTHDR_OP_TCPOPT),
-                // Reported by the kernel even when unset.
-                (NFTNL_EXPR_EXTHDR_FLAGS, 0),
+                // No flags: the kernel refuses them on a write (EINVAL).
             ],
         );
         expr
