@@ -10,7 +10,8 @@
 #     uninstall` removes the man pages and completions again;
 #  5. the maintainer scripts do what installation, upgrade, removal and purge need, run against
 #     stubs in a private mount namespace (so that /run, /var/lib and the systemd directories the
-#     scripts see are scratch tmpfs, never this machine's): test-maintainer-scripts.sh.
+#     scripts see are scratch tmpfs, never this machine's): test-maintainer-scripts.sh;
+#  6. the container image's definition and entrypoint (packaging/container/check.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fail() { echo "packaging check FAILED: $*" >&2; exit 1; }
@@ -106,3 +107,6 @@ echo "make install: ok; make uninstall removes the man pages and completions"
 dpkg-deb -e "$deb" "$root/control"
 unshare --mount --propagation private bash packaging/test-maintainer-scripts.sh "$root/deb" "$root/control"
 echo "maintainer scripts: ok"
+
+# The container image's definition and its entrypoint (no container engine needed).
+bash packaging/container/check.sh

@@ -3,9 +3,9 @@
 # files, with systemd-analyze (no running systemd needed):
 #  1. a boot (multi-user.target) with killswitch-early.service and killswitchd.service enabled, and
 #     nftables and the network managers this machine has, has no ordering cycle;
-#  2. killswitch-early.service is finished before sysinit.target, basic.target, network-pre.target
-#     and each network manager this machine has (systemd-networkd, NetworkManager, ifupdown's
-#     networking.service).
+#  2. killswitch-early.service is finished before sysinit.target, basic.target, network-pre.target,
+#     systemd-sysctl.service (which switches forwarding on for a gateway) and each network manager
+#     this machine has (systemd-networkd, NetworkManager, ifupdown's networking.service).
 # Ordering is not something systemd-analyze prints offline, so 2. is shown the other way round: a
 # probe unit ordered after X and before killswitch-early.service makes a cycle exactly when X is
 # ordered after killswitch-early.service, and systemd reports the cycles it has to break.
@@ -44,9 +44,9 @@ found=$(cycles "$dir/start/boot.target")
 [[ -z $found ]] || fail "ordering cycle in the boot transaction:"$'\n'"$found"
 
 printf '[Unit]\nDescription=probe\nWants=multi-user.target probe.service\n' > "$dir/start/probe.target"
-for later in sysinit.target basic.target network-pre.target "${managers[@]}"; do
+for later in sysinit.target basic.target network-pre.target systemd-sysctl.service "${managers[@]}"; do
     printf '[Unit]\nDefaultDependencies=no\nAfter=%s\nBefore=killswitch-early.service\n[Service]\nExecStart=/bin/true\n' \
         "$later" > "$dir/units/probe.service"
     [[ -n $(cycles "$dir/start/probe.target") ]] || fail "$later is not ordered after killswitch-early.service"
 done
-echo "unit ordering: no cycle; killswitch-early.service before sysinit.target, basic.target, network-pre.target${managers[*]:+ and ${managers[*]}}"
+echo "unit ordering: no cycle; killswitch-early.service before sysinit.target, basic.target, network-pre.target, systemd-sysctl.service${managers[*]:+ and ${managers[*]}}"

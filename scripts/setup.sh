@@ -12,6 +12,7 @@ packages=(
   iperf3                             # the benchmarks' data-path throughput
   openvpn                            # the lab's OpenVPN quickstart (a real OpenVPN tunnel)
   python3-firewall python3-nftables  # libraries of the lab's firewalld (the daemon itself: below)
+  shellcheck                         # the container entrypoint's lint (packaging/container/check.sh)
 )
 
 missing=()

@@ -379,6 +379,10 @@ pub struct Core<F> {
     router: crate::router::RouterView,
     /// Router LANs whose forwarding switch could not be set, and why, until the next look.
     forwarding_failed: Vec<(InterfaceName, String)>,
+    /// The LANs whose forwarding switch this daemon turned on (it was off): switched off again
+    /// when they stop being router LANs, so that `router remove` leaves no forwarding behind that
+    /// the administrator never enabled.
+    forwarded: Vec<InterfaceName>,
     /// What carried the router LANs' flows at the last reconcile: the connected tunnel and its
     /// peer (`None`: no tunnel connected, or no router LAN). When it changes, their conntrack
     /// entries are stale ([`Effect::DeleteRouterFlows`]). `None` before the first reconcile.
@@ -501,6 +505,9 @@ pub enum Effect {
     /// Switch IPv4 forwarding on for these router LAN interfaces (their rules are in force);
     /// answer with [`Input::Forwarded`].
     Forward(Vec<InterfaceName>),
+    /// Switch IPv4 forwarding off again for these interfaces: the daemon switched it on while
+    /// they were router LANs, and they are not any more. No answer.
+    Unforward(Vec<InterfaceName>),
     /// The path the router LANs' flows took changed (another tunnel, server, addresses, or no
     /// tunnel connected any more) and the new rules are in force: delete every conntrack entry
     /// marked [`killswitch_policy::CT_MARK_ROUTER`], so that each flow's next packet is judged
@@ -643,6 +650,7 @@ impl<F: Firewall> Core<F> {
             router_lans: persisted.router_lans.clone(),
             router: crate::router::RouterView::default(),
             forwarding_failed: Vec::new(),
+            forwarded: Vec::new(),
             router_carrier: None,
             router_flows_stale: false,
             bypass: None,
@@ -823,6 +831,9 @@ impl<F: Firewall> Core<F> {
                                 lan.forwarding = true;
                             }
                             tracing::info!("router LAN {interface}: forwarding on");
+                            if !self.forwarded.contains(&interface) {
+                                self.forwarded.push(interface);
+                            }
                         }
                         Err(why) => {
                             tracing::warn!("router LAN {interface}: {why}");
@@ -883,6 +894,16 @@ impl<F: Firewall> Core<F> {
         // are there.
         if std::mem::take(&mut self.router_flows_stale) {
             effects.push(Effect::DeleteRouterFlows);
+        }
+        let in_force: Vec<InterfaceName> = (self.router_lans_in_force().into_iter())
+            .map(|(seen, _)| seen.interface)
+            .collect();
+        let (kept, unforward): (Vec<_>, Vec<_>) = std::mem::take(&mut self.forwarded)
+            .into_iter()
+            .partition(|lan| in_force.contains(lan));
+        self.forwarded = kept;
+        if !unforward.is_empty() {
+            effects.push(Effect::Unforward(unforward));
         }
         let forward = self.lans_to_forward();
         if !forward.is_empty() {
@@ -3759,7 +3780,22 @@ mod tests {
         let mut again = core_with(&mut fw2, dir.path(), options());
         assert_eq!(again.router_lans, vec![lan("lan1")]);
         assert_eq!(again.status().router_lans.len(), 2);
-        let status = again.handle_request(&remove("lan1")).expect("removed");
+        drive(&mut again, Input::Started, &None);
+        let command = Command::parse(&remove("lan1"), dir.path(), again.devices()).expect("parsed");
+        let effects = drive(&mut again, Input::Command(command), &None);
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, Effect::Unforward(lans) if *lans == [lan("lan1")])),
+            "the switch this daemon turned on goes off with the LAN: {effects:?}"
+        );
+        assert!(
+            !effects
+                .iter()
+                .any(|e| matches!(e, Effect::Unforward(lans) if lans.contains(&lan("lan0")))),
+            "lan0's was on already, and lan0 stays: {effects:?}"
+        );
+        let status = again.status();
         assert_eq!(status.router_lans.len(), 1);
         assert_eq!(again.exceptions().router_lans.len(), 1);
         // No router LAN at all: status says nothing of ip_forward.

@@ -240,6 +240,13 @@ pub fn forward_on(interface: &InterfaceName) -> Result<(), String> {
     std::fs::write(&path, "1").map_err(|e| format!("writing {path}: {e}"))
 }
 
+/// Switches IPv4 forwarding off again for `interface` (one the daemon switched on, which is no
+/// router LAN any more).
+pub fn forward_off(interface: &InterfaceName) -> Result<(), String> {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
+    std::fs::write(&path, "0").map_err(|e| format!("writing {path}: {e}"))
+}
+
 /// The view of this network namespace now. On a netlink failure every LAN counts as absent (no
 /// networks: the rules then accept no source from it, which fails closed) and the failure is
 /// logged.

@@ -610,6 +610,16 @@ async fn perform<P: Fn(Status)>(
                     .collect();
                 core.on(Input::Forwarded(results), Instant::now())
             }
+            Effect::Unforward(lans) => {
+                for lan in lans {
+                    match crate::router::forward_off(&lan) {
+                        Ok(()) => tracing::info!("{lan} is no router LAN any more: forwarding off"),
+                        // Gone with its interface: nothing is forwarded from it anyway.
+                        Err(e) => tracing::debug!("{lan}: {e}"),
+                    }
+                }
+                continue;
+            }
             Effect::DeleteRouterFlows => {
                 // After the new ruleset is in (the core asks only then): the flows' next packets
                 // meet the new rules. A failure leaves the old entries to time out, which the

@@ -426,7 +426,7 @@ impl Sim {
                 Effect::Forward(lans) => {
                     Input::Forwarded(lans.into_iter().map(|lan| (lan, Ok(()))).collect())
                 }
-                Effect::DeleteRouterFlows => continue,
+                Effect::DeleteRouterFlows | Effect::Unforward(_) => continue,
             };
             let more = self.core()?.on(answer, now);
             for effect in more.into_iter().rev() {

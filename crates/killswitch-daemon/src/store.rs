@@ -125,6 +125,9 @@ impl Default for Persisted {
 }
 
 /// The outcome of loading.
+// Built once per start (and per early boot) and taken apart at once: boxing the settings would
+// cost every match a dereference for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Loaded {
     /// No file yet: a first start.

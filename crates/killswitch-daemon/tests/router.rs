@@ -155,8 +155,25 @@ fn router_add_confines_the_lan_follows_its_addresses_and_survives_a_restart() ->
         status.router_lans
     );
     ensure!(holds(ns, &both)?, "the restarted daemon installs the same");
+    // The restarted daemon found forwarding on already (it does not know who switched it on),
+    // so it leaves it on; a LAN whose switch this daemon turned on gets it back off (below).
     daemon.cli(&["router", "remove", "lan0"])?.ok()?;
     ensure!(daemon.status()?.router_lans.is_empty());
+    ns.exec("sysctl", &["-qw", "net.ipv4.conf.lan0.forwarding=0"])?;
+    daemon.cli(&["router", "add", "lan0"])?.ok()?;
+    ensure!(
+        ns.exec("cat", &["/proc/sys/net/ipv4/conf/lan0/forwarding"])?
+            .trim()
+            == "1",
+        "on again with the LAN"
+    );
+    daemon.cli(&["router", "remove", "lan0"])?.ok()?;
+    ensure!(
+        ns.exec("cat", &["/proc/sys/net/ipv4/conf/lan0/forwarding"])?
+            .trim()
+            == "0",
+        "router remove leaves no forwarding behind that the daemon turned on"
+    );
     ensure!(
         daemon
             .cli(&["router", "list"])?
@@ -245,5 +262,65 @@ fn delete_marked_removes_exactly_the_marked_flows_of_both_families() -> Result<(
     a.run(|| killswitch_nft::conntrack::delete_marked(CT_MARK_ROUTER))??;
     ensure!(a.run(killswitch_nft::conntrack::marks)??.len() == after.len());
     // The other namespace's entries were never touched (b tracks nothing: no ct rule there).
+    Ok(())
+}
+
+#[test]
+fn the_daemon_deletes_the_lans_flows_when_the_tunnel_is_lost() -> Result<()> {
+    if !require_root("the_daemon_deletes_the_lans_flows_when_the_tunnel_is_lost") {
+        return Ok(());
+    }
+    let mut lab = killswitch_lab::lab::Lab::new("rtrct", 100)?;
+    let clients = Netns::new("rtrct-l")?;
+    veth(&lab.topo.client, "lan0", &clients, "eth0")?;
+    lab.topo
+        .client
+        .ip(&["addr", "add", "192.168.50.1/24", "dev", "lan0"])?;
+    lab.daemon()?.cli(&["router", "add", "lan0"])?.ok()?;
+    lab.connect()?;
+    let ns = &lab.topo.client;
+    // A stand-in for the router rules' marking (the policy's): the test's own table marks
+    // flows to port 5001 as the router's, and 5002 with another program's bit.
+    ns.exec(
+        "nft",
+        &["add table inet kstest; \
+             add chain inet kstest out { type filter hook output priority 0; }; \
+             add rule inet kstest out udp dport 5001 ct mark set ct mark or 0x04000000; \
+             add rule inet kstest out udp dport 5002 ct mark set ct mark or 0x00000001"],
+    )?;
+    let target = killswitch_lab::topology::TARGET_V4;
+    ns.run(move || -> Result<()> {
+        for port in [5001u16, 5002] {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+            socket.send_to(b"flow", (target, port))?;
+        }
+        Ok(())
+    })??;
+    let router = |marks: &[u32]| marks.iter().filter(|m| *m & CT_MARK_ROUTER != 0).count();
+    let before = ns.run(killswitch_nft::conntrack::marks)??;
+    ensure!(
+        router(&before) == 1,
+        "the marked flow is tracked: {before:x?}"
+    );
+    // Connected -> disconnected: the daemon deletes them once the new rules are in, before it
+    // answers.
+    lab.daemon()?.cli(&["down"])?.ok()?;
+    let after = ns.run(killswitch_nft::conntrack::marks)??;
+    ensure!(
+        router(&after) == 0,
+        "no router flow outlives the tunnel: {after:x?}\n{}",
+        lab.daemon()?.log()
+    );
+    ensure!(
+        after.contains(&1),
+        "other flows stay: {before:x?} -> {after:x?}"
+    );
+    ensure!(
+        lab.daemon()?
+            .log()
+            .contains("router LANs: their conntrack entries deleted"),
+        "{}",
+        lab.daemon()?.log()
+    );
     Ok(())
 }

@@ -21,6 +21,7 @@ mod apps_only;
 mod bypass;
 mod coexist;
 mod coexist_firewalls;
+mod container;
 mod counters;
 mod exec;
 mod freeze_on_drop;
@@ -44,7 +45,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 38] = [
+pub const ALL: [Scenario; 39] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -222,6 +223,11 @@ pub const ALL: [Scenario; 38] = [
         name: "router-spoof",
         guards: "a LAN client's spoofed sources (public, the router's WAN address, the tunnel's address, another private subnet) reach neither the WAN nor the tunnel, tunnel up or down; its genuine traffic works",
         script: router_spoof::router_spoof,
+    },
+    Scenario {
+        name: "container-shared",
+        guards: "the container image's entrypoint protects two application containers sharing its network namespace: their traffic only through the tunnel, 0 of their packets on the WAN while it is dead (without the entrypoint the capture sees them), back without a restart, still blocked after SIGTERM",
+        script: container::container_shared,
     },
 ];
 

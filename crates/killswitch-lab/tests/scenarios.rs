@@ -230,3 +230,8 @@ fn router_port_shadowing_cve_2021_3773_is_blocked() {
 fn router_spoofed_lan_sources_go_nowhere() {
     scenario_passes("router-spoof");
 }
+
+#[test]
+fn applications_sharing_the_containers_network_reach_the_world_only_through_its_tunnel() {
+    scenario_passes("container-shared");
+}

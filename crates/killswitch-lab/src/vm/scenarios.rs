@@ -81,7 +81,7 @@ pub const CHAIN: &[Step] = &[
     },
     Step {
         name: "reboot-lockdown",
-        guards: "reboot with lockdown on and an `up` tunnel: nothing but link bring-up leaves from power-on until the tunnel is up",
+        guards: "reboot with lockdown on and an `up` tunnel: nothing but link bring-up leaves from power-on until the tunnel is up; as a gateway (ip_forward on, a router LAN), the forward chain is in before systemd-sysctl",
         expect: Expect::NoLeaks,
         run: reboot_lockdown,
     },
@@ -847,6 +847,7 @@ fn reboot_lockdown(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
         status["lockdown"] == true,
         "lockdown on, an `up` tunnel connected",
     );
+    make_gateway(ctx)?;
     out.window = Some(ctx.host.mark());
     ctx.reboot("lockdown, up")?;
     let start = Instant::now();
@@ -856,7 +857,77 @@ fn reboot_lockdown(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
         start.elapsed().as_secs_f64()
     ));
     check_early_ordering(ctx, out)?;
+    check_gateway(ctx, out)?;
     ctx.probe(3000)?;
+    unmake_gateway(ctx)?;
+    Ok(())
+}
+
+/// The router LAN of the reboot: a dummy interface systemd-networkd makes at every boot, with a
+/// private subnet, and forwarding switched on by sysctl.d as on a Debian gateway. The guest has
+/// no LAN clients (its only link is the lab's): what the reboot checks is the order of boot, and
+/// that the router LAN is confined when the daemon has taken over, while the capture outside
+/// judges every frame as always. It rides on this reboot rather than a reboot of its own, which
+/// would cost a minute of emulated boot.
+const ROUTER_LAN: &str = "lan0";
+
+fn make_gateway(ctx: &mut Ctx) -> Result<()> {
+    ctx.ok(&format!(
+        "printf '[NetDev]\\nName={ROUTER_LAN}\\nKind=dummy\\n' > /etc/systemd/network/20-{ROUTER_LAN}.netdev && \
+         printf '[Match]\\nName={ROUTER_LAN}\\n[Network]\\nAddress=192.168.77.1/24\\n' > /etc/systemd/network/20-{ROUTER_LAN}.network && \
+         printf 'net.ipv4.ip_forward = 1\\n' > /etc/sysctl.d/90-killswitch-lab-gateway.conf && \
+         ip link add {ROUTER_LAN} type dummy && killswitch router add {ROUTER_LAN}"
+    ))?;
+    Ok(())
+}
+
+fn check_gateway(ctx: &mut Ctx, out: &mut Out) -> Result<()> {
+    let early = ctx.monotonic("killswitch-early.service", "ActiveEnterTimestampMonotonic")?;
+    let sysctl = ctx.monotonic("systemd-sysctl.service", "ExecMainStartTimestampMonotonic")?;
+    out.check(
+        early > 0 && early <= sysctl,
+        format!(
+            "killswitch-early finished before systemd-sysctl switched forwarding on ({:.2} s vs {:.2} s after boot)",
+            early as f64 / 1e6,
+            sysctl as f64 / 1e6
+        ),
+    );
+    let forwarding = ctx.ok("cat /proc/sys/net/ipv4/ip_forward")?;
+    out.check(
+        forwarding.trim() == "1",
+        format!("the guest forwards (ip_forward = {})", forwarding.trim()),
+    );
+    let status = ctx.status()?;
+    let lans = status["router_lans"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    out.check(
+        lans.iter().any(|lan| lan["interface"] == ROUTER_LAN),
+        format!("the router LAN {ROUTER_LAN} is kept across the reboot ({lans:?})"),
+    );
+    let forward = ctx.ok("nft list chain inet killswitch forward")?;
+    out.check(
+        forward.contains("policy drop") && forward.contains(&format!("\"{ROUTER_LAN}\"")),
+        format!("the forward chain drops by default and confines {ROUTER_LAN}"),
+    );
+    let verify = ctx.guest.run("killswitch verify", COMMAND)?;
+    out.check(
+        verify.status == 0,
+        format!(
+            "verify: the kernel holds what the daemon means ({})",
+            last_line(&verify.output)
+        ),
+    );
+    Ok(())
+}
+
+fn unmake_gateway(ctx: &mut Ctx) -> Result<()> {
+    ctx.ok(&format!(
+        "killswitch router remove {ROUTER_LAN} && \
+         rm /etc/systemd/network/20-{ROUTER_LAN}.netdev /etc/systemd/network/20-{ROUTER_LAN}.network /etc/sysctl.d/90-killswitch-lab-gateway.conf && \
+         ip link del {ROUTER_LAN} && sysctl -q -w net.ipv4.ip_forward=0"
+    ))?;
     Ok(())
 }
 
