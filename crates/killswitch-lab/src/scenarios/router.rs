@@ -91,7 +91,14 @@ impl RouterLan {
         let client = Netns::new("router-lan")?;
         veth(router, LAN, &client, CLIENT_IFACE)?;
         router.ip(&["addr", "add", &format!("{LAN_ROUTER_V4}/24"), "dev", LAN])?;
-        router.ip(&["addr", "add", &format!("{LAN_ROUTER_V6}/64"), "dev", LAN, "nodad"])?;
+        router.ip(&[
+            "addr",
+            "add",
+            &format!("{LAN_ROUTER_V6}/64"),
+            "dev",
+            LAN,
+            "nodad",
+        ])?;
         client.ip(&[
             "addr",
             "add",
@@ -107,7 +114,13 @@ impl RouterLan {
             CLIENT_IFACE,
             "nodad",
         ])?;
-        client.ip(&["addr", "add", &format!("{QUIET_V4}/24"), "dev", CLIENT_IFACE])?;
+        client.ip(&[
+            "addr",
+            "add",
+            &format!("{QUIET_V4}/24"),
+            "dev",
+            CLIENT_IFACE,
+        ])?;
         // The busy client's traffic leaves from its first address unless bound elsewhere.
         client.ip(&[
             "route",
@@ -158,7 +171,9 @@ impl RouterLan {
         lab.daemon()?
             .cli(&["router", "add", LAN])?
             .ok()
-            .with_context(|| format!("`killswitch router add {LAN}` after the baseline ({baseline})"))?;
+            .with_context(|| {
+                format!("`killswitch router add {LAN}` after the baseline ({baseline})")
+            })?;
         Ok(())
     }
 
@@ -342,11 +357,12 @@ fn tcp_connect_from(source: Ipv4Addr, dst: SocketAddrV4, timeout: Duration) -> i
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    socket::bind(fd.as_raw_fd(), &SockaddrIn::from(SocketAddrV4::new(source, 0)))?;
-    let timeout = nix::sys::time::TimeVal::new(
-        timeout.as_secs() as _,
-        timeout.subsec_micros() as _,
-    );
+    socket::bind(
+        fd.as_raw_fd(),
+        &SockaddrIn::from(SocketAddrV4::new(source, 0)),
+    )?;
+    let timeout =
+        nix::sys::time::TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _);
     socket::setsockopt(&fd, sockopt::SendTimeout, &timeout)?;
     socket::connect(fd.as_raw_fd(), &SockaddrIn::from(dst))?;
     Ok(())
@@ -390,7 +406,10 @@ pub(super) fn wan_leaks(lab: &Lab, from: usize) -> Result<WanLeaks> {
         };
         let dns_to = |ip: &crate::packet::IpPacket, resolver: Ipv4Addr| {
             ip.dst == IpAddr::V4(resolver)
-                && matches!(ip.transport, L4::Udp { dport: 53, .. } | L4::Tcp { dport: 53, .. })
+                && matches!(
+                    ip.transport,
+                    L4::Udp { dport: 53, .. } | L4::Tcp { dport: 53, .. }
+                )
         };
         match &captured.frame {
             Frame::Ip(ip) if dns_to(ip, topology::ROUTER_V4) => leaks.dns_isp += 1,
@@ -480,7 +499,10 @@ const FLOW_MARKER: &[u8] = b"killswitch-lab long-lived flow";
 
 impl Flow {
     fn start(ns: &Netns, dst: SocketAddr) -> Result<Self> {
-        let (stop, sent) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let (stop, sent) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
+        );
         let thread = ns.spawn("flow", {
             let (stop, sent) = (stop.clone(), sent.clone());
             move || -> io::Result<()> {
@@ -650,7 +672,10 @@ pub(super) fn router(lab: &mut Lab) -> Result<Outcome> {
     let mut down = Vec::new();
     for source in [QUIET_V4, LAN_CLIENT_V4] {
         let mut probes = vec![
-            ("TCP to the target", tcp_probe(&lan.client, source, target_tcp)?),
+            (
+                "TCP to the target",
+                tcp_probe(&lan.client, source, target_tcp)?,
+            ),
             (UDP_TO_TARGET, udp_probe(&lan.client, source, target_udp)?),
         ];
         for (name, resolver) in resolvers {
@@ -678,7 +703,11 @@ pub(super) fn router(lab: &mut Lab) -> Result<Outcome> {
     let tv_direct = lab.servers.udp.count_since(pushed, |ip| !is_tunnel(ip))
         + lab.servers.dns_public.count_since(pushed, |_| true);
     let tv_tunnelled = lab.servers.udp.count_since(pushed, is_tunnel);
-    let tv_dns = dns_probe(&lan.client, LAN_CLIENT_V4, IpAddr::V4(topology::PUBLIC_DNS_V4))?;
+    let tv_dns = dns_probe(
+        &lan.client,
+        LAN_CLIENT_V4,
+        IpAddr::V4(topology::PUBLIC_DNS_V4),
+    )?;
     push_tunnelvision(lab, false)?;
 
     // 5. A long-lived flow across a tunnel restart: it must neither stick to the WAN nor die.

@@ -41,11 +41,14 @@ fn listen_port(lab: &Lab) -> Result<u16> {
         .with_context(|| format!("`wg show {interface} listen-port` said {shown:?}"))
 }
 
+/// The attacker's thread: in the namespace, its socket's result, (sent, received).
+type AttackerThread = std::thread::JoinHandle<Result<io::Result<(u64, u64)>>>;
+
 /// The attacker: one socket bound to the router's listen port in the LAN client, sending
 /// [`MARKER`] to each destination every 5 ms and counting what comes back from the server.
 struct Attacker {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Result<io::Result<(u64, u64)>>>>,
+    thread: Option<AttackerThread>,
 }
 
 impl Attacker {
