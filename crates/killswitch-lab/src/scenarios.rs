@@ -211,7 +211,7 @@ pub const ALL: [Scenario; 39] = [
     },
     Scenario {
         name: "router",
-        guards: "router mode: a LAN client behind the router sends nothing on the WAN in clear (the WAN yanked, the tunnel killed, daemon and tunnel frozen, TunnelVision routes, a flow across a tunnel restart), its DNS to any resolver goes through the tunnel, its IPv6 never leaves, and it gets errors, not silence, while the tunnel is down",
+        guards: "router mode: a LAN client behind the router sends nothing on the WAN in clear (the WAN yanked, the tunnel killed, daemon and tunnel frozen, TunnelVision routes, a flow across a tunnel restart and across `up`'s change of server), its DNS to any resolver goes through the tunnel, its IPv6 never leaves, and it gets errors, not silence, while the tunnel is down",
         script: router::router,
     },
     Scenario {

@@ -14,8 +14,9 @@
 //! client's side, under a steady stream of every kind of traffic: DNS to any resolver answered
 //! through the tunnel's; the WAN yanked; the tunnel killed (the client's TCP, UDP and DNS get
 //! errors within [`FAIL_FAST`], measured); daemon and tunnel frozen; the TunnelVision route again;
-//! a long-lived UDP flow across a tunnel restart. Nothing but WireGuard may appear on the WAN, and
-//! the client's traffic must come back through the tunnel after each.
+//! a long-lived UDP flow across a tunnel restart, and another across a change of server (`up` with
+//! server 1, then server 2: a new endpoint and tunnel address). Nothing but WireGuard may appear on
+//! the WAN, and the client's traffic must come back through the tunnel after each.
 //!
 //! [`RouterLan`], the probes and the WAN accounting are shared with `router-shadowing` and
 //! `router-spoof`.
@@ -734,6 +735,10 @@ pub(super) fn router(lab: &mut Lab) -> Result<Outcome> {
         .arrivals
         .count_since(flow_started, |ip| !is_tunnel(ip));
 
+    // 6. The daemon as the WireGuard client (`up`), then another server: a new endpoint and a
+    // new tunnel address under a flow that was masqueraded to the old one.
+    let switch = switch_servers(lab, &lan)?;
+
     let mut outcome = Outcome::new(lab.end(window)?);
     let leaks = wan_leaks(lab, from)?;
     let flow_on_wan = marked_on_wan(lab, from, FLOW_MARKER)?;
@@ -837,6 +842,16 @@ pub(super) fn router(lab: &mut Lab) -> Result<Outcome> {
             flow_on_wan.len()
         ),
     );
+    outcome.check(
+        switch.first.is_ok() && switch.second.is_ok() && switch.direct == 0 && switch.dns.answered(),
+        format!(
+            "`up` server 1, then `up` server 2 (new endpoint, new tunnel address) under a long-lived flow: through server 1 {}, through server 2 {}, {} arrived otherwise; DNS {}",
+            describe_wait(&switch.first),
+            describe_wait(&switch.second),
+            switch.direct,
+            switch.dns
+        ),
+    );
     outcome.note(format!(
         "`router add`: first client packet through the tunnel after {} ms",
         ms(first_through)
@@ -854,6 +869,72 @@ pub(super) fn router(lab: &mut Lab) -> Result<Outcome> {
         outcome.note(format!("baseline, first leak: {first}"));
     }
     Ok(outcome)
+}
+
+fn describe_wait(waited: &Result<Duration>) -> String {
+    match waited {
+        Ok(after) => format!("after {} ms", ms(*after)),
+        Err(e) => format!("never ({e:#})"),
+    }
+}
+
+/// What switching to `up` and then to another server showed.
+struct ServerSwitch {
+    /// When the flow arrived from server 1's client address, after `up`.
+    first: Result<Duration>,
+    /// When it arrived from server 2's, after the switch.
+    second: Result<Duration>,
+    /// The flow's datagrams that arrived from any other address.
+    direct: usize,
+    /// A DNS query to the ISP's resolver after the switch.
+    dns: Answer,
+}
+
+/// The guarded VPN process goes; `up` with server 1 (the daemon's own tunnel), a long-lived flow
+/// from the LAN, then `up` with server 2 while it flows.
+fn switch_servers(lab: &mut Lab, lan: &RouterLan) -> Result<ServerSwitch> {
+    lab.tunnel.kill_client()?;
+    lab.daemon()?
+        .wait_for_state(State::Connecting, EVENT_TIMEOUT)?;
+    lab.start_up_servers(2)?;
+    let interface = lab.up_interface();
+    let up = |lab: &Lab, n: usize| -> Result<()> {
+        let path = lab.up_servers[n].1.display().to_string();
+        lab.daemon()?
+            .cli(&["up", "--interface", &interface, &path])?
+            .ok()?;
+        Ok(())
+    };
+    let (client1, client2) = (
+        IpAddr::V4(lab.up_servers[0].0.client_ip),
+        IpAddr::V4(lab.up_servers[1].0.client_ip),
+    );
+    up(lab, 0)?;
+    let at = SocketAddr::new(topology::TARGET_V4.into(), 9106);
+    let sink = PortSink::start(&lab.topo.net, at)?;
+    let flow = Flow::start(&lan.client, at)?;
+    let started = Instant::now();
+    let first = sink
+        .arrivals
+        .wait_for(started, 5, EVENT_TIMEOUT, |ip| ip == client1)
+        .map(|()| started.elapsed());
+    let switched = Instant::now();
+    up(lab, 1)?;
+    let second = sink
+        .arrivals
+        .wait_for(switched, 5, EVENT_TIMEOUT, |ip| ip == client2)
+        .map(|()| switched.elapsed());
+    flow.stop()?;
+    let direct = sink
+        .arrivals
+        .count_since(started, |ip| ip != client1 && ip != client2);
+    let dns = dns_probe(&lan.client, LAN_CLIENT_V4, IpAddr::V4(topology::ROUTER_V4))?;
+    Ok(ServerSwitch {
+        first,
+        second,
+        direct,
+        dns,
+    })
 }
 
 fn describe(answers: &[(&str, Answer)]) -> String {
