@@ -130,6 +130,14 @@ fn router_add_confines_the_lan_follows_its_addresses_and_survives_a_restart() ->
             && text.contains("net.ipv4.ip_forward is 0"),
         "status shows the LAN, what its clients get, and the ip_forward warning:\n{text}"
     );
+    // Anyone may list; only root or the admin group may change.
+    let refused = daemon.cli_as_nobody(&["router", "remove", "lan0"])?;
+    ensure!(
+        refused.code == Some(1) && refused.stderr.contains("permission denied"),
+        "an unprivileged user cannot remove a router LAN: {refused:?}"
+    );
+    let listed = daemon.cli_as_nobody(&["router", "list"])?.ok()?.stdout;
+    ensure!(listed.starts_with("lan0 "), "{listed}");
     let list = daemon.cli(&["router", "list", "--json"])?.ok()?.stdout;
     let json: serde_json::Value = serde_json::from_str(&list).context("router list --json")?;
     ensure!(
