@@ -283,6 +283,21 @@ fn a_lans_dns_to_any_address_is_answered_by_the_tunnels_resolver() -> Result<()>
             if p.src == IpAddr::from(CLIENT) || p.dst == IpAddr::from(PUBLIC_RESOLVER))),
         "the client's DNS appeared on the WAN"
     );
+    // Each of those flows carries the router bit in its conntrack mark (what the daemon's flush
+    // selects), and its translation: asked of 192.0.2.53, answered by the tunnel's resolver.
+    let flows = lab.router.exec("cat", &["/proc/net/nf_conntrack"])?;
+    let translated = flows.lines().find(|line| {
+        line.contains(&format!("src={CLIENT} dst={PUBLIC_RESOLVER} "))
+            && line.contains(&format!("src={RESOLVER} dst={ROUTER_TUNNEL} "))
+    });
+    let translated = translated.with_context(|| format!("no translated DNS flow in\n{flows}"))?;
+    let mark = killswitch_policy::CT_MARK_ROUTER;
+    let marked = translated
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("mark="))
+        .and_then(|m| m.parse::<u32>().ok())
+        .is_some_and(|m| m & mark != 0);
+    ensure!(marked, "the LAN's flow lacks the router mark: {translated}");
     ensure!(wan.kernel_drops()? == 0, "the capture dropped frames");
     Ok(())
 }
@@ -443,6 +458,57 @@ fn the_lan_never_reaches_the_wan_and_fails_fast() -> Result<()> {
 }
 
 #[test]
+fn a_lan_client_cannot_reach_the_vpn_server_port_shadowing() -> Result<()> {
+    if !require_root("a_lan_client_cannot_reach_the_vpn_server_port_shadowing") {
+        return Ok(());
+    }
+    // CVE-2021-3773: a LAN client sending from the router's WireGuard port to the VPN server.
+    // Here the server is the host by the WAN, and the LAN is routed into the tunnel.
+    let lab = RouterLab::new("rt-shadow", true)?;
+    lab.wan.ip(&[
+        "route",
+        "add",
+        "10.64.0.0/24",
+        "via",
+        &ROUTER_WAN.to_string(),
+    ])?;
+    let server = SocketAddr::new(BY_THE_WAN.into(), 51820);
+    let mut state = connected();
+    if let PolicyState::Connected { peer, .. } = &mut state {
+        peer.endpoints = killswitch_types::Endpoints::one(Endpoint {
+            address: server,
+            protocol: killswitch_types::TransportProtocol::Udp,
+        });
+    }
+    lab.apply(&compile_for(&state, &Settings::default(), &lan()))?;
+    let wan = Capture::start(&lab.router, "wan0")?;
+    let tunnel = Capture::start(&lab.router, "wg0")?;
+    let client = lab
+        .client
+        .run(|| UdpSocket::bind(SocketAddr::new(CLIENT.into(), 51820)))??;
+    client.set_read_timeout(Some(WAIT))?;
+    client.connect(server)?;
+    client.send(b"shadow")?;
+    // Refused with ICMP: the socket reports it on its next receive.
+    let mut buffer = [0u8; 16];
+    match client.recv(&mut buffer) {
+        Err(e) if e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::TimedOut => {}
+        other => anyhow::bail!("the datagram to the VPN server was not refused: {other:?}"),
+    }
+    for (link, capture) in [("WAN", &wan), ("tunnel", &tunnel)] {
+        ensure!(
+            !capture
+                .frames()
+                .iter()
+                .any(|c| matches!(&c.frame, Frame::Ip(p)
+                if p.dst == IpAddr::from(BY_THE_WAN))),
+            "the datagram to the VPN server appeared on the {link}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
 fn without_a_tunnel_the_lan_fails_fast_and_still_reaches_the_router() -> Result<()> {
     if !require_root("without_a_tunnel_the_lan_fails_fast_and_still_reaches_the_router") {
         return Ok(());
@@ -487,5 +553,75 @@ fn without_a_tunnel_the_lan_fails_fast_and_still_reaches_the_router() -> Result<
             .with_context(|| format!("{label}: the LAN could not reach the router"))?;
         ssh.accept()?;
     }
+    Ok(())
+}
+
+#[test]
+fn forwarded_ipv6_never_leaves_by_the_wan_behind_a_v4_only_tunnel() -> Result<()> {
+    if !require_root("forwarded_ipv6_never_leaves_by_the_wan_behind_a_v4_only_tunnel") {
+        return Ok(());
+    }
+    let lab = RouterLab::new("rt-v6", true)?;
+    // IPv6 everywhere but in the tunnel: the LAN fd77::/64, the WAN 2001:db8:ff::/64 with a
+    // host 2001:db8::80 behind it, the router's default IPv6 route by the WAN.
+    lab.router
+        .exec("sysctl", &["-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    lab.client
+        .ip(&["addr", "add", "fd77::2/64", "dev", "eth0", "nodad"])?;
+    lab.client
+        .ip(&["-6", "route", "add", "default", "via", "fd77::1"])?;
+    lab.router
+        .ip(&["addr", "add", "fd77::1/64", "dev", "lan0", "nodad"])?;
+    lab.router
+        .ip(&["addr", "add", "2001:db8:ff::2/64", "dev", "wan0", "nodad"])?;
+    lab.router
+        .ip(&["-6", "route", "add", "default", "via", "2001:db8:ff::1"])?;
+    lab.wan
+        .ip(&["addr", "add", "2001:db8:ff::1/64", "dev", "eth0", "nodad"])?;
+    lab.wan
+        .ip(&["addr", "add", "2001:db8::80/128", "dev", "lo"])?;
+    lab.wan
+        .ip(&["-6", "route", "add", "fd77::/64", "via", "2001:db8:ff::2"])?;
+    let server = lab
+        .wan
+        .run(|| TcpListener::bind("[2001:db8::80]:80".parse::<SocketAddr>().expect("literal")))??;
+    let to: SocketAddr = "[2001:db8::80]:80".parse()?;
+    // Without the rules (and the routing layer's IPv6 rule, which only the real layer adds),
+    // the client's IPv6 reaches the host by the WAN: the test can see the leak.
+    let open = lab.client.run(|| TcpStream::connect_timeout(&to, WAIT))??;
+    server.accept()?;
+    drop(open);
+    let wan = Capture::start(&lab.router, "wan0")?;
+    let mut exceptions = lan();
+    exceptions.router_lans[0]
+        .networks
+        .push("fd77::1/64".parse().expect("literal"));
+    for (label, settings) in [
+        ("connected", Settings::default()),
+        (
+            "connected+apps-only",
+            Settings {
+                apps_only: true,
+                ..Settings::default()
+            },
+        ),
+    ] {
+        lab.apply(&compile_for(&connected(), &settings, &exceptions))?;
+        let started = Instant::now();
+        match lab.client.run(|| TcpStream::connect_timeout(&to, WAIT))? {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {}
+            other => anyhow::bail!("{label}: IPv6 by the WAN gave {other:?}, not a reset"),
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(1),
+            "{label}: the refusal took {:?}",
+            started.elapsed()
+        );
+    }
+    ensure!(
+        !wan.frames().iter().any(|c| matches!(&c.frame, Frame::Ip(p)
+            if p.dst == "2001:db8::80".parse::<IpAddr>().expect("literal"))),
+        "the client's IPv6 appeared on the WAN"
+    );
     Ok(())
 }
