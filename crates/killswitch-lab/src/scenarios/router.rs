@@ -12,8 +12,10 @@
 //! TunnelVision route take the target around the tunnel while it is up. Then `killswitch guard`
 //! of a real WireGuard tunnel (wireguard-go) and `killswitch router add eth1`, and from the
 //! client's side, under a steady stream of every kind of traffic: DNS to any resolver answered
-//! through the tunnel's; the WAN yanked; the tunnel killed (the client's TCP, UDP and DNS get
-//! errors within [`FAIL_FAST`], measured); daemon and tunnel frozen; the TunnelVision route again;
+//! through the tunnel's; the WAN yanked; the tunnel killed (a quiet client's TCP and DNS get
+//! errors within [`FAIL_FAST`], and the client flooding the router its TCP resets; the ICMP errors
+//! UDP gets are measured and reported, since the kernel rate-limits them); daemon and tunnel
+//! frozen; the TunnelVision route again;
 //! a long-lived UDP flow across a tunnel restart, and another across a change of server (`up` with
 //! server 1, then server 2: a new endpoint and tunnel address). Nothing but WireGuard may appear on
 //! the WAN, and the client's traffic must come back through the tunnel after each.
