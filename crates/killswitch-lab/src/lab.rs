@@ -326,6 +326,16 @@ impl Lab {
         })
     }
 
+    /// Opens a measurement window with the generator sending `kinds` from `ns`: a host behind
+    /// the client (a LAN client of the router in scenario `router`), judged on the same link.
+    pub fn begin_from(&self, ns: &crate::netns::Netns, kinds: &[Kind]) -> Result<Window> {
+        Ok(Window {
+            start: Instant::now(),
+            capture_from: self.capture.len(),
+            generator: Generator::start(ns, kinds, self.rate)?,
+        })
+    }
+
     /// Closes a window: stops the generator, drains the capture up to a sentinel, and judges.
     pub fn end(&self, window: Window) -> Result<Measurement> {
         self.end_excusing(window, &|_| false)

@@ -28,6 +28,9 @@ mod freeze_on_drop;
 mod guard_discover;
 mod quickstart;
 mod reload;
+mod router;
+mod router_shadowing;
+mod router_spoof;
 mod tunnel_only_user;
 mod verify;
 
@@ -42,7 +45,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order the report lists them.
-pub const ALL: [Scenario; 36] = [
+pub const ALL: [Scenario; 39] = [
     Scenario {
         name: "connect",
         guards: "nothing leaks before the tunnel is up; traffic flows through it once it is",
@@ -205,6 +208,21 @@ pub const ALL: [Scenario; 36] = [
         name: "freeze-on-drop",
         guards: "programs in freeze_on_drop are frozen within 100 ms of the up tunnel's loss and send nothing until it is back, then are thawed; kill_on_drop's die; a program started meanwhile is frozen too",
         script: freeze_on_drop::freeze_on_drop,
+    },
+    Scenario {
+        name: "router",
+        guards: "router mode: a LAN client behind the router sends nothing on the WAN in clear (the WAN yanked, the tunnel killed, daemon and tunnel frozen, TunnelVision routes, a flow across a tunnel restart and across `up`'s change of server), its DNS to any resolver goes through the tunnel, its IPv6 never leaves, and it gets errors, not silence, while the tunnel is down",
+        script: router::router,
+    },
+    Scenario {
+        name: "router-shadowing",
+        guards: "port shadowing (CVE-2021-3773): a LAN client sending from the router's WireGuard port to the server gets nothing onto the WAN and none of the server's replies, while the router's tunnel restarts on that port and handshakes",
+        script: router_shadowing::router_shadowing,
+    },
+    Scenario {
+        name: "router-spoof",
+        guards: "a LAN client's spoofed sources (public, the router's WAN address, the tunnel's address, another private subnet) reach neither the WAN nor the tunnel, tunnel up or down; its genuine traffic works",
+        script: router_spoof::router_spoof,
     },
     Scenario {
         name: "container-shared",

@@ -244,26 +244,36 @@ impl Tunnel {
     /// (Re)starts the client's wireguard-go, configures it and its route. Used at first and to
     /// reconnect after the VPN process was killed.
     pub fn start_client(&mut self, topo: &Topology) -> Result<()> {
+        self.start_client_on(topo, None)
+    }
+
+    /// [`Tunnel::start_client`] with the client's UDP socket on `listen_port` (a random one if
+    /// `None`), set before the peer, so that even its first handshake comes from that port.
+    pub fn start_client_on(&mut self, topo: &Topology, listen_port: Option<u16>) -> Result<()> {
         self.client = None;
         let device = Device::start(&topo.client, &self.client_interface)?;
         let key_file = key_file(&self.keys, "client", &self.client_key)?;
-        topo.client.exec(
-            "wg",
-            &[
-                "set",
-                &self.client_interface,
-                "private-key",
-                path_str(&key_file)?,
-                "fwmark",
-                &FWMARK.to_string(),
-                "peer",
-                &self.server_key.public,
-                "endpoint",
-                &self.endpoint.to_string(),
-                "allowed-ips",
-                "0.0.0.0/0",
-            ],
-        )?;
+        let (key_path, mark, endpoint) = (
+            path_str(&key_file)?,
+            FWMARK.to_string(),
+            self.endpoint.to_string(),
+        );
+        let port = listen_port.map(|p| p.to_string());
+        let mut args = vec!["set", &self.client_interface, "private-key", key_path];
+        if let Some(port) = &port {
+            args.extend(["listen-port", port]);
+        }
+        args.extend([
+            "fwmark",
+            &mark,
+            "peer",
+            &self.server_key.public,
+            "endpoint",
+            &endpoint,
+            "allowed-ips",
+            "0.0.0.0/0",
+        ]);
+        topo.client.exec("wg", &args)?;
         topo.client.ip(&[
             "addr",
             "add",

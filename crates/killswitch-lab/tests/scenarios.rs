@@ -217,6 +217,21 @@ fn programs_listed_for_freeze_on_drop_stop_within_100_ms_of_the_tunnels_loss() {
 }
 
 #[test]
+fn router_mode_protects_the_lan_clients() {
+    scenario_passes("router");
+}
+
+#[test]
+fn router_port_shadowing_cve_2021_3773_is_blocked() {
+    scenario_passes("router-shadowing");
+}
+
+#[test]
+fn router_spoofed_lan_sources_go_nowhere() {
+    scenario_passes("router-spoof");
+}
+
+#[test]
 fn applications_sharing_the_containers_network_reach_the_world_only_through_its_tunnel() {
     scenario_passes("container-shared");
 }
