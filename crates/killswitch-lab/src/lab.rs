@@ -444,6 +444,25 @@ impl Lab {
         Ok(sentinel_at)
     }
 
+    /// The outgoing IP packets on the physical link from capture position `from` up to now
+    /// (drained with a sentinel first) that `pick` selects, described: a scenario's own probes,
+    /// told apart by their ports or payload where the oracle would excuse them.
+    pub fn outgoing_since(
+        &self,
+        from: usize,
+        pick: impl Fn(&crate::packet::IpPacket) -> bool,
+    ) -> Result<Vec<String>> {
+        let until = self.drain_capture(from)?;
+        Ok(self.capture.frames()[from..until]
+            .iter()
+            .filter(|c| c.direction == crate::capture::Direction::Outgoing)
+            .filter_map(|c| match &c.frame {
+                Frame::Ip(ip) if pick(ip) => Some(ip.to_string()),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Where the tunnels' own packets go: the guarded tunnel's server and each `up` server.
     pub fn endpoints(&self) -> Vec<SocketAddr> {
         let mut endpoints = vec![self.tunnel.endpoint()];

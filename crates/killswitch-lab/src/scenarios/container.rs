@@ -23,12 +23,11 @@
 //! packaging/container/README.md).
 
 use super::{EVENT_TIMEOUT, Outcome};
-use crate::capture::Direction;
 use crate::daemon::{nft_table, teardown};
 use crate::generator::Kind;
 use crate::lab::{Lab, hold};
 use crate::netns::Netns;
-use crate::packet::{Frame, L4};
+use crate::packet::L4;
 use crate::process::Process;
 use crate::sinks::Arrivals;
 use crate::topology::{self, PHYS};
@@ -246,18 +245,7 @@ fn is_an_apps(transport: &L4, payload: &[u8]) -> bool {
 /// The applications' outgoing frames on the WAN link from capture position `from` up to now
 /// (drained with a sentinel), described.
 fn apps_on_wan(lab: &Lab, from: usize) -> Result<Vec<String>> {
-    let until = lab.drain_capture(from)?;
-    let frames = lab.capture.frames();
-    Ok(frames[from..until]
-        .iter()
-        .filter(|c| c.direction == Direction::Outgoing)
-        .filter_map(|c| match &c.frame {
-            Frame::Ip(p) if is_an_apps(&p.transport, &p.payload) => {
-                Some(format!("{} -> {} {:?}", p.src, p.dst, p.transport))
-            }
-            _ => None,
-        })
-        .collect())
+    lab.outgoing_since(from, |p| is_an_apps(&p.transport, &p.payload))
 }
 
 /// The "container": the entrypoint as PID 1 of its own pid and mount namespace, in the client's

@@ -21,11 +21,10 @@
 //! 200 concurrent `exec`s of one user meet the limit with a clear error in bounded time.
 
 use super::{EVENT_TIMEOUT, Outcome};
-use crate::capture::Direction;
 use crate::daemon::CliResult;
 use crate::generator::Kind;
 use crate::lab::{Lab, is_tunnel};
-use crate::packet::{Frame, L4};
+use crate::packet::L4;
 use crate::process::Process;
 use crate::topology::{self, PHYS};
 use anyhow::{Context, Result};
@@ -112,18 +111,7 @@ fn exec_connect(lab: &Lab) -> Result<(bool, Duration, String)> {
 
 /// The exec'd sender's frames on the physical link since capture position `from`.
 fn on_phys(lab: &Lab, from: usize) -> Result<Vec<String>> {
-    let until = lab.drain_capture(from)?;
-    let frames = lab.capture.frames();
-    Ok(frames[from..until]
-        .iter()
-        .filter(|c| c.direction == Direction::Outgoing)
-        .filter_map(|c| match &c.frame {
-            Frame::Ip(p) if is_theirs(&p.transport, &p.payload) => {
-                Some(format!("{} -> {} {:?}", p.src, p.dst, p.transport))
-            }
-            _ => None,
-        })
-        .collect())
+    lab.outgoing_since(from, |p| is_theirs(&p.transport, &p.payload))
 }
 
 fn is_theirs(transport: &L4, payload: &[u8]) -> bool {

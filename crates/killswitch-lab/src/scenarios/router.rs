@@ -24,7 +24,6 @@
 //! `router-spoof`.
 
 use super::{EVENT_TIMEOUT, Outcome, RESUMED, ms};
-use crate::capture::Direction;
 use crate::daemon::{Daemon, nft_table, teardown};
 use crate::generator::Kind;
 use crate::lab::{Lab, hold, is_tunnel};
@@ -431,17 +430,9 @@ pub(super) fn wan_leaks(lab: &Lab, from: usize) -> Result<WanLeaks> {
 /// a scenario's own probes, told apart by content where the oracle would excuse them (a
 /// datagram to the WireGuard endpoint's port looks like the tunnel to it).
 pub(super) fn marked_on_wan(lab: &Lab, from: usize, marker: &[u8]) -> Result<Vec<String>> {
-    let until = lab.drain_capture(from)?;
-    Ok(lab.capture.frames()[from..until]
-        .iter()
-        .filter(|c| c.direction == Direction::Outgoing)
-        .filter_map(|c| match &c.frame {
-            Frame::Ip(ip) if ip.payload.windows(marker.len()).any(|w| w == marker) => {
-                Some(ip.to_string())
-            }
-            _ => None,
-        })
-        .collect())
+    lab.outgoing_since(from, |ip| {
+        ip.payload.windows(marker.len()).any(|w| w == marker)
+    })
 }
 
 /// A UDP receiver in the net namespace on an address and port of its own: the arrivals of one

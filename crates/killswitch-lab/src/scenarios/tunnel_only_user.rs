@@ -15,10 +15,9 @@
 //! with the tunnel back, it flows again; after `off`, it is still confined.
 
 use super::{EVENT_TIMEOUT, Outcome};
-use crate::capture::Direction;
 use crate::generator::Kind;
 use crate::lab::{Lab, is_tunnel};
-use crate::packet::{Frame, L4};
+use crate::packet::L4;
 use crate::topology::{self, PHYS};
 use anyhow::{Context, Result};
 use killswitch_types::State;
@@ -76,18 +75,7 @@ pub(super) fn send_as_nobody(lab: &Lab) -> Result<Run> {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     };
-    let until = lab.drain_capture(from)?;
-    let frames = lab.capture.frames();
-    let theirs: Vec<String> = frames[from..until]
-        .iter()
-        .filter(|c| c.direction == Direction::Outgoing)
-        .filter_map(|c| match &c.frame {
-            Frame::Ip(p) if is_theirs(&p.transport, &p.payload) => {
-                Some(format!("{} -> {} {:?}", p.src, p.dst, p.transport))
-            }
-            _ => None,
-        })
-        .collect();
+    let theirs = lab.outgoing_since(from, |p| is_theirs(&p.transport, &p.payload))?;
     Ok(Run {
         sent: number("sent"),
         refused: number("refused"),
