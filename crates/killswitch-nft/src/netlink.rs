@@ -195,6 +195,24 @@ impl Socket {
         Ok(())
     }
 
+    /// Makes the receive buffer hold `acks` acknowledgements at once. nf_tables processes a
+    /// batch within `send` and queues every acknowledgement before we read one; each is an skb
+    /// of its own (some 700 bytes of buffer accounting for a 36-byte message), so the default
+    /// buffer (about 200 KiB) overflows at a few hundred messages and the kernel drops the rest
+    /// with ENOBUFS: the commit's outcome would be unknown (a gateway with five LANs did this).
+    /// SO_RCVBUFFORCE needs CAP_NET_ADMIN, which we have if we can change the firewall at all.
+    fn make_room_for_acks(&self, acks: usize) -> Result<(), NftError> {
+        const PER_ACK: usize = 2048;
+        const DEFAULT: usize = 128 * 1024;
+        let needed = acks.saturating_mul(PER_ACK);
+        if needed <= DEFAULT {
+            return Ok(());
+        }
+        let wanted = libc::c_int::try_from(needed).map_err(|_| NftError::TooLarge(needed))?;
+        self.setsockopt(libc::SO_RCVBUFFORCE, &wanted)
+            .map_err(NftError::Recv)
+    }
+
     /// Discards anything left from an earlier operation that gave up early (a timeout), so that
     /// its answers cannot be mistaken for this operation's.
     fn drain(&self, buffer: &mut [u8]) {
@@ -262,6 +280,7 @@ pub(crate) fn commit(socket: &Socket, batch: &Batch) -> Result<(), NftError> {
 
     let mut words = recv_buffer();
     socket.drain(as_bytes_mut(&mut words));
+    socket.make_room_for_acks(wanted.len())?;
     socket.send(batch.bytes())?;
 
     let mut answered = 0;

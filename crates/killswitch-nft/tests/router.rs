@@ -223,6 +223,45 @@ fn router_rules_load_and_read_back_as_meant() -> Result<()> {
     Ok(())
 }
 
+/// A gateway with many LANs (and many rules: each LAN brings its spoof guard, DNS translation,
+/// forward, clamp and NAT rules, and the kernel acknowledges every message of the batch): the
+/// ruleset loads and reads back. The kernel queues all acknowledgements before the commit's
+/// `send` returns; with the socket's default receive buffer (about 200 KiB) a batch of a few
+/// hundred messages overflowed it (ENOBUFS, "No buffer space available"), and the daemon fell
+/// back to blocking everything from the fifth LAN on.
+#[test]
+fn a_gateway_with_many_lans_loads_its_rules() -> Result<()> {
+    if !require_root("a_gateway_with_many_lans_loads_its_rules") {
+        return Ok(());
+    }
+    let ns = Netns::new("rt-many")?;
+    let lans: Vec<LocalLink> = (0..32u8)
+        .map(|n| LocalLink {
+            interface: name(&format!("lan{n}")),
+            networks: vec![
+                format!("10.{n}.0.1/24").parse().expect("literal"),
+                format!("fd{n:02x}::1/64").parse().expect("literal"),
+            ],
+        })
+        .collect();
+    let exceptions = Exceptions {
+        router_lans: lans,
+        ..Exceptions::default()
+    };
+    let ruleset = compile_for(&connected(), &Settings::default(), &exceptions);
+    let rules: usize = ruleset
+        .table
+        .as_ref()
+        .map_or(0, |t| t.chains.iter().map(|c| c.rules.len()).sum());
+    ns.run(|| -> Result<()> {
+        killswitch_nft::apply(&ruleset)
+            .with_context(|| format!("applying 32 LANs' rules ({rules} rules)"))?;
+        killswitch_nft::verify(&ruleset).context("verifying 32 LANs' rules")?;
+        Ok(())
+    })??;
+    Ok(())
+}
+
 /// One UDP query from `from` (bound in the client) to `to`, the far end's socket answering it:
 /// what the far end saw as the source, and who the client saw answer.
 fn query(
