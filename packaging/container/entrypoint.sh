@@ -213,6 +213,12 @@ up() {
 }
 
 if ! up; then
+    # A state directory kept from an earlier run (a volume, a restarted container) makes the
+    # daemon resume that run's tunnel: not what this start asked for. `down` under lockdown
+    # leaves it blocking, which is what the message says.
+    if ! killswitch down >/dev/null; then
+        say "killswitch down failed: the daemon may still use an earlier run's tunnel (killswitch status says which)"
+    fi
     say "not connecting: the daemon keeps blocking (killswitch status says more)"
 fi
 

@@ -95,6 +95,8 @@ stop_expecting 3
 start "$wg" KILLSWITCH_SERVERS=missing
 wait_for "cannot read $wg/missing.conf"
 grep -q '^up' "$case/calls" && fail "case $n: up with a missing file"
+# An earlier run's tunnel (a kept state directory) is not resumed: the daemon is told `down`.
+wait_for "down"
 stop_expecting 0
 
 # A daemon that never answers: the wait ends after KILLSWITCH_READY_TIMEOUT with status 1.
