@@ -457,7 +457,7 @@ pub enum Command {
 pub enum RouterAction {
     /// Show each router LAN: its networks, whether it exists, whether forwarding is on for it,
     /// and whether config.toml or `add` made it one (anyone may ask). With --json, the
-    /// `router_lans` list of `status --json`.
+    /// `router_lans` list of `status --json`, each with `clients`: what its clients get now.
     List,
     /// Make an interface a router LAN, at once and across restarts (root or the admin group).
     ///

@@ -396,10 +396,7 @@ fn list_router_lans(socket: &Path, json: bool) -> ExitCode {
         Ok(received) => {
             let status = &received.status;
             if json {
-                emit(&format!(
-                    "{}\n",
-                    serde_json::to_string(&status.router_lans).unwrap_or_else(|_| "[]".to_owned())
-                ));
+                emit(&render::router_lans_json(status));
             } else {
                 emit(&render::router_lans(status));
             }

@@ -195,6 +195,30 @@ pub(crate) fn router_lans(status: &Status) -> String {
     out
 }
 
+/// `router list --json`: the status's `router_lans`, each with `clients`, the same words as the
+/// text's last column (what its clients get now), so that a script needs no status rules of its
+/// own. (Refused entries and `ip_forward` are in `status --json`.)
+pub(crate) fn router_lans_json(status: &Status) -> String {
+    let lans: Vec<serde_json::Value> = status
+        .router_lans
+        .iter()
+        .map(|lan| {
+            let mut value = serde_json::to_value(lan).unwrap_or(serde_json::Value::Null);
+            if let Some(object) = value.as_object_mut() {
+                object.insert(
+                    "clients".to_owned(),
+                    serde_json::Value::String(router_clients(status, lan)),
+                );
+            }
+            value
+        })
+        .collect();
+    format!(
+        "{}\n",
+        serde_json::to_string(&lans).unwrap_or_else(|_| "[]".to_owned())
+    )
+}
+
 pub(crate) fn status(status: &Status) -> String {
     status_at(status, SystemTime::now())
 }
@@ -892,6 +916,16 @@ mod tests {
         );
         assert!(list.contains("\nlan1             -"), "{list}");
         assert!(list.contains("refused: router LAN eth0 (config)"), "{list}");
+        let json: serde_json::Value =
+            serde_json::from_str(&router_lans_json(&s)).expect("router list --json");
+        assert_eq!(json[0]["interface"], "lan0");
+        assert_eq!(json[0]["clients"], "clients through the tunnel (wg0)");
+        assert!(
+            json[1]["clients"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("absent")),
+            "{json}"
+        );
         // Not connected: refused; ip_forward off: warned, in both.
         s.state = State::Connecting;
         s.ip_forward = Some(false);
