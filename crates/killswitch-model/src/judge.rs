@@ -431,7 +431,10 @@ pub fn router_never(ruleset: &Ruleset, topo: &Topology) -> Result<(), String> {
         };
         let out_of = |left: &Packet| left.oif.as_ref().map_or("?", |o| o.as_str()).to_owned();
         let servers = p.to_servers.iter().map(|(_, packet)| ("UDP", packet));
-        for (what, packet) in [("web", &p.web), ("UDP", &p.udp)].into_iter().chain(servers) {
+        for (what, packet) in [("web", &p.web), ("UDP", &p.udp)]
+            .into_iter()
+            .chain(servers)
+        {
             if let Some(left) = forwarded(packet)
                 && !tunnels.iter().any(|t| left.oif.as_ref() == Some(*t))
             {
@@ -474,7 +477,11 @@ pub fn router_never(ruleset: &Ruleset, topo: &Topology) -> Result<(), String> {
 /// judge does not know which of the carriers is the peer, so at least one of them must be
 /// refused); while none does, the LAN's DNS is refused at once (a reset or ICMP, not a timeout).
 /// [`router_never`] judges the rest.
-pub fn router_settled(ruleset: &Ruleset, topo: &Topology, carriers: &[usize]) -> Result<(), String> {
+pub fn router_settled(
+    ruleset: &Ruleset,
+    topo: &Topology,
+    carriers: &[usize],
+) -> Result<(), String> {
     let p = lan_packets(topo);
     let mut wrong = Vec::new();
     match carriers.first() {
@@ -485,7 +492,8 @@ pub fn router_settled(ruleset: &Ruleset, topo: &Topology, carriers: &[usize]) ->
                 .filter_map(|i| topo.end(*i))
                 .map(|e| IpAddr::V4(e.dns))
                 .collect();
-            let through = |packet: &Packet| ruleset.forward_path(packet, |_| Some(interface.clone()));
+            let through =
+                |packet: &Packet| ruleset.forward_path(packet, |_| Some(interface.clone()));
             let web = through(&p.web);
             if !web.verdict.is_accept() {
                 wrong.push(format!(

@@ -387,13 +387,19 @@ mod tests {
     fn the_router_lan_survives_off_and_removing_it_twice_is_refused() {
         let mut model = Model::new();
         assert!(!model.expect().has_table());
-        assert_eq!(model.step(&Step::User(UserStep::Router(true))), Answer::Done);
+        assert_eq!(
+            model.step(&Step::User(UserStep::Router(true))),
+            Answer::Done
+        );
         model.step(&Step::User(UserStep::Off));
         model.step(&Step::User(UserStep::Crash));
         let expected = model.expect();
         assert!(expected.router && expected.has_table());
         assert_eq!(expected.protection, Protection::Off);
-        assert_eq!(model.step(&Step::User(UserStep::Router(false))), Answer::Done);
+        assert_eq!(
+            model.step(&Step::User(UserStep::Router(false))),
+            Answer::Done
+        );
         assert_eq!(
             model.step(&Step::User(UserStep::Router(false))),
             Answer::Refused

@@ -212,7 +212,11 @@ impl World {
         // A fresh install has no router LAN: lan0 forwards nothing until the daemon says so.
         self.client().exec(
             "sysctl",
-            &["-q", "-w", &format!("net.ipv4.conf.{ROUTER_LAN}.forwarding=0")],
+            &[
+                "-q",
+                "-w",
+                &format!("net.ipv4.conf.{ROUTER_LAN}.forwarding=0"),
+            ],
         )?;
         if self.lab.tunnel.client.is_none() {
             self.lab.tunnel.start_client(&self.lab.topo)?;
