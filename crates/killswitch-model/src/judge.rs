@@ -430,11 +430,13 @@ pub fn router_never(ruleset: &Ruleset, topo: &Topology) -> Result<(), String> {
             decided.verdict.is_accept().then_some(decided.packet)
         };
         let out_of = |left: &Packet| left.oif.as_ref().map_or("?", |o| o.as_str()).to_owned();
+        // Routed into a tunnel, these may pass (they leave by it); only the way out of the
+        // physical link is judged for them, which also keeps the judge cheap.
         let servers = p.to_servers.iter().map(|(_, packet)| ("UDP", packet));
-        for (what, packet) in [("web", &p.web), ("UDP", &p.udp)]
+        let outside = [("web", &p.web), ("UDP", &p.udp)]
             .into_iter()
-            .chain(servers)
-        {
+            .chain(servers);
+        for (what, packet) in outside.filter(|_| !tunnels.contains(&route)) {
             if let Some(left) = forwarded(packet)
                 && !tunnels.iter().any(|t| left.oif.as_ref() == Some(*t))
             {
