@@ -7,6 +7,12 @@
 //! restart reads, as the daemon reads its file), and a clock that only moves when the simulation
 //! moves it.
 //!
+//! The topology's router LAN interface (`lan0`) exists in the simulated machine with the network
+//! of its address, so that `router add lan0` confines a real-looking LAN; its forwarding switch
+//! follows the core's effects. While it is a router LAN, every change of the simulated kernel is
+//! also judged by [`judge::router_never`] (nothing from the LAN leaves outside a tunnel), and a
+//! settled one by [`judge::router_settled`] (through the connected tunnel, DNS to its resolver).
+//!
 //! After each step the clock runs (through the tunnel manager's own timers) until the model's
 //! expectation holds or a minute of simulated time has passed; on every change of the simulated
 //! kernel the ruleset must be at least as strict as the model's floor. No root, no sockets, no
@@ -32,7 +38,7 @@ use killswitch_tunnel::netdev::Presence;
 use killswitch_tunnel::uapi::PeerStats;
 use killswitch_types::ipc::{ConfigSource, Request};
 use killswitch_types::{Endpoint, Fwmark, GuardSpec, State, TransportProtocol};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -288,6 +294,8 @@ struct Sim {
     dns: Option<DnsWant>,
     /// The core's last answer to a command.
     answer: Option<Result<killswitch_types::ipc::Status, killswitch_types::ipc::IpcError>>,
+    /// The router LAN interface's forwarding switch (the core switches it on and off).
+    lan_forwarding: Rc<Cell<bool>>,
 }
 
 impl Sim {
@@ -320,6 +328,7 @@ impl Sim {
             wake: None,
             dns: None,
             answer: None,
+            lan_forwarding: Rc::new(Cell::new(false)),
         };
         sim.start_daemon()?;
         Ok(sim)
@@ -370,7 +379,7 @@ impl Sim {
             factory,
             identify,
             look_locals: crate::locals::nothing(),
-            look_router: crate::router::nothing(),
+            look_router: self.look_router(),
             ..CoreOptions::new(self.dir.path())
         };
         let core = Core::new(
@@ -382,6 +391,31 @@ impl Sim {
         );
         self.core = Some(core);
         self.on(Input::Started)
+    }
+
+    /// The simulated machine's router LAN: the topology's interface, present, with the /24 of its
+    /// client as its network (the gateway's address is in it), never the WAN.
+    fn look_router(&self) -> crate::router::LookRouter {
+        let lan = self.topology.router_lan.clone();
+        let network = ipnet::Ipv4Net::new(self.topology.router_client, 24)
+            .map(|n| ipnet::IpNet::V4(n.trunc()));
+        let forwarding = self.lan_forwarding.clone();
+        Box::new(move |wanted| crate::router::RouterView {
+            lans: wanted
+                .iter()
+                .map(|name| match (&network, *name == lan) {
+                    (Ok(network), true) => crate::router::SeenLan {
+                        interface: name.clone(),
+                        networks: vec![*network],
+                        present: true,
+                        forwarding: forwarding.get(),
+                        refused: None,
+                    },
+                    _ => crate::router::SeenLan::absent(name.clone()),
+                })
+                .collect(),
+            ip_forward: Some(true),
+        })
     }
 
     /// Gives the core an input now and carries out its effects, as the daemon's loop does: an
@@ -421,12 +455,21 @@ impl Sim {
                 // The simulation watches no programs, so the core never asks; were it to, the
                 // answer is that nothing is watched.
                 Effect::Freeze { .. } | Effect::Thaw => Input::OnDrop(Default::default()),
-                // The simulation has no router LANs (its look sees none); were it to, forwarding
-                // is switched on and there are no flows to delete.
+                // Forwarding is switched on (the simulated LAN's switch follows); there are no
+                // flows to delete.
                 Effect::Forward(lans) => {
+                    if lans.contains(&self.topology.router_lan) {
+                        self.lan_forwarding.set(true);
+                    }
                     Input::Forwarded(lans.into_iter().map(|lan| (lan, Ok(()))).collect())
                 }
-                Effect::DeleteRouterFlows | Effect::Unforward(_) => continue,
+                Effect::Unforward(lans) => {
+                    if lans.contains(&self.topology.router_lan) {
+                        self.lan_forwarding.set(false);
+                    }
+                    continue;
+                }
+                Effect::DeleteRouterFlows => continue,
             };
             let more = self.core()?.on(answer, now);
             for effect in more.into_iter().rev() {
@@ -505,6 +548,10 @@ impl Sim {
             UserStep::BadRequest => Request::Up {
                 interface: None,
                 configs: Vec::new(),
+            },
+            UserStep::Router(add) => Request::Router {
+                add: *add,
+                interface: self.topology.router_lan.clone(),
             },
             UserStep::Restart | UserStep::Crash => {
                 // The device goes with the daemon; the kernel's tables stay.
@@ -615,7 +662,12 @@ impl Sim {
             model.floor().as_ref(),
             model.allow_lan,
         )
-        .map_err(|e| format!("weaker than the user asked for: {e}"))
+        .map_err(|e| format!("weaker than the user asked for: {e}"))?;
+        if model.router {
+            judge::router_never(&kernel.ruleset, &self.topology)
+                .map_err(|e| format!("the router LAN is not confined: {e}"))?;
+        }
+        Ok(())
     }
 
     /// Runs the clock until the daemon does what the model expects; fails with the difference
@@ -661,7 +713,21 @@ impl Sim {
         if status.apps_only != expectation.apps_only {
             wrong.push(format!("status says apps-only {}", on(status.apps_only)));
         }
-        let has_rules = expectation.protection.has_rules();
+        let router_lans: Vec<&str> = (status.router_lans.iter())
+            .map(|l| l.interface.as_str())
+            .collect();
+        let want_lans: &[&str] = if expectation.router {
+            &[self.topology.router_lan.as_str()]
+        } else {
+            &[]
+        };
+        if router_lans != want_lans {
+            wrong.push(format!(
+                "status lists the router LANs {router_lans:?}, not {want_lans:?}"
+            ));
+        }
+        // A router LAN keeps a table (and its routing rule) in every state.
+        let has_rules = expectation.has_table();
         if status.firewall.installed != has_rules {
             wrong.push(format!(
                 "status says rules are {}installed",
@@ -678,7 +744,12 @@ impl Sim {
             // never a rule that takes the machine into our table.
             let machine = kernel.routes.as_ref().and_then(|layer| {
                 layer.rules.iter().find(|r| {
-                    r.invert || !matches!(r.selector, killswitch_policy::routes::Selector::To(_))
+                    let lan = killswitch_policy::routes::Selector::InInterface(
+                        self.topology.router_lan.clone(),
+                    );
+                    r.invert
+                        || !(matches!(r.selector, killswitch_policy::routes::Selector::To(_))
+                            || expectation.router && r.selector == lan)
                 })
             });
             if let Some(rule) = machine {
@@ -703,6 +774,15 @@ impl Sim {
             expectation.allow_lan,
         ) {
             wrong.push(format!("the kernel's rules: {e}"));
+        }
+        // Only once the rest holds: the settle loop asks after every timer, and the forwarded
+        // packets cost more than the rest together.
+        if expectation.router
+            && wrong.is_empty()
+            && let Err(e) =
+                judge::router_settled(&kernel.ruleset, &self.topology, &expectation.carriers)
+        {
+            wrong.push(format!("the router LAN: {e}"));
         }
         match (expectation.dns, self.dns.clone().unwrap_or(DnsWant::Keep)) {
             (Dns::Either, _) | (Dns::User, DnsWant::Restore) => {}

@@ -6,6 +6,13 @@
 //! policy's evaluator says what the ruleset does with each. A rule missing from the compiler (the
 //! IPv6 drop, the DNS reject, the mark condition of the hole) changes one of these verdicts, and
 //! the judge names it.
+//!
+//! With a router LAN ([`router_never`], [`router_settled`]), the packets also include those a
+//! client of that LAN sends through this machine, taken through every hook by the evaluator's
+//! [`Ruleset::forward_path`] (prerouting with its DNS translation, a routing decision, forward,
+//! postrouting). The routing decision is the adversary's: out of the physical link (what the main
+//! table's default route, or a route a hostile DHCP server pushed, says) or into either tunnel's
+//! interface; the rules alone must keep the LAN in the tunnel.
 
 use crate::model::Protection;
 use killswitch_policy::Ruleset;
@@ -52,6 +59,10 @@ pub struct Topology {
     pub up_interface: InterfaceName,
     /// `up`'s servers, in failover order.
     pub servers: Vec<TunnelEnd>,
+    /// The interface `router add` names: a LAN this machine may be the gateway of.
+    pub router_lan: InterfaceName,
+    /// A client on that LAN (inside the network of the interface's address).
+    pub router_client: Ipv4Addr,
 }
 
 impl Topology {
@@ -81,6 +92,8 @@ impl Topology {
             },
             up_interface: name("ks-up"),
             servers: (1..=3).map(server).collect(),
+            router_lan: name("lan0"),
+            router_client: Ipv4Addr::new(192, 168, 77, 10),
         }
     }
 
@@ -354,6 +367,176 @@ pub fn at_least(
             ));
         }
     }
+    verdict(wrong)
+}
+
+/// A LAN client's packets, as they arrive on the router LAN interface.
+struct LanPackets {
+    web: Packet,
+    udp: Packet,
+    /// IPv6 from the client's link-local address (the only source of its family the rules accept
+    /// from a LAN without an IPv6 network); every tunnel here is IPv4-only.
+    web_v6: Packet,
+    dns: Packet,
+    dns_tcp: Packet,
+    /// To each tunnel end's server, from its own port (port shadowing, CVE-2021-3773), by index.
+    to_servers: Vec<(usize, Packet)>,
+}
+
+fn lan_packets(topo: &Topology) -> LanPackets {
+    let lan = topo.router_lan.as_str();
+    let client = IpAddr::V4(topo.router_client);
+    let arriving = |dst: IpAddr, transport| Packet::prerouting(lan, client, dst, transport);
+    LanPackets {
+        web: arriving(topo.internet.into(), Transport::tcp(40000, 443)),
+        udp: arriving(topo.internet.into(), Transport::udp(40000, 9)),
+        web_v6: Packet::prerouting(
+            lan,
+            IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x10)),
+            topo.internet_v6.into(),
+            Transport::tcp(40000, 443),
+        ),
+        dns: arriving(topo.foreign_resolver.into(), Transport::udp(40000, 53)),
+        dns_tcp: arriving(topo.foreign_resolver.into(), Transport::tcp(40000, 853)),
+        to_servers: topo
+            .every_end()
+            .map(|(index, end)| {
+                let shadow = Transport::udp(end.endpoint.port(), end.endpoint.port());
+                (index, arriving(end.endpoint.ip(), shadow))
+            })
+            .collect(),
+    }
+}
+
+/// Checks what a router LAN's clients get in every state, settled or not: a packet forwarded from
+/// the LAN is accepted out of no interface but a tunnel's, whatever the routing decision; DNS
+/// only to a tunnel's resolver; IPv6 (the tunnels are IPv4-only) never. `Err` names every packet
+/// that got further than it may.
+pub fn router_never(ruleset: &Ruleset, topo: &Topology) -> Result<(), String> {
+    if ruleset.table.is_none() {
+        return Err(format!(
+            "a router LAN, and no rules are installed: {}'s clients are forwarded anywhere",
+            topo.router_lan
+        ));
+    }
+    let tunnels = [&topo.guard_interface, &topo.up_interface];
+    let resolvers: Vec<IpAddr> = topo.every_end().map(|(_, e)| IpAddr::V4(e.dns)).collect();
+    let routes = [&topo.physical, &topo.guard_interface, &topo.up_interface];
+    let p = lan_packets(topo);
+    let mut wrong = Vec::new();
+    for route in routes {
+        let forwarded = |packet: &Packet| {
+            let decided = ruleset.forward_path(packet, |_| Some(route.clone()));
+            decided.verdict.is_accept().then_some(decided.packet)
+        };
+        let out_of = |left: &Packet| left.oif.as_ref().map_or("?", |o| o.as_str()).to_owned();
+        // Routed into a tunnel, these may pass (they leave by it); only the way out of the
+        // physical link is judged for them, which also keeps the judge cheap.
+        let servers = p.to_servers.iter().map(|(_, packet)| ("UDP", packet));
+        let outside = [("web", &p.web), ("UDP", &p.udp)]
+            .into_iter()
+            .chain(servers);
+        for (what, packet) in outside.filter(|_| !tunnels.contains(&route)) {
+            if let Some(left) = forwarded(packet)
+                && !tunnels.iter().any(|t| left.oif.as_ref() == Some(*t))
+            {
+                wrong.push(format!(
+                    "the LAN's {what} to {} leaves by {}",
+                    packet.dst,
+                    out_of(&left)
+                ));
+            }
+        }
+        if let Some(left) = forwarded(&p.web_v6) {
+            wrong.push(format!(
+                "the LAN's IPv6 leaves by {} though no tunnel carries IPv6",
+                out_of(&left)
+            ));
+        }
+        for (what, packet) in [("DNS", &p.dns), ("DNS over TLS", &p.dns_tcp)] {
+            if let Some(left) = forwarded(packet)
+                && (!tunnels.iter().any(|t| left.oif.as_ref() == Some(*t))
+                    || !resolvers.contains(&left.dst))
+            {
+                wrong.push(format!(
+                    "the LAN's {what} to {} leaves by {} to {}, not to a tunnel's resolver \
+                     through the tunnel",
+                    packet.dst,
+                    out_of(&left),
+                    left.dst
+                ));
+            }
+        }
+    }
+    wrong.dedup();
+    verdict(wrong)
+}
+
+/// Checks what a router LAN's clients get once the daemon has settled: while one of the tunnels
+/// `carriers` (by index; empty when none is connected) carries traffic, the LAN's web traffic
+/// goes through it, and its DNS to any resolver is answered by that tunnel's resolver through
+/// it, and it cannot reach the connected server itself (port shadowing, CVE-2021-3773: the
+/// judge does not know which of the carriers is the peer, so at least one of them must be
+/// refused); while none does, the LAN's DNS is refused at once (a reset or ICMP, not a timeout).
+/// [`router_never`] judges the rest.
+pub fn router_settled(
+    ruleset: &Ruleset,
+    topo: &Topology,
+    carriers: &[usize],
+) -> Result<(), String> {
+    let p = lan_packets(topo);
+    let mut wrong = Vec::new();
+    match carriers.first() {
+        Some(&index) => {
+            let interface = topo.interface_of(index).clone();
+            let resolvers: Vec<IpAddr> = carriers
+                .iter()
+                .filter_map(|i| topo.end(*i))
+                .map(|e| IpAddr::V4(e.dns))
+                .collect();
+            let through =
+                |packet: &Packet| ruleset.forward_path(packet, |_| Some(interface.clone()));
+            let web = through(&p.web);
+            if !web.verdict.is_accept() {
+                wrong.push(format!(
+                    "the LAN's web traffic does not go through the connected tunnel {interface}: {:?}",
+                    web.verdict
+                ));
+            }
+            let shadowing = (p.to_servers.iter())
+                .filter(|(i, _)| carriers.contains(i))
+                .all(|(_, packet)| through(packet).verdict.is_accept());
+            if shadowing {
+                wrong.push(format!(
+                    "the LAN reaches the connected VPN server through {interface} (port shadowing)"
+                ));
+            }
+            for (what, packet) in [("DNS", &p.dns), ("DNS over TLS", &p.dns_tcp)] {
+                let dns = through(packet);
+                if !dns.verdict.is_accept() || !resolvers.contains(&dns.packet.dst) {
+                    wrong.push(format!(
+                        "the LAN's {what} to {} is not answered by the tunnel's resolver through \
+                         {interface}: {:?} to {}",
+                        packet.dst, dns.verdict, dns.packet.dst
+                    ));
+                }
+            }
+        }
+        None => {
+            // No tunnel: whatever the routing decision, the DNS is refused, not dropped.
+            for route in [&topo.physical, &topo.guard_interface, &topo.up_interface] {
+                let dns = ruleset.forward_path(&p.dns, |_| Some(route.clone()));
+                if !matches!(dns.verdict, killswitch_policy::PacketVerdict::Reject(_)) {
+                    wrong.push(format!(
+                        "no tunnel is connected, yet the LAN's DNS routed to {route} is not \
+                         refused at once: {:?}",
+                        dns.verdict
+                    ));
+                }
+            }
+        }
+    }
+    wrong.dedup();
     verdict(wrong)
 }
 

@@ -20,6 +20,13 @@
 //! request, or anything the world does. `--teardown` while the daemon runs is `off`. `allow-lan`
 //! opens the LAN in every state with rules.
 //!
+//! `router add lan0` makes the topology's router LAN interface a LAN this machine is the gateway
+//! of, until `router remove lan0` (refused when it is not one); like the other settings it
+//! survives restarts, crashes and `off` (`router remove` is how a LAN is let go). `status` lists
+//! it, and the kernel holds rules in every state while it is set: whatever the row above, the
+//! LAN's forwarded traffic leaves through the connected tunnel or not at all, and its DNS goes to
+//! the tunnel's resolver (see [`crate::judge::router`]).
+//!
 //! The "world" column is judged once the daemon has had time to notice (the runners let the
 //! clock run until it settles); the protection must never be weaker than the user asked for at
 //! any moment (see [`Model::floor`]).
@@ -62,6 +69,8 @@ pub struct Model {
     pub allow_lan: bool,
     /// `apps-only`.
     pub apps_only: bool,
+    /// `router add lan0` (until `router remove lan0`).
+    pub router: bool,
     /// The world.
     pub world: World,
 }
@@ -92,6 +101,14 @@ impl Protection {
     }
 }
 
+impl Expectation {
+    /// Whether the kernel holds table `inet killswitch`: for the machine's protection, or, in
+    /// every state, for a router LAN's.
+    pub fn has_table(&self) -> bool {
+        self.protection.has_rules() || self.router
+    }
+}
+
 /// What must hold once the daemon has settled after a step.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expectation {
@@ -103,6 +120,12 @@ pub struct Expectation {
     pub allow_lan: bool,
     /// `status`'s apps-only.
     pub apps_only: bool,
+    /// Whether `status`'s router LANs list the topology's LAN interface (and nothing else).
+    pub router: bool,
+    /// The tunnels of which one is connected and carries traffic (by index, as in
+    /// [`Protection`]); empty when none is. Apps-only keeps them: it leaves the machine alone,
+    /// not a router LAN, whose traffic still goes through the tunnel.
+    pub carriers: Vec<usize>,
     /// What the kernel enforces.
     pub protection: Protection,
     /// Whether resolv.conf must name the tunnel's resolver (`up`, connected); otherwise it must
@@ -146,6 +169,7 @@ impl Model {
             lockdown: false,
             allow_lan: false,
             apps_only: false,
+            router: false,
             world: World {
                 tunnel: true,
                 impostor: false,
@@ -195,6 +219,9 @@ impl Model {
                 }
             }
             UserStep::AllowLan(on) => self.allow_lan = *on,
+            // Removing a LAN that is not one is refused; adding one twice changes nothing.
+            UserStep::Router(false) if !self.router => return Answer::Refused,
+            UserStep::Router(on) => self.router = *on,
             UserStep::Off | UserStep::Teardown => {
                 self.wanted = Wanted::Off;
                 self.lockdown = false;
@@ -254,6 +281,10 @@ impl Model {
                 }
             }
         };
+        let carriers = match &protection {
+            Protection::Tunnel(alive) => alive.clone(),
+            _ => Vec::new(),
+        };
         let (protection, dns) = match protection {
             // No machine-wide rules, and the machine's resolvers stay its own.
             Protection::Off => (Protection::Off, dns),
@@ -265,6 +296,8 @@ impl Model {
             lockdown: self.lockdown,
             allow_lan: self.allow_lan,
             apps_only: self.apps_only,
+            router: self.router,
+            carriers,
             protection,
             dns,
         }
@@ -348,6 +381,30 @@ mod tests {
         assert_eq!(model.expect().protection, Protection::Tunnel(vec![1]));
         model.step(&Step::World(WorldStep::ServerDown(1)));
         assert_eq!(model.expect().protection, Protection::Hole(vec![0, 1]));
+    }
+
+    #[test]
+    fn the_router_lan_survives_off_and_removing_it_twice_is_refused() {
+        let mut model = Model::new();
+        assert!(!model.expect().has_table());
+        assert_eq!(
+            model.step(&Step::User(UserStep::Router(true))),
+            Answer::Done
+        );
+        model.step(&Step::User(UserStep::Off));
+        model.step(&Step::User(UserStep::Crash));
+        let expected = model.expect();
+        assert!(expected.router && expected.has_table());
+        assert_eq!(expected.protection, Protection::Off);
+        assert_eq!(
+            model.step(&Step::User(UserStep::Router(false))),
+            Answer::Done
+        );
+        assert_eq!(
+            model.step(&Step::User(UserStep::Router(false))),
+            Answer::Refused
+        );
+        assert!(!model.expect().has_table());
     }
 
     #[test]

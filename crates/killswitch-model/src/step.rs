@@ -1,6 +1,7 @@
 //! The alphabets: what a user and the world can do, one step at a time.
 //!
-//! Steps are deliberately coarse (`up 2` means "up with the first two servers of the topology"):
+//! Steps are deliberately coarse (`up 2` means "up with the first two servers of the topology";
+//! `router add lan0` names the topology's one router LAN interface, whatever it is called):
 //! a sequence must read like a bug report, and both levels must be able to carry out each step.
 
 use proptest::prelude::*;
@@ -48,6 +49,9 @@ pub enum UserStep {
     Teardown,
     /// A request the daemon must refuse, changing nothing.
     BadRequest,
+    /// `killswitch router add|remove` the topology's router LAN interface (`lan0`): this machine
+    /// becomes, or stops being, that LAN's gateway.
+    Router(bool),
 }
 
 /// What happens to the machine.
@@ -107,6 +111,8 @@ impl fmt::Display for UserStep {
             UserStep::SecondDaemon => write!(f, "a second daemon starts"),
             UserStep::Teardown => write!(f, "killswitchd --teardown"),
             UserStep::BadRequest => write!(f, "a bad request"),
+            UserStep::Router(true) => write!(f, "router add lan0"),
+            UserStep::Router(false) => write!(f, "router remove lan0"),
         }
     }
 }
@@ -156,6 +162,7 @@ pub fn user_step() -> impl Strategy<Value = UserStep> {
         1 => Just(UserStep::SecondDaemon),
         1 => Just(UserStep::Teardown),
         1 => Just(UserStep::BadRequest),
+        2 => any::<bool>().prop_map(UserStep::Router),
     ]
 }
 

@@ -7,6 +7,10 @@
 //! floors before and after it (the user may lower the protection, and until the command returns
 //! the old rules may still be in force); frames after it against the new floor alone.
 //!
+//! A router LAN's traffic is judged apart, in every state: its client's probes carry
+//! [`LAN_MARK`] in their payload (the DNS query in the name it asks), and any frame on the
+//! physical link that shows it left outside the tunnel (through the tunnel it is encrypted).
+//!
 //! [`Model::floor`]: killswitch_model::Model::floor
 
 use crate::capture::Capture;
@@ -35,6 +39,11 @@ const LIVENESS_RESEND: Duration = Duration::from_millis(300);
 const MAX_LEAKS_SHOWN: usize = 5;
 
 static PROBES: AtomicU32 = AtomicU32::new(0);
+
+/// What the router LAN client's probes carry: seen in clear on the physical link, it is a leak
+/// whatever the state (the DNS query asks for `lanprobe.killswitch.test`, whose first label is
+/// this).
+pub const LAN_MARK: &[u8] = b"lanprobe";
 
 /// What may leave the physical link while a floor holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +104,24 @@ pub fn offer(client: &Netns, topo: &Topology) -> Result<()> {
     })
 }
 
+/// Sends what a router LAN's client sends through this machine: UDP and TCP to the internet, and
+/// DNS to a resolver outside the tunnel, each carrying [`LAN_MARK`] where the capture can see it.
+pub fn offer_from_lan(lan_client: &Netns, topo: &Topology) -> Result<()> {
+    let n = PROBES.fetch_add(1, Ordering::Relaxed);
+    let udp = SocketAddr::new(topo.internet.into(), sinks::UDP_PORT);
+    let tcp = SocketAddr::new(topo.internet.into(), sinks::TCP_PORT);
+    let dns = SocketAddr::new(topo.foreign_resolver.into(), 53);
+    let query = sinks::dns_query(
+        u16::try_from(n % 65_536).unwrap_or(0),
+        "lanprobe.killswitch.test",
+    );
+    lan_client.run(|| {
+        let _ = traffic::send_udp(udp, b"killswitch-lab model lanprobe", None);
+        let _ = traffic::send_udp(dns, &query, None);
+        let _ = traffic::tcp_connect(tcp, TCP_ATTEMPT);
+    })
+}
+
 /// Drains the capture up to a sentinel sent now, and judges every outgoing frame from index
 /// `from`: before `boundary` against `during`, from it on against `after`. Returns the index to
 /// judge from next time, or the leaks found.
@@ -126,6 +153,20 @@ pub fn judge_since(
     let mut leaks = Vec::new();
     let mut count = 0usize;
     for captured in frames.get(from..sentinel).unwrap_or_default() {
+        // The router LAN's probes, in every state. (Its TCP SYN has no payload: the UDP and
+        // the DNS query stand for it.)
+        if let Frame::Ip(p) = &captured.frame
+            && p.payload.windows(LAN_MARK.len()).any(|w| w == LAN_MARK)
+        {
+            count += 1;
+            if leaks.len() < MAX_LEAKS_SHOWN {
+                leaks.push(format!(
+                    "the router LAN's {} -> {} left by the physical link",
+                    p.src, p.dst
+                ));
+            }
+            continue;
+        }
         let floor = if captured.at < boundary {
             during
         } else {
@@ -156,18 +197,19 @@ pub fn judge_since(
     Ok((sentinel + 1, leaks))
 }
 
-/// Sends UDP to the internet until one datagram arrives from one of `sources` (a tunnel's client
-/// address), or fails after [`LIVENESS_TIMEOUT`].
+/// Sends UDP (with `payload`) from `client` to the internet until one datagram arrives from one
+/// of `sources` (a tunnel's client address), or fails after [`LIVENESS_TIMEOUT`].
 pub fn wait_for_tunnel_traffic(
     client: &Netns,
     topo: &Topology,
     arrivals: &Arrivals,
     sources: &[IpAddr],
+    payload: &[u8],
 ) -> Result<Duration> {
     let start = Instant::now();
     let target = SocketAddr::new(topo.internet.into(), sinks::UDP_PORT);
     loop {
-        let _ = client.run(|| traffic::send_udp(target, b"killswitch-lab model liveness", None));
+        let _ = client.run(|| traffic::send_udp(target, payload, None));
         let left = LIVENESS_TIMEOUT.saturating_sub(start.elapsed());
         if left.is_zero() {
             anyhow::bail!(

@@ -6,7 +6,9 @@
 //! exactly when the protection has rules; resolv.conf names the tunnel's resolver where the
 //! expectation says so and is the user's where it says that; traffic offered on the physical link
 //! leaks nothing the floor forbids; and where the settled protection is a tunnel, traffic through
-//! it arrives. After the last step the daemon must stop on SIGTERM within 2 s and
+//! it arrives. With a router LAN (`router add lan0`), `status` lists it, the kernel holds the
+//! table in every state, the LAN client's traffic never shows on the physical link in clear, and
+//! while a tunnel is connected it arrives through it. After the last step the daemon must stop on SIGTERM within 2 s and
 //! `killswitchd --teardown` must leave nothing behind.
 //!
 //! A broken invariant is a [`StepError::Broke`] (the sequence fails and is shrunk); a lab that
@@ -321,6 +323,10 @@ fn user_step(world: &mut World, step: &UserStep, answer: Answer) -> StepResult {
             };
         }
         UserStep::BadRequest => return bad_request(world),
+        UserStep::Router(add) => {
+            let lan = topo.router_lan.as_str();
+            cli(world, &["router", if *add { "add" } else { "remove" }, lan])?
+        }
     };
     match (answer, result.code) {
         (Answer::Refused, Some(0)) => broke(format!(
@@ -438,7 +444,7 @@ fn check(world: &World, model: &Model) -> StepResult {
         }
     };
     let table = nft_table(world.client())?.is_some();
-    if table != expected.protection.has_rules() {
+    if table != expected.has_table() {
         return broke(format!(
             "status says {}, but the kernel {} table inet killswitch",
             status.state,
@@ -454,13 +460,38 @@ fn check(world: &World, model: &Model) -> StepResult {
             .iter()
             .filter_map(|i| world::tunnel_source(topo, *i))
             .collect();
-        if let Err(e) =
-            leaks::wait_for_tunnel_traffic(world.client(), topo, &world.lab.servers.udp, &sources)
-        {
+        if let Err(e) = leaks::wait_for_tunnel_traffic(
+            world.client(),
+            topo,
+            &world.lab.servers.udp,
+            &sources,
+            b"killswitch-lab model liveness",
+        ) {
             return broke(format!("connected, but traffic does not flow: {e:#}"));
         }
     }
+    if expected.router && !expected.carriers.is_empty() {
+        // The LAN's traffic goes through the tunnel too (masqueraded as its address), apps-only
+        // or not.
+        let sources: Vec<IpAddr> = (expected.carriers.iter())
+            .filter_map(|i| world::tunnel_source(topo, *i))
+            .collect();
+        if let Err(e) = leaks::wait_for_tunnel_traffic(
+            &world.lan_client,
+            topo,
+            &world.lab.servers.udp,
+            &sources,
+            b"killswitch-lab model lanprobe liveness",
+        ) {
+            return broke(format!(
+                "connected, but the router LAN's traffic does not flow through the tunnel: {e:#}"
+            ));
+        }
+    }
     leaks::offer(world.client(), topo)?;
+    if expected.router {
+        leaks::offer_from_lan(&world.lan_client, topo)?;
+    }
     Ok(())
 }
 
@@ -490,7 +521,25 @@ fn mismatch(status: &Status, expected: &Expectation, topo: &Topology) -> Option<
     if status.apps_only != expected.apps_only {
         wrong.push(format!("apps-only {}", on(status.apps_only)));
     }
-    if status.firewall.installed != expected.protection.has_rules() {
+    let lans: Vec<&str> = (status.router_lans.iter())
+        .map(|l| l.interface.as_str())
+        .collect();
+    let want_lans: &[&str] = if expected.router {
+        &[topo.router_lan.as_str()]
+    } else {
+        &[]
+    };
+    if lans != want_lans {
+        wrong.push(format!("router LANs {lans:?} (not {want_lans:?})"));
+    } else if let Some(lan) = status.router_lans.first()
+        && !(lan.present && lan.forwarding)
+    {
+        wrong.push(format!(
+            "router LAN {} present {} forwarding {} (not both)",
+            lan.interface, lan.present, lan.forwarding
+        ));
+    }
+    if status.firewall.installed != expected.has_table() {
         wrong.push(format!(
             "firewall {}",
             if status.firewall.installed {

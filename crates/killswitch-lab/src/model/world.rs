@@ -2,6 +2,10 @@
 //! three `up` servers, the sinks and a capture), built once per run and put back into the same
 //! starting state before every sequence, plus the world's steps carried out for real.
 //!
+//! The client namespace is also a gateway, should a sequence make it one (`router add lan0`): its
+//! `lan0` is a veth to a namespace of its own holding one LAN client, on a private /24. The
+//! client namespace's IPv4 forwarding stays off but for what the daemon switches on for lan0.
+//!
 //! Building the lab costs seconds (namespaces, `wireguard-go` processes, keys); resetting it costs
 //! a daemon start. What this module does not own: what must hold after a step (the model's
 //! [`killswitch_model::Model`]) and how a step's outcome is judged (see `sequence` and `leaks`).
@@ -28,6 +32,12 @@ pub const DEAD_AFTER_SECONDS: f64 = 1.0;
 /// The second network `NewAddress` moves the client to (and back from, on the next one).
 const ROAMED_ROUTER_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 1);
 const ROAMED_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 2);
+
+/// The router LAN interface of the client namespace (`router add` names it), the gateway's
+/// address on it, and the LAN client behind it.
+pub const ROUTER_LAN: &str = "lan0";
+const ROUTER_LAN_GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+const ROUTER_LAN_CLIENT_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 10);
 
 /// How long the machine stays "asleep" in a `Suspend` step, daemon and VPN client frozen.
 const ASLEEP: Duration = Duration::from_millis(500);
@@ -56,6 +66,8 @@ pub struct World {
     pub bad_config: PathBuf,
     /// What the user's resolv.conf says (what the daemon must leave or give back).
     pub user_resolv_conf: String,
+    /// The LAN client behind the client namespace's router LAN interface.
+    pub lan_client: Netns,
     blocked: [bool; MAX_SERVERS],
     impostor: bool,
     roamed: bool,
@@ -118,6 +130,32 @@ impl World {
             &bad_config,
             std::os::unix::fs::PermissionsExt::from_mode(0o600),
         )?;
+        let lan_client = Netns::new("model-lan")?;
+        crate::netns::veth(&lab.topo.client, ROUTER_LAN, &lan_client, "eth0")?;
+        lab.topo.client.ip(&[
+            "addr",
+            "add",
+            &format!("{ROUTER_LAN_GATEWAY_V4}/24"),
+            "dev",
+            ROUTER_LAN,
+        ])?;
+        lab.topo.client.ip(&["link", "set", ROUTER_LAN, "up"])?;
+        lan_client.ip(&[
+            "addr",
+            "add",
+            &format!("{ROUTER_LAN_CLIENT_V4}/24"),
+            "dev",
+            "eth0",
+        ])?;
+        lan_client.ip(&["link", "set", "eth0", "up"])?;
+        lan_client.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER_LAN_GATEWAY_V4.to_string(),
+        ])?;
+        lan_client.set_resolv_conf(&format!("nameserver {ROUTER_LAN_GATEWAY_V4}\n"))?;
         let topology = model_topology(&lab)?;
         let home = DaemonHome::new()?;
         Ok(World {
@@ -127,6 +165,7 @@ impl World {
             configs,
             bad_config,
             user_resolv_conf: initial_resolv_conf(),
+            lan_client,
             blocked: [false; MAX_SERVERS],
             impostor: false,
             roamed: false,
@@ -170,6 +209,15 @@ impl World {
             self.move_to(false)?;
         }
         self.restore_link()?;
+        // A fresh install has no router LAN: lan0 forwards nothing until the daemon says so.
+        self.client().exec(
+            "sysctl",
+            &[
+                "-q",
+                "-w",
+                &format!("net.ipv4.conf.{ROUTER_LAN}.forwarding=0"),
+            ],
+        )?;
         if self.lab.tunnel.client.is_none() {
             self.lab.tunnel.start_client(&self.lab.topo)?;
         }
@@ -514,6 +562,8 @@ fn model_topology(lab: &Lab) -> Result<Topology> {
         },
         up_interface: name(&lab.up_interface())?,
         servers,
+        router_lan: name(ROUTER_LAN)?,
+        router_client: ROUTER_LAN_CLIENT_V4,
     })
 }
 
