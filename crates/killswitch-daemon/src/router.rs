@@ -179,14 +179,7 @@ pub fn wan_indexes() -> Result<Vec<u32>, String> {
             let RouteNetlinkMessage::NewRoute(route) = message else {
                 continue;
             };
-            let table = route
-                .attributes
-                .iter()
-                .find_map(|a| match a {
-                    RouteAttribute::Table(t) => Some(*t),
-                    _ => None,
-                })
-                .unwrap_or(u32::from(route.header.table));
+            let table = killswitch_route::route_table(&route);
             if table != MAIN_TABLE
                 || route.header.kind != RouteType::Unicast
                 || route.header.destination_prefix_length != 0

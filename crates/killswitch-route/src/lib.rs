@@ -806,7 +806,9 @@ fn rule_priority(rule: &RuleMessage) -> u32 {
         .unwrap_or(0)
 }
 
-fn route_table(route: &RouteMessage) -> u32 {
+/// The routing table a route is in: its `RTA_TABLE` attribute, which holds tables above 255,
+/// else the header's 8-bit field.
+pub fn route_table(route: &RouteMessage) -> u32 {
     route
         .attributes
         .iter()

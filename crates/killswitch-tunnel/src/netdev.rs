@@ -350,14 +350,7 @@ pub fn mark_gateway_routes(links: &mut [LinkFacts], own_table: u32) -> Result<()
 /// through a gateway, in any table but `local` and the kill switch's own (`own_table`).
 fn gateway_route_devices(route: &RouteMessage, own_table: u32) -> Vec<u32> {
     const LOCAL_TABLE: u32 = 255;
-    let table = route
-        .attributes
-        .iter()
-        .find_map(|a| match a {
-            RouteAttribute::Table(t) => Some(*t),
-            _ => None,
-        })
-        .unwrap_or(u32::from(route.header.table));
+    let table = killswitch_route::route_table(route);
     if table == LOCAL_TABLE || table == own_table || route.header.kind != RouteType::Unicast {
         return Vec::new();
     }
