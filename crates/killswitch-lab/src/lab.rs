@@ -444,6 +444,26 @@ impl Lab {
         Ok(sentinel_at)
     }
 
+    /// The frames on the physical link from capture position `from` up to now (drained with a
+    /// sentinel first) that the oracle calls leaks (LAN not allowed), each with its description.
+    pub fn leaks_since(&self, from: usize) -> Result<Vec<(Frame, String)>> {
+        let until = self.drain_capture(from)?;
+        let endpoints = self.endpoints();
+        let tunnel_addresses = self.tunnel_addresses();
+        let facts = Facts {
+            endpoints: &endpoints,
+            tunnel_addresses: &tunnel_addresses,
+            lan_allowed: false,
+        };
+        Ok(self.capture.frames()[from..until]
+            .iter()
+            .filter_map(|c| match judge(c, &facts) {
+                Some(Judgement::Leak(what)) => Some((c.frame.clone(), what)),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// The outgoing IP packets on the physical link from capture position `from` up to now
     /// (drained with a sentinel first) that `pick` selects, described: a scenario's own probes,
     /// told apart by their ports or payload where the oracle would excuse them.

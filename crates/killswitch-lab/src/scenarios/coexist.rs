@@ -11,7 +11,6 @@ use super::{EVENT_TIMEOUT, Outcome, TUNNEL_KINDS};
 use crate::daemon::Daemon;
 use crate::lab::{Lab, hold, is_tunnel};
 use crate::netns::{Netns, veth};
-use crate::oracle::{Facts, Judgement, judge};
 use crate::packet::{Frame, L4};
 use crate::sinks::UDP_PORT;
 use crate::topology;
@@ -141,20 +140,11 @@ fn echo_round(stream: &mut TcpStream) -> bool {
 /// The client's outgoing frames on the physical link since `from` that the oracle calls leaks,
 /// except those `allowed` says an exception admits; drained up to a sentinel first.
 fn leaks_except(lab: &Lab, from: usize, allowed: impl Fn(&Frame) -> bool) -> Result<Vec<String>> {
-    let end = lab.drain_capture(from)?;
-    let endpoints = lab.endpoints();
-    let tunnel_addresses = lab.tunnel_addresses();
-    let facts = Facts {
-        endpoints: &endpoints,
-        tunnel_addresses: &tunnel_addresses,
-        lan_allowed: false,
-    };
-    Ok(lab.capture.frames()[from..end]
-        .iter()
-        .filter_map(|c| match judge(c, &facts) {
-            Some(Judgement::Leak(what)) if !allowed(&c.frame) => Some(what),
-            _ => None,
-        })
+    Ok(lab
+        .leaks_since(from)?
+        .into_iter()
+        .filter(|(frame, _)| !allowed(frame))
+        .map(|(_, what)| what)
         .collect())
 }
 

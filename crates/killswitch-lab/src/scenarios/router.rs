@@ -28,7 +28,6 @@ use crate::daemon::{Daemon, nft_table, teardown};
 use crate::generator::Kind;
 use crate::lab::{Lab, hold, is_tunnel};
 use crate::netns::{Netns, veth};
-use crate::oracle::{Facts, Judgement, judge};
 use crate::packet::{Frame, L4};
 use crate::sinks::{self, Arrivals};
 use crate::topology::{self, PHYS};
@@ -393,19 +392,8 @@ impl WanLeaks {
 
 /// The leaks on the WAN since capture position `from`, drained up to a sentinel first.
 pub(super) fn wan_leaks(lab: &Lab, from: usize) -> Result<WanLeaks> {
-    let until = lab.drain_capture(from)?;
-    let endpoints = lab.endpoints();
-    let tunnel_addresses = lab.tunnel_addresses();
-    let facts = Facts {
-        endpoints: &endpoints,
-        tunnel_addresses: &tunnel_addresses,
-        lan_allowed: false,
-    };
     let mut leaks = WanLeaks::default();
-    for captured in &lab.capture.frames()[from..until] {
-        let Some(Judgement::Leak(what)) = judge(captured, &facts) else {
-            continue;
-        };
+    for (frame, what) in lab.leaks_since(from)? {
         let dns_to = |ip: &crate::packet::IpPacket, resolver: Ipv4Addr| {
             ip.dst == IpAddr::V4(resolver)
                 && matches!(
@@ -413,7 +401,7 @@ pub(super) fn wan_leaks(lab: &Lab, from: usize) -> Result<WanLeaks> {
                     L4::Udp { dport: 53, .. } | L4::Tcp { dport: 53, .. }
                 )
         };
-        match &captured.frame {
+        match &frame {
             Frame::Ip(ip) if dns_to(ip, topology::ROUTER_V4) => leaks.dns_isp += 1,
             Frame::Ip(ip) if dns_to(ip, topology::PUBLIC_DNS_V4) => leaks.dns_public += 1,
             Frame::Ip(ip) if ip.dst.is_ipv6() => leaks.ipv6 += 1,
